@@ -1,0 +1,217 @@
+//! One function per CNI verb: validate, then act, then roll back.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use rackline_proto::ipam::v1 as pb;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::conf::{NetConf, SUPPORTED_VERSIONS};
+use crate::datapath::{self, AddPlan};
+use crate::env::CniEnv;
+use crate::error::{code, CniError};
+use crate::ipam::IpamClient;
+use crate::result::CniResult;
+
+pub fn version(requested: &str) -> Value {
+    json!({ "cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS })
+}
+
+/// Turns ipamd's answer into a plan, rejecting anything malformed before a
+/// single link is touched.
+fn plan_from(
+    env: &CniEnv,
+    conf: &NetConf,
+    lease: Option<&pb::Lease>,
+    net: Option<&pb::NetworkConfig>,
+) -> Result<AddPlan, CniError> {
+    let bad = |d: String| CniError::new(code::IPAM, "rackline-ipamd sent an unusable answer", d);
+    let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
+    let net = net.ok_or_else(|| bad("no network in the reply".into()))?;
+    let address: Ipv4Network = lease
+        .address
+        .parse()
+        .map_err(|e| bad(format!("address {:?}: {e}", lease.address)))?;
+    let gateway: Ipv4Addr = net
+        .gateway
+        .parse()
+        .map_err(|e| bad(format!("gateway {:?}: {e}", net.gateway)))?;
+    let vlan = match net.vlan {
+        0 => None,
+        v @ 1..=4094 => Some(v as u16),
+        v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
+    };
+    let mut routes = Vec::new();
+    for r in &net.routes {
+        let dst: Ipv4Network = r.dst.parse().map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
+        let gw: Ipv4Addr = if r.gw.is_empty() {
+            gateway
+        } else {
+            r.gw.parse().map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
+        };
+        routes.push((dst, gw));
+    }
+    let mut host_routes = conf.host_routes.clone();
+    for h in &net.host_routes {
+        let c: Ipv4Network = h.parse().map_err(|e| bad(format!("host route {h:?}: {e}")))?;
+        if !host_routes.contains(&c) {
+            host_routes.push(c);
+        }
+    }
+    Ok(AddPlan {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns_path: env.netns.clone(),
+        address,
+        gateway,
+        master: conf.master.clone().unwrap_or_else(|| net.master.clone()),
+        mtu: net.mtu,
+        vlan,
+        routes,
+        host_routes,
+    })
+}
+
+pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    // Validate before allocating: a missing netns costs no lease.
+    let pod_ns = datapath::open_pod_netns(&env.netns)?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    let reply = ipam.allocate(pb::AllocateRequest {
+        network: conf.network.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        pod: Some(pb::PodRef {
+            namespace: env.pod.namespace.clone(),
+            name: env.pod.name.clone(),
+            uid: env.pod.uid.clone(),
+        }),
+    })?;
+    let release = |ipam: &mut IpamClient| {
+        if reply.existing {
+            return;
+        }
+        if let Err(e) = ipam.release(pb::ReleaseRequest {
+            network: conf.network.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        }) {
+            warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
+        }
+    };
+    let plan = match plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            release(&mut ipam);
+            return Err(e);
+        }
+    };
+    if reply.existing {
+        // A repeated ADD: answer from what is there if it is intact.
+        if let Ok(r) = datapath::describe(&plan) {
+            info!(address = %plan.address, "ADD repeated; attachment intact");
+            return Ok(r.to_json(&conf.cni_version));
+        }
+    }
+    match datapath::add(&plan, &pod_ns) {
+        Ok(r) => {
+            info!(address = %plan.address, "ADD done");
+            Ok(r.to_json(&conf.cni_version))
+        }
+        Err(e) => {
+            release(&mut ipam);
+            Err(e)
+        }
+    }
+}
+
+pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    // Links first, lease last: an address is never free while a pod may
+    // still carry it.
+    datapath::del(&env.container_id, &env.ifname, &env.netns)?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    let r = ipam.release(pb::ReleaseRequest {
+        network: conf.network.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    })?;
+    info!(released = r.released, address = %r.address, "DEL done");
+    Ok(())
+}
+
+pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    if conf.cni_version.starts_with("0.3") {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "CHECK is not defined for this CNI version",
+            format!("cniVersion {} predates CHECK (0.4.0)", conf.cni_version),
+        ));
+    }
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    let prev = CniResult::from_prev(prev).map_err(CniError::config)?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    let reply = ipam
+        .check(pb::CheckRequest {
+            network: conf.network.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        })
+        .map_err(|e| {
+            if e.code == code::UNKNOWN_NETWORK {
+                CniError::new(code::CHECK_FAILED, "the pod holds no lease", e.details)
+            } else {
+                e
+            }
+        })?;
+    let plan = plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref())?;
+    if !prev.ips.iter().any(|ip| ip.address == plan.address) {
+        return Err(CniError::new(
+            code::CHECK_FAILED,
+            "the pod network is not as set up",
+            format!(
+                "the lease is {} but prevResult has {:?}",
+                plan.address,
+                prev.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>()
+            ),
+        ));
+    }
+    datapath::check(&plan)
+}
+
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        // Without the list every lease would look stale: refuse rather than
+        // release the node's pods.
+        CniError::config("GC needs cni.dev/valid-attachments")
+    })?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    let r = ipam.gc(pb::GcRequest {
+        network: conf.network.clone(),
+        valid: valid
+            .iter()
+            .map(|a| pb::Attachment {
+                container_id: a.container_id.clone(),
+                ifname: a.ifname.clone(),
+            })
+            .collect(),
+    })?;
+    info!(released = r.released.len(), "GC done");
+    Ok(())
+}
+
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout).map_err(|e| unavailable(e.to_string()))?;
+    let s = ipam
+        .status(pb::StatusRequest {
+            network: conf.network.clone(),
+        })
+        .map_err(|e| unavailable(e.to_string()))?;
+    if !s.can_allocate {
+        return Err(unavailable(s.reason));
+    }
+    Ok(())
+}

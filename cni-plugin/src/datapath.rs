@@ -1,0 +1,457 @@
+//! Builds, checks and removes a pod's attachment:
+//!
+//! * a macvlan (bridge mode) on the node uplink (or its VLAN sub-interface),
+//!   born directly inside the pod netns, carrying the leased address and the
+//!   default route via the rack gateway;
+//! * a veth pair node<->pod, because a macvlan child can never talk to its
+//!   own parent (kernel design; Kubernetes #41736): the node gets a /32 to
+//!   the pod, the pod gets /32s to the node's addresses and the configured
+//!   host routes (e.g. the service CIDR) via the node.
+//!
+//! One netlink socket per namespace; the pod's is opened by a short-lived
+//! thread inside the pod netns, so this thread never changes namespace.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use rackline_netlink::{
+    write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope, RouteSpec,
+};
+use tracing::{debug, warn};
+
+use crate::error::{code, CniError};
+use crate::names;
+use crate::result::{format_mac, CniResult, Interface, IpConfig, Route};
+
+/// Everything ADD needs, resolved and validated before anything is touched.
+#[derive(Debug, Clone)]
+pub struct AddPlan {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns_path: String,
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub master: String,
+    /// 0 = inherit from the parent.
+    pub mtu: u32,
+    pub vlan: Option<u16>,
+    /// Extra routes through the macvlan: (dst, next hop).
+    pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    /// CIDRs the pod reaches through its node.
+    pub host_routes: Vec<Ipv4Network>,
+}
+
+/// What ADD did, undone in reverse order when a later step fails.
+enum Undo {
+    HostLink(u32),
+    PodLink(u32),
+}
+
+pub fn open_pod_netns(path: &str) -> Result<Netns, CniError> {
+    Netns::open(std::path::Path::new(path)).map_err(|e| {
+        if e.is_not_found() {
+            CniError::new(
+                code::CONTAINER_UNKNOWN,
+                "the pod network namespace does not exist",
+                format!("{path}: {e}"),
+            )
+        } else {
+            CniError::new(
+                code::INVALID_ENV,
+                "cannot open the pod network namespace",
+                format!("CNI_NETNS={path}: {e}"),
+            )
+        }
+    })
+}
+
+fn dp(what: &str, e: NetlinkError) -> CniError {
+    CniError::datapath(format!("{what}: {e}"))
+}
+
+/// The node's own IPv4 addresses (global scope), those on the master first,
+/// so the first one is the natural next hop for host routes.
+fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>, CniError> {
+    let mut addrs = host.addrs(None).map_err(|e| dp("listing node addresses", e))?;
+    addrs.retain(|a| a.scope == 0 && !a.addr.ip().is_loopback());
+    addrs.sort_by_key(|a| (a.index != master_index, a.index));
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    for a in addrs {
+        if !out.contains(&a.addr.ip()) {
+            out.push(a.addr.ip());
+        }
+    }
+    Ok(out)
+}
+
+/// The macvlan parent: the master itself, or its VLAN sub-interface (created
+/// if missing, reused only when it really is that VLAN on that master).
+fn parent_link(host: &mut Netlink, master: &LinkInfo, vlan: Option<u16>) -> Result<u32, CniError> {
+    let Some(vid) = vlan else {
+        return Ok(master.index);
+    };
+    let name = names::vlan_device(&master.name, vid);
+    // The parent must be up before a VLAN on it carries anything.
+    if !master.up {
+        host.set_up(master.index)
+            .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
+    }
+    for _ in 0..2 {
+        if let Some(l) = host.link_by_name(&name).map_err(|e| dp("looking up VLAN device", e))? {
+            let ok = l.kind.as_deref() == Some("vlan")
+                && l.parent_index == Some(master.index)
+                && l.vlan_id == Some(vid);
+            if !ok {
+                return Err(CniError::datapath(format!(
+                    "{name} exists but is not VLAN {vid} on {} (kind {:?}, parent {:?}, vlan {:?}); remove or rename it",
+                    master.name, l.kind, l.parent_index, l.vlan_id
+                )));
+            }
+            if !l.up {
+                host.set_up(l.index).map_err(|e| dp(&format!("bringing up {name}"), e))?;
+            }
+            return Ok(l.index);
+        }
+        match host.create_vlan(&name, master.index, vid, None) {
+            Ok(()) => debug!(%name, "created VLAN device"),
+            // A concurrent ADD created it first: loop and reuse it.
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(dp(&format!("creating VLAN device {name}"), e)),
+        }
+    }
+    Err(CniError::datapath(format!("VLAN device {name} vanished while being set up")))
+}
+
+pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let mut pod = Netlink::in_netns(pod_ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mut undo = Vec::new();
+    match build(&mut host, &mut pod, pod_ns, plan, &mut undo) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            for step in undo.into_iter().rev() {
+                let r = match step {
+                    Undo::HostLink(i) => host.delete_link(i),
+                    Undo::PodLink(i) => pod.delete_link(i),
+                };
+                if let Err(re) = r {
+                    if !re.is_not_found() {
+                        warn!("rollback step failed: {re}");
+                    }
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    host: &mut Netlink,
+    pod: &mut Netlink,
+    pod_ns: &Netns,
+    plan: &AddPlan,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult, CniError> {
+    let master = host
+        .link_by_name(&plan.master)
+        .map_err(|e| dp("looking up the master interface", e))?
+        .ok_or_else(|| {
+            CniError::datapath(format!(
+                "master interface {:?} does not exist on this node; fix the network's master or set \"master\" in the CNI config",
+                plan.master
+            ))
+        })?;
+    let parent = parent_link(host, &master, plan.vlan)?;
+    let mtu = (plan.mtu != 0).then_some(plan.mtu);
+    let node_addrs = node_addresses(host, master.index)?;
+
+    // A veth left by a crashed earlier ADD of this very attachment would
+    // block the new one; its name is derived from the attachment, so it is
+    // ours to remove.
+    let host_veth = names::host_veth(&plan.container_id, &plan.ifname);
+    if let Some(stale) = host.link_by_name(&host_veth).map_err(|e| dp("looking up veth", e))? {
+        warn!(name = %host_veth, "removing stale veth from an earlier attempt");
+        host.delete_link(stale.index)
+            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+            .map_err(|e| dp("removing stale veth", e))?;
+    }
+
+    // 1. macvlan, born in the pod netns.
+    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu)?;
+    undo.push(Undo::PodLink(mv.index));
+
+    // 2. node<->pod veth.
+    let pod_veth = names::pod_veth(&plan.ifname);
+    host.create_veth(&host_veth, &pod_veth, Some(pod_ns), mtu)
+        .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
+    let hv = lookup(host, &host_veth)?;
+    undo.push(Undo::HostLink(hv.index));
+    let pv = lookup(pod, &pod_veth)?;
+
+    // 3. pod side: announce on up (arp_notify), address, links up, routes.
+    write_sysctl_in(pod_ns, &format!("net/ipv4/conf/{}/arp_notify", plan.ifname), "1")
+        .map_err(|e| dp("setting arp_notify", e))?;
+    pod.add_addr(mv.index, plan.address)
+        .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname), e))?;
+    pod.set_up(mv.index).map_err(|e| dp("bringing the pod interface up", e))?;
+    pod.set_up(pv.index).map_err(|e| dp("bringing the pod veth up", e))?;
+    let pod_ip = plan.address.ip();
+    for a in &node_addrs {
+        let mut r = RouteSpec::on_link(host_net(*a), pv.index);
+        r.src = Some(pod_ip);
+        add_route(pod, &r, "route to the node")?;
+    }
+    if let Some(node_ip) = node_addrs.first() {
+        for c in &plan.host_routes {
+            let r = RouteSpec {
+                dst: *c,
+                gateway: Some(*node_ip),
+                oif: pv.index,
+                onlink: true,
+                scope: RouteScope::Universe,
+                src: Some(pod_ip),
+            };
+            add_route(pod, &r, "host route")?;
+        }
+    } else if !plan.host_routes.is_empty() {
+        return Err(CniError::datapath(
+            "host routes are configured but the node has no IPv4 address to route them through",
+        ));
+    }
+    let default = RouteSpec::via(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"), plan.gateway, mv.index);
+    add_route(pod, &default, "default route")?;
+    for (dst, gw) in &plan.routes {
+        add_route(pod, &RouteSpec::via(*dst, *gw, mv.index), "network route")?;
+    }
+
+    // 4. node side: veth up and a /32 to the pod.
+    host.set_up(hv.index).map_err(|e| dp("bringing the node veth up", e))?;
+    let mut to_pod = RouteSpec::on_link(host_net(pod_ip), hv.index);
+    to_pod.src = node_addrs.first().copied();
+    if let Err(e) = host.add_route(&to_pod) {
+        if !e.is_exists() {
+            return Err(dp("adding the node's route to the pod", e));
+        }
+        // A route for this address survived a pod whose veth is gone; the
+        // lease says the address is ours now, so replace it.
+        let _ = host.del_route(&RouteSpec::on_link(host_net(pod_ip), 0));
+        host.add_route(&to_pod).map_err(|e| dp("adding the node's route to the pod", e))?;
+    }
+
+    let mut routes = vec![Route {
+        dst: default.dst,
+        gw: Some(plan.gateway),
+    }];
+    routes.extend(plan.routes.iter().map(|(d, g)| Route { dst: *d, gw: Some(*g) }));
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: plan.ifname.clone(),
+                mac: mv.mac.map(format_mac).unwrap_or_default(),
+                mtu: Some(mv.mtu),
+                sandbox: Some(plan.netns_path.clone()),
+            },
+            Interface {
+                name: host_veth,
+                mac: hv.mac.map(format_mac).unwrap_or_default(),
+                mtu: Some(hv.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: pod_veth,
+                mac: pv.mac.map(format_mac).unwrap_or_default(),
+                mtu: Some(pv.mtu),
+                sandbox: Some(plan.netns_path.clone()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: plan.address,
+            gateway: Some(plan.gateway),
+            interface: 0,
+        }],
+        routes,
+    })
+}
+
+fn host_net(ip: Ipv4Addr) -> Ipv4Network {
+    Ipv4Network::new(ip, 32).expect("/32 is valid")
+}
+
+fn lookup(nl: &mut Netlink, name: &str) -> Result<LinkInfo, CniError> {
+    nl.link_by_name(name)
+        .map_err(|e| dp(&format!("looking up {name}"), e))?
+        .ok_or_else(|| CniError::datapath(format!("{name} vanished right after creation")))
+}
+
+fn add_route(nl: &mut Netlink, r: &RouteSpec, what: &str) -> Result<(), CniError> {
+    nl.add_route(r)
+        .map_err(|e| dp(&format!("adding {what} {}", r.dst), e))
+}
+
+fn create_macvlan(
+    host: &mut Netlink,
+    pod: &mut Netlink,
+    pod_ns: &Netns,
+    plan: &AddPlan,
+    parent: u32,
+    mtu: Option<u32>,
+) -> Result<LinkInfo, CniError> {
+    match host.create_macvlan(&plan.ifname, parent, MacvlanMode::Bridge, mtu, Some(pod_ns)) {
+        Ok(()) => return lookup(pod, &plan.ifname),
+        Err(e) if e.is_exists() => {}
+        Err(e) => return Err(dp(&format!("creating macvlan {}", plan.ifname), e)),
+    }
+    // The name is taken in the node netns (the kernel checks it there even
+    // for a link born elsewhere) or in the pod: create under a temporary name
+    // and rename inside the pod, where only a real clash fails.
+    let tmp = names::temporary();
+    host.create_macvlan(&tmp, parent, MacvlanMode::Bridge, mtu, Some(pod_ns))
+        .map_err(|e| dp(&format!("creating macvlan {tmp}"), e))?;
+    let l = lookup(pod, &tmp)?;
+    if let Err(e) = pod.rename(l.index, &plan.ifname) {
+        let _ = pod.delete_link(l.index);
+        return Err(if e.is_exists() {
+            CniError::datapath(format!(
+                "an interface named {} already exists in the pod netns",
+                plan.ifname
+            ))
+        } else {
+            dp(&format!("renaming {tmp} to {}", plan.ifname), e)
+        });
+    }
+    lookup(pod, &plan.ifname)
+}
+
+/// Removes what ADD created. Idempotent: missing netns, missing links and
+/// an empty CNI_NETNS all succeed.
+pub fn del(container_id: &str, ifname: &str, netns_path: &str) -> Result<(), CniError> {
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let host_veth = names::host_veth(container_id, ifname);
+    if let Some(l) = host.link_by_name(&host_veth).map_err(|e| dp("looking up veth", e))? {
+        // Deleting one end removes the peer in the pod and the /32 route.
+        ignore_missing(host.delete_link(l.index)).map_err(|e| dp("deleting veth", e))?;
+    }
+    if netns_path.is_empty() {
+        return Ok(());
+    }
+    let ns = match Netns::open(std::path::Path::new(netns_path)) {
+        Ok(ns) => ns,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => {
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                "cannot open the pod network namespace",
+                format!("{netns_path}: {e}"),
+            ))
+        }
+    };
+    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    if let Some(l) = pod.link_by_name(ifname).map_err(|e| dp("looking up pod interface", e))? {
+        if l.kind.as_deref() == Some("macvlan") {
+            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod interface", e))?;
+        } else {
+            warn!(ifname, kind = ?l.kind, "pod interface is not a macvlan; leaving it alone");
+        }
+    }
+    let pv = names::pod_veth(ifname);
+    if let Some(l) = pod.link_by_name(&pv).map_err(|e| dp("looking up pod veth", e))? {
+        ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+/// The result of an ADD that already happened (a repeated ADD of a healthy
+/// attachment): verified with `check`, then read back from the kernel.
+pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
+    check(plan)?;
+    let ns = open_pod_netns(&plan.netns_path)?;
+    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let mv = lookup(&mut pod, &plan.ifname)?;
+    let pv = lookup(&mut pod, &names::pod_veth(&plan.ifname))?;
+    let hv = lookup(&mut host, &names::host_veth(&plan.container_id, &plan.ifname))?;
+    let iface = |l: &LinkInfo, sandbox: Option<String>| Interface {
+        name: l.name.clone(),
+        mac: l.mac.map(format_mac).unwrap_or_default(),
+        mtu: Some(l.mtu),
+        sandbox,
+    };
+    let mut routes = vec![Route {
+        dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+        gw: Some(plan.gateway),
+    }];
+    routes.extend(plan.routes.iter().map(|(d, g)| Route { dst: *d, gw: Some(*g) }));
+    Ok(CniResult {
+        interfaces: vec![
+            iface(&mv, Some(plan.netns_path.clone())),
+            iface(&hv, None),
+            iface(&pv, Some(plan.netns_path.clone())),
+        ],
+        ips: vec![IpConfig {
+            address: plan.address,
+            gateway: Some(plan.gateway),
+            interface: 0,
+        }],
+        routes,
+    })
+}
+
+/// Verifies the attachment is still what ADD built.
+pub fn check(plan: &AddPlan) -> Result<(), CniError> {
+    let fail = |d: String| CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d);
+    let ns = open_pod_netns(&plan.netns_path)?;
+    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mv = pod
+        .link_by_name(&plan.ifname)
+        .map_err(|e| dp("looking up pod interface", e))?
+        .ok_or_else(|| fail(format!("{} is missing from the pod", plan.ifname)))?;
+    if mv.kind.as_deref() != Some("macvlan") {
+        return Err(fail(format!("{} is a {:?}, not a macvlan", plan.ifname, mv.kind)));
+    }
+    if !mv.up {
+        return Err(fail(format!("{} is down", plan.ifname)));
+    }
+    let addrs = pod.addrs(Some(mv.index)).map_err(|e| dp("listing pod addresses", e))?;
+    if !addrs.iter().any(|a| a.addr == plan.address) {
+        return Err(fail(format!("{} does not carry {}", plan.ifname, plan.address)));
+    }
+    let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
+    if !routes
+        .iter()
+        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
+    {
+        return Err(fail(format!("default route via {} on {} is missing", plan.gateway, plan.ifname)));
+    }
+    let pv_name = names::pod_veth(&plan.ifname);
+    let pv = pod
+        .link_by_name(&pv_name)
+        .map_err(|e| dp("looking up pod veth", e))?
+        .ok_or_else(|| fail(format!("pod side of the node veth ({pv_name}) is missing")))?;
+    if !pv.up {
+        return Err(fail(format!("{pv_name} is down")));
+    }
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let hv_name = names::host_veth(&plan.container_id, &plan.ifname);
+    let hv = host
+        .link_by_name(&hv_name)
+        .map_err(|e| dp("looking up node veth", e))?
+        .ok_or_else(|| fail(format!("node side of the veth ({hv_name}) is missing")))?;
+    let host_routes = host.routes().map_err(|e| dp("listing node routes", e))?;
+    if !host_routes
+        .iter()
+        .any(|r| r.dst == host_net(plan.address.ip()) && r.oif == Some(hv.index))
+    {
+        return Err(fail(format!(
+            "the node's route to {} via {hv_name} is missing",
+            plan.address.ip()
+        )));
+    }
+    Ok(())
+}

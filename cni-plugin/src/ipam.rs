@@ -1,0 +1,131 @@
+//! Client for rackline-ipamd over its unix socket. The plugin is synchronous;
+//! each call runs on a current-thread runtime owned by this client.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rackline_proto::ipam::v1 as pb;
+use rackline_proto::ipam::v1::ipam_client::IpamClient as GrpcClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::{code, CniError};
+
+pub struct IpamClient {
+    rt: tokio::runtime::Runtime,
+    grpc: GrpcClient<Channel>,
+    timeout: Duration,
+    socket: PathBuf,
+}
+
+fn unreachable(socket: &Path, why: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        "rackline-ipamd is unreachable",
+        format!(
+            "{}: {why} (is rackline-ipamd running on this node?)",
+            socket.display()
+        ),
+    )
+}
+
+/// Maps an ipamd answer to the CNI code a runtime acts on.
+pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
+    use tonic::Code;
+    let msg = s.message().to_string();
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
+            CniError::new(code::TRY_AGAIN_LATER, "rackline-ipamd is busy or cannot reach etcd", msg)
+        }
+        Code::Unknown if msg.contains("transport") || msg.contains("connect") => unreachable(socket, msg),
+        Code::NotFound => CniError::new(code::UNKNOWN_NETWORK, "unknown Rackline network", msg),
+        Code::ResourceExhausted => CniError::new(code::EXHAUSTED, "no free address", msg),
+        Code::InvalidArgument => CniError::new(code::INVALID_CONFIG, "ipamd rejected the request", msg),
+        _ => CniError::new(code::IPAM, "rackline-ipamd failed", format!("{:?}: {msg}", s.code())),
+    }
+}
+
+impl IpamClient {
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Self, CniError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::new(code::IO_FAILURE, "cannot start the ipamd client", e.to_string()))?;
+        let path = socket.to_path_buf();
+        // The URI is a placeholder: the connector below ignores it and dials
+        // the unix socket.
+        let endpoint = Endpoint::from_static("http://ipamd.invalid")
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let p = path.clone();
+        let channel = rt
+            .block_on(async move {
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let p = p.clone();
+                        async move {
+                            let s = tokio::net::UnixStream::connect(p).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(s))
+                        }
+                    }))
+                    .await
+            })
+            .map_err(|e| {
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    // Transport errors repeat their cause in their own text.
+                    let t = s.to_string();
+                    if !why.contains(&t) {
+                        why = format!("{why}: {t}");
+                    }
+                    src = s.source();
+                }
+                unreachable(&path, why)
+            })?;
+        Ok(Self {
+            rt,
+            grpc: GrpcClient::new(channel),
+            timeout,
+            socket: path,
+        })
+    }
+
+    fn call<T, F>(&mut self, f: impl FnOnce(GrpcClient<Channel>) -> F) -> Result<T, CniError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.grpc.clone();
+        let timeout = self.timeout;
+        let fut = f(client);
+        match self.rt.block_on(async move { tokio::time::timeout(timeout, fut).await }) {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(map_status(s, &self.socket)),
+            Err(_) => Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                "rackline-ipamd did not answer in time",
+                format!("no answer within {timeout:?} on {}", self.socket.display()),
+            )),
+        }
+    }
+
+    pub fn allocate(&mut self, req: pb::AllocateRequest) -> Result<pb::AllocateReply, CniError> {
+        self.call(|mut c| async move { c.allocate(req).await })
+    }
+
+    pub fn release(&mut self, req: pb::ReleaseRequest) -> Result<pb::ReleaseReply, CniError> {
+        self.call(|mut c| async move { c.release(req).await })
+    }
+
+    pub fn check(&mut self, req: pb::CheckRequest) -> Result<pb::CheckReply, CniError> {
+        self.call(|mut c| async move { c.check(req).await })
+    }
+
+    pub fn gc(&mut self, req: pb::GcRequest) -> Result<pb::GcReply, CniError> {
+        self.call(|mut c| async move { c.gc(req).await })
+    }
+
+    pub fn status(&mut self, req: pb::StatusRequest) -> Result<pb::StatusReply, CniError> {
+        self.call(|mut c| async move { c.status(req).await })
+    }
+}

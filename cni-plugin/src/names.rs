@@ -1,0 +1,80 @@
+//! Deterministic interface names, so DEL finds what ADD made without any
+//! state on the node, and every name fits IFNAMSIZ (15).
+
+use std::hash::Hasher;
+
+use fnv::FnvHasher;
+use rackline_model::network::MAX_IFNAME_LEN;
+
+/// FNV-1a is specified and stable across Rust releases (std's default
+/// hasher is not guaranteed to be), so a plugin upgrade between ADD and DEL
+/// still computes the same names.
+fn hash(parts: &[&str]) -> u64 {
+    let mut h = FnvHasher::default();
+    for p in parts {
+        h.write(p.as_bytes());
+        h.write_u8(0);
+    }
+    h.finish()
+}
+
+/// Node-side end of the node<->pod veth: "rl" + 12 hex digits.
+pub fn host_veth(container_id: &str, ifname: &str) -> String {
+    format!("rl{:012x}", hash(&[container_id, ifname]) & 0xffff_ffff_ffff)
+}
+
+/// Pod-side end: "rl-<ifname>" when it fits, else a hashed form.
+pub fn pod_veth(ifname: &str) -> String {
+    let n = format!("rl-{ifname}");
+    if n.len() <= MAX_IFNAME_LEN {
+        n
+    } else {
+        format!("rl-{:012x}", hash(&[ifname]) & 0xffff_ffff_ffff)
+    }
+}
+
+/// Temporary name for a macvlan whose final name clashes in the node netns
+/// (the kernel checks the name in the caller's netns even when the link is
+/// born in another one).
+pub fn temporary() -> String {
+    format!("rltmp{:08x}", rand::random::<u32>())
+}
+
+/// "<master>.<vid>" when it fits, else a deterministic short form.
+pub fn vlan_device(master: &str, vid: u16) -> String {
+    let n = format!("{master}.{vid}");
+    if n.len() <= MAX_IFNAME_LEN {
+        n
+    } else {
+        format!("rlv{:07x}.{vid}", hash(&[master]) & 0xfff_ffff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_distinct_and_short() {
+        let a = host_veth("c1", "eth0");
+        assert_eq!(a, host_veth("c1", "eth0"));
+        assert_ne!(a, host_veth("c1", "net1"));
+        assert_ne!(a, host_veth("c2", "eth0"));
+        assert_eq!(a.len(), 14);
+        assert_eq!(pod_veth("eth0"), "rl-eth0");
+        let long = pod_veth("averylongname15");
+        assert!(long.len() <= 15, "{long}");
+        assert!(temporary().len() <= 15);
+        assert_eq!(vlan_device("eth1", 100), "eth1.100");
+        let v = vlan_device("enp129s0f1np1", 4094);
+        assert!(v.len() <= 15 && v.ends_with(".4094"), "{v}");
+        assert_eq!(v, vlan_device("enp129s0f1np1", 4094));
+    }
+
+    #[test]
+    fn known_fnv_value_pins_the_hash() {
+        // Changing the hash would orphan every running pod's veth on upgrade.
+        assert_eq!(host_veth("abc", "eth0"), host_veth("abc", "eth0"));
+        assert_eq!(hash(&[]), 0xcbf2_9ce4_8422_2325);
+    }
+}

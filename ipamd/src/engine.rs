@@ -1,0 +1,598 @@
+//! The allocation engine: transport-free (no tonic, no etcd types beyond the
+//! store trait's results).
+//!
+//! Allocation is one etcd round trip: pick a free address from the local
+//! cache, then a create-if-absent transaction on that address's own key.
+//! There is no global lock and no shared hot key; concurrent ADDs on this
+//! node serialise only per attachment.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rackline_model::{network::validate_ifname, Keys, Lease, NetworkSpec, PodRef};
+use rackline_store::{Change, CreateLease, Snapshot, StoreError, StoredLease};
+use tokio::sync::{watch, OwnedMutexGuard};
+use tracing::{debug, info, warn};
+
+use crate::netstate::{AttachmentKey, NetState};
+use crate::store::LeaseStore;
+
+/// How many taken-by-someone-else candidates an allocation skips before it
+/// gives up (only reachable when other nodes allocate from the same range
+/// faster than our watch catches up).
+const MAX_ATTEMPTS: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("unknown network {0:?}: create it with `racklinectl network create`")]
+    UnknownNetwork(String),
+    #[error("network {network:?} has no free address ({allocated} of {capacity} in use)")]
+    Exhausted {
+        network: String,
+        allocated: u64,
+        capacity: u64,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    #[error("ipamd has not loaded its state from etcd yet")]
+    NotReady,
+    #[error("gave up after {0} candidate addresses were taken concurrently; try again")]
+    Contended(u32),
+    #[error("store: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for IpamError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => IpamError::Unavailable(m),
+            other => IpamError::Store(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AllocateArgs {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub pod: PodRef,
+}
+
+#[derive(Debug, Clone)]
+pub struct Allocated {
+    pub lease: Lease,
+    pub network: NetworkSpec,
+    /// The attachment already held this lease before the call.
+    pub existing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusInfo {
+    pub capacity: u64,
+    pub allocated: u64,
+    pub available: u64,
+    pub etcd_connected: bool,
+    pub can_allocate: bool,
+    pub reason: String,
+}
+
+type LockKey = (String, String, String);
+
+pub struct Engine<S> {
+    node: String,
+    keys: Keys,
+    store: S,
+    nets: RwLock<HashMap<String, Arc<NetState>>>,
+    attach_locks: Mutex<HashMap<LockKey, Arc<tokio::sync::Mutex<()>>>>,
+    gc_grace: Duration,
+    etcd_ok: AtomicBool,
+    synced_tx: watch::Sender<bool>,
+}
+
+/// Holds one attachment's lock; removes the map entry when nobody else
+/// waits for it, so the map only holds attachments being worked on.
+struct AttachGuard<'a> {
+    map: &'a Mutex<HashMap<LockKey, Arc<tokio::sync::Mutex<()>>>>,
+    key: LockKey,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for AttachGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours (inside the guard) + the map's = 2: no waiter left.
+        if m.get(&self.key).is_some_and(|a| Arc::strong_count(a) == 2) {
+            m.remove(&self.key);
+        }
+        self.guard.take();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn validate_attachment(container_id: &str, ifname: &str) -> Result<(), IpamError> {
+    if container_id.is_empty() || container_id.len() > 256 {
+        return Err(IpamError::InvalidRequest(
+            "container id must be 1-256 characters".into(),
+        ));
+    }
+    if container_id.chars().any(|c| c.is_control() || c == '/') {
+        return Err(IpamError::InvalidRequest(format!(
+            "container id {container_id:?} contains '/' or control characters"
+        )));
+    }
+    validate_ifname(ifname).map_err(|e| IpamError::InvalidRequest(e.to_string()))
+}
+
+impl<S: LeaseStore> Engine<S> {
+    pub fn new(node: String, keys: Keys, store: S, gc_grace: Duration) -> Self {
+        let (synced_tx, _) = watch::channel(false);
+        Self {
+            node,
+            keys,
+            store,
+            nets: RwLock::new(HashMap::new()),
+            attach_locks: Mutex::new(HashMap::new()),
+            gc_grace,
+            etcd_ok: AtomicBool::new(false),
+            synced_tx,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn set_etcd_ok(&self, ok: bool) {
+        let was = self.etcd_ok.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                info!("etcd reachable");
+            } else {
+                warn!("etcd unreachable");
+            }
+        }
+    }
+
+    pub fn etcd_ok(&self) -> bool {
+        self.etcd_ok.load(Ordering::Relaxed)
+    }
+
+    fn nets_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<NetState>>> {
+        self.nets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nets_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<NetState>>> {
+        self.nets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- state from etcd ----
+
+    /// Replaces the cache with a consistent snapshot.
+    pub fn apply_snapshot(&self, snap: Snapshot) {
+        let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
+        for n in snap.networks {
+            fresh.insert(
+                n.spec.name.clone(),
+                Arc::new(NetState::new(n.spec, n.create_revision)),
+            );
+        }
+        for sl in snap.leases {
+            if let Some(st) = fresh.get(&sl.lease.network) {
+                st.observe(sl, &self.node);
+            }
+        }
+        {
+            let old = self.nets_read();
+            for (name, st) in &fresh {
+                if let Some(o) = old.get(name) {
+                    st.inherit_uncertain(o);
+                }
+            }
+        }
+        let count = fresh.len();
+        *self.nets_write() = fresh;
+        self.synced_tx.send_replace(true);
+        debug!(networks = count, revision = snap.revision, "state loaded from etcd");
+    }
+
+    pub fn apply_change(&self, change: Change) {
+        match change {
+            Change::Put {
+                key,
+                value,
+                create_revision,
+                mod_revision,
+            } => {
+                if let Some(name) = self.keys.network_name_of(&key) {
+                    let spec: NetworkSpec = match serde_json::from_slice(&value) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%key, "ignoring undecodable network record: {e}");
+                            return;
+                        }
+                    };
+                    let mut nets = self.nets_write();
+                    match nets.get(name) {
+                        Some(st) if st.create_revision == create_revision && st.spec == spec => {}
+                        Some(st) if st.create_revision == create_revision => {
+                            // Same incarnation, new definition: rebuild the
+                            // pool around the leases we know.
+                            let fresh = Arc::new(NetState::new(spec, create_revision));
+                            for sl in st.leases_snapshot() {
+                                fresh.observe(sl, &self.node);
+                            }
+                            fresh.inherit_uncertain(st);
+                            nets.insert(name.to_string(), fresh);
+                        }
+                        _ => {
+                            info!(network = name, "network added");
+                            nets.insert(
+                                name.to_string(),
+                                Arc::new(NetState::new(spec, create_revision)),
+                            );
+                        }
+                    }
+                } else if let Some((net, _ip)) = self.keys.parse_lease(&key) {
+                    let lease: Lease = match serde_json::from_slice(&value) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(%key, "ignoring undecodable lease record: {e}");
+                            return;
+                        }
+                    };
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.observe(StoredLease { lease, mod_revision }, &self.node);
+                    }
+                }
+            }
+            Change::Delete { key, mod_revision } => {
+                if let Some(name) = self.keys.network_name_of(&key) {
+                    info!(network = name, "network removed");
+                    self.nets_write().remove(name);
+                } else if let Some((net, ip)) = self.keys.parse_lease(&key) {
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.forget(ip, mod_revision);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for the first snapshot, so requests arriving right
+    /// after start-up do not fail needlessly.
+    async fn wait_synced(&self, limit: Duration) -> Result<(), IpamError> {
+        let mut rx = self.synced_tx.subscribe();
+        let ready = tokio::time::timeout(limit, async { rx.wait_for(|s| *s).await.is_ok() }).await;
+        match ready {
+            Ok(true) => Ok(()),
+            _ => Err(IpamError::NotReady),
+        }
+    }
+
+    async fn network(&self, name: &str) -> Result<Arc<NetState>, IpamError> {
+        self.wait_synced(Duration::from_secs(2)).await?;
+        if let Some(st) = self.nets_read().get(name) {
+            return Ok(st.clone());
+        }
+        // The watch may lag a network created a moment ago.
+        match self.store.get_network(name).await? {
+            Some(n) => {
+                let mut nets = self.nets_write();
+                let st = nets
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::new(NetState::new(n.spec, n.create_revision)));
+                Ok(st.clone())
+            }
+            None => Err(IpamError::UnknownNetwork(name.to_string())),
+        }
+    }
+
+    async fn lock_attachment(&self, network: &str, key: &AttachmentKey) -> AttachGuard<'_> {
+        let lk = (network.to_string(), key.0.clone(), key.1.clone());
+        let m = {
+            let mut map = self.attach_locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(lk.clone()).or_default().clone()
+        };
+        let guard = m.lock_owned().await;
+        AttachGuard {
+            map: &self.attach_locks,
+            key: lk,
+            guard: Some(guard),
+        }
+    }
+
+    fn is_mine(&self, l: &Lease, key: &AttachmentKey) -> bool {
+        l.node == self.node && l.container_id == key.0 && l.ifname == key.1
+    }
+
+    // ---- the API ----
+
+    pub async fn allocate(&self, a: AllocateArgs) -> Result<Allocated, IpamError> {
+        validate_attachment(&a.container_id, &a.ifname)?;
+        let net = self.network(&a.network).await?;
+        let key: AttachmentKey = (a.container_id.clone(), a.ifname.clone());
+        let _g = self.lock_attachment(&a.network, &key).await;
+
+        if let Some(sl) = net.existing(&key) {
+            debug!(ip = %sl.lease.address, "allocation already held");
+            return Ok(Allocated {
+                lease: sl.lease,
+                network: net.spec.clone(),
+                existing: true,
+            });
+        }
+        // An earlier attempt for this attachment may have been written even
+        // though we never heard back: adopt it rather than take a second one.
+        for ip in net.take_uncertain(&key) {
+            match self.store.get_lease(&a.network, ip).await {
+                Ok(Some(sl)) if self.is_mine(&sl.lease, &key) => {
+                    let lease = sl.lease.clone();
+                    net.observe(sl, &self.node);
+                    return Ok(Allocated {
+                        lease,
+                        network: net.spec.clone(),
+                        existing: false,
+                    });
+                }
+                Ok(Some(sl)) => net.observe(sl, &self.node),
+                Ok(None) => net.resolve_absent(&key, ip),
+                Err(e) => {
+                    net.mark_uncertain(&key, ip);
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(ip) = net.pick() else {
+                let (capacity, allocated, _) = net.usage();
+                return Err(IpamError::Exhausted {
+                    network: a.network.clone(),
+                    allocated,
+                    capacity,
+                });
+            };
+            let lease = Lease {
+                network: a.network.clone(),
+                address: ip,
+                node: self.node.clone(),
+                container_id: a.container_id.clone(),
+                ifname: a.ifname.clone(),
+                pod: a.pod.clone(),
+                created_unix_ms: now_ms(),
+            };
+            match self.store.create_lease(&lease, net.create_revision).await {
+                Ok(CreateLease::Created { mod_revision }) => {
+                    self.set_etcd_ok(true);
+                    net.observe(
+                        StoredLease {
+                            lease: lease.clone(),
+                            mod_revision,
+                        },
+                        &self.node,
+                    );
+                    info!(network = %a.network, %ip, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                    return Ok(Allocated {
+                        lease,
+                        network: net.spec.clone(),
+                        existing: false,
+                    });
+                }
+                Ok(CreateLease::Taken(owner)) => {
+                    // Our cache lagged; the address stays marked taken and
+                    // the watch fills in the owner's record.
+                    debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
+                }
+                Ok(CreateLease::NetworkGone) => {
+                    net.unpick(ip);
+                    self.nets_write()
+                        .retain(|_, st| !Arc::ptr_eq(st, &net));
+                    return Err(IpamError::UnknownNetwork(a.network.clone()));
+                }
+                Err(StoreError::Unavailable(m)) => {
+                    // The request may have been applied: remember it so the
+                    // retry or the DEL resolves it instead of leaking it.
+                    net.mark_uncertain(&key, ip);
+                    self.set_etcd_ok(false);
+                    return Err(IpamError::Unavailable(m));
+                }
+                Err(e) => {
+                    net.unpick(ip);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
+
+    fn note_store_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.set_etcd_ok(false);
+        }
+    }
+
+    /// Releases every lease this node holds for the attachment. Idempotent:
+    /// an unknown network or attachment releases nothing and succeeds.
+    pub async fn release(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        validate_attachment(container_id, ifname)?;
+        let net = match self.network(network).await {
+            Ok(n) => n,
+            Err(IpamError::UnknownNetwork(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
+        let _g = self.lock_attachment(network, &key).await;
+        self.release_locked(&net, &key, |_| true).await
+    }
+
+    async fn release_locked(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+        should_release: impl Fn(&StoredLease) -> bool,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        let name = net.spec.name.clone();
+        let mut released = Vec::new();
+        for (ip, rev) in net.held(key) {
+            let mut rev = match rev {
+                Some(r) => r,
+                None => match self.store.get_lease(&name, ip).await {
+                    Ok(Some(sl)) if self.is_mine(&sl.lease, key) => sl.mod_revision,
+                    Ok(Some(sl)) => {
+                        net.disown(key, ip);
+                        net.observe(sl, &self.node);
+                        continue;
+                    }
+                    Ok(None) => {
+                        net.resolve_absent(key, ip);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.note_store_error(&e);
+                        return Err(e.into());
+                    }
+                },
+            };
+            if let Some(sl) = net.lease_at(ip) {
+                if !should_release(&sl) {
+                    continue;
+                }
+            }
+            for _ in 0..3 {
+                match self.store.delete_lease(&name, ip, rev).await {
+                    Ok(true) => {
+                        net.forget(ip, 0);
+                        net.disown(key, ip);
+                        info!(network = %name, %ip, container = %key.0, ifname = %key.1, "released");
+                        released.push(ip);
+                        break;
+                    }
+                    Ok(false) => match self.store.get_lease(&name, ip).await {
+                        Ok(Some(sl)) if self.is_mine(&sl.lease, key) => rev = sl.mod_revision,
+                        Ok(Some(sl)) => {
+                            net.disown(key, ip);
+                            net.observe(sl, &self.node);
+                            break;
+                        }
+                        Ok(None) => {
+                            net.forget(ip, 0);
+                            net.resolve_absent(key, ip);
+                            break;
+                        }
+                        Err(e) => {
+                            self.note_store_error(&e);
+                            return Err(e.into());
+                        }
+                    },
+                    Err(e) => {
+                        self.note_store_error(&e);
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    pub async fn check(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Allocated>, IpamError> {
+        validate_attachment(container_id, ifname)?;
+        let net = self.network(network).await?;
+        let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
+        Ok(net.existing(&key).map(|sl| Allocated {
+            lease: sl.lease,
+            network: net.spec.clone(),
+            existing: true,
+        }))
+    }
+
+    /// CNI GC: releases this node's leases on `network` whose attachment is
+    /// not in `valid`, except those younger than the grace period (their ADD
+    /// may be in flight and missing from the runtime's list).
+    pub async fn gc(
+        &self,
+        network: &str,
+        valid: &HashSet<AttachmentKey>,
+    ) -> Result<Vec<Lease>, IpamError> {
+        let net = match self.network(network).await {
+            Ok(n) => n,
+            Err(IpamError::UnknownNetwork(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut stale: Vec<AttachmentKey> = net
+            .leases_of_node(&self.node)
+            .into_iter()
+            .map(|sl| (sl.lease.container_id, sl.lease.ifname))
+            .filter(|k| !valid.contains(k))
+            .collect();
+        stale.sort();
+        stale.dedup();
+        let mut out = Vec::new();
+        for key in stale {
+            let _g = self.lock_attachment(network, &key).await;
+            // Re-checked under the attachment lock: an ADD that completed
+            // meanwhile made a young lease, which the grace keeps.
+            let cutoff = now_ms() - self.gc_grace.as_millis() as i64;
+            let before: Vec<Lease> = net
+                .held(&key)
+                .into_iter()
+                .filter_map(|(ip, _)| net.lease_at(ip))
+                .map(|sl| sl.lease)
+                .collect();
+            let freed = self
+                .release_locked(&net, &key, |sl| sl.lease.created_unix_ms <= cutoff)
+                .await?;
+            out.extend(before.into_iter().filter(|l| freed.contains(&l.address)));
+        }
+        if !out.is_empty() {
+            info!(network, released = out.len(), "gc released stale leases");
+        }
+        Ok(out)
+    }
+
+    pub async fn status(&self, network: &str) -> Result<StatusInfo, IpamError> {
+        let net = self.network(network).await?;
+        let (capacity, allocated, available) = net.usage();
+        let etcd_connected = self.etcd_ok();
+        let (can_allocate, reason) = if !etcd_connected {
+            (false, "etcd is unreachable".to_string())
+        } else if available == 0 {
+            (
+                false,
+                format!("network {network:?} is exhausted ({allocated}/{capacity} in use)"),
+            )
+        } else {
+            (true, String::new())
+        };
+        Ok(StatusInfo {
+            capacity,
+            allocated,
+            available,
+            etcd_connected,
+            can_allocate,
+            reason,
+        })
+    }
+}

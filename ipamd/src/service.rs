@@ -1,0 +1,169 @@
+//! The tonic adapter: proto <-> engine types and error codes. The plugin maps
+//! Unavailable to CNI code 11 ("try again later").
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rackline_model::{Lease, NetworkSpec, PodRef};
+use rackline_proto::ipam::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{AllocateArgs, Engine, IpamError};
+use crate::store::LeaseStore;
+
+pub struct IpamService<S> {
+    engine: Arc<Engine<S>>,
+}
+
+impl<S> IpamService<S> {
+    pub fn new(engine: Arc<Engine<S>>) -> Self {
+        Self { engine }
+    }
+}
+
+pub fn status_of(e: IpamError) -> Status {
+    let msg = e.to_string();
+    match e {
+        IpamError::UnknownNetwork(_) => Status::not_found(msg),
+        IpamError::Exhausted { .. } => Status::resource_exhausted(msg),
+        IpamError::InvalidRequest(_) => Status::invalid_argument(msg),
+        IpamError::Unavailable(_) | IpamError::NotReady => Status::unavailable(msg),
+        IpamError::Contended(_) => Status::aborted(msg),
+        IpamError::Store(_) => Status::internal(msg),
+    }
+}
+
+fn pod_to_pb(p: &PodRef) -> pb::PodRef {
+    pb::PodRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+    }
+}
+
+pub fn lease_to_pb(l: &Lease, prefix: u8) -> pb::Lease {
+    pb::Lease {
+        network: l.network.clone(),
+        address: format!("{}/{}", l.address, prefix),
+        node: l.node.clone(),
+        container_id: l.container_id.clone(),
+        ifname: l.ifname.clone(),
+        pod: Some(pod_to_pb(&l.pod)),
+        created_unix_ms: l.created_unix_ms,
+    }
+}
+
+pub fn network_to_pb(n: &NetworkSpec) -> pb::NetworkConfig {
+    pb::NetworkConfig {
+        name: n.name.clone(),
+        subnet: n.subnet.to_string(),
+        gateway: n.gateway.to_string(),
+        master: n.master.clone(),
+        mtu: n.mtu,
+        vlan: n.vlan.map(u32::from).unwrap_or(0),
+        routes: n
+            .routes
+            .iter()
+            .map(|r| pb::Route {
+                dst: r.dst.to_string(),
+                gw: r.gw.map(|g| g.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        host_routes: n.host_routes.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
+    async fn allocate(
+        &self,
+        req: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateReply>, Status> {
+        let r = req.into_inner();
+        let pod = r.pod.unwrap_or_default();
+        let a = self
+            .engine
+            .allocate(AllocateArgs {
+                network: r.network,
+                container_id: r.container_id,
+                ifname: r.ifname,
+                pod: PodRef {
+                    namespace: pod.namespace,
+                    name: pod.name,
+                    uid: pod.uid,
+                },
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::AllocateReply {
+            lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
+            network: Some(network_to_pb(&a.network)),
+            existing: a.existing,
+        }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let r = req.into_inner();
+        let freed = self
+            .engine
+            .release(&r.network, &r.container_id, &r.ifname)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseReply {
+            released: !freed.is_empty(),
+            address: freed
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        }))
+    }
+
+    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
+        let r = req.into_inner();
+        match self
+            .engine
+            .check(&r.network, &r.container_id, &r.ifname)
+            .await
+            .map_err(status_of)?
+        {
+            Some(a) => Ok(Response::new(pb::CheckReply {
+                lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
+                network: Some(network_to_pb(&a.network)),
+            })),
+            None => Err(Status::not_found(format!(
+                "no lease for container {} ifname {} on network {}",
+                r.container_id, r.ifname, r.network
+            ))),
+        }
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let r = req.into_inner();
+        let valid: HashSet<(String, String)> = r
+            .valid
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        let released = self.engine.gc(&r.network, &valid).await.map_err(status_of)?;
+        Ok(Response::new(pb::GcReply {
+            released: released.iter().map(|l| lease_to_pb(l, 32)).collect(),
+        }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let r = req.into_inner();
+        let s = self.engine.status(&r.network).await.map_err(status_of)?;
+        Ok(Response::new(pb::StatusReply {
+            capacity: s.capacity,
+            allocated: s.allocated,
+            available: s.available,
+            etcd_connected: s.etcd_connected,
+            can_allocate: s.can_allocate,
+            reason: s.reason,
+        }))
+    }
+}

@@ -1,0 +1,62 @@
+//! Keeps the engine's cache in step with etcd: snapshot, then watch from the
+//! snapshot's revision. Any watch failure (etcd restart, compaction) goes
+//! back to a fresh snapshot; events are never silently skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rackline_store::{Change, Store};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::engine::Engine;
+use crate::store::LeaseStore;
+
+pub async fn run<S: LeaseStore>(engine: Arc<Engine<S>>, store: Store, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match store.snapshot().await {
+            Ok(snap) => {
+                let rev = snap.revision;
+                engine.apply_snapshot(snap);
+                engine.set_etcd_ok(true);
+                backoff = Duration::from_millis(100);
+                let (tx, mut rx) = mpsc::channel::<Change>(4096);
+                let prefix = store.keys().root_prefix();
+                let watch = store.watch_prefix(prefix, rev + 1, tx);
+                tokio::pin!(watch);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut watch => break Some(r),
+                        Some(change) = rx.recv() => engine.apply_change(change),
+                        _ = shutdown.changed() => break None,
+                    }
+                };
+                // Apply what the watch delivered before it ended.
+                while let Ok(change) = rx.try_recv() {
+                    engine.apply_change(change);
+                }
+                match result {
+                    None => return,
+                    Some(Ok(())) => debug!("watch ended"),
+                    Some(Err(e)) => {
+                        warn!("etcd watch broke, re-listing: {e}");
+                        engine.set_etcd_ok(false);
+                    }
+                }
+            }
+            Err(e) => {
+                engine.set_etcd_ok(false);
+                warn!("cannot load state from etcd (retrying in {backoff:?}): {e}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
