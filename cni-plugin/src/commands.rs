@@ -44,17 +44,23 @@ fn plan_from(
     };
     let mut routes = Vec::new();
     for r in &net.routes {
-        let dst: Ipv4Network = r.dst.parse().map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
+        let dst: Ipv4Network = r
+            .dst
+            .parse()
+            .map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
         let gw: Ipv4Addr = if r.gw.is_empty() {
             gateway
         } else {
-            r.gw.parse().map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
+            r.gw.parse()
+                .map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
         };
         routes.push((dst, gw));
     }
     let mut host_routes = conf.host_routes.clone();
     for h in &net.host_routes {
-        let c: Ipv4Network = h.parse().map_err(|e| bad(format!("host route {h:?}: {e}")))?;
+        let c: Ipv4Network = h
+            .parse()
+            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
         if !host_routes.contains(&c) {
             host_routes.push(c);
         }
@@ -174,7 +180,10 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             format!(
                 "the lease is {} but prevResult has {:?}",
                 plan.address,
-                prev.ips.iter().map(|i| i.address.to_string()).collect::<Vec<_>>()
+                prev.ips
+                    .iter()
+                    .map(|i| i.address.to_string())
+                    .collect::<Vec<_>>()
             ),
         ));
     }
@@ -203,8 +212,10 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
 }
 
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
-    let unavailable = |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout).map_err(|e| unavailable(e.to_string()))?;
+    let unavailable =
+        |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)
+        .map_err(|e| unavailable(e.to_string()))?;
     let s = ipam
         .status(pb::StatusRequest {
             network: conf.network.clone(),

@@ -120,7 +120,8 @@ impl NetConf {
                 "stdin must be a JSON object",
             ));
         }
-        let raw: RawConf = serde_json::from_value(value).map_err(|e| CniError::config(e.to_string()))?;
+        let raw: RawConf =
+            serde_json::from_value(value).map_err(|e| CniError::config(e.to_string()))?;
         if raw.cni_version.is_empty() {
             return Err(CniError::config("cniVersion is missing"));
         }
@@ -239,7 +240,9 @@ mod tests {
         assert_eq!(parse("not json").unwrap_err().code, code::DECODE);
         assert_eq!(parse("[1]").unwrap_err().code, code::DECODE);
         assert_eq!(
-            parse(r#"{"cniVersion":"9.9.9","name":"n"}"#).unwrap_err().code,
+            parse(r#"{"cniVersion":"9.9.9","name":"n"}"#)
+                .unwrap_err()
+                .code,
             code::INCOMPATIBLE_VERSION
         );
         for bad in [

@@ -72,7 +72,9 @@ fn dp(what: &str, e: NetlinkError) -> CniError {
 /// The node's own IPv4 addresses (global scope), those on the master first,
 /// so the first one is the natural next hop for host routes.
 fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>, CniError> {
-    let mut addrs = host.addrs(None).map_err(|e| dp("listing node addresses", e))?;
+    let mut addrs = host
+        .addrs(None)
+        .map_err(|e| dp("listing node addresses", e))?;
     addrs.retain(|a| a.scope == 0 && !a.addr.ip().is_loopback());
     addrs.sort_by_key(|a| (a.index != master_index, a.index));
     let mut out: Vec<Ipv4Addr> = Vec::new();
@@ -97,7 +99,10 @@ fn parent_link(host: &mut Netlink, master: &LinkInfo, vlan: Option<u16>) -> Resu
             .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
     }
     for _ in 0..2 {
-        if let Some(l) = host.link_by_name(&name).map_err(|e| dp("looking up VLAN device", e))? {
+        if let Some(l) = host
+            .link_by_name(&name)
+            .map_err(|e| dp("looking up VLAN device", e))?
+        {
             let ok = l.kind.as_deref() == Some("vlan")
                 && l.parent_index == Some(master.index)
                 && l.vlan_id == Some(vid);
@@ -108,7 +113,8 @@ fn parent_link(host: &mut Netlink, master: &LinkInfo, vlan: Option<u16>) -> Resu
                 )));
             }
             if !l.up {
-                host.set_up(l.index).map_err(|e| dp(&format!("bringing up {name}"), e))?;
+                host.set_up(l.index)
+                    .map_err(|e| dp(&format!("bringing up {name}"), e))?;
             }
             return Ok(l.index);
         }
@@ -119,12 +125,15 @@ fn parent_link(host: &mut Netlink, master: &LinkInfo, vlan: Option<u16>) -> Resu
             Err(e) => return Err(dp(&format!("creating VLAN device {name}"), e)),
         }
     }
-    Err(CniError::datapath(format!("VLAN device {name} vanished while being set up")))
+    Err(CniError::datapath(format!(
+        "VLAN device {name} vanished while being set up"
+    )))
 }
 
 pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    let mut pod = Netlink::in_netns(pod_ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mut pod =
+        Netlink::in_netns(pod_ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     let mut undo = Vec::new();
     match build(&mut host, &mut pod, pod_ns, plan, &mut undo) {
         Ok(r) => Ok(r),
@@ -169,7 +178,10 @@ fn build(
     // block the new one; its name is derived from the attachment, so it is
     // ours to remove.
     let host_veth = names::host_veth(&plan.container_id, &plan.ifname);
-    if let Some(stale) = host.link_by_name(&host_veth).map_err(|e| dp("looking up veth", e))? {
+    if let Some(stale) = host
+        .link_by_name(&host_veth)
+        .map_err(|e| dp("looking up veth", e))?
+    {
         warn!(name = %host_veth, "removing stale veth from an earlier attempt");
         host.delete_link(stale.index)
             .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
@@ -189,12 +201,18 @@ fn build(
     let pv = lookup(pod, &pod_veth)?;
 
     // 3. pod side: announce on up (arp_notify), address, links up, routes.
-    write_sysctl_in(pod_ns, &format!("net/ipv4/conf/{}/arp_notify", plan.ifname), "1")
-        .map_err(|e| dp("setting arp_notify", e))?;
+    write_sysctl_in(
+        pod_ns,
+        &format!("net/ipv4/conf/{}/arp_notify", plan.ifname),
+        "1",
+    )
+    .map_err(|e| dp("setting arp_notify", e))?;
     pod.add_addr(mv.index, plan.address)
         .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname), e))?;
-    pod.set_up(mv.index).map_err(|e| dp("bringing the pod interface up", e))?;
-    pod.set_up(pv.index).map_err(|e| dp("bringing the pod veth up", e))?;
+    pod.set_up(mv.index)
+        .map_err(|e| dp("bringing the pod interface up", e))?;
+    pod.set_up(pv.index)
+        .map_err(|e| dp("bringing the pod veth up", e))?;
     let pod_ip = plan.address.ip();
     for a in &node_addrs {
         let mut r = RouteSpec::on_link(host_net(*a), pv.index);
@@ -218,14 +236,19 @@ fn build(
             "host routes are configured but the node has no IPv4 address to route them through",
         ));
     }
-    let default = RouteSpec::via(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"), plan.gateway, mv.index);
+    let default = RouteSpec::via(
+        Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
+        plan.gateway,
+        mv.index,
+    );
     add_route(pod, &default, "default route")?;
     for (dst, gw) in &plan.routes {
         add_route(pod, &RouteSpec::via(*dst, *gw, mv.index), "network route")?;
     }
 
     // 4. node side: veth up and a /32 to the pod.
-    host.set_up(hv.index).map_err(|e| dp("bringing the node veth up", e))?;
+    host.set_up(hv.index)
+        .map_err(|e| dp("bringing the node veth up", e))?;
     let mut to_pod = RouteSpec::on_link(host_net(pod_ip), hv.index);
     to_pod.src = node_addrs.first().copied();
     if let Err(e) = host.add_route(&to_pod) {
@@ -235,14 +258,18 @@ fn build(
         // A route for this address survived a pod whose veth is gone; the
         // lease says the address is ours now, so replace it.
         let _ = host.del_route(&RouteSpec::on_link(host_net(pod_ip), 0));
-        host.add_route(&to_pod).map_err(|e| dp("adding the node's route to the pod", e))?;
+        host.add_route(&to_pod)
+            .map_err(|e| dp("adding the node's route to the pod", e))?;
     }
 
     let mut routes = vec![Route {
         dst: default.dst,
         gw: Some(plan.gateway),
     }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route { dst: *d, gw: Some(*g) }));
+    routes.extend(plan.routes.iter().map(|(d, g)| Route {
+        dst: *d,
+        gw: Some(*g),
+    }));
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -327,7 +354,10 @@ fn create_macvlan(
 pub fn del(container_id: &str, ifname: &str, netns_path: &str) -> Result<(), CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
     let host_veth = names::host_veth(container_id, ifname);
-    if let Some(l) = host.link_by_name(&host_veth).map_err(|e| dp("looking up veth", e))? {
+    if let Some(l) = host
+        .link_by_name(&host_veth)
+        .map_err(|e| dp("looking up veth", e))?
+    {
         // Deleting one end removes the peer in the pod and the /32 route.
         ignore_missing(host.delete_link(l.index)).map_err(|e| dp("deleting veth", e))?;
     }
@@ -346,15 +376,22 @@ pub fn del(container_id: &str, ifname: &str, netns_path: &str) -> Result<(), Cni
         }
     };
     let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
-    if let Some(l) = pod.link_by_name(ifname).map_err(|e| dp("looking up pod interface", e))? {
+    if let Some(l) = pod
+        .link_by_name(ifname)
+        .map_err(|e| dp("looking up pod interface", e))?
+    {
         if l.kind.as_deref() == Some("macvlan") {
-            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod interface", e))?;
+            ignore_missing(pod.delete_link(l.index))
+                .map_err(|e| dp("deleting pod interface", e))?;
         } else {
             warn!(ifname, kind = ?l.kind, "pod interface is not a macvlan; leaving it alone");
         }
     }
     let pv = names::pod_veth(ifname);
-    if let Some(l) = pod.link_by_name(&pv).map_err(|e| dp("looking up pod veth", e))? {
+    if let Some(l) = pod
+        .link_by_name(&pv)
+        .map_err(|e| dp("looking up pod veth", e))?
+    {
         ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
     }
     Ok(())
@@ -376,7 +413,10 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
     let mv = lookup(&mut pod, &plan.ifname)?;
     let pv = lookup(&mut pod, &names::pod_veth(&plan.ifname))?;
-    let hv = lookup(&mut host, &names::host_veth(&plan.container_id, &plan.ifname))?;
+    let hv = lookup(
+        &mut host,
+        &names::host_veth(&plan.container_id, &plan.ifname),
+    )?;
     let iface = |l: &LinkInfo, sandbox: Option<String>| Interface {
         name: l.name.clone(),
         mac: l.mac.map(format_mac).unwrap_or_default(),
@@ -387,7 +427,10 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
         dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
         gw: Some(plan.gateway),
     }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route { dst: *d, gw: Some(*g) }));
+    routes.extend(plan.routes.iter().map(|(d, g)| Route {
+        dst: *d,
+        gw: Some(*g),
+    }));
     Ok(CniResult {
         interfaces: vec![
             iface(&mv, Some(plan.netns_path.clone())),
@@ -413,21 +456,32 @@ pub fn check(plan: &AddPlan) -> Result<(), CniError> {
         .map_err(|e| dp("looking up pod interface", e))?
         .ok_or_else(|| fail(format!("{} is missing from the pod", plan.ifname)))?;
     if mv.kind.as_deref() != Some("macvlan") {
-        return Err(fail(format!("{} is a {:?}, not a macvlan", plan.ifname, mv.kind)));
+        return Err(fail(format!(
+            "{} is a {:?}, not a macvlan",
+            plan.ifname, mv.kind
+        )));
     }
     if !mv.up {
         return Err(fail(format!("{} is down", plan.ifname)));
     }
-    let addrs = pod.addrs(Some(mv.index)).map_err(|e| dp("listing pod addresses", e))?;
+    let addrs = pod
+        .addrs(Some(mv.index))
+        .map_err(|e| dp("listing pod addresses", e))?;
     if !addrs.iter().any(|a| a.addr == plan.address) {
-        return Err(fail(format!("{} does not carry {}", plan.ifname, plan.address)));
+        return Err(fail(format!(
+            "{} does not carry {}",
+            plan.ifname, plan.address
+        )));
     }
     let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
     if !routes
         .iter()
         .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
     {
-        return Err(fail(format!("default route via {} on {} is missing", plan.gateway, plan.ifname)));
+        return Err(fail(format!(
+            "default route via {} on {} is missing",
+            plan.gateway, plan.ifname
+        )));
     }
     let pv_name = names::pod_veth(&plan.ifname);
     let pv = pod

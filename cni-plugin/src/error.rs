@@ -48,7 +48,11 @@ impl CniError {
     }
 
     pub fn config(details: impl Into<String>) -> Self {
-        Self::new(code::INVALID_CONFIG, "invalid network configuration", details)
+        Self::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration",
+            details,
+        )
     }
 
     pub fn datapath(details: impl Into<String>) -> Self {

@@ -35,13 +35,25 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
     let msg = s.message().to_string();
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
-            CniError::new(code::TRY_AGAIN_LATER, "rackline-ipamd is busy or cannot reach etcd", msg)
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "rackline-ipamd is busy or cannot reach etcd",
+                msg,
+            )
         }
-        Code::Unknown if msg.contains("transport") || msg.contains("connect") => unreachable(socket, msg),
+        Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
+            unreachable(socket, msg)
+        }
         Code::NotFound => CniError::new(code::UNKNOWN_NETWORK, "unknown Rackline network", msg),
         Code::ResourceExhausted => CniError::new(code::EXHAUSTED, "no free address", msg),
-        Code::InvalidArgument => CniError::new(code::INVALID_CONFIG, "ipamd rejected the request", msg),
-        _ => CniError::new(code::IPAM, "rackline-ipamd failed", format!("{:?}: {msg}", s.code())),
+        Code::InvalidArgument => {
+            CniError::new(code::INVALID_CONFIG, "ipamd rejected the request", msg)
+        }
+        _ => CniError::new(
+            code::IPAM,
+            "rackline-ipamd failed",
+            format!("{:?}: {msg}", s.code()),
+        ),
     }
 }
 
@@ -50,7 +62,13 @@ impl IpamClient {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CniError::new(code::IO_FAILURE, "cannot start the ipamd client", e.to_string()))?;
+            .map_err(|e| {
+                CniError::new(
+                    code::IO_FAILURE,
+                    "cannot start the ipamd client",
+                    e.to_string(),
+                )
+            })?;
         let path = socket.to_path_buf();
         // The URI is a placeholder: the connector below ignores it and dials
         // the unix socket.
@@ -98,7 +116,10 @@ impl IpamClient {
         let client = self.grpc.clone();
         let timeout = self.timeout;
         let fut = f(client);
-        match self.rt.block_on(async move { tokio::time::timeout(timeout, fut).await }) {
+        match self
+            .rt
+            .block_on(async move { tokio::time::timeout(timeout, fut).await })
+        {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(map_status(s, &self.socket)),
             Err(_) => Err(CniError::new(

@@ -69,12 +69,21 @@ fn dispatch(vars: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value
 fn init_logging(conf: &NetConf) {
     let filter = tracing_subscriber::EnvFilter::try_new(&conf.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
     let _ = match &conf.log_file {
-        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
             Err(e) => {
-                eprintln!("rackline: cannot open log file {}: {e}; logging to stderr", path.display());
+                eprintln!(
+                    "rackline: cannot open log file {}: {e}; logging to stderr",
+                    path.display()
+                );
                 builder.with_writer(std::io::stderr).try_init()
             }
         },

@@ -20,7 +20,10 @@ fn hash(parts: &[&str]) -> u64 {
 
 /// Node-side end of the node<->pod veth: "rl" + 12 hex digits.
 pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    format!("rl{:012x}", hash(&[container_id, ifname]) & 0xffff_ffff_ffff)
+    format!(
+        "rl{:012x}",
+        hash(&[container_id, ifname]) & 0xffff_ffff_ffff
+    )
 }
 
 /// Pod-side end: "rl-<ifname>" when it fits, else a hashed form.

@@ -98,10 +98,23 @@ impl CniResult {
     /// Reads the parts of a prevResult CHECK needs (any supported version).
     pub fn from_prev(v: &Value) -> Result<Self, String> {
         let mut r = CniResult::default();
-        for i in v.get("interfaces").and_then(Value::as_array).into_iter().flatten() {
+        for i in v
+            .get("interfaces")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             r.interfaces.push(Interface {
-                name: i.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                mac: i.get("mac").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: i
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                mac: i
+                    .get("mac")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
                 sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
             });
@@ -115,7 +128,10 @@ impl CniResult {
                 .parse()
                 .map_err(|e| format!("prevResult address {addr:?}: {e}"))?;
             let gateway = match ip.get("gateway").and_then(Value::as_str) {
-                Some(g) => Some(g.parse().map_err(|e| format!("prevResult gateway {g:?}: {e}"))?),
+                Some(g) => Some(
+                    g.parse()
+                        .map_err(|e| format!("prevResult gateway {g:?}: {e}"))?,
+                ),
                 None => None,
             };
             let interface = ip.get("interface").and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -125,14 +141,24 @@ impl CniResult {
                 interface,
             });
         }
-        for rt in v.get("routes").and_then(Value::as_array).into_iter().flatten() {
+        for rt in v
+            .get("routes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let dst = rt
                 .get("dst")
                 .and_then(Value::as_str)
                 .ok_or("prevResult route without dst")?;
-            let dst: Ipv4Network = dst.parse().map_err(|e| format!("prevResult route {dst:?}: {e}"))?;
+            let dst: Ipv4Network = dst
+                .parse()
+                .map_err(|e| format!("prevResult route {dst:?}: {e}"))?;
             let gw = match rt.get("gw").and_then(Value::as_str) {
-                Some(g) => Some(g.parse().map_err(|e| format!("prevResult route gw {g:?}: {e}"))?),
+                Some(g) => Some(
+                    g.parse()
+                        .map_err(|e| format!("prevResult route gw {g:?}: {e}"))?,
+                ),
                 None => None,
             };
             r.routes.push(Route { dst, gw });

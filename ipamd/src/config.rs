@@ -12,7 +12,12 @@ pub struct Args {
     #[arg(long, env = "RACKLINE_NODE_NAME")]
     pub node_name: String,
     /// etcd client URLs, comma separated.
-    #[arg(long, env = "RACKLINE_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "RACKLINE_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "RACKLINE_ETCD_PREFIX", default_value = "/rackline")]
     pub etcd_prefix: String,
@@ -20,7 +25,11 @@ pub struct Args {
     #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000)]
     pub etcd_timeout_ms: u64,
     /// The unix socket the CNI plugin talks to (created mode 0600).
-    #[arg(long, env = "RACKLINE_SOCKET", default_value = "/run/rackline/ipamd.sock")]
+    #[arg(
+        long,
+        env = "RACKLINE_SOCKET",
+        default_value = "/run/rackline/ipamd.sock"
+    )]
     pub socket: PathBuf,
     /// CNI GC never releases a lease younger than this: its ADD may still be
     /// in flight and absent from the runtime's list of valid attachments.

@@ -204,7 +204,11 @@ impl<S: LeaseStore> Engine<S> {
         let count = fresh.len();
         *self.nets_write() = fresh;
         self.synced_tx.send_replace(true);
-        debug!(networks = count, revision = snap.revision, "state loaded from etcd");
+        debug!(
+            networks = count,
+            revision = snap.revision,
+            "state loaded from etcd"
+        );
     }
 
     pub fn apply_change(&self, change: Change) {
@@ -253,7 +257,13 @@ impl<S: LeaseStore> Engine<S> {
                         }
                     };
                     if let Some(st) = self.nets_read().get(net) {
-                        st.observe(StoredLease { lease, mod_revision }, &self.node);
+                        st.observe(
+                            StoredLease {
+                                lease,
+                                mod_revision,
+                            },
+                            &self.node,
+                        );
                     }
                 }
             }
@@ -398,8 +408,7 @@ impl<S: LeaseStore> Engine<S> {
                 }
                 Ok(CreateLease::NetworkGone) => {
                     net.unpick(ip);
-                    self.nets_write()
-                        .retain(|_, st| !Arc::ptr_eq(st, &net));
+                    self.nets_write().retain(|_, st| !Arc::ptr_eq(st, &net));
                     return Err(IpamError::UnknownNetwork(a.network.clone()));
                 }
                 Err(StoreError::Unavailable(m)) => {

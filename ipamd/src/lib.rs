@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod netstate;
 pub mod service;
 pub mod socket;
@@ -36,9 +38,13 @@ pub fn init_tracing(level: &str) {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(&config.etcd_endpoints, &config.etcd_prefix, config.etcd_timeout)
-        .await
-        .context("configuring the etcd client")?;
+    let store = Store::connect(
+        &config.etcd_endpoints,
+        &config.etcd_prefix,
+        config.etcd_timeout,
+    )
+    .await
+    .context("configuring the etcd client")?;
     let engine = Arc::new(Engine::new(
         config.node_name.clone(),
         store.keys().clone(),

@@ -204,7 +204,11 @@ impl NetState {
     }
 }
 
-fn remove_from(m: &mut HashMap<AttachmentKey, BTreeSet<Ipv4Addr>>, key: &AttachmentKey, ip: Ipv4Addr) {
+fn remove_from(
+    m: &mut HashMap<AttachmentKey, BTreeSet<Ipv4Addr>>,
+    key: &AttachmentKey,
+    ip: Ipv4Addr,
+) {
     if let Some(s) = m.get_mut(key) {
         s.remove(&ip);
         if s.is_empty() {

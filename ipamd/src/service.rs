@@ -122,7 +122,10 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         }))
     }
 
-    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckReply>, Status> {
+    async fn check(
+        &self,
+        req: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckReply>, Status> {
         let r = req.into_inner();
         match self
             .engine
@@ -148,13 +151,20 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
-        let released = self.engine.gc(&r.network, &valid).await.map_err(status_of)?;
+        let released = self
+            .engine
+            .gc(&r.network, &valid)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::GcReply {
             released: released.iter().map(|l| lease_to_pb(l, 32)).collect(),
         }))
     }
 
-    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let r = req.into_inner();
         let s = self.engine.status(&r.network).await.map_err(status_of)?;
         Ok(Response::new(pb::StatusReply {

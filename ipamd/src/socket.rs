@@ -13,7 +13,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 pub fn bind(path: &Path) -> io::Result<UnixListenerStream> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
     }
     match fs::symlink_metadata(path) {

@@ -49,7 +49,11 @@ impl LeaseStore for Store {
         Store::delete_lease(self, network, ip, mod_revision).await
     }
 
-    async fn get_lease(&self, network: &str, ip: Ipv4Addr) -> Result<Option<StoredLease>, StoreError> {
+    async fn get_lease(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Option<StoredLease>, StoreError> {
         Store::get_lease(self, network, ip).await
     }
 

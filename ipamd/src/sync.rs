@@ -12,7 +12,11 @@ use tracing::{debug, warn};
 use crate::engine::Engine;
 use crate::store::LeaseStore;
 
-pub async fn run<S: LeaseStore>(engine: Arc<Engine<S>>, store: Store, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<S: LeaseStore>(
+    engine: Arc<Engine<S>>,
+    store: Store,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {

@@ -1,0 +1,364 @@
+//! Links: typed view of `RTM_NEWLINK` replies and the [`Netlink`] verbs on
+//! them. The pure request builders live in `link/request.rs` (re-exported here).
+
+mod request;
+
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoData, InfoMacVlan, InfoVlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    MacVlanMode,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use nix::errno::Errno;
+
+pub use self::request::*;
+
+use crate::error::{NetlinkError, Result};
+use crate::netns::Netns;
+use crate::socket::Netlink;
+use crate::validate_ifname;
+
+/// macvlan modes (`MACVLAN_MODE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MacvlanMode {
+    Private,
+    Vepa,
+    Bridge,
+    Passthru,
+    Source,
+}
+
+impl From<MacvlanMode> for MacVlanMode {
+    fn from(mode: MacvlanMode) -> Self {
+        match mode {
+            MacvlanMode::Private => Self::Private,
+            MacvlanMode::Vepa => Self::Vepa,
+            MacvlanMode::Bridge => Self::Bridge,
+            MacvlanMode::Passthru => Self::Passthrough,
+            MacvlanMode::Source => Self::Source,
+        }
+    }
+}
+
+impl MacvlanMode {
+    fn from_kernel(mode: MacVlanMode) -> Option<Self> {
+        Some(match mode {
+            MacVlanMode::Private => Self::Private,
+            MacVlanMode::Vepa => Self::Vepa,
+            MacVlanMode::Bridge => Self::Bridge,
+            MacVlanMode::Passthrough => Self::Passthru,
+            MacVlanMode::Source => Self::Source,
+            _ => return None,
+        })
+    }
+}
+
+/// One link as the kernel reports it in the socket's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`: "veth", "macvlan", "bridge", "vlan", ...; `None`
+    /// for devices without rtnl_link_ops (physical NICs, `lo`).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    /// Administrative `IFF_UP`, not carrier.
+    pub up: bool,
+    /// `IFLA_LINK`: macvlan/vlan parent, veth peer. The kernel only sends it
+    /// when it differs from `index`. If the parent lives in another
+    /// namespace (a macvlan in a pod) this index is in *that* namespace.
+    pub parent_index: Option<u32>,
+    pub vlan_id: Option<u16>,
+    pub macvlan_mode: Option<MacvlanMode>,
+}
+
+impl LinkInfo {
+    /// Builds the typed view from an `RTM_NEWLINK` message; `None` when the
+    /// message has no name (never for real links).
+    pub fn from_message(msg: &LinkMessage) -> Option<Self> {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            parent_index: None,
+            vlan_id: None,
+            macvlan_mode: None,
+        };
+        let mut named = false;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => {
+                    info.name = name.clone();
+                    named = true;
+                }
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+                LinkAttribute::Link(parent) => info.parent_index = Some(*parent),
+                LinkAttribute::LinkInfo(infos) => parse_link_info(infos, &mut info),
+                _ => {}
+            }
+        }
+        named.then_some(info)
+    }
+}
+
+fn parse_link_info(infos: &[NlLinkInfo], info: &mut LinkInfo) {
+    for item in infos {
+        match item {
+            NlLinkInfo::Kind(kind) => info.kind = Some(kind.to_string()),
+            NlLinkInfo::Data(InfoData::Vlan(attrs)) => {
+                info.vlan_id = attrs.iter().find_map(|a| match a {
+                    InfoVlan::Id(id) => Some(*id),
+                    _ => None,
+                });
+            }
+            NlLinkInfo::Data(InfoData::MacVlan(attrs)) => {
+                info.macvlan_mode = attrs.iter().find_map(|a| match a {
+                    InfoMacVlan::Mode(mode) => MacvlanMode::from_kernel(*mode),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---- verbs -----------------------------------------------------------------
+
+fn ifindex(index: u32) -> String {
+    format!("ifindex {index}")
+}
+
+fn link_replies(replies: Vec<RouteNetlinkMessage>) -> Vec<LinkInfo> {
+    replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => LinkInfo::from_message(link),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Netlink {
+    /// `None` when no link has that name in this namespace.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkInfo>> {
+        validate_ifname(name)?;
+        self.get_one_link("get link", name, get_link_by_name_request(name))
+    }
+
+    /// `None` when no link has that index in this namespace.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>> {
+        self.get_one_link(
+            "get link",
+            &ifindex(index),
+            get_link_by_index_request(index),
+        )
+    }
+
+    fn get_one_link(
+        &mut self,
+        op: &'static str,
+        target: &str,
+        req: RouteNetlinkMessage,
+    ) -> Result<Option<LinkInfo>> {
+        match self.execute(op, target, req, 0) {
+            Ok(replies) => Ok(link_replies(replies).into_iter().next()),
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        Ok(link_replies(self.dump("dump links", dump_links_request())?))
+    }
+
+    /// A macvlan whose parent is `parent_index` in THIS socket's namespace,
+    /// created directly inside `target` when `Some` (`IFLA_NET_NS_FD`), else
+    /// here. The new link is down; on `EEXIST` the name is taken in the
+    /// namespace the link would be born in.
+    pub fn create_macvlan(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        mode: MacvlanMode,
+        mtu: Option<u32>,
+        target: Option<&Netns>,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        // The fd must stay open until the kernel has processed the request:
+        // `target` is borrowed for the whole call.
+        let req = macvlan_request(
+            name,
+            parent_index,
+            mode,
+            mtu,
+            target.map(|ns| ns.as_fd().as_raw_fd()),
+        );
+        self.execute("create macvlan", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// A veth pair: `name` here, `peer_name` created directly in `peer_ns`
+    /// when `Some`. Both ends start down.
+    pub fn create_veth(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_ns: Option<&Netns>,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        validate_ifname(peer_name)?;
+        let req = veth_request(
+            name,
+            peer_name,
+            peer_ns.map(|ns| ns.as_fd().as_raw_fd()),
+            mtu,
+        );
+        self.execute("create veth", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// A VLAN sub-interface on `parent_index` (ids 1..=4094).
+    pub fn create_vlan(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        vlan_id: u16,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        if !(1..=4094).contains(&vlan_id) {
+            return Err(NetlinkError::InvalidArgument(format!(
+                "vlan id {vlan_id} outside 1..=4094"
+            )));
+        }
+        let req = vlan_request(name, parent_index, vlan_id, mtu);
+        self.execute("create vlan", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.execute(
+            "set link up",
+            &ifindex(index),
+            set_up_request(index, true),
+            0,
+        )
+        .map(drop)
+    }
+
+    pub fn set_down(&mut self, index: u32) -> Result<()> {
+        self.execute(
+            "set link down",
+            &ifindex(index),
+            set_up_request(index, false),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Renames a link (`EEXIST` if the name is taken). Rename before
+    /// `set_up` — e.g. a link born under a temporary name after a clash:
+    /// kernels before 6.2 refuse to rename a running device (`EBUSY` from
+    /// `dev_change_name()` while `IFF_UP`).
+    pub fn rename(&mut self, index: u32, new_name: &str) -> Result<()> {
+        validate_ifname(new_name)?;
+        let req = set_attribute_request(index, LinkAttribute::IfName(new_name.to_owned()));
+        self.execute(
+            "rename link",
+            &format!("ifindex {index} to {new_name}"),
+            req,
+            0,
+        )
+        .map(drop)
+    }
+
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let req = set_attribute_request(index, LinkAttribute::Mtu(mtu));
+        self.execute("set mtu", &format!("ifindex {index} to {mtu}"), req, 0)
+            .map(drop)
+    }
+
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
+        let req = set_attribute_request(index, LinkAttribute::Address(mac.to_vec()));
+        self.execute("set mac", &ifindex(index), req, 0).map(drop)
+    }
+
+    /// Deletes a link (a veth takes its peer with it). `ENODEV` when absent:
+    /// DEL paths check `is_not_found()`.
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        self.execute(
+            "delete link",
+            &ifindex(index),
+            delete_link_request(index),
+            0,
+        )
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::InfoKind;
+
+    #[test]
+    fn parses_macvlan_reply() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 12;
+        msg.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+        msg.attributes = vec![
+            LinkAttribute::IfName("eth0".into()),
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]),
+            LinkAttribute::Link(4),
+            LinkAttribute::LinkInfo(vec![
+                NlLinkInfo::Kind(InfoKind::MacVlan),
+                NlLinkInfo::Data(InfoData::MacVlan(vec![
+                    InfoMacVlan::Mode(MacVlanMode::Bridge),
+                    InfoMacVlan::BcQueueLen(1000),
+                ])),
+            ]),
+        ];
+        assert_eq!(
+            LinkInfo::from_message(&msg).unwrap(),
+            LinkInfo {
+                index: 12,
+                name: "eth0".into(),
+                kind: Some("macvlan".into()),
+                mtu: 1500,
+                mac: Some([2, 0, 0, 0, 0, 1]),
+                up: true,
+                parent_index: Some(4),
+                vlan_id: None,
+                macvlan_mode: Some(MacvlanMode::Bridge),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_vlan_reply_and_rejects_nameless() {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 3;
+        msg.attributes = vec![
+            LinkAttribute::IfName("eth0.7".into()),
+            LinkAttribute::LinkInfo(vec![
+                NlLinkInfo::Kind(InfoKind::Vlan),
+                NlLinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(7)])),
+            ]),
+        ];
+        let info = LinkInfo::from_message(&msg).unwrap();
+        assert_eq!(
+            (info.kind.as_deref(), info.vlan_id, info.up),
+            (Some("vlan"), Some(7), false)
+        );
+        assert!(LinkInfo::from_message(&LinkMessage::default()).is_none());
+    }
+}
