@@ -1,6 +1,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_protos(
-        &["proto/rackline/ipam/v1/ipam.proto", "proto/rackline/admin/v1/admin.proto"],
+        &[
+            "proto/rackline/ipam/v1/ipam.proto",
+            "proto/rackline/admin/v1/admin.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

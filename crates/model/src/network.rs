@@ -22,7 +22,10 @@ pub enum ValidationError {
     #[error("invalid subnet {0:?}: {1}")]
     Subnet(String, String),
     #[error("gateway {gateway} is outside subnet {subnet}")]
-    GatewayOutside { gateway: Ipv4Addr, subnet: Ipv4Network },
+    GatewayOutside {
+        gateway: Ipv4Addr,
+        subnet: Ipv4Network,
+    },
     #[error("gateway {0} is the subnet's network or broadcast address")]
     GatewayReserved(Ipv4Addr),
     #[error("invalid interface name {0:?}: 1-15 characters, no '/', ':' or whitespace")]
@@ -34,12 +37,17 @@ pub enum ValidationError {
     #[error("invalid address range {0:?}: {1}")]
     Range(String, String),
     #[error("excluded range {range} is outside subnet {subnet}")]
-    ExcludeOutside { range: AddrRange, subnet: Ipv4Network },
+    ExcludeOutside {
+        range: AddrRange,
+        subnet: Ipv4Network,
+    },
     #[error("route {0}: {1}")]
     Route(String, String),
     #[error("invalid CIDR {0:?}: {1}")]
     Cidr(String, String),
-    #[error("subnet {subnet} of network {name:?} overlaps subnet {other_subnet} of network {other:?}")]
+    #[error(
+        "subnet {subnet} of network {name:?} overlaps subnet {other_subnet} of network {other:?}"
+    )]
     Overlap {
         name: String,
         subnet: Ipv4Network,
@@ -184,7 +192,11 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Network, ValidationError> {
     if n.network() != n.ip() {
         return Err(ValidationError::Cidr(
             s.to_string(),
-            format!("host bits set; did you mean {}/{}?", n.network(), n.prefix()),
+            format!(
+                "host bits set; did you mean {}/{}?",
+                n.network(),
+                n.prefix()
+            ),
         ));
     }
     Ok(n)
@@ -255,10 +267,7 @@ impl NetworkSpec {
         }
         for h in &self.host_routes {
             if h.network() != h.ip() {
-                return Err(ValidationError::Cidr(
-                    h.to_string(),
-                    "host bits set".into(),
-                ));
+                return Err(ValidationError::Cidr(h.to_string(), "host bits set".into()));
             }
         }
         if crate::Pool::new(self).capacity() == 0 {
@@ -326,14 +335,32 @@ mod tests {
     #[test]
     fn rejects_each_bad_field_with_a_clear_error() {
         let cases: Vec<(Box<dyn Fn(&mut NetworkSpec)>, &str)> = vec![
-            (Box::new(|s| s.name = "Prod_1".into()), "invalid network name"),
-            (Box::new(|s| s.gateway = "10.10.1.1".parse().unwrap()), "outside subnet"),
-            (Box::new(|s| s.gateway = "10.10.0.255".parse().unwrap()), "broadcast"),
-            (Box::new(|s| s.subnet = "10.10.0.5/24".parse().unwrap()), "host bits"),
-            (Box::new(|s| s.subnet = "10.10.0.0/31".parse().unwrap()), "prefix length"),
+            (
+                Box::new(|s| s.name = "Prod_1".into()),
+                "invalid network name",
+            ),
+            (
+                Box::new(|s| s.gateway = "10.10.1.1".parse().unwrap()),
+                "outside subnet",
+            ),
+            (
+                Box::new(|s| s.gateway = "10.10.0.255".parse().unwrap()),
+                "broadcast",
+            ),
+            (
+                Box::new(|s| s.subnet = "10.10.0.5/24".parse().unwrap()),
+                "host bits",
+            ),
+            (
+                Box::new(|s| s.subnet = "10.10.0.0/31".parse().unwrap()),
+                "prefix length",
+            ),
             (Box::new(|s| s.vlan = Some(4095)), "VLAN id 4095"),
             (Box::new(|s| s.vlan = Some(0)), "VLAN id 0"),
-            (Box::new(|s| s.master = "a-very-long-interface".into()), "interface name"),
+            (
+                Box::new(|s| s.master = "a-very-long-interface".into()),
+                "interface name",
+            ),
             (Box::new(|s| s.mtu = 20), "MTU"),
             (
                 Box::new(|s| s.exclude = vec!["10.11.0.0/24".parse().unwrap()]),

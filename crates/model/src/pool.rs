@@ -153,7 +153,11 @@ mod tests {
 
     #[test]
     fn hands_out_every_address_exactly_once_then_exhausts() {
-        let s = spec("10.0.0.0/26", "10.0.0.1", &["10.0.0.10-10.0.0.19", "10.0.0.40"]);
+        let s = spec(
+            "10.0.0.0/26",
+            "10.0.0.1",
+            &["10.0.0.10-10.0.0.19", "10.0.0.40"],
+        );
         let mut p = Pool::new(&s);
         let mut seen = std::collections::BTreeSet::new();
         while let Some(ip) = p.take_next() {

@@ -27,7 +27,9 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("network {0:?} not found")]
     NotFound(String),
-    #[error("network {name:?} still has {leases} lease(s); release them first or delete with force")]
+    #[error(
+        "network {name:?} still has {leases} lease(s); release them first or delete with force"
+    )]
     InUse { name: String, leases: usize },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
@@ -44,7 +46,9 @@ impl From<etcd_client::Error> for StoreError {
             etcd_client::Error::GRpcStatus(s)
                 if matches!(
                     s.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
                 ) =>
             {
                 StoreError::Unavailable(e.to_string())
@@ -80,7 +84,9 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 pub enum CreateLease {
-    Created { mod_revision: i64 },
+    Created {
+        mod_revision: i64,
+    },
     /// Someone else owns the address (their record, when readable).
     Taken(Option<Lease>),
     /// The network was deleted or re-created since the caller read it.
@@ -157,9 +163,7 @@ impl Store {
         let prefix = self.keys.networks_prefix();
         let mut c = self.client.clone();
         let resp = self
-            .deadline(async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let nets = resp
@@ -245,7 +249,10 @@ impl Store {
             }
             let txn = Txn::new().when(when).and_then([
                 TxnOp::delete(key.clone(), None),
-                TxnOp::delete(leases_prefix.clone(), Some(DeleteOptions::new().with_prefix())),
+                TxnOp::delete(
+                    leases_prefix.clone(),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
                 TxnOp::put(guard.clone(), format!("-{name}"), None),
             ]);
             let mut c = self.client.clone();
@@ -279,9 +286,7 @@ impl Store {
         let prefix = self.keys.root_prefix();
         let mut c = self.client.clone();
         let resp = self
-            .deadline(async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut snap = Snapshot {
@@ -329,9 +334,7 @@ impl Store {
         };
         let mut c = self.client.clone();
         let resp = self
-            .deadline(async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
@@ -388,10 +391,19 @@ impl Store {
     /// Deletes exactly the lease record the caller saw (by mod revision), so
     /// a stale release can never free an address someone re-acquired.
     /// Returns false when the record was already gone or had changed.
-    pub async fn delete_lease(&self, network: &str, ip: Ipv4Addr, mod_revision: i64) -> Result<bool> {
+    pub async fn delete_lease(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        mod_revision: i64,
+    ) -> Result<bool> {
         let key = self.keys.lease(network, ip);
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
             .and_then([TxnOp::delete(key, None)]);
         let mut c = self.client.clone();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
@@ -449,10 +461,11 @@ impl Store {
 }
 
 fn decode_network(kv: &KeyValue) -> Result<StoredNetwork> {
-    let spec: NetworkSpec = serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        reason: e.to_string(),
-    })?;
+    let spec: NetworkSpec =
+        serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            reason: e.to_string(),
+        })?;
     Ok(StoredNetwork {
         spec,
         create_revision: kv.create_revision(),
