@@ -187,17 +187,20 @@ impl Store {
         spec.validate()?;
         let guard = self.keys.networks_guard();
         for _ in 0..16 {
-            let (existing, _) = self.list_networks().await?;
+            // The guard is compared against the revision of the very read the
+            // overlap check used: any create or delete committed after that
+            // read bumps the guard past it and fails this transaction. (Reading
+            // the guard separately would leave a window between the two reads.)
+            let (existing, list_rev) = self.list_networks().await?;
             if existing.iter().any(|n| n.spec.name == spec.name) {
                 return Err(StoreError::AlreadyExists(spec.name.clone()));
             }
             spec.check_overlap(existing.iter().map(|n| &n.spec))?;
-            let guard_rev = self.mod_revision(&guard).await?;
             let key = self.keys.network(&spec.name);
             let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
             let txn = Txn::new()
                 .when([
-                    Compare::mod_revision(guard.clone(), CompareOp::Equal, guard_rev),
+                    Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
                     Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 ])
                 .and_then([
@@ -273,39 +276,20 @@ impl Store {
         Err(StoreError::Contended(16))
     }
 
-    async fn mod_revision(&self, key: &str) -> Result<i64> {
-        let k = key.to_string();
-        let mut c = self.client.clone();
-        let resp = self.deadline(async move { c.get(k, None).await }).await?;
-        Ok(resp.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0))
-    }
-
-    /// One consistent snapshot of every network and lease, and the revision
-    /// it was taken at: a watch from `revision + 1` misses nothing.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
-        let prefix = self.keys.root_prefix();
+    /// Number of leases of one network, without fetching the records.
+    pub async fn count_leases(&self, network: &str) -> Result<u64> {
+        let prefix = self.keys.leases_prefix(network);
         let mut c = self.client.clone();
         let resp = self
-            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .deadline(async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            })
             .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let mut snap = Snapshot {
-            networks: Vec::new(),
-            leases: Vec::new(),
-            revision,
-        };
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            if self.keys.network_name_of(&key).is_some() {
-                snap.networks.push(decode_network(kv)?);
-            } else if self.keys.parse_lease(&key).is_some() {
-                snap.leases.push(StoredLease {
-                    lease: decode_lease(kv)?,
-                    mod_revision: kv.mod_revision(),
-                });
-            }
-        }
-        Ok(snap)
+        Ok(resp.count().max(0) as u64)
     }
 
     // ---- leases ----
@@ -460,7 +444,7 @@ impl Store {
     }
 }
 
-fn decode_network(kv: &KeyValue) -> Result<StoredNetwork> {
+pub fn decode_network(kv: &KeyValue) -> Result<StoredNetwork> {
     let spec: NetworkSpec =
         serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(kv.key()).into_owned(),

@@ -107,15 +107,23 @@ pub const ETCD_BIN: &str = "/usr/bin/etcd";
 impl Etcd {
     pub fn start() -> Self {
         require_binary(ETCD_BIN, "etcd-server");
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
-        let mut e = Self {
-            dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-            proc: None,
-        };
-        e.restart();
-        e
+        // A port picked free can be taken by a parallel test before etcd
+        // binds it; etcd then exits at once and we retry with new ports.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir for etcd");
+            let mut e = Self {
+                dir,
+                client_port: free_port(),
+                peer_port: free_port(),
+                proc: None,
+            };
+            match e.try_restart() {
+                Ok(()) => return e,
+                Err(log) => last = log,
+            }
+        }
+        panic!("etcd did not start after 5 attempts; last log:\n{last}");
     }
 
     pub fn endpoint(&self) -> String {
@@ -125,6 +133,12 @@ impl Etcd {
     /// Starts (again) on the same data dir and ports and waits until it
     /// accepts requests.
     pub fn restart(&mut self) {
+        if let Err(log) = self.try_restart() {
+            panic!("etcd did not restart on {}: {log}", self.endpoint());
+        }
+    }
+
+    fn try_restart(&mut self) -> Result<(), String> {
         let c = format!("http://127.0.0.1:{}", self.client_port);
         let p = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(ETCD_BIN);
@@ -153,12 +167,20 @@ impl Etcd {
             .path()
             .join(format!("etcd-{}.log", Instant::now().elapsed().as_nanos()));
         self.proc = Some(Proc::spawn("etcd", cmd, log));
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    /// Ready means a write went through, not merely that the port is open.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
+            if let Some(p) = self.proc.as_mut() {
+                if !p.is_running() {
+                    let log = p.log_text();
+                    self.proc = None;
+                    return Err(format!("etcd exited early: {log}"));
+                }
+            }
             let ok = Command::new("/usr/bin/etcdctl")
                 .args([
                     "--endpoints",
@@ -173,15 +195,13 @@ impl Etcd {
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ok {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "etcd did not become ready on {}: {}",
-            self.endpoint(),
-            self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
-        );
+        let log = self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+        self.kill();
+        Err(format!("not writable within 15 s: {log}"))
     }
 
     /// SIGKILL (LAB-NOTES: a member without quorum takes seconds to honour

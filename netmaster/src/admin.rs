@@ -1,0 +1,293 @@
+//! The admin domain service: networks and leases as the operator sees them.
+//!
+//! Transport-free: it speaks model types and knows nothing of gRPC (see
+//! `server` for that adapter). Every decision that needs atomicity (name
+//! clash, subnet overlap, "no leases left") is taken by the store inside an
+//! etcd transaction; this layer adds the read-side views (capacity,
+//! allocation counts, lease filters).
+//!
+//! Writes go through [`AdminService::permit`] first. Today there is a single
+//! netmaster and every write is permitted; leader election (issue 3) plugs a
+//! real [`WriteFence`] in there, and the permit it returns is what the store's
+//! write transactions will compare on, so a deposed leader cannot write.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
+use rackline_store::{Store, StoreError};
+use tracing::info;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("network {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("network {0:?} not found")]
+    NotFound(String),
+    #[error(
+        "network {name:?} still has {leases} lease(s); release them first or delete with force"
+    )]
+    InUse { name: String, leases: usize },
+    /// This instance may not write (issue 3: not the leader, or its
+    /// leadership lapsed).
+    #[error("this netmaster may not write: {0}")]
+    NotPermitted(String),
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    #[error("gave up after {0} conflicting concurrent updates; try again")]
+    Contended(u32),
+    /// etcd answered something unexpected, or a record does not decode.
+    #[error("store failure: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(v) => AdminError::Invalid(v),
+            StoreError::AlreadyExists(n) => AdminError::AlreadyExists(n),
+            StoreError::NotFound(n) => AdminError::NotFound(n),
+            StoreError::InUse { name, leases } => AdminError::InUse { name, leases },
+            StoreError::Unavailable(m) => AdminError::Unavailable(m),
+            StoreError::Contended(n) => AdminError::Contended(n),
+            e @ (StoreError::Etcd(_) | StoreError::Corrupt { .. }) => AdminError::Store(e),
+        }
+    }
+}
+
+pub type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+/// Proof that this instance may write now. Empty today; issue 3 gives it the
+/// leader key and lease so store writes can be guarded by them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WritePermit {}
+
+impl WritePermit {
+    pub fn unfenced() -> Self {
+        Self {}
+    }
+}
+
+/// Decides whether this instance may write.
+pub trait WriteFence: Send + Sync + 'static {
+    fn permit(&self) -> Result<WritePermit>;
+}
+
+/// The single-netmaster fence: always permits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unfenced;
+
+impl WriteFence for Unfenced {
+    fn permit(&self) -> Result<WritePermit> {
+        Ok(WritePermit::unfenced())
+    }
+}
+
+/// A network with its read-only accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkView {
+    pub spec: NetworkSpec,
+    /// Addresses that can ever be handed out.
+    pub capacity: u64,
+    /// Leases currently recorded.
+    pub allocated: u64,
+}
+
+impl NetworkView {
+    fn new(spec: NetworkSpec, allocated: u64) -> Self {
+        let capacity = Pool::new(&spec).capacity();
+        Self {
+            spec,
+            capacity,
+            allocated,
+        }
+    }
+}
+
+/// Lease filters, combined with AND; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseFilter {
+    pub network: Option<String>,
+    pub node: Option<String>,
+    pub pod: Option<PodFilter>,
+    pub address: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFilter {
+    /// `None`: the name in any namespace.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl LeaseFilter {
+    pub fn matches(&self, l: &Lease) -> bool {
+        self.network.as_ref().is_none_or(|n| *n == l.network)
+            && self.node.as_ref().is_none_or(|n| *n == l.node)
+            && self.address.is_none_or(|a| a == l.address)
+            && self.pod.as_ref().is_none_or(|p| {
+                p.name == l.pod.name && p.namespace.as_ref().is_none_or(|ns| *ns == l.pod.namespace)
+            })
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminService {
+    store: Store,
+    fence: Arc<dyn WriteFence>,
+}
+
+impl AdminService {
+    /// Connects lazily: this succeeds while etcd is down, and calls fail
+    /// with `Unavailable` until it is back.
+    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
+        let store = Store::connect(endpoints, prefix, timeout).await?;
+        Ok(Self::with_fence(store, Arc::new(Unfenced)))
+    }
+
+    pub fn with_fence(store: Store, fence: Arc<dyn WriteFence>) -> Self {
+        Self { store, fence }
+    }
+
+    /// Every write starts here.
+    fn permit(&self) -> Result<WritePermit> {
+        self.fence.permit()
+    }
+
+    /// Creates `spec` (already validated by the caller's conversion; it is
+    /// validated again and checked for overlap inside the transaction).
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView> {
+        let _permit = self.permit()?;
+        let stored = self.store.create_network(&spec).await?;
+        info!(
+            network = %stored.spec.name,
+            subnet = %stored.spec.subnet,
+            revision = stored.create_revision,
+            "network created"
+        );
+        Ok(NetworkView::new(stored.spec, 0))
+    }
+
+    pub async fn get_network(&self, name: &str) -> Result<NetworkView> {
+        let Some(net) = self.store.get_network(name).await? else {
+            return Err(AdminError::NotFound(name.to_string()));
+        };
+        let allocated = self.store.count_leases(name).await?;
+        Ok(NetworkView::new(net.spec, allocated))
+    }
+
+    /// Networks by name, with lease counts from one read of all leases.
+    pub async fn list_networks(&self) -> Result<Vec<NetworkView>> {
+        let (nets, _) = self.store.list_networks().await?;
+        let (leases, _) = self.store.list_leases(None).await?;
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for l in &leases {
+            *counts.entry(l.lease.network.as_str()).or_default() += 1;
+        }
+        let mut views: Vec<NetworkView> = nets
+            .into_iter()
+            .map(|n| {
+                let c = counts.get(n.spec.name.as_str()).copied().unwrap_or(0);
+                NetworkView::new(n.spec, c)
+            })
+            .collect();
+        views.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        Ok(views)
+    }
+
+    /// Returns how many leases went with the network (only with `force`).
+    pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
+        let _permit = self.permit()?;
+        let deleted = self.store.delete_network(name, force).await?;
+        info!(network = %name, force, leases_deleted = deleted, "network deleted");
+        Ok(deleted)
+    }
+
+    /// Leases matching `filter`, by network then numeric address (etcd's key
+    /// order would put 10.0.0.10 before 10.0.0.2).
+    pub async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
+        let (leases, _) = self.store.list_leases(filter.network.as_deref()).await?;
+        let mut out: Vec<Lease> = leases
+            .into_iter()
+            .map(|s| s.lease)
+            .filter(|l| filter.matches(l))
+            .collect();
+        out.sort_by(|a, b| {
+            (a.network.as_str(), u32::from(a.address))
+                .cmp(&(b.network.as_str(), u32::from(b.address)))
+        });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackline_model::PodRef;
+
+    fn lease(net: &str, ip: [u8; 4], node: &str, ns: &str, pod: &str) -> Lease {
+        Lease {
+            network: net.into(),
+            address: Ipv4Addr::from(ip),
+            node: node.into(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            pod: PodRef {
+                namespace: ns.into(),
+                name: pod.into(),
+                uid: String::new(),
+            },
+            created_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn filters_combine_with_and() {
+        let l = lease("prod", [10, 0, 0, 5], "n1", "default", "web-0");
+        assert!(LeaseFilter::default().matches(&l));
+        let by_name = LeaseFilter {
+            pod: Some(PodFilter {
+                namespace: None,
+                name: "web-0".into(),
+            }),
+            ..Default::default()
+        };
+        assert!(by_name.matches(&l));
+        let mut f = by_name.clone();
+        f.pod = Some(PodFilter {
+            namespace: Some("kube-system".into()),
+            name: "web-0".into(),
+        });
+        assert!(!f.matches(&l));
+        let mut f = by_name.clone();
+        f.node = Some("n1".into());
+        f.network = Some("prod".into());
+        f.address = Some(Ipv4Addr::new(10, 0, 0, 5));
+        assert!(f.matches(&l));
+        f.node = Some("n2".into());
+        assert!(!f.matches(&l));
+    }
+
+    #[test]
+    fn store_errors_keep_their_meaning() {
+        let e: AdminError = StoreError::InUse {
+            name: "prod".into(),
+            leases: 2,
+        }
+        .into();
+        assert!(matches!(e, AdminError::InUse { leases: 2, .. }));
+        let e: AdminError = StoreError::Unavailable("down".into()).into();
+        assert_eq!(e.to_string(), "etcd unavailable: down");
+        let e: AdminError = StoreError::Corrupt {
+            key: "k".into(),
+            reason: "r".into(),
+        }
+        .into();
+        assert!(matches!(e, AdminError::Store(_)));
+    }
+}

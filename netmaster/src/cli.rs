@@ -1,0 +1,409 @@
+//! racklinectl: flags, the commands, and their exit codes (CONTRACTS.md):
+//! 0 success, 1 the server refused (validation, not found, conflict),
+//! 2 usage, 3 server (or its etcd) unreachable.
+//!
+//! Request validation is the server's: the CLI only splits `--route
+//! DST[@GW]` and passes strings through, so there is one set of rules and
+//! messages whoever the client is.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rackline_proto::admin::v1 as pb;
+use serde::Serialize;
+
+use crate::client::{AdminClient, ClientError, Timeouts};
+use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
+
+pub const EXIT_REFUSED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Global flags also come from `RACKLINE_SERVER` / `RACKLINE_OUTPUT`.
+/// Per-command flags deliberately do not: a stray `RACKLINE_FORCE` in an
+/// operator's shell must never turn a refused delete into a forced one.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "racklinectl",
+    version,
+    about = "Administer Rackline networks and leases"
+)]
+pub struct Cli {
+    /// netmaster's gRPC address.
+    #[arg(
+        long,
+        env = "RACKLINE_SERVER",
+        default_value = "http://127.0.0.1:7650",
+        global = true
+    )]
+    pub server: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        env = "RACKLINE_OUTPUT",
+        value_enum,
+        default_value_t = Output::Table,
+        global = true
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Create, list, show and delete networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Inspect leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    List,
+    /// Show one network.
+    Show { name: String },
+    /// Delete a network.
+    Delete {
+        name: String,
+        /// Delete even when leases exist (they are deleted with it).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// e.g. 10.10.0.0/24
+    #[arg(long)]
+    pub subnet: String,
+    /// The underlay gateway (the TOR), inside the subnet.
+    #[arg(long)]
+    pub gateway: String,
+    /// The node uplink the macvlans hang off.
+    #[arg(long)]
+    pub master: String,
+    /// 0 = inherit the master's MTU.
+    #[arg(long, default_value_t = 0)]
+    pub mtu: u32,
+    /// 802.1Q id 1-4094; omit (or 0) for untagged.
+    #[arg(long, default_value_t = 0)]
+    pub vlan: u32,
+    /// Never hand out: an address, a CIDR or FIRST-LAST. Repeatable.
+    #[arg(long = "exclude", value_name = "RANGE")]
+    pub exclude: Vec<String>,
+    /// A pod route, DST[@GW] (default next hop: the gateway). Repeatable.
+    #[arg(long = "route", value_name = "DST[@GW]", value_parser = parse_route)]
+    pub routes: Vec<RouteArg>,
+    /// A CIDR the pod reaches via its node. Repeatable.
+    #[arg(long = "host-route", value_name = "CIDR")]
+    pub host_routes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteArg {
+    pub dst: String,
+    pub gw: String,
+}
+
+/// Only the syntax; the values are validated by the server.
+fn parse_route(s: &str) -> Result<RouteArg, String> {
+    let (dst, gw) = match s.split_once('@') {
+        Some((d, "")) => return Err(format!("{d:?}: empty next hop after '@'")),
+        Some((d, g)) => (d, g),
+        None => (s, ""),
+    };
+    if dst.is_empty() {
+        return Err("missing destination; write DST[@GW]".into());
+    }
+    Ok(RouteArg {
+        dst: dst.to_string(),
+        gw: gw.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LeaseCommand {
+    /// List leases; filters combine with AND.
+    List(LeaseListArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LeaseListArgs {
+    #[arg(long)]
+    pub network: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    /// NAMESPACE/NAME, or NAME in any namespace.
+    #[arg(long)]
+    pub pod: Option<String>,
+    #[arg(long)]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Client(ClientError::BadServer(..)) => EXIT_USAGE,
+            CtlError::Client(e) if e.is_unavailable() => EXIT_UNREACHABLE,
+            CtlError::Client(_) | CtlError::Output(_) => EXIT_REFUSED,
+        }
+    }
+}
+
+impl CreateArgs {
+    pub fn to_proto(&self) -> pb::Network {
+        pb::Network {
+            name: self.name.clone(),
+            subnet: self.subnet.clone(),
+            gateway: self.gateway.clone(),
+            master: self.master.clone(),
+            mtu: self.mtu,
+            vlan: self.vlan,
+            exclude: self.exclude.clone(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| pb::Route {
+                    dst: r.dst.clone(),
+                    gw: r.gw.clone(),
+                })
+                .collect(),
+            host_routes: self.host_routes.clone(),
+            capacity: 0,
+            allocated: 0,
+        }
+    }
+}
+
+impl LeaseListArgs {
+    pub fn to_proto(&self) -> pb::ListLeasesRequest {
+        let s = |o: &Option<String>| o.clone().unwrap_or_default();
+        pb::ListLeasesRequest {
+            network: s(&self.network),
+            node: s(&self.node),
+            pod: s(&self.pod),
+            address: s(&self.address),
+        }
+    }
+}
+
+/// Runs one command against the server, printing its result on `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = AdminClient::connect(&cli.server, Timeouts::default()).await?;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Network(NetworkCommand::Create(args)) => {
+            let n = client.create_network(args.to_proto()).await?;
+            if json {
+                emit_json(out, &NetworkJson::from(&n))?;
+            } else {
+                write!(out, "{}", render::network_detail(&n))?;
+            }
+        }
+        Command::Network(NetworkCommand::List) => {
+            let nets = client.list_networks().await?;
+            if json {
+                let v: Vec<NetworkJson> = nets.iter().map(NetworkJson::from).collect();
+                emit_json(out, &v)?;
+            } else {
+                write!(out, "{}", render::networks_table(&nets))?;
+            }
+        }
+        Command::Network(NetworkCommand::Show { name }) => {
+            let n = client.get_network(&name).await?;
+            if json {
+                emit_json(out, &NetworkJson::from(&n))?;
+            } else {
+                write!(out, "{}", render::network_detail(&n))?;
+            }
+        }
+        Command::Network(NetworkCommand::Delete { name, force }) => {
+            let leases_deleted = client.delete_network(&name, force).await?;
+            if json {
+                emit_json(out, &DeleteJson { leases_deleted })?;
+            } else if leases_deleted > 0 {
+                writeln!(out, "network {name} deleted with {leases_deleted} lease(s)")?;
+            } else {
+                writeln!(out, "network {name} deleted")?;
+            }
+        }
+        Command::Lease(LeaseCommand::List(args)) => {
+            let leases = client.list_leases(args.to_proto()).await?;
+            if json {
+                let v: Vec<LeaseJson> = leases.iter().map(LeaseJson::from).collect();
+                emit_json(out, &v)?;
+            } else {
+                write!(out, "{}", render::leases_table(&leases, now_unix_ms()))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn emit_json(out: &mut dyn Write, v: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("racklinectl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn create_flags_become_a_proto_network() {
+        let cli = parse(&[
+            "network",
+            "create",
+            "prod",
+            "--subnet",
+            "10.10.0.0/24",
+            "--gateway",
+            "10.10.0.1",
+            "--master",
+            "uplink0",
+            "--vlan",
+            "7",
+            "--exclude",
+            "10.10.0.2-10.10.0.63",
+            "--exclude",
+            "10.10.0.200",
+            "--route",
+            "192.168.0.0/16@10.10.0.254",
+            "--route",
+            "0.0.0.0/0",
+            "--host-route",
+            "10.96.0.0/12",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        let Command::Network(NetworkCommand::Create(args)) = cli.command else {
+            panic!("not a create");
+        };
+        let n = args.to_proto();
+        assert_eq!(n.vlan, 7);
+        assert_eq!(n.mtu, 0);
+        assert_eq!(n.exclude.len(), 2);
+        assert_eq!(
+            n.routes,
+            vec![
+                pb::Route {
+                    dst: "192.168.0.0/16".into(),
+                    gw: "10.10.0.254".into()
+                },
+                pb::Route {
+                    dst: "0.0.0.0/0".into(),
+                    gw: String::new()
+                },
+            ]
+        );
+        assert_eq!(n.host_routes, vec!["10.96.0.0/12".to_string()]);
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        for bad in [
+            &[
+                "network",
+                "create",
+                "prod",
+                "--gateway",
+                "10.0.0.1",
+                "--master",
+                "e",
+            ][..],
+            &[
+                "network",
+                "create",
+                "p",
+                "--subnet",
+                "s",
+                "--gateway",
+                "g",
+                "--master",
+                "m",
+                "--route",
+                "@1.2.3.4",
+            ][..],
+            &[
+                "network",
+                "create",
+                "p",
+                "--subnet",
+                "s",
+                "--gateway",
+                "g",
+                "--master",
+                "m",
+                "--route",
+                "10.0.0.0/8@",
+            ][..],
+            &["network", "list", "-o", "yaml"][..],
+            &["lease", "frobnicate"][..],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lease_filters_pass_through() {
+        let cli = parse(&["lease", "list", "--pod", "default/web-0", "--node", "n1"]).unwrap();
+        let Command::Lease(LeaseCommand::List(args)) = cli.command else {
+            panic!("not a lease list");
+        };
+        let req = args.to_proto();
+        assert_eq!(req.pod, "default/web-0");
+        assert_eq!(req.node, "n1");
+        assert_eq!(req.network, "");
+    }
+
+    #[test]
+    fn unavailable_errors_exit_with_3() {
+        let e = CtlError::Client(ClientError::Rpc(tonic::Status::unavailable("etcd down")));
+        assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
+        let e = CtlError::Client(ClientError::Rpc(tonic::Status::not_found("nope")));
+        assert_eq!(e.exit_code(), EXIT_REFUSED);
+        let e = CtlError::Client(ClientError::Unreachable {
+            server: "s".into(),
+            reason: "refused".into(),
+        });
+        assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
+    }
+}

@@ -1,0 +1,20 @@
+//! Rackline's control plane.
+//!
+//! - [`admin`]: the transport-free domain service over the etcd store;
+//! - [`convert`]: proto ↔ model, where requests are validated;
+//! - [`server`]: the tonic adapter serving `rackline.admin.v1.Admin`;
+//! - [`client`]: the client adapter racklinectl uses;
+//! - [`cli`] and [`render`]: racklinectl's commands and output;
+//! - [`daemon`]: rackline-netmaster's flags and serve loop.
+//!
+//! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod convert;
+pub mod daemon;
+pub mod render;
+pub mod server;
+
+pub use admin::{AdminError, AdminService, LeaseFilter, NetworkView, PodFilter};
