@@ -334,7 +334,8 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field_with_a_clear_error() {
-        let cases: Vec<(Box<dyn Fn(&mut NetworkSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut NetworkSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|s| s.name = "Prod_1".into()),
                 "invalid network name",

@@ -276,6 +276,34 @@ impl Store {
         Err(StoreError::Contended(16))
     }
 
+    /// One consistent snapshot of every network and lease, and the revision
+    /// it was taken at: a watch from `revision + 1` misses nothing.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let prefix = self.keys.root_prefix();
+        let mut c = self.client.clone();
+        let resp = self
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut snap = Snapshot {
+            networks: Vec::new(),
+            leases: Vec::new(),
+            revision,
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if self.keys.network_name_of(&key).is_some() {
+                snap.networks.push(decode_network(kv)?);
+            } else if self.keys.parse_lease(&key).is_some() {
+                snap.leases.push(StoredLease {
+                    lease: decode_lease(kv)?,
+                    mod_revision: kv.mod_revision(),
+                });
+            }
+        }
+        Ok(snap)
+    }
+
     /// Number of leases of one network, without fetching the records.
     pub async fn count_leases(&self, network: &str) -> Result<u64> {
         let prefix = self.keys.leases_prefix(network);
