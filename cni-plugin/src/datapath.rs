@@ -199,6 +199,11 @@ fn build(
     let hv = lookup(host, &host_veth)?;
     undo.push(Undo::HostLink(hv.index));
     let pv = lookup(pod, &pod_veth)?;
+    let group = names::link_group(&plan.ifname);
+    pod.set_group(mv.index, group)
+        .map_err(|e| dp("tagging the pod interface", e))?;
+    pod.set_group(pv.index, group)
+        .map_err(|e| dp("tagging the pod veth", e))?;
 
     // 3. pod side: announce on up (arp_notify), address, links up, routes.
     write_sysctl_in(
@@ -351,48 +356,63 @@ fn create_macvlan(
 
 /// Removes what ADD created. Idempotent: missing netns, missing links and
 /// an empty CNI_NETNS all succeed.
+///
+/// Link deletion waits for an RCU grace period (~20 ms) per kernel batch, so
+/// the pod's links are deleted as one device group: macvlan, pod veth and
+/// (through veth_dellink) the node end, in a single batch.
 pub fn del(container_id: &str, ifname: &str, netns_path: &str) -> Result<(), CniError> {
+    if !netns_path.is_empty() {
+        match Netns::open(std::path::Path::new(netns_path)) {
+            Ok(ns) => del_in_pod(&ns, ifname)?,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(CniError::new(
+                    code::IO_FAILURE,
+                    "cannot open the pod network namespace",
+                    format!("{netns_path}: {e}"),
+                ))
+            }
+        }
+    }
+    // The node end is normally gone with its peer; it remains when the pod
+    // netns is unknown (containerd's second DEL) or a partial ADD left it.
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
     let host_veth = names::host_veth(container_id, ifname);
     if let Some(l) = host
         .link_by_name(&host_veth)
         .map_err(|e| dp("looking up veth", e))?
     {
-        // Deleting one end removes the peer in the pod and the /32 route.
         ignore_missing(host.delete_link(l.index)).map_err(|e| dp("deleting veth", e))?;
     }
-    if netns_path.is_empty() {
-        return Ok(());
-    }
-    let ns = match Netns::open(std::path::Path::new(netns_path)) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => {
-            return Err(CniError::new(
-                code::IO_FAILURE,
-                "cannot open the pod network namespace",
-                format!("{netns_path}: {e}"),
-            ))
-        }
-    };
-    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
-    if let Some(l) = pod
-        .link_by_name(ifname)
-        .map_err(|e| dp("looking up pod interface", e))?
-    {
-        if l.kind.as_deref() == Some("macvlan") {
-            ignore_missing(pod.delete_link(l.index))
-                .map_err(|e| dp("deleting pod interface", e))?;
-        } else {
-            warn!(ifname, kind = ?l.kind, "pod interface is not a macvlan; leaving it alone");
-        }
-    }
+    Ok(())
+}
+
+fn del_in_pod(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let group = names::link_group(ifname);
     let pv = names::pod_veth(ifname);
-    if let Some(l) = pod
-        .link_by_name(&pv)
-        .map_err(|e| dp("looking up pod veth", e))?
-    {
-        ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
+    let links = pod.links().map_err(|e| dp("listing pod links", e))?;
+    let tagged: Vec<&LinkInfo> = links.iter().filter(|l| l.group == group).collect();
+    // Only when the group holds nothing but our own links: never delete a
+    // stranger that happens to share the number.
+    if !tagged.is_empty() && tagged.iter().all(|l| l.name == ifname || l.name == pv) {
+        match pod.delete_group(group) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => warn!("group delete failed, deleting links one by one: {e}"),
+        }
+    }
+    for l in &links {
+        if l.name == ifname {
+            if l.kind.as_deref() == Some("macvlan") {
+                ignore_missing(pod.delete_link(l.index))
+                    .map_err(|e| dp("deleting pod interface", e))?;
+            } else {
+                warn!(ifname, kind = ?l.kind, "pod interface is not a macvlan; leaving it alone");
+            }
+        } else if l.name == pv {
+            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
+        }
     }
     Ok(())
 }

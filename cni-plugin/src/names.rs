@@ -36,6 +36,13 @@ pub fn pod_veth(ifname: &str) -> String {
     }
 }
 
+/// The device group that tags an attachment's links inside the pod netns,
+/// so DEL removes them (and the veth peer) in one kernel batch. High bit set
+/// to stay clear of small group numbers operators may use.
+pub fn link_group(ifname: &str) -> u32 {
+    0x8000_0000 | (hash(&["rackline-group", ifname]) as u32 & 0x7fff_ffff)
+}
+
 /// Temporary name for a macvlan whose final name clashes in the node netns
 /// (the kernel checks the name in the caller's netns even when the link is
 /// born in another one).
@@ -72,6 +79,8 @@ mod tests {
         let v = vlan_device("enp129s0f1np1", 4094);
         assert!(v.len() <= 15 && v.ends_with(".4094"), "{v}");
         assert_eq!(v, vlan_device("enp129s0f1np1", 4094));
+        assert_ne!(link_group("eth0"), link_group("net1"));
+        assert!(link_group("eth0") & 0x8000_0000 != 0);
     }
 
     #[test]

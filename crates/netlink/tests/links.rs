@@ -297,3 +297,42 @@ fn netns_socket_keeps_its_namespace_on_any_thread() {
     let mut inner = rackline_netlink::run_in_netns(&t.ns, || Netlink::new().unwrap()).unwrap();
     assert!(inner.link_by_name("rl-t2").unwrap().is_some());
 }
+
+#[test]
+fn group_delete_removes_macvlan_and_both_veth_ends_in_one_call() {
+    let host = TestNs::new();
+    let pod = TestNs::new();
+    let mut nl = host.netlink();
+    nl.create_veth("up0", "up0p", None, None).unwrap();
+    let parent = link(&mut nl, "up0");
+    nl.create_macvlan(
+        "mv0",
+        parent.index,
+        MacvlanMode::Bridge,
+        None,
+        Some(&pod.ns),
+    )
+    .unwrap();
+    nl.create_veth("rl-h", "rl-p", Some(&pod.ns), None).unwrap();
+    let mut pod_nl = pod.netlink();
+    let mv = link(&mut pod_nl, "mv0");
+    let pv = link(&mut pod_nl, "rl-p");
+    // A bystander in the default group must survive.
+    pod_nl.create_veth("other0", "other1", None, None).unwrap();
+    pod_nl.set_group(mv.index, 0x8000_0042).unwrap();
+    pod_nl.set_group(pv.index, 0x8000_0042).unwrap();
+    assert_eq!(link(&mut pod_nl, "mv0").group, 0x8000_0042);
+
+    pod_nl.delete_group(0x8000_0042).unwrap();
+    assert!(pod_nl.link_by_name("mv0").unwrap().is_none());
+    assert!(pod_nl.link_by_name("rl-p").unwrap().is_none());
+    assert!(
+        nl.link_by_name("rl-h").unwrap().is_none(),
+        "the veth peer goes in the same batch"
+    );
+    assert!(pod_nl.link_by_name("other0").unwrap().is_some());
+    assert!(nl.link_by_name("up0").unwrap().is_some());
+    // Group 0 is everything: refused.
+    assert!(pod_nl.delete_group(0).is_err());
+    assert!(pod_nl.link_by_name("other0").unwrap().is_some());
+}

@@ -154,6 +154,14 @@ pub fn delete_link_request(index: u32) -> RouteNetlinkMessage {
     RouteNetlinkMessage::DelLink(msg)
 }
 
+/// `RTM_DELLINK` with no index and `IFLA_GROUP`: the kernel deletes every
+/// link of that group in the socket's namespace.
+pub fn delete_group_request(group: u32) -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::Group(group));
+    RouteNetlinkMessage::DelLink(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +320,19 @@ mod tests {
             (down.header.flags, down.header.change_mask),
             (LinkFlags::empty(), LinkFlags::Up)
         );
+    }
+
+    #[test]
+    fn delete_by_group_has_no_index_and_only_the_group() {
+        match delete_group_request(0x8000_0001) {
+            RouteNetlinkMessage::DelLink(m) => {
+                assert_eq!(m.header.index, 0);
+                assert_eq!(m.attributes, vec![LinkAttribute::Group(0x8000_0001)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = set_link(set_attribute_request(4, LinkAttribute::Group(7)));
+        assert_eq!(m.attributes, vec![LinkAttribute::Group(7)]);
     }
 
     #[test]

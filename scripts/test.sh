@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything CI checks: dependencies, stale-lab sweep, fmt, clippy, build of all binaries (the
+# netns lab tests execute them), then the tests (cargo-nextest when installed, with the
+# timeouts of .config/nextest.toml; cargo test otherwise), and a final sweep.
+# Runs every step it can and exits non-zero if any failed. Needs root (the lab tests create
+# network namespaces).
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+failed=()
+step() {
+    local name=$1
+    shift
+    echo "==> $name: $*"
+    local start=$SECONDS
+    if "$@"; then
+        echo "<== $name ok ($((SECONDS - start))s)"
+    else
+        local rc=$?
+        echo "<== $name FAILED (exit $rc, $((SECONDS - start))s)"
+        failed+=("$name")
+        return "$rc"
+    fi
+}
+
+sweep() { bash scripts/lab-sweep.sh || echo "lab-sweep failed" >&2; }
+trap sweep EXIT
+
+step install-deps bash scripts/install-deps.sh || exit 1
+sweep
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+if step build cargo build --workspace --bins; then
+    if cargo nextest --version >/dev/null 2>&1; then
+        step tests cargo nextest run --workspace --no-fail-fast
+    else
+        step tests cargo test --workspace --no-fail-fast
+    fi
+else
+    echo "skipping tests: the build failed"
+    failed+=("tests (not run)")
+fi
+
+if ((${#failed[@]} > 0)); then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "all checks passed"

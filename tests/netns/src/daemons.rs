@@ -1,0 +1,264 @@
+//! The lab's daemons: etcd and netmaster in `ctrl`, one ipamd per node; plus the clients
+//! (`etcdctl`, `racklinectl`) run inside `ctrl`.
+//!
+//! Every daemon is a [`Daemon`] we spawned ourselves; stopping one signals exactly its pid.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::lab::{Lab, STOP_GRACE};
+use crate::process::{run, Daemon, Output, CHILD_PATH};
+use crate::topology::{
+    ETCD_PEER_URL, ETCD_URL, EXCLUDE, GATEWAY, NETMASTER_LISTEN, NETMASTER_URL, NETWORK,
+    SERVICE_CIDR, SUBNET, UPLINK,
+};
+
+/// How long a daemon may take to become ready (generous: CI machines run builds alongside).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one client command (etcdctl, racklinectl, ip, ping…).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A daemon's environment: nothing inherited but `RUST_LOG`/`RUST_BACKTRACE`, so stray
+/// `RACKLINE_*` variables of the caller (flags may come from env) cannot change the lab.
+fn daemon_command(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear().env("PATH", CHILD_PATH);
+    cmd.env(
+        "RUST_BACKTRACE",
+        std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "1".into()),
+    );
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
+    cmd
+}
+
+/// Polls `ready` every 50 ms until it returns true, `daemon` dies, or [`READY_TIMEOUT`].
+fn wait_ready(daemon: &mut Daemon, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        daemon.ensure_running()?;
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} (pid {:?}) not ready after {READY_TIMEOUT:?}: {what}; last log lines:\n{}",
+                daemon.label(),
+                daemon.pid(),
+                crate::process::tail(daemon.log(), 40)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Lab {
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.log_dir().join(format!("{name}.log"))
+    }
+
+    /// Starts etcd inside `ctrl` (client 10.10.0.2:2379, peer :2380, data in `<dir>/etcd`, kept
+    /// across restarts) and waits until `etcdctl endpoint health` passes.
+    pub fn start_etcd(&self) -> Result<()> {
+        if self.state().etcd.is_some() {
+            bail!("etcd is already running");
+        }
+        let mut cmd = daemon_command(&self.tools.etcd);
+        cmd.args(["--name", "ctrl", "--data-dir"])
+            .arg(self.dir().join("etcd"))
+            .args(["--listen-client-urls", ETCD_URL])
+            .args(["--advertise-client-urls", ETCD_URL])
+            .args(["--listen-peer-urls", ETCD_PEER_URL])
+            .args(["--initial-advertise-peer-urls", ETCD_PEER_URL])
+            .args(["--initial-cluster", &format!("ctrl={ETCD_PEER_URL}")])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--auto-compaction-mode", "revision"])
+            .args(["--auto-compaction-retention", "1000"]);
+        let mut etcd = Daemon::spawn("etcd", cmd, &self.ctrl, &self.log_path("etcd"))?;
+        wait_ready(&mut etcd, "etcdctl endpoint health", || {
+            self.etcd_healthy().unwrap_or(false)
+        })?;
+        self.state().etcd = Some(etcd);
+        Ok(())
+    }
+
+    /// SIGKILLs etcd (an outage; its data dir stays for [`Lab::start_etcd`]).
+    pub fn stop_etcd(&self) -> Result<()> {
+        let mut etcd = self.state().etcd.take().context("etcd is not running")?;
+        etcd.stop(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Whether `etcdctl endpoint health` (from `ctrl`) passes now.
+    pub fn etcd_healthy(&self) -> Result<bool> {
+        Ok(self
+            .etcdctl(&[
+                "--dial-timeout",
+                "1s",
+                "--command-timeout",
+                "2s",
+                "endpoint",
+                "health",
+            ])?
+            .success())
+    }
+
+    /// Runs `etcdctl --endpoints http://10.10.0.2:2379 <args>` inside `ctrl`.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(&self.tools.etcdctl);
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", ETCD_URL])
+            .args(args);
+        run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
+    }
+
+    /// Starts `rackline-netmaster` inside `ctrl` and waits until racklinectl reaches it.
+    pub fn start_netmaster(&self) -> Result<()> {
+        let bins = self.bins()?;
+        if self.state().netmaster.is_some() {
+            bail!("netmaster is already running");
+        }
+        let mut cmd = daemon_command(&bins.netmaster);
+        cmd.args(["--etcd-endpoints", ETCD_URL, "--listen", NETMASTER_LISTEN])
+            .args(["--log-level", &self.opts.log_level]);
+        let mut nm = Daemon::spawn("netmaster", cmd, &self.ctrl, &self.log_path("netmaster"))?;
+        wait_ready(&mut nm, "`racklinectl network list` exits 0", || {
+            self.racklinectl_raw(&["-o", "json", "network", "list"])
+                .is_ok_and(|o| o.success())
+        })?;
+        self.state().netmaster = Some(nm);
+        Ok(())
+    }
+
+    /// Stops netmaster (SIGTERM, SIGKILL after a grace period).
+    pub fn stop_netmaster(&self) -> Result<()> {
+        let mut nm = self
+            .state()
+            .netmaster
+            .take()
+            .context("netmaster is not running")?;
+        nm.stop(STOP_GRACE);
+        Ok(())
+    }
+
+    pub(crate) fn create_network(&self) -> Result<Value> {
+        self.racklinectl(&[
+            "network",
+            "create",
+            NETWORK,
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            &GATEWAY.to_string(),
+            "--master",
+            UPLINK,
+            "--exclude",
+            EXCLUDE,
+            "--host-route",
+            SERVICE_CIDR,
+        ])
+        .context("creating network prod")
+    }
+
+    /// Starts `rackline-ipamd` for node `k` inside its namespace and waits until its socket
+    /// accepts connections (a stale socket file of a killed ipamd does not count).
+    pub fn start_ipamd(&self, k: usize) -> Result<()> {
+        let bins = self.bins()?;
+        let node = self.node(k);
+        if self.state().ipamd.contains_key(&k) {
+            bail!("ipamd of {} is already running", node.name());
+        }
+        let socket = node.ipamd_socket().to_owned();
+        let mut cmd = daemon_command(&bins.ipamd);
+        cmd.args(["--node-name", node.name(), "--etcd-endpoints", ETCD_URL])
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
+            .args(["--log-level", &self.opts.log_level]);
+        let label = format!("{}-ipamd", node.name());
+        let mut ipamd = Daemon::spawn(&label, cmd, node.netns(), &self.log_path(&label))?;
+        wait_ready(
+            &mut ipamd,
+            &format!("socket {} accepts connections", socket.display()),
+            || {
+                socket.metadata().is_ok_and(|m| m.file_type().is_socket())
+                    && UnixStream::connect(&socket).is_ok()
+            },
+        )?;
+        self.state().ipamd.insert(k, ipamd);
+        Ok(())
+    }
+
+    /// Stops node `k`'s ipamd gracefully (SIGTERM; it removes its socket).
+    pub fn stop_ipamd(&self, k: usize) -> Result<()> {
+        let mut ipamd = self.take_ipamd(k)?;
+        ipamd.stop(STOP_GRACE);
+        Ok(())
+    }
+
+    /// SIGKILLs node `k`'s ipamd: a crash, leaving its socket file behind.
+    pub fn kill_ipamd(&self, k: usize) -> Result<()> {
+        let mut ipamd = self.take_ipamd(k)?;
+        ipamd.stop(Duration::ZERO);
+        Ok(())
+    }
+
+    fn take_ipamd(&self, k: usize) -> Result<Daemon> {
+        self.state()
+            .ipamd
+            .remove(&k)
+            .with_context(|| format!("ipamd of n{k} is not running"))
+    }
+
+    /// Pid of node `k`'s ipamd, if it runs.
+    pub fn ipamd_pid(&self, k: usize) -> Option<u32> {
+        self.state().ipamd.get(&k).and_then(Daemon::pid)
+    }
+
+    /// Runs `racklinectl --server http://10.10.0.2:7650 <args>` inside `ctrl`, as is.
+    pub fn racklinectl_raw(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new(&self.bins()?.racklinectl);
+        cmd.env_clear()
+            .env("PATH", CHILD_PATH)
+            .args(["--server", NETMASTER_URL])
+            .args(args);
+        run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
+    }
+
+    /// `racklinectl -o json <args>`: fails on a non-zero exit, returns the parsed document.
+    pub fn racklinectl(&self, args: &[&str]) -> Result<Value> {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.racklinectl_raw(&full)?.check()?;
+        serde_json::from_str(&out.stdout).with_context(|| {
+            format!(
+                "racklinectl {args:?} printed no JSON document: {:?}",
+                out.stdout
+            )
+        })
+    }
+
+    /// All leases (`racklinectl lease list -o json`).
+    pub fn leases(&self) -> Result<Vec<Value>> {
+        match self.racklinectl(&["lease", "list"])? {
+            Value::Array(leases) => Ok(leases),
+            other => bail!("`racklinectl lease list -o json` printed no array: {other}"),
+        }
+    }
+
+    /// The leases held by one container id.
+    pub fn leases_of(&self, container_id: &str) -> Result<Vec<Value>> {
+        let mut leases = self.leases()?;
+        leases.retain(|l| l["containerId"] == container_id);
+        Ok(leases)
+    }
+}
