@@ -127,8 +127,9 @@ fn check_invariants(etcd: &Etcd) -> BTreeMap<String, serde_json::Value> {
         let val: serde_json::Value =
             serde_json::from_str(&b64(kv["value"].as_str().unwrap())).unwrap();
         let ip = val["address"].as_str().unwrap().to_string();
+        let parsed: std::net::Ipv4Addr = ip.parse().unwrap();
         assert!(
-            key.ends_with(&format!("/{ip}")),
+            key.ends_with(&format!("/{}", rackline_model::keys::padded(parsed))),
             "lease key {key} holds address {ip}"
         );
         let octets: Vec<u32> = ip.split('.').map(|o| o.parse().unwrap()).collect();

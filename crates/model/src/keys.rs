@@ -5,6 +5,9 @@
 //! <prefix>/v1/networks-guard                bumped by every network create/delete
 //! <prefix>/v1/leases/<network>/<ipv4>       Lease JSON (one key per address)
 //! ```
+//! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
+//! order is numeric order: a block of addresses is one contiguous key range
+//! (count, fence or watch it with a single range).
 //! One key per address makes "never two owners" a create-if-absent
 //! transaction on that key, with no shared hot key on the allocation path.
 
@@ -51,7 +54,15 @@ impl Keys {
     }
 
     pub fn lease(&self, network: &str, ip: Ipv4Addr) -> String {
-        format!("{}/leases/{network}/{ip}", self.root)
+        format!("{}/leases/{network}/{}", self.root, padded(ip))
+    }
+
+    /// The key range `[start, end)` holding the leases of `first..=last`.
+    pub fn lease_range(&self, network: &str, first: Ipv4Addr, last: Ipv4Addr) -> (String, String) {
+        let start = self.lease(network, first);
+        let mut end = self.lease(network, last);
+        end.push('\0');
+        (start, end)
     }
 
     /// The network name from a network key.
@@ -63,8 +74,24 @@ impl Keys {
     pub fn parse_lease<'a>(&self, key: &'a str) -> Option<(&'a str, Ipv4Addr)> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("/leases/")?;
         let (net, ip) = rest.split_once('/')?;
-        Some((net, ip.parse().ok()?))
+        Some((net, parse_padded(ip)?))
     }
+}
+
+/// `10.0.0.2` -> `010.000.000.002`.
+pub fn padded(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("{a:03}.{b:03}.{c:03}.{d:03}")
+}
+
+/// Accepts the padded form (and, leniently, plain dotted quads).
+pub fn parse_padded(s: &str) -> Option<Ipv4Addr> {
+    let mut o = [0u8; 4];
+    let mut parts = s.split('.');
+    for x in &mut o {
+        *x = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(o))
 }
 
 #[cfg(test)]
@@ -76,10 +103,49 @@ mod tests {
         let k = Keys::new("/rackline/");
         let ip: Ipv4Addr = "10.0.0.7".parse().unwrap();
         let key = k.lease("prod", ip);
-        assert_eq!(key, "/rackline/v1/leases/prod/10.0.0.7");
+        assert_eq!(key, "/rackline/v1/leases/prod/010.000.000.007");
         assert_eq!(k.parse_lease(&key), Some(("prod", ip)));
         assert!(key.starts_with(&k.leases_prefix("prod")));
         assert_eq!(k.network_name_of(&k.network("prod")), Some("prod"));
         assert_eq!(k.parse_lease("/other/v1/leases/prod/10.0.0.7"), None);
+        assert_eq!(
+            k.parse_lease("/rackline/v1/leases/prod/10.0.0.7"),
+            Some(("prod", ip))
+        );
+        assert_eq!(parse_padded("010.000.000.256"), None);
+    }
+
+    #[test]
+    fn key_order_is_numeric_order() {
+        let k = Keys::new("/r");
+        let ips: Vec<Ipv4Addr> = [
+            "10.0.0.2",
+            "10.0.0.10",
+            "10.0.1.0",
+            "9.255.255.255",
+            "10.0.0.100",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let mut by_key = ips.clone();
+        by_key.sort_by_key(|ip| k.lease("n", *ip));
+        let mut by_num = ips.clone();
+        by_num.sort_by_key(|ip| u32::from(*ip));
+        assert_eq!(by_key, by_num);
+        let (start, end) = k.lease_range(
+            "n",
+            "10.0.0.0".parse().unwrap(),
+            "10.0.0.15".parse().unwrap(),
+        );
+        for (ip, inside) in [
+            ("10.0.0.0", true),
+            ("10.0.0.15", true),
+            ("10.0.0.16", false),
+            ("10.0.0.150", false),
+        ] {
+            let key = k.lease("n", ip.parse().unwrap());
+            assert_eq!(key >= start && key < end, inside, "{ip}");
+        }
     }
 }
