@@ -166,8 +166,14 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             ifname: env.ifname.clone(),
         })
         .map_err(|e| {
+            // ipamd answers NotFound both for "no lease" and "no network";
+            // either way the attachment is not as ADD left it.
             if e.code == code::UNKNOWN_NETWORK {
-                CniError::new(code::CHECK_FAILED, "the pod holds no lease", e.details)
+                CniError::new(
+                    code::CHECK_FAILED,
+                    "CHECK failed: no lease for this attachment",
+                    e.details,
+                )
             } else {
                 e
             }

@@ -226,6 +226,10 @@ fn build(
     }
     if let Some(node_ip) = node_addrs.first() {
         for c in &plan.host_routes {
+            // A node address listed as a host route is already routed.
+            if node_addrs.iter().any(|a| host_net(*a) == *c) {
+                continue;
+            }
             let r = RouteSpec {
                 dst: *c,
                 gateway: Some(*node_ip),

@@ -32,7 +32,11 @@ pub fn run(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write)
         }
         Ok(None) => 0,
         Err(e) => {
-            error!(code = e.code, "{e}");
+            // The runtime shows stderr; a log file (if configured) gets the
+            // same line inside the invocation's span.
+            if LOG_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+                error!(code = e.code, "{e}");
+            }
             eprintln!("rackline: {e}");
             let _ = writeln!(stdout, "{}", e.to_json(&version));
             1
@@ -66,6 +70,8 @@ fn dispatch(vars: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value
     }
 }
 
+static LOG_TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logging(conf: &NetConf) {
     let filter = tracing_subscriber::EnvFilter::try_new(&conf.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -78,7 +84,10 @@ fn init_logging(conf: &NetConf) {
             .append(true)
             .open(path)
         {
-            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+            Ok(f) => {
+                LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
+                builder.with_writer(std::sync::Mutex::new(f)).try_init()
+            }
             Err(e) => {
                 eprintln!(
                     "rackline: cannot open log file {}: {e}; logging to stderr",

@@ -83,10 +83,15 @@ mod tests {
         assert!(link_group("eth0") & 0x8000_0000 != 0);
     }
 
+    const PINNED_HOST_VETH: &str = "rl68676b661760";
+    const PINNED_GROUP: u32 = 2_992_123_745;
+
     #[test]
     fn known_fnv_value_pins_the_hash() {
-        // Changing the hash would orphan every running pod's veth on upgrade.
-        assert_eq!(host_veth("abc", "eth0"), host_veth("abc", "eth0"));
+        // Changing the hash or the name format would orphan every running
+        // pod's veth on upgrade: pin concrete values.
         assert_eq!(hash(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(host_veth("abc", "eth0"), PINNED_HOST_VETH);
+        assert_eq!(link_group("eth0"), PINNED_GROUP);
     }
 }

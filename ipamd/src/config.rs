@@ -21,8 +21,9 @@ pub struct Args {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "RACKLINE_ETCD_PREFIX", default_value = "/rackline")]
     pub etcd_prefix: String,
-    /// Deadline for each etcd call; an ADD never waits longer than this for etcd.
-    #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000)]
+    /// Deadline for each etcd call (the plugin's `timeoutMs` bounds a whole ADD).
+    #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub etcd_timeout_ms: u64,
     /// The unix socket the CNI plugin talks to (created mode 0600).
     #[arg(

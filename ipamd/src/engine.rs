@@ -485,6 +485,7 @@ impl<S: LeaseStore> Engine<S> {
                     continue;
                 }
             }
+            let mut settled = false;
             for _ in 0..3 {
                 match self.store.delete_lease(&name, ip, rev).await {
                     Ok(true) => {
@@ -492,6 +493,7 @@ impl<S: LeaseStore> Engine<S> {
                         net.disown(key, ip);
                         info!(network = %name, %ip, container = %key.0, ifname = %key.1, "released");
                         released.push(ip);
+                        settled = true;
                         break;
                     }
                     Ok(false) => match self.store.get_lease(&name, ip).await {
@@ -499,11 +501,13 @@ impl<S: LeaseStore> Engine<S> {
                         Ok(Some(sl)) => {
                             net.disown(key, ip);
                             net.observe(sl, &self.node);
+                            settled = true;
                             break;
                         }
                         Ok(None) => {
                             net.forget(ip, 0);
                             net.resolve_absent(key, ip);
+                            settled = true;
                             break;
                         }
                         Err(e) => {
@@ -516,6 +520,11 @@ impl<S: LeaseStore> Engine<S> {
                         return Err(e.into());
                     }
                 }
+            }
+            if !settled {
+                // The record kept changing under us: report it so DEL fails
+                // (code 11) and is retried, instead of claiming a release.
+                return Err(IpamError::Contended(3));
             }
         }
         Ok(released)
@@ -540,14 +549,15 @@ impl<S: LeaseStore> Engine<S> {
     /// CNI GC: releases this node's leases on `network` whose attachment is
     /// not in `valid`, except those younger than the grace period (their ADD
     /// may be in flight and missing from the runtime's list).
+    /// Returns the released leases and the network's prefix length.
     pub async fn gc(
         &self,
         network: &str,
         valid: &HashSet<AttachmentKey>,
-    ) -> Result<Vec<Lease>, IpamError> {
+    ) -> Result<(Vec<Lease>, u8), IpamError> {
         let net = match self.network(network).await {
             Ok(n) => n,
-            Err(IpamError::UnknownNetwork(_)) => return Ok(Vec::new()),
+            Err(IpamError::UnknownNetwork(_)) => return Ok((Vec::new(), 32)),
             Err(e) => return Err(e),
         };
         let mut stale: Vec<AttachmentKey> = net
@@ -578,7 +588,7 @@ impl<S: LeaseStore> Engine<S> {
         if !out.is_empty() {
             info!(network, released = out.len(), "gc released stale leases");
         }
-        Ok(out)
+        Ok((out, net.spec.subnet.prefix()))
     }
 
     pub async fn status(&self, network: &str) -> Result<StatusInfo, IpamError> {

@@ -26,15 +26,16 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::service::IpamService;
 
-pub fn init_tracing(level: &str) {
+pub fn init_tracing(level: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+    Ok(())
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {

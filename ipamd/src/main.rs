@@ -4,7 +4,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = rackline_ipamd::config::Args::parse();
-    rackline_ipamd::init_tracing(&args.log_level);
+    if let Err(e) = rackline_ipamd::init_tracing(&args.log_level) {
+        eprintln!("rackline-ipamd: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

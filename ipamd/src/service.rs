@@ -151,13 +151,13 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
-        let released = self
+        let (released, prefix) = self
             .engine
             .gc(&r.network, &valid)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::GcReply {
-            released: released.iter().map(|l| lease_to_pb(l, 32)).collect(),
+            released: released.iter().map(|l| lease_to_pb(l, prefix)).collect(),
         }))
     }
 

@@ -248,7 +248,7 @@ mod tests {
                     gw: "10.10.0.254".into(),
                 },
                 pb::Route {
-                    dst: "0.0.0.0/0".into(),
+                    dst: "172.16.0.0/12".into(),
                     gw: String::new(),
                 },
             ],

@@ -249,21 +249,44 @@ impl NetworkSpec {
                 return Err(ValidationError::ExcludeOutside { range: *r, subnet });
             }
         }
+        let mut seen = Vec::new();
         for r in &self.routes {
+            let bad = |why: String| ValidationError::Route(r.dst.to_string(), why);
             if r.dst.network() != r.dst.ip() {
-                return Err(ValidationError::Route(
-                    r.dst.to_string(),
-                    "destination has host bits set".into(),
+                return Err(bad("destination has host bits set".into()));
+            }
+            // The pod always gets the default route via the gateway and the
+            // connected route of its subnet; a second one would make every
+            // ADD fail with EEXIST.
+            if r.dst.prefix() == 0 {
+                return Err(bad(
+                    "the default route via the gateway is implied; remove it".into(),
                 ));
             }
+            if r.dst == subnet {
+                return Err(bad(format!("{subnet} is the pod's own subnet (on-link)")));
+            }
+            if seen.contains(&r.dst) {
+                return Err(bad("listed twice".into()));
+            }
+            seen.push(r.dst);
             if let Some(gw) = r.gw {
                 if !subnet.contains(gw) {
-                    return Err(ValidationError::Route(
-                        r.dst.to_string(),
-                        format!("next hop {gw} is not on subnet {subnet}"),
-                    ));
+                    return Err(bad(format!("next hop {gw} is not on subnet {subnet}")));
+                }
+                if gw == subnet.network() || gw == subnet.broadcast() {
+                    return Err(bad(format!(
+                        "next hop {gw} is the subnet's network or broadcast address"
+                    )));
                 }
             }
+        }
+        let mut seen_host = Vec::new();
+        for h in &self.host_routes {
+            if seen_host.contains(h) {
+                return Err(ValidationError::Cidr(h.to_string(), "listed twice".into()));
+            }
+            seen_host.push(*h);
         }
         for h in &self.host_routes {
             if h.network() != h.ip() {
@@ -379,6 +402,47 @@ mod tests {
                     }]
                 }),
                 "not on subnet",
+            ),
+            (
+                Box::new(|s| {
+                    s.routes = vec![RouteSpec {
+                        dst: "0.0.0.0/0".parse().unwrap(),
+                        gw: None,
+                    }]
+                }),
+                "implied",
+            ),
+            (
+                Box::new(|s| {
+                    s.routes = vec![RouteSpec {
+                        dst: "10.10.0.0/24".parse().unwrap(),
+                        gw: None,
+                    }]
+                }),
+                "own subnet",
+            ),
+            (
+                Box::new(|s| {
+                    let r = RouteSpec {
+                        dst: "192.168.0.0/16".parse().unwrap(),
+                        gw: None,
+                    };
+                    s.routes = vec![r.clone(), r]
+                }),
+                "listed twice",
+            ),
+            (
+                Box::new(|s| {
+                    s.routes = vec![RouteSpec {
+                        dst: "192.168.0.0/16".parse().unwrap(),
+                        gw: Some("10.10.0.255".parse().unwrap()),
+                    }]
+                }),
+                "broadcast",
+            ),
+            (
+                Box::new(|s| s.host_routes = vec!["10.96.0.0/12".parse().unwrap(); 2]),
+                "listed twice",
             ),
         ];
         for (mutate, want) in cases {

@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub networks: Vec<StoredNetwork>,
     pub leases: Vec<StoredLease>,
     pub revision: i64,
+    /// Records that could not be decoded.
+    pub skipped: usize,
 }
 
 #[derive(Debug)]
@@ -289,16 +291,28 @@ impl Store {
             networks: Vec::new(),
             leases: Vec::new(),
             revision,
+            skipped: 0,
         };
+        // One undecodable record must not stop a node from serving: it is
+        // skipped (and counted). Safe for leases: the key still exists, so
+        // the create-if-absent transaction refuses that address anyway.
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key());
-            if self.keys.network_name_of(&key).is_some() {
-                snap.networks.push(decode_network(kv)?);
+            let decoded = if self.keys.network_name_of(&key).is_some() {
+                decode_network(kv).map(|n| snap.networks.push(n))
             } else if self.keys.parse_lease(&key).is_some() {
-                snap.leases.push(StoredLease {
-                    lease: decode_lease(kv)?,
-                    mod_revision: kv.mod_revision(),
-                });
+                decode_lease(kv).map(|lease| {
+                    snap.leases.push(StoredLease {
+                        lease,
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = decoded {
+                tracing::warn!("skipping {e}");
+                snap.skipped += 1;
             }
         }
         Ok(snap)
