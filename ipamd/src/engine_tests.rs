@@ -137,6 +137,7 @@ fn spec(subnet: &str, gw: &str) -> NetworkSpec {
         exclude: vec![],
         routes: vec![],
         host_routes: vec![],
+        block_size: 16,
     }
 }
 

@@ -61,15 +61,21 @@ impl From<StoreError> for AdminError {
 
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
 
-/// Proof that this instance may write now. Empty today; issue 3 gives it the
-/// leader key and lease so store writes can be guarded by them.
+/// Proof that this instance may write now: the leadership fence every
+/// ownership-deciding transaction carries (None when unfenced).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct WritePermit {}
+pub struct WritePermit {
+    pub fence: Option<rackline_store::Fence>,
+}
 
 impl WritePermit {
     pub fn unfenced() -> Self {
-        Self {}
+        Self { fence: None }
+    }
+
+    pub fn fenced(fence: rackline_store::Fence) -> Self {
+        Self { fence: Some(fence) }
     }
 }
 
@@ -162,8 +168,11 @@ impl AdminService {
     /// Creates `spec` (already validated by the caller's conversion; it is
     /// validated again and checked for overlap inside the transaction).
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView> {
-        let _permit = self.permit()?;
-        let stored = self.store.create_network(&spec).await?;
+        let permit = self.permit()?;
+        let stored = self
+            .store
+            .create_network(&spec, permit.fence.as_ref())
+            .await?;
         info!(
             network = %stored.spec.name,
             subnet = %stored.spec.subnet,
@@ -202,8 +211,11 @@ impl AdminService {
 
     /// Returns how many leases went with the network (only with `force`).
     pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
-        let _permit = self.permit()?;
-        let deleted = self.store.delete_network(name, force).await?;
+        let permit = self.permit()?;
+        let deleted = self
+            .store
+            .delete_network(name, force, permit.fence.as_ref())
+            .await?;
         info!(network = %name, force, leases_deleted = deleted, "network deleted");
         Ok(deleted)
     }

@@ -112,6 +112,9 @@ pub struct CreateArgs {
     /// A CIDR the pod reaches via its node. Repeatable.
     #[arg(long = "host-route", value_name = "CIDR")]
     pub host_routes: Vec<String>,
+    /// Addresses per node block on rack-bound networks (power of two, 4-256).
+    #[arg(long = "block-size", default_value_t = 16)]
+    pub block_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +197,7 @@ impl CreateArgs {
             host_routes: self.host_routes.clone(),
             capacity: 0,
             allocated: 0,
+            block_size: self.block_size,
         }
     }
 }

@@ -72,6 +72,11 @@ pub fn network_from_proto(n: &pb::Network) -> Result<NetworkSpec, ConvertError> 
             .iter()
             .map(|h| parse_cidr(h))
             .collect::<Result<_, _>>()?,
+        block_size: if n.block_size == 0 {
+            rackline_model::block::DEFAULT_BLOCK_SIZE
+        } else {
+            n.block_size
+        },
     };
     spec.validate()?;
     Ok(spec)
@@ -147,6 +152,7 @@ pub fn network_to_proto(v: &NetworkView) -> pb::Network {
             })
             .collect(),
         host_routes: s.host_routes.iter().map(ToString::to_string).collect(),
+        block_size: s.block_size,
         capacity: v.capacity,
         allocated: v.allocated,
     }
@@ -255,6 +261,7 @@ mod tests {
             host_routes: vec!["10.96.0.0/12".into()],
             capacity: 0,
             allocated: 0,
+            block_size: 0,
         }
     }
 

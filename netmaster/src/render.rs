@@ -324,6 +324,7 @@ mod tests {
             host_routes: vec![],
             capacity: 190,
             allocated: 3,
+            block_size: 16,
         }
     }
 

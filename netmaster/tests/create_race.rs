@@ -22,6 +22,7 @@ fn spec(name: String, subnet: String, gateway: String) -> NetworkSpec {
         exclude: vec![],
         routes: vec![],
         host_routes: vec![],
+        block_size: 16,
     }
 }
 

@@ -105,6 +105,57 @@ impl IntervalSet {
         true
     }
 
+    /// Removes every member of `[lo, hi]`; returns how many were present.
+    pub fn remove_range(&mut self, lo: u32, hi: u32) -> u64 {
+        if lo > hi {
+            return 0;
+        }
+        let mut removed = 0;
+        let first = self.run_containing(lo).map(|(s, _)| s).unwrap_or(lo);
+        let hit: Vec<(u32, u32)> = self.runs.range(first..=hi).map(|(s, e)| (*s, *e)).collect();
+        for (s, e) in hit {
+            if e < lo {
+                continue;
+            }
+            self.runs.remove(&s);
+            if s < lo {
+                self.runs.insert(s, lo - 1);
+            }
+            if e > hi {
+                self.runs.insert(hi + 1, e);
+            }
+            removed += u64::from(e.min(hi) - s.max(lo)) + 1;
+        }
+        self.len -= removed;
+        removed
+    }
+
+    /// The first run that ends at or after `x` (the run containing `x`, or
+    /// the next one).
+    pub fn run_at_or_after(&self, x: u32) -> Option<(u32, u32)> {
+        if let Some(r) = self.run_containing(x) {
+            return Some(r);
+        }
+        self.runs.range(x..).next().map(|(s, e)| (*s, *e))
+    }
+
+    /// Members of `self` inside `[lo, hi]`, as a new set.
+    pub fn clip(&self, lo: u32, hi: u32) -> IntervalSet {
+        let mut out = IntervalSet::new();
+        if lo > hi {
+            return out;
+        }
+        let first = self.run_containing(lo).map(|(s, _)| s).unwrap_or(lo);
+        for (&s, &e) in self.runs.range(first..=hi) {
+            let a = s.max(lo);
+            let b = e.min(hi);
+            if a <= b {
+                out.insert_range(a, b);
+            }
+        }
+        out
+    }
+
     /// Number of members inside `[lo, hi]`.
     pub fn count_in(&self, lo: u32, hi: u32) -> u64 {
         if lo > hi {
@@ -172,6 +223,22 @@ mod tests {
         assert_eq!(members(&s), vec![(0, 0), (u32::MAX - 2, u32::MAX)]);
         assert!(s.remove(u32::MAX));
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn remove_range_clip_and_next_run() {
+        let mut s = IntervalSet::new();
+        s.insert_range(0, 100);
+        assert_eq!(s.remove_range(10, 19), 10);
+        assert_eq!(s.remove_range(50, 200), 51);
+        assert_eq!(members(&s), vec![(0, 9), (20, 49)]);
+        assert_eq!(s.len(), 40);
+        assert_eq!(s.run_at_or_after(12), Some((20, 49)));
+        assert_eq!(s.run_at_or_after(5), Some((0, 9)));
+        assert_eq!(s.run_at_or_after(50), None);
+        assert_eq!(members(&s.clip(5, 25)), vec![(5, 9), (20, 25)]);
+        assert_eq!(s.remove_range(0, u32::MAX), 40);
+        assert!(s.is_empty());
     }
 
     #[test]

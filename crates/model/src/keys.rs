@@ -4,6 +4,11 @@
 //! <prefix>/v1/networks/<network>            NetworkSpec JSON
 //! <prefix>/v1/networks-guard                bumped by every network create/delete
 //! <prefix>/v1/leases/<network>/<ipv4>       Lease JSON (one key per address)
+//! <prefix>/v1/racks/<rack>                   Rack JSON
+//! <prefix>/v1/racknets/<network>/<rack>      RackNet JSON (a rack's share of a network)
+//! <prefix>/v1/nodes/<node>                   Node JSON
+//! <prefix>/v1/blocks/<network>/<first ipv4>  Block JSON
+//! <prefix>/v1/netmaster/leader               the netmaster leader, on its etcd lease
 //! ```
 //! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
 //! order is numeric order: a block of addresses is one contiguous key range
@@ -70,6 +75,71 @@ impl Keys {
         key.strip_prefix(&self.root)?.strip_prefix("/networks/")
     }
 
+    pub fn racks_prefix(&self) -> String {
+        format!("{}/racks/", self.root)
+    }
+
+    pub fn rack(&self, name: &str) -> String {
+        format!("{}/racks/{name}", self.root)
+    }
+
+    pub fn all_racknets_prefix(&self) -> String {
+        format!("{}/racknets/", self.root)
+    }
+
+    pub fn racknets_prefix(&self, network: &str) -> String {
+        format!("{}/racknets/{network}/", self.root)
+    }
+
+    pub fn racknet(&self, network: &str, rack: &str) -> String {
+        format!("{}/racknets/{network}/{rack}", self.root)
+    }
+
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.root)
+    }
+
+    pub fn node(&self, name: &str) -> String {
+        format!("{}/nodes/{name}", self.root)
+    }
+
+    pub fn all_blocks_prefix(&self) -> String {
+        format!("{}/blocks/", self.root)
+    }
+
+    pub fn blocks_prefix(&self, network: &str) -> String {
+        format!("{}/blocks/{network}/", self.root)
+    }
+
+    pub fn block(&self, network: &str, first: Ipv4Addr) -> String {
+        format!("{}/blocks/{network}/{}", self.root, padded(first))
+    }
+
+    pub fn leader(&self) -> String {
+        format!("{}/netmaster/leader", self.root)
+    }
+
+    /// (network, first address) from a block key.
+    pub fn parse_block<'a>(&self, key: &'a str) -> Option<(&'a str, Ipv4Addr)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/blocks/")?;
+        let (net, ip) = rest.split_once('/')?;
+        Some((net, parse_padded(ip)?))
+    }
+
+    /// (network, rack) from a rack binding key.
+    pub fn parse_racknet<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/racknets/")?;
+        rest.split_once('/')
+    }
+
+    pub fn rack_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.root)?.strip_prefix("/racks/")
+    }
+
+    pub fn node_name_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.root)?.strip_prefix("/nodes/")
+    }
+
     /// (network, address) from a lease key.
     pub fn parse_lease<'a>(&self, key: &'a str) -> Option<(&'a str, Ipv4Addr)> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("/leases/")?;
@@ -113,6 +183,15 @@ mod tests {
             Some(("prod", ip))
         );
         assert_eq!(parse_padded("010.000.000.256"), None);
+        let b = k.block("prod", ip);
+        assert_eq!(k.parse_block(&b), Some(("prod", ip)));
+        assert_eq!(
+            k.parse_racknet(&k.racknet("prod", "r1")),
+            Some(("prod", "r1"))
+        );
+        assert_eq!(k.rack_name_of(&k.rack("r1")), Some("r1"));
+        assert_eq!(k.node_name_of(&k.node("n1")), Some("n1"));
+        assert_eq!(k.parse_lease(&b), None);
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! The pool and lease model shared by ipamd and netmaster. Pure logic: no etcd,
 //! no gRPC, no netlink, so it is unit-tested without root or daemons.
 
+pub mod block;
 pub mod intervals;
 pub mod keys;
 pub mod lease;
 pub mod network;
 pub mod pool;
+pub mod rack;
 
+pub use block::Block;
 pub use intervals::IntervalSet;
 pub use keys::Keys;
 pub use lease::{Lease, PodRef};
 pub use network::{AddrRange, NetworkSpec, RouteSpec, ValidationError};
 pub use pool::Pool;
+pub use rack::{Node, Rack, RackNet};

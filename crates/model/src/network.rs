@@ -56,6 +56,16 @@ pub enum ValidationError {
     },
     #[error("network {0:?} has no allocatable address left after exclusions")]
     Empty(String),
+    #[error("invalid rack name {0:?}: use 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit")]
+    RackName(String),
+    #[error("rack {rack:?} on network {network:?}: {why}")]
+    RackNet {
+        rack: String,
+        network: String,
+        why: String,
+    },
+    #[error("block size {0} must be a power of two between 4 and 256")]
+    BlockSize(u32),
 }
 
 /// An inclusive range of IPv4 addresses. Written as `a.b.c.d`, `a.b.c.d/len`
@@ -151,6 +161,13 @@ pub struct NetworkSpec {
     /// CIDRs the pod reaches through its node's veth (e.g. the service CIDR).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_routes: Vec<Ipv4Network>,
+    /// Addresses per block handed to a node (rack-bound networks only).
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+}
+
+fn default_block_size() -> u32 {
+    crate::block::DEFAULT_BLOCK_SIZE
 }
 
 pub fn validate_name(name: &str) -> Result<(), ValidationError> {
@@ -293,6 +310,12 @@ impl NetworkSpec {
                 return Err(ValidationError::Cidr(h.to_string(), "host bits set".into()));
             }
         }
+        if !self.block_size.is_power_of_two()
+            || !(crate::block::MIN_BLOCK_SIZE..=crate::block::MAX_BLOCK_SIZE)
+                .contains(&self.block_size)
+        {
+            return Err(ValidationError::BlockSize(self.block_size));
+        }
         if crate::Pool::new(self).capacity() == 0 {
             return Err(ValidationError::Empty(self.name.clone()));
         }
@@ -347,6 +370,7 @@ mod tests {
             exclude: vec!["10.10.0.2-10.10.0.63".parse().unwrap()],
             routes: vec![],
             host_routes: vec!["10.96.0.0/12".parse().unwrap()],
+            block_size: 16,
         }
     }
 
@@ -386,6 +410,8 @@ mod tests {
                 "interface name",
             ),
             (Box::new(|s| s.mtu = 20), "MTU"),
+            (Box::new(|s| s.block_size = 24), "block size"),
+            (Box::new(|s| s.block_size = 512), "block size"),
             (
                 Box::new(|s| s.exclude = vec!["10.11.0.0/24".parse().unwrap()]),
                 "outside subnet",

@@ -10,38 +10,58 @@ use crate::{IntervalSet, NetworkSpec};
 
 #[derive(Debug, Clone)]
 pub struct Pool {
-    /// First and last allocatable address (network and broadcast excluded).
-    first: u32,
-    last: u32,
-    reserved: IntervalSet,
+    /// Every address that may be handed out, as runs (a network's range
+    /// minus reservations, or the union of a node's blocks).
+    allocatable: IntervalSet,
+    /// Taken addresses inside `allocatable` only.
     taken: IntervalSet,
     /// Where the next search starts. Moving round-robin instead of reusing
     /// the lowest free address keeps a just-released address cold for as
     /// long as possible, so peers' ARP caches age out before it is reused.
     cursor: u32,
-    capacity: u64,
 }
 
 impl Pool {
+    /// A block-less network: its subnet minus network, broadcast, gateway
+    /// and exclusions.
     pub fn new(spec: &NetworkSpec) -> Self {
         let first = u32::from(spec.subnet.network()) + 1;
         let last = u32::from(spec.subnet.broadcast()) - 1;
-        let reserved = spec.reserved();
-        let size = u64::from(last - first) + 1;
-        let capacity = size - reserved.count_in(first, last);
-        Self {
-            first,
-            last,
-            reserved,
-            taken: IntervalSet::new(),
-            cursor: first,
-            capacity,
+        let mut allocatable = IntervalSet::new();
+        allocatable.insert_range(first, last);
+        for (s, e) in spec.reserved().iter_runs() {
+            allocatable.remove_range(s, e);
         }
+        Self::from_allocatable(allocatable)
+    }
+
+    pub fn from_allocatable(allocatable: IntervalSet) -> Self {
+        let cursor = allocatable.iter_runs().next().map(|(s, _)| s).unwrap_or(0);
+        Self {
+            allocatable,
+            taken: IntervalSet::new(),
+            cursor,
+        }
+    }
+
+    /// Adds addresses (a new block). Already-taken ones stay taken.
+    pub fn add_allocatable(&mut self, lo: u32, hi: u32) {
+        self.allocatable.insert_range(lo, hi);
+    }
+
+    /// Removes addresses (a returned block) and forgets their taken marks.
+    pub fn remove_allocatable(&mut self, lo: u32, hi: u32) {
+        self.allocatable.remove_range(lo, hi);
+        self.taken.remove_range(lo, hi);
+    }
+
+    pub fn allocatable(&self) -> &IntervalSet {
+        &self.allocatable
     }
 
     /// Addresses that may ever be handed out.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.allocatable.len()
     }
 
     pub fn allocated(&self) -> u64 {
@@ -49,13 +69,16 @@ impl Pool {
     }
 
     pub fn available(&self) -> u64 {
-        self.capacity.saturating_sub(self.taken.len())
+        self.capacity().saturating_sub(self.taken.len())
     }
 
-    /// True when `ip` lies in the allocatable range and is not reserved.
+    /// Taken addresses inside `[lo, hi]`.
+    pub fn taken_in(&self, lo: u32, hi: u32) -> u64 {
+        self.taken.count_in(lo, hi)
+    }
+
     pub fn is_allocatable(&self, ip: Ipv4Addr) -> bool {
-        let x = u32::from(ip);
-        (self.first..=self.last).contains(&x) && !self.reserved.contains(x)
+        self.allocatable.contains(u32::from(ip))
     }
 
     pub fn is_taken(&self, ip: Ipv4Addr) -> bool {
@@ -63,11 +86,11 @@ impl Pool {
     }
 
     /// Marks `ip` taken (a lease seen in etcd, or a tentative pick). Returns
-    /// false when it already was. Addresses outside the range are ignored
-    /// for accounting but reported as newly taken so callers can log them.
+    /// false when it already was. Addresses outside the allocatable set are
+    /// not tracked (they cannot be handed out from this pool anyway).
     pub fn mark_taken(&mut self, ip: Ipv4Addr) -> bool {
         let x = u32::from(ip);
-        if !(self.first..=self.last).contains(&x) || self.reserved.contains(x) {
+        if !self.allocatable.contains(x) {
             return true;
         }
         self.taken.insert(x)
@@ -80,48 +103,60 @@ impl Pool {
     /// Picks the next free address after the cursor and marks it taken.
     /// The caller unmarks it if the durable write fails.
     pub fn take_next(&mut self) -> Option<Ipv4Addr> {
-        let ip = self.find_free()?;
-        let x = u32::from(ip);
+        let x = self.find_free()?;
         self.taken.insert(x);
-        self.cursor = if x >= self.last { self.first } else { x + 1 };
-        Some(ip)
+        self.cursor = x.wrapping_add(1);
+        Some(Ipv4Addr::from(x))
     }
 
-    fn find_free(&self) -> Option<Ipv4Addr> {
+    /// The next free address at or after `from`, wrapping once. Each step
+    /// skips a whole run (allocatable or taken), so the cost is bounded by
+    /// the number of runs, never by the pool size.
+    pub fn find_free_from(&self, from: u32) -> Option<u32> {
         if self.available() == 0 {
             return None;
         }
-        let mut c = self.cursor;
+        let mut c = from;
         let mut wrapped = false;
-        // Each step skips a whole run, so the loop is bounded by the number
-        // of runs (plus one wrap).
         loop {
-            if c > self.last {
+            let Some((s, e)) = self.allocatable.run_at_or_after(c) else {
                 if wrapped {
                     return None;
                 }
                 wrapped = true;
-                c = self.first;
-            }
-            if wrapped && c >= self.cursor {
-                return None;
-            }
-            if let Some((_, end)) = self.reserved.run_containing(c) {
-                match end.checked_add(1) {
-                    Some(n) => c = n,
-                    None => c = self.last + 1,
-                }
+                c = 0;
                 continue;
-            }
-            if let Some((_, end)) = self.taken.run_containing(c) {
-                match end.checked_add(1) {
-                    Some(n) => c = n,
-                    None => c = self.last + 1,
+            };
+            let mut x = c.max(s);
+            while x <= e {
+                match self.taken.run_containing(x) {
+                    Some((_, te)) => match te.checked_add(1) {
+                        Some(n) => x = n,
+                        None => break,
+                    },
+                    None => {
+                        if wrapped && x >= from {
+                            return None;
+                        }
+                        return Some(x);
+                    }
                 }
-                continue;
             }
-            return Some(Ipv4Addr::from(c));
+            match e.checked_add(1) {
+                Some(n) if !(wrapped && n > from) => c = n,
+                _ => {
+                    if wrapped {
+                        return None;
+                    }
+                    wrapped = true;
+                    c = 0;
+                }
+            }
         }
+    }
+
+    fn find_free(&self) -> Option<u32> {
+        self.find_free_from(self.cursor)
     }
 }
 
@@ -140,6 +175,7 @@ mod tests {
             exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
             routes: vec![],
             host_routes: vec![],
+            block_size: 16,
         }
     }
 
@@ -200,5 +236,25 @@ mod tests {
         // One run of taken addresses however many were handed out.
         assert_eq!(p.allocated(), 10_000);
         assert_eq!(p.taken.runs(), 1);
+    }
+
+    #[test]
+    fn a_pool_of_blocks_hands_out_only_block_addresses() {
+        let mut set = IntervalSet::new();
+        set.insert_range(100, 103);
+        set.insert_range(200, 201);
+        let mut p = Pool::from_allocatable(set);
+        let got: Vec<u32> = std::iter::from_fn(|| p.take_next())
+            .map(u32::from)
+            .collect();
+        assert_eq!(got, vec![100, 101, 102, 103, 200, 201]);
+        p.add_allocatable(300, 300);
+        assert_eq!(p.take_next().map(u32::from), Some(300));
+        p.mark_free(Ipv4Addr::from(101));
+        assert_eq!(p.take_next().map(u32::from), Some(101));
+        p.remove_allocatable(200, 201);
+        assert_eq!(p.capacity(), 5);
+        assert_eq!(p.allocated(), 5);
+        assert!(p.take_next().is_none());
     }
 }

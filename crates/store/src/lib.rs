@@ -60,6 +60,28 @@ impl From<etcd_client::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Leadership fencing: a write that decides ownership carries this compare,
+/// so it fails once the writer is no longer the leader it was (its leader
+/// key expired, or was deleted and re-created by another replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub create_revision: i64,
+}
+
+impl Fence {
+    pub fn compare(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.create_revision)
+    }
+}
+
+fn fenced(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
+    if let Some(f) = fence {
+        when.push(f.compare());
+    }
+    when
+}
+
 /// A network with the etcd revision at which it was created: leases guard on
 /// it so a lease can never be written into a deleted-and-recreated network.
 #[derive(Debug, Clone)]
@@ -185,7 +207,11 @@ impl Store {
 
     /// Validates `spec` against every other network and writes it, all under
     /// the networks guard key so two overlapping creates cannot both succeed.
-    pub async fn create_network(&self, spec: &NetworkSpec) -> Result<StoredNetwork> {
+    pub async fn create_network(
+        &self,
+        spec: &NetworkSpec,
+        fence: Option<&Fence>,
+    ) -> Result<StoredNetwork> {
         spec.validate()?;
         let guard = self.keys.networks_guard();
         for _ in 0..16 {
@@ -201,10 +227,13 @@ impl Store {
             let key = self.keys.network(&spec.name);
             let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
             let txn = Txn::new()
-                .when([
-                    Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                ])
+                .when(fenced(
+                    vec![
+                        Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    ],
+                    fence,
+                ))
                 .and_then([
                     TxnOp::put(key.clone(), value, None),
                     TxnOp::put(guard.clone(), spec.name.clone(), None),
@@ -225,7 +254,12 @@ impl Store {
 
     /// Deletes a network. Without `force` it refuses while leases exist; the
     /// transaction also fails if a lease appeared after the check.
-    pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
+    pub async fn delete_network(
+        &self,
+        name: &str,
+        force: bool,
+        fence: Option<&Fence>,
+    ) -> Result<u64> {
         let key = self.keys.network(name);
         let guard = self.keys.networks_guard();
         let leases_prefix = self.keys.leases_prefix(name);
@@ -252,7 +286,7 @@ impl Store {
                         .with_prefix(),
                 );
             }
-            let txn = Txn::new().when(when).and_then([
+            let txn = Txn::new().when(fenced(when, fence)).and_then([
                 TxnOp::delete(key.clone(), None),
                 TxnOp::delete(
                     leases_prefix.clone(),
