@@ -284,6 +284,8 @@ mod tests {
         want.exclude[1] = "10.10.0.16-10.10.0.31".into();
         want.capacity = 7;
         want.allocated = 3;
+        // 0 means "default": it comes back as the effective block size.
+        want.block_size = rackline_model::block::DEFAULT_BLOCK_SIZE;
         assert_eq!(back, want);
         // And the canonical form parses to the same spec.
         assert_eq!(network_from_proto(&back).unwrap(), view.spec);
