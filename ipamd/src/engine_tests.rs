@@ -147,6 +147,9 @@ fn engine(node: &str, store: &Arc<FakeStore>, grace: Duration) -> Arc<Engine<Arc
     e.apply_snapshot(Snapshot {
         networks: nets,
         leases: store.leases.lock().unwrap().values().cloned().collect(),
+        racknets: vec![],
+        blocks: vec![],
+        nodes: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });

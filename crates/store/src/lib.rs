@@ -101,9 +101,35 @@ pub struct StoredLease {
 pub struct Snapshot {
     pub networks: Vec<StoredNetwork>,
     pub leases: Vec<StoredLease>,
+    pub racknets: Vec<rackline_model::RackNet>,
+    pub blocks: Vec<StoredBlock>,
+    pub nodes: Vec<rackline_model::Node>,
     pub revision: i64,
     /// Records that could not be decoded.
     pub skipped: usize,
+}
+
+/// A block with the revision its owner's lease writes are guarded by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub block: rackline_model::Block,
+    pub mod_revision: i64,
+}
+
+/// "This block is still the one I saw": lease writes inside a block carry
+/// it, so a block returned or handed to another node in the meantime makes
+/// the write fail instead of creating a lease under a stale assumption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockGuard {
+    pub key: String,
+    pub mod_revision: i64,
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        reason: e.to_string(),
+    })
 }
 
 #[derive(Debug)]
@@ -324,6 +350,9 @@ impl Store {
         let mut snap = Snapshot {
             networks: Vec::new(),
             leases: Vec::new(),
+            racknets: Vec::new(),
+            blocks: Vec::new(),
+            nodes: Vec::new(),
             revision,
             skipped: 0,
         };
@@ -341,6 +370,17 @@ impl Store {
                         mod_revision: kv.mod_revision(),
                     })
                 })
+            } else if self.keys.parse_racknet(&key).is_some() {
+                decode_json(kv).map(|r| snap.racknets.push(r))
+            } else if self.keys.parse_block(&key).is_some() {
+                decode_json(kv).map(|block| {
+                    snap.blocks.push(StoredBlock {
+                        block,
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+            } else if self.keys.node_name_of(&key).is_some() {
+                decode_json(kv).map(|n| snap.nodes.push(n))
             } else {
                 Ok(())
             };
@@ -413,14 +453,28 @@ impl Store {
     /// The one round trip of an allocation: create the lease key if nobody
     /// owns the address and the network is still the one we know.
     pub async fn create_lease(&self, lease: &Lease, network_revision: i64) -> Result<CreateLease> {
+        self.create_lease_guarded(lease, network_revision, None).await
+    }
+
+    /// `create_lease`, also guarded by the block the address lies in.
+    pub async fn create_lease_guarded(
+        &self,
+        lease: &Lease,
+        network_revision: i64,
+        block: Option<&BlockGuard>,
+    ) -> Result<CreateLease> {
         let key = self.keys.lease(&lease.network, lease.address);
         let net_key = self.keys.network(&lease.network);
         let value = serde_json::to_vec(lease).expect("Lease serialises");
+        let mut when = vec![
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(net_key.clone(), CompareOp::Equal, network_revision),
+        ];
+        if let Some(b) = block {
+            when.push(Compare::mod_revision(b.key.clone(), CompareOp::Equal, b.mod_revision));
+        }
         let txn = Txn::new()
-            .when([
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Compare::create_revision(net_key.clone(), CompareOp::Equal, network_revision),
-            ])
+            .when(when)
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None), TxnOp::get(net_key, None)]);
         let mut c = self.client.clone();
