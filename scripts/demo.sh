@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Rackline demo: installs dependencies, builds everything (release) and runs the
-# rackline-lab demo binary (a 2-node rack with 2 pods per node and a ping matrix).
+# rackline-lab demo binary (two racks behind a spine, two nodes per rack, a pod per node,
+# and a ping matrix).
 # Arguments go to rackline-lab, e.g. `scripts/demo.sh --keep` (Ctrl-C tears it down),
 # `--nodes 3 --pods-per-node 4`. Needs root.
 set -euo pipefail

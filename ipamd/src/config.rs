@@ -38,6 +38,40 @@ pub struct Args {
     pub gc_grace_secs: u64,
     #[arg(long, env = "RACKLINE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// This node's rack. Without it a rack-bound network cannot allocate on
+    /// this node (block-less networks still can).
+    #[arg(long, env = "RACKLINE_RACK")]
+    pub rack: Option<String>,
+    /// The Node label holding the rack, read when running in a cluster
+    /// without --rack.
+    #[arg(long, env = "RACKLINE_RACK_LABEL", default_value = crate::kube::DEFAULT_RACK_LABEL)]
+    pub rack_label: String,
+    /// netmaster endpoints (host:port or URL, comma separated), for node
+    /// registration and blocks.
+    #[arg(long, env = "RACKLINE_NETMASTER", value_delimiter = ',')]
+    pub netmaster: Vec<String>,
+    /// This node's addresses as registered; default: its global IPv4 addresses.
+    #[arg(
+        long = "node-address",
+        env = "RACKLINE_NODE_ADDRESS",
+        value_delimiter = ','
+    )]
+    pub node_addresses: Vec<std::net::Ipv4Addr>,
+    /// Acquire a new block when fewer free addresses than this remain in
+    /// this node's blocks.
+    #[arg(long, env = "RACKLINE_BLOCK_LOW_WATERMARK", default_value_t = 4)]
+    pub block_low_watermark: u64,
+    /// Standby addresses kept per network for allocation while etcd is
+    /// unreachable (0 = none: ADD fails with "try again later" then).
+    #[arg(long, env = "RACKLINE_STANDBY", default_value_t = 4)]
+    pub standby: usize,
+    /// Where the outage journal lives (must survive an ipamd restart);
+    /// default: the socket's directory.
+    #[arg(long, env = "RACKLINE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Return a block after it stayed empty this long.
+    #[arg(long, env = "RACKLINE_BLOCK_HOLD_DOWN_SECS", default_value_t = 30)]
+    pub block_hold_down_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -48,10 +82,22 @@ pub struct Config {
     pub etcd_timeout: Duration,
     pub socket: PathBuf,
     pub gc_grace: Duration,
+    pub rack: Option<String>,
+    pub rack_label: String,
+    pub netmaster: Vec<String>,
+    pub node_addresses: Vec<std::net::Ipv4Addr>,
+    pub blocks: crate::blocks::BlockPolicy,
+    pub standby: usize,
+    pub state_dir: PathBuf,
 }
 
 impl Args {
     pub fn into_config(self) -> Config {
+        let state_dir = self
+            .state_dir
+            .clone()
+            .or_else(|| self.socket.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/rackline"));
         Config {
             node_name: self.node_name,
             etcd_endpoints: self.etcd_endpoints,
@@ -59,6 +105,17 @@ impl Args {
             etcd_timeout: Duration::from_millis(self.etcd_timeout_ms),
             socket: self.socket,
             gc_grace: Duration::from_secs(self.gc_grace_secs),
+            standby: self.standby,
+            state_dir,
+            rack: self.rack,
+            rack_label: self.rack_label,
+            netmaster: self.netmaster,
+            node_addresses: self.node_addresses,
+            blocks: crate::blocks::BlockPolicy {
+                low_watermark: self.block_low_watermark,
+                hold_down: Duration::from_secs(self.block_hold_down_secs),
+                ..Default::default()
+            },
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rackline_model::{network::validate_ifname, Keys, Lease, NetworkSpec, PodRef};
 use rackline_store::{Change, CreateLease, Snapshot, StoreError, StoredLease};
 use tokio::sync::{watch, OwnedMutexGuard};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
@@ -43,6 +43,8 @@ pub enum IpamError {
     NotReady,
     #[error("gave up after {0} candidate addresses were taken concurrently; try again")]
     Contended(u32),
+    #[error("{0}")]
+    NotInRack(String),
     #[error("store: {0}")]
     Store(StoreError),
 }
@@ -67,6 +69,8 @@ pub struct AllocateArgs {
 #[derive(Debug, Clone)]
 pub struct Allocated {
     pub lease: Lease,
+    /// The network definition, with `subnet` and `gateway` already those of
+    /// this node's rack on a rack-bound network.
     pub network: NetworkSpec,
     /// The attachment already held this lease before the call.
     pub existing: bool,
@@ -86,6 +90,8 @@ type LockKey = (String, String, String);
 
 pub struct Engine<S> {
     node: String,
+    /// This node's rack; None = rack-less (only flat networks allocate).
+    rack: Option<String>,
     keys: Keys,
     store: S,
     nets: RwLock<HashMap<String, Arc<NetState>>>,
@@ -93,6 +99,17 @@ pub struct Engine<S> {
     gc_grace: Duration,
     etcd_ok: AtomicBool,
     synced_tx: watch::Sender<bool>,
+    /// Bumped when a change needs a fresh snapshot (rack bindings changed).
+    resync_tx: watch::Sender<u64>,
+    /// Signalled when an allocation drew on a rack-bound network, so the
+    /// block manager tops up without waiting for its next round.
+    block_demand: tokio::sync::Notify,
+    /// The outage journal and the reserve size (0 = no offline operation).
+    journal: Option<Arc<crate::journal::Journal>>,
+    standby_target: usize,
+    /// Networks that are rack-bound but have no binding for this node's
+    /// rack (or this node has no rack): name -> why.
+    unbound: RwLock<HashMap<String, String>>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -137,9 +154,22 @@ fn validate_attachment(container_id: &str, ifname: &str) -> Result<(), IpamError
 
 impl<S: LeaseStore> Engine<S> {
     pub fn new(node: String, keys: Keys, store: S, gc_grace: Duration) -> Self {
+        Self::with_rack(node, None, keys, store, gc_grace)
+    }
+
+    pub fn with_rack(
+        node: String,
+        rack: Option<String>,
+        keys: Keys,
+        store: S,
+        gc_grace: Duration,
+    ) -> Self {
         let (synced_tx, _) = watch::channel(false);
+        let (resync_tx, _) = watch::channel(0u64);
         Self {
             node,
+            rack,
+            resync_tx,
             keys,
             store,
             nets: RwLock::new(HashMap::new()),
@@ -147,7 +177,41 @@ impl<S: LeaseStore> Engine<S> {
             gc_grace,
             etcd_ok: AtomicBool::new(false),
             synced_tx,
+            unbound: RwLock::new(HashMap::new()),
+            block_demand: tokio::sync::Notify::new(),
+            journal: None,
+            standby_target: 0,
         }
+    }
+
+    /// Enables offline operation: up to `standby` reserve records per
+    /// network, decisions journalled in `journal` while etcd is away.
+    pub fn with_outage_journal(
+        mut self,
+        journal: Arc<crate::journal::Journal>,
+        standby: usize,
+    ) -> Self {
+        self.journal = Some(journal);
+        self.standby_target = standby;
+        self
+    }
+
+    pub fn block_demand(&self) -> &tokio::sync::Notify {
+        &self.block_demand
+    }
+
+    pub fn rack(&self) -> Option<&str> {
+        self.rack.as_deref()
+    }
+
+    /// Changes when the sync loop should take a fresh snapshot.
+    pub fn resync_requests(&self) -> watch::Receiver<u64> {
+        self.resync_tx.subscribe()
+    }
+
+    /// All networks this node serves (for the block manager).
+    pub fn networks(&self) -> Vec<Arc<NetState>> {
+        self.nets_read().values().cloned().collect()
     }
 
     pub fn node(&self) -> &str {
@@ -182,23 +246,65 @@ impl<S: LeaseStore> Engine<S> {
     /// Replaces the cache with a consistent snapshot.
     pub fn apply_snapshot(&self, snap: Snapshot) {
         let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
+        let mut unbound = HashMap::new();
         for n in snap.networks {
-            fresh.insert(
-                n.spec.name.clone(),
-                Arc::new(NetState::new(n.spec, n.create_revision)),
-            );
+            let bindings: Vec<&rackline_model::RackNet> = snap
+                .racknets
+                .iter()
+                .filter(|r| r.network == n.spec.name)
+                .collect();
+            let name = n.spec.name.clone();
+            let st = if bindings.is_empty() {
+                NetState::new(n.spec, n.create_revision)
+            } else {
+                let mine = self
+                    .rack
+                    .as_deref()
+                    .and_then(|rack| bindings.iter().find(|b| b.rack == rack));
+                match mine {
+                    Some(b) => NetState::new_racked(n.spec, n.create_revision, b, &self.node),
+                    None => {
+                        let why = match &self.rack {
+                            None => format!(
+                                "network {name:?} is rack-bound but node {:?} has no rack (start ipamd with --rack or label the Node)",
+                                self.node
+                            ),
+                            Some(r) => format!(
+                                "rack {r:?} of node {:?} has no share of network {name:?} (racklinectl rack bind {r} {name} ...)",
+                                self.node
+                            ),
+                        };
+                        unbound.insert(name.clone(), why);
+                        continue;
+                    }
+                }
+            };
+            fresh.insert(name, Arc::new(st));
+        }
+        for sb in snap.blocks {
+            if let Some(st) = fresh.get(&sb.block.network) {
+                let key = self.keys.block(&sb.block.network, sb.block.first);
+                st.observe_block(sb, key);
+            }
         }
         for sl in snap.leases {
             if let Some(st) = fresh.get(&sl.lease.network) {
                 st.observe(sl, &self.node);
             }
         }
+        *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
         {
             let old = self.nets_read();
             for (name, st) in &fresh {
                 if let Some(o) = old.get(name) {
                     st.inherit_uncertain(o);
                 }
+            }
+        }
+        // Decisions made offline and not yet replayed stay in force.
+        if let Some(j) = &self.journal {
+            for e in j.entries() {
+                Self::overlay(&fresh, &e);
             }
         }
         let count = fresh.len();
@@ -209,6 +315,30 @@ impl<S: LeaseStore> Engine<S> {
             revision = snap.revision,
             "state loaded from etcd"
         );
+    }
+
+    fn overlay(nets: &HashMap<String, Arc<NetState>>, e: &crate::journal::Entry) {
+        use crate::journal::Entry;
+        match e {
+            Entry::Activate {
+                lease,
+                standby_revision,
+            } => {
+                if let Some(st) = nets.get(&lease.network) {
+                    st.activate_offline(lease.clone(), *standby_revision);
+                }
+            }
+            Entry::Release {
+                network,
+                address,
+                container_id,
+                ifname,
+            } => {
+                if let Some(st) = nets.get(network) {
+                    st.release_offline(&(container_id.clone(), ifname.clone()), *address);
+                }
+            }
+        }
     }
 
     pub fn apply_change(&self, change: Change) {
@@ -248,6 +378,26 @@ impl<S: LeaseStore> Engine<S> {
                             );
                         }
                     }
+                } else if let Some((net, _first)) = self.keys.parse_block(&key) {
+                    match serde_json::from_slice::<rackline_model::Block>(&value) {
+                        Ok(block) => {
+                            if let Some(st) = self.nets_read().get(net) {
+                                st.observe_block(
+                                    rackline_store::StoredBlock {
+                                        block,
+                                        mod_revision,
+                                    },
+                                    key.clone(),
+                                );
+                            }
+                        }
+                        Err(e) => warn!(%key, "ignoring undecodable block record: {e}"),
+                    }
+                } else if self.keys.parse_racknet(&key).is_some() {
+                    // Which ranges this node allocates from changed: rebuild
+                    // from a consistent snapshot rather than patch in place.
+                    info!(%key, "rack binding changed; reloading");
+                    self.resync_tx.send_modify(|n| *n += 1);
                 } else if let Some((net, _ip)) = self.keys.parse_lease(&key) {
                     let lease: Lease = match serde_json::from_slice(&value) {
                         Ok(l) => l,
@@ -271,6 +421,13 @@ impl<S: LeaseStore> Engine<S> {
                 if let Some(name) = self.keys.network_name_of(&key) {
                     info!(network = name, "network removed");
                     self.nets_write().remove(name);
+                } else if let Some((net, first)) = self.keys.parse_block(&key) {
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.forget_block(first);
+                    }
+                } else if self.keys.parse_racknet(&key).is_some() {
+                    info!(%key, "rack binding removed; reloading");
+                    self.resync_tx.send_modify(|n| *n += 1);
                 } else if let Some((net, ip)) = self.keys.parse_lease(&key) {
                     if let Some(st) = self.nets_read().get(net) {
                         st.forget(ip, mod_revision);
@@ -295,6 +452,14 @@ impl<S: LeaseStore> Engine<S> {
         self.wait_synced(Duration::from_secs(2)).await?;
         if let Some(st) = self.nets_read().get(name) {
             return Ok(st.clone());
+        }
+        if let Some(why) = self
+            .unbound
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Err(IpamError::NotInRack(why.clone()));
         }
         // The watch may lag a network created a moment ago.
         match self.store.get_network(name).await? {
@@ -339,9 +504,12 @@ impl<S: LeaseStore> Engine<S> {
             debug!(ip = %sl.lease.address, "allocation already held");
             return Ok(Allocated {
                 lease: sl.lease,
-                network: net.spec.clone(),
+                network: net.effective_spec(),
                 existing: true,
             });
+        }
+        if !self.etcd_ok() && self.journal.is_some() {
+            return self.allocate_offline(&net, &a);
         }
         // An earlier attempt for this attachment may have been written even
         // though we never heard back: adopt it rather than take a second one.
@@ -352,7 +520,7 @@ impl<S: LeaseStore> Engine<S> {
                     net.observe(sl, &self.node);
                     return Ok(Allocated {
                         lease,
-                        network: net.spec.clone(),
+                        network: net.effective_spec(),
                         existing: false,
                     });
                 }
@@ -367,7 +535,11 @@ impl<S: LeaseStore> Engine<S> {
         }
 
         for _ in 0..MAX_ATTEMPTS {
-            let Some(ip) = net.pick() else {
+            let Some(pick) = net.pick() else {
+                // Last resort: this node's own reserve.
+                if let Some(done) = self.allocate_from_standby(&net, &a).await? {
+                    return Ok(done);
+                }
                 let (capacity, allocated, _) = net.usage();
                 return Err(IpamError::Exhausted {
                     network: a.network.clone(),
@@ -375,6 +547,7 @@ impl<S: LeaseStore> Engine<S> {
                     capacity,
                 });
             };
+            let ip = pick.ip;
             let lease = Lease {
                 network: a.network.clone(),
                 address: ip,
@@ -383,8 +556,13 @@ impl<S: LeaseStore> Engine<S> {
                 ifname: a.ifname.clone(),
                 pod: a.pod.clone(),
                 created_unix_ms: now_ms(),
+                state: rackline_model::LeaseState::Active,
             };
-            match self.store.create_lease(&lease, net.create_revision).await {
+            match self
+                .store
+                .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                .await
+            {
                 Ok(CreateLease::Created { mod_revision }) => {
                     self.set_etcd_ok(true);
                     net.observe(
@@ -394,10 +572,13 @@ impl<S: LeaseStore> Engine<S> {
                         },
                         &self.node,
                     );
-                    info!(network = %a.network, %ip, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                    if pick.guard.is_some() || pick.borrowed {
+                        self.block_demand.notify_one();
+                    }
+                    info!(network = %a.network, %ip, borrowed = pick.borrowed, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
                     return Ok(Allocated {
                         lease,
-                        network: net.spec.clone(),
+                        network: net.effective_spec(),
                         existing: false,
                     });
                 }
@@ -406,6 +587,13 @@ impl<S: LeaseStore> Engine<S> {
                     // the watch fills in the owner's record.
                     debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
                 }
+                Ok(CreateLease::BlockChanged) => {
+                    // Our view of the block is stale; the watch brings the
+                    // new one. Free the mark and try another address.
+                    debug!(%ip, "block changed under the candidate; next");
+                    net.unpick(ip);
+                    net.drop_block_at(ip);
+                }
                 Ok(CreateLease::NetworkGone) => {
                     net.unpick(ip);
                     self.nets_write().retain(|_, st| !Arc::ptr_eq(st, &net));
@@ -413,9 +601,13 @@ impl<S: LeaseStore> Engine<S> {
                 }
                 Err(StoreError::Unavailable(m)) => {
                     // The request may have been applied: remember it so the
-                    // retry or the DEL resolves it instead of leaking it.
+                    // retry, the DEL or the journal replay resolves it
+                    // instead of leaking it.
                     net.mark_uncertain(&key, ip);
                     self.set_etcd_ok(false);
+                    if self.journal.is_some() {
+                        return self.allocate_offline(&net, &a);
+                    }
                     return Err(IpamError::Unavailable(m));
                 }
                 Err(e) => {
@@ -425,6 +617,260 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
+
+    fn lease_for(&self, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
+        Lease {
+            network: a.network.clone(),
+            address: ip,
+            node: self.node.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            pod: a.pod.clone(),
+            created_unix_ms: now_ms(),
+            state: rackline_model::LeaseState::Active,
+        }
+    }
+
+    /// etcd is unreachable: hand out one of this node's standby addresses
+    /// (recorded in etcd as ours, so nobody else can have it), journalled
+    /// and fsync'd before we answer.
+    fn allocate_offline(&self, net: &NetState, a: &AllocateArgs) -> Result<Allocated, IpamError> {
+        let Some(journal) = &self.journal else {
+            return Err(IpamError::Unavailable("etcd is unreachable".into()));
+        };
+        let Some((ip, rev)) = net.take_standby() else {
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable and this node has no standby address left".into(),
+            ));
+        };
+        let lease = self.lease_for(a, ip);
+        let entry = crate::journal::Entry::Activate {
+            lease: lease.clone(),
+            standby_revision: rev,
+        };
+        if let Err(e) = journal.append(&entry) {
+            net.return_standby(ip, rev);
+            return Err(IpamError::Unavailable(format!(
+                "etcd is unreachable and the journal cannot be written: {e}"
+            )));
+        }
+        net.activate_offline(lease.clone(), rev);
+        warn!(network = %a.network, %ip, container = %a.container_id, "leased a standby address while etcd is unreachable (journalled)");
+        Ok(Allocated {
+            lease,
+            network: net.effective_spec(),
+            existing: false,
+        })
+    }
+
+    /// Online, with nothing free: turn one of this node's standby records
+    /// into the pod's lease (revision-compared).
+    async fn allocate_from_standby(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+    ) -> Result<Option<Allocated>, IpamError> {
+        while let Some((ip, rev)) = net.take_standby() {
+            let lease = self.lease_for(a, ip);
+            match self.store.replace_lease(&lease, rev).await {
+                Ok(Some(new_rev)) => {
+                    net.observe(
+                        StoredLease {
+                            lease: lease.clone(),
+                            mod_revision: new_rev,
+                        },
+                        &self.node,
+                    );
+                    return Ok(Some(Allocated {
+                        lease,
+                        network: net.effective_spec(),
+                        existing: false,
+                    }));
+                }
+                // The record changed (someone released our reserve): next.
+                Ok(None) => continue,
+                Err(e) => {
+                    net.return_standby(ip, rev);
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// etcd is unreachable: release locally, journalled before answering.
+    fn release_offline(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        let Some(journal) = &self.journal else {
+            return Err(IpamError::Unavailable("etcd is unreachable".into()));
+        };
+        let mut out = Vec::new();
+        for (ip, _) in net.held(key) {
+            let entry = crate::journal::Entry::Release {
+                network: net.spec.name.clone(),
+                address: ip,
+                container_id: key.0.clone(),
+                ifname: key.1.clone(),
+            };
+            journal.append(&entry).map_err(|e| {
+                IpamError::Unavailable(format!(
+                    "etcd is unreachable and the journal cannot be written: {e}"
+                ))
+            })?;
+            net.release_offline(key, ip);
+            warn!(network = %net.spec.name, %ip, container = %key.0, "released while etcd is unreachable (journalled)");
+            out.push(ip);
+        }
+        Ok(out)
+    }
+
+    /// Replays the outage journal into etcd, oldest first. Every step is
+    /// revision-compared and idempotent, so a replay interrupted by another
+    /// outage simply runs again. Clears what reached etcd.
+    pub async fn replay_journal(&self) -> Result<usize, IpamError> {
+        use crate::journal::Entry;
+        let Some(journal) = &self.journal else {
+            return Ok(0);
+        };
+        let entries = journal.entries();
+        let mut done = 0;
+        let result: Result<(), IpamError> = async {
+            for e in &entries {
+                match e {
+                    Entry::Activate {
+                        lease,
+                        standby_revision,
+                    } => {
+                        let key = (lease.container_id.clone(), lease.ifname.clone());
+                        match self.store.replace_lease(lease, *standby_revision).await? {
+                            Some(_) => info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd"),
+                            None => match self.store.get_lease(&lease.network, lease.address).await? {
+                                Some(cur) if self.is_mine(&cur.lease, &key) => {}
+                                other => error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it"),
+                            },
+                        }
+                        // A create lost at the start of the outage must not
+                        // leave this attachment a second address.
+                        let net = self.nets_read().get(&lease.network).cloned();
+                        if let Some(net) = net {
+                            for ip in net.take_uncertain(&key) {
+                                if ip == lease.address {
+                                    continue;
+                                }
+                                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
+                                    if self.is_mine(&cur.lease, &key) {
+                                        self.store.delete_lease(&lease.network, ip, cur.mod_revision).await?;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Entry::Release {
+                        network,
+                        address,
+                        container_id,
+                        ifname,
+                    } => {
+                        let key = (container_id.clone(), ifname.clone());
+                        if let Some(cur) = self.store.get_lease(network, *address).await? {
+                            if self.is_mine(&cur.lease, &key) {
+                                self.store.delete_lease(network, *address, cur.mod_revision).await?;
+                                info!(%network, ip = %address, "journal: offline release recorded in etcd");
+                            }
+                        }
+                    }
+                }
+                done += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if done > 0 {
+            if let Err(e) = journal.drain(done) {
+                // Replaying again is harmless; losing entries is not.
+                error!(
+                    "cannot trim the journal at {}: {e}",
+                    journal.path().display()
+                );
+            }
+        }
+        result.map(|()| done)
+    }
+
+    pub fn has_journal_entries(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    /// Tops up (or gives back) each network's standby reserve. Only while
+    /// etcd answers and the journal is empty. The reserve is given back when
+    /// the rack (or flat network) runs short, so every address stays usable
+    /// by some node when capacity equals demand.
+    pub async fn maintain_standby(&self) {
+        if self.standby_target == 0 || !self.etcd_ok() || self.has_journal_entries() {
+            return;
+        }
+        for net in self.networks() {
+            if !net.in_use_here() {
+                continue;
+            }
+            let free = net.free_for_anyone();
+            let target = if free >= 4 * self.standby_target as u64 {
+                self.standby_target
+            } else {
+                0
+            };
+            let have = net.standby_count();
+            if have > target {
+                for (ip, rev) in net.standby_list().into_iter().take(have - target) {
+                    match self.store.delete_lease(&net.spec.name, ip, rev).await {
+                        Ok(true) => net.forget(ip, 0),
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.note_store_error(&e);
+                            return;
+                        }
+                    }
+                }
+            } else {
+                for _ in have..target {
+                    let Some(pick) = net.pick_own() else { break };
+                    let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
+                    match self
+                        .store
+                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                        .await
+                    {
+                        Ok(CreateLease::Created { mod_revision }) => net.observe(
+                            StoredLease {
+                                lease,
+                                mod_revision,
+                            },
+                            &self.node,
+                        ),
+                        Ok(CreateLease::Taken(_)) => {}
+                        Ok(CreateLease::BlockChanged) => {
+                            net.unpick(pick.ip);
+                            net.drop_block_at(pick.ip);
+                            break;
+                        }
+                        Ok(CreateLease::NetworkGone) => {
+                            net.unpick(pick.ip);
+                            break;
+                        }
+                        Err(e) => {
+                            net.unpick(pick.ip);
+                            self.note_store_error(&e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn note_store_error(&self, e: &StoreError) {
@@ -449,7 +895,16 @@ impl<S: LeaseStore> Engine<S> {
         };
         let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
         let _g = self.lock_attachment(network, &key).await;
-        self.release_locked(&net, &key, |_| true).await
+        if !self.etcd_ok() && self.journal.is_some() {
+            return self.release_offline(&net, &key);
+        }
+        match self.release_locked(&net, &key, |_| true).await {
+            Err(IpamError::Unavailable(_)) if self.journal.is_some() => {
+                self.set_etcd_ok(false);
+                self.release_offline(&net, &key)
+            }
+            other => other,
+        }
     }
 
     async fn release_locked(
@@ -541,7 +996,7 @@ impl<S: LeaseStore> Engine<S> {
         let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
         Ok(net.existing(&key).map(|sl| Allocated {
             lease: sl.lease,
-            network: net.spec.clone(),
+            network: net.effective_spec(),
             existing: true,
         }))
     }

@@ -4,10 +4,14 @@
 //! trait), `sync` (etcd snapshot + watch into the engine's cache), `service`
 //! (tonic adapter), `socket` (the root-only unix socket).
 
+pub mod blocks;
 pub mod config;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod journal;
+pub mod kube;
+pub mod netmaster;
 pub mod netstate;
 pub mod service;
 pub mod socket;
@@ -46,17 +50,71 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("configuring the etcd client")?;
-    let engine = Arc::new(Engine::new(
-        config.node_name.clone(),
-        store.keys().clone(),
-        store.clone(),
-        config.gc_grace,
+    let mut config = config;
+    if config.rack.is_none() && kube::in_cluster() {
+        config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
+    }
+    if let Some(r) = &config.rack {
+        rackline_model::network::validate_name(r)
+            .map_err(|_| anyhow::anyhow!("invalid rack {r:?}"))?;
+    }
+    let journal = Arc::new(
+        journal::Journal::open(&config.state_dir, &config.node_name)
+            .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?,
+    );
+    if !journal.is_empty() {
+        info!(
+            entries = journal.entries().len(),
+            "journal has offline decisions to replay"
+        );
+    }
+    let engine = Arc::new(
+        Engine::with_rack(
+            config.node_name.clone(),
+            config.rack.clone(),
+            store.keys().clone(),
+            store.clone(),
+            config.gc_grace,
+        )
+        .with_outage_journal(journal, config.standby),
+    );
+    let netmaster = Arc::new(netmaster::NetmasterClient::new(
+        &config.netmaster,
+        config.etcd_timeout,
     ));
     let incoming = socket::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let sync_task = tokio::spawn(sync::run(engine.clone(), store, shutdown_rx));
+    let sync_task = tokio::spawn(sync::run(engine.clone(), store, shutdown_rx.clone()));
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
+    if let Some(rack) = config.rack.clone() {
+        if netmaster.is_configured() {
+            let addrs = if config.node_addresses.is_empty() {
+                node_addresses()
+            } else {
+                config.node_addresses.clone()
+            };
+            tasks.push(tokio::spawn(register(
+                netmaster.clone(),
+                config.node_name.clone(),
+                rack,
+                addrs,
+                shutdown_rx.clone(),
+            )));
+            tasks.push(tokio::spawn(blocks::run(
+                engine.clone(),
+                netmaster.clone(),
+                config.blocks.clone(),
+                shutdown_rx.clone(),
+            )));
+        } else {
+            tracing::warn!(
+                "--rack without --netmaster: rack-bound networks can only borrow, never get blocks"
+            );
+        }
+    }
 
     info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
     let served = tonic::transport::Server::builder()
@@ -67,9 +125,103 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     sync_task.abort();
     let _ = sync_task.await;
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
     socket::remove(&config.socket);
     info!("ipamd stopped");
     served.context("serving gRPC")
+}
+
+/// This node's global IPv4 addresses, for registration (the node netns is
+/// the one ipamd runs in; one netlink dump, no namespace change).
+fn node_addresses() -> Vec<std::net::Ipv4Addr> {
+    match rackline_netlink::Netlink::new().and_then(|mut nl| nl.addrs(None)) {
+        Ok(addrs) => addrs
+            .into_iter()
+            .filter(|a| a.scope == 0 && !a.addr.ip().is_loopback())
+            .map(|a| a.addr.ip())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("cannot list node addresses: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Reads this node's rack label, retrying briefly (the API server may be
+/// restarting); without it the node serves only block-less networks.
+async fn rack_from_cluster(node: &str, label: &str) -> Option<String> {
+    let client = match kube::in_cluster_client() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot read the rack label: {e}");
+            return None;
+        }
+    };
+    for attempt in 0..5u32 {
+        match kube::rack_from_label(client.clone(), node, label).await {
+            Ok(Some(r)) => {
+                info!(%node, rack = %r, %label, "rack from the Node label");
+                return Some(r);
+            }
+            Ok(None) => {
+                tracing::warn!(%node, %label, "Node has no rack label; rack-bound networks will not allocate here");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("reading the rack label (attempt {}): {e}", attempt + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+            }
+        }
+    }
+    None
+}
+
+/// Keeps the standby reserves topped up (see `Engine::maintain_standby`).
+async fn reserve<S: store::LeaseStore>(
+    engine: Arc<Engine<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+        engine.maintain_standby().await;
+    }
+}
+
+/// Registers the node with netmaster, retrying until it succeeds.
+async fn register(
+    client: Arc<netmaster::NetmasterClient>,
+    node: String,
+    rack: String,
+    addresses: Vec<std::net::Ipv4Addr>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        let req = rackline_proto::admin::v1::Node {
+            name: node.clone(),
+            rack: rack.clone(),
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            registered_unix_ms: 0,
+        };
+        match client.register_node(req).await {
+            Ok(_) => {
+                info!(%node, %rack, "registered with netmaster");
+                return;
+            }
+            Err(e) => tracing::warn!("node registration failed (retrying in {backoff:?}): {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,12 +2,12 @@
 //! authority. Every decision that matters is re-checked by an etcd
 //! transaction, so a stale cache costs a retry, never a duplicate address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use rackline_model::{Lease, NetworkSpec, Pool};
-use rackline_store::StoredLease;
+use rackline_model::{Lease, NetworkSpec, Pool, RackNet};
+use rackline_store::{BlockGuard, StoredBlock, StoredLease};
 
 /// (container id, ifname): what CNI calls an attachment.
 pub type AttachmentKey = (String, String);
@@ -21,7 +21,10 @@ pub struct NetState {
 }
 
 struct Inner {
+    /// Flat network: the whole range. Rack-bound network: this node's own
+    /// blocks only.
     pool: Pool,
+    rack: Option<RackCtx>,
     leases: HashMap<Ipv4Addr, StoredLease>,
     /// This node's attachments. A set because a lost create response (etcd
     /// answered after our deadline) can leave two leases for one attachment;
@@ -31,6 +34,56 @@ struct Inner {
     /// left). Resolved by reading the key before the next allocation or
     /// release of that attachment.
     uncertain: HashMap<AttachmentKey, BTreeSet<Ipv4Addr>>,
+    /// This node's standby records: address -> mod revision.
+    standby: BTreeMap<Ipv4Addr, i64>,
+    /// Addresses released while etcd was unreachable: still recorded in
+    /// etcd until the journal is replayed, so not reusable before that.
+    released_offline: BTreeSet<Ipv4Addr>,
+    /// This node has served (or holds a reserve for) pods on this network:
+    /// only then is a reserve worth keeping (a node does not use every
+    /// network that exists).
+    in_use_here: bool,
+}
+
+/// This node's share of a rack-bound network.
+struct RackCtx {
+    node: String,
+    /// The rack's subnet and gateway (its TOR): what pods here are given.
+    subnet: ipnetwork::Ipv4Network,
+    gateway: Ipv4Addr,
+    /// The whole rack (every node's blocks and unassigned space), taken =
+    /// every lease in it: where an address is borrowed from when the node's
+    /// own blocks are full and the rack has no free block.
+    rack_pool: Pool,
+    /// Blocks of this network in this rack, by first address, with the key
+    /// lease writes inside them are guarded by.
+    blocks: BTreeMap<u32, (StoredBlock, String)>,
+}
+
+impl RackCtx {
+    fn block_at(&self, x: u32) -> Option<&(StoredBlock, String)> {
+        let (_, b) = self.blocks.range(..=x).next_back()?;
+        b.0.block.contains(Ipv4Addr::from(x)).then_some(b)
+    }
+}
+
+/// Where a picked address came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    pub ip: Ipv4Addr,
+    /// The block it lies in, if any.
+    pub guard: Option<BlockGuard>,
+    /// Taken from another node's block or unassigned rack space.
+    pub borrowed: bool,
+}
+
+/// Numbers the block manager works from.
+#[derive(Debug, Clone, Default)]
+pub struct BlockUsage {
+    pub own_available: u64,
+    pub rack_available: u64,
+    /// This node's blocks: (first, last, taken, key, mod_revision).
+    pub own_blocks: Vec<(u32, u32, u64, String, i64)>,
 }
 
 fn key_of(l: &Lease) -> AttachmentKey {
@@ -38,17 +91,150 @@ fn key_of(l: &Lease) -> AttachmentKey {
 }
 
 impl NetState {
+    /// A network without rack bindings: the whole range, no blocks.
     pub fn new(spec: NetworkSpec, create_revision: i64) -> Self {
         let pool = Pool::new(&spec);
+        Self::with(spec, create_revision, pool, None)
+    }
+
+    /// A rack-bound network seen from `node` in the rack of `binding`: the
+    /// node allocates from its own blocks (added as they are observed) and
+    /// borrows from the rest of the rack.
+    pub fn new_racked(
+        spec: NetworkSpec,
+        create_revision: i64,
+        binding: &RackNet,
+        node: &str,
+    ) -> Self {
+        let rack_pool = Pool::from_allocatable(binding.allocatable(&spec));
+        let ctx = RackCtx {
+            node: node.to_string(),
+            subnet: binding.subnet,
+            gateway: binding.gateway,
+            rack_pool,
+            blocks: BTreeMap::new(),
+        };
+        let pool = Pool::from_allocatable(rackline_model::IntervalSet::new());
+        Self::with(spec, create_revision, pool, Some(ctx))
+    }
+
+    fn with(spec: NetworkSpec, create_revision: i64, pool: Pool, rack: Option<RackCtx>) -> Self {
         Self {
             spec,
             create_revision,
             inner: Mutex::new(Inner {
                 pool,
+                rack,
                 leases: HashMap::new(),
                 mine: HashMap::new(),
                 uncertain: HashMap::new(),
+                standby: BTreeMap::new(),
+                released_offline: BTreeSet::new(),
+                in_use_here: false,
             }),
+        }
+    }
+
+    /// The subnet and gateway pods of this node get: the rack's for a
+    /// rack-bound network, else the network's.
+    pub fn addressing(&self) -> (ipnetwork::Ipv4Network, Ipv4Addr) {
+        match self.lock().rack.as_ref() {
+            Some(r) => (r.subnet, r.gateway),
+            None => (self.spec.subnet, self.spec.gateway),
+        }
+    }
+
+    /// The spec as this node's pods see it (rack subnet and gateway).
+    pub fn effective_spec(&self) -> NetworkSpec {
+        let (subnet, gateway) = self.addressing();
+        let mut s = self.spec.clone();
+        s.subnet = subnet;
+        s.gateway = gateway;
+        s
+    }
+
+    pub fn is_racked(&self) -> bool {
+        self.lock().rack.is_some()
+    }
+
+    /// Applies a block record of this network (any rack; others ignored).
+    pub fn observe_block(&self, sb: StoredBlock, key: String) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        let (lo, hi) = sb.block.span();
+        if let Some((old, _)) = rack.blocks.get(&lo) {
+            if old.mod_revision >= sb.mod_revision {
+                return;
+            }
+            if old.block.node == rack.node {
+                let (olo, ohi) = old.block.span();
+                g.pool.remove_allocatable(olo, ohi);
+            }
+        }
+        if !rack.rack_pool.allocatable().contains(lo) {
+            // Another rack's block.
+            return;
+        }
+        if sb.block.node == rack.node {
+            g.pool.add_allocatable(lo, hi);
+            for x in lo..=hi {
+                if g.leases.contains_key(&Ipv4Addr::from(x)) {
+                    g.pool.mark_taken(Ipv4Addr::from(x));
+                }
+            }
+        }
+        rack.blocks.insert(lo, (sb, key));
+    }
+
+    /// Applies a block deletion (by first address).
+    pub fn forget_block(&self, first: Ipv4Addr) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        if let Some((old, _)) = rack.blocks.remove(&u32::from(first)) {
+            if old.block.node == rack.node {
+                let (lo, hi) = old.block.span();
+                g.pool.remove_allocatable(lo, hi);
+            }
+        }
+    }
+
+    /// Forgets the block holding `ip` after etcd said it changed: until the
+    /// watch delivers its new record, addresses there are only borrowable.
+    pub fn drop_block_at(&self, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        let Some(first) = rack.block_at(u32::from(ip)).map(|(b, _)| b.block.span().0) else {
+            return;
+        };
+        if let Some((old, _)) = rack.blocks.remove(&first) {
+            if old.block.node == rack.node {
+                let (lo, hi) = old.block.span();
+                g.pool.remove_allocatable(lo, hi);
+            }
+        }
+    }
+
+    pub fn block_usage(&self) -> BlockUsage {
+        let g = self.lock();
+        let Some(rack) = g.rack.as_ref() else {
+            return BlockUsage::default();
+        };
+        let own_blocks = rack
+            .blocks
+            .values()
+            .filter(|(b, _)| b.block.node == rack.node)
+            .map(|(b, k)| {
+                let (lo, hi) = b.block.span();
+                (lo, hi, g.pool.taken_in(lo, hi), k.clone(), b.mod_revision)
+            })
+            .collect();
+        BlockUsage {
+            own_available: g.pool.available(),
+            rack_available: rack.rack_pool.available(),
+            own_blocks,
         }
     }
 
@@ -68,7 +254,7 @@ impl NetState {
         let mut me = self.lock();
         for ips in u.values() {
             for ip in ips {
-                me.pool.mark_taken(*ip);
+                me.mark(*ip);
             }
         }
         me.uncertain = u;
@@ -88,10 +274,17 @@ impl NetState {
                 remove_from(&mut g.mine, &old_key, ip);
             }
         }
-        g.pool.mark_taken(ip);
+        g.mark(ip);
+        g.standby.remove(&ip);
+        g.released_offline.remove(&ip);
         let key = key_of(&sl.lease);
         if sl.lease.node == node {
-            g.mine.entry(key.clone()).or_default().insert(ip);
+            g.in_use_here = true;
+            if sl.lease.is_standby() {
+                g.standby.insert(ip, sl.mod_revision);
+            } else {
+                g.mine.entry(key.clone()).or_default().insert(ip);
+            }
         }
         remove_from(&mut g.uncertain, &key, ip);
         g.leases.insert(ip, sl);
@@ -109,7 +302,94 @@ impl NetState {
         let key = key_of(&old.lease);
         g.leases.remove(&ip);
         remove_from(&mut g.mine, &key, ip);
-        g.pool.mark_free(ip);
+        g.standby.remove(&ip);
+        g.released_offline.remove(&ip);
+        g.unmark(ip);
+    }
+
+    // ---- standby reserve and offline operation ----
+
+    pub fn in_use_here(&self) -> bool {
+        self.lock().in_use_here
+    }
+
+    pub fn standby_count(&self) -> usize {
+        self.lock().standby.len()
+    }
+
+    pub fn standby_list(&self) -> Vec<(Ipv4Addr, i64)> {
+        self.lock().standby.iter().map(|(a, r)| (*a, *r)).collect()
+    }
+
+    /// Takes a standby address out of the reserve (it stays taken).
+    pub fn take_standby(&self) -> Option<(Ipv4Addr, i64)> {
+        let mut g = self.lock();
+        let (ip, rev) = g.standby.iter().next().map(|(a, r)| (*a, *r))?;
+        g.standby.remove(&ip);
+        Some((ip, rev))
+    }
+
+    pub fn return_standby(&self, ip: Ipv4Addr, rev: i64) {
+        self.lock().standby.insert(ip, rev);
+    }
+
+    /// Picks from the node's OWN pool only (never borrowed): where standby
+    /// records are made, since they must belong to this node.
+    pub fn pick_own(&self) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let ip = g.pool.take_next()?;
+        let guard = g.rack.as_mut().and_then(|r| {
+            r.rack_pool.mark_taken(ip);
+            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                key: k.clone(),
+                mod_revision: b.mod_revision,
+            })
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: false,
+        })
+    }
+
+    /// Records a lease decided offline (journalled) in the cache; its
+    /// revision is the standby record's until the journal is replayed.
+    pub fn activate_offline(&self, lease: Lease, standby_revision: i64) {
+        let mut g = self.lock();
+        let ip = lease.address;
+        g.standby.remove(&ip);
+        g.mine.entry(key_of(&lease)).or_default().insert(ip);
+        g.mark(ip);
+        g.leases.insert(
+            ip,
+            StoredLease {
+                lease,
+                mod_revision: standby_revision,
+            },
+        );
+    }
+
+    /// Drops an attachment released offline from the cache; the address
+    /// stays taken until the journal replay deletes its record.
+    pub fn release_offline(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        remove_from(&mut g.mine, key, ip);
+        g.released_offline.insert(ip);
+    }
+
+    /// Free addresses the rack (or the flat network) still has, not counting
+    /// anything held in reserve.
+    pub fn free_for_anyone(&self) -> u64 {
+        let g = self.lock();
+        match g.rack.as_ref() {
+            Some(r) => r.rack_pool.available(),
+            None => g.pool.available(),
+        }
+    }
+
+    pub fn own_available(&self) -> u64 {
+        self.lock().pool.available()
     }
 
     /// The lease this node already holds for the attachment, if any.
@@ -144,7 +424,7 @@ impl NetState {
 
     pub fn mark_uncertain(&self, key: &AttachmentKey, ip: Ipv4Addr) {
         let mut g = self.lock();
-        g.pool.mark_taken(ip);
+        g.mark(ip);
         g.uncertain.entry(key.clone()).or_default().insert(ip);
     }
 
@@ -153,7 +433,7 @@ impl NetState {
         let mut g = self.lock();
         remove_from(&mut g.uncertain, key, ip);
         if !g.leases.contains_key(&ip) {
-            g.pool.mark_free(ip);
+            g.unmark(ip);
         }
     }
 
@@ -165,16 +445,44 @@ impl NetState {
         remove_from(&mut g.uncertain, key, ip);
     }
 
-    /// Picks a candidate and marks it taken until the durable write settles.
-    pub fn pick(&self) -> Option<Ipv4Addr> {
-        self.lock().pool.take_next()
+    /// Picks a candidate and marks it taken until the durable write settles:
+    /// from the node's own pool first; on a rack-bound network with nothing
+    /// left there, borrowed from the rest of the rack.
+    pub fn pick(&self) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        if let Some(ip) = g.pool.take_next() {
+            let guard = g.rack.as_mut().and_then(|r| {
+                r.rack_pool.mark_taken(ip);
+                r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                    key: k.clone(),
+                    mod_revision: b.mod_revision,
+                })
+            });
+            return Some(Pick {
+                ip,
+                guard,
+                borrowed: false,
+            });
+        }
+        let rack = g.rack.as_mut()?;
+        let ip = rack.rack_pool.take_next()?;
+        let guard = rack.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+            key: k.clone(),
+            mod_revision: b.mod_revision,
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: true,
+        })
     }
 
     /// Returns a candidate whose write failed cleanly.
     pub fn unpick(&self, ip: Ipv4Addr) {
         let mut g = self.lock();
         if !g.leases.contains_key(&ip) {
-            g.pool.mark_free(ip);
+            g.unmark(ip);
         }
     }
 
@@ -184,7 +492,7 @@ impl NetState {
             .values()
             .flatten()
             .filter_map(|ip| g.leases.get(ip))
-            .filter(|l| l.lease.node == node)
+            .filter(|l| l.lease.node == node && !l.lease.is_standby())
             .cloned()
             .collect()
     }
@@ -197,10 +505,28 @@ impl NetState {
         self.lock().leases.get(&ip).cloned()
     }
 
-    /// (capacity, allocated, available)
+    /// (capacity, allocated, available): of the network for a flat network,
+    /// of the node's rack for a rack-bound one (what it can still get).
     pub fn usage(&self) -> (u64, u64, u64) {
         let g = self.lock();
-        (g.pool.capacity(), g.pool.allocated(), g.pool.available())
+        let p = g.rack.as_ref().map(|r| &r.rack_pool).unwrap_or(&g.pool);
+        (p.capacity(), p.allocated(), p.available())
+    }
+}
+
+impl Inner {
+    fn mark(&mut self, ip: Ipv4Addr) {
+        self.pool.mark_taken(ip);
+        if let Some(r) = self.rack.as_mut() {
+            r.rack_pool.mark_taken(ip);
+        }
+    }
+
+    fn unmark(&mut self, ip: Ipv4Addr) {
+        self.pool.mark_free(ip);
+        if let Some(r) = self.rack.as_mut() {
+            r.rack_pool.mark_free(ip);
+        }
     }
 }
 

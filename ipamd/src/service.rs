@@ -29,6 +29,7 @@ pub fn status_of(e: IpamError) -> Status {
         IpamError::InvalidRequest(_) => Status::invalid_argument(msg),
         IpamError::Unavailable(_) | IpamError::NotReady => Status::unavailable(msg),
         IpamError::Contended(_) => Status::aborted(msg),
+        IpamError::NotInRack(_) => Status::failed_precondition(msg),
         IpamError::Store(_) => Status::internal(msg),
     }
 }

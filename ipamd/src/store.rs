@@ -6,13 +6,14 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 
 use rackline_model::Lease;
-use rackline_store::{CreateLease, Store, StoreError, StoredLease, StoredNetwork};
+use rackline_store::{BlockGuard, CreateLease, Store, StoreError, StoredLease, StoredNetwork};
 
 pub trait LeaseStore: Send + Sync + 'static {
     fn create_lease(
         &self,
         lease: &Lease,
         network_revision: i64,
+        block: Option<&BlockGuard>,
     ) -> impl Future<Output = Result<CreateLease, StoreError>> + Send;
     fn delete_lease(
         &self,
@@ -25,6 +26,12 @@ pub trait LeaseStore: Send + Sync + 'static {
         network: &str,
         ip: Ipv4Addr,
     ) -> impl Future<Output = Result<Option<StoredLease>, StoreError>> + Send;
+    /// Overwrites the record last seen at `mod_revision`; None if it changed.
+    fn replace_lease(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
     fn get_network(
         &self,
         name: &str,
@@ -36,8 +43,9 @@ impl LeaseStore for Store {
         &self,
         lease: &Lease,
         network_revision: i64,
+        block: Option<&BlockGuard>,
     ) -> Result<CreateLease, StoreError> {
-        Store::create_lease(self, lease, network_revision).await
+        Store::create_lease_guarded(self, lease, network_revision, block).await
     }
 
     async fn delete_lease(
@@ -59,5 +67,13 @@ impl LeaseStore for Store {
 
     async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>, StoreError> {
         Store::get_network(self, name).await
+    }
+
+    async fn replace_lease(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Store::replace_lease(self, lease, mod_revision).await
     }
 }

@@ -18,9 +18,24 @@ pub async fn run<S: LeaseStore>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut resync = engine.resync_requests();
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        // Offline decisions go to etcd before anything is re-read, so the
+        // snapshot already contains them.
+        if engine.has_journal_entries() {
+            if let Err(e) = engine.replay_journal().await {
+                warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
+                engine.set_etcd_ok(false);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
         }
         match store.snapshot().await {
             Ok(snap) => {
@@ -32,10 +47,12 @@ pub async fn run<S: LeaseStore>(
                 let prefix = store.keys().root_prefix();
                 let watch = store.watch_prefix(prefix, rev + 1, tx);
                 tokio::pin!(watch);
+                resync.borrow_and_update();
                 let result = loop {
                     tokio::select! {
                         r = &mut watch => break Some(r),
                         Some(change) = rx.recv() => engine.apply_change(change),
+                        _ = resync.changed() => break Some(Ok(())),
                         _ = shutdown.changed() => break None,
                     }
                 };
@@ -45,7 +62,10 @@ pub async fn run<S: LeaseStore>(
                 }
                 match result {
                     None => return,
-                    Some(Ok(())) => debug!("watch ended"),
+                    Some(Ok(())) => {
+                        debug!("re-snapshot requested");
+                        continue;
+                    }
                     Some(Err(e)) => {
                         warn!("etcd watch broke, re-listing: {e}");
                         engine.set_etcd_ok(false);

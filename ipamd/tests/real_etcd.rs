@@ -138,6 +138,14 @@ fn check_invariants(etcd: &Etcd) -> BTreeMap<String, serde_json::Value> {
             (0x0a140000 + 10..0x0a140000 + 1023).contains(&n),
             "{ip} outside the allocatable range"
         );
+        if val["state"] == "standby" {
+            // A node's reserve: no attachment, not a pod's address.
+            assert_eq!(
+                val["containerId"], "",
+                "standby record with an owner: {val}"
+            );
+            continue;
+        }
         let att = (
             val["node"].as_str().unwrap().to_string(),
             val["containerId"].as_str().unwrap().to_string(),
@@ -255,20 +263,51 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
     }
     n1.restart();
 
-    // 4. etcd restarts: allocations fail with "try again later" while it is
-    //    down, never hang, and work again once it is back.
+    // 4. etcd stops mid-flight. ipamd keeps allocating from its standby
+    //    reserve (journalled), never hangs, answers "try again later" once
+    //    the reserve is used up, and replays everything when etcd is back.
+    //    Let the reserve fill first (the reserve task runs every 500 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     etcd.kill();
     let mut c2 = n2.client().await;
     let t0 = Instant::now();
-    let err = c2.allocate(alloc_req("during-outage")).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let mut offline = Vec::new();
+    let mut refused = 0;
+    for i in 0..8 {
+        match c2.allocate(alloc_req(&format!("outage-{i}"))).await {
+            Ok(r) => offline.push((format!("outage-{i}"), r.into_inner().lease.unwrap().address)),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                refused += 1;
+            }
+        }
+    }
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
+        t0.elapsed() < Duration::from_secs(20),
         "ADD must not hang while etcd is down"
     );
+    assert!(
+        !offline.is_empty(),
+        "the standby reserve must serve ADDs during the outage"
+    );
+    assert!(refused > 0, "beyond the reserve, ADD is 'try again later'");
+    // A release while etcd is away is journalled too.
+    let (gone, _) = offline.pop().unwrap();
+    c2.release(pb::ReleaseRequest {
+        network: "prod".into(),
+        container_id: gone.clone(),
+        ifname: "eth0".into(),
+    })
+    .await
+    .unwrap();
+    // An ipamd restart during the outage keeps the journal.
+    let mut n2 = n2;
+    n2.proc.kill9();
     etcd.restart();
+    n2.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     let after = loop {
+        let mut c2 = n2.client().await;
         match c2.allocate(alloc_req("after-outage")).await {
             Ok(r) => break r.into_inner(),
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
@@ -278,17 +317,16 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
         }
     };
     assert!(!after.lease.unwrap().address.is_empty());
-    // The outage attempt either never reached etcd or is adopted by its DEL.
-    let mut c2 = n2.client().await;
-    c2.release(pb::ReleaseRequest {
-        network: "prod".into(),
-        container_id: "during-outage".into(),
-        ifname: "eth0".into(),
-    })
-    .await
-    .unwrap();
     let leases = check_invariants(&etcd);
-    assert!(!leases.values().any(|l| l["containerId"] == "during-outage"));
+    for (cid, addr) in &offline {
+        let ip = addr.split('/').next().unwrap();
+        assert_eq!(
+            leases.get(ip).map(|l| l["containerId"].clone()),
+            Some(serde_json::json!(cid)),
+            "offline lease {addr} of {cid} must be in etcd after the replay"
+        );
+    }
+    assert!(!leases.values().any(|l| l["containerId"] == gone.as_str()));
 
     // 5. Release everything through the node that owns it: nothing leaks.
     let mut c1 = n1.client().await;

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
-use rackline_store::{Store, StoreError};
+use rackline_store::{Object, Store, StoreError};
 use tracing::info;
+
+mod racks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -40,6 +42,16 @@ pub enum AdminError {
     Unavailable(String),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
     Contended(u32),
+    /// A rack, node, rack binding or block that does not exist.
+    #[error("{}", .0.not_found())]
+    Missing(Object),
+    #[error("{0} already exists")]
+    Exists(Object),
+    /// Conflicts with what is stored (in use, owned by another node).
+    #[error("{0}")]
+    Refused(String),
+    #[error("rack {rack:?} has no free block left on network {network:?}")]
+    Exhausted { network: String, rack: String },
     /// etcd answered something unexpected, or a record does not decode.
     #[error("store failure: {0}")]
     Store(#[source] StoreError),
@@ -54,6 +66,13 @@ impl From<StoreError> for AdminError {
             StoreError::InUse { name, leases } => AdminError::InUse { name, leases },
             StoreError::Unavailable(m) => AdminError::Unavailable(m),
             StoreError::Contended(n) => AdminError::Contended(n),
+            // Deposed while writing: the fence failed in etcd, nothing was
+            // written.
+            e @ StoreError::Fenced { .. } => AdminError::NotPermitted(e.to_string()),
+            StoreError::Missing(o) => AdminError::Missing(o),
+            StoreError::Exists(o) => AdminError::Exists(o),
+            StoreError::Refused(m) => AdminError::Refused(m),
+            StoreError::Exhausted { network, rack } => AdminError::Exhausted { network, rack },
             e @ (StoreError::Etcd(_) | StoreError::Corrupt { .. }) => AdminError::Store(e),
         }
     }
@@ -79,9 +98,29 @@ impl WritePermit {
     }
 }
 
+/// Which replica leads, as this one knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    pub id: String,
+    /// host:port where the leader serves gRPC.
+    pub advertise: String,
+    /// This replica leads (and may write) now.
+    pub is_self: bool,
+}
+
 /// Decides whether this instance may write.
 pub trait WriteFence: Send + Sync + 'static {
     fn permit(&self) -> Result<WritePermit>;
+
+    /// The leader as this instance knows it. A fence without election (a
+    /// lone, unfenced netmaster) always writes, so it is its own leader.
+    fn leader(&self) -> Result<LeaderView> {
+        Ok(LeaderView {
+            id: String::new(),
+            advertise: String::new(),
+            is_self: true,
+        })
+    }
 }
 
 /// The single-netmaster fence: always permits.
@@ -120,6 +159,9 @@ impl NetworkView {
 pub struct LeaseFilter {
     pub network: Option<String>,
     pub node: Option<String>,
+    /// Leases of the nodes registered in this rack (resolved by
+    /// `AdminService::list_leases`, not by `matches`).
+    pub rack: Option<String>,
     pub pod: Option<PodFilter>,
     pub address: Option<Ipv4Addr>,
 }
@@ -163,6 +205,11 @@ impl AdminService {
     /// Every write starts here.
     fn permit(&self) -> Result<WritePermit> {
         self.fence.permit()
+    }
+
+    /// Which replica leads (answered from memory; any replica answers).
+    pub fn leader(&self) -> Result<LeaderView> {
+        self.fence.leader()
     }
 
     /// Creates `spec` (already validated by the caller's conversion; it is
@@ -223,11 +270,22 @@ impl AdminService {
     /// Leases matching `filter`, by network then numeric address (etcd's key
     /// order would put 10.0.0.10 before 10.0.0.2).
     pub async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
+        let members: Option<std::collections::BTreeSet<String>> = match &filter.rack {
+            Some(r) => Some(
+                self.store
+                    .get_rack(r)
+                    .await?
+                    .map(|info| info.nodes.into_iter().collect())
+                    .unwrap_or_default(),
+            ),
+            None => None,
+        };
         let (leases, _) = self.store.list_leases(filter.network.as_deref()).await?;
         let mut out: Vec<Lease> = leases
             .into_iter()
             .map(|s| s.lease)
             .filter(|l| filter.matches(l))
+            .filter(|l| members.as_ref().is_none_or(|m| m.contains(&l.node)))
             .collect();
         out.sort_by(|a, b| {
             (a.network.as_str(), u32::from(a.address))
@@ -255,6 +313,7 @@ mod tests {
                 uid: String::new(),
             },
             created_unix_ms: 0,
+            state: Default::default(),
         }
     }
 

@@ -16,6 +16,9 @@ use serde::Serialize;
 use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
+mod racks;
+pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
+
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
@@ -27,10 +30,11 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 #[command(
     name = "racklinectl",
     version,
-    about = "Administer Rackline networks and leases"
+    about = "Administer Rackline networks, racks, nodes, blocks and leases"
 )]
 pub struct Cli {
-    /// netmaster's gRPC address.
+    /// netmaster's gRPC address, or every replica's, comma separated: the
+    /// first that answers is used, writes follow the leader.
     #[arg(
         long,
         env = "RACKLINE_SERVER",
@@ -66,6 +70,17 @@ pub enum Command {
     /// Inspect leases.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Create, list, show and delete racks; bind them to networks.
+    #[command(subcommand)]
+    Rack(RackCommand),
+    /// Inspect nodes (and register one, as ipamd does).
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Inspect blocks (and acquire or release one, as ipamd does).
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Address utilisation per network and rack.
+    Pool(PoolArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -151,6 +166,9 @@ pub struct LeaseListArgs {
     pub network: Option<String>,
     #[arg(long)]
     pub node: Option<String>,
+    /// Leases of the nodes registered in this rack.
+    #[arg(long)]
+    pub rack: Option<String>,
     /// NAMESPACE/NAME, or NAME in any namespace.
     #[arg(long)]
     pub pod: Option<String>,
@@ -210,6 +228,7 @@ impl LeaseListArgs {
             node: s(&self.node),
             pod: s(&self.pod),
             address: s(&self.address),
+            rack: s(&self.rack),
         }
     }
 }
@@ -263,6 +282,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 write!(out, "{}", render::leases_table(&leases, now_unix_ms()))?;
             }
         }
+        Command::Rack(cmd) => racks::rack(cmd, &mut client, json, out).await?,
+        Command::Node(cmd) => racks::node(cmd, &mut client, json, out).await?,
+        Command::Block(cmd) => racks::block(cmd, &mut client, json, out).await?,
+        Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
     }
     out.flush()?;
     Ok(())

@@ -2,13 +2,23 @@
 //! per RPC, and errors sorted by what the operator can do about them
 //! (fix the request, or get the server back), which is what the exit codes
 //! of CONTRACTS.md distinguish.
+//!
+//! Replicas: the client is given one address or a list. It talks to the
+//! first that connects; a call answered `Unavailable` (replica or its etcd
+//! down, no leader yet) moves on to the next listed replica; a write refused
+//! by a follower ("not the leader; leader is HOST:PORT") is retried once at
+//! that leader. Every RPC method goes through [`AdminClient::call`] to get
+//! this.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rackline_proto::admin::v1 as pb;
 use rackline_proto::admin::v1::admin_client::AdminClient as RawClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+mod racks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -55,62 +65,155 @@ impl Default for Timeouts {
 
 pub struct AdminClient {
     inner: RawClient<Channel>,
+    /// The replicas given, in order.
+    servers: Vec<Endpoint>,
+    /// Index in `servers` of the replica `inner` talks to (a leader we were
+    /// sent to keeps the index of the replica that sent us).
+    current: usize,
+    timeouts: Timeouts,
+}
+
+/// Validates every address first: a typo is a usage error even when an
+/// earlier replica would have answered.
+fn endpoints(servers: &str, t: Timeouts) -> Result<Vec<Endpoint>> {
+    let list: Vec<Endpoint> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Endpoint::from_shared(s.to_string())
+                .map(|e| e.connect_timeout(t.connect).timeout(t.request))
+                .map_err(|e| ClientError::BadServer(s.to_string(), e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    if list.is_empty() {
+        return Err(ClientError::BadServer(
+            servers.to_string(),
+            "no address given".into(),
+        ));
+    }
+    Ok(list)
+}
+
+async fn open(endpoint: &Endpoint) -> Result<RawClient<Channel>> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            server: endpoint.uri().to_string(),
+            reason: error_chain(&e),
+        })?;
+    // tonic's 4 MiB default is ~20k leases; a big rack's full lease list
+    // must still come back in one reply (until the API pages).
+    Ok(RawClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
 impl AdminClient {
-    /// Connects eagerly so an unreachable server is reported as such, not as
-    /// the failure of whatever call came first.
-    pub async fn connect(server: &str, t: Timeouts) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(server.to_string())
-            .map_err(|e| ClientError::BadServer(server.to_string(), e.to_string()))?
-            .connect_timeout(t.connect)
-            .timeout(t.request);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                server: server.to_string(),
-                reason: error_chain(&e),
-            })?;
-        Ok(Self {
-            // tonic's 4 MiB default is ~20k leases; a big rack's full lease
-            // list must still come back in one reply (until the API pages).
-            inner: RawClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES),
+    /// Connects eagerly (to the first of the comma-separated `servers` that
+    /// answers) so an unreachable server is reported as such, not as the
+    /// failure of whatever call came first.
+    pub async fn connect(servers: &str, t: Timeouts) -> Result<Self> {
+        let list = endpoints(servers, t)?;
+        let mut reasons = Vec::new();
+        for (i, e) in list.iter().enumerate() {
+            match open(e).await {
+                Ok(inner) => {
+                    return Ok(Self {
+                        inner,
+                        servers: list,
+                        current: i,
+                        timeouts: t,
+                    })
+                }
+                Err(ClientError::Unreachable { server, reason }) if list.len() > 1 => {
+                    reasons.push(format!("{server}: {reason}"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Unreachable {
+            server: servers.to_string(),
+            reason: reasons.join("; "),
         })
+    }
+
+    /// Runs one RPC with replica failover: on `Unavailable` the next listed
+    /// replica that connects gets the same request; on a follower's refusal
+    /// naming the leader, the leader gets it (once). Retrying is safe for
+    /// every admin write: creates are refused as duplicates and deletes as
+    /// not found if the first attempt did land.
+    pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> Result<T>
+    where
+        F: FnMut(RawClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let mut followed = false;
+        let mut next = self.current + 1;
+        'attempt: loop {
+            let status = match rpc(self.inner.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(s) => connection_lost(s),
+            };
+            if status.code() == Code::FailedPrecondition && !followed {
+                if let Some(addr) = crate::leader::leader_hint(status.message()) {
+                    followed = true;
+                    let leader = endpoints(&format!("http://{addr}"), self.timeouts)
+                        .map_err(|_| ClientError::Rpc(status.clone()))?
+                        .remove(0);
+                    // An unreachable leader is "try again later" (exit 3):
+                    // a successor is elected within the lease TTL.
+                    self.inner = open(&leader).await?;
+                    continue 'attempt;
+                }
+            }
+            if status.code() == Code::Unavailable {
+                while next < self.servers.len() {
+                    let i = next;
+                    next += 1;
+                    if let Ok(inner) = open(&self.servers[i]).await {
+                        self.inner = inner;
+                        self.current = i;
+                        continue 'attempt;
+                    }
+                }
+            }
+            return Err(ClientError::Rpc(status));
+        }
+    }
+
+    /// Which replica leads, as the replica we talk to knows it.
+    pub async fn leader(&mut self) -> Result<pb::LeaderReply> {
+        self.call(|mut c| async move { c.leader(pb::LeaderRequest {}).await })
+            .await
     }
 
     pub async fn create_network(&mut self, network: pb::Network) -> Result<pb::Network> {
         let req = pb::CreateNetworkRequest {
             network: Some(network),
         };
-        Ok(self
-            .inner
-            .create_network(req)
-            .await
-            .map_err(ClientError::Rpc)?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.create_network(req).await }
+        })
+        .await
     }
 
     pub async fn get_network(&mut self, name: &str) -> Result<pb::Network> {
         let req = pb::GetNetworkRequest {
             name: name.to_string(),
         };
-        Ok(self
-            .inner
-            .get_network(req)
-            .await
-            .map_err(ClientError::Rpc)?
-            .into_inner())
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.get_network(req).await }
+        })
+        .await
     }
 
     pub async fn list_networks(&mut self) -> Result<Vec<pb::Network>> {
-        Ok(self
-            .inner
-            .list_networks(pb::ListNetworksRequest {})
-            .await
-            .map_err(ClientError::Rpc)?
-            .into_inner()
-            .networks)
+        let reply = self
+            .call(|mut c| async move { c.list_networks(pb::ListNetworksRequest {}).await })
+            .await?;
+        Ok(reply.networks)
     }
 
     /// Returns how many leases were deleted with the network.
@@ -119,24 +222,42 @@ impl AdminClient {
             name: name.to_string(),
             force,
         };
-        Ok(self
-            .inner
-            .delete_network(req)
-            .await
-            .map_err(ClientError::Rpc)?
-            .into_inner()
-            .leases_deleted)
+        let reply = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.delete_network(req).await }
+            })
+            .await?;
+        Ok(reply.leases_deleted)
     }
 
     pub async fn list_leases(&mut self, filter: pb::ListLeasesRequest) -> Result<Vec<pb::Lease>> {
-        Ok(self
-            .inner
-            .list_leases(filter)
-            .await
-            .map_err(ClientError::Rpc)?
-            .into_inner()
-            .leases)
+        let reply = self
+            .call(|mut c| {
+                let req = filter.clone();
+                async move { c.list_leases(req).await }
+            })
+            .await?;
+        Ok(reply.leases)
     }
+}
+
+/// A call whose connection broke (the replica died mid-request) comes back
+/// as `Unknown: transport error`; it is an unavailable server, not a
+/// refusal: the next replica is tried and racklinectl exits 3.
+fn connection_lost(s: Status) -> Status {
+    use std::error::Error as _;
+    let mut cur = s.source();
+    while let Some(e) = cur {
+        if e.is::<tonic::transport::Error>() {
+            return Status::unavailable(format!(
+                "connection to netmaster lost: {}",
+                error_chain(e)
+            ));
+        }
+        cur = e.source();
+    }
+    s
 }
 
 /// tonic's transport error says only "transport error"; the cause (e.g.
@@ -153,4 +274,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_server_is_validated_first() {
+        let t = Timeouts::default();
+        let list = endpoints("http://10.0.0.2:7650, http://10.0.0.3:7650,", t).unwrap();
+        let uris: Vec<String> = list.iter().map(|e| e.uri().to_string()).collect();
+        assert_eq!(uris, ["http://10.0.0.2:7650/", "http://10.0.0.3:7650/"]);
+        let e = endpoints("http://10.0.0.2:7650,not a url", t).unwrap_err();
+        assert!(
+            matches!(&e, ClientError::BadServer(s, _) if s == "not a url"),
+            "{e}"
+        );
+        assert!(matches!(
+            endpoints(" , ", t),
+            Err(ClientError::BadServer(..))
+        ));
+    }
+
+    #[test]
+    fn only_transport_failures_become_unavailable() {
+        let refused = Status::failed_precondition("not the leader; leader is h:1");
+        assert_eq!(connection_lost(refused).code(), Code::FailedPrecondition);
+        let plain = Status::unknown("transport error");
+        assert_eq!(connection_lost(plain).code(), Code::Unknown);
+    }
 }

@@ -16,6 +16,9 @@ use rackline_proto::admin::v1 as pb;
 
 use crate::admin::{LeaseFilter, NetworkView, PodFilter};
 
+mod racks;
+pub use racks::*;
+
 /// Why a request could not be turned into model values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
@@ -29,6 +32,9 @@ pub enum ConvertError {
     AddressFilter(String),
     #[error("invalid pod filter {0:?}: write NAMESPACE/NAME or NAME")]
     PodFilter(String),
+    /// `what` names the field, e.g. "node address".
+    #[error("invalid {0} {1:?}: not an IPv4 address")]
+    Address(&'static str, String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 }
@@ -199,6 +205,7 @@ pub fn lease_filter_from_proto(r: &pb::ListLeasesRequest) -> Result<LeaseFilter,
     Ok(LeaseFilter {
         network,
         node: non_empty(&r.node),
+        rack: rack_filter(&r.rack)?,
         pod,
         address,
     })
@@ -226,7 +233,7 @@ pub fn parse_pod_filter(s: &str) -> Result<PodFilter, ConvertError> {
     }
 }
 
-fn non_empty(s: &str) -> Option<String> {
+pub(crate) fn non_empty(s: &str) -> Option<String> {
     let t = s.trim();
     (!t.is_empty()).then(|| t.to_string())
 }
@@ -419,6 +426,7 @@ mod tests {
                 uid: "u1".into(),
             },
             created_unix_ms: 42,
+            state: Default::default(),
         };
         let p = lease_to_proto(&l);
         assert_eq!(p.address, "10.10.0.70");
@@ -434,9 +442,11 @@ mod tests {
             node: "n1".into(),
             pod: "default/web-0".into(),
             address: "10.0.0.1".into(),
+            rack: "r1".into(),
         })
         .unwrap();
         assert_eq!(f.network.as_deref(), Some("prod"));
+        assert_eq!(f.rack.as_deref(), Some("r1"));
         assert_eq!(f.node.as_deref(), Some("n1"));
         assert_eq!(
             f.pod,
@@ -472,5 +482,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("invalid network name"), "{err}");
+        let err = lease_filter_from_proto(&pb::ListLeasesRequest {
+            rack: "R1".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid rack name"), "{err}");
     }
 }

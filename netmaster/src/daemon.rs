@@ -1,21 +1,27 @@
 //! rackline-netmaster: flags, wiring and the serve loop.
 //!
-//! No task is spawned: the gRPC server runs on the caller's task and stops
-//! when `shutdown` resolves, after draining in-flight requests (bounded, so a
-//! client that keeps its connection open cannot hold shutdown hostage).
+//! The gRPC server runs on the caller's task and stops when `shutdown`
+//! resolves, after draining in-flight requests (bounded, so a client that
+//! keeps its connection open cannot hold shutdown hostage). The only spawned
+//! task is the leader election's driver, owned by [`Election`] and stopped
+//! (revoking the leader lease) before the drain, so a follower takes over
+//! at once instead of after the lease TTL.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use rackline_store::Store;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::AdminService;
+use crate::admin::{AdminError, AdminService};
+use crate::leader::{Election, ElectionConfig, Role};
 use crate::server::GrpcAdmin;
 
 /// How long in-flight requests get after a stop signal.
@@ -50,6 +56,44 @@ pub struct NetmasterArgs {
     /// (info,rackline_store=debug).
     #[arg(long, env = "RACKLINE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// This replica's name in the leader record [default: HOSTNAME-PID].
+    #[arg(long, env = "RACKLINE_ID")]
+    pub id: Option<String>,
+    /// host:port clients and other replicas reach this replica at; refusals
+    /// from followers name the leader's [default: the bound --listen
+    /// address].
+    #[arg(long, env = "RACKLINE_ADVERTISE", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
+    /// TTL of the leader's etcd lease: a crashed leader is replaced within
+    /// about this long (a stopped one at once). Keep-alive every TTL/3.
+    #[arg(long, env = "RACKLINE_LEASE_TTL_SECS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub lease_ttl_secs: u64,
+}
+
+/// `host:port` with a numeric port (no scheme: clients add `http://`).
+fn parse_advertise(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: write HOST:PORT"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{s:?}: write HOST:PORT"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: invalid port"))?;
+    Ok(s.to_string())
+}
+
+/// The default replica id: unique per process, readable in `leader` output.
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "netmaster".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 fn parse_log_level(s: &str) -> Result<String, String> {
@@ -104,8 +148,9 @@ pub async fn run(
     shutdown: impl Future<Output = &'static str> + Send,
 ) -> Result<(), DaemonError> {
     let timeout = Duration::from_millis(args.etcd_timeout_ms);
-    let svc = AdminService::connect(&args.etcd_endpoints, &args.etcd_prefix, timeout).await?;
-    let admin = GrpcAdmin::new(svc);
+    let store = Store::connect(&args.etcd_endpoints, &args.etcd_prefix, timeout)
+        .await
+        .map_err(AdminError::from)?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -121,6 +166,34 @@ pub async fn run(
         })?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            warn!(listen = %bound, "listening on a wildcard address: set --advertise, or followers will send clients to {bound}");
+        }
+        bound.to_string()
+    });
+    let id = args.id.clone().unwrap_or_else(default_id);
+    let election = Election::start(
+        store.clone(),
+        ElectionConfig {
+            id: id.clone(),
+            advertise: advertise.clone(),
+            ttl: Duration::from_secs(args.lease_ttl_secs),
+        },
+    );
+    // "ready" means writes can be routed: this replica leads or knows who
+    // does. Bounded (grant + campaign), so a netmaster still serves reads
+    // (and says "no leader") while etcd is down.
+    if !election
+        .settled(2 * timeout + Duration::from_millis(500))
+        .await
+    {
+        warn!("no leader known yet; serving, and refusing writes until one is elected");
+    }
+    let status = election.status();
+    let svc = AdminService::with_fence(store, Arc::new(status.clone()));
+    let admin = GrpcAdmin::new(svc);
+
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = Server::builder()
         .add_service(admin.into_server())
@@ -133,20 +206,68 @@ pub async fn run(
         listen = %bound,
         etcd = %args.etcd_endpoints.join(","),
         prefix = %args.etcd_prefix,
+        id = %id,
+        advertise = %advertise,
+        leader = matches!(status.role(), Role::Leader { .. }),
         "netmaster ready"
     );
 
     tokio::select! {
-        res = &mut server => return res.map_err(DaemonError::from),
+        res = &mut server => {
+            election.shutdown(timeout).await;
+            return res.map_err(DaemonError::from);
+        }
         sig = shutdown => {
-            info!(signal = sig, "stopping: draining in-flight requests");
+            info!(signal = sig, "stopping: releasing leadership, draining in-flight requests");
             stop_tx.send_replace(true);
         }
     }
-    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+    // Leadership goes first (writes still in flight then fail their fence
+    // or are refused), so a follower leads while we drain.
+    let (_, drained) = tokio::join!(
+        election.shutdown(timeout),
+        tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+    );
+    match drained {
         Ok(res) => res?,
         Err(_) => warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing remaining connections"),
     }
     info!("netmaster stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<NetmasterArgs, clap::Error> {
+        let base = [
+            "rackline-netmaster",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--listen",
+            "127.0.0.1:7650",
+        ];
+        NetmasterArgs::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn replica_flags_have_defaults_and_are_checked() {
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.id, a.advertise, a.lease_ttl_secs), (None, None, 3));
+        let a = parse(&["--id", "ctrl-b", "--advertise", "ctrl-b.mgmt:7650"]).unwrap();
+        assert_eq!(a.id.as_deref(), Some("ctrl-b"));
+        assert_eq!(a.advertise.as_deref(), Some("ctrl-b.mgmt:7650"));
+        for bad in [
+            &["--advertise", "10.0.0.3"][..],
+            &["--advertise", "http://10.0.0.3:7650"][..],
+            &["--advertise", "10.0.0.3:0"][..],
+            &["--advertise", ":7650"][..],
+            &["--lease-ttl-secs", "0"][..],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let id = default_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+    }
 }

@@ -5,7 +5,8 @@
 //! - [`server`]: the tonic adapter serving `rackline.admin.v1.Admin`;
 //! - [`client`]: the client adapter racklinectl uses;
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
-//! - [`daemon`]: rackline-netmaster's flags and serve loop.
+//! - [`daemon`]: rackline-netmaster's flags and serve loop;
+//! - [`leader`]: leader election among replicas and the write fence.
 //!
 //! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
 
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod convert;
 pub mod daemon;
+pub mod leader;
 pub mod render;
 pub mod server;
 

@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
+mod racks;
+pub use racks::*;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteJson {

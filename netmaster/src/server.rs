@@ -37,9 +37,19 @@ pub fn status_of(e: &AdminError) -> Status {
         AdminError::AlreadyExists(_) => Status::already_exists(msg),
         AdminError::NotFound(_) => Status::not_found(msg),
         AdminError::InUse { .. } => Status::failed_precondition(msg),
-        AdminError::NotPermitted(_) => Status::failed_precondition(msg),
+        // With the leader's address the client retries there; without one
+        // (no leader elected yet, leadership lapsed or lost mid-write)
+        // "try again later", racklinectl's exit 3.
+        AdminError::NotPermitted(_) if crate::leader::leader_hint(&msg).is_some() => {
+            Status::failed_precondition(msg)
+        }
+        AdminError::NotPermitted(_) => Status::unavailable(msg),
         AdminError::Unavailable(_) => Status::unavailable(msg),
         AdminError::Contended(_) => Status::aborted(msg),
+        AdminError::Missing(_) => Status::not_found(msg),
+        AdminError::Exists(_) => Status::already_exists(msg),
+        AdminError::Refused(_) => Status::failed_precondition(msg),
+        AdminError::Exhausted { .. } => Status::resource_exhausted(msg),
         AdminError::Store(_) => {
             warn!(error = %msg, "admin request failed in the store");
             Status::internal(msg)
@@ -112,6 +122,195 @@ impl Admin for GrpcAdmin {
             leases: leases.iter().map(convert::lease_to_proto).collect(),
         }))
     }
+
+    async fn create_rack(
+        &self,
+        request: Request<pb::CreateRackRequest>,
+    ) -> Result<Response<pb::Rack>, Status> {
+        let req = request.into_inner();
+        let rack = req
+            .rack
+            .ok_or_else(|| invalid(ConvertError::Required("rack")))?;
+        let rack = convert::rack_from_proto(&rack).map_err(invalid)?;
+        let rack = self.svc.create_rack(rack).await.map_err(fail)?;
+        Ok(Response::new(convert::rack_to_proto(&rack)))
+    }
+
+    async fn get_rack(
+        &self,
+        request: Request<pb::GetRackRequest>,
+    ) -> Result<Response<pb::RackDetail>, Status> {
+        let name = request.into_inner().name;
+        convert::validate_rack_name(&name).map_err(invalid)?;
+        let info = self.svc.get_rack(&name).await.map_err(fail)?;
+        Ok(Response::new(convert::rack_detail_to_proto(&info)))
+    }
+
+    async fn list_racks(
+        &self,
+        _request: Request<pb::ListRacksRequest>,
+    ) -> Result<Response<pb::ListRacksReply>, Status> {
+        let racks = self.svc.list_racks().await.map_err(fail)?;
+        Ok(Response::new(pb::ListRacksReply {
+            racks: racks.iter().map(convert::rack_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_rack(
+        &self,
+        request: Request<pb::DeleteRackRequest>,
+    ) -> Result<Response<pb::DeleteRackReply>, Status> {
+        let name = request.into_inner().name;
+        convert::validate_rack_name(&name).map_err(invalid)?;
+        self.svc.delete_rack(&name).await.map_err(fail)?;
+        Ok(Response::new(pb::DeleteRackReply {}))
+    }
+
+    async fn bind_rack(
+        &self,
+        request: Request<pb::BindRackRequest>,
+    ) -> Result<Response<pb::RackNet>, Status> {
+        let req = request.into_inner();
+        let b = req
+            .binding
+            .ok_or_else(|| invalid(ConvertError::Required("binding")))?;
+        let b = convert::racknet_from_proto(&b).map_err(invalid)?;
+        let b = self.svc.bind_rack(b).await.map_err(fail)?;
+        Ok(Response::new(convert::racknet_to_proto(&b)))
+    }
+
+    async fn unbind_rack(
+        &self,
+        request: Request<pb::UnbindRackRequest>,
+    ) -> Result<Response<pb::UnbindRackReply>, Status> {
+        let req = request.into_inner();
+        let rack = convert::rack_filter(&req.rack)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(ConvertError::Required("rack")))?;
+        let network = convert::network_filter(&req.network)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(ConvertError::Required("network")))?;
+        self.svc.unbind_rack(&rack, &network).await.map_err(fail)?;
+        Ok(Response::new(pb::UnbindRackReply {}))
+    }
+
+    async fn list_rack_nets(
+        &self,
+        request: Request<pb::ListRackNetsRequest>,
+    ) -> Result<Response<pb::ListRackNetsReply>, Status> {
+        let req = request.into_inner();
+        let network = convert::network_filter(&req.network).map_err(invalid)?;
+        let rack = convert::rack_filter(&req.rack).map_err(invalid)?;
+        let bindings = self
+            .svc
+            .list_racknets(network.as_deref(), rack.as_deref())
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::ListRackNetsReply {
+            bindings: bindings.iter().map(convert::racknet_to_proto).collect(),
+        }))
+    }
+
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = request.into_inner();
+        let node = req
+            .node
+            .ok_or_else(|| invalid(ConvertError::Required("node")))?;
+        let node = convert::node_from_proto(&node).map_err(invalid)?;
+        let node = self.svc.register_node(node).await.map_err(fail)?;
+        Ok(Response::new(convert::node_to_proto(&node)))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeDetail>, Status> {
+        let name = request.into_inner().name;
+        let name = convert::node_filter(&name)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(ConvertError::Required("name")))?;
+        let info = self.svc.get_node(&name).await.map_err(fail)?;
+        Ok(Response::new(convert::node_detail_to_proto(&info)))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        let rack = convert::rack_filter(&request.into_inner().rack).map_err(invalid)?;
+        let nodes = self.svc.list_nodes(rack.as_deref()).await.map_err(fail)?;
+        Ok(Response::new(pb::ListNodesReply {
+            nodes: nodes.iter().map(convert::node_detail_to_proto).collect(),
+        }))
+    }
+
+    async fn acquire_block(
+        &self,
+        request: Request<pb::AcquireBlockRequest>,
+    ) -> Result<Response<pb::Block>, Status> {
+        let (network, node) = convert::acquire_from_proto(request.get_ref()).map_err(invalid)?;
+        let b = self
+            .svc
+            .acquire_block(&network, &node)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(convert::block_to_proto(&b, 0)))
+    }
+
+    async fn release_block(
+        &self,
+        request: Request<pb::ReleaseBlockRequest>,
+    ) -> Result<Response<pb::ReleaseBlockReply>, Status> {
+        let (network, first, node) =
+            convert::release_from_proto(request.get_ref()).map_err(invalid)?;
+        let released = self
+            .svc
+            .release_block(&network, first, &node)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::ReleaseBlockReply { released }))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<pb::ListBlocksRequest>,
+    ) -> Result<Response<pb::ListBlocksReply>, Status> {
+        let filter = convert::block_filter_from_proto(request.get_ref()).map_err(invalid)?;
+        let blocks = self.svc.list_blocks(&filter).await.map_err(fail)?;
+        Ok(Response::new(pb::ListBlocksReply {
+            blocks: blocks.iter().map(convert::block_usage_to_proto).collect(),
+        }))
+    }
+
+    async fn utilization(
+        &self,
+        request: Request<pb::UtilizationRequest>,
+    ) -> Result<Response<pb::UtilizationReply>, Status> {
+        let network = convert::network_filter(&request.into_inner().network).map_err(invalid)?;
+        let rows = self
+            .svc
+            .utilization(network.as_deref())
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::UtilizationReply {
+            rows: rows.iter().map(convert::utilization_to_proto).collect(),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        _request: Request<pb::LeaderRequest>,
+    ) -> Result<Response<pb::LeaderReply>, Status> {
+        let v = self.svc.leader().map_err(fail)?;
+        Ok(Response::new(pb::LeaderReply {
+            id: v.id,
+            advertise: v.advertise,
+            is_self: v.is_self,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +351,39 @@ mod tests {
                 "etcd unavailable: no answer",
             ),
             (AdminError::Contended(16), Code::Aborted, "gave up after 16"),
+            (
+                AdminError::Missing(rackline_store::Object::Rack("r9".into())),
+                Code::NotFound,
+                "rack \"r9\" not found",
+            ),
+            (
+                AdminError::Exists(rackline_store::Object::Rack("r1".into())),
+                Code::AlreadyExists,
+                "rack \"r1\" already exists",
+            ),
+            (
+                AdminError::Refused("rack \"r1\" is in use".into()),
+                Code::FailedPrecondition,
+                "is in use",
+            ),
+            (
+                AdminError::Exhausted {
+                    network: "prod".into(),
+                    rack: "r1".into(),
+                },
+                Code::ResourceExhausted,
+                "rack \"r1\" has no free block left on network \"prod\"",
+            ),
+            (
+                AdminError::NotPermitted("not the leader; leader is 10.10.0.3:7650".into()),
+                Code::FailedPrecondition,
+                "not the leader; leader is 10.10.0.3:7650",
+            ),
+            (
+                AdminError::NotPermitted("no leader elected yet".into()),
+                Code::Unavailable,
+                "no leader elected yet",
+            ),
             (
                 AdminError::Store(StoreError::Corrupt {
                     key: "k".into(),

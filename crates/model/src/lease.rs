@@ -29,6 +29,23 @@ impl PodRef {
     }
 }
 
+/// A lease either belongs to a pod (`active`) or is held in reserve by its
+/// node (`standby`): the key exists, so no other node can borrow the
+/// address, and the node may hand it out while etcd is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    #[default]
+    Active,
+    Standby,
+}
+
+impl LeaseState {
+    pub fn is_active(&self) -> bool {
+        *self == LeaseState::Active
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
@@ -41,11 +58,49 @@ pub struct Lease {
     pub pod: PodRef,
     #[serde(default)]
     pub created_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "LeaseState::is_active")]
+    pub state: LeaseState,
 }
 
 impl Lease {
+    /// A node's reserve record for `address`.
+    pub fn standby(network: &str, address: Ipv4Addr, node: &str, now_ms: i64) -> Self {
+        Lease {
+            network: network.to_string(),
+            address,
+            node: node.to_string(),
+            container_id: String::new(),
+            ifname: String::new(),
+            pod: PodRef::default(),
+            created_unix_ms: now_ms,
+            state: LeaseState::Standby,
+        }
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.state == LeaseState::Standby
+    }
+
     /// The attachment this lease belongs to, as CNI names it.
     pub fn attachment(&self) -> (&str, &str) {
         (&self.container_id, &self.ifname)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_defaults_to_active_and_is_omitted_then() {
+        let j =
+            r#"{"network":"n","address":"10.0.0.2","node":"a","containerId":"c","ifname":"eth0"}"#;
+        let l: Lease = serde_json::from_str(j).unwrap();
+        assert!(l.state.is_active());
+        assert!(!serde_json::to_string(&l).unwrap().contains("state"));
+        let s = Lease::standby("n", "10.0.0.3".parse().unwrap(), "a", 1);
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains(r#""state":"standby""#), "{j}");
+        assert!(serde_json::from_str::<Lease>(&j).unwrap().is_standby());
     }
 }

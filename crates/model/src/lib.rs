@@ -12,7 +12,7 @@ pub mod rack;
 pub use block::Block;
 pub use intervals::IntervalSet;
 pub use keys::Keys;
-pub use lease::{Lease, PodRef};
+pub use lease::{Lease, LeaseState, PodRef};
 pub use network::{AddrRange, NetworkSpec, RouteSpec, ValidationError};
 pub use pool::Pool;
 pub use rack::{Node, Rack, RackNet};

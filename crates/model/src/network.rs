@@ -66,6 +66,8 @@ pub enum ValidationError {
     },
     #[error("block size {0} must be a power of two between 4 and 256")]
     BlockSize(u32),
+    #[error("invalid node name {0:?}: use 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")]
+    NodeName(String),
 }
 
 /// An inclusive range of IPv4 addresses. Written as `a.b.c.d`, `a.b.c.d/len`

@@ -153,6 +153,29 @@ pub struct Node {
     pub registered_unix_ms: i64,
 }
 
+impl Node {
+    /// Node names are Kubernetes node names (DNS-1123 subdomains), so dots
+    /// are allowed; '/' never is (it would change the etcd key's shape).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_node_name(&self.name)?;
+        validate_name(&self.rack).map_err(|_| ValidationError::RackName(self.rack.clone()))
+    }
+}
+
+pub fn validate_node_name(name: &str) -> Result<(), ValidationError> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| alnum(b) || b == b'-' || b == b'.')
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum);
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::NodeName(name.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +251,24 @@ mod tests {
             let e = b.validate(&n).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
+    }
+
+    #[test]
+    fn node_names_follow_kubernetes() {
+        let node = |name: &str, rack: &str| Node {
+            name: name.into(),
+            rack: rack.into(),
+            addresses: vec![],
+            registered_unix_ms: 0,
+        };
+        node("n1", "r1").validate().unwrap();
+        node("worker-3.dc1.example.com", "r1").validate().unwrap();
+        for bad in ["", "N1", "a/b", "-n1", "n1.", "n 1", &"x".repeat(254)] {
+            let e = node(bad, "r1").validate().unwrap_err().to_string();
+            assert!(e.contains("invalid node name"), "{bad:?}: {e}");
+        }
+        let e = node("n1", "R1").validate().unwrap_err().to_string();
+        assert!(e.contains("invalid rack name"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,20 @@ use etcd_client::{
 use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 use tracing::debug;
 
+mod blocks;
+mod election;
+mod nodes;
+mod object;
+mod racks;
+mod reads;
+mod usage;
+pub use blocks::{BlockFilter, BlockUsage};
+pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use nodes::NodeInfo;
+pub use object::Object;
+pub use racks::RackInfo;
+pub use usage::Utilization;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// etcd did not answer in time or the connection failed: the caller may
@@ -35,6 +49,21 @@ pub enum StoreError {
     Invalid(#[from] ValidationError),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
     Contended(u32),
+    /// A fenced write failed because its writer is no longer the leader it
+    /// was: `key` is gone or was re-created past `create_revision`.
+    #[error("leadership lost: {key} is no longer at create revision {create_revision}")]
+    Fenced { key: String, create_revision: i64 },
+    /// A rack, node, binding or block that does not exist.
+    #[error("{}", .0.not_found())]
+    Missing(Object),
+    #[error("{0} already exists")]
+    Exists(Object),
+    /// The request conflicts with what is stored (still in use, owned by
+    /// another node); the message says what to do first.
+    #[error("{0}")]
+    Refused(String),
+    #[error("rack {rack:?} has no free block left on network {network:?}")]
+    Exhausted { network: String, rack: String },
 }
 
 impl From<etcd_client::Error> for StoreError {
@@ -141,6 +170,8 @@ pub enum CreateLease {
     Taken(Option<Lease>),
     /// The network was deleted or re-created since the caller read it.
     NetworkGone,
+    /// The guarding block was returned or reassigned since the caller read it.
+    BlockChanged,
 }
 
 /// A change seen by a watch.
@@ -245,11 +276,36 @@ impl Store {
             // overlap check used: any create or delete committed after that
             // read bumps the guard past it and fails this transaction. (Reading
             // the guard separately would leave a window between the two reads.)
-            let (existing, list_rev) = self.list_networks().await?;
+            // Rack bindings carry subnets of their own: those of other
+            // networks may not overlap this one either (read at the same
+            // revision, and compared below like the guard).
+            let racknets = self.keys.all_racknets_prefix();
+            let (r, list_rev) = self
+                .read_at_once(vec![
+                    reads::get_prefix(self.keys.networks_prefix()),
+                    reads::get_prefix(racknets.clone()),
+                ])
+                .await?;
+            let existing = r[0]
+                .kvs()
+                .iter()
+                .map(decode_network)
+                .collect::<Result<Vec<_>>>()?;
             if existing.iter().any(|n| n.spec.name == spec.name) {
                 return Err(StoreError::AlreadyExists(spec.name.clone()));
             }
             spec.check_overlap(existing.iter().map(|n| &n.spec))?;
+            for b in self.decode_bindings(r[1].kvs(), None, None)? {
+                if b.network != spec.name && spec.subnet.overlaps(b.subnet) {
+                    return Err(ValidationError::Overlap {
+                        name: spec.name.clone(),
+                        subnet: spec.subnet,
+                        other: format!("{} (rack {})", b.network, b.rack),
+                        other_subnet: b.subnet,
+                    }
+                    .into());
+                }
+            }
             let key = self.keys.network(&spec.name);
             let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
             let txn = Txn::new()
@@ -257,6 +313,7 @@ impl Store {
                     vec![
                         Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
                         Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        reads::unchanged_prefix(&racknets, list_rev),
                     ],
                     fence,
                 ))
@@ -273,13 +330,16 @@ impl Store {
                     create_revision: rev,
                 });
             }
+            self.check_fence(fence).await?;
             debug!(network = %spec.name, "network create raced another update; retrying");
         }
         Err(StoreError::Contended(16))
     }
 
     /// Deletes a network. Without `force` it refuses while leases exist; the
-    /// transaction also fails if a lease appeared after the check.
+    /// transaction also fails if a lease appeared after the check. The
+    /// network's rack bindings and blocks go with it (a network re-created
+    /// under the same name must not inherit them).
     pub async fn delete_network(
         &self,
         name: &str,
@@ -319,6 +379,14 @@ impl Store {
                     Some(DeleteOptions::new().with_prefix()),
                 ),
                 TxnOp::put(guard.clone(), format!("-{name}"), None),
+                TxnOp::delete(
+                    self.keys.blocks_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                TxnOp::delete(
+                    self.keys.racknets_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
             ]);
             let mut c = self.client.clone();
             let resp = self.deadline(async move { c.txn(txn).await }).await?;
@@ -334,6 +402,7 @@ impl Store {
                     .unwrap_or(0);
                 return Ok(deleted.max(0) as u64);
             }
+            self.check_fence(fence).await?;
         }
         Err(StoreError::Contended(16))
     }
@@ -453,7 +522,8 @@ impl Store {
     /// The one round trip of an allocation: create the lease key if nobody
     /// owns the address and the network is still the one we know.
     pub async fn create_lease(&self, lease: &Lease, network_revision: i64) -> Result<CreateLease> {
-        self.create_lease_guarded(lease, network_revision, None).await
+        self.create_lease_guarded(lease, network_revision, None)
+            .await
     }
 
     /// `create_lease`, also guarded by the block the address lies in.
@@ -471,12 +541,20 @@ impl Store {
             Compare::create_revision(net_key.clone(), CompareOp::Equal, network_revision),
         ];
         if let Some(b) = block {
-            when.push(Compare::mod_revision(b.key.clone(), CompareOp::Equal, b.mod_revision));
+            when.push(Compare::mod_revision(
+                b.key.clone(),
+                CompareOp::Equal,
+                b.mod_revision,
+            ));
+        }
+        let mut otherwise = vec![TxnOp::get(key.clone(), None), TxnOp::get(net_key, None)];
+        if let Some(b) = block {
+            otherwise.push(TxnOp::get(b.key.clone(), None));
         }
         let txn = Txn::new()
             .when(when)
             .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([TxnOp::get(key.clone(), None), TxnOp::get(net_key, None)]);
+            .or_else(otherwise);
         let mut c = self.client.clone();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         if resp.succeeded() {
@@ -484,22 +562,42 @@ impl Store {
             return Ok(CreateLease::Created { mod_revision: rev });
         }
         let ops = resp.op_responses();
-        let owner = match ops.first() {
-            Some(TxnOpResponse::Get(g)) => g.kvs().first().map(decode_lease),
+        let first_kv = |i: usize| match ops.get(i) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
             _ => None,
         };
-        let net_ok = match ops.get(1) {
-            Some(TxnOpResponse::Get(g)) => g
-                .kvs()
-                .first()
-                .is_some_and(|kv| kv.create_revision() == network_revision),
-            _ => false,
-        };
-        match owner {
-            Some(o) => Ok(CreateLease::Taken(o.ok())),
-            None if !net_ok => Ok(CreateLease::NetworkGone),
-            None => Ok(CreateLease::Taken(None)),
+        if let Some(owner) = first_kv(0) {
+            return Ok(CreateLease::Taken(decode_lease(&owner).ok()));
         }
+        if first_kv(1).is_none_or(|kv| kv.create_revision() != network_revision) {
+            return Ok(CreateLease::NetworkGone);
+        }
+        if let Some(b) = block {
+            if first_kv(2).is_none_or(|kv| kv.mod_revision() != b.mod_revision) {
+                return Ok(CreateLease::BlockChanged);
+            }
+        }
+        Ok(CreateLease::Taken(None))
+    }
+
+    /// Overwrites exactly the lease record the caller saw (by mod revision):
+    /// a node's standby record becoming a pod's lease, or the reverse.
+    /// Returns the new revision, or None when the record had changed.
+    pub async fn replace_lease(&self, lease: &Lease, mod_revision: i64) -> Result<Option<i64>> {
+        let key = self.keys.lease(&lease.network, lease.address);
+        let value = serde_json::to_vec(lease).expect("Lease serialises");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 
     /// Deletes exactly the lease record the caller saw (by mod revision), so

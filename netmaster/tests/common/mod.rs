@@ -45,12 +45,18 @@ pub struct Netmaster {
 
 impl Netmaster {
     pub fn start(etcd: &Etcd) -> Netmaster {
+        Self::start_with(etcd, &[])
+    }
+
+    /// With extra flags (e.g. `--id`, `--lease-ttl-secs`).
+    pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Netmaster {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rackline-netmaster"))
             .args(["--etcd-endpoints", &etcd.endpoint()])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--etcd-prefix", PREFIX])
             .args(["--etcd-timeout-ms", "1000"])
             .args(["--log-level", "info"])
+            .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,6 +134,22 @@ impl Netmaster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// host:port (what the replica advertises by default).
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Sends `sig` to our child's PID (SIGSTOP/SIGCONT in the HA tests).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal netmaster");
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        self.kill();
     }
 
     fn kill(&mut self) {
@@ -277,6 +299,7 @@ pub fn put_lease(
             uid: format!("uid-{}", pod.1),
         },
         created_unix_ms: 1_700_000_000_000,
+        state: Default::default(),
     };
     match rt
         .block_on(store.create_lease(&lease, net.create_revision))

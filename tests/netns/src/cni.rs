@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::lab::{Lab, Pod};
+use crate::lab::Lab;
 use crate::process::{run, CHILD_PATH};
-use crate::topology::NETWORK;
+use crate::rack::Pod;
 
 /// The CNI verbs (`CNI_COMMAND`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,14 +279,14 @@ pub fn result_interface_of<'a>(result: &'a Value, ip: &Value) -> Option<&'a Valu
 }
 
 impl Lab {
-    /// The default netconf for node `k` (docs/CONTRACTS.md): CNI 1.1.0, network `prod`, the
-    /// node's ipamd socket.
+    /// The default netconf for node `k` (docs/CONTRACTS.md): CNI 1.1.0, the network of the
+    /// node's rack ([`Lab::network_of_node`]: `prod` in a one-rack lab), the node's ipamd socket.
     pub fn conf(&self, k: usize) -> Value {
         json!({
             "cniVersion": "1.1.0",
             "name": "rackline",
             "type": "rackline",
-            "network": NETWORK,
+            "network": self.network_of_node(k),
             "ipamdSocket": self.node(k).ipamd_socket().display().to_string(),
             "logLevel": self.opts.log_level,
         })

@@ -15,10 +15,7 @@ use serde_json::Value;
 
 use crate::lab::{Lab, STOP_GRACE};
 use crate::process::{run, Daemon, Output, CHILD_PATH};
-use crate::topology::{
-    ETCD_PEER_URL, ETCD_URL, EXCLUDE, GATEWAY, NETMASTER_LISTEN, NETMASTER_URL, NETWORK,
-    SERVICE_CIDR, SUBNET, UPLINK,
-};
+use crate::topology::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, NETMASTER_PORT};
 
 /// How long a daemon may take to become ready (generous: CI machines run builds alongside).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,20 +62,39 @@ impl Lab {
         self.log_dir().join(format!("{name}.log"))
     }
 
-    /// Starts etcd inside `ctrl` (client 10.10.0.2:2379, peer :2380, data in `<dir>/etcd`, kept
+    /// etcd's client URL, as every Rackline daemon is given it (`http://<ctrl>:2379`).
+    pub fn etcd_url(&self) -> String {
+        format!("http://{}:{ETCD_CLIENT_PORT}", self.ctrl_addr())
+    }
+
+    fn etcd_peer_url(&self) -> String {
+        format!("http://{}:{ETCD_PEER_PORT}", self.ctrl_addr())
+    }
+
+    /// The URL racklinectl is pointed at (`http://<ctrl>:7650`).
+    pub fn netmaster_url(&self) -> String {
+        format!("http://{}", self.netmaster_listen())
+    }
+
+    fn netmaster_listen(&self) -> String {
+        format!("{}:{NETMASTER_PORT}", self.ctrl_addr())
+    }
+
+    /// Starts etcd inside `ctrl` (client `<ctrl>:2379`, peer :2380, data in `<dir>/etcd`, kept
     /// across restarts) and waits until `etcdctl endpoint health` passes.
     pub fn start_etcd(&self) -> Result<()> {
         if self.state().etcd.is_some() {
             bail!("etcd is already running");
         }
+        let (client, peer) = (self.etcd_url(), self.etcd_peer_url());
         let mut cmd = daemon_command(&self.tools.etcd);
         cmd.args(["--name", "ctrl", "--data-dir"])
             .arg(self.dir().join("etcd"))
-            .args(["--listen-client-urls", ETCD_URL])
-            .args(["--advertise-client-urls", ETCD_URL])
-            .args(["--listen-peer-urls", ETCD_PEER_URL])
-            .args(["--initial-advertise-peer-urls", ETCD_PEER_URL])
-            .args(["--initial-cluster", &format!("ctrl={ETCD_PEER_URL}")])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("ctrl={peer}")])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--logger", "zap", "--log-level", "error"])
             .args(["--auto-compaction-mode", "revision"])
@@ -112,11 +128,11 @@ impl Lab {
             .success())
     }
 
-    /// Runs `etcdctl --endpoints http://10.10.0.2:2379 <args>` inside `ctrl`.
+    /// Runs `etcdctl --endpoints <etcd url> <args>` inside `ctrl`.
     pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(&self.tools.etcdctl);
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", ETCD_URL])
+            .args(["--endpoints", &self.etcd_url()])
             .args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
     }
@@ -128,7 +144,8 @@ impl Lab {
             bail!("netmaster is already running");
         }
         let mut cmd = daemon_command(&bins.netmaster);
-        cmd.args(["--etcd-endpoints", ETCD_URL, "--listen", NETMASTER_LISTEN])
+        cmd.args(["--etcd-endpoints", &self.etcd_url()])
+            .args(["--listen", &self.netmaster_listen()])
             .args(["--log-level", &self.opts.log_level]);
         let mut nm = Daemon::spawn("netmaster", cmd, &self.ctrl, &self.log_path("netmaster"))?;
         wait_ready(&mut nm, "`racklinectl network list` exits 0", || {
@@ -150,25 +167,6 @@ impl Lab {
         Ok(())
     }
 
-    pub(crate) fn create_network(&self) -> Result<Value> {
-        self.racklinectl(&[
-            "network",
-            "create",
-            NETWORK,
-            "--subnet",
-            SUBNET,
-            "--gateway",
-            &GATEWAY.to_string(),
-            "--master",
-            UPLINK,
-            "--exclude",
-            EXCLUDE,
-            "--host-route",
-            SERVICE_CIDR,
-        ])
-        .context("creating network prod")
-    }
-
     /// Starts `rackline-ipamd` for node `k` inside its namespace and waits until its socket
     /// accepts connections (a stale socket file of a killed ipamd does not count).
     pub fn start_ipamd(&self, k: usize) -> Result<()> {
@@ -179,11 +177,17 @@ impl Lab {
         }
         let socket = node.ipamd_socket().to_owned();
         let mut cmd = daemon_command(&bins.ipamd);
-        cmd.args(["--node-name", node.name(), "--etcd-endpoints", ETCD_URL])
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
-            .args(["--log-level", &self.opts.log_level]);
+        cmd.args([
+            "--node-name",
+            node.name(),
+            "--etcd-endpoints",
+            &self.etcd_url(),
+        ])
+        .arg("--socket")
+        .arg(&socket)
+        .args(self.ipamd_rack_args(k))
+        .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
+        .args(["--log-level", &self.opts.log_level]);
         let label = format!("{}-ipamd", node.name());
         let mut ipamd = Daemon::spawn(&label, cmd, node.netns(), &self.log_path(&label))?;
         wait_ready(
@@ -216,7 +220,7 @@ impl Lab {
         self.state()
             .ipamd
             .remove(&k)
-            .with_context(|| format!("ipamd of n{k} is not running"))
+            .with_context(|| format!("ipamd of {} is not running", self.node(k).name()))
     }
 
     /// Pid of node `k`'s ipamd, if it runs.
@@ -224,12 +228,12 @@ impl Lab {
         self.state().ipamd.get(&k).and_then(Daemon::pid)
     }
 
-    /// Runs `racklinectl --server http://10.10.0.2:7650 <args>` inside `ctrl`, as is.
+    /// Runs `racklinectl --server <netmaster url> <args>` inside `ctrl`, as is.
     pub fn racklinectl_raw(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(&self.bins()?.racklinectl);
         cmd.env_clear()
             .env("PATH", CHILD_PATH)
-            .args(["--server", NETMASTER_URL])
+            .args(["--server", &self.netmaster_url()])
             .args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
     }
@@ -247,8 +251,19 @@ impl Lab {
         })
     }
 
-    /// All leases (`racklinectl lease list -o json`).
+    /// The pods' leases (`racklinectl lease list -o json`), without ipamd's standby reserve:
+    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md,
+    /// issue 3), which belong to no pod. [`Lab::lease_records`] lists those too.
     pub fn leases(&self) -> Result<Vec<Value>> {
+        let mut leases = self.lease_records()?;
+        leases.retain(|l| {
+            l["state"] != "standby" && l["containerId"].as_str().is_some_and(|c| !c.is_empty())
+        });
+        Ok(leases)
+    }
+
+    /// Every lease record racklinectl lists, standby reserve included.
+    pub fn lease_records(&self) -> Result<Vec<Value>> {
         match self.racklinectl(&["lease", "list"])? {
             Value::Array(leases) => Ok(leases),
             other => bail!("`racklinectl lease list -o json` printed no array: {other}"),

@@ -1,4 +1,5 @@
-//! [`Lab`]: one rack built from network namespaces, its nodes and pods, and its teardown.
+//! [`Lab`]: racks built from network namespaces (one by default; a routed spine between several),
+//! their nodes and pods, and the teardown.
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
@@ -14,8 +15,13 @@ use tempfile::TempDir;
 
 use crate::host::{Bins, Tools};
 use crate::netns::{next_lab_id, Netns, TEMP_PREFIX};
+use crate::networks::{LabNetworkMode, DEFAULT_NETWORK_MODE};
 use crate::process::{tail, Daemon};
-use crate::topology::{self, node_address, CTRL_ADDR, CTRL_IF, MAX_NODES, UPLINK};
+use crate::rack::{Node, Pod, Rack};
+use crate::topology::{
+    self, rack_gateway, rack_node_address, rack_subnet, CTRL_ADDR, CTRL_IF, MAX_NODES, MAX_RACKS,
+    PREFIX_LEN, SPINE_CTRL_ADDR, SPINE_GATEWAY, UPLINK,
+};
 
 /// Set to `1` to keep a lab's temp dir (logs, etcd data) after teardown; its path is printed.
 pub const KEEP_ENV: &str = "RACKLINE_LAB_KEEP";
@@ -23,10 +29,13 @@ pub const KEEP_ENV: &str = "RACKLINE_LAB_KEEP";
 /// How long a daemon gets between SIGTERM and SIGKILL at teardown.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// Configures a [`Lab`]. Defaults: 2 nodes, the full Rackline control plane, `debug` logs.
+/// Configures a [`Lab`]. Defaults: one rack of 2 nodes, one network per rack
+/// ([`DEFAULT_NETWORK_MODE`]), the full Rackline control plane, `debug` logs.
 #[derive(Clone, Debug)]
 pub struct LabBuilder {
-    pub(crate) nodes: usize,
+    pub(crate) racks: usize,
+    pub(crate) nodes_per_rack: usize,
+    pub(crate) network_mode: LabNetworkMode,
     pub(crate) rackline: bool,
     pub(crate) log_level: String,
     pub(crate) gc_grace_secs: u64,
@@ -36,7 +45,9 @@ pub struct LabBuilder {
 impl Default for LabBuilder {
     fn default() -> Self {
         Self {
-            nodes: 2,
+            racks: 1,
+            nodes_per_rack: 2,
+            network_mode: DEFAULT_NETWORK_MODE,
             rackline: true,
             log_level: "debug".into(),
             gc_grace_secs: 0,
@@ -46,9 +57,29 @@ impl Default for LabBuilder {
 }
 
 impl LabBuilder {
-    /// Number of nodes `n1..nN` (1..=53).
-    pub fn nodes(mut self, n: usize) -> Self {
-        self.nodes = n;
+    /// Number of racks (1..=244). One rack is the issue-2 lab: `tor`, `ctrl` on the rack
+    /// bridge (10.10.0.2), nodes `n1..nK`. Two or more add a routed `spine` with `ctrl` on its
+    /// side (10.254.0.2), TORs `tor1..`, nodes `r<r>n<k>` (see [`crate::topology`]).
+    pub fn racks(mut self, n: usize) -> Self {
+        self.racks = n;
+        self
+    }
+
+    /// Nodes per rack (1..=53).
+    pub fn nodes_per_rack(mut self, k: usize) -> Self {
+        self.nodes_per_rack = k;
+        self
+    }
+
+    /// Same as [`LabBuilder::nodes_per_rack`]: in the default one-rack lab, the node count
+    /// (`n1..nN`).
+    pub fn nodes(self, n: usize) -> Self {
+        self.nodes_per_rack(n)
+    }
+
+    /// How racks map to Rackline networks (default [`DEFAULT_NETWORK_MODE`]).
+    pub fn network_mode(mut self, mode: LabNetworkMode) -> Self {
+        self.network_mode = mode;
         self
     }
 
@@ -87,9 +118,14 @@ impl LabBuilder {
             None
         };
         ensure!(
-            (1..=MAX_NODES).contains(&self.nodes),
-            "a lab has 1..={MAX_NODES} nodes, not {}",
-            self.nodes
+            (1..=MAX_RACKS).contains(&self.racks),
+            "a lab has 1..={MAX_RACKS} racks, not {}",
+            self.racks
+        );
+        ensure!(
+            (1..=MAX_NODES).contains(&self.nodes_per_rack),
+            "a rack has 1..={MAX_NODES} nodes, not {}",
+            self.nodes_per_rack
         );
         let id = next_lab_id();
         let dir = tempfile::Builder::new()
@@ -97,18 +133,45 @@ impl LabBuilder {
             .tempdir()
             .context("creating the lab temp dir")?;
         std::fs::create_dir(dir.path().join("logs"))?;
-        let nodes = (1..=self.nodes)
-            .map(|k| Node {
-                index: k,
-                name: format!("n{k}"),
-                netns: Netns::named(format!("{id}-n{k}")),
-                address: node_address(k),
-                ipamd_socket: dir.path().join(format!("n{k}")).join("ipamd.sock"),
+        let multi = self.racks > 1;
+        let racks: Vec<Rack> = (1..=self.racks)
+            .map(|r| Rack {
+                index: r,
+                name: format!("rack{r}"),
+                tor: Netns::named(if multi {
+                    format!("{id}-tor{r}")
+                } else {
+                    format!("{id}-tor")
+                }),
+                gateway: rack_gateway(r),
+                subnet: rack_subnet(r),
             })
             .collect();
+        let mut nodes = Vec::new();
+        for r in 1..=self.racks {
+            for k in 1..=self.nodes_per_rack {
+                let name = if multi {
+                    format!("r{r}n{k}")
+                } else {
+                    format!("n{k}")
+                };
+                nodes.push(Node {
+                    index: nodes.len() + 1,
+                    rack: r,
+                    position: k,
+                    netns: Netns::named(format!("{id}-{name}")),
+                    address: rack_node_address(r, k),
+                    gateway: rack_gateway(r),
+                    ipamd_socket: dir.path().join(&name).join("ipamd.sock"),
+                    name,
+                });
+            }
+        }
         let lab = Lab {
-            tor: Netns::named(format!("{id}-tor")),
+            spine: multi.then(|| Netns::named(format!("{id}-spine"))),
             ctrl: Netns::named(format!("{id}-ctrl")),
+            ctrl_addr: if multi { SPINE_CTRL_ADDR } else { CTRL_ADDR },
+            racks,
             nodes,
             dir_path: dir.path().to_owned(),
             dir: Some(dir),
@@ -138,79 +201,6 @@ impl LabBuilder {
     }
 }
 
-/// A node `nK`: its namespace, uplink address and ipamd socket.
-#[derive(Clone, Debug)]
-pub struct Node {
-    index: usize,
-    name: String,
-    netns: Netns,
-    address: Ipv4Addr,
-    ipamd_socket: PathBuf,
-}
-
-impl Node {
-    /// 1-based index (`n1` is 1).
-    pub fn index(&self) -> usize {
-        self.index
-    }
-    /// `n1`, `n2`, …: the `--node-name` given to its ipamd.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    pub fn netns(&self) -> &Netns {
-        &self.netns
-    }
-    /// Address on `uplink0` (n1 = 10.10.0.11).
-    pub fn address(&self) -> Ipv4Addr {
-        self.address
-    }
-    pub fn ipamd_socket(&self) -> &Path {
-        &self.ipamd_socket
-    }
-}
-
-impl AsRef<Netns> for Node {
-    fn as_ref(&self) -> &Netns {
-        &self.netns
-    }
-}
-
-/// A pod sandbox: an empty network namespace (lo up) plus the identity a runtime passes in
-/// `CNI_CONTAINERID` / `CNI_ARGS`. Fields are public so tests can forge variants.
-#[derive(Clone, Debug)]
-pub struct Pod {
-    /// Node index the pod is scheduled on.
-    pub node: usize,
-    /// Kubernetes namespace (`default`).
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    /// 64 hex digits, like containerd's sandbox ids.
-    pub container_id: String,
-    pub netns: Netns,
-}
-
-impl Pod {
-    /// `CNI_ARGS` as containerd sends it.
-    pub fn cni_args(&self) -> String {
-        format!(
-            "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={};K8S_POD_INFRA_CONTAINER_ID={};IgnoreUnknown=1",
-            self.namespace, self.name, self.uid, self.container_id
-        )
-    }
-
-    /// `CNI_NETNS`: `/var/run/netns/<name>`.
-    pub fn netns_path(&self) -> String {
-        self.netns.path().display().to_string()
-    }
-}
-
-impl AsRef<Netns> for Pod {
-    fn as_ref(&self) -> &Netns {
-        &self.netns
-    }
-}
-
 #[derive(Default)]
 pub(crate) struct State {
     /// Every namespace we created, in creation order (torn down in reverse).
@@ -221,7 +211,7 @@ pub(crate) struct State {
     pub(crate) pods_per_node: BTreeMap<usize, usize>,
 }
 
-/// One rack of network namespaces with etcd, netmaster and an ipamd per node.
+/// Racks of network namespaces with etcd, netmaster and an ipamd per node.
 /// All methods take `&self`: a lab can be shared by threads (`std::thread::scope`).
 /// Dropping it stops every process it started (by pid) and deletes every namespace it created,
 /// also when the test panics.
@@ -231,8 +221,11 @@ pub struct Lab {
     pub(crate) bins: Option<Bins>,
     pub(crate) dir: Option<TempDir>,
     pub(crate) dir_path: PathBuf,
-    pub(crate) tor: Netns,
+    /// The routing spine of a multi-rack lab.
+    pub(crate) spine: Option<Netns>,
     pub(crate) ctrl: Netns,
+    pub(crate) ctrl_addr: Ipv4Addr,
+    pub(crate) racks: Vec<Rack>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) opts: LabBuilder,
     pub(crate) state: Mutex<State>,
@@ -247,7 +240,7 @@ impl Lab {
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// The lab's temp dir (logs/, etcd/, nK/ipamd.sock).
+    /// The lab's temp dir (logs/, etcd/, <node>/ipamd.sock).
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
@@ -263,14 +256,51 @@ impl Lab {
             .as_ref()
             .context("this lab was built with rackline(false): no Rackline binaries")
     }
+    /// Rack 1's TOR (see [`Rack::tor`] for the others).
     pub fn tor(&self) -> &Netns {
-        &self.tor
+        self.racks[0].tor()
+    }
+    /// The spine (multi-rack labs only).
+    pub fn spine(&self) -> Option<&Netns> {
+        self.spine.as_ref()
     }
     pub fn ctrl(&self) -> &Netns {
         &self.ctrl
     }
+    /// Where etcd and netmaster listen: 10.10.0.2 (one rack) or 10.254.0.2 (spine side).
+    pub fn ctrl_addr(&self) -> Ipv4Addr {
+        self.ctrl_addr
+    }
+    pub fn racks(&self) -> &[Rack] {
+        &self.racks
+    }
+    /// Rack `r` (1-based). Panics when out of range: a test bug.
+    pub fn rack(&self, r: usize) -> &Rack {
+        assert!(
+            (1..=self.racks.len()).contains(&r),
+            "lab has racks 1..={}, not {r}",
+            self.racks.len()
+        );
+        &self.racks[r - 1]
+    }
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
+    }
+    /// The nodes of rack `r`, in position order.
+    pub fn rack_nodes(&self, r: usize) -> &[Node] {
+        let per = self.opts.nodes_per_rack;
+        let _ = self.rack(r);
+        &self.nodes[(r - 1) * per..r * per]
+    }
+    /// Node `k` (1-based position) of rack `r`.
+    pub fn rack_node(&self, r: usize, k: usize) -> &Node {
+        let nodes = self.rack_nodes(r);
+        assert!(
+            (1..=nodes.len()).contains(&k),
+            "rack {r} has nodes 1..={}, not {k}",
+            nodes.len()
+        );
+        &nodes[k - 1]
     }
     /// Node `k` (1-based). Panics when out of range: a test bug.
     pub fn node(&self, k: usize) -> &Node {
@@ -301,34 +331,26 @@ impl Lab {
     }
 
     fn bring_up(&self) -> Result<()> {
-        self.create_netns(&self.tor)?;
-        topology::wire_tor(&self.tools, &self.tor)?;
-        self.create_netns(&self.ctrl)?;
-        topology::wire_port(
-            &self.tools,
-            &self.tor,
-            "ctrl",
-            &self.ctrl,
-            CTRL_IF,
-            CTRL_ADDR,
-            false,
-        )?;
+        match &self.spine {
+            None => self.wire_one_rack()?,
+            Some(spine) => self.wire_racks(spine)?,
+        }
         for node in &self.nodes {
             self.create_netns(&node.netns)?;
             topology::wire_port(
                 &self.tools,
-                &self.tor,
+                self.rack(node.rack).tor(),
                 &node.name,
                 &node.netns,
                 UPLINK,
                 node.address,
-                true,
+                Some(node.gateway),
             )?;
         }
         self.start_etcd()?;
         if self.bins.is_some() {
             self.start_netmaster()?;
-            self.create_network()?;
+            self.create_networks()?;
             for node in &self.nodes {
                 self.start_ipamd(node.index)?;
             }
@@ -336,7 +358,50 @@ impl Lab {
         Ok(())
     }
 
-    /// Creates a pod sandbox on node `node`: namespace `<id>-n<K>p<k>` with lo up, a fresh
+    /// The issue-2 rack: `ctrl` hangs off the TOR bridge, everything is one L2 segment.
+    fn wire_one_rack(&self) -> Result<()> {
+        let rack = &self.racks[0];
+        self.create_netns(&rack.tor)?;
+        topology::wire_switch(&self.tools, &rack.tor, rack.gateway, PREFIX_LEN)?;
+        self.create_netns(&self.ctrl)?;
+        topology::wire_port(
+            &self.tools,
+            &rack.tor,
+            "ctrl",
+            &self.ctrl,
+            CTRL_IF,
+            self.ctrl_addr,
+            None,
+        )
+    }
+
+    /// Spine with `ctrl` on its bridge, then each TOR with its /31 link to the spine. Routing
+    /// (ip_forward) is switched on in exactly these namespaces.
+    fn wire_racks(&self, spine: &Netns) -> Result<()> {
+        self.create_netns(spine)?;
+        topology::wire_switch(&self.tools, spine, SPINE_GATEWAY, PREFIX_LEN)?;
+        topology::enable_forwarding(spine)?;
+        self.create_netns(&self.ctrl)?;
+        topology::wire_port(
+            &self.tools,
+            spine,
+            "ctrl",
+            &self.ctrl,
+            CTRL_IF,
+            self.ctrl_addr,
+            Some(SPINE_GATEWAY),
+        )?;
+        for rack in &self.racks {
+            self.create_netns(&rack.tor)?;
+            topology::wire_switch(&self.tools, &rack.tor, rack.gateway, PREFIX_LEN)?;
+            topology::enable_forwarding(&rack.tor)?;
+            topology::wire_spine_link(&self.tools, spine, &rack.tor, rack.index)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a pod sandbox on node `node` ([`Node::index`]): namespace `<id>-<node>p<k>`
+    /// (`n1p1`, `r2n1p3`) with lo up, a fresh
     /// container id and uid, Kubernetes name `name` in namespace `default`.
     pub fn add_pod(&self, node: usize, name: &str) -> Result<Pod> {
         let node_name = self.node(node).name.clone();

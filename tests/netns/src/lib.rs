@@ -1,5 +1,6 @@
-//! `rackline-lab`: a rack built from network namespaces on one machine, for Rackline's
-//! end-to-end tests and the demo (docs/CONTRACTS.md, "Lab topology").
+//! `rackline-lab`: racks built from network namespaces on one machine, for Rackline's
+//! end-to-end tests and the demo (docs/CONTRACTS.md, "Lab topology"; the multi-rack addressing
+//! plan is in [`topology`]).
 //!
 //! ```no_run
 //! use rackline_lab::{Cmd, Lab};
@@ -11,7 +12,18 @@
 //! assert!(lab.ping(&pod, rackline_lab::GATEWAY)?);
 //! assert!(lab.ping(lab.node(1), addr.addr)?);
 //! lab.cni(Cmd::Del, &pod).prev_result(result.result()?).run()?.ok()?;
+//! lab.check_invariants()?;                            // etcd state: no address owned twice, …
 //! # Ok(()) }                                          // drop: stop daemons, delete namespaces
+//! ```
+//! Two racks behind a routed spine (nodes `r1n1`, `r1n2`, `r2n1`, `r2n2`; one network per rack
+//! with today's binaries, see [`LabNetworkMode`]):
+//! ```no_run
+//! # use rackline_lab::Lab;
+//! # fn main() -> anyhow::Result<()> {
+//! let lab = Lab::builder().racks(2).nodes_per_rack(2).build()?;
+//! let r2n1 = lab.rack_node(2, 1);
+//! let pod = lab.add_pod(r2n1.index(), "web")?;        // gets 10.11.0.x from network rack2
+//! # Ok(()) }
 //! ```
 //!
 //! Everything runs inside namespaces the lab creates; the root namespace is never changed.
@@ -24,19 +36,27 @@ mod cni;
 mod daemons;
 mod host;
 mod inspect;
+pub mod invariants;
 mod lab;
 mod netns;
+mod networks;
 mod process;
-mod topology;
+mod rack;
+pub mod topology;
 
 pub use cni::{result_interface_of, result_ipv4, Cidr4, Cmd, CniCall, CniOutput, PLUGIN_TIMEOUT};
 pub use daemons::{CLIENT_TIMEOUT, READY_TIMEOUT};
 pub use host::{bin_dir, check_root, Bins, Tools, BIN_DIR_ENV};
 pub use inspect::NetSnapshot;
-pub use lab::{Lab, LabBuilder, Node, Pod, KEEP_ENV};
+pub use invariants::InvariantReport;
+pub use lab::{Lab, LabBuilder, KEEP_ENV};
 pub use netns::{lab_owner_pid, list_netns, pid_alive, sweep_stale, Netns, SweepReport, NETNS_DIR};
+pub use networks::{LabNetwork, LabNetworkMode, RackShare, DEFAULT_NETWORK_MODE};
 pub use process::{tail, Daemon, Output};
+pub use rack::{Node, Pod, Rack};
 pub use topology::{
-    in_pool, node_address, CTRL_ADDR, ETCD_URL, GATEWAY, MAX_NODES, NETMASTER_URL, NETWORK,
-    POOL_FIRST, POOL_LAST, PREFIX_LEN, SERVICE_CIDR, SUBNET, UPLINK,
+    in_pool, in_rack_pool, node_address, rack_gateway, rack_node_address, rack_of_address,
+    rack_pool, rack_subnet, CTRL_ADDR, ETCD_URL, GATEWAY, MAX_NODES, MAX_RACKS, NETMASTER_URL,
+    NETWORK, POOL_FIRST, POOL_LAST, PREFIX_LEN, SERVICE_CIDR, SPINE_CTRL_ADDR, SPINE_GATEWAY,
+    SUBNET, UPLINK,
 };

@@ -14,8 +14,13 @@ use rackline_lab::{
 };
 use serde_json::{json, Value};
 
+/// Runs a scenario on a fresh two-node lab, then checks etcd's invariants (no address owned
+/// twice, one lease per attachment, every lease in its network's pool).
 fn with_lab(f: impl FnOnce(&Lab) -> Result<()>) -> Result<()> {
-    Lab::builder().nodes(2).run(f)
+    Lab::builder().nodes(2).run(|lab| {
+        f(lab)?;
+        lab.check_invariants().map(drop)
+    })
 }
 
 /// ADD with the defaults; checks the 1.1.0 result against the pod's namespace.

@@ -1,5 +1,6 @@
-//! `rackline-lab`: the demo. Builds a rack (2 nodes × 2 pods by default) with the real Rackline
-//! binaries, prints every pod and a ping matrix, then tears everything down.
+//! `rackline-lab`: the demo. Builds two racks behind a routed spine (2 racks × 2 nodes × 1 pod
+//! by default) with the real Rackline binaries, prints every pod and a ping matrix (pods, each
+//! rack's gateway, nodes), then tears everything down.
 //! `--keep` leaves the lab up until Ctrl-C; `--sweep` only removes stale labs of dead runs.
 
 use std::net::Ipv4Addr;
@@ -10,16 +11,21 @@ use std::sync::mpsc;
 use anyhow::{bail, Result};
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use rackline_lab::{node_address, result_ipv4, sweep_stale, Cidr4, Lab, Netns, Pod, GATEWAY};
+use rackline_lab::{result_ipv4, sweep_stale, Cidr4, Lab, Netns, Pod};
 
 #[derive(Parser)]
-#[command(about = "Rackline demo: a rack of network namespaces with real pods and a ping matrix")]
+#[command(
+    about = "Rackline demo: racks of network namespaces behind a spine, real pods, a ping matrix"
+)]
 struct Args {
-    /// Number of nodes.
+    /// Number of racks (1 = the single-rack lab without a spine).
     #[arg(long, default_value_t = 2)]
-    nodes: usize,
+    racks: usize,
+    /// Nodes per rack.
+    #[arg(long, alias = "nodes", default_value_t = 2)]
+    nodes_per_rack: usize,
     /// Pods per node.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pods_per_node: usize,
     /// Keep the lab running until Ctrl-C (SIGINT/SIGTERM), then tear it down.
     #[arg(long)]
@@ -82,15 +88,22 @@ fn run(args: &Args) -> Result<bool> {
         return Ok(report.errors.is_empty());
     }
     let signals = catch_signals()?;
-    eprintln!("building the lab ({} nodes)…", args.nodes);
-    let lab = Lab::builder().nodes(args.nodes).log_level("info").build()?;
+    eprintln!(
+        "building the lab ({} racks × {} nodes)…",
+        args.racks, args.nodes_per_rack
+    );
+    let lab = Lab::builder()
+        .racks(args.racks)
+        .nodes_per_rack(args.nodes_per_rack)
+        .log_level("info")
+        .build()?;
     interrupted()?;
 
     let mut pods: Vec<(Pod, Cidr4)> = Vec::new();
-    for k in 1..=args.nodes {
-        for j in 1..=args.pods_per_node {
+    for node in lab.nodes() {
+        for _ in 0..args.pods_per_node {
             interrupted()?;
-            let pod = lab.add_pod(k, &format!("web-{k}{j}"))?;
+            let pod = lab.add_pod(node.index(), &format!("web-{}", pods.len() + 1))?;
             let addr = result_ipv4(&lab.cni_add(&pod)?)?;
             pods.push((pod, addr));
         }
@@ -105,16 +118,16 @@ fn run(args: &Args) -> Result<bool> {
     let rows: Vec<[String; 4]> = pods
         .iter()
         .map(|(p, a)| {
-            let node = lab.node(p.node).name().to_owned();
+            let node = lab.node(p.node);
             [
                 p.name.clone(),
-                node,
-                p.netns.name().to_owned(),
+                lab.rack(node.rack()).name().to_owned(),
+                node.name().to_owned(),
                 a.to_string(),
             ]
         })
         .collect();
-    print_table(&["POD", "NODE", "NETNS", "ADDRESS"], &rows);
+    print_table(&["POD", "RACK", "NODE", "ADDRESS"], &rows);
 
     let mut sources: Vec<Endpoint> = Vec::new();
     for (pod, addr) in &pods {
@@ -125,20 +138,25 @@ fn run(args: &Args) -> Result<bool> {
         });
     }
     for node in lab.nodes() {
-        let netns = Some(node.netns());
         sources.push(Endpoint {
             label: node.name().into(),
-            netns,
-            addr: node_address(node.index()),
+            netns: Some(node.netns()),
+            addr: node.address(),
         });
     }
-    let mut targets: Vec<&Endpoint> = sources.iter().collect();
-    let gateway = Endpoint {
-        label: "gateway".into(),
-        netns: None,
-        addr: GATEWAY,
-    };
-    targets.insert(pods.len(), &gateway);
+    // Columns: pods, each rack's gateway, nodes.
+    let gateways: Vec<Endpoint> = lab
+        .racks()
+        .iter()
+        .map(|rack| Endpoint {
+            label: format!("gw-{}", rack.name()),
+            netns: None,
+            addr: rack.gateway(),
+        })
+        .collect();
+    let mut targets: Vec<&Endpoint> = sources[..pods.len()].iter().collect();
+    targets.extend(&gateways);
+    targets.extend(&sources[pods.len()..]);
 
     interrupted()?;
     let matrix: Vec<Vec<Option<bool>>> = std::thread::scope(|s| {
@@ -200,18 +218,37 @@ fn run(args: &Args) -> Result<bool> {
             "SOME PATHS FAILED"
         }
     );
+    match lab.invariants() {
+        Ok(report) => {
+            all_ok &= report.ok();
+            println!("etcd invariants: {report}");
+        }
+        Err(e) => {
+            all_ok = false;
+            println!("etcd invariants: cannot read etcd: {e:#}");
+        }
+    }
 
     if args.keep && !INTERRUPTED.load(Ordering::SeqCst) {
         println!();
         println!("lab kept; namespaces: {}", lab.netns_names().join(" "));
-        println!(
-            "  e.g. nsenter --net={} ip addr",
-            pods[0].0.netns.path().display()
-        );
+        if let Some((pod, _)) = pods.first() {
+            println!(
+                "  e.g. nsenter --net={} ip addr",
+                pod.netns.path().display()
+            );
+        }
         println!("press Ctrl-C to tear down");
         let _ = signals.recv();
     }
-    for (pod, _) in &pods {
+    // After Ctrl-C the daemons got the SIGINT too (same foreground process group), so DEL
+    // could only fail; the teardown removes the pods' namespaces and the lab's etcd anyway.
+    let deletable = if INTERRUPTED.load(Ordering::SeqCst) {
+        &pods[..0]
+    } else {
+        &pods[..]
+    };
+    for (pod, _) in deletable {
         if let Err(e) = lab.cni_del(pod) {
             eprintln!("DEL {}: {e:#}", pod.name);
             all_ok = false;

@@ -1,0 +1,106 @@
+//! The block manager: keeps each rack-bound network stocked with free
+//! addresses in this node's own blocks, ahead of need, so an ADD never waits
+//! for netmaster; returns blocks that stayed empty past a hold-down.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::engine::Engine;
+use crate::netmaster::{NetmasterClient, NetmasterError};
+use crate::store::LeaseStore;
+
+#[derive(Debug, Clone)]
+pub struct BlockPolicy {
+    /// Acquire another block when fewer free addresses than this remain in
+    /// the node's own blocks.
+    pub low_watermark: u64,
+    /// A block empty for this long is returned, if the node keeps at least
+    /// twice the watermark free without it.
+    pub hold_down: Duration,
+    /// How often the manager looks when nothing signals demand.
+    pub interval: Duration,
+}
+
+impl Default for BlockPolicy {
+    fn default() -> Self {
+        Self {
+            low_watermark: 4,
+            hold_down: Duration::from_secs(30),
+            interval: Duration::from_millis(500),
+        }
+    }
+}
+
+pub async fn run<S: LeaseStore>(
+    engine: Arc<Engine<S>>,
+    client: Arc<NetmasterClient>,
+    policy: BlockPolicy,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut empty_since: HashMap<(String, u32), Instant> = HashMap::new();
+    let mut retry_at: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(policy.interval) => {}
+            _ = engine.block_demand().notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        for net in engine.networks() {
+            if !net.is_racked() {
+                continue;
+            }
+            let name = net.spec.name.clone();
+            let usage = net.block_usage();
+            let now = Instant::now();
+            if usage.own_available < policy.low_watermark
+                && retry_at.get(&name).is_none_or(|t| now >= *t)
+            {
+                match client.acquire_block(&name, engine.node()).await {
+                    Ok(b) => {
+                        info!(network = %name, first = %b.first, size = b.size, "acquired block");
+                        retry_at.remove(&name);
+                    }
+                    Err(NetmasterError::Exhausted) => {
+                        debug!(network = %name, "rack has no free block; borrowing until one frees up");
+                        retry_at.insert(name.clone(), now + Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        warn!(network = %name, "cannot acquire a block: {e}");
+                        retry_at.insert(name.clone(), now + Duration::from_secs(1));
+                    }
+                }
+            }
+            let mut spare = usage.own_available;
+            for (lo, hi, taken, _key, _rev) in &usage.own_blocks {
+                let k = (name.clone(), *lo);
+                if *taken > 0 {
+                    empty_since.remove(&k);
+                    continue;
+                }
+                let since = *empty_since.entry(k.clone()).or_insert(now);
+                let size = u64::from(hi - lo) + 1;
+                if now.duration_since(since) < policy.hold_down
+                    || spare < size + 2 * policy.low_watermark
+                {
+                    continue;
+                }
+                let first = Ipv4Addr::from(*lo).to_string();
+                match client.release_block(&name, &first, engine.node()).await {
+                    Ok(true) => {
+                        info!(network = %name, %first, "returned empty block");
+                        spare -= size;
+                        empty_since.remove(&k);
+                    }
+                    Ok(false) => debug!(network = %name, %first, "block not returned (in use)"),
+                    Err(e) => warn!(network = %name, %first, "cannot return block: {e}"),
+                }
+            }
+        }
+        empty_since.retain(|(n, _), _| engine.networks().iter().any(|s| &s.spec.name == n));
+    }
+}

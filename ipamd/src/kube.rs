@@ -1,0 +1,44 @@
+//! The node's rack from a label on its Kubernetes Node object, when ipamd
+//! runs in a cluster and no `--rack` was given. Read once at start-up: a
+//! node changing racks is a re-registration, not a live event.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client, Config};
+
+pub const DEFAULT_RACK_LABEL: &str = "topology.kubernetes.io/rack";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("in-cluster configuration: {0}")]
+    Config(String),
+    #[error("reading Node {node:?}: {source}")]
+    Api {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// True inside a pod (the API server's address is injected).
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+pub fn in_cluster_client() -> Result<Client, KubeError> {
+    let config = Config::incluster().map_err(|e| KubeError::Config(e.to_string()))?;
+    Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))
+}
+
+/// The value of `label` on Node `node` (None when the label is absent).
+pub async fn rack_from_label(
+    client: Client,
+    node: &str,
+    label: &str,
+) -> Result<Option<String>, KubeError> {
+    let nodes: Api<Node> = Api::all(client);
+    let n = nodes.get(node).await.map_err(|source| KubeError::Api {
+        node: node.to_string(),
+        source,
+    })?;
+    Ok(n.metadata.labels.and_then(|mut l| l.remove(label)))
+}

@@ -1,0 +1,126 @@
+//! Racks, rack bindings, nodes, blocks and utilisation.
+//!
+//! Every write takes its permit first and hands the permit's fence to the
+//! store, whose transaction compares it: a deposed leader writes nothing.
+//! Checks that span records are the store's, inside its transactions.
+
+use std::net::Ipv4Addr;
+
+use rackline_model::{Block, Node, Rack, RackNet};
+use rackline_store::{BlockFilter, BlockUsage, NodeInfo, Object, RackInfo, Utilization};
+use tracing::info;
+
+use super::{AdminError, AdminService, Result};
+
+impl AdminService {
+    pub async fn create_rack(&self, rack: Rack) -> Result<Rack> {
+        let permit = self.permit()?;
+        let rack = self.store.create_rack(&rack, permit.fence.as_ref()).await?;
+        info!(rack = %rack.name, "rack created");
+        Ok(rack)
+    }
+
+    pub async fn get_rack(&self, name: &str) -> Result<RackInfo> {
+        self.store
+            .get_rack(name)
+            .await?
+            .ok_or_else(|| AdminError::Missing(Object::Rack(name.to_string())))
+    }
+
+    pub async fn list_racks(&self) -> Result<Vec<Rack>> {
+        Ok(self.store.list_racks().await?)
+    }
+
+    /// Returns how many bindings went with the rack.
+    pub async fn delete_rack(&self, name: &str) -> Result<usize> {
+        let permit = self.permit()?;
+        let bindings = self.store.delete_rack(name, permit.fence.as_ref()).await?;
+        info!(rack = %name, bindings, "rack deleted");
+        Ok(bindings)
+    }
+
+    pub async fn bind_rack(&self, binding: RackNet) -> Result<RackNet> {
+        let permit = self.permit()?;
+        let b = self
+            .store
+            .bind_rack(&binding, permit.fence.as_ref())
+            .await?;
+        info!(rack = %b.rack, network = %b.network, subnet = %b.subnet, "rack bound");
+        Ok(b)
+    }
+
+    pub async fn unbind_rack(&self, rack: &str, network: &str) -> Result<()> {
+        let permit = self.permit()?;
+        self.store
+            .unbind_rack(rack, network, permit.fence.as_ref())
+            .await?;
+        info!(%rack, %network, "rack unbound");
+        Ok(())
+    }
+
+    pub async fn list_racknets(
+        &self,
+        network: Option<&str>,
+        rack: Option<&str>,
+    ) -> Result<Vec<RackNet>> {
+        Ok(self.store.list_racknets(network, rack).await?)
+    }
+
+    /// Registers (or refreshes) a node; the stored record comes back with
+    /// its registration time.
+    pub async fn register_node(&self, node: Node) -> Result<Node> {
+        let permit = self.permit()?;
+        let n = self
+            .store
+            .register_node(&node, permit.fence.as_ref())
+            .await?;
+        info!(node = %n.name, rack = %n.rack, "node registered");
+        Ok(n)
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<NodeInfo> {
+        self.store
+            .get_node(name)
+            .await?
+            .ok_or_else(|| AdminError::Missing(Object::Node(name.to_string())))
+    }
+
+    pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
+        Ok(self.store.list_nodes(rack).await?)
+    }
+
+    pub async fn acquire_block(&self, network: &str, node: &str) -> Result<Block> {
+        let permit = self.permit()?;
+        let b = self
+            .store
+            .acquire_block(network, node, permit.fence.as_ref())
+            .await?
+            .block;
+        info!(
+            %network, %node, rack = %b.rack, first = %b.first, size = b.size,
+            "block acquired"
+        );
+        Ok(b)
+    }
+
+    /// `false` when the block was already gone.
+    pub async fn release_block(&self, network: &str, first: Ipv4Addr, node: &str) -> Result<bool> {
+        let permit = self.permit()?;
+        let released = self
+            .store
+            .release_block(network, first, node, permit.fence.as_ref())
+            .await?;
+        if released {
+            info!(%network, %node, %first, "block released");
+        }
+        Ok(released)
+    }
+
+    pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {
+        Ok(self.store.list_blocks(filter).await?)
+    }
+
+    pub async fn utilization(&self, network: Option<&str>) -> Result<Vec<Utilization>> {
+        Ok(self.store.utilization(network).await?)
+    }
+}

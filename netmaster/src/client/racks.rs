@@ -1,0 +1,167 @@
+//! Client calls for racks, rack bindings, nodes, blocks and utilisation;
+//! each goes through [`AdminClient::call`] for replica failover and leader
+//! following.
+
+use rackline_proto::admin::v1 as pb;
+
+use super::{AdminClient, Result};
+
+impl AdminClient {
+    pub async fn create_rack(&mut self, rack: pb::Rack) -> Result<pb::Rack> {
+        let req = pb::CreateRackRequest { rack: Some(rack) };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.create_rack(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_rack(&mut self, name: &str) -> Result<pb::RackDetail> {
+        let req = pb::GetRackRequest {
+            name: name.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.get_rack(req).await }
+        })
+        .await
+    }
+
+    pub async fn list_racks(&mut self) -> Result<Vec<pb::Rack>> {
+        self.call(|mut c| async move { c.list_racks(pb::ListRacksRequest {}).await })
+            .await
+            .map(|r| r.racks)
+    }
+
+    pub async fn delete_rack(&mut self, name: &str) -> Result<()> {
+        let req = pb::DeleteRackRequest {
+            name: name.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.delete_rack(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn bind_rack(&mut self, binding: pb::RackNet) -> Result<pb::RackNet> {
+        let req = pb::BindRackRequest {
+            binding: Some(binding),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.bind_rack(req).await }
+        })
+        .await
+    }
+
+    pub async fn unbind_rack(&mut self, rack: &str, network: &str) -> Result<()> {
+        let req = pb::UnbindRackRequest {
+            rack: rack.to_string(),
+            network: network.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.unbind_rack(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Filters: "" matches every network / rack.
+    pub async fn list_rack_nets(&mut self, network: &str, rack: &str) -> Result<Vec<pb::RackNet>> {
+        let req = pb::ListRackNetsRequest {
+            network: network.to_string(),
+            rack: rack.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.list_rack_nets(req).await }
+        })
+        .await
+        .map(|r| r.bindings)
+    }
+
+    pub async fn register_node(&mut self, node: pb::Node) -> Result<pb::Node> {
+        let req = pb::RegisterNodeRequest { node: Some(node) };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.register_node(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_node(&mut self, name: &str) -> Result<pb::NodeDetail> {
+        let req = pb::GetNodeRequest {
+            name: name.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.get_node(req).await }
+        })
+        .await
+    }
+
+    /// `rack` "" lists every node.
+    pub async fn list_nodes(&mut self, rack: &str) -> Result<Vec<pb::NodeDetail>> {
+        let req = pb::ListNodesRequest {
+            rack: rack.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.list_nodes(req).await }
+        })
+        .await
+        .map(|r| r.nodes)
+    }
+
+    pub async fn acquire_block(&mut self, network: &str, node: &str) -> Result<pb::Block> {
+        let req = pb::AcquireBlockRequest {
+            network: network.to_string(),
+            node: node.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.acquire_block(req).await }
+        })
+        .await
+    }
+
+    /// `false` when the block was already gone.
+    pub async fn release_block(&mut self, network: &str, first: &str, node: &str) -> Result<bool> {
+        let req = pb::ReleaseBlockRequest {
+            network: network.to_string(),
+            first: first.to_string(),
+            node: node.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.release_block(req).await }
+        })
+        .await
+        .map(|r| r.released)
+    }
+
+    pub async fn list_blocks(&mut self, filter: pb::ListBlocksRequest) -> Result<Vec<pb::Block>> {
+        self.call(|mut c| {
+            let req = filter.clone();
+            async move { c.list_blocks(req).await }
+        })
+        .await
+        .map(|r| r.blocks)
+    }
+
+    /// `network` "" covers every network.
+    pub async fn utilization(&mut self, network: &str) -> Result<Vec<pb::UtilizationRow>> {
+        let req = pb::UtilizationRequest {
+            network: network.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.utilization(req).await }
+        })
+        .await
+        .map(|r| r.rows)
+    }
+}

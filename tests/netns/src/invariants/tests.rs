@@ -1,0 +1,323 @@
+//! The checker judged on hand-made snapshots: every invariant must be caught when broken, and
+//! nothing reported when it holds.
+
+use super::records::Runs;
+use super::*;
+use serde_json::json;
+use std::net::Ipv4Addr;
+
+fn rec(key: &str, value: Value) -> Record {
+    (format!("{ETCD_ROOT}{key}"), value.to_string().into_bytes())
+}
+
+fn padded(addr: &str) -> String {
+    let a: Ipv4Addr = addr.parse().unwrap();
+    let [w, x, y, z] = a.octets();
+    format!("{w:03}.{x:03}.{y:03}.{z:03}")
+}
+
+fn network(name: &str, subnet: &str, gw: &str, exclude: &[&str]) -> Record {
+    rec(
+        &format!("networks/{name}"),
+        json!({"name": name, "subnet": subnet, "gateway": gw, "master": "uplink0",
+               "exclude": exclude, "hostRoutes": ["10.96.0.0/12"], "blockSize": 16}),
+    )
+}
+
+fn lease(net: &str, addr: &str, node: &str, cid: &str) -> Record {
+    lease_at(net, addr, net, addr, node, cid)
+}
+
+/// A lease whose key says (`key_net`, `key_addr`) and whose record says (`net`, `addr`).
+fn lease_at(key_net: &str, key_addr: &str, net: &str, addr: &str, node: &str, cid: &str) -> Record {
+    rec(
+        &format!("leases/{key_net}/{}", padded(key_addr)),
+        json!({"network": net, "address": addr, "node": node, "containerId": cid,
+               "ifname": "eth0", "pod": {"namespace": "default", "name": "p", "uid": "u"},
+               "createdUnixMs": 1}),
+    )
+}
+
+fn racknet(net: &str, rack: &str, subnet: &str, gw: &str, ranges: &[&str]) -> Record {
+    rec(
+        &format!("racknets/{net}/{rack}"),
+        json!({"rack": rack, "network": net, "subnet": subnet, "gateway": gw, "ranges": ranges}),
+    )
+}
+
+fn node(name: &str, rack: &str) -> Record {
+    rec(
+        &format!("nodes/{name}"),
+        json!({"name": name, "rack": rack, "addresses": [], "registeredUnixMs": 1}),
+    )
+}
+
+fn block(net: &str, rack: &str, first: &str, size: u32, owner: &str) -> Record {
+    rec(
+        &format!("blocks/{net}/{}", padded(first)),
+        json!({"network": net, "rack": rack, "first": first, "size": size, "node": owner,
+               "createdUnixMs": 1}),
+    )
+}
+
+/// Asserts exactly `expected.len()` violations, each matching one expected fragment in order.
+fn assert_violations(records: &[Record], expected: &[&str]) {
+    let rep = check_records(records);
+    assert_eq!(
+        rep.violations.len(),
+        expected.len(),
+        "expected {expected:?}, got:\n{rep}"
+    );
+    for (v, want) in rep.violations.iter().zip(expected) {
+        assert!(v.contains(want), "{v:?} should mention {want:?}\n{rep}");
+    }
+}
+
+fn issue2() -> Vec<Record> {
+    vec![
+        network(
+            "rack1",
+            "10.10.0.0/24",
+            "10.10.0.1",
+            &["10.10.0.2-10.10.0.63"],
+        ),
+        network(
+            "rack2",
+            "10.11.0.0/24",
+            "10.11.0.1",
+            &["10.11.0.2-10.11.0.63"],
+        ),
+        lease("rack1", "10.10.0.64", "r1n1", "c1"),
+        lease("rack1", "10.10.0.254", "r1n2", "c2"),
+        lease("rack2", "10.11.0.64", "r2n1", "c3"),
+        rec("networks-guard", json!(3)),
+        rec("netmaster/leader", json!({"id": "a"})),
+        ("/elsewhere/x".into(), b"not json".to_vec()),
+    ]
+}
+
+#[test]
+fn base64_and_etcdctl_json() {
+    for (enc, dec) in [
+        ("", ""),
+        ("Zg==", "f"),
+        ("Zm8=", "fo"),
+        ("Zm9v", "foo"),
+        ("L3JhY2tsaW5lL3YxLw==", "/rackline/v1/"),
+    ] {
+        assert_eq!(base64_decode(enc).unwrap(), dec.as_bytes(), "{enc}");
+    }
+    assert!(base64_decode("a*b=").is_err());
+    let out = r#"{"header":{"cluster_id":14841639068965178418,"member_id":10276657743932975437,
+        "revision":7,"raft_term":2},"kvs":[{"key":"L3JhY2tsaW5lL3YxLw==","create_revision":2,
+        "mod_revision":2,"version":1,"value":"Zm9v"}],"count":1}"#;
+    let (rev, records) = parse_etcdctl_json(out).unwrap();
+    assert_eq!(rev, 7);
+    assert_eq!(records, vec![("/rackline/v1/".into(), b"foo".to_vec())]);
+    let (_, none) = parse_etcdctl_json(r#"{"header":{"revision":1}}"#).unwrap();
+    assert!(none.is_empty());
+}
+
+#[test]
+fn a_sane_issue2_state_passes() {
+    let rep = check_records(&issue2());
+    assert!(rep.ok(), "{rep}");
+    assert_eq!((rep.networks, rep.leases, rep.racknets), (2, 3, 0));
+}
+
+#[test]
+fn issue2_violations_are_caught() {
+    let cases: Vec<(Record, &str)> = vec![
+        (
+            lease("rack1", "10.10.0.1", "r1n1", "g"),
+            "outside network rack1",
+        ),
+        (
+            lease("rack1", "10.10.0.40", "r1n1", "x"),
+            "outside network rack1",
+        ),
+        (
+            lease("rack1", "10.10.0.255", "r1n1", "b"),
+            "outside network rack1",
+        ),
+        (
+            lease("rack1", "10.11.0.70", "r1n1", "o"),
+            "outside network rack1",
+        ),
+        (
+            lease("nope", "10.10.0.70", "r1n1", "n"),
+            "unknown network nope",
+        ),
+        // Same attachment twice.
+        (
+            lease("rack1", "10.10.0.70", "r1n1", "c1"),
+            "holds two leases",
+        ),
+        (
+            rec("leases/rack1/010.010.000.071", json!("garbage")),
+            "not a valid lease",
+        ),
+        (
+            ("/rackline/v1/leases/rack1/x".into(), b"{".to_vec()),
+            "not JSON",
+        ),
+    ];
+    for (bad, want) in cases {
+        let mut records = issue2();
+        records.push(bad);
+        assert_violations(&records, &[want]);
+    }
+    // A key whose record claims another address: mismatch + the address owned twice.
+    let mut records = issue2();
+    records.push(lease_at(
+        "rack1",
+        "10.10.0.99",
+        "rack1",
+        "10.10.0.64",
+        "r1n2",
+        "c9",
+    ));
+    assert_violations(&records, &["record is for 10.10.0.64", "owned twice"]);
+    // Same container on another node is another attachment; standby records have none.
+    let mut records = issue2();
+    records.push(lease("rack1", "10.10.0.80", "r1n2", "c1"));
+    let mut standby = lease("rack1", "10.10.0.81", "r1n1", "");
+    standby.1 = json!({"network": "rack1", "address": "10.10.0.81", "node": "r1n1",
+                       "containerId": "", "ifname": "", "state": "standby"})
+    .to_string()
+    .into_bytes();
+    records.push(standby.clone());
+    let mut standby2 = standby;
+    standby2.0 = format!("{ETCD_ROOT}leases/rack1/{}", padded("10.10.0.82"));
+    standby2.1 = String::from_utf8(standby2.1)
+        .unwrap()
+        .replace("10.10.0.81", "10.10.0.82")
+        .into_bytes();
+    records.push(standby2);
+    assert_violations(&records, &[]);
+    let rep = check_records(&records);
+    assert_eq!((rep.leases, rep.standby), (4, 2), "{rep}");
+}
+
+/// One network spanning two racks, each with its own subnet (CONTRACTS.md, issue 3).
+fn issue3() -> Vec<Record> {
+    vec![
+        network(
+            "prod",
+            "10.10.0.0/24",
+            "10.10.0.1",
+            &["10.10.0.2-10.10.0.63"],
+        ),
+        racknet("prod", "rack1", "10.10.0.0/24", "10.10.0.1", &[]),
+        racknet(
+            "prod",
+            "rack2",
+            "10.11.0.0/24",
+            "10.11.0.1",
+            &["10.11.0.64-10.11.0.254"],
+        ),
+        rec("racks/rack1", json!({"name": "rack1"})),
+        node("r1n1", "rack1"),
+        node("r1n2", "rack1"),
+        node("r2n1", "rack2"),
+        block("prod", "rack1", "10.10.0.64", 16, "r1n1"),
+        block("prod", "rack1", "10.10.0.80", 16, "r1n2"),
+        block("prod", "rack2", "10.11.0.64", 16, "r2n1"),
+        // A partial block at the end of rack 2's range (.240-.254: 15 addresses).
+        block("prod", "rack2", "10.11.0.240", 15, "r2n1"),
+        lease("prod", "10.10.0.64", "r1n1", "c1"),
+        // Borrowed from r1n2's block: same rack, allowed.
+        lease("prod", "10.10.0.81", "r1n1", "c2"),
+        lease("prod", "10.11.0.254", "r2n1", "c3"),
+    ]
+}
+
+#[test]
+fn a_sane_issue3_state_passes() {
+    let rep = check_records(&issue3());
+    assert!(rep.ok(), "{rep}");
+    assert_eq!(
+        (rep.racknets, rep.nodes, rep.blocks, rep.leases),
+        (2, 3, 4, 3)
+    );
+    // The CONTRACTS.md spelling of a binding key is read too.
+    let mut records = issue3();
+    records[2].0 = format!("{ETCD_ROOT}racks/rack2/networks/prod");
+    let rep = check_records(&records);
+    assert!(rep.ok() && rep.racknets == 2, "{rep}");
+}
+
+#[test]
+fn issue3_violations_are_caught() {
+    let cases: Vec<(Record, &[&str])> = vec![
+        // A rack-1 node holding a rack-2 address (inside an r2n1 block).
+        (
+            lease("prod", "10.11.0.65", "r1n1", "x"),
+            &["outside the ranges", "no block of rack rack1"],
+        ),
+        (
+            lease("prod", "10.10.0.100", "r1n1", "y"),
+            &["no block of rack rack1"],
+        ),
+        (
+            lease("prod", "10.10.0.70", "ghost", "z"),
+            &["not registered"],
+        ),
+        (
+            block("prod", "rack1", "10.10.0.72", 8, "r1n1"),
+            &["overlap"],
+        ),
+        (
+            block("prod", "rack1", "10.10.0.32", 16, "r1n1"),
+            &["not inside one range of rack rack1"],
+        ),
+        (
+            block("prod", "rack2", "10.11.0.96", 16, "r1n1"),
+            &["belongs to rack rack1"],
+        ),
+        (
+            block("prod", "rack1", "10.10.0.120", 16, "r1n1"),
+            &["crosses a 16-address block boundary"],
+        ),
+        (
+            block("prod", "rack3", "10.10.0.160", 16, "r1n1"),
+            &["rack rack3 has no binding", "belongs to rack rack1"],
+        ),
+        (
+            block("prod", "rack1", "10.10.0.176", 16, "nobody"),
+            &["not a registered node"],
+        ),
+        (
+            racknet(
+                "prod",
+                "rack3",
+                "10.10.0.0/24",
+                "10.10.0.1",
+                &["10.10.0.200-10.10.0.210"],
+            ),
+            &["ranges of racks rack1 and rack3 overlap"],
+        ),
+    ];
+    for (bad, want) in cases {
+        let mut records = issue3();
+        records.push(bad);
+        assert_violations(&records, want);
+    }
+}
+
+#[test]
+fn runs_arithmetic() {
+    let mut r = Runs::default();
+    r.insert(10, 20);
+    r.insert(21, 25);
+    r.insert(40, 50);
+    assert_eq!(r.0, vec![(10, 25), (40, 50)]);
+    r.remove(15, 15);
+    assert_eq!(r.0, vec![(10, 14), (16, 25), (40, 50)]);
+    assert!(r.covers(16, 25) && !r.covers(14, 16) && !r.contains(15));
+    let mut o = Runs::default();
+    o.insert(45, 60);
+    assert_eq!(r.first_common(&o), Some(45));
+    o.remove(0, 50);
+    assert_eq!(r.first_common(&o), None);
+}
