@@ -825,6 +825,7 @@ impl<S: LeaseStore> Engine<S> {
                 0
             };
             let have = net.standby_count();
+            debug!(network = %net.spec.name, free, target, have, "standby reserve");
             if have > target {
                 for (ip, rev) in net.standby_list().into_iter().take(have - target) {
                     match self.store.delete_lease(&net.spec.name, ip, rev).await {
@@ -854,6 +855,7 @@ impl<S: LeaseStore> Engine<S> {
                         ),
                         Ok(CreateLease::Taken(_)) => {}
                         Ok(CreateLease::BlockChanged) => {
+                            debug!(ip = %pick.ip, "reserve: block changed");
                             net.unpick(pick.ip);
                             net.drop_block_at(pick.ip);
                             break;

@@ -734,3 +734,31 @@ async fn pods_get_their_own_racks_subnet_and_gateway() {
     assert!(a.network.subnet.contains(a.lease.address));
     assert!((ip_u32("10.11.0.16")..=ip_u32("10.11.0.31")).contains(&u32::from(a.lease.address)));
 }
+
+#[tokio::test]
+async fn a_rack_bound_node_keeps_its_reserve_inside_its_own_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.10.0.0/16", "10.10.0.1"));
+    let rn = [racknet("a", "10.10.1.0-10.10.1.255")];
+    let blocks = [block(&store, "a", "10.10.1.0", 16, "n1")];
+    let e = racked_engine("n1", "a", &store, &rn, &blocks);
+    let journal = Arc::new(crate::journal::Journal::open(dir.path(), "n1").unwrap());
+    let e = Arc::new(
+        Arc::try_unwrap(e)
+            .ok()
+            .expect("sole owner")
+            .with_outage_journal(journal, 4),
+    );
+    e.allocate(args("c1")).await.unwrap();
+    e.maintain_standby().await;
+    let reserve: Vec<Lease> = store
+        .live()
+        .into_iter()
+        .filter(|l| l.is_standby())
+        .collect();
+    assert_eq!(reserve.len(), 4, "{reserve:?}");
+    assert!(reserve
+        .iter()
+        .all(|l| (ip_u32("10.10.1.0")..=ip_u32("10.10.1.15")).contains(&u32::from(l.address))));
+}

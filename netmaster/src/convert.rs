@@ -175,6 +175,7 @@ pub fn lease_to_proto(l: &Lease) -> pb::Lease {
         ifname: l.ifname.clone(),
         pod: Some(pod_to_proto(&l.pod)),
         created_unix_ms: l.created_unix_ms,
+        state: if l.is_standby() { "standby" } else { "active" }.to_string(),
     }
 }
 

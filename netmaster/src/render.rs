@@ -80,6 +80,8 @@ pub struct LeaseJson {
     pub ifname: String,
     pub pod: PodJson,
     pub created_unix_ms: i64,
+    /// "active" or "standby" (a node's outage reserve).
+    pub state: String,
 }
 
 impl From<&pb::Lease> for LeaseJson {
@@ -101,6 +103,11 @@ impl From<&pb::Lease> for LeaseJson {
             ifname: l.ifname.clone(),
             pod,
             created_unix_ms: l.created_unix_ms,
+            state: if l.state.is_empty() {
+                "active".into()
+            } else {
+                l.state.clone()
+            },
         }
     }
 }
@@ -247,7 +254,12 @@ pub fn leases_table(leases: &[pb::Lease], now_unix_ms: i64) -> String {
     let rows: Vec<Vec<String>> = leases
         .iter()
         .map(|l| {
-            let pod = l.pod.as_ref().map(pod_display).unwrap_or_default();
+            // A node's outage reserve has no pod: say so instead of a dash.
+            let pod = if l.state == "standby" {
+                "(standby reserve)".to_string()
+            } else {
+                l.pod.as_ref().map(pod_display).unwrap_or_default()
+            };
             vec![
                 bare_address(&l.address).to_string(),
                 l.network.clone(),
@@ -344,6 +356,7 @@ mod tests {
                 uid: "u".into(),
             }),
             created_unix_ms: created,
+            state: "active".into(),
         }
     }
 
@@ -425,7 +438,7 @@ Host routes:   -
                 "network": "prod", "address": "10.10.0.64", "node": "n1",
                 "containerId": "0123456789abcdef0123", "ifname": "eth0",
                 "pod": {"namespace": "default", "name": "web-0", "uid": "u"},
-                "createdUnixMs": 7
+                "createdUnixMs": 7, "state": "active"
             })
         );
         let v = serde_json::to_value(NetworkJson::from(&net("prod", 0, 1500))).unwrap();

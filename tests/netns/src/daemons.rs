@@ -187,6 +187,7 @@ impl Lab {
         .arg(&socket)
         .args(self.ipamd_rack_args(k))
         .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
+        .args(["--standby", &self.opts.standby.to_string()])
         .args(["--log-level", &self.opts.log_level]);
         let label = format!("{}-ipamd", node.name());
         let mut ipamd = Daemon::spawn(&label, cmd, node.netns(), &self.log_path(&label))?;

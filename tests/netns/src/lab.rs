@@ -40,6 +40,12 @@ pub struct LabBuilder {
     pub(crate) log_level: String,
     pub(crate) gc_grace_secs: u64,
     pub(crate) keep: bool,
+    /// Spanning mode: addresses per rack range (from `.64`); None = `.64`-`.254`.
+    pub(crate) rack_range_len: Option<u8>,
+    /// ipamd `--standby`.
+    pub(crate) standby: usize,
+    /// Network block size (Spanning mode).
+    pub(crate) block_size: u32,
 }
 
 impl Default for LabBuilder {
@@ -52,6 +58,9 @@ impl Default for LabBuilder {
             log_level: "debug".into(),
             gc_grace_secs: 0,
             keep: std::env::var(KEEP_ENV).is_ok_and(|v| v == "1"),
+            rack_range_len: None,
+            standby: 4,
+            block_size: 16,
         }
     }
 }
@@ -62,6 +71,25 @@ impl LabBuilder {
     /// side (10.254.0.2), TORs `tor1..`, nodes `r<r>n<k>` (see [`crate::topology`]).
     pub fn racks(mut self, n: usize) -> Self {
         self.racks = n;
+        self
+    }
+
+    /// Spanning mode: each rack's range holds exactly `n` addresses (from `.64`), e.g. for
+    /// capacity-equals-demand tests.
+    pub fn rack_range_len(mut self, n: u8) -> Self {
+        self.rack_range_len = Some(n);
+        self
+    }
+
+    /// ipamd's standby reserve per network (`--standby`).
+    pub fn standby(mut self, n: usize) -> Self {
+        self.standby = n;
+        self
+    }
+
+    /// The network's block size (Spanning mode).
+    pub fn block_size(mut self, n: u32) -> Self {
+        self.block_size = n;
         self
     }
 

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cni::Cidr4;
 use crate::lab::Lab;
@@ -89,7 +89,10 @@ impl Lab {
                 rack: r,
                 subnet: rack_subnet(r),
                 gateway: rack_gateway(r),
-                pool: rack_pool(r),
+                pool: match self.opts.network_mode {
+                    LabNetworkMode::Spanning => self.spanning_range(r),
+                    LabNetworkMode::PerRack => rack_pool(r),
+                },
             };
             match out.iter_mut().find(|n| n.name == name) {
                 Some(net) => net.racks.push(share),
@@ -126,11 +129,62 @@ impl Lab {
                 }
                 Ok(())
             }
-            LabNetworkMode::Spanning => bail!(
-                "LabNetworkMode::Spanning needs rack-aware netmaster and ipamd (racks, RackNet \
-                 bindings, `rackline-ipamd --rack`; docs/CONTRACTS.md \"Issue 3\"), which \
-                 today's binaries do not have: use LabNetworkMode::PerRack"
-            ),
+            LabNetworkMode::Spanning => {
+                // One network; its own subnet/gateway are rack 1's (a binding's subnet
+                // must equal the network's or not overlap it), every rack bound with its
+                // own subnet, gateway and range.
+                self.racklinectl(&[
+                    "network",
+                    "create",
+                    NETWORK,
+                    "--subnet",
+                    &rack_subnet(1).to_string(),
+                    "--gateway",
+                    &rack_gateway(1).to_string(),
+                    "--master",
+                    UPLINK,
+                    "--exclude",
+                    &rack_exclude(1),
+                    "--host-route",
+                    SERVICE_CIDR,
+                    "--block-size",
+                    &self.opts.block_size.to_string(),
+                ])
+                .context("creating the spanning network")?;
+                for rack in self.racks() {
+                    let r = rack.index();
+                    let (first, last) = self.spanning_range(r);
+                    self.racklinectl(&["rack", "create", rack.name()])
+                        .with_context(|| format!("creating rack {}", rack.name()))?;
+                    self.racklinectl(&[
+                        "rack",
+                        "bind",
+                        rack.name(),
+                        NETWORK,
+                        "--subnet",
+                        &rack_subnet(r).to_string(),
+                        "--gateway",
+                        &rack_gateway(r).to_string(),
+                        "--range",
+                        &format!("{first}-{last}"),
+                    ])
+                    .with_context(|| format!("binding rack {} to {NETWORK}", rack.name()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Rack `r`'s allocatable range in Spanning mode.
+    pub fn spanning_range(&self, r: usize) -> (Ipv4Addr, Ipv4Addr) {
+        let (first, last) = rack_pool(r);
+        match self.opts.rack_range_len {
+            Some(n) if n > 0 => {
+                let o = first.octets();
+                let end = (u32::from(o[3]) + u32::from(n) - 1).min(254) as u8;
+                (first, Ipv4Addr::new(o[0], o[1], o[2], end))
+            }
+            _ => (first, last),
         }
     }
 
