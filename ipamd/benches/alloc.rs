@@ -24,12 +24,19 @@ struct Ipamd {
 }
 
 fn start_ipamd(node: &str, etcd: &Etcd, dir: &Path) -> Ipamd {
+    start_ipamd_in(node, None, etcd, dir)
+}
+
+fn start_ipamd_in(node: &str, rack: Option<&str>, etcd: &Etcd, dir: &Path) -> Ipamd {
     let socket = dir.join(node).join("ipamd.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rackline-ipamd"));
     cmd.args(["--node-name", node, "--etcd-endpoints", &etcd.endpoint()])
         .arg("--socket")
         .arg(&socket)
         .args(["--standby", "0", "--log-level", "warn"]);
+    if let Some(r) = rack {
+        cmd.args(["--rack", r]);
+    }
     let proc = Proc::spawn(node, cmd, dir.join(format!("{node}.log")));
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -66,6 +73,29 @@ fn req(network: &str, cid: String) -> pb::AllocateRequest {
         container_id: cid,
         ifname: "eth0".into(),
         pod: None,
+    }
+}
+
+/// A rack-bound network over 10.40.0.0/16 whose blocks (256 addresses each)
+/// are pre-assigned round-robin to `nodes`, as netmaster would have done.
+fn put_racked_network(etcd: &Etcd, nodes: &[&str], blocks_per_node: u32) {
+    put_network(etcd, "racked", "10.40.0.0/16", "10.40.0.1");
+    etcd.ctl(&[
+        "put",
+        "/rackline/v1/racknets/racked/ra",
+        r#"{"rack":"ra","network":"racked","subnet":"10.40.0.0/16","gateway":"10.40.0.1"}"#,
+    ]);
+    let mut third = 1u32;
+    for _ in 0..blocks_per_node {
+        for n in nodes {
+            let first = format!("10.40.{third}.0");
+            let padded = format!("010.040.{third:03}.000");
+            let v = format!(
+                r#"{{"network":"racked","rack":"ra","first":"{first}","size":256,"node":"{n}"}}"#
+            );
+            etcd.ctl(&["put", &format!("/rackline/v1/blocks/racked/{padded}"), &v]);
+            third += 1;
+        }
     }
 }
 
@@ -143,6 +173,12 @@ fn main() {
     let ipamds: Vec<Ipamd> = (1..=4)
         .map(|i| start_ipamd(&format!("b{i}"), &etcd, dir.path()))
         .collect();
+    let rack_nodes = ["k1", "k2", "k3", "k4"];
+    put_racked_network(&etcd, &rack_nodes, 13);
+    let racked: Vec<Ipamd> = rack_nodes
+        .iter()
+        .map(|n| start_ipamd_in(n, Some("ra"), &etcd, dir.path()))
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
 
     let mut report = String::from("# ipamd allocation benchmark\n\n");
@@ -157,11 +193,13 @@ fn main() {
     rt.block_on(async {
         let (one, f1) = throughput(&ipamds[..1], "flat16", "one", 6400, 64).await;
         let (four, f4) = throughput(&ipamds, "flat16", "four", 12800, 64).await;
+        let (blocks4, fb) = throughput(&racked, "racked", "blk", 12800, 64).await;
         let (l24, p24) = latency(&ipamds[0], "small24", 200).await;
         let (l8, p8) = latency(&ipamds[0], "huge8", 200).await;
         report.push_str("| scenario | result |\n|---|---|\n");
         report.push_str(&format!("| 1 ipamd, 64 concurrent callers, 6400 allocations | {one:.0} allocations/s ({f1} failed) |\n"));
         report.push_str(&format!("| 4 ipamds, one shared /16, 64 callers, 12800 allocations | {four:.0} allocations/s ({f4} failed) |\n"));
+        report.push_str(&format!("| 4 ipamds, rack-bound network, each in its own blocks, 64 callers, 12800 allocations | {blocks4:.0} allocations/s ({fb} failed) |\n"));
         report.push_str(&format!("| single caller, /24 | median {l24:.2} ms, p99 {p24:.2} ms |\n"));
         report.push_str(&format!("| single caller, /8 | median {l8:.2} ms, p99 {p8:.2} ms ({:.2}x the /24) |\n", l8 / l24));
     });

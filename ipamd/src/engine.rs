@@ -1052,8 +1052,18 @@ impl<S: LeaseStore> Engine<S> {
         let net = self.network(network).await?;
         let (capacity, allocated, available) = net.usage();
         let etcd_connected = self.etcd_ok();
-        let (can_allocate, reason) = if !etcd_connected {
-            (false, "etcd is unreachable".to_string())
+        let reserve = if self.journal.is_some() {
+            net.standby_count()
+        } else {
+            0
+        };
+        let (can_allocate, reason) = if !etcd_connected && reserve > 0 {
+            (
+                true,
+                format!("etcd is unreachable; serving from {reserve} standby address(es)"),
+            )
+        } else if !etcd_connected {
+            (false, "etcd is unreachable and no standby address is left".to_string())
         } else if available == 0 {
             (
                 false,
