@@ -1063,7 +1063,10 @@ impl<S: LeaseStore> Engine<S> {
                 format!("etcd is unreachable; serving from {reserve} standby address(es)"),
             )
         } else if !etcd_connected {
-            (false, "etcd is unreachable and no standby address is left".to_string())
+            (
+                false,
+                "etcd is unreachable and no standby address is left".to_string(),
+            )
         } else if available == 0 {
             (
                 false,
