@@ -1,0 +1,171 @@
+//! Leases: one key per address; create-if-absent, revision-compared replace and delete.
+
+use std::net::Ipv4Addr;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use rackline_model::Lease;
+
+use crate::*;
+
+impl Store {
+    /// Number of leases of one network, without fetching the records.
+    pub async fn count_leases(&self, network: &str) -> Result<u64> {
+        let prefix = self.keys.leases_prefix(network);
+        let mut c = self.client.clone();
+        let resp = self
+            .deadline(async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            })
+            .await?;
+        Ok(resp.count().max(0) as u64)
+    }
+
+    // ---- leases ----
+
+    pub async fn get_lease(&self, network: &str, ip: Ipv4Addr) -> Result<Option<StoredLease>> {
+        let key = self.keys.lease(network, ip);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.get(key, None).await }).await?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                Ok(StoredLease {
+                    lease: decode_lease(kv)?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .transpose()
+    }
+
+    /// All leases of one network (or of every network), with the revision the
+    /// read was taken at, for a watch to continue from.
+    pub async fn list_leases(&self, network: Option<&str>) -> Result<(Vec<StoredLease>, i64)> {
+        let prefix = match network {
+            Some(n) => self.keys.leases_prefix(n),
+            None => self.keys.all_leases_prefix(),
+        };
+        let mut c = self.client.clone();
+        let resp = self
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                Ok(StoredLease {
+                    lease: decode_lease(kv)?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((leases, rev))
+    }
+
+    /// The one round trip of an allocation: create the lease key if nobody
+    /// owns the address and the network is still the one we know.
+    pub async fn create_lease(&self, lease: &Lease, network_revision: i64) -> Result<CreateLease> {
+        self.create_lease_guarded(lease, network_revision, None)
+            .await
+    }
+
+    /// `create_lease`, also guarded by the block the address lies in.
+    pub async fn create_lease_guarded(
+        &self,
+        lease: &Lease,
+        network_revision: i64,
+        block: Option<&BlockGuard>,
+    ) -> Result<CreateLease> {
+        let key = self.keys.lease(&lease.network, lease.address);
+        let net_key = self.keys.network(&lease.network);
+        let value = serde_json::to_vec(lease).expect("Lease serialises");
+        let mut when = vec![
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(net_key.clone(), CompareOp::Equal, network_revision),
+        ];
+        if let Some(b) = block {
+            when.push(Compare::mod_revision(
+                b.key.clone(),
+                CompareOp::Equal,
+                b.mod_revision,
+            ));
+        }
+        let mut otherwise = vec![TxnOp::get(key.clone(), None), TxnOp::get(net_key, None)];
+        if let Some(b) = block {
+            otherwise.push(TxnOp::get(b.key.clone(), None));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else(otherwise);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        if resp.succeeded() {
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            return Ok(CreateLease::Created { mod_revision: rev });
+        }
+        let ops = resp.op_responses();
+        let first_kv = |i: usize| match ops.get(i) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
+        };
+        if let Some(owner) = first_kv(0) {
+            return Ok(CreateLease::Taken(decode_lease(&owner).ok()));
+        }
+        if first_kv(1).is_none_or(|kv| kv.create_revision() != network_revision) {
+            return Ok(CreateLease::NetworkGone);
+        }
+        if let Some(b) = block {
+            if first_kv(2).is_none_or(|kv| kv.mod_revision() != b.mod_revision) {
+                return Ok(CreateLease::BlockChanged);
+            }
+        }
+        Ok(CreateLease::Taken(None))
+    }
+
+    /// Overwrites exactly the lease record the caller saw (by mod revision):
+    /// a node's standby record becoming a pod's lease, or the reverse.
+    /// Returns the new revision, or None when the record had changed.
+    pub async fn replace_lease(&self, lease: &Lease, mod_revision: i64) -> Result<Option<i64>> {
+        let key = self.keys.lease(&lease.network, lease.address);
+        let value = serde_json::to_vec(lease).expect("Lease serialises");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Deletes exactly the lease record the caller saw (by mod revision), so
+    /// a stale release can never free an address someone re-acquired.
+    /// Returns false when the record was already gone or had changed.
+    pub async fn delete_lease(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        mod_revision: i64,
+    ) -> Result<bool> {
+        let key = self.keys.lease(network, ip);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        Ok(resp.succeeded())
+    }
+}

@@ -1,0 +1,176 @@
+//! Networks: create (validated and overlap-checked under the networks guard), read, delete.
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use rackline_model::NetworkSpec;
+use tracing::debug;
+
+use crate::*;
+
+impl Store {
+    pub async fn list_networks(&self) -> Result<(Vec<StoredNetwork>, i64)> {
+        let prefix = self.keys.networks_prefix();
+        let mut c = self.client.clone();
+        let resp = self
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let nets = resp
+            .kvs()
+            .iter()
+            .map(decode_network)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((nets, rev))
+    }
+
+    pub async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>> {
+        let key = self.keys.network(name);
+        let mut c = self.client.clone();
+        let resp = self.deadline(async move { c.get(key, None).await }).await?;
+        resp.kvs().first().map(decode_network).transpose()
+    }
+
+    /// Validates `spec` against every other network and writes it, all under
+    /// the networks guard key so two overlapping creates cannot both succeed.
+    pub async fn create_network(
+        &self,
+        spec: &NetworkSpec,
+        fence: Option<&Fence>,
+    ) -> Result<StoredNetwork> {
+        spec.validate()?;
+        let guard = self.keys.networks_guard();
+        for _ in 0..16 {
+            // The guard is compared against the revision of the very read the
+            // overlap check used: any create or delete committed after that
+            // read bumps the guard past it and fails this transaction. (Reading
+            // the guard separately would leave a window between the two reads.)
+            // Rack bindings carry subnets of their own: those of other
+            // networks may not overlap this one either (read at the same
+            // revision, and compared below like the guard).
+            let racknets = self.keys.all_racknets_prefix();
+            let (r, list_rev) = self
+                .read_at_once(vec![
+                    reads::get_prefix(self.keys.networks_prefix()),
+                    reads::get_prefix(racknets.clone()),
+                ])
+                .await?;
+            let existing = r[0]
+                .kvs()
+                .iter()
+                .map(decode_network)
+                .collect::<Result<Vec<_>>>()?;
+            if existing.iter().any(|n| n.spec.name == spec.name) {
+                return Err(StoreError::AlreadyExists(spec.name.clone()));
+            }
+            spec.check_overlap(existing.iter().map(|n| &n.spec))?;
+            for b in self.decode_bindings(r[1].kvs(), None, None)? {
+                if b.network != spec.name && spec.subnet.overlaps(b.subnet) {
+                    return Err(ValidationError::Overlap {
+                        name: spec.name.clone(),
+                        subnet: spec.subnet,
+                        other: format!("{} (rack {})", b.network, b.rack),
+                        other_subnet: b.subnet,
+                    }
+                    .into());
+                }
+            }
+            let key = self.keys.network(&spec.name);
+            let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
+            let txn = Txn::new()
+                .when(fenced(
+                    vec![
+                        Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
+                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                        reads::unchanged_prefix(&racknets, list_rev),
+                    ],
+                    fence,
+                ))
+                .and_then([
+                    TxnOp::put(key.clone(), value, None),
+                    TxnOp::put(guard.clone(), spec.name.clone(), None),
+                ]);
+            let mut c = self.client.clone();
+            let resp = self.deadline(async move { c.txn(txn).await }).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                return Ok(StoredNetwork {
+                    spec: spec.clone(),
+                    create_revision: rev,
+                });
+            }
+            self.check_fence(fence).await?;
+            debug!(network = %spec.name, "network create raced another update; retrying");
+        }
+        Err(StoreError::Contended(16))
+    }
+
+    /// Deletes a network. Without `force` it refuses while leases exist; the
+    /// transaction also fails if a lease appeared after the check. The
+    /// network's rack bindings and blocks go with it (a network re-created
+    /// under the same name must not inherit them).
+    pub async fn delete_network(
+        &self,
+        name: &str,
+        force: bool,
+        fence: Option<&Fence>,
+    ) -> Result<u64> {
+        let key = self.keys.network(name);
+        let guard = self.keys.networks_guard();
+        let leases_prefix = self.keys.leases_prefix(name);
+        for _ in 0..16 {
+            let Some(net) = self.get_network(name).await? else {
+                return Err(StoreError::NotFound(name.to_string()));
+            };
+            let (leases, rev) = self.list_leases(Some(name)).await?;
+            if !force && !leases.is_empty() {
+                return Err(StoreError::InUse {
+                    name: name.to_string(),
+                    leases: leases.len(),
+                });
+            }
+            let mut when = vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                net.create_revision,
+            )];
+            if !force {
+                // No lease key may have been written since we looked.
+                when.push(
+                    Compare::mod_revision(leases_prefix.clone(), CompareOp::Less, rev + 1)
+                        .with_prefix(),
+                );
+            }
+            let txn = Txn::new().when(fenced(when, fence)).and_then([
+                TxnOp::delete(key.clone(), None),
+                TxnOp::delete(
+                    leases_prefix.clone(),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                TxnOp::put(guard.clone(), format!("-{name}"), None),
+                TxnOp::delete(
+                    self.keys.blocks_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                TxnOp::delete(
+                    self.keys.racknets_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+            ]);
+            let mut c = self.client.clone();
+            let resp = self.deadline(async move { c.txn(txn).await }).await?;
+            if resp.succeeded() {
+                let deleted = resp
+                    .op_responses()
+                    .into_iter()
+                    .nth(1)
+                    .and_then(|r| match r {
+                        TxnOpResponse::Delete(d) => Some(d.deleted()),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                return Ok(deleted.max(0) as u64);
+            }
+            self.check_fence(fence).await?;
+        }
+        Err(StoreError::Contended(16))
+    }
+}

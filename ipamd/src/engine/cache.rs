@@ -1,0 +1,209 @@
+//! Keeping the engine's cache in step with etcd: snapshots, watch events,
+//! and the journal's offline decisions overlaid on both.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rackline_model::{Lease, NetworkSpec};
+use rackline_store::{Change, Snapshot, StoredLease};
+use tracing::{debug, info, warn};
+
+use super::Engine;
+use crate::netstate::NetState;
+use crate::store::LeaseStore;
+
+impl<S: LeaseStore> Engine<S> {
+    /// Replaces the cache with a consistent snapshot.
+    pub fn apply_snapshot(&self, snap: Snapshot) {
+        let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
+        let mut unbound = HashMap::new();
+        for n in snap.networks {
+            let bindings: Vec<&rackline_model::RackNet> = snap
+                .racknets
+                .iter()
+                .filter(|r| r.network == n.spec.name)
+                .collect();
+            let name = n.spec.name.clone();
+            let st = if bindings.is_empty() {
+                NetState::new(n.spec, n.create_revision)
+            } else {
+                let mine = self
+                    .rack
+                    .as_deref()
+                    .and_then(|rack| bindings.iter().find(|b| b.rack == rack));
+                match mine {
+                    Some(b) => NetState::new_racked(n.spec, n.create_revision, b, &self.node),
+                    None => {
+                        let why = match &self.rack {
+                            None => format!(
+                                "network {name:?} is rack-bound but node {:?} has no rack (start ipamd with --rack or label the Node)",
+                                self.node
+                            ),
+                            Some(r) => format!(
+                                "rack {r:?} of node {:?} has no share of network {name:?} (racklinectl rack bind {r} {name} ...)",
+                                self.node
+                            ),
+                        };
+                        unbound.insert(name.clone(), why);
+                        continue;
+                    }
+                }
+            };
+            fresh.insert(name, Arc::new(st));
+        }
+        for sb in snap.blocks {
+            if let Some(st) = fresh.get(&sb.block.network) {
+                let key = self.keys.block(&sb.block.network, sb.block.first);
+                st.observe_block(sb, key);
+            }
+        }
+        for sl in snap.leases {
+            if let Some(st) = fresh.get(&sl.lease.network) {
+                st.observe(sl, &self.node);
+            }
+        }
+        *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
+        {
+            let old = self.nets_read();
+            for (name, st) in &fresh {
+                if let Some(o) = old.get(name) {
+                    st.inherit_uncertain(o);
+                }
+            }
+        }
+        // Decisions made offline and not yet replayed stay in force.
+        if let Some(j) = &self.journal {
+            for e in j.entries() {
+                Self::overlay(&fresh, &e);
+            }
+        }
+        let count = fresh.len();
+        *self.nets_write() = fresh;
+        self.synced_tx.send_replace(true);
+        debug!(
+            networks = count,
+            revision = snap.revision,
+            "state loaded from etcd"
+        );
+    }
+
+    pub(super) fn overlay(nets: &HashMap<String, Arc<NetState>>, e: &crate::journal::Entry) {
+        use crate::journal::Entry;
+        match e {
+            Entry::Activate {
+                lease,
+                standby_revision,
+            } => {
+                if let Some(st) = nets.get(&lease.network) {
+                    st.activate_offline(lease.clone(), *standby_revision);
+                }
+            }
+            Entry::Release {
+                network,
+                address,
+                container_id,
+                ifname,
+            } => {
+                if let Some(st) = nets.get(network) {
+                    st.release_offline(&(container_id.clone(), ifname.clone()), *address);
+                }
+            }
+        }
+    }
+
+    pub fn apply_change(&self, change: Change) {
+        match change {
+            Change::Put {
+                key,
+                value,
+                create_revision,
+                mod_revision,
+            } => {
+                if let Some(name) = self.keys.network_name_of(&key) {
+                    let spec: NetworkSpec = match serde_json::from_slice(&value) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(%key, "ignoring undecodable network record: {e}");
+                            return;
+                        }
+                    };
+                    let mut nets = self.nets_write();
+                    match nets.get(name) {
+                        Some(st) if st.create_revision == create_revision && st.spec == spec => {}
+                        Some(st) if st.create_revision == create_revision => {
+                            // Same incarnation, new definition: rebuild the
+                            // pool around the leases we know.
+                            let fresh = Arc::new(NetState::new(spec, create_revision));
+                            for sl in st.leases_snapshot() {
+                                fresh.observe(sl, &self.node);
+                            }
+                            fresh.inherit_uncertain(st);
+                            nets.insert(name.to_string(), fresh);
+                        }
+                        _ => {
+                            info!(network = name, "network added");
+                            nets.insert(
+                                name.to_string(),
+                                Arc::new(NetState::new(spec, create_revision)),
+                            );
+                        }
+                    }
+                } else if let Some((net, _first)) = self.keys.parse_block(&key) {
+                    match serde_json::from_slice::<rackline_model::Block>(&value) {
+                        Ok(block) => {
+                            if let Some(st) = self.nets_read().get(net) {
+                                st.observe_block(
+                                    rackline_store::StoredBlock {
+                                        block,
+                                        mod_revision,
+                                    },
+                                    key.clone(),
+                                );
+                            }
+                        }
+                        Err(e) => warn!(%key, "ignoring undecodable block record: {e}"),
+                    }
+                } else if self.keys.parse_racknet(&key).is_some() {
+                    // Which ranges this node allocates from changed: rebuild
+                    // from a consistent snapshot rather than patch in place.
+                    info!(%key, "rack binding changed; reloading");
+                    self.resync_tx.send_modify(|n| *n += 1);
+                } else if let Some((net, _ip)) = self.keys.parse_lease(&key) {
+                    let lease: Lease = match serde_json::from_slice(&value) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(%key, "ignoring undecodable lease record: {e}");
+                            return;
+                        }
+                    };
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.observe(
+                            StoredLease {
+                                lease,
+                                mod_revision,
+                            },
+                            &self.node,
+                        );
+                    }
+                }
+            }
+            Change::Delete { key, mod_revision } => {
+                if let Some(name) = self.keys.network_name_of(&key) {
+                    info!(network = name, "network removed");
+                    self.nets_write().remove(name);
+                } else if let Some((net, first)) = self.keys.parse_block(&key) {
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.forget_block(first);
+                    }
+                } else if self.keys.parse_racknet(&key).is_some() {
+                    info!(%key, "rack binding removed; reloading");
+                    self.resync_tx.send_modify(|n| *n += 1);
+                } else if let Some((net, ip)) = self.keys.parse_lease(&key) {
+                    if let Some(st) = self.nets_read().get(net) {
+                        st.forget(ip, mod_revision);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Operation while etcd is unreachable: the standby reserve, the journal
+//! (fsync'd before any answer) and its replay.
+
+use std::net::Ipv4Addr;
+
+use rackline_model::Lease;
+use rackline_store::{CreateLease, StoredLease};
+use tracing::{debug, error, info, warn};
+
+use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use crate::netstate::{AttachmentKey, NetState};
+use crate::store::LeaseStore;
+
+impl<S: LeaseStore> Engine<S> {
+    pub(super) fn lease_for(&self, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
+        Lease {
+            network: a.network.clone(),
+            address: ip,
+            node: self.node.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            pod: a.pod.clone(),
+            created_unix_ms: now_ms(),
+            state: rackline_model::LeaseState::Active,
+        }
+    }
+
+    /// etcd is unreachable: hand out one of this node's standby addresses
+    /// (recorded in etcd as ours, so nobody else can have it), journalled
+    /// and fsync'd before we answer.
+    pub(super) fn allocate_offline(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+    ) -> Result<Allocated, IpamError> {
+        let Some(journal) = &self.journal else {
+            return Err(IpamError::Unavailable("etcd is unreachable".into()));
+        };
+        let Some((ip, rev)) = net.take_standby() else {
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable and this node has no standby address left".into(),
+            ));
+        };
+        let lease = self.lease_for(a, ip);
+        let entry = crate::journal::Entry::Activate {
+            lease: lease.clone(),
+            standby_revision: rev,
+        };
+        if let Err(e) = journal.append(&entry) {
+            net.return_standby(ip, rev);
+            return Err(IpamError::Unavailable(format!(
+                "etcd is unreachable and the journal cannot be written: {e}"
+            )));
+        }
+        net.activate_offline(lease.clone(), rev);
+        warn!(network = %a.network, %ip, container = %a.container_id, "leased a standby address while etcd is unreachable (journalled)");
+        Ok(Allocated {
+            lease,
+            network: net.effective_spec(),
+            existing: false,
+        })
+    }
+
+    /// Online, with nothing free: turn one of this node's standby records
+    /// into the pod's lease (revision-compared).
+    pub(super) async fn allocate_from_standby(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+    ) -> Result<Option<Allocated>, IpamError> {
+        while let Some((ip, rev)) = net.take_standby() {
+            let lease = self.lease_for(a, ip);
+            match self.store.replace_lease(&lease, rev).await {
+                Ok(Some(new_rev)) => {
+                    net.observe(
+                        StoredLease {
+                            lease: lease.clone(),
+                            mod_revision: new_rev,
+                        },
+                        &self.node,
+                    );
+                    return Ok(Some(Allocated {
+                        lease,
+                        network: net.effective_spec(),
+                        existing: false,
+                    }));
+                }
+                // The record changed (someone released our reserve): next.
+                Ok(None) => continue,
+                Err(e) => {
+                    net.return_standby(ip, rev);
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// etcd is unreachable: release locally, journalled before answering.
+    pub(super) fn release_offline(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        let Some(journal) = &self.journal else {
+            return Err(IpamError::Unavailable("etcd is unreachable".into()));
+        };
+        let mut out = Vec::new();
+        for (ip, _) in net.held(key) {
+            let entry = crate::journal::Entry::Release {
+                network: net.spec.name.clone(),
+                address: ip,
+                container_id: key.0.clone(),
+                ifname: key.1.clone(),
+            };
+            journal.append(&entry).map_err(|e| {
+                IpamError::Unavailable(format!(
+                    "etcd is unreachable and the journal cannot be written: {e}"
+                ))
+            })?;
+            net.release_offline(key, ip);
+            warn!(network = %net.spec.name, %ip, container = %key.0, "released while etcd is unreachable (journalled)");
+            out.push(ip);
+        }
+        Ok(out)
+    }
+
+    /// Replays the outage journal into etcd, oldest first. Every step is
+    /// revision-compared and idempotent, so a replay interrupted by another
+    /// outage simply runs again. Clears what reached etcd.
+    pub async fn replay_journal(&self) -> Result<usize, IpamError> {
+        use crate::journal::Entry;
+        let Some(journal) = &self.journal else {
+            return Ok(0);
+        };
+        let entries = journal.entries();
+        let mut done = 0;
+        let result: Result<(), IpamError> = async {
+            for e in &entries {
+                match e {
+                    Entry::Activate {
+                        lease,
+                        standby_revision,
+                    } => {
+                        let key = (lease.container_id.clone(), lease.ifname.clone());
+                        match self.store.replace_lease(lease, *standby_revision).await? {
+                            Some(_) => info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd"),
+                            None => match self.store.get_lease(&lease.network, lease.address).await? {
+                                Some(cur) if self.is_mine(&cur.lease, &key) => {}
+                                other => error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it"),
+                            },
+                        }
+                        // A create lost at the start of the outage must not
+                        // leave this attachment a second address.
+                        let net = self.nets_read().get(&lease.network).cloned();
+                        if let Some(net) = net {
+                            for ip in net.take_uncertain(&key) {
+                                if ip == lease.address {
+                                    continue;
+                                }
+                                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
+                                    if self.is_mine(&cur.lease, &key) {
+                                        self.store.delete_lease(&lease.network, ip, cur.mod_revision).await?;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Entry::Release {
+                        network,
+                        address,
+                        container_id,
+                        ifname,
+                    } => {
+                        let key = (container_id.clone(), ifname.clone());
+                        if let Some(cur) = self.store.get_lease(network, *address).await? {
+                            if self.is_mine(&cur.lease, &key) {
+                                self.store.delete_lease(network, *address, cur.mod_revision).await?;
+                                info!(%network, ip = %address, "journal: offline release recorded in etcd");
+                            }
+                        }
+                    }
+                }
+                done += 1;
+            }
+            Ok(())
+        }
+        .await;
+        if done > 0 {
+            if let Err(e) = journal.drain(done) {
+                // Replaying again is harmless; losing entries is not.
+                error!(
+                    "cannot trim the journal at {}: {e}",
+                    journal.path().display()
+                );
+            }
+        }
+        result.map(|()| done)
+    }
+
+    pub fn has_journal_entries(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    /// Tops up (or gives back) each network's standby reserve. Only while
+    /// etcd answers and the journal is empty. The reserve is given back when
+    /// the rack (or flat network) runs short, so every address stays usable
+    /// by some node when capacity equals demand.
+    pub async fn maintain_standby(&self) {
+        if self.standby_target == 0 || !self.etcd_ok() || self.has_journal_entries() {
+            return;
+        }
+        for net in self.networks() {
+            if !net.in_use_here() {
+                continue;
+            }
+            let free = net.free_for_anyone();
+            let target = if free >= 4 * self.standby_target as u64 {
+                self.standby_target
+            } else {
+                0
+            };
+            let have = net.standby_count();
+            debug!(network = %net.spec.name, free, target, have, "standby reserve");
+            if have > target {
+                for (ip, rev) in net.standby_list().into_iter().take(have - target) {
+                    match self.store.delete_lease(&net.spec.name, ip, rev).await {
+                        Ok(true) => net.forget(ip, 0),
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.note_store_error(&e);
+                            return;
+                        }
+                    }
+                }
+            } else {
+                for _ in have..target {
+                    let Some(pick) = net.pick_own() else { break };
+                    let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
+                    match self
+                        .store
+                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                        .await
+                    {
+                        Ok(CreateLease::Created { mod_revision }) => net.observe(
+                            StoredLease {
+                                lease,
+                                mod_revision,
+                            },
+                            &self.node,
+                        ),
+                        Ok(CreateLease::Taken(_)) => {}
+                        Ok(CreateLease::BlockChanged) => {
+                            debug!(ip = %pick.ip, "reserve: block changed");
+                            net.unpick(pick.ip);
+                            net.drop_block_at(pick.ip);
+                            break;
+                        }
+                        Ok(CreateLease::NetworkGone) => {
+                            net.unpick(pick.ip);
+                            break;
+                        }
+                        Err(e) => {
+                            net.unpick(pick.ip);
+                            self.note_store_error(&e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

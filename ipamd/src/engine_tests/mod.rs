@@ -1,0 +1,410 @@
+//! Engine tests against an in-memory store that behaves like the etcd
+//! transactions (create-if-absent per key, delete-if-revision) and can lose
+//! answers. Two engines over one store model two nodes whose caches lag.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rackline_model::{Keys, Lease, NetworkSpec, PodRef};
+use rackline_store::{BlockGuard, CreateLease, Snapshot, StoreError, StoredLease, StoredNetwork};
+
+use crate::engine::{AllocateArgs, Engine, IpamError};
+use crate::store::LeaseStore;
+
+#[derive(Default)]
+pub(super) struct FakeStore {
+    pub(super) rev: AtomicI64,
+    pub(super) leases: Mutex<HashMap<(String, Ipv4Addr), StoredLease>>,
+    pub(super) networks: Mutex<HashMap<String, StoredNetwork>>,
+    /// Block key -> mod revision.
+    pub(super) blocks: Mutex<HashMap<String, i64>>,
+    /// Apply the next create, then answer "unavailable" (a lost response).
+    lose_next_create_answer: AtomicBool,
+    /// Refuse everything, as if etcd were down.
+    pub(super) down: AtomicBool,
+}
+
+impl FakeStore {
+    pub(super) fn add_network(&self, spec: NetworkSpec) -> StoredNetwork {
+        let n = StoredNetwork {
+            spec: spec.clone(),
+            create_revision: self.rev.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        self.networks
+            .lock()
+            .unwrap()
+            .insert(spec.name.clone(), n.clone());
+        n
+    }
+
+    pub(super) fn live(&self) -> Vec<Lease> {
+        self.leases
+            .lock()
+            .unwrap()
+            .values()
+            .map(|l| l.lease.clone())
+            .collect()
+    }
+
+    fn check_down(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("fake etcd is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl LeaseStore for Arc<FakeStore> {
+    async fn create_lease(
+        &self,
+        lease: &Lease,
+        network_revision: i64,
+        block: Option<&BlockGuard>,
+    ) -> Result<CreateLease, StoreError> {
+        self.check_down()?;
+        tokio::task::yield_now().await;
+        let nets = self.networks.lock().unwrap();
+        if nets.get(&lease.network).map(|n| n.create_revision) != Some(network_revision) {
+            return Ok(CreateLease::NetworkGone);
+        }
+        let mut m = self.leases.lock().unwrap();
+        let k = (lease.network.clone(), lease.address);
+        if let Some(b) = block {
+            if !m.contains_key(&k)
+                && self.blocks.lock().unwrap().get(&b.key) != Some(&b.mod_revision)
+            {
+                return Ok(CreateLease::BlockChanged);
+            }
+        }
+        if let Some(o) = m.get(&k) {
+            return Ok(CreateLease::Taken(Some(o.lease.clone())));
+        }
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
+        m.insert(
+            k,
+            StoredLease {
+                lease: lease.clone(),
+                mod_revision: rev,
+            },
+        );
+        if self.lose_next_create_answer.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("answer lost".into()));
+        }
+        Ok(CreateLease::Created { mod_revision: rev })
+    }
+
+    async fn delete_lease(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        mod_revision: i64,
+    ) -> Result<bool, StoreError> {
+        self.check_down()?;
+        let mut m = self.leases.lock().unwrap();
+        let k = (network.to_string(), ip);
+        match m.get(&k) {
+            Some(l) if l.mod_revision == mod_revision => {
+                m.remove(&k);
+                self.rev.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn get_lease(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+    ) -> Result<Option<StoredLease>, StoreError> {
+        self.check_down()?;
+        Ok(self
+            .leases
+            .lock()
+            .unwrap()
+            .get(&(network.to_string(), ip))
+            .cloned())
+    }
+
+    async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>, StoreError> {
+        self.check_down()?;
+        Ok(self.networks.lock().unwrap().get(name).cloned())
+    }
+
+    async fn replace_lease(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.check_down()?;
+        let mut m = self.leases.lock().unwrap();
+        let k = (lease.network.clone(), lease.address);
+        match m.get(&k) {
+            Some(l) if l.mod_revision == mod_revision => {
+                let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
+                m.insert(
+                    k,
+                    StoredLease {
+                        lease: lease.clone(),
+                        mod_revision: rev,
+                    },
+                );
+                Ok(Some(rev))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: "prod".into(),
+        subnet: subnet.parse().unwrap(),
+        gateway: gw.parse().unwrap(),
+        master: "uplink0".into(),
+        mtu: 0,
+        vlan: None,
+        exclude: vec![],
+        routes: vec![],
+        host_routes: vec![],
+        block_size: 16,
+    }
+}
+
+pub(super) fn engine(
+    node: &str,
+    store: &Arc<FakeStore>,
+    grace: Duration,
+) -> Arc<Engine<Arc<FakeStore>>> {
+    let e = Engine::new(node.into(), Keys::new("/rackline"), store.clone(), grace);
+    let nets: Vec<StoredNetwork> = store.networks.lock().unwrap().values().cloned().collect();
+    e.apply_snapshot(Snapshot {
+        networks: nets,
+        leases: store.leases.lock().unwrap().values().cloned().collect(),
+        racknets: vec![],
+        blocks: vec![],
+        nodes: vec![],
+        revision: store.rev.load(Ordering::SeqCst),
+        skipped: 0,
+    });
+    e.set_etcd_ok(true);
+    Arc::new(e)
+}
+
+pub(super) fn args(cid: &str) -> AllocateArgs {
+    AllocateArgs {
+        network: "prod".into(),
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        pod: PodRef {
+            namespace: "default".into(),
+            name: cid.into(),
+            uid: String::new(),
+        },
+    }
+}
+
+/// The invariant: no address has two records, no attachment two addresses.
+pub(super) fn assert_no_duplicates(store: &FakeStore) {
+    let live = store.live();
+    let mut by_attachment: HashMap<(String, String, String), usize> = HashMap::new();
+    for l in &live {
+        *by_attachment
+            .entry((l.node.clone(), l.container_id.clone(), l.ifname.clone()))
+            .or_default() += 1;
+    }
+    for (k, n) in by_attachment {
+        assert_eq!(n, 1, "attachment {k:?} holds {n} leases");
+    }
+}
+
+#[tokio::test]
+async fn allocation_is_idempotent_per_attachment() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    let a = e.allocate(args("c1")).await.unwrap();
+    assert!(!a.existing);
+    let b = e.allocate(args("c1")).await.unwrap();
+    assert!(b.existing);
+    assert_eq!(a.lease.address, b.lease.address);
+    let c = e.allocate(args("c2")).await.unwrap();
+    assert_ne!(a.lease.address, c.lease.address);
+    assert_eq!(store.live().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_allocating_concurrently_never_share_an_address() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    // Neither engine ever sees the other's leases (no watch): every
+    // collision must be caught by the store's create-if-absent.
+    let n1 = engine("n1", &store, Duration::ZERO);
+    let n2 = engine("n2", &store, Duration::ZERO);
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let e = if i % 2 == 0 { n1.clone() } else { n2.clone() };
+        tasks.push(tokio::spawn(async move {
+            e.allocate(args(&format!("c{i}"))).await
+        }));
+    }
+    let mut got = BTreeSet::new();
+    for t in tasks {
+        let a = t.await.unwrap().unwrap();
+        assert!(
+            got.insert(a.lease.address),
+            "{} handed out twice",
+            a.lease.address
+        );
+    }
+    assert_eq!(got.len(), 120);
+    assert_eq!(store.live().len(), 120);
+    assert_no_duplicates(&store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_repeats_of_one_attachment_get_one_address() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            e.allocate(args("same")).await.unwrap()
+        }));
+    }
+    let mut addrs = BTreeSet::new();
+    for t in tasks {
+        addrs.insert(t.await.unwrap().lease.address);
+    }
+    assert_eq!(addrs.len(), 1);
+    assert_eq!(store.live().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_is_adopted_by_the_retry_not_duplicated() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    store.lose_next_create_answer.store(true, Ordering::SeqCst);
+    let err = e.allocate(args("c1")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    assert_eq!(store.live().len(), 1, "the write did happen");
+    let again = e.allocate(args("c1")).await.unwrap();
+    assert_eq!(
+        store.live().len(),
+        1,
+        "the retry must adopt, not allocate twice"
+    );
+    assert_eq!(again.lease.address, store.live()[0].address);
+    assert_no_duplicates(&store);
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_is_released_by_del() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    store.lose_next_create_answer.store(true, Ordering::SeqCst);
+    e.allocate(args("c1")).await.unwrap_err();
+    let freed = e.release("prod", "c1", "eth0").await.unwrap();
+    assert_eq!(freed.len(), 1);
+    assert!(
+        store.live().is_empty(),
+        "DEL after a failed ADD must not leak"
+    );
+}
+
+#[tokio::test]
+async fn release_is_idempotent_and_never_frees_someone_elses_address() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    let a = e.allocate(args("c1")).await.unwrap();
+    assert_eq!(
+        e.release("prod", "c1", "eth0").await.unwrap(),
+        vec![a.lease.address]
+    );
+    assert!(e.release("prod", "c1", "eth0").await.unwrap().is_empty());
+    assert!(e.release("prod", "never", "eth0").await.unwrap().is_empty());
+    assert!(e
+        .release("no-such-net", "c1", "eth0")
+        .await
+        .unwrap()
+        .is_empty());
+    // Another node's lease is untouched by a release on this node.
+    let n2 = engine("n2", &store, Duration::ZERO);
+    let b = n2.allocate(args("c1")).await.unwrap();
+    assert!(e.release("prod", "c1", "eth0").await.unwrap().is_empty());
+    assert_eq!(store.live()[0].address, b.lease.address);
+}
+
+#[tokio::test]
+async fn exhaustion_is_a_clear_error_and_every_address_is_usable() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/29", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    for i in 0..5 {
+        e.allocate(args(&format!("c{i}"))).await.unwrap();
+    }
+    let err = e.allocate(args("c9")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }), "{err}");
+    assert!(err.to_string().contains("5 of 5"), "{err}");
+    let st = e.status("prod").await.unwrap();
+    assert!(!st.can_allocate);
+    e.release("prod", "c3", "eth0").await.unwrap();
+    e.allocate(args("c9")).await.unwrap();
+}
+
+#[tokio::test]
+async fn gc_releases_only_stale_attachments_older_than_the_grace() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    e.allocate(args("keep")).await.unwrap();
+    let gone = e.allocate(args("gone")).await.unwrap();
+    let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())].into();
+    let (released, prefix) = e.gc("prod", &valid).await.unwrap();
+    assert_eq!(prefix, 24);
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].address, gone.lease.address);
+    assert_eq!(store.live().len(), 1);
+    // With a grace period a just-made lease survives a GC that does not list it.
+    let patient = engine("n1", &store, Duration::from_secs(3600));
+    patient.allocate(args("young")).await.unwrap();
+    assert!(patient.gc("prod", &valid).await.unwrap().0.is_empty());
+    assert_eq!(store.live().len(), 2);
+}
+
+#[tokio::test]
+async fn etcd_down_means_try_again_later_and_nothing_written() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    store.down.store(true, Ordering::SeqCst);
+    let err = e.allocate(args("c1")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    assert!(!e.status("prod").await.unwrap().can_allocate);
+    store.down.store(false, Ordering::SeqCst);
+    e.allocate(args("c1")).await.unwrap();
+    assert_eq!(store.live().len(), 1);
+}
+
+#[tokio::test]
+async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let err = e.allocate(args("c1")).await.unwrap_err();
+    assert!(matches!(err, IpamError::UnknownNetwork(_)), "{err}");
+    assert!(store.live().is_empty());
+}
+
+mod outage;
+mod racks;
