@@ -28,6 +28,13 @@ use crate::store::LeaseStore;
 /// faster than our watch catches up).
 const MAX_ATTEMPTS: u32 = 64;
 
+/// How often the reserve is re-evaluated (see `Engine::maintain_standby`).
+pub const RESERVE_INTERVAL: Duration = Duration::from_millis(200);
+/// An ADD that finds its rack full while other nodes still hold reserves
+/// waits at most this long for them to be given back.
+const MAX_RESERVE_WAIT: Duration = Duration::from_millis(1500);
+const RESERVE_POLL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("unknown network {0:?}: create it with `racklinectl network create`")]
@@ -343,11 +350,23 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
 
-        for _ in 0..MAX_ATTEMPTS {
+        let mut reserve_wait = Duration::ZERO;
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS {
+            attempts += 1;
             let Some(pick) = net.pick() else {
                 // Last resort: this node's own reserve.
                 if let Some(done) = self.allocate_from_standby(&net, &a).await? {
                     return Ok(done);
+                }
+                // Other nodes give their reserves back when the rack runs
+                // short (every RESERVE_INTERVAL); with capacity equal to
+                // demand, waiting for that beats failing the ADD.
+                if net.foreign_standby() > 0 && reserve_wait < MAX_RESERVE_WAIT {
+                    tokio::time::sleep(RESERVE_POLL).await;
+                    reserve_wait += RESERVE_POLL;
+                    attempts -= 1;
+                    continue;
                 }
                 let (capacity, allocated, _) = net.usage();
                 return Err(IpamError::Exhausted {

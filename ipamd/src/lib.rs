@@ -186,7 +186,7 @@ async fn reserve<S: store::LeaseStore>(
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(engine::RESERVE_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
         engine.maintain_standby().await;

@@ -309,6 +309,25 @@ impl NetState {
 
     // ---- standby reserve and offline operation ----
 
+    /// Standby records of OTHER nodes in this node's rack (or flat network):
+    /// addresses that come back when those nodes see the shortage.
+    pub fn foreign_standby(&self) -> usize {
+        let g = self.lock();
+        let mine = |l: &StoredLease| g.rack.as_ref().is_some_and(|r| r.node == l.lease.node);
+        g.leases
+            .values()
+            .filter(|l| l.lease.is_standby() && !g.standby.contains_key(&l.lease.address))
+            .filter(|l| !mine(l))
+            .filter(|l| match g.rack.as_ref() {
+                Some(r) => r
+                    .rack_pool
+                    .allocatable()
+                    .contains(u32::from(l.lease.address)),
+                None => true,
+            })
+            .count()
+    }
+
     pub fn in_use_here(&self) -> bool {
         self.lock().in_use_here
     }

@@ -206,3 +206,57 @@ async fn a_rack_bound_node_keeps_its_reserve_inside_its_own_blocks() {
         .iter()
         .all(|l| (ip_u32("10.10.1.0")..=ip_u32("10.10.1.15")).contains(&u32::from(l.address))));
 }
+
+#[tokio::test]
+async fn a_full_network_waits_for_other_nodes_reserves_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    // 13 usable addresses.
+    store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
+    let n1 = outage_engine("n1", &store, dir.path(), 2);
+    n1.allocate(args("n1-pod")).await.unwrap();
+    n1.maintain_standby().await;
+    assert_eq!(standby_records(&store), 2);
+    let n2 = outage_engine("n2", &store, dir.path(), 0);
+    for i in 0..10 {
+        n2.allocate(args(&format!("c{i}"))).await.unwrap();
+    }
+    // Full: 1 + 2 reserved + 10. n1 gives its reserve back a moment later
+    // (its reserve task), and n2 learns of it through its watch.
+    let giver = {
+        let (n1, n2, store) = (n1.clone(), n2.clone(), store.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            for l in store.leases.lock().unwrap().values() {
+                n1.apply_change(rackline_store::Change::Put {
+                    key: Keys::new("/rackline").lease("prod", l.lease.address),
+                    value: serde_json::to_vec(&l.lease).unwrap(),
+                    create_revision: l.mod_revision,
+                    mod_revision: l.mod_revision,
+                });
+            }
+            let before: Vec<Ipv4Addr> = store
+                .live()
+                .into_iter()
+                .filter(|l| l.is_standby())
+                .map(|l| l.address)
+                .collect();
+            n1.maintain_standby().await;
+            for ip in before {
+                n2.apply_change(rackline_store::Change::Delete {
+                    key: Keys::new("/rackline").lease("prod", ip),
+                    mod_revision: i64::MAX,
+                });
+            }
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let got = n2.allocate(args("c10")).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(100), "it had to wait");
+    giver.await.unwrap();
+    assert!(!store
+        .live()
+        .iter()
+        .any(|l| l.is_standby() && l.address == got.lease.address));
+    assert_no_duplicates(&store);
+}
