@@ -1,5 +1,5 @@
-//! The lab's daemons: etcd and netmaster in `ctrl`, one ipamd per node; plus the clients
-//! (`etcdctl`, `racklinectl`) run inside `ctrl`.
+//! The lab's daemons: etcd in `ctrl`, one ipamd per node (the netmaster replicas are in
+//! [`crate::netmasters`]); plus the clients (`etcdctl`, `racklinectl`) run inside `ctrl`.
 //!
 //! Every daemon is a [`Daemon`] we spawned ourselves; stopping one signals exactly its pid.
 
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::lab::{Lab, STOP_GRACE};
 use crate::process::{run, Daemon, Output, CHILD_PATH};
-use crate::topology::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, NETMASTER_PORT};
+use crate::topology::{ETCD_CLIENT_PORT, ETCD_PEER_PORT};
 
 /// How long a daemon may take to become ready (generous: CI machines run builds alongside).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,7 +24,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A daemon's environment: nothing inherited but `RUST_LOG`/`RUST_BACKTRACE`, so stray
 /// `RACKLINE_*` variables of the caller (flags may come from env) cannot change the lab.
-fn daemon_command(program: &std::path::Path) -> Command {
+pub(crate) fn daemon_command(program: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear().env("PATH", CHILD_PATH);
     cmd.env(
@@ -38,7 +38,11 @@ fn daemon_command(program: &std::path::Path) -> Command {
 }
 
 /// Polls `ready` every 50 ms until it returns true, `daemon` dies, or [`READY_TIMEOUT`].
-fn wait_ready(daemon: &mut Daemon, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_ready(
+    daemon: &mut Daemon,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         daemon.ensure_running()?;
@@ -58,7 +62,7 @@ fn wait_ready(daemon: &mut Daemon, what: &str, mut ready: impl FnMut() -> bool) 
 }
 
 impl Lab {
-    fn log_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn log_path(&self, name: &str) -> PathBuf {
         self.log_dir().join(format!("{name}.log"))
     }
 
@@ -69,15 +73,6 @@ impl Lab {
 
     fn etcd_peer_url(&self) -> String {
         format!("http://{}:{ETCD_PEER_PORT}", self.ctrl_addr())
-    }
-
-    /// The URL racklinectl is pointed at (`http://<ctrl>:7650`).
-    pub fn netmaster_url(&self) -> String {
-        format!("http://{}", self.netmaster_listen())
-    }
-
-    fn netmaster_listen(&self) -> String {
-        format!("{}:{NETMASTER_PORT}", self.ctrl_addr())
     }
 
     /// Starts etcd inside `ctrl` (client `<ctrl>:2379`, peer :2380, data in `<dir>/etcd`, kept
@@ -135,36 +130,6 @@ impl Lab {
             .args(["--endpoints", &self.etcd_url()])
             .args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
-    }
-
-    /// Starts `rackline-netmaster` inside `ctrl` and waits until racklinectl reaches it.
-    pub fn start_netmaster(&self) -> Result<()> {
-        let bins = self.bins()?;
-        if self.state().netmaster.is_some() {
-            bail!("netmaster is already running");
-        }
-        let mut cmd = daemon_command(&bins.netmaster);
-        cmd.args(["--etcd-endpoints", &self.etcd_url()])
-            .args(["--listen", &self.netmaster_listen()])
-            .args(["--log-level", &self.opts.log_level]);
-        let mut nm = Daemon::spawn("netmaster", cmd, &self.ctrl, &self.log_path("netmaster"))?;
-        wait_ready(&mut nm, "`racklinectl network list` exits 0", || {
-            self.racklinectl_raw(&["-o", "json", "network", "list"])
-                .is_ok_and(|o| o.success())
-        })?;
-        self.state().netmaster = Some(nm);
-        Ok(())
-    }
-
-    /// Stops netmaster (SIGTERM, SIGKILL after a grace period).
-    pub fn stop_netmaster(&self) -> Result<()> {
-        let mut nm = self
-            .state()
-            .netmaster
-            .take()
-            .context("netmaster is not running")?;
-        nm.stop(STOP_GRACE);
-        Ok(())
     }
 
     /// Starts `rackline-ipamd` for node `k` inside its namespace and waits until its socket
@@ -229,12 +194,18 @@ impl Lab {
         self.state().ipamd.get(&k).and_then(Daemon::pid)
     }
 
-    /// Runs `racklinectl --server <netmaster url> <args>` inside `ctrl`, as is.
+    /// Runs `racklinectl --server <every replica> <args>` inside `ctrl`, as is: the first
+    /// replica that answers is used, writes follow the leader ([`Lab::netmaster_urls`]).
     pub fn racklinectl_raw(&self, args: &[&str]) -> Result<Output> {
+        self.racklinectl_at(&self.netmaster_urls(), args)
+    }
+
+    /// Runs `racklinectl --server <server> <args>` inside `ctrl`, as is.
+    pub(crate) fn racklinectl_at(&self, server: &str, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(&self.bins()?.racklinectl);
         cmd.env_clear()
             .env("PATH", CHILD_PATH)
-            .args(["--server", &self.netmaster_url()])
+            .args(["--server", server])
             .args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
     }

@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use tempfile::TempDir;
 
 use crate::host::{Bins, Tools};
+use crate::netmasters::MAX_NETMASTERS;
 use crate::netns::{next_lab_id, Netns, TEMP_PREFIX};
 use crate::networks::{LabNetworkMode, DEFAULT_NETWORK_MODE};
 use crate::process::{tail, Daemon};
@@ -46,6 +47,8 @@ pub struct LabBuilder {
     pub(crate) standby: usize,
     /// Network block size (Spanning mode).
     pub(crate) block_size: u32,
+    /// netmaster replicas in `ctrl` (HA: one leads, the others follow).
+    pub(crate) netmasters: usize,
 }
 
 impl Default for LabBuilder {
@@ -61,6 +64,7 @@ impl Default for LabBuilder {
             rack_range_len: None,
             standby: 4,
             block_size: 16,
+            netmasters: 1,
         }
     }
 }
@@ -90,6 +94,14 @@ impl LabBuilder {
     /// The network's block size (Spanning mode).
     pub fn block_size(mut self, n: u32) -> Self {
         self.block_size = n;
+        self
+    }
+
+    /// netmaster replicas (1..=[`MAX_NETMASTERS`], default 1), all inside `ctrl`: replica `i`
+    /// listens on port 7650 + i - 1 with `--id nm<i>` (see [`crate::netmasters`]). ipamd
+    /// (Spanning mode) and the lab's racklinectl are given every replica.
+    pub fn netmasters(mut self, n: usize) -> Self {
+        self.netmasters = n;
         self
     }
 
@@ -154,6 +166,11 @@ impl LabBuilder {
             (1..=MAX_NODES).contains(&self.nodes_per_rack),
             "a rack has 1..={MAX_NODES} nodes, not {}",
             self.nodes_per_rack
+        );
+        ensure!(
+            (1..=MAX_NETMASTERS).contains(&self.netmasters),
+            "a lab runs 1..={MAX_NETMASTERS} netmaster replicas, not {}",
+            self.netmasters
         );
         let id = next_lab_id();
         let dir = tempfile::Builder::new()
@@ -234,7 +251,8 @@ pub(crate) struct State {
     /// Every namespace we created, in creation order (torn down in reverse).
     pub(crate) created: Vec<Netns>,
     pub(crate) etcd: Option<Daemon>,
-    pub(crate) netmaster: Option<Daemon>,
+    /// netmaster replicas by 1-based index.
+    pub(crate) netmasters: BTreeMap<usize, Daemon>,
     pub(crate) ipamd: BTreeMap<usize, Daemon>,
     pub(crate) pods_per_node: BTreeMap<usize, usize>,
 }
@@ -268,7 +286,7 @@ impl Lab {
     pub fn id(&self) -> &str {
         &self.id
     }
-    /// The lab's temp dir (logs/, etcd/, <node>/ipamd.sock).
+    /// The lab's temp dir (`logs/`, `etcd/`, `<node>/ipamd.sock`).
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
@@ -377,7 +395,10 @@ impl Lab {
         }
         self.start_etcd()?;
         if self.bins.is_some() {
-            self.start_netmaster()?;
+            // In index order: replica 1 is up (and leads) before the others join.
+            for i in 1..=self.opts.netmasters {
+                self.start_netmaster_replica(i)?;
+            }
             self.create_networks()?;
             for node in &self.nodes {
                 self.start_ipamd(node.index)?;
@@ -486,7 +507,11 @@ impl Lab {
     pub fn report(&self) -> String {
         let st = self.state();
         let mut pids = Vec::new();
-        let daemons = st.etcd.iter().chain(&st.netmaster).chain(st.ipamd.values());
+        let daemons = st
+            .etcd
+            .iter()
+            .chain(st.netmasters.values())
+            .chain(st.ipamd.values());
         for d in daemons {
             pids.push(format!("{}={}", d.label(), d.pid().unwrap_or(0)));
         }
@@ -510,7 +535,11 @@ impl Lab {
                 .into_values()
                 .map(|d| (d, STOP_GRACE)),
         );
-        daemons.extend(state.netmaster.take().map(|d| (d, STOP_GRACE)));
+        daemons.extend(
+            std::mem::take(&mut state.netmasters)
+                .into_values()
+                .map(|d| (d, STOP_GRACE)),
+        );
         // etcd gets SIGKILL: a member without quorum takes seconds to honour SIGTERM.
         daemons.extend(state.etcd.take().map(|d| (d, Duration::ZERO)));
         thread::scope(|s| {

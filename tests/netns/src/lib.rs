@@ -26,18 +26,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! netmaster HA (`.netmasters(3)`: replicas nm1..nm3 on ports 7650.. inside `ctrl`; see
+//! [`netmasters`]): [`Lab::netmaster_leader`], [`Lab::kill_netmaster`],
+//! [`Lab::start_netmaster_replica`], [`Lab::check_one_netmaster_leader`].
+//!
 //! Everything runs inside namespaces the lab creates; the root namespace is never changed.
 //! Processes are started with fork + `setns` (never `ip netns exec`) and stopped by pid.
 //! Needs root, iproute2, iputils-ping, etcd-server and etcd-client (`scripts/install-deps.sh`),
 //! and the Rackline binaries (`cargo build --workspace --bins`) unless built with
 //! `rackline(false)`.
 
+pub mod bench;
 mod cni;
 mod daemons;
 mod host;
 mod inspect;
 pub mod invariants;
 mod lab;
+pub mod netmasters;
 mod netns;
 mod networks;
 mod process;
@@ -50,6 +56,7 @@ pub use host::{bin_dir, check_root, Bins, Tools, BIN_DIR_ENV};
 pub use inspect::NetSnapshot;
 pub use invariants::InvariantReport;
 pub use lab::{Lab, LabBuilder, KEEP_ENV};
+pub use netmasters::{NetmasterLeader, ReplicaRole, MAX_NETMASTERS, NETMASTER_LEASE_TTL_SECS};
 pub use netns::{lab_owner_pid, list_netns, pid_alive, sweep_stale, Netns, SweepReport, NETNS_DIR};
 pub use networks::{LabNetwork, LabNetworkMode, RackShare, DEFAULT_NETWORK_MODE};
 pub use process::{tail, Daemon, Output};

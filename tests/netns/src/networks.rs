@@ -196,7 +196,7 @@ impl Lab {
                 "--rack".into(),
                 self.rack(self.node(k).rack()).name().to_owned(),
                 "--netmaster".into(),
-                self.netmaster_url(),
+                self.netmaster_urls(),
             ],
         }
     }

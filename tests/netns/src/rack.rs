@@ -55,7 +55,7 @@ pub struct Node {
 
 impl Node {
     /// 1-based index over the whole lab, rack by rack (`n1` is 1; with 2 nodes per rack
-    /// `r2n1` is 3): what [`Lab::node`], [`Lab::add_pod`] and [`Pod::node`] use.
+    /// `r2n1` is 3): what [`crate::Lab::node`], [`crate::Lab::add_pod`] and [`Pod::node`] use.
     pub fn index(&self) -> usize {
         self.index
     }

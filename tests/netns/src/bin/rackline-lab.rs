@@ -1,6 +1,8 @@
 //! `rackline-lab`: the demo. Builds two racks behind a routed spine (2 racks × 2 nodes × 1 pod
-//! by default) with the real Rackline binaries, prints every pod and a ping matrix (pods, each
-//! rack's gateway, nodes), then tears everything down.
+//! by default) with the real Rackline binaries and ONE network spanning the racks (the product's
+//! real mode, `LabNetworkMode::Spanning`: a rack binding per rack, so each pod gets an address
+//! from its rack's range and its own rack's TOR as gateway), prints the network, every pod with
+//! its gateway, and a ping matrix (pods, each rack's gateway, nodes), then tears everything down.
 //! `--keep` leaves the lab up until Ctrl-C; `--sweep` only removes stale labs of dead runs.
 
 use std::net::Ipv4Addr;
@@ -11,7 +13,7 @@ use std::sync::mpsc;
 use anyhow::{bail, Result};
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use rackline_lab::{result_ipv4, sweep_stale, Cidr4, Lab, Netns, Pod};
+use rackline_lab::{result_ipv4, sweep_stale, Cidr4, Lab, LabNetworkMode, Netns, Pod};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +29,9 @@ struct Args {
     /// Pods per node.
     #[arg(long, default_value_t = 1)]
     pods_per_node: usize,
+    /// netmaster replicas (one leads; ipamd and racklinectl are given all of them).
+    #[arg(long, default_value_t = 1)]
+    netmasters: usize,
     /// Keep the lab running until Ctrl-C (SIGINT/SIGTERM), then tear it down.
     #[arg(long)]
     keep: bool,
@@ -89,23 +94,30 @@ fn run(args: &Args) -> Result<bool> {
     }
     let signals = catch_signals()?;
     eprintln!(
-        "building the lab ({} racks × {} nodes)…",
-        args.racks, args.nodes_per_rack
+        "building the lab ({} racks × {} nodes, one spanning network, {} netmaster replica(s))…",
+        args.racks, args.nodes_per_rack, args.netmasters
     );
     let lab = Lab::builder()
         .racks(args.racks)
         .nodes_per_rack(args.nodes_per_rack)
+        .network_mode(LabNetworkMode::Spanning)
+        .netmasters(args.netmasters)
         .log_level("info")
         .build()?;
     interrupted()?;
 
-    let mut pods: Vec<(Pod, Cidr4)> = Vec::new();
+    let mut pods: Vec<(Pod, Cidr4, String)> = Vec::new();
     for node in lab.nodes() {
         for _ in 0..args.pods_per_node {
             interrupted()?;
             let pod = lab.add_pod(node.index(), &format!("web-{}", pods.len() + 1))?;
-            let addr = result_ipv4(&lab.cni_add(&pod)?)?;
-            pods.push((pod, addr));
+            let result = lab.cni_add(&pod)?;
+            let addr = result_ipv4(&result)?;
+            let gateway = result["ips"][0]["gateway"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned();
+            pods.push((pod, addr, gateway));
         }
     }
 
@@ -115,22 +127,63 @@ fn run(args: &Args) -> Result<bool> {
         lab.log_dir().display()
     );
     println!();
-    let rows: Vec<[String; 4]> = pods
+    match lab.netmaster_leader_record() {
+        Ok(Some(l)) => println!(
+            "netmaster: {} replica(s), leader {} at {}",
+            lab.netmaster_count(),
+            l.id,
+            l.advertise
+        ),
+        Ok(None) => println!("netmaster: no leader elected"),
+        Err(e) => println!("netmaster: cannot read the leader: {e:#}"),
+    }
+    for net in lab.networks() {
+        println!("network {} spans {} rack(s):", net.name, net.racks.len());
+        let rows: Vec<[String; 4]> = net
+            .racks
+            .iter()
+            .map(|s| {
+                [
+                    format!("  {}", lab.rack(s.rack).name()),
+                    s.subnet.to_string(),
+                    s.gateway.to_string(),
+                    format!("{}-{}", s.pool.0, s.pool.1),
+                ]
+            })
+            .collect();
+        print_table(&["  RACK", "SUBNET", "GATEWAY", "RANGE"], &rows);
+    }
+    println!();
+    let mut all_ok = true;
+    let rows: Vec<[String; 6]> = pods
         .iter()
-        .map(|(p, a)| {
+        .map(|(p, a, gw)| {
             let node = lab.node(p.node);
+            let rack = lab.rack(node.rack());
+            // A pod's gateway must be its own rack's TOR.
+            let gw_ok = *gw == rack.gateway().to_string();
+            all_ok &= gw_ok;
             [
                 p.name.clone(),
-                lab.rack(node.rack()).name().to_owned(),
+                rack.name().to_owned(),
                 node.name().to_owned(),
+                lab.network_of_node(p.node),
                 a.to_string(),
+                if gw_ok {
+                    gw.clone()
+                } else {
+                    format!("{gw} (WRONG: rack gateway is {})", rack.gateway())
+                },
             ]
         })
         .collect();
-    print_table(&["POD", "RACK", "NODE", "ADDRESS"], &rows);
+    print_table(
+        &["POD", "RACK", "NODE", "NETWORK", "ADDRESS", "GATEWAY"],
+        &rows,
+    );
 
     let mut sources: Vec<Endpoint> = Vec::new();
-    for (pod, addr) in &pods {
+    for (pod, addr, _) in &pods {
         sources.push(Endpoint {
             label: pod.name.clone(),
             netns: Some(&pod.netns),
@@ -190,7 +243,6 @@ fn run(args: &Args) -> Result<bool> {
     println!("Connectivity (ping -c1 -W1, up to 3 tries; row = from, column = to):");
     let mut header = vec!["from \\ to".to_owned()];
     header.extend(targets.iter().map(|t| t.label.clone()));
-    let mut all_ok = true;
     let rows: Vec<Vec<String>> = sources
         .iter()
         .zip(&matrix)
@@ -232,7 +284,7 @@ fn run(args: &Args) -> Result<bool> {
     if args.keep && !INTERRUPTED.load(Ordering::SeqCst) {
         println!();
         println!("lab kept; namespaces: {}", lab.netns_names().join(" "));
-        if let Some((pod, _)) = pods.first() {
+        if let Some((pod, _, _)) = pods.first() {
             println!(
                 "  e.g. nsenter --net={} ip addr",
                 pod.netns.path().display()
@@ -248,7 +300,7 @@ fn run(args: &Args) -> Result<bool> {
     } else {
         &pods[..]
     };
-    for (pod, _) in deletable {
+    for (pod, _, _) in deletable {
         if let Err(e) = lab.cni_del(pod) {
             eprintln!("DEL {}: {e:#}", pod.name);
             all_ok = false;

@@ -16,8 +16,10 @@
 //!
 //! Checked when rack bindings (`racknets/`) and blocks (`blocks/`) exist (issue 3):
 //! - a rack's ranges never overlap another rack's on the same network;
-//! - every lease lies in the ranges of the rack of its node (`nodes/<node>.rack`), and, when its
-//!   network has blocks, inside a block of that rack;
+//! - every lease lies in the ranges of the rack of its node (`nodes/<node>.rack`), and any block
+//!   it lies in belongs to that rack (a lease outside every block is a borrow from unassigned
+//!   rack space, which ipamd does when its blocks are full and no block can be had, e.g. while
+//!   netmaster has no leader; the per-address key keeps it exclusive);
 //! - blocks of a network never overlap; each lies inside ONE run of its rack's ranges and inside
 //!   one `blockSize`-aligned window; each is owned by a registered node of that rack.
 
@@ -331,16 +333,16 @@ fn check_leases(
             )),
             Some(_) => {}
         }
-        let net_blocks: Vec<&Block> = blocks.iter().filter(|b| b.network == l.network).collect();
-        if !net_blocks.is_empty()
-            && !net_blocks
-                .iter()
-                .any(|b| &b.rack == rack && (b.first..=b.last()).contains(&l.address))
+        if let Some(b) = blocks
+            .iter()
+            .find(|b| b.network == l.network && (b.first..=b.last()).contains(&l.address))
         {
-            rep.violation(format!(
-                "{}: {addr} lies in no block of rack {rack} (node {})",
-                l.key, l.node
-            ));
+            if &b.rack != rack {
+                rep.violation(format!(
+                    "{}: {addr} lies in a block of rack {} but node {} is in rack {rack}",
+                    l.key, b.rack, l.node
+                ));
+            }
         }
     }
 }

@@ -1,0 +1,254 @@
+//! Unshaped TCP throughput (iperf3) between Rackline pods, against the node underlay they ride
+//! on, in the same lab and the same run: two nodes of one rack (one bridge), and two racks
+//! (TOR → spine → TOR, routed).
+//!
+//! The pod path is pod macvlan → node uplink veth → TOR bridge (→ routers) → uplink → macvlan;
+//! the baseline is node uplink veth → the same bridges and routers → uplink veth.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::exec::{run_timed, Background, Invocation};
+use super::stats::median;
+use super::{check_interrupted, leftover_netns};
+use crate::{result_ipv4, Lab, LabNetworkMode, Netns};
+
+#[derive(Clone, Debug)]
+pub struct ThroughputConfig {
+    /// iperf3 `-t`.
+    pub seconds: u32,
+    /// Measurements per path and kind (baseline / pods), alternating.
+    pub repeats: usize,
+}
+
+/// One iperf3 run: receiver throughput in Gbit/s and the sender's retransmits.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    gbps: f64,
+    retransmits: u64,
+}
+
+fn iperf(from: &Netns, to: &Netns, addr: Ipv4Addr, seconds: u32, log: &Path) -> Result<Rate> {
+    let a = addr.to_string();
+    let server = Background::spawn(
+        "iperf3 server",
+        "iperf3",
+        &["-s", "-1", "-B", &a],
+        &to.path(),
+        log,
+    )?;
+    let client = Invocation {
+        program: "iperf3".into(),
+        args: ["-c", &a, "-t", &seconds.to_string(), "-J"]
+            .map(str::to_owned)
+            .to_vec(),
+        env: Vec::new(),
+        stdin: Vec::new(),
+        netns: from.path(),
+    };
+    // The server needs a moment to listen: retry while the connection is refused (iperf3 -J
+    // reports that in its JSON `error`, with exit code 0 or 1 depending on the failure point).
+    let mut attempt = 0;
+    let doc = loop {
+        let out = run_timed(&client, Duration::from_secs(u64::from(seconds) + 30))?;
+        let doc = out.json();
+        let error = match &doc {
+            Some(d) => d["error"].as_str().map(str::to_owned),
+            None => Some(format!("no JSON output (exit {})", out.code)),
+        };
+        let Some(error) = error.or_else(|| (!out.success()).then(|| format!("exit {}", out.code)))
+        else {
+            break doc.unwrap_or_default();
+        };
+        attempt += 1;
+        if !error.contains("Connection refused") || attempt >= 50 {
+            bail!("iperf3 -c {a} from {}: {error}", from.name());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = server.finish(Duration::from_secs(5));
+    let bps = doc["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received in iperf3 output: {doc}"))?;
+    Ok(Rate {
+        gbps: bps / 1e9,
+        retransmits: doc["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    })
+}
+
+struct PathResult {
+    label: &'static str,
+    from: String,
+    to: String,
+    baseline: Vec<Result<Rate, String>>,
+    pods: Vec<Result<Rate, String>>,
+}
+
+pub fn run(cfg: &ThroughputConfig) -> Result<String> {
+    let lab = Lab::builder()
+        .racks(2)
+        .nodes_per_rack(2)
+        .network_mode(LabNetworkMode::Spanning)
+        .log_level("info")
+        .build()?;
+    let id = lab.id().to_owned();
+    let out = measure(&lab, cfg);
+    drop(lab);
+    let mut md = out?;
+    let left = leftover_netns(&id);
+    let _ = writeln!(
+        md,
+        "\nNamespaces of this lab left after teardown: {}.",
+        if left.is_empty() {
+            "none".to_owned()
+        } else {
+            left.join(" ")
+        }
+    );
+    Ok(md)
+}
+
+fn measure(lab: &Lab, cfg: &ThroughputConfig) -> Result<String> {
+    super::wait_for_blocks(lab, Duration::from_secs(30))?;
+    let (n11, n12, n21) = (
+        lab.rack_node(1, 1),
+        lab.rack_node(1, 2),
+        lab.rack_node(2, 1),
+    );
+    let mut pods = Vec::new();
+    for node in [n11, n12, n21] {
+        let pod = lab.add_pod(node.index(), &format!("iperf-{}", node.name()))?;
+        let addr = result_ipv4(&lab.cni_add(&pod)?)?.addr;
+        pods.push((pod, addr));
+    }
+    // Warm the neighbour tables (and prove reachability) before timing anything.
+    let pairs = [
+        (n11.netns(), n12.address()),
+        (n11.netns(), n21.address()),
+        (&pods[0].0.netns, pods[1].1),
+        (&pods[0].0.netns, pods[2].1),
+    ];
+    for (from, to) in pairs {
+        ensure!(lab.ping(from, to)?, "{} cannot reach {to}", from.name());
+    }
+    let log = lab.dir().join("logs").join("iperf3-server.log");
+    let mut results = vec![
+        PathResult {
+            label: "same rack (r1n1 → r1n2, one TOR bridge)",
+            from: format!("{} / pod on {}", n11.address(), n11.name()),
+            to: format!("{} / pod on {}", n12.address(), n12.name()),
+            baseline: Vec::new(),
+            pods: Vec::new(),
+        },
+        PathResult {
+            label: "across racks (r1n1 → r2n1, TOR → spine → TOR)",
+            from: format!("{} / pod on {}", n11.address(), n11.name()),
+            to: format!("{} / pod on {}", n21.address(), n21.name()),
+            baseline: Vec::new(),
+            pods: Vec::new(),
+        },
+    ];
+    let ends = [
+        (
+            (n11.netns(), n12.netns(), n12.address()),
+            (&pods[0].0.netns, &pods[1].0.netns, pods[1].1),
+        ),
+        (
+            (n11.netns(), n21.netns(), n21.address()),
+            (&pods[0].0.netns, &pods[2].0.netns, pods[2].1),
+        ),
+    ];
+    for rep in 0..cfg.repeats {
+        for (res, (base, pod)) in results.iter_mut().zip(ends) {
+            let kinds = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for is_pod in kinds {
+                check_interrupted()?;
+                let (from, to, addr) = if is_pod { pod } else { base };
+                eprintln!(
+                    "throughput: {} {} run {}…",
+                    res.label,
+                    if is_pod { "pods" } else { "baseline" },
+                    rep + 1
+                );
+                let r = iperf(from, to, addr, cfg.seconds, &log).map_err(|e| format!("{e:#}"));
+                if is_pod {
+                    res.pods.push(r);
+                } else {
+                    res.baseline.push(r);
+                }
+            }
+        }
+    }
+    for (pod, _) in &pods {
+        lab.cni_del(pod)?;
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Lab: Spanning, 2 racks × 2 nodes. `iperf3 -c <addr> -t {} -J` (one TCP stream, \
+         unshaped) from the sender's namespace to `iperf3 -s -1 -B <addr>` in the receiver's; \
+         receiver-side rate. Pods: Rackline pods (macvlan bridge mode on the node uplink); \
+         baseline: the same two nodes' uplink addresses, measured in the same run, \
+         {} times each, alternating which goes first. Sender and receiver share the machine's \
+         CPUs.\n",
+        cfg.seconds, cfg.repeats
+    );
+    let _ = writeln!(
+        md,
+        "| path | baseline node → node, Gbit/s per run (retransmits) | pod → pod, Gbit/s per run (retransmits) | median baseline | median pods | pods / baseline | goal ≥ 0.95 |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in &results {
+        let show = |v: &[Result<Rate, String>]| {
+            v.iter()
+                .map(|x| match x {
+                    Ok(r) => format!("{:.2} ({})", r.gbps, r.retransmits),
+                    Err(e) => format!("FAILED: {}", e.lines().next().unwrap_or("")),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let ok = |v: &[Result<Rate, String>]| -> Vec<f64> {
+            v.iter()
+                .filter_map(|x| x.as_ref().ok().map(|r| r.gbps))
+                .collect()
+        };
+        let (mb, mp) = (median(&ok(&r.baseline)), median(&ok(&r.pods)));
+        let (ratio, verdict) = match (mb, mp) {
+            (Some(b), Some(p)) => {
+                let q = p / b;
+                (
+                    format!("{q:.3}"),
+                    if q >= 0.95 {
+                        format!("met ({q:.3})")
+                    } else {
+                        format!("NOT met ({q:.3}, {:.3} short)", 0.95 - q)
+                    },
+                )
+            }
+            _ => ("-".into(), "not measured".into()),
+        };
+        let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            md,
+            "| {} ({} → {}) | {} | {} | {} | {} | {ratio} | {verdict} |",
+            r.label,
+            r.from,
+            r.to,
+            show(&r.baseline),
+            show(&r.pods),
+            f(mb),
+            f(mp),
+        );
+    }
+    Ok(md)
+}

@@ -1,0 +1,164 @@
+//! `rackline-bench`: Rackline's end-to-end benchmarks on the netns lab (docs/benchmarks.md).
+//! Each subcommand builds its own labs, prints a Markdown section and appends it to `--report`.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! target/release/rackline-bench adds         # issue 3: 1000 concurrent ADDs at 1:1 capacity
+//! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
+//! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
+//! ```
+//! Run it from target/release so that the lab uses the release binaries next to it (or set
+//! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use rackline_lab::bench::adds::AddsConfig;
+use rackline_lab::bench::latency::LatencyConfig;
+use rackline_lab::bench::throughput::ThroughputConfig;
+use rackline_lab::bench::{self, append_report, Conditions, QuietMonitor, INTERRUPTED};
+
+#[derive(Parser)]
+#[command(about = "Rackline benchmarks on the netns lab; Markdown sections appended to --report")]
+struct Cli {
+    /// The Markdown file each section is appended to.
+    #[arg(long, global = true, default_value = "target/bench/report.md")]
+    report: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Concurrent ADDs over 2 racks at 1:1 capacity (issue 3: 1000 ADDs < 20 s, 0 failures).
+    Adds(AddsArgs),
+    /// ADD/DEL latency of rackline vs the reference macvlan + host-local, same node.
+    Latency(LatencyArgs),
+    /// iperf3 throughput pod → pod (same rack, across racks) vs node → node.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(ClapArgs)]
+struct AddsArgs {
+    /// Fresh labs per standby setting.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 2)]
+    racks: usize,
+    #[arg(long, default_value_t = 5)]
+    nodes_per_rack: usize,
+    /// Pods per node; each rack's range is sized to exactly nodes × pods (1:1 capacity).
+    #[arg(long, default_value_t = 20)]
+    pods_per_node: usize,
+    /// Concurrent plugin executions.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
+    #[arg(long, default_value_t = 16)]
+    block_size: u32,
+    /// ipamd --standby values, one series each (4 is ipamd's default).
+    #[arg(long, value_delimiter = ',', default_value = "4,0")]
+    standby: Vec<usize>,
+}
+
+#[derive(ClapArgs)]
+struct LatencyArgs {
+    /// Measured samples per plugin and verb.
+    #[arg(long, default_value_t = 100)]
+    runs: usize,
+    /// Dropped warm-up samples per plugin and verb.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 2)]
+    racks: usize,
+    #[arg(long, default_value_t = 2)]
+    nodes_per_rack: usize,
+}
+
+#[derive(ClapArgs)]
+struct ThroughputArgs {
+    /// iperf3 duration per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Measurements per path and kind.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rackline-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Blocks SIGINT/SIGTERM in every thread and waits for them on one, so that an interrupt ends
+/// in the labs' orderly teardown (children get a cleared mask between fork and exec).
+fn catch_signals() -> Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            eprintln!("\nrackline-bench: {sig}, finishing the current step and tearing down…");
+        }
+    });
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    rackline_lab::check_root()?;
+    catch_signals()?;
+    let conditions = Conditions::gather();
+    let monitor = QuietMonitor::start();
+    let (title, body) = match &cli.command {
+        Command::Adds(a) => (
+            "adds: concurrent ADDs at 1:1 capacity (issue 3)",
+            bench::adds::run(&AddsConfig {
+                runs: a.runs,
+                racks: a.racks,
+                nodes_per_rack: a.nodes_per_rack,
+                pods_per_node: a.pods_per_node,
+                workers: a.workers,
+                block_size: a.block_size,
+                standby: a.standby.clone(),
+            })?,
+        ),
+        Command::Latency(a) => (
+            "latency: ADD/DEL of Rackline vs macvlan + host-local",
+            bench::latency::run(&LatencyConfig {
+                runs: a.runs,
+                warmup: a.warmup,
+                racks: a.racks,
+                nodes_per_rack: a.nodes_per_rack,
+            })?,
+        ),
+        Command::Throughput(a) => (
+            "throughput: pod → pod vs node → node (iperf3)",
+            bench::throughput::run(&ThroughputConfig {
+                seconds: a.seconds,
+                repeats: a.repeats,
+            })?,
+        ),
+    };
+    let noise = monitor.finish();
+    let section = format!(
+        "### {title}\n\n{}{}- command: `rackline-bench {}`\n\n{body}",
+        conditions.markdown(),
+        noise.markdown(),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    println!("{section}");
+    append_report(&cli.report, &section)?;
+    eprintln!("appended to {}", cli.report.display());
+    Ok(())
+}
