@@ -284,7 +284,7 @@ impl Store {
                 Ok(())
             };
             if let Err(e) = decoded {
-                tracing::warn!("skipping {e}");
+                tracing::warn!("ignoring an undecodable record: {e}");
                 snap.skipped += 1;
             }
         }

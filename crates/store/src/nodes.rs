@@ -174,7 +174,7 @@ pub(crate) fn decode_leases_lenient(kvs: &[etcd_client::KeyValue]) -> Vec<Lease>
         .filter_map(|kv| match decode_json::<Lease>(kv) {
             Ok(l) => Some(l),
             Err(e) => {
-                warn!("skipping {e}");
+                warn!("ignoring an undecodable record: {e}");
                 None
             }
         })

@@ -42,6 +42,18 @@ fn outage_engine(
     Arc::new(e)
 }
 
+/// What a watch would deliver: every lease in the store, as put events.
+fn feed_leases(engine: &Engine<Arc<FakeStore>>, store: &FakeStore) {
+    for l in store.leases.lock().unwrap().values() {
+        engine.apply_change(rackline_store::Change::Put {
+            key: Keys::new("/rackline").lease("prod", l.lease.address),
+            value: serde_json::to_vec(&l.lease).unwrap(),
+            create_revision: l.mod_revision,
+            mod_revision: l.mod_revision,
+        });
+    }
+}
+
 fn standby_records(store: &FakeStore) -> usize {
     store.live().iter().filter(|l| l.is_standby()).count()
 }
@@ -158,14 +170,7 @@ async fn the_reserve_is_given_back_when_the_pool_runs_short() {
     }
     // Fewer than 4 x target free: n1 gives its reserve back (after its
     // cache sees the new leases, as its watch would deliver them).
-    for l in store.leases.lock().unwrap().values() {
-        n1.apply_change(rackline_store::Change::Put {
-            key: Keys::new("/rackline").lease("prod", l.lease.address),
-            value: serde_json::to_vec(&l.lease).unwrap(),
-            create_revision: l.mod_revision,
-            mod_revision: l.mod_revision,
-        });
-    }
+    feed_leases(&n1, &store);
     n1.maintain_standby().await;
     assert_eq!(standby_records(&store), 0);
     // Every address remains allocatable by some node (n2 re-reads, as its
@@ -227,14 +232,7 @@ async fn a_full_network_waits_for_other_nodes_reserves_instead_of_failing() {
         let (n1, n2, store) = (n1.clone(), n2.clone(), store.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            for l in store.leases.lock().unwrap().values() {
-                n1.apply_change(rackline_store::Change::Put {
-                    key: Keys::new("/rackline").lease("prod", l.lease.address),
-                    value: serde_json::to_vec(&l.lease).unwrap(),
-                    create_revision: l.mod_revision,
-                    mod_revision: l.mod_revision,
-                });
-            }
+            feed_leases(&n1, &store);
             let before: Vec<Ipv4Addr> = store
                 .live()
                 .into_iter()
