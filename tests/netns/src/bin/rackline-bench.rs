@@ -84,7 +84,7 @@ struct ThroughputArgs {
     #[arg(long, default_value_t = 10)]
     seconds: u32,
     /// Measurements per path and kind.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     repeats: usize,
 }
 
