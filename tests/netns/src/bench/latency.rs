@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use super::exec::{run_timed, Invocation, Timed};
 use super::stats::Summary;
-use super::{check_interrupted, leftover_netns, ms, pod_invocation};
-use crate::{Cmd, Lab, LabNetworkMode};
+use super::{check_interrupted, ms, pod_invocation};
+use crate::{Cmd, Lab};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The reference plugins' range: excluded from Rackline's network (`.2`–`.63`) and unused by
@@ -121,27 +121,7 @@ fn sample_floor(lab: &Lab, p: &Plugin, node: usize) -> Result<Duration> {
 }
 
 pub fn run(cfg: &LatencyConfig) -> Result<String> {
-    let lab = Lab::builder()
-        .racks(cfg.racks)
-        .nodes_per_rack(cfg.nodes_per_rack)
-        .network_mode(LabNetworkMode::Spanning)
-        .log_level("info")
-        .build()?;
-    let id = lab.id().to_owned();
-    let out = measure(&lab, cfg);
-    drop(lab);
-    let mut md = out?;
-    let left = leftover_netns(&id);
-    let _ = writeln!(
-        md,
-        "\nNamespaces of this lab left after teardown: {}.",
-        if left.is_empty() {
-            "none".to_owned()
-        } else {
-            left.join(" ")
-        }
-    );
-    Ok(md)
+    super::on_spanning_lab(cfg.racks, cfg.nodes_per_rack, |lab| measure(lab, cfg))
 }
 
 fn measure(lab: &Lab, cfg: &LatencyConfig) -> Result<String> {

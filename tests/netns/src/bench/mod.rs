@@ -111,6 +111,36 @@ pub fn wait_for_blocks(lab: &Lab, timeout: Duration) -> Result<Duration> {
 }
 
 /// Namespaces named after lab `id` that still exist (call after the lab was dropped).
+/// Builds a Spanning lab of `racks` x `nodes_per_rack` (ipamd at info level), runs `measure`
+/// on it, tears it down and appends whether any of its namespaces survived the teardown.
+pub fn on_spanning_lab(
+    racks: usize,
+    nodes_per_rack: usize,
+    measure: impl FnOnce(&Lab) -> Result<String>,
+) -> Result<String> {
+    let lab = Lab::builder()
+        .racks(racks)
+        .nodes_per_rack(nodes_per_rack)
+        .network_mode(crate::LabNetworkMode::Spanning)
+        .log_level("info")
+        .build()?;
+    let id = lab.id().to_owned();
+    let out = measure(&lab);
+    drop(lab);
+    let mut md = out?;
+    let left = leftover_netns(&id);
+    let _ = writeln!(
+        md,
+        "\nNamespaces of this lab left after teardown: {}.",
+        if left.is_empty() {
+            "none".to_owned()
+        } else {
+            left.join(" ")
+        }
+    );
+    Ok(md)
+}
+
 pub fn leftover_netns(id: &str) -> Vec<String> {
     let prefix = format!("{id}-");
     let mut left: Vec<String> = list_netns()

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::check_interrupted;
 use super::exec::{run_timed, Background, Invocation};
 use super::stats::median;
-use super::{check_interrupted, leftover_netns};
-use crate::{result_ipv4, Lab, LabNetworkMode, Netns};
+use crate::{result_ipv4, Lab, Netns};
 
 #[derive(Clone, Debug)]
 pub struct ThroughputConfig {
@@ -89,27 +89,7 @@ struct PathResult {
 }
 
 pub fn run(cfg: &ThroughputConfig) -> Result<String> {
-    let lab = Lab::builder()
-        .racks(2)
-        .nodes_per_rack(2)
-        .network_mode(LabNetworkMode::Spanning)
-        .log_level("info")
-        .build()?;
-    let id = lab.id().to_owned();
-    let out = measure(&lab, cfg);
-    drop(lab);
-    let mut md = out?;
-    let left = leftover_netns(&id);
-    let _ = writeln!(
-        md,
-        "\nNamespaces of this lab left after teardown: {}.",
-        if left.is_empty() {
-            "none".to_owned()
-        } else {
-            left.join(" ")
-        }
-    );
-    Ok(md)
+    super::on_spanning_lab(2, 2, |lab| measure(lab, cfg))
 }
 
 fn measure(lab: &Lab, cfg: &ThroughputConfig) -> Result<String> {
