@@ -146,6 +146,8 @@ mod tests {
             pod: PodRef::default(),
             created_unix_ms: 1,
             state: Default::default(),
+            sticky: false,
+            expires_unix_ms: None,
         }
     }
 

@@ -314,6 +314,8 @@ mod tests {
             },
             created_unix_ms: 0,
             state: Default::default(),
+            sticky: false,
+            expires_unix_ms: None,
         }
     }
 

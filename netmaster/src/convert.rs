@@ -83,6 +83,7 @@ pub fn network_from_proto(n: &pb::Network) -> Result<NetworkSpec, ConvertError> 
         } else {
             n.block_size
         },
+        sticky: None,
     };
     spec.validate()?;
     Ok(spec)
@@ -175,7 +176,7 @@ pub fn lease_to_proto(l: &Lease) -> pb::Lease {
         ifname: l.ifname.clone(),
         pod: Some(pod_to_proto(&l.pod)),
         created_unix_ms: l.created_unix_ms,
-        state: if l.is_standby() { "standby" } else { "active" }.to_string(),
+        state: l.state.as_str().to_string(),
     }
 }
 
@@ -428,6 +429,8 @@ mod tests {
             },
             created_unix_ms: 42,
             state: Default::default(),
+            sticky: false,
+            expires_unix_ms: None,
         };
         let p = lease_to_proto(&l);
         assert_eq!(p.address, "10.10.0.70");

@@ -23,6 +23,7 @@ fn spec(name: String, subnet: String, gateway: String) -> NetworkSpec {
         routes: vec![],
         host_routes: vec![],
         block_size: 16,
+        sticky: None,
     }
 }
 

@@ -404,6 +404,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         routes: vec![],
         host_routes: vec![],
         block_size: 16,
+        sticky: None,
     };
     rt.block_on(async {
         let win = |lease| {

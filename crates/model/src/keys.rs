@@ -8,6 +8,7 @@
 //! <prefix>/v1/racknets/<network>/<rack>      RackNet JSON (a rack's share of a network)
 //! <prefix>/v1/nodes/<node>                   Node JSON
 //! <prefix>/v1/blocks/<network>/<first ipv4>  Block JSON
+//! <prefix>/v1/identities/<network>/<ns>/<pod> Identity JSON (a sticky pod's address)
 //! <prefix>/v1/netmaster/leader               the netmaster leader, on its etcd lease
 //! ```
 //! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
@@ -113,6 +114,20 @@ impl Keys {
 
     pub fn block(&self, network: &str, first: Ipv4Addr) -> String {
         format!("{}/blocks/{network}/{}", self.root, padded(first))
+    }
+
+    pub fn identities_prefix(&self, network: &str) -> String {
+        format!("{}/identities/{network}/", self.root)
+    }
+
+    pub fn all_identities_prefix(&self) -> String {
+        format!("{}/identities/", self.root)
+    }
+
+    /// The identity key of pod `namespace/name` on `network`. Kubernetes
+    /// names never contain '/', so the key parses back unambiguously.
+    pub fn identity(&self, network: &str, namespace: &str, name: &str) -> String {
+        format!("{}/identities/{network}/{namespace}/{name}", self.root)
     }
 
     pub fn leader(&self) -> String {

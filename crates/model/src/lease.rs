@@ -29,20 +29,31 @@ impl PodRef {
     }
 }
 
-/// A lease either belongs to a pod (`active`) or is held in reserve by its
-/// node (`standby`): the key exists, so no other node can borrow the
-/// address, and the node may hand it out while etcd is unreachable.
+/// A lease either belongs to a pod (`active`), is held in reserve by its
+/// node (`standby`: the key exists, so no other node can borrow the
+/// address, and the node may hand it out while etcd is unreachable), or is
+/// reserved for a sticky pod identity that is not running (`reserved`:
+/// nobody else may take it until the reservation expires or is released).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseState {
     #[default]
     Active,
     Standby,
+    Reserved,
 }
 
 impl LeaseState {
     pub fn is_active(&self) -> bool {
         *self == LeaseState::Active
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeaseState::Active => "active",
+            LeaseState::Standby => "standby",
+            LeaseState::Reserved => "reserved",
+        }
     }
 }
 
@@ -60,6 +71,15 @@ pub struct Lease {
     pub created_unix_ms: i64,
     #[serde(default, skip_serializing_if = "LeaseState::is_active")]
     pub state: LeaseState,
+    /// The lease belongs to the sticky identity `pod` on this network: its
+    /// identity record (`identities/<network>/<ns>/<pod>`) names this
+    /// address, and both records change together in one transaction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sticky: bool,
+    /// When a `reserved` lease expires (etcd deletes it then; informative).
+    /// None on a pinned reservation, which never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<i64>,
 }
 
 impl Lease {
@@ -74,7 +94,13 @@ impl Lease {
             pod: PodRef::default(),
             created_unix_ms: now_ms,
             state: LeaseState::Standby,
+            sticky: false,
+            expires_unix_ms: None,
         }
+    }
+
+    pub fn is_reserved(&self) -> bool {
+        self.state == LeaseState::Reserved
     }
 
     pub fn is_standby(&self) -> bool {

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod network;
 pub mod pool;
 pub mod rack;
+pub mod sticky;
 
 pub use block::Block;
 pub use intervals::IntervalSet;
@@ -16,3 +17,4 @@ pub use lease::{Lease, LeaseState, PodRef};
 pub use network::{AddrRange, NetworkSpec, RouteSpec, ValidationError};
 pub use pool::Pool;
 pub use rack::{Node, Rack, RackNet};
+pub use sticky::{CrossRack, Identity, StickyPolicy};

@@ -66,6 +66,8 @@ pub enum ValidationError {
     },
     #[error("block size {0} must be a power of two between 4 and 256")]
     BlockSize(u32),
+    #[error("sticky policy: {0}")]
+    Sticky(String),
     #[error("invalid node name {0:?}: use 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")]
     NodeName(String),
 }
@@ -166,6 +168,10 @@ pub struct NetworkSpec {
     /// Addresses per block handed to a node (rack-bound networks only).
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Which pods keep their address across re-creation (None = none but
+    /// operator-pinned ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::StickyPolicy>,
 }
 
 fn default_block_size() -> u32 {
@@ -318,6 +324,9 @@ impl NetworkSpec {
         {
             return Err(ValidationError::BlockSize(self.block_size));
         }
+        if let Some(p) = &self.sticky {
+            p.validate()?;
+        }
         if crate::Pool::new(self).capacity() == 0 {
             return Err(ValidationError::Empty(self.name.clone()));
         }
@@ -373,6 +382,7 @@ mod tests {
             routes: vec![],
             host_routes: vec!["10.96.0.0/12".parse().unwrap()],
             block_size: 16,
+            sticky: None,
         }
     }
 

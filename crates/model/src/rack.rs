@@ -192,6 +192,7 @@ mod tests {
             routes: vec![],
             host_routes: vec![],
             block_size: 16,
+            sticky: None,
         }
     }
 

@@ -271,6 +271,8 @@ mod tests {
             pod: PodRef::default(),
             created_unix_ms: 0,
             state: Default::default(),
+            sticky: false,
+            expires_unix_ms: None,
         }
     }
 

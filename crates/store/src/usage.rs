@@ -144,6 +144,7 @@ mod tests {
             routes: vec![],
             host_routes: vec![],
             block_size: 16,
+            sticky: None,
         }
     }
 

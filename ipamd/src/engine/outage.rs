@@ -22,6 +22,8 @@ impl<S: LeaseStore> Engine<S> {
             pod: a.pod.clone(),
             created_unix_ms: now_ms(),
             state: rackline_model::LeaseState::Active,
+            sticky: false,
+            expires_unix_ms: None,
         }
     }
 

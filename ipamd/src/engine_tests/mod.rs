@@ -172,6 +172,7 @@ pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
         routes: vec![],
         host_routes: vec![],
         block_size: 16,
+        sticky: None,
     }
 }
 

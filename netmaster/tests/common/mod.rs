@@ -300,6 +300,8 @@ pub fn put_lease(
         },
         created_unix_ms: 1_700_000_000_000,
         state: Default::default(),
+        sticky: false,
+        expires_unix_ms: None,
     };
     match rt
         .block_on(store.create_lease(&lease, net.create_revision))
