@@ -24,6 +24,11 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 103;
     /// ipamd answered with an unexpected error.
     pub const IPAM: u32 = 104;
+    /// The pod is sticky and its identity is live on another node.
+    pub const STICKY_LIVE: u32 = 105;
+    /// The pod is sticky and its reserved address belongs to another rack
+    /// (cross-rack policy `strict`).
+    pub const STICKY_WRONG_RACK: u32 = 106;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

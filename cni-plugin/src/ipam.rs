@@ -49,6 +49,16 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
         Code::InvalidArgument => {
             CniError::new(code::INVALID_CONFIG, "ipamd rejected the request", msg)
         }
+        Code::AlreadyExists => CniError::new(
+            code::STICKY_LIVE,
+            "the pod's sticky address is in use by the same pod on another node",
+            msg,
+        ),
+        Code::OutOfRange => CniError::new(
+            code::STICKY_WRONG_RACK,
+            "the pod's sticky address belongs to another rack",
+            msg,
+        ),
         _ => CniError::new(
             code::IPAM,
             "rackline-ipamd failed",

@@ -21,6 +21,7 @@ use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
 mod outage;
+mod sticky;
 use crate::store::LeaseStore;
 
 /// How many taken-by-someone-else candidates an allocation skips before it
@@ -55,6 +56,12 @@ pub enum IpamError {
     Contended(u32),
     #[error("{0}")]
     NotInRack(String),
+    /// A sticky identity is live on another node.
+    #[error("{0}")]
+    IdentityLive(String),
+    /// A sticky identity's address belongs to another rack (policy strict).
+    #[error("{0}")]
+    WrongRack(String),
     #[error("store: {0}")]
     Store(StoreError),
 }
@@ -324,7 +331,17 @@ impl<S: LeaseStore> Engine<S> {
                 existing: true,
             });
         }
-        if !self.etcd_ok() && self.journal.is_some() {
+        // Sticky pods claim their identity's address first; they never take
+        // an offline address (see engine/sticky.rs).
+        let mut identity = None;
+        if self.maybe_sticky(&net, &a) {
+            match self.claim_identity(&net, &a).await? {
+                Some(sticky::Claim::Done(done)) => return Ok(done),
+                Some(sticky::Claim::Fresh(i)) => identity = Some(i),
+                None => {}
+            }
+        }
+        if identity.is_none() && !self.etcd_ok() && self.journal.is_some() {
             return self.allocate_offline(&net, &a);
         }
         // An earlier attempt for this attachment may have been written even
@@ -385,14 +402,35 @@ impl<S: LeaseStore> Engine<S> {
                 pod: a.pod.clone(),
                 created_unix_ms: now_ms(),
                 state: rackline_model::LeaseState::Active,
-                sticky: false,
+                sticky: identity.is_some(),
                 expires_unix_ms: None,
             };
-            match self
-                .store
-                .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                .await
-            {
+            let created = match &identity {
+                None => {
+                    self.store
+                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                        .await
+                }
+                Some(i) => match self
+                    .create_sticky(&net, &lease, i, pick.guard.as_ref())
+                    .await
+                {
+                    Ok(Some(c)) => Ok(c),
+                    Ok(None) => {
+                        // Someone created this identity meanwhile: claim
+                        // it the regular way (it may be live elsewhere).
+                        net.unpick(ip);
+                        match self.claim_identity(&net, &a).await? {
+                            Some(sticky::Claim::Done(done)) => return Ok(done),
+                            Some(sticky::Claim::Fresh(i)) => identity = Some(i),
+                            None => identity = None,
+                        }
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match created {
                 Ok(CreateLease::Created { mod_revision }) => {
                     self.set_etcd_ok(true);
                     net.observe(
@@ -518,9 +556,8 @@ impl<S: LeaseStore> Engine<S> {
             }
             let mut settled = false;
             for _ in 0..3 {
-                match self.store.delete_lease(&name, ip, rev).await {
+                match self.retire_at(net, ip, rev).await {
                     Ok(true) => {
-                        net.forget(ip, 0);
                         net.disown(key, ip);
                         info!(network = %name, %ip, container = %key.0, ifname = %key.1, "released");
                         released.push(ip);

@@ -39,6 +39,11 @@ struct Inner {
     /// Addresses released while etcd was unreachable: still recorded in
     /// etcd until the journal is replayed, so not reusable before that.
     released_offline: BTreeSet<Ipv4Addr>,
+    /// Sticky leases by pod identity (namespace, name): a hint that the pod
+    /// has an identity record, derived from the lease records (which name
+    /// their identity) so it needs no second cache. The record itself is
+    /// always read from etcd before it is used.
+    sticky: HashMap<(String, String), Ipv4Addr>,
     /// This node has served (or holds a reserve for) pods on this network:
     /// only then is a reserve worth keeping (a node does not use every
     /// network that exists).
@@ -86,6 +91,11 @@ pub struct BlockUsage {
     pub own_blocks: Vec<(u32, u32, u64, String, i64)>,
 }
 
+fn sticky_key(l: &Lease) -> Option<(String, String)> {
+    l.sticky
+        .then(|| (l.pod.namespace.clone(), l.pod.name.clone()))
+}
+
 fn key_of(l: &Lease) -> AttachmentKey {
     (l.container_id.clone(), l.ifname.clone())
 }
@@ -130,6 +140,7 @@ impl NetState {
                 uncertain: HashMap::new(),
                 standby: BTreeMap::new(),
                 released_offline: BTreeSet::new(),
+                sticky: HashMap::new(),
                 in_use_here: false,
             }),
         }
@@ -270,8 +281,12 @@ impl NetState {
             }
             let old_key = key_of(&old.lease);
             let old_node = old.lease.node.clone();
+            let old_pod = sticky_key(&old.lease);
             if old_node == node {
                 remove_from(&mut g.mine, &old_key, ip);
+            }
+            if let Some(p) = old_pod {
+                g.sticky.remove(&p);
             }
         }
         g.mark(ip);
@@ -282,9 +297,14 @@ impl NetState {
             g.in_use_here = true;
             if sl.lease.is_standby() {
                 g.standby.insert(ip, sl.mod_revision);
-            } else {
+            } else if sl.lease.state.is_active() {
+                // A reservation is nobody's attachment: only live leases
+                // are this node's to return on DEL.
                 g.mine.entry(key.clone()).or_default().insert(ip);
             }
+        }
+        if let Some(p) = sticky_key(&sl.lease) {
+            g.sticky.insert(p, ip);
         }
         remove_from(&mut g.uncertain, &key, ip);
         g.leases.insert(ip, sl);
@@ -300,6 +320,9 @@ impl NetState {
             return;
         }
         let key = key_of(&old.lease);
+        if let Some(p) = sticky_key(&old.lease) {
+            g.sticky.remove(&p);
+        }
         g.leases.remove(&ip);
         remove_from(&mut g.mine, &key, ip);
         g.standby.remove(&ip);
@@ -409,6 +432,25 @@ impl NetState {
 
     pub fn own_available(&self) -> u64 {
         self.lock().pool.available()
+    }
+
+    /// The address a sticky lease of pod `namespace/name` holds, as far as
+    /// this cache knows.
+    pub fn sticky_hint(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        self.lock()
+            .sticky
+            .get(&(namespace.to_string(), name.to_string()))
+            .copied()
+    }
+
+    /// Whether pods of this node may use `ip`: inside this node's rack's
+    /// ranges on a rack-bound network, inside the network's on a flat one.
+    pub fn serves(&self, ip: Ipv4Addr) -> bool {
+        let g = self.lock();
+        match g.rack.as_ref() {
+            Some(r) => r.rack_pool.allocatable().contains(u32::from(ip)),
+            None => g.pool.allocatable().contains(u32::from(ip)),
+        }
     }
 
     /// The lease this node already holds for the attachment, if any.

@@ -30,6 +30,8 @@ pub fn status_of(e: IpamError) -> Status {
         IpamError::Unavailable(_) | IpamError::NotReady => Status::unavailable(msg),
         IpamError::Contended(_) => Status::aborted(msg),
         IpamError::NotInRack(_) => Status::failed_precondition(msg),
+        IpamError::IdentityLive(_) => Status::already_exists(msg),
+        IpamError::WrongRack(_) => Status::out_of_range(msg),
         IpamError::Store(_) => Status::internal(msg),
     }
 }
@@ -100,6 +102,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
             network: Some(network_to_pb(&a.network)),
             existing: a.existing,
+            sticky: a.lease.sticky,
         }))
     }
 

@@ -5,8 +5,11 @@
 use std::future::Future;
 use std::net::Ipv4Addr;
 
-use rackline_model::Lease;
-use rackline_store::{BlockGuard, CreateLease, Store, StoreError, StoredLease, StoredNetwork};
+use rackline_model::{Identity, Lease};
+use rackline_store::{
+    BlockGuard, CreateLease, IdentityView, StickyWrite, Store, StoreError, StoredIdentity,
+    StoredLease, StoredNetwork,
+};
 
 pub trait LeaseStore: Send + Sync + 'static {
     fn create_lease(
@@ -36,6 +39,47 @@ pub trait LeaseStore: Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<StoredNetwork>, StoreError>> + Send;
+
+    // ---- sticky identities (see rackline_store::identities) ----
+
+    fn get_identity(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<StoredIdentity>, StoreError>> + Send;
+    fn identity_view(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<IdentityView>, StoreError>> + Send;
+    /// Writes a lease and its identity together (revisions 0 = must not
+    /// exist). `ttl_secs` makes it a reservation etcd deletes at expiry;
+    /// `network_revision` and `block` guard a fresh address like
+    /// `create_lease`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity: &Identity,
+        identity_rev: i64,
+        ttl_secs: Option<u64>,
+        network_revision: Option<i64>,
+        block: Option<&BlockGuard>,
+    ) -> impl Future<Output = Result<StickyWrite, StoreError>> + Send;
+    fn delete_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity_rev: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn delete_identity(
+        &self,
+        identity: &Identity,
+        identity_rev: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 impl LeaseStore for Store {
@@ -75,5 +119,89 @@ impl LeaseStore for Store {
         mod_revision: i64,
     ) -> Result<Option<i64>, StoreError> {
         Store::replace_lease(self, lease, mod_revision).await
+    }
+
+    async fn get_identity(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredIdentity>, StoreError> {
+        Store::get_identity(self, network, namespace, name).await
+    }
+
+    async fn identity_view(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<IdentityView>, StoreError> {
+        Store::identity_view(self, network, namespace, name).await
+    }
+
+    async fn write_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity: &Identity,
+        identity_rev: i64,
+        ttl_secs: Option<u64>,
+        network_revision: Option<i64>,
+        block: Option<&BlockGuard>,
+    ) -> Result<StickyWrite, StoreError> {
+        let ttl_lease = match ttl_secs {
+            Some(s) => Some(self.grant_ttl(s).await?),
+            None => None,
+        };
+        let mut extra = Vec::new();
+        if let Some(rev) = network_revision {
+            extra.push(self.network_compare(&lease.network, rev));
+        }
+        if let Some(b) = block {
+            extra.push(b.compare());
+        }
+        Store::write_sticky(
+            self,
+            lease,
+            lease_rev,
+            identity,
+            identity_rev,
+            ttl_lease,
+            extra,
+        )
+        .await
+    }
+
+    async fn delete_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity_rev: i64,
+    ) -> Result<bool, StoreError> {
+        Store::delete_sticky(
+            self,
+            &lease.network,
+            lease.address,
+            lease_rev,
+            &lease.pod.namespace,
+            &lease.pod.name,
+            identity_rev,
+        )
+        .await
+    }
+
+    async fn delete_identity(
+        &self,
+        identity: &Identity,
+        identity_rev: i64,
+    ) -> Result<bool, StoreError> {
+        Store::delete_identity(
+            self,
+            &identity.network,
+            &identity.namespace,
+            &identity.name,
+            identity_rev,
+        )
+        .await
     }
 }

@@ -12,6 +12,7 @@ use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 
 mod blocks;
 mod election;
+mod identities;
 mod leases;
 mod networks;
 mod nodes;
@@ -21,6 +22,7 @@ mod reads;
 mod usage;
 pub use blocks::{BlockFilter, BlockUsage};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use nodes::NodeInfo;
 pub use object::Object;
 pub use racks::RackInfo;
@@ -151,6 +153,13 @@ pub struct StoredBlock {
 pub struct BlockGuard {
     pub key: String,
     pub mod_revision: i64,
+}
+
+impl BlockGuard {
+    /// "The block is still at the revision I saw", for a transaction.
+    pub fn compare(&self) -> Compare {
+        Compare::mod_revision(self.key.clone(), CompareOp::Equal, self.mod_revision)
+    }
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {

@@ -178,7 +178,17 @@ impl<S: LeaseStore> Engine<S> {
                         let key = (container_id.clone(), ifname.clone());
                         if let Some(cur) = self.store.get_lease(network, *address).await? {
                             if self.is_mine(&cur.lease, &key) {
-                                self.store.delete_lease(network, *address, cur.mod_revision).await?;
+                                // A sticky lease becomes its identity's
+                                // reservation, as an online DEL would do.
+                                let spec = self.nets_read().get(network).map(|n| n.spec.clone());
+                                match spec {
+                                    Some(spec) => {
+                                        self.retire(&spec, &cur).await?;
+                                    }
+                                    None => {
+                                        self.store.delete_lease(network, *address, cur.mod_revision).await?;
+                                    }
+                                }
                                 info!(%network, ip = %address, "journal: offline release recorded in etcd");
                             }
                         }

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rackline_model::{Keys, Lease, NetworkSpec, PodRef};
-use rackline_store::{BlockGuard, CreateLease, Snapshot, StoreError, StoredLease, StoredNetwork};
+use rackline_model::{Identity, Keys, Lease, NetworkSpec, PodRef};
+use rackline_store::{
+    BlockGuard, CreateLease, IdentityView, Snapshot, StickyWrite, StoreError, StoredIdentity,
+    StoredLease, StoredNetwork,
+};
 
 use crate::engine::{AllocateArgs, Engine, IpamError};
 use crate::store::LeaseStore;
@@ -25,6 +28,9 @@ pub(super) struct FakeStore {
     lose_next_create_answer: AtomicBool,
     /// Refuse everything, as if etcd were down.
     pub(super) down: AtomicBool,
+    /// (network, namespace, name) -> identity. TTLs are not modelled: the
+    /// lab tests expiry against real etcd.
+    pub(super) identities: Mutex<HashMap<(String, String, String), StoredIdentity>>,
 }
 
 impl FakeStore {
@@ -157,6 +163,130 @@ impl LeaseStore for Arc<FakeStore> {
             }
             _ => Ok(None),
         }
+    }
+
+    async fn get_identity(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<StoredIdentity>, StoreError> {
+        self.check_down()?;
+        let k = (network.to_string(), namespace.to_string(), name.to_string());
+        Ok(self.identities.lock().unwrap().get(&k).cloned())
+    }
+
+    async fn identity_view(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<IdentityView>, StoreError> {
+        let Some(identity) = self.get_identity(network, namespace, name).await? else {
+            return Ok(None);
+        };
+        let lease = self.get_lease(network, identity.identity.address).await?;
+        Ok(Some(IdentityView { identity, lease }))
+    }
+
+    async fn write_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity: &Identity,
+        identity_rev: i64,
+        _ttl_secs: Option<u64>,
+        network_revision: Option<i64>,
+        block: Option<&BlockGuard>,
+    ) -> Result<StickyWrite, StoreError> {
+        self.check_down()?;
+        tokio::task::yield_now().await;
+        if let Some(r) = network_revision {
+            let nets = self.networks.lock().unwrap();
+            if nets.get(&lease.network).map(|n| n.create_revision) != Some(r) {
+                return Ok(StickyWrite::Changed);
+            }
+        }
+        if let Some(b) = block {
+            if self.blocks.lock().unwrap().get(&b.key) != Some(&b.mod_revision) {
+                return Ok(StickyWrite::Changed);
+            }
+        }
+        let mut m = self.leases.lock().unwrap();
+        let mut ids = self.identities.lock().unwrap();
+        let lk = (lease.network.clone(), lease.address);
+        let ik = (
+            identity.network.clone(),
+            identity.namespace.clone(),
+            identity.name.clone(),
+        );
+        let lease_ok = m.get(&lk).map(|l| l.mod_revision).unwrap_or(0) == lease_rev;
+        let ident_ok = ids.get(&ik).map(|i| i.mod_revision).unwrap_or(0) == identity_rev;
+        if !(lease_ok && ident_ok) {
+            return Ok(StickyWrite::Changed);
+        }
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
+        m.insert(
+            lk,
+            StoredLease {
+                lease: lease.clone(),
+                mod_revision: rev,
+            },
+        );
+        ids.insert(
+            ik,
+            StoredIdentity {
+                identity: identity.clone(),
+                mod_revision: rev,
+            },
+        );
+        Ok(StickyWrite::Done { mod_revision: rev })
+    }
+
+    async fn delete_sticky(
+        &self,
+        lease: &Lease,
+        lease_rev: i64,
+        identity_rev: i64,
+    ) -> Result<bool, StoreError> {
+        self.check_down()?;
+        let mut m = self.leases.lock().unwrap();
+        let mut ids = self.identities.lock().unwrap();
+        let lk = (lease.network.clone(), lease.address);
+        let ik = (
+            lease.network.clone(),
+            lease.pod.namespace.clone(),
+            lease.pod.name.clone(),
+        );
+        if m.get(&lk).map(|l| l.mod_revision) != Some(lease_rev)
+            || ids.get(&ik).map(|i| i.mod_revision) != Some(identity_rev)
+        {
+            return Ok(false);
+        }
+        m.remove(&lk);
+        ids.remove(&ik);
+        self.rev.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
+    }
+
+    async fn delete_identity(
+        &self,
+        identity: &Identity,
+        identity_rev: i64,
+    ) -> Result<bool, StoreError> {
+        self.check_down()?;
+        let mut ids = self.identities.lock().unwrap();
+        let ik = (
+            identity.network.clone(),
+            identity.namespace.clone(),
+            identity.name.clone(),
+        );
+        if ids.get(&ik).map(|i| i.mod_revision) != Some(identity_rev) {
+            return Ok(false);
+        }
+        ids.remove(&ik);
+        self.rev.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
     }
 }
 
@@ -409,3 +539,4 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 
 mod outage;
 mod racks;
+mod sticky;

@@ -1,0 +1,410 @@
+//! Sticky pods (issue 4): a pod identity (network, namespace, pod name)
+//! keeps its address across re-creation.
+//!
+//! The identity record `identities/<net>/<ns>/<pod>` says which address the
+//! identity owns; the lease at that address names the identity back
+//! (`sticky: true` + `pod`). Every change writes both in one transaction
+//! that compares the revisions we read of both, so:
+//! - two nodes starting the same identity at once: one write wins, the
+//!   other re-reads and sees the identity live elsewhere → clear error;
+//! - the old incarnation's DEL after the new one's ADD: the lease now names
+//!   the new container, so the old DEL finds nothing of its own to free;
+//! - a reservation expiring (etcd deletes both records when the hold's etcd
+//!   lease runs out) while an ADD re-activates it: the ADD's compare fails
+//!   and it re-reads; either it re-activated first (the write detached the
+//!   records from the etcd lease, so expiry no longer touches them) or the
+//!   address was freed and the pod gets a fresh one — never both.
+//!
+//! Sticky pods need etcd: while it is unreachable their ADD fails with
+//! "try again later" instead of taking an offline address that would
+//! break the promise.
+
+use std::sync::Arc;
+
+use rackline_model::{CrossRack, Identity, Lease, LeaseState};
+use rackline_store::{StickyWrite, StoreError, StoredLease};
+use tracing::{info, warn};
+
+use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use crate::netstate::NetState;
+use crate::store::LeaseStore;
+
+/// Re-reads a changing identity at most this often before giving up (only
+/// reachable when the identity is being fought over).
+const MAX_CLAIM_ROUNDS: u32 = 8;
+
+/// What an ADD of a possibly sticky pod does.
+pub(super) enum Claim {
+    /// The identity's address is this attachment's now.
+    Done(Allocated),
+    /// A sticky pod without a reservation: allocate a fresh address and
+    /// write this identity with it.
+    Fresh(Identity),
+}
+
+fn unavailable_for_sticky(a: &AllocateArgs, e: StoreError) -> IpamError {
+    match e {
+        StoreError::Unavailable(m) => IpamError::Unavailable(format!(
+            "pod {} is sticky and its address can only be claimed through etcd ({m}); retry",
+            a.pod.display()
+        )),
+        other => IpamError::Store(other),
+    }
+}
+
+impl<S: LeaseStore> Engine<S> {
+    fn policy_sticky(net: &NetState, a: &AllocateArgs) -> bool {
+        net.spec
+            .sticky
+            .as_ref()
+            .is_some_and(|p| p.matches(&a.pod.namespace, &a.pod.name))
+    }
+
+    /// Whether this ADD must go through the identity path: the network's
+    /// policy makes the pod sticky, or an identity record exists for it
+    /// (operator pin, or a policy changed since).
+    pub(super) fn maybe_sticky(&self, net: &NetState, a: &AllocateArgs) -> bool {
+        !a.pod.name.is_empty()
+            && (Self::policy_sticky(net, a)
+                || net.sticky_hint(&a.pod.namespace, &a.pod.name).is_some())
+    }
+
+    fn active_lease(&self, a: &AllocateArgs, ip: std::net::Ipv4Addr) -> Lease {
+        Lease {
+            network: a.network.clone(),
+            address: ip,
+            node: self.node.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            pod: a.pod.clone(),
+            created_unix_ms: now_ms(),
+            state: LeaseState::Active,
+            sticky: true,
+            expires_unix_ms: None,
+        }
+    }
+
+    /// Claims the identity's address for this attachment, or says to
+    /// allocate a fresh one (`Fresh`), or None when the pod is not sticky.
+    pub(super) async fn claim_identity(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+    ) -> Result<Option<Claim>, IpamError> {
+        let (ns, name) = (&a.pod.namespace, &a.pod.name);
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            let view = self
+                .store
+                .identity_view(&a.network, ns, name)
+                .await
+                .map_err(|e| {
+                    self.note_store_error(&e);
+                    unavailable_for_sticky(a, e)
+                })?;
+            let Some(view) = view else {
+                if !Self::policy_sticky(net, a) {
+                    return Ok(None);
+                }
+                return Ok(Some(Claim::Fresh(Identity {
+                    network: a.network.clone(),
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    address: std::net::Ipv4Addr::UNSPECIFIED,
+                    pinned: false,
+                    rack: self.rack.clone().filter(|_| net.is_racked()),
+                    created_unix_ms: now_ms(),
+                })));
+            };
+            let ident = view.identity;
+            let ip = ident.identity.address;
+            let cur = match view.lease {
+                Some(sl)
+                    if !(sl.lease.sticky
+                        && sl.lease.pod.namespace == *ns
+                        && sl.lease.pod.name == *name) =>
+                {
+                    // The identity names an address whose record is not its
+                    // own (left by a manual edit or an older version): the
+                    // address record wins, the identity is dropped.
+                    warn!(network = %a.network, %ip, pod = %a.pod.display(), owner = ?sl.lease, "identity points at an address owned by someone else; dropping the identity");
+                    self.store
+                        .delete_identity(&ident.identity, ident.mod_revision)
+                        .await
+                        .map_err(|e| unavailable_for_sticky(a, e))?;
+                    continue;
+                }
+                other => other,
+            };
+            if let Some(sl) = &cur {
+                if sl.lease.state.is_active() && sl.lease.node != self.node {
+                    return Err(IpamError::IdentityLive(format!(
+                        "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone, run `racklinectl reservation release {} {} {}`",
+                        a.pod.display(),
+                        sl.lease.node,
+                        sl.lease.container_id,
+                        a.network,
+                        ns,
+                        name
+                    )));
+                }
+                if sl.lease.state.is_active()
+                    && sl.lease.container_id == a.container_id
+                    && sl.lease.ifname == a.ifname
+                {
+                    // Ours already (our cache had not seen it yet).
+                    net.observe(sl.clone(), &self.node);
+                    return Ok(Some(Claim::Done(Allocated {
+                        lease: sl.lease.clone(),
+                        network: net.effective_spec(),
+                        existing: true,
+                    })));
+                }
+            }
+            if !net.serves(ip) {
+                let rack = ident.identity.rack.clone().unwrap_or_else(|| "?".into());
+                let policy = net
+                    .spec
+                    .sticky
+                    .as_ref()
+                    .map(|p| p.cross_rack)
+                    .unwrap_or_default();
+                if policy == CrossRack::Strict || ident.identity.pinned {
+                    return Err(IpamError::WrongRack(format!(
+                        "pod {} has address {ip} reserved in rack {rack:?}, and node {:?} is in rack {:?}: the address is only reachable behind rack {rack:?}'s TOR. Start the pod in rack {rack:?}, or release the reservation (`racklinectl reservation release {} {} {}`)",
+                        a.pod.display(),
+                        self.node,
+                        self.rack.as_deref().unwrap_or("-"),
+                        a.network,
+                        ns,
+                        name
+                    )));
+                }
+                // reallocate: drop the old reservation (both records), then
+                // start over as a fresh sticky pod in this rack.
+                let dropped = match &cur {
+                    Some(sl) => self
+                        .store
+                        .delete_sticky(&sl.lease, sl.mod_revision, ident.mod_revision)
+                        .await
+                        .map_err(|e| unavailable_for_sticky(a, e))?,
+                    None => self
+                        .store
+                        .delete_identity(&ident.identity, ident.mod_revision)
+                        .await
+                        .map_err(|e| unavailable_for_sticky(a, e))?,
+                };
+                if dropped {
+                    info!(network = %a.network, %ip, %rack, pod = %a.pod.display(), "sticky pod moved to another rack: old reservation dropped (cross-rack policy reallocate)");
+                }
+                continue;
+            }
+            // Same rack (or flat network): take the address over. The write
+            // compares both records, so a concurrent claim, DEL or expiry
+            // makes it fail and we re-read.
+            let lease = self.active_lease(a, ip);
+            let mut identity = ident.identity.clone();
+            identity.rack = self.rack.clone().filter(|_| net.is_racked());
+            let lease_rev = cur.as_ref().map(|c| c.mod_revision).unwrap_or(0);
+            let guard = if lease_rev == 0 {
+                Some(net.create_revision)
+            } else {
+                None
+            };
+            match self
+                .store
+                .write_sticky(
+                    &lease,
+                    lease_rev,
+                    &identity,
+                    ident.mod_revision,
+                    None,
+                    guard,
+                    None,
+                )
+                .await
+            {
+                Ok(StickyWrite::Done { mod_revision }) => {
+                    self.set_etcd_ok(true);
+                    if let Some(prev) = cur.as_ref().filter(|c| c.lease.state.is_active()) {
+                        info!(network = %a.network, %ip, pod = %a.pod.display(), old_container = %prev.lease.container_id, container = %a.container_id, "sticky address taken over by the pod's new incarnation (its ADD came before the old one's DEL)");
+                    } else {
+                        info!(network = %a.network, %ip, pod = %a.pod.display(), container = %a.container_id, "sticky address re-activated");
+                    }
+                    net.observe(
+                        StoredLease {
+                            lease: lease.clone(),
+                            mod_revision,
+                        },
+                        &self.node,
+                    );
+                    return Ok(Some(Claim::Done(Allocated {
+                        lease,
+                        network: net.effective_spec(),
+                        existing: false,
+                    })));
+                }
+                Ok(StickyWrite::Changed) => continue,
+                Err(e) => {
+                    self.note_store_error(&e);
+                    return Err(unavailable_for_sticky(a, e));
+                }
+            }
+        }
+        Err(IpamError::Contended(MAX_CLAIM_ROUNDS))
+    }
+
+    /// Retires a lease being released: a sticky one becomes a reservation
+    /// for its identity (or is deleted with it when the hold time is 0);
+    /// anything else is deleted. Compares the revision the caller saw.
+    /// Returns Ok(None) when the record had changed, else the record left
+    /// behind (None inside = the key is gone).
+    pub(super) async fn retire(
+        &self,
+        spec: &rackline_model::NetworkSpec,
+        sl: &StoredLease,
+    ) -> Result<Option<Option<StoredLease>>, StoreError> {
+        let l = &sl.lease;
+        if !l.sticky {
+            return Ok(self
+                .store
+                .delete_lease(&l.network, l.address, sl.mod_revision)
+                .await?
+                .then_some(None));
+        }
+        let ident = self
+            .store
+            .get_identity(&l.network, &l.pod.namespace, &l.pod.name)
+            .await?;
+        let Some(ident) = ident.filter(|i| i.identity.address == l.address) else {
+            // No identity names this address any more: a plain lease.
+            return Ok(self
+                .store
+                .delete_lease(&l.network, l.address, sl.mod_revision)
+                .await?
+                .then_some(None));
+        };
+        let hold = if ident.identity.pinned {
+            None
+        } else {
+            let secs = spec.sticky.as_ref().map(|p| p.hold_secs).unwrap_or(0);
+            if secs == 0 {
+                let done = self
+                    .store
+                    .delete_sticky(l, sl.mod_revision, ident.mod_revision)
+                    .await?;
+                return Ok(done.then_some(None));
+            }
+            Some(secs)
+        };
+        let reserved = Lease {
+            container_id: String::new(),
+            ifname: String::new(),
+            state: LeaseState::Reserved,
+            expires_unix_ms: hold.map(|s| now_ms() + (s as i64) * 1000),
+            created_unix_ms: now_ms(),
+            ..l.clone()
+        };
+        match self
+            .store
+            .write_sticky(
+                &reserved,
+                sl.mod_revision,
+                &ident.identity,
+                ident.mod_revision,
+                hold,
+                None,
+                None,
+            )
+            .await?
+        {
+            StickyWrite::Done { mod_revision } => {
+                info!(network = %l.network, ip = %l.address, pod = %l.pod.display(), hold_secs = ?hold, "sticky address reserved for the pod");
+                Ok(Some(Some(StoredLease {
+                    lease: reserved,
+                    mod_revision,
+                })))
+            }
+            StickyWrite::Changed => Ok(None),
+        }
+    }
+
+    /// `retire` for the record at `ip` last seen at `rev`, keeping the cache
+    /// in step (a reservation stays taken, a deletion frees the address).
+    /// Returns false when the record had changed.
+    pub(super) async fn retire_at(
+        &self,
+        net: &NetState,
+        ip: std::net::Ipv4Addr,
+        rev: i64,
+    ) -> Result<bool, StoreError> {
+        let sl = match net.lease_at(ip).filter(|s| s.mod_revision == rev) {
+            Some(sl) => sl,
+            None => match self.store.get_lease(&net.spec.name, ip).await? {
+                Some(sl) if sl.mod_revision == rev => sl,
+                _ => return Ok(false),
+            },
+        };
+        match self.retire(&net.spec, &sl).await? {
+            None => Ok(false),
+            Some(None) => {
+                net.forget(ip, 0);
+                Ok(true)
+            }
+            Some(Some(reserved)) => {
+                net.observe(reserved, &self.node);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Creates a fresh sticky lease and its identity in one transaction.
+    /// Ok(None): the identity appeared meanwhile (claim it instead).
+    pub(super) async fn create_sticky(
+        &self,
+        net: &NetState,
+        lease: &Lease,
+        identity: &Identity,
+        guard: Option<&rackline_store::BlockGuard>,
+    ) -> Result<Option<rackline_store::CreateLease>, StoreError> {
+        use rackline_store::CreateLease;
+        let identity = Identity {
+            address: lease.address,
+            ..identity.clone()
+        };
+        match self
+            .store
+            .write_sticky(
+                lease,
+                0,
+                &identity,
+                0,
+                None,
+                Some(net.create_revision),
+                guard,
+            )
+            .await?
+        {
+            StickyWrite::Done { mod_revision } => Ok(Some(CreateLease::Created { mod_revision })),
+            StickyWrite::Changed => {
+                // Which compare failed decides what the caller does next.
+                if let Some(owner) = self.store.get_lease(&lease.network, lease.address).await? {
+                    return Ok(Some(CreateLease::Taken(Some(owner.lease))));
+                }
+                if self
+                    .store
+                    .get_identity(&identity.network, &identity.namespace, &identity.name)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                match self.store.get_network(&lease.network).await? {
+                    Some(n) if n.create_revision == net.create_revision => {
+                        Ok(Some(CreateLease::BlockChanged))
+                    }
+                    _ => Ok(Some(CreateLease::NetworkGone)),
+                }
+            }
+        }
+    }
+}
