@@ -336,7 +336,7 @@ impl<S: LeaseStore> Engine<S> {
         let mut identity = None;
         if self.maybe_sticky(&net, &a) {
             match self.claim_identity(&net, &a).await? {
-                Some(sticky::Claim::Done(done)) => return Ok(done),
+                Some(sticky::Claim::Done(done)) => return Ok(*done),
                 Some(sticky::Claim::Fresh(i)) => identity = Some(i),
                 None => {}
             }
@@ -421,7 +421,7 @@ impl<S: LeaseStore> Engine<S> {
                         // it the regular way (it may be live elsewhere).
                         net.unpick(ip);
                         match self.claim_identity(&net, &a).await? {
-                            Some(sticky::Claim::Done(done)) => return Ok(done),
+                            Some(sticky::Claim::Done(done)) => return Ok(*done),
                             Some(sticky::Claim::Fresh(i)) => identity = Some(i),
                             None => identity = None,
                         }

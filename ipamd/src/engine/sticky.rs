@@ -36,7 +36,7 @@ const MAX_CLAIM_ROUNDS: u32 = 8;
 /// What an ADD of a possibly sticky pod does.
 pub(super) enum Claim {
     /// The identity's address is this attachment's now.
-    Done(Allocated),
+    Done(Box<Allocated>),
     /// A sticky pod without a reservation: allocate a fresh address and
     /// write this identity with it.
     Fresh(Identity),
@@ -153,11 +153,11 @@ impl<S: LeaseStore> Engine<S> {
                 {
                     // Ours already (our cache had not seen it yet).
                     net.observe(sl.clone(), &self.node);
-                    return Ok(Some(Claim::Done(Allocated {
+                    return Ok(Some(Claim::Done(Box::new(Allocated {
                         lease: sl.lease.clone(),
                         network: net.effective_spec(),
                         existing: true,
-                    })));
+                    }))));
                 }
             }
             if !net.serves(ip) {
@@ -237,11 +237,11 @@ impl<S: LeaseStore> Engine<S> {
                         },
                         &self.node,
                     );
-                    return Ok(Some(Claim::Done(Allocated {
+                    return Ok(Some(Claim::Done(Box::new(Allocated {
                         lease,
                         network: net.effective_spec(),
                         existing: false,
-                    })));
+                    }))));
                 }
                 Ok(StickyWrite::Changed) => continue,
                 Err(e) => {
