@@ -21,6 +21,8 @@ use rackline_store::{Object, Store, StoreError};
 use tracing::info;
 
 mod racks;
+mod reservations;
+pub use reservations::ReservationView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

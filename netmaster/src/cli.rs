@@ -17,6 +17,7 @@ use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
 mod racks;
+mod reservations;
 pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
 
 pub const EXIT_REFUSED: u8 = 1;
@@ -81,12 +82,16 @@ pub enum Command {
     Block(BlockCommand),
     /// Address utilisation per network and rack.
     Pool(PoolArgs),
+    /// Sticky reservations: list, pin an address to a pod ahead of time,
+    /// release one.
+    #[command(subcommand, alias = "reservations")]
+    Reservation(reservations::ReservationCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum NetworkCommand {
     /// Create a network.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List networks.
     List,
     /// Show one network.
@@ -130,6 +135,25 @@ pub struct CreateArgs {
     /// Addresses per node block on rack-bound networks (power of two, 4-256).
     #[arg(long = "block-size", default_value_t = 16)]
     pub block_size: u32,
+    /// Make pods keep their address across re-creation (all pods, unless
+    /// narrowed by --sticky-namespace / --sticky-pod).
+    #[arg(long)]
+    pub sticky: bool,
+    /// Only pods of this namespace are sticky. Repeatable; implies --sticky.
+    #[arg(long = "sticky-namespace", value_name = "NS")]
+    pub sticky_namespaces: Vec<String>,
+    /// Only pods whose name fully matches this regex are sticky (e.g.
+    /// 'web-\d+' for a StatefulSet). Repeatable; implies --sticky.
+    #[arg(long = "sticky-pod", value_name = "REGEX")]
+    pub sticky_pods: Vec<String>,
+    /// Seconds a deleted sticky pod's address stays reserved (default 1800;
+    /// 0 = none). Implies --sticky.
+    #[arg(long = "sticky-hold-secs", value_name = "SECS")]
+    pub sticky_hold_secs: Option<u64>,
+    /// A sticky pod started in another rack: strict (fail, default) or
+    /// reallocate (new address there). Implies --sticky.
+    #[arg(long = "sticky-cross-rack", value_name = "POLICY")]
+    pub sticky_cross_rack: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +240,22 @@ impl CreateArgs {
             capacity: 0,
             allocated: 0,
             block_size: self.block_size,
+            sticky: self.sticky_policy(),
         }
+    }
+
+    fn sticky_policy(&self) -> Option<pb::StickyPolicy> {
+        let wanted = self.sticky
+            || !self.sticky_namespaces.is_empty()
+            || !self.sticky_pods.is_empty()
+            || self.sticky_hold_secs.is_some()
+            || self.sticky_cross_rack.is_some();
+        wanted.then(|| pb::StickyPolicy {
+            namespaces: self.sticky_namespaces.clone(),
+            pod_patterns: self.sticky_pods.clone(),
+            hold_secs: self.sticky_hold_secs,
+            cross_rack: self.sticky_cross_rack.clone().unwrap_or_default(),
+        })
     }
 }
 
@@ -286,6 +325,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Node(cmd) => racks::node(cmd, &mut client, json, out).await?,
         Command::Block(cmd) => racks::block(cmd, &mut client, json, out).await?,
         Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
+        Command::Reservation(cmd) => reservations::run(cmd, &mut client, json, out).await?,
     }
     out.flush()?;
     Ok(())

@@ -83,10 +83,53 @@ pub fn network_from_proto(n: &pb::Network) -> Result<NetworkSpec, ConvertError> 
         } else {
             n.block_size
         },
-        sticky: None,
+        sticky: n.sticky.as_ref().map(sticky_from_proto).transpose()?,
     };
     spec.validate()?;
     Ok(spec)
+}
+
+fn sticky_from_proto(
+    p: &pb::StickyPolicy,
+) -> Result<rackline_model::StickyPolicy, ValidationError> {
+    Ok(rackline_model::StickyPolicy {
+        namespaces: p.namespaces.clone(),
+        pod_patterns: p.pod_patterns.clone(),
+        hold_secs: p
+            .hold_secs
+            .unwrap_or(rackline_model::sticky::DEFAULT_HOLD_SECS),
+        cross_rack: if p.cross_rack.is_empty() {
+            rackline_model::CrossRack::default()
+        } else {
+            p.cross_rack.parse().map_err(ValidationError::Sticky)?
+        },
+    })
+}
+
+pub fn sticky_to_proto(p: &rackline_model::StickyPolicy) -> pb::StickyPolicy {
+    pb::StickyPolicy {
+        namespaces: p.namespaces.clone(),
+        pod_patterns: p.pod_patterns.clone(),
+        hold_secs: Some(p.hold_secs),
+        cross_rack: p.cross_rack.as_str().to_string(),
+    }
+}
+
+pub fn reservation_to_proto(v: &crate::admin::ReservationView) -> pb::Reservation {
+    let i = &v.identity;
+    let l = v.lease.as_ref();
+    pb::Reservation {
+        network: i.network.clone(),
+        namespace: i.namespace.clone(),
+        name: i.name.clone(),
+        address: i.address.to_string(),
+        pinned: i.pinned,
+        rack: i.rack.clone().unwrap_or_default(),
+        state: v.state().to_string(),
+        node: l.map(|l| l.node.clone()).unwrap_or_default(),
+        container_id: l.map(|l| l.container_id.clone()).unwrap_or_default(),
+        expires_unix_ms: l.and_then(|l| l.expires_unix_ms).unwrap_or(0),
+    }
 }
 
 /// The subnet as written, host bits allowed: `NetworkSpec::validate` rejects
@@ -160,6 +203,7 @@ pub fn network_to_proto(v: &NetworkView) -> pb::Network {
             .collect(),
         host_routes: s.host_routes.iter().map(ToString::to_string).collect(),
         block_size: s.block_size,
+        sticky: s.sticky.as_ref().map(sticky_to_proto),
         capacity: v.capacity,
         allocated: v.allocated,
     }
@@ -177,6 +221,8 @@ pub fn lease_to_proto(l: &Lease) -> pb::Lease {
         pod: Some(pod_to_proto(&l.pod)),
         created_unix_ms: l.created_unix_ms,
         state: l.state.as_str().to_string(),
+        sticky: l.sticky,
+        expires_unix_ms: l.expires_unix_ms.unwrap_or(0),
     }
 }
 
@@ -271,6 +317,7 @@ mod tests {
             capacity: 0,
             allocated: 0,
             block_size: 0,
+            sticky: None,
         }
     }
 

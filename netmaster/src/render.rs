@@ -12,7 +12,9 @@ use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
 mod racks;
+mod reservations;
 pub use racks::*;
+pub use reservations::{reservations_table, ReservationJson};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,8 +82,13 @@ pub struct LeaseJson {
     pub ifname: String,
     pub pod: PodJson,
     pub created_unix_ms: i64,
-    /// "active" or "standby" (a node's outage reserve).
+    /// "active", "standby" (a node's outage reserve) or "reserved" (held
+    /// for a sticky pod identity).
     pub state: String,
+    /// Belongs to a sticky pod identity.
+    pub sticky: bool,
+    /// A reserved lease's end of hold (0: pinned or not reserved).
+    pub expires_unix_ms: i64,
 }
 
 impl From<&pb::Lease> for LeaseJson {
@@ -108,6 +115,8 @@ impl From<&pb::Lease> for LeaseJson {
             } else {
                 l.state.clone()
             },
+            sticky: l.sticky,
+            expires_unix_ms: l.expires_unix_ms,
         }
     }
 }
@@ -257,6 +266,11 @@ pub fn leases_table(leases: &[pb::Lease], now_unix_ms: i64) -> String {
             // A node's outage reserve has no pod: say so instead of a dash.
             let pod = if l.state == "standby" {
                 "(standby reserve)".to_string()
+            } else if l.state == "reserved" {
+                format!(
+                    "{} (reserved)",
+                    l.pod.as_ref().map(pod_display).unwrap_or_default()
+                )
             } else {
                 l.pod.as_ref().map(pod_display).unwrap_or_default()
             };
@@ -340,6 +354,7 @@ mod tests {
             capacity: 190,
             allocated: 3,
             block_size: 16,
+            sticky: None,
         }
     }
 
@@ -357,6 +372,8 @@ mod tests {
             }),
             created_unix_ms: created,
             state: "active".into(),
+            sticky: false,
+            expires_unix_ms: 0,
         }
     }
 
@@ -438,7 +455,7 @@ Host routes:   -
                 "network": "prod", "address": "10.10.0.64", "node": "n1",
                 "containerId": "0123456789abcdef0123", "ifname": "eth0",
                 "pod": {"namespace": "default", "name": "web-0", "uid": "u"},
-                "createdUnixMs": 7, "state": "active"
+                "createdUnixMs": 7, "state": "active", "sticky": false, "expiresUnixMs": 0
             })
         );
         let v = serde_json::to_value(NetworkJson::from(&net("prod", 0, 1500))).unwrap();

@@ -67,6 +67,53 @@ fn fail(e: AdminError) -> Status {
 
 #[tonic::async_trait]
 impl Admin for GrpcAdmin {
+    async fn list_reservations(
+        &self,
+        request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsReply>, Status> {
+        let network = request.into_inner().network;
+        let network = (!network.is_empty()).then_some(network);
+        let v = self
+            .svc
+            .list_reservations(network.as_deref())
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::ListReservationsReply {
+            reservations: v.iter().map(convert::reservation_to_proto).collect(),
+        }))
+    }
+
+    async fn pin_reservation(
+        &self,
+        request: Request<pb::PinReservationRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let r = request.into_inner();
+        let ip: std::net::Ipv4Addr = r.address.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!("{:?} is not an IPv4 address", r.address))
+        })?;
+        let v = self
+            .svc
+            .pin_reservation(&r.network, &r.namespace, &r.name, ip)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(convert::reservation_to_proto(&v)))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationReply>, Status> {
+        let r = request.into_inner();
+        let ip = self
+            .svc
+            .release_reservation(&r.network, &r.namespace, &r.name)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::ReleaseReservationReply {
+            address: ip.to_string(),
+        }))
+    }
+
     async fn create_network(
         &self,
         request: Request<pb::CreateNetworkRequest>,

@@ -154,6 +154,11 @@ impl Store {
                     self.keys.racknets_prefix(name),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
+                // Sticky identities go with their leases.
+                TxnOp::delete(
+                    self.keys.identities_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
             ]);
             let mut c = self.client.clone();
             let resp = self.deadline(async move { c.txn(txn).await }).await?;

@@ -164,4 +164,38 @@ impl AdminClient {
         .await
         .map(|r| r.rows)
     }
+
+    pub async fn list_reservations(&mut self, network: &str) -> Result<Vec<pb::Reservation>> {
+        let req = pb::ListReservationsRequest {
+            network: network.to_string(),
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.list_reservations(req).await }
+        })
+        .await
+        .map(|r| r.reservations)
+    }
+
+    pub async fn pin_reservation(
+        &mut self,
+        req: pb::PinReservationRequest,
+    ) -> Result<pb::Reservation> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.pin_reservation(req).await }
+        })
+        .await
+    }
+
+    pub async fn release_reservation(
+        &mut self,
+        req: pb::ReleaseReservationRequest,
+    ) -> Result<pb::ReleaseReservationReply> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.release_reservation(req).await }
+        })
+        .await
+    }
 }

@@ -1,0 +1,297 @@
+//! Sticky reservations (issue 4): list, pin ahead of time, release.
+//!
+//! These writes need no leadership fence: each one is a transaction that
+//! compares the exact revisions of the identity and lease records it read
+//! (the same primitive ipamd uses), so concurrent writers — ipamds claiming
+//! an identity, another replica, an expiring hold — make it fail and retry
+//! rather than overwrite.
+
+use std::net::Ipv4Addr;
+
+use rackline_model::{Identity, Lease, LeaseState, PodRef};
+use rackline_store::{StickyWrite, StoredLease};
+use tracing::info;
+
+use super::{AdminError, AdminService, Result};
+
+const ATTEMPTS: u32 = 8;
+
+/// A reservation as operators see it: the identity and the state of its
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationView {
+    pub identity: Identity,
+    /// The lease record at the address (None: missing — a dangling identity
+    /// the next ADD of the pod repairs).
+    pub lease: Option<Lease>,
+}
+
+impl ReservationView {
+    pub fn state(&self) -> &'static str {
+        match &self.lease {
+            Some(l) if l.state == LeaseState::Active => "active",
+            Some(_) => "reserved",
+            None => "missing",
+        }
+    }
+}
+
+fn names(l: &Lease, i: &Identity) -> bool {
+    l.sticky && l.pod.namespace == i.namespace && l.pod.name == i.name
+}
+
+impl AdminService {
+    pub async fn list_reservations(&self, network: Option<&str>) -> Result<Vec<ReservationView>> {
+        let ids = self.store.list_identities(network).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for i in ids {
+            let lease = self
+                .store
+                .get_lease(&i.identity.network, i.identity.address)
+                .await?
+                .map(|sl| sl.lease)
+                .filter(|l| names(l, &i.identity));
+            out.push(ReservationView {
+                identity: i.identity,
+                lease,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks `ip` may be handed to pods of `network` and says which rack it
+    /// belongs to (None on a network without rack bindings).
+    async fn rack_of_address(&self, network: &str, ip: Ipv4Addr) -> Result<Option<String>> {
+        let net = self
+            .store
+            .get_network(network)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(network.to_string()))?;
+        let spec = net.spec;
+        let bindings = self.store.list_racknets(Some(network), None).await?;
+        if bindings.is_empty() {
+            if !rackline_model::Pool::new(&spec)
+                .allocatable()
+                .contains(u32::from(ip))
+            {
+                return Err(AdminError::Refused(format!(
+                    "{ip} is not an address pods of network {network:?} can get (outside {}, excluded, or its network/broadcast/gateway address)",
+                    spec.subnet
+                )));
+            }
+            return Ok(None);
+        }
+        match bindings
+            .iter()
+            .find(|b| b.allocatable(&spec).contains(u32::from(ip)))
+        {
+            Some(b) => Ok(Some(b.rack.clone())),
+            None => Err(AdminError::Refused(format!(
+                "{ip} is inside no rack's ranges of network {network:?} (or is excluded, or a network/broadcast/gateway address); see `racklinectl rack list`"
+            ))),
+        }
+    }
+
+    /// Pins `ip` to pod `namespace/name` on `network`: the address is
+    /// reserved for that identity until released, whatever the network's
+    /// sticky policy. Re-pinning the identity's current address only makes
+    /// it permanent.
+    pub async fn pin_reservation(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> Result<ReservationView> {
+        for bad in [namespace, name] {
+            if !rackline_model::sticky::is_dns_label(bad) {
+                return Err(AdminError::Refused(format!(
+                    "{bad:?} is not a valid Kubernetes name"
+                )));
+            }
+        }
+        let rack = self.rack_of_address(network, ip).await?;
+        let pod = PodRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: String::new(),
+        };
+        for _ in 0..ATTEMPTS {
+            let view = self.store.identity_view(network, namespace, name).await?;
+            let mut identity_rev = 0;
+            if let Some(v) = &view {
+                identity_rev = v.identity.mod_revision;
+                let old = &v.identity.identity;
+                let old_lease = v.lease.as_ref().filter(|sl| names(&sl.lease, old));
+                if old.address != ip {
+                    if let Some(sl) = old_lease {
+                        if sl.lease.state.is_active() {
+                            return Err(AdminError::Refused(format!(
+                                "pod {} is running with {} on node {:?}; it keeps that address until it is deleted",
+                                pod.display(),
+                                old.address,
+                                sl.lease.node
+                            )));
+                        }
+                        // Drop the old reservation, then pin the new one.
+                        if !self
+                            .store
+                            .delete_sticky(
+                                network,
+                                old.address,
+                                sl.mod_revision,
+                                namespace,
+                                name,
+                                identity_rev,
+                            )
+                            .await?
+                        {
+                            continue;
+                        }
+                    } else if !self
+                        .store
+                        .delete_identity(network, namespace, name, identity_rev)
+                        .await?
+                    {
+                        continue;
+                    }
+                    identity_rev = 0;
+                }
+            }
+            let cur = self.store.get_lease(network, ip).await?;
+            let (lease, lease_rev) = match &cur {
+                Some(sl) if !names(&sl.lease, &identity_for(network, &pod, ip)) => {
+                    return Err(AdminError::Refused(format!(
+                        "{ip} is in use: {}",
+                        describe(sl)
+                    )));
+                }
+                // The identity's own live lease stays as it is.
+                Some(sl) if sl.lease.state.is_active() => (sl.lease.clone(), sl.mod_revision),
+                Some(sl) => (
+                    Lease {
+                        expires_unix_ms: None,
+                        ..sl.lease.clone()
+                    },
+                    sl.mod_revision,
+                ),
+                None => (
+                    Lease {
+                        network: network.to_string(),
+                        address: ip,
+                        node: String::new(),
+                        container_id: String::new(),
+                        ifname: String::new(),
+                        pod: pod.clone(),
+                        created_unix_ms: now_ms(),
+                        state: LeaseState::Reserved,
+                        sticky: true,
+                        expires_unix_ms: None,
+                    },
+                    0,
+                ),
+            };
+            let identity = Identity {
+                pinned: true,
+                rack: rack.clone(),
+                ..identity_for(network, &pod, ip)
+            };
+            // Written without an etcd lease: a pin never expires (this also
+            // detaches a reservation that had a hold time).
+            match self
+                .store
+                .write_sticky(&lease, lease_rev, &identity, identity_rev, None, vec![])
+                .await?
+            {
+                StickyWrite::Done { .. } => {
+                    info!(%network, %ip, pod = %pod.display(), "address pinned");
+                    return Ok(ReservationView {
+                        identity,
+                        lease: Some(lease),
+                    });
+                }
+                StickyWrite::Changed => continue,
+            }
+        }
+        Err(AdminError::Contended(ATTEMPTS))
+    }
+
+    /// Releases the reservation of `namespace/name`: its address becomes
+    /// free. Refused while the pod runs (it keeps its address until DEL).
+    pub async fn release_reservation(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Ipv4Addr> {
+        for _ in 0..ATTEMPTS {
+            let Some(v) = self.store.identity_view(network, namespace, name).await? else {
+                return Err(AdminError::Refused(format!(
+                    "pod {namespace}/{name} has no reservation on network {network:?}"
+                )));
+            };
+            let ip = v.identity.identity.address;
+            let done = match v.lease.filter(|sl| names(&sl.lease, &v.identity.identity)) {
+                Some(sl) if sl.lease.state.is_active() => {
+                    return Err(AdminError::Refused(format!(
+                        "pod {namespace}/{name} is running with {ip} on node {:?} (container {}); delete the pod first — its reservation can be released once it is gone",
+                        sl.lease.node, sl.lease.container_id
+                    )));
+                }
+                Some(sl) => {
+                    self.store
+                        .delete_sticky(
+                            network,
+                            ip,
+                            sl.mod_revision,
+                            namespace,
+                            name,
+                            v.identity.mod_revision,
+                        )
+                        .await?
+                }
+                None => {
+                    self.store
+                        .delete_identity(network, namespace, name, v.identity.mod_revision)
+                        .await?
+                }
+            };
+            if done {
+                info!(%network, %ip, pod = %format!("{namespace}/{name}"), "reservation released");
+                return Ok(ip);
+            }
+        }
+        Err(AdminError::Contended(ATTEMPTS))
+    }
+}
+
+fn identity_for(network: &str, pod: &PodRef, ip: Ipv4Addr) -> Identity {
+    Identity {
+        network: network.to_string(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        address: ip,
+        pinned: false,
+        rack: None,
+        created_unix_ms: now_ms(),
+    }
+}
+
+fn describe(sl: &StoredLease) -> String {
+    let l = &sl.lease;
+    match l.state {
+        LeaseState::Standby => format!("held in node {:?}'s outage reserve", l.node),
+        LeaseState::Reserved => format!("reserved for pod {}", l.pod.display()),
+        LeaseState::Active if l.pod.name.is_empty() => {
+            format!("leased on node {:?} (container {})", l.node, l.container_id)
+        }
+        LeaseState::Active => format!("leased by pod {} on node {:?}", l.pod.display(), l.node),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
