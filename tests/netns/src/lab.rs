@@ -49,6 +49,8 @@ pub struct LabBuilder {
     pub(crate) block_size: u32,
     /// netmaster replicas in `ctrl` (HA: one leads, the others follow).
     pub(crate) netmasters: usize,
+    /// Extra `racklinectl network create` arguments (e.g. a sticky policy).
+    pub(crate) network_args: Vec<String>,
 }
 
 impl Default for LabBuilder {
@@ -65,6 +67,7 @@ impl Default for LabBuilder {
             standby: 4,
             block_size: 16,
             netmasters: 1,
+            network_args: Vec::new(),
         }
     }
 }
@@ -106,6 +109,13 @@ impl LabBuilder {
     }
 
     /// Nodes per rack (1..=53).
+    /// Extra `racklinectl network create` arguments for every network the lab creates
+    /// (e.g. `["--sticky", "--sticky-hold-secs", "3"]`).
+    pub fn network_args(mut self, args: &[&str]) -> Self {
+        self.network_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn nodes_per_rack(mut self, k: usize) -> Self {
         self.nodes_per_rack = k;
         self

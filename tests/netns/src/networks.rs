@@ -110,21 +110,26 @@ impl Lab {
             LabNetworkMode::PerRack => {
                 for net in self.networks() {
                     let r = net.racks[0].rack;
-                    self.racklinectl(&[
-                        "network",
-                        "create",
-                        &net.name,
-                        "--subnet",
-                        &rack_subnet(r).to_string(),
-                        "--gateway",
-                        &rack_gateway(r).to_string(),
-                        "--master",
-                        UPLINK,
-                        "--exclude",
-                        &rack_exclude(r),
-                        "--host-route",
-                        SERVICE_CIDR,
-                    ])
+                    self.racklinectl(
+                        &[
+                            "network",
+                            "create",
+                            &net.name,
+                            "--subnet",
+                            &rack_subnet(r).to_string(),
+                            "--gateway",
+                            &rack_gateway(r).to_string(),
+                            "--master",
+                            UPLINK,
+                            "--exclude",
+                            &rack_exclude(r),
+                            "--host-route",
+                            SERVICE_CIDR,
+                        ]
+                        .into_iter()
+                        .chain(self.opts.network_args.iter().map(String::as_str))
+                        .collect::<Vec<_>>(),
+                    )
                     .with_context(|| format!("creating network {}", net.name))?;
                 }
                 Ok(())
@@ -133,23 +138,28 @@ impl Lab {
                 // One network; its own subnet/gateway are rack 1's (a binding's subnet
                 // must equal the network's or not overlap it), every rack bound with its
                 // own subnet, gateway and range.
-                self.racklinectl(&[
-                    "network",
-                    "create",
-                    NETWORK,
-                    "--subnet",
-                    &rack_subnet(1).to_string(),
-                    "--gateway",
-                    &rack_gateway(1).to_string(),
-                    "--master",
-                    UPLINK,
-                    "--exclude",
-                    &rack_exclude(1),
-                    "--host-route",
-                    SERVICE_CIDR,
-                    "--block-size",
-                    &self.opts.block_size.to_string(),
-                ])
+                self.racklinectl(
+                    &[
+                        "network",
+                        "create",
+                        NETWORK,
+                        "--subnet",
+                        &rack_subnet(1).to_string(),
+                        "--gateway",
+                        &rack_gateway(1).to_string(),
+                        "--master",
+                        UPLINK,
+                        "--exclude",
+                        &rack_exclude(1),
+                        "--host-route",
+                        SERVICE_CIDR,
+                        "--block-size",
+                        &self.opts.block_size.to_string(),
+                    ]
+                    .into_iter()
+                    .chain(self.opts.network_args.iter().map(String::as_str))
+                    .collect::<Vec<_>>(),
+                )
                 .context("creating the spanning network")?;
                 for rack in self.racks() {
                     let r = rack.index();

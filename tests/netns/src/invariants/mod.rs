@@ -14,6 +14,13 @@
 //! - every lease lies in its network's allocatable range: subnet minus network, broadcast,
 //!   gateway and exclusions (for a rack-bound network: the union of its racks' ranges).
 //!
+//! Checked when sticky identities (`identities/<network>/<ns>/<pod>`) exist (issue 4):
+//! - every identity names an address whose lease record names that identity back, and every
+//!   sticky lease record has that identity naming its address (one fact, two records, always
+//!   written together);
+//! - a reserved record (no pod running) is exempt from the node-rack check: it may be pinned
+//!   by an operator before any node used it.
+//!
 //! Checked when rack bindings (`racknets/`) and blocks (`blocks/`) exist (issue 3):
 //! - a rack's ranges never overlap another rack's on the same network;
 //! - every lease lies in the ranges of the rack of its node (`nodes/<node>.rack`), and any block
@@ -49,8 +56,11 @@ pub struct InvariantReport {
     pub networks: usize,
     /// Lease records of pods (attachments).
     pub leases: usize,
-    /// Standby records: addresses a node pre-reserved (`state: "standby"`, no attachment).
+    /// Standby records: addresses a node pre-reserved (`state: "standby"`, no attachment),
+    /// and reservations of sticky pods (`state: "reserved"`).
     pub standby: usize,
+    /// Sticky identity records.
+    pub identities: usize,
     pub racknets: usize,
     pub nodes: usize,
     pub blocks: usize,
@@ -126,6 +136,8 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
     let mut node_racks: BTreeMap<String, String> = BTreeMap::new();
     let mut leases: Vec<Lease> = Vec::new();
     let mut blocks: Vec<Block> = Vec::new();
+    // (network, namespace, pod) -> (address, key)
+    let mut identities: BTreeMap<(String, String, String), (u32, String)> = BTreeMap::new();
 
     for (key, raw) in records {
         let Some(rest) = key.strip_prefix(ETCD_ROOT) else {
@@ -137,6 +149,7 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
             // keys.rs spells bindings racknets/<network>/<rack>; CONTRACTS.md's issue-3 table
             // racks/<rack>/networks/<network>. Either is read; the record names both.
             ["racknets", _, _] | ["racks", _, "networks", _] => "racknets",
+            ["identities", _, _, _] => "identities",
             _ => continue,
         };
         let value: Option<Value> = serde_json::from_slice(raw).ok();
@@ -168,6 +181,21 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
                 }
                 None => rep.violation(bad("rack binding")),
             },
+            "identities" => {
+                match str_field(&value, "address").and_then(|a| records::parse_ip(&a)) {
+                    Some(addr) => {
+                        identities.insert(
+                            (
+                                parts[1].to_owned(),
+                                parts[2].to_owned(),
+                                parts[3].to_owned(),
+                            ),
+                            (addr, key.clone()),
+                        );
+                    }
+                    None => rep.violation(bad("identity")),
+                }
+            }
             "nodes" => match str_field(&value, "rack") {
                 Some(rack) => {
                     node_racks.insert(parts[1].to_owned(), rack);
@@ -266,7 +294,48 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
         &blocks,
     );
     check_blocks(&mut rep, &blocks, &networks, &rack_ranges, &node_racks);
+    check_identities(&mut rep, &identities, &leases);
     rep
+}
+
+fn check_identities(
+    rep: &mut InvariantReport,
+    identities: &BTreeMap<(String, String, String), (u32, String)>,
+    leases: &[Lease],
+) {
+    rep.identities = identities.len();
+    let by_addr: BTreeMap<(&str, u32), &Lease> = leases
+        .iter()
+        .map(|l| ((l.network.as_str(), l.address), l))
+        .collect();
+    for ((net, ns, pod), (addr, key)) in identities {
+        match by_addr.get(&(net.as_str(), *addr)) {
+            None => rep.violation(format!(
+                "{key}: identity {ns}/{pod} names {} but no lease record exists there",
+                ip(*addr)
+            )),
+            Some(l) if l.sticky.as_ref() != Some(&(ns.clone(), pod.clone())) => {
+                rep.violation(format!(
+                    "{key}: identity {ns}/{pod} names {} but {} does not name it back",
+                    ip(*addr),
+                    l.key
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    for l in leases {
+        if let Some((ns, pod)) = &l.sticky {
+            match identities.get(&(l.network.clone(), ns.clone(), pod.clone())) {
+                Some((addr, _)) if *addr == l.address => {}
+                other => rep.violation(format!(
+                    "{}: sticky lease of {ns}/{pod} but its identity names {:?}",
+                    l.key,
+                    other.map(|(a, _)| ip(*a))
+                )),
+            }
+        }
+    }
 }
 
 fn check_leases(
@@ -309,8 +378,11 @@ fn check_leases(
                 show_runs(pool)
             ));
         }
-        // Issue 3: the lease must come from the rack of its node.
-        if racknets.get(&l.network).is_none_or(BTreeMap::is_empty) {
+        // Issue 3: the lease must come from the rack of its node. A reservation may have no
+        // node yet (an operator's pin); the allocatable check above still holds for it.
+        if racknets.get(&l.network).is_none_or(BTreeMap::is_empty)
+            || (l.reserved && l.node.is_empty())
+        {
             continue;
         }
         let Some(rack) = node_racks.get(&l.node) else {

@@ -222,6 +222,10 @@ pub(super) struct Lease {
     pub(super) container_id: String,
     pub(super) ifname: String,
     pub(super) standby: bool,
+    /// Held for a sticky pod identity that is not running (issue 4).
+    pub(super) reserved: bool,
+    /// The sticky identity (namespace, pod) the record names, if any.
+    pub(super) sticky: Option<(String, String)>,
 }
 
 pub(super) struct Block {
@@ -299,6 +303,13 @@ pub(super) fn parse_lease(key: &str, v: &Value) -> Option<Lease> {
         container_id: str_field(v, "containerId").unwrap_or_default(),
         ifname: str_field(v, "ifname").unwrap_or_default(),
         standby: v.get("state").and_then(Value::as_str) == Some("standby"),
+        reserved: v.get("state").and_then(Value::as_str) == Some("reserved"),
+        sticky: if v.get("sticky").and_then(Value::as_bool) == Some(true) {
+            let pod = v.get("pod")?;
+            Some((str_field(pod, "namespace")?, str_field(pod, "name")?))
+        } else {
+            None
+        },
     })
 }
 
