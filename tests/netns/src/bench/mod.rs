@@ -10,6 +10,7 @@ pub mod adds;
 pub mod exec;
 pub mod latency;
 pub mod stats;
+pub mod sticky;
 pub mod throughput;
 
 use std::collections::BTreeSet;

@@ -40,6 +40,25 @@ enum Command {
     Latency(LatencyArgs),
     /// iperf3 throughput pod → pod (same rack, across racks) vs node → node.
     Throughput(ThroughputArgs),
+    /// Re-creating sticky pods on other nodes of their rack (issue 4: 1000 < 20 s, every
+    /// address preserved).
+    Sticky(StickyArgs),
+}
+
+#[derive(ClapArgs)]
+struct StickyArgs {
+    /// Fresh labs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value_t = 2)]
+    racks: usize,
+    #[arg(long, default_value_t = 5)]
+    nodes_per_rack: usize,
+    #[arg(long, default_value_t = 20)]
+    pods_per_node: usize,
+    /// Concurrent plugin executions.
+    #[arg(long, default_value_t = 64)]
+    workers: usize,
 }
 
 #[derive(ClapArgs)]
@@ -140,6 +159,16 @@ fn run(cli: &Cli) -> Result<()> {
                 warmup: a.warmup,
                 racks: a.racks,
                 nodes_per_rack: a.nodes_per_rack,
+            })?,
+        ),
+        Command::Sticky(a) => (
+            "sticky: re-creating sticky pods on other nodes of their rack (issue 4)",
+            bench::sticky::run(&bench::sticky::StickyConfig {
+                runs: a.runs,
+                racks: a.racks,
+                nodes_per_rack: a.nodes_per_rack,
+                pods_per_node: a.pods_per_node,
+                workers: a.workers,
             })?,
         ),
         Command::Throughput(a) => (
