@@ -106,7 +106,7 @@ impl Admin for GrpcAdmin {
         let r = request.into_inner();
         let ip = self
             .svc
-            .release_reservation(&r.network, &r.namespace, &r.name)
+            .release_reservation(&r.network, &r.namespace, &r.name, r.force)
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::ReleaseReservationReply {

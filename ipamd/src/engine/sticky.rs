@@ -138,7 +138,7 @@ impl<S: LeaseStore> Engine<S> {
             if let Some(sl) = &cur {
                 if sl.lease.state.is_active() && sl.lease.node != self.node {
                     return Err(IpamError::IdentityLive(format!(
-                        "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone, run `racklinectl reservation release {} {} {}`",
+                        "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone for good, run `racklinectl reservation release --force {} {} {}`",
                         a.pod.display(),
                         sl.lease.node,
                         sl.lease.container_id,

@@ -217,12 +217,14 @@ impl AdminService {
     }
 
     /// Releases the reservation of `namespace/name`: its address becomes
-    /// free. Refused while the pod runs (it keeps its address until DEL).
+    /// free. Refused while the pod's lease is active (it keeps its address
+    /// until DEL) unless `force` (its node is gone for good).
     pub async fn release_reservation(
         &self,
         network: &str,
         namespace: &str,
         name: &str,
+        force: bool,
     ) -> Result<Ipv4Addr> {
         for _ in 0..ATTEMPTS {
             let Some(v) = self.store.identity_view(network, namespace, name).await? else {
@@ -232,9 +234,9 @@ impl AdminService {
             };
             let ip = v.identity.identity.address;
             let done = match v.lease.filter(|sl| names(&sl.lease, &v.identity.identity)) {
-                Some(sl) if sl.lease.state.is_active() => {
+                Some(sl) if sl.lease.state.is_active() && !force => {
                     return Err(AdminError::Refused(format!(
-                        "pod {namespace}/{name} is running with {ip} on node {:?} (container {}); delete the pod first — its reservation can be released once it is gone",
+                        "pod {namespace}/{name} is running with {ip} on node {:?} (container {}); delete the pod first. If that node is gone for good, release with --force",
                         sl.lease.node, sl.lease.container_id
                     )));
                 }

@@ -30,6 +30,11 @@ pub enum ReservationCommand {
         network: String,
         namespace: String,
         pod: String,
+        /// Also when the pod's lease is active: only for a node that is gone
+        /// for good (if the pod still runs, its address becomes free for
+        /// others).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -79,12 +84,14 @@ pub async fn run(
             network,
             namespace,
             pod,
+            force,
         } => {
             let r = client
                 .release_reservation(pb::ReleaseReservationRequest {
                     network: network.clone(),
                     namespace: namespace.clone(),
                     name: pod.clone(),
+                    force,
                 })
                 .await?;
             if json {

@@ -336,7 +336,7 @@ fn operators_pin_list_and_release_reservations() -> Result<()> {
         let a = add_ok(lab, &p)?;
         ensure!(a == want, "pinned pod got {a}, wanted {want}");
         let e = bad(&["reservation", "release", NET, "db", "pg-0"])?;
-        ensure!(e.contains("running"), "{e}");
+        ensure!(e.contains("running") && e.contains("--force"), "{e}");
         remove(lab, &p)?;
         let res = reservations(lab)?;
         ensure!(

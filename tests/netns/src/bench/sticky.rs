@@ -32,6 +32,9 @@ pub struct StickyConfig {
     pub workers: usize,
 }
 
+/// One plugin call's outcome: the ADD's address (None for DEL), or why it failed.
+type CallResult = Result<Option<Ipv4Addr>, String>;
+
 /// Runs `verb` for every pod through `workers` threads; the wall time and, per pod, the
 /// address (ADD) or an error.
 fn storm(
@@ -39,45 +42,48 @@ fn storm(
     verb: Cmd,
     pods: &[Pod],
     workers: usize,
-) -> Result<(Duration, Vec<Duration>, Vec<Result<Option<Ipv4Addr>, String>>)> {
+) -> Result<(
+    Duration,
+    Vec<Duration>,
+    Vec<Result<Option<Ipv4Addr>, String>>,
+)> {
     let invs = pods
         .iter()
         .map(|p| rackline_invocation(lab, verb, p, &[]))
         .collect::<Result<Vec<_>>>()?;
     let next = AtomicUsize::new(0);
     let t0 = Instant::now();
-    let parts: Vec<Vec<(usize, Duration, Result<Option<Ipv4Addr>, String>)>> =
-        thread::scope(|s| {
-            let handles: Vec<_> = (0..workers.clamp(1, invs.len().max(1)))
-                .map(|_| {
-                    let (invs, next) = (&invs, &next);
-                    s.spawn(move || {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(inv) = invs.get(i) else { break };
-                            let started = Instant::now();
-                            let r = match run_timed(inv, CALL_TIMEOUT) {
-                                Ok(t) if t.success() => match t.json() {
-                                    Some(doc) => result_ipv4(&doc)
-                                        .map(|c| Some(c.addr))
-                                        .map_err(|e| e.to_string()),
-                                    None => Ok(None),
-                                },
-                                Ok(t) => Err(format!("{}: {}", t.failure_class(), t.stdout)),
-                                Err(e) => Err(e.to_string()),
-                            };
-                            mine.push((i, started.elapsed(), r));
-                        }
-                        mine
-                    })
+    let parts: Vec<Vec<(usize, Duration, CallResult)>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.clamp(1, invs.len().max(1)))
+            .map(|_| {
+                let (invs, next) = (&invs, &next);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(inv) = invs.get(i) else { break };
+                        let started = Instant::now();
+                        let r = match run_timed(inv, CALL_TIMEOUT) {
+                            Ok(t) if t.success() => match t.json() {
+                                Some(doc) => result_ipv4(&doc)
+                                    .map(|c| Some(c.addr))
+                                    .map_err(|e| e.to_string()),
+                                None => Ok(None),
+                            },
+                            Ok(t) => Err(format!("{}: {}", t.failure_class(), t.stdout)),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        mine.push((i, started.elapsed(), r));
+                    }
+                    mine
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("storm worker"))
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("storm worker"))
+            .collect()
+    });
     let wall = t0.elapsed();
     let mut all: Vec<_> = parts.into_iter().flatten().collect();
     all.sort_by_key(|(i, _, _)| *i);
