@@ -42,11 +42,7 @@ fn storm(
     verb: Cmd,
     pods: &[Pod],
     workers: usize,
-) -> Result<(
-    Duration,
-    Vec<Duration>,
-    Vec<Result<Option<Ipv4Addr>, String>>,
-)> {
+) -> Result<(Duration, Vec<Duration>, Vec<CallResult>)> {
     let invs = pods
         .iter()
         .map(|p| rackline_invocation(lab, verb, p, &[]))
