@@ -326,3 +326,52 @@ fn runs_arithmetic() {
     o.remove(0, 50);
     assert_eq!(r.first_common(&o), None);
 }
+
+fn sticky_lease(addr: &str, node: &str, cid: &str, pod: &str, state: &str) -> Record {
+    rec(
+        &format!("leases/prod/{}", padded(addr)),
+        json!({"network": "prod", "address": addr, "node": node, "containerId": cid,
+               "ifname": if cid.is_empty() { "" } else { "eth0" },
+               "pod": {"namespace": "db", "name": pod, "uid": ""},
+               "createdUnixMs": 1, "state": state, "sticky": true}),
+    )
+}
+
+fn identity(pod: &str, addr: &str) -> Record {
+    rec(
+        &format!("identities/prod/db/{pod}"),
+        json!({"network": "prod", "namespace": "db", "name": pod, "address": addr,
+               "createdUnixMs": 1}),
+    )
+}
+
+#[test]
+fn identities_and_their_leases_must_agree() {
+    let net = network("prod", "10.10.0.0/24", "10.10.0.1", &[]);
+    let good = vec![
+        net.clone(),
+        sticky_lease("10.10.0.70", "n1", "c1", "pg-0", "active"),
+        identity("pg-0", "10.10.0.70"),
+        // A pinned reservation no node has used yet.
+        sticky_lease("10.10.0.71", "", "", "pg-1", "reserved"),
+        identity("pg-1", "10.10.0.71"),
+    ];
+    let rep = check_records(&good);
+    assert!(rep.ok(), "{rep}");
+    assert_eq!(rep.identities, 2);
+
+    // The identity names an address whose record does not name it back.
+    let mut bad = good.clone();
+    bad.push(identity("pg-2", "10.10.0.70"));
+    let rep = check_records(&bad);
+    assert!(rep.violations.iter().any(|v| v.contains("pg-2")), "{rep}");
+
+    // A sticky lease without its identity, and an identity without a lease.
+    let bad = vec![
+        net.clone(),
+        sticky_lease("10.10.0.70", "n1", "c1", "pg-0", "active"),
+        identity("pg-9", "10.10.0.99"),
+    ];
+    let rep = check_records(&bad);
+    assert_eq!(rep.violations.len(), 2, "{rep}");
+}
