@@ -318,7 +318,7 @@ fn lease_list_filters_and_shapes() {
             "network": "prod", "address": "10.10.0.10", "node": "n1",
             "containerId": web0.container_id, "ifname": "eth0",
             "pod": {"namespace": "default", "name": "web-0", "uid": "uid-web-0"},
-            "createdUnixMs": 1_700_000_000_000_i64, "state": "active"
+            "createdUnixMs": 1_700_000_000_000_i64, "state": "active", "sticky": false, "expiresUnixMs": 0
         }])
     );
 

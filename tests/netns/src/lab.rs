@@ -108,7 +108,6 @@ impl LabBuilder {
         self
     }
 
-    /// Nodes per rack (1..=53).
     /// Extra `racklinectl network create` arguments for every network the lab creates
     /// (e.g. `["--sticky", "--sticky-hold-secs", "3"]`).
     pub fn network_args(mut self, args: &[&str]) -> Self {
@@ -116,6 +115,7 @@ impl LabBuilder {
         self
     }
 
+    /// Nodes per rack (1..=53).
     pub fn nodes_per_rack(mut self, k: usize) -> Self {
         self.nodes_per_rack = k;
         self
