@@ -24,6 +24,7 @@ fn spec(name: String, subnet: String, gateway: String) -> NetworkSpec {
         host_routes: vec![],
         block_size: 16,
         sticky: None,
+        qos: Default::default(),
     }
 }
 

@@ -405,6 +405,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         host_routes: vec![],
         block_size: 16,
         sticky: None,
+        qos: Default::default(),
     };
     rt.block_on(async {
         let win = |lease| {

@@ -10,6 +10,7 @@
 //! <prefix>/v1/blocks/<network>/<first ipv4>  Block JSON
 //! <prefix>/v1/identities/<network>/<ns>/<pod> Identity JSON (a sticky pod's address)
 //! <prefix>/v1/netmaster/leader               the netmaster leader, on its etcd lease
+//! <prefix>/v1/qos/<network>/<namespace>/<name>  QosPolicy JSON
 //! ```
 //! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
 //! order is numeric order: a block of addresses is one contiguous key range
@@ -128,6 +129,18 @@ impl Keys {
     /// names never contain '/', so the key parses back unambiguously.
     pub fn identity(&self, network: &str, namespace: &str, name: &str) -> String {
         format!("{}/identities/{network}/{namespace}/{name}", self.root)
+    }
+
+    pub fn all_qos_prefix(&self) -> String {
+        format!("{}/qos/", self.root)
+    }
+
+    pub fn qos_prefix(&self, network: &str) -> String {
+        format!("{}/qos/{network}/", self.root)
+    }
+
+    pub fn qos_policy(&self, network: &str, namespace: &str, name: &str) -> String {
+        format!("{}/qos/{network}/{namespace}/{name}", self.root)
     }
 
     pub fn leader(&self) -> String {

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod lease;
 pub mod network;
 pub mod pool;
+pub mod qos;
 pub mod rack;
 pub mod sticky;
 
@@ -16,5 +17,6 @@ pub use keys::Keys;
 pub use lease::{Lease, LeaseState, PodRef};
 pub use network::{AddrRange, NetworkSpec, RouteSpec, ValidationError};
 pub use pool::Pool;
+pub use qos::{Bandwidth, QosPolicy, QosSpec};
 pub use rack::{Node, Rack, RackNet};
 pub use sticky::{CrossRack, Identity, StickyPolicy};

@@ -70,6 +70,8 @@ pub enum ValidationError {
     Sticky(String),
     #[error("invalid node name {0:?}: use 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")]
     NodeName(String),
+    #[error("qos: {0}")]
+    Qos(#[from] crate::qos::QosError),
 }
 
 /// An inclusive range of IPv4 addresses. Written as `a.b.c.d`, `a.b.c.d/len`
@@ -172,6 +174,9 @@ pub struct NetworkSpec {
     /// operator-pinned ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<crate::StickyPolicy>,
+    /// Per-pod bandwidth: network default, maximum and node classes.
+    #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
+    pub qos: crate::qos::QosSpec,
 }
 
 fn default_block_size() -> u32 {
@@ -327,6 +332,7 @@ impl NetworkSpec {
         if let Some(p) = &self.sticky {
             p.validate()?;
         }
+        self.qos.validate()?;
         if crate::Pool::new(self).capacity() == 0 {
             return Err(ValidationError::Empty(self.name.clone()));
         }
@@ -383,6 +389,7 @@ mod tests {
             host_routes: vec!["10.96.0.0/12".parse().unwrap()],
             block_size: 16,
             sticky: None,
+            qos: Default::default(),
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             host_routes: vec![],
             block_size: 16,
             sticky: None,
+            qos: Default::default(),
         }
     }
 

@@ -303,6 +303,7 @@ pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
         host_routes: vec![],
         block_size: 16,
         sticky: None,
+        qos: Default::default(),
     }
 }
 
