@@ -191,7 +191,11 @@ pub fn parse_quantity(s: &str) -> Result<u64, QosError> {
         "Gi" => 1 << 30,
         "Ti" => 1 << 40,
         "Pi" => 1 << 50,
-        _ => return Err(bad("unknown suffix; use k, M, G, T, P, Ki, Mi, Gi, Ti or Pi")),
+        _ => {
+            return Err(bad(
+                "unknown suffix; use k, M, G, T, P, Ki, Mi, Gi, Ti or Pi",
+            ))
+        }
     };
     if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1
     {
@@ -299,8 +303,7 @@ impl QosPolicy {
         // Kubernetes namespaces are DNS labels; policy names the same.
         crate::network::validate_name(&self.namespace)
             .map_err(|_| bad("namespace must be a DNS label"))?;
-        crate::network::validate_name(&self.name)
-            .map_err(|_| bad("name must be a DNS label"))?;
+        crate::network::validate_name(&self.name).map_err(|_| bad("name must be a DNS label"))?;
         if let Some(p) = &self.pod_pattern {
             compile_pattern(p)?;
         }
@@ -342,9 +345,7 @@ pub fn select_policy<'a>(
     policies
         .into_iter()
         .filter(|p| p.matches(namespace, pod))
-        .min_by(|a, b| {
-            (a.pod_pattern.is_none(), &a.name).cmp(&(b.pod_pattern.is_none(), &b.name))
-        })
+        .min_by(|a, b| (a.pod_pattern.is_none(), &a.name).cmp(&(b.pod_pattern.is_none(), &b.name)))
 }
 
 /// Which level decided a direction (for logs and `racklinectl`).
@@ -450,7 +451,11 @@ pub struct Layers<'a> {
 /// an error even where the max would hide it.
 pub fn resolve(layers: &Layers<'_>) -> Result<Option<Effective>, QosError> {
     let named = [
-        (layers.network_default, Level::NetworkDefault, "network default"),
+        (
+            layers.network_default,
+            Level::NetworkDefault,
+            "network default",
+        ),
         (layers.node_class, Level::NodeClass, "node class"),
         (layers.policy, Level::Policy, "policy"),
         (layers.pod, Level::Pod, "pod request"),

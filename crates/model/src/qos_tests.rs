@@ -52,7 +52,10 @@ fn resolution_table_every_level_and_clamp() {
                 network_default: Some(&d),
                 ..Default::default()
             },
-            Some((r(100, None, NetworkDefault, false), r(100, None, NetworkDefault, false))),
+            Some((
+                r(100, None, NetworkDefault, false),
+                r(100, None, NetworkDefault, false),
+            )),
         ),
         (
             "node class beats default",
@@ -103,7 +106,10 @@ fn resolution_table_every_level_and_clamp() {
                 max: Some(&max),
                 ..Default::default()
             },
-            Some((r(60, None, NetworkDefault, true), r(60, None, NetworkDefault, true))),
+            Some((
+                r(60, None, NetworkDefault, true),
+                r(60, None, NetworkDefault, true),
+            )),
         ),
         (
             "max clamps a pod asking for more",
@@ -243,7 +249,16 @@ fn quantities() {
         assert_eq!(parse_quantity(s).unwrap(), v, "{s}");
     }
     for s in [
-        "", "M", "10X", "-1", "1.5", "1..5M", ".5M", "5.M", "1e6", "99999999999999999999",
+        "",
+        "M",
+        "10X",
+        "-1",
+        "1.5",
+        "1..5M",
+        ".5M",
+        "5.M",
+        "1e6",
+        "99999999999999999999",
     ] {
         assert!(parse_quantity(s).is_err(), "{s:?}");
     }

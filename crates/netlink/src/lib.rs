@@ -19,6 +19,7 @@ pub mod link;
 pub mod netns;
 pub mod route;
 mod socket;
+pub mod tc;
 
 pub use addr::AddrInfo;
 pub use error::{NetlinkError, Result};
@@ -26,6 +27,7 @@ pub use link::{LinkInfo, MacvlanMode};
 pub use netns::{read_sysctl_in, run_in_netns, write_sysctl_in, Netns};
 pub use route::{RouteInfo, RouteScope, RouteSpec};
 pub use socket::Netlink;
+pub use tc::{FilterInfo, QdiscInfo, QdiscSlot, Tbf};
 
 /// Linux `IFNAMSIZ` is 16 including the terminating NUL.
 pub const MAX_IFNAME_LEN: usize = 15;

@@ -248,6 +248,18 @@ impl Netlink {
             .map(drop)
     }
 
+    /// An ifb device in this socket's namespace (down).
+    pub fn create_ifb(&mut self, name: &str, mtu: Option<u32>) -> Result<()> {
+        validate_ifname(name)?;
+        self.execute(
+            "create ifb",
+            name,
+            ifb_request(name, mtu),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
     pub fn set_up(&mut self, index: u32) -> Result<()> {
         self.execute(
             "set link up",

@@ -126,6 +126,22 @@ pub fn vlan_request(
     RouteNetlinkMessage::NewLink(msg)
 }
 
+/// An ifb device (intermediate functional block): the target of the
+/// ingress redirect, so ingress traffic can be shaped by an egress qdisc.
+/// Created by a socket inside the pod netns, it is born there.
+pub fn ifb_request(name: &str, mtu: Option<u32>) -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
+            InfoKind::Ifb,
+        )]));
+    RouteNetlinkMessage::NewLink(msg)
+}
+
 /// `IFF_UP` set or cleared: `flags` carries the value and `change_mask`
 /// selects which flags `dev_change_flags()` may touch, so nothing else moves.
 pub fn set_up_request(index: u32, up: bool) -> RouteNetlinkMessage {
@@ -289,6 +305,19 @@ mod tests {
             let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
             assert_eq!(parsed.payload, NetlinkPayload::InnerMessage(req));
         }
+    }
+
+    #[test]
+    fn ifb_request_attributes() {
+        let msg = new_link(ifb_request("rlifb-eth0", Some(1500)));
+        assert_eq!(
+            msg.attributes,
+            vec![
+                LinkAttribute::IfName("rlifb-eth0".into()),
+                LinkAttribute::Mtu(1500),
+                LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(InfoKind::Ifb)]),
+            ]
+        );
     }
 
     #[test]
