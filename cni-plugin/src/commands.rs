@@ -76,11 +76,14 @@ fn plan_from(
         vlan,
         routes,
         host_routes,
+        qos: crate::qos::effective(conf, net)?,
     })
 }
 
 pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
-    // Validate before allocating: a missing netns costs no lease.
+    // Validate before allocating: a bad bandwidth request or a missing
+    // netns costs no lease and creates nothing.
+    crate::qos::pod_request(conf)?;
     let pod_ns = datapath::open_pod_netns(&env.netns)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
     let reply = ipam.allocate(pb::AllocateRequest {
@@ -121,7 +124,10 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     }
     match datapath::add(&plan, &pod_ns) {
         Ok(r) => {
-            info!(address = %plan.address, "ADD done");
+            let qos = plan
+                .qos
+                .map_or_else(|| "unlimited".to_string(), |q| q.to_string());
+            info!(address = %plan.address, %qos, "ADD done");
             Ok(r.to_json(&conf.cni_version))
         }
         Err(e) => {

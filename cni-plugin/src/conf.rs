@@ -56,7 +56,8 @@ pub struct RuntimeConfig {
 }
 
 /// Per-pod bandwidth request (kubelet's ingress/egress-bandwidth
-/// annotations), in bits/s and bytes; burst u32::MAX means "unset".
+/// annotations), in bits/s and bits (the CNI bandwidth convention); burst
+/// u32::MAX means "unset". Validated by `qos::pod_request`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Bandwidth {
     #[serde(default, rename = "ingressRate", alias = "IngressRate")]

@@ -39,6 +39,8 @@ pub struct AddPlan {
     pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
     /// CIDRs the pod reaches through its node.
     pub host_routes: Vec<Ipv4Network>,
+    /// Per-pod shaping (all QoS levels resolved); `None` = unshaped.
+    pub qos: Option<rackline_model::qos::Effective>,
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
@@ -254,6 +256,9 @@ fn build(
     for (dst, gw) in &plan.routes {
         add_route(pod, &RouteSpec::via(*dst, *gw, mv.index), "network route")?;
     }
+    if let Some(eff) = &plan.qos {
+        crate::qos::apply(pod, &mv, group, eff)?;
+    }
 
     // 4. node side: veth up and a /32 to the pod.
     host.set_up(hv.index)
@@ -395,11 +400,16 @@ fn del_in_pod(ns: &Netns, ifname: &str) -> Result<(), CniError> {
     let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     let group = names::link_group(ifname);
     let pv = names::pod_veth(ifname);
+    let ifb = names::ifb(ifname);
     let links = pod.links().map_err(|e| dp("listing pod links", e))?;
     let tagged: Vec<&LinkInfo> = links.iter().filter(|l| l.group == group).collect();
     // Only when the group holds nothing but our own links: never delete a
     // stranger that happens to share the number.
-    if !tagged.is_empty() && tagged.iter().all(|l| l.name == ifname || l.name == pv) {
+    if !tagged.is_empty()
+        && tagged
+            .iter()
+            .all(|l| l.name == ifname || l.name == pv || l.name == ifb)
+    {
         match pod.delete_group(group) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_not_found() => return Ok(()),
@@ -416,6 +426,8 @@ fn del_in_pod(ns: &Netns, ifname: &str) -> Result<(), CniError> {
             }
         } else if l.name == pv {
             ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
+        } else if l.name == ifb && l.kind.as_deref() == Some("ifb") {
+            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting QoS ifb", e))?;
         }
     }
     Ok(())
@@ -531,5 +543,5 @@ pub fn check(plan: &AddPlan) -> Result<(), CniError> {
             plan.address.ip()
         )));
     }
-    Ok(())
+    crate::qos::check(&mut pod, &mv, plan.qos.as_ref())
 }

@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod ipam;
 pub mod names;
+pub mod qos;
 pub mod result;
 
 use std::collections::HashMap;

@@ -43,6 +43,17 @@ pub fn link_group(ifname: &str) -> u32 {
     0x8000_0000 | (hash(&["rackline-group", ifname]) as u32 & 0x7fff_ffff)
 }
 
+/// The ifb carrying a pod interface's ingress shaper, in the pod netns:
+/// "rlifb-<ifname>" when it fits, else a hashed form.
+pub fn ifb(ifname: &str) -> String {
+    let n = format!("rlifb-{ifname}");
+    if n.len() <= MAX_IFNAME_LEN {
+        n
+    } else {
+        format!("rlifb{:010x}", hash(&["ifb", ifname]) & 0xff_ffff_ffff)
+    }
+}
+
 /// Temporary name for a macvlan whose final name clashes in the node netns
 /// (the kernel checks the name in the caller's netns even when the link is
 /// born in another one).
@@ -75,6 +86,10 @@ mod tests {
         let long = pod_veth("averylongname15");
         assert!(long.len() <= 15, "{long}");
         assert!(temporary().len() <= 15);
+        assert_eq!(ifb("eth0"), "rlifb-eth0");
+        let i = ifb("averylongname15");
+        assert!(i.len() <= 15 && i.starts_with("rlifb"), "{i}");
+        assert_ne!(i, ifb("averylongname16"));
         assert_eq!(vlan_device("eth1", 100), "eth1.100");
         let v = vlan_device("enp129s0f1np1", 4094);
         assert!(v.len() <= 15 && v.ends_with(".4094"), "{v}");

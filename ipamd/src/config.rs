@@ -72,6 +72,10 @@ pub struct Args {
     /// Return a block after it stayed empty this long.
     #[arg(long, env = "RACKLINE_BLOCK_HOLD_DOWN_SECS", default_value_t = 30)]
     pub block_hold_down_secs: u64,
+    /// This node's QoS class (machine type): selects the network's
+    /// `qos.nodeClasses[<class>]` bandwidth for pods on this node.
+    #[arg(long, env = "RACKLINE_NODE_CLASS")]
+    pub node_class: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +93,7 @@ pub struct Config {
     pub blocks: crate::blocks::BlockPolicy,
     pub standby: usize,
     pub state_dir: PathBuf,
+    pub node_class: Option<String>,
 }
 
 impl Args {
@@ -107,6 +112,7 @@ impl Args {
             gc_grace: Duration::from_secs(self.gc_grace_secs),
             standby: self.standby,
             state_dir,
+            node_class: self.node_class,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,

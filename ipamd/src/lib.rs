@@ -13,6 +13,7 @@ pub mod journal;
 pub mod kube;
 pub mod netmaster;
 pub mod netstate;
+pub mod qos;
 pub mod service;
 pub mod socket;
 pub mod store;
@@ -54,6 +55,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
     }
+    if let Some(c) = &config.node_class {
+        rackline_model::qos::validate_class_name(c)
+            .map_err(|e| anyhow::anyhow!("--node-class: {e}"))?;
+    }
     if let Some(r) = &config.rack {
         rackline_model::network::validate_name(r)
             .map_err(|_| anyhow::anyhow!("invalid rack {r:?}"))?;
@@ -86,8 +91,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.socket.display()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let sync_task = tokio::spawn(sync::run(engine.clone(), store, shutdown_rx.clone()));
+    let sync_task = tokio::spawn(sync::run(
+        engine.clone(),
+        store.clone(),
+        shutdown_rx.clone(),
+    ));
     let mut tasks = Vec::new();
+    let qos = qos::QosState::new(config.node_class.clone());
+    tasks.push(tokio::spawn(qos::run(
+        qos.clone(),
+        store.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
     if let Some(rack) = config.rack.clone() {
         if netmaster.is_configured() {
@@ -118,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
     let served = tonic::transport::Server::builder()
-        .add_service(IpamServer::new(IpamService::new(engine)))
+        .add_service(IpamServer::new(IpamService::new(engine).with_qos(qos)))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
 

@@ -9,15 +9,33 @@ use rackline_proto::ipam::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{AllocateArgs, Engine, IpamError};
+use crate::qos::QosState;
 use crate::store::LeaseStore;
 
 pub struct IpamService<S> {
     engine: Arc<Engine<S>>,
+    qos: Arc<QosState>,
 }
 
 impl<S> IpamService<S> {
     pub fn new(engine: Arc<Engine<S>>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            qos: QosState::new(None),
+        }
+    }
+
+    /// Answers with the node-class and policy QoS levels from `qos`.
+    pub fn with_qos(mut self, qos: Arc<QosState>) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// The network as this pod's plugin needs it, QoS levels included.
+    fn network_for(&self, spec: &NetworkSpec, pod: &PodRef) -> pb::NetworkConfig {
+        let mut net = network_to_pb(spec);
+        self.qos.fill(&mut net, spec, pod);
+        net
     }
 }
 
@@ -73,6 +91,11 @@ pub fn network_to_pb(n: &NetworkSpec) -> pb::NetworkConfig {
             })
             .collect(),
         host_routes: n.host_routes.iter().map(|c| c.to_string()).collect(),
+        qos_default: n.qos.default.as_ref().map(crate::qos::bandwidth_to_pb),
+        qos_max: n.qos.max.as_ref().map(crate::qos::bandwidth_to_pb),
+        // Node class and policy depend on the node and the pod:
+        // `crate::qos::QosState::fill`.
+        ..Default::default()
     }
 }
 
@@ -100,7 +123,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .map_err(status_of)?;
         Ok(Response::new(pb::AllocateReply {
             lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
-            network: Some(network_to_pb(&a.network)),
+            network: Some(self.network_for(&a.network, &a.lease.pod)),
             existing: a.existing,
             sticky: a.lease.sticky,
         }))
@@ -139,7 +162,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         {
             Some(a) => Ok(Response::new(pb::CheckReply {
                 lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
-                network: Some(network_to_pb(&a.network)),
+                network: Some(self.network_for(&a.network, &a.lease.pod)),
             })),
             None => Err(Status::not_found(format!(
                 "no lease for container {} ifname {} on network {}",

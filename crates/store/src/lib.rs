@@ -17,6 +17,7 @@ mod leases;
 mod networks;
 mod nodes;
 mod object;
+mod qos;
 mod racks;
 mod reads;
 mod usage;
