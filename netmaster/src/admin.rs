@@ -20,6 +20,7 @@ use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
 use rackline_store::{Object, Store, StoreError};
 use tracing::info;
 
+mod qos;
 mod racks;
 mod reservations;
 pub use reservations::ReservationView;

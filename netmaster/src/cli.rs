@@ -16,8 +16,10 @@ use serde::Serialize;
 use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
+mod qos;
 mod racks;
 mod reservations;
+pub use qos::{NetworkQosArgs, QosCommand, QosSetArgs};
 pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
 
 pub const EXIT_REFUSED: u8 = 1;
@@ -86,6 +88,9 @@ pub enum Command {
     /// release one.
     #[command(subcommand, alias = "reservations")]
     Reservation(reservations::ReservationCommand),
+    /// Per-pod bandwidth policies for namespaces and applications.
+    #[command(subcommand)]
+    Qos(QosCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -154,6 +159,8 @@ pub struct CreateArgs {
     /// reallocate (new address there). Implies --sticky.
     #[arg(long = "sticky-cross-rack", value_name = "POLICY")]
     pub sticky_cross_rack: Option<String>,
+    #[command(flatten)]
+    pub qos: NetworkQosArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +248,7 @@ impl CreateArgs {
             allocated: 0,
             block_size: self.block_size,
             sticky: self.sticky_policy(),
+            qos: self.qos.to_proto(),
         }
     }
 
@@ -326,6 +334,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Block(cmd) => racks::block(cmd, &mut client, json, out).await?,
         Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
         Command::Reservation(cmd) => reservations::run(cmd, &mut client, json, out).await?,
+        Command::Qos(cmd) => qos::qos(cmd, &mut client, json, out).await?,
     }
     out.flush()?;
     Ok(())

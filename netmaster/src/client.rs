@@ -18,6 +18,7 @@ use rackline_proto::admin::v1::admin_client::AdminClient as RawClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+mod qos;
 mod racks;
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,9 @@ use rackline_proto::admin::v1 as pb;
 
 use crate::admin::{LeaseFilter, NetworkView, PodFilter};
 
+mod qos;
 mod racks;
+pub use qos::*;
 pub use racks::*;
 
 /// Why a request could not be turned into model values.
@@ -84,6 +86,7 @@ pub fn network_from_proto(n: &pb::Network) -> Result<NetworkSpec, ConvertError> 
             n.block_size
         },
         sticky: n.sticky.as_ref().map(sticky_from_proto).transpose()?,
+        qos: network_qos_from_proto(n.qos.as_ref()),
     };
     spec.validate()?;
     Ok(spec)
@@ -206,6 +209,7 @@ pub fn network_to_proto(v: &NetworkView) -> pb::Network {
         sticky: s.sticky.as_ref().map(sticky_to_proto),
         capacity: v.capacity,
         allocated: v.allocated,
+        qos: network_qos_to_proto(&s.qos),
     }
 }
 
@@ -318,6 +322,7 @@ mod tests {
             allocated: 0,
             block_size: 0,
             sticky: None,
+            qos: None,
         }
     }
 

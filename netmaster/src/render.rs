@@ -11,8 +11,10 @@ use std::fmt::Write as _;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
+mod qos;
 mod racks;
 mod reservations;
+pub use qos::*;
 pub use racks::*;
 pub use reservations::{reservations_table, ReservationJson};
 
@@ -37,6 +39,8 @@ pub struct NetworkJson {
     pub host_routes: Vec<String>,
     pub capacity: u64,
     pub allocated: u64,
+    /// Rates in bits/s, bursts in bits; `{}` without QoS.
+    pub qos: rackline_model::QosSpec,
 }
 
 impl From<&pb::Network> for NetworkJson {
@@ -60,6 +64,7 @@ impl From<&pb::Network> for NetworkJson {
             host_routes: n.host_routes.clone(),
             capacity: n.capacity,
             allocated: n.allocated,
+            qos: crate::convert::network_qos_from_proto(n.qos.as_ref()),
         }
     }
 }
@@ -250,6 +255,7 @@ pub fn network_detail(n: &pb::Network) -> String {
         ("Exclude", list(&n.exclude)),
         ("Routes", list(&routes)),
         ("Host routes", list(&n.host_routes)),
+        ("QoS", network_qos_cell(n.qos.as_ref())),
     ];
     let mut out = String::new();
     for (k, v) in fields {
@@ -355,6 +361,7 @@ mod tests {
             allocated: 3,
             block_size: 16,
             sticky: None,
+            qos: None,
         }
     }
 
@@ -425,6 +432,7 @@ Used/Capacity: 3/190
 Exclude:       10.10.0.2-10.10.0.63
 Routes:        192.168.0.0/16 via gateway
 Host routes:   -
+QoS:           -
 ";
         assert_eq!(got, want);
     }
@@ -466,7 +474,7 @@ Host routes:   -
                 "master": "uplink0", "mtu": 1500, "vlan": 0,
                 "exclude": ["10.10.0.2-10.10.0.63"],
                 "routes": [{"dst": "192.168.0.0/16", "gw": ""}],
-                "hostRoutes": [], "capacity": 190, "allocated": 3
+                "hostRoutes": [], "capacity": 190, "allocated": 3, "qos": {}
             })
         );
         let v = serde_json::to_value(DeleteJson { leases_deleted: 2 }).unwrap();

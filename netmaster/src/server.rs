@@ -358,6 +358,49 @@ impl Admin for GrpcAdmin {
             is_self: v.is_self,
         }))
     }
+
+    async fn set_qos_policy(
+        &self,
+        request: Request<pb::QosPolicy>,
+    ) -> Result<Response<pb::QosPolicy>, Status> {
+        let p = convert::policy_from_proto(request.get_ref()).map_err(invalid)?;
+        let p = self.svc.set_qos_policy(p).await.map_err(fail)?;
+        Ok(Response::new(convert::policy_to_proto(&p)))
+    }
+
+    async fn list_qos_policies(
+        &self,
+        request: Request<pb::ListQosPoliciesRequest>,
+    ) -> Result<Response<pb::ListQosPoliciesReply>, Status> {
+        let network = request.into_inner().network;
+        let network = Some(network.trim()).filter(|n| !n.is_empty());
+        if let Some(n) = network {
+            // Also keeps the etcd prefix scan from widening ("a/").
+            rackline_model::network::validate_name(n)
+                .map_err(|e| invalid(ConvertError::Invalid(e)))?;
+        }
+        let list = self.svc.list_qos_policies(network).await.map_err(fail)?;
+        Ok(Response::new(pb::ListQosPoliciesReply {
+            policies: list.iter().map(convert::policy_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_qos_policy(
+        &self,
+        request: Request<pb::DeleteQosPolicyRequest>,
+    ) -> Result<Response<pb::DeleteQosPolicyReply>, Status> {
+        let r = request.into_inner();
+        for v in [&r.network, &r.namespace, &r.name] {
+            rackline_model::network::validate_name(v)
+                .map_err(|e| invalid(ConvertError::Invalid(e)))?;
+        }
+        let deleted = self
+            .svc
+            .delete_qos_policy(&r.network, &r.namespace, &r.name)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::DeleteQosPolicyReply { deleted }))
+    }
 }
 
 #[cfg(test)]

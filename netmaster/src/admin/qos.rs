@@ -1,0 +1,39 @@
+//! Namespace/application QoS policies. Writes are permitted and fenced like
+//! every other; the store refuses a policy for a network that does not
+//! exist.
+
+use rackline_model::QosPolicy;
+use tracing::info;
+
+use super::{AdminService, Result};
+
+impl AdminService {
+    pub async fn set_qos_policy(&self, p: QosPolicy) -> Result<QosPolicy> {
+        let permit = self.permit()?;
+        self.store.set_qos_policy(&p, permit.fence.as_ref()).await?;
+        info!(network = %p.network, namespace = %p.namespace, policy = %p.name,
+              bandwidth = %p.bandwidth, "QoS policy set");
+        Ok(p)
+    }
+
+    /// Sorted by network, namespace, name.
+    pub async fn list_qos_policies(&self, network: Option<&str>) -> Result<Vec<QosPolicy>> {
+        let (list, _) = self.store.list_qos_policies(network).await?;
+        Ok(list.into_iter().map(|(_, p)| p).collect())
+    }
+
+    pub async fn delete_qos_policy(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let permit = self.permit()?;
+        let deleted = self
+            .store
+            .delete_qos_policy(network, namespace, name, permit.fence.as_ref())
+            .await?;
+        info!(%network, %namespace, policy = %name, deleted, "QoS policy deleted");
+        Ok(deleted)
+    }
+}
