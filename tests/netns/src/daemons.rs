@@ -154,6 +154,9 @@ impl Lab {
         .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
         .args(["--standby", &self.opts.standby.to_string()])
         .args(["--log-level", &self.opts.log_level]);
+        if let Some(class) = self.opts.node_classes.get(&k) {
+            cmd.args(["--node-class", class]);
+        }
         let label = format!("{}-ipamd", node.name());
         let mut ipamd = Daemon::spawn(&label, cmd, node.netns(), &self.log_path(&label))?;
         wait_ready(

@@ -49,8 +49,10 @@ pub struct LabBuilder {
     pub(crate) block_size: u32,
     /// netmaster replicas in `ctrl` (HA: one leads, the others follow).
     pub(crate) netmasters: usize,
-    /// Extra `racklinectl network create` arguments (e.g. a sticky policy).
+    /// Extra `racklinectl network create` arguments (e.g. a sticky policy, QoS levels).
     pub(crate) network_args: Vec<String>,
+    /// ipamd `--node-class` by node index.
+    pub(crate) node_classes: BTreeMap<usize, String>,
 }
 
 impl Default for LabBuilder {
@@ -68,6 +70,7 @@ impl Default for LabBuilder {
             block_size: 16,
             netmasters: 1,
             network_args: Vec::new(),
+            node_classes: BTreeMap::new(),
         }
     }
 }
@@ -105,6 +108,12 @@ impl LabBuilder {
     /// (Spanning mode) and the lab's racklinectl are given every replica.
     pub fn netmasters(mut self, n: usize) -> Self {
         self.netmasters = n;
+        self
+    }
+
+    /// Starts node `k`'s ipamd with `--node-class <class>`.
+    pub fn node_class(mut self, k: usize, class: &str) -> Self {
+        self.node_classes.insert(k, class.to_owned());
         self
     }
 

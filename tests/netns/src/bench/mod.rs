@@ -8,6 +8,7 @@
 
 pub mod adds;
 pub mod exec;
+pub mod iperf;
 pub mod latency;
 pub mod stats;
 pub mod sticky;

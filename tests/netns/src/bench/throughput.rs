@@ -6,16 +6,14 @@
 //! the baseline is node uplink veth → the same bridges and routers → uplink veth.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use super::check_interrupted;
-use super::exec::{run_timed, Background, Invocation};
+use super::iperf::{iperf3, Rate};
 use super::stats::median;
-use crate::{result_ipv4, Lab, Netns};
+use crate::{result_ipv4, Lab};
 
 #[derive(Clone, Debug)]
 pub struct ThroughputConfig {
@@ -23,61 +21,6 @@ pub struct ThroughputConfig {
     pub seconds: u32,
     /// Measurements per path and kind (baseline / pods), alternating.
     pub repeats: usize,
-}
-
-/// One iperf3 run: receiver throughput in Gbit/s and the sender's retransmits.
-#[derive(Clone, Copy, Debug)]
-struct Rate {
-    gbps: f64,
-    retransmits: u64,
-}
-
-fn iperf(from: &Netns, to: &Netns, addr: Ipv4Addr, seconds: u32, log: &Path) -> Result<Rate> {
-    let a = addr.to_string();
-    let server = Background::spawn(
-        "iperf3 server",
-        "iperf3",
-        &["-s", "-1", "-B", &a],
-        &to.path(),
-        log,
-    )?;
-    let client = Invocation {
-        program: "iperf3".into(),
-        args: ["-c", &a, "-t", &seconds.to_string(), "-J"]
-            .map(str::to_owned)
-            .to_vec(),
-        env: Vec::new(),
-        stdin: Vec::new(),
-        netns: from.path(),
-    };
-    // The server needs a moment to listen: retry while the connection is refused (iperf3 -J
-    // reports that in its JSON `error`, with exit code 0 or 1 depending on the failure point).
-    let mut attempt = 0;
-    let doc = loop {
-        let out = run_timed(&client, Duration::from_secs(u64::from(seconds) + 30))?;
-        let doc = out.json();
-        let error = match &doc {
-            Some(d) => d["error"].as_str().map(str::to_owned),
-            None => Some(format!("no JSON output (exit {})", out.code)),
-        };
-        let Some(error) = error.or_else(|| (!out.success()).then(|| format!("exit {}", out.code)))
-        else {
-            break doc.unwrap_or_default();
-        };
-        attempt += 1;
-        if !error.contains("Connection refused") || attempt >= 50 {
-            bail!("iperf3 -c {a} from {}: {error}", from.name());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = server.finish(Duration::from_secs(5));
-    let bps = doc["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .with_context(|| format!("no end.sum_received in iperf3 output: {doc}"))?;
-    Ok(Rate {
-        gbps: bps / 1e9,
-        retransmits: doc["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-    })
 }
 
 struct PathResult {
@@ -158,7 +101,7 @@ fn measure(lab: &Lab, cfg: &ThroughputConfig) -> Result<String> {
                     if is_pod { "pods" } else { "baseline" },
                     rep + 1
                 );
-                let r = iperf(from, to, addr, cfg.seconds, &log).map_err(|e| format!("{e:#}"));
+                let r = iperf3(from, to, addr, cfg.seconds, 0, &log).map_err(|e| format!("{e:#}"));
                 if is_pod {
                     res.pods.push(r);
                 } else {
