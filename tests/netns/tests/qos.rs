@@ -22,14 +22,17 @@ use serde_json::{json, Value};
 const M: u64 = 1_000_000;
 
 fn lab() -> rackline_lab::LabBuilder {
-    Lab::builder().nodes(2).node_class(1, "small").network_args(&[
-        "--qos-default",
-        "egress=300M",
-        "--qos-max",
-        "ingress=400M,egress=400M",
-        "--qos-class",
-        "small:ingress=150M",
-    ])
+    Lab::builder()
+        .nodes(2)
+        .node_class(1, "small")
+        .network_args(&[
+            "--qos-default",
+            "egress=300M",
+            "--qos-max",
+            "ingress=400M,egress=400M",
+            "--qos-class",
+            "small:ingress=150M",
+        ])
 }
 
 /// `runtimeConfig.bandwidth` as containerd sends it (PascalCase, burst u32::MAX = unset, 0 for
@@ -116,7 +119,10 @@ fn every_level_is_applied_checked_and_removed() -> Result<()> {
             let pod = lab.add_pod(node, name)?;
             let result = add(lab, &pod, rc.clone())?;
             let got = shaping(lab, &pod)?;
-            ensure!(got == want, "{name}: (ingress, egress) {got:?}, want {want:?}");
+            ensure!(
+                got == want,
+                "{name}: (ingress, egress) {got:?}, want {want:?}"
+            );
 
             // CHECK passes while intact, fails once the egress tbf is removed by hand.
             let check = |rc: Option<Value>| {
@@ -196,7 +202,10 @@ fn iperf3_rates_match_the_limits() -> Result<()> {
             let ingress = iperf3(&peer.netns, &pod.netns, ip, 3, 1, &log)?;
             for (dir, r) in [("egress", egress), ("ingress", ingress)] {
                 let ratio = r.mbps() / mbit as f64;
-                report.push(format!("{mbit}M {dir}: {:.2} Mbit/s ({ratio:.3})", r.mbps()));
+                report.push(format!(
+                    "{mbit}M {dir}: {:.2} Mbit/s ({ratio:.3})",
+                    r.mbps()
+                ));
                 if !(0.9..=1.1).contains(&ratio) {
                     failures.push(format!("{mbit}M {dir}: measured {:.2} Mbit/s", r.mbps()));
                 }
@@ -204,7 +213,10 @@ fn iperf3_rates_match_the_limits() -> Result<()> {
             lab.cni_del(&pod)?;
         }
         eprintln!("qos iperf3: {}", report.join("; "));
-        ensure!(failures.is_empty(), "outside ±10 %: {failures:?} (all: {report:?})");
+        ensure!(
+            failures.is_empty(),
+            "outside ±10 %: {failures:?} (all: {report:?})"
+        );
         lab.cni_del(&peer)?;
         Ok(())
     })

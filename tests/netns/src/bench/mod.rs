@@ -10,6 +10,7 @@ pub mod adds;
 pub mod exec;
 pub mod iperf;
 pub mod latency;
+pub mod qos;
 pub mod stats;
 pub mod sticky;
 pub mod throughput;

@@ -6,6 +6,7 @@
 //! target/release/rackline-bench adds         # issue 3: 1000 concurrent ADDs at 1:1 capacity
 //! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
 //! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
+//! target/release/rackline-bench qos          # shaping accuracy; unshaped pods vs nodes
 //! ```
 //! Run it from target/release so that the lab uses the release binaries next to it (or set
 //! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
@@ -19,6 +20,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use rackline_lab::bench::adds::AddsConfig;
 use rackline_lab::bench::latency::LatencyConfig;
+use rackline_lab::bench::qos::QosConfig;
 use rackline_lab::bench::throughput::ThroughputConfig;
 use rackline_lab::bench::{self, append_report, Conditions, QuietMonitor, INTERRUPTED};
 
@@ -43,6 +45,8 @@ enum Command {
     /// Re-creating sticky pods on other nodes of their rack (issue 4: 1000 < 20 s, every
     /// address preserved).
     Sticky(StickyArgs),
+    /// Per-pod QoS: measured vs configured rate, egress and ingress; unshaped pods vs nodes.
+    Qos(QosArgs),
 }
 
 #[derive(ClapArgs)]
@@ -59,6 +63,21 @@ struct StickyArgs {
     /// Concurrent plugin executions.
     #[arg(long, default_value_t = 64)]
     workers: usize,
+}
+
+#[derive(ClapArgs)]
+struct QosArgs {
+    /// iperf3 measured seconds per run (after --omit).
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// iperf3 -O: leading seconds not counted.
+    #[arg(long, default_value_t = 1)]
+    omit: u32,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Shaped rates, Mbit/s.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200,1000")]
+    rates: Vec<u64>,
 }
 
 #[derive(ClapArgs)]
@@ -176,6 +195,15 @@ fn run(cli: &Cli) -> Result<()> {
             bench::throughput::run(&ThroughputConfig {
                 seconds: a.seconds,
                 repeats: a.repeats,
+            })?,
+        ),
+        Command::Qos(a) => (
+            "qos: per-pod shaping accuracy; unshaped pods vs nodes (iperf3)",
+            bench::qos::run(&QosConfig {
+                seconds: a.seconds,
+                omit: a.omit,
+                repeats: a.repeats,
+                rates: a.rates.clone(),
             })?,
         ),
     };
