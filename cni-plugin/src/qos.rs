@@ -147,18 +147,7 @@ pub fn apply(
         .link_by_name(&name)
         .map_err(|e| dp("looking up the ifb", e))?
         .ok_or_else(|| CniError::datapath(format!("QoS: {name} vanished right after creation")))?;
-    let r = (|| {
-        pod.set_group(ifb.index, group)
-            .map_err(|e| dp("tagging the ifb", e))?;
-        pod.set_up(ifb.index)
-            .map_err(|e| dp("bringing the ifb up", e))?;
-        pod.add_tbf(ifb.index, &tbf_for(i, mv.mtu))
-            .map_err(|e| dp("ingress tbf on the ifb", e))?;
-        pod.add_ingress_qdisc(mv.index)
-            .map_err(|e| dp("ingress qdisc", e))?;
-        pod.add_ingress_redirect(mv.index, ifb.index)
-            .map_err(|e| dp("ingress redirect to the ifb", e))
-    })();
+    let r = shape_ingress(pod, mv, &ifb, group, i);
     if r.is_err() {
         if let Err(e) = pod.delete_link(ifb.index) {
             if !e.is_not_found() {
@@ -167,6 +156,25 @@ pub fn apply(
         }
     }
     r
+}
+
+fn shape_ingress(
+    pod: &mut Netlink,
+    mv: &LinkInfo,
+    ifb: &LinkInfo,
+    group: u32,
+    limit: &Resolved,
+) -> Result<(), CniError> {
+    pod.set_group(ifb.index, group)
+        .map_err(|e| dp("tagging the ifb", e))?;
+    pod.set_up(ifb.index)
+        .map_err(|e| dp("bringing the ifb up", e))?;
+    pod.add_tbf(ifb.index, &tbf_for(limit, mv.mtu))
+        .map_err(|e| dp("ingress tbf on the ifb", e))?;
+    pod.add_ingress_qdisc(mv.index)
+        .map_err(|e| dp("ingress qdisc", e))?;
+    pod.add_ingress_redirect(mv.index, ifb.index)
+        .map_err(|e| dp("ingress redirect to the ifb", e))
 }
 
 /// Verifies the shaping in the pod netns matches `eff` (CHECK).

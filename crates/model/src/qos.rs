@@ -377,7 +377,7 @@ impl fmt::Display for Level {
 /// throughput below the rate; 10 ms covers a loaded 2-core node (HZ=250
 /// jiffies are 4 ms) and is what the rate yields in 10 ms anyway.
 pub fn default_burst(rate: u64) -> u64 {
-    (rate / 100).max(4 * MIN_BURST).min(MAX_BURST)
+    (rate / 100).clamp(4 * MIN_BURST, MAX_BURST)
 }
 
 /// One direction after layering and clamping; the burst is always concrete

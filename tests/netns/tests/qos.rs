@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 
 const M: u64 = 1_000_000;
 
+/// (ingress, egress) tbf rates in bits/s; None = not shaped.
+type Shaping = (Option<u64>, Option<u64>);
+
 fn lab() -> rackline_lab::LabBuilder {
     Lab::builder()
         .nodes(2)
@@ -69,11 +72,31 @@ fn tbf_rate(lab: &Lab, pod: &Pod, dev: &str) -> Result<Option<u64>> {
 }
 
 /// (ingress, egress) shaping of a pod as the kernel has it.
-fn shaping(lab: &Lab, pod: &Pod) -> Result<(Option<u64>, Option<u64>)> {
+fn shaping(lab: &Lab, pod: &Pod) -> Result<Shaping> {
     Ok((
         tbf_rate(lab, pod, "rlifb-eth0")?,
         tbf_rate(lab, pod, "eth0")?,
     ))
+}
+
+/// ipamd learns policies through an etcd watch: ADD pods named `name` until one is shaped as
+/// `want` (each mismatch is deleted again), for up to 15 s.
+fn add_once_policy_seen(lab: &Lab, node: usize, name: &str, want: Shaping) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let pod = lab.add_pod(node, name)?;
+        add(lab, &pod, None)?;
+        let got = shaping(lab, &pod)?;
+        lab.cni_del(&pod)?;
+        if got == want {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{name}: (ingress, egress) {got:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn only_lo(lab: &Lab, pod: &Pod) -> Result<()> {
@@ -101,10 +124,10 @@ fn every_level_is_applied_checked_and_removed() -> Result<()> {
             listed[0]["egressRate"] == 120 * M && listed[0]["podPattern"] == "web-.*",
             "{listed}"
         );
-        // ipamd learns the policy through its watch; give it a moment.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // ipamd learns the policy through its watch.
+        add_once_policy_seen(lab, 1, "web-0", (Some(150 * M), Some(120 * M)))?;
 
-        let cases: [(&str, usize, Option<Value>, (Option<u64>, Option<u64>)); 4] = [
+        let cases: [(&str, usize, Option<Value>, Shaping); 4] = [
             ("peer", 2, None, (Some(400 * M), Some(300 * M))),
             ("plain", 1, None, (Some(150 * M), Some(300 * M))),
             ("web-1", 1, None, (Some(150 * M), Some(120 * M))),
@@ -146,11 +169,11 @@ fn every_level_is_applied_checked_and_removed() -> Result<()> {
 
         // Deleting the policy: web pods fall back to the network default.
         lab.racklinectl(&["qos", "delete", &lab.network_of_node(1), "default", "web"])?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let pod = lab.add_pod(1, "web-2")?;
-        add(lab, &pod, None)?;
-        ensure!(shaping(lab, &pod)? == (Some(150 * M), Some(300 * M)));
-        lab.cni_del(&pod)?;
+        add_once_policy_seen(lab, 1, "web-2", (Some(150 * M), Some(300 * M)))?;
+        ensure!(lab
+            .racklinectl(&["qos", "list"])?
+            .as_array()
+            .is_some_and(Vec::is_empty));
         Ok(())
     })
 }
