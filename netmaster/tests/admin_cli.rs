@@ -55,7 +55,7 @@ fn network_lifecycle_in_table_and_json() {
             ],
             "hostRoutes": ["10.96.0.0/12"],
             // 254 hosts - gateway - 62 - 15 (.255 is broadcast) - 1
-            "capacity": 175, "allocated": 0
+            "capacity": 175, "allocated": 0, "qos": {}
         })
     );
 
@@ -95,6 +95,7 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
                 "hostRoutes",
                 "capacity",
                 "allocated",
+                "qos",
             ]
             .map(String::from)
             .into(),
@@ -461,4 +462,106 @@ fn netmaster_rejects_bad_flags_and_stops_on_sigterm() {
         "{log}"
     );
     assert!(log.contains("netmaster stopped"), "{log}");
+}
+
+#[test]
+fn qos_levels_and_policies_round_trip() {
+    let etcd = Etcd::start();
+    let nm = Netmaster::start(&etcd);
+    let s = nm.url.as_str();
+
+    let mut args = create_args("prod", "10.10.0.0/24", "10.10.0.1");
+    args.extend([
+        "--qos-default",
+        "egress=300M",
+        "--qos-max",
+        "ingress=1G,egress=1G,egress-burst=8M",
+        "--qos-class",
+        "small:ingress=150M",
+        "-o",
+        "json",
+    ]);
+    let created = ctl(s, &args).json();
+    assert_eq!(
+        created["qos"],
+        json!({
+            "default": {"egressRate": 300_000_000},
+            "max": {"ingressRate": 1_000_000_000u64, "egressRate": 1_000_000_000u64, "egressBurst": 8_000_000},
+            "nodeClasses": {"small": {"ingressRate": 150_000_000}}
+        })
+    );
+    let show = ctl(s, &["network", "show", "prod"]);
+    assert!(
+        show.stdout
+            .contains("QoS:           default egress=300M; max ingress=1G,egress=1G,egress-burst=8M; class small ingress=150M\n"),
+        "{show:?}"
+    );
+
+    let set = |extra: &[&str]| {
+        let mut a = vec!["qos", "set", "prod", "shop", "web", "-o", "json"];
+        a.extend(extra);
+        ctl(s, &a)
+    };
+    let p = set(&["--bandwidth", "egress=20M", "--pods", "web-.*"]).json();
+    assert_eq!(p["egressRate"], 20_000_000);
+    assert_eq!(p["podPattern"], "web-.*");
+    assert!(p["ingressRate"].is_null());
+    // Replacing keeps one policy.
+    set(&["--bandwidth", "ingress=30M"]).ok();
+    let list = ctl(s, &["qos", "list", "-o", "json"]).json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["ingressRate"], 30_000_000);
+    assert_eq!(list[0]["podPattern"], "");
+
+    // Refused values: unknown network (exit 1), bad syntax (exit 2), bad value (exit 1).
+    ctl(
+        s,
+        &[
+            "qos",
+            "set",
+            "nosuch",
+            "shop",
+            "web",
+            "--bandwidth",
+            "egress=1M",
+        ],
+    )
+    .refused("not found");
+    let bad = ctl(
+        s,
+        &[
+            "qos",
+            "set",
+            "prod",
+            "shop",
+            "w",
+            "--bandwidth",
+            "egress=fast",
+        ],
+    );
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let bad = ctl(
+        s,
+        &[
+            "qos",
+            "set",
+            "prod",
+            "shop",
+            "w",
+            "--bandwidth",
+            "egress=1M",
+            "--pods",
+            "(x",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let mut bad_net = create_args("dev", "10.20.0.0/24", "10.20.0.1");
+    bad_net.extend(["--qos-class", "Big_Class:egress=1M"]);
+    assert_eq!(ctl(s, &bad_net).code, 1);
+
+    let del = ctl(s, &["qos", "delete", "prod", "shop", "web", "-o", "json"]).json();
+    assert_eq!(del, json!({"deleted": true}));
+    let del = ctl(s, &["qos", "delete", "prod", "shop", "web", "-o", "json"]).json();
+    assert_eq!(del, json!({"deleted": false}));
+    assert_eq!(ctl(s, &["qos", "list", "-o", "json"]).json(), json!([]));
 }
