@@ -141,6 +141,19 @@ pub fn apply(
         return Ok(());
     };
     let name = names::ifb(&mv.name);
+    // An ifb of this name left by an ADD that died between creating and
+    // tagging it is not in the device group, so DEL missed it; the name is
+    // derived from this attachment, so it is ours to replace.
+    if let Some(stale) = pod
+        .link_by_name(&name)
+        .map_err(|e| dp("looking up the ifb", e))?
+        .filter(|l| l.kind.as_deref() == Some("ifb"))
+    {
+        warn!(%name, "removing a stale ifb from an earlier attempt");
+        pod.delete_link(stale.index)
+            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+            .map_err(|e| dp("removing the stale ifb", e))?;
+    }
     pod.create_ifb(&name, Some(mv.mtu))
         .map_err(|e| dp(&format!("creating {name}"), e))?;
     let ifb = pod

@@ -76,6 +76,10 @@ pub struct Args {
     /// `qos.nodeClasses[<class>]` bandwidth for pods on this node.
     #[arg(long, env = "RACKLINE_NODE_CLASS")]
     pub node_class: Option<String>,
+    /// The Node label holding the QoS class, read when running in a cluster
+    /// without --node-class.
+    #[arg(long, env = "RACKLINE_NODE_CLASS_LABEL", default_value = crate::qos::DEFAULT_NODE_CLASS_LABEL)]
+    pub node_class_label: String,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +98,7 @@ pub struct Config {
     pub standby: usize,
     pub state_dir: PathBuf,
     pub node_class: Option<String>,
+    pub node_class_label: String,
 }
 
 impl Args {
@@ -113,6 +118,7 @@ impl Args {
             standby: self.standby,
             state_dir,
             node_class: self.node_class,
+            node_class_label: self.node_class_label,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,

@@ -30,6 +30,7 @@ pub fn in_cluster_client() -> Result<Client, KubeError> {
 }
 
 /// The value of `label` on Node `node` (None when the label is absent).
+/// Used for the rack and for the QoS node class.
 pub async fn rack_from_label(
     client: Client,
     node: &str,

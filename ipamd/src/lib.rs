@@ -55,6 +55,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
     }
+    if config.node_class.is_none() && kube::in_cluster() {
+        config.node_class =
+            qos::node_class_from_cluster(&config.node_name, &config.node_class_label).await;
+    }
     if let Some(c) = &config.node_class {
         rackline_model::qos::validate_class_name(c)
             .map_err(|e| anyhow::anyhow!("--node-class: {e}"))?;

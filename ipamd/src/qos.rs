@@ -14,6 +14,32 @@ use rackline_store::{Change, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+/// The Node label read for the QoS class when `--node-class` is not given.
+pub const DEFAULT_NODE_CLASS_LABEL: &str = "rackline.io/node-class";
+
+/// The node's class from its Node label (one read at start-up, like the
+/// rack). Any failure means "no class": pods then get the other levels,
+/// which is safer than refusing to start.
+pub async fn node_class_from_cluster(node: &str, label: &str) -> Option<String> {
+    let client = match crate::kube::in_cluster_client() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("cannot read the node class label: {e}");
+            return None;
+        }
+    };
+    match crate::kube::rack_from_label(client, node, label).await {
+        Ok(class) => {
+            tracing::info!(%node, %label, ?class, "node class from the Node label");
+            class
+        }
+        Err(e) => {
+            warn!("reading the node class label: {e}");
+            None
+        }
+    }
+}
+
 pub fn bandwidth_to_pb(b: &Bandwidth) -> pb::Bandwidth {
     pb::Bandwidth {
         ingress_rate: b.ingress_rate.unwrap_or(0),
