@@ -244,3 +244,47 @@ fn iperf3_rates_match_the_limits() -> Result<()> {
         Ok(())
     })
 }
+
+/// A shaping step the kernel refuses (the ifb name is taken by a stranger the plugin must not
+/// touch) fails ADD with code 100 and rolls everything back: no macvlan, no veth on either
+/// side, no lease, the node unchanged; the stranger is left alone.
+#[test]
+fn failed_shaping_rolls_back_everything() -> Result<()> {
+    lab().run(|lab| {
+        let pod = lab.add_pod(1, "blocked")?;
+        let made = lab.exec_in(
+            &pod,
+            &[
+                "ip",
+                "link",
+                "add",
+                "rlifb-eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "rlx",
+            ],
+        )?;
+        ensure!(made.success(), "{made:?}");
+        let before = lab.snapshot(lab.node(1))?;
+        let out = lab
+            .cni(Cmd::Add, &pod)
+            .set("runtimeConfig", runtime_bw(10 * M, 10 * M))
+            .run()?;
+        out.expect_error(100)
+            .context("ADD with the ifb name taken")?;
+        let links = lab.link_names(&pod)?;
+        ensure!(
+            links == ["lo", "rlifb-eth0", "rlx"],
+            "pod links after rollback: {links:?}"
+        );
+        ensure!(lab.leases_of(&pod.container_id)?.is_empty(), "lease kept");
+        let after = lab.snapshot(lab.node(1))?;
+        ensure!(after == before, "node changed:\n{}", before.diff(&after));
+        // The runtime's DEL after a failed ADD succeeds and still spares the stranger.
+        lab.cni_del(&pod)?;
+        ensure!(lab.link_names(&pod)? == ["lo", "rlifb-eth0", "rlx"]);
+        Ok(())
+    })
+}
