@@ -564,4 +564,9 @@ fn qos_levels_and_policies_round_trip() {
     let del = ctl(s, &["qos", "delete", "prod", "shop", "web", "-o", "json"]).json();
     assert_eq!(del, json!({"deleted": false}));
     assert_eq!(ctl(s, &["qos", "list", "-o", "json"]).json(), json!([]));
+
+    // A network's policies go with it: a re-created network starts clean.
+    set(&["--bandwidth", "egress=5M"]).ok();
+    ctl(s, &["network", "delete", "prod"]).ok();
+    assert_eq!(ctl(s, &["qos", "list", "-o", "json"]).json(), json!([]));
 }

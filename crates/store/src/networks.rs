@@ -105,8 +105,9 @@ impl Store {
 
     /// Deletes a network. Without `force` it refuses while leases exist; the
     /// transaction also fails if a lease appeared after the check. The
-    /// network's rack bindings and blocks go with it (a network re-created
-    /// under the same name must not inherit them).
+    /// network's rack bindings, blocks, sticky identities and QoS policies go
+    /// with it (a network re-created under the same name must not inherit
+    /// them).
     pub async fn delete_network(
         &self,
         name: &str,
@@ -157,6 +158,11 @@ impl Store {
                 // Sticky identities go with their leases.
                 TxnOp::delete(
                     self.keys.identities_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                // QoS policies too: a re-created network starts without them.
+                TxnOp::delete(
+                    self.keys.qos_prefix(name),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
             ]);
