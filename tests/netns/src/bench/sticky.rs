@@ -184,7 +184,7 @@ pub fn run(cfg: &StickyConfig) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "| run | pods | re-create wall | ADD median | ADD p99 | preserved | failures |"
+        "| run | pods | re-create wall | ADD median (ms) | ADD p99 (ms) | preserved | failures |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let (mut pods, mut wall, mut preserved, mut failed) = (0, Duration::ZERO, 0, 0);
@@ -221,7 +221,7 @@ pub fn run(cfg: &StickyConfig) -> Result<String> {
     let _ = writeln!(
         md,
         "\n**Total: {pods} sticky pods re-created in {:.2} s of storm wall time (sum of runs), \
-         {preserved}/{pods} addresses preserved, {failed} failures; ADD median {} / p99 {}.** \
+         {preserved}/{pods} addresses preserved, {failed} failures; ADD median {} ms / p99 {} ms.** \
          Goal: < 20 s with every address preserved: {}.",
         wall.as_secs_f64(),
         s.as_ref().map(|s| ms(s.median)).unwrap_or_default(),
