@@ -74,6 +74,7 @@ fn plan_from(
         master: conf.master.clone().unwrap_or_else(|| net.master.clone()),
         mtu: net.mtu,
         vlan,
+        vlan_opts: conf.vlan.clone(),
         routes,
         host_routes,
         qos: crate::qos::effective(conf, net)?,
@@ -141,6 +142,8 @@ pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // Links first, lease last: an address is never free while a pod may
     // still carry it.
     datapath::del(&env.container_id, &env.ifname, &env.netns)?;
+    // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
+    crate::vlan::detach(&conf.vlan, &env.container_id, &env.ifname)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
     let r = ipam.release(pb::ReleaseRequest {
         network: conf.network.clone(),

@@ -11,9 +11,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{code, CniError};
+use crate::vlan::{VlanCleanup, VlanOptions};
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const DEFAULT_SOCKET: &str = "/run/rackline/ipamd.sock";
+/// tmpfs, like the VLAN devices whose users it records (cleared together on reboot).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/rackline";
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +44,10 @@ struct RawConf {
     log_level: Option<String>,
     #[serde(default)]
     runtime_config: Option<RuntimeConfig>,
+    #[serde(default)]
+    vlan_cleanup: Option<VlanCleanup>,
+    #[serde(default)]
+    runtime_dir: Option<PathBuf>,
     #[serde(default)]
     prev_result: Option<Value>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
@@ -91,6 +98,8 @@ pub struct NetConf {
     pub log_file: Option<PathBuf>,
     pub log_level: String,
     pub runtime_config: RuntimeConfig,
+    /// `vlanCleanup` and `runtimeDir` (see `vlan.rs`).
+    pub vlan: VlanOptions,
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<ValidAttachment>>,
 }
@@ -172,6 +181,16 @@ impl NetConf {
                 socket.display()
             )));
         }
+        let runtime_dir = raw
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+        if !runtime_dir.is_absolute() {
+            return Err(CniError::config(format!(
+                "runtimeDir {} must be an absolute path",
+                runtime_dir.display()
+            )));
+        }
         Ok(NetConf {
             cni_version: raw.cni_version,
             name: raw.name,
@@ -183,6 +202,10 @@ impl NetConf {
             log_file: raw.log_file,
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),
             runtime_config: raw.runtime_config.unwrap_or_default(),
+            vlan: VlanOptions {
+                runtime_dir,
+                cleanup: raw.vlan_cleanup.unwrap_or_default(),
+            },
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })
@@ -208,7 +231,21 @@ mod tests {
         assert_eq!(c.network, "prod");
         assert_eq!(c.ipamd_socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.timeout, Duration::from_millis(5000));
+        assert_eq!(c.vlan.cleanup, VlanCleanup::Keep);
+        assert_eq!(c.vlan.runtime_dir, PathBuf::from(DEFAULT_RUNTIME_DIR));
         assert!(c.is_v1());
+    }
+
+    #[test]
+    fn vlan_options_are_read() {
+        let c = parse(
+            r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":"remove","runtimeDir":"/tmp/rl"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vlan.cleanup, VlanCleanup::Remove);
+        assert_eq!(c.vlan.runtime_dir, PathBuf::from("/tmp/rl"));
+        let keep = parse(r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":"keep"}"#).unwrap();
+        assert_eq!(keep.vlan.cleanup, VlanCleanup::Keep);
     }
 
     #[test]
@@ -255,6 +292,9 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","timeoutMs":1}"#,
             r#"{"cniVersion":"1.1.0","name":"n","ipamdSocket":"relative.sock"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","type":"macvlan"}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":"sometimes"}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":true}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeDir":"run/rackline"}"#,
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");

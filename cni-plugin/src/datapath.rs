@@ -17,11 +17,12 @@ use ipnetwork::Ipv4Network;
 use rackline_netlink::{
     write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope, RouteSpec,
 };
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::error::{code, CniError};
 use crate::names;
 use crate::result::{format_mac, CniResult, Interface, IpConfig, Route};
+use crate::vlan::{self, VlanOptions};
 
 /// Everything ADD needs, resolved and validated before anything is touched.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct AddPlan {
     /// 0 = inherit from the parent.
     pub mtu: u32,
     pub vlan: Option<u16>,
+    /// Where VLAN devices' users are recorded and the cleanup policy.
+    pub vlan_opts: VlanOptions,
     /// Extra routes through the macvlan: (dst, next hop).
     pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
     /// CIDRs the pod reaches through its node.
@@ -47,6 +50,7 @@ pub struct AddPlan {
 enum Undo {
     HostLink(u32),
     PodLink(u32),
+    Vlan(vlan::Attached),
 }
 
 pub fn open_pod_netns(path: &str) -> Result<Netns, CniError> {
@@ -88,50 +92,6 @@ fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>
     Ok(out)
 }
 
-/// The macvlan parent: the master itself, or its VLAN sub-interface (created
-/// if missing, reused only when it really is that VLAN on that master).
-fn parent_link(host: &mut Netlink, master: &LinkInfo, vlan: Option<u16>) -> Result<u32, CniError> {
-    let Some(vid) = vlan else {
-        return Ok(master.index);
-    };
-    let name = names::vlan_device(&master.name, vid);
-    // The parent must be up before a VLAN on it carries anything.
-    if !master.up {
-        host.set_up(master.index)
-            .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
-    }
-    for _ in 0..2 {
-        if let Some(l) = host
-            .link_by_name(&name)
-            .map_err(|e| dp("looking up VLAN device", e))?
-        {
-            let ok = l.kind.as_deref() == Some("vlan")
-                && l.parent_index == Some(master.index)
-                && l.vlan_id == Some(vid);
-            if !ok {
-                return Err(CniError::datapath(format!(
-                    "{name} exists but is not VLAN {vid} on {} (kind {:?}, parent {:?}, vlan {:?}); remove or rename it",
-                    master.name, l.kind, l.parent_index, l.vlan_id
-                )));
-            }
-            if !l.up {
-                host.set_up(l.index)
-                    .map_err(|e| dp(&format!("bringing up {name}"), e))?;
-            }
-            return Ok(l.index);
-        }
-        match host.create_vlan(&name, master.index, vid, None) {
-            Ok(()) => debug!(%name, "created VLAN device"),
-            // A concurrent ADD created it first: loop and reuse it.
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(dp(&format!("creating VLAN device {name}"), e)),
-        }
-    }
-    Err(CniError::datapath(format!(
-        "VLAN device {name} vanished while being set up"
-    )))
-}
-
 pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
     let mut pod =
@@ -144,6 +104,16 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
                 let r = match step {
                     Undo::HostLink(i) => host.delete_link(i),
                     Undo::PodLink(i) => pod.delete_link(i),
+                    Undo::Vlan(a) => {
+                        vlan::rollback(
+                            &mut host,
+                            &plan.vlan_opts,
+                            &a,
+                            &plan.container_id,
+                            &plan.ifname,
+                        );
+                        Ok(())
+                    }
                 };
                 if let Err(re) = r {
                     if !re.is_not_found() {
@@ -172,7 +142,22 @@ fn build(
                 plan.master
             ))
         })?;
-    let parent = parent_link(host, &master, plan.vlan)?;
+    let parent = match plan.vlan {
+        None => master.index,
+        Some(vid) => {
+            let a = vlan::attach(
+                host,
+                &plan.vlan_opts,
+                &master,
+                vid,
+                &plan.container_id,
+                &plan.ifname,
+            )?;
+            let index = a.index;
+            undo.push(Undo::Vlan(a));
+            index
+        }
+    };
     let mtu = (plan.mtu != 0).then_some(plan.mtu);
     let node_addrs = node_addresses(host, master.index)?;
 

@@ -11,6 +11,7 @@ pub mod ipam;
 pub mod names;
 pub mod qos;
 pub mod result;
+pub mod vlan;
 
 use std::collections::HashMap;
 use std::io::Write;

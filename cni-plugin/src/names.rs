@@ -61,7 +61,12 @@ pub fn temporary() -> String {
     format!("rltmp{:08x}", rand::random::<u32>())
 }
 
-/// "<master>.<vid>" when it fits, else a deterministic short form.
+/// The VLAN device of `vid` on `master`: "<master>.<vid>" (the `ip link`
+/// convention) when it fits in 15 bytes, else "rlv" + 7 hex digits of the
+/// FNV-1a hash of the master's name + "." + vid, e.g. "rlv2c09e81.4094" for
+/// enp129s0f1np1. Deterministic, so every ADD on the node (and DEL) agrees
+/// on the name without any state; a hash clash with another master is caught
+/// by the reuse check (parent ifindex), never silently shared.
 pub fn vlan_device(master: &str, vid: u16) -> String {
     let n = format!("{master}.{vid}");
     if n.len() <= MAX_IFNAME_LEN {
@@ -96,6 +101,17 @@ mod tests {
         assert_eq!(v, vlan_device("enp129s0f1np1", 4094));
         assert_ne!(link_group("eth0"), link_group("net1"));
         assert!(link_group("eth0") & 0x8000_0000 != 0);
+    }
+
+    #[test]
+    fn vlan_short_form_is_pinned() {
+        // Renaming would orphan VLAN devices (and their registry) on upgrade.
+        assert_eq!(vlan_device("enp129s0f1np1", 4094), "rlv2c09e81.4094");
+        assert_eq!(vlan_device("enp129s0f1np1", 40), "rlv2c09e81.40");
+        // 15 bytes exactly still gets the readable form.
+        assert_eq!(vlan_device("enp129s0f1np1", 7), "enp129s0f1np1.7");
+        assert_eq!(vlan_device("enp12s0f1n", 4094), "enp12s0f1n.4094");
+        assert_ne!(vlan_device("enp12s0f1np", 4094), "enp12s0f1np.4094");
     }
 
     const PINNED_HOST_VETH: &str = "rl68676b661760";

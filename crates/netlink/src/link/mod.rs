@@ -72,6 +72,8 @@ pub struct LinkInfo {
     /// namespace (a macvlan in a pod) this index is in *that* namespace.
     pub parent_index: Option<u32>,
     pub vlan_id: Option<u16>,
+    /// `IFLA_VLAN_PROTOCOL` in host order: 0x8100 (802.1Q) or 0x88a8 (802.1ad).
+    pub vlan_protocol: Option<u16>,
     pub macvlan_mode: Option<MacvlanMode>,
     /// `IFLA_GROUP` (0 = the default group).
     pub group: u32,
@@ -90,6 +92,7 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             parent_index: None,
             vlan_id: None,
+            vlan_protocol: None,
             macvlan_mode: None,
             group: 0,
         };
@@ -117,10 +120,13 @@ fn parse_link_info(infos: &[NlLinkInfo], info: &mut LinkInfo) {
         match item {
             NlLinkInfo::Kind(kind) => info.kind = Some(kind.to_string()),
             NlLinkInfo::Data(InfoData::Vlan(attrs)) => {
-                info.vlan_id = attrs.iter().find_map(|a| match a {
-                    InfoVlan::Id(id) => Some(*id),
-                    _ => None,
-                });
+                for a in attrs {
+                    match a {
+                        InfoVlan::Id(id) => info.vlan_id = Some(*id),
+                        InfoVlan::Protocol(p) => info.vlan_protocol = Some(u16::from(*p)),
+                        _ => {}
+                    }
+                }
             }
             NlLinkInfo::Data(InfoData::MacVlan(attrs)) => {
                 info.macvlan_mode = attrs.iter().find_map(|a| match a {
@@ -380,6 +386,7 @@ mod tests {
                 up: true,
                 parent_index: Some(4),
                 vlan_id: None,
+                vlan_protocol: None,
                 macvlan_mode: Some(MacvlanMode::Bridge),
                 group: 0,
             }
@@ -394,13 +401,21 @@ mod tests {
             LinkAttribute::IfName("eth0.7".into()),
             LinkAttribute::LinkInfo(vec![
                 NlLinkInfo::Kind(InfoKind::Vlan),
-                NlLinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(7)])),
+                NlLinkInfo::Data(InfoData::Vlan(vec![
+                    InfoVlan::Id(7),
+                    InfoVlan::Protocol(netlink_packet_route::link::VlanProtocol::Ieee8021Ad),
+                ])),
             ]),
         ];
         let info = LinkInfo::from_message(&msg).unwrap();
         assert_eq!(
-            (info.kind.as_deref(), info.vlan_id, info.up),
-            (Some("vlan"), Some(7), false)
+            (
+                info.kind.as_deref(),
+                info.vlan_id,
+                info.vlan_protocol,
+                info.up
+            ),
+            (Some("vlan"), Some(7), Some(0x88a8), false)
         );
         assert!(LinkInfo::from_message(&LinkMessage::default()).is_none());
     }

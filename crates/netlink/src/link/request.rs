@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, LinkAttribute, LinkExtentMask, LinkFlags,
-    LinkInfo as NlLinkInfo, LinkMessage,
+    LinkInfo as NlLinkInfo, LinkMessage, VlanProtocol,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -105,8 +105,11 @@ pub fn veth_request(
 }
 
 /// An 802.1Q sub-interface (`IFLA_INFO_KIND "vlan"`, `IFLA_VLAN_ID`) on
-/// `parent_index`. Needs the 8021q driver; without it the kernel answers
-/// `EOPNOTSUPP` (no rtnl_link_ops for "vlan").
+/// `parent_index`. `IFLA_VLAN_PROTOCOL` is sent explicitly as 802.1Q
+/// (0x8100, big endian on the wire): the kernel defaults to it today, but
+/// naming it keeps an 802.1ad (QinQ, 0x88a8) device from ever being what we
+/// asked for, and it is what reuse verifies. Needs the 8021q driver; without
+/// it the kernel answers `EOPNOTSUPP` (no rtnl_link_ops for "vlan").
 pub fn vlan_request(
     name: &str,
     parent_index: u32,
@@ -121,7 +124,10 @@ pub fn vlan_request(
     }
     msg.attributes.push(link_info(
         InfoKind::Vlan,
-        InfoData::Vlan(vec![InfoVlan::Id(vlan_id)]),
+        InfoData::Vlan(vec![
+            InfoVlan::Id(vlan_id),
+            InfoVlan::Protocol(VlanProtocol::Ieee8021Q),
+        ]),
     ));
     RouteNetlinkMessage::NewLink(msg)
 }
@@ -323,17 +329,63 @@ mod tests {
     #[test]
     fn vlan_request_attributes() {
         let msg = new_link(vlan_request("eth0.100", 3, 100, None));
+        assert_eq!(msg.header.index, 0);
         assert_eq!(
             msg.attributes,
             vec![
                 LinkAttribute::IfName("eth0.100".into()),
+                // The parent, resolved in the sending socket's namespace.
                 LinkAttribute::Link(3),
                 LinkAttribute::LinkInfo(vec![
                     NlLinkInfo::Kind(InfoKind::Vlan),
-                    NlLinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(100)])),
+                    NlLinkInfo::Data(InfoData::Vlan(vec![
+                        InfoVlan::Id(100),
+                        InfoVlan::Protocol(VlanProtocol::Ieee8021Q),
+                    ])),
                 ]),
             ]
         );
+        // No namespace move: the VLAN device lives on the node, next to its parent.
+        assert!(!msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::NetNsFd(_))));
+        let with_mtu = new_link(vlan_request("eth0.7", 3, 7, Some(9000)));
+        assert_eq!(with_mtu.attributes[2], LinkAttribute::Mtu(9000));
+    }
+
+    /// Finds the payload of the first NLA of type `kind` in a run of NLAs.
+    fn find_nla(mut buf: &[u8], kind: u16) -> Option<&[u8]> {
+        while buf.len() >= 4 {
+            let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+            let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+            if len < 4 || len > buf.len() {
+                return None;
+            }
+            if ty == kind {
+                return Some(&buf[4..len]);
+            }
+            buf = &buf[(len + 3) & !3..];
+        }
+        None
+    }
+
+    #[test]
+    fn vlan_request_exact_bytes() {
+        // The bytes the kernel's vlan_newlink() parses: IFLA_LINK (5) = parent,
+        // IFLA_LINKINFO (18) { IFLA_INFO_KIND (1) = "vlan\0", IFLA_INFO_DATA (2)
+        // { IFLA_VLAN_ID (1) = u16 host order, IFLA_VLAN_PROTOCOL (5) = __be16 0x8100 } }.
+        let bytes = crate::socket::serialize(vlan_request("eth0.100", 3, 100, None), 0x405, 1);
+        // nlmsghdr (16) + ifinfomsg (16), then the attributes.
+        assert_eq!(u16::from_ne_bytes([bytes[4], bytes[5]]), 16, "RTM_NEWLINK");
+        let attrs = &bytes[32..];
+        assert_eq!(find_nla(attrs, 3).unwrap(), b"eth0.100\0");
+        assert_eq!(find_nla(attrs, 5).unwrap(), 3u32.to_ne_bytes());
+        let linkinfo = find_nla(attrs, 18).expect("IFLA_LINKINFO");
+        assert_eq!(find_nla(linkinfo, 1).unwrap(), b"vlan\0");
+        let data = find_nla(linkinfo, 2).expect("IFLA_INFO_DATA");
+        assert_eq!(find_nla(data, 1).unwrap(), 100u16.to_ne_bytes());
+        assert_eq!(find_nla(data, 5).unwrap(), [0x81, 0x00]);
     }
 
     #[test]
