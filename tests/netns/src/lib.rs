@@ -49,6 +49,7 @@ mod networks;
 mod process;
 mod rack;
 pub mod topology;
+pub mod vm;
 
 pub use cni::{result_interface_of, result_ipv4, Cidr4, Cmd, CniCall, CniOutput, PLUGIN_TIMEOUT};
 pub use daemons::{CLIENT_TIMEOUT, READY_TIMEOUT};

@@ -1,0 +1,126 @@
+//! Booting the test VM: qemu with software emulation (TCG — /dev/kvm here is a
+//! nested device that cannot boot a stock kernel, LAB-NOTES), Debian's
+//! linux-image-amd64 kernel, our initramfs, one slirp NIC that can reach only
+//! the etcd forward, the serial console into a file. A hard deadline SIGKILLs
+//! qemu (our own child, by pid).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+use crate::process::{run, CHILD_PATH};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+/// The guest kernel and its modules directory.
+#[derive(Clone, Debug)]
+pub struct GuestKernel {
+    pub vmlinuz: PathBuf,
+    pub modules_dir: PathBuf,
+    pub version: String,
+}
+
+/// Finds qemu and a Debian kernel whose modules are installed, or fails with
+/// the packages to install (never a skip).
+pub fn locate() -> Result<(PathBuf, GuestKernel)> {
+    let qemu = ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(QEMU))
+        .find(|p| p.exists());
+    let mut kernels: Vec<GuestKernel> = std::fs::read_dir("/boot")
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = name.strip_prefix("vmlinuz-")?.to_owned();
+            let modules_dir = Path::new("/lib/modules").join(&version);
+            modules_dir
+                .join("modules.dep")
+                .exists()
+                .then(|| GuestKernel {
+                    vmlinuz: e.path(),
+                    modules_dir,
+                    version,
+                })
+        })
+        .collect();
+    kernels.sort_by(|a, b| a.version.cmp(&b.version));
+    let mut missing = Vec::new();
+    if qemu.is_none() {
+        missing.push(format!("{QEMU} (apt-get install qemu-system-x86)"));
+    }
+    if !Path::new(QBOOT).exists() {
+        missing.push(format!("{QBOOT} (apt-get install qemu-system-data)"));
+    }
+    if kernels.is_empty() {
+        missing.push(
+            "a /boot/vmlinuz-* with /lib/modules/<version>/modules.dep (apt-get install \
+             linux-image-amd64)"
+                .into(),
+        );
+    }
+    if !missing.is_empty() {
+        bail!(
+            "this host kernel has no 8021q, so the VLAN test needs a VM, but {} missing; run \
+             scripts/install-deps.sh (as root)",
+            missing.join(" and ")
+        );
+    }
+    Ok((qemu.expect("checked"), kernels.pop().expect("checked")))
+}
+
+/// Boots the VM inside `ns` (where etcd listens on 127.0.0.1:`etcd_port`)
+/// and waits for it to power off; returns the console text and the wall time.
+/// The console is returned even when qemu fails or times out, inside the error.
+pub fn boot(
+    qemu: &Path,
+    kernel: &GuestKernel,
+    initrd: &Path,
+    console: &Path,
+    ns: &Netns,
+    etcd_port: u16,
+    timeout: Duration,
+) -> Result<(String, Duration)> {
+    let mut cmd = Command::new(qemu);
+    cmd.env_clear().env("PATH", CHILD_PATH);
+    cmd.args(["-accel", "tcg", "-cpu", "qemu64", "-m", "512", "-smp", "1"])
+        .args(["-bios", QBOOT])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["-nodefaults", "-no-user-config"])
+        // restrict=on: the guest reaches nothing but the guestfwd below.
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:2379-tcp:127.0.0.1:{etcd_port}"
+        ))
+        // romfile= : no iPXE option ROM needed (and none installed).
+        .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]);
+    let started = Instant::now();
+    let out = run(cmd, Some(ns), b"", timeout);
+    let wall = started.elapsed();
+    let text = std::fs::read(console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    match out {
+        Ok(o) if o.success() => Ok((text, wall)),
+        Ok(o) => bail!(
+            "qemu exited with {} after {wall:?}\nstderr: {}\nconsole:\n{text}",
+            o.code,
+            o.stderr.trim_end()
+        ),
+        Err(e) => {
+            Err(e).with_context(|| format!("qemu (hard timeout {timeout:?})\nconsole:\n{text}"))
+        }
+    }
+}
