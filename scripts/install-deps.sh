@@ -15,6 +15,9 @@ PACKAGES=(
     busybox-static              # tiny userland for pods / VM initramfs
     tcpdump                     # debugging lab traffic
     containernetworking-plugins # reference plugins (loopback, macvlan baseline)
+    qemu-system-x86             # VLAN test VM (TCG): the CI kernel has no 8021q
+    qemu-system-data            # qboot.rom, the VM's fast firmware
+    linux-image-amd64           # the VM's kernel + /lib/modules (8021q, veth, macvlan, bridge, virtio_net)
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -38,7 +41,7 @@ else
 fi
 
 # Fail loudly if the install did not provide what the lab calls.
-for tool in /usr/bin/etcd /usr/bin/etcdctl protoc ip ping; do
+for tool in /usr/bin/etcd /usr/bin/etcdctl protoc ip ping qemu-system-x86_64 busybox tcpdump; do
     if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$tool && ! -x /sbin/$tool ]]; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1

@@ -57,8 +57,18 @@ pub fn ifb(ifname: &str) -> String {
 /// Temporary name for a macvlan whose final name clashes in the node netns
 /// (the kernel checks the name in the caller's netns even when the link is
 /// born in another one).
+///
+/// Unique per process and instant, not random: `rand`'s OS seed is a blocking
+/// getrandom(2), which hangs until the kernel CRNG is initialised — found
+/// when the VLAN VM test's ADD froze right after boot; a node that starts
+/// pods early in boot would freeze the same way.
 pub fn temporary() -> String {
-    format!("rltmp{:08x}", rand::random::<u32>())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{}-{nanos}", std::process::id());
+    format!("rltmp{:08x}", hash(&["rackline-tmp", &seed]) as u32)
 }
 
 /// The VLAN device of `vid` on `master`: "<master>.<vid>" (the `ip link`
@@ -95,6 +105,7 @@ mod tests {
         let i = ifb("averylongname15");
         assert!(i.len() <= 15 && i.starts_with("rlifb"), "{i}");
         assert_ne!(i, ifb("averylongname16"));
+        assert!(temporary().starts_with("rltmp"));
         assert_eq!(vlan_device("eth1", 100), "eth1.100");
         let v = vlan_device("enp129s0f1np1", 4094);
         assert!(v.len() <= 15 && v.ends_with(".4094"), "{v}");

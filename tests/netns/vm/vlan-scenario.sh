@@ -29,6 +29,7 @@ expect() {
     shift 2
     if "$@" >"$WORK/out/expect" 2>&1; then ok "$step" "$detail"; else
         fail "$step" "$detail: $(tr '\n' ' ' <"$WORK/out/expect" | cut -c1-400)"
+        dump "$WORK/out/expect" | tail -n 40
     fi
 }
 dump() { sed 's/^/# /' "$@" 2>/dev/null; }
@@ -38,14 +39,15 @@ netns_add() {
 }
 
 # cni <cmd> <node> <container> <netns path or ""> <network> [out name]
-# Executes the real plugin from inside the node netns, as a runtime does.
+# Executes the real plugin from inside the node netns, as a runtime does; a
+# hang becomes a failure (timeout) instead of eating the VM's deadline.
 cni() {
     node=$2 out=${6:-$3}
     policy=keep
     [ "$node" = 2 ] && policy=remove
     printf '{"cniVersion":"1.1.0","name":"%s","type":"rackline","network":"%s","ipamdSocket":"%s","vlanCleanup":"%s","runtimeDir":"%s","logLevel":"debug"}' \
         "$5" "$5" "$WORK/n$node/ipamd.sock" "$policy" "$WORK/rt" |
-        env -i CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="$4" CNI_IFNAME=eth0 \
+        timeout 60 env -i CNI_COMMAND="$1" CNI_CONTAINERID="$3" CNI_NETNS="$4" CNI_IFNAME=eth0 \
             CNI_ARGS="K8S_POD_NAMESPACE=vlan;K8S_POD_NAME=$3" CNI_PATH="$(dirname "$RACKLINE")" \
             "$IP" netns exec "$P""n$node" "$RACKLINE" >"$WORK/out/$out.$1.json" 2>"$WORK/out/$out.$1.err"
 }
@@ -86,30 +88,35 @@ topo() {
 }
 expect topology "trunk bridge, nodes n1 (uplink down) and n2" topo
 
+# ipamd runs where it reaches etcd (the guest root netns; natively the
+# harness's netns), like a hostNetwork daemon; only the plugin enters the node.
 for n in 1 2; do
-    "$IP" netns exec "${P}n$n" env -i "$IPAMD" --node-name "vlan-n$n" --etcd-endpoints "$ETCD" \
+    env -i "$IPAMD" --node-name "vlan-n$n" --etcd-endpoints "$ETCD" \
         --socket "$WORK/n$n/ipamd.sock" --standby 0 --log-level info \
         >"$WORK/n$n/ipamd.log" 2>&1 &
     echo $! >"$WORK/n$n/ipamd.pid"
 done
-wait_sockets() {
-    i=0
-    while [ $i -lt 600 ]; do
-        [ -S "$WORK/n1/ipamd.sock" ] && [ -S "$WORK/n2/ipamd.sock" ] && return 0
-        sleep 0.1
-        i=$((i + 1))
+# Ready = the plugin's STATUS passes (socket up and state loaded from etcd).
+wait_ready() {
+    deadline=$(($(date +%s) + 60))
+    while [ "$(date +%s)" -lt $deadline ]; do
+        cni STATUS 1 - "" vlan100 status1 && cni STATUS 2 - "" vlan100 status2 && return 0
+        sleep 0.2
     done
-    dump "$WORK/n1/ipamd.log" "$WORK/n2/ipamd.log"
+    dump "$WORK/out/status1.STATUS.json" "$WORK/out/status2.STATUS.json" "$WORK/n1/ipamd.log" "$WORK/n2/ipamd.log"
     return 1
 }
-expect ipamd_ready "one ipamd per node" wait_sockets
+expect ipamd_ready "one ipamd per node, STATUS ok" wait_ready
 
 # ---- concurrent ADDs creating the VLAN device --------------------------------
 concurrent() {
+    # Wait for these pids only: a bare `wait` would also wait for the ipamds.
+    pids=
     for i in 1 2 3 4; do
         (add "p$i" 1 vlan100 && echo 0 >"$WORK/out/p$i.rc" || echo 1 >"$WORK/out/p$i.rc") &
+        pids="$pids $!"
     done
-    wait
+    wait $pids
     for i in 1 2 3 4; do
         [ "$(cat "$WORK/out/p$i.rc")" = 0 ] || { echo "ADD p$i failed"; return 1; }
     done
@@ -218,6 +225,7 @@ rollback() {
         echo "ADD succeeded despite eth0 in the pod"
         return 1
     fi
+    dump "$WORK/out/x1.ADD.err" | tail -n 30
     grep -q '"code":100' "$WORK/out/x1.ADD.json" || { cat "$WORK/out/x1.ADD.json"; return 1; }
     if has_link n1 uplink.300; then
         echo "uplink.300 left on n1 after the failed ADD"
@@ -246,10 +254,12 @@ expect del_remove_policy "n2: shared uplink.100 kept until its last pod (DEL wit
 
 # ---- DEL: keep policy on n1 --------------------------------------------------
 del_keep() {
+    pids=
     for i in 1 2 3 4; do
         (cni DEL 1 "cid-p$i" "$(nspath "p$i")" vlan100 && echo 0 >"$WORK/out/p$i.drc" || echo 1 >"$WORK/out/p$i.drc") &
+        pids="$pids $!"
     done
-    wait
+    wait $pids
     for i in 1 2 3 4; do
         [ "$(cat "$WORK/out/p$i.drc")" = 0 ] || { dump "$WORK/out/p$i.DEL.err"; return 1; }
     done

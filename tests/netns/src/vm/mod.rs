@@ -288,10 +288,10 @@ impl HostSide {
                 .is_ok_and(|o| o.success())
         })?;
         self.daemons.push(nm);
-        for vid in [100, 200, 300] {
+        for (vid, octet) in [(100, 100), (200, 200), (300, 30)] {
             let (name, v) = (format!("vlan{vid}"), vid.to_string());
-            let subnet = format!("10.{vid}.0.0/24");
-            let gw = format!("10.{vid}.0.1");
+            let subnet = format!("10.{octet}.0.0/24");
+            let gw = format!("10.{octet}.0.1");
             self.racklinectl(&[
                 "network",
                 "create",
@@ -472,7 +472,7 @@ pub fn run_vlan_scenario() -> Result<VlanRun> {
             std::fs::write(&initrd, image)?;
             let console = host.dir.path().join("console.log");
             let (text, _) = qemu::boot(
-                &qemu_bin, &kernel, &initrd, &console, &host.ns, ETCD_PORT, VM_TIMEOUT,
+                &qemu_bin, &busybox, &kernel, &initrd, &console, &host.ns, ETCD_PORT, VM_TIMEOUT,
             )?;
             (VlanMode::Vm, text, build_time)
         }

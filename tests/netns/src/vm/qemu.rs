@@ -74,11 +74,13 @@ pub fn locate() -> Result<(PathBuf, GuestKernel)> {
     Ok((qemu.expect("checked"), kernels.pop().expect("checked")))
 }
 
-/// Boots the VM inside `ns` (where etcd listens on 127.0.0.1:`etcd_port`)
-/// and waits for it to power off; returns the console text and the wall time.
+/// Boots the VM inside `ns` (where etcd listens on 127.0.0.1:`etcd_port`;
+/// `busybox nc` relays each guest connection to it) and waits for it to power off; returns the console text and the wall time.
 /// The console is returned even when qemu fails or times out, inside the error.
+#[allow(clippy::too_many_arguments)]
 pub fn boot(
     qemu: &Path,
+    busybox: &Path,
     kernel: &GuestKernel,
     initrd: &Path,
     console: &Path,
@@ -94,10 +96,13 @@ pub fn boot(
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-nodefaults", "-no-user-config"])
-        // restrict=on: the guest reaches nothing but the guestfwd below.
+        // restrict=on: the guest reaches nothing but the guestfwd below. `cmd:` spawns a
+        // relay per guest connection; the `tcp:` chardev form is ONE stream for qemu's whole
+        // life, which two ipamds' gRPC connections corrupt (etcd calls then time out).
         .arg("-netdev")
         .arg(format!(
-            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:2379-tcp:127.0.0.1:{etcd_port}"
+            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:2379-cmd:{} nc 127.0.0.1 {etcd_port}",
+            busybox.display()
         ))
         // romfile= : no iPXE option ROM needed (and none installed).
         .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
