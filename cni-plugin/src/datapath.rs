@@ -513,6 +513,9 @@ pub fn check(plan: &AddPlan) -> Result<(), CniError> {
         return Err(fail(format!("{pv_name} is down")));
     }
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    if let Some(vid) = plan.vlan {
+        vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
+    }
     let hv_name = names::host_veth(&plan.container_id, &plan.ifname);
     let hv = host
         .link_by_name(&hv_name)

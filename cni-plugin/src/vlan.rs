@@ -299,6 +299,25 @@ pub fn attach(
     })
 }
 
+/// CHECK: the VLAN device the pod's macvlan hangs off is still 802.1Q `vid`
+/// on `master`, and up (a pod whose parent went away or down is cut off).
+pub fn check(host: &mut Netlink, master: &str, vid: u16) -> Result<(), String> {
+    let m = host
+        .link_by_name(master)
+        .map_err(|e| format!("looking up {master}: {e}"))?
+        .ok_or_else(|| format!("master {master} is missing"))?;
+    let name = names::vlan_device(master, vid);
+    let l = host
+        .link_by_name(&name)
+        .map_err(|e| format!("looking up {name}: {e}"))?
+        .ok_or_else(|| format!("VLAN device {name} is missing"))?;
+    verify(&l, &m, vid)?;
+    if !l.up || !m.up {
+        return Err(format!("{name} or its parent {master} is down"));
+    }
+    Ok(())
+}
+
 /// A failed ADD: forget this attachment and delete the device when this
 /// ADD created it (or the policy is `remove`) and nothing else uses it.
 pub fn rollback(
