@@ -257,7 +257,13 @@ pub fn attach(
                     if !master.up {
                         let _ = host.set_down(master.index);
                     }
-                    return Err(dp(&format!("creating VLAN device {name}"), e));
+                    // rtnl_newlink() answers EOPNOTSUPP for an unknown link kind.
+                    let hint = if e.errno() == Some(nix::errno::Errno::EOPNOTSUPP) {
+                        " (this kernel has no 802.1Q support: load the 8021q module)"
+                    } else {
+                        ""
+                    };
+                    return Err(dp(&format!("creating VLAN device {name}{hint}"), e));
                 }
             }
             host.link_by_name(&name)
