@@ -20,9 +20,11 @@ use tracing::{debug, info, warn};
 use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
+mod conflict;
 mod outage;
 mod sticky;
 use crate::store::LeaseStore;
+pub use conflict::{ConflictArgs, Quarantine};
 
 /// How many taken-by-someone-else candidates an allocation skips before it
 /// gives up (only reachable when other nodes allocate from the same range
@@ -404,6 +406,7 @@ impl<S: LeaseStore> Engine<S> {
                 state: rackline_model::LeaseState::Active,
                 sticky: identity.is_some(),
                 expires_unix_ms: None,
+                conflict: None,
             };
             let created = match &identity {
                 None => {

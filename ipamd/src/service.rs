@@ -8,7 +8,7 @@ use rackline_model::{Lease, NetworkSpec, PodRef};
 use rackline_proto::ipam::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{AllocateArgs, Engine, IpamError};
+use crate::engine::{AllocateArgs, ConflictArgs, Engine, IpamError};
 use crate::qos::QosState;
 use crate::store::LeaseStore;
 
@@ -91,6 +91,11 @@ pub fn network_to_pb(n: &NetworkSpec) -> pb::NetworkConfig {
             })
             .collect(),
         host_routes: n.host_routes.iter().map(|c| c.to_string()).collect(),
+        probe: n.probe.map(|p| pb::ProbeConfig {
+            count: p.count,
+            interval_ms: p.interval_ms,
+            quarantine_secs: p.quarantine_secs,
+        }),
         qos_default: n.qos.default.as_ref().map(crate::qos::bandwidth_to_pb),
         qos_max: n.qos.max.as_ref().map(crate::qos::bandwidth_to_pb),
         // Node class and policy depend on the node and the pod:
@@ -185,6 +190,31 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .map_err(status_of)?;
         Ok(Response::new(pb::GcReply {
             released: released.iter().map(|l| lease_to_pb(l, prefix)).collect(),
+        }))
+    }
+
+    async fn report_conflict(
+        &self,
+        req: Request<pb::ConflictRequest>,
+    ) -> Result<Response<pb::ConflictReply>, Status> {
+        let r = req.into_inner();
+        let address = r.address.parse().map_err(|_| {
+            Status::invalid_argument(format!("address {:?} is not an IPv4 address", r.address))
+        })?;
+        let q = self
+            .engine
+            .report_conflict(ConflictArgs {
+                network: r.network,
+                container_id: r.container_id,
+                ifname: r.ifname,
+                address,
+                mac: r.conflicting_mac,
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ConflictReply {
+            quarantined: q.quarantined,
+            quarantine_secs: q.quarantine_secs,
         }))
     }
 

@@ -80,6 +80,14 @@ pub trait LeaseStore: Send + Sync + 'static {
         identity: &Identity,
         identity_rev: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// `replace_lease`, but the new record is deleted by etcd itself after
+    /// `ttl_secs` (a conflict quarantine, issue 4).
+    fn replace_lease_expiring(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        ttl_secs: u64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 }
 
 impl LeaseStore for Store {
@@ -203,5 +211,12 @@ impl LeaseStore for Store {
             identity_rev,
         )
         .await
+    async fn replace_lease_expiring(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        ttl_secs: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        Store::replace_lease_for(self, lease, mod_revision, ttl_secs).await
     }
 }

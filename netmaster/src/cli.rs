@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
+mod probe;
 mod qos;
 mod racks;
 mod reservations;
@@ -161,6 +162,8 @@ pub struct CreateArgs {
     pub sticky_cross_rack: Option<String>,
     #[command(flatten)]
     pub qos: NetworkQosArgs,
+    #[command(flatten)]
+    pub probe: crate::cli::probe::ProbeArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +252,7 @@ impl CreateArgs {
             block_size: self.block_size,
             sticky: self.sticky_policy(),
             qos: self.qos.to_proto(),
+            probe: self.probe.to_proto(),
         }
     }
 

@@ -11,13 +11,17 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use rackline_model::network::{parse_cidr, validate_name};
-use rackline_model::{AddrRange, Lease, NetworkSpec, PodRef, RouteSpec, ValidationError};
+use rackline_model::{
+    AddrRange, Lease, LeaseState, NetworkSpec, PodRef, RouteSpec, ValidationError,
+};
 use rackline_proto::admin::v1 as pb;
 
 use crate::admin::{LeaseFilter, NetworkView, PodFilter};
 
+mod probe;
 mod qos;
 mod racks;
+pub use probe::*;
 pub use qos::*;
 pub use racks::*;
 
@@ -87,6 +91,7 @@ pub fn network_from_proto(n: &pb::Network) -> Result<NetworkSpec, ConvertError> 
         },
         sticky: n.sticky.as_ref().map(sticky_from_proto).transpose()?,
         qos: network_qos_from_proto(n.qos.as_ref()),
+        probe: probe_from_proto(n.probe.as_ref())?,
     };
     spec.validate()?;
     Ok(spec)
@@ -207,6 +212,7 @@ pub fn network_to_proto(v: &NetworkView) -> pb::Network {
         host_routes: s.host_routes.iter().map(ToString::to_string).collect(),
         block_size: s.block_size,
         sticky: s.sticky.as_ref().map(sticky_to_proto),
+        probe: probe_to_proto(s.probe.as_ref()),
         capacity: v.capacity,
         allocated: v.allocated,
         qos: network_qos_to_proto(&s.qos),
@@ -227,6 +233,7 @@ pub fn lease_to_proto(l: &Lease) -> pb::Lease {
         state: l.state.as_str().to_string(),
         sticky: l.sticky,
         expires_unix_ms: l.expires_unix_ms.unwrap_or(0),
+        conflict: conflict_to_proto(l.conflict.as_deref()),
     }
 }
 
@@ -323,6 +330,7 @@ mod tests {
             block_size: 0,
             sticky: None,
             qos: None,
+            probe: None,
         }
     }
 
@@ -483,6 +491,7 @@ mod tests {
             state: Default::default(),
             sticky: false,
             expires_unix_ms: None,
+            conflict: None,
         };
         let p = lease_to_proto(&l);
         assert_eq!(p.address, "10.10.0.70");

@@ -11,9 +11,11 @@ use std::fmt::Write as _;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
+mod probe;
 mod qos;
 mod racks;
 mod reservations;
+pub use probe::*;
 pub use qos::*;
 pub use racks::*;
 pub use reservations::{reservations_table, ReservationJson};
@@ -41,6 +43,8 @@ pub struct NetworkJson {
     pub allocated: u64,
     /// Rates in bits/s, bursts in bits; `{}` without QoS.
     pub qos: rackline_model::QosSpec,
+    /// null = no duplicate-address probe.
+    pub probe: Option<ProbeJson>,
 }
 
 impl From<&pb::Network> for NetworkJson {
@@ -65,6 +69,7 @@ impl From<&pb::Network> for NetworkJson {
             capacity: n.capacity,
             allocated: n.allocated,
             qos: crate::convert::network_qos_from_proto(n.qos.as_ref()),
+            probe: n.probe.as_ref().map(ProbeJson::from),
         }
     }
 }
@@ -87,13 +92,16 @@ pub struct LeaseJson {
     pub ifname: String,
     pub pod: PodJson,
     pub created_unix_ms: i64,
-    /// "active", "standby" (a node's outage reserve) or "reserved" (held
-    /// for a sticky pod identity).
+    /// "active", "standby" (a node's outage reserve), "reserved" (held
+    /// for a sticky pod identity) or "conflict" (a quarantine record:
+    /// another host answered the pod's ARP probe).
     pub state: String,
     /// Belongs to a sticky pod identity.
     pub sticky: bool,
     /// A reserved lease's end of hold (0: pinned or not reserved).
     pub expires_unix_ms: i64,
+    /// Set on "conflict" records, else null.
+    pub conflict: Option<ConflictJson>,
 }
 
 impl From<&pb::Lease> for LeaseJson {
@@ -122,6 +130,7 @@ impl From<&pb::Lease> for LeaseJson {
             },
             sticky: l.sticky,
             expires_unix_ms: l.expires_unix_ms,
+            conflict: l.conflict.as_ref().map(ConflictJson::from),
         }
     }
 }
@@ -256,6 +265,7 @@ pub fn network_detail(n: &pb::Network) -> String {
         ("Routes", list(&routes)),
         ("Host routes", list(&n.host_routes)),
         ("QoS", network_qos_cell(n.qos.as_ref())),
+        ("Probe", probe_cell(n.probe.as_ref())),
     ];
     let mut out = String::new();
     for (k, v) in fields {
@@ -277,6 +287,8 @@ pub fn leases_table(leases: &[pb::Lease], now_unix_ms: i64) -> String {
                     "{} (reserved)",
                     l.pod.as_ref().map(pod_display).unwrap_or_default()
                 )
+            } else if let Some(c) = l.conflict.as_ref().filter(|_| l.state == "conflict") {
+                conflict_cell(l, c)
             } else {
                 l.pod.as_ref().map(pod_display).unwrap_or_default()
             };
@@ -362,6 +374,7 @@ mod tests {
             block_size: 16,
             sticky: None,
             qos: None,
+            probe: None,
         }
     }
 
@@ -381,6 +394,7 @@ mod tests {
             state: "active".into(),
             sticky: false,
             expires_unix_ms: 0,
+            conflict: None,
         }
     }
 
@@ -463,7 +477,8 @@ QoS:           -
                 "network": "prod", "address": "10.10.0.64", "node": "n1",
                 "containerId": "0123456789abcdef0123", "ifname": "eth0",
                 "pod": {"namespace": "default", "name": "web-0", "uid": "u"},
-                "createdUnixMs": 7, "state": "active", "sticky": false, "expiresUnixMs": 0
+                "createdUnixMs": 7, "state": "active", "sticky": false, "expiresUnixMs": 0,
+                "conflict": null
             })
         );
         let v = serde_json::to_value(NetworkJson::from(&net("prod", 0, 1500))).unwrap();
@@ -474,7 +489,7 @@ QoS:           -
                 "master": "uplink0", "mtu": 1500, "vlan": 0,
                 "exclude": ["10.10.0.2-10.10.0.63"],
                 "routes": [{"dst": "192.168.0.0/16", "gw": ""}],
-                "hostRoutes": [], "capacity": 190, "allocated": 3, "qos": {}
+                "hostRoutes": [], "capacity": 190, "allocated": 3, "qos": {}, "probe": null
             })
         );
         let v = serde_json::to_value(DeleteJson { leases_deleted: 2 }).unwrap();

@@ -25,6 +25,7 @@ fn spec(name: String, subnet: String, gateway: String) -> NetworkSpec {
         block_size: 16,
         sticky: None,
         qos: Default::default(),
+        probe: None,
     }
 }
 

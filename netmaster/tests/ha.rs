@@ -116,6 +116,7 @@ fn raw_create(
                 gateway: gw.into(),
                 master: "uplink0".into(),
                 block_size: 16,
+                probe: None,
                 ..Default::default()
             }),
         })
@@ -406,6 +407,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         block_size: 16,
         sticky: None,
         qos: Default::default(),
+        probe: None,
     };
     rt.block_on(async {
         let win = |lease| {

@@ -34,6 +34,9 @@ impl PodRef {
 /// address, and the node may hand it out while etcd is unreachable), or is
 /// reserved for a sticky pod identity that is not running (`reserved`:
 /// nobody else may take it until the reservation expires or is released).
+/// `conflict` is a quarantine record: a pod's ARP probe found another host
+/// answering for the address (issue 4); the record is attached to an etcd
+/// lease with a TTL, so etcd itself frees the address later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseState {
@@ -41,6 +44,26 @@ pub enum LeaseState {
     Active,
     Standby,
     Reserved,
+    Conflict,
+}
+
+/// Who found an address in use, when, and which MAC answered for it: the
+/// "event" an operator reads in `racklinectl lease list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictInfo {
+    /// The MAC that answered for the address (`aa:bb:cc:dd:ee:ff`).
+    pub mac: String,
+    /// The attachment whose probe found it (it no longer holds the address).
+    #[serde(default)]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+    #[serde(default)]
+    pub detected_unix_ms: i64,
+    /// How long the record lives (its etcd lease TTL).
+    #[serde(default)]
+    pub quarantine_secs: u64,
 }
 
 impl LeaseState {
@@ -53,6 +76,7 @@ impl LeaseState {
             LeaseState::Active => "active",
             LeaseState::Standby => "standby",
             LeaseState::Reserved => "reserved",
+            LeaseState::Conflict => "conflict",
         }
     }
 }
@@ -80,6 +104,9 @@ pub struct Lease {
     /// None on a pinned reservation, which never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<i64>,
+    /// Set on `conflict` records only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictInfo>,
 }
 
 impl Lease {
@@ -96,6 +123,7 @@ impl Lease {
             state: LeaseState::Standby,
             sticky: false,
             expires_unix_ms: None,
+            conflict: None,
         }
     }
 
@@ -105,6 +133,31 @@ impl Lease {
 
     pub fn is_standby(&self) -> bool {
         self.state == LeaseState::Standby
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.state == LeaseState::Conflict
+    }
+
+    /// The quarantine record that replaces this pod lease after its probe
+    /// found `mac` answering for the address: same address, node and pod,
+    /// but no attachment, so the attachment's next allocation gets another
+    /// address while the record keeps this one out of the pool.
+    pub fn into_conflict(self, mac: &str, now_ms: i64, quarantine_secs: u64) -> Self {
+        Lease {
+            conflict: Some(ConflictInfo {
+                mac: mac.to_string(),
+                container_id: self.container_id,
+                ifname: self.ifname,
+                detected_unix_ms: now_ms,
+                quarantine_secs,
+            }),
+            container_id: String::new(),
+            ifname: String::new(),
+            created_unix_ms: now_ms,
+            state: LeaseState::Conflict,
+            ..self
+        }
     }
 
     /// The attachment this lease belongs to, as CNI names it.
@@ -128,5 +181,29 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains(r#""state":"standby""#), "{j}");
         assert!(serde_json::from_str::<Lease>(&j).unwrap().is_standby());
+        assert!(!j.contains("conflict"));
+    }
+
+    #[test]
+    fn conflict_record_keeps_the_pod_but_drops_the_attachment() {
+        let j = r#"{"network":"n","address":"10.0.0.2","node":"a","containerId":"c","ifname":"eth0","pod":{"namespace":"d","name":"p"}}"#;
+        let l: Lease = serde_json::from_str(j).unwrap();
+        let q = l.into_conflict("02:00:00:00:00:09", 7, 60);
+        assert!(q.is_conflict() && !q.is_standby());
+        assert_eq!(q.attachment(), ("", ""));
+        assert_eq!((q.node.as_str(), q.pod.name.as_str()), ("a", "p"));
+        let info = q.conflict.clone().unwrap();
+        assert_eq!(
+            (
+                info.container_id.as_str(),
+                info.ifname.as_str(),
+                info.mac.as_str()
+            ),
+            ("c", "eth0", "02:00:00:00:00:09")
+        );
+        let j = serde_json::to_string(&q).unwrap();
+        assert!(j.contains(r#""state":"conflict""#), "{j}");
+        assert!(j.contains(r#""detectedUnixMs":7"#), "{j}");
+        assert_eq!(serde_json::from_str::<Lease>(&j).unwrap(), q);
     }
 }

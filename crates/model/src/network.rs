@@ -72,6 +72,8 @@ pub enum ValidationError {
     NodeName(String),
     #[error("qos: {0}")]
     Qos(#[from] crate::qos::QosError),
+    #[error("duplicate-address probe: {0}")]
+    Probe(String),
 }
 
 /// An inclusive range of IPv4 addresses. Written as `a.b.c.d`, `a.b.c.d/len`
@@ -177,6 +179,10 @@ pub struct NetworkSpec {
     /// Per-pod bandwidth: network default, maximum and node classes.
     #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
     pub qos: crate::qos::QosSpec,
+    /// Duplicate-address probe before an address is configured (issue 4);
+    /// None = off, the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<crate::ProbeSpec>,
 }
 
 fn default_block_size() -> u32 {
@@ -333,6 +339,9 @@ impl NetworkSpec {
             p.validate()?;
         }
         self.qos.validate()?;
+        if let Some(p) = &self.probe {
+            p.validate()?;
+        }
         if crate::Pool::new(self).capacity() == 0 {
             return Err(ValidationError::Empty(self.name.clone()));
         }
@@ -390,6 +399,7 @@ mod tests {
             block_size: 16,
             sticky: None,
             qos: Default::default(),
+            probe: None,
         }
     }
 
@@ -431,6 +441,15 @@ mod tests {
             (Box::new(|s| s.mtu = 20), "MTU"),
             (Box::new(|s| s.block_size = 24), "block size"),
             (Box::new(|s| s.block_size = 512), "block size"),
+            (
+                Box::new(|s| {
+                    s.probe = Some(crate::ProbeSpec {
+                        count: 0,
+                        ..Default::default()
+                    })
+                }),
+                "duplicate-address probe: count 0",
+            ),
             (
                 Box::new(|s| s.exclude = vec!["10.11.0.0/24".parse().unwrap()]),
                 "outside subnet",
@@ -536,5 +555,7 @@ mod tests {
         let s: NetworkSpec = serde_json::from_str(j).unwrap();
         assert_eq!(s.mtu, 0);
         assert_eq!(s.vlan, None);
+        assert_eq!(s.probe, None, "the probe is off unless a network sets it");
+        assert!(!serde_json::to_string(&s).unwrap().contains("probe"));
     }
 }

@@ -178,6 +178,7 @@ mod tests {
             block_size: 16,
             sticky: None,
             qos: Default::default(),
+            probe: None,
         }
     }
 

@@ -20,6 +20,7 @@ mod object;
 mod qos;
 mod racks;
 mod reads;
+mod ttl;
 mod usage;
 pub use blocks::{BlockFilter, BlockUsage};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};

@@ -273,6 +273,7 @@ mod tests {
             state: Default::default(),
             sticky: false,
             expires_unix_ms: None,
+            conflict: None,
         }
     }
 

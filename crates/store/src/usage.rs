@@ -146,6 +146,7 @@ mod tests {
             block_size: 16,
             sticky: None,
             qos: Default::default(),
+            probe: None,
         }
     }
 

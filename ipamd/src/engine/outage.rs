@@ -24,6 +24,7 @@ impl<S: LeaseStore> Engine<S> {
             state: rackline_model::LeaseState::Active,
             sticky: false,
             expires_unix_ms: None,
+            conflict: None,
         }
     }
 

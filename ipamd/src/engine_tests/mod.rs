@@ -31,6 +31,8 @@ pub(super) struct FakeStore {
     /// (network, namespace, name) -> identity. TTLs are not modelled: the
     /// lab tests expiry against real etcd.
     pub(super) identities: Mutex<HashMap<(String, String, String), StoredIdentity>>,
+    /// TTLs given to records by `replace_lease_expiring`.
+    pub(super) ttls: Mutex<HashMap<(String, Ipv4Addr), u64>>,
 }
 
 impl FakeStore {
@@ -139,6 +141,23 @@ impl LeaseStore for Arc<FakeStore> {
     async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>, StoreError> {
         self.check_down()?;
         Ok(self.networks.lock().unwrap().get(name).cloned())
+    }
+
+    async fn replace_lease_expiring(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        ttl_secs: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        // No clock here: the TTL is recorded and tests expire it by hand.
+        let r = self.replace_lease(lease, mod_revision).await?;
+        if r.is_some() {
+            self.ttls
+                .lock()
+                .unwrap()
+                .insert((lease.network.clone(), lease.address), ttl_secs);
+        }
+        Ok(r)
     }
 
     async fn replace_lease(
@@ -304,6 +323,7 @@ pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
         block_size: 16,
         sticky: None,
         qos: Default::default(),
+        probe: None,
     }
 }
 
@@ -538,6 +558,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
     assert!(store.live().is_empty());
 }
 
+mod conflict;
 mod outage;
 mod racks;
 mod sticky;

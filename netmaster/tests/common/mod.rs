@@ -302,6 +302,7 @@ pub fn put_lease(
         state: Default::default(),
         sticky: false,
         expires_unix_ms: None,
+        conflict: None,
     };
     match rt
         .block_on(store.create_lease(&lease, net.create_revision))
