@@ -447,6 +447,7 @@ Exclude:       10.10.0.2-10.10.0.63
 Routes:        192.168.0.0/16 via gateway
 Host routes:   -
 QoS:           -
+Probe:         off
 ";
         assert_eq!(got, want);
     }
