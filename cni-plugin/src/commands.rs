@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::conf::{NetConf, SUPPORTED_VERSIONS};
-use crate::datapath::{self, AddPlan};
+use crate::datapath::{self, AddPlan, Added};
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
 use crate::ipam::IpamClient;
+use crate::probe::{self, Conflict, ProbeParams};
 use crate::result::CniResult;
 
 pub fn version(requested: &str) -> Value {
@@ -78,6 +79,8 @@ fn plan_from(
         routes,
         host_routes,
         qos: crate::qos::effective(conf, net)?,
+        mac: rackline_model::mac::for_address(address.ip()),
+        probe: ProbeParams::from_pb(net.probe.as_ref()),
     })
 }
 
@@ -87,6 +90,56 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     crate::qos::pod_request(conf)?;
     let pod_ns = datapath::open_pod_netns(&env.netns)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    // Issue 4: an address the probe finds in use is reported (ipamd
+    // quarantines it) and the next Allocate brings another one, a bounded
+    // number of times.
+    let mut conflicts: Vec<Conflict> = Vec::new();
+    while conflicts.len() < probe::MAX_ATTEMPTS {
+        let (reply, outcome) = match add_once(env, conf, &mut ipam, &pod_ns) {
+            Ok(r) => r,
+            // The quarantined addresses were the last free ones.
+            Err(e) if e.code == code::EXHAUSTED && !conflicts.is_empty() => {
+                let mut e2 = probe::exhausted_error(&conflicts, &conf.network);
+                e2.details = format!("{}; then: {}", e2.details, e.details);
+                return Err(e2);
+            }
+            Err(e) => return Err(e),
+        };
+        let c = match outcome {
+            Added::Configured(r) => return Ok(r.to_json(&conf.cni_version)),
+            Added::Conflict(c) => c,
+        };
+        let (address, mac) = (c.address, c.mac);
+        if reply.sticky {
+            // The lease stays with the attachment; the runtime's DEL frees it.
+            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
+            return Err(probe::sticky_error(&c, &conf.network, &pod));
+        }
+        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
+        let q = ipam.report_conflict(pb::ConflictRequest {
+            network: conf.network.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            address: address.to_string(),
+            conflicting_mac: rackline_model::mac::format(mac),
+        })?;
+        conflicts.push(c);
+        if !q.quarantined {
+            // ipamd would hand the same address back: stop here.
+            break;
+        }
+    }
+    Err(probe::exhausted_error(&conflicts, &conf.network))
+}
+
+/// One Allocate and one datapath attempt. On a datapath error the fresh
+/// lease is released; on a conflict it is kept for ReportConflict.
+fn add_once(
+    env: &CniEnv,
+    conf: &NetConf,
+    ipam: &mut IpamClient,
+    pod_ns: &rackline_netlink::Netns,
+) -> Result<(pb::AllocateReply, Added), CniError> {
     let reply = ipam.allocate(pb::AllocateRequest {
         network: conf.network.clone(),
         container_id: env.container_id.clone(),
@@ -112,7 +165,7 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let plan = match plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref()) {
         Ok(p) => p,
         Err(e) => {
-            release(&mut ipam);
+            release(ipam);
             return Err(e);
         }
     };
@@ -120,19 +173,21 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         // A repeated ADD: answer from what is there if it is intact.
         if let Ok(r) = datapath::describe(&plan) {
             info!(address = %plan.address, "ADD repeated; attachment intact");
-            return Ok(r.to_json(&conf.cni_version));
+            return Ok((reply, Added::Configured(r)));
         }
     }
-    match datapath::add(&plan, &pod_ns) {
-        Ok(r) => {
-            let qos = plan
-                .qos
-                .map_or_else(|| "unlimited".to_string(), |q| q.to_string());
-            info!(address = %plan.address, %qos, "ADD done");
-            Ok(r.to_json(&conf.cni_version))
+    match datapath::add(&plan, pod_ns) {
+        Ok(a) => {
+            if let Added::Configured(_) = a {
+                let qos = plan
+                    .qos
+                    .map_or_else(|| "unlimited".to_string(), |q| q.to_string());
+                info!(address = %plan.address, %qos, "ADD done");
+            }
+            Ok((reply, a))
         }
         Err(e) => {
-            release(&mut ipam);
+            release(ipam);
             Err(e)
         }
     }

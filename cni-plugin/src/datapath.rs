@@ -15,12 +15,14 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
-    write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope, RouteSpec,
+    run_in_netns, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope, RouteSpec,
 };
 use tracing::warn;
 
+use crate::arp::ArpSocket;
 use crate::error::{code, CniError};
 use crate::names;
+use crate::probe::{self, ProbeParams};
 use crate::result::{format_mac, CniResult, Interface, IpConfig, Route};
 use crate::vlan::{self, VlanOptions};
 
@@ -44,6 +46,29 @@ pub struct AddPlan {
     pub host_routes: Vec<Ipv4Network>,
     /// Per-pod shaping (all QoS levels resolved); `None` = unshaped.
     pub qos: Option<rackline_model::qos::Effective>,
+    /// The macvlan's MAC: derived from the address (`model::mac`).
+    pub mac: [u8; 6],
+    /// Duplicate-address probe; None = off.
+    pub probe: Option<ProbeParams>,
+}
+
+/// What ADD ended with when nothing failed.
+#[derive(Debug)]
+pub enum Added {
+    Configured(CniResult),
+    /// The probe found the address in use (everything was rolled back).
+    Conflict(probe::Conflict),
+}
+
+/// The pod's netlink socket and ARP socket, both opened by ONE short-lived
+/// thread inside the pod netns (a socket keeps the namespace it was born
+/// in), so the rest of ADD runs on this thread without setns.
+fn open_pod_sockets(pod_ns: &Netns) -> Result<(Netlink, ArpSocket), CniError> {
+    let (nl, arp) = run_in_netns(pod_ns, || (Netlink::new(), ArpSocket::open()))
+        .map_err(|e| dp("entering the pod netns", e))?;
+    let nl = nl.map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let arp = arp.map_err(|e| CniError::datapath(format!("opening the ARP socket: {e}")))?;
+    Ok((nl, arp))
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
@@ -92,16 +117,15 @@ fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>
     Ok(out)
 }
 
-pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
+pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    let mut pod =
-        Netlink::in_netns(pod_ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let (mut pod, arp) = open_pod_sockets(pod_ns)?;
     let mut undo = Vec::new();
-    match build(&mut host, &mut pod, pod_ns, plan, &mut undo) {
-        Ok(r) => Ok(r),
-        Err(e) => {
+    match build(&mut host, &mut pod, &arp, pod_ns, plan, &mut undo) {
+        Ok(r @ Added::Configured(_)) => Ok(r),
+        r => {
             for step in undo.into_iter().rev() {
-                let r = match step {
+                let done = match step {
                     Undo::HostLink(i) => host.delete_link(i),
                     Undo::PodLink(i) => pod.delete_link(i),
                     Undo::Vlan(a) => {
@@ -115,13 +139,13 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
                         Ok(())
                     }
                 };
-                if let Err(re) = r {
+                if let Err(re) = done {
                     if !re.is_not_found() {
                         warn!("rollback step failed: {re}");
                     }
                 }
             }
-            Err(e)
+            r
         }
     }
 }
@@ -129,10 +153,11 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<CniResult, CniError> {
 fn build(
     host: &mut Netlink,
     pod: &mut Netlink,
+    arp: &ArpSocket,
     pod_ns: &Netns,
     plan: &AddPlan,
     undo: &mut Vec<Undo>,
-) -> Result<CniResult, CniError> {
+) -> Result<Added, CniError> {
     let master = host
         .link_by_name(&plan.master)
         .map_err(|e| dp("looking up the master interface", e))?
@@ -192,20 +217,29 @@ fn build(
     pod.set_group(pv.index, group)
         .map_err(|e| dp("tagging the pod veth", e))?;
 
-    // 3. pod side: announce on up (arp_notify), address, links up, routes.
-    write_sysctl_in(
-        pod_ns,
-        &format!("net/ipv4/conf/{}/arp_notify", plan.ifname),
-        "1",
-    )
-    .map_err(|e| dp("setting arp_notify", e))?;
+    // 3. pod side: probe → configure → up → announce (issue 4; see probe.rs).
+    let pod_ip = plan.address.ip();
+    let mut mac = None;
+    if let Some(p) = &plan.probe {
+        // Up without an address: RFC 5227 probes carry sender IP 0.0.0.0.
+        let m = probe::bring_up(pod, mv.index, plan.mac, pod_ip)?;
+        mac = Some(m);
+        if let Some(other) = probe::probe(arp, mv.index, m, pod_ip, p)? {
+            return Ok(Added::Conflict(probe::Conflict {
+                address: pod_ip,
+                mac: other,
+            }));
+        }
+    }
     pod.add_addr(mv.index, plan.address)
         .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname), e))?;
-    pod.set_up(mv.index)
-        .map_err(|e| dp("bringing the pod interface up", e))?;
+    let mac = match mac {
+        Some(m) => m,
+        None => probe::bring_up(pod, mv.index, plan.mac, pod_ip)?,
+    };
     pod.set_up(pv.index)
         .map_err(|e| dp("bringing the pod veth up", e))?;
-    let pod_ip = plan.address.ip();
+    probe::announce(arp, mv.index, mac, pod_ip);
     for a in &node_addrs {
         let mut r = RouteSpec::on_link(host_net(*a), pv.index);
         r.src = Some(pod_ip);
@@ -269,11 +303,11 @@ fn build(
         dst: *d,
         gw: Some(*g),
     }));
-    Ok(CniResult {
+    Ok(Added::Configured(CniResult {
         interfaces: vec![
             Interface {
                 name: plan.ifname.clone(),
-                mac: mv.mac.map(format_mac).unwrap_or_default(),
+                mac: format_mac(mac),
                 mtu: Some(mv.mtu),
                 sandbox: Some(plan.netns_path.clone()),
             },
@@ -296,7 +330,7 @@ fn build(
             interface: 0,
         }],
         routes,
-    })
+    }))
 }
 
 fn host_net(ip: Ipv4Addr) -> Ipv4Network {
@@ -322,7 +356,8 @@ fn create_macvlan(
     parent: u32,
     mtu: Option<u32>,
 ) -> Result<LinkInfo, CniError> {
-    match host.create_macvlan(&plan.ifname, parent, MacvlanMode::Bridge, mtu, Some(pod_ns)) {
+    let mode = MacvlanMode::Bridge;
+    match host.create_macvlan_with_mac(&plan.ifname, parent, mode, mtu, plan.mac, Some(pod_ns)) {
         Ok(()) => return lookup(pod, &plan.ifname),
         Err(e) if e.is_exists() => {}
         Err(e) => return Err(dp(&format!("creating macvlan {}", plan.ifname), e)),
@@ -331,7 +366,7 @@ fn create_macvlan(
     // for a link born elsewhere) or in the pod: create under a temporary name
     // and rename inside the pod, where only a real clash fails.
     let tmp = names::temporary();
-    host.create_macvlan(&tmp, parent, MacvlanMode::Bridge, mtu, Some(pod_ns))
+    host.create_macvlan_with_mac(&tmp, parent, mode, mtu, plan.mac, Some(pod_ns))
         .map_err(|e| dp(&format!("creating macvlan {tmp}"), e))?;
     let l = lookup(pod, &tmp)?;
     if let Err(e) = pod.rename(l.index, &plan.ifname) {
@@ -484,6 +519,15 @@ pub fn check(plan: &AddPlan) -> Result<(), CniError> {
     }
     if !mv.up {
         return Err(fail(format!("{} is down", plan.ifname)));
+    }
+    let alternate = rackline_model::mac::alternate_for(plan.address.ip());
+    if mv.mac != Some(plan.mac) && mv.mac != Some(alternate) {
+        return Err(fail(format!(
+            "{} has MAC {}, not the address's stable MAC {}",
+            plan.ifname,
+            mv.mac.map(format_mac).unwrap_or_default(),
+            format_mac(plan.mac)
+        )));
     }
     let addrs = pod
         .addrs(Some(mv.index))

@@ -29,6 +29,9 @@ pub mod code {
     /// The pod is sticky and its reserved address belongs to another rack
     /// (cross-rack policy `strict`).
     pub const STICKY_WRONG_RACK: u32 = 106;
+    /// The duplicate-address probe found the address in use (issue 4): a
+    /// sticky pod's address, or every address tried.
+    pub const ADDRESS_CONFLICT: u32 = 110;
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -156,6 +156,13 @@ impl IpamClient {
         self.call(|mut c| async move { c.gc(req).await })
     }
 
+    pub fn report_conflict(
+        &mut self,
+        req: pb::ConflictRequest,
+    ) -> Result<pb::ConflictReply, CniError> {
+        self.call(|mut c| async move { c.report_conflict(req).await })
+    }
+
     pub fn status(&mut self, req: pb::StatusRequest) -> Result<pb::StatusReply, CniError> {
         self.call(|mut c| async move { c.status(req).await })
     }

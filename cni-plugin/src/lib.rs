@@ -2,6 +2,7 @@
 //! runtime call and must start fast; the only async part is the ipamd client,
 //! on a current-thread runtime.
 
+pub mod arp;
 pub mod commands;
 pub mod conf;
 pub mod datapath;
@@ -9,6 +10,7 @@ pub mod env;
 pub mod error;
 pub mod ipam;
 pub mod names;
+pub mod probe;
 pub mod qos;
 pub mod result;
 pub mod vlan;

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use rackline_model::network::{parse_cidr, validate_name};
 use rackline_model::{
-    AddrRange, Lease, LeaseState, NetworkSpec, PodRef, RouteSpec, ValidationError,
+    AddrRange, Lease, NetworkSpec, PodRef, RouteSpec, ValidationError,
 };
 use rackline_proto::admin::v1 as pb;
 

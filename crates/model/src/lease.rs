@@ -104,9 +104,10 @@ pub struct Lease {
     /// None on a pinned reservation, which never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<i64>,
-    /// Set on `conflict` records only.
+    /// Set on `conflict` records only. Boxed: every other record would
+    /// otherwise carry its size (and `CreateLease::Taken` holds a Lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conflict: Option<ConflictInfo>,
+    pub conflict: Option<Box<ConflictInfo>>,
 }
 
 impl Lease {
@@ -145,13 +146,13 @@ impl Lease {
     /// address while the record keeps this one out of the pool.
     pub fn into_conflict(self, mac: &str, now_ms: i64, quarantine_secs: u64) -> Self {
         Lease {
-            conflict: Some(ConflictInfo {
+            conflict: Some(Box::new(ConflictInfo {
                 mac: mac.to_string(),
                 container_id: self.container_id,
                 ifname: self.ifname,
                 detected_unix_ms: now_ms,
                 quarantine_secs,
-            }),
+            })),
             container_id: String::new(),
             ifname: String::new(),
             created_unix_ms: now_ms,

@@ -28,6 +28,26 @@ pub fn for_address(ip: Ipv4Addr) -> [u8; 6] {
     [MAC_PREFIX[0], MAC_PREFIX[1], o[0], o[1], o[2], o[3]]
 }
 
+/// The second-choice prefix: the kernel refuses two macvlans with one MAC
+/// on one parent, so when two incarnations of one sticky pod overlap on a
+/// node (the new sandbox before the old one's DEL), the newer one uses
+/// `0a:59:` + the address. Still locally administered unicast, still unique
+/// per address.
+pub const ALTERNATE_PREFIX: [u8; 2] = [0x0a, 0x59];
+
+/// The alternate MAC of `ip` (see [`ALTERNATE_PREFIX`]).
+pub fn alternate_for(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [
+        ALTERNATE_PREFIX[0],
+        ALTERNATE_PREFIX[1],
+        o[0],
+        o[1],
+        o[2],
+        o[3],
+    ]
+}
+
 /// `aa:bb:cc:dd:ee:ff`, the form `ip link` and the CNI result use.
 pub fn format(mac: [u8; 6]) -> String {
     mac.iter()
@@ -57,5 +77,9 @@ mod tests {
         assert!(a != b && b != c && a != c);
         // Pure: the same address always gives the same MAC.
         assert_eq!(a, for_address(Ipv4Addr::new(10, 10, 0, 1)));
+        let alt = alternate_for(Ipv4Addr::new(10, 10, 0, 1));
+        assert_ne!(alt, a);
+        assert_eq!(alt, [0x0a, 0x59, 10, 10, 0, 1]);
+        assert_eq!(alt[0] & 0x03, 0x02, "locally administered unicast");
     }
 }

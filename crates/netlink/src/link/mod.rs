@@ -214,6 +214,29 @@ impl Netlink {
             .map(drop)
     }
 
+    /// [`Netlink::create_macvlan`] with the MAC given at creation.
+    pub fn create_macvlan_with_mac(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        mode: MacvlanMode,
+        mtu: Option<u32>,
+        mac: [u8; 6],
+        target: Option<&Netns>,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        let req = macvlan_with_mac_request(
+            name,
+            parent_index,
+            mode,
+            mtu,
+            mac,
+            target.map(|ns| ns.as_fd().as_raw_fd()),
+        );
+        self.execute("create macvlan", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
     /// A veth pair: `name` here, `peer_name` created directly in `peer_ns`
     /// when `Some`. Both ends start down.
     pub fn create_veth(

@@ -71,6 +71,27 @@ pub fn macvlan_request(
     RouteNetlinkMessage::NewLink(msg)
 }
 
+/// [`macvlan_request`] with the device's MAC set at creation
+/// (`IFLA_ADDRESS`), so the link never carries a random MAC the kernel
+/// could announce or a neighbour could learn (issue 4's stable MACs).
+pub fn macvlan_with_mac_request(
+    name: &str,
+    parent_index: u32,
+    mode: MacvlanMode,
+    mtu: Option<u32>,
+    mac: [u8; 6],
+    target_fd: Option<RawFd>,
+) -> RouteNetlinkMessage {
+    let mut req = macvlan_request(name, parent_index, mode, mtu, target_fd);
+    if let RouteNetlinkMessage::NewLink(msg) = &mut req {
+        // Before IFLA_LINKINFO, as iproute2 orders it; the kernel accepts any order.
+        let at = msg.attributes.len() - 1;
+        msg.attributes
+            .insert(at, LinkAttribute::Address(mac.to_vec()));
+    }
+    req
+}
+
 /// A veth pair. The peer is a whole `ifinfomsg` + attributes nested in
 /// `IFLA_INFO_DATA/VETH_INFO_PEER`; `veth_newlink()` resolves the peer's
 /// namespace from *that* nested message's `IFLA_NET_NS_FD`, so the peer is
@@ -221,6 +242,34 @@ mod tests {
                 LinkAttribute::Mtu(1450),
                 // Top level: the new device's namespace, not the parent's.
                 LinkAttribute::NetNsFd(33),
+                LinkAttribute::LinkInfo(vec![
+                    NlLinkInfo::Kind(InfoKind::MacVlan),
+                    NlLinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(
+                        MacVlanMode::Bridge
+                    )])),
+                ]),
+            ]
+        );
+    }
+
+    #[test]
+    fn macvlan_with_mac_carries_ifla_address() {
+        let mac = [0x0a, 0x58, 10, 10, 0, 70];
+        let msg = new_link(macvlan_with_mac_request(
+            "eth0",
+            7,
+            MacvlanMode::Bridge,
+            None,
+            mac,
+            Some(33),
+        ));
+        assert_eq!(
+            msg.attributes,
+            vec![
+                LinkAttribute::IfName("eth0".into()),
+                LinkAttribute::Link(7),
+                LinkAttribute::NetNsFd(33),
+                LinkAttribute::Address(mac.to_vec()),
                 LinkAttribute::LinkInfo(vec![
                     NlLinkInfo::Kind(InfoKind::MacVlan),
                     NlLinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(

@@ -1,0 +1,215 @@
+//! Duplicate-address probe and announcement (issue 4), and what ADD does
+//! when the probe finds the address in use.
+//!
+//! Order inside the pod netns: probe → configure → up → announce.
+//! * probe: the macvlan is up but carries no address (RFC 5227 probes have
+//!   sender IP 0.0.0.0, so no peer learns anything from them); `count`
+//!   probes `interval` apart, listening the whole `count × interval` for
+//!   any host claiming the address. Off (no frame, no delay) unless the
+//!   network enables it.
+//! * announce: after the address is configured and the link is up, two
+//!   gratuitous ARP requests, so peers (the TOR included) that cached the
+//!   address with another MAC switch at once (Spiderpool #4650). This
+//!   replaces `arp_notify`, which needed its own netns thread per ADD and
+//!   does not fire when the link came up before its address (the probe).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::arp::{Arp, ArpSocket, BROADCAST};
+use crate::error::{code, CniError};
+
+/// How many addresses one ADD tries before it gives up: each conflict
+/// costs a probe budget (≤ 300 ms by default) and an ipamd round trip.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// A network's probe settings as the plugin uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeParams {
+    pub count: u32,
+    pub interval: Duration,
+}
+
+impl ProbeParams {
+    /// From ipamd's answer; None = probe off. Out-of-range values (an ipamd
+    /// newer than this plugin, or a corrupt record) are clamped to the
+    /// documented bounds rather than turning one ADD into a long stall.
+    pub fn from_pb(p: Option<&rackline_proto::ipam::v1::ProbeConfig>) -> Option<Self> {
+        use rackline_model::probe::{PROBE_COUNT_RANGE, PROBE_INTERVAL_MS_RANGE};
+        p.map(|p| Self {
+            count: p
+                .count
+                .clamp(*PROBE_COUNT_RANGE.start(), *PROBE_COUNT_RANGE.end()),
+            interval: Duration::from_millis(u64::from(p.interval_ms.clamp(
+                *PROBE_INTERVAL_MS_RANGE.start(),
+                *PROBE_INTERVAL_MS_RANGE.end(),
+            ))),
+        })
+    }
+}
+
+/// Brings the macvlan up and returns the MAC it carries: the stable MAC,
+/// or the alternate one when the stable MAC is busy on the parent. That
+/// happens when two incarnations of one sticky pod overlap on a node (the
+/// new sandbox is set up before the old one's DEL): macvlan refuses to open
+/// a second device with a MAC already used on the same lower device
+/// (`macvlan_open` → `macvlan_addr_busy` → EADDRINUSE). The newer one keeps
+/// the alternate MAC until it is re-created.
+pub fn bring_up(
+    pod: &mut rackline_netlink::Netlink,
+    index: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+) -> Result<[u8; 6], CniError> {
+    let busy =
+        |e: &rackline_netlink::NetlinkError| e.errno() == Some(nix::errno::Errno::EADDRINUSE);
+    let up_err = |e| CniError::datapath(format!("bringing the pod interface up: {e}"));
+    match pod.set_up(index) {
+        Ok(()) => Ok(mac),
+        Err(e) if busy(&e) => {
+            let alt = rackline_model::mac::alternate_for(ip);
+            warn!(%ip, stable = %rackline_model::mac::format(mac), alternate = %rackline_model::mac::format(alt), "stable MAC in use by another macvlan on this parent (an older incarnation of this pod?); using the alternate MAC");
+            pod.set_mac(index, alt)
+                .map_err(|e| CniError::datapath(format!("setting the alternate MAC: {e}")))?;
+            pod.set_up(index).map_err(up_err)?;
+            Ok(alt)
+        }
+        Err(e) => Err(up_err(e)),
+    }
+}
+
+fn io_err(what: &str, e: std::io::Error) -> CniError {
+    CniError::datapath(format!("{what}: {e}"))
+}
+
+/// Probes for `ip` on `ifindex` (up, no address). Returns the MAC of the
+/// host that claims it, if any.
+pub fn probe(
+    sock: &ArpSocket,
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    p: &ProbeParams,
+) -> Result<Option<[u8; 6]>, CniError> {
+    sock.bind(ifindex)
+        .map_err(|e| io_err("binding the ARP socket", e))?;
+    let start = Instant::now();
+    let frame = Arp::probe(mac, ip);
+    for i in 0..p.count {
+        sock.send(ifindex, BROADCAST, &frame)
+            .map_err(|e| io_err("sending an ARP probe", e))?;
+        let until = start + p.interval * (i + 1);
+        if let Some(other) = sock
+            .watch_until(until, ip, mac)
+            .map_err(|e| io_err("reading ARP", e))?
+        {
+            debug!(%ip, probes = i + 1, "probe found the address in use");
+            return Ok(Some(other));
+        }
+    }
+    debug!(%ip, elapsed = ?start.elapsed(), "probe found the address free");
+    Ok(None)
+}
+
+/// Announces `ip` at `mac`. Best effort: a peer that misses it keeps a stale
+/// entry only until its own ARP ageing, so a failure is logged, not fatal.
+pub fn announce(sock: &ArpSocket, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) {
+    let frame = Arp::announcement(mac, ip);
+    for _ in 0..2 {
+        if let Err(e) = sock.send(ifindex, BROADCAST, &frame) {
+            warn!(%ip, "gratuitous ARP not sent: {e}");
+            return;
+        }
+    }
+}
+
+/// One address that turned out to be in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+fn list(conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "{} (in use by {})",
+                c.address,
+                rackline_model::mac::format(c.mac)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A sticky pod's address is its identity: it never takes another one.
+pub fn sticky_error(c: &Conflict, network: &str, pod: &str) -> CniError {
+    CniError::new(
+        code::ADDRESS_CONFLICT,
+        "the sticky pod's address is in use by another host",
+        format!(
+            "address {} is in use by MAC {} on network {network}; the sticky pod {pod} cannot start until it is freed",
+            c.address,
+            rackline_model::mac::format(c.mac)
+        ),
+    )
+}
+
+/// Every address offered was in use.
+pub fn exhausted_error(conflicts: &[Conflict], network: &str) -> CniError {
+    CniError::new(
+        code::ADDRESS_CONFLICT,
+        "every address offered was in use by another host",
+        format!(
+            "{} attempt(s) on network {network}: {}; the addresses are quarantined, find the hosts squatting on them",
+            conflicts.len(),
+            list(conflicts)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackline_proto::ipam::v1 as pb;
+
+    #[test]
+    fn params_follow_ipamd_and_are_clamped() {
+        assert_eq!(ProbeParams::from_pb(None), None);
+        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+            count: 3,
+            interval_ms: 100,
+            quarantine_secs: 600,
+        }))
+        .unwrap();
+        assert_eq!((p.count, p.interval), (3, Duration::from_millis(100)));
+        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+            count: 1000,
+            interval_ms: 0,
+            quarantine_secs: 0,
+        }))
+        .unwrap();
+        assert_eq!((p.count, p.interval), (10, Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn errors_name_the_addresses_and_macs() {
+        let c = Conflict {
+            address: Ipv4Addr::new(10, 10, 0, 70),
+            mac: [2, 0, 0, 0, 0, 9],
+        };
+        let e = sticky_error(&c, "prod", "default/db-0");
+        assert_eq!(e.code, code::ADDRESS_CONFLICT);
+        assert!(e.details.contains("address 10.10.0.70 is in use by MAC 02:00:00:00:00:09 on network prod; the sticky pod default/db-0 cannot start until it is freed"), "{e}");
+        let d = Conflict {
+            address: Ipv4Addr::new(10, 10, 0, 71),
+            mac: [2, 0, 0, 0, 0, 10],
+        };
+        let e = exhausted_error(&[c, d], "prod");
+        assert!(e.details.contains("10.10.0.70 (in use by 02:00:00:00:00:09), 10.10.0.71 (in use by 02:00:00:00:00:0a)"), "{e}");
+    }
+}
