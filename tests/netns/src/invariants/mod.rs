@@ -61,6 +61,9 @@ pub struct InvariantReport {
     pub standby: usize,
     /// Sticky identity records.
     pub identities: usize,
+    /// Conflict (quarantine) records: addresses another host answered for (`state:
+    /// "conflict"`, issue 4); like standby they have no attachment but keep the address.
+    pub conflicts: usize,
     pub racknets: usize,
     pub nodes: usize,
     pub blocks: usize,
@@ -82,12 +85,13 @@ impl fmt::Display for InvariantReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "etcd revision {}: {} networks, {} pod leases, {} standby, {} rack bindings, {} nodes, \
+            "etcd revision {}: {} networks, {} pod leases, {} standby, {} conflict, {} rack bindings, {} nodes, \
              {} blocks; ",
             self.revision,
             self.networks,
             self.leases,
             self.standby,
+            self.conflicts,
             self.racknets,
             self.nodes,
             self.blocks
@@ -233,8 +237,9 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
     rep.networks = networks.len();
     rep.racknets = racknets.values().map(BTreeMap::len).sum();
     rep.nodes = node_racks.len();
-    rep.standby = leases.iter().filter(|l| l.is_standby()).count();
-    rep.leases = leases.len() - rep.standby;
+    rep.conflicts = leases.iter().filter(|l| l.conflict).count();
+    rep.standby = leases.iter().filter(|l| l.is_standby()).count() - rep.conflicts;
+    rep.leases = leases.len() - rep.standby - rep.conflicts;
     rep.blocks = blocks.len();
 
     // Allocatable ranges: per network (issue 2), per rack binding (issue 3).

@@ -226,6 +226,8 @@ pub(super) struct Lease {
     pub(super) reserved: bool,
     /// The sticky identity (namespace, pod) the record names, if any.
     pub(super) sticky: Option<(String, String)>,
+    /// A conflict (quarantine) record: no attachment, the address stays taken.
+    pub(super) conflict: bool,
 }
 
 pub(super) struct Block {
@@ -238,9 +240,10 @@ pub(super) struct Block {
 }
 
 impl Lease {
-    /// A standby reserve record (or any record without an attachment): no pod holds it.
+    /// A standby reserve record (or any record without an attachment, e.g. a conflict
+    /// record): no pod holds it.
     pub(super) fn is_standby(&self) -> bool {
-        self.standby || self.container_id.is_empty()
+        self.standby || self.conflict || self.container_id.is_empty()
     }
 }
 
@@ -310,6 +313,7 @@ pub(super) fn parse_lease(key: &str, v: &Value) -> Option<Lease> {
         } else {
             None
         },
+        conflict: v.get("state").and_then(Value::as_str) == Some("conflict"),
     })
 }
 

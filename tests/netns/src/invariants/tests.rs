@@ -197,6 +197,19 @@ fn issue2_violations_are_caught() {
     assert_violations(&records, &[]);
     let rep = check_records(&records);
     assert_eq!((rep.leases, rep.standby), (4, 2), "{rep}");
+    // A conflict record (issue 4) keeps its address but holds no attachment: the pod whose
+    // probe found it may hold another address at the same time.
+    let mut conflict = lease("rack1", "10.10.0.83", "r1n1", "");
+    conflict.1 = json!({"network": "rack1", "address": "10.10.0.83", "node": "r1n1",
+                       "containerId": "", "ifname": "", "state": "conflict",
+                       "conflict": {"mac": "02:00:00:00:00:09", "containerId": "c1",
+                                    "ifname": "eth0"}})
+    .to_string()
+    .into_bytes();
+    records.push(conflict);
+    assert_violations(&records, &[]);
+    let rep = check_records(&records);
+    assert_eq!((rep.leases, rep.standby, rep.conflicts), (4, 2, 1), "{rep}");
 }
 
 /// One network spanning two racks, each with its own subnet (CONTRACTS.md, issue 3).
