@@ -67,7 +67,7 @@ fn records_of(lab: &Lab, network: &str) -> Result<Vec<Value>> {
     Ok(all)
 }
 
-fn conflict_at<'a>(records: &'a [Value], a: Ipv4Addr) -> Option<&'a Value> {
+fn conflict_at(records: &[Value], a: Ipv4Addr) -> Option<&Value> {
     records
         .iter()
         .find(|l| l["address"] == a.to_string() && l["state"] == "conflict")

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod iperf;
 pub mod latency;
 pub mod qos;
+pub mod probe;
 pub mod stats;
 pub mod sticky;
 pub mod throughput;

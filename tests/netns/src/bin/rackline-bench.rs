@@ -7,6 +7,7 @@
 //! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
 //! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
 //! target/release/rackline-bench qos          # shaping accuracy; unshaped pods vs nodes
+//! target/release/rackline-bench probe        # issue 4: ADD with the ARP probe on vs off
 //! ```
 //! Run it from target/release so that the lab uses the release binaries next to it (or set
 //! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
@@ -21,6 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 use rackline_lab::bench::adds::AddsConfig;
 use rackline_lab::bench::latency::LatencyConfig;
 use rackline_lab::bench::qos::QosConfig;
+use rackline_lab::bench::probe::ProbeBenchConfig;
 use rackline_lab::bench::throughput::ThroughputConfig;
 use rackline_lab::bench::{self, append_report, Conditions, QuietMonitor, INTERRUPTED};
 
@@ -47,6 +49,18 @@ enum Command {
     Sticky(StickyArgs),
     /// Per-pod QoS: measured vs configured rate, egress and ingress; unshaped pods vs nodes.
     Qos(QosArgs),
+    /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off (issue 4).
+    Probe(ProbeArgs),
+}
+
+#[derive(ClapArgs)]
+struct ProbeArgs {
+    /// Measured ADDs per series.
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Dropped warm-up ADDs per series.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
 }
 
 #[derive(ClapArgs)]
@@ -178,6 +192,13 @@ fn run(cli: &Cli) -> Result<()> {
                 warmup: a.warmup,
                 racks: a.racks,
                 nodes_per_rack: a.nodes_per_rack,
+            })?,
+        ),
+        Command::Probe(a) => (
+            "probe: ADD with the duplicate-address probe on vs off (issue 4)",
+            bench::probe::run(&ProbeBenchConfig {
+                runs: a.runs,
+                warmup: a.warmup,
             })?,
         ),
         Command::Sticky(a) => (
