@@ -211,6 +211,8 @@ impl LeaseStore for Store {
             identity_rev,
         )
         .await
+    }
+
     async fn replace_lease_expiring(
         &self,
         lease: &Lease,

@@ -11,9 +11,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use rackline_model::network::{parse_cidr, validate_name};
-use rackline_model::{
-    AddrRange, Lease, NetworkSpec, PodRef, RouteSpec, ValidationError,
-};
+use rackline_model::{AddrRange, Lease, NetworkSpec, PodRef, RouteSpec, ValidationError};
 use rackline_proto::admin::v1 as pb;
 
 use crate::admin::{LeaseFilter, NetworkView, PodFilter};

@@ -87,9 +87,13 @@ impl<S: LeaseStore> Engine<S> {
                 return Err(e.into());
             }
         };
-        // Sticky leases (the lead's part of issue 4) must be refused here
-        // once `Lease` carries the identity: the plugin never reports a
-        // sticky pod's conflict, it fails the ADD instead.
+        // A sticky pod's address is its identity: never quarantined (the
+        // plugin fails such an ADD instead of reporting; this guards an
+        // older or misbehaving client).
+        if sl.lease.sticky {
+            warn!(network = %c.network, address = %c.address, mac = %c.mac, pod = %sl.lease.pod.display(), "conflict reported for a sticky pod's address; not quarantined");
+            return Ok(unchanged);
+        }
         let record =
             sl.lease
                 .clone()

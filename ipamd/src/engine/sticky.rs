@@ -81,6 +81,7 @@ impl<S: LeaseStore> Engine<S> {
             state: LeaseState::Active,
             sticky: true,
             expires_unix_ms: None,
+            conflict: None,
         }
     }
 

@@ -161,3 +161,23 @@ fn assert_no_duplicates_ignoring_conflicts(store: &FakeStore) {
         );
     }
 }
+
+#[tokio::test]
+async fn a_sticky_pods_address_is_never_quarantined() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(NetworkSpec {
+        sticky: Some(rackline_model::StickyPolicy::default()),
+        ..spec("10.0.0.0/24", "10.0.0.1")
+    });
+    let e = engine("n1", &store, Duration::ZERO);
+    let got = e.allocate(args("c1")).await.unwrap();
+    assert!(got.lease.sticky, "the policy makes every pod sticky");
+    let q = e
+        .report_conflict(conflict("c1", got.lease.address))
+        .await
+        .unwrap();
+    assert!(!q.quarantined);
+    assert!(store.live().iter().all(|l| !l.is_conflict()));
+    let again = e.allocate(args("c1")).await.unwrap();
+    assert!(again.existing && again.lease.address == got.lease.address);
+}
