@@ -55,7 +55,9 @@ fn network_lifecycle_in_table_and_json() {
             ],
             "hostRoutes": ["10.96.0.0/12"],
             // 254 hosts - gateway - 62 - 15 (.255 is broadcast) - 1
-            "capacity": 175, "allocated": 0, "qos": {}
+            "capacity": 175, "allocated": 0, "qos": {},
+            // No duplicate-address probe unless asked for (issue 4).
+            "probe": null
         })
     );
 
@@ -96,6 +98,7 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
                 "capacity",
                 "allocated",
                 "qos",
+                "probe",
             ]
             .map(String::from)
             .into(),
@@ -111,6 +114,24 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
             .contains("Routes:        192.168.0.0/16 via 10.10.0.254, 172.16.0.0/12 via gateway\n"),
         "{shown:?}"
     );
+
+    // Issue 4: --probe-* flags imply --probe; unset fields take the defaults.
+    let mut pr = create_args("pr", "10.30.0.0/24", "10.30.0.1");
+    pr.extend(["--probe-count", "2", "-o", "json"]);
+    let pr = ctl(s, &pr).json();
+    assert_eq!(
+        pr["probe"],
+        json!({"count": 2, "intervalMs": 100, "quarantineSecs": 600})
+    );
+    let shown = ctl(s, &["network", "show", "pr"]);
+    assert!(
+        shown.stdout.contains("Probe:         2 x 100 ms, quarantine 600 s\n"),
+        "{shown:?}"
+    );
+    let mut zero = create_args("pz", "10.31.0.0/24", "10.31.0.1");
+    zero.extend(["--probe-count", "0"]);
+    assert_eq!(ctl(s, &zero).code, 2, "0 is refused, not taken as the default");
+    ctl(s, &["network", "delete", "pr"]).ok();
 
     let del = ctl(s, &["network", "delete", "dev"]);
     assert_eq!(
@@ -319,7 +340,8 @@ fn lease_list_filters_and_shapes() {
             "network": "prod", "address": "10.10.0.10", "node": "n1",
             "containerId": web0.container_id, "ifname": "eth0",
             "pod": {"namespace": "default", "name": "web-0", "uid": "uid-web-0"},
-            "createdUnixMs": 1_700_000_000_000_i64, "state": "active", "sticky": false, "expiresUnixMs": 0
+            "createdUnixMs": 1_700_000_000_000_i64, "state": "active", "sticky": false, "expiresUnixMs": 0,
+            "conflict": null
         }])
     );
 
