@@ -125,12 +125,18 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
     );
     let shown = ctl(s, &["network", "show", "pr"]);
     assert!(
-        shown.stdout.contains("Probe:         2 x 100 ms, quarantine 600 s\n"),
+        shown
+            .stdout
+            .contains("Probe:         2 x 100 ms, quarantine 600 s\n"),
         "{shown:?}"
     );
     let mut zero = create_args("pz", "10.31.0.0/24", "10.31.0.1");
     zero.extend(["--probe-count", "0"]);
-    assert_eq!(ctl(s, &zero).code, 2, "0 is refused, not taken as the default");
+    assert_eq!(
+        ctl(s, &zero).code,
+        2,
+        "0 is refused, not taken as the default"
+    );
     ctl(s, &["network", "delete", "pr"]).ok();
 
     let del = ctl(s, &["network", "delete", "dev"]);
