@@ -187,6 +187,7 @@ impl AdminService {
                         state: LeaseState::Reserved,
                         sticky: true,
                         expires_unix_ms: None,
+                        conflict: None,
                     },
                     0,
                 ),
@@ -284,6 +285,10 @@ fn describe(sl: &StoredLease) -> String {
     match l.state {
         LeaseState::Standby => format!("held in node {:?}'s outage reserve", l.node),
         LeaseState::Reserved => format!("reserved for pod {}", l.pod.display()),
+        LeaseState::Conflict => format!(
+            "quarantined: another host ({}) answered for it",
+            l.conflict.as_ref().map_or("?", |c| c.mac.as_str())
+        ),
         LeaseState::Active if l.pod.name.is_empty() => {
             format!("leased on node {:?} (container {})", l.node, l.container_id)
         }
