@@ -380,3 +380,48 @@ fn probe_off_sends_no_probe_only_the_announcement() -> Result<()> {
         lab.check_invariants().map(drop)
     })
 }
+
+#[test]
+fn overlapping_incarnations_of_a_sticky_pod_use_the_alternate_mac() -> Result<()> {
+    lab().run(|lab| {
+        // The kernel refuses two macvlans with one MAC on one parent (EADDRINUSE when the
+        // second comes up). A sticky pod re-created on the same node before its old sandbox's
+        // DEL has exactly that: same address, so same stable MAC.
+        create_network(lab, "st", 8, 10, 20, &["--sticky"])?;
+        let old = lab.add_pod(1, "db-0")?;
+        let first = add_on(lab, &old, "st")?;
+        let a = result_ipv4(first.result()?)?.addr;
+        ensure!(
+            lab.mac_of(&old, "eth0")? == stable_mac(a),
+            "old: stable MAC"
+        );
+        let new = lab.add_pod(1, "db-0")?;
+        let second = add_on(lab, &new, "st")?;
+        let r = second.result()?;
+        ensure!(
+            result_ipv4(r)?.addr == a,
+            "the sticky pod kept its address\n{second}"
+        );
+        let o = a.octets();
+        let alternate = format_mac([0x0a, 0x59, o[0], o[1], o[2], o[3]]);
+        ensure!(lab.mac_of(&new, "eth0")? == alternate, "new: alternate MAC");
+        ensure!(
+            r["interfaces"][0]["mac"] == alternate.as_str(),
+            "result MAC: {r}"
+        );
+        lab.cni(Cmd::Check, &new)
+            .set("network", json!("st"))
+            .prev_result(r)
+            .run()?
+            .ok()?;
+        lab.cni(Cmd::Del, &old)
+            .set("network", json!("st"))
+            .run()?
+            .ok()?;
+        lab.cni(Cmd::Del, &new)
+            .set("network", json!("st"))
+            .run()?
+            .ok()?;
+        lab.check_invariants().map(drop)
+    })
+}
