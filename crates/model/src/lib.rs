@@ -8,8 +8,8 @@ pub mod lease;
 pub mod mac;
 pub mod network;
 pub mod pool;
-pub mod qos;
 pub mod probe;
+pub mod qos;
 pub mod rack;
 pub mod sticky;
 
@@ -19,7 +19,7 @@ pub use keys::Keys;
 pub use lease::{ConflictInfo, Lease, LeaseState, PodRef};
 pub use network::{AddrRange, NetworkSpec, RouteSpec, ValidationError};
 pub use pool::Pool;
-pub use qos::{Bandwidth, QosPolicy, QosSpec};
 pub use probe::ProbeSpec;
+pub use qos::{Bandwidth, QosPolicy, QosSpec};
 pub use rack::{Node, Rack, RackNet};
 pub use sticky::{CrossRack, Identity, StickyPolicy};

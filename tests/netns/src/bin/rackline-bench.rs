@@ -21,8 +21,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use rackline_lab::bench::adds::AddsConfig;
 use rackline_lab::bench::latency::LatencyConfig;
-use rackline_lab::bench::qos::QosConfig;
 use rackline_lab::bench::probe::ProbeBenchConfig;
+use rackline_lab::bench::qos::QosConfig;
 use rackline_lab::bench::throughput::ThroughputConfig;
 use rackline_lab::bench::{self, append_report, Conditions, QuietMonitor, INTERRUPTED};
 
