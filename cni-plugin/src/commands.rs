@@ -257,7 +257,15 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             ),
         ));
     }
-    datapath::check(&plan)
+    // The MAC ADD reported for this interface: pods set up before stable
+    // MACs existed keep their kernel-assigned one, and CHECK must not fail
+    // them for it.
+    let prev_mac = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == env.ifname && i.sandbox.is_some())
+        .map(|i| i.mac.to_ascii_lowercase());
+    datapath::check(&plan, prev_mac.as_deref())
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {

@@ -463,7 +463,7 @@ fn ignore_missing(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
 /// The result of an ADD that already happened (a repeated ADD of a healthy
 /// attachment): verified with `check`, then read back from the kernel.
 pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
-    check(plan)?;
+    check(plan, None)?;
     let ns = open_pod_netns(&plan.netns_path)?;
     let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
@@ -503,7 +503,9 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
 }
 
 /// Verifies the attachment is still what ADD built.
-pub fn check(plan: &AddPlan) -> Result<(), CniError> {
+/// `prev_mac`: the MAC prevResult reports for the interface (lowercase),
+/// accepted besides the stable and alternate MACs.
+pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
     let fail = |d: String| CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d);
     let ns = open_pod_netns(&plan.netns_path)?;
     let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
@@ -521,7 +523,11 @@ pub fn check(plan: &AddPlan) -> Result<(), CniError> {
         return Err(fail(format!("{} is down", plan.ifname)));
     }
     let alternate = rackline_model::mac::alternate_for(plan.address.ip());
-    if mv.mac != Some(plan.mac) && mv.mac != Some(alternate) {
+    let reported = mv.mac.map(format_mac);
+    if mv.mac != Some(plan.mac)
+        && mv.mac != Some(alternate)
+        && (prev_mac.is_none() || reported.as_deref() != prev_mac)
+    {
         return Err(fail(format!(
             "{} has MAC {}, not the address's stable MAC {}",
             plan.ifname,
