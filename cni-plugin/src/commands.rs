@@ -158,6 +158,7 @@ fn add_once(
             network: conf.network.clone(),
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
+            rollback: true,
         }) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
@@ -204,6 +205,7 @@ pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         network: conf.network.clone(),
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
+        rollback: false,
     })?;
     info!(released = r.released, address = %r.address, "DEL done");
     Ok(())

@@ -405,6 +405,7 @@ impl<S: LeaseStore> Engine<S> {
                 created_unix_ms: now_ms(),
                 state: rackline_model::LeaseState::Active,
                 sticky: identity.is_some(),
+                new_identity: identity.is_some(),
                 expires_unix_ms: None,
                 conflict: None,
             };
@@ -504,6 +505,19 @@ impl<S: LeaseStore> Engine<S> {
         container_id: &str,
         ifname: &str,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        self.release_with(network, container_id, ifname, false)
+            .await
+    }
+
+    /// `release`; `rollback` = the plugin undoes its own failed ADD (a
+    /// sticky identity that ADD created goes with the lease).
+    pub async fn release_with(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        rollback: bool,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
         validate_attachment(container_id, ifname)?;
         let net = match self.network(network).await {
             Ok(n) => n,
@@ -515,7 +529,7 @@ impl<S: LeaseStore> Engine<S> {
         if !self.etcd_ok() && self.journal.is_some() {
             return self.release_offline(&net, &key);
         }
-        match self.release_locked(&net, &key, |_| true).await {
+        match self.release_locked(&net, &key, |_| true, rollback).await {
             Err(IpamError::Unavailable(_)) if self.journal.is_some() => {
                 self.set_etcd_ok(false);
                 self.release_offline(&net, &key)
@@ -529,6 +543,7 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         key: &AttachmentKey,
         should_release: impl Fn(&StoredLease) -> bool,
+        rollback: bool,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
         let name = net.spec.name.clone();
         let mut released = Vec::new();
@@ -559,7 +574,7 @@ impl<S: LeaseStore> Engine<S> {
             }
             let mut settled = false;
             for _ in 0..3 {
-                match self.retire_at(net, ip, rev).await {
+                match self.retire_at(net, ip, rev, rollback).await {
                     Ok(true) => {
                         net.disown(key, ip);
                         info!(network = %name, %ip, container = %key.0, ifname = %key.1, "released");
@@ -652,7 +667,7 @@ impl<S: LeaseStore> Engine<S> {
                 .map(|sl| sl.lease)
                 .collect();
             let freed = self
-                .release_locked(&net, &key, |sl| sl.lease.created_unix_ms <= cutoff)
+                .release_locked(&net, &key, |sl| sl.lease.created_unix_ms <= cutoff, false)
                 .await?;
             out.extend(before.into_iter().filter(|l| freed.contains(&l.address)));
         }

@@ -149,6 +149,7 @@ mod tests {
             sticky: false,
             expires_unix_ms: None,
             conflict: None,
+            new_identity: false,
         }
     }
 

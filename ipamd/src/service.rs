@@ -141,7 +141,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         let r = req.into_inner();
         let freed = self
             .engine
-            .release(&r.network, &r.container_id, &r.ifname)
+            .release_with(&r.network, &r.container_id, &r.ifname, r.rollback)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::ReleaseReply {

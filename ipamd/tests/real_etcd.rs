@@ -297,6 +297,7 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
         network: "prod".into(),
         container_id: gone.clone(),
         ifname: "eth0".into(),
+        rollback: false,
     })
     .await
     .unwrap();
@@ -336,6 +337,7 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
             network: "prod".into(),
             container_id: l["containerId"].as_str().unwrap().into(),
             ifname: "eth0".into(),
+            rollback: false,
         };
         let r = match l["node"].as_str().unwrap() {
             "n1" => c1.release(req).await,

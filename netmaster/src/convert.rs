@@ -490,6 +490,7 @@ mod tests {
             sticky: false,
             expires_unix_ms: None,
             conflict: None,
+            new_identity: false,
         };
         let p = lease_to_proto(&l);
         assert_eq!(p.address, "10.10.0.70");

@@ -100,6 +100,11 @@ pub struct Lease {
     /// address, and both records change together in one transaction.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sticky: bool,
+    /// This lease's ADD created its sticky identity (the pod never had the
+    /// address before): rolling that ADD back deletes the identity too
+    /// instead of reserving the address for a pod that never ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_identity: bool,
     /// When a `reserved` lease expires (etcd deletes it then; informative).
     /// None on a pinned reservation, which never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +130,7 @@ impl Lease {
             sticky: false,
             expires_unix_ms: None,
             conflict: None,
+            new_identity: false,
         }
     }
 

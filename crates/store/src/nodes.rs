@@ -274,6 +274,7 @@ mod tests {
             sticky: false,
             expires_unix_ms: None,
             conflict: None,
+            new_identity: false,
         }
     }
 

@@ -25,6 +25,7 @@ impl<S: LeaseStore> Engine<S> {
             sticky: false,
             expires_unix_ms: None,
             conflict: None,
+            new_identity: false,
         }
     }
 
@@ -184,7 +185,7 @@ impl<S: LeaseStore> Engine<S> {
                                 let spec = self.nets_read().get(network).map(|n| n.spec.clone());
                                 match spec {
                                     Some(spec) => {
-                                        self.retire(&spec, &cur).await?;
+                                        self.retire(&spec, &cur, false).await?;
                                     }
                                     None => {
                                         self.store.delete_lease(network, *address, cur.mod_revision).await?;

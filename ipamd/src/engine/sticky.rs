@@ -80,6 +80,7 @@ impl<S: LeaseStore> Engine<S> {
             created_unix_ms: now_ms(),
             state: LeaseState::Active,
             sticky: true,
+            new_identity: false,
             expires_unix_ms: None,
             conflict: None,
         }
@@ -263,6 +264,7 @@ impl<S: LeaseStore> Engine<S> {
         &self,
         spec: &rackline_model::NetworkSpec,
         sl: &StoredLease,
+        rollback: bool,
     ) -> Result<Option<Option<StoredLease>>, StoreError> {
         let l = &sl.lease;
         if !l.sticky {
@@ -284,6 +286,15 @@ impl<S: LeaseStore> Engine<S> {
                 .await?
                 .then_some(None));
         };
+        // Rolling back the failed ADD that created this identity: the pod
+        // never ran, so nothing is held for it.
+        if rollback && l.new_identity && !ident.identity.pinned {
+            let done = self
+                .store
+                .delete_sticky(l, sl.mod_revision, ident.mod_revision)
+                .await?;
+            return Ok(done.then_some(None));
+        }
         let hold = if ident.identity.pinned {
             None
         } else {
@@ -298,6 +309,7 @@ impl<S: LeaseStore> Engine<S> {
             Some(secs)
         };
         let reserved = Lease {
+            new_identity: false,
             container_id: String::new(),
             ifname: String::new(),
             state: LeaseState::Reserved,
@@ -337,6 +349,7 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         ip: std::net::Ipv4Addr,
         rev: i64,
+        rollback: bool,
     ) -> Result<bool, StoreError> {
         let sl = match net.lease_at(ip).filter(|s| s.mod_revision == rev) {
             Some(sl) => sl,
@@ -345,7 +358,7 @@ impl<S: LeaseStore> Engine<S> {
                 _ => return Ok(false),
             },
         };
-        match self.retire(&net.spec, &sl).await? {
+        match self.retire(&net.spec, &sl, rollback).await? {
             None => Ok(false),
             Some(None) => {
                 net.forget(ip, 0);

@@ -163,3 +163,23 @@ async fn sticky_pods_fail_clearly_while_etcd_is_down() {
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("sticky"), "{err}");
 }
+
+#[tokio::test]
+async fn rolling_back_a_failed_add_keeps_only_reservations_that_existed_before() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(sticky_spec(600));
+    let e = engine("n1", &store, Duration::ZERO);
+    // A brand-new sticky pod whose ADD fails: nothing is left behind.
+    let a = e.allocate(pod_args("db-0", "c1")).await.unwrap();
+    e.release_with("prod", "c1", "eth0", true).await.unwrap();
+    assert!(store.live().is_empty(), "{:?}", store.live());
+    assert!(store.identities.lock().unwrap().is_empty());
+    // A pod that ran before: its failed re-creation goes back to reserved.
+    let a2 = e.allocate(pod_args("db-0", "c2")).await.unwrap();
+    e.release("prod", "c2", "eth0").await.unwrap();
+    let again = e.allocate(pod_args("db-0", "c3")).await.unwrap();
+    assert_eq!(again.lease.address, a2.lease.address);
+    e.release_with("prod", "c3", "eth0", true).await.unwrap();
+    assert_eq!(record(&store, a2.lease.address).state, LeaseState::Reserved);
+    let _ = a;
+}

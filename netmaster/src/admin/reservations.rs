@@ -188,6 +188,7 @@ impl AdminService {
                         sticky: true,
                         expires_unix_ms: None,
                         conflict: None,
+                        new_identity: false,
                     },
                     0,
                 ),

@@ -303,6 +303,7 @@ pub fn put_lease(
         sticky: false,
         expires_unix_ms: None,
         conflict: None,
+        new_identity: false,
     };
     match rt
         .block_on(store.create_lease(&lease, net.create_revision))
