@@ -17,6 +17,8 @@ pub struct NetState {
     /// etcd create revision of the network key; leases are written only
     /// while the network is still this incarnation.
     pub create_revision: i64,
+    /// `spec.sticky` with its patterns compiled once (asked on every ADD).
+    pub sticky_matcher: Option<rackline_model::sticky::StickyMatcher>,
     inner: Mutex<Inner>,
 }
 
@@ -130,6 +132,7 @@ impl NetState {
 
     fn with(spec: NetworkSpec, create_revision: i64, pool: Pool, rack: Option<RackCtx>) -> Self {
         Self {
+            sticky_matcher: spec.sticky.as_ref().map(|p| p.matcher()),
             spec,
             create_revision,
             inner: Mutex::new(Inner {

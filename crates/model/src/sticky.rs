@@ -118,9 +118,34 @@ impl StickyPolicy {
         Ok(())
     }
 
-    /// Whether the pod `namespace/name` is sticky under this policy.
-    /// Patterns are validated before a policy is stored; one that fails to
-    /// compile here (a record written by a newer version) matches nothing.
+    /// Whether the pod `namespace/name` is sticky under this policy
+    /// (compiles the patterns: hold a [`StickyMatcher`] where this is asked
+    /// per ADD).
+    pub fn matches(&self, namespace: &str, name: &str) -> bool {
+        self.matcher().matches(namespace, name)
+    }
+
+    /// The policy with its patterns compiled once. Patterns are validated
+    /// before a policy is stored; one that fails to compile here (a record
+    /// written by a newer version) matches nothing.
+    pub fn matcher(&self) -> StickyMatcher {
+        StickyMatcher {
+            namespaces: self.namespaces.clone(),
+            patterns: self.pod_patterns.iter().map(|p| anchored(p).ok()).collect(),
+        }
+    }
+}
+
+/// A [`StickyPolicy`]'s selection with compiled patterns (ipamd keeps one per
+/// network: matching is on the ADD path).
+#[derive(Debug, Clone)]
+pub struct StickyMatcher {
+    namespaces: Vec<String>,
+    /// None: a pattern that did not compile (matches nothing).
+    patterns: Vec<Option<regex::Regex>>,
+}
+
+impl StickyMatcher {
     pub fn matches(&self, namespace: &str, name: &str) -> bool {
         if name.is_empty() {
             return false;
@@ -128,11 +153,11 @@ impl StickyPolicy {
         if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| n == namespace) {
             return false;
         }
-        self.pod_patterns.is_empty()
+        self.patterns.is_empty()
             || self
-                .pod_patterns
+                .patterns
                 .iter()
-                .any(|p| anchored(p).is_ok_and(|r| r.is_match(name)))
+                .any(|r| r.as_ref().is_some_and(|r| r.is_match(name)))
     }
 }
 

@@ -54,10 +54,9 @@ fn unavailable_for_sticky(a: &AllocateArgs, e: StoreError) -> IpamError {
 
 impl<S: LeaseStore> Engine<S> {
     fn policy_sticky(net: &NetState, a: &AllocateArgs) -> bool {
-        net.spec
-            .sticky
+        net.sticky_matcher
             .as_ref()
-            .is_some_and(|p| p.matches(&a.pod.namespace, &a.pod.name))
+            .is_some_and(|m| m.matches(&a.pod.namespace, &a.pod.name))
     }
 
     /// Whether this ADD must go through the identity path: the network's
