@@ -149,6 +149,7 @@ fn add_once(
             name: env.pod.name.clone(),
             uid: env.pod.uid.clone(),
         }),
+        requested_addresses: Vec::new(),
     })?;
     let release = |ipam: &mut IpamClient| {
         if reply.existing {

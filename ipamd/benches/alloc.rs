@@ -73,6 +73,7 @@ fn req(network: &str, cid: String) -> pb::AllocateRequest {
         container_id: cid,
         ifname: "eth0".into(),
         pod: None,
+        requested_addresses: Vec::new(),
     }
 }
 

@@ -110,6 +110,7 @@ fn alloc_req(cid: &str) -> pb::AllocateRequest {
             name: cid.into(),
             uid: format!("uid-{cid}"),
         }),
+        requested_addresses: Vec::new(),
     }
 }
 
