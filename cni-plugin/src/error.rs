@@ -29,6 +29,10 @@ pub mod code {
     /// The pod is sticky and its reserved address belongs to another rack
     /// (cross-rack policy `strict`).
     pub const STICKY_WRONG_RACK: u32 = 106;
+    /// None of the requested addresses (`IP=` in CNI_ARGS, the `ips`
+    /// capability, the pod's `rackline.io/ip` annotation) can be given:
+    /// outside the node's rack, excluded, in use or reserved for another pod.
+    pub const REQUESTED_ADDRESS: u32 = 107;
     /// The duplicate-address probe found the address in use (issue 4): a
     /// sticky pod's address, or every address tried.
     pub const ADDRESS_CONFLICT: u32 = 110;

@@ -44,6 +44,19 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
         Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
             unreachable(socket, msg)
         }
+        // ipamd tags refusals that share a gRPC code (see
+        // rackline_ipamd::service::ERROR_KIND_KEY).
+        Code::FailedPrecondition
+            if s.metadata()
+                .get("rackline-error")
+                .is_some_and(|v| v.as_bytes() == b"requested-address") =>
+        {
+            CniError::new(
+                code::REQUESTED_ADDRESS,
+                "the requested address cannot be given",
+                msg,
+            )
+        }
         Code::NotFound => CniError::new(code::UNKNOWN_NETWORK, "unknown Rackline network", msg),
         Code::ResourceExhausted => CniError::new(code::EXHAUSTED, "no free address", msg),
         Code::InvalidArgument => {
@@ -165,5 +178,27 @@ impl IpamClient {
 
     pub fn status(&mut self, req: pb::StatusRequest) -> Result<pb::StatusReply, CniError> {
         self.call(|mut c| async move { c.status(req).await })
+    }
+}
+
+#[cfg(test)]
+mod requested_tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_requested_address_is_code_107_other_preconditions_stay_104() {
+        let mut s = tonic::Status::failed_precondition("10.0.0.5 is the gateway");
+        s.metadata_mut().insert(
+            "rackline-error",
+            tonic::metadata::MetadataValue::from_static("requested-address"),
+        );
+        let e = map_status(s, Path::new("/run/rackline/ipamd.sock"));
+        assert_eq!(e.code, code::REQUESTED_ADDRESS);
+        assert!(e.to_string().contains("10.0.0.5 is the gateway"), "{e}");
+        let plain = map_status(
+            tonic::Status::failed_precondition("rack-bound"),
+            Path::new("/x"),
+        );
+        assert_eq!(plain.code, code::IPAM);
     }
 }

@@ -80,6 +80,11 @@ pub struct Args {
     /// without --node-class.
     #[arg(long, env = "RACKLINE_NODE_CLASS_LABEL", default_value = crate::qos::DEFAULT_NODE_CLASS_LABEL)]
     pub node_class_label: String,
+    /// Read pod annotations (`rackline.io/ip`, `rackline.io/sticky`,
+    /// `rackline.io/bandwidth`) from a cached watch of this node's pods when
+    /// running in a cluster.
+    #[arg(long, env = "RACKLINE_POD_ANNOTATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pod_annotations: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +104,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
+    pub pod_annotations: bool,
 }
 
 impl Args {
@@ -119,6 +125,7 @@ impl Args {
             state_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,
+            pod_annotations: self.pod_annotations,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,

@@ -22,6 +22,7 @@ use crate::netstate::{AttachmentKey, NetState};
 mod cache;
 mod conflict;
 mod outage;
+mod requested;
 mod sticky;
 use crate::store::LeaseStore;
 pub use conflict::{ConflictArgs, Quarantine};
@@ -64,6 +65,11 @@ pub enum IpamError {
     /// A sticky identity's address belongs to another rack (policy strict).
     #[error("{0}")]
     WrongRack(String),
+    /// None of the requested addresses can be given to this attachment
+    /// (outside the node's rack, excluded, in use, reserved for another
+    /// pod); the message says why for each.
+    #[error("{0}")]
+    RequestedAddress(String),
     #[error("store: {0}")]
     Store(StoreError),
 }
@@ -77,12 +83,23 @@ impl From<StoreError> for IpamError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AllocateArgs {
     pub network: String,
     pub container_id: String,
     pub ifname: String,
     pub pod: PodRef,
+    /// Addresses the runtime or the pod asked for: give one of them (the
+    /// first that can be had, in order) or fail; never another.
+    pub requested: Vec<Ipv4Addr>,
+    /// The pod's own say on stickiness (annotation): Some(true) makes it
+    /// sticky whatever the network's policy, Some(false) opts it out of the
+    /// policy (an existing reservation or pin still applies).
+    pub sticky: Option<bool>,
+    /// Addresses named by the pod's annotation: used when `requested` is
+    /// empty, restricted to those inside this node's subnet of the network
+    /// (a pod on several networks lists one address per network).
+    pub annotated: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,11 +339,16 @@ impl<S: LeaseStore> Engine<S> {
     pub async fn allocate(&self, a: AllocateArgs) -> Result<Allocated, IpamError> {
         validate_attachment(&a.container_id, &a.ifname)?;
         let net = self.network(&a.network).await?;
+        let mut a = a;
+        if a.requested.is_empty() && !a.annotated.is_empty() {
+            a.requested = requested::from_annotation(&net, &a)?;
+        }
         let key: AttachmentKey = (a.container_id.clone(), a.ifname.clone());
         let _g = self.lock_attachment(&a.network, &key).await;
 
         if let Some(sl) = net.existing(&key) {
             debug!(ip = %sl.lease.address, "allocation already held");
+            requested::check_held(&a, &sl.lease)?;
             return Ok(Allocated {
                 lease: sl.lease,
                 network: net.effective_spec(),
@@ -343,30 +365,20 @@ impl<S: LeaseStore> Engine<S> {
                 None => {}
             }
         }
+        if !a.requested.is_empty() {
+            // Requested addresses are claimed through etcd only: an offline
+            // standby address would not be the one asked for.
+            if let Some(done) = self.adopt_uncertain(&net, &key).await? {
+                requested::check_held(&a, &done.lease)?;
+                return Ok(done);
+            }
+            return self.allocate_requested(&net, &a, identity).await;
+        }
         if identity.is_none() && !self.etcd_ok() && self.journal.is_some() {
             return self.allocate_offline(&net, &a);
         }
-        // An earlier attempt for this attachment may have been written even
-        // though we never heard back: adopt it rather than take a second one.
-        for ip in net.take_uncertain(&key) {
-            match self.store.get_lease(&a.network, ip).await {
-                Ok(Some(sl)) if self.is_mine(&sl.lease, &key) => {
-                    let lease = sl.lease.clone();
-                    net.observe(sl, &self.node);
-                    return Ok(Allocated {
-                        lease,
-                        network: net.effective_spec(),
-                        existing: false,
-                    });
-                }
-                Ok(Some(sl)) => net.observe(sl, &self.node),
-                Ok(None) => net.resolve_absent(&key, ip),
-                Err(e) => {
-                    net.mark_uncertain(&key, ip);
-                    self.note_store_error(&e);
-                    return Err(e.into());
-                }
-            }
+        if let Some(done) = self.adopt_uncertain(&net, &key).await? {
+            return Ok(done);
         }
 
         let mut reserve_wait = Duration::ZERO;
@@ -489,6 +501,36 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// An earlier attempt for this attachment may have been written even
+    /// though we never heard back: adopt it rather than take a second one.
+    async fn adopt_uncertain(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+    ) -> Result<Option<Allocated>, IpamError> {
+        for ip in net.take_uncertain(key) {
+            match self.store.get_lease(&net.spec.name, ip).await {
+                Ok(Some(sl)) if self.is_mine(&sl.lease, key) => {
+                    let lease = sl.lease.clone();
+                    net.observe(sl, &self.node);
+                    return Ok(Some(Allocated {
+                        lease,
+                        network: net.effective_spec(),
+                        existing: false,
+                    }));
+                }
+                Ok(Some(sl)) => net.observe(sl, &self.node),
+                Ok(None) => net.resolve_absent(key, ip),
+                Err(e) => {
+                    net.mark_uncertain(key, ip);
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn note_store_error(&self, e: &StoreError) {

@@ -13,6 +13,7 @@ pub mod journal;
 pub mod kube;
 pub mod netmaster;
 pub mod netstate;
+pub mod pods;
 pub mod qos;
 pub mod service;
 pub mod socket;
@@ -135,9 +136,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let mut service = IpamService::new(engine).with_qos(qos);
+    if config.pod_annotations && kube::in_cluster() {
+        match kube::in_cluster_client() {
+            Ok(client) => {
+                let (pods, task) =
+                    pods::PodCache::start(client, &config.node_name, shutdown_rx.clone());
+                tasks.push(task);
+                service = service.with_pods(pods);
+            }
+            Err(e) => tracing::warn!("pod annotations are not read: {e}"),
+        }
+    }
+
     info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
     let served = tonic::transport::Server::builder()
-        .add_service(IpamServer::new(IpamService::new(engine).with_qos(qos)))
+        .add_service(IpamServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
 

@@ -456,6 +456,63 @@ impl NetState {
         }
     }
 
+    /// Why pods of this node may not be given `ip` on this network (None =
+    /// they may): outside the subnet, the network/broadcast/gateway address,
+    /// excluded, or another rack's.
+    pub fn refusal(&self, ip: Ipv4Addr) -> Option<String> {
+        if self.serves(ip) {
+            return None;
+        }
+        let g = self.lock();
+        let (subnet, gateway, whose) = match g.rack.as_ref() {
+            Some(r) => (r.subnet, r.gateway, "this node's rack"),
+            None => (self.spec.subnet, self.spec.gateway, "the network"),
+        };
+        let name = &self.spec.name;
+        Some(if !subnet.contains(ip) {
+            format!("{ip} is outside {whose}'s subnet {subnet} of network {name:?}")
+        } else if ip == gateway {
+            format!("{ip} is the gateway of network {name:?}")
+        } else if ip == subnet.network() || ip == subnet.broadcast() {
+            format!("{ip} is the network or broadcast address of {subnet}")
+        } else if g.rack.is_some() {
+            format!("{ip} is not in {whose}'s ranges of network {name:?} (excluded, or another rack's)")
+        } else {
+            format!("{ip} is excluded from network {name:?}")
+        })
+    }
+
+    /// Marks `ip` taken for a requested allocation, as `pick` does for a
+    /// chosen one. None when something here already holds it or an
+    /// allocation of this node is writing it right now.
+    pub fn pick_exact(&self, ip: Ipv4Addr) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        if g.leases.contains_key(&ip) {
+            return None;
+        }
+        let own = g.pool.is_allocatable(ip);
+        let taken = match g.rack.as_ref() {
+            Some(r) => r.rack_pool.is_taken(ip) || g.pool.is_taken(ip),
+            None => g.pool.is_taken(ip),
+        };
+        if taken {
+            return None;
+        }
+        g.mark(ip);
+        let guard = g.rack.as_ref().and_then(|r| {
+            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                key: k.clone(),
+                mod_revision: b.mod_revision,
+            })
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: g.rack.is_some() && !own,
+        })
+    }
+
     /// The lease this node already holds for the attachment, if any.
     pub fn existing(&self, key: &AttachmentKey) -> Option<StoredLease> {
         let g = self.lock();

@@ -9,12 +9,14 @@ use rackline_proto::ipam::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{AllocateArgs, ConflictArgs, Engine, IpamError};
+use crate::pods::{PodCache, PodOptions, PodsError};
 use crate::qos::QosState;
 use crate::store::LeaseStore;
 
 pub struct IpamService<S> {
     engine: Arc<Engine<S>>,
     qos: Arc<QosState>,
+    pods: Option<Arc<PodCache>>,
 }
 
 impl<S> IpamService<S> {
@@ -22,7 +24,34 @@ impl<S> IpamService<S> {
         Self {
             engine,
             qos: QosState::new(None),
+            pods: None,
         }
+    }
+
+    /// Reads pod annotations (requested address, sticky, bandwidth) from
+    /// `pods` on every Allocate of a Kubernetes pod.
+    pub fn with_pods(mut self, pods: Arc<PodCache>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    async fn pod_options(&self, pod: &PodRef) -> Result<PodOptions, Status> {
+        let Some(pods) = &self.pods else {
+            return Ok(PodOptions::default());
+        };
+        // Not a Kubernetes pod (podman sends no namespace): nothing to read.
+        if pod.namespace.is_empty() || pod.name.is_empty() {
+            return Ok(PodOptions::default());
+        }
+        pods.options(&pod.namespace, &pod.name, &pod.uid)
+            .await
+            .map_err(|e| match &e {
+                PodsError::Annotation { key, .. } if *key == crate::pods::ANNOTATION_IP => {
+                    status_of(IpamError::RequestedAddress(e.to_string()))
+                }
+                PodsError::Annotation { .. } => Status::invalid_argument(e.to_string()),
+                PodsError::Unavailable { .. } => Status::unavailable(e.to_string()),
+            })
     }
 
     /// Answers with the node-class and policy QoS levels from `qos`.
@@ -39,6 +68,12 @@ impl<S> IpamService<S> {
     }
 }
 
+/// gRPC metadata key that tells apart refusals sharing a gRPC code, so the
+/// plugin maps each to its own CNI code.
+pub const ERROR_KIND_KEY: &str = "rackline-error";
+/// `ERROR_KIND_KEY` of a refused requested address (CNI code 107).
+pub const ERROR_REQUESTED_ADDRESS: &str = "requested-address";
+
 pub fn status_of(e: IpamError) -> Status {
     let msg = e.to_string();
     match e {
@@ -50,7 +85,32 @@ pub fn status_of(e: IpamError) -> Status {
         IpamError::NotInRack(_) => Status::failed_precondition(msg),
         IpamError::IdentityLive(_) => Status::already_exists(msg),
         IpamError::WrongRack(_) => Status::out_of_range(msg),
+        IpamError::RequestedAddress(_) => {
+            let mut s = Status::failed_precondition(msg);
+            s.metadata_mut().insert(
+                ERROR_KIND_KEY,
+                tonic::metadata::MetadataValue::from_static(ERROR_REQUESTED_ADDRESS),
+            );
+            s
+        }
         IpamError::Store(_) => Status::internal(msg),
+    }
+}
+
+/// The pod's `rackline.io/bandwidth` annotation, as the level above the
+/// namespace/application policy: per direction it replaces the policy's
+/// rate and burst (the plugin then layers the runtime's request on top and
+/// clamps by the network maximum). It travels in the policy slot so the
+/// plugin needs nothing new to apply it.
+pub fn apply_pod_bandwidth(net: &mut pb::NetworkConfig, b: &rackline_model::Bandwidth) {
+    let p = net.qos_policy.get_or_insert_with(Default::default);
+    if let Some(rate) = b.ingress_rate {
+        p.ingress_rate = rate;
+        p.ingress_burst = b.ingress_burst.unwrap_or(0);
+    }
+    if let Some(rate) = b.egress_rate {
+        p.egress_rate = rate;
+        p.egress_burst = b.egress_burst.unwrap_or(0);
     }
 }
 
@@ -112,23 +172,43 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
     ) -> Result<Response<pb::AllocateReply>, Status> {
         let r = req.into_inner();
         let pod = r.pod.unwrap_or_default();
+        let pod = PodRef {
+            namespace: pod.namespace,
+            name: pod.name,
+            uid: pod.uid,
+        };
+        let mut requested = Vec::with_capacity(r.requested_addresses.len());
+        for s in &r.requested_addresses {
+            let ip = s.trim().parse().map_err(|_| {
+                status_of(IpamError::RequestedAddress(format!(
+                    "requested address {s:?} is not an IPv4 address (no prefix length)"
+                )))
+            })?;
+            if !requested.contains(&ip) {
+                requested.push(ip);
+            }
+        }
+        let opts = self.pod_options(&pod).await?;
         let a = self
             .engine
             .allocate(AllocateArgs {
                 network: r.network,
                 container_id: r.container_id,
                 ifname: r.ifname,
-                pod: PodRef {
-                    namespace: pod.namespace,
-                    name: pod.name,
-                    uid: pod.uid,
-                },
+                pod,
+                requested,
+                sticky: opts.sticky,
+                annotated: opts.addresses,
             })
             .await
             .map_err(status_of)?;
+        let mut network = self.network_for(&a.network, &a.lease.pod);
+        if let Some(b) = &opts.bandwidth {
+            apply_pod_bandwidth(&mut network, b);
+        }
         Ok(Response::new(pb::AllocateReply {
             lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
-            network: Some(self.network_for(&a.network, &a.lease.pod)),
+            network: Some(network),
             existing: a.existing,
             sticky: a.lease.sticky,
         }))
@@ -165,10 +245,18 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .await
             .map_err(status_of)?
         {
-            Some(a) => Ok(Response::new(pb::CheckReply {
-                lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
-                network: Some(self.network_for(&a.network, &a.lease.pod)),
-            })),
+            Some(a) => {
+                // CHECK compares the pod's shaping with what ADD would give
+                // now: the bandwidth annotation is part of that.
+                let mut network = self.network_for(&a.network, &a.lease.pod);
+                if let Some(b) = self.pod_options(&a.lease.pod).await?.bandwidth {
+                    apply_pod_bandwidth(&mut network, &b);
+                }
+                Ok(Response::new(pb::CheckReply {
+                    lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
+                    network: Some(network),
+                }))
+            }
             None => Err(Status::not_found(format!(
                 "no lease for container {} ifname {} on network {}",
                 r.container_id, r.ifname, r.network

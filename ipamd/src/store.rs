@@ -80,6 +80,11 @@ pub trait LeaseStore: Send + Sync + 'static {
         identity: &Identity,
         identity_rev: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Every registered node's addresses, with the node's name: a
+    /// requested address must not be one of them.
+    fn node_addresses(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Ipv4Addr, String)>, StoreError>> + Send;
     /// `replace_lease`, but the new record is deleted by etcd itself after
     /// `ttl_secs` (a conflict quarantine, issue 4).
     fn replace_lease_expiring(
@@ -220,5 +225,9 @@ impl LeaseStore for Store {
         ttl_secs: u64,
     ) -> Result<Option<i64>, StoreError> {
         Store::replace_lease_for(self, lease, mod_revision, ttl_secs).await
+    }
+
+    async fn node_addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, StoreError> {
+        Store::node_addresses(self).await
     }
 }

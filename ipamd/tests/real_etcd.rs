@@ -384,3 +384,75 @@ async fn status_and_unknown_network_and_socket_mode() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ipamd"));
 }
+
+/// Requested addresses through the real daemons and etcd: several pods on
+/// two nodes ask for the same address at once and exactly one gets it, the
+/// others are refused with the typed status the plugin maps to code 107;
+/// a registered node's address is refused; a repeat is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_addresses_race_across_nodes_exactly_one_wins() {
+    let etcd = Etcd::start();
+    etcd.ctl(&["put", "/rackline/v1/networks/prod", NETWORK]);
+    etcd.ctl(&[
+        "put",
+        "/rackline/v1/nodes/n9",
+        r#"{"name":"n9","rack":"r1","addresses":["10.20.0.200"],"registeredUnixMs":0}"#,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = Ipamd::start("n1", &etcd, dir.path());
+    let n2 = Ipamd::start("n2", &etcd, dir.path());
+    for round in 0..10 {
+        let want = format!("10.20.1.{}", 10 + round);
+        let mut tasks = Vec::new();
+        for (i, d) in [&n1, &n2, &n1, &n2].into_iter().enumerate() {
+            let mut c = d.client().await;
+            let mut req = alloc_req(&format!("r{round}-{i}"));
+            req.requested_addresses = vec![want.clone()];
+            tasks.push(tokio::spawn(async move { c.allocate(req).await }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => won.push(r.into_inner().lease.unwrap().address),
+                Err(s) => {
+                    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+                    assert_eq!(
+                        s.metadata().get("rackline-error").map(|v| v.to_str().unwrap()),
+                        Some("requested-address"),
+                        "{s:?}"
+                    );
+                    assert!(s.message().contains(&want), "{}", s.message());
+                }
+            }
+        }
+        assert_eq!(won, vec![format!("{want}/22")], "round {round}");
+    }
+    let leases = check_invariants(&etcd);
+    assert_eq!(leases.len(), 10, "{leases:?}");
+
+    let mut c = n1.client().await;
+    // Idempotent per attachment: the winner's retry gets the same lease.
+    let holder = leases["10.20.1.10"]["containerId"].as_str().unwrap().to_string();
+    let node = leases["10.20.1.10"]["node"].as_str().unwrap().to_string();
+    let mut d = if node == "n1" { n1.client().await } else { n2.client().await };
+    let mut req = alloc_req(&holder);
+    req.requested_addresses = vec!["10.20.1.10".into()];
+    let again = d.allocate(req).await.unwrap().into_inner();
+    assert!(again.existing);
+    assert_eq!(again.lease.unwrap().address, "10.20.1.10/22");
+    // A registered node's address, an excluded one, one outside the subnet
+    // and a malformed one: refused, nothing written.
+    for (asked, needle) in [
+        ("10.20.0.200", "address of node \"n9\""),
+        ("10.20.0.5", "excluded"),
+        ("10.99.0.5", "outside"),
+        ("10.20.1.300", "not an IPv4 address"),
+    ] {
+        let mut req = alloc_req("refused");
+        req.requested_addresses = vec![asked.into()];
+        let s = c.allocate(req).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{asked}: {s:?}");
+        assert!(s.message().contains(needle), "{asked}: {}", s.message());
+    }
+    assert_eq!(check_invariants(&etcd).len(), 10);
+}

@@ -191,6 +191,11 @@ pub struct Identity {
     pub rack: Option<String>,
     #[serde(default)]
     pub created_unix_ms: i64,
+    /// Sticky because the pod asked (annotation `rackline.io/sticky:
+    /// "true"`), not because of the network's policy: on a network without
+    /// a sticky section its reservation is held for `DEFAULT_HOLD_SECS`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opt_in: bool,
 }
 
 impl Identity {

@@ -13,6 +13,7 @@ use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 mod blocks;
 mod election;
 mod identities;
+mod infra;
 mod leases;
 mod networks;
 mod nodes;

@@ -59,12 +59,18 @@ impl<S: LeaseStore> Engine<S> {
             .is_some_and(|m| m.matches(&a.pod.namespace, &a.pod.name))
     }
 
+    /// The network's policy or the pod's own annotation makes it sticky
+    /// (the annotation wins either way).
+    fn wants_sticky(net: &NetState, a: &AllocateArgs) -> bool {
+        a.sticky.unwrap_or_else(|| Self::policy_sticky(net, a))
+    }
+
     /// Whether this ADD must go through the identity path: the network's
     /// policy makes the pod sticky, or an identity record exists for it
     /// (operator pin, or a policy changed since).
     pub(super) fn maybe_sticky(&self, net: &NetState, a: &AllocateArgs) -> bool {
         !a.pod.name.is_empty()
-            && (Self::policy_sticky(net, a)
+            && (Self::wants_sticky(net, a)
                 || net.sticky_hint(&a.pod.namespace, &a.pod.name).is_some())
     }
 
@@ -103,7 +109,7 @@ impl<S: LeaseStore> Engine<S> {
                     unavailable_for_sticky(a, e)
                 })?;
             let Some(view) = view else {
-                if !Self::policy_sticky(net, a) {
+                if !Self::wants_sticky(net, a) {
                     return Ok(None);
                 }
                 return Ok(Some(Claim::Fresh(Identity {
@@ -114,6 +120,7 @@ impl<S: LeaseStore> Engine<S> {
                     pinned: false,
                     rack: self.rack.clone().filter(|_| net.is_racked()),
                     created_unix_ms: now_ms(),
+                    opt_in: a.sticky == Some(true) && !Self::policy_sticky(net, a),
                 })));
             };
             let ident = view.identity;
@@ -198,6 +205,16 @@ impl<S: LeaseStore> Engine<S> {
                     info!(network = %a.network, %ip, %rack, pod = %a.pod.display(), "sticky pod moved to another rack: old reservation dropped (cross-rack policy reallocate)");
                 }
                 continue;
+            }
+            if !a.requested.is_empty() && !a.requested.contains(&ip) {
+                return Err(IpamError::RequestedAddress(format!(
+                    "pod {} is sticky and its address is {ip}; it cannot be given {} instead (release the reservation first: `racklinectl reservation release {} {} {}`)",
+                    a.pod.display(),
+                    super::requested::list(&a.requested),
+                    a.network,
+                    ns,
+                    name
+                )));
             }
             // Same rack (or flat network): take the address over. The write
             // compares both records, so a concurrent claim, DEL or expiry
@@ -297,7 +314,13 @@ impl<S: LeaseStore> Engine<S> {
         let hold = if ident.identity.pinned {
             None
         } else {
-            let secs = spec.sticky.as_ref().map(|p| p.hold_secs).unwrap_or(0);
+            // A pod that opted in by annotation on a network without a
+            // sticky policy gets the default hold.
+            let secs = match spec.sticky.as_ref() {
+                Some(p) => p.hold_secs,
+                None if ident.identity.opt_in => rackline_model::sticky::DEFAULT_HOLD_SECS,
+                None => 0,
+            };
             if secs == 0 {
                 let done = self
                     .store

@@ -33,6 +33,8 @@ pub(super) struct FakeStore {
     pub(super) identities: Mutex<HashMap<(String, String, String), StoredIdentity>>,
     /// TTLs given to records by `replace_lease_expiring`.
     pub(super) ttls: Mutex<HashMap<(String, Ipv4Addr), u64>>,
+    /// Registered nodes' addresses (`node_addresses`).
+    pub(super) node_addrs: Mutex<Vec<(Ipv4Addr, String)>>,
 }
 
 impl FakeStore {
@@ -158,6 +160,11 @@ impl LeaseStore for Arc<FakeStore> {
                 .insert((lease.network.clone(), lease.address), ttl_secs);
         }
         Ok(r)
+    }
+
+    async fn node_addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, StoreError> {
+        self.check_down()?;
+        Ok(self.node_addrs.lock().unwrap().clone())
     }
 
     async fn replace_lease(
@@ -357,6 +364,7 @@ pub(super) fn args(cid: &str) -> AllocateArgs {
             name: cid.into(),
             uid: String::new(),
         },
+        ..Default::default()
     }
 }
 
@@ -561,4 +569,5 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 mod conflict;
 mod outage;
 mod racks;
+mod requested;
 mod sticky;

@@ -278,6 +278,7 @@ fn identity_for(network: &str, pod: &PodRef, ip: Ipv4Addr) -> Identity {
         pinned: false,
         rack: None,
         created_unix_ms: now_ms(),
+        opt_in: false,
     }
 }
 
