@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod install;
 pub mod journal;
 pub mod kube;
 pub mod netmaster;
