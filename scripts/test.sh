@@ -31,16 +31,19 @@ step install-deps bash scripts/install-deps.sh || exit 1
 sweep
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-# The VLAN test boots a VM with static rackline + rackline-ipamd (tests/netns/src/vm): built
-# here, in their own target dir and lean profile, so the test itself only checks they are
-# up to date and its time is visible.
+# The VLAN test boots a VM with static rackline + rackline-ipamd (tests/netns/src/vm), and the
+# OCI image holds every binary statically linked: built here once, in their own target dir and
+# lean profile, so the tests only check they are up to date and their time is visible.
 static_build() {
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile vm \
-        --target x86_64-unknown-linux-gnu -p rackline-cni -p rackline-ipamd --target-dir target/static
+        --target x86_64-unknown-linux-gnu -p rackline-cni -p rackline-ipamd -p rackline-netmaster \
+        --target-dir target/static
 }
 if step build cargo build --workspace --bins; then
     # Not a gate: if it fails, the VLAN test fails (it retries the build) and says why.
     step static-build static_build
+    # The image from those binaries (podman, FROM scratch); the install and runtime tests use it.
+    step image bash scripts/build-image.sh --profile vm
     if cargo nextest --version >/dev/null 2>&1; then
         step tests cargo nextest run --workspace --no-fail-fast
     else

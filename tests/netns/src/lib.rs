@@ -49,6 +49,7 @@ mod netns;
 mod networks;
 mod process;
 mod rack;
+pub mod runtimes;
 pub mod topology;
 pub mod vm;
 

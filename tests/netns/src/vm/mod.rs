@@ -370,7 +370,10 @@ pub fn static_bins() -> Result<(PathBuf, PathBuf, Option<Duration>)> {
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .args(["build", "--profile", "vm", "--target", TARGET])
-        .args(["-p", "rackline-cni", "-p", "rackline-ipamd", "--target-dir"])
+        // The same package set as scripts/test.sh's static-build step and
+        // scripts/build-image.sh: one build serves the VM and the image.
+        .args(["-p", "rackline-cni", "-p", "rackline-ipamd", "-p", "rackline-netmaster"])
+        .arg("--target-dir")
         .arg(&target_dir);
     let started = Instant::now();
     run(cmd, None, b"", Duration::from_secs(3600))?
