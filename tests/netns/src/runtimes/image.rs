@@ -39,12 +39,10 @@ pub fn ensure() -> Result<Image> {
 fn build() -> Result<Image> {
     let root = workspace_root();
     let mut cmd = Command::new("bash");
+    super::shell_build_env(&mut cmd);
     cmd.current_dir(&root)
         .arg("scripts/build-image.sh")
-        .args(["--profile", "vm"])
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS");
+        .args(["--profile", "vm"]);
     let out = run(cmd, None, b"", Duration::from_secs(3600))?.check()?;
     let summary = out
         .stdout

@@ -5,7 +5,7 @@
 //! the tests run exactly what `deploy/` says, not a copy of it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -248,6 +248,7 @@ pub fn write_host_file(ctx: &NodeContext, path: &str, content: &[u8]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn expansion_follows_the_kubelet() {

@@ -70,3 +70,25 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
 pub fn exec(cmd: Command, ns: Option<&Netns>, stdin: &[u8], timeout: Duration) -> Result<Output> {
     crate::process::run(cmd, ns, stdin, timeout)
 }
+
+/// Gives a nested `cargo build` the environment of a shell, not the test's: cargo runs tests
+/// with `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, … set, and build scripts (ring, cc) declare
+/// `rerun-if-env-changed` on those, so inheriting them would rebuild half the static target
+/// dir on every switch between `scripts/test.sh`'s build step and a test.
+pub fn shell_build_env(cmd: &mut Command) {
+    cmd.env_clear();
+    for k in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_BUILD_JOBS",
+        "TMPDIR",
+        "LANG",
+    ] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+}

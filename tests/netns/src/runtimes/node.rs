@@ -38,7 +38,7 @@ pub struct RuntimeNode {
     /// The rendered lab overlay.
     pub docs: Vec<Value>,
     /// ipamd containers started so far (names are unique per start).
-    starts: std::cell::Cell<u32>,
+    starts: std::sync::atomic::AtomicU32,
 }
 
 impl RuntimeNode {
@@ -122,7 +122,7 @@ impl RuntimeNode {
             podman,
             image,
             docs,
-            starts: std::cell::Cell::new(0),
+            starts: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -159,8 +159,10 @@ impl RuntimeNode {
 
     /// Starts the ipamd container (detached) and waits for its socket.
     pub fn start_ipamd(&self) -> Result<String> {
-        let n = self.starts.get() + 1;
-        self.starts.set(n);
+        let n = self
+            .starts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let name = format!("{IPAMD}-{n}");
         let mut args = vec!["run".to_string(), "-d".to_string(), "--name".to_string(), name.clone()];
         args.extend(self.run_args("ipamd", &[])?);

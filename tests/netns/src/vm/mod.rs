@@ -365,10 +365,10 @@ pub fn static_bins() -> Result<(PathBuf, PathBuf, Option<Duration>)> {
     let target_dir = root.join("target/static");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // A shell's environment: the test's CARGO_* variables would make build scripts rerun.
+    crate::runtimes::shell_build_env(&mut cmd);
     cmd.current_dir(&root)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
         .args(["build", "--profile", "vm", "--target", TARGET])
         // The same package set as scripts/test.sh's static-build step and
         // scripts/build-image.sh: one build serves the VM and the image.
