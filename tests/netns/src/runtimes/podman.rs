@@ -39,7 +39,9 @@ impl Podman {
         require("podman", "podman")?;
         require("conmon", "conmon")?;
         let runc = require("runc", "runc")?;
-        for d in ["root", "run", "tmp", "volumes", "libpod"] {
+        // libpod's database and volumes default to the graph root (private); setting
+        // static_dir elsewhere made every `podman run` wait ~20 s here.
+        for d in ["root", "run", "tmp"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
         let conf = dir.join("containers.conf");
@@ -55,8 +57,6 @@ cgroup_manager = "cgroupfs"
 events_logger = "none"
 runtime = "runc"
 tmp_dir = "{tmp}"
-static_dir = "{libpod}"
-volume_path = "{volumes}"
 
 [engine.runtimes]
 runc = ["{runc}"]
@@ -68,8 +68,6 @@ network_config_dir = "{netconf}"
 default_network = "{default_network}"
 "#,
                 tmp = dir.join("tmp").display(),
-                libpod = dir.join("libpod").display(),
-                volumes = dir.join("volumes").display(),
                 runc = runc.display(),
                 bin = cni_bin.display(),
                 netconf = cni_conf.display(),
