@@ -476,7 +476,9 @@ impl NetState {
         } else if ip == subnet.network() || ip == subnet.broadcast() {
             format!("{ip} is the network or broadcast address of {subnet}")
         } else if g.rack.is_some() {
-            format!("{ip} is not in {whose}'s ranges of network {name:?} (excluded, or another rack's)")
+            format!(
+                "{ip} is not in {whose}'s ranges of network {name:?} (excluded, or another rack's)"
+            )
         } else {
             format!("{ip} is excluded from network {name:?}")
         })

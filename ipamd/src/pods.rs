@@ -233,7 +233,10 @@ mod tests {
             &ann(&[
                 (ANNOTATION_IP, "10.10.0.70, 10.20.0.70,10.10.0.70"),
                 (ANNOTATION_STICKY, "true"),
-                (ANNOTATION_BANDWIDTH, "ingress=10M,egress-burst=1M,egress=20M"),
+                (
+                    ANNOTATION_BANDWIDTH,
+                    "ingress=10M,egress-burst=1M,egress=20M",
+                ),
                 ("kubernetes.io/ingress-bandwidth", "5M"),
             ]),
         )
@@ -269,7 +272,9 @@ mod tests {
             (ANNOTATION_BANDWIDTH, "ingress=fast", "bandwidth"),
             (ANNOTATION_BANDWIDTH, "egress-burst=1M", "burst"),
         ] {
-            let e = parse("shop/web-0", &ann(&[(k, v)])).unwrap_err().to_string();
+            let e = parse("shop/web-0", &ann(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(k) && e.contains("shop/web-0"), "{e}");
             assert!(e.contains(needle), "{k}={v}: {e}");
         }

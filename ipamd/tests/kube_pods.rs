@@ -111,7 +111,10 @@ async fn wait_cached(cache: &PodCache) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "the pod watch never filled the cache");
+        assert!(
+            Instant::now() < deadline,
+            "the pod watch never filled the cache"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -123,7 +126,10 @@ fn ips(s: &[&str]) -> Vec<std::net::Ipv4Addr> {
 #[tokio::test]
 async fn the_cached_watch_serves_annotations_and_reads_what_it_lacks() {
     let srv = serve(HashMap::from([
-        ("/api/v1/namespaces/shop/pods/late", include_str!("fixtures/pod-late.json")),
+        (
+            "/api/v1/namespaces/shop/pods/late",
+            include_str!("fixtures/pod-late.json"),
+        ),
         (
             "/api/v1/namespaces/shop/pods/web-0",
             include_str!("fixtures/pod-web-0-new-incarnation.json"),
@@ -163,7 +169,10 @@ async fn the_cached_watch_serves_annotations_and_reads_what_it_lacks() {
     // The cached web-0 is another incarnation than the one asked for: the
     // direct read finds yet another UID, so the asking pod is gone.
     assert_eq!(
-        cache.options("shop", "web-0", "uid-web-0-third").await.unwrap(),
+        cache
+            .options("shop", "web-0", "uid-web-0-third")
+            .await
+            .unwrap(),
         PodOptions::default()
     );
     // ...but the read one is used when its UID matches.
@@ -215,13 +224,10 @@ async fn annotations_drive_allocation_through_the_service() {
     let (cache, task) = PodCache::start(client(srv.addr), "node-a", shutdown.clone());
     wait_cached(&cache).await;
 
-    let store = rackline_store::Store::connect(
-        &[etcd.endpoint()],
-        "/rackline",
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
+    let store =
+        rackline_store::Store::connect(&[etcd.endpoint()], "/rackline", Duration::from_secs(2))
+            .await
+            .unwrap();
     let engine = Arc::new(Engine::new(
         "node-a".into(),
         store.keys().clone(),
@@ -272,7 +278,10 @@ async fn annotations_drive_allocation_through_the_service() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(c.network.unwrap().qos_policy.unwrap().ingress_rate, 10_000_000);
+    assert_eq!(
+        c.network.unwrap().qos_policy.unwrap().ingress_rate,
+        10_000_000
+    );
     // A pod without annotations: any address, not sticky, no policy level.
     let r = svc
         .allocate(req("shop", "plain", "uid-plain", "c-plain"))

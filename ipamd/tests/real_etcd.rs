@@ -417,7 +417,9 @@ async fn requested_addresses_race_across_nodes_exactly_one_wins() {
                 Err(s) => {
                     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
                     assert_eq!(
-                        s.metadata().get("rackline-error").map(|v| v.to_str().unwrap()),
+                        s.metadata()
+                            .get("rackline-error")
+                            .map(|v| v.to_str().unwrap()),
                         Some("requested-address"),
                         "{s:?}"
                     );
@@ -432,9 +434,16 @@ async fn requested_addresses_race_across_nodes_exactly_one_wins() {
 
     let mut c = n1.client().await;
     // Idempotent per attachment: the winner's retry gets the same lease.
-    let holder = leases["10.20.1.10"]["containerId"].as_str().unwrap().to_string();
+    let holder = leases["10.20.1.10"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let node = leases["10.20.1.10"]["node"].as_str().unwrap().to_string();
-    let mut d = if node == "n1" { n1.client().await } else { n2.client().await };
+    let mut d = if node == "n1" {
+        n1.client().await
+    } else {
+        n2.client().await
+    };
     let mut req = alloc_req(&holder);
     req.requested_addresses = vec!["10.20.1.10".into()];
     let again = d.allocate(req).await.unwrap().into_inner();

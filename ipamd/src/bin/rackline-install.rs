@@ -14,13 +14,25 @@ use rackline_ipamd::install::{self, Plan, DEFAULT_CONFLIST, DEFAULT_CONFLIST_NAM
 )]
 struct Args {
     /// The plugin binary to install.
-    #[arg(long, env = "RACKLINE_PLUGIN", default_value = "/usr/local/bin/rackline")]
+    #[arg(
+        long,
+        env = "RACKLINE_PLUGIN",
+        default_value = "/usr/local/bin/rackline"
+    )]
     plugin: PathBuf,
     /// The host's CNI binary directory, as mounted in this container.
-    #[arg(long, env = "RACKLINE_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    #[arg(
+        long,
+        env = "RACKLINE_CNI_BIN_DIR",
+        default_value = "/host/opt/cni/bin"
+    )]
     cni_bin_dir: PathBuf,
     /// The host's CNI configuration directory, as mounted in this container.
-    #[arg(long, env = "RACKLINE_CNI_CONF_DIR", default_value = "/host/etc/cni/net.d")]
+    #[arg(
+        long,
+        env = "RACKLINE_CNI_CONF_DIR",
+        default_value = "/host/etc/cni/net.d"
+    )]
     cni_conf_dir: PathBuf,
     /// The conflist to install (default: the one built into the binary,
     /// conf/10-rackline.conflist).

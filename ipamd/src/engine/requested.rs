@@ -168,7 +168,10 @@ impl<S: LeaseStore> Engine<S> {
                 if held.lease.is_standby() && held.lease.node == self.node {
                     return self.take_own_standby(net, lease, held, identity).await;
                 }
-                return Ok(Try::Refused(format!("{ip} is {}", describe_holder(&held.lease))));
+                return Ok(Try::Refused(format!(
+                    "{ip} is {}",
+                    describe_holder(&held.lease)
+                )));
             }
             let Some(pick) = net.pick_exact(ip) else {
                 return Ok(Try::Refused(format!(

@@ -55,7 +55,10 @@ async fn gives_the_requested_address_and_is_idempotent_per_attachment() {
     assert_eq!(b.lease.address, ip("10.0.0.90"));
     // Ordinary allocations never take a requested-then-released address
     // while it is held, and get it back after release.
-    assert_eq!(e.release("prod", "c1", "eth0").await.unwrap(), vec![ip("10.0.0.77")]);
+    assert_eq!(
+        e.release("prod", "c1", "eth0").await.unwrap(),
+        vec![ip("10.0.0.77")]
+    );
     let c = e.allocate(want("c3", &["10.0.0.77"])).await.unwrap();
     assert_eq!(c.lease.address, ip("10.0.0.77"));
     assert_no_duplicates(&store);
@@ -203,7 +206,10 @@ async fn sticky_pods_get_their_reservation_or_a_requested_fresh_one() {
         })
         .await,
     );
-    assert!(m.contains("reserved for the sticky pod default/db-0"), "{m}");
+    assert!(
+        m.contains("reserved for the sticky pod default/db-0"),
+        "{m}"
+    );
     // db-0 again asking for its own address: re-activated.
     let b = e
         .allocate(AllocateArgs {
@@ -242,8 +248,11 @@ async fn annotation_opt_in_makes_a_pod_sticky_and_opt_out_overrides_the_policy()
         .await
         .unwrap();
     assert!(a.lease.sticky);
-    let ident = store.identities.lock().unwrap()
-        [&("prod".to_string(), "default".to_string(), "db-0".to_string())]
+    let ident = store.identities.lock().unwrap()[&(
+        "prod".to_string(),
+        "default".to_string(),
+        "db-0".to_string(),
+    )]
         .identity
         .clone();
     assert!(ident.opt_in);

@@ -43,7 +43,9 @@ fn manifests_render_and_validate_strictly_on_the_oldest_and_newest_kubernetes() 
     let built = image::ensure()?;
     for overlay in RENDERED {
         let yaml = image::render(overlay)?;
-        let file = dir.path().join(format!("{}.yaml", overlay.replace('/', "-")));
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", overlay.replace('/', "-")));
         std::fs::write(&file, &yaml)?;
         for v in [OLDEST, NEWEST] {
             let out = validate(&file, v)?;
@@ -74,7 +76,10 @@ fn manifests_render_and_validate_strictly_on_the_oldest_and_newest_kubernetes() 
                 rackline += 1;
             }
         }
-        ensure!(rackline == 3, "deploy/{overlay}: {rackline} Rackline containers");
+        ensure!(
+            rackline == 3,
+            "deploy/{overlay}: {rackline} Rackline containers"
+        );
     }
     // The built archive really holds that tag.
     let mut tar = Command::new("tar");
@@ -100,7 +105,10 @@ fn manifests_render_and_validate_strictly_on_the_oldest_and_newest_kubernetes() 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        image::render("base")?.replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrk: true"),
+        image::render("base")?.replace(
+            "hostNetwork: true",
+            "hostNetwork: true\n      hostNetwrk: true",
+        ),
     )?;
     let out = validate(&bad, OLDEST)?;
     ensure!(
@@ -147,7 +155,13 @@ fn the_daemonset_deployment_and_rbac_say_what_the_docs_promise() -> Result<()> {
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
     ensure!(
-        host_paths == ["/opt/cni/bin", "/etc/cni/net.d", "/run/rackline", "/var/lib/rackline"],
+        host_paths
+            == [
+                "/opt/cni/bin",
+                "/etc/cni/net.d",
+                "/run/rackline",
+                "/var/lib/rackline"
+            ],
         "{host_paths:?}"
     );
 
@@ -178,7 +192,11 @@ fn the_daemonset_deployment_and_rbac_say_what_the_docs_promise() -> Result<()> {
     for r in role["rules"].as_array().into_iter().flatten() {
         for res in r["resources"].as_array().into_iter().flatten() {
             for verb in r["verbs"].as_array().into_iter().flatten() {
-                rules.push(format!("{}:{}", res.as_str().unwrap(), verb.as_str().unwrap()));
+                rules.push(format!(
+                    "{}:{}",
+                    res.as_str().unwrap(),
+                    verb.as_str().unwrap()
+                ));
             }
         }
     }
@@ -209,7 +227,12 @@ fn the_daemonset_deployment_and_rbac_say_what_the_docs_promise() -> Result<()> {
         .filter_map(|v| v["secret"]["secretName"].as_str())
         .collect();
     ensure!(
-        secrets == ["rackline-etcd-client", "rackline-netmaster-tls", "rackline-ipamd-token"],
+        secrets
+            == [
+                "rackline-etcd-client",
+                "rackline-netmaster-tls",
+                "rackline-ipamd-token"
+            ],
         "{secrets:?}"
     );
     Ok(())
@@ -229,7 +252,12 @@ fn the_image_holds_every_binary_statically_linked_and_is_small() -> Result<()> {
         .stdout
         .trim()
         .parse()?;
-    println!("image {}: {} KiB ({})", built.tag, size / 1024, built.summary);
+    println!(
+        "image {}: {} KiB ({})",
+        built.tag,
+        size / 1024,
+        built.summary
+    );
     ensure!(size < 48 << 20, "image is {size} bytes: too big");
     // Each binary runs in the scratch image (static: there is no libc in it).
     for (bin, arg, needle) in [
@@ -314,9 +342,12 @@ fn the_installer_from_the_image_is_atomic_idempotent_and_safe_during_an_add() ->
         "{}",
         first.stdout
     );
-    let static_plugin = runtimes::workspace_root()
-        .join("target/static/x86_64-unknown-linux-gnu/vm/rackline");
-    ensure!(std::fs::read(&bin)? == std::fs::read(&static_plugin)?, "installed plugin differs from the built one");
+    let static_plugin =
+        runtimes::workspace_root().join("target/static/x86_64-unknown-linux-gnu/vm/rackline");
+    ensure!(
+        std::fs::read(&bin)? == std::fs::read(&static_plugin)?,
+        "installed plugin differs from the built one"
+    );
     ensure!(std::fs::metadata(&bin)?.permissions().mode() & 0o7777 == 0o755);
     let wanted = &node.ctx.config_maps["rackline-cni"]["10-rackline.conflist"];
     ensure!(&std::fs::read_to_string(&conf)? == wanted);
@@ -355,15 +386,28 @@ fn the_installer_from_the_image_is_atomic_idempotent_and_safe_during_an_add() ->
                 .env("CNI_IFNAME", "eth0")
                 .env("CNI_NETNS", pod_ns.netns_path())
                 .env("CNI_PATH", node.cni_bin())
-                .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=during-install");
-            runtimes::exec(cmd, Some(&node.netns), netconf.as_bytes(), Duration::from_secs(60))
+                .env(
+                    "CNI_ARGS",
+                    "K8S_POD_NAMESPACE=default;K8S_POD_NAME=during-install",
+                );
+            runtimes::exec(
+                cmd,
+                Some(&node.netns),
+                netconf.as_bytes(),
+                Duration::from_secs(60),
+            )
         });
         let execs = s.spawn(|| -> Result<usize> {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut cmd = Command::new(&bin);
                 cmd.env_clear().env("CNI_COMMAND", "VERSION");
-                let out = runtimes::exec(cmd, None, b"{\"cniVersion\":\"1.0.0\"}", Duration::from_secs(30))?;
+                let out = runtimes::exec(
+                    cmd,
+                    None,
+                    b"{\"cniVersion\":\"1.0.0\"}",
+                    Duration::from_secs(30),
+                )?;
                 if !out.success() || !out.stdout.contains("supportedVersions") {
                     bail!("exec #{n} of the plugin during the install failed: {out:?}");
                 }
@@ -389,11 +433,18 @@ fn the_installer_from_the_image_is_atomic_idempotent_and_safe_during_an_add() ->
     let err: Value = serde_json::from_str(add.stdout.trim())
         .with_context(|| format!("ADD output is not CNI JSON: {add:?}"))?;
     ensure!(err["code"] == 11, "the running ADD ended with {err}");
-    ensure!(std::fs::read(&bin)? == std::fs::read(&newer)?, "the newer plugin is not in place");
+    ensure!(
+        std::fs::read(&bin)? == std::fs::read(&newer)?,
+        "the newer plugin is not in place"
+    );
     ensure!(std::fs::metadata(&bin)?.ino() != inode);
     // No temporary left in either directory (podman keeps its own cni.lock next to the
     // conflist; nothing else is there).
-    ensure!(tree(&node.cni_bin())? == ["rackline"], "{:?}", tree(&node.cni_bin())?);
+    ensure!(
+        tree(&node.cni_bin())? == ["rackline"],
+        "{:?}",
+        tree(&node.cni_bin())?
+    );
     let confs: Vec<String> = tree(&node.cni_conf())?
         .into_iter()
         .filter(|n| n != "cni.lock")
@@ -403,13 +454,23 @@ fn the_installer_from_the_image_is_atomic_idempotent_and_safe_during_an_add() ->
     // A broken ConfigMap is refused and leaves the host as it was.
     let before = std::fs::read(&conf)?;
     let bad = dir.path().join("bad.conflist");
-    std::fs::write(&bad, "{\"cniVersion\":\"1.0.0\",\"name\":\"x\",\"plugins\":[]}")?;
+    std::fs::write(
+        &bad,
+        "{\"cniVersion\":\"1.0.0\",\"name\":\"x\",\"plugins\":[]}",
+    )?;
     let out = node.install(&[
         "--volume".into(),
-        format!("{}:/etc/rackline/cni/10-rackline.conflist:ro", bad.display()),
+        format!(
+            "{}:/etc/rackline/cni/10-rackline.conflist:ro",
+            bad.display()
+        ),
     ])?;
     ensure!(!out.success(), "a conflist without rackline was installed");
-    ensure!(out.stderr.contains("no plugin of type \"rackline\""), "{}", out.stderr);
+    ensure!(
+        out.stderr.contains("no plugin of type \"rackline\""),
+        "{}",
+        out.stderr
+    );
     ensure!(std::fs::read(&conf)? == before);
     node.podman.clean()?;
     ensure!(node.podman.containers()?.is_empty());

@@ -159,9 +159,15 @@ fn containerd_cri_pods_on_a_node_running_the_daemonset() -> Result<()> {
     ensure!(l[0]["pod"]["namespace"] == "default" && l[0]["pod"]["name"] == "web-1");
     ensure!(l[0]["pod"]["uid"] == "uid-web-1");
     let egress = nsenter(&web_ns, &["tc", "qdisc", "show", "dev", "eth0"])?;
-    ensure!(egress.contains("tbf") && egress.contains("rate 20Mbit"), "egress: {egress}");
+    ensure!(
+        egress.contains("tbf") && egress.contains("rate 20Mbit"),
+        "egress: {egress}"
+    );
     let ingress = nsenter(&web_ns, &["tc", "qdisc", "show", "dev", "rlifb-eth0"])?;
-    ensure!(ingress.contains("tbf") && ingress.contains("rate 10Mbit"), "ingress: {ingress}");
+    ensure!(
+        ingress.contains("tbf") && ingress.contains("rate 10Mbit"),
+        "ingress: {ingress}"
+    );
     // One container-side interface besides lo: eth0 (and the node veth's pod end).
     let links = nsenter(&web_ns, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"])?;
     ensure!(links.contains(&format!("{web_ip}/")), "{links}");
@@ -183,9 +189,15 @@ fn containerd_cri_pods_on_a_node_running_the_daemonset() -> Result<()> {
         .into_iter()
         .filter(|l| l["address"] == db_ip.to_string())
         .collect();
-    ensure!(held.len() == 1 && held[0]["state"] == "reserved", "{held:?}");
+    ensure!(
+        held.len() == 1 && held[0]["state"] == "reserved",
+        "{held:?}"
+    );
     let (db2, db_ip2, _) = run_checked(&mut n, &PodDef::new("default", "db-0", "uid-db-b"))?;
-    ensure!(db_ip2 == db_ip, "sticky db-0 came back with {db_ip2}, not {db_ip}");
+    ensure!(
+        db_ip2 == db_ip,
+        "sticky db-0 came back with {db_ip2}, not {db_ip}"
+    );
     n.cri().stop(&db2)?;
     n.cri().remove(&db2)?;
 
@@ -226,7 +238,12 @@ fn containerd_cri_pods_on_a_node_running_the_daemonset() -> Result<()> {
     Ok(())
 }
 
-fn podman_run(node: &RuntimeNode, rootfs: &Path, opts: &[&str], cmd: &[&str]) -> Result<runtimes::Output> {
+fn podman_run(
+    node: &RuntimeNode,
+    rootfs: &Path,
+    opts: &[&str],
+    cmd: &[&str],
+) -> Result<runtimes::Output> {
     // Every option before --rootfs: after it they would be the command, and podman would fall
     // back to its default network.
     let mut argv: Vec<String> = vec!["run".into(), "--network".into(), CNI_NETWORK.into()];
@@ -258,27 +275,60 @@ fn podman_cni_backend_on_a_node_running_the_daemonset() -> Result<()> {
     let ipamd = node.start_ipamd()?;
     let rootfs = busybox_rootfs(dir.path())?;
     let name = node.node_name.clone();
-    let diag = || format!("--- ipamd:\n{}\n--- plugin:\n{}", node.logs(&ipamd), node.plugin_log());
+    let diag = || {
+        format!(
+            "--- ipamd:\n{}\n--- plugin:\n{}",
+            node.logs(&ipamd),
+            node.plugin_log()
+        )
+    };
 
     // podman run --rm: an address from the rack, released when the container ends.
-    let out = podman_run(&node, &rootfs, &["--rm"], &["/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let out = podman_run(
+        &node,
+        &rootfs,
+        &["--rm"],
+        &["/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+    )?;
     ensure!(out.success(), "{out:?}\n{}", diag());
     let ip = inet_of(&out.stdout)?;
     ensure!(in_pool(ip), "{ip}");
-    ensure!(active_leases(&lab, &name)?.is_empty(), "lease kept after --rm");
+    ensure!(
+        active_leases(&lab, &name)?.is_empty(),
+        "lease kept after --rm"
+    );
 
     // --ip: the requested address, or a clear refusal.
-    let out = podman_run(&node, &rootfs, &["--rm", "--ip", "10.10.0.200"], &["/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let out = podman_run(
+        &node,
+        &rootfs,
+        &["--rm", "--ip", "10.10.0.200"],
+        &["/bin/ip", "-4", "-o", "addr", "show", "dev", "eth0"],
+    )?;
     ensure!(out.success(), "{out:?}\n{}", diag());
-    ensure!(inet_of(&out.stdout)? == Ipv4Addr::new(10, 10, 0, 200), "{}", out.stdout);
-    let out = podman_run(&node, &rootfs, &["--rm", "--ip", "10.10.0.5"], &["/bin/true"])?;
+    ensure!(
+        inet_of(&out.stdout)? == Ipv4Addr::new(10, 10, 0, 200),
+        "{}",
+        out.stdout
+    );
+    let out = podman_run(
+        &node,
+        &rootfs,
+        &["--rm", "--ip", "10.10.0.5"],
+        &["/bin/true"],
+    )?;
     ensure!(!out.success(), "an excluded address was given: {out:?}");
     ensure!(out.stderr.contains("requested address"), "{}", out.stderr);
 
     // podman network reload x50 on a running container (DEL, then ADD with the stored
     // result's container interface): always exactly one lease, for eth0, holding the address
     // the container has now (without --ip the re-ADD may take another address), none leaked.
-    let out = podman_run(&node, &rootfs, &["-d", "--name", "reload-me"], &["/bin/sleep", "600"])?;
+    let out = podman_run(
+        &node,
+        &rootfs,
+        &["-d", "--name", "reload-me"],
+        &["/bin/sleep", "600"],
+    )?;
     ensure!(out.success(), "{out:?}\n{}", diag());
     let id = out.stdout.trim().to_string();
     let current = || -> Result<String> {
@@ -305,7 +355,10 @@ fn podman_cni_backend_on_a_node_running_the_daemonset() -> Result<()> {
                 "after reload #{i} the container has {now}; its leases: {l:?}"
             );
             let all = active_leases(&lab, &name)?;
-            ensure!(all.len() == 1, "after reload #{i}: leases of the node: {all:?}");
+            ensure!(
+                all.len() == 1,
+                "after reload #{i}: leases of the node: {all:?}"
+            );
         }
     }
     let leases = active_leases(&lab, &name)?;
@@ -368,7 +421,9 @@ fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
             n.node.stop_ipamd(&old)?;
             names.push(n.node.start_ipamd()?);
         }
-        creator.join().map_err(|_| anyhow::anyhow!("creator panicked"))??;
+        creator
+            .join()
+            .map_err(|_| anyhow::anyhow!("creator panicked"))??;
         Ok(names)
     })?;
     n.ipamd = restarts.last().unwrap().clone();
@@ -396,7 +451,10 @@ fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
         .collect::<Result<_>>()?;
     for (id, ip) in &ids {
         let l = &by_id[id];
-        ensure!(l.len() == 1 && l[0]["address"] == ip.to_string(), "{id}: {l:?}");
+        ensure!(
+            l.len() == 1 && l[0]["address"] == ip.to_string(),
+            "{id}: {l:?}"
+        );
         ensure!(addrs.insert(*ip), "{ip} twice");
     }
     ensure!(active_leases(&lab, &node_name)?.len() == PODS);

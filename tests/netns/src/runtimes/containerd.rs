@@ -41,7 +41,11 @@ pub fn build_pause_archive(dir: &Path, podman: &Podman) -> Result<PathBuf> {
     run(cc, None, b"", Duration::from_secs(120))?.check()?;
     let tar = work.join("rootfs.tar");
     let mut t = Command::new("tar");
-    t.arg("-C").arg(work.join("rootfs")).arg("-cf").arg(&tar).arg("pause");
+    t.arg("-C")
+        .arg(work.join("rootfs"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg("pause");
     run(t, None, b"", Duration::from_secs(60))?.check()?;
     podman.ok(&[
         "import",
@@ -157,11 +161,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             d.ensure_running()?;
-            if self.socket.exists()
-                && self
-                    .ctr(&["version"])
-                    .map(|o| o.success())
-                    .unwrap_or(false)
+            if self.socket.exists() && self.ctr(&["version"]).map(|o| o.success()).unwrap_or(false)
             {
                 break;
             }
@@ -192,7 +192,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     /// `ctr --address <socket> -n k8s.io <args>` (the CRI namespace).
     pub fn ctr(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&self.socket).args(["-n", "k8s.io"]).args(args);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io"])
+            .args(args);
         run(cmd, Some(&self.netns), b"", Duration::from_secs(120))
     }
 

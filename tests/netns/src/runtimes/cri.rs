@@ -90,7 +90,11 @@ impl Cri {
         })
     }
 
-    fn call<T, F>(&mut self, what: &str, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> Result<T>
+    fn call<T, F>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T>
     where
         F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {

@@ -70,7 +70,9 @@ pub fn render(dir: &str) -> Result<String> {
     let mut cmd = Command::new(kubectl);
     cmd.arg("kustomize")
         .arg(workspace_root().join("deploy").join(dir));
-    Ok(run(cmd, None, b"", Duration::from_secs(60))?.check()?.stdout)
+    Ok(run(cmd, None, b"", Duration::from_secs(60))?
+        .check()?
+        .stdout)
 }
 
 /// The documents of a YAML stream as JSON (PyYAML, installed with kubernetes-validate).
@@ -82,7 +84,9 @@ pub fn yaml_to_json(yaml: &str) -> Result<Vec<Value>> {
     ]);
     let out = run(cmd, None, yaml.as_bytes(), Duration::from_secs(60))?
         .check()
-        .context("python3 with PyYAML (pip install kubernetes-validate; scripts/install-deps.sh)")?;
+        .context(
+            "python3 with PyYAML (pip install kubernetes-validate; scripts/install-deps.sh)",
+        )?;
     let v: Value = serde_json::from_str(&out.stdout)?;
     Ok(v.as_array().cloned().unwrap_or_default())
 }

@@ -45,7 +45,13 @@ pub fn config_maps(docs: &[Value]) -> BTreeMap<String, BTreeMap<String, String>>
                         .collect()
                 })
                 .unwrap_or_default();
-            (d["metadata"]["name"].as_str().unwrap_or_default().to_string(), data)
+            (
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                data,
+            )
         })
         .collect()
 }
@@ -142,7 +148,12 @@ pub fn podman_run_args(
     if pod_spec["hostNetwork"] != true {
         bail!("the pod template is not hostNetwork: only host-network pods are emulated");
     }
-    let mut a: Vec<String> = vec!["--network".into(), "host".into(), "--pull".into(), "never".into()];
+    let mut a: Vec<String> = vec![
+        "--network".into(),
+        "host".into(),
+        "--pull".into(),
+        "never".into(),
+    ];
     let env = environment(container, ctx)?;
     let vars: BTreeMap<String, String> = ctx
         .service_env
@@ -180,7 +191,9 @@ pub fn podman_run_args(
     let volumes = pod_spec["volumes"].as_array().cloned().unwrap_or_default();
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
         let vname = m["name"].as_str().unwrap_or_default();
-        let path = m["mountPath"].as_str().context("volumeMount without mountPath")?;
+        let path = m["mountPath"]
+            .as_str()
+            .context("volumeMount without mountPath")?;
         let v = volumes
             .iter()
             .find(|v| v["name"] == vname)
@@ -269,6 +282,9 @@ mod tests {
             config_maps: BTreeMap::new(),
             scratch: Path::new("/tmp/s").into(),
         };
-        assert_eq!(ctx.host_path("/run/rackline"), Path::new("/tmp/r/run/rackline"));
+        assert_eq!(
+            ctx.host_path("/run/rackline"),
+            Path::new("/tmp/r/run/rackline")
+        );
     }
 }

@@ -71,7 +71,10 @@ impl RuntimeNode {
             .get_mut("10-rackline.conflist")
             .context("rackline-cni has no 10-rackline.conflist")?;
         for (from, to) in [
-            (SOCKET.to_string(), ctx0.host_path(SOCKET).display().to_string()),
+            (
+                SOCKET.to_string(),
+                ctx0.host_path(SOCKET).display().to_string(),
+            ),
             (
                 "/var/log/rackline.log".to_string(),
                 dir.join("plugin.log").display().to_string(),
@@ -164,7 +167,12 @@ impl RuntimeNode {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
         let name = format!("{IPAMD}-{n}");
-        let mut args = vec!["run".to_string(), "-d".to_string(), "--name".to_string(), name.clone()];
+        let mut args = vec![
+            "run".to_string(),
+            "-d".to_string(),
+            "--name".to_string(),
+            name.clone(),
+        ];
         args.extend(self.run_args("ipamd", &[])?);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         self.podman.ok(&argv)?;

@@ -86,13 +86,22 @@ default_network = "{default_network}"
         std::fs::write(&registries, "")?;
         let env = vec![
             ("CONTAINERS_CONF".into(), conf.display().to_string()),
-            ("CONTAINERS_STORAGE_CONF".into(), storage.display().to_string()),
+            (
+                "CONTAINERS_STORAGE_CONF".into(),
+                storage.display().to_string(),
+            ),
             (
                 "CONTAINERS_REGISTRIES_CONF".into(),
                 registries.display().to_string(),
             ),
-            ("XDG_RUNTIME_DIR".into(), dir.join("tmp").display().to_string()),
-            ("XDG_CONFIG_HOME".into(), dir.join("tmp").display().to_string()),
+            (
+                "XDG_RUNTIME_DIR".into(),
+                dir.join("tmp").display().to_string(),
+            ),
+            (
+                "XDG_CONFIG_HOME".into(),
+                dir.join("tmp").display().to_string(),
+            ),
         ];
         Ok(Self {
             dir: dir.to_owned(),

@@ -372,7 +372,14 @@ pub fn static_bins() -> Result<(PathBuf, PathBuf, Option<Duration>)> {
         .args(["build", "--profile", "vm", "--target", TARGET])
         // The same package set as scripts/test.sh's static-build step and
         // scripts/build-image.sh: one build serves the VM and the image.
-        .args(["-p", "rackline-cni", "-p", "rackline-ipamd", "-p", "rackline-netmaster"])
+        .args([
+            "-p",
+            "rackline-cni",
+            "-p",
+            "rackline-ipamd",
+            "-p",
+            "rackline-netmaster",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     let started = Instant::now();
