@@ -85,9 +85,10 @@ pub fn validate_conflist(text: &str, origin: &str) -> Result<(), InstallError> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
     for key in ["cniVersion", "name"] {
-        if !v
-            .get(key)
-            .is_some_and(|x| x.as_str().is_some_and(|s| !s.is_empty()))
+        if v.get(key)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .is_empty()
         {
             return Err(bad(format!("{key:?} missing or not a non-empty string")));
         }
