@@ -466,3 +466,36 @@ fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
     ensure!(active_leases(&lab, &node_name)?.is_empty());
     Ok(())
 }
+
+/// The DaemonSet's probes: ipamd from the image answers `/healthz` and `/readyz` on the
+/// node's address, port 9641 (`RACKLINE_METRICS_LISTEN=$(NODE_IP):9641`), where the kubelet
+/// probes a host-network pod.
+#[test]
+fn the_daemonset_probes_answer_on_the_nodes_metrics_port() -> Result<()> {
+    check_root()?;
+    let lab = Lab::builder().nodes(1).build()?;
+    let dir = tempfile::tempdir()?;
+    let node = RuntimeNode::prepare(&lab, 1, dir.path())?;
+    let ipamd = node.start_ipamd()?;
+    let busybox = runtimes::require("busybox", "busybox-static")?;
+    for path in ["/healthz", "/readyz"] {
+        let url = format!("http://{}:9641{path}", node.node_ip);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut cmd = Command::new(&busybox);
+            cmd.args(["wget", "-q", "-T", "2", "-O", "-", &url]);
+            let out = runtimes::exec(cmd, Some(&node.netns), b"", Duration::from_secs(10))?;
+            if out.success() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{url} does not answer 200: {out:?}\n{}",
+                node.logs(&ipamd)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    node.stop_ipamd(&ipamd)?;
+    Ok(())
+}
