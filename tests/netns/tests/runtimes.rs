@@ -179,6 +179,30 @@ fn containerd_cri_pods_on_a_node_running_the_daemonset() -> Result<()> {
     n.cri().stop(&web_id)?;
     n.cri().remove(&web_id)?;
     ensure!(lease_of(&lab, &web_id)?.is_empty());
+    // And the installed plugin itself, as a runtime retrying DEL of that sandbox with an empty
+    // netns: twice, both exit 0 with nothing left to do.
+    let conflist: Value = serde_json::from_str(&std::fs::read_to_string(
+        n.node.cni_conf().join("10-rackline.conflist"),
+    )?)?;
+    let mut netconf = conflist["plugins"][0].clone();
+    netconf["cniVersion"] = conflist["cniVersion"].clone();
+    netconf["name"] = conflist["name"].clone();
+    for attempt in 1..=2 {
+        let mut cmd = Command::new(n.node.cni_bin().join("rackline"));
+        cmd.env_clear()
+            .env("CNI_COMMAND", "DEL")
+            .env("CNI_CONTAINERID", &web_id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", "")
+            .env("CNI_PATH", n.node.cni_bin());
+        let out = runtimes::exec(
+            cmd,
+            Some(&n.node.netns),
+            netconf.to_string().as_bytes(),
+            Duration::from_secs(60),
+        )?;
+        ensure!(out.success(), "DEL #{attempt} with an empty netns: {out:?}");
+    }
 
     // A sticky pod re-created gets its address back.
     let (db1, db_ip, _) = run_checked(&mut n, &PodDef::new("default", "db-0", "uid-db-a"))?;
