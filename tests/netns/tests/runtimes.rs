@@ -501,20 +501,17 @@ fn the_daemonset_probes_answer_on_the_nodes_metrics_port() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = RuntimeNode::prepare(&lab, 1, dir.path())?;
     let ipamd = node.start_ipamd()?;
-    let busybox = runtimes::require("busybox", "busybox-static")?;
+    let addr: std::net::SocketAddr = format!("{}:9641", node.node_ip).parse()?;
     for path in ["/healthz", "/readyz"] {
-        let url = format!("http://{}:9641{path}", node.node_ip);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut cmd = Command::new(&busybox);
-            cmd.args(["wget", "-q", "-T", "2", "-O", "-", &url]);
-            let out = runtimes::exec(cmd, Some(&node.netns), b"", Duration::from_secs(10))?;
-            if out.success() {
+            let got = runtimes::http_get_in(&node.netns, addr, path);
+            if matches!(got, Ok((200, _))) {
                 break;
             }
             ensure!(
                 Instant::now() < deadline,
-                "{url} does not answer 200: {out:?}\n{}",
+                "http://{addr}{path} does not answer 200: {got:?}\n{}",
                 node.logs(&ipamd)
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -92,3 +92,34 @@ pub fn shell_build_env(cmd: &mut Command) {
         }
     }
 }
+
+/// `GET http://<addr><path>` from inside `ns`: (status code, body). The socket is made on a
+/// short-lived thread that enters the namespace and exits (a thread that changed namespace is
+/// never reused).
+pub fn http_get_in(ns: &Netns, addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let fd = ns.open()?;
+    let path = path.to_string();
+    let joined = std::thread::spawn(move || -> Result<(u16, String)> {
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("setns into the node namespace")?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no HTTP status in {resp:?}"))?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    })
+    .join();
+    joined.map_err(|_| anyhow::anyhow!("HTTP client thread panicked"))?
+}
