@@ -258,7 +258,8 @@ fn the_image_holds_every_binary_statically_linked_and_is_small() -> Result<()> {
         size / 1024,
         built.summary
     );
-    ensure!(size < 48 << 20, "image is {size} bytes: too big");
+    // A regression alarm with room for the daemons' growth, not a target.
+    ensure!(size < 64 << 20, "image is {size} bytes: too big");
     // Each binary runs in the scratch image (static: there is no libc in it).
     for (bin, arg, needle) in [
         ("rackline-ipamd", "--version", "rackline-ipamd"),
