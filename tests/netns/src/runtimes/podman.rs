@@ -23,7 +23,13 @@ pub struct Podman {
     dir: PathBuf,
     netns: Option<Netns>,
     env: Vec<(String, String)>,
+    /// Every container's cgroup parent (cgroupfs): ours alone, removed on drop (podman's
+    /// default, `libpod_parent`, would stay behind in the machine's cgroup tree).
+    cgroup_parent: String,
 }
+
+/// Distinguishes the private podmans of one test process.
+static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Podman {
     /// Sets up the configuration: runc, cgroupfs, CNI plugins from `cni_bin`, network
@@ -103,10 +109,12 @@ default_network = "{default_network}"
                 dir.join("tmp").display().to_string(),
             ),
         ];
+        let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Self {
             dir: dir.to_owned(),
             netns: netns.cloned(),
             env,
+            cgroup_parent: format!("/rackline-podman-{}-{n}", std::process::id()),
         })
     }
 
@@ -117,7 +125,15 @@ default_network = "{default_network}"
     /// `podman <args>` inside the node namespace; the output whatever the exit code.
     pub fn raw(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new("podman");
-        cmd.args(args);
+        match args.split_first() {
+            Some((&"run", rest)) => {
+                cmd.args(["run", "--cgroup-parent", &self.cgroup_parent])
+                    .args(rest);
+            }
+            _ => {
+                cmd.args(args);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -158,5 +174,17 @@ default_network = "{default_network}"
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.raw(&["rm", "-f", "-a", "-t", "0"]);
+        // The cgroup parent (and conmon's cgroup under it), on every hierarchy: empty once
+        // the containers are gone.
+        let name = self.cgroup_parent.trim_start_matches('/');
+        let root = Path::new("/sys/fs/cgroup");
+        let mut bases = vec![root.to_path_buf()];
+        if let Ok(entries) = std::fs::read_dir(root) {
+            bases.extend(entries.flatten().map(|e| e.path()));
+        }
+        for b in bases {
+            let _ = std::fs::remove_dir(b.join(name).join("conmon"));
+            let _ = std::fs::remove_dir(b.join(name));
+        }
     }
 }
