@@ -442,8 +442,11 @@ fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let old = names.last().unwrap().clone();
+            let gap = Instant::now();
             n.node.stop_ipamd(&old)?;
             names.push(n.node.start_ipamd()?);
+            // The window the plugin has to bridge (its timeoutMs is 5 s).
+            println!("ipamd {old} replaced; socket away for {:?}", gap.elapsed());
         }
         creator
             .join()
