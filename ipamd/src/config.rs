@@ -21,6 +21,8 @@ pub struct Args {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "RACKLINE_ETCD_PREFIX", default_value = "/rackline")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_credentials: rackline_store::EtcdCredentialArgs,
     /// Deadline for each etcd call (the plugin's `timeoutMs` bounds a whole ADD).
     #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
@@ -88,6 +90,7 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout: Duration,
+    pub etcd_credentials: rackline_store::EtcdCredentialArgs,
     pub socket: PathBuf,
     pub gc_grace: Duration,
     pub rack: Option<String>,
@@ -113,6 +116,7 @@ impl Args {
             etcd_endpoints: self.etcd_endpoints,
             etcd_prefix: self.etcd_prefix,
             etcd_timeout: Duration::from_millis(self.etcd_timeout_ms),
+            etcd_credentials: self.etcd_credentials,
             socket: self.socket,
             gc_grace: Duration::from_secs(self.gc_grace_secs),
             standby: self.standby,

@@ -44,13 +44,15 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(
+    let etcd = config.etcd_credentials.config(
         &config.etcd_endpoints,
         &config.etcd_prefix,
         config.etcd_timeout,
-    )
-    .await
-    .context("configuring the etcd client")?;
+    );
+    let etcd_description = etcd.describe();
+    let store = Store::connect_with(etcd)
+        .await
+        .context("configuring the etcd client")?;
     let mut config = config;
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
@@ -135,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
+    info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
     let served = tonic::transport::Server::builder()
         .add_service(IpamServer::new(IpamService::new(engine).with_qos(qos)))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())

@@ -48,6 +48,8 @@ pub struct NetmasterArgs {
     pub listen: SocketAddr,
     #[arg(long, env = "RACKLINE_ETCD_PREFIX", default_value = "/rackline")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_credentials: rackline_store::EtcdCredentialArgs,
     /// Deadline of every etcd call.
     #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -148,9 +150,11 @@ pub async fn run(
     shutdown: impl Future<Output = &'static str> + Send,
 ) -> Result<(), DaemonError> {
     let timeout = Duration::from_millis(args.etcd_timeout_ms);
-    let store = Store::connect(&args.etcd_endpoints, &args.etcd_prefix, timeout)
-        .await
-        .map_err(AdminError::from)?;
+    let etcd = args
+        .etcd_credentials
+        .config(&args.etcd_endpoints, &args.etcd_prefix, timeout);
+    let etcd_description = etcd.describe();
+    let store = Store::connect_with(etcd).await.map_err(AdminError::from)?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -204,7 +208,7 @@ pub async fn run(
     tokio::pin!(server);
     info!(
         listen = %bound,
-        etcd = %args.etcd_endpoints.join(","),
+        etcd = %etcd_description,
         prefix = %args.etcd_prefix,
         id = %id,
         advertise = %advertise,
