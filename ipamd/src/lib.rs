@@ -89,12 +89,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .with_outage_journal(journal, config.standby),
     );
-    let netmaster = Arc::new(netmaster::NetmasterClient::new(
+    let netmaster_auth = config
+        .netmaster_credentials
+        .load(rackline_security::client::FlagNames {
+            ca: "--netmaster-ca-file",
+            cert: "--netmaster-cert-file",
+            key: "--netmaster-key-file",
+            token: "--netmaster-token-file",
+        })
+        .map_err(|e| anyhow::anyhow!("netmaster credentials: {e}"))?;
+    let netmaster = Arc::new(netmaster::NetmasterClient::with_auth(
         &config.netmaster,
         config.etcd_timeout,
+        netmaster_auth,
+        config.netmaster_credentials.ca_file.is_some(),
     ));
-    let incoming = socket::bind(&config.socket)
+    let listener = socket::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
+    let limits = rackline_security::listener::ConnLimits::new(config.max_connections);
+    let incoming = rackline_security::listener::incoming(
+        rackline_security::listener::Listener::Unix(listener),
+        limits.clone(),
+        "rackline-ipamd",
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sync_task = tokio::spawn(sync::run(
@@ -138,7 +155,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
-    let served = tonic::transport::Server::builder()
+    let served = limits
+        .server()
+        .layer(rackline_security::listener::TrackLayer::require_uid(
+            0,
+            "rackline-ipamd",
+        ))
         .add_service(IpamServer::new(IpamService::new(engine).with_qos(qos)))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;

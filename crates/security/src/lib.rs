@@ -7,6 +7,7 @@
 //! - [`listener`]: accept loops with connection limits, timeouts and
 //!   SO_PEERCRED, for tonic's `serve_with_incoming`.
 
+pub mod client;
 pub mod listener;
 pub mod redact;
 pub mod tls;
