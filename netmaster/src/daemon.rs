@@ -46,9 +46,10 @@ pub struct NetmasterArgs {
     )]
     pub etcd_endpoints: Vec<String>,
     /// TCP address to serve gRPC on (port 0 picks a free port; the bound
-    /// address is logged in the "netmaster ready" line). Without TLS only a
-    /// loopback address is allowed (see --insecure-listen).
-    #[arg(long, env = "RACKLINE_LISTEN", default_value = "127.0.0.1:7650")]
+    /// address is logged in the "netmaster ready" line); ADDR alone means
+    /// port 7650. Without TLS only a loopback address is allowed (see
+    /// --insecure-listen).
+    #[arg(long, env = "RACKLINE_LISTEN", value_name = "ADDR[:PORT]", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Certificate (PEM, chain) of the admin API's TLS listener; re-read
     /// when it changes on disk.
@@ -105,6 +106,21 @@ pub struct NetmasterArgs {
     #[arg(long, env = "RACKLINE_LEASE_TTL_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub lease_ttl_secs: u64,
+}
+
+/// The admin API's conventional port.
+pub const DEFAULT_PORT: u16 = 7650;
+
+/// `ADDR:PORT`, `[V6]:PORT`, or a bare address (port 7650).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        })
+        .map_err(|_| format!("{s:?}: write ADDR:PORT (e.g. 10.0.0.2:7650) or ADDR"))
 }
 
 /// `host:port` with a numeric port (no scheme: clients add `http://`).
@@ -374,6 +390,15 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+        let a = NetmasterArgs::try_parse_from([
+            "rackline-netmaster",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+            "--listen",
+            "10.0.0.2",
+        ])
+        .unwrap();
+        assert_eq!(a.listen.to_string(), "10.0.0.2:7650");
         let id = default_id();
         assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
     }
