@@ -110,7 +110,7 @@ async fn open(endpoint: &Endpoint, auth: &ClientAuth) -> Result<Raw> {
         .map_err(|e| {
             let chain = error_chain(&e);
             ClientError::Unreachable {
-                server: endpoint.uri().to_string(),
+                server: rackline_security::redact_url(&endpoint.uri().to_string()),
                 reason: match rackline_security::tls::explain_tls_failure(
                     &chain,
                     "netmaster",

@@ -626,3 +626,94 @@ fn idle_connection_flood_keeps_service_for_a_good_client() {
     );
     drop(flood);
 }
+
+/// The PKI docs/security.md makes with scripts/make-certs.sh (openssl) runs the whole
+/// control plane: etcd with client certificates, netmaster with TLS + the auth file,
+/// racklinectl with the admin token.
+#[test]
+fn make_certs_script_output_runs_the_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/make-certs.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .arg(&out)
+        .args(["127.0.0.1", "--", "n1"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let f = |n: &str| out.join(n);
+    let pair = |n: &str| pki::CertFiles {
+        cert: f(&format!("{n}.crt")),
+        key: f(&format!("{n}.key")),
+    };
+    let etcd = Etcd::start_tls(rackline_testkit::EtcdTls {
+        ca: f("ca.crt"),
+        server: pair("etcd-server"),
+        client_ca: Some(f("ca.crt")),
+        ctl: pair("etcdctl"),
+    });
+    let s = |p: PathBuf| p.display().to_string();
+    let flags = [
+        "--etcd-ca-file".to_string(),
+        s(f("ca.crt")),
+        "--etcd-cert-file".into(),
+        s(f("etcd-client.crt")),
+        "--etcd-key-file".into(),
+        s(f("etcd-client.key")),
+        "--tls-cert-file".into(),
+        s(f("netmaster.crt")),
+        "--tls-key-file".into(),
+        s(f("netmaster.key")),
+        "--client-ca-file".into(),
+        s(f("ca.crt")),
+        "--auth-file".into(),
+        s(f("auth.toml")),
+    ];
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let nm = Netmaster::start_with(&etcd, &refs);
+    let url = nm.url.replace("http://", "https://");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (ca, token) = (s(f("ca.crt")), s(f("admin.token")));
+    let env = [
+        ("RACKLINE_SERVER", url.as_str()),
+        ("RACKLINE_CA_FILE", ca.as_str()),
+        ("RACKLINE_TOKEN_FILE", token.as_str()),
+    ];
+    ctl(
+        &home,
+        &env,
+        &[
+            "network", "create", "prod", "--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1",
+            "--master", "uplink0",
+        ],
+    )
+    .ok();
+    let listed = ctl(&home, &env, &["-o", "json", "network", "list"]).json();
+    assert_eq!(listed[0]["name"], "prod");
+    // The node certificate gets the node role: it may register, not create networks.
+    let (cert, key) = (s(f("ipamd-n1.crt")), s(f("ipamd-n1.key")));
+    let node_env = [
+        ("RACKLINE_SERVER", url.as_str()),
+        ("RACKLINE_CA_FILE", ca.as_str()),
+        ("RACKLINE_CERT_FILE", cert.as_str()),
+        ("RACKLINE_KEY_FILE", key.as_str()),
+    ];
+    ctl(&home, &node_env, &["network", "delete", "prod"])
+        .refused("n1 (role node) may not call DeleteNetwork");
+}
+
+/// Credentials in URLs never reach the log.
+#[test]
+fn secrets_in_etcd_urls_are_redacted() {
+    let etcd = Etcd::start();
+    let with_secret = etcd
+        .endpoint()
+        .replace("http://", "http://root:hunter2-secret@");
+    let nm = Netmaster::start_with(&etcd, &["--etcd-endpoints", &with_secret]);
+    common::ctl(&nm.url, &["network", "list"]).ok();
+    let log = nm.stderr();
+    assert!(!log.contains("hunter2"), "{log}");
+    assert!(log.contains("http://***@127.0.0.1"), "{log}");
+}
