@@ -40,7 +40,11 @@ fn start_ipamd(etcd: &Etcd, dir: &Path, extra: &[String]) -> (Proc, PathBuf) {
     let p = Proc::spawn("ipamd", cmd, dir.join("ipamd.log"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !p.log_text().contains("ipamd ready") {
-        assert!(Instant::now() < deadline, "ipamd not ready: {}", p.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "ipamd not ready: {}",
+            p.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     (p, socket)
@@ -70,7 +74,10 @@ async fn status(socket: &Path) -> Result<pb::StatusReply, tonic::Status> {
 fn as_nobody(socket: &Path) -> String {
     // A copy of this test binary where `nobody` may execute it.
     let exe = std::env::current_exe().unwrap();
-    let dir = tempfile::Builder::new().prefix("rl-peer").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("rl-peer")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.path().join("peer");
     std::fs::copy(&exe, &copy).unwrap();
@@ -187,5 +194,9 @@ async fn ipamd_reaches_etcd_over_mutual_tls() {
             }
         }
     }
-    assert!(ipamd.log_text().contains("client-cert"), "{}", ipamd.log_text());
+    assert!(
+        ipamd.log_text().contains("client-cert"),
+        "{}",
+        ipamd.log_text()
+    );
 }

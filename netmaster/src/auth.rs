@@ -118,7 +118,10 @@ impl AuthTable {
                 return Err("a token entry has an empty name".into());
             }
             if t.tokens.insert(h, (e.name.clone(), e.role)).is_some() {
-                return Err(format!("token {:?}: the same token hash is listed twice", e.name));
+                return Err(format!(
+                    "token {:?}: the same token hash is listed twice",
+                    e.name
+                ));
             }
         }
         for e in f.certificate {

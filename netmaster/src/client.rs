@@ -104,24 +104,21 @@ fn endpoints(servers: &str, t: Timeouts, auth: &ClientAuth) -> Result<Vec<Endpoi
 }
 
 async fn open(endpoint: &Endpoint, auth: &ClientAuth) -> Result<Raw> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| {
-            let chain = error_chain(&e);
-            ClientError::Unreachable {
-                server: rackline_security::redact_url(&endpoint.uri().to_string()),
-                reason: match rackline_security::tls::explain_tls_failure(
-                    &chain,
-                    "netmaster",
-                    "--ca-file",
-                    "--cert-file",
-                ) {
-                    Some(why) => format!("{why} ({chain})"),
-                    None => chain,
-                },
-            }
-        })?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        ClientError::Unreachable {
+            server: rackline_security::redact_url(&endpoint.uri().to_string()),
+            reason: match rackline_security::tls::explain_tls_failure(
+                &chain,
+                "netmaster",
+                "--ca-file",
+                "--cert-file",
+            ) {
+                Some(why) => format!("{why} ({chain})"),
+                None => chain,
+            },
+        }
+    })?;
     // tonic's 4 MiB default is ~20k leases; a big rack's full lease list
     // must still come back in one reply (until the API pages).
     Ok(RawClient::with_interceptor(channel, auth.interceptor())

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rackline_store::Store;
-use tokio::net::TcpListener;
 use rackline_security::listener::{self, ConnLimits, Listener, ServerTls, TrackLayer};
 use rackline_security::tls::IdentityFiles;
+use rackline_store::Store;
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -53,14 +53,29 @@ pub struct NetmasterArgs {
     pub listen: SocketAddr,
     /// Certificate (PEM, chain) of the admin API's TLS listener; re-read
     /// when it changes on disk.
-    #[arg(long, env = "RACKLINE_TLS_CERT_FILE", value_name = "PEM", requires = "tls_key_file")]
+    #[arg(
+        long,
+        env = "RACKLINE_TLS_CERT_FILE",
+        value_name = "PEM",
+        requires = "tls_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
     /// The listener certificate's private key (PEM).
-    #[arg(long, env = "RACKLINE_TLS_KEY_FILE", value_name = "PEM", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "RACKLINE_TLS_KEY_FILE",
+        value_name = "PEM",
+        requires = "tls_cert_file"
+    )]
     pub tls_key_file: Option<PathBuf>,
     /// CA bundle (PEM) that client certificates are verified against
     /// (mTLS); needs --tls-cert-file.
-    #[arg(long, env = "RACKLINE_CLIENT_CA_FILE", value_name = "PEM", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "RACKLINE_CLIENT_CA_FILE",
+        value_name = "PEM",
+        requires = "tls_cert_file"
+    )]
     pub client_ca_file: Option<PathBuf>,
     /// Tokens and client-certificate identities with their roles (TOML;
     /// see docs/security.md); re-read when it changes. Without it every
@@ -278,11 +293,7 @@ pub async fn run(
     let mut limits = ConnLimits::new(args.max_connections as usize);
     limits.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
     let tls_on = tls.is_some();
-    let incoming = listener::incoming(
-        Listener::Tcp { listener, tls },
-        limits.clone(),
-        "netmaster",
-    );
+    let incoming = listener::incoming(Listener::Tcp { listener, tls }, limits.clone(), "netmaster");
 
     let advertise = args.advertise.clone().unwrap_or_else(|| {
         if bound.ip().is_unspecified() {

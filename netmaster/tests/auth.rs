@@ -148,22 +148,27 @@ async fn call(c: &mut Raw, rpc: Rpc) -> Code {
         Rpc::list_blocks => code(c.list_blocks(pb::ListBlocksRequest::default()).await),
         Rpc::utilization => code(c.utilization(pb::UtilizationRequest::default()).await),
         Rpc::leader => code(c.leader(pb::LeaderRequest::default()).await),
-        Rpc::list_reservations => {
-            code(c.list_reservations(pb::ListReservationsRequest::default()).await)
-        }
-        Rpc::pin_reservation => {
-            code(c.pin_reservation(pb::PinReservationRequest::default()).await)
-        }
-        Rpc::release_reservation => {
-            code(c.release_reservation(pb::ReleaseReservationRequest::default()).await)
-        }
+        Rpc::list_reservations => code(
+            c.list_reservations(pb::ListReservationsRequest::default())
+                .await,
+        ),
+        Rpc::pin_reservation => code(
+            c.pin_reservation(pb::PinReservationRequest::default())
+                .await,
+        ),
+        Rpc::release_reservation => code(
+            c.release_reservation(pb::ReleaseReservationRequest::default())
+                .await,
+        ),
         Rpc::set_qos_policy => code(c.set_qos_policy(pb::QosPolicy::default()).await),
-        Rpc::list_qos_policies => {
-            code(c.list_qos_policies(pb::ListQosPoliciesRequest::default()).await)
-        }
-        Rpc::delete_qos_policy => {
-            code(c.delete_qos_policy(pb::DeleteQosPolicyRequest::default()).await)
-        }
+        Rpc::list_qos_policies => code(
+            c.list_qos_policies(pb::ListQosPoliciesRequest::default())
+                .await,
+        ),
+        Rpc::delete_qos_policy => code(
+            c.delete_qos_policy(pb::DeleteQosPolicyRequest::default())
+                .await,
+        ),
     }
 }
 
@@ -400,8 +405,15 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     )
     .unwrap();
     let create = [
-        "network", "create", "prod", "--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1",
-        "--master", "uplink0",
+        "network",
+        "create",
+        "prod",
+        "--subnet",
+        "10.10.0.0/24",
+        "--gateway",
+        "10.10.0.1",
+        "--master",
+        "uplink0",
     ];
     ctl(&home, &[], &create).ok();
     ctl(&home, &[], &["network", "list"]).ok();
@@ -409,7 +421,11 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     // Flags and variables beat the file: a read-only token may read, not write.
     let ro = pki.tokens["read-only"].display().to_string();
     ctl(&home, &[("RACKLINE_TOKEN_FILE", &ro)], &["network", "list"]).ok();
-    let r = ctl(&home, &[], &["--token-file", &ro, "network", "delete", "prod"]);
+    let r = ctl(
+        &home,
+        &[],
+        &["--token-file", &ro, "network", "delete", "prod"],
+    );
     r.refused("read-only-user (role read-only) may not call DeleteNetwork: it needs admin");
 
     // An operator's QoS policy; then the admin deletes the network.
@@ -417,7 +433,15 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     ctl(
         &home,
         &[("RACKLINE_TOKEN_FILE", &op)],
-        &["qos", "set", "prod", "shop", "web", "--bandwidth", "egress=10M"],
+        &[
+            "qos",
+            "set",
+            "prod",
+            "shop",
+            "web",
+            "--bandwidth",
+            "egress=10M",
+        ],
     )
     .ok();
     ctl(&home, &[], &["network", "delete", "prod"]).ok();
@@ -433,7 +457,10 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     assert!(r.stderr.contains("unknown scheme \"ftp\""), "{r:?}");
     let r = ctl(&empty, &[], &["--server", &url, "network", "list"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("no CA bundle is given (--ca-file)"), "{r:?}");
+    assert!(
+        r.stderr.contains("no CA bundle is given (--ca-file)"),
+        "{r:?}"
+    );
     let r = ctl(&empty, &[], &["--server", &plain, "network", "list"]);
     assert_ne!(r.code, 0, "plaintext must not reach a TLS listener: {r:?}");
     let other = Ca::new("other").write_cert(&pki.path("other-ca.crt"));
@@ -445,7 +472,8 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     );
     assert_eq!(r.code, 3, "{r:?}");
     assert!(
-        r.stderr.contains("netmaster's server certificate is not signed by a CA in --ca-file"),
+        r.stderr
+            .contains("netmaster's server certificate is not signed by a CA in --ca-file"),
         "{r:?}"
     );
     // No credentials at all.
@@ -457,7 +485,11 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     );
     r.refused("no credentials");
     // A missing explicit config file is a usage error.
-    let r = ctl(&empty, &[], &["--config", "/nonexistent/config", "network", "list"]);
+    let r = ctl(
+        &empty,
+        &[],
+        &["--config", "/nonexistent/config", "network", "list"],
+    );
     assert_eq!(r.code, 2, "{r:?}");
 
     // The auth file is re-read: a new token works without a restart.
@@ -473,18 +505,28 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     let fresh_file = fresh_file.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let r = ctl(&home, &[("RACKLINE_TOKEN_FILE", &fresh_file)], &["network", "list"]);
+        let r = ctl(
+            &home,
+            &[("RACKLINE_TOKEN_FILE", &fresh_file)],
+            &["network", "list"],
+        );
         if r.code == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the new token was never accepted: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the new token was never accepted: {r:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // One audit line per mutation (3 done, 1 refused), none for reads.
     let log = nm.stderr();
     let lines = audit_lines(&log);
-    let ok: Vec<&&str> = lines.iter().filter(|l| has_field(l, "outcome", "ok")).collect();
+    let ok: Vec<&&str> = lines
+        .iter()
+        .filter(|l| has_field(l, "outcome", "ok"))
+        .collect();
     assert_eq!(ok.len(), 3, "{lines:#?}");
     assert!(has_field(ok[0], "method", "CreateNetwork"), "{}", ok[0]);
     assert!(has_field(ok[0], "identity", "admin-user"), "{}", ok[0]);
@@ -500,10 +542,13 @@ fn racklinectl_config_schemes_and_one_audit_line_per_mutation() {
     assert!(
         refused
             .iter()
-            .any(|l| has_field(l, "method", "DeleteNetwork") && has_field(l, "identity", "read-only-user")),
+            .any(|l| has_field(l, "method", "DeleteNetwork")
+                && has_field(l, "identity", "read-only-user")),
         "{lines:#?}"
     );
-    assert!(!lines.iter().any(|l| has_field(l, "method", "ListNetworks") && has_field(l, "outcome", "ok")));
+    assert!(!lines
+        .iter()
+        .any(|l| has_field(l, "method", "ListNetworks") && has_field(l, "outcome", "ok")));
     assert!(!log.contains(admin_token.trim()), "a token reached the log");
 }
 
@@ -539,7 +584,10 @@ fn plaintext_and_unauthenticated_serving_only_on_loopback() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("without authentication: give --auth-file"), "{err}");
+    assert!(
+        err.contains("without authentication: give --auth-file"),
+        "{err}"
+    );
     // Explicitly insecure: starts, and says so (then stopped by us).
     let log = pki.path("insecure.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rackline-netmaster"))
@@ -569,11 +617,13 @@ fn plaintext_and_unauthenticated_serving_only_on_loopback() {
 #[test]
 fn idle_connection_flood_keeps_service_for_a_good_client() {
     // The flood itself needs more fds than the default 1024 of a shell.
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .unwrap();
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
-        .unwrap();
-    assert!(hard >= 1300, "the test needs an fd limit of at least 1300, have {hard}");
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= 1300,
+        "the test needs an fd limit of at least 1300, have {hard}"
+    );
     let etcd = Etcd::start();
     let nm = Netmaster::start_limited(&etcd, &[], Some(256));
     let addr = nm.url.trim_start_matches("http://").to_string();
@@ -594,7 +644,10 @@ fn idle_connection_flood_keeps_service_for_a_good_client() {
     for _ in 0..1100 {
         match std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)) {
             Ok(s) => flood.push(s),
-            Err(e) => panic!("flood connect failed after {} connections: {e}", flood.len()),
+            Err(e) => panic!(
+                "flood connect failed after {} connections: {e}",
+                flood.len()
+            ),
         }
     }
     let before = cpu();
@@ -613,7 +666,9 @@ fn idle_connection_flood_keeps_service_for_a_good_client() {
         "netmaster used {:.2} s of CPU in {wall:.2} s while idle connections were held (spinning?)",
         ticks as f64 / hz
     );
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     assert!(fds < 256, "netmaster holds {fds} fds");
     let log = nm.stderr();
     let limit_lines = log
@@ -641,7 +696,11 @@ fn make_certs_script_output_runs_the_control_plane() {
         .args(["127.0.0.1", "--", "n1"])
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let f = |n: &str| out.join(n);
     let pair = |n: &str| pki::CertFiles {
         cert: f(&format!("{n}.crt")),
@@ -685,8 +744,15 @@ fn make_certs_script_output_runs_the_control_plane() {
         &home,
         &env,
         &[
-            "network", "create", "prod", "--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1",
-            "--master", "uplink0",
+            "network",
+            "create",
+            "prod",
+            "--subnet",
+            "10.10.0.0/24",
+            "--gateway",
+            "10.10.0.1",
+            "--master",
+            "uplink0",
         ],
     )
     .ok();

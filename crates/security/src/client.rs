@@ -69,7 +69,10 @@ impl ClientCredentials {
             if let Some(p) = id.leaf.validity_problem(std::time::SystemTime::now()) {
                 return Err(format!(
                     "client certificate {} ({}) {p}",
-                    self.cert_file.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                    self.cert_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
                     flags.cert
                 ));
             }
@@ -96,7 +99,11 @@ impl ClientCredentials {
             .as_deref()
             .map(|p| {
                 Secret::from_file(p).map_err(|e| {
-                    format!("cannot read the token file {} ({}): {e}", p.display(), flags.token)
+                    format!(
+                        "cannot read the token file {} ({}): {e}",
+                        p.display(),
+                        flags.token
+                    )
                 })
             })
             .transpose()?;
@@ -119,9 +126,7 @@ impl ClientCredentials {
 
 fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback())
+    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
 impl ClientAuth {
@@ -186,9 +191,11 @@ impl ClientAuth {
 
     /// Adds the bearer token (if any) to every request.
     pub fn interceptor(&self) -> TokenInterceptor {
-        TokenInterceptor(self.token.as_ref().and_then(|t| {
-            MetadataValue::<Ascii>::try_from(format!("Bearer {}", t.expose())).ok()
-        }))
+        TokenInterceptor(
+            self.token.as_ref().and_then(|t| {
+                MetadataValue::<Ascii>::try_from(format!("Bearer {}", t.expose())).ok()
+            }),
+        )
     }
 }
 

@@ -25,10 +25,10 @@
 //! flight per connection, and refuses callers whose uid is not allowed.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -595,11 +595,9 @@ async fn accept_loop(
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                         match acceptor.accept(s).await {
                             Ok(s) => {
-                                let certs = s
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+                                let certs = s.get_ref().1.peer_certificates().map(|c| {
+                                    Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())
+                                });
                                 Some((Conn::Tls(Box::new(s)), certs, None))
                             }
                             Err(e) => {

@@ -95,10 +95,7 @@ mod tests {
         );
         assert_eq!(redact_url("http://10.0.0.2:2379"), "http://10.0.0.2:2379");
         assert_eq!(redact_url("user:pw@host:1/x"), "***@host:1/x");
-        assert_eq!(
-            redact_url("https://h:1/p?token=abc"),
-            "https://h:1/p?***"
-        );
+        assert_eq!(redact_url("https://h:1/p?token=abc"), "https://h:1/p?***");
         assert_eq!(
             redact_urls(&["http://a:b@h:1", "http://h:2"]),
             "http://***@h:1,http://h:2"

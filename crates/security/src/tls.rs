@@ -228,11 +228,12 @@ impl IdentityFiles {
                 reason: e.to_string(),
             },
         )?;
-        let leaf = CertSummary::parse(&chain[0]).map_err(|reason| TlsFileError::BadCertificate {
-            what: "certificate",
-            path: self.cert.clone(),
-            reason,
-        })?;
+        let leaf =
+            CertSummary::parse(&chain[0]).map_err(|reason| TlsFileError::BadCertificate {
+                what: "certificate",
+                path: self.cert.clone(),
+                reason,
+            })?;
         Ok(LoadedIdentity {
             cert_pem: read("certificate", &self.cert)?,
             key_pem: read("private key", &self.key)?,
@@ -252,7 +253,10 @@ pub fn load_ca_pem(path: &Path) -> Result<Vec<u8>, TlsFileError> {
 /// files (a new inode, as `mv` or a symlink swap make) and files rewritten in
 /// place (mtime, size) both change it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<Option<(u64, u64, i64, i64, u64)>>);
+pub struct Fingerprint(Vec<Option<FileStat>>);
+
+/// dev, inode, mtime (s, ns), size.
+type FileStat = (u64, u64, i64, i64, u64);
 
 impl Fingerprint {
     /// `stat` (following symlinks) of every path; a missing file is part of
@@ -312,7 +316,12 @@ pub fn server_config(
 /// Turns a TLS failure buried in an error chain into a sentence that names
 /// the likely cause and the flag that fixes it. `peer` names the server
 /// ("etcd", "netmaster"); `flags` the caller's CA and certificate flags.
-pub fn explain_tls_failure(chain: &str, peer: &str, ca_flag: &str, cert_flag: &str) -> Option<String> {
+pub fn explain_tls_failure(
+    chain: &str,
+    peer: &str,
+    ca_flag: &str,
+    cert_flag: &str,
+) -> Option<String> {
     let has = |s: &str| chain.contains(s);
     if has("UnknownIssuer") || has("BadSignature") {
         Some(format!(
@@ -412,10 +421,7 @@ mod tests {
         }
         .load()
         .unwrap_err();
-        assert!(
-            matches!(bad, TlsFileError::KeyMismatch { .. }),
-            "{bad}"
-        );
+        assert!(matches!(bad, TlsFileError::KeyMismatch { .. }), "{bad}");
         let e = load_certs("CA bundle", &w("junk", "hello")).unwrap_err();
         assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
         let e = load_certs("CA bundle", &dir.path().join("missing")).unwrap_err();

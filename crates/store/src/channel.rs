@@ -87,12 +87,11 @@ pub(crate) fn client_config(
             .add(c.clone())
             .map_err(|e| format!("etcd CA bundle: {e}"))?;
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
     let mut config = match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
@@ -143,10 +142,9 @@ impl tower::Service<http::Uri> for Failover {
                         this.next.store(idx, Ordering::Relaxed);
                         return Ok(hyper_util::rt::TokioIo::new(s));
                     }
-                    Err(e) => reasons.push(format!(
-                        "{}: {e}",
-                        rackline_security::redact_url(&t.url)
-                    )),
+                    Err(e) => {
+                        reasons.push(format!("{}: {e}", rackline_security::redact_url(&t.url)))
+                    }
                 }
             }
             Err(io::Error::new(io::ErrorKind::ConnectionRefused, reasons.join("; ")).into())
@@ -159,7 +157,12 @@ async fn connect_one(
     tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
 ) -> io::Result<EtcdStream> {
-    let timed = |what: &str| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out after {timeout:?}"));
+    let timed = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out after {timeout:?}"),
+        )
+    };
     let tcp = tokio::time::timeout(timeout, TcpStream::connect((t.host.as_str(), t.port)))
         .await
         .map_err(|_| timed("TCP connect"))??;
@@ -256,7 +259,10 @@ mod tests {
         let t = Target::parse("https://root:pw@10.0.0.2:2379").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.tls), ("10.0.0.2", 2379, true));
         let t = Target::parse("127.0.0.1:32379").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.tls), ("127.0.0.1", 32379, false));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("127.0.0.1", 32379, false)
+        );
         let t = Target::parse("http://[::1]:1/x").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 1));
         assert_eq!(Target::parse("https://etcd.mgmt").unwrap().port, 2379);

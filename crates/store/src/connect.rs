@@ -331,9 +331,9 @@ impl EtcdHandle {
     pub(crate) async fn connect(cfg: EtcdConfig) -> Result<Self> {
         cfg.validate()?;
         for e in &cfg.endpoints {
-            if e.split_once("://").is_some_and(|(_, r)| {
-                r.split('/').next().is_some_and(|a| a.contains('@'))
-            }) {
+            if e.split_once("://")
+                .is_some_and(|(_, r)| r.split('/').next().is_some_and(|a| a.contains('@')))
+            {
                 warn!(
                     endpoint = %redact_url(e),
                     "credentials in an etcd URL are ignored: use --etcd-username and --etcd-password-file"
@@ -449,7 +449,9 @@ async fn maintain(weak: Weak<Inner>, mut fp: Fingerprint, mut password: Option<S
             Some(inner) => (
                 inner.cfg.reload_interval,
                 inner.cfg.username.is_some()
-                    && !inner.authenticated.load(std::sync::atomic::Ordering::SeqCst),
+                    && !inner
+                        .authenticated
+                        .load(std::sync::atomic::Ordering::SeqCst),
             ),
             None => return,
         };
@@ -477,7 +479,9 @@ async fn maintain(weak: Weak<Inner>, mut fp: Fingerprint, mut password: Option<S
                         password = m.password;
                         match &problem {
                             Some(p) => error!("reloaded etcd credentials, but {p}"),
-                            None => info!("etcd credentials changed on disk: reconnected with them"),
+                            None => {
+                                info!("etcd credentials changed on disk: reconnected with them")
+                            }
                         }
                         handle.set_problem(problem);
                         handle
@@ -533,10 +537,18 @@ mod tests {
         let mut c = cfg(&["https://h:1"]);
         c.ca_file = Some("/ca".into());
         c.cert_file = Some("/c".into());
-        assert!(c.validate().unwrap_err().to_string().contains("go together"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
         let mut c = cfg(&["http://h:1"]);
         c.username = Some("u".into());
-        assert!(c.validate().unwrap_err().to_string().contains("go together"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
     }
 
     #[test]

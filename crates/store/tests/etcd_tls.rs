@@ -145,9 +145,12 @@ async fn enable_auth(etcd: &Etcd) {
     use etcd_client::{Client, Permission};
     let mut c = Client::connect([etcd.endpoint()], None).await.unwrap();
     c.role_add("rackline").await.unwrap();
-    c.role_grant_permission("rackline", Permission::read_write("/rackline").with_prefix())
-        .await
-        .unwrap();
+    c.role_grant_permission(
+        "rackline",
+        Permission::read_write("/rackline").with_prefix(),
+    )
+    .await
+    .unwrap();
     c.user_add("rackline", "correct horse", None).await.unwrap();
     c.user_grant_role("rackline", "rackline").await.unwrap();
     c.user_add("root", "root-pw", None).await.unwrap();
@@ -174,7 +177,10 @@ async fn username_and_password_from_a_file() {
             && e.contains("--etcd-password-file"),
         "{e}"
     );
-    assert!(!e.contains("wrong"), "the password leaked into an error: {e}");
+    assert!(
+        !e.contains("wrong"),
+        "the password leaked into an error: {e}"
+    );
 
     // The password file is fixed: picked up without a restart.
     write(dir.path(), "password", "correct horse\n");
@@ -196,9 +202,13 @@ async fn username_and_password_from_a_file() {
 async fn several_endpoints_fail_over_to_the_live_one() {
     let etcd = Etcd::start();
     let dead = format!("http://127.0.0.1:{}", rackline_testkit::free_port());
-    let store = Store::connect(&[dead, etcd.endpoint()], "/rackline", Duration::from_secs(2))
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &[dead, etcd.endpoint()],
+        "/rackline",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     for _ in 0..10 {
         store.snapshot().await.expect("served by the live endpoint");
     }

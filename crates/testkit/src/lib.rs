@@ -130,7 +130,13 @@ impl EtcdTls {
         let ca = pki::Ca::new("rackline-test-ca");
         let tls = Self {
             ca: ca.write_cert(&dir.join("ca.crt")),
-            server: ca.issue(dir, "etcd-server", "etcd", &["127.0.0.1", "localhost"], pki::Usage::Both),
+            server: ca.issue(
+                dir,
+                "etcd-server",
+                "etcd",
+                &["127.0.0.1", "localhost"],
+                pki::Usage::Both,
+            ),
             client_ca: Some(dir.join("ca.crt")),
             ctl: ca.issue(dir, "etcdctl", "root", &[], pki::Usage::Client),
         };
@@ -211,7 +217,9 @@ impl Etcd {
                 .arg("--key-file")
                 .arg(&t.server.key);
             if let Some(ca) = &t.client_ca {
-                cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
             }
         }
         cmd.args(["--name", "t1", "--data-dir"])
@@ -255,12 +263,7 @@ impl Etcd {
             }
             let ok = Command::new("/usr/bin/etcdctl")
                 .args(self.ctl_flags())
-                .args([
-                    "--command-timeout=1s",
-                    "put",
-                    "/rackline-test/ready",
-                    "1",
-                ])
+                .args(["--command-timeout=1s", "put", "/rackline-test/ready", "1"])
                 .env("ETCDCTL_API", "3")
                 .output()
                 .map(|o| o.status.success())

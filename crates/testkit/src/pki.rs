@@ -57,7 +57,14 @@ impl Ca {
 
     /// Issues a certificate for `cn` with `sans` (DNS names or IP
     /// addresses) and writes `<dir>/<stem>.crt` and `<stem>.key`.
-    pub fn issue(&self, dir: &Path, stem: &str, cn: &str, sans: &[&str], usage: Usage) -> CertFiles {
+    pub fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        cn: &str,
+        sans: &[&str],
+        usage: Usage,
+    ) -> CertFiles {
         self.issue_with(dir, stem, cn, sans, usage, false)
     }
 

@@ -59,8 +59,8 @@ impl ConfigFile {
             }
             Err(e) => return Err(format!("cannot read config file {}: {e}", path.display())),
         };
-        let mut c: ConfigFile = toml::from_str(&text)
-            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let mut c: ConfigFile =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
         // Paths are relative to the file, like kubeconfig's.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -89,11 +89,7 @@ pub struct Connection {
 
 /// Flags (and their variables) win over the file, per setting; a
 /// certificate and its key come from the same place.
-pub fn resolve(
-    server: Option<String>,
-    flags: ClientCredentials,
-    file: ConfigFile,
-) -> Connection {
+pub fn resolve(server: Option<String>, flags: ClientCredentials, file: ConfigFile) -> Connection {
     let (cert_file, key_file) = if flags.cert_file.is_some() || flags.key_file.is_some() {
         (flags.cert_file, flags.key_file)
     } else {
@@ -126,7 +122,10 @@ mod tests {
         )
         .unwrap();
         let f = ConfigFile::load(Some(&p)).unwrap();
-        assert_eq!(f.ca_file.as_deref(), Some(dir.path().join("ca.crt").as_path()));
+        assert_eq!(
+            f.ca_file.as_deref(),
+            Some(dir.path().join("ca.crt").as_path())
+        );
         let c = resolve(
             None,
             ClientCredentials {
@@ -136,7 +135,10 @@ mod tests {
             f,
         );
         assert_eq!(c.server, "https://h:7650");
-        assert_eq!(c.credentials.token_file.as_deref(), Some(Path::new("/flag/token")));
+        assert_eq!(
+            c.credentials.token_file.as_deref(),
+            Some(Path::new("/flag/token"))
+        );
         assert!(ConfigFile::load(Some(&dir.path().join("missing"))).is_err());
         std::fs::write(&p, "server = \"x\"\npassword = \"no\"\n").unwrap();
         assert!(ConfigFile::load(Some(&p)).is_err());

@@ -171,11 +171,11 @@ impl Lab {
             cmd.args(p.ipamd_netmaster_args());
         }
         cmd.arg("--socket")
-        .arg(&socket)
-        .args(self.ipamd_rack_args(k))
-        .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
-        .args(["--standby", &self.opts.standby.to_string()])
-        .args(["--log-level", &self.opts.log_level]);
+            .arg(&socket)
+            .args(self.ipamd_rack_args(k))
+            .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
+            .args(["--standby", &self.opts.standby.to_string()])
+            .args(["--log-level", &self.opts.log_level]);
         if let Some(class) = self.opts.node_classes.get(&k) {
             cmd.args(["--node-class", class]);
         }

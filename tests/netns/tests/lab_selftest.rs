@@ -61,7 +61,10 @@ fn topology_is_reachable() -> Result<()> {
         let mut cmd = vec!["etcdctl".to_string()];
         cmd.extend(lab.etcdctl_args());
         cmd.extend(["--dial-timeout", "2s", "endpoint", "health"].map(String::from));
-        ensure!(cmd[2] == ETCD_URL, "the one-rack lab's etcd is {ETCD_URL}: {cmd:?}");
+        ensure!(
+            cmd[2] == ETCD_URL,
+            "the one-rack lab's etcd is {ETCD_URL}: {cmd:?}"
+        );
         let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let out = lab.exec_in(node, &cmd)?;
         ensure!(out.success(), "{} cannot reach etcd: {out:?}", node.name());
