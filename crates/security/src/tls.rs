@@ -333,7 +333,7 @@ pub fn explain_tls_failure(
         ))
     } else if has("invalid peer certificate: Expired") {
         Some(format!("{peer}'s server certificate has expired"))
-    } else if has("CertificateRequired") || (has("HandshakeFailure") && !cert_flag.is_empty()) {
+    } else if has("CertificateRequired") {
         Some(format!(
             "{peer} requires a client certificate: set {cert_flag} and its key"
         ))
