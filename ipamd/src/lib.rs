@@ -46,13 +46,15 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(
+    let etcd = config.etcd_credentials.config(
         &config.etcd_endpoints,
         &config.etcd_prefix,
         config.etcd_timeout,
-    )
-    .await
-    .context("configuring the etcd client")?;
+    );
+    let etcd_description = etcd.describe();
+    let store = Store::connect_with(etcd)
+        .await
+        .context("configuring the etcd client")?;
     let mut config = config;
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
@@ -89,12 +91,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .with_outage_journal(journal, config.standby),
     );
-    let netmaster = Arc::new(netmaster::NetmasterClient::new(
+    let netmaster_auth = config
+        .netmaster_credentials
+        .load(rackline_security::client::FlagNames {
+            ca: "--netmaster-ca-file",
+            cert: "--netmaster-cert-file",
+            key: "--netmaster-key-file",
+            token: "--netmaster-token-file",
+        })
+        .map_err(|e| anyhow::anyhow!("netmaster credentials: {e}"))?;
+    let netmaster = Arc::new(netmaster::NetmasterClient::with_auth(
         &config.netmaster,
         config.etcd_timeout,
+        netmaster_auth,
+        config.netmaster_credentials.ca_file.is_some(),
     ));
-    let incoming = socket::bind(&config.socket)
+    let listener = socket::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
+    let limits = rackline_security::listener::ConnLimits::new(config.max_connections);
+    let incoming = rackline_security::listener::incoming(
+        rackline_security::listener::Listener::Unix(listener),
+        limits.clone(),
+        "rackline-ipamd",
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sync_task = tokio::spawn(sync::run(
@@ -150,8 +169,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
-    let served = tonic::transport::Server::builder()
+    info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
+    let served = limits
+        .server()
+        .layer(rackline_security::listener::TrackLayer::require_uid(
+            0,
+            "rackline-ipamd",
+        ))
         .add_service(IpamServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;

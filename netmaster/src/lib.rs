@@ -6,11 +6,15 @@
 //! - [`client`]: the client adapter racklinectl uses;
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
-//! - [`leader`]: leader election among replicas and the write fence.
+//! - [`leader`]: leader election among replicas and the write fence;
+//! - [`auth`] and [`authz`]: who calls (tokens, client certificates) and
+//!   what each role may do, with the audit log.
 //!
 //! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
 
 pub mod admin;
+pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod convert;

@@ -47,6 +47,7 @@ mod lab;
 pub mod netmasters;
 mod netns;
 mod networks;
+pub mod pki;
 mod process;
 mod rack;
 pub mod runtimes;

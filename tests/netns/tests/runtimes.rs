@@ -3,6 +3,9 @@
 //! by podman, in the node's namespace): pods created through containerd's CRI and through
 //! podman's CNI backend, and a rolling restart of ipamd while pods are being created.
 //!
+//! The labs run plaintext like the lab overlay (`deploy/overlays/lab`: etcd and netmaster
+//! without TLS), whose manifests these nodes run.
+//!
 //! Needs root, containerd, runc, podman, conmon, gcc (the pause image), busybox-static,
 //! kubectl and PyYAML (scripts/install-deps.sh).
 
@@ -141,6 +144,7 @@ fn containerd_cri_pods_on_a_node_running_the_daemonset() -> Result<()> {
     check_root()?;
     let lab = Lab::builder()
         .nodes(2)
+        .tls(false)
         .network_args(&["--sticky-pod", "db-.*"])
         .build()?;
     let dir = tempfile::tempdir()?;
@@ -291,7 +295,7 @@ fn inet_of(out: &str) -> Result<Ipv4Addr> {
 #[test]
 fn podman_cni_backend_on_a_node_running_the_daemonset() -> Result<()> {
     check_root()?;
-    let lab = Lab::builder().nodes(2).build()?;
+    let lab = Lab::builder().nodes(2).tls(false).build()?;
     let dir = tempfile::tempdir()?;
     let node = RuntimeNode::prepare(&lab, 1, dir.path())?;
     node.install(&[])?.check()?;
@@ -407,7 +411,7 @@ fn podman_cni_backend_on_a_node_running_the_daemonset() -> Result<()> {
 fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
     check_root()?;
     const PODS: usize = 16;
-    let lab = Lab::builder().nodes(2).build()?;
+    let lab = Lab::builder().nodes(2).tls(false).build()?;
     let dir = tempfile::tempdir()?;
     let mut n = CriNode::start(&lab, dir.path())?;
     let node_name = n.node.node_name.clone();
@@ -500,7 +504,7 @@ fn a_rolling_restart_of_ipamd_loses_no_add_and_no_lease() -> Result<()> {
 #[test]
 fn the_daemonset_probes_answer_on_the_nodes_metrics_port() -> Result<()> {
     check_root()?;
-    let lab = Lab::builder().nodes(1).build()?;
+    let lab = Lab::builder().nodes(1).tls(false).build()?;
     let dir = tempfile::tempdir()?;
     let node = RuntimeNode::prepare(&lab, 1, dir.path())?;
     let ipamd = node.start_ipamd()?;
