@@ -150,6 +150,7 @@ fn add_once(
             uid: env.pod.uid.clone(),
         }),
         requested_addresses: Vec::new(),
+        ..Default::default()
     })?;
     let release = |ipam: &mut IpamClient| {
         if reply.existing {
@@ -160,6 +161,7 @@ fn add_once(
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             rollback: true,
+            ..Default::default()
         }) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
@@ -207,6 +209,7 @@ pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         rollback: false,
+        ..Default::default()
     })?;
     info!(released = r.released, address = %r.address, "DEL done");
     Ok(())

@@ -22,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::admin::{AdminError, AdminService};
 use crate::leader::{Election, ElectionConfig, Role};
+use crate::metrics::AdminMetricsLayer;
+use crate::observability::Observability;
 use crate::server::GrpcAdmin;
 
 /// How long in-flight requests get after a stop signal.
@@ -69,6 +71,9 @@ pub struct NetmasterArgs {
     #[arg(long, env = "RACKLINE_LEASE_TTL_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub lease_ttl_secs: u64,
+    /// Metrics, health and the webhook sink.
+    #[command(flatten)]
+    pub observability: crate::observability::ObservabilityArgs,
 }
 
 /// `host:port` with a numeric port (no scheme: clients add `http://`).
@@ -114,6 +119,8 @@ pub enum DaemonError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Observability(#[from] crate::observability::ObservabilityError),
 }
 
 /// Logs to stderr (stdout stays free), colours only on a terminal.
@@ -181,6 +188,14 @@ pub async fn run(
             ttl: Duration::from_secs(args.lease_ttl_secs),
         },
     );
+    // Health and metrics answer from here on, while the election settles.
+    let obs = Observability::start(
+        &args.observability,
+        store.clone(),
+        election.status(),
+        id.clone(),
+    )
+    .await?;
     // "ready" means writes can be routed: this replica leads or knows who
     // does. Bounded (grant + campaign), so a netmaster still serves reads
     // (and says "no leader") while etcd is down.
@@ -192,10 +207,11 @@ pub async fn run(
     }
     let status = election.status();
     let svc = AdminService::with_fence(store, Arc::new(status.clone()));
-    let admin = GrpcAdmin::new(svc);
+    let admin = GrpcAdmin::new(svc).with_observability(obs.handles());
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = Server::builder()
+        .layer(AdminMetricsLayer(obs.metrics.clone()))
         .add_service(admin.into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             // Err only if the sender is gone, which also means stop.
@@ -209,12 +225,14 @@ pub async fn run(
         id = %id,
         advertise = %advertise,
         leader = matches!(status.role(), Role::Leader { .. }),
+        metrics = ?obs.metrics_addr,
         "netmaster ready"
     );
 
     tokio::select! {
         res = &mut server => {
             election.shutdown(timeout).await;
+            obs.shutdown(timeout).await;
             return res.map_err(DaemonError::from);
         }
         sig = shutdown => {
@@ -228,6 +246,7 @@ pub async fn run(
         election.shutdown(timeout),
         tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
     );
+    obs.shutdown(timeout).await;
     match drained {
         Ok(res) => res?,
         Err(_) => warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing remaining connections"),

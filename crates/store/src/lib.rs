@@ -12,6 +12,7 @@ use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 
 mod blocks;
 mod election;
+mod events;
 mod identities;
 mod leases;
 mod networks;
@@ -24,6 +25,7 @@ mod ttl;
 mod usage;
 pub use blocks::{BlockFilter, BlockUsage};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use nodes::NodeInfo;
 pub use object::Object;
@@ -199,11 +201,16 @@ pub enum Change {
     },
 }
 
+/// Told the duration of a named store operation (metrics); see
+/// [`Store::with_observer`].
+pub type Observer = std::sync::Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
     keys: Keys,
     timeout: Duration,
+    observer: Option<Observer>,
 }
 
 impl Store {
@@ -219,7 +226,22 @@ impl Store {
             client,
             keys: Keys::new(prefix),
             timeout,
+            observer: None,
         })
+    }
+
+    /// Reports the duration of the operations callers time with
+    /// [`Store::observe`] (a daemon's etcd latency histogram).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, that operation `op` took since `started`.
+    pub fn observe(&self, op: &'static str, started: std::time::Instant) {
+        if let Some(o) = &self.observer {
+            o(op, started.elapsed());
+        }
     }
 
     pub fn keys(&self) -> &Keys {
