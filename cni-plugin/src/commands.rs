@@ -110,19 +110,25 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             Added::Conflict(c) => c,
         };
         let (address, mac) = (c.address, c.mac);
-        if reply.sticky {
-            // The lease stays with the attachment; the runtime's DEL frees it.
-            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
-            return Err(probe::sticky_error(&c, &conf.network, &pod));
-        }
-        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
-        let q = ipam.report_conflict(pb::ConflictRequest {
+        let report = pb::ConflictRequest {
             network: conf.network.clone(),
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             address: address.to_string(),
             conflicting_mac: rackline_model::mac::format(mac),
-        })?;
+        };
+        if reply.sticky {
+            // The lease stays with the attachment; the runtime's DEL frees it.
+            // Reported all the same (ipamd records it on the lease and raises
+            // the alarm, never quarantines it); the ADD fails either way.
+            if let Err(e) = ipam.report_conflict(report) {
+                warn!("could not report the conflict to ipamd: {e}");
+            }
+            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
+            return Err(probe::sticky_error(&c, &conf.network, &pod));
+        }
+        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
+        let q = ipam.report_conflict(report)?;
         conflicts.push(c);
         if !q.quarantined {
             // ipamd would hand the same address back: stop here.

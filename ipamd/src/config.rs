@@ -80,6 +80,10 @@ pub struct Args {
     /// without --node-class.
     #[arg(long, env = "RACKLINE_NODE_CLASS_LABEL", default_value = crate::qos::DEFAULT_NODE_CLASS_LABEL)]
     pub node_class_label: String,
+    /// Serve /metrics, /healthz and /readyz over HTTP on ADDR:PORT
+    /// (conventional port 9641; off when not given).
+    #[arg(long, env = "RACKLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +103,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -119,6 +124,7 @@ impl Args {
             state_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,
+            metrics_listen: self.metrics_listen,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,
