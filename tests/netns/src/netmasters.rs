@@ -160,7 +160,12 @@ impl Lab {
             .args(["--id", &format!("nm{i}")])
             .args(["--advertise", &advertise])
             .args(["--lease-ttl-secs", &NETMASTER_LEASE_TTL_SECS.to_string()])
-            .args(["--log-level", &self.opts.log_level]);
+            .args(["--log-level", &self.opts.log_level])
+            .args([
+                "--metrics-listen",
+                &self.netmaster_metrics_addr(i).to_string(),
+            ])
+            .args(&self.opts.netmaster_args);
         let label = self.netmaster_label(i);
         let mut nm = Daemon::spawn(&label, cmd, &self.ctrl, &self.log_path(&label))?;
         let url = self.netmaster_replica_url(i);
