@@ -173,7 +173,18 @@ pub async fn run(
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(s) => {
-                let s = crate::client::connection_lost(s);
+                // A stream that broke after it started (the netmaster went away: h2 and
+                // transport errors surface as Unknown/Internal) is "unreachable", exit 3;
+                // only the server's own refusals keep their code.
+                let s = match s.code() {
+                    tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded => {
+                        tonic::Status::unavailable(format!("event stream broke: {}", s.message()))
+                    }
+                    _ => s,
+                };
                 // Say where to pick up: nothing before it is lost.
                 let msg = match last {
                     Some(r) if s.code() != tonic::Code::OutOfRange => format!(
