@@ -41,7 +41,9 @@ impl<S: LeaseStore> Engine<S> {
         self
     }
 
-    pub(super) fn observed_reclaims(&self, network: &str, reason: &str, n: usize) {
+    /// Counts `n` leases of `network` reclaimed for `reason` (GC counts its
+    /// own; the leak reconciler calls this with `reclaim::RECONCILE`).
+    pub(crate) fn observed_reclaims(&self, network: &str, reason: &str, n: usize) {
         if let Some(o) = &self.observer {
             o.metrics.reclaimed(network, reason, n as u64);
         }

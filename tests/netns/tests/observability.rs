@@ -539,6 +539,22 @@ fn the_event_stream_tells_a_scripted_scenario_in_order_and_resumes_after_kill9()
                 addr_e == "10.10.6.11",
                 "the squatted .10 was skipped: got {addr_e}"
             );
+            let m = ipamd(lab, 1)?;
+            ensure!(
+                m.value(
+                    "rackline_ipamd_address_conflicts_total",
+                    &[("network", "pr"), ("outcome", "quarantined")]
+                ) == Some(1.0),
+                "the conflict is counted"
+            );
+            ensure!(
+                count(
+                    &m,
+                    "rackline_ipamd_reclaims_total",
+                    &[("network", "prod"), ("reason", "gc")]
+                ) == 1.0,
+                "the GC reclaim is counted"
+            );
 
             // Resume from the last revision the follower printed, on the surviving replica.
             let mut dead = follower;
