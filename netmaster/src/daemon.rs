@@ -242,11 +242,13 @@ pub async fn run(
     }
     // Leadership goes first (writes still in flight then fail their fence
     // or are refused), so a follower leads while we drain.
-    let (_, drained) = tokio::join!(
+    // Event streams end now too (they would hold the drain for its whole
+    // timeout), as do the webhook sink and the metrics listener.
+    let (_, drained, _) = tokio::join!(
         election.shutdown(timeout),
-        tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+        tokio::time::timeout(DRAIN_TIMEOUT, &mut server),
+        obs.shutdown(timeout)
     );
-    obs.shutdown(timeout).await;
     match drained {
         Ok(res) => res?,
         Err(_) => warn!(timeout = ?DRAIN_TIMEOUT, "drain timed out; closing remaining connections"),

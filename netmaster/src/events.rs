@@ -105,6 +105,12 @@ impl EventSource {
         } else {
             Some(self.store.put_heartbeat(&self.id).await?)
         };
+        if let Some(until) = until {
+            if from > until {
+                // Nothing at or after a future start exists yet.
+                return Ok(());
+            }
+        }
         let oldest = from <= 0 && !follow;
         // "From now" is pinned to a revision at once, so a watch that has to
         // be re-opened later resumes exactly there.

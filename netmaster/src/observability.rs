@@ -85,6 +85,9 @@ pub struct Handles {
     pub events: EventSource,
     pub metrics: Arc<NetmasterMetrics>,
     pub index: Arc<PoolIndex>,
+    /// Turns true at shutdown: open streams end (with "shutting down") so
+    /// they do not hold the gRPC drain.
+    pub stop: watch::Receiver<bool>,
 }
 
 /// The metadata key of a compaction error carrying the oldest revision
@@ -148,10 +151,26 @@ impl Handles {
     pub fn watch_events(&self, from: i64, follow: bool) -> EventStream {
         let mut rx = self.events.subscribe(from, follow);
         let guard = self.metrics.stream_opened();
+        let mut stop = self.stop.clone();
         let (tx, out) = tokio::sync::mpsc::channel(16);
+        // Ends with the client (the next send fails; a heartbeat comes at least every
+        // HEARTBEAT_EVERY while a leader runs), with the stream, or at shutdown.
         tokio::spawn(async move {
             let _open = guard;
-            while let Some(item) = rx.recv().await {
+            loop {
+                let item = tokio::select! {
+                    item = rx.recv() => Some(item),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let Some(item) = item else {
+                    let _ = tx
+                        .send(Err(tonic::Status::unavailable(
+                            "this netmaster is shutting down",
+                        )))
+                        .await;
+                    return;
+                };
+                let Some(item) = item else { return };
                 let reply = match item {
                     Ok(Batch::Events { revision, events }) => Ok(pb::WatchEventsReply {
                         events: events.iter().map(event_to_proto).collect(),
@@ -190,6 +209,7 @@ impl Observability {
             events: self.events.clone(),
             metrics: self.metrics.clone(),
             index: self.index.clone(),
+            stop: self.stop.subscribe(),
         }
     }
 

@@ -175,3 +175,21 @@ fn bad_webhook_flags_stop_netmaster() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_followed_stream_ends_at_shutdown_without_holding_the_drain() {
+    let etcd = Etcd::start();
+    let mut nm = Netmaster::start(&etcd);
+    let follower = common::ctl_spawn(&nm.url, &["events", "--follow"]);
+    // Let the stream open.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert!(nm.terminate(Duration::from_secs(8)).success());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "the open stream held the drain"
+    );
+    let out = follower.wait();
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("shutting down"), "{out:?}");
+}

@@ -171,6 +171,15 @@ pub async fn run(
     loop {
         let reply = match stream.message().await {
             Ok(Some(r)) => r,
+            // A followed stream never ends by itself: the server went away.
+            Ok(None) if args.follow => {
+                let resume = last.map_or(String::new(), |r| {
+                    format!(" after revision {r}; resume with --since {}", r + 1)
+                });
+                return Err(CtlError::Client(ClientError::Rpc(
+                    tonic::Status::unavailable(format!("the event stream ended{resume}")),
+                )));
+            }
             Ok(None) => break,
             Err(s) => {
                 // A stream that broke after it started (the netmaster went away: h2 and
