@@ -225,7 +225,7 @@ pub async fn run(
         id = %id,
         advertise = %advertise,
         leader = matches!(status.role(), Role::Leader { .. }),
-        metrics = ?obs.metrics_addr,
+        metrics = %obs.metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         "netmaster ready"
     );
 
