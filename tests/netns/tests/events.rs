@@ -384,19 +384,23 @@ fn the_webhook_gets_every_event_at_least_once_across_a_leader_failover() -> Resu
                 ) >= 1.0
             );
 
-            // A gap: the receiver is down, the leader dies, etcd compacts past the stored
-            // cursor. The next leader tells the receiver instead of skipping silently.
+            // A gap: the receiver is down (p5's event stays undelivered, the stored cursor
+            // before it), etcd compacts past it, the leader dies. The next leader cannot
+            // replay from its cursor and tells the receiver instead of skipping silently.
+            // (The compaction comes first: the leader's own watch is live and unaffected.)
             hook.answer(503);
             let p5 = lab.add_pod(1, "p5")?;
             lab.cni_add(&p5)?;
-            std::thread::sleep(Duration::from_millis(300));
-            lab.start_netmaster_replica(leader)?;
-            lab.kill_netmaster(new)?;
+            poll(Duration::from_secs(10), "p5's batch refused", || {
+                Ok((hook.posts().last().is_some_and(|p| p.status == 503)).then_some(()))
+            })?;
             // One more write, so the compaction lies past anything the sink could have
             // recorded as delivered.
             lab.etcdctl(&["put", "/rackline-gap-test", "1"])?.check()?;
             let compact = lab.etcd_revision()?;
             lab.etcdctl(&["compact", &compact.to_string()])?.check()?;
+            lab.start_netmaster_replica(leader)?;
+            lab.kill_netmaster(new)?;
             lab.wait_netmaster_leader(Duration::from_secs(15), Some(new))?;
             hook.answer(200);
             let gap = poll(Duration::from_secs(30), "a gap notice", || {
