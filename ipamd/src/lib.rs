@@ -47,13 +47,15 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(
+    let etcd = config.etcd_credentials.config(
         &config.etcd_endpoints,
         &config.etcd_prefix,
         config.etcd_timeout,
-    )
-    .await
-    .context("configuring the etcd client")?;
+    );
+    let etcd_description = etcd.describe();
+    let store = Store::connect_with(etcd)
+        .await
+        .context("configuring the etcd client")?;
     let mut config = config;
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
@@ -111,12 +113,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             alarms,
         })),
     );
-    let netmaster = Arc::new(netmaster::NetmasterClient::new(
+    let netmaster_auth = config
+        .netmaster_credentials
+        .load(rackline_security::client::FlagNames {
+            ca: "--netmaster-ca-file",
+            cert: "--netmaster-cert-file",
+            key: "--netmaster-key-file",
+            token: "--netmaster-token-file",
+        })
+        .map_err(|e| anyhow::anyhow!("netmaster credentials: {e}"))?;
+    let netmaster = Arc::new(netmaster::NetmasterClient::with_auth(
         &config.netmaster,
         config.etcd_timeout,
+        netmaster_auth,
+        config.netmaster_credentials.ca_file.is_some(),
     ));
-    let incoming = socket::bind(&config.socket)
+    let listener = socket::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
+    let limits = rackline_security::listener::ConnLimits::new(config.max_connections);
+    let incoming = rackline_security::listener::incoming(
+        rackline_security::listener::Listener::Unix(listener),
+        limits.clone(),
+        "rackline-ipamd",
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sync_task = tokio::spawn(sync::run(
@@ -182,9 +201,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tasks.push(task);
     }
 
-    info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
+    info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
     serving.store(true, std::sync::atomic::Ordering::Relaxed);
-    let served = tonic::transport::Server::builder()
+    let served = limits
+        .server()
+        .layer(rackline_security::listener::TrackLayer::require_uid(
+            0,
+            "rackline-ipamd",
+        ))
         .add_service(IpamServer::new(
             IpamService::new(engine).with_qos(qos).with_metrics(metrics),
         ))

@@ -7,6 +7,8 @@
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
 //! - [`leader`]: leader election among replicas and the write fence;
+//! - [`auth`] and [`authz`]: who calls (tokens, client certificates) and
+//!   what each role may do, with the audit log;
 //! - [`index`], [`events`], [`metrics`], [`webhook`], [`observability`]:
 //!   the pool index, the IP event stream, Prometheus metrics and health, the
 //!   webhook sink, and their wiring.
@@ -14,6 +16,8 @@
 //! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
 
 pub mod admin;
+pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod convert;

@@ -67,7 +67,7 @@ pub struct WebhookCursor {
 impl Store {
     /// The store's current revision.
     pub async fn current_revision(&self) -> Result<i64> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let key = self.keys.heartbeat();
         let resp = self
             .deadline(async move { c.get(key, Some(GetOptions::new().with_count_only())).await })
@@ -83,7 +83,7 @@ impl Store {
             unix_ms: now_unix_ms(),
         })
         .expect("heartbeat serialises");
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let key = self.keys.heartbeat();
         let resp = self
             .deadline(async move { c.put(key, value, None).await })
@@ -105,7 +105,7 @@ impl Store {
         if from > 0 {
             opts = opts.with_start_revision(from);
         }
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let mut stream = self
             .deadline(async move { c.watch(start, Some(opts)).await })
             .await?;
@@ -180,7 +180,7 @@ impl Store {
     }
 
     pub async fn webhook_cursor(&self) -> Result<Option<WebhookCursor>> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let key = self.keys.webhook_cursor();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         match resp.kvs().first() {

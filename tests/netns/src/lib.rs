@@ -51,6 +51,7 @@ pub mod netmasters;
 mod netns;
 mod networks;
 pub mod observe;
+pub mod pki;
 mod process;
 mod rack;
 pub mod topology;

@@ -348,7 +348,11 @@ impl Lab {
         let mut cmd = std::process::Command::new(&self.bins()?.racklinectl);
         cmd.env_clear()
             .env("PATH", crate::process::CHILD_PATH)
-            .args(["--server", server, "-o", "json", "events", "--follow"])
+            .args(["--server", server]);
+        if let Some(p) = &self.pki {
+            cmd.arg("--config").arg(&p.ctl_config);
+        }
+        cmd.args(["-o", "json", "events", "--follow"])
             .args(["--since", &since.to_string()]);
         let n = {
             static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -106,6 +106,16 @@ fn run(args: &Args) -> Result<bool> {
         .log_level("info")
         .build()?;
     interrupted()?;
+    match lab.pki() {
+        Some(p) => eprintln!(
+            "control plane over TLS: etcd {} (client certificates), netmaster {} (TLS + tokens); \
+             racklinectl --config {}",
+            lab.etcd_url(),
+            lab.netmaster_urls(),
+            p.ctl_config.display()
+        ),
+        None => eprintln!("control plane in plaintext (RACKLINE_LAB_TLS=0)"),
+    }
 
     let mut pods: Vec<(Pod, Cidr4, String)> = Vec::new();
     for node in lab.nodes() {
