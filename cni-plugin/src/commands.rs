@@ -110,19 +110,25 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             Added::Conflict(c) => c,
         };
         let (address, mac) = (c.address, c.mac);
-        if reply.sticky {
-            // The lease stays with the attachment; the runtime's DEL frees it.
-            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
-            return Err(probe::sticky_error(&c, &conf.network, &pod));
-        }
-        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
-        let q = ipam.report_conflict(pb::ConflictRequest {
+        let report = pb::ConflictRequest {
             network: conf.network.clone(),
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             address: address.to_string(),
             conflicting_mac: rackline_model::mac::format(mac),
-        })?;
+        };
+        if reply.sticky {
+            // The lease stays with the attachment; the runtime's DEL frees it.
+            // Reported all the same (ipamd records it on the lease and raises
+            // the alarm, never quarantines it); the ADD fails either way.
+            if let Err(e) = ipam.report_conflict(report) {
+                warn!("could not report the conflict to ipamd: {e}");
+            }
+            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
+            return Err(probe::sticky_error(&c, &conf.network, &pod));
+        }
+        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
+        let q = ipam.report_conflict(report)?;
         conflicts.push(c);
         if !q.quarantined {
             // ipamd would hand the same address back: stop here.
@@ -150,6 +156,7 @@ fn add_once(
             uid: env.pod.uid.clone(),
         }),
         requested_addresses: Vec::new(),
+        ..Default::default()
     })?;
     let release = |ipam: &mut IpamClient| {
         if reply.existing {
@@ -160,6 +167,7 @@ fn add_once(
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
             rollback: true,
+            ..Default::default()
         }) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
@@ -207,6 +215,7 @@ pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         rollback: false,
+        ..Default::default()
     })?;
     info!(released = r.released, address = %r.address, "DEL done");
     Ok(())

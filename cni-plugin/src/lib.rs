@@ -13,6 +13,7 @@ pub mod names;
 pub mod probe;
 pub mod qos;
 pub mod result;
+pub mod timing;
 pub mod vlan;
 
 use std::collections::HashMap;
@@ -28,6 +29,16 @@ use crate::error::CniError;
 /// Runs one invocation; returns the process exit code. stdout carries only
 /// the protocol (result or error JSON); logs go to stderr or `logFile`.
 pub fn run(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
+    let started = std::time::Instant::now();
+    let code = answer(vars, stdin, stdout);
+    // After the answer is out: the next ipamd call on this node reports it.
+    if let Some(cmd) = vars.get("CNI_COMMAND") {
+        timing::record(cmd, started.elapsed(), code == 0);
+    }
+    code
+}
+
+fn answer(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
     let version = sniff_version(stdin);
     match dispatch(vars, stdin) {
         Ok(Some(v)) => {
@@ -55,6 +66,7 @@ fn dispatch(vars: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value
     }
     let conf = NetConf::parse(stdin)?;
     init_logging(&conf);
+    timing::init(&conf.vlan.runtime_dir);
     let span = tracing::info_span!(
         "cni",
         cmd = ?env.command,

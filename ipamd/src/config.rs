@@ -106,6 +106,10 @@ pub struct Args {
     /// running in a cluster.
     #[arg(long, env = "RACKLINE_POD_ANNOTATIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_annotations: bool,
+    /// Serve /metrics, /healthz and /readyz over HTTP on ADDR:PORT
+    /// (conventional port 9641; off when not given).
+    #[arg(long, env = "RACKLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +133,7 @@ pub struct Config {
     pub node_class: Option<String>,
     pub node_class_label: String,
     pub pod_annotations: bool,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -152,6 +157,7 @@ impl Args {
             node_class: self.node_class,
             node_class_label: self.node_class_label,
             pod_annotations: self.pod_annotations,
+            metrics_listen: self.metrics_listen,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,

@@ -2,8 +2,10 @@
 //!
 //! Layers: `engine` (transport-free allocation logic over the `LeaseStore`
 //! trait), `sync` (etcd snapshot + watch into the engine's cache), `service`
-//! (tonic adapter), `socket` (the root-only unix socket).
+//! (tonic adapter), `socket` (the root-only unix socket), `metrics` and
+//! `alarms` (Prometheus metrics, health, Kubernetes Events on conflicts).
 
+pub mod alarms;
 pub mod blocks;
 pub mod config;
 pub mod engine;
@@ -12,6 +14,7 @@ mod engine_tests;
 pub mod install;
 pub mod journal;
 pub mod kube;
+pub mod metrics;
 pub mod netmaster;
 pub mod netstate;
 pub mod pods;
@@ -71,6 +74,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rackline_model::network::validate_name(r)
             .map_err(|_| anyhow::anyhow!("invalid rack {r:?}"))?;
     }
+    let metrics = metrics::IpamMetrics::new(config.rack.as_deref());
+    let store = store.with_observer(metrics.store_observer());
+    let alarms = if kube::in_cluster() {
+        match kube::in_cluster_client() {
+            Ok(c) => Some(alarms::Alarms::new(
+                c,
+                config.node_name.clone(),
+                metrics.clone(),
+            )),
+            Err(e) => {
+                tracing::warn!("conflict alarms will not reach Kubernetes: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let journal = Arc::new(
         journal::Journal::open(&config.state_dir, &config.node_name)
             .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?,
@@ -89,7 +109,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.clone(),
             config.gc_grace,
         )
-        .with_outage_journal(journal, config.standby),
+        .with_outage_journal(journal, config.standby)
+        .with_observer(Arc::new(engine::Observer {
+            metrics: metrics.clone(),
+            alarms,
+        })),
     );
     let netmaster_auth = config
         .netmaster_credentials
@@ -156,6 +180,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    // /readyz: the socket serves (set just before serving starts) and the
+    // engine can allocate.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let view: Arc<dyn metrics::NodeView> = engine.clone();
+        let registry = Arc::new(metrics::registry(&metrics, view));
+        let (ready_engine, ready_serving) = (engine.clone(), serving.clone());
+        let health = move || {
+            if !ready_serving.load(std::sync::atomic::Ordering::Relaxed) {
+                return rackline_telemetry::Readiness::NotReady(
+                    "the ipamd socket is not serving".into(),
+                );
+            }
+            ready_engine.readiness()
+        };
+        let (bound, task) =
+            rackline_telemetry::spawn(addr, registry, Arc::new(health), shutdown_rx.clone())
+                .await
+                .context("starting the metrics listener")?;
+        info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
+        tasks.push(task);
+    }
     let mut service = IpamService::new(engine).with_qos(qos);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
@@ -170,6 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
     let served = limits
         .server()
         .layer(rackline_security::listener::TrackLayer::require_uid(
@@ -179,6 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .add_service(IpamServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
+    serving.store(false, std::sync::atomic::Ordering::Relaxed);
 
     let _ = shutdown_tx.send(true);
     sync_task.abort();

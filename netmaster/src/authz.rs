@@ -165,34 +165,51 @@ fn audit_done<T>(
 /// Generates [`Rpc`] and the `Admin` impl of [`Authorized`] from the table.
 /// A row: `method(Request) -> Reply = "ProtoName", Access;` — optionally
 /// `[force]` after the access: a request with `force` set needs admin.
+/// After `[streams]`, server-streaming RPCs: `method(Request) -> StreamType =
+/// "ProtoName", Read;` (reads only: nothing to audit).
 macro_rules! admin_rpcs {
-    ($( $method:ident ( $req:ty ) -> $rep:ty = $name:literal , $access:ident $([$force:ident])? ; )*) => {
+    ($( $method:ident ( $req:ty ) -> $rep:ty = $name:literal , $access:ident $([$force:ident])? ; )*
+     [streams] $( $smethod:ident ( $sreq:ty ) -> $stype:ident = $sname:literal , Read ; )*) => {
         /// Every RPC of `rackline.admin.v1.Admin`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[allow(non_camel_case_types)]
-        pub enum Rpc { $($method,)* }
+        pub enum Rpc { $($method,)* $($smethod,)* }
 
         impl Rpc {
-            pub const ALL: &'static [Rpc] = &[$(Rpc::$method,)*];
+            pub const ALL: &'static [Rpc] = &[$(Rpc::$method,)* $(Rpc::$smethod,)*];
 
             /// The gRPC method name, as in admin.proto.
             pub fn name(self) -> &'static str {
-                match self { $(Rpc::$method => $name,)* }
+                match self { $(Rpc::$method => $name,)* $(Rpc::$smethod => $sname,)* }
             }
 
             /// The access the RPC needs (a forced request needs admin).
             pub fn access(self) -> Access {
-                match self { $(Rpc::$method => Access::$access,)* }
+                match self { $(Rpc::$method => Access::$access,)* $(Rpc::$smethod => Access::Read,)* }
             }
 
             /// Whether a `force` flag raises it to admin.
             pub fn force_needs_admin(self) -> bool {
-                match self { $(Rpc::$method => false $(|| { let _ = stringify!($force); true })?,)* }
+                match self {
+                    $(Rpc::$method => false $(|| { let _ = stringify!($force); true })?,)*
+                    $(Rpc::$smethod => false,)*
+                }
             }
         }
 
         #[tonic::async_trait]
         impl<T: Admin> Admin for Authorized<T> {
+            $(
+            type $stype = T::$stype;
+
+            async fn $smethod(
+                &self,
+                request: Request<$sreq>,
+            ) -> Result<Response<Self::$stype>, Status> {
+                self.check(Rpc::$smethod, Access::Read, &request)?;
+                self.inner.$smethod(request).await
+            }
+            )*
             $(
             async fn $method(
                 &self,
@@ -243,6 +260,9 @@ admin_rpcs! {
     set_qos_policy(pb::QosPolicy) -> pb::QosPolicy = "SetQosPolicy", Operate;
     list_qos_policies(pb::ListQosPoliciesRequest) -> pb::ListQosPoliciesReply = "ListQosPolicies", Read;
     delete_qos_policy(pb::DeleteQosPolicyRequest) -> pb::DeleteQosPolicyReply = "DeleteQosPolicy", Operate;
+    [streams]
+    // The IP event stream: what a CMDB's read-only account follows.
+    watch_events(pb::WatchEventsRequest) -> WatchEventsStream = "WatchEvents", Read;
 }
 
 #[cfg(test)]

@@ -17,10 +17,12 @@ use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
 pub mod config;
+mod events;
 mod probe;
 mod qos;
 mod racks;
 mod reservations;
+pub use events::EventsArgs;
 pub use qos::{NetworkQosArgs, QosCommand, QosSetArgs};
 pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
 
@@ -107,6 +109,9 @@ pub enum Command {
     /// Per-pod bandwidth policies for namespaces and applications.
     #[command(subcommand)]
     Qos(QosCommand),
+    /// The IP event stream: every lease change, in order (NDJSON with
+    /// -o json).
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -372,6 +377,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
         Command::Reservation(cmd) => reservations::run(cmd, &mut client, json, out).await?,
         Command::Qos(cmd) => qos::qos(cmd, &mut client, json, out).await?,
+        Command::Events(args) => events::run(args, &mut client, json, out).await?,
     }
     out.flush()?;
     Ok(())

@@ -273,10 +273,27 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// Opens the IP event stream (replica failover applies to the opening
+    /// only; a stream that breaks later ends with its error).
+    pub async fn watch_events(
+        &mut self,
+        from_revision: i64,
+        follow: bool,
+    ) -> Result<tonic::Streaming<pb::WatchEventsReply>> {
+        let req = pb::WatchEventsRequest {
+            from_revision,
+            follow,
+        };
+        self.call(|mut c| async move { c.watch_events(req).await })
+            .await
+    }
+}
+
 /// A call whose connection broke (the replica died mid-request) comes back
 /// as `Unknown: transport error`; it is an unavailable server, not a
 /// refusal: the next replica is tried and racklinectl exits 3.
-fn connection_lost(s: Status) -> Status {
+pub(crate) fn connection_lost(s: Status) -> Status {
     use std::error::Error as _;
     let mut cur = s.source();
     while let Some(e) = cur {

@@ -25,6 +25,8 @@ use crate::admin::{AdminError, AdminService};
 use crate::auth::Authenticator;
 use crate::authz::Authorized;
 use crate::leader::{Election, ElectionConfig, Role};
+use crate::metrics::AdminMetricsLayer;
+use crate::observability::Observability;
 use crate::server::GrpcAdmin;
 
 /// How long in-flight requests get after a stop signal.
@@ -121,6 +123,9 @@ pub struct NetmasterArgs {
     #[arg(long, env = "RACKLINE_LEASE_TTL_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub lease_ttl_secs: u64,
+    /// Metrics, health and the webhook sink.
+    #[command(flatten)]
+    pub observability: crate::observability::ObservabilityArgs,
 }
 
 /// The admin API's conventional port.
@@ -181,6 +186,8 @@ pub enum DaemonError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Observability(#[from] crate::observability::ObservabilityError),
     /// A listener setup that would expose the admin API; the message names
     /// the fix.
     #[error("{0}")]
@@ -310,6 +317,14 @@ pub async fn run(
             ttl: Duration::from_secs(args.lease_ttl_secs),
         },
     );
+    // Health and metrics answer from here on, while the election settles.
+    let obs = Observability::start(
+        &args.observability,
+        store.clone(),
+        election.status(),
+        id.clone(),
+    )
+    .await?;
     // "ready" means writes can be routed: this replica leads or knows who
     // does. Bounded (grant + campaign), so a netmaster still serves reads
     // (and says "no leader") while etcd is down.
@@ -321,12 +336,16 @@ pub async fn run(
     }
     let status = election.status();
     let svc = AdminService::with_fence(store, Arc::new(status.clone()));
-    let admin = Authorized::new(GrpcAdmin::new(svc), auth.clone());
+    let admin = Authorized::new(
+        GrpcAdmin::new(svc).with_observability(obs.handles()),
+        auth.clone(),
+    );
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = limits
         .server()
         .layer(TrackLayer::new())
+        .layer(AdminMetricsLayer(obs.metrics.clone()))
         .add_service(crate::server::AdminServer::new(admin))
         .serve_with_incoming_shutdown(incoming, async move {
             // Err only if the sender is gone, which also means stop.
@@ -343,12 +362,14 @@ pub async fn run(
         id = %id,
         advertise = %advertise,
         leader = matches!(status.role(), Role::Leader { .. }),
+        metrics = %obs.metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         "netmaster ready"
     );
 
     tokio::select! {
         res = &mut server => {
             election.shutdown(timeout).await;
+            obs.shutdown(timeout).await;
             return res.map_err(DaemonError::from);
         }
         sig = shutdown => {
@@ -358,9 +379,12 @@ pub async fn run(
     }
     // Leadership goes first (writes still in flight then fail their fence
     // or are refused), so a follower leads while we drain.
-    let (_, drained) = tokio::join!(
+    // Event streams end now too (they would hold the drain for its whole
+    // timeout), as do the webhook sink and the metrics listener.
+    let (_, drained, _) = tokio::join!(
         election.shutdown(timeout),
-        tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+        tokio::time::timeout(DRAIN_TIMEOUT, &mut server),
+        obs.shutdown(timeout)
     );
     match drained {
         Ok(res) => res?,

@@ -169,6 +169,8 @@ async fn call(c: &mut Raw, rpc: Rpc) -> Code {
             c.delete_qos_policy(pb::DeleteQosPolicyRequest::default())
                 .await,
         ),
+        // A refusal comes before the stream opens.
+        Rpc::watch_events => code(c.watch_events(pb::WatchEventsRequest::default()).await),
     }
 }
 
@@ -193,7 +195,8 @@ fn allowed(rpc: Rpc) -> &'static [Role] {
         | Rpc::utilization
         | Rpc::leader
         | Rpc::list_reservations
-        | Rpc::list_qos_policies => READ,
+        | Rpc::list_qos_policies
+        | Rpc::watch_events => READ,
         Rpc::pin_reservation
         | Rpc::release_reservation
         | Rpc::set_qos_policy

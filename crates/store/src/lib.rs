@@ -12,6 +12,7 @@ mod blocks;
 mod channel;
 mod connect;
 mod election;
+mod events;
 mod identities;
 mod infra;
 mod leases;
@@ -26,6 +27,7 @@ mod usage;
 pub use blocks::{BlockFilter, BlockUsage};
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use nodes::NodeInfo;
 pub use object::Object;
@@ -226,11 +228,16 @@ pub enum Change {
     },
 }
 
+/// Told the duration of a named store operation (metrics); see
+/// [`Store::with_observer`].
+pub type Observer = std::sync::Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Store {
     etcd: connect::EtcdHandle,
     keys: Keys,
     timeout: Duration,
+    observer: Option<Observer>,
 }
 
 impl Store {
@@ -252,7 +259,22 @@ impl Store {
             etcd,
             keys,
             timeout,
+            observer: None,
         })
+    }
+
+    /// Reports the duration of the operations callers time with
+    /// [`Store::observe`] (a daemon's etcd latency histogram).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, that operation `op` took since `started`.
+    pub fn observe(&self, op: &'static str, started: std::time::Instant) {
+        if let Some(o) = &self.observer {
+            o(op, started.elapsed());
+        }
     }
 
     /// The current etcd client (a new one after credentials rotated).

@@ -175,7 +175,8 @@ impl Lab {
             .args(self.ipamd_rack_args(k))
             .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
             .args(["--standby", &self.opts.standby.to_string()])
-            .args(["--log-level", &self.opts.log_level]);
+            .args(["--log-level", &self.opts.log_level])
+            .args(["--metrics-listen", &self.ipamd_metrics_addr(k).to_string()]);
         if let Some(class) = self.opts.node_classes.get(&k) {
             cmd.args(["--node-class", class]);
         }

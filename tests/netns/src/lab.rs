@@ -53,6 +53,8 @@ pub struct LabBuilder {
     pub(crate) network_args: Vec<String>,
     /// ipamd `--node-class` by node index.
     pub(crate) node_classes: BTreeMap<usize, String>,
+    /// Extra flags of every netmaster replica (e.g. `--webhook-url`).
+    pub(crate) netmaster_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
 }
@@ -76,6 +78,7 @@ impl Default for LabBuilder {
             netmasters: 1,
             network_args: Vec::new(),
             node_classes: BTreeMap::new(),
+            netmaster_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
         }
     }
@@ -127,6 +130,12 @@ impl LabBuilder {
     /// (e.g. `["--sticky", "--sticky-hold-secs", "3"]`).
     pub fn network_args(mut self, args: &[&str]) -> Self {
         self.network_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
+    pub fn netmaster_args(mut self, args: &[&str]) -> Self {
+        self.netmaster_args = args.iter().map(|s| s.to_string()).collect();
         self
     }
 

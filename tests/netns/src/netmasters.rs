@@ -161,7 +161,12 @@ impl Lab {
             .args(["--id", &format!("nm{i}")])
             .args(["--advertise", &advertise])
             .args(["--lease-ttl-secs", &NETMASTER_LEASE_TTL_SECS.to_string()])
-            .args(["--log-level", &self.opts.log_level]);
+            .args(["--log-level", &self.opts.log_level])
+            .args([
+                "--metrics-listen",
+                &self.netmaster_metrics_addr(i).to_string(),
+            ])
+            .args(&self.opts.netmaster_args);
         match &self.pki {
             Some(p) => cmd.args(p.netmaster_args()),
             // ctrl's address is not loopback: plaintext needs the explicit opt-in.
