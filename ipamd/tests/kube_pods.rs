@@ -248,6 +248,7 @@ async fn annotations_drive_allocation_through_the_service() {
                 uid: uid.into(),
             }),
             requested_addresses: vec![],
+            ..Default::default()
         })
     };
     let r = svc
