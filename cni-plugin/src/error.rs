@@ -29,7 +29,8 @@ pub mod code {
     /// The pod is sticky and its reserved address belongs to another rack
     /// (cross-rack policy `strict`).
     pub const STICKY_WRONG_RACK: u32 = 106;
-    /// The duplicate-address probe found the address in use (issue 4): a
+    /// The duplicate-address probe found the address in use, or it is one of
+    /// the node's own addresses: a
     /// sticky pod's address, or every address tried.
     pub const ADDRESS_CONFLICT: u32 = 110;
 }

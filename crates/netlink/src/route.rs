@@ -48,6 +48,10 @@ pub struct RouteSpec {
     pub scope: RouteScope,
     /// Preferred source (`RTA_PREFSRC`).
     pub src: Option<Ipv4Addr>,
+    /// `RTA_PRIORITY` (the metric); `None` = 0. Routes to one destination
+    /// with different metrics coexist (the lowest is used), so two
+    /// attachments of one pod can each own a default route.
+    pub metric: Option<u32>,
 }
 
 impl RouteSpec {
@@ -60,6 +64,7 @@ impl RouteSpec {
             onlink: false,
             scope: RouteScope::Universe,
             src: None,
+            metric: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl RouteSpec {
             onlink: false,
             scope: RouteScope::Link,
             src: None,
+            metric: None,
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct RouteInfo {
     /// `RTPROT_*`: 2 kernel (connected routes), 3 boot (ours, like `ip
     /// route add`), ...
     pub protocol: u8,
+    /// `RTA_PRIORITY` (0 when absent).
+    pub metric: u32,
 }
 
 impl RouteInfo {
@@ -104,9 +112,11 @@ impl RouteInfo {
         let mut dst = Ipv4Addr::UNSPECIFIED;
         let mut gateway = None;
         let mut oif = None;
+        let mut metric = 0;
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Priority(p) => metric = *p,
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
                 RouteAttribute::Oif(i) => oif = Some(*i),
@@ -123,6 +133,7 @@ impl RouteInfo {
             scope: h.scope.into(),
             onlink: h.flags.contains(RouteFlags::Onlink),
             protocol: h.protocol.into(),
+            metric,
         })
     }
 }
@@ -152,6 +163,9 @@ fn route_message(r: &RouteSpec) -> RouteMessage {
     if let Some(src) = r.src {
         msg.attributes
             .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+    }
+    if let Some(m) = r.metric {
+        msg.attributes.push(RouteAttribute::Priority(m));
     }
     msg
 }
@@ -330,6 +344,7 @@ mod tests {
                 scope: 0,
                 onlink: true,
                 protocol: 3,
+                metric: 0,
             })
         );
         let mut local = msg.clone();

@@ -561,4 +561,5 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 mod conflict;
 mod outage;
 mod racks;
+mod spool;
 mod sticky;
