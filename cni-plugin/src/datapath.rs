@@ -294,6 +294,25 @@ fn delete_own(nl: &mut Netlink, index: u32, role: Role, owner: &Owner) -> Result
     }
 }
 
+/// A pod may carry several macvlans on one L2 segment (Multus: `eth0` and
+/// `net1`). By default Linux answers an ARP request for any of its addresses
+/// on any interface and picks any of them as the source of its own requests
+/// ("ARP flux"), so the TOR could learn `net1`'s address at `eth0`'s MAC and
+/// lose `net1` when `eth0` is removed. On the macvlan only (the pod veth must
+/// keep answering for the pod address, which lives on the macvlan):
+/// `arp_ignore=1` answers only for addresses of the receiving interface,
+/// `arp_announce=2` sources requests from the interface's own address. These
+/// sysctls live and die with the interface: a rolled-back ADD leaves nothing.
+fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let base = Path::new("/proc/sys/net/ipv4/conf").join(ifname);
+    let r = run_in_netns(pod_ns, || -> std::io::Result<()> {
+        std::fs::write(base.join("arp_ignore"), b"1")?;
+        std::fs::write(base.join("arp_announce"), b"2")
+    })
+    .map_err(|e| dp("entering the pod netns", e))?;
+    r.map_err(|e| CniError::datapath(format!("setting arp_ignore/arp_announce on {ifname}: {e}")))
+}
+
 /// Creates a link's mark; the link was born in the group already.
 fn mark(nl: &mut Netlink, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
     nl.set_alias(l.index, &owner.mark)
@@ -361,6 +380,7 @@ fn build(
     let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner)?;
     undo.push(Undo::PodLink(mv.index, Role::PodInterface));
     mark(pod, &mv, owner)?;
+    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
 
     // 2. node<->pod veth, both ends in the group.
     let pod_veth = owner.name(Role::PodVeth);

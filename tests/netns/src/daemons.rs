@@ -150,6 +150,8 @@ impl Lab {
         ])
         .arg("--socket")
         .arg(&socket)
+        .arg("--runtime-dir")
+        .arg(self.runtime_dir())
         .args(self.ipamd_rack_args(k))
         .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
         .args(["--standby", &self.opts.standby.to_string()])

@@ -312,6 +312,11 @@ impl Lab {
     pub fn log_dir(&self) -> PathBuf {
         self.dir_path.join("logs")
     }
+    /// The plugin's `runtimeDir` and ipamd's `--runtime-dir` for every node of this lab
+    /// (`<dir>/run`: VLAN registry, release spool; each keyed by the node's netns inode).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir_path.join("run")
+    }
     pub fn tools(&self) -> &Tools {
         &self.tools
     }

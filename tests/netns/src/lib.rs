@@ -49,6 +49,7 @@ mod netns;
 mod networks;
 mod process;
 mod rack;
+mod state;
 pub mod topology;
 pub mod vm;
 
@@ -64,6 +65,7 @@ pub use netns::{lab_owner_pid, list_netns, pid_alive, sweep_stale, Netns, SweepR
 pub use networks::{LabNetwork, LabNetworkMode, RackShare, DEFAULT_NETWORK_MODE};
 pub use process::{tail, Daemon, Output};
 pub use rack::{Node, Pod, Rack};
+pub use state::NsState;
 pub use topology::{
     in_pool, in_rack_pool, node_address, rack_gateway, rack_node_address, rack_of_address,
     rack_pool, rack_subnet, CTRL_ADDR, ETCD_URL, GATEWAY, MAX_NODES, MAX_RACKS, NETMASTER_URL,
