@@ -443,7 +443,7 @@ fn build(
         ips: vec![IpConfig {
             address: plan.address,
             gateway: Some(plan.gateway),
-            interface: 0,
+            interface: Some(0),
         }],
         routes,
     }))

@@ -20,7 +20,8 @@ pub struct Interface {
 pub struct IpConfig {
     pub address: Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
-    pub interface: usize,
+    /// Index into `interfaces`; `None` = not tied to one (the spec's field is optional).
+    pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,10 @@ impl CniResult {
             .ips
             .iter()
             .map(|ip| {
-                let mut o = json!({ "address": ip.address.to_string(), "interface": ip.interface });
+                let mut o = json!({ "address": ip.address.to_string() });
+                if let Some(i) = ip.interface {
+                    o["interface"] = json!(i);
+                }
                 if let Some(g) = ip.gateway {
                     o["gateway"] = json!(g.to_string());
                 }
@@ -134,7 +138,7 @@ impl CniResult {
                 None => None,
             };
             let interface = match ip.get("interface") {
-                None | Some(Value::Null) => 0,
+                None | Some(Value::Null) => None,
                 Some(n) => {
                     let i = n
                         .as_u64()
@@ -146,7 +150,7 @@ impl CniResult {
                             r.interfaces.len()
                         ));
                     }
-                    i
+                    Some(i)
                 }
             };
             r.ips.push(IpConfig {
@@ -214,7 +218,7 @@ mod tests {
             ips: vec![IpConfig {
                 address: "10.10.0.64/24".parse().unwrap(),
                 gateway: Some("10.10.0.1".parse().unwrap()),
-                interface: 0,
+                interface: Some(0),
             }],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),
@@ -266,6 +270,12 @@ mod tests {
             CniResult::from_prev(&json!({})).unwrap(),
             CniResult::default()
         );
+        // `interface` is optional: absent stays absent through a round trip (found by the
+        // prev_result fuzz target: it used to come back as index 0 into no interfaces).
+        let r = CniResult::from_prev(&json!({"ips": [{"address": "10.0.0.1/24"}]})).unwrap();
+        assert_eq!(r.ips[0].interface, None);
+        let back = CniResult::from_prev(&r.to_json("1.1.0")).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
         ips: vec![IpConfig {
             address: plan.address,
             gateway: Some(plan.gateway),
-            interface: 0,
+            interface: Some(0),
         }],
         routes,
     })
