@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
     run_in_netns, write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope,
-    RouteSpec,
+    RouteSpec, RuleSpec,
 };
 use tracing::{debug, warn};
 
@@ -131,7 +131,13 @@ enum Undo {
     NodeLink(u32),
     PodLink(u32, Role),
     Vlan(vlan::Attached),
+    /// A source rule in the pod (routes in its table go with the links).
+    PodRule(RuleSpec),
 }
+
+/// Priority of the source rules of a pod's additional attachments: before
+/// the main table's rule (32766), after the local table's (0).
+pub const RULE_PRIORITY: u32 = 1000;
 
 /// Opens `CNI_NETNS` for ADD and CHECK: it must exist (code 3), be a network
 /// namespace found without a blocking open (code 4), and not be the
@@ -252,6 +258,10 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
         let done = match step {
             Undo::NodeLink(i) => delete_own(&mut host, i, Role::NodeVeth, &owner),
             Undo::PodLink(i, role) => delete_own(&mut pod, i, role, &owner),
+            Undo::PodRule(r) => match pod.del_rule(&r) {
+                Err(e) if !e.is_not_found() => Err(e),
+                _ => Ok(()),
+            },
             Undo::Vlan(a) => {
                 vlan::rollback(
                     &mut host,
@@ -420,7 +430,9 @@ fn build(
     if let Some(arp) = arp {
         probe::announce(arp, mv.index, mac, pod_ip);
     }
-    pod_routes(pod, plan, &mv, &pv, &node_addrs)?;
+    if let Some(rule) = pod_routes(pod, plan, owner, &mv, &pv, &node_addrs)? {
+        undo.push(Undo::PodRule(rule));
+    }
     if let Some(eff) = &plan.qos {
         crate::qos::apply(pod, &mv, owner, eff)?;
     }
@@ -493,13 +505,20 @@ pub(crate) fn default_dst() -> Ipv4Network {
 /// attachment), the next 1, ... The kernel removes an attachment's routes
 /// with its links, and the next metric takes over: each attachment is
 /// removable on its own.
+///
+/// Traffic that leaves with an attachment's own address (replies) must
+/// leave through that attachment, or a node or TOR with strict reverse-path
+/// filtering drops it. So an attachment that does not get metric 0 also
+/// puts its routes into its own table (the device group's number) and adds
+/// `from <its address> lookup <table>`; that rule is returned for the undo.
 fn pod_routes(
     pod: &mut Netlink,
     plan: &AddPlan,
+    owner: &Owner,
     mv: &LinkInfo,
     pv: &LinkInfo,
     node_addrs: &[Ipv4Addr],
-) -> Result<(), CniError> {
+) -> Result<Option<RuleSpec>, CniError> {
     let pod_ip = plan.address.ip();
     let mut specs: Vec<(RouteSpec, &str)> = Vec::new();
     for a in node_addrs {
@@ -521,6 +540,7 @@ fn pod_routes(
                 scope: RouteScope::Universe,
                 src: Some(pod_ip),
                 metric: None,
+                table: None,
             };
             specs.push((r, "host route"));
         }
@@ -550,12 +570,36 @@ fn pod_routes(
             "the pod has another attachment's routes; using the next metric"
         );
     }
-    for (mut r, what) in specs {
+    for (r, what) in &specs {
+        let mut r = *r;
         r.metric = (metric > 0).then_some(metric);
         pod.add_route(&r)
             .map_err(|e| dp(&format!("adding {what} {}", r.dst), e))?;
     }
-    Ok(())
+    if metric == 0 {
+        return Ok(None);
+    }
+    for (r, what) in &specs {
+        let mut r = *r;
+        r.table = Some(owner.group);
+        pod.add_route(&r).map_err(|e| {
+            dp(
+                &format!("adding {what} {} to table {:#x}", r.dst, owner.group),
+                e,
+            )
+        })?;
+    }
+    let rule = RuleSpec {
+        src: host_net(pod_ip),
+        table: owner.group,
+        priority: RULE_PRIORITY,
+    };
+    match pod.add_rule(&rule) {
+        // Exactly this rule, left by an earlier attempt of this attachment.
+        Err(e) if e.is_exists() => Ok(None),
+        Err(e) => Err(dp("adding the source rule", e)),
+        Ok(()) => Ok(Some(rule)),
+    }
 }
 
 /// The node's /32 to the pod over its veth. A route for this address that

@@ -10,10 +10,10 @@
 
 use std::path::Path;
 
-use rackline_netlink::{Netlink, NetlinkError, Netns};
+use rackline_netlink::{Netlink, NetlinkError, Netns, RuleSpec};
 use tracing::{debug, warn};
 
-use crate::datapath::{dp, is_own};
+use crate::datapath::{dp, host_net, is_own};
 use crate::env::Attachment;
 use crate::error::{code, CniError};
 use crate::owner::{Owner, Role};
@@ -96,6 +96,7 @@ fn del_in_pod(ns: &Netns, owner: &Owner, host: &mut Netlink) -> Result<(), CniEr
         debug!("no link of this attachment in the pod netns");
         return Ok(());
     }
+    del_source_rules(&mut pod, owner, &ours)?;
     if owner.group_is_all_ours(&links, &ours) {
         match pod.delete_group(owner.group) {
             Ok(()) => return Ok(()),
@@ -112,6 +113,43 @@ fn del_in_pod(ns: &Netns, owner: &Owner, host: &mut Netlink) -> Result<(), CniEr
     for (l, role) in ours {
         ignore_missing(pod.delete_link(l.index))
             .map_err(|e| dp(&format!("deleting {} ({})", l.name, role.kind()), e))?;
+    }
+    Ok(())
+}
+
+/// The source rule an additional attachment added (`datapath::pod_routes`):
+/// deleted when it names this attachment's table AND one of the addresses
+/// on this attachment's own macvlan — a rule only matching the table number
+/// could be another container's attachment of the same ifname.
+fn del_source_rules(
+    pod: &mut Netlink,
+    owner: &Owner,
+    ours: &[(&rackline_netlink::LinkInfo, Role)],
+) -> Result<(), CniError> {
+    let mut addrs = Vec::new();
+    for (l, role) in ours {
+        if *role == Role::PodInterface {
+            let a = pod
+                .addrs(Some(l.index))
+                .map_err(|e| dp("listing the pod interface's addresses", e))?;
+            addrs.extend(a.into_iter().map(|a| host_net(a.addr.ip())));
+        }
+    }
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
+    for r in rules {
+        let Some(src) = r.src else { continue };
+        if r.table != owner.group || !addrs.contains(&src) {
+            continue;
+        }
+        let spec = RuleSpec {
+            src,
+            table: r.table,
+            priority: r.priority,
+        };
+        ignore_missing(pod.del_rule(&spec)).map_err(|e| dp("deleting a source rule", e))?;
     }
     Ok(())
 }

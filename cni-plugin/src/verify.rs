@@ -123,6 +123,26 @@ pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
     if !pv.up {
         return Err(fail(format!("{pv_name} is down")));
     }
+    // An additional attachment (its default route has a metric above 0)
+    // also has its source rule.
+    let additional = routes
+        .iter()
+        .any(|r| r.dst.prefix() == 0 && r.oif == Some(mv.index) && r.metric > 0);
+    if additional {
+        let want = rackline_netlink::RuleSpec {
+            src: host_net(plan.address.ip()),
+            table: owner.group,
+            priority: crate::datapath::RULE_PRIORITY,
+        };
+        let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
+        if !rules.iter().any(|r| r.is(&want)) {
+            return Err(fail(format!(
+                "the source rule from {} to table {:#x} is missing",
+                plan.address.ip(),
+                owner.group
+            )));
+        }
+    }
     if let Some(vid) = plan.vlan {
         crate::vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
     }

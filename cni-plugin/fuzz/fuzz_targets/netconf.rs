@@ -8,7 +8,13 @@ use rackline_cni::env::Command;
 fuzz_target!(|data: &[u8]| {
     let v = sniff_version(data);
     assert!(SUPPORTED_VERSIONS.contains(&v.as_str()));
-    for cmd in [Command::Add, Command::Check, Command::Del, Command::Gc, Command::Status] {
+    for cmd in [
+        Command::Add,
+        Command::Check,
+        Command::Del,
+        Command::Gc,
+        Command::Status,
+    ] {
         match NetConf::parse(data, cmd) {
             Ok(c) => {
                 assert!(SUPPORTED_VERSIONS.contains(&c.cni_version.as_str()));

@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
         if k == b"CNI_COMMAND" || k == b"CNI_NETNS" {
             continue;
         }
-        env.push((OsString::from_vec(k.to_vec()), OsString::from_vec(v.to_vec())));
+        env.push((
+            OsString::from_vec(k.to_vec()),
+            OsString::from_vec(v.to_vec()),
+        ));
     }
     let stdin = match serde_json::from_slice::<serde_json::Value>(stdin) {
         Ok(serde_json::Value::Object(mut m)) => {
@@ -67,7 +70,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(code == 0 || code == 1);
     let text = std::str::from_utf8(&out).expect("stdout is UTF-8");
     if code == 1 {
-        let doc: serde_json::Value = serde_json::from_str(text.trim()).expect("a CNI error document");
+        let doc: serde_json::Value =
+            serde_json::from_str(text.trim()).expect("a CNI error document");
         let c = doc["code"].as_u64().expect("a code");
         // 3: the missing netns itself; never 100+ (nothing reached the datapath or ipamd).
         assert!(matches!(c, 1 | 3 | 4 | 6 | 7), "{doc}");

@@ -52,6 +52,8 @@ pub struct RouteSpec {
     /// with different metrics coexist (the lowest is used), so two
     /// attachments of one pod can each own a default route.
     pub metric: Option<u32>,
+    /// The routing table; `None` = main. Tables above 255 travel in `RTA_TABLE`.
+    pub table: Option<u32>,
 }
 
 impl RouteSpec {
@@ -65,6 +67,7 @@ impl RouteSpec {
             scope: RouteScope::Universe,
             src: None,
             metric: None,
+            table: None,
         }
     }
 
@@ -78,6 +81,7 @@ impl RouteSpec {
             scope: RouteScope::Link,
             src: None,
             metric: None,
+            table: None,
         }
     }
 }
@@ -166,6 +170,11 @@ fn route_message(r: &RouteSpec) -> RouteMessage {
     }
     if let Some(m) = r.metric {
         msg.attributes.push(RouteAttribute::Priority(m));
+    }
+    if let Some(t) = r.table {
+        // iproute2's encoding: the header's u8 field only for small ids.
+        msg.header.table = u8::try_from(t).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        msg.attributes.push(RouteAttribute::Table(t));
     }
     msg
 }

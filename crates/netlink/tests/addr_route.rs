@@ -163,6 +163,7 @@ fn routes_add_list_delete() {
         scope: RouteScope::Link,
         src: None,
         metric: None,
+        table: None,
     };
     nl.add_route(&explicit).unwrap();
     assert!(nl

@@ -37,6 +37,28 @@ fn node_veth_name(container_id: &str, ifname: &str) -> String {
     format!("rl{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// Strict reverse-path filtering (`rp_filter=1`) in a namespace the lab made: replies from an
+/// attachment's address must come back through that attachment.
+fn strict_rp_filter(lab: &Lab, ns: &impl AsRef<rackline_lab::Netns>) -> Result<()> {
+    lab.exec_in(
+        ns,
+        &[
+            "sh",
+            "-c",
+            "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 1 > $f; done",
+        ],
+    )?
+    .check()
+    .map(drop)
+}
+
+/// `ip rule` entries that look up a table other than local, main and default.
+fn source_rules(lab: &Lab, pod: &Pod) -> Result<Vec<Value>> {
+    let mut rules = lab.ip_json(pod, &["-4", "rule", "show"])?;
+    rules.retain(|r| !matches!(r["table"].as_str(), Some("local" | "main" | "default")));
+    Ok(rules)
+}
+
 fn add_if(lab: &Lab, pod: &Pod, ifname: &str, network: Option<&str>) -> Result<Value> {
     let mut call = lab.cni(Cmd::Add, pod).ifname(ifname);
     if let Some(n) = network {
@@ -165,17 +187,26 @@ fn a_second_container_in_the_namespace_never_removes_the_first() -> Result<()> {
 }
 
 /// Multus: `eth0` and `net1` of one pod on the same network, each reachable from the node and
-/// from the other rack, each removable on its own.
+/// from the other rack (strict reverse-path filtering on the node and the TOR), each removable
+/// on its own.
 #[test]
 fn two_attachments_on_one_network() -> Result<()> {
     Lab::builder().racks(2).nodes_per_rack(1).run(|lab| {
         let node = lab.rack_node(1, 1);
+        strict_rp_filter(lab, node)?;
+        strict_rp_filter(lab, lab.rack(1).tor())?;
         let pod = lab.add_pod(node.index(), "multi")?;
         let far = lab.add_pod(lab.rack_node(2, 1).index(), "far")?;
         lab.cni_add(&far)?;
         let eth0 = result_ipv4(&add_if(lab, &pod, "eth0", None)?)?.addr;
         let net1 = result_ipv4(&add_if(lab, &pod, "net1", None)?)?.addr;
         ensure!(eth0 != net1);
+        // The second attachment has its source rule, the first none.
+        let rules = source_rules(lab, &pod)?;
+        ensure!(
+            rules.len() == 1 && rules[0]["src"] == net1.to_string().as_str(),
+            "{rules:?}"
+        );
         for a in [eth0, net1] {
             ensure!(lab.ping(node, a)?, "node cannot reach {a}");
             ensure!(lab.ping(&far, a)?, "the other rack cannot reach {a}");
@@ -189,6 +220,7 @@ fn two_attachments_on_one_network() -> Result<()> {
         }
         del_if(lab, &pod, "eth0", None)?;
         ensure!(lab.link(&pod, "net1")?.is_some() && lab.link(&pod, "eth0")?.is_none());
+        ensure!(source_rules(lab, &pod)?.len() == 1, "net1's rule went with eth0");
         ensure!(lab.ping(node, net1)?, "node lost net1 after eth0's DEL");
         ensure!(lab.ping(&far, net1)?, "the other rack lost net1 after eth0's DEL");
         // eth0 again (takes the free metric 0 back), then net1 goes.
@@ -197,16 +229,21 @@ fn two_attachments_on_one_network() -> Result<()> {
         ensure!(lab.ping(node, eth0)? && lab.ping(&far, eth0)?, "eth0 lost after net1's DEL");
         del_if(lab, &pod, "eth0", None)?;
         ensure!(lab.link_names(&pod)? == ["lo"]);
+        ensure!(source_rules(lab, &pod)?.is_empty(), "{:?}", source_rules(lab, &pod)?);
         ensure!(lab.leases_of(&pod.container_id)?.is_empty());
         lab.check_invariants().map(drop)
     })
 }
 
 /// Multus with two networks: `eth0` on the rack's network, `net1` on a second network with its
-/// own subnet and gateway on the same TOR.
+/// own subnet and gateway on the same TOR; strict reverse-path filtering on the node, the TOR
+/// and the spine.
 #[test]
 fn two_attachments_on_two_networks() -> Result<()> {
     Lab::builder().racks(2).nodes_per_rack(1).run(|lab| {
+        strict_rp_filter(lab, lab.rack_node(1, 1))?;
+        strict_rp_filter(lab, lab.rack(1).tor())?;
+        strict_rp_filter(lab, lab.spine().context("spine")?)?;
         // A second subnet on rack 1's TOR, routed by the spine.
         ip(
             lab,
@@ -261,6 +298,7 @@ fn two_attachments_on_two_networks() -> Result<()> {
         );
         del_if(lab, &pod, "net1", Some("second"))?;
         ensure!(lab.link_names(&pod)? == ["lo"]);
+        ensure!(source_rules(lab, &pod)?.is_empty());
         ensure!(lab.leases_of(&pod.container_id)?.is_empty());
         Ok(())
     })

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use rackline_lab::{Cmd, CniCall, Lab, NsState, Pod};
 use serde_json::{json, Value};
 
