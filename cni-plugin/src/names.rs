@@ -162,7 +162,10 @@ mod tests {
             format!("rackline:{edge}:averylongname15")
         );
         // Pinned: a plugin upgrade between ADD and DEL must agree.
-        assert_eq!(owner_mark(&long_a, "eth0"), owner_mark(&long_a, "eth0"),);
+        assert_eq!(
+            owner_mark(&long_a, "eth0"),
+            "rackline:#b068856bda97cdefd25824cf3ae1613c:eth0"
+        );
     }
 
     #[test]
