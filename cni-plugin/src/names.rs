@@ -77,6 +77,14 @@ pub fn owner_mark(container_id: &str, ifname: &str) -> String {
     )
 }
 
+/// The mark (alias) of a VLAN device Rackline created: `rackline:vlan:<device>`.
+/// Shared by every attachment on the device, so it names the device; the
+/// registry's `created` record (same ifindex) and this mark together decide
+/// whether DEL may delete it.
+pub fn vlan_mark(device: &str) -> String {
+    format!("{MARK_PREFIX}vlan:{device}")
+}
+
 /// Temporary name for a macvlan whose final name clashes in the node netns
 /// (the kernel checks the name in the caller's netns even when the link is
 /// born in another one).

@@ -273,6 +273,10 @@ pub fn attach(
     verify(&existing, master, vid).map_err(CniError::datapath)?;
     let result = (|| {
         if created {
+            // The device is shared by every attachment on it: its mark names
+            // the device, not an attachment (`names::vlan_mark`).
+            host.set_alias(existing.index, &names::vlan_mark(&name))
+                .map_err(|e| dp(&format!("marking {name}"), e))?;
             lock.set_created(Some(existing.index))?;
         } else if lock.created_index().is_some_and(|i| i != existing.index) {
             // Someone deleted ours and made their own: not ours to remove.
@@ -398,8 +402,14 @@ fn delete_if_unused(host: &mut Netlink, lock: &DeviceLock, device: &str) -> Resu
     else {
         return lock.set_created(None);
     };
-    if l.index != created || l.kind.as_deref() != Some("vlan") {
-        warn!(%device, index = l.index, "VLAN device was replaced by someone else; keeping it");
+    // Rackline's mark, or none (devices created before marks): any other
+    // alias means someone has taken the device over.
+    let foreign = l
+        .alias
+        .as_deref()
+        .is_some_and(|a| a != names::vlan_mark(device));
+    if l.index != created || l.kind.as_deref() != Some("vlan") || foreign {
+        warn!(%device, index = l.index, "VLAN device was replaced or re-marked by someone else; keeping it");
         return lock.set_created(None);
     }
     // Links in the node netns stacked on it (an operator's macvlan, a node
