@@ -1,15 +1,22 @@
 //! `rackline`: executed by the container runtime with CNI_* variables and the
 //! network configuration on stdin. Wiring only.
 
+use std::os::fd::AsFd;
+
 fn main() {
     // The environment as the runtime gave it: `vars_os`, because
     // `std::env::vars` panics on a variable that is not UTF-8.
     let env = std::env::vars_os().collect();
-    let (stdin, stdin_problem) = rackline_cni::stdin::read_bounded(
-        std::io::stdin(),
-        rackline_cni::stdin::MAX_STDIN,
-        rackline_cni::stdin::STDIN_DEADLINE,
-    );
+    // A plain descriptor (no std buffering between poll and read); a closed
+    // stdin reads as empty.
+    let (stdin, stdin_problem) = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => rackline_cni::stdin::read_bounded(
+            std::fs::File::from(fd),
+            rackline_cni::stdin::MAX_STDIN,
+            rackline_cni::stdin::STDIN_DEADLINE,
+        ),
+        Err(_) => (Vec::new(), None),
+    };
     let inv = rackline_cni::Invocation {
         env,
         stdin,
