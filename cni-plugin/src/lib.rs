@@ -21,6 +21,7 @@ pub mod probe;
 pub mod qos;
 pub mod request;
 pub mod result;
+pub mod routes;
 pub mod spool;
 pub mod stdin;
 pub mod teardown;

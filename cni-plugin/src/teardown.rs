@@ -13,10 +13,11 @@ use std::path::Path;
 use rackline_netlink::{Netlink, NetlinkError, Netns, RuleSpec};
 use tracing::{debug, warn};
 
-use crate::datapath::{dp, host_net, is_own};
+use crate::datapath::{dp, is_own};
 use crate::env::Attachment;
 use crate::error::{code, CniError};
 use crate::owner::{Owner, Role};
+use crate::routes::host_net;
 
 /// Opens CNI_NETNS for DEL: `None` when it no longer exists, and when it is
 /// the plugin's own namespace (the node's): no pod links can be there, and

@@ -3,12 +3,11 @@
 
 use rackline_netlink::{LinkInfo, Netlink};
 
-use crate::datapath::{
-    default_dst, dp, host_net, lookup, open_pod_netns, result_interfaces, AddPlan,
-};
+use crate::datapath::{dp, lookup, open_pod_netns, result_interfaces, AddPlan};
 use crate::error::{code, CniError};
 use crate::owner::{Owner, Role};
 use crate::result::{format_mac, CniResult, IpConfig, Route};
+use crate::routes::{default_dst, host_net};
 
 fn fail(d: String) -> CniError {
     CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d)
@@ -132,7 +131,7 @@ pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
         let want = rackline_netlink::RuleSpec {
             src: host_net(plan.address.ip()),
             table: owner.group,
-            priority: crate::datapath::RULE_PRIORITY,
+            priority: crate::routes::RULE_PRIORITY,
         };
         let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
         if !rules.iter().any(|r| r.is(&want)) {

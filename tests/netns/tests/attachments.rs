@@ -37,6 +37,27 @@ fn node_veth_name(container_id: &str, ifname: &str) -> String {
     format!("rl{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// The namespace's state once the kernel has finished with fresh links on its own (IPv6
+/// link-local addresses after duplicate address detection, their routes): two snapshots
+/// 300 ms apart agree.
+fn settled(lab: &Lab, ns: &impl AsRef<rackline_lab::Netns>) -> Result<rackline_lab::NsState> {
+    let t = Instant::now();
+    let mut prev = lab.ns_state(ns)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = lab.ns_state(ns)?;
+        if now == prev {
+            return Ok(now);
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{} does not settle",
+            ns.as_ref().name()
+        );
+        prev = now;
+    }
+}
+
 /// Strict reverse-path filtering (`rp_filter=1`) in a namespace the lab made: replies from an
 /// attachment's address must come back through that attachment.
 fn strict_rp_filter(lab: &Lab, ns: &impl AsRef<rackline_lab::Netns>) -> Result<()> {
@@ -137,8 +158,8 @@ fn pods_without_marks_stay_checkable_and_removable() -> Result<()> {
         lab.cni(Cmd::Check, &pod).prev_result(&result).run()?.ok()?;
 
         // Another container's DEL in this namespace: nothing of the legacy pod goes.
-        let before = lab.ns_state(&pod)?;
-        let node_before = lab.ns_state(lab.node(1))?;
+        let before = settled(lab, &pod)?;
+        let node_before = settled(lab, lab.node(1))?;
         lab.cni(Cmd::Del, &pod)
             .container_id("othercontainer1")
             .run()?
@@ -173,7 +194,7 @@ fn a_second_container_in_the_namespace_never_removes_the_first() -> Result<()> {
         let mut b = a.clone();
         b.container_id = "bbbbbbbbbbbbbbbb".into();
         b.name = "b".into();
-        let before = lab.ns_state(&a)?;
+        let before = settled(lab, &a)?;
         lab.cni(Cmd::Add, &b).run()?.expect_error(100)?;
         lab.cni(Cmd::Del, &b).run()?.ok()?;
         lab.cni(Cmd::Del, &b).netns("").run()?.ok()?;
