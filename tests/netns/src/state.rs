@@ -73,7 +73,41 @@ impl fmt::Display for NsState {
     }
 }
 
+impl NsState {
+    /// No IPv6 address is still in duplicate address detection (`tentative`): the kernel's
+    /// own changes to fresh links are done.
+    pub fn settled(&self) -> bool {
+        !self
+            .sections
+            .get("addrs")
+            .is_some_and(|a| a.contains("\"tentative\""))
+    }
+}
+
 impl Lab {
+    /// [`Lab::ns_state`] once the kernel has finished with fresh links on its own (IPv6
+    /// link-local addresses leave duplicate address detection, their local routes appear):
+    /// settled ([`NsState::settled`]) and two snapshots 300 ms apart agree; at most 20 s.
+    pub fn settled_ns_state(&self, ns: &impl AsRef<Netns>) -> Result<NsState> {
+        let start = std::time::Instant::now();
+        let mut prev = self.ns_state(ns)?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let now = self.ns_state(ns)?;
+            if now == prev && now.settled() {
+                return Ok(now);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                bail!(
+                    "{} does not settle:\n{}",
+                    ns.as_ref().name(),
+                    prev.diff(&now)
+                );
+            }
+            prev = now;
+        }
+    }
+
     /// The full state of `ns` (see [`NsState`]); one `sh` inside the namespace.
     pub fn ns_state(&self, ns: &impl AsRef<Netns>) -> Result<NsState> {
         let out = self.exec_in(ns, &["sh", "-c", SCRIPT])?.check()?;

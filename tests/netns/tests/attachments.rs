@@ -37,27 +37,6 @@ fn node_veth_name(container_id: &str, ifname: &str) -> String {
     format!("rl{:012x}", h & 0xffff_ffff_ffff)
 }
 
-/// The namespace's state once the kernel has finished with fresh links on its own (IPv6
-/// link-local addresses after duplicate address detection, their routes): two snapshots
-/// 300 ms apart agree.
-fn settled(lab: &Lab, ns: &impl AsRef<rackline_lab::Netns>) -> Result<rackline_lab::NsState> {
-    let t = Instant::now();
-    let mut prev = lab.ns_state(ns)?;
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = lab.ns_state(ns)?;
-        if now == prev {
-            return Ok(now);
-        }
-        ensure!(
-            t.elapsed() < Duration::from_secs(20),
-            "{} does not settle",
-            ns.as_ref().name()
-        );
-        prev = now;
-    }
-}
-
 /// Strict reverse-path filtering (`rp_filter=1`) in a namespace the lab made: replies from an
 /// attachment's address must come back through that attachment.
 fn strict_rp_filter(lab: &Lab, ns: &impl AsRef<rackline_lab::Netns>) -> Result<()> {
@@ -158,17 +137,24 @@ fn pods_without_marks_stay_checkable_and_removable() -> Result<()> {
         lab.cni(Cmd::Check, &pod).prev_result(&result).run()?.ok()?;
 
         // Another container's DEL in this namespace: nothing of the legacy pod goes.
-        let before = settled(lab, &pod)?;
-        let node_before = settled(lab, lab.node(1))?;
+        let before = lab.settled_ns_state(&pod)?;
+        let node_before = lab.settled_ns_state(lab.node(1))?;
         lab.cni(Cmd::Del, &pod)
             .container_id("othercontainer1")
             .run()?
             .ok()?;
+        let after = lab.ns_state(&pod)?;
         ensure!(
-            lab.ns_state(&pod)? == before,
-            "another container's DEL changed the pod"
+            after == before,
+            "another container's DEL changed the pod:\n{}",
+            before.diff(&after)
         );
-        ensure!(lab.ns_state(lab.node(1))? == node_before, "… or the node");
+        let node_after = lab.ns_state(lab.node(1))?;
+        ensure!(
+            node_after == node_before,
+            "another container's DEL changed the node:\n{}",
+            node_before.diff(&node_after)
+        );
         ensure!(lab.leases_of(&pod.container_id)?.len() == 1);
 
         lab.cni(Cmd::Del, &pod).prev_result(&result).run()?.ok()?;
@@ -194,7 +180,7 @@ fn a_second_container_in_the_namespace_never_removes_the_first() -> Result<()> {
         let mut b = a.clone();
         b.container_id = "bbbbbbbbbbbbbbbb".into();
         b.name = "b".into();
-        let before = settled(lab, &a)?;
+        let before = lab.settled_ns_state(&a)?;
         lab.cni(Cmd::Add, &b).run()?.expect_error(100)?;
         lab.cni(Cmd::Del, &b).run()?.ok()?;
         lab.cni(Cmd::Del, &b).netns("").run()?.ok()?;

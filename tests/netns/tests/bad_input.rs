@@ -1026,7 +1026,7 @@ fn bad_input_matrix() -> Result<()> {
         loop {
             std::thread::sleep(Duration::from_millis(500));
             let now = world(&ctx)?;
-            if now == prev {
+            if now == prev && now.n1.settled() && now.p.settled() && now.a.settled() {
                 break;
             }
             ensure!(
