@@ -52,7 +52,7 @@ else
 fi
 
 # Fuzzing the plugin's input boundary (cni-plugin/fuzz, its own workspace): build every target
-# once, then run each for FUZZ_SECONDS (default 20) from the seeds in fuzz/corpus (new inputs go
+# once, then run each for FUZZ_SECONDS (default 15) from the seeds in fuzz/corpus (new inputs go
 # to fuzz/target/corpus, outside git). cargo-fuzz is installed once; on the stable toolchain its
 # nightly-only flags need RUSTC_BOOTSTRAP=1. No sanitizer: the fuzzed code is safe Rust (bounds
 # and overflow checks stay on), and ASan would double the build of this CI step.
@@ -60,7 +60,7 @@ fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then
         cargo install cargo-fuzz --locked || return 1
     fi
-    local secs=${FUZZ_SECONDS:-20}
+    local secs=${FUZZ_SECONDS:-15}
     (
         cd cni-plugin || exit 1
         export RUSTC_BOOTSTRAP=1
