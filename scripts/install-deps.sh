@@ -14,6 +14,7 @@ PACKAGES=(
     iperf3                      # throughput checks (later issues)
     busybox-static              # tiny userland for pods / VM initramfs
     tcpdump                     # debugging lab traffic
+    openssl                     # scripts/make-certs.sh (docs/security.md) and its test
     containernetworking-plugins # reference plugins (loopback, macvlan baseline)
     qemu-system-x86             # VLAN test VM (TCG): the CI kernel has no 8021q
     qemu-system-data            # qboot.rom, the VM's fast firmware

@@ -97,6 +97,7 @@ fn release_req(conf: &NetConf, att: &Attachment, rollback: bool) -> pb::ReleaseR
         container_id: att.container_id.as_str().to_owned(),
         ifname: att.ifname.as_str().to_owned(),
         rollback,
+        ..Default::default()
     }
 }
 
@@ -136,12 +137,24 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
             Added::Configured(r) => return Ok(r.to_json(&conf.cni_version)),
             Added::Conflict(c) => c,
         };
+        let mac = rackline_model::mac::format(c.mac);
+        let report = pb::ConflictRequest {
+            network: conf.network.clone(),
+            container_id: env.attachment.container_id.as_str().to_owned(),
+            ifname: env.attachment.ifname.as_str().to_owned(),
+            address: c.address.to_string(),
+            conflicting_mac: mac.clone(),
+        };
         if reply.sticky {
             // The lease stays with the attachment; the runtime's DEL frees it.
+            // Reported all the same (ipamd records it on the lease and raises
+            // the alarm, never quarantines it); the ADD fails either way.
+            if let Err(e) = ipam.report_conflict(report) {
+                warn!("could not report the conflict to ipamd: {e}");
+            }
             let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
             return Err(probe::sticky_error(&c, &conf.network, &pod));
         }
-        let mac = rackline_model::mac::format(c.mac);
         match &c.node_link {
             Some(link) => {
                 warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
@@ -150,13 +163,7 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
                 warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
             }
         }
-        let q = ipam.report_conflict(pb::ConflictRequest {
-            network: conf.network.clone(),
-            container_id: env.attachment.container_id.as_str().to_owned(),
-            ifname: env.attachment.ifname.as_str().to_owned(),
-            address: c.address.to_string(),
-            conflicting_mac: mac,
-        })?;
+        let q = ipam.report_conflict(report)?;
         conflicts.push(c);
         if !q.quarantined {
             // ipamd would hand the same address back: stop here.
@@ -186,6 +193,7 @@ fn add_once(
             uid: pod.uid.clone(),
         }),
         requested_addresses: requested.iter().map(Ipv4Addr::to_string).collect(),
+        ..Default::default()
     })?;
     let release = |ipam: &mut IpamClient| {
         if reply.existing {

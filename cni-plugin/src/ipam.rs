@@ -198,11 +198,22 @@ impl IpamClient {
         }
     }
 
-    pub fn allocate(&mut self, req: pb::AllocateRequest) -> Result<pb::AllocateReply, CniError> {
+    /// Also carries the plugin's pending timing reports (`crate::timing`).
+    pub fn allocate(
+        &mut self,
+        mut req: pb::AllocateRequest,
+    ) -> Result<pb::AllocateReply, CniError> {
+        if req.plugin_timings.is_empty() {
+            req.plugin_timings = crate::timing::take();
+        }
         self.call(|mut c| async move { c.allocate(req).await })
     }
 
-    pub fn release(&mut self, req: pb::ReleaseRequest) -> Result<pb::ReleaseReply, CniError> {
+    /// Also carries the plugin's pending timing reports (`crate::timing`).
+    pub fn release(&mut self, mut req: pb::ReleaseRequest) -> Result<pb::ReleaseReply, CniError> {
+        if req.plugin_timings.is_empty() {
+            req.plugin_timings = crate::timing::take();
+        }
         self.call(|mut c| async move { c.release(req).await })
     }
 

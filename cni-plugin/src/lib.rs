@@ -25,6 +25,7 @@ pub mod routes;
 pub mod spool;
 pub mod stdin;
 pub mod teardown;
+pub mod timing;
 pub mod verify;
 pub mod vlan;
 
@@ -54,6 +55,21 @@ pub struct Invocation {
 /// Runs one invocation; returns the process exit code. stdout carries only
 /// the protocol (result or error JSON); logs go to stderr or `logFile`.
 pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
+    let started = std::time::Instant::now();
+    let code = answer(inv, stdout);
+    // After the answer is out: the next ipamd call on this node reports it.
+    let command = inv
+        .env
+        .iter()
+        .find(|(k, _)| k == "CNI_COMMAND")
+        .and_then(|(_, v)| v.to_str());
+    if let Some(cmd) = command {
+        timing::record(cmd, started.elapsed(), code == 0);
+    }
+    code
+}
+
+fn answer(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
     let version = sniff_version(&inv.stdin);
     match dispatch(inv) {
         Ok(Some(v)) => {
@@ -80,6 +96,7 @@ fn dispatch(inv: &Invocation) -> Result<Option<Value>, CniError> {
         Request::Verb(v) => *v,
     };
     init_logging(&conf);
+    timing::init(&conf.vlan.runtime_dir);
     let span = span_for(&env, &conf);
     let _entered = span.enter();
     match &env {

@@ -74,6 +74,7 @@ fn req(network: &str, cid: String) -> pb::AllocateRequest {
         ifname: "eth0".into(),
         pod: None,
         requested_addresses: Vec::new(),
+        ..Default::default()
     }
 }
 

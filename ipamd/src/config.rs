@@ -21,6 +21,8 @@ pub struct Args {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "RACKLINE_ETCD_PREFIX", default_value = "/rackline")]
     pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd_credentials: rackline_store::EtcdCredentialArgs,
     /// Deadline for each etcd call (the plugin's `timeoutMs` bounds a whole ADD).
     #[arg(long, env = "RACKLINE_ETCD_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
@@ -32,6 +34,11 @@ pub struct Args {
         default_value = "/run/rackline/ipamd.sock"
     )]
     pub socket: PathBuf,
+    /// Most connections on the socket at once (lowered to what the fd limit
+    /// allows); at the limit the idlest connection makes room.
+    #[arg(long, env = "RACKLINE_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
     /// CNI GC never releases a lease younger than this: its ADD may still be
     /// in flight and absent from the runtime's list of valid attachments.
     #[arg(long, env = "RACKLINE_GC_GRACE_SECS", default_value_t = 60)]
@@ -50,6 +57,20 @@ pub struct Args {
     /// registration and blocks.
     #[arg(long, env = "RACKLINE_NETMASTER", value_delimiter = ',')]
     pub netmaster: Vec<String>,
+    /// CA bundle (PEM) that signed netmaster's certificate; bare host:port
+    /// endpoints are then https://.
+    #[arg(long, env = "RACKLINE_NETMASTER_CA_FILE", value_name = "PEM")]
+    pub netmaster_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to netmaster (mTLS).
+    #[arg(long, env = "RACKLINE_NETMASTER_CERT_FILE", value_name = "PEM")]
+    pub netmaster_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RACKLINE_NETMASTER_KEY_FILE", value_name = "PEM")]
+    pub netmaster_key_file: Option<PathBuf>,
+    /// File holding the bearer token ipamd presents to netmaster (role
+    /// `node`).
+    #[arg(long, env = "RACKLINE_NETMASTER_TOKEN_FILE", value_name = "FILE")]
+    pub netmaster_token_file: Option<PathBuf>,
     /// This node's addresses as registered; default: its global IPv4 addresses.
     #[arg(
         long = "node-address",
@@ -85,6 +106,10 @@ pub struct Args {
     /// without --node-class.
     #[arg(long, env = "RACKLINE_NODE_CLASS_LABEL", default_value = crate::qos::DEFAULT_NODE_CLASS_LABEL)]
     pub node_class_label: String,
+    /// Serve /metrics, /healthz and /readyz over HTTP on ADDR:PORT
+    /// (conventional port 9641; off when not given).
+    #[arg(long, env = "RACKLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,11 +118,14 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
     pub etcd_timeout: Duration,
+    pub etcd_credentials: rackline_store::EtcdCredentialArgs,
     pub socket: PathBuf,
+    pub max_connections: usize,
     pub gc_grace: Duration,
     pub rack: Option<String>,
     pub rack_label: String,
     pub netmaster: Vec<String>,
+    pub netmaster_credentials: rackline_security::client::ClientCredentials,
     pub node_addresses: Vec<std::net::Ipv4Addr>,
     pub blocks: crate::blocks::BlockPolicy,
     pub standby: usize,
@@ -105,6 +133,7 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -119,16 +148,25 @@ impl Args {
             etcd_endpoints: self.etcd_endpoints,
             etcd_prefix: self.etcd_prefix,
             etcd_timeout: Duration::from_millis(self.etcd_timeout_ms),
+            etcd_credentials: self.etcd_credentials,
             socket: self.socket,
+            max_connections: self.max_connections as usize,
             gc_grace: Duration::from_secs(self.gc_grace_secs),
             standby: self.standby,
             state_dir,
             runtime_dir: self.runtime_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,
+            metrics_listen: self.metrics_listen,
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,
+            netmaster_credentials: rackline_security::client::ClientCredentials {
+                ca_file: self.netmaster_ca_file,
+                cert_file: self.netmaster_cert_file,
+                key_file: self.netmaster_key_file,
+                token_file: self.netmaster_token_file,
+            },
             node_addresses: self.node_addresses,
             blocks: crate::blocks::BlockPolicy {
                 low_watermark: self.block_low_watermark,

@@ -21,10 +21,12 @@ use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
 mod conflict;
+mod observe;
 mod outage;
 mod sticky;
 use crate::store::LeaseStore;
 pub use conflict::{ConflictArgs, Quarantine};
+pub use observe::{ConflictReport, Observer};
 
 /// How many taken-by-someone-else candidates an allocation skips before it
 /// gives up (only reachable when other nodes allocate from the same range
@@ -129,6 +131,8 @@ pub struct Engine<S> {
     /// Networks that are rack-bound but have no binding for this node's
     /// rack (or this node has no rack): name -> why.
     unbound: RwLock<HashMap<String, String>>,
+    /// Metrics and alarms for reclaims and conflicts (none in unit tests).
+    observer: Option<Arc<Observer>>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -200,6 +204,7 @@ impl<S: LeaseStore> Engine<S> {
             block_demand: tokio::sync::Notify::new(),
             journal: None,
             standby_target: 0,
+            observer: None,
         }
     }
 
@@ -565,6 +570,23 @@ impl<S: LeaseStore> Engine<S> {
         should_release: impl Fn(&StoredLease) -> bool,
         rollback: bool,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        self.release_locked_for(net, key, should_release, rollback, None)
+            .await
+    }
+
+    /// `release_locked`; `reclaim` names why the pod is known to be gone
+    /// (`rackline_model::event::reclaim`: GC, the reconciler). Each lease
+    /// is then marked with the reason before it is freed, so the IP event
+    /// stream reports a reclaim rather than a DEL (one more etcd write per
+    /// reclaimed lease, off the ADD/DEL path).
+    pub(crate) async fn release_locked_for(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+        should_release: impl Fn(&StoredLease) -> bool,
+        rollback: bool,
+        reclaim: Option<&str>,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
         let name = net.spec.name.clone();
         let mut released = Vec::new();
         for (ip, rev) in net.held(key) {
@@ -594,6 +616,9 @@ impl<S: LeaseStore> Engine<S> {
             }
             let mut settled = false;
             for _ in 0..3 {
+                if let Some(reason) = reclaim {
+                    rev = self.mark_reclaimed(net, ip, rev, reason).await?;
+                }
                 match self.retire_at(net, ip, rev, rollback).await {
                     Ok(true) => {
                         net.disown(key, ip);
@@ -687,12 +712,19 @@ impl<S: LeaseStore> Engine<S> {
                 .map(|sl| sl.lease)
                 .collect();
             let freed = self
-                .release_locked(&net, &key, |sl| sl.lease.created_unix_ms <= cutoff, false)
+                .release_locked_for(
+                    &net,
+                    &key,
+                    |sl| sl.lease.created_unix_ms <= cutoff,
+                    false,
+                    Some(rackline_model::event::reclaim::GC),
+                )
                 .await?;
             out.extend(before.into_iter().filter(|l| freed.contains(&l.address)));
         }
         if !out.is_empty() {
             info!(network, released = out.len(), "gc released stale leases");
+            self.observed_reclaims(network, rackline_model::event::reclaim::GC, out.len());
         }
         Ok((out, net.spec.subnet.prefix()))
     }
@@ -701,6 +733,17 @@ impl<S: LeaseStore> Engine<S> {
         let net = self.network(network).await?;
         let (capacity, allocated, available) = net.usage();
         let etcd_connected = self.etcd_ok();
+        // Never "can add pods" while /readyz says not ready.
+        if let rackline_telemetry::Readiness::NotReady(reason) = self.readiness() {
+            return Ok(StatusInfo {
+                capacity,
+                allocated,
+                available,
+                etcd_connected,
+                can_allocate: false,
+                reason,
+            });
+        }
         let reserve = if self.journal.is_some() {
             net.standby_count()
         } else {

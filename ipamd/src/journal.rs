@@ -101,6 +101,11 @@ impl Journal {
         self.lock().is_empty()
     }
 
+    /// Entries not yet replayed into etcd.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Drops the first `n` entries (they reached etcd), rewriting the file
     /// atomically (write temp, fsync, rename).
     pub fn drain(&self, n: usize) -> io::Result<()> {

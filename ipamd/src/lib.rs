@@ -2,8 +2,10 @@
 //!
 //! Layers: `engine` (transport-free allocation logic over the `LeaseStore`
 //! trait), `sync` (etcd snapshot + watch into the engine's cache), `service`
-//! (tonic adapter), `socket` (the root-only unix socket).
+//! (tonic adapter), `socket` (the root-only unix socket), `metrics` and
+//! `alarms` (Prometheus metrics, health, Kubernetes Events on conflicts).
 
+pub mod alarms;
 pub mod blocks;
 pub mod config;
 pub mod engine;
@@ -11,6 +13,7 @@ pub mod engine;
 mod engine_tests;
 pub mod journal;
 pub mod kube;
+pub mod metrics;
 pub mod netmaster;
 pub mod netstate;
 pub mod qos;
@@ -45,13 +48,15 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let store = Store::connect(
+    let etcd = config.etcd_credentials.config(
         &config.etcd_endpoints,
         &config.etcd_prefix,
         config.etcd_timeout,
-    )
-    .await
-    .context("configuring the etcd client")?;
+    );
+    let etcd_description = etcd.describe();
+    let store = Store::connect_with(etcd)
+        .await
+        .context("configuring the etcd client")?;
     let mut config = config;
     if config.rack.is_none() && kube::in_cluster() {
         config.rack = rack_from_cluster(&config.node_name, &config.rack_label).await;
@@ -68,6 +73,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rackline_model::network::validate_name(r)
             .map_err(|_| anyhow::anyhow!("invalid rack {r:?}"))?;
     }
+    let metrics = metrics::IpamMetrics::new(config.rack.as_deref());
+    let store = store.with_observer(metrics.store_observer());
+    let alarms = if kube::in_cluster() {
+        match kube::in_cluster_client() {
+            Ok(c) => Some(alarms::Alarms::new(
+                c,
+                config.node_name.clone(),
+                metrics.clone(),
+            )),
+            Err(e) => {
+                tracing::warn!("conflict alarms will not reach Kubernetes: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let journal = Arc::new(
         journal::Journal::open(&config.state_dir, &config.node_name)
             .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?,
@@ -86,14 +108,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.clone(),
             config.gc_grace,
         )
-        .with_outage_journal(journal, config.standby),
+        .with_outage_journal(journal, config.standby)
+        .with_observer(Arc::new(engine::Observer {
+            metrics: metrics.clone(),
+            alarms,
+        })),
     );
-    let netmaster = Arc::new(netmaster::NetmasterClient::new(
+    let netmaster_auth = config
+        .netmaster_credentials
+        .load(rackline_security::client::FlagNames {
+            ca: "--netmaster-ca-file",
+            cert: "--netmaster-cert-file",
+            key: "--netmaster-key-file",
+            token: "--netmaster-token-file",
+        })
+        .map_err(|e| anyhow::anyhow!("netmaster credentials: {e}"))?;
+    let netmaster = Arc::new(netmaster::NetmasterClient::with_auth(
         &config.netmaster,
         config.etcd_timeout,
+        netmaster_auth,
+        config.netmaster_credentials.ca_file.is_some(),
     ));
-    let incoming = socket::bind(&config.socket)
+    let listener = socket::bind(&config.socket)
         .with_context(|| format!("binding {}", config.socket.display()))?;
+    let limits = rackline_security::listener::ConnLimits::new(config.max_connections);
+    let incoming = rackline_security::listener::incoming(
+        rackline_security::listener::Listener::Unix(listener),
+        limits.clone(),
+        "rackline-ipamd",
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sync_task = tokio::spawn(sync::run(
@@ -141,11 +184,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    info!(node = %config.node_name, socket = %config.socket.display(), "ipamd ready");
-    let served = tonic::transport::Server::builder()
-        .add_service(IpamServer::new(IpamService::new(engine).with_qos(qos)))
+    // /readyz: the socket serves (set just before serving starts) and the
+    // engine can allocate.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let view: Arc<dyn metrics::NodeView> = engine.clone();
+        let registry = Arc::new(metrics::registry(&metrics, view));
+        let (ready_engine, ready_serving) = (engine.clone(), serving.clone());
+        let health = move || {
+            if !ready_serving.load(std::sync::atomic::Ordering::Relaxed) {
+                return rackline_telemetry::Readiness::NotReady(
+                    "the ipamd socket is not serving".into(),
+                );
+            }
+            ready_engine.readiness()
+        };
+        let (bound, task) =
+            rackline_telemetry::spawn(addr, registry, Arc::new(health), shutdown_rx.clone())
+                .await
+                .context("starting the metrics listener")?;
+        info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
+        tasks.push(task);
+    }
+
+    info!(node = %config.node_name, socket = %config.socket.display(), etcd = %etcd_description, "ipamd ready");
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served = limits
+        .server()
+        .layer(rackline_security::listener::TrackLayer::require_uid(
+            0,
+            "rackline-ipamd",
+        ))
+        .add_service(IpamServer::new(
+            IpamService::new(engine).with_qos(qos).with_metrics(metrics),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
+    serving.store(false, std::sync::atomic::Ordering::Relaxed);
 
     let _ = shutdown_tx.send(true);
     sync_task.abort();

@@ -7,9 +7,13 @@
 use std::time::Duration;
 
 use rackline_proto::admin::v1 as pb;
-use rackline_proto::admin::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use rackline_proto::admin::v1::admin_client::AdminClient as RawClient;
+use rackline_security::client::{ClientAuth, TokenInterceptor};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::debug;
+
+type AdminClient = RawClient<InterceptedService<Channel, TokenInterceptor>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetmasterError {
@@ -25,33 +29,42 @@ pub enum NetmasterError {
 
 pub struct NetmasterClient {
     endpoints: Vec<String>,
+    auth: ClientAuth,
     timeout: Duration,
     /// Index of the endpoint that answered last.
     preferred: std::sync::atomic::AtomicUsize,
 }
 
-fn normalise(ep: &str) -> String {
+/// A bare `host:port` gets `scheme` (https when TLS is configured).
+fn normalise(ep: &str, scheme: &str) -> String {
     if ep.contains("://") {
         ep.to_string()
     } else {
-        format!("http://{ep}")
+        format!("{scheme}://{ep}")
     }
 }
 
-/// "not the leader; leader is 10.0.0.3:7650" -> "http://10.0.0.3:7650".
-fn leader_hint(msg: &str) -> Option<String> {
+/// "not the leader; leader is 10.0.0.3:7650" -> "<scheme>://10.0.0.3:7650".
+fn leader_hint(msg: &str, scheme: &str) -> Option<String> {
     let rest = msg.split("leader is ").nth(1)?;
     let addr = rest
         .split_whitespace()
         .next()?
         .trim_end_matches(['.', ',', ';']);
-    (!addr.is_empty()).then(|| normalise(addr))
+    (!addr.is_empty()).then(|| normalise(addr, scheme))
 }
 
 impl NetmasterClient {
+    /// `tls`: bare `host:port` endpoints are https:// (a CA is configured).
     pub fn new(endpoints: &[String], timeout: Duration) -> Self {
+        Self::with_auth(endpoints, timeout, ClientAuth::none(), false)
+    }
+
+    pub fn with_auth(endpoints: &[String], timeout: Duration, auth: ClientAuth, tls: bool) -> Self {
+        let scheme = if tls { "https" } else { "http" };
         Self {
-            endpoints: endpoints.iter().map(|e| normalise(e)).collect(),
+            endpoints: endpoints.iter().map(|e| normalise(e, scheme)).collect(),
+            auth,
             timeout,
             preferred: 0.into(),
         }
@@ -61,22 +74,36 @@ impl NetmasterClient {
         !self.endpoints.is_empty()
     }
 
-    async fn connect(&self, ep: &str) -> Result<AdminClient<Channel>, NetmasterError> {
-        let ch = Endpoint::from_shared(ep.to_string())
+    async fn connect(&self, ep: &str) -> Result<AdminClient, NetmasterError> {
+        let ch = self
+            .auth
+            .endpoint(ep)
             .map_err(|e| NetmasterError::Refused(format!("bad endpoint {ep}: {e}")))?
             .connect_timeout(self.timeout)
             .timeout(self.timeout)
             .connect()
             .await
-            .map_err(|e| NetmasterError::Unreachable(format!("{ep}: {e}")))?;
-        Ok(AdminClient::new(ch))
+            .map_err(|e| {
+                let chain = rackline_security::tls::error_chain(&e);
+                let why = rackline_security::tls::explain_tls_failure(
+                    &chain,
+                    "netmaster",
+                    "--netmaster-ca-file",
+                    "--netmaster-cert-file",
+                );
+                NetmasterError::Unreachable(match why {
+                    Some(w) => format!("{ep}: {w} ({chain})"),
+                    None => format!("{ep}: {chain}"),
+                })
+            })?;
+        Ok(RawClient::with_interceptor(ch, self.auth.interceptor()))
     }
 
     /// Runs `call` against the preferred endpoint, then the others; follows
     /// a leader hint once per endpoint.
     async fn with_failover<T, F, Fut>(&self, call: F) -> Result<T, NetmasterError>
     where
-        F: Fn(AdminClient<Channel>) -> Fut,
+        F: Fn(AdminClient) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if self.endpoints.is_empty() {
@@ -106,7 +133,8 @@ impl NetmasterClient {
                         return Err(NetmasterError::Exhausted)
                     }
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                        match leader_hint(s.message()) {
+                        let scheme = target.split("://").next().unwrap_or("http");
+                        match leader_hint(s.message(), scheme) {
                             Some(l) if l != target => {
                                 debug!(from = %target, to = %l, "following the netmaster leader");
                                 target = l;
@@ -185,13 +213,17 @@ mod tests {
     #[test]
     fn leader_hints_are_parsed() {
         assert_eq!(
-            leader_hint("not the leader; leader is 10.0.0.3:7650").as_deref(),
+            leader_hint("not the leader; leader is 10.0.0.3:7650", "http").as_deref(),
             Some("http://10.0.0.3:7650")
         );
         assert_eq!(
-            leader_hint("not the leader; leader is http://h:1.").as_deref(),
+            leader_hint("not the leader; leader is 10.0.0.3:7650", "https").as_deref(),
+            Some("https://10.0.0.3:7650")
+        );
+        assert_eq!(
+            leader_hint("not the leader; leader is http://h:1.", "https").as_deref(),
             Some("http://h:1")
         );
-        assert_eq!(leader_hint("no leader elected yet"), None);
+        assert_eq!(leader_hint("no leader elected yet", "http"), None);
     }
 }

@@ -84,6 +84,23 @@ pub struct Pick {
     pub borrowed: bool,
 }
 
+/// This node's share of a network, for the metrics (one pass, one lock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeGauges {
+    /// Active leases of this node's pods.
+    pub held: u64,
+    /// Of those, outside this node's own blocks (rack-bound networks).
+    pub borrowed: u64,
+    /// This node's standby reserve.
+    pub standby: u64,
+    /// Sticky reservations last held on this node.
+    pub reserved: u64,
+    /// Quarantine records found by this node's pods.
+    pub quarantined: u64,
+    /// Blocks this node owns.
+    pub blocks: u64,
+}
+
 /// Numbers the block manager works from.
 #[derive(Debug, Clone, Default)]
 pub struct BlockUsage {
@@ -567,6 +584,46 @@ impl NetState {
 
     pub fn lease_at(&self, ip: Ipv4Addr) -> Option<StoredLease> {
         self.lock().leases.get(&ip).cloned()
+    }
+
+    /// What this node holds on the network (see [`NodeGauges`]).
+    pub fn node_gauges(&self, node: &str) -> NodeGauges {
+        let g = self.lock();
+        let mut out = NodeGauges::default();
+        let own_block = |ip: Ipv4Addr| {
+            g.rack.as_ref().is_some_and(|r| {
+                r.block_at(u32::from(ip))
+                    .is_some_and(|(b, _)| b.block.node == r.node)
+            })
+        };
+        for sl in g.leases.values() {
+            let l = &sl.lease;
+            if l.node != node {
+                continue;
+            }
+            match l.state {
+                rackline_model::LeaseState::Active => {
+                    out.held += 1;
+                    if g.rack.is_some() && !own_block(l.address) {
+                        out.borrowed += 1;
+                    }
+                }
+                // Counted from the reserve itself below (an address taken
+                // offline is no longer in it, though etcd still says standby).
+                rackline_model::LeaseState::Standby => {}
+                rackline_model::LeaseState::Reserved => out.reserved += 1,
+                rackline_model::LeaseState::Conflict => out.quarantined += 1,
+            }
+        }
+        out.standby = g.standby.len() as u64;
+        if let Some(r) = g.rack.as_ref() {
+            out.blocks = r
+                .blocks
+                .values()
+                .filter(|(b, _)| b.block.node == r.node)
+                .count() as u64;
+        }
+        out
     }
 
     /// (capacity, allocated, available): of the network for a flat network,

@@ -15,6 +15,7 @@ use crate::store::LeaseStore;
 pub struct IpamService<S> {
     engine: Arc<Engine<S>>,
     qos: Arc<QosState>,
+    metrics: Option<Arc<crate::metrics::IpamMetrics>>,
 }
 
 impl<S> IpamService<S> {
@@ -22,13 +23,43 @@ impl<S> IpamService<S> {
         Self {
             engine,
             qos: QosState::new(None),
+            metrics: None,
         }
+    }
+
+    /// Counts Allocate/Release outcomes and the plugin's timing reports.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::IpamMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Answers with the node-class and policy QoS levels from `qos`.
     pub fn with_qos(mut self, qos: Arc<QosState>) -> Self {
         self.qos = qos;
         self
+    }
+
+    /// Records a finished Allocate (`freed` None) or Release.
+    fn count(
+        &self,
+        network: &str,
+        started: std::time::Instant,
+        freed: Option<bool>,
+        err: Option<&IpamError>,
+    ) where
+        S: LeaseStore,
+    {
+        let Some(m) = &self.metrics else { return };
+        // Only networks this node knows become label values.
+        let net = if self.engine.knows_network(network) {
+            network
+        } else {
+            ""
+        };
+        match freed {
+            None => m.allocated(net, started, err),
+            Some(f) => m.released(net, f, err),
+        }
     }
 
     /// The network as this pod's plugin needs it, QoS levels included.
@@ -110,7 +141,12 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         &self,
         req: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateReply>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
+        if let Some(m) = &self.metrics {
+            m.plugin_reported(&r.plugin_timings);
+        }
+        let network = r.network.clone();
         let pod = r.pod.unwrap_or_default();
         let a = self
             .engine
@@ -124,8 +160,9 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
                     uid: pod.uid,
                 },
             })
-            .await
-            .map_err(status_of)?;
+            .await;
+        self.count(&network, started, None, a.as_ref().err());
+        let a = a.map_err(status_of)?;
         Ok(Response::new(pb::AllocateReply {
             lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
             network: Some(self.network_for(&a.network, &a.lease.pod)),
@@ -138,12 +175,22 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let started = std::time::Instant::now();
         let r = req.into_inner();
+        if let Some(m) = &self.metrics {
+            m.plugin_reported(&r.plugin_timings);
+        }
         let freed = self
             .engine
             .release_with(&r.network, &r.container_id, &r.ifname, r.rollback)
-            .await
-            .map_err(status_of)?;
+            .await;
+        self.count(
+            &r.network,
+            started,
+            Some(freed.as_ref().is_ok_and(|f| !f.is_empty())),
+            freed.as_ref().err(),
+        );
+        let freed = freed.map_err(status_of)?;
         Ok(Response::new(pb::ReleaseReply {
             released: !freed.is_empty(),
             address: freed

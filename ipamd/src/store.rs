@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use rackline_model::{Identity, Lease};
 use rackline_store::{
@@ -81,13 +82,26 @@ pub trait LeaseStore: Send + Sync + 'static {
         identity_rev: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// `replace_lease`, but the new record is deleted by etcd itself after
-    /// `ttl_secs` (a conflict quarantine, issue 4).
+    /// `ttl_secs` (a conflict quarantine).
     fn replace_lease_expiring(
         &self,
         lease: &Lease,
         mod_revision: i64,
         ttl_secs: u64,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Rewrites the record last seen at `mod_revision` with the reclaim
+    /// marker (`rackline_model::event`); the new revision, or None if it
+    /// changed. A store without an event stream need not mark: the default
+    /// leaves the record as it is.
+    fn mark_reclaimed(
+        &self,
+        _lease: &Lease,
+        mod_revision: i64,
+        _reason: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send {
+        std::future::ready(Ok(Some(mod_revision)))
+    }
 }
 
 impl LeaseStore for Store {
@@ -97,7 +111,10 @@ impl LeaseStore for Store {
         network_revision: i64,
         block: Option<&BlockGuard>,
     ) -> Result<CreateLease, StoreError> {
-        Store::create_lease_guarded(self, lease, network_revision, block).await
+        let t = Instant::now();
+        let r = Store::create_lease_guarded(self, lease, network_revision, block).await;
+        self.observe("create_lease", t);
+        r
     }
 
     async fn delete_lease(
@@ -106,7 +123,10 @@ impl LeaseStore for Store {
         ip: Ipv4Addr,
         mod_revision: i64,
     ) -> Result<bool, StoreError> {
-        Store::delete_lease(self, network, ip, mod_revision).await
+        let t = Instant::now();
+        let r = Store::delete_lease(self, network, ip, mod_revision).await;
+        self.observe("delete_lease", t);
+        r
     }
 
     async fn get_lease(
@@ -114,7 +134,10 @@ impl LeaseStore for Store {
         network: &str,
         ip: Ipv4Addr,
     ) -> Result<Option<StoredLease>, StoreError> {
-        Store::get_lease(self, network, ip).await
+        let t = Instant::now();
+        let r = Store::get_lease(self, network, ip).await;
+        self.observe("get_lease", t);
+        r
     }
 
     async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>, StoreError> {
@@ -126,7 +149,10 @@ impl LeaseStore for Store {
         lease: &Lease,
         mod_revision: i64,
     ) -> Result<Option<i64>, StoreError> {
-        Store::replace_lease(self, lease, mod_revision).await
+        let t = Instant::now();
+        let r = Store::replace_lease(self, lease, mod_revision).await;
+        self.observe("replace_lease", t);
+        r
     }
 
     async fn get_identity(
@@ -144,7 +170,10 @@ impl LeaseStore for Store {
         namespace: &str,
         name: &str,
     ) -> Result<Option<IdentityView>, StoreError> {
-        Store::identity_view(self, network, namespace, name).await
+        let t = Instant::now();
+        let r = Store::identity_view(self, network, namespace, name).await;
+        self.observe("identity_view", t);
+        r
     }
 
     async fn write_sticky(
@@ -168,7 +197,8 @@ impl LeaseStore for Store {
         if let Some(b) = block {
             extra.push(b.compare());
         }
-        Store::write_sticky(
+        let t = Instant::now();
+        let r = Store::write_sticky(
             self,
             lease,
             lease_rev,
@@ -177,7 +207,9 @@ impl LeaseStore for Store {
             ttl_lease,
             extra,
         )
-        .await
+        .await;
+        self.observe("write_sticky", t);
+        r
     }
 
     async fn delete_sticky(
@@ -219,6 +251,21 @@ impl LeaseStore for Store {
         mod_revision: i64,
         ttl_secs: u64,
     ) -> Result<Option<i64>, StoreError> {
-        Store::replace_lease_for(self, lease, mod_revision, ttl_secs).await
+        let t = Instant::now();
+        let r = Store::replace_lease_for(self, lease, mod_revision, ttl_secs).await;
+        self.observe("replace_lease", t);
+        r
+    }
+
+    async fn mark_reclaimed(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        reason: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let t = Instant::now();
+        let r = Store::mark_lease_reclaimed(self, lease, mod_revision, reason).await;
+        self.observe("mark_reclaimed", t);
+        r
     }
 }

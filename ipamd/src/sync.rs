@@ -37,7 +37,10 @@ pub async fn run<S: LeaseStore>(
                 continue;
             }
         }
-        match store.snapshot().await {
+        let t = std::time::Instant::now();
+        let snap = store.snapshot().await;
+        store.observe("snapshot", t);
+        match snap {
             Ok(snap) => {
                 let rev = snap.revision;
                 engine.apply_snapshot(snap);

@@ -111,6 +111,7 @@ fn alloc_req(cid: &str) -> pb::AllocateRequest {
             uid: format!("uid-{cid}"),
         }),
         requested_addresses: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -299,6 +300,7 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
         container_id: gone.clone(),
         ifname: "eth0".into(),
         rollback: false,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -339,6 +341,7 @@ async fn two_nodes_storm_crash_and_etcd_restart_never_duplicate() {
             container_id: l["containerId"].as_str().unwrap().into(),
             ifname: "eth0".into(),
             rollback: false,
+            ..Default::default()
         };
         let r = match l["node"].as_str().unwrap() {
             "n1" => c1.release(req).await,

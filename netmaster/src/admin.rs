@@ -76,7 +76,9 @@ impl From<StoreError> for AdminError {
             StoreError::Exists(o) => AdminError::Exists(o),
             StoreError::Refused(m) => AdminError::Refused(m),
             StoreError::Exhausted { network, rack } => AdminError::Exhausted { network, rack },
-            e @ (StoreError::Etcd(_) | StoreError::Corrupt { .. }) => AdminError::Store(e),
+            e @ (StoreError::Etcd(_) | StoreError::Corrupt { .. } | StoreError::Config(_)) => {
+                AdminError::Store(e)
+            }
         }
     }
 }

@@ -16,10 +16,13 @@ use serde::Serialize;
 use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
+pub mod config;
+mod events;
 mod probe;
 mod qos;
 mod racks;
 mod reservations;
+pub use events::EventsArgs;
 pub use qos::{NetworkQosArgs, QosCommand, QosSetArgs};
 pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
 
@@ -27,7 +30,8 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 
-/// Global flags also come from `RACKLINE_SERVER` / `RACKLINE_OUTPUT`.
+/// Global flags also come from `RACKLINE_*` variables, and the connection
+/// settings from the config file (see [`config`]).
 /// Per-command flags deliberately do not: a stray `RACKLINE_FORCE` in an
 /// operator's shell must never turn a refused delete into a forced one.
 #[derive(Debug, Clone, Parser)]
@@ -37,15 +41,28 @@ pub const EXIT_UNREACHABLE: u8 = 3;
     about = "Administer Rackline networks, racks, nodes, blocks and leases"
 )]
 pub struct Cli {
-    /// netmaster's gRPC address, or every replica's, comma separated: the
-    /// first that answers is used, writes follow the leader.
-    #[arg(
-        long,
-        env = "RACKLINE_SERVER",
-        default_value = "http://127.0.0.1:7650",
-        global = true
-    )]
-    pub server: String,
+    /// netmaster's gRPC URL, or every replica's, comma separated: the
+    /// first that answers is used, writes follow the leader. https:// =
+    /// TLS, http:// = plaintext [default: the config file's, else
+    /// http://127.0.0.1:7650].
+    #[arg(long, env = "RACKLINE_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Config file (TOML: server, ca-file, cert-file, key-file,
+    /// token-file) [default: ~/.config/rackline/config, if it exists].
+    #[arg(long, env = "RACKLINE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<std::path::PathBuf>,
+    /// CA bundle (PEM) that signed netmaster's certificate.
+    #[arg(long, env = "RACKLINE_CA_FILE", value_name = "PEM", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mTLS, with --key-file.
+    #[arg(long, env = "RACKLINE_CERT_FILE", value_name = "PEM", global = true)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RACKLINE_KEY_FILE", value_name = "PEM", global = true)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// File holding a bearer token (never pass a token on the command line).
+    #[arg(long, env = "RACKLINE_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -92,6 +109,9 @@ pub enum Command {
     /// Per-pod bandwidth policies for namespaces and applications.
     #[command(subcommand)]
     Qos(QosCommand),
+    /// The IP event stream: every lease change, in order (NDJSON with
+    /// -o json).
+    Events(EventsArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -214,6 +234,9 @@ pub struct LeaseListArgs {
 pub enum CtlError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// Connection settings that cannot work (config file, credentials).
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -221,7 +244,7 @@ pub enum CtlError {
 impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Client(ClientError::BadServer(..)) => EXIT_USAGE,
+            CtlError::Client(ClientError::BadServer(..)) | CtlError::Usage(_) => EXIT_USAGE,
             CtlError::Client(e) if e.is_unavailable() => EXIT_UNREACHABLE,
             CtlError::Client(_) | CtlError::Output(_) => EXIT_REFUSED,
         }
@@ -286,7 +309,22 @@ impl LeaseListArgs {
 
 /// Runs one command against the server, printing its result on `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
-    let mut client = AdminClient::connect(&cli.server, Timeouts::default()).await?;
+    let file = config::ConfigFile::load(cli.config.as_deref()).map_err(CtlError::Usage)?;
+    let conn = config::resolve(
+        cli.server.clone(),
+        rackline_security::client::ClientCredentials {
+            ca_file: cli.ca_file.clone(),
+            cert_file: cli.cert_file.clone(),
+            key_file: cli.key_file.clone(),
+            token_file: cli.token_file.clone(),
+        },
+        file,
+    );
+    let auth = conn
+        .credentials
+        .load(config::FLAGS)
+        .map_err(CtlError::Usage)?;
+    let mut client = AdminClient::connect_with(&conn.server, Timeouts::default(), auth).await?;
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Network(NetworkCommand::Create(args)) => {
@@ -339,6 +377,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
         Command::Reservation(cmd) => reservations::run(cmd, &mut client, json, out).await?,
         Command::Qos(cmd) => qos::qos(cmd, &mut client, json, out).await?,
+        Command::Events(args) => events::run(args, &mut client, json, out).await?,
     }
     out.flush()?;
     Ok(())

@@ -15,8 +15,14 @@ use std::time::Duration;
 
 use rackline_proto::admin::v1 as pb;
 use rackline_proto::admin::v1::admin_client::AdminClient as RawClient;
+use rackline_security::client::{ClientAuth, TokenInterceptor};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+
+/// The generated client over one channel, every request carrying our
+/// bearer token (if any).
+pub type Raw = RawClient<InterceptedService<Channel, TokenInterceptor>>;
 
 mod qos;
 mod racks;
@@ -65,7 +71,8 @@ impl Default for Timeouts {
 }
 
 pub struct AdminClient {
-    inner: RawClient<Channel>,
+    inner: Raw,
+    auth: ClientAuth,
     /// The replicas given, in order.
     servers: Vec<Endpoint>,
     /// Index in `servers` of the replica `inner` talks to (a leader we were
@@ -76,15 +83,15 @@ pub struct AdminClient {
 
 /// Validates every address first: a typo is a usage error even when an
 /// earlier replica would have answered.
-fn endpoints(servers: &str, t: Timeouts) -> Result<Vec<Endpoint>> {
+fn endpoints(servers: &str, t: Timeouts, auth: &ClientAuth) -> Result<Vec<Endpoint>> {
     let list: Vec<Endpoint> = servers
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            Endpoint::from_shared(s.to_string())
+            auth.endpoint(s)
                 .map(|e| e.connect_timeout(t.connect).timeout(t.request))
-                .map_err(|e| ClientError::BadServer(s.to_string(), e.to_string()))
+                .map_err(|e| ClientError::BadServer(s.to_string(), e))
         })
         .collect::<Result<_>>()?;
     if list.is_empty() {
@@ -96,17 +103,26 @@ fn endpoints(servers: &str, t: Timeouts) -> Result<Vec<Endpoint>> {
     Ok(list)
 }
 
-async fn open(endpoint: &Endpoint) -> Result<RawClient<Channel>> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Unreachable {
-            server: endpoint.uri().to_string(),
-            reason: error_chain(&e),
-        })?;
+async fn open(endpoint: &Endpoint, auth: &ClientAuth) -> Result<Raw> {
+    let channel = endpoint.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        ClientError::Unreachable {
+            server: rackline_security::redact_url(&endpoint.uri().to_string()),
+            reason: match rackline_security::tls::explain_tls_failure(
+                &chain,
+                "netmaster",
+                "--ca-file",
+                "--cert-file",
+            ) {
+                Some(why) => format!("{why} ({chain})"),
+                None => chain,
+            },
+        }
+    })?;
     // tonic's 4 MiB default is ~20k leases; a big rack's full lease list
     // must still come back in one reply (until the API pages).
-    Ok(RawClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
+    Ok(RawClient::with_interceptor(channel, auth.interceptor())
+        .max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
 impl AdminClient {
@@ -114,13 +130,19 @@ impl AdminClient {
     /// answers) so an unreachable server is reported as such, not as the
     /// failure of whatever call came first.
     pub async fn connect(servers: &str, t: Timeouts) -> Result<Self> {
-        let list = endpoints(servers, t)?;
+        Self::connect_with(servers, t, ClientAuth::none()).await
+    }
+
+    /// Same, with TLS and credentials (`https://` servers need a CA).
+    pub async fn connect_with(servers: &str, t: Timeouts, auth: ClientAuth) -> Result<Self> {
+        let list = endpoints(servers, t, &auth)?;
         let mut reasons = Vec::new();
         for (i, e) in list.iter().enumerate() {
-            match open(e).await {
+            match open(e, &auth).await {
                 Ok(inner) => {
                     return Ok(Self {
                         inner,
+                        auth,
                         servers: list,
                         current: i,
                         timeouts: t,
@@ -145,7 +167,7 @@ impl AdminClient {
     /// not found if the first attempt did land.
     pub async fn call<T, F, Fut>(&mut self, mut rpc: F) -> Result<T>
     where
-        F: FnMut(RawClient<Channel>) -> Fut,
+        F: FnMut(Raw) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let mut followed = false;
@@ -158,12 +180,20 @@ impl AdminClient {
             if status.code() == Code::FailedPrecondition && !followed {
                 if let Some(addr) = crate::leader::leader_hint(status.message()) {
                     followed = true;
-                    let leader = endpoints(&format!("http://{addr}"), self.timeouts)
-                        .map_err(|_| ClientError::Rpc(status.clone()))?
-                        .remove(0);
+                    // The leader is reached the way the replicas are
+                    // (https:// stays https://).
+                    let scheme = self.servers[self.current]
+                        .uri()
+                        .scheme_str()
+                        .unwrap_or("http")
+                        .to_string();
+                    let leader =
+                        endpoints(&format!("{scheme}://{addr}"), self.timeouts, &self.auth)
+                            .map_err(|_| ClientError::Rpc(status.clone()))?
+                            .remove(0);
                     // An unreachable leader is "try again later" (exit 3):
                     // a successor is elected within the lease TTL.
-                    self.inner = open(&leader).await?;
+                    self.inner = open(&leader, &self.auth).await?;
                     continue 'attempt;
                 }
             }
@@ -171,7 +201,7 @@ impl AdminClient {
                 while next < self.servers.len() {
                     let i = next;
                     next += 1;
-                    if let Ok(inner) = open(&self.servers[i]).await {
+                    if let Ok(inner) = open(&self.servers[i], &self.auth).await {
                         self.inner = inner;
                         self.current = i;
                         continue 'attempt;
@@ -243,10 +273,27 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// Opens the IP event stream (replica failover applies to the opening
+    /// only; a stream that breaks later ends with its error).
+    pub async fn watch_events(
+        &mut self,
+        from_revision: i64,
+        follow: bool,
+    ) -> Result<tonic::Streaming<pb::WatchEventsReply>> {
+        let req = pb::WatchEventsRequest {
+            from_revision,
+            follow,
+        };
+        self.call(|mut c| async move { c.watch_events(req).await })
+            .await
+    }
+}
+
 /// A call whose connection broke (the replica died mid-request) comes back
 /// as `Unknown: transport error`; it is an unavailable server, not a
 /// refusal: the next replica is tried and racklinectl exits 3.
-fn connection_lost(s: Status) -> Status {
+pub(crate) fn connection_lost(s: Status) -> Status {
     use std::error::Error as _;
     let mut cur = s.source();
     while let Some(e) = cur {
@@ -284,16 +331,17 @@ mod tests {
     #[test]
     fn every_listed_server_is_validated_first() {
         let t = Timeouts::default();
-        let list = endpoints("http://10.0.0.2:7650, http://10.0.0.3:7650,", t).unwrap();
+        let a = ClientAuth::none();
+        let list = endpoints("http://10.0.0.2:7650, http://10.0.0.3:7650,", t, &a).unwrap();
         let uris: Vec<String> = list.iter().map(|e| e.uri().to_string()).collect();
         assert_eq!(uris, ["http://10.0.0.2:7650/", "http://10.0.0.3:7650/"]);
-        let e = endpoints("http://10.0.0.2:7650,not a url", t).unwrap_err();
+        let e = endpoints("http://10.0.0.2:7650,not a url", t, &a).unwrap_err();
         assert!(
             matches!(&e, ClientError::BadServer(s, _) if s == "not a url"),
             "{e}"
         );
         assert!(matches!(
-            endpoints(" , ", t),
+            endpoints(" , ", t, &a),
             Err(ClientError::BadServer(..))
         ));
     }

@@ -149,6 +149,11 @@ impl ElectionStatus {
         self.role.borrow().clone()
     }
 
+    /// Notified on every role change (the webhook sink runs while leading).
+    pub fn subscribe(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
     /// Sets the role unless the election was stopped (terminal).
     fn publish(&self, role: Role) {
         self.role.send_if_modified(|r| {

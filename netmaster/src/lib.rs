@@ -6,17 +6,29 @@
 //! - [`client`]: the client adapter racklinectl uses;
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
-//! - [`leader`]: leader election among replicas and the write fence.
+//! - [`leader`]: leader election among replicas and the write fence;
+//! - [`auth`] and [`authz`]: who calls (tokens, client certificates) and
+//!   what each role may do, with the audit log;
+//! - [`index`], [`events`], [`metrics`], [`webhook`], [`observability`]:
+//!   the pool index, the IP event stream, Prometheus metrics and health, the
+//!   webhook sink, and their wiring.
 //!
 //! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
 
 pub mod admin;
+pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod convert;
 pub mod daemon;
+pub mod events;
+pub mod index;
 pub mod leader;
+pub mod metrics;
+pub mod observability;
 pub mod render;
 pub mod server;
+pub mod webhook;
 
 pub use admin::{AdminError, AdminService, LeaseFilter, NetworkView, PodFilter};

@@ -16,11 +16,20 @@ pub use rackline_proto::admin::v1::admin_server::AdminServer;
 
 pub struct GrpcAdmin {
     svc: AdminService,
+    /// The IP event stream, metrics and pool index (absent: WatchEvents is
+    /// unavailable and nothing is counted).
+    obs: Option<crate::observability::Handles>,
 }
 
 impl GrpcAdmin {
     pub fn new(svc: AdminService) -> Self {
-        Self { svc }
+        Self { svc, obs: None }
+    }
+
+    /// Serves WatchEvents from `events` and counts block grants/returns.
+    pub fn with_observability(mut self, obs: crate::observability::Handles) -> Self {
+        self.obs = Some(obs);
+        self
     }
 
     pub fn into_server(self) -> AdminServer<Self> {
@@ -67,6 +76,26 @@ fn fail(e: AdminError) -> Status {
 
 #[tonic::async_trait]
 impl Admin for GrpcAdmin {
+    type WatchEventsStream = crate::observability::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let obs = self
+            .obs
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this netmaster serves no event stream"))?;
+        let r = request.into_inner();
+        if r.from_revision < 0 {
+            return Err(Status::invalid_argument(format!(
+                "from_revision {} is negative",
+                r.from_revision
+            )));
+        }
+        Ok(Response::new(obs.watch_events(r.from_revision, r.follow)))
+    }
+
     async fn list_reservations(
         &self,
         request: Request<pb::ListReservationsRequest>,
@@ -304,6 +333,9 @@ impl Admin for GrpcAdmin {
             .acquire_block(&network, &node)
             .await
             .map_err(fail)?;
+        if let Some(o) = &self.obs {
+            o.metrics.block_granted(&b.network, &b.rack);
+        }
         Ok(Response::new(convert::block_to_proto(&b, 0)))
     }
 
@@ -318,6 +350,10 @@ impl Admin for GrpcAdmin {
             .release_block(&network, first, &node)
             .await
             .map_err(fail)?;
+        if let (true, Some(o)) = (released, &self.obs) {
+            let rack = o.index.rack_of(&network, first, &node);
+            o.metrics.block_returned(&network, &rack);
+        }
         Ok(Response::new(pb::ReleaseBlockReply { released }))
     }
 

@@ -10,6 +10,8 @@
 //! <prefix>/v1/blocks/<network>/<first ipv4>  Block JSON
 //! <prefix>/v1/identities/<network>/<ns>/<pod> Identity JSON (a sticky pod's address)
 //! <prefix>/v1/netmaster/leader               the netmaster leader, on its etcd lease
+//! <prefix>/v1/netmaster/webhook-cursor       the webhook sink's next revision (leader, fenced)
+//! <prefix>/v1/heartbeat                      the event stream's clock tick (netmaster)
 //! <prefix>/v1/qos/<network>/<namespace>/<name>  QosPolicy JSON
 //! ```
 //! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
@@ -168,6 +170,43 @@ impl Keys {
         key.strip_prefix(&self.root)?.strip_prefix("/nodes/")
     }
 
+    /// Where the netmaster leader keeps its webhook sink's cursor: the next
+    /// etcd revision to deliver.
+    pub fn webhook_cursor(&self) -> String {
+        format!("{}/netmaster/webhook-cursor", self.root)
+    }
+
+    /// A key netmaster rewrites now and then so the IP event stream has a
+    /// change to read even when no lease changes: its revision, delivered
+    /// in order with the events, proves every event before it was
+    /// delivered (a bookmark that costs one small write, and does not rely
+    /// on etcd's progress notifications).
+    pub fn heartbeat(&self) -> String {
+        format!("{}/heartbeat", self.root)
+    }
+
+    /// The key range `[start, end)` the IP event stream watches: the
+    /// heartbeat, every identity and every lease key. They are neighbours in
+    /// byte order (nothing Rackline stores sorts between `heartbeat`,
+    /// `identities/` and `leases/`), so one range watch sees them all in
+    /// revision order; any other key that ever lands in the range is
+    /// ignored by the reader.
+    pub fn events_range(&self) -> (String, String) {
+        (
+            self.heartbeat(),
+            // '0' is the byte after '/': the end of the `leases/` prefix.
+            format!("{}/leases0", self.root),
+        )
+    }
+
+    /// (network, namespace, pod) from an identity key.
+    pub fn parse_identity<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/identities/")?;
+        let (net, rest) = rest.split_once('/')?;
+        let (ns, pod) = rest.split_once('/')?;
+        Some((net, ns, pod))
+    }
+
     /// (network, address) from a lease key.
     pub fn parse_lease<'a>(&self, key: &'a str) -> Option<(&'a str, Ipv4Addr)> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("/leases/")?;
@@ -220,6 +259,33 @@ mod tests {
         assert_eq!(k.rack_name_of(&k.rack("r1")), Some("r1"));
         assert_eq!(k.node_name_of(&k.node("n1")), Some("n1"));
         assert_eq!(k.parse_lease(&b), None);
+        let i = k.identity("prod", "shop", "web-0");
+        assert_eq!(k.parse_identity(&i), Some(("prod", "shop", "web-0")));
+        assert_eq!(k.parse_identity(&key), None);
+    }
+
+    #[test]
+    fn the_event_range_holds_identities_and_leases_only() {
+        let k = Keys::new("/rackline");
+        let (start, end) = k.events_range();
+        let inside = |key: &str| key >= start.as_str() && key < end.as_str();
+        assert!(inside(&k.identity("prod", "ns", "p")));
+        assert!(inside(&k.lease("prod", "10.0.0.1".parse().unwrap())));
+        assert!(inside(&k.lease("zzz", "255.255.255.255".parse().unwrap())));
+        assert!(inside(&k.heartbeat()));
+        for other in [
+            k.network("prod"),
+            k.networks_guard(),
+            k.rack("r1"),
+            k.racknet("prod", "r1"),
+            k.node("n1"),
+            k.block("prod", "10.0.0.0".parse().unwrap()),
+            k.leader(),
+            k.webhook_cursor(),
+            k.qos_policy("prod", "ns", "x"),
+        ] {
+            assert!(!inside(&other), "{other}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! no gRPC, no netlink, so it is unit-tested without root or daemons.
 
 pub mod block;
+pub mod event;
 pub mod intervals;
 pub mod keys;
 pub mod lease;
@@ -15,6 +16,7 @@ pub mod spool;
 pub mod sticky;
 
 pub use block::Block;
+pub use event::{EventKind, LeaseEvent};
 pub use intervals::IntervalSet;
 pub use keys::Keys;
 pub use lease::{ConflictInfo, Lease, LeaseState, PodRef};

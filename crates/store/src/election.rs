@@ -114,7 +114,7 @@ impl LeaderWatch {
 impl Store {
     /// Grants a fresh etcd lease of `ttl_secs`.
     pub async fn grant_lease(&self, ttl_secs: i64) -> Result<GrantedLease> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.lease_grant(ttl_secs, None).await })
             .await?;
@@ -127,7 +127,7 @@ impl Store {
     /// Revokes a lease, deleting every key attached to it at once. A lease
     /// that is already gone is not an error.
     pub async fn revoke_lease(&self, id: i64) -> Result<()> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         match self.deadline(async move { c.lease_revoke(id).await }).await {
             Ok(_) => Ok(()),
             Err(StoreError::Etcd(etcd_client::Error::GRpcStatus(s)))
@@ -143,7 +143,7 @@ impl Store {
     /// (and waits for) one keep-alive; `None` when the lease no longer
     /// exists.
     pub async fn keep_alive(&self, id: i64) -> Result<Option<LeaseKeepAlive>> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let opened = self
             .deadline(async move { c.lease_keep_alive(id).await })
             .await;
@@ -176,7 +176,7 @@ impl Store {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
@@ -196,7 +196,7 @@ impl Store {
     /// Who holds the leader key now, and the revision of the read.
     pub async fn get_leader(&self) -> Result<(Option<LeaderKey>, i64)> {
         let key = self.keys.leader();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok((resp.kvs().first().map(leader_key), revision))
@@ -205,7 +205,7 @@ impl Store {
     /// Watches the leader key from `start_revision`.
     pub async fn watch_leader(&self, start_revision: i64) -> Result<LeaderWatch> {
         let key = self.keys.leader();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let opts = WatchOptions::new().with_start_revision(start_revision);
         let stream = self
             .deadline(async move { c.watch(key, Some(opts)).await })
@@ -219,7 +219,7 @@ impl Store {
     pub async fn check_fence(&self, fence: Option<&Fence>) -> Result<()> {
         let Some(f) = fence else { return Ok(()) };
         let key = f.key.clone();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         let now = resp.kvs().first().map_or(0, |kv| kv.create_revision());
         if now == f.create_revision {

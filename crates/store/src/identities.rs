@@ -48,7 +48,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<StoredIdentity>> {
         let key = self.keys.identity(network, namespace, name);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs()
             .first()
@@ -82,7 +82,7 @@ impl Store {
             Some(n) => self.keys.identities_prefix(n),
             None => self.keys.all_identities_prefix(),
         };
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
@@ -101,7 +101,7 @@ impl Store {
     /// records are attached to so that etcd deletes both at expiry.
     pub async fn grant_ttl(&self, secs: u64) -> Result<i64> {
         let ttl = secs.clamp(1, i64::MAX as u64) as i64;
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.lease_grant(ttl, None).await })
             .await?;
@@ -144,7 +144,7 @@ impl Store {
                 opts,
             ),
         ]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(if resp.succeeded() {
             StickyWrite::Done {
@@ -174,7 +174,7 @@ impl Store {
                 Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
             ])
             .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
     }
@@ -196,7 +196,7 @@ impl Store {
                 identity_rev,
             )])
             .and_then([TxnOp::delete(ikey, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
     }

@@ -11,7 +11,7 @@ impl Store {
     /// Number of leases of one network, without fetching the records.
     pub async fn count_leases(&self, network: &str) -> Result<u64> {
         let prefix = self.keys.leases_prefix(network);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move {
                 c.get(
@@ -28,7 +28,7 @@ impl Store {
 
     pub async fn get_lease(&self, network: &str, ip: Ipv4Addr) -> Result<Option<StoredLease>> {
         let key = self.keys.lease(network, ip);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs()
             .first()
@@ -48,7 +48,7 @@ impl Store {
             Some(n) => self.keys.leases_prefix(n),
             None => self.keys.all_leases_prefix(),
         };
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
@@ -102,7 +102,7 @@ impl Store {
             .when(when)
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else(otherwise);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         if resp.succeeded() {
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -140,7 +140,7 @@ impl Store {
                 mod_revision,
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp
             .succeeded()
@@ -164,7 +164,7 @@ impl Store {
                 mod_revision,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
     }

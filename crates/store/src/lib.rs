@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, KeyValue, WatchOptions};
 use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 
 mod blocks;
+mod channel;
+mod connect;
 mod election;
+mod events;
 mod identities;
 mod leases;
 mod networks;
@@ -23,7 +24,9 @@ mod reads;
 mod ttl;
 mod usage;
 pub use blocks::{BlockFilter, BlockUsage};
+pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use nodes::NodeInfo;
 pub use object::Object;
@@ -67,23 +70,48 @@ pub enum StoreError {
     Refused(String),
     #[error("rack {rack:?} has no free block left on network {network:?}")]
     Exhausted { network: String, rack: String },
+    /// The etcd client cannot be set up as configured (flags, credential
+    /// files): fix the configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A transport failure with its cause spelled out: "transport error" alone
+/// hides a TLS failure, whose explanation names the flag to fix.
+fn transport_failure(e: &(dyn std::error::Error + 'static)) -> StoreError {
+    let chain = rackline_security::tls::error_chain(e);
+    StoreError::Unavailable(
+        match rackline_security::tls::explain_tls_failure(
+            &chain,
+            "etcd",
+            "--etcd-ca-file",
+            "--etcd-cert-file",
+        ) {
+            Some(why) => format!("{why} ({chain})"),
+            None => chain,
+        },
+    )
 }
 
 impl From<etcd_client::Error> for StoreError {
     fn from(e: etcd_client::Error) -> Self {
         match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                StoreError::Unavailable(e.to_string())
+                transport_failure(&e)
             }
+            // A connect failure arrives as an Unavailable status, a broken
+            // connection under a call as an Unknown one; both carry the
+            // transport error as their source.
             etcd_client::Error::GRpcStatus(s)
                 if matches!(
                     s.code(),
                     tonic::Code::Unavailable
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Cancelled
-                ) =>
+                ) || (s.code() == tonic::Code::Unknown
+                    && std::error::Error::source(s).is_some()) =>
             {
-                StoreError::Unavailable(e.to_string())
+                transport_failure(s)
             }
             _ => StoreError::Etcd(e),
         }
@@ -199,27 +227,64 @@ pub enum Change {
     },
 }
 
+/// Told the duration of a named store operation (metrics); see
+/// [`Store::with_observer`].
+pub type Observer = std::sync::Arc<dyn Fn(&'static str, Duration) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    etcd: connect::EtcdHandle,
     keys: Keys,
     timeout: Duration,
+    observer: Option<Observer>,
 }
 
 impl Store {
-    /// Connects lazily: this succeeds while etcd is down, and calls fail with
-    /// `Unavailable` until it is back.
+    /// Plaintext etcd without credentials (tests, loopback); see
+    /// [`Store::connect_with`].
     pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout.max(Duration::from_secs(2)));
-        let client = Client::connect(endpoints, Some(opts)).await?;
+        Self::connect_with(EtcdConfig::plain(endpoints, prefix, timeout)).await
+    }
+
+    /// Connects lazily: this succeeds while etcd is down, and calls fail with
+    /// `Unavailable` until it is back. Fails at once on a configuration that
+    /// can never work (flags that do not fit together, credential files that
+    /// do not load).
+    pub async fn connect_with(config: EtcdConfig) -> Result<Self> {
+        let keys = Keys::new(&config.prefix);
+        let timeout = config.timeout;
+        let etcd = connect::EtcdHandle::connect(config).await?;
         Ok(Self {
-            client,
-            keys: Keys::new(prefix),
+            etcd,
+            keys,
             timeout,
+            observer: None,
         })
+    }
+
+    /// Reports the duration of the operations callers time with
+    /// [`Store::observe`] (a daemon's etcd latency histogram).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Tells the observer, if any, that operation `op` took since `started`.
+    pub fn observe(&self, op: &'static str, started: std::time::Instant) {
+        if let Some(o) = &self.observer {
+            o(op, started.elapsed());
+        }
+    }
+
+    /// The current etcd client (a new one after credentials rotated).
+    fn client(&self) -> Client {
+        self.etcd.client()
+    }
+
+    /// A credential problem (expired certificate, wrong password…) known
+    /// right now, for status lines.
+    pub fn credential_problem(&self) -> Option<String> {
+        self.etcd.problem()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -233,17 +298,17 @@ impl Store {
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Ok(r) => r.map_err(|e| self.etcd.explain(StoreError::from(e))),
+            Err(_) => Err(self.etcd.explain(StoreError::Unavailable(format!(
                 "no answer within {:?}",
                 self.timeout
-            ))),
+            )))),
         }
     }
 
     /// Cheap liveness probe.
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         self.deadline(async move { c.status().await.map(|_| ()) })
             .await
     }
@@ -252,7 +317,7 @@ impl Store {
     /// it was taken at: a watch from `revision + 1` misses nothing.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let prefix = self.keys.root_prefix();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
@@ -311,7 +376,7 @@ impl Store {
         start_revision: i64,
         tx: tokio::sync::mpsc::Sender<Change>,
     ) -> Result<()> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);

@@ -9,7 +9,7 @@ use crate::*;
 impl Store {
     pub async fn list_networks(&self) -> Result<(Vec<StoredNetwork>, i64)> {
         let prefix = self.keys.networks_prefix();
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self
             .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await?;
@@ -24,7 +24,7 @@ impl Store {
 
     pub async fn get_network(&self, name: &str) -> Result<Option<StoredNetwork>> {
         let key = self.keys.network(name);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs().first().map(decode_network).transpose()
     }
@@ -88,7 +88,7 @@ impl Store {
                     TxnOp::put(key.clone(), value, None),
                     TxnOp::put(guard.clone(), spec.name.clone(), None),
                 ]);
-            let mut c = self.client.clone();
+            let mut c = self.client();
             let resp = self.deadline(async move { c.txn(txn).await }).await?;
             if resp.succeeded() {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -166,7 +166,7 @@ impl Store {
                     Some(DeleteOptions::new().with_prefix()),
                 ),
             ]);
-            let mut c = self.client.clone();
+            let mut c = self.client();
             let resp = self.deadline(async move { c.txn(txn).await }).await?;
             if resp.succeeded() {
                 let deleted = resp

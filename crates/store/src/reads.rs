@@ -58,7 +58,7 @@ pub(crate) fn now_unix_ms() -> i64 {
 
 impl Store {
     pub(crate) async fn commit(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        let mut c = self.client.clone();
+        let mut c = self.client();
         self.deadline(async move { c.txn(txn).await }).await
     }
 

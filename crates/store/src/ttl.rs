@@ -34,7 +34,7 @@ impl Store {
                 value,
                 Some(PutOptions::new().with_lease(ttl_id)),
             )]);
-        let mut c = self.client.clone();
+        let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp
             .succeeded()

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pki;
+
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand
 /// it out again immediately).
 pub fn free_port() -> u16 {
@@ -100,12 +102,61 @@ pub struct Etcd {
     pub client_port: u16,
     pub peer_port: u16,
     proc: Option<Proc>,
+    /// TLS on the client port (changed by tests before a restart, e.g. to
+    /// trust another client CA).
+    pub tls: Option<EtcdTls>,
+    /// `USER:PASSWORD` etcdctl uses once auth is enabled (without a client
+    /// certificate).
+    pub ctl_user: Option<String>,
+}
+
+/// etcd's client-port TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificate (clients trust it).
+    pub ca: PathBuf,
+    /// etcd's server certificate (SAN 127.0.0.1).
+    pub server: pki::CertFiles,
+    /// With a bundle: `--client-cert-auth --trusted-ca-file <bundle>`.
+    pub client_ca: Option<PathBuf>,
+    /// etcdctl's client certificate (CN `root`: etcd maps the CN to the
+    /// user once auth is enabled).
+    pub ctl: pki::CertFiles,
+}
+
+impl EtcdTls {
+    /// One CA for everything, client certificates required; files in `dir`.
+    pub fn generate(dir: &Path) -> (pki::Ca, Self) {
+        let ca = pki::Ca::new("rackline-test-ca");
+        let tls = Self {
+            ca: ca.write_cert(&dir.join("ca.crt")),
+            server: ca.issue(
+                dir,
+                "etcd-server",
+                "etcd",
+                &["127.0.0.1", "localhost"],
+                pki::Usage::Both,
+            ),
+            client_ca: Some(dir.join("ca.crt")),
+            ctl: ca.issue(dir, "etcdctl", "root", &[], pki::Usage::Client),
+        };
+        (ca, tls)
+    }
 }
 
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// etcd serving TLS on its client port.
+    pub fn start_tls(tls: EtcdTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<EtcdTls>) -> Self {
         require_binary(ETCD_BIN, "etcd-server");
         // A port picked free can be taken by a parallel test before etcd
         // binds it; etcd then exits at once and we retry with new ports.
@@ -117,6 +168,8 @@ impl Etcd {
                 client_port: free_port(),
                 peer_port: free_port(),
                 proc: None,
+                tls: tls.clone(),
+                ctl_user: None,
             };
             match e.try_restart() {
                 Ok(()) => return e,
@@ -127,7 +180,23 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// etcdctl's connection flags: endpoint and, with TLS, its CA and
+    /// client certificate; with `ctl_user`, `--user`.
+    pub fn ctl_flags(&self) -> Vec<String> {
+        let mut v = vec!["--endpoints".to_string(), self.endpoint()];
+        if let Some(t) = &self.tls {
+            v.push(format!("--cacert={}", t.ca.display()));
+            v.push(format!("--cert={}", t.ctl.cert.display()));
+            v.push(format!("--key={}", t.ctl.key.display()));
+        }
+        if let Some(u) = &self.ctl_user {
+            v.push(format!("--user={u}"));
+        }
+        v
     }
 
     /// Starts (again) on the same data dir and ports and waits until it
@@ -139,9 +208,20 @@ impl Etcd {
     }
 
     fn try_restart(&mut self) -> Result<(), String> {
-        let c = format!("http://127.0.0.1:{}", self.client_port);
+        let c = self.endpoint();
         let p = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(ETCD_BIN);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server.cert)
+                .arg("--key-file")
+                .arg(&t.server.key);
+            if let Some(ca) = &t.client_ca {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
+            }
+        }
         cmd.args(["--name", "t1", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
@@ -182,14 +262,8 @@ impl Etcd {
                 }
             }
             let ok = Command::new("/usr/bin/etcdctl")
-                .args([
-                    "--endpoints",
-                    &self.endpoint(),
-                    "--command-timeout=1s",
-                    "put",
-                    "/rackline-test/ready",
-                    "1",
-                ])
+                .args(self.ctl_flags())
+                .args(["--command-timeout=1s", "put", "/rackline-test/ready", "1"])
                 .env("ETCDCTL_API", "3")
                 .output()
                 .map(|o| o.status.success())
@@ -216,8 +290,7 @@ impl Etcd {
     pub fn ctl(&self, args: &[&str]) -> String {
         require_binary("/usr/bin/etcdctl", "etcd-client");
         let out = Command::new("/usr/bin/etcdctl")
-            .arg("--endpoints")
-            .arg(self.endpoint())
+            .args(self.ctl_flags())
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()

@@ -1,4 +1,4 @@
-//! Address conflicts found by the plugin's ARP probe (issue 4).
+//! Address conflicts found by the plugin's ARP probe.
 //!
 //! The plugin reports "another host answers for the address you gave this
 //! attachment". For a non-sticky lease the lease record is replaced, in one
@@ -7,6 +7,11 @@
 //! the network's quarantine TTL. The address is then no longer held by the
 //! attachment, so its next Allocate gets another one, and no node hands the
 //! quarantined address out until etcd deletes the record.
+//!
+//! A sticky pod keeps its address (it is its identity) and fails to start
+//! instead; its lease records the conflict (`conflict` on the active
+//! record), so the IP event stream carries it too. Either way the observer
+//! counts it and posts Kubernetes Events on the pod and the Node.
 
 use std::net::Ipv4Addr;
 
@@ -87,11 +92,42 @@ impl<S: LeaseStore> Engine<S> {
                 return Err(e.into());
             }
         };
-        // A sticky pod's address is its identity: never quarantined (the
-        // plugin fails such an ADD instead of reporting; this guards an
-        // older or misbehaving client).
+        // A sticky pod's address is its identity: never quarantined. The
+        // conflict is recorded on its lease (once per MAC: the runtime
+        // retries the failing ADD) and the pod's ADD fails.
         if sl.lease.sticky {
-            warn!(network = %c.network, address = %c.address, mac = %c.mac, pod = %sl.lease.pod.display(), "conflict reported for a sticky pod's address; not quarantined");
+            let mac = c.mac.to_ascii_lowercase();
+            warn!(network = %c.network, address = %c.address, mac = %mac, pod = %sl.lease.pod.display(), "conflict reported for a sticky pod's address; not quarantined");
+            let Some(rec) = super::observe::with_conflict(
+                &sl.lease,
+                &mac,
+                &c.container_id,
+                &c.ifname,
+                now_ms(),
+            ) else {
+                return Ok(unchanged);
+            };
+            match self.store.replace_lease(&rec, sl.mod_revision).await {
+                Ok(Some(rev)) => net.observe(
+                    StoredLease {
+                        lease: rec,
+                        mod_revision: rev,
+                    },
+                    &self.node,
+                ),
+                // Changed meanwhile: the next report records it.
+                Ok(None) => return Ok(unchanged),
+                Err(e) => {
+                    self.note_store_error(&e);
+                    return Err(e.into());
+                }
+            }
+            self.observed_conflict(super::ConflictReport {
+                lease: sl.lease,
+                mac,
+                quarantined: false,
+                quarantine_secs: 0,
+            });
             return Ok(unchanged);
         }
         let record =
@@ -113,10 +149,6 @@ impl<S: LeaseStore> Engine<S> {
                     &self.node,
                 );
                 net.disown(&key, c.address);
-                // The Prometheus counter
-                // `rackline_ipamd_address_conflicts_total{network}` goes
-                // here when ipamd grows a metrics endpoint; until then the
-                // quarantine record is the event.
                 warn!(
                     network = %c.network,
                     address = %c.address,
@@ -128,6 +160,12 @@ impl<S: LeaseStore> Engine<S> {
                     quarantine_secs,
                     "address in use by another host: quarantined"
                 );
+                self.observed_conflict(super::ConflictReport {
+                    lease: sl.lease,
+                    mac: c.mac.to_ascii_lowercase(),
+                    quarantined: true,
+                    quarantine_secs,
+                });
                 Ok(Quarantine {
                     quarantined: true,
                     quarantine_secs,

@@ -309,6 +309,8 @@ impl<S: LeaseStore> Engine<S> {
         };
         let reserved = Lease {
             new_identity: false,
+            // A conflict the running pod's probe recorded ends with it.
+            conflict: None,
             container_id: String::new(),
             ifname: String::new(),
             state: LeaseState::Reserved,

@@ -559,6 +559,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 }
 
 mod conflict;
+mod observe;
 mod outage;
 mod racks;
 mod spool;

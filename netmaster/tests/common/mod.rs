@@ -50,7 +50,30 @@ impl Netmaster {
 
     /// With extra flags (e.g. `--id`, `--lease-ttl-secs`).
     pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Netmaster {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rackline-netmaster"))
+        Self::start_limited(etcd, extra, None)
+    }
+
+    /// Same, with the child's fd limit (RLIMIT_NOFILE) set to `nofile`.
+    pub fn start_limited(etcd: &Etcd, extra: &[&str], nofile: Option<u64>) -> Netmaster {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rackline-netmaster"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["--etcd-endpoints", &etcd.endpoint()])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--etcd-prefix", PREFIX])

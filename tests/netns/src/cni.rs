@@ -297,8 +297,15 @@ impl Lab {
             "network": self.network_of_node(k),
             "ipamdSocket": self.node(k).ipamd_socket().display().to_string(),
             "logLevel": self.opts.log_level,
-            "runtimeDir": self.runtime_dir().display().to_string(),
+            // The node's own runtime dir (the host's /run/rackline would be shared by every
+            // lab on the machine): VLAN registry, the plugin's timing reports.
+            "runtimeDir": self.node_runtime_dir(k).display().to_string(),
         })
+    }
+
+    /// Node `k`'s plugin `runtimeDir`: `<lab dir>/<node>/run`.
+    pub fn node_runtime_dir(&self, k: usize) -> std::path::PathBuf {
+        self.dir().join(self.node(k).name()).join("run")
     }
 
     /// A pod verb (ADD/DEL/CHECK) for `pod` on its node, environment as containerd sets it:

@@ -66,9 +66,29 @@ impl Lab {
         self.log_dir().join(format!("{name}.log"))
     }
 
-    /// etcd's client URL, as every Rackline daemon is given it (`http://<ctrl>:2379`).
+    /// etcd's client URL, as every Rackline daemon is given it (`https://<ctrl>:2379`;
+    /// `http://` in a `.tls(false)` lab).
     pub fn etcd_url(&self) -> String {
-        format!("http://{}:{ETCD_CLIENT_PORT}", self.ctrl_addr())
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{ETCD_CLIENT_PORT}", self.ctrl_addr())
+    }
+
+    /// etcdctl's connection flags: `--endpoints` and, with TLS, its CA and client certificate.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        let mut v = vec!["--endpoints".to_string(), self.etcd_url()];
+        if let Some(p) = &self.pki {
+            v.extend(p.etcdctl_args());
+        }
+        v
+    }
+
+    /// The daemons' etcd flags (endpoints and credentials).
+    pub(crate) fn etcd_client_args(&self) -> Vec<String> {
+        let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_url()];
+        if let Some(p) = &self.pki {
+            v.extend(p.etcd_client_args());
+        }
+        v
     }
 
     fn etcd_peer_url(&self) -> String {
@@ -94,6 +114,9 @@ impl Lab {
             .args(["--logger", "zap", "--log-level", "error"])
             .args(["--auto-compaction-mode", "revision"])
             .args(["--auto-compaction-retention", "1000"]);
+        if let Some(p) = &self.pki {
+            cmd.args(p.etcd_server_args());
+        }
         let mut etcd = Daemon::spawn("etcd", cmd, &self.ctrl, &self.log_path("etcd"))?;
         wait_ready(&mut etcd, "etcdctl endpoint health", || {
             self.etcd_healthy().unwrap_or(false)
@@ -127,7 +150,7 @@ impl Lab {
     pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new(&self.tools.etcdctl);
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.etcd_url()])
+            .args(self.etcdctl_args())
             .args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
     }
@@ -142,20 +165,20 @@ impl Lab {
         }
         let socket = node.ipamd_socket().to_owned();
         let mut cmd = daemon_command(&bins.ipamd);
-        cmd.args([
-            "--node-name",
-            node.name(),
-            "--etcd-endpoints",
-            &self.etcd_url(),
-        ])
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--runtime-dir")
-        .arg(self.runtime_dir())
-        .args(self.ipamd_rack_args(k))
-        .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
-        .args(["--standby", &self.opts.standby.to_string()])
-        .args(["--log-level", &self.opts.log_level]);
+        cmd.args(["--node-name", node.name()])
+            .args(self.etcd_client_args());
+        if let Some(p) = &self.pki {
+            cmd.args(p.ipamd_netmaster_args());
+        }
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--runtime-dir")
+            .arg(self.node_runtime_dir(k))
+            .args(self.ipamd_rack_args(k))
+            .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
+            .args(["--standby", &self.opts.standby.to_string()])
+            .args(["--log-level", &self.opts.log_level])
+            .args(["--metrics-listen", &self.ipamd_metrics_addr(k).to_string()]);
         if let Some(class) = self.opts.node_classes.get(&k) {
             cmd.args(["--node-class", class]);
         }
@@ -210,8 +233,11 @@ impl Lab {
         let mut cmd = Command::new(&self.bins()?.racklinectl);
         cmd.env_clear()
             .env("PATH", CHILD_PATH)
-            .args(["--server", server])
-            .args(args);
+            .args(["--server", server]);
+        if let Some(p) = &self.pki {
+            cmd.arg("--config").arg(&p.ctl_config);
+        }
+        cmd.args(args);
         run(cmd, Some(&self.ctrl), b"", CLIENT_TIMEOUT)
     }
 

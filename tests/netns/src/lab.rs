@@ -53,7 +53,14 @@ pub struct LabBuilder {
     pub(crate) network_args: Vec<String>,
     /// ipamd `--node-class` by node index.
     pub(crate) node_classes: BTreeMap<usize, String>,
+    /// Extra flags of every netmaster replica (e.g. `--webhook-url`).
+    pub(crate) netmaster_args: Vec<String>,
+    /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
+    pub(crate) tls: bool,
 }
+
+/// `RACKLINE_LAB_TLS=0` turns the lab's default TLS off (to compare timings).
+pub const TLS_ENV: &str = "RACKLINE_LAB_TLS";
 
 impl Default for LabBuilder {
     fn default() -> Self {
@@ -71,6 +78,8 @@ impl Default for LabBuilder {
             netmasters: 1,
             network_args: Vec::new(),
             node_classes: BTreeMap::new(),
+            netmaster_args: Vec::new(),
+            tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
         }
     }
 }
@@ -121,6 +130,18 @@ impl LabBuilder {
     /// (e.g. `["--sticky", "--sticky-hold-secs", "3"]`).
     pub fn network_args(mut self, args: &[&str]) -> Self {
         self.network_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
+    pub fn netmaster_args(mut self, args: &[&str]) -> Self {
+        self.netmaster_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// TLS everywhere (default; `false` = plaintext on the lab's private networks).
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
         self
     }
 
@@ -231,10 +252,17 @@ impl LabBuilder {
                 });
             }
         }
+        let ctrl_addr = if multi { SPINE_CTRL_ADDR } else { CTRL_ADDR };
+        let pki = if self.tls {
+            Some(crate::pki::LabPki::generate(dir.path(), ctrl_addr)?)
+        } else {
+            None
+        };
         let lab = Lab {
             spine: multi.then(|| Netns::named(format!("{id}-spine"))),
             ctrl: Netns::named(format!("{id}-ctrl")),
-            ctrl_addr: if multi { SPINE_CTRL_ADDR } else { CTRL_ADDR },
+            ctrl_addr,
+            pki,
             racks,
             nodes,
             dir_path: dir.path().to_owned(),
@@ -294,6 +322,8 @@ pub struct Lab {
     pub(crate) nodes: Vec<Node>,
     pub(crate) opts: LabBuilder,
     pub(crate) state: Mutex<State>,
+    /// Certificates and tokens (None: a plaintext lab).
+    pub(crate) pki: Option<crate::pki::LabPki>,
 }
 
 impl Lab {
@@ -312,10 +342,9 @@ impl Lab {
     pub fn log_dir(&self) -> PathBuf {
         self.dir_path.join("logs")
     }
-    /// The plugin's `runtimeDir` and ipamd's `--runtime-dir` for every node of this lab
-    /// (`<dir>/run`: VLAN registry, release spool; each keyed by the node's netns inode).
-    pub fn runtime_dir(&self) -> PathBuf {
-        self.dir_path.join("run")
+    /// The lab's certificates and tokens (None: built with `.tls(false)`).
+    pub fn pki(&self) -> Option<&crate::pki::LabPki> {
+        self.pki.as_ref()
     }
     pub fn tools(&self) -> &Tools {
         &self.tools

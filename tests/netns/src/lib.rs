@@ -26,6 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every daemon serves `/metrics`, `/healthz` and `/readyz` ([`observe`]: [`Lab::ipamd_http`],
+//! [`Lab::netmaster_http`], a [`WebhookReceiver`] in `ctrl`).
+//!
 //! netmaster HA (`.netmasters(3)`: replicas nm1..nm3 on ports 7650.. inside `ctrl`; see
 //! [`netmasters`]): [`Lab::netmaster_leader`], [`Lab::kill_netmaster`],
 //! [`Lab::start_netmaster_replica`], [`Lab::check_one_netmaster_leader`].
@@ -47,6 +50,8 @@ mod lab;
 pub mod netmasters;
 mod netns;
 mod networks;
+pub mod observe;
+pub mod pki;
 mod process;
 mod rack;
 mod state;
@@ -63,6 +68,9 @@ pub use lab::{Lab, LabBuilder, KEEP_ENV};
 pub use netmasters::{NetmasterLeader, ReplicaRole, MAX_NETMASTERS, NETMASTER_LEASE_TTL_SECS};
 pub use netns::{lab_owner_pid, list_netns, pid_alive, sweep_stale, Netns, SweepReport, NETNS_DIR};
 pub use networks::{LabNetwork, LabNetworkMode, RackShare, DEFAULT_NETWORK_MODE};
+pub use observe::{
+    HttpReply, WebhookPost, WebhookReceiver, IPAMD_METRICS_PORT, NETMASTER_METRICS_PORT,
+};
 pub use process::{tail, Daemon, Output};
 pub use rack::{Node, Pod, Rack};
 pub use state::NsState;

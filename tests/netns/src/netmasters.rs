@@ -108,12 +108,13 @@ impl Lab {
         format!("{}:{port}", self.ctrl_addr())
     }
 
-    /// Replica `i`'s URL (`http://<ctrl>:<port>`).
+    /// Replica `i`'s URL (`https://<ctrl>:<port>`; `http://` in a `.tls(false)` lab).
     pub fn netmaster_replica_url(&self, i: usize) -> String {
-        format!("http://{}", self.netmaster_advertise(i))
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.netmaster_advertise(i))
     }
 
-    /// Replica 1's URL (`http://<ctrl>:7650`).
+    /// Replica 1's URL (`https://<ctrl>:7650`).
     pub fn netmaster_url(&self) -> String {
         self.netmaster_replica_url(1)
     }
@@ -155,12 +156,22 @@ impl Lab {
             bail!("netmaster nm{i} is already running");
         }
         let mut cmd = daemon_command(&bins.netmaster);
-        cmd.args(["--etcd-endpoints", &self.etcd_url()])
+        cmd.args(self.etcd_client_args())
             .args(["--listen", &advertise])
             .args(["--id", &format!("nm{i}")])
             .args(["--advertise", &advertise])
             .args(["--lease-ttl-secs", &NETMASTER_LEASE_TTL_SECS.to_string()])
-            .args(["--log-level", &self.opts.log_level]);
+            .args(["--log-level", &self.opts.log_level])
+            .args([
+                "--metrics-listen",
+                &self.netmaster_metrics_addr(i).to_string(),
+            ])
+            .args(&self.opts.netmaster_args);
+        match &self.pki {
+            Some(p) => cmd.args(p.netmaster_args()),
+            // ctrl's address is not loopback: plaintext needs the explicit opt-in.
+            None => cmd.arg("--insecure-listen"),
+        };
         let label = self.netmaster_label(i);
         let mut nm = Daemon::spawn(&label, cmd, &self.ctrl, &self.log_path(&label))?;
         let url = self.netmaster_replica_url(i);

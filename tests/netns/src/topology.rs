@@ -44,10 +44,11 @@ pub const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 64);
 pub const POOL_LAST: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 254);
 /// The range network `prod` excludes (infrastructure addresses).
 pub const EXCLUDE: &str = "10.10.0.2-10.10.0.63";
-/// etcd client URL of the one-rack lab ([`crate::Lab::etcd_url`] for any lab).
-pub const ETCD_URL: &str = "http://10.10.0.2:2379";
-/// netmaster URL of the one-rack lab ([`crate::Lab::netmaster_url`] for any lab).
-pub const NETMASTER_URL: &str = "http://10.10.0.2:7650";
+/// etcd client URL of the one-rack lab with TLS (the default; [`crate::Lab::etcd_url`] for
+/// any lab).
+pub const ETCD_URL: &str = "https://10.10.0.2:2379";
+/// netmaster URL of the one-rack lab with TLS ([`crate::Lab::netmaster_url`] for any lab).
+pub const NETMASTER_URL: &str = "https://10.10.0.2:7650";
 /// The Rackline network of the one-rack lab.
 pub const NETWORK: &str = "prod";
 /// Each node's uplink: the macvlan parent.

@@ -313,7 +313,10 @@ fn two_attachments_on_two_networks() -> Result<()> {
 
 fn spool_dir(lab: &Lab, k: usize) -> Result<PathBuf> {
     let ino = std::fs::metadata(lab.node(k).netns().path())?.ino();
-    Ok(lab.runtime_dir().join("release").join(ino.to_string()))
+    Ok(lab
+        .node_runtime_dir(k)
+        .join("release")
+        .join(ino.to_string()))
 }
 
 fn spool_records(lab: &Lab, k: usize) -> Result<Vec<PathBuf>> {

@@ -58,18 +58,15 @@ fn topology_is_reachable() -> Result<()> {
 
     // node → etcd on 10.10.0.2:2379.
     for node in [n1, n2] {
-        let out = lab.exec_in(
-            node,
-            &[
-                "etcdctl",
-                "--endpoints",
-                ETCD_URL,
-                "--dial-timeout",
-                "2s",
-                "endpoint",
-                "health",
-            ],
-        )?;
+        let mut cmd = vec!["etcdctl".to_string()];
+        cmd.extend(lab.etcdctl_args());
+        cmd.extend(["--dial-timeout", "2s", "endpoint", "health"].map(String::from));
+        ensure!(
+            cmd[2] == ETCD_URL,
+            "the one-rack lab's etcd is {ETCD_URL}: {cmd:?}"
+        );
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let out = lab.exec_in(node, &cmd)?;
         ensure!(out.success(), "{} cannot reach etcd: {out:?}", node.name());
     }
     ensure!(lab.ping(n1, CTRL_ADDR)?, "n1 cannot reach ctrl");

@@ -90,7 +90,7 @@ fn two_racks_are_routed_through_the_spine() -> Result<()> {
         let spine = lab.spine().context("a two-rack lab has a spine")?;
         ensure!(lab.ctrl_addr() == SPINE_CTRL_ADDR);
         ensure!(
-            lab.etcd_url() == "http://10.254.0.2:2379",
+            lab.etcd_url() == "https://10.254.0.2:2379",
             "{}",
             lab.etcd_url()
         );
@@ -151,16 +151,11 @@ fn two_racks_are_routed_through_the_spine() -> Result<()> {
         ensure!(lab.ping(r2n1, SPINE_CTRL_ADDR)?, "r2n1 → ctrl");
         ensure!(lab.ping(lab.ctrl(), r2n2.address())?, "ctrl → r2n2");
         for node in [r1n2, r2n2] {
-            let out = lab.exec_in(
-                node,
-                &[
-                    "etcdctl",
-                    "--endpoints",
-                    &lab.etcd_url(),
-                    "endpoint",
-                    "health",
-                ],
-            )?;
+            let mut cmd = vec!["etcdctl".to_string()];
+            cmd.extend(lab.etcdctl_args());
+            cmd.extend(["endpoint".to_string(), "health".to_string()]);
+            let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let out = lab.exec_in(node, &cmd)?;
             ensure!(out.success(), "{} cannot reach etcd: {out:?}", node.name());
         }
         // Nothing routes outside the lab: no rack 3, no world.

@@ -2,7 +2,8 @@
 //! by default) with the real Rackline binaries and ONE network spanning the racks (the product's
 //! real mode, `LabNetworkMode::Spanning`: a rack binding per rack, so each pod gets an address
 //! from its rack's range and its own rack's TOR as gateway), prints the network, every pod with
-//! its gateway, and a ping matrix (pods, each rack's gateway, nodes), then tears everything down.
+//! its gateway, a ping matrix (pods, each rack's gateway, nodes), the tail of the IP event stream
+//! and the pool utilisation metrics, then tears everything down.
 //! `--keep` leaves the lab up until Ctrl-C; `--sweep` only removes stale labs of dead runs.
 
 use std::net::Ipv4Addr;
@@ -105,6 +106,16 @@ fn run(args: &Args) -> Result<bool> {
         .log_level("info")
         .build()?;
     interrupted()?;
+    match lab.pki() {
+        Some(p) => eprintln!(
+            "control plane over TLS: etcd {} (client certificates), netmaster {} (TLS + tokens); \
+             racklinectl --config {}",
+            lab.etcd_url(),
+            lab.netmaster_urls(),
+            p.ctl_config.display()
+        ),
+        None => eprintln!("control plane in plaintext (RACKLINE_LAB_TLS=0)"),
+    }
 
     let mut pods: Vec<(Pod, Cidr4, String)> = Vec::new();
     for node in lab.nodes() {
@@ -281,6 +292,8 @@ fn run(args: &Args) -> Result<bool> {
         }
     }
 
+    print_observability(&lab);
+
     if args.keep && !INTERRUPTED.load(Ordering::SeqCst) {
         println!();
         println!("lab kept; namespaces: {}", lab.netns_names().join(" "));
@@ -308,6 +321,41 @@ fn run(args: &Args) -> Result<bool> {
     }
     drop(lab);
     Ok(all_ok)
+}
+
+/// The tail of the IP event stream and the pool utilisation gauges, as an operator sees them.
+fn print_observability(lab: &Lab) {
+    println!();
+    println!("IP event stream (`racklinectl events`, last lines):");
+    match lab.racklinectl_raw(&["events"]) {
+        Ok(out) if out.success() => {
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            for l in &lines[lines.len().saturating_sub(6)..] {
+                println!("  {l}");
+            }
+        }
+        Ok(out) => println!("  racklinectl events failed: {}", out.stderr.trim()),
+        Err(e) => println!("  racklinectl events failed: {e:#}"),
+    }
+    println!();
+    let leader = lab.netmaster_leader().unwrap_or(1);
+    println!(
+        "Pool utilisation (netmaster /metrics at {}):",
+        lab.netmaster_metrics_addr(leader)
+    );
+    match lab.netmaster_http(leader, "/metrics") {
+        Ok(r) if r.status == 200 => {
+            for l in r.body.lines().filter(|l| {
+                l.starts_with("rackline_pool_capacity_addresses{")
+                    || (l.starts_with("rackline_pool_addresses{")
+                        && (l.contains("state=\"used\"") || l.contains("state=\"free\"")))
+            }) {
+                println!("  {l}");
+            }
+        }
+        Ok(r) => println!("  /metrics answered {}", r.status),
+        Err(e) => println!("  cannot scrape netmaster: {e:#}"),
+    }
 }
 
 fn print_table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) {

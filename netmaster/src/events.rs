@@ -1,0 +1,193 @@
+//! The IP event stream as netmaster serves it: etcd's history of the lease
+//! and identity records (see `rackline_model::event` for how changes
+//! become events), one batch per etcd revision, with the rack of each
+//! address from the [`PoolIndex`].
+//!
+//! Bookmarks: the leader rewrites the heartbeat key every
+//! [`HEARTBEAT_EVERY`]; the watch delivers that write in order with the
+//! events, so a [`Batch::Progress`] proves every event before it was
+//! delivered. A caller can move its cursor on through quiet periods and
+//! never resumes below etcd's compaction for want of events.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rackline_model::event::{self, LeaseEvent};
+use rackline_store::{EventItem, EventsError, Store, StoreError};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::index::PoolIndex;
+
+/// How often the leader writes the heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// A stream that is not followed gives up when etcd stays away this long.
+const ONE_SHOT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a subscriber receives, in revision order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// The events of one revision.
+    Events {
+        revision: i64,
+        events: Vec<LeaseEvent>,
+    },
+    /// No events were left out up to this revision.
+    Progress(i64),
+}
+
+#[derive(Clone)]
+pub struct EventSource {
+    store: Store,
+    index: Arc<PoolIndex>,
+    /// This replica's id (written into the heartbeat).
+    id: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl EventSource {
+    pub fn new(store: Store, index: Arc<PoolIndex>, id: String) -> Self {
+        Self { store, index, id }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes the heartbeat (the leader calls this every
+    /// [`HEARTBEAT_EVERY`]).
+    pub async fn heartbeat(&self) -> Result<i64, StoreError> {
+        self.store.put_heartbeat(&self.id).await
+    }
+
+    /// Turns one revision's changes into events.
+    fn derive(&self, revision: i64, changes: &[event::RawChange]) -> Vec<LeaseEvent> {
+        let index = self.index.clone();
+        let rack_of =
+            move |net: &str, ip: std::net::Ipv4Addr, node: &str| index.rack_of(net, ip, node);
+        event::derive(revision, changes, now_ms(), &rack_of)
+    }
+
+    /// Subscribes from `from` (inclusive). `follow`: forever (0 = from the
+    /// next revision); else up to the revision current now (0 = from the
+    /// oldest revision etcd keeps), then the channel closes. A gap etcd
+    /// compacted away ends the stream with `Err(Compacted)`. The task
+    /// stops when the receiver is dropped.
+    pub fn subscribe(&self, from: i64, follow: bool) -> mpsc::Receiver<Result<Batch, EventsError>> {
+        let (tx, rx) = mpsc::channel(64);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.pump(from, follow, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn pump(
+        &self,
+        from: i64,
+        follow: bool,
+        out: &mpsc::Sender<Result<Batch, EventsError>>,
+    ) -> Result<(), EventsError> {
+        // A one-shot read ends at a change of its own: the heartbeat it
+        // writes now comes back through the watch after every earlier
+        // change (etcd delivers in revision order).
+        let until = if follow {
+            None
+        } else {
+            Some(self.store.put_heartbeat(&self.id).await?)
+        };
+        if let Some(until) = until {
+            if from > until {
+                // Nothing at or after a future start exists yet.
+                return Ok(());
+            }
+        }
+        let oldest = from <= 0 && !follow;
+        // "From now" is pinned to a revision at once, so a watch that has to
+        // be re-opened later resumes exactly there.
+        let mut next = if oldest {
+            1
+        } else if from <= 0 {
+            self.store.current_revision().await? + 1
+        } else {
+            from
+        };
+        let mut backoff = Duration::from_millis(100);
+        let started = tokio::time::Instant::now();
+        loop {
+            let (tx, mut rx) = mpsc::channel::<EventItem>(256);
+            let watch = self.store.watch_events(next, tx);
+            tokio::pin!(watch);
+            let mut ended = None;
+            loop {
+                tokio::select! {
+                    r = &mut watch, if ended.is_none() => ended = Some(r),
+                    item = rx.recv() => {
+                        let Some(item) = item else { break };
+                        let (revision, batch) = match item {
+                            EventItem::Changes { revision, changes } => {
+                                let events = self.derive(revision, &changes);
+                                (revision, (!events.is_empty()).then_some(Batch::Events { revision, events }))
+                            }
+                            EventItem::Mark(revision) => (revision, Some(Batch::Progress(revision))),
+                        };
+                        if let Some(until) = until {
+                            if revision > until {
+                                return Ok(());
+                            }
+                        }
+                        if let Some(b) = batch {
+                            if out.send(Ok(b)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        next = revision + 1;
+                        backoff = Duration::from_millis(100);
+                        if until == Some(revision) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            match ended {
+                Some(Ok(())) | None => return Ok(()),
+                Some(Err(EventsError::Compacted {
+                    compact_revision, ..
+                })) if oldest && next <= 1 => {
+                    // "From the oldest": start where etcd's history starts.
+                    debug!(compact_revision, "event history starts at the compaction");
+                    next = compact_revision;
+                    continue;
+                }
+                Some(Err(EventsError::Compacted {
+                    compact_revision, ..
+                })) => {
+                    return Err(EventsError::Compacted {
+                        requested: next,
+                        compact_revision,
+                    });
+                }
+                Some(Err(EventsError::Store(e))) => {
+                    if !follow && started.elapsed() > ONE_SHOT_DEADLINE {
+                        return Err(EventsError::Store(e));
+                    }
+                    warn!("event stream: etcd watch broke, resuming at revision {next} in {backoff:?}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    if out.is_closed() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
