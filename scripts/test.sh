@@ -54,6 +54,32 @@ else
     failed+=("tests (not run)")
 fi
 
+# Fuzzing the plugin's input boundary (cni-plugin/fuzz, its own workspace): build every target
+# once, then run each for FUZZ_SECONDS (default 15) from the seeds in fuzz/corpus (new inputs go
+# to fuzz/target/corpus, outside git). cargo-fuzz is installed once; on the stable toolchain its
+# nightly-only flags need RUSTC_BOOTSTRAP=1. No sanitizer: the fuzzed code is safe Rust (bounds
+# and overflow checks stay on), and ASan would double the build of this CI step.
+fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked || return 1
+    fi
+    local secs=${FUZZ_SECONDS:-15}
+    (
+        cd cni-plugin || exit 1
+        export RUSTC_BOOTSTRAP=1
+        cargo fuzz build -s none || exit 1
+        for t in $(cargo fuzz list); do
+            mkdir -p "fuzz/target/corpus/$t"
+            echo "--- fuzz $t for ${secs}s"
+            cargo fuzz run "$t" -s none "fuzz/target/corpus/$t" "fuzz/corpus/$t" -- \
+                -max_total_time="$secs" -close_fd_mask=2 -print_final_stats=1 2>&1 |
+                grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)|ERROR|panicked|Test unit written'
+            [[ ${PIPESTATUS[0]} == 0 ]] || exit 1
+        done
+    )
+}
+step fuzz fuzz
+
 if ((${#failed[@]} > 0)); then
     echo "FAILED: ${failed[*]}"
     exit 1

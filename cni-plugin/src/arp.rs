@@ -1,5 +1,5 @@
 //! ARP on an `AF_PACKET` socket: RFC 5227 probes, gratuitous announcements,
-//! and spotting another host that answers for an address (issue 4).
+//! and spotting another host that answers for an address.
 //!
 //! The socket is `SOCK_DGRAM` with protocol `ETH_P_ARP`: the kernel adds and
 //! strips the Ethernet header (source = the device's MAC), so we only build

@@ -1,6 +1,8 @@
-//! One function per CNI verb: validate, then act, then roll back.
+//! One function per CNI verb, over typed input: validate, then act, then
+//! roll back.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use rackline_proto::ipam::v1 as pb;
@@ -9,11 +11,15 @@ use tracing::{info, warn};
 
 use crate::conf::{NetConf, SUPPORTED_VERSIONS};
 use crate::datapath::{self, AddPlan, Added};
-use crate::env::CniEnv;
+use crate::env::{Attachment, DelEnv, PodEnv};
 use crate::error::{code, CniError};
 use crate::ipam::IpamClient;
 use crate::probe::{self, Conflict, ProbeParams};
-use crate::result::CniResult;
+use crate::{spool, teardown, verify};
+
+/// How long DEL waits for a missing or refusing ipamd socket before it
+/// spools the release instead (ADD waits its whole `timeoutMs`).
+pub const DEL_CONNECT_WAIT: Duration = Duration::from_secs(1);
 
 pub fn version(requested: &str) -> Value {
     json!({ "cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS })
@@ -22,7 +28,7 @@ pub fn version(requested: &str) -> Value {
 /// Turns ipamd's answer into a plan, rejecting anything malformed before a
 /// single link is touched.
 fn plan_from(
-    env: &CniEnv,
+    env: &PodEnv,
     conf: &NetConf,
     lease: Option<&pb::Lease>,
     net: Option<&pb::NetworkConfig>,
@@ -66,13 +72,14 @@ fn plan_from(
             host_routes.push(c);
         }
     }
+    let master = conf.master.clone().unwrap_or_else(|| net.master.clone());
+    rackline_model::network::validate_ifname(&master).map_err(|e| bad(format!("master: {e}")))?;
     Ok(AddPlan {
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
+        attachment: env.attachment.clone(),
         netns_path: env.netns.clone(),
         address,
         gateway,
-        master: conf.master.clone().unwrap_or_else(|| net.master.clone()),
+        master,
         mtu: net.mtu,
         vlan,
         vlan_opts: conf.vlan.clone(),
@@ -84,18 +91,39 @@ fn plan_from(
     })
 }
 
-pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
-    // Validate before allocating: a bad bandwidth request or a missing
-    // netns costs no lease and creates nothing.
+fn release_req(conf: &NetConf, att: &Attachment, rollback: bool) -> pb::ReleaseRequest {
+    pb::ReleaseRequest {
+        network: conf.network.clone(),
+        container_id: att.container_id.as_str().to_owned(),
+        ifname: att.ifname.as_str().to_owned(),
+        rollback,
+        ..Default::default()
+    }
+}
+
+pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
+    // Validate before allocating: a bad bandwidth request, a bad requested
+    // address or a missing netns costs no lease and creates nothing.
     crate::qos::pod_request(conf)?;
+    let requested = conf.requested(env.args.ip)?;
     let pod_ns = datapath::open_pod_netns(&env.netns)?;
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
-    // Issue 4: an address the probe finds in use is reported (ipamd
-    // quarantines it) and the next Allocate brings another one, a bounded
-    // number of times.
+    // A release DEL spooled for this very attachment (podman's network
+    // reload re-adds under the same container id) must not free the lease
+    // this ADD is about to take.
+    spool::forget(&conf.vlan.runtime_dir, &conf.network, &env.attachment).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            "cannot clear a spooled release of this attachment",
+            e.to_string(),
+        )
+    })?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, conf.timeout)?;
+    // An address the probe finds in use, or one of this node's own, is
+    // reported (ipamd quarantines it) and the next Allocate brings another
+    // one, a bounded number of times.
     let mut conflicts: Vec<Conflict> = Vec::new();
     while conflicts.len() < probe::MAX_ATTEMPTS {
-        let (reply, outcome) = match add_once(env, conf, &mut ipam, &pod_ns) {
+        let (reply, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
             Ok(r) => r,
             // The quarantined addresses were the last free ones.
             Err(e) if e.code == code::EXHAUSTED && !conflicts.is_empty() => {
@@ -109,13 +137,13 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             Added::Configured(r) => return Ok(r.to_json(&conf.cni_version)),
             Added::Conflict(c) => c,
         };
-        let (address, mac) = (c.address, c.mac);
+        let mac = rackline_model::mac::format(c.mac);
         let report = pb::ConflictRequest {
             network: conf.network.clone(),
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            address: address.to_string(),
-            conflicting_mac: rackline_model::mac::format(mac),
+            container_id: env.attachment.container_id.as_str().to_owned(),
+            ifname: env.attachment.ifname.as_str().to_owned(),
+            address: c.address.to_string(),
+            conflicting_mac: mac.clone(),
         };
         if reply.sticky {
             // The lease stays with the attachment; the runtime's DEL frees it.
@@ -124,10 +152,17 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             if let Err(e) = ipam.report_conflict(report) {
                 warn!("could not report the conflict to ipamd: {e}");
             }
-            let pod = format!("{}/{}", env.pod.namespace, env.pod.name);
+            let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
             return Err(probe::sticky_error(&c, &conf.network, &pod));
         }
-        warn!(%address, mac = %rackline_model::mac::format(mac), "address in use by another host; reporting it and taking another");
+        match &c.node_link {
+            Some(link) => {
+                warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
+            }
+            None => {
+                warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
+            }
+        }
         let q = ipam.report_conflict(report)?;
         conflicts.push(c);
         if !q.quarantined {
@@ -141,34 +176,30 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 /// One Allocate and one datapath attempt. On a datapath error the fresh
 /// lease is released; on a conflict it is kept for ReportConflict.
 fn add_once(
-    env: &CniEnv,
+    env: &PodEnv,
     conf: &NetConf,
+    requested: Option<Ipv4Addr>,
     ipam: &mut IpamClient,
     pod_ns: &rackline_netlink::Netns,
 ) -> Result<(pb::AllocateReply, Added), CniError> {
+    let pod = &env.args.pod;
     let reply = ipam.allocate(pb::AllocateRequest {
         network: conf.network.clone(),
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
+        container_id: env.attachment.container_id.as_str().to_owned(),
+        ifname: env.attachment.ifname.as_str().to_owned(),
         pod: Some(pb::PodRef {
-            namespace: env.pod.namespace.clone(),
-            name: env.pod.name.clone(),
-            uid: env.pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
         }),
-        requested_addresses: Vec::new(),
+        requested_addresses: requested.iter().map(Ipv4Addr::to_string).collect(),
         ..Default::default()
     })?;
     let release = |ipam: &mut IpamClient| {
         if reply.existing {
             return;
         }
-        if let Err(e) = ipam.release(pb::ReleaseRequest {
-            network: conf.network.clone(),
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
-            rollback: true,
-            ..Default::default()
-        }) {
+        if let Err(e) = ipam.release(release_req(conf, &env.attachment, true)) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
     };
@@ -181,7 +212,7 @@ fn add_once(
     };
     if reply.existing {
         // A repeated ADD: answer from what is there if it is intact.
-        if let Ok(r) = datapath::describe(&plan) {
+        if let Ok(r) = verify::describe(&plan) {
             info!(address = %plan.address, "ADD repeated; attachment intact");
             return Ok((reply, Added::Configured(r)));
         }
@@ -203,25 +234,56 @@ fn add_once(
     }
 }
 
-pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
+    let att = match &env.attachment {
+        Ok(a) => a,
+        Err(why) => {
+            // No ADD can have succeeded with this attachment: nothing of
+            // ours exists under it.
+            info!("DEL of an attachment no ADD accepts ({why}); nothing to remove");
+            return Ok(());
+        }
+    };
     // Links first, lease last: an address is never free while a pod may
     // still carry it.
-    datapath::del(&env.container_id, &env.ifname, &env.netns)?;
+    teardown::del(att, env.netns.as_deref())?;
     // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
-    crate::vlan::detach(&conf.vlan, &env.container_id, &env.ifname)?;
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
-    let r = ipam.release(pb::ReleaseRequest {
-        network: conf.network.clone(),
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        rollback: false,
-        ..Default::default()
-    })?;
-    info!(released = r.released, address = %r.address, "DEL done");
-    Ok(())
+    crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())?;
+    let released = IpamClient::connect(
+        &conf.ipamd_socket,
+        conf.timeout,
+        conf.timeout.min(DEL_CONNECT_WAIT),
+    )
+    .and_then(|mut c| c.release(release_req(conf, att, false)));
+    match released {
+        Ok(r) => {
+            info!(released = r.released, address = %r.address, "DEL done");
+            Ok(())
+        }
+        // ipamd is away (restarting, or stuck): the links are gone, so the
+        // address is unused; hand the release to ipamd through the spool.
+        Err(e) if e.code == code::TRY_AGAIN_LATER => {
+            match spool::write(&conf.vlan.runtime_dir, &conf.network, att) {
+                Ok(path) => {
+                    warn!(record = %path.display(), "{e}; links removed, release spooled for ipamd");
+                    Ok(())
+                }
+                Err(io) => {
+                    let mut e = e;
+                    e.details = format!(
+                        "{}; spooling the release under {} failed too: {io}",
+                        e.details,
+                        conf.vlan.runtime_dir.display()
+                    );
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
-pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3") {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -233,13 +295,15 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
-    let prev = CniResult::from_prev(prev).map_err(CniError::config)?;
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    // The netns first: a bad CNI_NETNS is the caller's error, whatever
+    // ipamd says.
+    drop(datapath::open_pod_netns(&env.netns)?);
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
     let reply = ipam
         .check(pb::CheckRequest {
             network: conf.network.clone(),
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
+            container_id: env.attachment.container_id.as_str().to_owned(),
+            ifname: env.attachment.ifname.as_str().to_owned(),
         })
         .map_err(|e| {
             // ipamd answers NotFound both for "no lease" and "no network";
@@ -275,9 +339,9 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let prev_mac = prev
         .interfaces
         .iter()
-        .find(|i| i.name == env.ifname && i.sandbox.is_some())
+        .find(|i| i.name == env.attachment.ifname.as_str() && i.sandbox.is_some())
         .map(|i| i.mac.to_ascii_lowercase());
-    datapath::check(&plan, prev_mac.as_deref())
+    verify::check(&plan, prev_mac.as_deref())
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -286,7 +350,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         // release the node's pods.
         CniError::config("GC needs cni.dev/valid-attachments")
     })?;
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)?;
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
     let r = ipam.gc(pb::GcRequest {
         network: conf.network.clone(),
         valid: valid
@@ -304,7 +368,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
     let unavailable =
         |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout)
+    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)
         .map_err(|e| unavailable(e.to_string()))?;
     let s = ipam
         .status(pb::StatusRequest {

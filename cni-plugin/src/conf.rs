@@ -1,16 +1,26 @@
-//! The network configuration on stdin. The top level tolerates unknown keys
-//! (other plugins' fields, runtime additions); Rackline's own values are
-//! validated strictly.
+//! The network configuration on stdin, validated for the verb that reads it.
+//!
+//! The top level tolerates unknown keys (other plugins' fields, runtime
+//! additions); Rackline's own values are validated strictly and every nested
+//! value must have the JSON type it is documented with (an array where an
+//! object belongs is code 7, never read positionally).
+//!
+//! Each verb validates only what it uses: DEL reads no `runtimeConfig`,
+//! `prevResult`, `master` or `hostRoutes`, so junk there can never make a
+//! sandbox impossible to remove.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use rackline_model::network::{parse_cidr, validate_ifname, validate_name};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::env::{parse_requested, Command};
 use crate::error::{code, CniError};
+use crate::result::CniResult;
 use crate::vlan::{VlanCleanup, VlanOptions};
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -18,53 +28,21 @@ pub const DEFAULT_SOCKET: &str = "/run/rackline/ipamd.sock";
 /// tmpfs, like the VLAN devices whose users it records (cleared together on reboot).
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/rackline";
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
+const MAX_PATH_LEN: usize = 4095;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawConf {
-    #[serde(default)]
-    cni_version: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default, rename = "type")]
-    plugin_type: String,
-    #[serde(default)]
-    network: Option<String>,
-    #[serde(default)]
-    ipamd_socket: Option<PathBuf>,
-    #[serde(default)]
-    master: Option<String>,
-    #[serde(default)]
-    host_routes: Vec<String>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-    #[serde(default)]
-    log_file: Option<PathBuf>,
-    #[serde(default)]
-    log_level: Option<String>,
-    #[serde(default)]
-    runtime_config: Option<RuntimeConfig>,
-    #[serde(default)]
-    vlan_cleanup: Option<VlanCleanup>,
-    #[serde(default)]
-    runtime_dir: Option<PathBuf>,
-    #[serde(default)]
-    prev_result: Option<Value>,
-    #[serde(default, rename = "cni.dev/valid-attachments")]
-    valid_attachments: Option<Vec<ValidAttachment>>,
-}
-
-/// Runtime-provided values. containerd sends PascalCase keys, the spec's
-/// convention (and other runtimes) camelCase: accept both.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Runtime-provided values (`capabilities` in the conflist).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    #[serde(default, alias = "Bandwidth")]
     pub bandwidth: Option<Bandwidth>,
+    /// The `ips` capability: at most one IPv4 address, prefix dropped.
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// Per-pod bandwidth request (kubelet's ingress/egress-bandwidth
 /// annotations), in bits/s and bits (the CNI bandwidth convention); burst
-/// u32::MAX means "unset". Validated by `qos::pod_request`.
+/// u32::MAX means "unset". containerd sends PascalCase keys, the spec's
+/// convention (and other runtimes) camelCase: both are accepted. Validated
+/// by `qos::pod_request`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Bandwidth {
     #[serde(default, rename = "ingressRate", alias = "IngressRate")]
@@ -78,7 +56,6 @@ pub struct Bandwidth {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
 pub struct ValidAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -92,15 +69,17 @@ pub struct NetConf {
     /// The Rackline network in etcd.
     pub network: String,
     pub ipamd_socket: PathBuf,
-    pub master: Option<String>,
-    pub host_routes: Vec<Ipv4Network>,
     pub timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
-    pub runtime_config: RuntimeConfig,
-    /// `vlanCleanup` and `runtimeDir` (see `vlan.rs`).
+    /// `vlanCleanup` and `runtimeDir` (see `vlan.rs`, `spool.rs`).
     pub vlan: VlanOptions,
-    pub prev_result: Option<Value>,
+    /// ADD and CHECK only (absent for the other verbs).
+    pub master: Option<String>,
+    pub host_routes: Vec<Ipv4Network>,
+    pub runtime_config: RuntimeConfig,
+    pub prev_result: Option<CniResult>,
+    /// GC only.
     pub valid_attachments: Option<Vec<ValidAttachment>>,
 }
 
@@ -114,8 +93,70 @@ pub fn sniff_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| "1.1.0".to_string())
 }
 
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(key: &str, want: &str, got: &Value) -> CniError {
+    CniError::config(format!("{key} must be {want}, not {}", type_name(got)))
+}
+
+/// `key` as a string; `None` when absent or null.
+fn opt_str<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong_type(key, "a string", v)),
+    }
+}
+
+fn opt_path(m: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>, CniError> {
+    let Some(s) = opt_str(m, key)? else {
+        return Ok(None);
+    };
+    if !s.starts_with('/') {
+        return Err(CniError::config(format!(
+            "{key} {s:?} must be an absolute path"
+        )));
+    }
+    if s.len() > MAX_PATH_LEN || s.contains('\0') {
+        return Err(CniError::config(format!(
+            "{key} is longer than {MAX_PATH_LEN} bytes or contains NUL"
+        )));
+    }
+    Ok(Some(PathBuf::from(s)))
+}
+
+fn opt_object<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(v) => Err(wrong_type(key, "an object", v)),
+    }
+}
+
+fn opt_array<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a [Value]>, CniError> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(v) => Err(wrong_type(key, "an array", v)),
+    }
+}
+
 impl NetConf {
-    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+    /// Parses stdin for `command` (not VERSION, which reads only the
+    /// `cniVersion`).
+    pub fn parse(stdin: &[u8], command: Command) -> Result<Self, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
             CniError::new(
                 code::DECODE,
@@ -123,98 +164,204 @@ impl NetConf {
                 format!("stdin is not JSON: {e}"),
             )
         })?;
-        if !value.is_object() {
+        let Value::Object(m) = value else {
             return Err(CniError::new(
                 code::DECODE,
                 "cannot decode the network configuration",
                 "stdin must be a JSON object",
             ));
-        }
-        let raw: RawConf =
-            serde_json::from_value(value).map_err(|e| CniError::config(e.to_string()))?;
-        if raw.cni_version.is_empty() {
-            return Err(CniError::config("cniVersion is missing"));
-        }
-        if !SUPPORTED_VERSIONS.contains(&raw.cni_version.as_str()) {
+        };
+        let cni_version = opt_str(&m, "cniVersion")?
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| CniError::config("cniVersion is missing"))?;
+        if !SUPPORTED_VERSIONS.contains(&cni_version) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI version",
                 format!(
-                    "cniVersion {} is not supported; use one of {}",
-                    raw.cni_version,
+                    "cniVersion {:?} is not supported; use one of {}",
+                    crate::env::truncated(cni_version),
                     SUPPORTED_VERSIONS.join(", ")
                 ),
             ));
         }
-        if raw.name.is_empty() {
-            return Err(CniError::config("name is missing"));
+        let name = opt_str(&m, "name")?
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| CniError::config("name is missing"))?;
+        if let Some(t) = opt_str(&m, "type")? {
+            if !t.is_empty() && t != "rackline" {
+                return Err(CniError::config(format!(
+                    "type is {:?}; this plugin is \"rackline\"",
+                    crate::env::truncated(t)
+                )));
+            }
         }
-        if !raw.plugin_type.is_empty() && raw.plugin_type != "rackline" {
-            return Err(CniError::config(format!(
-                "type is {:?}; this plugin is \"rackline\"",
-                raw.plugin_type
-            )));
-        }
-        let network = raw.network.clone().unwrap_or_else(|| raw.name.clone());
+        let network = opt_str(&m, "network")?.unwrap_or(name).to_owned();
         validate_name(&network).map_err(|e| CniError::config(format!("network: {e}")))?;
-        if let Some(m) = &raw.master {
-            validate_ifname(m).map_err(|e| CniError::config(format!("master: {e}")))?;
-        }
-        let host_routes = raw
-            .host_routes
-            .iter()
-            .map(|c| parse_cidr(c).map_err(|e| CniError::config(format!("hostRoutes: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        let timeout_ms = match m.get("timeoutMs") {
+            None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| wrong_type("timeoutMs", "an unsigned integer", v))?,
+        };
         if !(100..=120_000).contains(&timeout_ms) {
             return Err(CniError::config(format!(
                 "timeoutMs {timeout_ms} is outside 100-120000"
             )));
         }
-        let socket = raw
-            .ipamd_socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        if !socket.is_absolute() {
-            return Err(CniError::config(format!(
-                "ipamdSocket {} must be an absolute path",
-                socket.display()
-            )));
-        }
-        let runtime_dir = raw
-            .runtime_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
-        if !runtime_dir.is_absolute() {
-            return Err(CniError::config(format!(
-                "runtimeDir {} must be an absolute path",
-                runtime_dir.display()
-            )));
-        }
-        Ok(NetConf {
-            cni_version: raw.cni_version,
-            name: raw.name,
+        let ipamd_socket =
+            opt_path(&m, "ipamdSocket")?.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let runtime_dir =
+            opt_path(&m, "runtimeDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+        let cleanup = match m.get("vlanCleanup") {
+            None | Some(Value::Null) => VlanCleanup::default(),
+            Some(v) => VlanCleanup::deserialize(v).map_err(|_| {
+                CniError::config(format!(
+                    "vlanCleanup must be \"keep\" or \"remove\", not {}",
+                    crate::env::truncated(&v.to_string())
+                ))
+            })?,
+        };
+        // A log file is opened (and its type checked) by the logger; here
+        // only its form.
+        let log_file = match opt_str(&m, "logFile")? {
+            None | Some("") => None,
+            Some(s) if s.contains('\0') || s.len() > MAX_PATH_LEN => {
+                return Err(CniError::config("logFile is too long or contains NUL"))
+            }
+            Some(s) => Some(PathBuf::from(s)),
+        };
+        let log_level = opt_str(&m, "logLevel")?.unwrap_or("info").to_owned();
+        let mut conf = NetConf {
+            cni_version: cni_version.to_owned(),
+            name: name.to_owned(),
             network,
-            ipamd_socket: socket,
-            master: raw.master,
-            host_routes,
+            ipamd_socket,
             timeout: Duration::from_millis(timeout_ms),
-            log_file: raw.log_file,
-            log_level: raw.log_level.unwrap_or_else(|| "info".into()),
-            runtime_config: raw.runtime_config.unwrap_or_default(),
+            log_file,
+            log_level,
             vlan: VlanOptions {
                 runtime_dir,
-                cleanup: raw.vlan_cleanup.unwrap_or_default(),
+                cleanup,
+                lock_wait: Duration::from_millis(timeout_ms),
             },
-            prev_result: raw.prev_result,
-            valid_attachments: raw.valid_attachments,
-        })
+            master: None,
+            host_routes: Vec::new(),
+            runtime_config: RuntimeConfig::default(),
+            prev_result: None,
+            valid_attachments: None,
+        };
+        match command {
+            Command::Add | Command::Check => conf.parse_pod_keys(&m)?,
+            Command::Gc => conf.valid_attachments = parse_valid_attachments(&m)?,
+            Command::Del | Command::Status | Command::Version => {}
+        }
+        Ok(conf)
+    }
+
+    fn parse_pod_keys(&mut self, m: &Map<String, Value>) -> Result<(), CniError> {
+        if let Some(master) = opt_str(m, "master")? {
+            validate_ifname(master).map_err(|e| CniError::config(format!("master: {e}")))?;
+            self.master = Some(master.to_owned());
+        }
+        for v in opt_array(m, "hostRoutes")?.unwrap_or_default() {
+            let s = v
+                .as_str()
+                .ok_or_else(|| wrong_type("hostRoutes[]", "a string", v))?;
+            let c = parse_cidr(s).map_err(|e| CniError::config(format!("hostRoutes: {e}")))?;
+            self.host_routes.push(c);
+        }
+        if let Some(rc) = opt_object(m, "runtimeConfig")? {
+            self.runtime_config = parse_runtime_config(rc)?;
+        }
+        if let Some(prev) = m.get("prevResult").filter(|v| !v.is_null()) {
+            self.prev_result = Some(
+                CniResult::from_prev(prev)
+                    .map_err(|e| CniError::config(format!("prevResult: {e}")))?,
+            );
+        }
+        Ok(())
     }
 
     /// True for 1.0.0 and later (the 1.x result shape).
     pub fn is_v1(&self) -> bool {
         self.cni_version.starts_with("1.")
     }
+
+    /// The address the runtime asks for (`IP=` in CNI_ARGS or the `ips`
+    /// capability): at most one, and both must agree (code 7 otherwise).
+    pub fn requested(&self, from_args: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>, CniError> {
+        match (from_args, self.runtime_config.ip) {
+            (Some(a), Some(b)) if a != b => Err(CniError::config(format!(
+                "CNI_ARGS IP={a} and runtimeConfig.ips {b} ask for two IPv4 addresses; an attachment has exactly one"
+            ))),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+}
+
+fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniError> {
+    let mut out = RuntimeConfig::default();
+    let bw = match (rc.get("bandwidth"), rc.get("Bandwidth")) {
+        (Some(_), Some(_)) => {
+            return Err(CniError::config(
+                "runtimeConfig has both bandwidth and Bandwidth",
+            ))
+        }
+        (Some(v), None) | (None, Some(v)) => Some(v),
+        (None, None) => None,
+    };
+    match bw {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Object(_)) => {
+            out.bandwidth = Some(
+                Bandwidth::deserialize(v)
+                    .map_err(|e| CniError::config(format!("runtimeConfig.bandwidth: {e}")))?,
+            );
+        }
+        Some(v) => return Err(wrong_type("runtimeConfig.bandwidth", "an object", v)),
+    }
+    let mut ips: Vec<Ipv4Addr> = Vec::new();
+    for v in opt_array(rc, "ips")
+        .map_err(|e| CniError::config(format!("runtimeConfig.{}", e.details)))?
+        .unwrap_or_default()
+    {
+        let s = v
+            .as_str()
+            .ok_or_else(|| wrong_type("runtimeConfig.ips[]", "a string", v))?;
+        let ip =
+            parse_requested(s).map_err(|e| CniError::config(format!("runtimeConfig.ips: {e}")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if ips.len() > 1 {
+        return Err(CniError::config(format!(
+            "runtimeConfig.ips asks for {} IPv4 addresses; an attachment has exactly one",
+            ips.len()
+        )));
+    }
+    out.ip = ips.first().copied();
+    Ok(out)
+}
+
+fn parse_valid_attachments(
+    m: &Map<String, Value>,
+) -> Result<Option<Vec<ValidAttachment>>, CniError> {
+    let key = "cni.dev/valid-attachments";
+    let Some(list) = opt_array(m, key)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        if !v.is_object() {
+            return Err(wrong_type(&format!("{key}[]"), "an object", v));
+        }
+        out.push(
+            ValidAttachment::deserialize(v).map_err(|e| CniError::config(format!("{key}: {e}")))?,
+        );
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -222,7 +369,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
-        NetConf::parse(s.as_bytes())
+        NetConf::parse(s.as_bytes(), Command::Add)
     }
 
     #[test]
@@ -264,7 +411,7 @@ mod tests {
         )
         .unwrap();
         let camel = parse(
-            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":{"ingressRate":10000000,"ingressBurst":4294967295,"egressRate":20000000,"egressBurst":4294967295}}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"Bandwidth":{"ingressRate":10000000,"ingressBurst":4294967295,"egressRate":20000000,"egressBurst":4294967295}}}"#,
         )
         .unwrap();
         let a = pascal.runtime_config.bandwidth.unwrap();
@@ -285,16 +432,35 @@ mod tests {
         );
         for bad in [
             r#"{"cniVersion":"1.1.0"}"#,
+            r#"{"cniVersion":1,"name":"n"}"#,
+            r#"{"cniVersion":"1.1.0","name":["n"]}"#,
             r#"{"cniVersion":"1.1.0","name":"n","hostRoutes":["nope"]}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","hostRoutes":"10.96.0.0/12"}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","hostRoutes":[1]}"#,
             r#"{"cniVersion":"1.1.0","name":"n","hostRoutes":["10.96.0.1/12"]}"#,
             r#"{"cniVersion":"1.1.0","name":"n","master":"has space"}"#,
             r#"{"cniVersion":"1.1.0","name":"Bad_Name"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","timeoutMs":1}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","timeoutMs":-5}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","timeoutMs":"5000"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","ipamdSocket":"relative.sock"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","type":"macvlan"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":"sometimes"}"#,
             r#"{"cniVersion":"1.1.0","name":"n","vlanCleanup":true}"#,
             r#"{"cniVersion":"1.1.0","name":"n","runtimeDir":"run/rackline"}"#,
+            // Arrays where objects belong are never read positionally.
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":[{"ingressRate":1}]}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":[10000000,0,0,0]}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":"fast"}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":{},"Bandwidth":{}}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","prevResult":"x"}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","prevResult":[1]}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","prevResult":{"ips":{"address":"10.0.0.1/24"}}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.1/24","interface":5}],"interfaces":[]}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":"10.0.0.1"}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":["fd00::1"]}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":["10.0.0.1","10.0.0.2/24"]}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":[5]}}"#,
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
@@ -302,9 +468,42 @@ mod tests {
     }
 
     #[test]
-    fn valid_attachments_are_read_for_gc() {
+    fn del_ignores_what_it_does_not_use() {
+        let junk = r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":"fast","ips":[1]},
+            "prevResult":"x","hostRoutes":"nope","master":"bad name",
+            "cni.dev/valid-attachments":5}"#;
+        let c = NetConf::parse(junk.as_bytes(), Command::Del).unwrap();
+        assert_eq!(c.runtime_config, RuntimeConfig::default());
+        assert!(c.prev_result.is_none() && c.master.is_none());
+        // What DEL does use stays strict.
+        let bad = r#"{"cniVersion":"1.1.0","name":"n","ipamdSocket":"rel"}"#;
+        assert_eq!(
+            NetConf::parse(bad.as_bytes(), Command::Del)
+                .unwrap_err()
+                .code,
+            code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn requested_addresses_from_the_ips_capability() {
         let c = parse(
-            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":["10.10.0.70/24","10.10.0.70"]}}"#,
+        )
+        .unwrap();
+        let want = Ipv4Addr::new(10, 10, 0, 70);
+        assert_eq!(c.runtime_config.ip, Some(want));
+        assert_eq!(c.requested(None).unwrap(), Some(want));
+        assert_eq!(c.requested(Some(want)).unwrap(), Some(want));
+        let e = c.requested(Some(Ipv4Addr::new(10, 10, 0, 71))).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn valid_attachments_are_read_for_gc() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
+            Command::Gc,
         )
         .unwrap();
         assert_eq!(
@@ -314,6 +513,14 @@ mod tests {
                 ifname: "eth0".into()
             }]
         );
+        for bad in [
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":{"containerID":"a","ifname":"eth0"}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[["a","eth0"]]}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
+        ] {
+            let e = NetConf::parse(bad.as_bytes(), Command::Gc).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
     }
 
     #[test]

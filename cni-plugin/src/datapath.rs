@@ -1,4 +1,4 @@
-//! Builds, checks and removes a pod's attachment:
+//! Builds a pod's attachment:
 //!
 //! * a macvlan (bridge mode) on the node uplink (or its VLAN sub-interface),
 //!   born directly inside the pod netns, carrying the leased address and the
@@ -8,30 +8,36 @@
 //!   the pod, the pod gets /32s to the node's addresses and the configured
 //!   host routes (e.g. the service CIDR) via the node.
 //!
-//! One netlink socket per namespace; the pod's is opened by a short-lived
-//! thread inside the pod netns, so this thread never changes namespace.
+//! Every link is born in the attachment's device group and then marked with
+//! its owner (`owner.rs`); every undo step re-checks that mark. One netlink
+//! socket per namespace; the pod's is opened by a short-lived thread inside
+//! the pod netns, so this thread never changes namespace. DEL is in
+//! `teardown.rs`, CHECK in `verify.rs`.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
-    run_in_netns, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteScope, RouteSpec,
+    run_in_netns, write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RuleSpec,
 };
 use tracing::warn;
 
 use crate::arp::ArpSocket;
+use crate::env::Attachment;
 use crate::error::{code, CniError};
 use crate::names;
+use crate::owner::{Owner, Role};
 use crate::probe::{self, ProbeParams};
 use crate::result::{format_mac, CniResult, Interface, IpConfig, Route};
+use crate::routes::{default_dst, node_route, pod_routes};
 use crate::vlan::{self, VlanOptions};
 
 /// Everything ADD needs, resolved and validated before anything is touched.
 #[derive(Debug, Clone)]
 pub struct AddPlan {
-    pub container_id: String,
-    pub ifname: String,
-    pub netns_path: String,
+    pub attachment: Attachment,
+    pub netns_path: PathBuf,
     pub address: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub master: String,
@@ -52,13 +58,30 @@ pub struct AddPlan {
     pub probe: Option<ProbeParams>,
 }
 
+impl AddPlan {
+    pub fn ifname(&self) -> &str {
+        self.attachment.ifname.as_str()
+    }
+
+    pub fn container_id(&self) -> &str {
+        self.attachment.container_id.as_str()
+    }
+
+    pub fn netns_display(&self) -> String {
+        self.netns_path.display().to_string()
+    }
+}
+
 /// What ADD ended with when nothing failed.
 #[derive(Debug)]
 pub enum Added {
     Configured(CniResult),
-    /// The probe found the address in use (everything was rolled back).
+    /// The address is in use — found by the probe, or it is one of this
+    /// node's own addresses (everything was rolled back).
     Conflict(probe::Conflict),
 }
+
+const ARP_NOTIFY: &str = "net/ipv4/conf/default/arp_notify";
 
 /// The pod's netlink socket and, when the network probes, its ARP socket,
 /// opened by ONE short-lived thread inside the pod netns (a socket keeps the
@@ -71,57 +94,97 @@ pub enum Added {
 /// kernel's: the same thread sets the pod netns' `default.arp_notify`, so the
 /// macvlan created afterwards inherits it and sends a gratuitous ARP when it
 /// comes up with its address already configured (`inetdev_event`,
-/// NETDEV_UP). The pod netns is the plugin's to configure; nothing outside it
-/// changes.
+/// NETDEV_UP). The previous value is returned so a failed ADD restores it:
+/// the pod netns is left exactly as it was found.
 fn open_pod_sockets(
     pod_ns: &Netns,
     probing: bool,
-) -> Result<(Netlink, Option<ArpSocket>), CniError> {
+) -> Result<(Netlink, Option<ArpSocket>, Option<String>), CniError> {
     let (nl, arp) = run_in_netns(pod_ns, || {
         let nl = Netlink::new();
         let arp = if probing {
-            ArpSocket::open().map(Some)
+            ArpSocket::open().map(|a| (Some(a), None))
         } else {
-            std::fs::write("/proc/sys/net/ipv4/conf/default/arp_notify", b"1").map(|()| None)
+            let path = Path::new("/proc/sys").join(ARP_NOTIFY);
+            std::fs::read_to_string(&path).and_then(|old| {
+                let old = old.trim().to_owned();
+                if old != "1" {
+                    std::fs::write(&path, b"1")?;
+                }
+                Ok((None, Some(old)))
+            })
         };
         (nl, arp)
     })
     .map_err(|e| dp("entering the pod netns", e))?;
     let nl = nl.map_err(|e| dp("opening netlink in the pod netns", e))?;
-    let arp = arp.map_err(|e| {
+    let (arp, old) = arp.map_err(|e| {
         CniError::datapath(format!(
             "preparing the announcement (ARP socket or arp_notify) in the pod netns: {e}"
         ))
     })?;
-    Ok((nl, arp))
+    Ok((nl, arp, old))
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
 enum Undo {
-    HostLink(u32),
-    PodLink(u32),
+    NodeLink(u32),
+    PodLink(u32, Role),
     Vlan(vlan::Attached),
+    /// A source rule in the pod (routes in its table go with the links).
+    PodRule(RuleSpec),
 }
 
-pub fn open_pod_netns(path: &str) -> Result<Netns, CniError> {
-    Netns::open(std::path::Path::new(path)).map_err(|e| {
+/// Opens `CNI_NETNS` for ADD and CHECK: it must exist (code 3), be a network
+/// namespace found without a blocking open (code 4), and not be the
+/// namespace the plugin itself runs in — the node's (code 4): "configuring a
+/// pod" there would put the macvlan, addresses and a default route on the
+/// node.
+pub fn open_pod_netns(path: &Path) -> Result<Netns, CniError> {
+    let shown = path.display();
+    let ns = Netns::open(path).map_err(|e| {
         if e.is_not_found() {
             CniError::new(
                 code::CONTAINER_UNKNOWN,
                 "the pod network namespace does not exist",
-                format!("{path}: {e}"),
+                format!("{shown}: {e}"),
             )
         } else {
             CniError::new(
                 code::INVALID_ENV,
-                "cannot open the pod network namespace",
-                format!("CNI_NETNS={path}: {e}"),
+                "CNI_NETNS is not a usable network namespace",
+                format!("CNI_NETNS={shown}: {e}"),
             )
         }
+    })?;
+    if is_own(&ns, path)? {
+        return Err(own_netns_error(path));
+    }
+    Ok(ns)
+}
+
+pub(crate) fn own_netns_error(path: &Path) -> CniError {
+    CniError::new(
+        code::INVALID_ENV,
+        "CNI_NETNS is the plugin's own network namespace",
+        format!(
+            "CNI_NETNS={} is the namespace the plugin runs in (the node's): refusing to configure it as a pod",
+            path.display()
+        ),
+    )
+}
+
+pub(crate) fn is_own(ns: &Netns, path: &Path) -> Result<bool, CniError> {
+    ns.is_current().map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            "cannot identify the pod network namespace",
+            format!("{}: {e}", path.display()),
+        )
     })
 }
 
-fn dp(what: &str, e: NetlinkError) -> CniError {
+pub(crate) fn dp(what: &str, e: NetlinkError) -> CniError {
     CniError::datapath(format!("{what}: {e}"))
 }
 
@@ -142,37 +205,124 @@ fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>
     Ok(out)
 }
 
+/// The allocated address is one of this node's own (any interface, any
+/// scope): giving it to a pod would break the node. A probe cannot see it
+/// (a macvlan never hears its parent), so it is checked here, before
+/// anything is created, and treated like a probe conflict: reported to
+/// ipamd with the node link's MAC (quarantined) and another address taken.
+fn node_address_conflict(
+    host: &mut Netlink,
+    ip: Ipv4Addr,
+) -> Result<Option<probe::Conflict>, CniError> {
+    let addrs = host
+        .addrs(None)
+        .map_err(|e| dp("listing node addresses", e))?;
+    let Some(a) = addrs.iter().find(|a| a.addr.ip() == ip) else {
+        return Ok(None);
+    };
+    let link = host
+        .link_by_index(a.index)
+        .map_err(|e| dp("looking up the node link", e))?;
+    Ok(Some(probe::Conflict {
+        address: ip,
+        mac: link.as_ref().and_then(|l| l.mac).unwrap_or([0; 6]),
+        node_link: Some(link.map_or_else(|| format!("ifindex {}", a.index), |l| l.name)),
+    }))
+}
+
 pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    let (mut pod, arp) = open_pod_sockets(pod_ns, plan.probe.is_some())?;
+    if let Some(c) = node_address_conflict(&mut host, plan.address.ip())? {
+        return Ok(Added::Conflict(c));
+    }
+    let (mut pod, arp, arp_notify) = open_pod_sockets(pod_ns, plan.probe.is_some())?;
+    let owner = Owner::new(&plan.attachment);
     let mut undo = Vec::new();
-    match build(&mut host, &mut pod, arp.as_ref(), pod_ns, plan, &mut undo) {
-        Ok(r @ Added::Configured(_)) => Ok(r),
-        r => {
-            for step in undo.into_iter().rev() {
-                let done = match step {
-                    Undo::HostLink(i) => host.delete_link(i),
-                    Undo::PodLink(i) => pod.delete_link(i),
-                    Undo::Vlan(a) => {
-                        vlan::rollback(
-                            &mut host,
-                            &plan.vlan_opts,
-                            &a,
-                            &plan.container_id,
-                            &plan.ifname,
-                        );
-                        Ok(())
-                    }
-                };
-                if let Err(re) = done {
-                    if !re.is_not_found() {
-                        warn!("rollback step failed: {re}");
-                    }
-                }
+    let r = build(
+        &mut host,
+        &mut pod,
+        arp.as_ref(),
+        pod_ns,
+        plan,
+        &owner,
+        &mut undo,
+    );
+    if matches!(r, Ok(Added::Configured(_))) {
+        return r;
+    }
+    for step in undo.into_iter().rev() {
+        let done = match step {
+            Undo::NodeLink(i) => delete_own(&mut host, i, Role::NodeVeth, &owner),
+            Undo::PodLink(i, role) => delete_own(&mut pod, i, role, &owner),
+            Undo::PodRule(r) => match pod.del_rule(&r) {
+                Err(e) if !e.is_not_found() => Err(e),
+                _ => Ok(()),
+            },
+            Undo::Vlan(a) => {
+                vlan::rollback(
+                    &mut host,
+                    &plan.vlan_opts,
+                    &a,
+                    plan.container_id(),
+                    plan.ifname(),
+                );
+                Ok(())
             }
-            r
+        };
+        if let Err(re) = done {
+            warn!("rollback step failed: {re}");
         }
     }
+    if let Some(old) = arp_notify.filter(|o| o != "1") {
+        if let Err(e) = write_sysctl_in(pod_ns, ARP_NOTIFY, &old) {
+            warn!("rollback: restoring {ARP_NOTIFY}={old} in the pod: {e}");
+        }
+    }
+    r
+}
+
+/// Rollback of one link this ADD created: deleted by index only while it
+/// still is what was created (kind, group, and no mark or ours).
+fn delete_own(nl: &mut Netlink, index: u32, role: Role, owner: &Owner) -> Result<(), NetlinkError> {
+    let Some(l) = nl.link_by_index(index)? else {
+        return Ok(());
+    };
+    let same = l.kind.as_deref() == Some(role.kind())
+        && l.group == owner.group
+        && l.alias.as_deref().is_none_or(|a| a == owner.mark);
+    if !same {
+        warn!(index, name = %l.name, "rollback: the link is no longer the one this ADD created; leaving it");
+        return Ok(());
+    }
+    match nl.delete_link(index) {
+        Err(e) if !e.is_not_found() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A pod may carry several macvlans on one L2 segment (Multus: `eth0` and
+/// `net1`). By default Linux answers an ARP request for any of its addresses
+/// on any interface and picks any of them as the source of its own requests
+/// ("ARP flux"), so the TOR could learn `net1`'s address at `eth0`'s MAC and
+/// lose `net1` when `eth0` is removed. On the macvlan only (the pod veth must
+/// keep answering for the pod address, which lives on the macvlan):
+/// `arp_ignore=1` answers only for addresses of the receiving interface,
+/// `arp_announce=2` sources requests from the interface's own address. These
+/// sysctls live and die with the interface: a rolled-back ADD leaves nothing.
+fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let base = Path::new("/proc/sys/net/ipv4/conf").join(ifname);
+    let r = run_in_netns(pod_ns, || -> std::io::Result<()> {
+        std::fs::write(base.join("arp_ignore"), b"1")?;
+        std::fs::write(base.join("arp_announce"), b"2")
+    })
+    .map_err(|e| dp("entering the pod netns", e))?;
+    r.map_err(|e| CniError::datapath(format!("setting arp_ignore/arp_announce on {ifname}: {e}")))
+}
+
+/// Creates a link's mark; the link was born in the group already.
+fn mark(nl: &mut Netlink, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
+    nl.set_alias(l.index, &owner.mark)
+        .map_err(|e| dp(&format!("marking {}", l.name), e))
 }
 
 fn build(
@@ -181,6 +331,7 @@ fn build(
     arp: Option<&ArpSocket>,
     pod_ns: &Netns,
     plan: &AddPlan,
+    owner: &Owner,
     undo: &mut Vec<Undo>,
 ) -> Result<Added, CniError> {
     let master = host
@@ -200,8 +351,8 @@ fn build(
                 &plan.vlan_opts,
                 &master,
                 vid,
-                &plan.container_id,
-                &plan.ifname,
+                plan.container_id(),
+                plan.ifname(),
             )?;
             let index = a.index;
             undo.push(Undo::Vlan(a));
@@ -211,38 +362,43 @@ fn build(
     let mtu = (plan.mtu != 0).then_some(plan.mtu);
     let node_addrs = node_addresses(host, master.index)?;
 
-    // A veth left by a crashed earlier ADD of this very attachment would
-    // block the new one; its name is derived from the attachment, so it is
-    // ours to remove.
-    let host_veth = names::host_veth(&plan.container_id, &plan.ifname);
+    // A node veth left by a crashed earlier ADD of this very attachment
+    // would block the new one: removed, but only when it provably is this
+    // attachment's (a stranger under that name fails the ADD instead).
+    let host_veth = owner.name(Role::NodeVeth);
     if let Some(stale) = host
         .link_by_name(&host_veth)
         .map_err(|e| dp("looking up veth", e))?
     {
+        if owner.owns(&stale, Role::NodeVeth, false).is_none() {
+            return Err(CniError::datapath(format!(
+                "a link named {host_veth} exists on the node and is not this attachment's (kind {:?}, alias {:?}); remove or rename it",
+                stale.kind, stale.alias
+            )));
+        }
         warn!(name = %host_veth, "removing stale veth from an earlier attempt");
         host.delete_link(stale.index)
             .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
             .map_err(|e| dp("removing stale veth", e))?;
     }
 
-    // 1. macvlan, born in the pod netns.
-    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu)?;
-    undo.push(Undo::PodLink(mv.index));
+    // 1. macvlan, born in the pod netns and in the attachment's group.
+    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner)?;
+    undo.push(Undo::PodLink(mv.index, Role::PodInterface));
+    mark(pod, &mv, owner)?;
+    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
 
-    // 2. node<->pod veth.
-    let pod_veth = names::pod_veth(&plan.ifname);
-    host.create_veth(&host_veth, &pod_veth, Some(pod_ns), mtu)
+    // 2. node<->pod veth, both ends in the group.
+    let pod_veth = owner.name(Role::PodVeth);
+    host.create_veth_in_group(&host_veth, &pod_veth, Some(pod_ns), mtu, owner.group)
         .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
     let hv = lookup(host, &host_veth)?;
-    undo.push(Undo::HostLink(hv.index));
+    undo.push(Undo::NodeLink(hv.index));
+    mark(host, &hv, owner)?;
     let pv = lookup(pod, &pod_veth)?;
-    let group = names::link_group(&plan.ifname);
-    pod.set_group(mv.index, group)
-        .map_err(|e| dp("tagging the pod interface", e))?;
-    pod.set_group(pv.index, group)
-        .map_err(|e| dp("tagging the pod veth", e))?;
+    mark(pod, &pv, owner)?;
 
-    // 3. pod side: probe → configure → up → announce (issue 4; see probe.rs).
+    // 3. pod side: probe → configure → up → announce (see probe.rs).
     let pod_ip = plan.address.ip();
     let mut mac = None;
     if let (Some(p), Some(arp)) = (&plan.probe, arp) {
@@ -253,11 +409,12 @@ fn build(
             return Ok(Added::Conflict(probe::Conflict {
                 address: pod_ip,
                 mac: other,
+                node_link: None,
             }));
         }
     }
     pod.add_addr(mv.index, plan.address)
-        .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname), e))?;
+        .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname()), e))?;
     let mac = match mac {
         Some(m) => m,
         None => probe::bring_up(pod, mv.index, plan.mac, pod_ip)?,
@@ -269,63 +426,20 @@ fn build(
     if let Some(arp) = arp {
         probe::announce(arp, mv.index, mac, pod_ip);
     }
-    for a in &node_addrs {
-        let mut r = RouteSpec::on_link(host_net(*a), pv.index);
-        r.src = Some(pod_ip);
-        add_route(pod, &r, "route to the node")?;
-    }
-    if let Some(node_ip) = node_addrs.first() {
-        for c in &plan.host_routes {
-            // A node address listed as a host route is already routed.
-            if node_addrs.iter().any(|a| host_net(*a) == *c) {
-                continue;
-            }
-            let r = RouteSpec {
-                dst: *c,
-                gateway: Some(*node_ip),
-                oif: pv.index,
-                onlink: true,
-                scope: RouteScope::Universe,
-                src: Some(pod_ip),
-            };
-            add_route(pod, &r, "host route")?;
-        }
-    } else if !plan.host_routes.is_empty() {
-        return Err(CniError::datapath(
-            "host routes are configured but the node has no IPv4 address to route them through",
-        ));
-    }
-    let default = RouteSpec::via(
-        Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
-        plan.gateway,
-        mv.index,
-    );
-    add_route(pod, &default, "default route")?;
-    for (dst, gw) in &plan.routes {
-        add_route(pod, &RouteSpec::via(*dst, *gw, mv.index), "network route")?;
+    if let Some(rule) = pod_routes(pod, plan, owner, &mv, &pv, &node_addrs)? {
+        undo.push(Undo::PodRule(rule));
     }
     if let Some(eff) = &plan.qos {
-        crate::qos::apply(pod, &mv, group, eff)?;
+        crate::qos::apply(pod, &mv, owner, eff)?;
     }
 
     // 4. node side: veth up and a /32 to the pod.
     host.set_up(hv.index)
         .map_err(|e| dp("bringing the node veth up", e))?;
-    let mut to_pod = RouteSpec::on_link(host_net(pod_ip), hv.index);
-    to_pod.src = node_addrs.first().copied();
-    if let Err(e) = host.add_route(&to_pod) {
-        if !e.is_exists() {
-            return Err(dp("adding the node's route to the pod", e));
-        }
-        // A route for this address survived a pod whose veth is gone; the
-        // lease says the address is ours now, so replace it.
-        let _ = host.del_route(&RouteSpec::on_link(host_net(pod_ip), 0));
-        host.add_route(&to_pod)
-            .map_err(|e| dp("adding the node's route to the pod", e))?;
-    }
+    node_route(host, pod_ip, &hv, node_addrs.first().copied())?;
 
     let mut routes = vec![Route {
-        dst: default.dst,
+        dst: default_dst(),
         gw: Some(plan.gateway),
     }];
     routes.extend(plan.routes.iter().map(|(d, g)| Route {
@@ -333,48 +447,48 @@ fn build(
         gw: Some(*g),
     }));
     Ok(Added::Configured(CniResult {
-        interfaces: vec![
-            Interface {
-                name: plan.ifname.clone(),
-                mac: format_mac(mac),
-                mtu: Some(mv.mtu),
-                sandbox: Some(plan.netns_path.clone()),
-            },
-            Interface {
-                name: host_veth,
-                mac: hv.mac.map(format_mac).unwrap_or_default(),
-                mtu: Some(hv.mtu),
-                sandbox: None,
-            },
-            Interface {
-                name: pod_veth,
-                mac: pv.mac.map(format_mac).unwrap_or_default(),
-                mtu: Some(pv.mtu),
-                sandbox: Some(plan.netns_path.clone()),
-            },
-        ],
+        interfaces: result_interfaces(plan, &mv, mac, &hv),
         ips: vec![IpConfig {
             address: plan.address,
             gateway: Some(plan.gateway),
-            interface: 0,
+            interface: Some(0),
         }],
         routes,
     }))
 }
 
-fn host_net(ip: Ipv4Addr) -> Ipv4Network {
-    Ipv4Network::new(ip, 32).expect("/32 is valid")
+/// The result's interfaces: the pod's macvlan, the one container-side
+/// interface (runtimes that re-add from a stored result — podman's
+/// `network reload` — take the first container interface they find, so a
+/// helper link listed there would be re-added under the wrong name), and the
+/// node end of the veth as a host interface (no `sandbox`), as the
+/// reference plugins list their host-side veth.
+pub(crate) fn result_interfaces(
+    plan: &AddPlan,
+    mv: &LinkInfo,
+    mac: [u8; 6],
+    hv: &LinkInfo,
+) -> Vec<Interface> {
+    vec![
+        Interface {
+            name: plan.ifname().to_owned(),
+            mac: format_mac(mac),
+            mtu: Some(mv.mtu),
+            sandbox: Some(plan.netns_display()),
+        },
+        Interface {
+            name: hv.name.clone(),
+            mac: hv.mac.map(format_mac).unwrap_or_default(),
+            mtu: Some(hv.mtu),
+            sandbox: None,
+        },
+    ]
 }
 
-fn lookup(nl: &mut Netlink, name: &str) -> Result<LinkInfo, CniError> {
+pub(crate) fn lookup(nl: &mut Netlink, name: &str) -> Result<LinkInfo, CniError> {
     nl.link_by_name(name)
         .map_err(|e| dp(&format!("looking up {name}"), e))?
         .ok_or_else(|| CniError::datapath(format!("{name} vanished right after creation")))
-}
-
-fn add_route(nl: &mut Netlink, r: &RouteSpec, what: &str) -> Result<(), CniError> {
-    nl.add_route(r)
-        .map_err(|e| dp(&format!("adding {what} {}", r.dst), e))
 }
 
 fn create_macvlan(
@@ -384,231 +498,39 @@ fn create_macvlan(
     plan: &AddPlan,
     parent: u32,
     mtu: Option<u32>,
+    owner: &Owner,
 ) -> Result<LinkInfo, CniError> {
     let mode = MacvlanMode::Bridge;
-    match host.create_macvlan_with_mac(&plan.ifname, parent, mode, mtu, plan.mac, Some(pod_ns)) {
-        Ok(()) => return lookup(pod, &plan.ifname),
+    let ifname = plan.ifname();
+    match host.create_macvlan_in_group(
+        ifname,
+        parent,
+        mode,
+        mtu,
+        plan.mac,
+        Some(pod_ns),
+        owner.group,
+    ) {
+        Ok(()) => return lookup(pod, ifname),
         Err(e) if e.is_exists() => {}
-        Err(e) => return Err(dp(&format!("creating macvlan {}", plan.ifname), e)),
+        Err(e) => return Err(dp(&format!("creating macvlan {ifname}"), e)),
     }
     // The name is taken in the node netns (the kernel checks it there even
     // for a link born elsewhere) or in the pod: create under a temporary name
     // and rename inside the pod, where only a real clash fails.
     let tmp = names::temporary();
-    host.create_macvlan_with_mac(&tmp, parent, mode, mtu, plan.mac, Some(pod_ns))
+    host.create_macvlan_in_group(&tmp, parent, mode, mtu, plan.mac, Some(pod_ns), owner.group)
         .map_err(|e| dp(&format!("creating macvlan {tmp}"), e))?;
     let l = lookup(pod, &tmp)?;
-    if let Err(e) = pod.rename(l.index, &plan.ifname) {
+    if let Err(e) = pod.rename(l.index, ifname) {
         let _ = pod.delete_link(l.index);
         return Err(if e.is_exists() {
             CniError::datapath(format!(
-                "an interface named {} already exists in the pod netns",
-                plan.ifname
+                "an interface named {ifname} already exists in the pod netns"
             ))
         } else {
-            dp(&format!("renaming {tmp} to {}", plan.ifname), e)
+            dp(&format!("renaming {tmp} to {ifname}"), e)
         });
     }
-    lookup(pod, &plan.ifname)
-}
-
-/// Removes what ADD created. Idempotent: missing netns, missing links and
-/// an empty CNI_NETNS all succeed.
-///
-/// Link deletion waits for an RCU grace period (~20 ms) per kernel batch, so
-/// the pod's links are deleted as one device group: macvlan, pod veth and
-/// (through veth_dellink) the node end, in a single batch.
-pub fn del(container_id: &str, ifname: &str, netns_path: &str) -> Result<(), CniError> {
-    if !netns_path.is_empty() {
-        match Netns::open(std::path::Path::new(netns_path)) {
-            Ok(ns) => del_in_pod(&ns, ifname)?,
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(CniError::new(
-                    code::IO_FAILURE,
-                    "cannot open the pod network namespace",
-                    format!("{netns_path}: {e}"),
-                ))
-            }
-        }
-    }
-    // The node end is normally gone with its peer; it remains when the pod
-    // netns is unknown (containerd's second DEL) or a partial ADD left it.
-    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    let host_veth = names::host_veth(container_id, ifname);
-    if let Some(l) = host
-        .link_by_name(&host_veth)
-        .map_err(|e| dp("looking up veth", e))?
-    {
-        ignore_missing(host.delete_link(l.index)).map_err(|e| dp("deleting veth", e))?;
-    }
-    Ok(())
-}
-
-fn del_in_pod(ns: &Netns, ifname: &str) -> Result<(), CniError> {
-    let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
-    let group = names::link_group(ifname);
-    let pv = names::pod_veth(ifname);
-    let ifb = names::ifb(ifname);
-    let links = pod.links().map_err(|e| dp("listing pod links", e))?;
-    let tagged: Vec<&LinkInfo> = links.iter().filter(|l| l.group == group).collect();
-    // Only when the group holds nothing but our own links: never delete a
-    // stranger that happens to share the number.
-    if !tagged.is_empty()
-        && tagged
-            .iter()
-            .all(|l| l.name == ifname || l.name == pv || l.name == ifb)
-    {
-        match pod.delete_group(group) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => warn!("group delete failed, deleting links one by one: {e}"),
-        }
-    }
-    for l in &links {
-        if l.name == ifname {
-            if l.kind.as_deref() == Some("macvlan") {
-                ignore_missing(pod.delete_link(l.index))
-                    .map_err(|e| dp("deleting pod interface", e))?;
-            } else {
-                warn!(ifname, kind = ?l.kind, "pod interface is not a macvlan; leaving it alone");
-            }
-        } else if l.name == pv {
-            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting pod veth", e))?;
-        } else if l.name == ifb && l.kind.as_deref() == Some("ifb") {
-            ignore_missing(pod.delete_link(l.index)).map_err(|e| dp("deleting QoS ifb", e))?;
-        }
-    }
-    Ok(())
-}
-
-fn ignore_missing(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
-    match r {
-        Err(e) if e.is_not_found() => Ok(()),
-        other => other,
-    }
-}
-
-/// The result of an ADD that already happened (a repeated ADD of a healthy
-/// attachment): verified with `check`, then read back from the kernel.
-pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
-    check(plan, None)?;
-    let ns = open_pod_netns(&plan.netns_path)?;
-    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
-    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    let mv = lookup(&mut pod, &plan.ifname)?;
-    let pv = lookup(&mut pod, &names::pod_veth(&plan.ifname))?;
-    let hv = lookup(
-        &mut host,
-        &names::host_veth(&plan.container_id, &plan.ifname),
-    )?;
-    let iface = |l: &LinkInfo, sandbox: Option<String>| Interface {
-        name: l.name.clone(),
-        mac: l.mac.map(format_mac).unwrap_or_default(),
-        mtu: Some(l.mtu),
-        sandbox,
-    };
-    let mut routes = vec![Route {
-        dst: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"),
-        gw: Some(plan.gateway),
-    }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route {
-        dst: *d,
-        gw: Some(*g),
-    }));
-    Ok(CniResult {
-        interfaces: vec![
-            iface(&mv, Some(plan.netns_path.clone())),
-            iface(&hv, None),
-            iface(&pv, Some(plan.netns_path.clone())),
-        ],
-        ips: vec![IpConfig {
-            address: plan.address,
-            gateway: Some(plan.gateway),
-            interface: 0,
-        }],
-        routes,
-    })
-}
-
-/// Verifies the attachment is still what ADD built.
-/// `prev_mac`: the MAC prevResult reports for the interface (lowercase),
-/// accepted besides the stable and alternate MACs.
-pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
-    let fail = |d: String| CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d);
-    let ns = open_pod_netns(&plan.netns_path)?;
-    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
-    let mv = pod
-        .link_by_name(&plan.ifname)
-        .map_err(|e| dp("looking up pod interface", e))?
-        .ok_or_else(|| fail(format!("{} is missing from the pod", plan.ifname)))?;
-    if mv.kind.as_deref() != Some("macvlan") {
-        return Err(fail(format!(
-            "{} is a {:?}, not a macvlan",
-            plan.ifname, mv.kind
-        )));
-    }
-    if !mv.up {
-        return Err(fail(format!("{} is down", plan.ifname)));
-    }
-    let alternate = rackline_model::mac::alternate_for(plan.address.ip());
-    let reported = mv.mac.map(format_mac);
-    if mv.mac != Some(plan.mac)
-        && mv.mac != Some(alternate)
-        && (prev_mac.is_none() || reported.as_deref() != prev_mac)
-    {
-        return Err(fail(format!(
-            "{} has MAC {}, not the address's stable MAC {}",
-            plan.ifname,
-            mv.mac.map(format_mac).unwrap_or_default(),
-            format_mac(plan.mac)
-        )));
-    }
-    let addrs = pod
-        .addrs(Some(mv.index))
-        .map_err(|e| dp("listing pod addresses", e))?;
-    if !addrs.iter().any(|a| a.addr == plan.address) {
-        return Err(fail(format!(
-            "{} does not carry {}",
-            plan.ifname, plan.address
-        )));
-    }
-    let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
-    if !routes
-        .iter()
-        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
-    {
-        return Err(fail(format!(
-            "default route via {} on {} is missing",
-            plan.gateway, plan.ifname
-        )));
-    }
-    let pv_name = names::pod_veth(&plan.ifname);
-    let pv = pod
-        .link_by_name(&pv_name)
-        .map_err(|e| dp("looking up pod veth", e))?
-        .ok_or_else(|| fail(format!("pod side of the node veth ({pv_name}) is missing")))?;
-    if !pv.up {
-        return Err(fail(format!("{pv_name} is down")));
-    }
-    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    if let Some(vid) = plan.vlan {
-        vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
-    }
-    let hv_name = names::host_veth(&plan.container_id, &plan.ifname);
-    let hv = host
-        .link_by_name(&hv_name)
-        .map_err(|e| dp("looking up node veth", e))?
-        .ok_or_else(|| fail(format!("node side of the veth ({hv_name}) is missing")))?;
-    let host_routes = host.routes().map_err(|e| dp("listing node routes", e))?;
-    if !host_routes
-        .iter()
-        .any(|r| r.dst == host_net(plan.address.ip()) && r.oif == Some(hv.index))
-    {
-        return Err(fail(format!(
-            "the node's route to {} via {hv_name} is missing",
-            plan.address.ip()
-        )));
-    }
-    crate::qos::check(&mut pod, &mv, plan.qos.as_ref())
+    lookup(pod, ifname)
 }

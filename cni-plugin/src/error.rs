@@ -33,7 +33,8 @@ pub mod code {
     /// capability, the pod's `rackline.io/ip` annotation) can be given:
     /// outside the node's rack, excluded, in use or reserved for another pod.
     pub const REQUESTED_ADDRESS: u32 = 107;
-    /// The duplicate-address probe found the address in use (issue 4): a
+    /// The duplicate-address probe found the address in use, or it is one of
+    /// the node's own addresses: a
     /// sticky pod's address, or every address tried.
     pub const ADDRESS_CONFLICT: u32 = 110;
 }

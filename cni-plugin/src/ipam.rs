@@ -1,6 +1,7 @@
 //! Client for rackline-ipamd over its unix socket. The plugin is synchronous;
 //! each call runs on a current-thread runtime owned by this client.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,8 +81,56 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
     }
 }
 
+/// Dials ipamd's socket, retrying while it is missing or refuses (ipamd
+/// restarting: a DaemonSet rolling update removes the socket and binds it
+/// again) with a growing pause, until `wait` has passed. A path that exists
+/// but is not a socket is not waited for: ipamd never leaves one.
+async fn dial(path: &Path, wait: Duration) -> Result<tokio::net::UnixStream, CniError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let err = match std::fs::metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(unreachable(
+                    path,
+                    format!(
+                        "it is {}, not a socket; check ipamdSocket",
+                        crate::fsutil::kind_of(m.file_type())
+                    ),
+                ))
+            }
+            _ => match tokio::net::UnixStream::connect(path).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            },
+        };
+        let retry = matches!(
+            err.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::WouldBlock
+        );
+        let now = tokio::time::Instant::now();
+        if !retry || now + pause > deadline {
+            let waited = if attempts > 1 {
+                format!(" (after {attempts} attempts over {wait:?})")
+            } else {
+                String::new()
+            };
+            return Err(unreachable(path, format!("{err}{waited}")));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
 impl IpamClient {
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<Self, CniError> {
+    /// Connects to ipamd. `wait`: how long a missing or refusing socket is
+    /// retried (ADD waits through an ipamd restart; DEL briefly, then spools
+    /// the release). Every later call is bounded by `timeout`.
+    pub fn connect(socket: &Path, timeout: Duration, wait: Duration) -> Result<Self, CniError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -93,24 +142,33 @@ impl IpamClient {
                 )
             })?;
         let path = socket.to_path_buf();
-        // The URI is a placeholder: the connector below ignores it and dials
-        // the unix socket.
+        let stream = rt.block_on(dial(&path, wait))?;
+        // The URI is a placeholder: the connector below hands tonic the
+        // stream dialled above (once; a later reconnect fails the call,
+        // which the runtime retries).
         let endpoint = Endpoint::from_static("http://ipamd.invalid")
             .connect_timeout(timeout)
             .timeout(timeout);
-        let p = path.clone();
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
         let channel = rt
             .block_on(async move {
-                endpoint
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let p = p.clone();
+                tokio::time::timeout(
+                    timeout,
+                    endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let s = slot.lock().ok().and_then(|mut g| g.take());
                         async move {
-                            let s = tokio::net::UnixStream::connect(p).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(s))
+                            s.map(TokioIo::new).ok_or_else(|| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::NotConnected,
+                                    "the connection to ipamd was lost",
+                                )
+                            })
                         }
-                    }))
-                    .await
+                    })),
+                )
+                .await
             })
+            .map_err(|_| unreachable(&path, format!("no HTTP/2 connection within {timeout:?}")))?
             .map_err(|e| {
                 let mut why = e.to_string();
                 let mut src = std::error::Error::source(&e);

@@ -1,6 +1,11 @@
 //! The `rackline` CNI plugin (CNI spec 1.1.0). Synchronous: it runs once per
 //! runtime call and must start fast; the only async part is the ipamd client,
 //! on a current-thread runtime.
+//!
+//! Everything the runtime hands over — the environment (as `OsString`),
+//! stdin, CNI_ARGS — crosses ONE boundary, [`request::parse`], into typed
+//! values; nothing past it sees raw strings. [`run`] takes the raw
+//! [`Invocation`], so tests and fuzzers drive the whole plugin in-process.
 
 pub mod arp;
 pub mod commands;
@@ -8,39 +13,65 @@ pub mod conf;
 pub mod datapath;
 pub mod env;
 pub mod error;
+pub mod fsutil;
 pub mod ipam;
 pub mod names;
+pub mod owner;
 pub mod probe;
 pub mod qos;
+pub mod request;
 pub mod result;
+pub mod routes;
+pub mod spool;
+pub mod stdin;
+pub mod teardown;
 pub mod timing;
+pub mod verify;
 pub mod vlan;
 
-use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 use tracing::error;
 
 use crate::conf::{sniff_version, NetConf};
-use crate::env::{CniEnv, Command};
+use crate::env::CniEnv;
 use crate::error::CniError;
+use crate::request::Request;
+
+/// What the runtime handed the plugin, untouched: the whole environment and
+/// stdin.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    pub env: Vec<(OsString, OsString)>,
+    pub stdin: Vec<u8>,
+    /// Why stdin could not be read completely (not closed in time, too
+    /// large); the verbs that need it fail with code 6.
+    pub stdin_problem: Option<String>,
+}
 
 /// Runs one invocation; returns the process exit code. stdout carries only
 /// the protocol (result or error JSON); logs go to stderr or `logFile`.
-pub fn run(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
+pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
     let started = std::time::Instant::now();
-    let code = answer(vars, stdin, stdout);
+    let code = answer(inv, stdout);
     // After the answer is out: the next ipamd call on this node reports it.
-    if let Some(cmd) = vars.get("CNI_COMMAND") {
+    let command = inv
+        .env
+        .iter()
+        .find(|(k, _)| k == "CNI_COMMAND")
+        .and_then(|(_, v)| v.to_str());
+    if let Some(cmd) = command {
         timing::record(cmd, started.elapsed(), code == 0);
     }
     code
 }
 
-fn answer(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
-    let version = sniff_version(stdin);
-    match dispatch(vars, stdin) {
+fn answer(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
+    let version = sniff_version(&inv.stdin);
+    match dispatch(inv) {
         Ok(Some(v)) => {
             let _ = writeln!(stdout, "{v}");
             0
@@ -49,7 +80,7 @@ fn answer(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) 
         Err(e) => {
             // The runtime shows stderr; a log file (if configured) gets the
             // same line inside the invocation's span.
-            if LOG_TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+            if LOG_TO_FILE.load(Ordering::Relaxed) {
                 error!(code = e.code, "{e}");
             }
             eprintln!("rackline: {e}");
@@ -59,34 +90,56 @@ fn answer(vars: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) 
     }
 }
 
-fn dispatch(vars: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let env = CniEnv::from_map(vars)?;
-    if env.command == Command::Version {
-        return Ok(Some(commands::version(&sniff_version(stdin))));
-    }
-    let conf = NetConf::parse(stdin)?;
+fn dispatch(inv: &Invocation) -> Result<Option<Value>, CniError> {
+    let (env, conf) = match request::parse(inv)? {
+        Request::Version(requested) => return Ok(Some(commands::version(&requested))),
+        Request::Verb(v) => *v,
+    };
     init_logging(&conf);
     timing::init(&conf.vlan.runtime_dir);
-    let span = tracing::info_span!(
-        "cni",
-        cmd = ?env.command,
-        container = %env.container_id,
-        ifname = %env.ifname,
-        netns = %env.netns,
-        network = %conf.network,
-    );
+    let span = span_for(&env, &conf);
     let _entered = span.enter();
-    match env.command {
-        Command::Add => commands::add(&env, &conf).map(Some),
-        Command::Del => commands::del(&env, &conf).map(|()| None),
-        Command::Check => commands::check(&env, &conf).map(|()| None),
-        Command::Gc => commands::gc(&conf).map(|()| None),
-        Command::Status => commands::status(&conf).map(|()| None),
-        Command::Version => unreachable!("handled above"),
+    match &env {
+        CniEnv::Add(p) => commands::add(p, &conf).map(Some),
+        CniEnv::Del(d) => commands::del(d, &conf).map(|()| None),
+        CniEnv::Check(p) => commands::check(p, &conf).map(|()| None),
+        CniEnv::Gc => commands::gc(&conf).map(|()| None),
+        CniEnv::Status => commands::status(&conf).map(|()| None),
+        CniEnv::Version => unreachable!("answered by request::parse"),
     }
 }
 
-static LOG_TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+fn span_for(env: &CniEnv, conf: &NetConf) -> tracing::Span {
+    let (container, ifname, netns) = match env {
+        CniEnv::Add(p) | CniEnv::Check(p) => (
+            p.attachment.container_id.to_string(),
+            p.attachment.ifname.to_string(),
+            p.netns.display().to_string(),
+        ),
+        CniEnv::Del(d) => match &d.attachment {
+            Ok(a) => (
+                a.container_id.to_string(),
+                a.ifname.to_string(),
+                d.netns
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            Err(_) => Default::default(),
+        },
+        _ => Default::default(),
+    };
+    tracing::info_span!(
+        "cni",
+        cmd = ?env.command(),
+        container = %container,
+        ifname = %ifname,
+        netns = %netns,
+        network = %conf.network,
+    )
+}
+
+static LOG_TO_FILE: AtomicBool = AtomicBool::new(false);
 
 fn init_logging(conf: &NetConf) {
     let filter = tracing_subscriber::EnvFilter::try_new(&conf.log_level)
@@ -95,23 +148,32 @@ fn init_logging(conf: &NetConf) {
         .with_env_filter(filter)
         .with_ansi(false);
     let _ = match &conf.log_file {
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => {
-                LOG_TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
-                builder.with_writer(std::sync::Mutex::new(f)).try_init()
+        Some(path) => {
+            // Never a blocking open: a FIFO (or a device, a directory) named
+            // as the log file is refused, and the plugin logs to stderr.
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = fsutil::open_regular(
+                path,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600),
+                true,
+            );
+            match opened {
+                Ok(f) => {
+                    LOG_TO_FILE.store(true, Ordering::Relaxed);
+                    builder.with_writer(std::sync::Mutex::new(f)).try_init()
+                }
+                Err(e) => {
+                    eprintln!(
+                        "rackline: cannot use log file {}: {e}; logging to stderr",
+                        path.display()
+                    );
+                    builder.with_writer(std::io::stderr).try_init()
+                }
             }
-            Err(e) => {
-                eprintln!(
-                    "rackline: cannot open log file {}: {e}; logging to stderr",
-                    path.display()
-                );
-                builder.with_writer(std::io::stderr).try_init()
-            }
-        },
+        }
         None => builder.with_writer(std::io::stderr).try_init(),
     };
 }

@@ -1,14 +1,27 @@
 //! `rackline`: executed by the container runtime with CNI_* variables and the
 //! network configuration on stdin. Wiring only.
 
-use std::io::Read;
+use std::os::fd::AsFd;
 
 fn main() {
-    let vars = std::env::vars().collect();
-    let mut stdin = Vec::new();
-    // VERSION may come with an empty or closed stdin; a read error is
-    // reported by the config parser as undecodable input.
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let code = rackline_cni::run(&vars, &stdin, &mut std::io::stdout().lock());
+    // The environment as the runtime gave it: `vars_os`, because
+    // `std::env::vars` panics on a variable that is not UTF-8.
+    let env = std::env::vars_os().collect();
+    // A plain descriptor (no std buffering between poll and read); a closed
+    // stdin reads as empty.
+    let (stdin, stdin_problem) = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => rackline_cni::stdin::read_bounded(
+            std::fs::File::from(fd),
+            rackline_cni::stdin::MAX_STDIN,
+            rackline_cni::stdin::STDIN_DEADLINE,
+        ),
+        Err(_) => (Vec::new(), None),
+    };
+    let inv = rackline_cni::Invocation {
+        env,
+        stdin,
+        stdin_problem,
+    };
+    let code = rackline_cni::run(&inv, &mut std::io::stdout().lock());
     std::process::exit(code);
 }

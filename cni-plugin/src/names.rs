@@ -54,6 +54,37 @@ pub fn ifb(ifname: &str) -> String {
     }
 }
 
+/// The prefix of every ownership mark.
+pub const MARK_PREFIX: &str = "rackline:";
+
+/// The proof of ownership every link Rackline creates carries in its alias
+/// (`IFLA_IFALIAS`): `rackline:<containerId>:<ifname>`. When that exceeds the
+/// kernel's 255-byte alias limit (container ids over 230 bytes), the id is
+/// replaced by `#` + 32 hex digits of two FNV-1a hashes over
+/// `containerId \0 ifname \0`, seeded differently. Both forms are a pure
+/// function of the attachment, so DEL recomputes and compares them without
+/// any state; the container id makes two pods' links (or a stranger's)
+/// impossible to mistake for each other.
+pub fn owner_mark(container_id: &str, ifname: &str) -> String {
+    let full = format!("{MARK_PREFIX}{container_id}:{ifname}");
+    if full.len() <= rackline_netlink::link::MAX_ALIAS_LEN {
+        return full;
+    }
+    format!(
+        "{MARK_PREFIX}#{:016x}{:016x}:{ifname}",
+        hash(&["rackline-mark-a", container_id, ifname]),
+        hash(&["rackline-mark-b", container_id, ifname])
+    )
+}
+
+/// The mark (alias) of a VLAN device Rackline created: `rackline:vlan:<device>`.
+/// Shared by every attachment on the device, so it names the device; the
+/// registry's `created` record (same ifindex) and this mark together decide
+/// whether DEL may delete it.
+pub fn vlan_mark(device: &str) -> String {
+    format!("{MARK_PREFIX}vlan:{device}")
+}
+
 /// Temporary name for a macvlan whose final name clashes in the node netns
 /// (the kernel checks the name in the caller's netns even when the link is
 /// born in another one).
@@ -112,6 +143,37 @@ mod tests {
         assert_eq!(v, vlan_device("enp129s0f1np1", 4094));
         assert_ne!(link_group("eth0"), link_group("net1"));
         assert!(link_group("eth0") & 0x8000_0000 != 0);
+    }
+
+    #[test]
+    fn owner_marks_fit_the_alias_limit_and_differ() {
+        assert_eq!(owner_mark("abc", "eth0"), "rackline:abc:eth0");
+        assert_ne!(owner_mark("abc", "eth0"), owner_mark("abd", "eth0"));
+        assert_ne!(owner_mark("abc", "eth0"), owner_mark("abc", "net1"));
+        let long_a = "a".repeat(256);
+        let mut long_b = "a".repeat(255);
+        long_b.push('b');
+        let (ma, mb) = (
+            owner_mark(&long_a, "averylongname15"),
+            owner_mark(&long_b, "averylongname15"),
+        );
+        assert!(ma.len() <= 255 && mb.len() <= 255, "{ma}");
+        assert!(
+            ma.starts_with("rackline:#") && ma.ends_with(":averylongname15"),
+            "{ma}"
+        );
+        assert_ne!(ma, mb);
+        // The longest id that keeps the readable form.
+        let edge = "c".repeat(255 - "rackline::".len() - "averylongname15".len());
+        assert_eq!(
+            owner_mark(&edge, "averylongname15"),
+            format!("rackline:{edge}:averylongname15")
+        );
+        // Pinned: a plugin upgrade between ADD and DEL must agree.
+        assert_eq!(
+            owner_mark(&long_a, "eth0"),
+            "rackline:#b068856bda97cdefd25824cf3ae1613c:eth0"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Duplicate-address probe and announcement (issue 4), and what ADD does
-//! when the probe finds the address in use.
+//! Duplicate-address probe and announcement, and what ADD does when the
+//! probe (or the node-address check) finds the address in use.
 //!
 //! Order inside the pod netns: probe → configure → up → announce.
 //! * probe: the macvlan is up but carries no address (RFC 5227 probes have
@@ -130,18 +130,27 @@ pub fn announce(sock: &ArpSocket, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) {
 pub struct Conflict {
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
+    /// The node interface carrying it, when it is one of this node's own
+    /// addresses (no probe can see those: a macvlan never hears its parent).
+    pub node_link: Option<String>,
+}
+
+impl Conflict {
+    fn holder(&self) -> String {
+        match &self.node_link {
+            Some(l) => format!(
+                "this node's {l} ({})",
+                rackline_model::mac::format(self.mac)
+            ),
+            None => rackline_model::mac::format(self.mac),
+        }
+    }
 }
 
 fn list(conflicts: &[Conflict]) -> String {
     conflicts
         .iter()
-        .map(|c| {
-            format!(
-                "{} (in use by {})",
-                c.address,
-                rackline_model::mac::format(c.mac)
-            )
-        })
+        .map(|c| format!("{} (in use by {})", c.address, c.holder()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -152,9 +161,12 @@ pub fn sticky_error(c: &Conflict, network: &str, pod: &str) -> CniError {
         code::ADDRESS_CONFLICT,
         "the sticky pod's address is in use by another host",
         format!(
-            "address {} is in use by MAC {} on network {network}; the sticky pod {pod} cannot start until it is freed",
+            "address {} is in use by {} on network {network}; the sticky pod {pod} cannot start until it is freed",
             c.address,
-            rackline_model::mac::format(c.mac)
+            match &c.node_link {
+                Some(_) => c.holder(),
+                None => format!("MAC {}", c.holder()),
+            }
         ),
     )
 }
@@ -201,6 +213,7 @@ mod tests {
         let c = Conflict {
             address: Ipv4Addr::new(10, 10, 0, 70),
             mac: [2, 0, 0, 0, 0, 9],
+            node_link: None,
         };
         let e = sticky_error(&c, "prod", "default/db-0");
         assert_eq!(e.code, code::ADDRESS_CONFLICT);
@@ -208,8 +221,21 @@ mod tests {
         let d = Conflict {
             address: Ipv4Addr::new(10, 10, 0, 71),
             mac: [2, 0, 0, 0, 0, 10],
+            node_link: None,
         };
-        let e = exhausted_error(&[c, d], "prod");
-        assert!(e.details.contains("10.10.0.70 (in use by 02:00:00:00:00:09), 10.10.0.71 (in use by 02:00:00:00:00:0a)"), "{e}");
+        let n = Conflict {
+            address: Ipv4Addr::new(10, 10, 0, 72),
+            mac: [2, 0, 0, 0, 0, 11],
+            node_link: Some("uplink0".into()),
+        };
+        let e = exhausted_error(&[c, d, n.clone()], "prod");
+        assert!(e.details.contains("10.10.0.70 (in use by 02:00:00:00:00:09), 10.10.0.71 (in use by 02:00:00:00:00:0a), 10.10.0.72 (in use by this node's uplink0 (02:00:00:00:00:0b))"), "{e}");
+        let e = sticky_error(&n, "prod", "default/db-0");
+        assert!(
+            e.details.contains(
+                "address 10.10.0.72 is in use by this node's uplink0 (02:00:00:00:00:0b)"
+            ),
+            "{e}"
+        );
     }
 }

@@ -4,11 +4,13 @@
 //! * ingress: the ingress qdisc on the macvlan + a match-all u32 filter
 //!   whose mirred action redirects every arriving frame to an ifb in the
 //!   pod netns, which carries the tbf. (The reference `bandwidth` plugin
-//!   needs a host-side veth peer, which a macvlan pod does not have; doing
-//!   it all inside the pod is what works, see LAB-NOTES.)
+//!   needs a host-side veth peer, which a macvlan pod does not have
+//!   (plugins #413); doing it all inside the pod is what works.)
 //!
-//! The ifb joins the attachment's device group, so DEL's one group delete
-//! removes it with the macvlan (whose qdiscs and filter go with it).
+//! The ifb is born in the attachment's device group and carries its owner
+//! mark, so DEL's one group delete removes it with the macvlan (whose
+//! qdiscs and filter go with it). Qdiscs are only ever added to links this
+//! ADD just created, and never deleted on their own.
 
 use rackline_model::qos::{self, Bandwidth, Effective, Layers, Resolved};
 use rackline_netlink::{LinkInfo, Netlink, NetlinkError, Tbf};
@@ -18,6 +20,7 @@ use tracing::warn;
 use crate::conf::NetConf;
 use crate::error::{code, CniError};
 use crate::names;
+use crate::owner::{Owner, Role};
 
 /// Queue behind the bucket, as time at the rate. The reference bandwidth
 /// plugin uses 25 ms; measured here (docs/benchmarks.md, qos) 25 ms let a
@@ -130,7 +133,7 @@ fn dp(what: &str, e: NetlinkError) -> CniError {
 pub fn apply(
     pod: &mut Netlink,
     mv: &LinkInfo,
-    group: u32,
+    owner: &Owner,
     eff: &Effective,
 ) -> Result<(), CniError> {
     if let Some(e) = &eff.egress {
@@ -141,26 +144,32 @@ pub fn apply(
         return Ok(());
     };
     let name = names::ifb(&mv.name);
-    // An ifb of this name left by an ADD that died between creating and
-    // tagging it is not in the device group, so DEL missed it; the name is
-    // derived from this attachment, so it is ours to replace.
+    // An ifb of this name left by an ADD of this attachment that died
+    // before its DEL; removed only when it provably is this attachment's
+    // (the macvlan next to it was just created by this ADD, which is the
+    // proof an unmarked one needs). A stranger under the name fails the ADD.
     if let Some(stale) = pod
         .link_by_name(&name)
         .map_err(|e| dp("looking up the ifb", e))?
-        .filter(|l| l.kind.as_deref() == Some("ifb"))
     {
+        if owner.owns(&stale, Role::Ifb, true).is_none() {
+            return Err(CniError::datapath(format!(
+                "QoS: a link named {name} exists in the pod and is not this attachment's (kind {:?}, alias {:?})",
+                stale.kind, stale.alias
+            )));
+        }
         warn!(%name, "removing a stale ifb from an earlier attempt");
         pod.delete_link(stale.index)
             .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
             .map_err(|e| dp("removing the stale ifb", e))?;
     }
-    pod.create_ifb(&name, Some(mv.mtu))
+    pod.create_ifb_in_group(&name, Some(mv.mtu), owner.group)
         .map_err(|e| dp(&format!("creating {name}"), e))?;
     let ifb = pod
         .link_by_name(&name)
         .map_err(|e| dp("looking up the ifb", e))?
         .ok_or_else(|| CniError::datapath(format!("QoS: {name} vanished right after creation")))?;
-    let r = shape_ingress(pod, mv, &ifb, group, i);
+    let r = shape_ingress(pod, mv, &ifb, owner, i);
     if r.is_err() {
         if let Err(e) = pod.delete_link(ifb.index) {
             if !e.is_not_found() {
@@ -175,11 +184,11 @@ fn shape_ingress(
     pod: &mut Netlink,
     mv: &LinkInfo,
     ifb: &LinkInfo,
-    group: u32,
+    owner: &Owner,
     limit: &Resolved,
 ) -> Result<(), CniError> {
-    pod.set_group(ifb.index, group)
-        .map_err(|e| dp("tagging the ifb", e))?;
+    pod.set_alias(ifb.index, &owner.mark)
+        .map_err(|e| dp("marking the ifb", e))?;
     pod.set_up(ifb.index)
         .map_err(|e| dp("bringing the ifb up", e))?;
     pod.add_tbf(ifb.index, &tbf_for(limit, mv.mtu))
@@ -191,7 +200,12 @@ fn shape_ingress(
 }
 
 /// Verifies the shaping in the pod netns matches `eff` (CHECK).
-pub fn check(pod: &mut Netlink, mv: &LinkInfo, eff: Option<&Effective>) -> Result<(), CniError> {
+pub fn check(
+    pod: &mut Netlink,
+    mv: &LinkInfo,
+    owner: &Owner,
+    eff: Option<&Effective>,
+) -> Result<(), CniError> {
     let fail = |d: String| {
         CniError::new(
             code::CHECK_FAILED,
@@ -225,8 +239,10 @@ pub fn check(pod: &mut Netlink, mv: &LinkInfo, eff: Option<&Effective>) -> Resul
         return Ok(());
     };
     let ifb = ifb.ok_or_else(|| fail(format!("the ingress ifb {name} is missing")))?;
-    if !ifb.up || ifb.kind.as_deref() != Some("ifb") {
-        return Err(fail(format!("{name} is not an ifb that is up")));
+    if !ifb.up || owner.owns(&ifb, Role::Ifb, true).is_none() {
+        return Err(fail(format!(
+            "{name} is not this attachment's ifb, or it is down"
+        )));
     }
     let got = pod
         .qdiscs(ifb.index)
@@ -273,6 +289,7 @@ mod tests {
         NetConf::parse(
             format!(r#"{{"cniVersion":"1.1.0","name":"n","runtimeConfig":{{"bandwidth":{rc}}}}}"#)
                 .as_bytes(),
+            crate::env::Command::Add,
         )
         .unwrap()
     }
@@ -313,6 +330,7 @@ mod tests {
         // Negative numbers do not even decode: also code 7.
         let e = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"bandwidth":{"ingressRate":-1}}}"#,
+            crate::env::Command::Add,
         )
         .unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);

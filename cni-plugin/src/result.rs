@@ -20,7 +20,8 @@ pub struct Interface {
 pub struct IpConfig {
     pub address: Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
-    pub interface: usize,
+    /// Index into `interfaces`; `None` = not tied to one (the spec's field is optional).
+    pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,10 @@ impl CniResult {
             .ips
             .iter()
             .map(|ip| {
-                let mut o = json!({ "address": ip.address.to_string(), "interface": ip.interface });
+                let mut o = json!({ "address": ip.address.to_string() });
+                if let Some(i) = ip.interface {
+                    o["interface"] = json!(i);
+                }
                 if let Some(g) = ip.gateway {
                     o["gateway"] = json!(g.to_string());
                 }
@@ -96,74 +100,106 @@ impl CniResult {
     }
 
     /// Reads the parts of a prevResult CHECK needs (any supported version).
+    /// Every value must have its documented JSON type: a prevResult that is
+    /// not a result is invalid input (code 7 at the caller), not a CHECK
+    /// failure.
     pub fn from_prev(v: &Value) -> Result<Self, String> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("must be an object, not {}", kind(v)))?;
         let mut r = CniResult::default();
-        for i in v
-            .get("interfaces")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for i in array(obj, "interfaces")? {
+            let i = i
+                .as_object()
+                .ok_or_else(|| format!("interfaces[] must be objects, not {}", kind(i)))?;
             r.interfaces.push(Interface {
-                name: i
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                mac: i
-                    .get("mac")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
-                sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
+                name: string(i, "interfaces[].name")?.unwrap_or_default(),
+                mac: string(i, "interfaces[].mac")?.unwrap_or_default(),
+                mtu: match i.get("mtu") {
+                    None | Some(Value::Null) => None,
+                    Some(m) => Some(
+                        m.as_u64()
+                            .and_then(|m| u32::try_from(m).ok())
+                            .ok_or("interfaces[].mtu must be an unsigned 32-bit integer")?,
+                    ),
+                },
+                sandbox: string(i, "interfaces[].sandbox")?,
             });
         }
-        for ip in v.get("ips").and_then(Value::as_array).into_iter().flatten() {
-            let addr = ip
-                .get("address")
-                .and_then(Value::as_str)
-                .ok_or("prevResult ip without address")?;
-            let address: Ipv4Network = addr
-                .parse()
-                .map_err(|e| format!("prevResult address {addr:?}: {e}"))?;
-            let gateway = match ip.get("gateway").and_then(Value::as_str) {
-                Some(g) => Some(
-                    g.parse()
-                        .map_err(|e| format!("prevResult gateway {g:?}: {e}"))?,
-                ),
+        for ip in array(obj, "ips")? {
+            let ip = ip
+                .as_object()
+                .ok_or_else(|| format!("ips[] must be objects, not {}", kind(ip)))?;
+            let addr = string(ip, "ips[].address")?.ok_or("ips[] without address")?;
+            let address: Ipv4Network =
+                addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
+            let gateway = match string(ip, "ips[].gateway")? {
+                Some(g) => Some(g.parse().map_err(|e| format!("gateway {g:?}: {e}"))?),
                 None => None,
             };
-            let interface = ip.get("interface").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let interface = match ip.get("interface") {
+                None | Some(Value::Null) => None,
+                Some(n) => {
+                    let i = n
+                        .as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .ok_or("ips[].interface must be an unsigned integer")?;
+                    if i >= r.interfaces.len() {
+                        return Err(format!(
+                            "ips[].interface {i} points past the {} interfaces",
+                            r.interfaces.len()
+                        ));
+                    }
+                    Some(i)
+                }
+            };
             r.ips.push(IpConfig {
                 address,
                 gateway,
                 interface,
             });
         }
-        for rt in v
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let dst = rt
-                .get("dst")
-                .and_then(Value::as_str)
-                .ok_or("prevResult route without dst")?;
-            let dst: Ipv4Network = dst
-                .parse()
-                .map_err(|e| format!("prevResult route {dst:?}: {e}"))?;
-            let gw = match rt.get("gw").and_then(Value::as_str) {
-                Some(g) => Some(
-                    g.parse()
-                        .map_err(|e| format!("prevResult route gw {g:?}: {e}"))?,
-                ),
+        for rt in array(obj, "routes")? {
+            let rt = rt
+                .as_object()
+                .ok_or_else(|| format!("routes[] must be objects, not {}", kind(rt)))?;
+            let dst = string(rt, "routes[].dst")?.ok_or("route without dst")?;
+            let dst: Ipv4Network = dst.parse().map_err(|e| format!("route {dst:?}: {e}"))?;
+            let gw = match string(rt, "routes[].gw")? {
+                Some(g) => Some(g.parse().map_err(|e| format!("route gw {g:?}: {e}"))?),
                 None => None,
             };
             r.routes.push(Route { dst, gw });
         }
         Ok(r)
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn array<'a>(o: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a [Value], String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(v) => Err(format!("{key} must be an array, not {}", kind(v))),
+    }
+}
+
+fn string(o: &serde_json::Map<String, Value>, what: &str) -> Result<Option<String>, String> {
+    let key = what.rsplit('.').next().unwrap_or(what);
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(format!("{what} must be a string, not {}", kind(v))),
     }
 }
 
@@ -182,7 +218,7 @@ mod tests {
             ips: vec![IpConfig {
                 address: "10.10.0.64/24".parse().unwrap(),
                 gateway: Some("10.10.0.1".parse().unwrap()),
-                interface: 0,
+                interface: Some(0),
             }],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),
@@ -210,6 +246,36 @@ mod tests {
         assert_eq!(j["interfaces"][0]["mtu"], 1500);
         assert_eq!(j["ips"][0]["interface"], 0);
         assert_eq!(j["routes"][0]["gw"], "10.10.0.1");
+    }
+
+    #[test]
+    fn prev_result_of_the_wrong_shape_is_an_error() {
+        for bad in [
+            json!("x"),
+            json!([1]),
+            json!(5),
+            json!({"ips": {"address": "10.0.0.1/24"}}),
+            json!({"ips": ["10.0.0.1/24"]}),
+            json!({"ips": [{"address": 5}]}),
+            json!({"ips": [{"address": "10.0.0.1/24", "interface": -1}], "interfaces": [{}]}),
+            json!({"ips": [{"address": "10.0.0.1/24", "interface": 1}], "interfaces": [{}]}),
+            json!({"interfaces": [{"name": 3}]}),
+            json!({"interfaces": [{"mtu": "1500"}]}),
+            json!({"routes": [{"gw": "10.0.0.1"}]}),
+            json!({"routes": "default"}),
+        ] {
+            assert!(CniResult::from_prev(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            CniResult::from_prev(&json!({})).unwrap(),
+            CniResult::default()
+        );
+        // `interface` is optional: absent stays absent through a round trip (found by the
+        // prev_result fuzz target: it used to come back as index 0 into no interfaces).
+        let r = CniResult::from_prev(&json!({"ips": [{"address": "10.0.0.1/24"}]})).unwrap();
+        assert_eq!(r.ips[0].interface, None);
+        let back = CniResult::from_prev(&r.to_json("1.1.0")).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

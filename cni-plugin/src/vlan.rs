@@ -1,4 +1,4 @@
-//! VLAN sub-interfaces as macvlan parents (issue 5).
+//! VLAN sub-interfaces as macvlan parents.
 //!
 //! A network with a VLAN id puts its pods' macvlans on `<master>.<vid>`
 //! ([`names::vlan_device`]; a deterministic short form when that is longer
@@ -30,18 +30,24 @@
 //! the same VLAN only serialise for the lookup, ~1 ms). Lock files are never
 //! deleted: unlinking a lock file that another process has open and is
 //! about to flock() would let two processes "hold" it at once.
+//!
+//! Every file here is opened without blocking (a FIFO planted in the
+//! registry is refused, not waited on) and the lock is waited for at most
+//! the netconf's `timeoutMs`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use rackline_netlink::{LinkInfo, Netlink, NetlinkError};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use crate::error::CniError;
+use crate::fsutil;
 use crate::names;
 
 /// `ETH_P_8021Q`: the only VLAN protocol Rackline creates or reuses.
@@ -68,6 +74,8 @@ pub enum VlanCleanup {
 pub struct VlanOptions {
     pub runtime_dir: PathBuf,
     pub cleanup: VlanCleanup,
+    /// Longest wait for a device's lock (the netconf's `timeoutMs`).
+    pub lock_wait: Duration,
 }
 
 /// A VLAN device ADD put a user on.
@@ -125,10 +133,13 @@ pub fn verify(l: &LinkInfo, master: &LinkInfo, vid: u16) -> Result<(), String> {
 fn netns_dir(runtime_dir: &Path) -> Result<PathBuf, CniError> {
     // The node netns identity: two simulated nodes on one host (the lab, the
     // VM test) and a node's real root netns never share entries.
-    let ns = Path::new("/proc/thread-self/ns/net");
-    let ino = fs::metadata(ns)
-        .map_err(|e| io_err("reading the node netns identity from", ns, e))?
-        .ino();
+    let ino = fsutil::node_netns_ino().map_err(|e| {
+        io_err(
+            "reading the node netns identity from",
+            Path::new("/proc/thread-self/ns/net"),
+            e,
+        )
+    })?;
     Ok(runtime_dir.join("vlan").join(ino.to_string()))
 }
 
@@ -139,29 +150,23 @@ struct DeviceLock {
 }
 
 impl DeviceLock {
-    fn acquire(ns_dir: &Path, device: &str) -> Result<Self, CniError> {
+    fn acquire(ns_dir: &Path, device: &str, wait: Duration) -> Result<Self, CniError> {
         let dir = ns_dir.join(device);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir.join("users"))
+        fsutil::ensure_dir(&dir.join("users"))
             .map_err(|e| io_err("creating the VLAN registry", &dir, e))?;
         let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| io_err("opening", &path, e))?;
-        // Blocking: holders keep it for a lookup or a delete only.
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            io_err(
-                "locking",
-                &path,
-                std::io::Error::from_raw_os_error(errno as i32),
-            )
-        })?;
+        let file = fsutil::open_regular(
+            &path,
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600),
+            false,
+        )
+        .map_err(|e| io_err("opening", &path, e))?;
+        let lock =
+            fsutil::lock_bounded(file, &path, wait).map_err(|e| io_err("locking", &path, e))?;
         Ok(Self { dir, _lock: lock })
     }
 
@@ -171,22 +176,17 @@ impl DeviceLock {
 
     fn add_user(&self, key: &str, container_id: &str, ifname: &str) -> Result<(), CniError> {
         let path = self.user_path(key);
-        fs::write(&path, format!("{container_id} {ifname}\n"))
+        fsutil::write_plain(&path, format!("{container_id} {ifname}\n").as_bytes())
             .map_err(|e| io_err("recording the VLAN user", &path, e))
     }
 
     fn remove_user(&self, key: &str) -> Result<(), CniError> {
         let path = self.user_path(key);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(io_err("removing the VLAN user", &path, e))
-            }
-            _ => Ok(()),
-        }
+        fsutil::remove_if_present(&path).map_err(|e| io_err("removing the VLAN user", &path, e))
     }
 
     fn has_user(&self, key: &str) -> bool {
-        self.user_path(key).exists()
+        fs::symlink_metadata(self.user_path(key)).is_ok()
     }
 
     fn users(&self) -> Result<usize, CniError> {
@@ -198,7 +198,7 @@ impl DeviceLock {
 
     /// The ifindex rackline created this device with, if it did.
     fn created_index(&self) -> Option<u32> {
-        fs::read_to_string(self.dir.join("created"))
+        fsutil::read_small(&self.dir.join("created"), 64)
             .ok()?
             .trim()
             .parse()
@@ -208,11 +208,8 @@ impl DeviceLock {
     fn set_created(&self, index: Option<u32>) -> Result<(), CniError> {
         let path = self.dir.join("created");
         let r = match index {
-            Some(i) => File::create(&path).and_then(|mut f| writeln!(f, "{i}")),
-            None => match fs::remove_file(&path) {
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
+            Some(i) => fsutil::write_plain(&path, format!("{i}\n").as_bytes()),
+            None => fsutil::remove_if_present(&path),
         };
         r.map_err(|e| io_err("recording VLAN device ownership in", &path, e))
     }
@@ -230,7 +227,7 @@ pub fn attach(
     ifname: &str,
 ) -> Result<Attached, CniError> {
     let name = names::vlan_device(&master.name, vid);
-    let lock = DeviceLock::acquire(&netns_dir(&opts.runtime_dir)?, &name)?;
+    let lock = DeviceLock::acquire(&netns_dir(&opts.runtime_dir)?, &name, opts.lock_wait)?;
     let mut created = false;
     let mut master_up = master.up;
     let existing = match host
@@ -276,6 +273,10 @@ pub fn attach(
     verify(&existing, master, vid).map_err(CniError::datapath)?;
     let result = (|| {
         if created {
+            // The device is shared by every attachment on it: its mark names
+            // the device, not an attachment (`names::vlan_mark`).
+            host.set_alias(existing.index, &names::vlan_mark(&name))
+                .map_err(|e| dp(&format!("marking {name}"), e))?;
             lock.set_created(Some(existing.index))?;
         } else if lock.created_index().is_some_and(|i| i != existing.index) {
             // Someone deleted ours and made their own: not ours to remove.
@@ -334,7 +335,7 @@ pub fn rollback(
     ifname: &str,
 ) {
     let r = netns_dir(&opts.runtime_dir).and_then(|ns| {
-        let lock = DeviceLock::acquire(&ns, &attached.name)?;
+        let lock = DeviceLock::acquire(&ns, &attached.name, opts.lock_wait)?;
         lock.remove_user(&user_key(container_id, ifname))?;
         let may_delete = attached.created || opts.cleanup == VlanCleanup::Remove;
         if may_delete {
@@ -365,10 +366,10 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
     for entry in entries {
         let entry = entry.map_err(|e| io_err("listing", &ns, e))?;
         let device = entry.file_name().to_string_lossy().into_owned();
-        if !entry.path().join("users").join(&key).exists() {
+        if fs::symlink_metadata(entry.path().join("users").join(&key)).is_err() {
             continue;
         }
-        let lock = DeviceLock::acquire(&ns, &device)?;
+        let lock = DeviceLock::acquire(&ns, &device, opts.lock_wait)?;
         if !lock.has_user(&key) {
             continue; // a concurrent DEL of the same attachment did it
         }
@@ -401,8 +402,14 @@ fn delete_if_unused(host: &mut Netlink, lock: &DeviceLock, device: &str) -> Resu
     else {
         return lock.set_created(None);
     };
-    if l.index != created || l.kind.as_deref() != Some("vlan") {
-        warn!(%device, index = l.index, "VLAN device was replaced by someone else; keeping it");
+    // Rackline's mark, or none (devices created before marks): any other
+    // alias means someone has taken the device over.
+    let foreign = l
+        .alias
+        .as_deref()
+        .is_some_and(|a| a != names::vlan_mark(device));
+    if l.index != created || l.kind.as_deref() != Some("vlan") || foreign {
+        warn!(%device, index = l.index, "VLAN device was replaced or re-marked by someone else; keeping it");
         return lock.set_created(None);
     }
     // Links in the node netns stacked on it (an operator's macvlan, a node
@@ -443,6 +450,7 @@ mod tests {
             vlan_protocol: None,
             macvlan_mode: None,
             group: 0,
+            alias: None,
         }
     }
 
@@ -454,6 +462,10 @@ mod tests {
             ..link(name, 9, Some("vlan"))
         }
     }
+
+    use nix::fcntl::FlockArg;
+
+    const WAIT: Duration = Duration::from_secs(5);
 
     #[test]
     fn verify_accepts_only_the_right_vlan() {
@@ -492,7 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ns = netns_dir(dir.path()).unwrap();
         assert!(ns.starts_with(dir.path().join("vlan")));
-        let lock = DeviceLock::acquire(&ns, "uplink.100").unwrap();
+        let lock = DeviceLock::acquire(&ns, "uplink.100", WAIT).unwrap();
         assert_eq!(lock.users().unwrap(), 0);
         lock.add_user(&user_key("c1", "eth0"), "c1", "eth0")
             .unwrap();
@@ -520,7 +532,7 @@ mod tests {
     fn device_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let ns = netns_dir(dir.path()).unwrap();
-        let held = DeviceLock::acquire(&ns, "uplink.200").unwrap();
+        let held = DeviceLock::acquire(&ns, "uplink.200", WAIT).unwrap();
         let try_lock = || {
             let f = File::open(ns.join("uplink.200/lock")).unwrap();
             Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok()
@@ -531,8 +543,37 @@ mod tests {
         drop(held);
         assert!(try_lock());
         // Another device is independent.
-        let _other = DeviceLock::acquire(&ns, "uplink.300").unwrap();
+        let _other = DeviceLock::acquire(&ns, "uplink.300", WAIT).unwrap();
         assert!(try_lock());
+    }
+
+    #[test]
+    fn a_lock_held_elsewhere_is_waited_for_at_most_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = netns_dir(dir.path()).unwrap();
+        let _held = DeviceLock::acquire(&ns, "uplink.400", WAIT).unwrap();
+        let t = std::time::Instant::now();
+        let e = DeviceLock::acquire(&ns, "uplink.400", Duration::from_millis(150))
+            .err()
+            .expect("the lock is held");
+        assert!(e.details.contains("still locked"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_fifo_in_the_registry_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = netns_dir(dir.path()).unwrap();
+        fs::create_dir_all(ns.join("uplink.500/users")).unwrap();
+        nix::unistd::mkfifo(
+            &ns.join("uplink.500/lock"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let e = DeviceLock::acquire(&ns, "uplink.500", WAIT)
+            .err()
+            .expect("a FIFO is no lock file");
+        assert!(e.details.contains("a FIFO"), "{e}");
     }
 
     #[test]
@@ -541,6 +582,7 @@ mod tests {
         let opts = VlanOptions {
             runtime_dir: dir.path().to_owned(),
             cleanup: VlanCleanup::Remove,
+            lock_wait: WAIT,
         };
         detach(&opts, "c1", "eth0").unwrap();
         assert!(!dir.path().join("vlan").exists());

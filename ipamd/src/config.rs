@@ -93,6 +93,11 @@ pub struct Args {
     /// Return a block after it stayed empty this long.
     #[arg(long, env = "RACKLINE_BLOCK_HOLD_DOWN_SECS", default_value_t = 30)]
     pub block_hold_down_secs: u64,
+    /// The CNI plugin's runtime directory (its netconf `runtimeDir`): ipamd
+    /// drains the releases the plugin spooled under `<dir>/release/` while
+    /// ipamd was unreachable.
+    #[arg(long, env = "RACKLINE_RUNTIME_DIR", default_value = "/run/rackline")]
+    pub runtime_dir: PathBuf,
     /// This node's QoS class (machine type): selects the network's
     /// `qos.nodeClasses[<class>]` bandwidth for pods on this node.
     #[arg(long, env = "RACKLINE_NODE_CLASS")]
@@ -130,6 +135,7 @@ pub struct Config {
     pub blocks: crate::blocks::BlockPolicy,
     pub standby: usize,
     pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
     pub pod_annotations: bool,
@@ -154,6 +160,7 @@ impl Args {
             gc_grace: Duration::from_secs(self.gc_grace_secs),
             standby: self.standby,
             state_dir,
+            runtime_dir: self.runtime_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,
             pod_annotations: self.pod_annotations,

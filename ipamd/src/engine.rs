@@ -565,6 +565,23 @@ impl<S: LeaseStore> Engine<S> {
         ifname: &str,
         rollback: bool,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        self.release_if(network, container_id, ifname, rollback, || true)
+            .await
+    }
+
+    /// `release_with`, but only if `still_wanted()` holds once the
+    /// attachment's lock is taken: a release the plugin spooled is dropped
+    /// when an ADD of the same attachment removed the record meanwhile (the
+    /// ADD removes it before it allocates, so whichever comes second under
+    /// the lock sees the other's effect).
+    pub async fn release_if(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        rollback: bool,
+        still_wanted: impl FnOnce() -> bool,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
         validate_attachment(container_id, ifname)?;
         let net = match self.network(network).await {
             Ok(n) => n,
@@ -573,6 +590,9 @@ impl<S: LeaseStore> Engine<S> {
         };
         let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
         let _g = self.lock_attachment(network, &key).await;
+        if !still_wanted() {
+            return Ok(Vec::new());
+        }
         if !self.etcd_ok() && self.journal.is_some() {
             return self.release_offline(&net, &key);
         }

@@ -21,6 +21,7 @@ pub mod pods;
 pub mod qos;
 pub mod service;
 pub mod socket;
+pub mod spool;
 pub mod store;
 pub mod sync;
 
@@ -153,6 +154,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(spool::run(
+        engine.clone(),
+        config.runtime_dir.clone(),
+        shutdown_rx.clone(),
+    )));
     if let Some(rack) = config.rack.clone() {
         if netmaster.is_configured() {
             let addrs = if config.node_addresses.is_empty() {

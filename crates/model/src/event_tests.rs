@@ -183,6 +183,7 @@ fn a_pin_is_one_event_with_the_identity() {
         pinned: true,
         rack: Some("r1".into()),
         created_unix_ms: 1,
+        opt_in: false,
     };
     let mut reserved = lease(LeaseState::Reserved, "");
     reserved.sticky = true;

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod probe;
 pub mod qos;
 pub mod rack;
+pub mod spool;
 pub mod sticky;
 
 pub use block::Block;

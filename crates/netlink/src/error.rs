@@ -30,6 +30,10 @@ pub enum NetlinkError {
         path: String,
         errno: Errno,
     },
+    /// The path exists but is not a network namespace file (a FIFO, a
+    /// directory, a regular file, ...); found without opening it.
+    #[error("{path} is {found}, not a network namespace")]
+    NotANamespace { path: String, found: &'static str },
     /// Reading or writing `/proc/sys/<key>` inside a namespace failed.
     #[error("sysctl {key}: {desc} ({errno:?})", desc = errno.desc())]
     Sysctl { key: String, errno: Errno },
@@ -51,7 +55,10 @@ impl NetlinkError {
             | Self::Namespace { errno, .. }
             | Self::Sysctl { errno, .. } => Some(*errno),
             Self::Io(e) => e.raw_os_error().map(Errno::from_raw),
-            Self::Decode(_) | Self::NamespaceThread(_) | Self::InvalidArgument(_) => None,
+            Self::Decode(_)
+            | Self::NamespaceThread(_)
+            | Self::InvalidArgument(_)
+            | Self::NotANamespace { .. } => None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod error;
 pub mod link;
 pub mod netns;
 pub mod route;
+pub mod rule;
 mod socket;
 pub mod tc;
 
@@ -26,6 +27,7 @@ pub use error::{NetlinkError, Result};
 pub use link::{LinkInfo, MacvlanMode};
 pub use netns::{read_sysctl_in, run_in_netns, write_sysctl_in, Netns};
 pub use route::{RouteInfo, RouteScope, RouteSpec};
+pub use rule::{RuleInfo, RuleSpec};
 pub use socket::Netlink;
 pub use tc::{FilterInfo, QdiscInfo, QdiscSlot, Tbf};
 

@@ -37,14 +37,7 @@ impl Netns {
     /// [`NetlinkError::Namespace`] with `ENOENT` (`is_not_found()`), which
     /// CNI DEL treats as "netns already gone".
     pub fn open(path: &Path) -> Result<Self> {
-        let fd =
-            open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
-                NetlinkError::Namespace {
-                    op: "open netns",
-                    path: path.display().to_string(),
-                    errno,
-                }
-            })?;
+        let fd = open_nsfs(path)?;
         check_is_netns(&fd, path)?;
         Ok(Self {
             fd,
@@ -86,6 +79,24 @@ impl Netns {
             })
     }
 
+    /// `(st_dev, st_ino)`: the namespace's identity. A bind mount
+    /// (`/var/run/netns/x`), a symlink to it and `/proc/<pid>/ns/net` of a
+    /// process inside it all have the same one.
+    pub fn identity(&self) -> Result<(u64, u64)> {
+        nix::sys::stat::fstat(&self.fd)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(|errno| NetlinkError::Namespace {
+                op: "stat netns",
+                path: self.display_path(),
+                errno,
+            })
+    }
+
+    /// Whether this is the calling thread's own network namespace.
+    pub fn is_current(&self) -> Result<bool> {
+        Ok(self.identity()? == Self::current()?.identity()?)
+    }
+
     pub fn try_clone(&self) -> Result<Self> {
         let fd = self.fd.try_clone().map_err(|e| NetlinkError::Namespace {
             op: "dup netns fd",
@@ -110,6 +121,77 @@ impl AsFd for Netns {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// `st_dev` of nsfs, where every namespace file lives (one superblock).
+fn nsfs_dev() -> Result<u64> {
+    static DEV: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(d) = DEV.get() {
+        return Ok(*d);
+    }
+    let own = Path::new("/proc/thread-self/ns/net");
+    let fd = open(own, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
+        NetlinkError::Namespace {
+            op: "open netns",
+            path: own.display().to_string(),
+            errno,
+        }
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|errno| NetlinkError::Namespace {
+        op: "stat netns",
+        path: own.display().to_string(),
+        errno,
+    })?;
+    Ok(*DEV.get_or_init(|| st.st_dev))
+}
+
+fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFLNK => "a symbolic link",
+        _ => "a regular file",
+    }
+}
+
+/// Opens a namespace file without ever blocking: `O_PATH` first (opening a
+/// FIFO for reading would wait for a writer forever, a device could do
+/// anything), then `fstat` — nsfs files are regular files on the nsfs
+/// superblock — and only a file that passes is opened for real, through
+/// `/proc/self/fd` so it is the very file that was checked.
+fn open_nsfs(path: &Path) -> Result<OwnedFd> {
+    let pfd = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
+        NetlinkError::Namespace {
+            op: "open netns",
+            path: path.display().to_string(),
+            errno,
+        }
+    })?;
+    let st = nix::sys::stat::fstat(&pfd).map_err(|errno| NetlinkError::Namespace {
+        op: "stat netns",
+        path: path.display().to_string(),
+        errno,
+    })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_dev != nsfs_dev()? {
+        return Err(NetlinkError::NotANamespace {
+            path: path.display().to_string(),
+            found: file_kind(st.st_mode),
+        });
+    }
+    let reopen = PathBuf::from(format!("/proc/self/fd/{}", pfd.as_raw_fd()));
+    open(
+        &reopen,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|errno| NetlinkError::Namespace {
+        op: "open netns",
+        path: path.display().to_string(),
+        errno,
+    })
 }
 
 fn check_is_netns(fd: &OwnedFd, path: &Path) -> Result<()> {
@@ -259,7 +341,51 @@ mod tests {
     #[test]
     fn non_namespace_file_is_rejected() {
         let err = Netns::open(Path::new("/proc/self/status")).unwrap_err();
-        assert_eq!(err.errno(), Some(Errno::ENOTTY), "{err}");
+        assert!(
+            matches!(
+                err,
+                NetlinkError::NotANamespace {
+                    found: "a regular file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Another kind of namespace: nsfs, but not CLONE_NEWNET.
+        let err = Netns::open(Path::new("/proc/self/ns/mnt")).unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EINVAL), "{err}");
+    }
+
+    #[test]
+    fn fifo_socket_and_dir_never_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let sock = dir.path().join("sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        for (p, kind) in [
+            (fifo.as_path(), "a FIFO"),
+            (sock.as_path(), "a socket"),
+            (dir.path(), "a directory"),
+            (Path::new("/dev/null"), "a character device"),
+        ] {
+            let err = Netns::open(p).unwrap_err();
+            assert!(
+                matches!(&err, NetlinkError::NotANamespace { found, .. } if *found == kind),
+                "{}: {err}",
+                p.display()
+            );
+        }
+    }
+
+    #[test]
+    fn own_namespace_is_recognised_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("mine");
+        std::os::unix::fs::symlink("/proc/self/ns/net", &link).unwrap();
+        let ns = Netns::open(&link).unwrap();
+        assert!(ns.is_current().unwrap());
+        assert!(Netns::current().unwrap().is_current().unwrap());
     }
 
     #[test]

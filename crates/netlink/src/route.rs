@@ -48,6 +48,12 @@ pub struct RouteSpec {
     pub scope: RouteScope,
     /// Preferred source (`RTA_PREFSRC`).
     pub src: Option<Ipv4Addr>,
+    /// `RTA_PRIORITY` (the metric); `None` = 0. Routes to one destination
+    /// with different metrics coexist (the lowest is used), so two
+    /// attachments of one pod can each own a default route.
+    pub metric: Option<u32>,
+    /// The routing table; `None` = main. Tables above 255 travel in `RTA_TABLE`.
+    pub table: Option<u32>,
 }
 
 impl RouteSpec {
@@ -60,6 +66,8 @@ impl RouteSpec {
             onlink: false,
             scope: RouteScope::Universe,
             src: None,
+            metric: None,
+            table: None,
         }
     }
 
@@ -72,6 +80,8 @@ impl RouteSpec {
             onlink: false,
             scope: RouteScope::Link,
             src: None,
+            metric: None,
+            table: None,
         }
     }
 }
@@ -88,6 +98,8 @@ pub struct RouteInfo {
     /// `RTPROT_*`: 2 kernel (connected routes), 3 boot (ours, like `ip
     /// route add`), ...
     pub protocol: u8,
+    /// `RTA_PRIORITY` (0 when absent).
+    pub metric: u32,
 }
 
 impl RouteInfo {
@@ -104,9 +116,11 @@ impl RouteInfo {
         let mut dst = Ipv4Addr::UNSPECIFIED;
         let mut gateway = None;
         let mut oif = None;
+        let mut metric = 0;
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Priority(p) => metric = *p,
                 RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
                 RouteAttribute::Oif(i) => oif = Some(*i),
@@ -123,6 +137,7 @@ impl RouteInfo {
             scope: h.scope.into(),
             onlink: h.flags.contains(RouteFlags::Onlink),
             protocol: h.protocol.into(),
+            metric,
         })
     }
 }
@@ -152,6 +167,14 @@ fn route_message(r: &RouteSpec) -> RouteMessage {
     if let Some(src) = r.src {
         msg.attributes
             .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
+    }
+    if let Some(m) = r.metric {
+        msg.attributes.push(RouteAttribute::Priority(m));
+    }
+    if let Some(t) = r.table {
+        // iproute2's encoding: the header's u8 field only for small ids.
+        msg.header.table = u8::try_from(t).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        msg.attributes.push(RouteAttribute::Table(t));
     }
     msg
 }
@@ -330,6 +353,7 @@ mod tests {
                 scope: 0,
                 onlink: true,
                 protocol: 3,
+                metric: 0,
             })
         );
         let mut local = msg.clone();

@@ -162,6 +162,8 @@ fn routes_add_list_delete() {
         onlink: false,
         scope: RouteScope::Link,
         src: None,
+        metric: None,
+        table: None,
     };
     nl.add_route(&explicit).unwrap();
     assert!(nl

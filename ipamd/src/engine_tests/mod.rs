@@ -571,4 +571,5 @@ mod observe;
 mod outage;
 mod racks;
 mod requested;
+mod spool;
 mod sticky;

@@ -2,6 +2,7 @@
 //! namespace, the `CNI_*` environment, the netconf on stdin, the result (or error) on stdout.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -60,7 +61,7 @@ pub struct CniCall<'lab> {
     lab: &'lab Lab,
     node: usize,
     command: Cmd,
-    env: BTreeMap<String, Option<String>>,
+    env: BTreeMap<OsString, Option<OsString>>,
     stdin: Stdin,
     timeout: Duration,
 }
@@ -95,6 +96,12 @@ impl<'lab> CniCall<'lab> {
 
     /// Sets (or overrides) an environment variable of the plugin.
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), Some(value.into().into()));
+        self
+    }
+
+    /// Sets a variable to arbitrary bytes (e.g. not UTF-8), as a runtime may pass through.
+    pub fn env_os(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.insert(key.into(), Some(value.into()));
         self
     }
@@ -280,7 +287,8 @@ pub fn result_interface_of<'a>(result: &'a Value, ip: &Value) -> Option<&'a Valu
 
 impl Lab {
     /// The default netconf for node `k` (docs/CONTRACTS.md): CNI 1.1.0, the network of the
-    /// node's rack ([`Lab::network_of_node`]: `prod` in a one-rack lab), the node's ipamd socket.
+    /// node's rack ([`Lab::network_of_node`]: `prod` in a one-rack lab), the node's ipamd socket,
+    /// the lab's runtime dir ([`Lab::runtime_dir`]).
     pub fn conf(&self, k: usize) -> Value {
         json!({
             "cniVersion": "1.1.0",
@@ -317,7 +325,7 @@ impl Lab {
         let mut env = BTreeMap::new();
         env.insert("CNI_COMMAND".into(), Some(command.as_str().into()));
         if let Ok(bins) = self.bins() {
-            env.insert("CNI_PATH".into(), Some(bins.cni_path()));
+            env.insert("CNI_PATH".into(), Some(bins.cni_path().into()));
         }
         CniCall {
             lab: self,

@@ -172,6 +172,8 @@ impl Lab {
         }
         cmd.arg("--socket")
             .arg(&socket)
+            .arg("--runtime-dir")
+            .arg(self.node_runtime_dir(k))
             .args(self.ipamd_rack_args(k))
             .args(["--gc-grace-secs", &self.opts.gc_grace_secs.to_string()])
             .args(["--standby", &self.opts.standby.to_string()])

@@ -55,6 +55,7 @@ pub mod pki;
 mod process;
 mod rack;
 pub mod runtimes;
+mod state;
 pub mod topology;
 pub mod vm;
 
@@ -73,6 +74,7 @@ pub use observe::{
 };
 pub use process::{tail, Daemon, Output};
 pub use rack::{Node, Pod, Rack};
+pub use state::NsState;
 pub use topology::{
     in_pool, in_rack_pool, node_address, rack_gateway, rack_node_address, rack_of_address,
     rack_pool, rack_subnet, CTRL_ADDR, ETCD_URL, GATEWAY, MAX_NODES, MAX_RACKS, NETMASTER_URL,

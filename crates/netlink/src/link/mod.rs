@@ -77,6 +77,8 @@ pub struct LinkInfo {
     pub macvlan_mode: Option<MacvlanMode>,
     /// `IFLA_GROUP` (0 = the default group).
     pub group: u32,
+    /// `IFLA_IFALIAS` (`ip link set … alias`); `None` when unset or empty.
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -95,6 +97,7 @@ impl LinkInfo {
             vlan_protocol: None,
             macvlan_mode: None,
             group: 0,
+            alias: None,
         };
         let mut named = false;
         for attr in &msg.attributes {
@@ -107,6 +110,7 @@ impl LinkInfo {
                 LinkAttribute::Address(mac) => info.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
                 LinkAttribute::Link(parent) => info.parent_index = Some(*parent),
                 LinkAttribute::Group(g) => info.group = *g,
+                LinkAttribute::IfAlias(a) if !a.is_empty() => info.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => parse_link_info(infos, &mut info),
                 _ => {}
             }
@@ -336,6 +340,80 @@ impl Netlink {
         self.execute("set mac", &ifindex(index), req, 0).map(drop)
     }
 
+    /// [`Netlink::create_macvlan_with_mac`] born in device group `group`
+    /// (`IFLA_GROUP` is applied by `rtnl_create_link()`, so the link never
+    /// exists outside the group).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_macvlan_in_group(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        mode: MacvlanMode,
+        mtu: Option<u32>,
+        mac: [u8; 6],
+        target: Option<&Netns>,
+        group: u32,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        let req = in_group(
+            macvlan_with_mac_request(
+                name,
+                parent_index,
+                mode,
+                mtu,
+                mac,
+                target.map(|ns| ns.as_fd().as_raw_fd()),
+            ),
+            group,
+        );
+        self.execute("create macvlan", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// [`Netlink::create_veth`] with both ends born in device group `group`.
+    pub fn create_veth_in_group(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_ns: Option<&Netns>,
+        mtu: Option<u32>,
+        group: u32,
+    ) -> Result<()> {
+        validate_ifname(name)?;
+        validate_ifname(peer_name)?;
+        let req = in_group(
+            veth_request(
+                name,
+                peer_name,
+                peer_ns.map(|ns| ns.as_fd().as_raw_fd()),
+                mtu,
+            ),
+            group,
+        );
+        self.execute("create veth", name, req, NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// [`Netlink::create_ifb`] born in device group `group`.
+    pub fn create_ifb_in_group(&mut self, name: &str, mtu: Option<u32>, group: u32) -> Result<()> {
+        validate_ifname(name)?;
+        self.execute(
+            "create ifb",
+            name,
+            in_group(ifb_request(name, mtu), group),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Sets the link's alias (`IFLA_IFALIAS`, at most 255 bytes). The kernel
+    /// ignores an alias in `RTM_NEWLINK`, so it is always a separate request.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        validate_alias(alias)?;
+        let req = set_attribute_request(index, LinkAttribute::IfAlias(alias.to_owned()));
+        self.execute("set alias", &ifindex(index), req, 0).map(drop)
+    }
+
     /// Puts a link into device group `group` (`IFLA_GROUP`).
     pub fn set_group(&mut self, index: u32, group: u32) -> Result<()> {
         let req = set_attribute_request(index, LinkAttribute::Group(group));
@@ -412,6 +490,7 @@ mod tests {
                 vlan_protocol: None,
                 macvlan_mode: Some(MacvlanMode::Bridge),
                 group: 0,
+                alias: None,
             }
         );
     }

@@ -169,6 +169,47 @@ pub fn ifb_request(name: &str, mtu: Option<u32>) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewLink(msg)
 }
 
+/// Adds `IFLA_GROUP` to a link-creation request — and to a veth's peer, which
+/// `veth_newlink()` creates from its own nested attributes — so the new
+/// links are born in `group`. Other messages are returned unchanged.
+pub fn in_group(req: RouteNetlinkMessage, group: u32) -> RouteNetlinkMessage {
+    let RouteNetlinkMessage::NewLink(mut msg) = req else {
+        return req;
+    };
+    for attr in &mut msg.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos {
+                if let NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = info {
+                    peer.attributes.push(LinkAttribute::Group(group));
+                }
+            }
+        }
+    }
+    // Before IFLA_LINKINFO, as iproute2 orders it; the kernel accepts any order.
+    let at = msg
+        .attributes
+        .iter()
+        .position(|a| matches!(a, LinkAttribute::LinkInfo(_)))
+        .unwrap_or(msg.attributes.len());
+    msg.attributes.insert(at, LinkAttribute::Group(group));
+    RouteNetlinkMessage::NewLink(msg)
+}
+
+/// `IFALIASZ` is 256 including the terminating NUL (`dev_set_alias()`
+/// refuses `len >= IFALIASZ`).
+pub const MAX_ALIAS_LEN: usize = 255;
+
+/// Checks an alias against the kernel's limits before anything is sent.
+pub fn validate_alias(alias: &str) -> crate::Result<()> {
+    if alias.len() > MAX_ALIAS_LEN || alias.contains('\0') {
+        return Err(crate::NetlinkError::InvalidArgument(format!(
+            "link alias of {} bytes is longer than {MAX_ALIAS_LEN} or contains NUL",
+            alias.len()
+        )));
+    }
+    Ok(())
+}
+
 /// `IFF_UP` set or cleared: `flags` carries the value and `change_mask`
 /// selects which flags `dev_change_flags()` may touch, so nothing else moves.
 pub fn set_up_request(index: u32, up: bool) -> RouteNetlinkMessage {
@@ -360,6 +401,41 @@ mod tests {
             let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
             assert_eq!(parsed.payload, NetlinkPayload::InnerMessage(req));
         }
+    }
+
+    #[test]
+    fn in_group_tags_the_link_and_a_veth_peer() {
+        let msg = new_link(in_group(veth_request("h", "p", Some(5), None), 0x8000_0007));
+        assert_eq!(msg.attributes[1], LinkAttribute::Group(0x8000_0007));
+        let LinkAttribute::LinkInfo(infos) = &msg.attributes[2] else {
+            panic!("{:?}", msg.attributes)
+        };
+        let NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))) = &infos[1] else {
+            panic!("{infos:?}")
+        };
+        assert!(peer.attributes.contains(&LinkAttribute::Group(0x8000_0007)));
+        let mv = new_link(in_group(
+            macvlan_with_mac_request("eth0", 2, MacvlanMode::Bridge, None, [2; 6], Some(3)),
+            9,
+        ));
+        let n = mv.attributes.len();
+        assert_eq!(mv.attributes[n - 2], LinkAttribute::Group(9));
+        // Wire round trip (the peer nests a whole ifinfomsg).
+        use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+        let req = in_group(veth_request("h", "p", Some(5), Some(1400)), 3);
+        let bytes = crate::socket::serialize(req.clone(), 0x405, 1);
+        let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes).unwrap();
+        assert_eq!(parsed.payload, NetlinkPayload::InnerMessage(req));
+        // Not a creation: unchanged.
+        let del = delete_link_request(4);
+        assert_eq!(in_group(del.clone(), 1), del);
+    }
+
+    #[test]
+    fn alias_limits() {
+        validate_alias(&"a".repeat(255)).unwrap();
+        assert!(validate_alias(&"a".repeat(256)).is_err());
+        assert!(validate_alias("a\0b").is_err());
     }
 
     #[test]

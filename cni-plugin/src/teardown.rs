@@ -1,0 +1,163 @@
+//! DEL's half of the datapath: removes an attachment's links, and only
+//! links that provably are that attachment's (`owner.rs`). Idempotent: a
+//! missing netns, missing links and an empty CNI_NETNS all succeed, and a
+//! stranger under one of our names is left alone.
+//!
+//! Link deletion waits for an RCU grace period (~20 ms) per kernel batch, so
+//! when the attachment's device group in the pod holds nothing but its own
+//! links, they are deleted as the group in one batch: macvlan, ifb, pod veth
+//! and (through veth_dellink) the node end. Otherwise link by link.
+
+use std::path::Path;
+
+use rackline_netlink::{Netlink, NetlinkError, Netns, RuleSpec};
+use tracing::{debug, warn};
+
+use crate::datapath::{dp, is_own};
+use crate::env::Attachment;
+use crate::error::{code, CniError};
+use crate::owner::{Owner, Role};
+use crate::routes::host_net;
+
+/// Opens CNI_NETNS for DEL: `None` when it no longer exists, and when it is
+/// the plugin's own namespace (the node's): no pod links can be there, and
+/// nothing of the node's is touched. A path that is not a network namespace
+/// is an invalid environment (code 4): the real pod namespace is then
+/// unknown, so nothing is removed and the lease is kept.
+fn open_for_del(path: &Path) -> Result<Option<Netns>, CniError> {
+    match Netns::open(path) {
+        Ok(ns) if is_own(&ns, path)? => {
+            warn!(netns = %path.display(), "CNI_NETNS is the plugin's own namespace; no pod links to remove there");
+            Ok(None)
+        }
+        Ok(ns) => Ok(Some(ns)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e @ NetlinkError::NotANamespace { .. }) => Err(CniError::new(
+            code::INVALID_ENV,
+            "CNI_NETNS is not a network namespace",
+            format!("CNI_NETNS={}: {e}", path.display()),
+        )),
+        Err(e) => Err(CniError::new(
+            code::IO_FAILURE,
+            "cannot open the pod network namespace",
+            format!("{}: {e}", path.display()),
+        )),
+    }
+}
+
+pub fn del(att: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
+    let owner = Owner::new(att);
+    let pod_ns = match netns {
+        Some(path) => open_for_del(path)?,
+        None => None,
+    };
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    if let Some(ns) = &pod_ns {
+        del_in_pod(ns, &owner, &mut host)?;
+    }
+    // The node end is normally gone with its peer; it remains when the pod
+    // netns is unknown (containerd's second DEL) or a partial ADD left it.
+    let name = owner.name(Role::NodeVeth);
+    if let Some(l) = host
+        .link_by_name(&name)
+        .map_err(|e| dp("looking up veth", e))?
+    {
+        if owner.owns(&l, Role::NodeVeth, false).is_some() {
+            ignore_missing(host.delete_link(l.index)).map_err(|e| dp("deleting veth", e))?;
+        } else {
+            warn!(%name, kind = ?l.kind, alias = ?l.alias, "a node link has this attachment's veth name but is not its; leaving it");
+        }
+    }
+    Ok(())
+}
+
+fn del_in_pod(ns: &Netns, owner: &Owner, host: &mut Netlink) -> Result<(), CniError> {
+    let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let links = pod.links().map_err(|e| dp("listing pod links", e))?;
+    // Unmarked links (pods set up before marks) are ours only with the
+    // veth peer proof.
+    let pv_name = owner.name(Role::PodVeth);
+    let proven = match links
+        .iter()
+        .find(|l| l.name == pv_name && l.alias.is_none())
+    {
+        Some(pv) => {
+            let node = match pv.parent_index {
+                Some(i) => host
+                    .link_by_index(i)
+                    .map_err(|e| dp("looking up the pod veth's peer", e))?,
+                None => None,
+            };
+            owner.pod_veth_pair(pv, node.as_ref())
+        }
+        None => false,
+    };
+    let mut ours = owner.pod_links(&links, proven);
+    if ours.is_empty() {
+        debug!("no link of this attachment in the pod netns");
+        return Ok(());
+    }
+    del_source_rules(&mut pod, owner, &ours)?;
+    if owner.group_is_all_ours(&links, &ours) {
+        match pod.delete_group(owner.group) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => warn!("group delete failed, deleting links one by one: {e}"),
+        }
+    } else {
+        debug!(
+            "the attachment's group also holds links that are not its own; deleting link by link"
+        );
+    }
+    // The veth last: deleting it takes the node end and its route along.
+    ours.sort_by_key(|(_, role)| matches!(role, Role::PodVeth));
+    for (l, role) in ours {
+        ignore_missing(pod.delete_link(l.index))
+            .map_err(|e| dp(&format!("deleting {} ({})", l.name, role.kind()), e))?;
+    }
+    Ok(())
+}
+
+/// The source rule an additional attachment added (`datapath::pod_routes`):
+/// deleted when it names this attachment's table AND one of the addresses
+/// on this attachment's own macvlan — a rule only matching the table number
+/// could be another container's attachment of the same ifname.
+fn del_source_rules(
+    pod: &mut Netlink,
+    owner: &Owner,
+    ours: &[(&rackline_netlink::LinkInfo, Role)],
+) -> Result<(), CniError> {
+    let mut addrs = Vec::new();
+    for (l, role) in ours {
+        if *role == Role::PodInterface {
+            let a = pod
+                .addrs(Some(l.index))
+                .map_err(|e| dp("listing the pod interface's addresses", e))?;
+            addrs.extend(a.into_iter().map(|a| host_net(a.addr.ip())));
+        }
+    }
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
+    for r in rules {
+        let Some(src) = r.src else { continue };
+        if r.table != owner.group || !addrs.contains(&src) {
+            continue;
+        }
+        let spec = RuleSpec {
+            src,
+            table: r.table,
+            priority: r.priority,
+        };
+        ignore_missing(pod.del_rule(&spec)).map_err(|e| dp("deleting a source rule", e))?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(r: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}

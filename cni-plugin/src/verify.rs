@@ -1,0 +1,159 @@
+//! CHECK's half of the datapath (and the answer to a repeated ADD): is the
+//! attachment still what ADD built, with every link provably its own?
+
+use rackline_netlink::{LinkInfo, Netlink};
+
+use crate::datapath::{dp, lookup, open_pod_netns, result_interfaces, AddPlan};
+use crate::error::{code, CniError};
+use crate::owner::{Owner, Role};
+use crate::result::{format_mac, CniResult, IpConfig, Route};
+use crate::routes::{default_dst, host_net};
+
+fn fail(d: String) -> CniError {
+    CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d)
+}
+
+/// The result of an ADD that already happened (a repeated ADD of a healthy
+/// attachment): verified with `check`, then read back from the kernel.
+pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
+    check(plan, None)?;
+    let ns = open_pod_netns(&plan.netns_path)?;
+    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let mv = lookup(&mut pod, plan.ifname())?;
+    let owner = Owner::new(&plan.attachment);
+    let hv = lookup(&mut host, &owner.name(Role::NodeVeth))?;
+    let mut routes = vec![Route {
+        dst: default_dst(),
+        gw: Some(plan.gateway),
+    }];
+    routes.extend(plan.routes.iter().map(|(d, g)| Route {
+        dst: *d,
+        gw: Some(*g),
+    }));
+    Ok(CniResult {
+        interfaces: result_interfaces(plan, &mv, mv.mac.unwrap_or(plan.mac), &hv),
+        ips: vec![IpConfig {
+            address: plan.address,
+            gateway: Some(plan.gateway),
+            interface: Some(0),
+        }],
+        routes,
+    })
+}
+
+fn must_own(owner: &Owner, l: &LinkInfo, role: Role, proven: bool) -> Result<(), CniError> {
+    if owner.owns(l, role, proven).is_some() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "{} is not this attachment's {} (kind {:?}, group {:#x}, alias {:?}; expected alias {:?} in group {:#x})",
+        l.name,
+        role.kind(),
+        l.kind,
+        l.group,
+        l.alias,
+        owner.mark,
+        owner.group
+    )))
+}
+
+/// Verifies the attachment is still what ADD built.
+/// `prev_mac`: the MAC prevResult reports for the interface (lowercase),
+/// accepted besides the stable and alternate MACs.
+pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
+    let ifname = plan.ifname();
+    let owner = Owner::new(&plan.attachment);
+    let ns = open_pod_netns(&plan.netns_path)?;
+    let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let mv = pod
+        .link_by_name(ifname)
+        .map_err(|e| dp("looking up pod interface", e))?
+        .ok_or_else(|| fail(format!("{ifname} is missing from the pod")))?;
+    if mv.kind.as_deref() != Some("macvlan") {
+        return Err(fail(format!("{ifname} is a {:?}, not a macvlan", mv.kind)));
+    }
+    let pv_name = owner.name(Role::PodVeth);
+    let pv = pod
+        .link_by_name(&pv_name)
+        .map_err(|e| dp("looking up pod veth", e))?
+        .ok_or_else(|| fail(format!("pod side of the node veth ({pv_name}) is missing")))?;
+    let hv_name = owner.name(Role::NodeVeth);
+    let hv = host
+        .link_by_name(&hv_name)
+        .map_err(|e| dp("looking up node veth", e))?
+        .ok_or_else(|| fail(format!("node side of the veth ({hv_name}) is missing")))?;
+    let proven = owner.pod_veth_pair(&pv, Some(&hv));
+    must_own(&owner, &mv, Role::PodInterface, proven)?;
+    must_own(&owner, &pv, Role::PodVeth, proven)?;
+    must_own(&owner, &hv, Role::NodeVeth, false)?;
+    if !mv.up {
+        return Err(fail(format!("{ifname} is down")));
+    }
+    let alternate = rackline_model::mac::alternate_for(plan.address.ip());
+    let reported = mv.mac.map(format_mac);
+    if mv.mac != Some(plan.mac)
+        && mv.mac != Some(alternate)
+        && (prev_mac.is_none() || reported.as_deref() != prev_mac)
+    {
+        return Err(fail(format!(
+            "{ifname} has MAC {}, not the address's stable MAC {}",
+            mv.mac.map(format_mac).unwrap_or_default(),
+            format_mac(plan.mac)
+        )));
+    }
+    let addrs = pod
+        .addrs(Some(mv.index))
+        .map_err(|e| dp("listing pod addresses", e))?;
+    if !addrs.iter().any(|a| a.addr == plan.address) {
+        return Err(fail(format!("{ifname} does not carry {}", plan.address)));
+    }
+    let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
+    if !routes
+        .iter()
+        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
+    {
+        return Err(fail(format!(
+            "default route via {} on {ifname} is missing",
+            plan.gateway
+        )));
+    }
+    if !pv.up {
+        return Err(fail(format!("{pv_name} is down")));
+    }
+    // An additional attachment (its default route has a metric above 0)
+    // also has its source rule.
+    let additional = routes
+        .iter()
+        .any(|r| r.dst.prefix() == 0 && r.oif == Some(mv.index) && r.metric > 0);
+    if additional {
+        let want = rackline_netlink::RuleSpec {
+            src: host_net(plan.address.ip()),
+            table: owner.group,
+            priority: crate::routes::RULE_PRIORITY,
+        };
+        let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
+        if !rules.iter().any(|r| r.is(&want)) {
+            return Err(fail(format!(
+                "the source rule from {} to table {:#x} is missing",
+                plan.address.ip(),
+                owner.group
+            )));
+        }
+    }
+    if let Some(vid) = plan.vlan {
+        crate::vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
+    }
+    let host_routes = host.routes().map_err(|e| dp("listing node routes", e))?;
+    if !host_routes
+        .iter()
+        .any(|r| r.dst == host_net(plan.address.ip()) && r.oif == Some(hv.index))
+    {
+        return Err(fail(format!(
+            "the node's route to {} via {hv_name} is missing",
+            plan.address.ip()
+        )));
+    }
+    crate::qos::check(&mut pod, &mv, &owner, plan.qos.as_ref())
+}
