@@ -1,4 +1,4 @@
-//! Duplicate-address probe settings of a network (issue 4): RFC 5227 ARP
+//! Duplicate-address probe settings of a network: RFC 5227 ARP
 //! probes sent by the plugin before the leased address is configured.
 //! Off unless a network sets them (`NetworkSpec::probe`), because the
 //! probe costs `count × interval` of every ADD.
