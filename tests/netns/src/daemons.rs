@@ -262,8 +262,8 @@ impl Lab {
     }
 
     /// The pods' leases (`racklinectl lease list -o json`), without ipamd's standby reserve:
-    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md,
-    /// issue 3), which belong to no pod. [`Lab::lease_records`] lists those too.
+    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md),
+    /// which belong to no pod. [`Lab::lease_records`] lists those too.
     pub fn leases(&self) -> Result<Vec<Value>> {
         let mut leases = self.lease_records()?;
         leases.retain(|l| {
