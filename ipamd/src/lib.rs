@@ -154,6 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(engine.clone().run_prober(shutdown_rx.clone())));
     tasks.push(tokio::spawn(spool::run(
         engine.clone(),
         config.runtime_dir.clone(),

@@ -32,7 +32,7 @@ impl<S: LeaseStore> Engine<S> {
     /// etcd is unreachable: hand out one of this node's standby addresses
     /// (recorded in etcd as ours, so nobody else can have it), journalled
     /// and fsync'd before we answer.
-    pub(super) fn allocate_offline(
+    pub(super) async fn allocate_offline(
         &self,
         net: &NetState,
         a: &AllocateArgs,
@@ -50,7 +50,7 @@ impl<S: LeaseStore> Engine<S> {
             lease: lease.clone(),
             standby_revision: rev,
         };
-        if let Err(e) = journal.append(&entry) {
+        if let Err(e) = journal.append(&entry).await {
             net.return_standby(ip, rev);
             return Err(IpamError::Unavailable(format!(
                 "etcd is unreachable and the journal cannot be written: {e}"
@@ -102,7 +102,7 @@ impl<S: LeaseStore> Engine<S> {
     }
 
     /// etcd is unreachable: release locally, journalled before answering.
-    pub(super) fn release_offline(
+    pub(super) async fn release_offline(
         &self,
         net: &NetState,
         key: &AttachmentKey,
@@ -118,7 +118,7 @@ impl<S: LeaseStore> Engine<S> {
                 container_id: key.0.clone(),
                 ifname: key.1.clone(),
             };
-            journal.append(&entry).map_err(|e| {
+            journal.append(&entry).await.map_err(|e| {
                 IpamError::Unavailable(format!(
                     "etcd is unreachable and the journal cannot be written: {e}"
                 ))
@@ -202,7 +202,7 @@ impl<S: LeaseStore> Engine<S> {
         }
         .await;
         if done > 0 {
-            if let Err(e) = journal.drain(done) {
+            if let Err(e) = journal.drain(done).await {
                 // Replaying again is harmless; losing entries is not.
                 error!(
                     "cannot trim the journal at {}: {e}",
