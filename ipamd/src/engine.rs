@@ -23,12 +23,14 @@ mod conflict;
 mod mode;
 mod observe;
 mod outage;
+mod persist;
 mod requested;
 mod sticky;
 use crate::store::LeaseStore;
 pub use conflict::{ConflictArgs, Quarantine};
 pub use mode::{Mode, ProbePolicy};
 pub use observe::{ConflictReport, Observer};
+pub use persist::{reserve_path, Persisted};
 
 /// How many taken-by-someone-else candidates an allocation skips before it
 /// gives up (only reachable when other nodes allocate from the same range
@@ -149,6 +151,13 @@ pub struct Engine<S> {
     /// The outage journal and the reserve size (0 = no offline operation).
     journal: Option<Arc<crate::journal::Journal>>,
     standby_target: usize,
+    /// Serialises saves of the persisted reserve (engine/persist.rs).
+    reserve_save: tokio::sync::Mutex<persist::SaveState>,
+    /// The cache came from the persisted reserve, not from etcd.
+    from_persisted: std::sync::atomic::AtomicBool,
+    /// A persisted reserve older than this is not used for an offline
+    /// start (its records may have been reclaimed meanwhile).
+    offline_start_max_age: Duration,
     /// Networks that are rack-bound but have no binding for this node's
     /// rack (or this node has no rack): name -> why.
     unbound: RwLock<HashMap<String, String>>,
@@ -228,6 +237,9 @@ impl<S: LeaseStore> Engine<S> {
             block_demand: tokio::sync::Notify::new(),
             journal: None,
             standby_target: 0,
+            reserve_save: tokio::sync::Mutex::new(persist::SaveState::default()),
+            from_persisted: std::sync::atomic::AtomicBool::new(false),
+            offline_start_max_age: Duration::from_secs(3600),
             observer: None,
         }
     }
@@ -241,6 +253,13 @@ impl<S: LeaseStore> Engine<S> {
     ) -> Self {
         self.journal = Some(journal);
         self.standby_target = standby;
+        self
+    }
+
+    /// How old (since etcd last confirmed it) the persisted reserve may be
+    /// for an offline start.
+    pub fn with_offline_start_max_age(mut self, max_age: Duration) -> Self {
+        self.offline_start_max_age = max_age;
         self
     }
 
@@ -384,7 +403,7 @@ impl<S: LeaseStore> Engine<S> {
                 Mode::Suspect => self.await_verdict().await,
                 m => m,
             };
-            if mode != Mode::Online {
+            if mode != Mode::Online || self.from_persisted() {
                 return self.allocate_offline(&net, &a).await;
             }
         }
@@ -612,7 +631,7 @@ impl<S: LeaseStore> Engine<S> {
                 Mode::Suspect => self.await_verdict().await,
                 m => m,
             };
-            if mode != Mode::Online {
+            if mode != Mode::Online || self.from_persisted() {
                 return self.release_offline(&net, &key).await;
             }
         }

@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.gc_grace,
         )
         .with_outage_journal(journal, config.standby)
+        .with_offline_start_max_age(config.offline_start_max_age)
         .with_observer(Arc::new(engine::Observer {
             metrics: metrics.clone(),
             alarms,
@@ -209,9 +210,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
         tasks.push(task);
     }
-    let mut service = IpamService::new(engine)
-        .with_qos(qos)
-        .with_metrics(metrics);
+    let mut service = IpamService::new(engine).with_qos(qos).with_metrics(metrics);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
             Ok(client) => {
@@ -305,6 +304,7 @@ async fn reserve<S: store::LeaseStore>(
             _ = shutdown.changed() => return,
         }
         engine.maintain_standby().await;
+        engine.save_reserve().await;
     }
 }
 

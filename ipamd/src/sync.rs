@@ -29,6 +29,7 @@ pub async fn run<S: LeaseStore>(
             if let Err(e) = engine.replay_journal().await {
                 warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
                 engine.note_unreachable(&format!("journal replay: {e}"));
+                engine.start_from_persisted();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -77,6 +78,9 @@ pub async fn run<S: LeaseStore>(
             }
             Err(e) => {
                 engine.note_unreachable(&format!("snapshot: {e}"));
+                // Restarted during an outage: serve from what etcd last
+                // confirmed (no-op once a snapshot was loaded).
+                engine.start_from_persisted();
                 warn!("cannot load state from etcd (retrying in {backoff:?}): {e}");
             }
         }

@@ -57,7 +57,7 @@ impl Default for ProbePolicy {
             timeout: Duration::from_millis(1000),
             offline_after_failures: 3,
             offline_after: Duration::from_secs(5),
-            suspect_wait: Duration::from_millis(2500),
+            suspect_wait: Duration::from_millis(1500),
         }
     }
 }

@@ -73,6 +73,8 @@ impl<S: LeaseStore> Engine<S> {
         a: &AllocateArgs,
     ) -> Result<Option<Allocated>, IpamError> {
         while let Some((ip, rev)) = net.take_standby() {
+            // The persisted reserve stops listing it before etcd changes.
+            self.save_reserve().await;
             let lease = self.lease_for(a, ip);
             match self.store.replace_lease(&lease, rev).await {
                 Ok(Some(new_rev)) => {
@@ -202,6 +204,9 @@ impl<S: LeaseStore> Engine<S> {
         }
         .await;
         if done > 0 {
+            // The persisted reserve must not list the standby addresses these
+            // entries consumed once the journal no longer says so.
+            self.save_reserve().await;
             if let Err(e) = journal.drain(done).await {
                 // Replaying again is harmless; losing entries is not.
                 error!(
@@ -222,7 +227,11 @@ impl<S: LeaseStore> Engine<S> {
     /// the rack (or flat network) runs short, so every address stays usable
     /// by some node when capacity equals demand.
     pub async fn maintain_standby(&self) {
-        if self.standby_target == 0 || !self.etcd_ok() || self.has_journal_entries() {
+        if self.standby_target == 0
+            || !self.etcd_ok()
+            || self.from_persisted()
+            || self.has_journal_entries()
+        {
             return;
         }
         for net in self.networks() {
@@ -238,11 +247,25 @@ impl<S: LeaseStore> Engine<S> {
             let have = net.standby_count();
             debug!(network = %net.spec.name, free, target, have, "standby reserve");
             if have > target {
-                for (ip, rev) in net.standby_list().into_iter().take(have - target) {
-                    match self.store.delete_lease(&net.spec.name, ip, rev).await {
-                        Ok(true) => net.forget(ip, 0),
+                // Out of the reserve (and of the persisted reserve) before
+                // the records are deleted: once deleted, another node may
+                // take the address.
+                let give: Vec<(Ipv4Addr, i64)> = net
+                    .standby_list()
+                    .into_iter()
+                    .take(have - target)
+                    .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+                    .collect();
+                self.save_reserve().await;
+                for (n, (ip, rev)) in give.iter().enumerate() {
+                    match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
+                        Ok(true) => net.forget(*ip, 0),
+                        // Changed meanwhile: the watch brings the new record.
                         Ok(false) => {}
                         Err(e) => {
+                            for (ip, rev) in &give[n..] {
+                                net.return_standby(*ip, *rev);
+                            }
                             self.note_store_error(&e);
                             return;
                         }

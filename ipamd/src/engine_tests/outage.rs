@@ -389,3 +389,148 @@ async fn the_prober_turns_a_real_outage_offline_and_back_online() {
     assert_eq!(c1.address, got.lease.address);
     assert_no_duplicates(&store);
 }
+
+// ---- restart while etcd is unreachable: the persisted reserve ----
+
+fn bare_engine(
+    node: &str,
+    store: &Arc<FakeStore>,
+    dir: &std::path::Path,
+    standby: usize,
+) -> Arc<Engine<Arc<FakeStore>>> {
+    let journal = Arc::new(crate::journal::Journal::open(dir, node).unwrap());
+    Arc::new(
+        Engine::new(
+            node.into(),
+            Keys::new("/rackline"),
+            store.clone(),
+            Duration::ZERO,
+        )
+        .with_outage_journal(journal, standby)
+        .with_probe_policy(fast_probe()),
+    )
+}
+
+fn persisted(dir: &std::path::Path, node: &str) -> crate::engine::Persisted {
+    let bytes = std::fs::read(crate::engine::reserve_path(dir, node)).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 3);
+    let warm = e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    e.save_reserve().await;
+    let reserve = standby_addresses(&store);
+    assert_eq!(reserve.len(), 3);
+    drop(e);
+
+    // etcd goes away, then ipamd restarts: no snapshot to load.
+    store.down.store(true, Ordering::SeqCst);
+    let e2 = bare_engine("n1", &store, dir.path(), 3);
+    let _stop = spawn_prober(&e2);
+    assert!(e2.start_from_persisted(), "the persisted reserve is loaded");
+    assert!(e2.from_persisted());
+    let mut got = Vec::new();
+    for i in 0..3 {
+        let a = e2.allocate(args(&format!("c{i}"))).await.unwrap();
+        assert!(reserve.contains(&a.lease.address), "{a:?}");
+        got.push(a.lease.address);
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 3, "three distinct reserve addresses");
+    let err = e2.allocate(args("c3")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    // The pod started before the restart is known: a repeated ADD is
+    // answered with its address, not a second one.
+    let again = e2.allocate(args("warm")).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(again.lease.address, warm.lease.address);
+    e2.release("prod", "c2", "eth0").await.unwrap();
+
+    // etcd is back: the journal goes in first (as the sync loop does), then
+    // a snapshot replaces the persisted cache.
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(e2.replay_journal().await.unwrap(), 4);
+    e2.apply_snapshot(Snapshot {
+        networks: store.networks.lock().unwrap().values().cloned().collect(),
+        leases: store.leases.lock().unwrap().values().cloned().collect(),
+        racknets: vec![],
+        blocks: vec![],
+        nodes: vec![],
+        revision: store.rev.load(Ordering::SeqCst),
+        skipped: 0,
+    });
+    assert!(!e2.from_persisted());
+    let active: BTreeMap<String, Ipv4Addr> = store
+        .live()
+        .iter()
+        .filter(|l| !l.is_standby())
+        .map(|l| (l.container_id.clone(), l.address))
+        .collect();
+    assert_eq!(active.len(), 3, "warm, c0, c1: {active:?}");
+    assert!(!active.contains_key("c2"));
+    assert_eq!(standby_records(&store), 0);
+    assert_no_duplicates(&store);
+}
+
+#[tokio::test]
+async fn the_persisted_reserve_never_lists_an_address_given_back_or_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    // 13 usable addresses.
+    store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
+    let n1 = outage_engine("n1", &store, dir.path(), 2);
+    n1.allocate(args("n1-pod")).await.unwrap();
+    n1.maintain_standby().await;
+    n1.save_reserve().await;
+    assert_eq!(persisted(dir.path(), "n1").networks[0].standby.len(), 2);
+    // Another node fills the network: n1 gives its reserve back, and the
+    // file says so before the records go.
+    let n2 = outage_engine("n2", &store, dir.path(), 0);
+    for i in 0..7 {
+        n2.allocate(args(&format!("c{i}"))).await.unwrap();
+    }
+    feed_leases(&n1, &store);
+    n1.maintain_standby().await;
+    assert_eq!(standby_records(&store), 0);
+    assert!(persisted(dir.path(), "n1").networks[0].standby.is_empty());
+    // So a restart during an outage has nothing to hand out twice.
+    drop(n1);
+    store.down.store(true, Ordering::SeqCst);
+    let again = bare_engine("n1", &store, dir.path(), 2);
+    again.set_offline("test: etcd is down");
+    assert!(again.start_from_persisted());
+    let err = again.allocate(args("x")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 2);
+    e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    e.save_reserve().await;
+    drop(e);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.down.store(true, Ordering::SeqCst);
+    let journal = Arc::new(crate::journal::Journal::open(dir.path(), "n1").unwrap());
+    let old = Engine::new(
+        "n1".into(),
+        Keys::new("/rackline"),
+        store.clone(),
+        Duration::ZERO,
+    )
+    .with_outage_journal(journal, 2)
+    .with_offline_start_max_age(Duration::from_millis(10));
+    assert!(!old.start_from_persisted());
+    assert!(!old.synced());
+}
