@@ -101,12 +101,14 @@ impl<S: LeaseStore> Engine<S> {
         let mode = self.mode();
         let secs = info.since.elapsed().as_secs();
         match mode {
-            Mode::Online => format!("online for {secs}s"),
-            _ => format!(
-                "{} for {secs}s ({} failed probe(s)): {}",
-                mode.as_str(),
-                info.failures,
-                info.why
+            Mode::Online => format!("etcd answers (online for {secs}s)"),
+            Mode::Suspect => format!(
+                "an etcd call failed, probing (suspect for {secs}s, {} failed probe(s), last error: {})",
+                info.failures, info.why
+            ),
+            Mode::Offline => format!(
+                "etcd is unreachable (offline for {secs}s, {} failed probe(s), last error: {})",
+                info.failures, info.why
             ),
         }
     }
