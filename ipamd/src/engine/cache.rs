@@ -70,6 +70,16 @@ impl<S: LeaseStore> Engine<S> {
             for (name, st) in &fresh {
                 if let Some(o) = old.get(name) {
                     st.inherit_uncertain(o);
+                    // A lease written after this snapshot was read (an Allocate racing a
+                    // re-list) is in the old cache only. The watch from the snapshot's
+                    // revision brings it back too, but a Release arriving before that must
+                    // find it: answering "nothing held" would leak the lease for good (the
+                    // chaos soak caught exactly that during an etcd leader change).
+                    for sl in o.leases_snapshot() {
+                        if sl.mod_revision > snap.revision {
+                            st.observe(sl, &self.node);
+                        }
+                    }
                 }
             }
         }

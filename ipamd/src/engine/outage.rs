@@ -112,8 +112,19 @@ impl<S: LeaseStore> Engine<S> {
         let Some(journal) = &self.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
+        let held = net.held(key);
+        if held.is_empty() && self.from_persisted() {
+            // Started while etcd was away: only the persisted reserve and this run's offline
+            // leases are known here, not the leases etcd holds for this node. "Nothing held"
+            // could be false (a lease made just before a restart) and would leak it; say "try
+            // again later" instead, so the plugin spools the release and the spool is drained
+            // once etcd's state is loaded.
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable and this ipamd started without its state: the release is kept for later".into(),
+            ));
+        }
         let mut out = Vec::new();
-        for (ip, _) in net.held(key) {
+        for (ip, _) in held {
             let entry = crate::journal::Entry::Release {
                 network: net.spec.name.clone(),
                 address: ip,
