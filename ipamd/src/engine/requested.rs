@@ -162,6 +162,7 @@ impl<S: LeaseStore> Engine<S> {
             new_identity: identity.is_some(),
             expires_unix_ms: None,
             conflict: None,
+            settings: net.pod_settings(),
         };
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.lease_at(ip) {

@@ -39,9 +39,11 @@ pub(super) struct FakeStore {
 
 impl FakeStore {
     pub(super) fn add_network(&self, spec: NetworkSpec) -> StoredNetwork {
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         let n = StoredNetwork {
             spec: spec.clone(),
-            create_revision: self.rev.fetch_add(1, Ordering::SeqCst) + 1,
+            create_revision: rev,
+            mod_revision: rev,
         };
         self.networks
             .lock()
