@@ -282,6 +282,7 @@ impl CreateArgs {
             sticky: self.sticky_policy(),
             qos: self.qos.to_proto(),
             probe: self.probe.to_proto(),
+            revision: 0,
         }
     }
 

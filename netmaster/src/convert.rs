@@ -335,6 +335,7 @@ mod tests {
             sticky: None,
             qos: None,
             probe: None,
+            revision: 0,
         }
     }
 
