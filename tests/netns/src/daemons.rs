@@ -192,6 +192,13 @@ impl Lab {
                     && UnixStream::connect(&socket).is_ok()
             },
         )?;
+        // The socket accepts connections (listen backlog) before ipamd has loaded etcd's state;
+        // as a kubelet would, wait for /readyz when etcd is there to load it from.
+        if self.state().etcd.is_some() {
+            wait_ready(&mut ipamd, "GET /readyz answers 200", || {
+                self.ipamd_http(k, "/readyz").is_ok_and(|r| r.status == 200)
+            })?;
+        }
         self.state().ipamd.insert(k, ipamd);
         Ok(())
     }
@@ -255,8 +262,8 @@ impl Lab {
     }
 
     /// The pods' leases (`racklinectl lease list -o json`), without ipamd's standby reserve:
-    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md,
-    /// issue 3), which belong to no pod. [`Lab::lease_records`] lists those too.
+    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md),
+    /// which belong to no pod. [`Lab::lease_records`] lists those too.
     pub fn leases(&self) -> Result<Vec<Value>> {
         let mut leases = self.lease_records()?;
         leases.retain(|l| {

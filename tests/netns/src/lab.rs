@@ -85,7 +85,7 @@ impl Default for LabBuilder {
 }
 
 impl LabBuilder {
-    /// Number of racks (1..=244). One rack is the issue-2 lab: `tor`, `ctrl` on the rack
+    /// Number of racks (1..=244). One rack is the flat lab: `tor`, `ctrl` on the rack
     /// bridge (10.10.0.2), nodes `n1..nK`. Two or more add a routed `spine` with `ctrl` on its
     /// side (10.254.0.2), TORs `tor1..`, nodes `r<r>n<k>` (see [`crate::topology`]).
     pub fn racks(mut self, n: usize) -> Self {
@@ -460,7 +460,7 @@ impl Lab {
         Ok(())
     }
 
-    /// The issue-2 rack: `ctrl` hangs off the TOR bridge, everything is one L2 segment.
+    /// The flat one-rack lab: `ctrl` hangs off the TOR bridge, everything is one L2 segment.
     fn wire_one_rack(&self) -> Result<()> {
         let rack = &self.racks[0];
         self.create_netns(&rack.tor)?;

@@ -3,11 +3,11 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/rackline-bench adds         # issue 3: 1000 concurrent ADDs at 1:1 capacity
+//! target/release/rackline-bench adds         # 1000 concurrent ADDs at 1:1 capacity
 //! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
 //! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
 //! target/release/rackline-bench qos          # shaping accuracy; unshaped pods vs nodes
-//! target/release/rackline-bench probe        # issue 4: ADD with the ARP probe on vs off
+//! target/release/rackline-bench probe        # ADD with the ARP probe on vs off
 //! ```
 //! Run it from target/release so that the lab uses the release binaries next to it (or set
 //! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
@@ -38,18 +38,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Concurrent ADDs over 2 racks at 1:1 capacity (issue 3: 1000 ADDs < 20 s, 0 failures).
+    /// Concurrent ADDs over 2 racks at 1:1 capacity (target: 1000 ADDs < 20 s, 0 failures).
     Adds(AddsArgs),
     /// ADD/DEL latency of rackline vs the reference macvlan + host-local, same node.
     Latency(LatencyArgs),
     /// iperf3 throughput pod → pod (same rack, across racks) vs node → node.
     Throughput(ThroughputArgs),
-    /// Re-creating sticky pods on other nodes of their rack (issue 4: 1000 < 20 s, every
+    /// Re-creating sticky pods on other nodes of their rack (target: 1000 < 20 s, every
     /// address preserved).
     Sticky(StickyArgs),
     /// Per-pod QoS: measured vs configured rate, egress and ingress; unshaped pods vs nodes.
     Qos(QosArgs),
-    /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off (issue 4).
+    /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off.
     Probe(ProbeArgs),
 }
 
@@ -174,7 +174,7 @@ fn run(cli: &Cli) -> Result<()> {
     let monitor = QuietMonitor::start();
     let (title, body) = match &cli.command {
         Command::Adds(a) => (
-            "adds: concurrent ADDs at 1:1 capacity (issue 3)",
+            "adds: concurrent ADDs at 1:1 capacity",
             bench::adds::run(&AddsConfig {
                 runs: a.runs,
                 racks: a.racks,
@@ -195,14 +195,14 @@ fn run(cli: &Cli) -> Result<()> {
             })?,
         ),
         Command::Probe(a) => (
-            "probe: ADD with the duplicate-address probe on vs off (issue 4)",
+            "probe: ADD with the duplicate-address probe on vs off",
             bench::probe::run(&ProbeBenchConfig {
                 runs: a.runs,
                 warmup: a.warmup,
             })?,
         ),
         Command::Sticky(a) => (
-            "sticky: re-creating sticky pods on other nodes of their rack (issue 4)",
+            "sticky: re-creating sticky pods on other nodes of their rack",
             bench::sticky::run(&bench::sticky::StickyConfig {
                 runs: a.runs,
                 racks: a.racks,
