@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use observe_common::{ipamd, poll};
-use rackline_lab::{Cmd, Lab, Pod};
+use rackline_lab::{result_ipv4, Cmd, Lab, LabNetworkMode, Pod};
 use serde_json::Value;
 
 const M: u64 = 1_000_000;
@@ -116,6 +116,71 @@ fn the_next_pod_gets_the_update_and_check_names_what_the_old_one_lacks() -> Resu
             lab.cni_del(&old)?;
             ensure!(out_of_spec(lab, &net)? == 0.0);
             lab.cni_del(&new)?;
+            lab.check_invariants().map(drop)
+        })
+}
+
+/// A rack-bound network: ipamd reloads the rack's pool when the definition changes, keeps
+/// allocating from its blocks, and an exclusion over a running pod's address is refused
+/// naming it.
+#[test]
+fn a_rack_bound_network_is_updated_in_place() -> Result<()> {
+    Lab::builder()
+        .racks(2)
+        .nodes_per_rack(1)
+        .network_mode(LabNetworkMode::Spanning)
+        .run(|lab| {
+            let net = lab.network_of_node(1);
+            let a = lab.add_pod(1, "a")?;
+            let a_result = lab.cni_add(&a)?;
+            let a_ip = result_ipv4(&a_result)?.addr;
+
+            let refused = lab.racklinectl_raw(&[
+                "network",
+                "update",
+                &net,
+                "--exclude",
+                &a_ip.to_string(),
+            ])?;
+            ensure!(refused.code == 1, "{refused:?}");
+            ensure!(
+                refused.stderr.contains(&format!("{a_ip} (pod ")),
+                "the refusal names the pod's address: {refused:?}"
+            );
+
+            let r = lab.racklinectl(&["network", "update", &net, "--host-route", "10.251.0.0/16"])?;
+            ensure!(r["differing"].as_array().map(Vec::len) == Some(1), "{r}");
+            let check_a = || lab.cni(Cmd::Check, &a).prev_result(&a_result).run();
+            let doc = poll(Duration::from_secs(15), "CHECK reports the update", || {
+                let out = check_a()?;
+                Ok((out.error_code() == Some(103)).then(|| out.expect_error(103).cloned()))
+            })??;
+            ensure!(
+                doc["details"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("host routes:") && d.contains("10.251.0.0/16")),
+                "{doc}"
+            );
+
+            // The next pod on the rack gets the new route and an address of its rack.
+            let b = lab.add_pod(1, "b")?;
+            let b_result = lab.cni_add(&b)?;
+            let b_ip = result_ipv4(&b_result)?.addr;
+            ensure!(
+                lab.networks().iter().any(|n| n.in_pool_of_rack(1, b_ip)),
+                "{b_ip} is not rack 1's"
+            );
+            ensure!(has_route(lab, &b, "10.251.0.0/16")?);
+            lab.cni(Cmd::Check, &b)
+                .prev_result(&b_result)
+                .run()?
+                .ok()
+                .context("CHECK of the pod added after the update")?;
+            ensure!(out_of_spec(lab, &net)? == 1.0);
+
+            lab.cni_del(&a)?;
+            lab.cni_del(&b)?;
+            ensure!(out_of_spec(lab, &net)? == 0.0);
             lab.check_invariants().map(drop)
         })
 }
