@@ -69,8 +69,16 @@ fn a_partial_update_changes_only_what_it_names() {
     let created = create_full(&nm.url);
     let before = stored(&rt, &s, "prod");
 
-    let r = ctl(&nm.url, &["network", "update", "prod", "--mtu", "9000", "-o", "json"]).json();
-    assert_eq!(r["changes"], serde_json::json!(["mtu: 1500 -> 9000"]), "{r}");
+    let r = ctl(
+        &nm.url,
+        &["network", "update", "prod", "--mtu", "9000", "-o", "json"],
+    )
+    .json();
+    assert_eq!(
+        r["changes"],
+        serde_json::json!(["mtu: 1500 -> 9000"]),
+        "{r}"
+    );
     assert_eq!(r["dryRun"], false);
     let after = stored(&rt, &s, "prod");
     assert_eq!(after.mtu, 9000);
@@ -84,7 +92,10 @@ fn a_partial_update_changes_only_what_it_names() {
     );
     // The reply is the stored network, at a newer revision.
     let mut shown = r["network"].clone();
-    assert!(shown["revision"].as_i64() > created["revision"].as_i64(), "{r}");
+    assert!(
+        shown["revision"].as_i64() > created["revision"].as_i64(),
+        "{r}"
+    );
     for v in [&mut shown, &mut created.clone()] {
         v.as_object_mut().expect("object").remove("revision");
         v.as_object_mut().expect("object").remove("mtu");
@@ -114,7 +125,11 @@ fn a_partial_update_changes_only_what_it_names() {
     );
     out.ok();
     assert!(out.stdout.starts_with("network prod changed:\n"), "{out:?}");
-    assert!(out.stdout.contains("  host routes: 10.96.0.0/12 -> 10.96.0.0/12, 10.200.0.0/16\n"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("  host routes: 10.96.0.0/12 -> 10.96.0.0/12, 10.200.0.0/16\n"),
+        "{out:?}"
+    );
     let now = stored(&rt, &s, "prod");
     assert_eq!(
         now.host_routes,
@@ -123,7 +138,10 @@ fn a_partial_update_changes_only_what_it_names() {
             "10.200.0.0/16".parse().unwrap()
         ]
     );
-    assert_eq!(now.exclude, vec!["10.10.0.250-10.10.0.254".parse().unwrap()]);
+    assert_eq!(
+        now.exclude,
+        vec!["10.10.0.250-10.10.0.254".parse().unwrap()]
+    );
     assert!(now.routes.is_empty());
     assert_eq!(now.qos.default, None);
     assert_eq!(now.sticky, before.sticky);
@@ -135,14 +153,29 @@ fn a_partial_update_changes_only_what_it_names() {
     let rev = now_revision(&nm.url);
     ctl(
         &nm.url,
-        &["network", "update", "prod", "--remove-host-route", "10.1.0.0/16"],
+        &[
+            "network",
+            "update",
+            "prod",
+            "--remove-host-route",
+            "10.1.0.0/16",
+        ],
     )
     .refused("host routes: 10.1.0.0/16 is not in the list (it has 10.96.0.0/12, 10.200.0.0/16)");
     assert_eq!(now_revision(&nm.url), rev);
     // A dry run reports and writes nothing.
     let dry = ctl(
         &nm.url,
-        &["network", "update", "prod", "--mtu", "1400", "--dry-run", "-o", "json"],
+        &[
+            "network",
+            "update",
+            "prod",
+            "--mtu",
+            "1400",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
     )
     .json();
     assert_eq!(dry["changes"], serde_json::json!(["mtu: 9000 -> 1400"]));
@@ -179,9 +212,18 @@ fn immutable_settings_are_refused_naming_the_setting() {
     };
     u(&["--subnet", "10.10.0.0/23"])
         .refused("subnet cannot be changed (10.10.0.0/24 -> 10.10.0.0/23)");
-    u(&["--gateway", "10.10.0.254"]).refused("gateway cannot be changed (10.10.0.1 -> 10.10.0.254)");
+    u(&["--gateway", "10.10.0.254"])
+        .refused("gateway cannot be changed (10.10.0.1 -> 10.10.0.254)");
     // Restating the current value is no change.
-    let same = u(&["--subnet", "10.10.0.0/24", "--gateway", "10.10.0.1", "-o", "json"]).json();
+    let same = u(&[
+        "--subnet",
+        "10.10.0.0/24",
+        "--gateway",
+        "10.10.0.1",
+        "-o",
+        "json",
+    ])
+    .json();
     assert_eq!(same["changes"], serde_json::json!([]));
 
     // Master and VLAN: refused while a pod runs on the network, with the
@@ -198,7 +240,9 @@ fn immutable_settings_are_refused_naming_the_setting() {
     ctl(&nm.url, &empty).ok();
     ctl(
         &nm.url,
-        &["network", "update", "idle", "--master", "uplink1", "--vlan", "8"],
+        &[
+            "network", "update", "idle", "--master", "uplink1", "--vlan", "8",
+        ],
     )
     .ok();
     let idle = stored(&rt, &s, "idle");
@@ -243,7 +287,11 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
     let mut forced = excl.to_vec();
     forced.extend(["--force", "--host-route", "10.200.0.0/16", "-o", "json"]);
     let r = ctl(&nm.url, &forced).json();
-    assert_eq!(r["standbyReturned"], serde_json::json!(["10.10.0.52"]), "{r}");
+    assert_eq!(
+        r["standbyReturned"],
+        serde_json::json!(["10.10.0.52"]),
+        "{r}"
+    );
     let differing = r["differing"].as_array().expect("differing");
     let why = |addr: &str| -> Vec<String> {
         differing
@@ -295,12 +343,28 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
     // Two operators decided on the same version: the second loses.
     ctl(
         &nm.url,
-        &["network", "update", "prod", "--mtu", "1400", "--expect-revision", &rev],
+        &[
+            "network",
+            "update",
+            "prod",
+            "--mtu",
+            "1400",
+            "--expect-revision",
+            &rev,
+        ],
     )
     .ok();
     ctl(
         &nm.url,
-        &["network", "update", "prod", "--mtu", "1300", "--expect-revision", &rev],
+        &[
+            "network",
+            "update",
+            "prod",
+            "--mtu",
+            "1300",
+            "--expect-revision",
+            &rev,
+        ],
     )
     .refused("was changed by someone else");
     assert_eq!(stored(&rt, &s, "prod").mtu, 1400);
@@ -317,7 +381,10 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
     let out = rt
         .block_on(s.update_network(&stale, &seen, UpdateGuards::default(), &[], None))
         .expect("update");
-    assert!(matches!(out, UpdateOutcome::NetworkChanged { .. }), "{out:?}");
+    assert!(
+        matches!(out, UpdateOutcome::NetworkChanged { .. }),
+        "{out:?}"
+    );
     assert_eq!(stored(&rt, &s, "prod").mtu, 1200);
 
     // Racing updates through the server: each either applies or is told to
@@ -341,7 +408,10 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
         }
     }
     assert!(!applied.is_empty());
-    assert!(applied.contains(&stored(&rt, &s, "prod").mtu), "{applied:?}");
+    assert!(
+        applied.contains(&stored(&rt, &s, "prod").mtu),
+        "{applied:?}"
+    );
 }
 
 #[test]
@@ -391,7 +461,11 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     assert!(err.message().contains("not the leader"), "{err:?}");
     assert_eq!(stored(&rt, &s, "prod").mtu, 1500);
     // racklinectl given the follower follows the leader.
-    ctl(&follower.url, &["network", "update", "prod", "--mtu", "4000"]).ok();
+    ctl(
+        &follower.url,
+        &["network", "update", "prod", "--mtu", "4000"],
+    )
+    .ok();
     assert_eq!(stored(&rt, &s, "prod").mtu, 4000);
 
     // A deposed leader's fence fails the write in etcd.

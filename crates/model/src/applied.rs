@@ -255,7 +255,10 @@ mod tests {
         // A node of another class, or of none, is not affected by the class.
         assert_eq!(applied.differences(&now, NodeClass::Named("big")).len(), 3);
         assert_eq!(applied.differences(&now, NodeClass::Unclassed).len(), 3);
-        assert_eq!(applied.differences(&now, NodeClass::Named("small")).len(), 4);
+        assert_eq!(
+            applied.differences(&now, NodeClass::Named("small")).len(),
+            4
+        );
     }
 
     #[test]
@@ -272,7 +275,10 @@ mod tests {
             ..PodSettings::of(&now)
         };
         let d = out_of_spec(&lease("10.0.0.5", Some(old)), &now, NodeClass::Any);
-        assert_eq!(d, vec!["MTU: the pod has the master's, the network now has 1500"]);
+        assert_eq!(
+            d,
+            vec!["MTU: the pod has the master's, the network now has 1500"]
+        );
         let mut standby = lease("10.0.0.205", None);
         standby.state = crate::LeaseState::Standby;
         assert!(out_of_spec(&standby, &now, NodeClass::Any).is_empty());

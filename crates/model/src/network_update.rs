@@ -15,7 +15,9 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use crate::qos::Bandwidth;
-use crate::{AddrRange, CrossRack, NetworkSpec, ProbeSpec, RouteSpec, StickyPolicy, ValidationError};
+use crate::{
+    AddrRange, CrossRack, NetworkSpec, ProbeSpec, RouteSpec, StickyPolicy, ValidationError,
+};
 
 /// An edit of one list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,7 +450,11 @@ pub fn changes(old: &NetworkSpec, new: &NetworkSpec) -> Vec<String> {
     diff("master", old.master.clone(), new.master.clone());
     diff("vlan", vlan(old.vlan), vlan(new.vlan));
     diff("mtu", old.mtu.to_string(), new.mtu.to_string());
-    diff("block-size", old.block_size.to_string(), new.block_size.to_string());
+    diff(
+        "block-size",
+        old.block_size.to_string(),
+        new.block_size.to_string(),
+    );
     diff(
         "exclude",
         joined(old.exclude.iter().map(Describe::describe)),
@@ -464,7 +470,11 @@ pub fn changes(old: &NetworkSpec, new: &NetworkSpec) -> Vec<String> {
         joined(old.host_routes.iter()),
         joined(new.host_routes.iter()),
     );
-    diff("sticky", sticky(old.sticky.as_ref()), sticky(new.sticky.as_ref()));
+    diff(
+        "sticky",
+        sticky(old.sticky.as_ref()),
+        sticky(new.sticky.as_ref()),
+    );
     diff("qos", qos(&old.qos), qos(&new.qos));
     diff("probe", probe(old.probe), probe(new.probe));
     out
@@ -592,14 +602,21 @@ mod tests {
         }
         .apply(&old)
         .unwrap_err();
-        assert!(e.to_string().starts_with("subnet cannot be changed (10.0.0.0/24 -> 10.0.0.0/23)"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("subnet cannot be changed (10.0.0.0/24 -> 10.0.0.0/23)"),
+            "{e}"
+        );
         let e = NetworkPatch {
             gateway: Some("10.0.0.254".parse().unwrap()),
             ..Default::default()
         }
         .apply(&old)
         .unwrap_err();
-        assert!(e.to_string().starts_with("gateway cannot be changed"), "{e}");
+        assert!(
+            e.to_string().starts_with("gateway cannot be changed"),
+            "{e}"
+        );
         assert_eq!(
             NetworkPatch::default().apply(&old).unwrap_err(),
             PatchError::Empty

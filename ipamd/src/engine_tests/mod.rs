@@ -569,6 +569,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 }
 
 mod conflict;
+mod network_update;
 mod observe;
 mod outage;
 mod racks;

@@ -52,7 +52,10 @@ fn holder(l: &Lease) -> String {
             l.address,
             l.pod.display()
         ),
-        _ if l.pod.name.is_empty() => format!("{} (container {} on node {})", l.address, l.container_id, l.node),
+        _ if l.pod.name.is_empty() => format!(
+            "{} (container {} on node {})",
+            l.address, l.container_id, l.node
+        ),
         _ => format!("{} (pod {} on node {})", l.address, l.pod.display(), l.node),
     }
 }
@@ -60,7 +63,11 @@ fn holder(l: &Lease) -> String {
 impl AdminService {
     pub async fn update_network(&self, u: NetworkUpdate) -> Result<UpdateReport> {
         // A dry run writes nothing: any replica answers it.
-        let permit = if u.dry_run { None } else { Some(self.permit()?) };
+        let permit = if u.dry_run {
+            None
+        } else {
+            Some(self.permit()?)
+        };
         let fence = permit.as_ref().and_then(|p| p.fence.as_ref());
         let mut first_seen = u.expect_revision;
         for _ in 0..ATTEMPTS {
@@ -128,16 +135,17 @@ impl AdminService {
             let differing: Vec<(Lease, Vec<String>)> = st
                 .leases
                 .iter()
-                .map(|sl| (sl.lease.clone(), out_of_spec(&sl.lease, &new, NodeClass::Any)))
+                .map(|sl| {
+                    (
+                        sl.lease.clone(),
+                        out_of_spec(&sl.lease, &new, NodeClass::Any),
+                    )
+                })
                 .filter(|(_, d)| !d.is_empty())
                 .collect();
             let changed = changes(old, &new);
             let report = |revision: i64, dropped: usize| UpdateReport {
-                view: NetworkView::new(
-                    new.clone(),
-                    (st.leases.len() - dropped) as u64,
-                    revision,
-                ),
+                view: NetworkView::new(new.clone(), (st.leases.len() - dropped) as u64, revision),
                 changes: changed.clone(),
                 differing: differing.clone(),
                 standby_returned: if dropped > 0 {

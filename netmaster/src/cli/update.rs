@@ -155,19 +155,21 @@ fn edit(clear: bool, remove: &[String], add: &[String]) -> Option<pb::ListEdit> 
 
 impl UpdateArgs {
     pub fn to_proto(&self) -> pb::UpdateNetworkRequest {
-        let routes = (self.clear_routes || !self.remove_routes.is_empty() || !self.routes.is_empty())
-            .then(|| pb::RouteListEdit {
-                clear: self.clear_routes,
-                remove: self.remove_routes.clone(),
-                add: self
-                    .routes
-                    .iter()
-                    .map(|r| pb::Route {
-                        dst: r.dst.clone(),
-                        gw: r.gw.clone(),
-                    })
-                    .collect(),
-            });
+        let routes = (self.clear_routes
+            || !self.remove_routes.is_empty()
+            || !self.routes.is_empty())
+        .then(|| pb::RouteListEdit {
+            clear: self.clear_routes,
+            remove: self.remove_routes.clone(),
+            add: self
+                .routes
+                .iter()
+                .map(|r| pb::Route {
+                    dst: r.dst.clone(),
+                    gw: r.gw.clone(),
+                })
+                .collect(),
+        });
         let namespaces = edit(
             self.clear_sticky_namespaces,
             &self.remove_sticky_namespaces,

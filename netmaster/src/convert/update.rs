@@ -20,7 +20,11 @@ fn list<T>(
     };
     Ok(ListEdit {
         clear: e.clear,
-        remove: e.remove.iter().map(|s| parse(s)).collect::<Result<_, _>>()?,
+        remove: e
+            .remove
+            .iter()
+            .map(|s| parse(s))
+            .collect::<Result<_, _>>()?,
         add: e.add.iter().map(|s| parse(s)).collect::<Result<_, _>>()?,
     })
 }
@@ -73,15 +77,13 @@ pub fn patch_from_proto(r: &pb::UpdateNetworkRequest) -> Result<NetworkPatch, Co
     let qos = match &r.qos {
         None => QosEdit::default(),
         Some(q) => {
-            let level = |set: Option<&pb::Bandwidth>, clear: bool, what: &str| {
-                match (set, clear) {
-                    (Some(_), true) => Err(ConvertError::Conflicting(format!(
-                        "{what}: set and cleared at once"
-                    ))),
-                    (Some(b), false) => Ok(Some(Edit::Set(bandwidth_from_proto(b)))),
-                    (None, true) => Ok(Some(Edit::Clear)),
-                    (None, false) => Ok(None),
-                }
+            let level = |set: Option<&pb::Bandwidth>, clear: bool, what: &str| match (set, clear) {
+                (Some(_), true) => Err(ConvertError::Conflicting(format!(
+                    "{what}: set and cleared at once"
+                ))),
+                (Some(b), false) => Ok(Some(Edit::Set(bandwidth_from_proto(b)))),
+                (None, true) => Ok(Some(Edit::Clear)),
+                (None, false) => Ok(None),
             };
             let mut add: Vec<_> = q
                 .set_classes
@@ -94,7 +96,11 @@ pub fn patch_from_proto(r: &pb::UpdateNetworkRequest) -> Result<NetworkPatch, Co
                 max: level(q.set_max.as_ref(), q.clear_max, "QoS max")?,
                 classes: ListEdit {
                     clear: q.clear_classes,
-                    remove: q.remove_classes.iter().map(|c| c.trim().to_string()).collect(),
+                    remove: q
+                        .remove_classes
+                        .iter()
+                        .map(|c| c.trim().to_string())
+                        .collect(),
                     add,
                 },
             }
@@ -171,7 +177,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(bad.to_string().contains("first address is after last"), "{bad}");
+        assert!(
+            bad.to_string().contains("first address is after last"),
+            "{bad}"
+        );
         let bad = patch_from_proto(&pb::UpdateNetworkRequest {
             name: "prod".into(),
             vlan: Some(5000),

@@ -135,20 +135,16 @@ fn a_rack_bound_network_is_updated_in_place() -> Result<()> {
             let a_result = lab.cni_add(&a)?;
             let a_ip = result_ipv4(&a_result)?.addr;
 
-            let refused = lab.racklinectl_raw(&[
-                "network",
-                "update",
-                &net,
-                "--exclude",
-                &a_ip.to_string(),
-            ])?;
+            let refused =
+                lab.racklinectl_raw(&["network", "update", &net, "--exclude", &a_ip.to_string()])?;
             ensure!(refused.code == 1, "{refused:?}");
             ensure!(
                 refused.stderr.contains(&format!("{a_ip} (pod ")),
                 "the refusal names the pod's address: {refused:?}"
             );
 
-            let r = lab.racklinectl(&["network", "update", &net, "--host-route", "10.251.0.0/16"])?;
+            let r =
+                lab.racklinectl(&["network", "update", &net, "--host-route", "10.251.0.0/16"])?;
             ensure!(r["differing"].as_array().map(Vec::len) == Some(1), "{r}");
             let check_a = || lab.cni(Cmd::Check, &a).prev_result(&a_result).run();
             let doc = poll(Duration::from_secs(15), "CHECK reports the update", || {
