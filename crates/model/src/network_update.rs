@@ -331,17 +331,13 @@ fn joined<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
     }
 }
 
-fn edit_list<T: Clone + std::fmt::Debug, K: std::fmt::Debug>(
+fn edit_list<T: Clone + Describe, K: Describe>(
     list: &'static str,
     items: &mut Vec<T>,
     e: &ListEdit<T, K>,
     matches: impl Fn(&T, &K) -> bool,
     same: impl Fn(&T, &T) -> bool,
-) -> Result<(), PatchError>
-where
-    T: Describe,
-    K: Describe,
-{
+) -> Result<(), PatchError> {
     if e.clear {
         items.clear();
     }

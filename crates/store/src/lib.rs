@@ -211,7 +211,8 @@ pub enum CreateLease {
         mod_revision: i64,
     },
     /// Someone else owns the address (their record, when readable).
-    Taken(Option<Lease>),
+    /// Boxed: a lease record is large and the other variants are not.
+    Taken(Option<Box<Lease>>),
     /// The network was deleted or re-created since the caller read it.
     NetworkGone,
     /// The guarding block was returned or reassigned since the caller read it.

@@ -224,7 +224,7 @@ impl<S: LeaseStore> Engine<S> {
                     // marked taken and the watch fills in the owner.
                     let who = owner
                         .as_ref()
-                        .map(describe_holder)
+                        .map(|o| describe_holder(o))
                         .unwrap_or_else(|| "taken".to_string());
                     return Ok(Try::Refused(format!("{ip} is {who}")));
                 }

@@ -429,7 +429,7 @@ impl<S: LeaseStore> Engine<S> {
             StickyWrite::Changed => {
                 // Which compare failed decides what the caller does next.
                 if let Some(owner) = self.store.get_lease(&lease.network, lease.address).await? {
-                    return Ok(Some(CreateLease::Taken(Some(owner.lease))));
+                    return Ok(Some(CreateLease::Taken(Some(Box::new(owner.lease)))));
                 }
                 if self
                     .store

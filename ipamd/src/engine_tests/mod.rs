@@ -93,7 +93,7 @@ impl LeaseStore for Arc<FakeStore> {
             }
         }
         if let Some(o) = m.get(&k) {
-            return Ok(CreateLease::Taken(Some(o.lease.clone())));
+            return Ok(CreateLease::Taken(Some(Box::new(o.lease.clone()))));
         }
         let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         m.insert(

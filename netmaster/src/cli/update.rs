@@ -220,7 +220,7 @@ impl UpdateArgs {
             || self.probe_count.is_some()
             || self.probe_interval_ms.is_some()
             || self.probe_quarantine_secs.is_some())
-        .then(|| pb::ProbeEdit {
+        .then_some(pb::ProbeEdit {
             disable: self.no_probe,
             enable: self.probe,
             count: self.probe_count,
@@ -248,6 +248,73 @@ impl UpdateArgs {
             force: self.force,
             expect_revision: self.expect_revision.unwrap_or(0),
             dry_run: self.dry_run,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command, NetworkCommand, EXIT_USAGE};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(
+            ["racklinectl", "network", "update", "prod"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn only_the_flags_given_go_out() {
+        let cli = parse(&[
+            "--mtu",
+            "9000",
+            "--exclude",
+            "10.0.0.5",
+            "--clear-host-routes",
+            "--host-route",
+            "10.96.0.0/12",
+            "--route",
+            "192.168.0.0/16@10.0.0.254",
+            "--qos-class",
+            "small:ingress=10M",
+            "--probe-count",
+            "5",
+        ])
+        .unwrap();
+        let Command::Network(NetworkCommand::Update(u)) = cli.command else {
+            panic!("not an update");
+        };
+        let r = u.to_proto();
+        assert_eq!(r.name, "prod");
+        assert_eq!(r.mtu, Some(9000));
+        assert_eq!((r.vlan, r.subnet, r.block_size), (None, None, None));
+        let ex = r.exclude.unwrap();
+        assert_eq!((ex.clear, ex.add), (false, vec!["10.0.0.5".to_string()]));
+        let hr = r.host_routes.unwrap();
+        assert!(hr.clear && hr.add == ["10.96.0.0/12"]);
+        assert_eq!(r.routes.unwrap().add[0].gw, "10.0.0.254");
+        assert!(r.sticky.is_none());
+        let q = r.qos.unwrap();
+        assert!(q.set_default.is_none() && q.set_classes.contains_key("small"));
+        let p = r.probe.unwrap();
+        assert_eq!((p.enable, p.count), (false, Some(5)));
+        assert!(!r.force && !r.dry_run && r.expect_revision == 0);
+    }
+
+    #[test]
+    fn contradictory_flags_are_usage_errors() {
+        for bad in [
+            &["--no-sticky", "--sticky-namespace", "db"][..],
+            &["--no-probe", "--probe-count", "2"][..],
+            &["--qos-default", "egress=1M", "--clear-qos-default"][..],
+            &["--route", "@10.0.0.1"][..],
+            &["--probe-count", "0"][..],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
         }
     }
 }
