@@ -396,6 +396,9 @@ impl Describe for (String, Bandwidth) {
     }
 }
 
+/// Leased addresses a refusal names before "and N more".
+const MAX_LISTED: usize = 20;
+
 /// Why an update is refused because of what runs on the network. Built by
 /// netmaster from the network's leases and blocks, read at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,12 +427,20 @@ impl std::fmt::Display for Refusal {
                 f,
                 "block-size cannot be changed ({from} -> {to}) while the network has {blocks} block(s): nodes own blocks of the current size"
             ),
-            Refusal::Leased { addresses } => write!(
-                f,
-                "the new exclusions cover {} leased address(es): {}; release them first, or pass --force to keep those pods running (they are then reported as differing from the network)",
-                addresses.len(),
-                addresses.join(", ")
-            ),
+            Refusal::Leased { addresses } => {
+                // A wide exclusion over a busy range: name enough to act on.
+                let shown = addresses.len().min(MAX_LISTED);
+                let more = match addresses.len() - shown {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                write!(
+                    f,
+                    "the new exclusions cover {} leased address(es): {}{more}; release them first, or pass --force to keep those pods running (they are then reported as differing from the network)",
+                    addresses.len(),
+                    addresses[..shown].join(", ")
+                )
+            }
         }
     }
 }
@@ -681,6 +692,22 @@ mod tests {
         .apply(&n)
         .unwrap_err();
         assert!(matches!(e, PatchError::Conflicting(_)), "{e}");
+    }
+
+    #[test]
+    fn a_refusal_names_the_leased_addresses_but_not_endlessly() {
+        let r = Refusal::Leased {
+            addresses: (0..25).map(|i| format!("10.0.0.{i}")).collect(),
+        };
+        let m = r.to_string();
+        assert!(
+            m.starts_with("the new exclusions cover 25 leased address(es): 10.0.0.0, 10.0.0.1,"),
+            "{m}"
+        );
+        assert!(
+            m.contains("10.0.0.19 and 5 more; release them first"),
+            "{m}"
+        );
     }
 
     #[test]
