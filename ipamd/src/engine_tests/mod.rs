@@ -41,9 +41,11 @@ pub(super) struct FakeStore {
 
 impl FakeStore {
     pub(super) fn add_network(&self, spec: NetworkSpec) -> StoredNetwork {
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         let n = StoredNetwork {
             spec: spec.clone(),
-            create_revision: self.rev.fetch_add(1, Ordering::SeqCst) + 1,
+            create_revision: rev,
+            mod_revision: rev,
         };
         self.networks
             .lock()
@@ -93,7 +95,7 @@ impl LeaseStore for Arc<FakeStore> {
             }
         }
         if let Some(o) = m.get(&k) {
-            return Ok(CreateLease::Taken(Some(o.lease.clone())));
+            return Ok(CreateLease::Taken(Some(Box::new(o.lease.clone()))));
         }
         let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         m.insert(
@@ -579,6 +581,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 }
 
 mod conflict;
+mod network_update;
 mod observe;
 mod outage;
 mod racks;
