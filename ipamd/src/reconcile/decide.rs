@@ -183,3 +183,171 @@ impl Tracker {
         plan
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(300);
+    const WALL: i64 = 1_800_000_000_000;
+
+    fn pod(ns: &str, name: &str, uid: &str) -> PodRef {
+        PodRef {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    fn lease(cid: &str, p: PodRef, age: Duration) -> LeaseView {
+        LeaseView {
+            network: "blue".into(),
+            address: "10.10.0.5".parse().unwrap(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            pod: p,
+            created_unix_ms: WALL - age.as_millis() as i64,
+        }
+    }
+
+    fn link(cid: &str) -> LinkView {
+        LinkView {
+            name: rackline_netlink::owner::host_veth(cid, "eth0"),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn cri(ids: &[&str]) -> Sandboxes {
+        Sandboxes {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn kube(pods: &[(&str, &str, &str)]) -> Sandboxes {
+        let mut s = Sandboxes::default();
+        for (ns, name, uid) in pods {
+            s.pods
+                .entry((ns.to_string(), name.to_string()))
+                .or_default()
+                .insert(uid.to_string());
+        }
+        s
+    }
+
+    fn cids(p: &Plan) -> Vec<&str> {
+        p.leases.iter().map(|l| l.container_id.as_str()).collect()
+    }
+
+    fn link_cids(p: &Plan) -> Vec<&str> {
+        p.links.iter().map(|l| l.container_id.as_str()).collect()
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    /// Two passes `gap` apart over the same observation; the second pass's
+    /// plan.
+    fn twice(
+        kind: SourceKind,
+        sb: &Sandboxes,
+        leases: &[LeaseView],
+        links: &[LinkView],
+        gap: Duration,
+    ) -> Plan {
+        let mut t = Tracker::new(kind, GRACE);
+        let first = t.pass(
+            sb,
+            leases,
+            links,
+            Duration::ZERO,
+            WALL - gap.as_millis() as i64,
+        );
+        assert_eq!(first, Plan::default(), "a first pass never reclaims");
+        t.pass(sb, leases, links, gap, WALL)
+    }
+
+    #[test]
+    fn cri_table_of_leases_sandboxes_and_ages() {
+        // (lease age, sandbox listed, gap between the two passes) -> reclaimed
+        let rows = [
+            (10 * MIN, false, 6 * MIN, true), // gone for good
+            (10 * MIN, true, 6 * MIN, false), // live pod
+            (2 * MIN, false, 6 * MIN, false), // young lease: ADD in flight
+            (10 * MIN, false, MIN, false),    // absent, but not for the grace
+            (10 * MIN, false, 5 * MIN, true), // exactly the grace
+            (5 * MIN, false, 5 * MIN, true),  // lease exactly the grace old
+        ];
+        for (i, (age, listed, gap, want)) in rows.into_iter().enumerate() {
+            let l = lease("c1", pod("shop", "web-0", "u1"), age);
+            let sb = if listed {
+                cri(&["c1"])
+            } else {
+                cri(&["other"])
+            };
+            let p = twice(SourceKind::Cri, &sb, &[l], &[link("c1")], gap);
+            let expect: Vec<&str> = if want { vec!["c1"] } else { vec![] };
+            assert_eq!(cids(&p), expect, "row {i}");
+            assert_eq!(
+                link_cids(&p),
+                expect,
+                "row {i}: the link goes with its lease"
+            );
+        }
+    }
+
+    #[test]
+    fn kube_matches_namespace_name_and_uid() {
+        let old = 10 * MIN;
+        let sb = kube(&[("shop", "web-0", "u2"), ("shop", "web-1", "u1")]);
+        let leases = [
+            lease("a", pod("shop", "web-0", "u1"), old), // re-created: other UID
+            lease("b", pod("shop", "web-1", "u1"), old), // live
+            lease("c", pod("shop", "web-2", "u1"), old), // deleted
+            lease("d", pod("", "", ""), old),            // no pod identity: cannot judge
+            lease("e", pod("shop", "web-1", ""), old),   // no UID: the name decides
+            lease("f", pod("other", "web-1", "u1"), old), // same name, other namespace
+        ];
+        let p = twice(SourceKind::Kube, &sb, &leases, &[], 6 * MIN);
+        assert_eq!(cids(&p), vec!["a", "c", "f"]);
+    }
+
+    #[test]
+    fn absence_must_be_consecutive_and_listing_failures_reset_it() {
+        let l = [lease("c1", pod("shop", "web-0", "u1"), 10 * MIN)];
+        let gone = cri(&[]);
+        let live = cri(&["c1"]);
+        let mut t = Tracker::new(SourceKind::Cri, GRACE);
+        assert!(t
+            .pass(&gone, &l, &[], Duration::ZERO, WALL)
+            .leases
+            .is_empty());
+        // Back in between: the absence starts over.
+        assert!(t.pass(&live, &l, &[], 3 * MIN, WALL).leases.is_empty());
+        assert!(t.pass(&gone, &l, &[], 6 * MIN, WALL).leases.is_empty());
+        assert!(t.pass(&gone, &l, &[], 10 * MIN, WALL).leases.is_empty());
+        // A failed listing is no evidence.
+        t.unavailable();
+        assert!(t.pass(&gone, &l, &[], 12 * MIN, WALL).leases.is_empty());
+        assert!(t.pass(&gone, &l, &[], 16 * MIN, WALL).leases.is_empty());
+        assert_eq!(cids(&t.pass(&gone, &l, &[], 17 * MIN, WALL)), vec!["c1"]);
+    }
+
+    #[test]
+    fn leftover_links_without_a_lease() {
+        let l = [lease("c1", pod("shop", "web-0", "u1"), 10 * MIN)];
+        let links = [link("c1"), link("c2"), link("c3")];
+        // CRI: c2's sandbox is live (its lease may be on its way), c3's gone.
+        let p = twice(SourceKind::Cri, &cri(&["c1", "c2"]), &l, &links, 6 * MIN);
+        assert!(p.leases.is_empty());
+        assert_eq!(link_cids(&p), vec!["c3"]);
+        // Kubernetes: no lease is the evidence; c1's link stays with its
+        // live lease.
+        let sb = kube(&[("shop", "web-0", "u1")]);
+        let p = twice(SourceKind::Kube, &sb, &l, &links, 6 * MIN);
+        assert_eq!(link_cids(&p), vec!["c2", "c3"]);
+        // Not for the grace yet: nothing.
+        let p = twice(SourceKind::Kube, &sb, &l, &links, MIN);
+        assert!(p.links.is_empty());
+    }
+}

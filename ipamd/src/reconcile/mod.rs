@@ -185,13 +185,9 @@ impl<S: LeaseStore> Reconciler<S> {
             m.reconcile_pass(self.source.kind().as_str(), "ok");
         }
         let wall = wall_ms();
-        let plan = self.tracker.pass(
-            &sandboxes,
-            &leases,
-            &links,
-            self.started.elapsed(),
-            wall,
-        );
+        let plan = self
+            .tracker
+            .pass(&sandboxes, &leases, &links, self.started.elapsed(), wall);
         self.execute(plan, wall).await
     }
 

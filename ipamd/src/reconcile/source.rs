@@ -96,9 +96,7 @@ pub async fn list_sandboxes(socket: &std::path::Path) -> Result<Sandboxes, Sourc
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let p = path.clone();
                 async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(p).await?,
-                    ))
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
                 }
             }))
             .await
