@@ -134,3 +134,67 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackline_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+    use rackline_proto::cri::v1::{ListPodSandboxResponse, PodSandbox, PodSandboxMetadata};
+
+    /// A CRI runtime that knows two sandboxes, one of them NOTREADY.
+    struct FakeRuntime;
+
+    #[tonic::async_trait]
+    impl RuntimeService for FakeRuntime {
+        async fn list_pod_sandbox(
+            &self,
+            req: tonic::Request<ListPodSandboxRequest>,
+        ) -> Result<tonic::Response<ListPodSandboxResponse>, tonic::Status> {
+            assert!(
+                req.into_inner().filter.is_none(),
+                "every sandbox, any state"
+            );
+            let sandbox = |id: &str, name: &str, state: i32| PodSandbox {
+                id: id.into(),
+                metadata: Some(PodSandboxMetadata {
+                    name: name.into(),
+                    uid: format!("uid-{name}"),
+                    namespace: "shop".into(),
+                    attempt: 0,
+                }),
+                state,
+                created_at: 1,
+                ..Default::default()
+            };
+            Ok(tonic::Response::new(ListPodSandboxResponse {
+                items: vec![sandbox("aaa111", "web-0", 0), sandbox("bbb222", "web-1", 1)],
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_every_sandbox_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cri.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RuntimeServiceServer::new(FakeRuntime))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        let got = list_sandboxes(&socket).await.unwrap();
+        let mut ids: Vec<&str> = got.ids.iter().map(String::as_str).collect();
+        ids.sort();
+        assert_eq!(ids, ["aaa111", "bbb222"]);
+        assert!(got.pods[&("shop".to_string(), "web-1".to_string())].contains("uid-web-1"));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent.sock");
+        let e = list_sandboxes(&socket).await.unwrap_err().to_string();
+        assert!(e.contains("absent.sock") && e.contains("connecting"), "{e}");
+    }
+}
