@@ -40,7 +40,9 @@ impl Sandboxes {
                 }
                 match self.pods.get(&(pod.namespace.clone(), pod.name.clone())) {
                     None => false,
-                    Some(uids) => pod.uid.is_empty() || uids.contains(&pod.uid),
+                    // A listed pod without a UID cannot be told apart
+                    // from the lease's: live.
+                    Some(uids) => pod.uid.is_empty() || uids.is_empty() || uids.contains(&pod.uid),
                 }
             }
         }

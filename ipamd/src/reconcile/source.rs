@@ -73,10 +73,7 @@ async fn list_pods(client: Client, node: &str) -> Result<Sandboxes, SourceError>
         let (Some(ns), Some(name)) = (m.namespace, m.name) else {
             continue;
         };
-        out.pods
-            .entry((ns, name))
-            .or_default()
-            .extend(m.uid.into_iter());
+        out.pods.entry((ns, name)).or_default().extend(m.uid);
     }
     Ok(out)
 }
