@@ -163,8 +163,10 @@ impl<S: LeaseStore> Reconciler<S> {
 
     /// One pass: list, decide, reclaim.
     pub async fn pass(&mut self) -> Outcome {
-        if !self.engine.synced() || !self.engine.etcd_ok() {
-            return self.unavailable("etcd is unreachable or its state is not loaded yet");
+        // A cache loaded from the persisted reserve lists only part of the
+        // node's leases: a link whose lease it lacks would look leaked.
+        if !self.engine.synced() || !self.engine.etcd_ok() || self.engine.from_persisted() {
+            return self.unavailable("etcd is unreachable or its state is not loaded from it yet");
         }
         // Sandboxes first, leases second: an ADD that starts in between
         // holds a lease younger than the grace, which is never reclaimed.

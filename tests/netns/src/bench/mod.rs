@@ -12,6 +12,7 @@ pub mod iperf;
 pub mod latency;
 pub mod probe;
 pub mod qos;
+pub mod soak;
 pub mod stats;
 pub mod sticky;
 pub mod throughput;

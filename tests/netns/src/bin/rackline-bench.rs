@@ -51,6 +51,34 @@ enum Command {
     Qos(QosArgs),
     /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off.
     Probe(ProbeArgs),
+    /// Chaos soak: 3-member etcd, 2 netmasters, 2 racks of ipamds, ADD/DEL churn of sticky and
+    /// non-sticky pods under injected faults; fails unless duplicates, invariant violations,
+    /// leaks and lost sticky addresses are all 0.
+    Soak(SoakArgs),
+}
+
+#[derive(ClapArgs)]
+struct SoakArgs {
+    /// Seconds of churn under faults.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Seed of every random choice (replayable runs).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes_per_rack: usize,
+    /// Pods each node's churn worker keeps around.
+    #[arg(long, default_value_t = 6)]
+    pods_per_node: usize,
+    /// Sticky identities per rack.
+    #[arg(long, default_value_t = 6)]
+    sticky_per_rack: usize,
+    /// Seconds between faults, "MIN,MAX".
+    #[arg(long, value_delimiter = ',', default_value = "2,5")]
+    fault_gap: Vec<u64>,
+    /// Allocate/Release loops per node straight on ipamd's socket (volume).
+    #[arg(long, default_value_t = 8)]
+    ipam_workers_per_node: usize,
 }
 
 #[derive(ClapArgs)]
@@ -227,6 +255,27 @@ fn run(cli: &Cli) -> Result<()> {
                 rates: a.rates.clone(),
             })?,
         ),
+        Command::Soak(a) => {
+            let report = bench::soak::run(&bench::soak::SoakOptions {
+                duration: std::time::Duration::from_secs(a.seconds),
+                seed: a.seed,
+                nodes_per_rack: a.nodes_per_rack,
+                pods_per_node: a.pods_per_node,
+                sticky_per_rack: a.sticky_per_rack,
+                fault_gap_secs: (
+                    a.fault_gap.first().copied().unwrap_or(2),
+                    a.fault_gap.get(1).copied().unwrap_or(5),
+                ),
+                ipam_workers_per_node: a.ipam_workers_per_node,
+            })?;
+            if !report.clean() {
+                eprintln!("{}", report.markdown());
+                anyhow::bail!(
+                    "the soak found duplicates, violations, leaks or lost sticky addresses"
+                );
+            }
+            ("soak: churn under injected faults", report.markdown())
+        }
     };
     let noise = monitor.finish();
     let section = format!(
