@@ -831,6 +831,59 @@ impl<S: LeaseStore> Engine<S> {
         Ok((out, net.spec.subnet.prefix()))
     }
 
+    /// The leak reconciler's release: frees the attachment's leases on
+    /// `network` that were created at or before `cutoff_ms` (younger ones
+    /// belong to an ADD that may still be in flight), exactly as CNI GC
+    /// does — under the attachment's lock, a sticky lease kept for its pod
+    /// like a DEL keeps it, each lease marked `reclaimedBy: reconcile` —
+    /// and counts them. Never offline: a reclaim is not worth a journal
+    /// entry, it waits for etcd.
+    pub async fn reclaim(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        cutoff_ms: i64,
+    ) -> Result<Vec<Lease>, IpamError> {
+        validate_attachment(container_id, ifname)?;
+        let net = match self.network(network).await {
+            Ok(n) => n,
+            Err(IpamError::UnknownNetwork(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if !self.etcd_ok() || self.from_persisted() {
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable or not loaded yet: reclaims wait for it".into(),
+            ));
+        }
+        let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
+        let _g = self.lock_attachment(network, &key).await;
+        let before: Vec<Lease> = net
+            .held(&key)
+            .into_iter()
+            .filter_map(|(ip, _)| net.lease_at(ip))
+            .map(|sl| sl.lease)
+            .collect();
+        let reason = rackline_model::event::reclaim::RECONCILE;
+        let freed = self
+            .release_locked_for(
+                &net,
+                &key,
+                |sl| sl.lease.state.is_active() && sl.lease.created_unix_ms <= cutoff_ms,
+                false,
+                Some(reason),
+            )
+            .await?;
+        let out: Vec<Lease> = before
+            .into_iter()
+            .filter(|l| freed.contains(&l.address))
+            .collect();
+        if !out.is_empty() {
+            self.observed_reclaims(network, reason, out.len());
+        }
+        Ok(out)
+    }
+
     pub async fn status(&self, network: &str) -> Result<StatusInfo, IpamError> {
         let net = self.network(network).await?;
         let (capacity, allocated, available) = net.usage();

@@ -19,6 +19,7 @@ pub mod netmaster;
 pub mod netstate;
 pub mod pods;
 pub mod qos;
+pub mod reconcile;
 pub mod service;
 pub mod socket;
 pub mod spool;
@@ -211,6 +212,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
         tasks.push(task);
     }
+    if let Some(source) = reconcile_source(&config) {
+        let r = reconcile::Reconciler::new(engine.clone(), source, config.reconcile.clone())
+            .with_metrics(metrics.clone());
+        tasks.push(tokio::spawn(r.run(shutdown_rx.clone())));
+    }
     let mut service = IpamService::new(engine).with_qos(qos).with_metrics(metrics);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
@@ -247,6 +253,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     socket::remove(&config.socket);
     info!("ipamd stopped");
     served.context("serving gRPC")
+}
+
+/// The leak reconciler's sandbox source (None: the reconciler is off).
+fn reconcile_source(config: &Config) -> Option<reconcile::Source> {
+    if config.reconcile.interval.is_zero() {
+        info!("leak reconciler off (--reconcile-interval-secs 0)");
+        return None;
+    }
+    let kube = |why: &str| match kube::in_cluster_client() {
+        Ok(client) => Some(reconcile::Source::Kube {
+            client,
+            node: config.node_name.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!("leak reconciler off: {why}: {e}");
+            None
+        }
+    };
+    let cri = || match &config.cri_socket {
+        Some(socket) => Some(reconcile::Source::Cri {
+            socket: socket.clone(),
+        }),
+        None => {
+            tracing::warn!("leak reconciler off: --reconcile-source cri needs --cri-socket");
+            None
+        }
+    };
+    match config.reconcile_source.as_str() {
+        "kube" => kube("--reconcile-source kube"),
+        "cri" => cri(),
+        _ if kube::in_cluster() => kube("in a cluster"),
+        _ if config.cri_socket.is_some() => cri(),
+        _ => {
+            info!("leak reconciler off: not in a cluster and no --cri-socket");
+            None
+        }
+    }
 }
 
 /// This node's global IPv4 addresses, for registration (the node netns is

@@ -69,6 +69,12 @@ struct PluginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KubeLabels {
     outcome: String,
 }
@@ -111,6 +117,8 @@ pub struct IpamMetrics {
     conflicts: Family<OpLabels, Counter>,
     plugin_duration: Histograms<PluginLabels>,
     kube_events: Family<KubeLabels, Counter>,
+    reconcile_passes: Family<PassLabels, Counter>,
+    reconcile_links: Counter,
 }
 
 impl IpamMetrics {
@@ -126,6 +134,8 @@ impl IpamMetrics {
             conflicts: Family::default(),
             plugin_duration: Family::new_with_constructor(plugin),
             kube_events: Family::default(),
+            reconcile_passes: Family::default(),
+            reconcile_links: Counter::default(),
         })
     }
 
@@ -160,6 +170,23 @@ impl IpamMetrics {
         self.releases
             .get_or_create(&self.op(network, outcome))
             .inc();
+    }
+
+    /// One pass of the leak reconciler over `source` (`kube`, `cri`):
+    /// `ok`, or `unavailable` (the sandboxes could not be listed, or etcd
+    /// was unreachable: nothing was reclaimed).
+    pub fn reconcile_pass(&self, source: &str, result: &str) {
+        self.reconcile_passes
+            .get_or_create(&PassLabels {
+                source: source.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A leftover node veth the reconciler deleted.
+    pub fn reconcile_link_deleted(&self) {
+        self.reconcile_links.inc();
     }
 
     /// `n` leases reclaimed for `reason` (`gc`, `reconcile`).
@@ -359,6 +386,16 @@ pub fn registry(m: &Arc<IpamMetrics>, view: Arc<dyn NodeView>) -> Registry {
         "rackline_ipamd_reclaims",
         "Leases freed because their pod is gone, by reason: gc (CNI GC), reconcile (the leak reconciler).",
         m.reclaims.clone(),
+    );
+    r.register(
+        "rackline_ipamd_reconcile_passes",
+        "Passes of the leak reconciler by sandbox source (kube, cri) and result: ok, or unavailable (the sandboxes or etcd could not be read; nothing was reclaimed).",
+        m.reconcile_passes.clone(),
+    );
+    r.register(
+        "rackline_ipamd_reconcile_links_deleted",
+        "Leftover node veths (marked as Rackline's, of pods that are gone) the leak reconciler deleted.",
+        m.reconcile_links.clone(),
     );
     r.register(
         "rackline_ipamd_address_conflicts",

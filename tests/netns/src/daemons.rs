@@ -346,6 +346,7 @@ impl Lab {
         if let Some(class) = self.opts.node_classes.get(&k) {
             cmd.args(["--node-class", class]);
         }
+        cmd.args(&self.opts.ipamd_args);
         let label = format!("{}-ipamd", node.name());
         let mut ipamd = Daemon::spawn(&label, cmd, node.netns(), &self.log_path(&label))?;
         wait_ready(

@@ -56,6 +56,8 @@ pub struct LabBuilder {
     pub(crate) node_classes: BTreeMap<usize, String>,
     /// Extra flags of every netmaster replica (e.g. `--webhook-url`).
     pub(crate) netmaster_args: Vec<String>,
+    /// Extra flags of every ipamd (e.g. the leak reconciler's).
+    pub(crate) ipamd_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
     /// etcd cluster members: member 1 in `ctrl`, members 2.. in their own namespaces
@@ -83,6 +85,7 @@ impl Default for LabBuilder {
             network_args: Vec::new(),
             node_classes: BTreeMap::new(),
             netmaster_args: Vec::new(),
+            ipamd_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
             etcd_members: 1,
         }
@@ -146,6 +149,12 @@ impl LabBuilder {
     }
 
     /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
+    /// Extra flags of every ipamd.
+    pub fn ipamd_args(mut self, args: &[&str]) -> Self {
+        self.ipamd_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     pub fn netmaster_args(mut self, args: &[&str]) -> Self {
         self.netmaster_args = args.iter().map(|s| s.to_string()).collect();
         self
