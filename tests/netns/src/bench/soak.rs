@@ -125,8 +125,11 @@ pub struct SoakReport {
     /// Invariant checks run during the churn, and those skipped (etcd not answering).
     pub checks: u64,
     pub checks_skipped: u64,
-    /// Invariant violations seen (during the run or at the end).
+    /// Invariant violations seen (during the run or at the end), but for the next kind.
     pub violations: Vec<String>,
+    /// Attachments holding two leases (one address too many for a pod: a leak, not a
+    /// duplicate; counted apart because they are a known open defect of outages under load).
+    pub double_leases: Vec<String>,
     /// After healing, deleting every pod and reconciling: lease records left.
     pub leaked_leases: usize,
     /// The leaked lease records themselves.
@@ -142,11 +145,31 @@ pub struct SoakReport {
 impl SoakReport {
     /// Whether every must-be-zero figure is zero.
     pub fn clean(&self) -> bool {
+        self.safe() && self.leaked_leases == 0 && self.double_leases.is_empty()
+    }
+
+    /// The safety figures: no address held by two live pods, no other invariant broken, no
+    /// link left behind, no sticky address lost. (Leaked leases and attachments with two
+    /// leases waste addresses until a reconciler or an operator frees them; they are counted
+    /// by [`SoakReport::clean`].)
+    pub fn safe(&self) -> bool {
         self.duplicates.is_empty()
             && self.violations.is_empty()
-            && self.leaked_leases == 0
             && self.leaked_links.is_empty()
             && self.sticky_lost.is_empty()
+    }
+
+    fn add_violations(&mut self, found: Vec<String>) {
+        for v in found {
+            let list = if v.contains("holds two leases") {
+                &mut self.double_leases
+            } else {
+                &mut self.violations
+            };
+            if !list.contains(&v) {
+                list.push(v);
+            }
+        }
     }
 
     pub fn markdown(&self) -> String {
@@ -210,6 +233,11 @@ impl SoakReport {
         let _ = writeln!(s, "| invariant violations | {} |", self.violations.len());
         let _ = writeln!(
             s,
+            "| attachments holding two leases | {} |",
+            self.double_leases.len()
+        );
+        let _ = writeln!(
+            s,
             "| leases leaked after reconciliation | {} |",
             self.leaked_leases
         );
@@ -223,6 +251,7 @@ impl SoakReport {
         for (what, list) in [
             ("duplicate", &self.duplicates),
             ("violation", &self.violations),
+            ("two leases", &self.double_leases),
             ("leaked link", &self.leaked_links),
             ("leaked lease", &self.leaked_detail),
             ("sticky lost", &self.sticky_lost),
@@ -569,13 +598,13 @@ fn one_fault(lab: &Lab, fault: Fault, rng: &mut Rng) -> Result<()> {
             lab.start_ipamd(k)
         }
         Fault::KillNetmasterLeader => {
-            let i = lab.netmaster_leader()?;
+            let i = retry(|| lab.netmaster_leader())?;
             lab.kill_netmaster(i)?;
             sleep_between(rng, 500, 2000);
             lab.start_netmaster_replica(i)
         }
         Fault::KillEtcdMember | Fault::KillEtcdLeader => {
-            let leader = lab.etcd_leader_member()?;
+            let leader = retry(|| lab.etcd_leader_member())?;
             let m = if fault == Fault::KillEtcdLeader {
                 leader
             } else {
@@ -612,6 +641,18 @@ fn one_fault(lab: &Lab, fault: Fault, rng: &mut Rng) -> Result<()> {
             })();
             partition_node(lab, k, false)?;
             r
+        }
+    }
+}
+
+/// `f` until it succeeds, for up to 15 s (a leader is being elected after the previous fault).
+fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > until => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(250)),
         }
     }
 }
@@ -660,11 +701,7 @@ fn check_loop(lab: &Lab, shared: &Shared) {
         match rep {
             Ok(rep) => {
                 r.checks += 1;
-                for v in rep.violations {
-                    if !r.violations.contains(&v) {
-                        r.violations.push(v);
-                    }
-                }
+                r.add_violations(rep.violations);
             }
             Err(_) => r.checks_skipped += 1,
         }
@@ -730,11 +767,7 @@ fn finish(lab: &Lab, shared: &Shared, pods: Vec<Vec<Pod>>) -> Result<()> {
         }
     }
     let mut r = shared.report.lock().unwrap();
-    for v in report.violations {
-        if !r.violations.contains(&v) {
-            r.violations.push(v);
-        }
-    }
+    r.add_violations(report.violations);
     r.leaked_leases = report.leases;
     r.leaked_links = links;
     if report.leases > 0 {
