@@ -163,6 +163,9 @@ pub struct Engine<S> {
     unbound: RwLock<HashMap<String, String>>,
     /// Metrics and alarms for reclaims and conflicts (none in unit tests).
     observer: Option<Arc<Observer>>,
+    /// The node's QoS class: which class level of a network applies to its
+    /// pods (`rackline_ipamd_pods_out_of_spec`).
+    node_class: Option<String>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -241,6 +244,20 @@ impl<S: LeaseStore> Engine<S> {
             from_persisted: std::sync::atomic::AtomicBool::new(false),
             offline_start_max_age: Duration::from_secs(3600),
             observer: None,
+            node_class: None,
+        }
+    }
+
+    /// The node's QoS class (ipamd `--node-class`).
+    pub fn with_node_class(mut self, class: Option<String>) -> Self {
+        self.node_class = class;
+        self
+    }
+
+    pub(crate) fn node_class(&self) -> rackline_model::applied::NodeClass<'_> {
+        match &self.node_class {
+            Some(c) => rackline_model::applied::NodeClass::Named(c),
+            None => rackline_model::applied::NodeClass::Unclassed,
         }
     }
 
@@ -450,6 +467,7 @@ impl<S: LeaseStore> Engine<S> {
                 new_identity: identity.is_some(),
                 expires_unix_ms: None,
                 conflict: None,
+                settings: net.pod_settings(),
             };
             let created = match &identity {
                 None => {

@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.gc_grace,
         )
         .with_outage_journal(journal, config.standby)
+        .with_node_class(config.node_class.clone())
         .with_offline_start_max_age(config.offline_start_max_age)
         .with_observer(Arc::new(engine::Observer {
             metrics: metrics.clone(),

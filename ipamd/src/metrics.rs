@@ -263,7 +263,7 @@ impl Collector for StateCollector {
         };
         // (name, help, the gauge's field)
         type PerNetwork = (&'static str, &'static str, fn(&NodeGauges) -> u64);
-        let families: [PerNetwork; 6] = [
+        let families: [PerNetwork; 7] = [
             (
                 "rackline_ipamd_leases_held",
                 "Active leases of this node's pods.",
@@ -293,6 +293,11 @@ impl Collector for StateCollector {
                 "rackline_ipamd_quarantined_addresses",
                 "Addresses quarantined after this node's pods found them in use by another host.",
                 |g| g.quarantined,
+            ),
+            (
+                "rackline_ipamd_pods_out_of_spec",
+                "Of this node's pods, those that do not run as their network is defined now (after racklinectl network update): address now excluded, or MTU, routes, host routes or QoS levels other than at ADD.",
+                |g| g.out_of_spec,
             ),
         ];
         for (name, help, f) in families {
@@ -393,6 +398,7 @@ mod tests {
                     reserved: 2,
                     quarantined: 1,
                     blocks: 2,
+                    out_of_spec: 1,
                 },
             )]
         }
@@ -494,6 +500,10 @@ mod tests {
         assert_eq!(
             v("rackline_ipamd_leases_held", &[("network", "prod")]),
             Some(3.0)
+        );
+        assert_eq!(
+            v("rackline_ipamd_pods_out_of_spec", &[("network", "prod")]),
+            Some(1.0)
         );
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "offline")]), Some(1.0));
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "online")]), Some(0.0));
