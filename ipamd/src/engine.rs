@@ -540,15 +540,52 @@ impl<S: LeaseStore> Engine<S> {
                     if self.journal.is_none() {
                         return Err(IpamError::Unavailable(m));
                     }
-                    if self.await_verdict().await != Mode::Online {
+                    if self.await_verdict().await != Mode::Online || identity.is_some() {
                         return self.allocate_offline(&net, &a).await;
                     }
-                    // etcd answers again: the lost create may have been
-                    // applied; adopt it, else try another candidate.
-                    if let Some(done) = self.adopt_uncertain(&net, &key).await? {
-                        return Ok(done);
+                    // etcd answers again, but the lost create may still be
+                    // on its way (queued behind a slow request): ask for the
+                    // SAME key again. Create-if-absent on one key succeeds
+                    // once, so the attachment cannot end up with two
+                    // addresses, whichever of the two requests lands.
+                    match self
+                        .store
+                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                        .await
+                    {
+                        Ok(CreateLease::Created { mod_revision }) => {
+                            net.observe(
+                                StoredLease {
+                                    lease: lease.clone(),
+                                    mod_revision,
+                                },
+                                &self.node,
+                            );
+                            info!(network = %a.network, %ip, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased (after a retry)");
+                            return Ok(Allocated {
+                                lease,
+                                network: net.effective_spec(),
+                                existing: false,
+                            });
+                        }
+                        // Ours (the first request landed) or another's:
+                        // reading the key settles which.
+                        Ok(CreateLease::Taken(_)) => {
+                            if let Some(done) = self.adopt_uncertain(&net, &key).await? {
+                                return Ok(done);
+                            }
+                            continue;
+                        }
+                        Ok(CreateLease::BlockChanged) | Ok(CreateLease::NetworkGone) => {
+                            // The first request failed the same guard.
+                            net.resolve_absent(&key, ip);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.note_store_error(&e);
+                            return self.allocate_offline(&net, &a).await;
+                        }
                     }
-                    continue;
                 }
                 Err(e) => {
                     net.unpick(ip);

@@ -53,6 +53,10 @@ struct Inner {
     /// only then is a reserve worth keeping (a node does not use every
     /// network that exists).
     in_use_here: bool,
+    /// The state a snapshot replaced this one with: leases observed here
+    /// afterwards (an allocation in flight across the snapshot) are passed
+    /// on, so a release right after does not miss them.
+    successor: Option<std::sync::Weak<NetState>>,
 }
 
 /// This node's share of a rack-bound network.
@@ -172,6 +176,7 @@ impl NetState {
                 released_offline: BTreeSet::new(),
                 sticky: HashMap::new(),
                 in_use_here: false,
+                successor: None,
             }),
         }
     }
@@ -343,7 +348,31 @@ impl NetState {
             g.sticky.insert(p, ip);
         }
         remove_from(&mut g.uncertain, &key, ip);
-        g.leases.insert(ip, sl);
+        let next = g.successor.as_ref().and_then(|w| w.upgrade());
+        g.leases.insert(ip, sl.clone());
+        drop(g);
+        if let Some(next) = next {
+            next.observe(sl, node);
+        }
+    }
+
+    /// `next` (built from a snapshot at `revision`) replaces this state:
+    /// leases observed here that are newer than the snapshot go over now,
+    /// and any observed from now on follow (see `observe`). Both under this
+    /// state's lock, so nothing observed concurrently falls between.
+    pub fn hand_over(&self, next: &std::sync::Arc<NetState>, revision: i64, node: &str) {
+        let newer: Vec<StoredLease> = {
+            let mut g = self.lock();
+            g.successor = Some(std::sync::Arc::downgrade(next));
+            g.leases
+                .values()
+                .filter(|l| l.mod_revision > revision)
+                .cloned()
+                .collect()
+        };
+        for sl in newer {
+            next.observe(sl, node);
+        }
     }
 
     /// Applies a deletion seen at `mod_revision` (0 = unconditional).

@@ -12,6 +12,9 @@ use tracing::{debug, warn};
 use crate::engine::Engine;
 use crate::store::LeaseStore;
 
+/// How often a running watch checks for journal entries to replay.
+const JOURNAL_CHECK: Duration = Duration::from_millis(500);
+
 pub async fn run<S: LeaseStore>(
     engine: Arc<Engine<S>>,
     store: Store,
@@ -52,11 +55,20 @@ pub async fn run<S: LeaseStore>(
                 let watch = store.watch_prefix(prefix, rev + 1, tx);
                 tokio::pin!(watch);
                 resync.borrow_and_update();
+                // Offline decisions made while this watch stayed up (the
+                // prober brought ipamd back online without the watch
+                // breaking) are replayed by going round again.
+                let mut replay_check = tokio::time::interval(JOURNAL_CHECK);
                 let result = loop {
                     tokio::select! {
                         r = &mut watch => break Some(r),
                         Some(change) = rx.recv() => engine.apply_change(change),
                         _ = resync.changed() => break Some(Ok(())),
+                        _ = replay_check.tick() => {
+                            if engine.etcd_ok() && engine.has_journal_entries() {
+                                break Some(Ok(()));
+                            }
+                        }
                         _ = shutdown.changed() => break None,
                     }
                 };

@@ -90,7 +90,20 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         let count = fresh.len();
-        *self.nets_write() = fresh;
+        {
+            let mut nets = self.nets_write();
+            // Allocations in flight across the snapshot observe into the
+            // state they started with: hand it over (under the write lock,
+            // so no request picks the old state up meanwhile).
+            for (name, st) in &fresh {
+                if let Some(o) = nets.get(name) {
+                    if snap.revision > 0 {
+                        o.hand_over(st, snap.revision, &self.node);
+                    }
+                }
+            }
+            *nets = fresh;
+        }
         self.synced_tx.send_replace(true);
         debug!(
             networks = count,

@@ -534,3 +534,33 @@ async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
     assert!(!old.start_from_persisted());
     assert!(!old.synced());
 }
+
+#[test]
+fn a_lease_observed_in_a_state_a_snapshot_replaced_reaches_the_new_state() {
+    use crate::netstate::NetState;
+    use rackline_store::StoredLease;
+    let spec = spec("10.0.0.0/24", "10.0.0.1");
+    let mk = |cid: &str, ip: &str, rev: i64| {
+        let mut l = Lease::standby("prod", ip.parse().unwrap(), "n1", 1);
+        l.state = rackline_model::LeaseState::Active;
+        l.container_id = cid.into();
+        l.ifname = "eth0".into();
+        StoredLease {
+            lease: l,
+            mod_revision: rev,
+        }
+    };
+    let old = NetState::new(spec.clone(), 1);
+    // Observed before the hand-over, newer than the snapshot (revision 10).
+    old.observe(mk("before", "10.0.0.5", 11), "n1");
+    let fresh = Arc::new(NetState::new(spec, 1));
+    old.hand_over(&fresh, 10, "n1");
+    // An allocation that started on the old state finishes after the swap.
+    old.observe(mk("after", "10.0.0.6", 12), "n1");
+    for cid in ["before", "after"] {
+        assert!(
+            fresh.existing(&(cid.into(), "eth0".into())).is_some(),
+            "{cid} is unknown to the new state: its release would leak it"
+        );
+    }
+}
