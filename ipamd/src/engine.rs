@@ -6,7 +6,7 @@
 //! There is no global lock and no shared hot key; concurrent ADDs on this
 //! node serialise only per attachment.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -150,6 +150,9 @@ pub struct Engine<S> {
     unbound: RwLock<HashMap<String, String>>,
     /// Metrics and alarms for reclaims and conflicts (none in unit tests).
     observer: Option<Arc<Observer>>,
+    /// Every registered node's own addresses, by node name (from the
+    /// snapshot and the watch of `nodes/`): withheld from every network.
+    node_addresses: RwLock<BTreeMap<String, Vec<Ipv4Addr>>>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -222,6 +225,7 @@ impl<S: LeaseStore> Engine<S> {
             journal: None,
             standby_target: 0,
             observer: None,
+            node_addresses: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -314,7 +318,7 @@ impl<S: LeaseStore> Engine<S> {
                 let mut nets = self.nets_write();
                 let st = nets
                     .entry(name.to_string())
-                    .or_insert_with(|| Arc::new(NetState::new(n.spec, n.create_revision)));
+                    .or_insert_with(|| self.tracked(NetState::new(n.spec, n.create_revision)));
                 Ok(st.clone())
             }
             None => Err(IpamError::UnknownNetwork(name.to_string())),

@@ -231,6 +231,7 @@ impl LeaseStore for Store {
             &lease.pod.namespace,
             &lease.pod.name,
             identity_rev,
+            None,
         )
         .await
     }
@@ -246,6 +247,7 @@ impl LeaseStore for Store {
             &identity.namespace,
             &identity.name,
             identity_rev,
+            None,
         )
         .await
     }

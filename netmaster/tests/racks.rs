@@ -38,7 +38,7 @@ fn racks_bindings_and_nodes_in_table_and_json() {
     assert_eq!(
         b,
         json!({"rack": "r1", "network": "prod", "subnet": "10.10.0.0/16",
-               "gateway": "10.10.0.1", "ranges": ["10.10.1.0-10.10.1.255"]})
+               "gateway": "10.10.0.1", "ranges": ["10.10.1.0-10.10.1.255"], "exclude": []})
     );
     // A rack with its own subnet and gateway, whole subnet.
     let out = ctl(s, &bind("r2", "prod", "10.30.0.0/24", "10.30.0.1", &[]));
@@ -76,7 +76,7 @@ fn racks_bindings_and_nodes_in_table_and_json() {
     assert!(out.stdout.contains("Nodes:       n1, n2\n"), "{out:?}");
     assert!(
         out.stdout
-            .contains("  prod      r1     10.10.0.0/16   10.10.0.1   10.10.1.0-10.10.1.255\n"),
+            .contains("  prod      r1     10.10.0.0/16   10.10.0.1   10.10.1.0-10.10.1.255   -\n"),
         "{out:?}"
     );
 

@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod event;
+pub mod infra;
 pub mod intervals;
 pub mod keys;
 pub mod lease;
@@ -17,6 +18,7 @@ pub mod sticky;
 
 pub use block::Block;
 pub use event::{EventKind, LeaseEvent};
+pub use infra::Infra;
 pub use intervals::IntervalSet;
 pub use keys::Keys;
 pub use lease::{ConflictInfo, Lease, LeaseState, PodRef};

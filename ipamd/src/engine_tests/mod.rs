@@ -567,6 +567,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 }
 
 mod conflict;
+mod infra;
 mod observe;
 mod outage;
 mod racks;

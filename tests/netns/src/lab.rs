@@ -57,6 +57,9 @@ pub struct LabBuilder {
     pub(crate) netmaster_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
+    /// Spanning mode: `rack bind` arguments by rack index, replacing the default
+    /// `--range <spanning range>` (e.g. none = the whole subnet, `--exclude`s).
+    pub(crate) rack_bind_args: BTreeMap<usize, Vec<String>>,
 }
 
 /// `RACKLINE_LAB_TLS=0` turns the lab's default TLS off (to compare timings).
@@ -80,6 +83,7 @@ impl Default for LabBuilder {
             node_classes: BTreeMap::new(),
             netmaster_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
+            rack_bind_args: BTreeMap::new(),
         }
     }
 }
@@ -117,6 +121,16 @@ impl LabBuilder {
     /// (Spanning mode) and the lab's racklinectl are given every replica.
     pub fn netmasters(mut self, n: usize) -> Self {
         self.netmasters = n;
+        self
+    }
+
+    /// Spanning mode: binds rack `r` with exactly these `rack bind` arguments after
+    /// `--subnet`/`--gateway` (its own subnet and TOR), instead of `--range <its spanning
+    /// range>`: `&[]` binds the whole subnet, as an operator reading "none = the whole subnet"
+    /// would; `--exclude` declares infrastructure.
+    pub fn rack_bind_args(mut self, r: usize, args: &[&str]) -> Self {
+        self.rack_bind_args
+            .insert(r, args.iter().map(|a| (*a).to_owned()).collect());
         self
     }
 
