@@ -68,7 +68,7 @@ async fn a_whole_subnet_rack_never_hands_out_its_nodes_addresses() {
     let rn = [whole_subnet_binding()];
     // The block holding the nodes' uplink addresses was carved before
     // anything registered (blocks never know about nodes).
-    let blocks = [block(&store, "b", "10.11.0.0", 16, "n3")];
+    let blocks = [block(&store, "b", "10.11.0.2", 14, "n3")];
     let n3 = racked_engine("n3", "b", &store, &rn, &blocks);
     node_put(&n3, &node_record("n3", "b", &["10.11.0.11"]));
     node_put(&n3, &node_record("n4", "b", &["10.11.0.12"]));
@@ -90,14 +90,14 @@ async fn a_node_registering_after_its_block_was_assigned_is_skipped_and_freed_on
     store.add_network(spec("10.10.0.0/24", "10.10.0.1"));
     let rn = [whole_subnet_binding()];
     // One block only: the test must not borrow.
-    let blocks = [block(&store, "b", "10.11.0.0", 16, "n3")];
+    let blocks = [block(&store, "b", "10.11.0.2", 14, "n3")];
     let n3 = racked_engine("n3", "b", &store, &rn, &blocks);
     let net = n3.networks().pop().unwrap();
-    assert_eq!(net.own_available(), 15, ".1 (the gateway) is out");
-    node_put(&n3, &node_record("n5", "b", &["10.11.0.5"]));
     assert_eq!(net.own_available(), 14);
+    node_put(&n3, &node_record("n5", "b", &["10.11.0.5"]));
+    assert_eq!(net.own_available(), 13);
     let mut got = Vec::new();
-    for i in 0..14 {
+    for i in 0..13 {
         got.push(n3.allocate(args(&format!("c{i}"))).await.unwrap().lease.address);
     }
     assert!(!got.contains(&ip("10.11.0.5")), "{got:?}");
@@ -175,7 +175,7 @@ async fn a_requested_node_address_is_refused_through_the_same_rule() {
     let store = Arc::new(FakeStore::default());
     store.add_network(spec("10.10.0.0/24", "10.10.0.1"));
     let rn = [whole_subnet_binding()];
-    let blocks = [block(&store, "b", "10.11.0.0", 16, "n3")];
+    let blocks = [block(&store, "b", "10.11.0.2", 14, "n3")];
     let n3 = racked_engine("n3", "b", &store, &rn, &blocks);
     // Registered a moment ago: etcd has it, the watch has not delivered it.
     store

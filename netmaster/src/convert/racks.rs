@@ -246,6 +246,7 @@ mod tests {
             subnet: "10.10.0.0/16".into(),
             gateway: "10.10.0.1".into(),
             ranges: vec!["10.10.1.0/24".into(), "10.10.2.5-10.10.2.9".into()],
+            exclude: vec!["10.10.1.0/29".into()],
         }
     }
 
@@ -256,6 +257,7 @@ mod tests {
         let back = racknet_to_proto(&b);
         let mut want = binding();
         want.ranges[0] = "10.10.1.0-10.10.1.255".into();
+        want.exclude[0] = "10.10.1.0-10.10.1.7".into();
         assert_eq!(back, want);
         assert_eq!(racknet_from_proto(&back).unwrap(), b);
     }
@@ -288,6 +290,10 @@ mod tests {
             (
                 Box::new(|b| b.ranges = vec!["10.10.1.9-10.10.1.2".into()]),
                 "first address is after last",
+            ),
+            (
+                Box::new(|b| b.exclude = vec!["10.10.1.x".into()]),
+                "10.10.1.x",
             ),
         ];
         for (mutate, want) in cases {

@@ -31,9 +31,9 @@
 //!   one `blockSize`-aligned window; each is owned by a registered node of that rack.
 //!
 //! Checked always (infrastructure): no lease record (a pod's, a standby or a reserved one)
-//! holds a registered node's own address (`nodes/<node>.addresses`) or the gateway of the
-//! network or of any of its rack bindings. A binding's own `exclude` ranges are outside its
-//! ranges like the network's exclusions.
+//! holds a registered node's own address (`nodes/<node>.addresses`) or the gateway of any rack
+//! binding of its network (a gateway inside another rack's ranges included). A binding's own
+//! `exclude` ranges are outside its ranges like the network's exclusions.
 
 mod records;
 
@@ -315,16 +315,18 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
         &blocks,
     );
     check_blocks(&mut rep, &blocks, &networks, &rack_ranges, &node_racks);
-    check_infrastructure(&mut rep, &leases, &networks, &racknets, &node_addrs);
+    check_infrastructure(&mut rep, &leases, &allocatable, &racknets, &node_addrs);
     check_identities(&mut rep, &identities, &leases);
     rep
 }
 
-/// No lease record holds a node's own address or a gateway of its network or its racks.
+/// No lease record holds a node's own address, nor a rack's gateway that lies inside another
+/// rack's ranges (a network's or a rack's own gateway is outside its allocatable ranges: the
+/// range checks report those).
 fn check_infrastructure(
     rep: &mut InvariantReport,
     leases: &[Lease],
-    networks: &BTreeMap<String, Network>,
+    allocatable: &BTreeMap<&String, Runs>,
     racknets: &BTreeMap<String, BTreeMap<String, RackNet>>,
     node_addrs: &BTreeMap<u32, String>,
 ) {
@@ -337,14 +339,11 @@ fn check_infrastructure(
         if let Some(node) = node_addrs.get(&l.address) {
             rep.violation(format!("{}: {addr} is the address of node {node}", l.key));
         }
-        if networks
+        let in_ranges = allocatable
             .get(&l.network)
-            .is_some_and(|n| n.gateway == l.address)
-        {
-            rep.violation(format!("{}: {addr} is network {}'s gateway", l.key, l.network));
-        }
+            .is_some_and(|r| r.contains(l.address));
         for (rack, b) in racknets.get(&l.network).into_iter().flatten() {
-            if b.gateway == l.address {
+            if in_ranges && b.gateway == l.address {
                 rep.violation(format!("{}: {addr} is rack {rack}'s gateway", l.key));
             }
         }
