@@ -107,7 +107,11 @@ fn a_follower_refuses_reservation_pin_and_release() {
 
     // racklinectl given the follower first follows the hint to the leader.
     let list = format!("{},{}", nms[fi].url, lead);
-    ctl(&list, &["reservation", "release", "prod", "default", "db-0"]).ok();
+    ctl(
+        &list,
+        &["reservation", "release", "prod", "default", "db-0"],
+    )
+    .ok();
     let left = js(lead, &["reservation", "list"]);
     assert_eq!(left, serde_json::json!([]), "{left}");
 }
@@ -145,7 +149,10 @@ fn acquire_block_asked_again_returns_the_block_it_already_gave() {
     // same block, and nothing is written.
     let rev = revision(&rt, &st);
     let again = acquire("n1", &[]);
-    assert_eq!((again.first.as_str(), again.size), ("10.10.0.2", first.size));
+    assert_eq!(
+        (again.first.as_str(), again.size),
+        ("10.10.0.2", first.size)
+    );
     assert_eq!(revision(&rt, &st), rev);
     // Another node's request is its own.
     let other = acquire("n2", &[]);
@@ -154,7 +161,10 @@ fn acquire_block_asked_again_returns_the_block_it_already_gave() {
     let second = acquire("n1", &["10.10.0.2"]);
     assert_eq!(second.first, "10.10.0.32");
     let third = acquire("n1", &["10.10.0.32"]);
-    assert_eq!(third.first, "10.10.0.2", "the lowest unseen block comes back");
+    assert_eq!(
+        third.first, "10.10.0.2",
+        "the lowest unseen block comes back"
+    );
     let blocks = js(s, &["block", "list", "--node", "n1"]);
     assert_eq!(blocks.as_array().map(Vec::len), Some(2), "{blocks}");
     // Without the field (racklinectl, an older ipamd): a new block each time.

@@ -314,7 +314,12 @@ fn binding_exclusions_are_stored_shown_and_honoured() {
     ctl(s, &a).ok();
     ctl(s, &["rack", "create", "r2"]).ok();
     let mut b = bind("r2", "prod", "10.11.0.0/24", "10.11.0.1", &[]);
-    b.extend(["--exclude", "10.11.0.2-10.11.0.9", "--exclude", "10.11.0.16/30"]);
+    b.extend([
+        "--exclude",
+        "10.11.0.2-10.11.0.9",
+        "--exclude",
+        "10.11.0.16/30",
+    ]);
     let bound = js(s, &b);
     assert_eq!(
         bound,
@@ -332,11 +337,13 @@ fn binding_exclusions_are_stored_shown_and_honoured() {
     );
     let list = ctl(s, &["rack", "list"]);
     assert!(
-        list.stdout.starts_with("RACK   DESCRIPTION\nr2     -\n\nNETWORK   RACK   SUBNET"),
+        list.stdout
+            .starts_with("RACK   DESCRIPTION\nr2     -\n\nNETWORK   RACK   SUBNET"),
         "{list:?}"
     );
     assert!(
-        list.stdout.contains("10.11.0.2-10.11.0.9,10.11.0.16-10.11.0.19"),
+        list.stdout
+            .contains("10.11.0.2-10.11.0.9,10.11.0.16-10.11.0.19"),
         "{list:?}"
     );
     // An exclusion outside the rack's subnet is refused, like the network's.
@@ -347,16 +354,35 @@ fn binding_exclusions_are_stored_shown_and_honoured() {
     // Blocks skip the exclusions and the gateway: .0-.15 minus .0/.1/.2-.9, then .20-.31.
     ctl(
         s,
-        &["node", "register", "r2n1", "--rack", "r2", "--address", "10.11.0.11"],
+        &[
+            "node",
+            "register",
+            "r2n1",
+            "--rack",
+            "r2",
+            "--address",
+            "10.11.0.11",
+        ],
     )
     .ok();
     let b1 = js(s, &["block", "acquire", "prod", "--node", "r2n1"]);
-    assert_eq!((b1["first"].as_str(), b1["size"].as_u64()), (Some("10.11.0.10"), Some(6)));
+    assert_eq!(
+        (b1["first"].as_str(), b1["size"].as_u64()),
+        (Some("10.11.0.10"), Some(6))
+    );
     let b2 = js(s, &["block", "acquire", "prod", "--node", "r2n1"]);
-    assert_eq!((b2["first"].as_str(), b2["size"].as_u64()), (Some("10.11.0.20"), Some(12)));
+    assert_eq!(
+        (b2["first"].as_str(), b2["size"].as_u64()),
+        (Some("10.11.0.20"), Some(12))
+    );
     // A new exclusion inside an existing block is refused until the block is released.
     let mut cut = bind("r2", "prod", "10.11.0.0/24", "10.11.0.1", &[]);
-    cut.extend(["--exclude", "10.11.0.2-10.11.0.9", "--exclude", "10.11.0.16/30"]);
+    cut.extend([
+        "--exclude",
+        "10.11.0.2-10.11.0.9",
+        "--exclude",
+        "10.11.0.16/30",
+    ]);
     cut.extend(["--exclude", "10.11.0.25"]);
     ctl(s, &cut).refused("block 10.11.0.20 (node \"r2n1\") of rack \"r2\" would fall outside");
 
@@ -368,5 +394,16 @@ fn binding_exclusions_are_stored_shown_and_honoured() {
     ] {
         ctl(s, &["reservation", "pin", "prod", "default", "db-0", ip]).refused(why);
     }
-    ctl(s, &["reservation", "pin", "prod", "default", "db-0", "10.11.0.12"]).ok();
+    ctl(
+        s,
+        &[
+            "reservation",
+            "pin",
+            "prod",
+            "default",
+            "db-0",
+            "10.11.0.12",
+        ],
+    )
+    .ok();
 }

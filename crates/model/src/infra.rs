@@ -24,7 +24,10 @@ impl Infra {
     /// The network's gateway and every rack binding's gateway. A rack's own
     /// gateway is already outside its ranges; another rack's, on a shared
     /// subnet, may not be.
-    pub fn gateways<'a>(net: &NetworkSpec, bindings: impl IntoIterator<Item = &'a RackNet>) -> Self {
+    pub fn gateways<'a>(
+        net: &NetworkSpec,
+        bindings: impl IntoIterator<Item = &'a RackNet>,
+    ) -> Self {
         let mut me = Self::default();
         me.what.insert(
             net.gateway,

@@ -313,7 +313,13 @@ mod tests {
         a.validate(&n).unwrap();
         let set = a.allocatable(&n);
         assert_eq!(set.len(), 253 - 8 - 8);
-        for x in ["10.20.0.1", "10.20.0.2", "10.20.0.9", "10.20.0.200", "10.20.0.207"] {
+        for x in [
+            "10.20.0.1",
+            "10.20.0.2",
+            "10.20.0.9",
+            "10.20.0.200",
+            "10.20.0.207",
+        ] {
             let x: Ipv4Addr = x.parse().unwrap();
             assert!(!set.contains(u32::from(x)), "{x} must not be allocatable");
         }
@@ -321,7 +327,10 @@ mod tests {
         // network's are.
         a.exclude = vec!["10.21.0.5".parse().unwrap()];
         let e = a.validate(&n).unwrap_err().to_string();
-        assert!(e.contains("excluded range 10.21.0.5 is outside subnet"), "{e}");
+        assert!(
+            e.contains("excluded range 10.21.0.5 is outside subnet"),
+            "{e}"
+        );
         // Sharing the network's subnet with a gateway of its own: the
         // network's gateway stays out too.
         let mut m = n.clone();

@@ -16,7 +16,12 @@ use crate::store::LeaseStore;
 impl<S: LeaseStore> Engine<S> {
     /// A new network state with the current node addresses withheld.
     pub(super) fn tracked(&self, st: NetState) -> Arc<NetState> {
-        st.set_node_addresses(&self.node_addresses.read().unwrap_or_else(|p| p.into_inner()));
+        st.set_node_addresses(
+            &self
+                .node_addresses
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         Arc::new(st)
     }
 

@@ -75,7 +75,13 @@ async fn a_whole_subnet_rack_never_hands_out_its_nodes_addresses() {
     let got = fill(&n3, "c").await;
     let uniq: BTreeSet<Ipv4Addr> = got.iter().copied().collect();
     assert_eq!(uniq.len(), got.len(), "an address was handed out twice");
-    for bad in ["10.11.0.1", "10.11.0.11", "10.11.0.12", "10.11.0.0", "10.11.0.255"] {
+    for bad in [
+        "10.11.0.1",
+        "10.11.0.11",
+        "10.11.0.12",
+        "10.11.0.0",
+        "10.11.0.255",
+    ] {
         assert!(!uniq.contains(&ip(bad)), "{bad} was given to a pod");
     }
     // Everything else of the /24 was: 256 - network, broadcast, gateway,
@@ -98,10 +104,18 @@ async fn a_node_registering_after_its_block_was_assigned_is_skipped_and_freed_on
     assert_eq!(net.own_available(), 13);
     let mut got = Vec::new();
     for i in 0..13 {
-        got.push(n3.allocate(args(&format!("c{i}"))).await.unwrap().lease.address);
+        got.push(
+            n3.allocate(args(&format!("c{i}")))
+                .await
+                .unwrap()
+                .lease
+                .address,
+        );
     }
     assert!(!got.contains(&ip("10.11.0.5")), "{got:?}");
-    assert!(got.iter().all(|a| (ip("10.11.0.2")..=ip("10.11.0.15")).contains(a)));
+    assert!(got
+        .iter()
+        .all(|a| (ip("10.11.0.2")..=ip("10.11.0.15")).contains(a)));
     assert_eq!(net.own_available(), 0);
     // The node moves to another address: the old one is a pod address again.
     node_put(&n3, &node_record("n5", "b", &["10.11.0.200"]));

@@ -326,7 +326,12 @@ fn issue3_violations_are_caught() {
 /// Rack 2 bound to its whole subnet with exclusions; nodes with their uplink addresses.
 fn infra() -> Vec<Record> {
     vec![
-        network("prod", "10.10.0.0/24", "10.10.0.1", &["10.10.0.2-10.10.0.63"]),
+        network(
+            "prod",
+            "10.10.0.0/24",
+            "10.10.0.1",
+            &["10.10.0.2-10.10.0.63"],
+        ),
         rec(
             "racknets/prod/rack2",
             json!({"rack": "rack2", "network": "prod", "subnet": "10.11.0.0/24",
@@ -355,11 +360,17 @@ fn infrastructure_addresses_held_by_a_lease_are_caught() {
         ),
         (
             lease("prod", "10.11.0.5", "r2n1", "x"),
-            &["outside network prod's allocatable ranges", "outside the ranges"],
+            &[
+                "outside network prod's allocatable ranges",
+                "outside the ranges",
+            ],
         ),
         (
             lease("prod", "10.11.0.1", "r2n1", "x"),
-            &["outside network prod's allocatable ranges", "outside the ranges"],
+            &[
+                "outside network prod's allocatable ranges",
+                "outside the ranges",
+            ],
         ),
     ];
     for (bad, want) in cases {
