@@ -1,4 +1,4 @@
-//! Sticky reservations (issue 4): list, pin ahead of time, release.
+//! Sticky reservations: list, pin ahead of time, release.
 //!
 //! Pin and release are leader writes like every other admin write: they
 //! take a permit first (a follower refuses and names the leader) and their
