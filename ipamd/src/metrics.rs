@@ -36,7 +36,7 @@ const MAX_PLUGIN_REPORT: Duration = Duration::from_secs(3600);
 const MAX_PLUGIN_REPORTS: usize = 64;
 
 /// The modes `rackline_ipamd_mode` reports, one series each.
-pub const MODES: [&str; 2] = ["online", "offline"];
+pub const MODES: [&str; 3] = ["online", "suspect", "offline"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -263,7 +263,7 @@ impl Collector for StateCollector {
         };
         // (name, help, the gauge's field)
         type PerNetwork = (&'static str, &'static str, fn(&NodeGauges) -> u64);
-        let families: [PerNetwork; 6] = [
+        let families: [PerNetwork; 7] = [
             (
                 "rackline_ipamd_leases_held",
                 "Active leases of this node's pods.",
@@ -294,6 +294,11 @@ impl Collector for StateCollector {
                 "Addresses quarantined after this node's pods found them in use by another host.",
                 |g| g.quarantined,
             ),
+            (
+                "rackline_ipamd_pods_out_of_spec",
+                "Of this node's pods, those that do not run as their network is defined now (after racklinectl network update): address now excluded, or MTU, routes, host routes or QoS levels other than at ADD.",
+                |g| g.out_of_spec,
+            ),
         ];
         for (name, help, f) in families {
             encode_gauges(&mut encoder, name, help, &per_net(f))?;
@@ -306,7 +311,7 @@ impl Collector for StateCollector {
         encode_gauges(
             &mut encoder,
             "rackline_ipamd_mode",
-            "1 for the mode ipamd is in: online (etcd reachable) or offline (serving from the standby reserve, decisions journalled).",
+            "1 for the mode ipamd is in: online (etcd answers), suspect (an etcd call failed and the prober has not decided yet; the reserve is not used) or offline (the prober gave up on etcd: serving from the standby reserve, decisions journalled).",
             &modes,
         )?;
         encode_gauges(
@@ -393,6 +398,7 @@ mod tests {
                     reserved: 2,
                     quarantined: 1,
                     blocks: 2,
+                    out_of_spec: 1,
                 },
             )]
         }
@@ -494,6 +500,10 @@ mod tests {
         assert_eq!(
             v("rackline_ipamd_leases_held", &[("network", "prod")]),
             Some(3.0)
+        );
+        assert_eq!(
+            v("rackline_ipamd_pods_out_of_spec", &[("network", "prod")]),
+            Some(1.0)
         );
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "offline")]), Some(1.0));
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "online")]), Some(0.0));

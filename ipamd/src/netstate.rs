@@ -19,6 +19,9 @@ pub struct NetState {
     pub create_revision: i64,
     /// `spec.sticky` with its patterns compiled once (asked on every ADD).
     pub sticky_matcher: Option<rackline_model::sticky::StickyMatcher>,
+    /// This rack's binding of a rack-bound network (persisted with the
+    /// reserve, so an ipamd restarted offline gives pods the rack's subnet).
+    pub binding: Option<RackNet>,
     inner: Mutex<Inner>,
 }
 
@@ -105,6 +108,10 @@ pub struct NodeGauges {
     pub quarantined: u64,
     /// Blocks this node owns.
     pub blocks: u64,
+    /// Of the active leases, those whose pod does not run as the network is
+    /// defined now (after `network update`): excluded address or other
+    /// settings recorded at ADD.
+    pub out_of_spec: u64,
 }
 
 /// Numbers the block manager works from.
@@ -154,7 +161,9 @@ impl NetState {
             blocks: BTreeMap::new(),
         };
         let pool = Pool::from_allocatable(rackline_model::IntervalSet::new());
-        Self::with(spec, create_revision, pool, Some(ctx), gateways)
+        let mut st = Self::with(spec, create_revision, pool, Some(ctx), gateways);
+        st.binding = Some(binding.clone());
+        st
     }
 
     fn with(
@@ -166,6 +175,7 @@ impl NetState {
     ) -> Self {
         let st = Self {
             sticky_matcher: spec.sticky.as_ref().map(|p| p.matcher()),
+            binding: None,
             spec,
             create_revision,
             inner: Mutex::new(Inner {
@@ -229,6 +239,12 @@ impl NetState {
             Some(r) => (r.subnet, r.gateway),
             None => (self.spec.subnet, self.spec.gateway),
         }
+    }
+
+    /// What a pod added now gets from the network, recorded on its lease
+    /// (see `rackline_model::applied`).
+    pub fn pod_settings(&self) -> Option<Box<rackline_model::PodSettings>> {
+        Some(Box::new(rackline_model::PodSettings::of(&self.spec)))
     }
 
     /// The spec as this node's pods see it (rack subnet and gateway).
@@ -452,6 +468,12 @@ impl NetState {
             .map(|(a, r)| (*a, *r))?;
         g.standby.remove(&ip);
         Some((ip, rev))
+    }
+
+    /// Takes one given standby address out of the reserve (to give it
+    /// back); None if it is not (or no longer) in it.
+    pub fn withdraw_standby(&self, ip: Ipv4Addr) -> Option<i64> {
+        self.lock().standby.remove(&ip)
     }
 
     pub fn return_standby(&self, ip: Ipv4Addr, rev: i64) {
@@ -713,7 +735,11 @@ impl NetState {
     }
 
     /// What this node holds on the network (see [`NodeGauges`]).
-    pub fn node_gauges(&self, node: &str) -> NodeGauges {
+    pub fn node_gauges(
+        &self,
+        node: &str,
+        class: rackline_model::applied::NodeClass<'_>,
+    ) -> NodeGauges {
         let g = self.lock();
         let mut out = NodeGauges::default();
         let own_block = |ip: Ipv4Addr| {
@@ -730,6 +756,9 @@ impl NetState {
             match l.state {
                 rackline_model::LeaseState::Active => {
                     out.held += 1;
+                    if !rackline_model::applied::out_of_spec(l, &self.spec, class).is_empty() {
+                        out.out_of_spec += 1;
+                    }
                     if g.rack.is_some() && !own_block(l.address) {
                         out.borrowed += 1;
                     }

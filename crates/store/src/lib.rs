@@ -16,6 +16,7 @@ mod events;
 mod identities;
 mod infra;
 mod leases;
+mod network_update;
 mod networks;
 mod nodes;
 mod object;
@@ -29,6 +30,7 @@ pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
+pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
 pub use nodes::NodeInfo;
 pub use object::Object;
 pub use racks::RackInfo;
@@ -149,6 +151,9 @@ fn fenced(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
 pub struct StoredNetwork {
     pub spec: NetworkSpec,
     pub create_revision: i64,
+    /// The record's last write (its creation or its last update): what an
+    /// update compares, so two updates never both apply to one version.
+    pub mod_revision: i64,
 }
 
 /// A lease with the revision needed to delete exactly this record.
@@ -206,7 +211,8 @@ pub enum CreateLease {
         mod_revision: i64,
     },
     /// Someone else owns the address (their record, when readable).
-    Taken(Option<Lease>),
+    /// Boxed: a lease record is large and the other variants are not.
+    Taken(Option<Box<Lease>>),
     /// The network was deleted or re-created since the caller read it.
     NetworkGone,
     /// The guarding block was returned or reassigned since the caller read it.
@@ -312,6 +318,20 @@ impl Store {
         let mut c = self.client();
         self.deadline(async move { c.status().await.map(|_| ()) })
             .await
+    }
+
+    /// Cheap probe that etcd can serve reads: one linearizable point read
+    /// (count only), which needs the cluster's quorum — unlike `ping`
+    /// (status), which a member cut off from its peers still answers.
+    pub async fn quorum_read(&self) -> Result<()> {
+        let key = self.keys.root_prefix();
+        let mut c = self.client();
+        self.deadline(async move {
+            c.get(key, Some(GetOptions::new().with_count_only()))
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     /// One consistent snapshot of every network and lease, and the revision
@@ -427,6 +447,7 @@ pub fn decode_network(kv: &KeyValue) -> Result<StoredNetwork> {
     Ok(StoredNetwork {
         spec,
         create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
     })
 }
 

@@ -110,7 +110,9 @@ impl<S: LeaseStore> Engine<S> {
         if !self.synced() {
             return Readiness::NotReady("ipamd has not loaded its state from etcd yet".into());
         }
-        if self.etcd_ok() {
+        // Suspect counts as ready: one failed call says little, and the
+        // prober settles it within seconds.
+        if self.mode() != super::Mode::Offline {
             return Readiness::Ready;
         }
         let reserve: usize = if self.journal.is_some() {
@@ -121,7 +123,10 @@ impl<S: LeaseStore> Engine<S> {
         if reserve > 0 {
             Readiness::Ready
         } else {
-            Readiness::NotReady("etcd is unreachable and no standby address is left".into())
+            Readiness::NotReady(format!(
+                "{}; no standby address is left",
+                self.mode_detail()
+            ))
         }
     }
 
@@ -142,20 +147,15 @@ impl<S: LeaseStore> NodeView for Engine<S> {
         let mut v: Vec<(String, NodeGauges)> = self
             .nets_read()
             .iter()
-            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node)))
+            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node, self.node_class())))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
     fn mode(&self) -> &'static str {
-        // The one place that maps ipamd's etcd state onto the metric's
-        // modes (crate::metrics::MODES).
-        if self.etcd_ok() {
-            "online"
-        } else {
-            "offline"
-        }
+        // One of crate::metrics::MODES.
+        Engine::mode(self).as_str()
     }
 
     fn journal_depth(&self) -> u64 {

@@ -12,7 +12,7 @@ use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
 
 impl<S: LeaseStore> Engine<S> {
-    pub(super) fn lease_for(&self, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
+    pub(super) fn lease_for(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
         Lease {
             network: a.network.clone(),
             address: ip,
@@ -26,13 +26,14 @@ impl<S: LeaseStore> Engine<S> {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: net.pod_settings(),
         }
     }
 
     /// etcd is unreachable: hand out one of this node's standby addresses
     /// (recorded in etcd as ours, so nobody else can have it), journalled
     /// and fsync'd before we answer.
-    pub(super) fn allocate_offline(
+    pub(super) async fn allocate_offline(
         &self,
         net: &NetState,
         a: &AllocateArgs,
@@ -45,12 +46,12 @@ impl<S: LeaseStore> Engine<S> {
                 "etcd is unreachable and this node has no standby address left".into(),
             ));
         };
-        let lease = self.lease_for(a, ip);
+        let lease = self.lease_for(net, a, ip);
         let entry = crate::journal::Entry::Activate {
             lease: lease.clone(),
             standby_revision: rev,
         };
-        if let Err(e) = journal.append(&entry) {
+        if let Err(e) = journal.append(&entry).await {
             net.return_standby(ip, rev);
             return Err(IpamError::Unavailable(format!(
                 "etcd is unreachable and the journal cannot be written: {e}"
@@ -73,7 +74,9 @@ impl<S: LeaseStore> Engine<S> {
         a: &AllocateArgs,
     ) -> Result<Option<Allocated>, IpamError> {
         while let Some((ip, rev)) = net.take_standby() {
-            let lease = self.lease_for(a, ip);
+            // The persisted reserve stops listing it before etcd changes.
+            self.save_reserve().await;
+            let lease = self.lease_for(net, a, ip);
             match self.store.replace_lease(&lease, rev).await {
                 Ok(Some(new_rev)) => {
                     net.observe(
@@ -102,7 +105,7 @@ impl<S: LeaseStore> Engine<S> {
     }
 
     /// etcd is unreachable: release locally, journalled before answering.
-    pub(super) fn release_offline(
+    pub(super) async fn release_offline(
         &self,
         net: &NetState,
         key: &AttachmentKey,
@@ -110,15 +113,26 @@ impl<S: LeaseStore> Engine<S> {
         let Some(journal) = &self.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
+        let held = net.held(key);
+        if held.is_empty() && self.from_persisted() {
+            // Started while etcd was away: only the persisted reserve and this run's offline
+            // leases are known here, not the leases etcd holds for this node. "Nothing held"
+            // could be false (a lease made just before a restart) and would leak it; say "try
+            // again later" instead, so the plugin spools the release and the spool is drained
+            // once etcd's state is loaded.
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable and this ipamd started without its state: the release is kept for later".into(),
+            ));
+        }
         let mut out = Vec::new();
-        for (ip, _) in net.held(key) {
+        for (ip, _) in held {
             let entry = crate::journal::Entry::Release {
                 network: net.spec.name.clone(),
                 address: ip,
                 container_id: key.0.clone(),
                 ifname: key.1.clone(),
             };
-            journal.append(&entry).map_err(|e| {
+            journal.append(&entry).await.map_err(|e| {
                 IpamError::Unavailable(format!(
                     "etcd is unreachable and the journal cannot be written: {e}"
                 ))
@@ -202,7 +216,10 @@ impl<S: LeaseStore> Engine<S> {
         }
         .await;
         if done > 0 {
-            if let Err(e) = journal.drain(done) {
+            // The persisted reserve must not list the standby addresses these
+            // entries consumed once the journal no longer says so.
+            self.save_reserve().await;
+            if let Err(e) = journal.drain(done).await {
                 // Replaying again is harmless; losing entries is not.
                 error!(
                     "cannot trim the journal at {}: {e}",
@@ -222,7 +239,11 @@ impl<S: LeaseStore> Engine<S> {
     /// the rack (or flat network) runs short, so every address stays usable
     /// by some node when capacity equals demand.
     pub async fn maintain_standby(&self) {
-        if self.standby_target == 0 || !self.etcd_ok() || self.has_journal_entries() {
+        if self.standby_target == 0
+            || !self.etcd_ok()
+            || self.from_persisted()
+            || self.has_journal_entries()
+        {
             return;
         }
         for net in self.networks() {
@@ -238,11 +259,25 @@ impl<S: LeaseStore> Engine<S> {
             let have = net.standby_count();
             debug!(network = %net.spec.name, free, target, have, "standby reserve");
             if have > target {
-                for (ip, rev) in net.standby_list().into_iter().take(have - target) {
-                    match self.store.delete_lease(&net.spec.name, ip, rev).await {
-                        Ok(true) => net.forget(ip, 0),
+                // Out of the reserve (and of the persisted reserve) before
+                // the records are deleted: once deleted, another node may
+                // take the address.
+                let give: Vec<(Ipv4Addr, i64)> = net
+                    .standby_list()
+                    .into_iter()
+                    .take(have - target)
+                    .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+                    .collect();
+                self.save_reserve().await;
+                for (n, (ip, rev)) in give.iter().enumerate() {
+                    match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
+                        Ok(true) => net.forget(*ip, 0),
+                        // Changed meanwhile: the watch brings the new record.
                         Ok(false) => {}
                         Err(e) => {
+                            for (ip, rev) in &give[n..] {
+                                net.return_standby(*ip, *rev);
+                            }
                             self.note_store_error(&e);
                             return;
                         }

@@ -168,6 +168,7 @@ impl<S: LeaseStore> Engine<S> {
             new_identity: identity.is_some(),
             expires_unix_ms: None,
             conflict: None,
+            settings: net.pod_settings(),
         };
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.lease_at(ip) {
@@ -206,7 +207,7 @@ impl<S: LeaseStore> Engine<S> {
             };
             match created {
                 Ok(CreateLease::Created { mod_revision }) => {
-                    self.set_etcd_ok(true);
+                    self.note_reachable();
                     net.observe(
                         StoredLease {
                             lease: lease.clone(),
@@ -229,7 +230,7 @@ impl<S: LeaseStore> Engine<S> {
                     // marked taken and the watch fills in the owner.
                     let who = owner
                         .as_ref()
-                        .map(describe_holder)
+                        .map(|o| describe_holder(o))
                         .unwrap_or_else(|| "taken".to_string());
                     return Ok(Try::Refused(format!("{ip} is {who}")));
                 }
@@ -246,7 +247,7 @@ impl<S: LeaseStore> Engine<S> {
                     // The write may have been applied: the retry or the DEL
                     // resolves it.
                     net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
-                    self.set_etcd_ok(false);
+                    self.note_store_error(&e);
                     return Err(requested_needs_etcd(a, e));
                 }
                 Err(e) => {

@@ -25,9 +25,11 @@ pub(super) struct FakeStore {
     /// Block key -> mod revision.
     pub(super) blocks: Mutex<HashMap<String, i64>>,
     /// Apply the next create, then answer "unavailable" (a lost response).
-    lose_next_create_answer: AtomicBool,
+    pub(super) lose_next_create_answer: AtomicBool,
     /// Refuse everything, as if etcd were down.
     pub(super) down: AtomicBool,
+    /// How many times the prober asked.
+    pub(super) probes: std::sync::atomic::AtomicU64,
     /// (network, namespace, name) -> identity. TTLs are not modelled: the
     /// lab tests expiry against real etcd.
     pub(super) identities: Mutex<HashMap<(String, String, String), StoredIdentity>>,
@@ -39,9 +41,11 @@ pub(super) struct FakeStore {
 
 impl FakeStore {
     pub(super) fn add_network(&self, spec: NetworkSpec) -> StoredNetwork {
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         let n = StoredNetwork {
             spec: spec.clone(),
-            create_revision: self.rev.fetch_add(1, Ordering::SeqCst) + 1,
+            create_revision: rev,
+            mod_revision: rev,
         };
         self.networks
             .lock()
@@ -91,7 +95,7 @@ impl LeaseStore for Arc<FakeStore> {
             }
         }
         if let Some(o) = m.get(&k) {
-            return Ok(CreateLease::Taken(Some(o.lease.clone())));
+            return Ok(CreateLease::Taken(Some(Box::new(o.lease.clone()))));
         }
         let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         m.insert(
@@ -165,6 +169,11 @@ impl LeaseStore for Arc<FakeStore> {
     async fn node_addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, StoreError> {
         self.check_down()?;
         Ok(self.node_addrs.lock().unwrap().clone())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        self.check_down()
     }
 
     async fn replace_lease(
@@ -350,7 +359,7 @@ pub(super) fn engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.set_etcd_ok(true);
+    e.note_reachable();
     Arc::new(e)
 }
 
@@ -372,7 +381,8 @@ pub(super) fn args(cid: &str) -> AllocateArgs {
 pub(super) fn assert_no_duplicates(store: &FakeStore) {
     let live = store.live();
     let mut by_attachment: HashMap<(String, String, String), usize> = HashMap::new();
-    for l in &live {
+    // Standby records belong to no attachment.
+    for l in live.iter().filter(|l| !l.is_standby()) {
         *by_attachment
             .entry((l.node.clone(), l.container_id.clone(), l.ifname.clone()))
             .or_default() += 1;
@@ -549,6 +559,10 @@ async fn etcd_down_means_try_again_later_and_nothing_written() {
     store.down.store(true, Ordering::SeqCst);
     let err = e.allocate(args("c1")).await.unwrap_err();
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    // One failed call only makes ipamd suspect; once the prober gives up
+    // (offline) and there is no reserve, STATUS says so.
+    assert_eq!(e.mode(), crate::engine::Mode::Suspect);
+    e.set_offline("test: the prober gave up");
     assert!(!e.status("prod").await.unwrap().can_allocate);
     store.down.store(false, Ordering::SeqCst);
     e.allocate(args("c1")).await.unwrap();
@@ -568,9 +582,41 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 
 mod conflict;
 mod infra;
+mod network_update;
 mod observe;
 mod outage;
 mod racks;
 mod requested;
 mod spool;
 mod sticky;
+
+/// A re-list whose snapshot was read before an Allocate committed must not make the engine
+/// forget that lease: the Release that follows at once has to find and free it (otherwise it
+/// answers "nothing held" and the lease leaks; the chaos soak found this during an etcd leader
+/// change).
+#[tokio::test]
+async fn a_snapshot_older_than_a_lease_does_not_hide_it_from_release() {
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = engine("n1", &store, Duration::ZERO);
+    // The re-list reads etcd here...
+    let stale = Snapshot {
+        networks: store.networks.lock().unwrap().values().cloned().collect(),
+        leases: store.leases.lock().unwrap().values().cloned().collect(),
+        racknets: vec![],
+        blocks: vec![],
+        nodes: vec![],
+        revision: store.rev.load(Ordering::SeqCst),
+        skipped: 0,
+    };
+    // ...an Allocate commits...
+    let a = e.allocate(args("c1")).await.unwrap();
+    // ...and the older snapshot is applied afterwards.
+    e.apply_snapshot(stale);
+    assert_eq!(
+        e.release("prod", "c1", "eth0").await.unwrap(),
+        vec![a.lease.address],
+        "the lease written after the snapshot was forgotten"
+    );
+    assert!(store.live().is_empty(), "the lease is still in etcd");
+}
