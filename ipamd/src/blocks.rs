@@ -66,7 +66,12 @@ pub async fn run<S: LeaseStore>(
             if usage.own_available < policy.low_watermark
                 && retry_at.get(&name).is_none_or(|t| now >= *t)
             {
-                match client.acquire_block(&name, engine.node()).await {
+                let known: Vec<Ipv4Addr> = usage
+                    .own_blocks
+                    .iter()
+                    .map(|(lo, ..)| Ipv4Addr::from(*lo))
+                    .collect();
+                match client.acquire_block(&name, engine.node(), &known).await {
                     Ok(b) => {
                         info!(network = %name, first = %b.first, size = b.size, "acquired block");
                         retry_at.remove(&name);

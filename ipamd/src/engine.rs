@@ -6,7 +6,7 @@
 //! There is no global lock and no shared hot key; concurrent ADDs on this
 //! node serialise only per attachment.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -163,6 +163,9 @@ pub struct Engine<S> {
     unbound: RwLock<HashMap<String, String>>,
     /// Metrics and alarms for reclaims and conflicts (none in unit tests).
     observer: Option<Arc<Observer>>,
+    /// Every registered node's own addresses, by node name (from the
+    /// snapshot and the watch of `nodes/`): withheld from every network.
+    node_addresses: RwLock<BTreeMap<String, Vec<Ipv4Addr>>>,
     /// The node's QoS class: which class level of a network applies to its
     /// pods (`rackline_ipamd_pods_out_of_spec`).
     node_class: Option<String>,
@@ -244,6 +247,7 @@ impl<S: LeaseStore> Engine<S> {
             from_persisted: std::sync::atomic::AtomicBool::new(false),
             offline_start_max_age: Duration::from_secs(3600),
             observer: None,
+            node_addresses: RwLock::new(BTreeMap::new()),
             node_class: None,
         }
     }
@@ -348,7 +352,7 @@ impl<S: LeaseStore> Engine<S> {
                 let mut nets = self.nets_write();
                 let st = nets
                     .entry(name.to_string())
-                    .or_insert_with(|| Arc::new(NetState::new(n.spec, n.create_revision)));
+                    .or_insert_with(|| self.tracked(NetState::new(n.spec, n.create_revision)));
                 Ok(st.clone())
             }
             None => Err(IpamError::UnknownNetwork(name.to_string())),

@@ -4,6 +4,7 @@
 //! Any replica answers; writes on a follower are refused with the leader's
 //! address in the message, which is tried next.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use rackline_proto::admin::v1 as pb;
@@ -172,15 +173,24 @@ impl NetmasterClient {
         .await
     }
 
+    /// A block for `node`; `known` lists the node's blocks this ipamd has
+    /// seen, so netmaster answers a repeated request (a lost reply, or a
+    /// block our watch has not delivered yet) with that block instead of a
+    /// second one.
     pub async fn acquire_block(
         &self,
         network: &str,
         node: &str,
+        known: &[Ipv4Addr],
     ) -> Result<pb::Block, NetmasterError> {
+        let known = pb::KnownBlocks {
+            first: known.iter().map(ToString::to_string).collect(),
+        };
         self.with_failover(|mut c| {
             let req = pb::AcquireBlockRequest {
                 network: network.to_string(),
                 node: node.to_string(),
+                known: Some(known.clone()),
             };
             async move { c.acquire_block(req).await }
         })

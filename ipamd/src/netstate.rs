@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use rackline_model::{Lease, NetworkSpec, Pool, RackNet};
+use rackline_model::{Infra, Lease, NetworkSpec, Pool, RackNet};
 use rackline_store::{BlockGuard, StoredBlock, StoredLease};
 
 /// (container id, ifname): what CNI calls an attachment.
@@ -57,6 +57,12 @@ struct Inner {
     /// afterwards (an allocation in flight across the snapshot) are passed
     /// on, so a release right after does not miss them.
     successor: Option<std::sync::Weak<NetState>>,
+    /// The network's and its racks' gateways (fixed for this state: a
+    /// binding change rebuilds it).
+    gateways: Infra,
+    /// `gateways` plus every registered node's addresses: withheld from both
+    /// pools, so no pick ever returns one (see `rackline_model::infra`).
+    infra: Infra,
 }
 
 /// This node's share of a rack-bound network.
@@ -134,18 +140,22 @@ impl NetState {
     /// A network without rack bindings: the whole range, no blocks.
     pub fn new(spec: NetworkSpec, create_revision: i64) -> Self {
         let pool = Pool::new(&spec);
-        Self::with(spec, create_revision, pool, None)
+        let gateways = Infra::gateways(&spec, []);
+        Self::with(spec, create_revision, pool, None, gateways)
     }
 
     /// A rack-bound network seen from `node` in the rack of `binding`: the
     /// node allocates from its own blocks (added as they are observed) and
-    /// borrows from the rest of the rack.
+    /// borrows from the rest of the rack. `bindings` are all of the
+    /// network's (their gateways are never handed out).
     pub fn new_racked(
         spec: NetworkSpec,
         create_revision: i64,
         binding: &RackNet,
+        bindings: &[&RackNet],
         node: &str,
     ) -> Self {
+        let gateways = Infra::gateways(&spec, bindings.iter().copied().chain([binding]));
         let rack_pool = Pool::from_allocatable(binding.allocatable(&spec));
         let ctx = RackCtx {
             node: node.to_string(),
@@ -155,13 +165,19 @@ impl NetState {
             blocks: BTreeMap::new(),
         };
         let pool = Pool::from_allocatable(rackline_model::IntervalSet::new());
-        let mut st = Self::with(spec, create_revision, pool, Some(ctx));
+        let mut st = Self::with(spec, create_revision, pool, Some(ctx), gateways);
         st.binding = Some(binding.clone());
         st
     }
 
-    fn with(spec: NetworkSpec, create_revision: i64, pool: Pool, rack: Option<RackCtx>) -> Self {
-        Self {
+    fn with(
+        spec: NetworkSpec,
+        create_revision: i64,
+        pool: Pool,
+        rack: Option<RackCtx>,
+        gateways: Infra,
+    ) -> Self {
+        let st = Self {
             sticky_matcher: spec.sticky.as_ref().map(|p| p.matcher()),
             binding: None,
             spec,
@@ -177,8 +193,48 @@ impl NetState {
                 sticky: HashMap::new(),
                 in_use_here: false,
                 successor: None,
+                infra: Infra::default(),
+                gateways,
             }),
+        };
+        st.set_node_addresses(&BTreeMap::new());
+        st
+    }
+
+    /// Registered nodes' own addresses (by node name) changed: they and the
+    /// gateways are withheld from every pick, including addresses inside
+    /// blocks assigned before the node registered.
+    pub fn set_node_addresses(&self, nodes: &BTreeMap<String, Vec<Ipv4Addr>>) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let mut infra = g.gateways.clone();
+        for (name, addrs) in nodes {
+            infra.add_node(name, addrs);
         }
+        if infra == g.infra {
+            return;
+        }
+        let set = infra.set();
+        g.pool.withhold(&set);
+        if let Some(r) = g.rack.as_mut() {
+            r.rack_pool.withhold(&set);
+        }
+        g.infra = infra;
+        // Withholding forgets taken marks; whatever is held stays taken.
+        let held: Vec<Ipv4Addr> = g
+            .leases
+            .keys()
+            .chain(g.uncertain.values().flatten())
+            .copied()
+            .collect();
+        for ip in held {
+            g.mark(ip);
+        }
+    }
+
+    /// Why `ip` is infrastructure (a node's own address, a gateway), if it is.
+    pub fn infra_refusal(&self, ip: Ipv4Addr) -> Option<String> {
+        self.lock().infra.refusal(ip)
     }
 
     /// The subnet and gateway pods of this node get: the rack's for a
@@ -224,8 +280,9 @@ impl NetState {
                 g.pool.remove_allocatable(olo, ohi);
             }
         }
-        if !rack.rack_pool.allocatable().contains(lo) {
-            // Another rack's block.
+        if !rack.rack_pool.in_ranges(Ipv4Addr::from(lo)) {
+            // Another rack's block (by its ranges: its first address may be
+            // a withheld one of ours).
             return;
         }
         if sb.block.node == rack.node {
@@ -428,10 +485,16 @@ impl NetState {
         self.lock().standby.iter().map(|(a, r)| (*a, *r)).collect()
     }
 
-    /// Takes a standby address out of the reserve (it stays taken).
+    /// Takes a standby address out of the reserve (it stays taken). A
+    /// record at an infrastructure address (made before that node registered)
+    /// is never handed out.
     pub fn take_standby(&self) -> Option<(Ipv4Addr, i64)> {
         let mut g = self.lock();
-        let (ip, rev) = g.standby.iter().next().map(|(a, r)| (*a, *r))?;
+        let (ip, rev) = g
+            .standby
+            .iter()
+            .find(|(a, _)| !g.infra.contains(**a))
+            .map(|(a, r)| (*a, *r))?;
         g.standby.remove(&ip);
         Some((ip, rev))
     }
@@ -514,20 +577,24 @@ impl NetState {
             .copied()
     }
 
-    /// Whether pods of this node may use `ip`: inside this node's rack's
-    /// ranges on a rack-bound network, inside the network's on a flat one.
+    /// Whether `ip` lies in what pods of this node are given: this node's
+    /// rack's ranges on a rack-bound network, the network's range on a flat
+    /// one (infrastructure addresses inside them included: see `refusal`).
     pub fn serves(&self, ip: Ipv4Addr) -> bool {
         let g = self.lock();
         match g.rack.as_ref() {
-            Some(r) => r.rack_pool.allocatable().contains(u32::from(ip)),
-            None => g.pool.allocatable().contains(u32::from(ip)),
+            Some(r) => r.rack_pool.in_ranges(ip),
+            None => g.pool.in_ranges(ip),
         }
     }
 
     /// Why pods of this node may not be given `ip` on this network (None =
-    /// they may): outside the subnet, the network/broadcast/gateway address,
-    /// excluded, or another rack's.
+    /// they may): a registered node's own address or a gateway, outside the
+    /// subnet, the network/broadcast address, excluded, or another rack's.
     pub fn refusal(&self, ip: Ipv4Addr) -> Option<String> {
+        if let Some(why) = self.infra_refusal(ip) {
+            return Some(why);
+        }
         if self.serves(ip) {
             return None;
         }

@@ -234,6 +234,7 @@ impl LeaseStore for Store {
             &lease.pod.namespace,
             &lease.pod.name,
             identity_rev,
+            None,
         )
         .await
     }
@@ -249,6 +250,7 @@ impl LeaseStore for Store {
             &identity.namespace,
             &identity.name,
             identity_rev,
+            None,
         )
         .await
     }

@@ -390,6 +390,7 @@ mod tests {
             subnet: "10.10.0.0/16".parse().unwrap(),
             gateway: "10.10.0.1".parse().unwrap(),
             ranges: vec![range.parse().unwrap()],
+            exclude: vec![],
         }
     }
 

@@ -352,13 +352,13 @@ impl Admin for GrpcAdmin {
         &self,
         request: Request<pb::AcquireBlockRequest>,
     ) -> Result<Response<pb::Block>, Status> {
-        let (network, node) = convert::acquire_from_proto(request.get_ref()).map_err(invalid)?;
-        let b = self
+        let req = convert::acquire_from_proto(request.get_ref()).map_err(invalid)?;
+        let (b, created) = self
             .svc
-            .acquire_block(&network, &node)
+            .acquire_block(&req.network, &req.node, req.known.as_deref())
             .await
             .map_err(fail)?;
-        if let Some(o) = &self.obs {
+        if let (Some(o), true) = (&self.obs, created) {
             o.metrics.block_granted(&b.network, &b.rack);
         }
         Ok(Response::new(convert::block_to_proto(&b, 0)))

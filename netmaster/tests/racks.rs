@@ -38,7 +38,7 @@ fn racks_bindings_and_nodes_in_table_and_json() {
     assert_eq!(
         b,
         json!({"rack": "r1", "network": "prod", "subnet": "10.10.0.0/16",
-               "gateway": "10.10.0.1", "ranges": ["10.10.1.0-10.10.1.255"]})
+               "gateway": "10.10.0.1", "ranges": ["10.10.1.0-10.10.1.255"], "exclude": []})
     );
     // A rack with its own subnet and gateway, whole subnet.
     let out = ctl(s, &bind("r2", "prod", "10.30.0.0/24", "10.30.0.1", &[]));
@@ -76,7 +76,7 @@ fn racks_bindings_and_nodes_in_table_and_json() {
     assert!(out.stdout.contains("Nodes:       n1, n2\n"), "{out:?}");
     assert!(
         out.stdout
-            .contains("  prod      r1     10.10.0.0/16   10.10.0.1   10.10.1.0-10.10.1.255\n"),
+            .contains("  prod      r1     10.10.0.0/16   10.10.0.1   10.10.1.0-10.10.1.255   -\n"),
         "{out:?}"
     );
 
@@ -299,4 +299,111 @@ fn invalid_requests_are_refused_and_write_nothing() {
         ctl(s, &args).refused(msg);
         assert_eq!(revision(&rt, &store), before, "{args:?} must write nothing");
     }
+}
+
+/// A rack with its own subnet and no range, its infrastructure declared with `--exclude`: the
+/// binding shows it, blocks are carved around it and around every gateway, and neither an
+/// exclusion nor a registered node's address can be pinned to a pod.
+#[test]
+fn binding_exclusions_are_stored_shown_and_honoured() {
+    let etcd = Etcd::start();
+    let nm = Netmaster::start(&etcd);
+    let s = nm.url.as_str();
+    let mut a = create_args("prod", "10.10.0.0/24", "10.10.0.1");
+    a.extend(["--block-size", "16"]);
+    ctl(s, &a).ok();
+    ctl(s, &["rack", "create", "r2"]).ok();
+    let mut b = bind("r2", "prod", "10.11.0.0/24", "10.11.0.1", &[]);
+    b.extend([
+        "--exclude",
+        "10.11.0.2-10.11.0.9",
+        "--exclude",
+        "10.11.0.16/30",
+    ]);
+    let bound = js(s, &b);
+    assert_eq!(
+        bound,
+        json!({"rack": "r2", "network": "prod", "subnet": "10.11.0.0/24",
+               "gateway": "10.11.0.1", "ranges": [],
+               "exclude": ["10.11.0.2-10.11.0.9", "10.11.0.16-10.11.0.19"]})
+    );
+    assert_eq!(js(s, &["rack", "show", "r2"])["networks"][0], bound);
+    let out = ctl(s, &["rack", "show", "r2"]);
+    assert!(
+        out.stdout.contains(
+            "  prod      r2     10.11.0.0/24   10.11.0.1   whole subnet   10.11.0.2-10.11.0.9,10.11.0.16-10.11.0.19\n"
+        ),
+        "{out:?}"
+    );
+    let list = ctl(s, &["rack", "list"]);
+    assert!(
+        list.stdout
+            .starts_with("RACK   DESCRIPTION\nr2     -\n\nNETWORK   RACK   SUBNET"),
+        "{list:?}"
+    );
+    assert!(
+        list.stdout
+            .contains("10.11.0.2-10.11.0.9,10.11.0.16-10.11.0.19"),
+        "{list:?}"
+    );
+    // An exclusion outside the rack's subnet is refused, like the network's.
+    let mut bad = bind("r2", "prod", "10.11.0.0/24", "10.11.0.1", &[]);
+    bad.extend(["--exclude", "10.12.0.5"]);
+    ctl(s, &bad).refused("excluded range 10.12.0.5 is outside subnet 10.11.0.0/24");
+
+    // Blocks skip the exclusions and the gateway: .0-.15 minus .0/.1/.2-.9, then .20-.31.
+    ctl(
+        s,
+        &[
+            "node",
+            "register",
+            "r2n1",
+            "--rack",
+            "r2",
+            "--address",
+            "10.11.0.11",
+        ],
+    )
+    .ok();
+    let b1 = js(s, &["block", "acquire", "prod", "--node", "r2n1"]);
+    assert_eq!(
+        (b1["first"].as_str(), b1["size"].as_u64()),
+        (Some("10.11.0.10"), Some(6))
+    );
+    let b2 = js(s, &["block", "acquire", "prod", "--node", "r2n1"]);
+    assert_eq!(
+        (b2["first"].as_str(), b2["size"].as_u64()),
+        (Some("10.11.0.20"), Some(12))
+    );
+    // A new exclusion inside an existing block is refused until the block is released.
+    let mut cut = bind("r2", "prod", "10.11.0.0/24", "10.11.0.1", &[]);
+    cut.extend([
+        "--exclude",
+        "10.11.0.2-10.11.0.9",
+        "--exclude",
+        "10.11.0.16/30",
+    ]);
+    cut.extend(["--exclude", "10.11.0.25"]);
+    ctl(s, &cut).refused("block 10.11.0.20 (node \"r2n1\") of rack \"r2\" would fall outside");
+
+    // Neither an excluded address nor a node's own can be pinned to a pod.
+    for (ip, why) in [
+        ("10.11.0.5", "is inside no rack's ranges"),
+        ("10.11.0.11", "10.11.0.11 is the address of node \"r2n1\""),
+        ("10.11.0.1", "10.11.0.1 is the gateway of rack \"r2\""),
+    ] {
+        ctl(s, &["reservation", "pin", "prod", "default", "db-0", ip]).refused(why);
+    }
+    ctl(
+        s,
+        &[
+            "reservation",
+            "pin",
+            "prod",
+            "default",
+            "db-0",
+            "10.11.0.12",
+        ],
+    )
+    .ok();
 }

@@ -4,6 +4,7 @@
 pub mod applied;
 pub mod block;
 pub mod event;
+pub mod infra;
 pub mod intervals;
 pub mod keys;
 pub mod lease;
@@ -20,6 +21,7 @@ pub mod sticky;
 pub use applied::PodSettings;
 pub use block::Block;
 pub use event::{EventKind, LeaseEvent};
+pub use infra::Infra;
 pub use intervals::IntervalSet;
 pub use keys::Keys;
 pub use lease::{ConflictInfo, Lease, LeaseState, PodRef};

@@ -11,8 +11,15 @@ use crate::{IntervalSet, NetworkSpec};
 #[derive(Debug, Clone)]
 pub struct Pool {
     /// Every address that may be handed out, as runs (a network's range
-    /// minus reservations, or the union of a node's blocks).
+    /// minus reservations, or the union of a node's blocks), minus
+    /// `withheld`.
     allocatable: IntervalSet,
+    /// Everything added, withheld or not: what an address that stops being
+    /// withheld returns to.
+    added: IntervalSet,
+    /// Infrastructure addresses (nodes' own, gateways) never handed out even
+    /// inside the ranges; kept so a block added later is clipped as well.
+    withheld: IntervalSet,
     /// Taken addresses inside `allocatable` only.
     taken: IntervalSet,
     /// Where the next search starts. Moving round-robin instead of reusing
@@ -38,21 +45,47 @@ impl Pool {
     pub fn from_allocatable(allocatable: IntervalSet) -> Self {
         let cursor = allocatable.iter_runs().next().map(|(s, _)| s).unwrap_or(0);
         Self {
+            added: allocatable.clone(),
+            withheld: IntervalSet::new(),
             allocatable,
             taken: IntervalSet::new(),
             cursor,
         }
     }
 
-    /// Adds addresses (a new block). Already-taken ones stay taken.
+    /// Adds addresses (a new block), except withheld ones. Already-taken
+    /// ones stay taken.
     pub fn add_allocatable(&mut self, lo: u32, hi: u32) {
+        self.added.insert_range(lo, hi);
         self.allocatable.insert_range(lo, hi);
+        for (s, e) in self.withheld.clip(lo, hi).iter_runs() {
+            self.allocatable.remove_range(s, e);
+        }
     }
 
     /// Removes addresses (a returned block) and forgets their taken marks.
     pub fn remove_allocatable(&mut self, lo: u32, hi: u32) {
+        self.added.remove_range(lo, hi);
         self.allocatable.remove_range(lo, hi);
         self.taken.remove_range(lo, hi);
+    }
+
+    /// Replaces the withheld set: those addresses are never handed out,
+    /// whatever is added later; addresses no longer withheld become
+    /// allocatable again where they were added. Their taken marks are
+    /// forgotten either way (taken is tracked inside `allocatable` only):
+    /// the caller marks again what it knows is taken.
+    pub fn withhold(&mut self, set: &IntervalSet) {
+        let old = std::mem::replace(&mut self.withheld, set.clone());
+        for (s, e) in old.iter_runs() {
+            for (a, b) in self.added.clip(s, e).iter_runs() {
+                self.allocatable.insert_range(a, b);
+            }
+        }
+        for (s, e) in self.withheld.iter_runs() {
+            self.allocatable.remove_range(s, e);
+            self.taken.remove_range(s, e);
+        }
     }
 
     pub fn allocatable(&self) -> &IntervalSet {
@@ -75,6 +108,11 @@ impl Pool {
     /// Taken addresses inside `[lo, hi]`.
     pub fn taken_in(&self, lo: u32, hi: u32) -> u64 {
         self.taken.count_in(lo, hi)
+    }
+
+    /// Inside what was added (the ranges, the blocks), withheld or not.
+    pub fn in_ranges(&self, ip: Ipv4Addr) -> bool {
+        self.added.contains(u32::from(ip))
     }
 
     pub fn is_allocatable(&self, ip: Ipv4Addr) -> bool {
@@ -239,6 +277,52 @@ mod tests {
         // One run of taken addresses however many were handed out.
         assert_eq!(p.allocated(), 10_000);
         assert_eq!(p.taken.runs(), 1);
+    }
+
+    #[test]
+    fn withheld_addresses_are_never_handed_out_even_in_blocks_added_later() {
+        // A rack's whole /24 as one block-less pool: nodes at .11 and .12.
+        let mut p = Pool::new(&spec("10.0.0.0/24", "10.0.0.1", &[]));
+        let ip = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
+        let mut nodes = IntervalSet::new();
+        nodes.insert(ip("10.0.0.11"));
+        nodes.insert(ip("10.0.0.12"));
+        p.withhold(&nodes);
+        assert_eq!(p.capacity(), 253 - 2);
+        let got: Vec<u32> = std::iter::from_fn(|| p.take_next())
+            .map(u32::from)
+            .collect();
+        assert_eq!(got.len(), 251);
+        assert!(!got.contains(&ip("10.0.0.11")) && !got.contains(&ip("10.0.0.12")));
+
+        // A pool of blocks: the block added after the node registered is
+        // clipped; a node that goes away gives its address back.
+        let mut p = Pool::from_allocatable(IntervalSet::new());
+        p.withhold(&nodes);
+        p.add_allocatable(ip("10.0.0.0"), ip("10.0.0.15"));
+        assert_eq!(p.capacity(), 14);
+        assert!(!p.is_allocatable("10.0.0.11".parse().unwrap()));
+        let mut one = IntervalSet::new();
+        one.insert(ip("10.0.0.12"));
+        p.withhold(&one);
+        assert!(p.is_allocatable("10.0.0.11".parse().unwrap()));
+        assert!(!p.is_allocatable("10.0.0.12".parse().unwrap()));
+        // Withholding never makes up addresses that were not added.
+        one.insert(ip("10.0.0.99"));
+        p.withhold(&one);
+        p.withhold(&IntervalSet::new());
+        assert_eq!(p.capacity(), 16);
+        assert!(!p.is_allocatable("10.0.0.99".parse().unwrap()));
+        // A taken address that becomes withheld is no longer counted.
+        let x: Ipv4Addr = "10.0.0.5".parse().unwrap();
+        p.mark_taken(x);
+        let mut five = IntervalSet::new();
+        five.insert(u32::from(x));
+        p.withhold(&five);
+        assert_eq!((p.capacity(), p.allocated()), (15, 0));
+        p.remove_allocatable(ip("10.0.0.0"), ip("10.0.0.15"));
+        p.withhold(&IntervalSet::new());
+        assert_eq!(p.capacity(), 0);
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub struct RackNet {
     /// Empty = the whole subnet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<AddrRange>,
+    /// Infrastructure inside the rack's subnet pods never get (switch and
+    /// server management addresses, VIPs). The network's own exclusions
+    /// cannot name them when the rack has a subnet of its own: they must lie
+    /// inside the network's subnet. Absent in records written before the
+    /// field existed, hence the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<AddrRange>,
 }
 
 impl RackNet {
@@ -88,6 +95,11 @@ impl RackNet {
                 return Err(bad(format!("range {r} is outside subnet {s}")));
             }
         }
+        for r in &self.exclude {
+            if !s.contains(r.first) || !s.contains(r.last) {
+                return Err(bad(format!("excluded range {r} is outside subnet {s}")));
+            }
+        }
         if self.allocatable(net).is_empty() {
             return Err(bad("no allocatable address left after exclusions".into()));
         }
@@ -121,7 +133,11 @@ impl RackNet {
     }
 
     /// Every address pods of this rack may get: the ranges (or the subnet)
-    /// minus network, broadcast, gateway and the network's exclusions.
+    /// minus network, broadcast, the rack's gateway, the network's gateway
+    /// (when the rack shares the network's subnet), the network's exclusions
+    /// and the binding's own. Registered node addresses are infrastructure
+    /// too, but they change without the binding changing: see
+    /// [`crate::infra::Infra`].
     pub fn allocatable(&self, net: &NetworkSpec) -> IntervalSet {
         let mut set = IntervalSet::new();
         let first = u32::from(self.subnet.network()) + 1;
@@ -134,7 +150,8 @@ impl RackNet {
             }
         }
         set.remove(u32::from(self.gateway));
-        for r in &net.exclude {
+        set.remove(u32::from(net.gateway));
+        for r in net.exclude.iter().chain(&self.exclude) {
             set.remove_range(u32::from(r.first), u32::from(r.last));
         }
         set
@@ -205,6 +222,7 @@ mod tests {
             subnet: subnet.parse().unwrap(),
             gateway: gw.parse().unwrap(),
             ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            exclude: vec![],
         }
     }
 
@@ -280,5 +298,60 @@ mod tests {
         let a = binding("a", "10.10.0.0/16", "10.10.0.1", &["10.10.0.0/25"]);
         // .0/26 excluded by the network, .1 is the gateway anyway.
         assert_eq!(a.allocatable(&n).len(), 64);
+    }
+
+    #[test]
+    fn binding_exclusions_and_gateways_are_not_allocatable() {
+        let n = net();
+        // A rack with its own /24 and no range: the whole subnet minus its
+        // gateway and what the binding excludes.
+        let mut a = binding("a", "10.20.0.0/24", "10.20.0.1", &[]);
+        a.exclude = vec![
+            "10.20.0.2-10.20.0.9".parse().unwrap(),
+            "10.20.0.200/29".parse().unwrap(),
+        ];
+        a.validate(&n).unwrap();
+        let set = a.allocatable(&n);
+        assert_eq!(set.len(), 253 - 8 - 8);
+        for x in [
+            "10.20.0.1",
+            "10.20.0.2",
+            "10.20.0.9",
+            "10.20.0.200",
+            "10.20.0.207",
+        ] {
+            let x: Ipv4Addr = x.parse().unwrap();
+            assert!(!set.contains(u32::from(x)), "{x} must not be allocatable");
+        }
+        // An exclusion outside the rack's subnet is refused, as the
+        // network's are.
+        a.exclude = vec!["10.21.0.5".parse().unwrap()];
+        let e = a.validate(&n).unwrap_err().to_string();
+        assert!(
+            e.contains("excluded range 10.21.0.5 is outside subnet"),
+            "{e}"
+        );
+        // Sharing the network's subnet with a gateway of its own: the
+        // network's gateway stays out too.
+        let mut m = n.clone();
+        m.exclude = vec![];
+        let b = binding("b", "10.10.0.0/16", "10.10.9.1", &[]);
+        let set = b.allocatable(&m);
+        assert!(!set.contains(u32::from(m.gateway)));
+        assert!(!set.contains(u32::from(b.gateway)));
+        assert_eq!(set.len(), 65534 - 2);
+    }
+
+    #[test]
+    fn a_binding_without_exclusions_reads_and_writes_the_old_json() {
+        let old = r#"{"rack":"a","network":"prod","subnet":"10.20.0.0/24","gateway":"10.20.0.1"}"#;
+        let b: RackNet = serde_json::from_str(old).unwrap();
+        assert!(b.exclude.is_empty() && b.ranges.is_empty());
+        assert_eq!(serde_json::to_string(&b).unwrap(), old);
+        let mut c = b.clone();
+        c.exclude = vec!["10.20.0.2-10.20.0.9".parse().unwrap()];
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["exclude"], serde_json::json!(["10.20.0.2-10.20.0.9"]));
+        assert_eq!(serde_json::from_value::<RackNet>(v).unwrap(), c);
     }
 }

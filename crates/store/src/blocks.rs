@@ -8,7 +8,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::block::{next_free_block, MAX_BLOCK_SIZE};
 use rackline_model::network::validate_name;
 use rackline_model::rack::validate_node_name;
-use rackline_model::{Block, IntervalSet, Node, RackNet};
+use rackline_model::{Block, Infra, IntervalSet, Node, RackNet};
 use tracing::debug;
 
 use crate::racks::decode_all;
@@ -44,6 +44,15 @@ impl BlockFilter {
     }
 }
 
+/// What `acquire_block` handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquiredBlock {
+    pub block: StoredBlock,
+    /// False: a block the node already owned and the caller did not know
+    /// (see [`Store::acquire_block`]); nothing was written.
+    pub created: bool,
+}
+
 impl Store {
     /// Hands `node` the lowest free block of its rack's ranges on `network`.
     ///
@@ -53,12 +62,33 @@ impl Store {
     /// node, its rack's binding and the network are the records the choice
     /// was made from. Acquisitions elsewhere in the network do not conflict
     /// with it.
+    ///
+    /// Idempotence: a request carries no id, and the reply of a committed
+    /// acquisition can be lost (deadline, leader failover) — the caller then
+    /// asks again; it also asks again when its watch has not yet delivered
+    /// the block the previous reply named. With `known` (the node's blocks
+    /// the caller has seen), a block the node owns that is not among them is
+    /// returned as it is, written by an earlier call: the node's free space
+    /// is what it asked for, and that block is free space it has not
+    /// counted. Returning an owned block with free space regardless of
+    /// `known` would be wrong: a node asks while it still has a few free
+    /// addresses (its watermark), so "owns a block with room" does not mean
+    /// "was already served". `None` (racklinectl, an older ipamd): a new
+    /// block every time.
+    ///
+    /// Gateways of every rack on the network are left out of the carved
+    /// block, like the binding's exclusions. Registered node addresses are
+    /// not: a node registers (or changes address) after blocks exist, so
+    /// ipamd skips them when it picks an address anyway, and carving around
+    /// them would split the windows they sit in into slivers of a few
+    /// addresses, each a block record of its own.
     pub async fn acquire_block(
         &self,
         network: &str,
         node: &str,
+        known: Option<&[Ipv4Addr]>,
         fence: Option<&Fence>,
-    ) -> Result<StoredBlock> {
+    ) -> Result<AcquiredBlock> {
         validate_name(network)?;
         validate_node_name(node)?;
         let node_key = self.keys.node(node);
@@ -92,7 +122,20 @@ impl Store {
                 }));
             };
             let binding: RackNet = decode_json(binding_kv)?;
-            let allocatable = binding.allocatable(&net);
+            if let Some(known) = known {
+                if let Some(b) = self.unknown_owned_block(r[3].kvs(), node, &owner.rack, known)? {
+                    debug!(%network, %node, first = %b.block.first, "node asked again; its unseen block is the answer");
+                    return Ok(AcquiredBlock {
+                        block: b,
+                        created: false,
+                    });
+                }
+            }
+            let mut allocatable = binding.allocatable(&net);
+            let bindings = decode_all::<RackNet>(r[2].kvs())?;
+            for (s, e) in Infra::gateways(&net, &bindings).set().iter_runs() {
+                allocatable.remove_range(s, e);
+            }
             let mut assigned = IntervalSet::new();
             for b in decode_all::<Block>(r[3].kvs())? {
                 let (lo, hi) = b.span();
@@ -134,15 +177,45 @@ impl Store {
             let resp = self.commit(txn).await?;
             if resp.succeeded() {
                 let mod_revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-                return Ok(StoredBlock {
-                    block,
-                    mod_revision,
+                return Ok(AcquiredBlock {
+                    block: StoredBlock {
+                        block,
+                        mod_revision,
+                    },
+                    created: true,
                 });
             }
             self.check_fence(fence).await?;
             debug!(%network, %node, first = %block.first, "block acquisition raced another; retrying");
         }
         Err(StoreError::Contended(ACQUIRE_ATTEMPTS))
+    }
+
+    /// The lowest block of `node` in `rack` that is not in `known`.
+    fn unknown_owned_block(
+        &self,
+        kvs: &[etcd_client::KeyValue],
+        node: &str,
+        rack: &str,
+        known: &[Ipv4Addr],
+    ) -> Result<Option<StoredBlock>> {
+        let mut found: Option<StoredBlock> = None;
+        for kv in kvs {
+            let b: Block = decode_json(kv)?;
+            if b.node != node || b.rack != rack || known.contains(&b.first) {
+                continue;
+            }
+            if found
+                .as_ref()
+                .is_none_or(|f| u32::from(b.first) < u32::from(f.block.first))
+            {
+                found = Some(StoredBlock {
+                    block: b,
+                    mod_revision: kv.mod_revision(),
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Returns `node`'s block starting at `first` on `network`: deleted only

@@ -156,7 +156,9 @@ impl Store {
     }
 
     /// Deletes a lease and its identity together, if both are still at the
-    /// revisions the caller saw.
+    /// revisions the caller saw (and, for netmaster's writes, while its
+    /// leadership `fence` holds).
+    #[allow(clippy::too_many_arguments)]
     pub async fn delete_sticky(
         &self,
         network: &str,
@@ -165,14 +167,18 @@ impl Store {
         namespace: &str,
         name: &str,
         identity_rev: i64,
+        fence: Option<&Fence>,
     ) -> Result<bool> {
         let lkey = self.keys.lease(network, ip);
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when([
-                Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
-                Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
-            ])
+            .when(fenced(
+                vec![
+                    Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
+                    Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
+                ],
+                fence,
+            ))
             .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
@@ -187,14 +193,18 @@ impl Store {
         namespace: &str,
         name: &str,
         identity_rev: i64,
+        fence: Option<&Fence>,
     ) -> Result<bool> {
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                ikey.clone(),
-                CompareOp::Equal,
-                identity_rev,
-            )])
+            .when(fenced(
+                vec![Compare::mod_revision(
+                    ikey.clone(),
+                    CompareOp::Equal,
+                    identity_rev,
+                )],
+                fence,
+            ))
             .and_then([TxnOp::delete(ikey, None)]);
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;

@@ -25,7 +25,7 @@ mod racks;
 mod reads;
 mod ttl;
 mod usage;
-pub use blocks::{BlockFilter, BlockUsage};
+pub use blocks::{AcquiredBlock, BlockFilter, BlockUsage};
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};

@@ -236,8 +236,9 @@ impl Store {
                 None => when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
                 Some(seen) => {
                     // A replacement may not strand a block outside the
-                    // rack's ranges; blocks acquired meanwhile are caught by
-                    // the prefix compare.
+                    // rack's ranges, nor exclude an address inside a block
+                    // (ipamd takes a block as allocatable end to end); blocks
+                    // acquired meanwhile are caught by the prefix compare.
                     let allocatable = binding.allocatable(&net);
                     for b in decode_all::<Block>(r[4].kvs())? {
                         let (lo, hi) = b.span();
@@ -246,7 +247,7 @@ impl Store {
                         {
                             return Err(StoreError::Refused(format!(
                                 "block {} (node {:?}) of rack {:?} would fall outside the new \
-                                 ranges on network {:?}; release it first",
+                                 ranges (or into an exclusion) on network {:?}; release it first",
                                 b.first, b.node, binding.rack, binding.network
                             )));
                         }

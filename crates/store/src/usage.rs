@@ -162,6 +162,7 @@ mod tests {
             subnet: "10.10.0.0/16".parse().unwrap(),
             gateway: "10.10.0.1".parse().unwrap(),
             ranges: vec![range.parse().unwrap()],
+            exclude: vec![],
         };
         let bindings = [binding("r1", "10.10.1.0/24"), binding("r2", "10.10.2.0/25")];
         let block = |rack: &str, first: [u8; 4], size| Block {

@@ -1,7 +1,8 @@
 //! Keeping the engine's cache in step with etcd: snapshots, watch events,
 //! and the journal's offline decisions overlaid on both.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use rackline_model::{Lease, NetworkSpec};
@@ -13,10 +14,68 @@ use crate::netstate::NetState;
 use crate::store::LeaseStore;
 
 impl<S: LeaseStore> Engine<S> {
+    /// A new network state with the current node addresses withheld.
+    pub(super) fn tracked(&self, st: NetState) -> Arc<NetState> {
+        st.set_node_addresses(
+            &self
+                .node_addresses
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        Arc::new(st)
+    }
+
+    /// Replaces the registered nodes' addresses and withholds them from
+    /// every network (a no-op when nothing changed).
+    pub(super) fn learn_node_addresses(&self, mut nodes: BTreeMap<String, Vec<Ipv4Addr>>) {
+        nodes.retain(|_, a| !a.is_empty());
+        {
+            let mut cur = self
+                .node_addresses
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if *cur == nodes {
+                return;
+            }
+            *cur = nodes;
+        }
+        let cur = self
+            .node_addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for st in self.nets_read().values() {
+            st.set_node_addresses(&cur);
+        }
+    }
+
+    /// One node's record changed (None: deleted).
+    fn learn_node(&self, name: &str, addresses: Option<Vec<Ipv4Addr>>) {
+        let mut all = self
+            .node_addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match addresses {
+            Some(a) => all.insert(name.to_string(), a),
+            None => all.remove(name),
+        };
+        self.learn_node_addresses(all);
+    }
+
     /// Replaces the cache with a consistent snapshot.
     pub fn apply_snapshot(&self, snap: Snapshot) {
         self.from_persisted
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .node_addresses
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = snap
+            .nodes
+            .iter()
+            .filter(|n| !n.addresses.is_empty())
+            .map(|n| (n.name.clone(), n.addresses.clone()))
+            .collect();
         let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
         let mut unbound = HashMap::new();
         for n in snap.networks {
@@ -34,7 +93,9 @@ impl<S: LeaseStore> Engine<S> {
                     .as_deref()
                     .and_then(|rack| bindings.iter().find(|b| b.rack == rack));
                 match mine {
-                    Some(b) => NetState::new_racked(n.spec, n.create_revision, b, &self.node),
+                    Some(b) => {
+                        NetState::new_racked(n.spec, n.create_revision, b, &bindings, &self.node)
+                    }
                     None => {
                         let why = match &self.rack {
                             None => format!(
@@ -51,7 +112,7 @@ impl<S: LeaseStore> Engine<S> {
                     }
                 }
             };
-            fresh.insert(name, Arc::new(st));
+            fresh.insert(name, self.tracked(st));
         }
         for sb in snap.blocks {
             if let Some(st) = fresh.get(&sb.block.network) {
@@ -167,7 +228,7 @@ impl<S: LeaseStore> Engine<S> {
                             // Same incarnation, new definition: rebuild the
                             // pool around the leases we know.
                             info!(network = name, "network definition changed");
-                            let fresh = Arc::new(NetState::new(spec, create_revision));
+                            let fresh = self.tracked(NetState::new(spec, create_revision));
                             for sl in st.leases_snapshot() {
                                 fresh.observe(sl, &self.node);
                             }
@@ -176,10 +237,8 @@ impl<S: LeaseStore> Engine<S> {
                         }
                         _ => {
                             info!(network = name, "network added");
-                            nets.insert(
-                                name.to_string(),
-                                Arc::new(NetState::new(spec, create_revision)),
-                            );
+                            let st = self.tracked(NetState::new(spec, create_revision));
+                            nets.insert(name.to_string(), st);
                         }
                     }
                 } else if let Some((net, _first)) = self.keys.parse_block(&key) {
@@ -196,6 +255,11 @@ impl<S: LeaseStore> Engine<S> {
                             }
                         }
                         Err(e) => warn!(%key, "ignoring undecodable block record: {e}"),
+                    }
+                } else if let Some(name) = self.keys.node_name_of(&key) {
+                    match serde_json::from_slice::<rackline_model::Node>(&value) {
+                        Ok(n) => self.learn_node(name, Some(n.addresses)),
+                        Err(e) => warn!(%key, "ignoring undecodable node record: {e}"),
                     }
                 } else if self.keys.parse_racknet(&key).is_some() {
                     // Which ranges this node allocates from changed: rebuild
@@ -229,6 +293,8 @@ impl<S: LeaseStore> Engine<S> {
                     if let Some(st) = self.nets_read().get(net) {
                         st.forget_block(first);
                     }
+                } else if let Some(name) = self.keys.node_name_of(&key) {
+                    self.learn_node(name, None);
                 } else if self.keys.parse_racknet(&key).is_some() {
                     info!(%key, "rack binding removed; reloading");
                     self.resync_tx.send_modify(|n| *n += 1);

@@ -4,9 +4,9 @@
 //! silently hands out another.
 //!
 //! An address may be given when it is inside this node's share of the
-//! network (its rack's ranges, or the flat network's range: never the
+//! network (its rack's ranges, or the flat network's range: never a
 //! gateway, an excluded address, another rack's, or any registered node's
-//! own address) and it is free, this node's own standby address, or the
+//! own address — the same refusal every picked address obeys) and it is free, this node's own standby address, or the
 //! sticky address of this very pod (claimed by the identity path before
 //! this module runs). The write is the same create-if-absent transaction as
 //! any allocation, fenced on the block the address lies in, so two pods
@@ -16,6 +16,7 @@
 //! Requested addresses need etcd: offline, only unrecorded or standby
 //! addresses could be handed out and neither is the one asked for.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -115,18 +116,23 @@ impl<S: LeaseStore> Engine<S> {
         a: &AllocateArgs,
         identity: Option<Identity>,
     ) -> Result<Allocated, IpamError> {
+        // The watch keeps the node addresses current; a node that registered
+        // a moment ago may not have reached it yet, and an address asked for
+        // by name is exactly where that would matter. The refusal itself is
+        // the one every pick obeys (`NetState::refusal`).
         let nodes = self.store.node_addresses().await.map_err(|e| {
             self.note_store_error(&e);
             requested_needs_etcd(a, e)
         })?;
+        let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+        for (ip, node) in nodes {
+            by_node.entry(node).or_default().push(ip);
+        }
+        self.learn_node_addresses(by_node);
         let mut why = Vec::new();
         for &ip in &a.requested {
             if let Some(r) = net.refusal(ip) {
                 why.push(r);
-                continue;
-            }
-            if let Some((_, node)) = nodes.iter().find(|(n, _)| *n == ip) {
-                why.push(format!("{ip} is the address of node {node:?}"));
                 continue;
             }
             match self.try_requested(net, a, ip, identity.as_ref()).await? {

@@ -581,6 +581,7 @@ async fn a_recreated_network_refuses_leases_for_the_old_incarnation() {
 }
 
 mod conflict;
+mod infra;
 mod network_update;
 mod observe;
 mod outage;

@@ -24,6 +24,7 @@ pub(super) fn racknet(rack: &str, range: &str) -> RackNet {
         subnet: "10.10.0.0/16".parse().unwrap(),
         gateway: "10.10.0.1".parse().unwrap(),
         ranges: vec![range.parse().unwrap()],
+        exclude: vec![],
     }
 }
 
@@ -175,6 +176,7 @@ async fn pods_get_their_own_racks_subnet_and_gateway() {
         subnet: "10.11.0.0/24".parse().unwrap(),
         gateway: "10.11.0.1".parse().unwrap(),
         ranges: vec![],
+        exclude: vec![],
     }];
     let blocks = [block(&store, "b", "10.11.0.16", 16, "n3")];
     let n3 = racked_engine("n3", "b", &store, &rn, &blocks);

@@ -89,18 +89,33 @@ impl AdminService {
         Ok(self.store.list_nodes(rack).await?)
     }
 
-    pub async fn acquire_block(&self, network: &str, node: &str) -> Result<Block> {
+    /// A new block for `node`, or (with `known`) the node's block the caller
+    /// has not seen yet: see `Store::acquire_block` for why that makes a
+    /// retried request harmless. The flag says whether the block is new.
+    pub async fn acquire_block(
+        &self,
+        network: &str,
+        node: &str,
+        known: Option<&[Ipv4Addr]>,
+    ) -> Result<(Block, bool)> {
         let permit = self.permit()?;
-        let b = self
+        let got = self
             .store
-            .acquire_block(network, node, permit.fence.as_ref())
-            .await?
-            .block;
-        info!(
-            %network, %node, rack = %b.rack, first = %b.first, size = b.size,
-            "block acquired"
-        );
-        Ok(b)
+            .acquire_block(network, node, known, permit.fence.as_ref())
+            .await?;
+        let b = got.block.block;
+        if got.created {
+            info!(
+                %network, %node, rack = %b.rack, first = %b.first, size = b.size,
+                "block acquired"
+            );
+        } else {
+            info!(
+                %network, %node, rack = %b.rack, first = %b.first, size = b.size,
+                "block requested again; answered with the node's block it has not seen"
+            );
+        }
+        Ok((b, got.created))
     }
 
     /// `false` when the block was already gone.

@@ -1,10 +1,12 @@
 //! Sticky reservations: list, pin ahead of time, release.
 //!
-//! These writes need no leadership fence: each one is a transaction that
-//! compares the exact revisions of the identity and lease records it read
-//! (the same primitive ipamd uses), so concurrent writers — ipamds claiming
-//! an identity, another replica, an expiring hold — make it fail and retry
-//! rather than overwrite.
+//! Pin and release are leader writes like every other admin write: they
+//! take a permit first (a follower refuses and names the leader) and their
+//! transactions also compare the leadership fence, so a deposed leader's
+//! write never lands. Each one also compares the exact revisions of the
+//! identity and lease records it read (the same primitive ipamd uses), so
+//! concurrent writers — ipamds claiming an identity, an expiring hold — make
+//! it fail and retry rather than overwrite.
 
 use std::net::Ipv4Addr;
 
@@ -69,6 +71,16 @@ impl AdminService {
             .ok_or_else(|| AdminError::NotFound(network.to_string()))?;
         let spec = net.spec;
         let bindings = self.store.list_racknets(Some(network), None).await?;
+        // The rule every ipamd pick obeys: no gateway, no node's own address.
+        let mut infra = rackline_model::Infra::gateways(&spec, &bindings);
+        for (a, node) in self.store.node_addresses().await? {
+            infra.add_node(&node, &[a]);
+        }
+        if let Some(why) = infra.refusal(ip) {
+            return Err(AdminError::Refused(format!(
+                "{why}: pods of network {network:?} never get it"
+            )));
+        }
         if bindings.is_empty() {
             if !rackline_model::Pool::new(&spec)
                 .allocatable()
@@ -110,6 +122,8 @@ impl AdminService {
                 )));
             }
         }
+        let permit = self.permit()?;
+        let fence = permit.fence.as_ref();
         let rack = self.rack_of_address(network, ip).await?;
         let pod = PodRef {
             namespace: namespace.to_string(),
@@ -143,16 +157,19 @@ impl AdminService {
                                 namespace,
                                 name,
                                 identity_rev,
+                                fence,
                             )
                             .await?
                         {
+                            self.store.check_fence(fence).await?;
                             continue;
                         }
                     } else if !self
                         .store
-                        .delete_identity(network, namespace, name, identity_rev)
+                        .delete_identity(network, namespace, name, identity_rev, fence)
                         .await?
                     {
+                        self.store.check_fence(fence).await?;
                         continue;
                     }
                     identity_rev = 0;
@@ -203,7 +220,14 @@ impl AdminService {
             // detaches a reservation that had a hold time).
             match self
                 .store
-                .write_sticky(&lease, lease_rev, &identity, identity_rev, None, vec![])
+                .write_sticky(
+                    &lease,
+                    lease_rev,
+                    &identity,
+                    identity_rev,
+                    None,
+                    fence.iter().map(|f| f.compare()).collect(),
+                )
                 .await?
             {
                 StickyWrite::Done { .. } => {
@@ -213,7 +237,7 @@ impl AdminService {
                         lease: Some(lease),
                     });
                 }
-                StickyWrite::Changed => continue,
+                StickyWrite::Changed => self.store.check_fence(fence).await?,
             }
         }
         Err(AdminError::Contended(ATTEMPTS))
@@ -229,6 +253,8 @@ impl AdminService {
         name: &str,
         force: bool,
     ) -> Result<Ipv4Addr> {
+        let permit = self.permit()?;
+        let fence = permit.fence.as_ref();
         for _ in 0..ATTEMPTS {
             let Some(v) = self.store.identity_view(network, namespace, name).await? else {
                 return Err(AdminError::Refused(format!(
@@ -252,12 +278,13 @@ impl AdminService {
                             namespace,
                             name,
                             v.identity.mod_revision,
+                            fence,
                         )
                         .await?
                 }
                 None => {
                     self.store
-                        .delete_identity(network, namespace, name, v.identity.mod_revision)
+                        .delete_identity(network, namespace, name, v.identity.mod_revision, fence)
                         .await?
                 }
             };
@@ -265,6 +292,7 @@ impl AdminService {
                 info!(%network, %ip, pod = %format!("{namespace}/{name}"), "reservation released");
                 return Ok(ip);
             }
+            self.store.check_fence(fence).await?;
         }
         Err(AdminError::Contended(ATTEMPTS))
     }

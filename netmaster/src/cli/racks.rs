@@ -51,6 +51,12 @@ pub struct BindArgs {
     /// Repeatable; none = the whole subnet.
     #[arg(long = "range", value_name = "RANGE")]
     pub ranges: Vec<String>,
+    /// Infrastructure inside the rack's subnet that pods never get (switch
+    /// or server management addresses, VIPs): an address, a CIDR or
+    /// FIRST-LAST. Repeatable. Registered node addresses and gateways are
+    /// never given in any case.
+    #[arg(long = "exclude", value_name = "RANGE")]
+    pub exclude: Vec<String>,
 }
 
 impl BindArgs {
@@ -61,6 +67,7 @@ impl BindArgs {
             subnet: self.subnet.clone(),
             gateway: self.gateway.clone(),
             ranges: self.ranges.clone(),
+            exclude: self.exclude.clone(),
         }
     }
 }
@@ -159,7 +166,8 @@ pub async fn rack(
                 let v: Vec<RackJson> = racks.iter().map(RackJson::from).collect();
                 emit_json(out, &v)?;
             } else {
-                write!(out, "{}", render::racks_table(&racks))?;
+                let bindings = client.list_rack_nets("", "").await?;
+                write!(out, "{}", render::racks_and_bindings(&racks, &bindings))?;
             }
         }
         RackCommand::Show { name } => {
@@ -337,6 +345,10 @@ mod tests {
             "10.10.1.0/24",
             "--range",
             "10.10.2.0-10.10.2.99",
+            "--exclude",
+            "10.10.1.2-10.10.1.9",
+            "--exclude",
+            "10.10.2.64/28",
         ])
         .unwrap();
         let Command::Rack(RackCommand::Bind(args)) = cli.command else {
@@ -350,6 +362,7 @@ mod tests {
                 subnet: "10.10.0.0/16".into(),
                 gateway: "10.10.0.1".into(),
                 ranges: vec!["10.10.1.0/24".into(), "10.10.2.0-10.10.2.99".into()],
+                exclude: vec!["10.10.1.2-10.10.1.9".into(), "10.10.2.64/28".into()],
             }
         );
     }

@@ -120,6 +120,7 @@ impl AdminClient {
         let req = pb::AcquireBlockRequest {
             network: network.to_string(),
             node: node.to_string(),
+            known: None,
         };
         self.call(|mut c| {
             let req = req.clone();

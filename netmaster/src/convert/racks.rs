@@ -82,12 +82,18 @@ pub fn racknet_from_proto(b: &pb::RackNet) -> Result<RackNet, ConvertError> {
         .iter()
         .map(|r| r.parse::<AddrRange>())
         .collect::<Result<_, _>>()?;
+    let exclude = b
+        .exclude
+        .iter()
+        .map(|r| r.parse::<AddrRange>())
+        .collect::<Result<_, _>>()?;
     Ok(RackNet {
         rack,
         network,
         subnet,
         gateway,
         ranges,
+        exclude,
     })
 }
 
@@ -98,6 +104,7 @@ pub fn racknet_to_proto(b: &RackNet) -> pb::RackNet {
         subnet: b.subnet.to_string(),
         gateway: b.gateway.to_string(),
         ranges: b.ranges.iter().map(ToString::to_string).collect(),
+        exclude: b.exclude.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -170,11 +177,37 @@ pub fn block_filter_from_proto(r: &pb::ListBlocksRequest) -> Result<BlockFilter,
     })
 }
 
-/// (network, node) of an acquire request; both required.
-pub fn acquire_from_proto(r: &pb::AcquireBlockRequest) -> Result<(String, String), ConvertError> {
+/// An AcquireBlock request, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquire {
+    pub network: String,
+    pub node: String,
+    /// The node's blocks the caller knows (None: unset, always a new block).
+    pub known: Option<Vec<Ipv4Addr>>,
+}
+
+/// An acquire request: network and node required, known blocks optional.
+pub fn acquire_from_proto(r: &pb::AcquireBlockRequest) -> Result<Acquire, ConvertError> {
     let network = network_filter(&r.network)?.ok_or(ConvertError::Required("network"))?;
     let node = node_filter(&r.node)?.ok_or(ConvertError::Required("node"))?;
-    Ok((network, node))
+    let known = match &r.known {
+        None => None,
+        Some(k) => Some(
+            k.first
+                .iter()
+                .map(|f| {
+                    f.trim()
+                        .parse()
+                        .map_err(|_| ConvertError::Address("block address", f.clone()))
+                })
+                .collect::<Result<Vec<Ipv4Addr>, _>>()?,
+        ),
+    };
+    Ok(Acquire {
+        network,
+        node,
+        known,
+    })
 }
 
 /// (network, first address, node) of a release request; all required.
@@ -213,6 +246,7 @@ mod tests {
             subnet: "10.10.0.0/16".into(),
             gateway: "10.10.0.1".into(),
             ranges: vec!["10.10.1.0/24".into(), "10.10.2.5-10.10.2.9".into()],
+            exclude: vec!["10.10.1.0/29".into()],
         }
     }
 
@@ -223,6 +257,7 @@ mod tests {
         let back = racknet_to_proto(&b);
         let mut want = binding();
         want.ranges[0] = "10.10.1.0-10.10.1.255".into();
+        want.exclude[0] = "10.10.1.0-10.10.1.7".into();
         assert_eq!(back, want);
         assert_eq!(racknet_from_proto(&back).unwrap(), b);
     }
@@ -255,6 +290,10 @@ mod tests {
             (
                 Box::new(|b| b.ranges = vec!["10.10.1.9-10.10.1.2".into()]),
                 "first address is after last",
+            ),
+            (
+                Box::new(|b| b.exclude = vec!["10.10.1.x".into()]),
+                "10.10.1.x",
             ),
         ];
         for (mutate, want) in cases {
@@ -351,9 +390,35 @@ mod tests {
         let err = acquire_from_proto(&pb::AcquireBlockRequest {
             network: "prod".into(),
             node: String::new(),
+            known: None,
         })
         .unwrap_err();
         assert_eq!(err.to_string(), "node is required");
+        let a = acquire_from_proto(&pb::AcquireBlockRequest {
+            network: "prod".into(),
+            node: "n1".into(),
+            known: Some(pb::KnownBlocks {
+                first: vec!["10.0.0.16".into()],
+            }),
+        })
+        .unwrap();
+        assert_eq!(a.known, Some(vec![Ipv4Addr::new(10, 0, 0, 16)]));
+        let a = acquire_from_proto(&pb::AcquireBlockRequest {
+            network: "prod".into(),
+            node: "n1".into(),
+            known: Some(pb::KnownBlocks { first: vec![] }),
+        })
+        .unwrap();
+        assert_eq!(a.known, Some(vec![]), "set but empty is not unset");
+        let err = acquire_from_proto(&pb::AcquireBlockRequest {
+            network: "prod".into(),
+            node: "n1".into(),
+            known: Some(pb::KnownBlocks {
+                first: vec!["nope".into()],
+            }),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("\"nope\""), "{err}");
         let (net, first, node) = release_from_proto(&pb::ReleaseBlockRequest {
             network: "prod".into(),
             first: "10.0.0.16".into(),

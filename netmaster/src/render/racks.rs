@@ -35,6 +35,7 @@ pub struct RackNetJson {
     pub subnet: String,
     pub gateway: String,
     pub ranges: Vec<String>,
+    pub exclude: Vec<String>,
 }
 
 impl From<&pb::RackNet> for RackNetJson {
@@ -45,6 +46,7 @@ impl From<&pb::RackNet> for RackNetJson {
             subnet: b.subnet.clone(),
             gateway: b.gateway.clone(),
             ranges: b.ranges.clone(),
+            exclude: b.exclude.clone(),
         }
     }
 }
@@ -203,6 +205,17 @@ pub fn racks_table(racks: &[pb::Rack]) -> String {
     table(&["RACK", "DESCRIPTION"], &rows)
 }
 
+/// `rack list`: the racks, then every binding (ranges and exclusions), so
+/// one command shows which addresses each rack's pods may get.
+pub fn racks_and_bindings(racks: &[pb::Rack], bindings: &[pb::RackNet]) -> String {
+    let mut out = racks_table(racks);
+    if !bindings.is_empty() {
+        out.push('\n');
+        out.push_str(&racknets_table(bindings));
+    }
+    out
+}
+
 pub fn rack_detail(d: &pb::RackDetail) -> String {
     let rack = d.rack.clone().unwrap_or_default();
     let mut out = fields(&[
@@ -235,6 +248,7 @@ pub fn racknet_detail(b: &pb::RackNet) -> String {
                 b.ranges.join(", ")
             },
         ),
+        ("Exclude", or_dash(&b.exclude.join(", "))),
     ])
 }
 
@@ -252,10 +266,14 @@ pub fn racknets_table(bindings: &[pb::RackNet]) -> String {
                 } else {
                     b.ranges.join(",")
                 },
+                or_dash(&b.exclude.join(",")),
             ]
         })
         .collect();
-    table(&["NETWORK", "RACK", "SUBNET", "GATEWAY", "RANGES"], &rows)
+    table(
+        &["NETWORK", "RACK", "SUBNET", "GATEWAY", "RANGES", "EXCLUDE"],
+        &rows,
+    )
 }
 
 pub fn nodes_table(nodes: &[pb::NodeDetail], now_unix_ms: i64) -> String {
@@ -479,6 +497,7 @@ prod      10.10.0.16-10.10.0.31   16     r1     n1     3        -
                 subnet: "10.10.0.0/24".into(),
                 gateway: "10.10.0.1".into(),
                 ranges: vec![],
+                exclude: vec!["10.10.0.2-10.10.0.9".into()],
             }],
             nodes: vec!["n1".into(), "n2".into()],
         };
@@ -487,8 +506,8 @@ Name:        r1
 Description: -
 Nodes:       n1, n2
 Networks:
-  NETWORK   RACK   SUBNET         GATEWAY     RANGES
-  prod      r1     10.10.0.0/24   10.10.0.1   whole subnet
+  NETWORK   RACK   SUBNET         GATEWAY     RANGES         EXCLUDE
+  prod      r1     10.10.0.0/24   10.10.0.1   whole subnet   10.10.0.2-10.10.0.9
 ";
         assert_eq!(rack_detail(&d), want);
         let v = serde_json::to_value(RackDetailJson::from(&d)).unwrap();
@@ -497,6 +516,10 @@ Networks:
             serde_json::json!({"name": "r1", "description": ""})
         );
         assert_eq!(v["networks"][0]["ranges"], serde_json::json!([]));
+        assert_eq!(
+            v["networks"][0]["exclude"],
+            serde_json::json!(["10.10.0.2-10.10.0.9"])
+        );
         assert_eq!(v["nodes"], serde_json::json!(["n1", "n2"]));
     }
 }

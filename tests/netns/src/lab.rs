@@ -60,6 +60,9 @@ pub struct LabBuilder {
     pub(crate) ipamd_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
+    /// Spanning mode: `rack bind` arguments by rack index, replacing the default
+    /// `--range <spanning range>` (e.g. none = the whole subnet, `--exclude`s).
+    pub(crate) rack_bind_args: BTreeMap<usize, Vec<String>>,
     /// etcd cluster members: member 1 in `ctrl`, members 2.. in their own namespaces
     /// `etcd<m>` on `ctrl`'s bridge (so each can be killed or cut off alone).
     pub(crate) etcd_members: usize,
@@ -87,6 +90,7 @@ impl Default for LabBuilder {
             netmaster_args: Vec::new(),
             ipamd_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
+            rack_bind_args: BTreeMap::new(),
             etcd_members: 1,
         }
     }
@@ -132,6 +136,16 @@ impl LabBuilder {
     /// (Spanning mode) and the lab's racklinectl are given every replica.
     pub fn netmasters(mut self, n: usize) -> Self {
         self.netmasters = n;
+        self
+    }
+
+    /// Spanning mode: binds rack `r` with exactly these `rack bind` arguments after
+    /// `--subnet`/`--gateway` (its own subnet and TOR), instead of `--range <its spanning
+    /// range>`: `&[]` binds the whole subnet, as an operator reading "none = the whole subnet"
+    /// would; `--exclude` declares infrastructure.
+    pub fn rack_bind_args(mut self, r: usize, args: &[&str]) -> Self {
+        self.rack_bind_args
+            .insert(r, args.iter().map(|a| (*a).to_owned()).collect());
         self
     }
 

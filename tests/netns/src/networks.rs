@@ -165,19 +165,25 @@ impl Lab {
                     let (first, last) = self.spanning_range(r);
                     self.racklinectl(&["rack", "create", rack.name()])
                         .with_context(|| format!("creating rack {}", rack.name()))?;
-                    self.racklinectl(&[
+                    let subnet = rack_subnet(r).to_string();
+                    let gateway = rack_gateway(r).to_string();
+                    let range = format!("{first}-{last}");
+                    let mut args = vec![
                         "rack",
                         "bind",
                         rack.name(),
                         NETWORK,
                         "--subnet",
-                        &rack_subnet(r).to_string(),
+                        &subnet,
                         "--gateway",
-                        &rack_gateway(r).to_string(),
-                        "--range",
-                        &format!("{first}-{last}"),
-                    ])
-                    .with_context(|| format!("binding rack {} to {NETWORK}", rack.name()))?;
+                        &gateway,
+                    ];
+                    match self.opts.rack_bind_args.get(&r) {
+                        Some(own) => args.extend(own.iter().map(String::as_str)),
+                        None => args.extend(["--range", &range]),
+                    }
+                    self.racklinectl(&args)
+                        .with_context(|| format!("binding rack {} to {NETWORK}", rack.name()))?;
                 }
                 Ok(())
             }

@@ -29,6 +29,11 @@
 //!   netmaster has no leader; the per-address key keeps it exclusive);
 //! - blocks of a network never overlap; each lies inside ONE run of its rack's ranges and inside
 //!   one `blockSize`-aligned window; each is owned by a registered node of that rack.
+//!
+//! Checked always (infrastructure): no lease record (a pod's, a standby or a reserved one)
+//! holds a registered node's own address (`nodes/<node>.addresses`) or the gateway of any rack
+//! binding of its network (a gateway inside another rack's ranges included). A binding's own
+//! `exclude` ranges are outside its ranges like the network's exclusions.
 
 mod records;
 
@@ -138,6 +143,8 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
     // network → rack → binding
     let mut racknets: BTreeMap<String, BTreeMap<String, RackNet>> = BTreeMap::new();
     let mut node_racks: BTreeMap<String, String> = BTreeMap::new();
+    // address → node
+    let mut node_addrs: BTreeMap<u32, String> = BTreeMap::new();
     let mut leases: Vec<Lease> = Vec::new();
     let mut blocks: Vec<Block> = Vec::new();
     // (network, namespace, pod) -> (address, key)
@@ -203,6 +210,15 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
             "nodes" => match str_field(&value, "rack") {
                 Some(rack) => {
                     node_racks.insert(parts[1].to_owned(), rack);
+                    let addrs = value.get("addresses").and_then(Value::as_array);
+                    for a in addrs.into_iter().flatten() {
+                        match a.as_str().and_then(records::parse_ip) {
+                            Some(x) => {
+                                node_addrs.insert(x, parts[1].to_owned());
+                            }
+                            None => rep.violation(bad("node")),
+                        }
+                    }
                 }
                 None => rep.violation(bad("node")),
             },
@@ -299,8 +315,39 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
         &blocks,
     );
     check_blocks(&mut rep, &blocks, &networks, &rack_ranges, &node_racks);
+    check_infrastructure(&mut rep, &leases, &allocatable, &racknets, &node_addrs);
     check_identities(&mut rep, &identities, &leases);
     rep
+}
+
+/// No lease record holds a node's own address, nor a rack's gateway that lies inside another
+/// rack's ranges (a network's or a rack's own gateway is outside its allocatable ranges: the
+/// range checks report those).
+fn check_infrastructure(
+    rep: &mut InvariantReport,
+    leases: &[Lease],
+    allocatable: &BTreeMap<&String, Runs>,
+    racknets: &BTreeMap<String, BTreeMap<String, RackNet>>,
+    node_addrs: &BTreeMap<u32, String>,
+) {
+    for l in leases {
+        // A conflict record says another host answers for the address: no pod holds it.
+        if l.conflict {
+            continue;
+        }
+        let addr = ip(l.address);
+        if let Some(node) = node_addrs.get(&l.address) {
+            rep.violation(format!("{}: {addr} is the address of node {node}", l.key));
+        }
+        let in_ranges = allocatable
+            .get(&l.network)
+            .is_some_and(|r| r.contains(l.address));
+        for (rack, b) in racknets.get(&l.network).into_iter().flatten() {
+            if in_ranges && b.gateway == l.address {
+                rep.violation(format!("{}: {addr} is rack {rack}'s gateway", l.key));
+            }
+        }
+    }
 }
 
 fn check_identities(

@@ -186,11 +186,13 @@ pub(super) struct RackNet {
     pub(super) subnet: (u32, u32),
     pub(super) gateway: u32,
     pub(super) ranges: Vec<(u32, u32)>,
+    /// The binding's own exclusions (infrastructure inside its subnet).
+    pub(super) exclude: Vec<(u32, u32)>,
 }
 
 impl RackNet {
-    /// Ranges (or the subnet) ∩ subnet hosts, minus the rack gateway and the network's
-    /// exclusions.
+    /// Ranges (or the subnet) ∩ subnet hosts, minus the rack gateway, the network's gateway,
+    /// the network's exclusions and the binding's own.
     pub(super) fn allocatable(&self, net: &Network) -> Runs {
         let hosts = hosts(self.subnet);
         let mut r = if self.ranges.is_empty() {
@@ -207,7 +209,8 @@ impl RackNet {
             r
         };
         r.remove(self.gateway, self.gateway);
-        for &(a, b) in &net.exclude {
+        r.remove(net.gateway, net.gateway);
+        for &(a, b) in net.exclude.iter().chain(&self.exclude) {
             r.remove(a, b);
         }
         r
@@ -277,14 +280,18 @@ pub(super) fn parse_network(v: &Value) -> Option<Network> {
 }
 
 pub(super) fn parse_racknet(key: &str, v: &Value) -> Option<(String, String, RackNet)> {
-    let ranges = match v.get("ranges") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(list) => list
-            .as_array()?
-            .iter()
-            .map(|r| parse_range(r.as_str()?))
-            .collect::<Option<_>>()?,
+    let list = |field: &str| -> Option<Vec<(u32, u32)>> {
+        match v.get(field) {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(list) => list
+                .as_array()?
+                .iter()
+                .map(|r| parse_range(r.as_str()?))
+                .collect::<Option<_>>(),
+        }
     };
+    let ranges = list("ranges")?;
+    let exclude = list("exclude")?;
     Some((
         str_field(v, "network")?,
         str_field(v, "rack")?,
@@ -293,6 +300,7 @@ pub(super) fn parse_racknet(key: &str, v: &Value) -> Option<(String, String, Rac
             subnet: parse_cidr(v.get("subnet")?.as_str()?)?,
             gateway: parse_ip(v.get("gateway")?.as_str()?)?,
             ranges,
+            exclude,
         },
     ))
 }

@@ -323,6 +323,76 @@ fn spanning_violations_are_caught() {
     }
 }
 
+/// Rack 2 bound to its whole subnet with exclusions; nodes with their uplink addresses.
+fn infra() -> Vec<Record> {
+    vec![
+        network(
+            "prod",
+            "10.10.0.0/24",
+            "10.10.0.1",
+            &["10.10.0.2-10.10.0.63"],
+        ),
+        rec(
+            "racknets/prod/rack2",
+            json!({"rack": "rack2", "network": "prod", "subnet": "10.11.0.0/24",
+                   "gateway": "10.11.0.1", "exclude": ["10.11.0.2-10.11.0.9"]}),
+        ),
+        rec(
+            "nodes/r2n1",
+            json!({"name": "r2n1", "rack": "rack2", "addresses": ["10.11.0.11"]}),
+        ),
+        rec(
+            "nodes/r2n2",
+            json!({"name": "r2n2", "rack": "rack2", "addresses": ["10.11.0.12"]}),
+        ),
+        lease("prod", "10.11.0.10", "r2n1", "c1"),
+    ]
+}
+
+#[test]
+fn infrastructure_addresses_held_by_a_lease_are_caught() {
+    let rep = check_records(&infra());
+    assert!(rep.ok(), "{rep}");
+    let cases: Vec<(Record, &[&str])> = vec![
+        (
+            lease("prod", "10.11.0.12", "r2n1", "x"),
+            &["10.11.0.12 is the address of node r2n2"],
+        ),
+        (
+            lease("prod", "10.11.0.5", "r2n1", "x"),
+            &[
+                "outside network prod's allocatable ranges",
+                "outside the ranges",
+            ],
+        ),
+        (
+            lease("prod", "10.11.0.1", "r2n1", "x"),
+            &[
+                "outside network prod's allocatable ranges",
+                "outside the ranges",
+            ],
+        ),
+    ];
+    for (bad, want) in cases {
+        let mut records = infra();
+        records.push(bad);
+        assert_violations(&records, want);
+    }
+}
+
+#[test]
+fn another_racks_gateway_inside_a_racks_ranges_is_caught() {
+    // Two racks share the network's subnet; rack b's TOR sits inside rack a's range.
+    let records = vec![
+        network("prod", "10.10.0.0/16", "10.10.0.1", &[]),
+        racknet("prod", "a", "10.10.0.0/16", "10.10.1.1", &["10.10.1.0/27"]),
+        racknet("prod", "b", "10.10.0.0/16", "10.10.1.30", &["10.10.2.0/27"]),
+        node("n1", "a"),
+        lease("prod", "10.10.1.30", "n1", "x"),
+    ];
+    assert_violations(&records, &["10.10.1.30 is rack b's gateway"]);
+}
+
 #[test]
 fn runs_arithmetic() {
     let mut r = Runs::default();
