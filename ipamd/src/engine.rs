@@ -21,6 +21,7 @@ use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
 mod conflict;
+mod drain;
 mod observe;
 mod outage;
 mod requested;
@@ -150,6 +151,8 @@ pub struct Engine<S> {
     unbound: RwLock<HashMap<String, String>>,
     /// Metrics and alarms for reclaims and conflicts (none in unit tests).
     observer: Option<Arc<Observer>>,
+    /// Drain markers in force (every node's; see engine/drain.rs).
+    drains: RwLock<HashSet<rackline_model::DrainTarget>>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -222,6 +225,7 @@ impl<S: LeaseStore> Engine<S> {
             journal: None,
             standby_target: 0,
             observer: None,
+            drains: RwLock::new(HashSet::new()),
         }
     }
 

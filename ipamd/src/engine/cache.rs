@@ -63,6 +63,7 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
+        self.set_drains(snap.drains);
         {
             let old = self.nets_read();
             for (name, st) in &fresh {
@@ -163,6 +164,8 @@ impl<S: LeaseStore> Engine<S> {
                         }
                         Err(e) => warn!(%key, "ignoring undecodable block record: {e}"),
                     }
+                } else if let Some(target) = self.keys.parse_drain(&key) {
+                    self.note_drain(target, true);
                 } else if self.keys.parse_racknet(&key).is_some() {
                     // Which ranges this node allocates from changed: rebuild
                     // from a consistent snapshot rather than patch in place.
@@ -195,6 +198,8 @@ impl<S: LeaseStore> Engine<S> {
                     if let Some(st) = self.nets_read().get(net) {
                         st.forget_block(first);
                     }
+                } else if let Some(target) = self.keys.parse_drain(&key) {
+                    self.note_drain(target, false);
                 } else if self.keys.parse_racknet(&key).is_some() {
                     info!(%key, "rack binding removed; reloading");
                     self.resync_tx.send_modify(|n| *n += 1);

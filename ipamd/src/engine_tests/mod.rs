@@ -347,6 +347,7 @@ pub(super) fn engine(
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });

@@ -55,6 +55,8 @@ pub struct LabBuilder {
     pub(crate) node_classes: BTreeMap<usize, String>,
     /// Extra flags of every netmaster replica (e.g. `--webhook-url`).
     pub(crate) netmaster_args: Vec<String>,
+    /// Extra flags of every ipamd (e.g. `--liveness-ttl-secs`).
+    pub(crate) ipamd_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
 }
@@ -79,6 +81,7 @@ impl Default for LabBuilder {
             network_args: Vec::new(),
             node_classes: BTreeMap::new(),
             netmaster_args: Vec::new(),
+            ipamd_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
         }
     }
@@ -136,6 +139,12 @@ impl LabBuilder {
     /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
     pub fn netmaster_args(mut self, args: &[&str]) -> Self {
         self.netmaster_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Extra flags for every ipamd (e.g. `["--liveness-ttl-secs", "2"]`).
+    pub fn ipamd_args(mut self, args: &[&str]) -> Self {
+        self.ipamd_args = args.iter().map(|s| s.to_string()).collect();
         self
     }
 
