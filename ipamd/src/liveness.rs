@@ -26,7 +26,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,7 +78,14 @@ pub fn lock_local(dir: &Path, node: &str) -> Result<LocalLock, LivenessError> {
         let path = path.display().to_string();
         move |source| LivenessError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Private, like the journal beside it (same mode as `Journal::open`).
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
     let path = dir.join(format!("{node}.lock"));
     let file = OpenOptions::new()
         .create(true)
@@ -308,19 +315,23 @@ mod tests {
 
     #[test]
     fn the_local_lock_is_exclusive_and_the_token_sticks() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = lock_local(dir.path(), "n1").unwrap();
-        let e = lock_local(dir.path(), "n1").err().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let a = lock_local(&dir, "n1").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let e = lock_local(&dir, "n1").err().unwrap();
         assert!(matches!(e, LivenessError::LocalLock { .. }), "{e}");
         assert!(e
             .to_string()
             .contains("another ipamd already runs for node \"n1\""));
         // Another node name on the same state directory is another lock.
-        let b = lock_local(dir.path(), "n2").unwrap();
+        let b = lock_local(&dir, "n2").unwrap();
         assert_ne!(a.instance, b.instance);
         let token = a.instance.clone();
         drop(a);
-        let again = lock_local(dir.path(), "n1").unwrap();
+        let again = lock_local(&dir, "n1").unwrap();
         assert_eq!(again.instance, token);
     }
 }
