@@ -241,7 +241,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
         tasks.push(task);
     }
-    let mut service = IpamService::new(engine).with_qos(qos);
+    let mut service = IpamService::new(engine).with_qos(qos).with_metrics(metrics);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
             Ok(client) => {

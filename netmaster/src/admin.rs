@@ -6,10 +6,10 @@
 //! etcd transaction; this layer adds the read-side views (capacity,
 //! allocation counts, lease filters).
 //!
-//! Writes go through [`AdminService::permit`] first. Today there is a single
-//! netmaster and every write is permitted; leader election (issue 3) plugs a
-//! real [`WriteFence`] in there, and the permit it returns is what the store's
-//! write transactions will compare on, so a deposed leader cannot write.
+//! Writes go through [`AdminService::permit`] first. A lone netmaster runs
+//! [`Unfenced`] and every write is permitted; replicas plug in the fence of
+//! leader election (`crate::leader`), and the permit it returns is what the
+//! store's write transactions compare on, so a deposed leader cannot write.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -38,8 +38,8 @@ pub enum AdminError {
     /// `detail` says what is left and what to do about it.
     #[error("network {name:?} still has {detail}")]
     InUse { name: String, detail: String },
-    /// This instance may not write (issue 3: not the leader, or its
-    /// leadership lapsed).
+    /// This instance may not write (not the leader, or its leadership
+    /// lapsed).
     #[error("this netmaster may not write: {0}")]
     NotPermitted(String),
     #[error("etcd unavailable: {0}")]

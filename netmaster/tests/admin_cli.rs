@@ -56,7 +56,7 @@ fn network_lifecycle_in_table_and_json() {
             "hostRoutes": ["10.96.0.0/12"],
             // 254 hosts - gateway - 62 - 15 (.255 is broadcast) - 1
             "capacity": 175, "allocated": 0, "qos": {},
-            // No duplicate-address probe unless asked for (issue 4).
+            // No duplicate-address probe unless asked for.
             "probe": null
         })
     );
@@ -115,7 +115,7 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
         "{shown:?}"
     );
 
-    // Issue 4: --probe-* flags imply --probe; unset fields take the defaults.
+    // --probe-* flags imply --probe; unset fields take the defaults.
     let mut pr = create_args("pr", "10.30.0.0/24", "10.30.0.1");
     pr.extend(["--probe-count", "2", "-o", "json"]);
     let pr = ctl(s, &pr).json();

@@ -35,7 +35,7 @@ impl PodRef {
 /// reserved for a sticky pod identity that is not running (`reserved`:
 /// nobody else may take it until the reservation expires or is released).
 /// `conflict` is a quarantine record: a pod's ARP probe found another host
-/// answering for the address (issue 4); the record is attached to an etcd
+/// answering for the address; the record is attached to an etcd
 /// lease with a TTL, so etcd itself frees the address later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

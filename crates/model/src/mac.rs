@@ -1,4 +1,4 @@
-//! Stable MAC addresses derived from the pod's IPv4 address (issue 4).
+//! Stable MAC addresses derived from the pod's IPv4 address.
 //!
 //! A sticky pod that moves to another node keeps its address; if it also
 //! keeps its MAC, every neighbour's ARP entry for it (the TOR's included)

@@ -179,7 +179,7 @@ pub struct NetworkSpec {
     /// Per-pod bandwidth: network default, maximum and node classes.
     #[serde(default, skip_serializing_if = "crate::qos::QosSpec::is_empty")]
     pub qos: crate::qos::QosSpec,
-    /// Duplicate-address probe before an address is configured (issue 4);
+    /// Duplicate-address probe before an address is configured;
     /// None = off, the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<crate::ProbeSpec>,

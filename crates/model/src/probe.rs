@@ -1,4 +1,4 @@
-//! Duplicate-address probe settings of a network (issue 4): RFC 5227 ARP
+//! Duplicate-address probe settings of a network: RFC 5227 ARP
 //! probes sent by the plugin before the leased address is configured.
 //! Off unless a network sets them (`NetworkSpec::probe`), because the
 //! probe costs `count × interval` of every ADD.
@@ -10,8 +10,9 @@ use crate::ValidationError;
 pub const DEFAULT_PROBE_COUNT: u32 = 3;
 pub const DEFAULT_PROBE_INTERVAL_MS: u32 = 100;
 pub const DEFAULT_QUARANTINE_SECS: u64 = 600;
-/// Peers' lesson: a probe that costs more than ~300 ms per ADD is felt
-/// (Spiderpool's ~1 s probes); 10 × 1000 ms is the hard ceiling we accept.
+/// A probe that costs more than ~300 ms per ADD is felt (Spiderpool's
+/// conflict and gateway probes add ~1 s); 10 × 1000 ms is the hard ceiling
+/// we accept.
 pub const PROBE_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 pub const PROBE_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u32> = 10..=1000;
 /// etcd lease TTLs are whole seconds; a day is far more than any operator

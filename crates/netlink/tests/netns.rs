@@ -131,7 +131,7 @@ fn root_namespace_dumps_decode() {
 
 #[test]
 fn verbs_are_fast_enough_for_a_cni_add() {
-    // Informational timings (no thresholds: the lab notes say figures double
+    // Informational timings (no thresholds: figures double on this machine
     // under a concurrent cargo build). Prints what one ADD-like sequence costs.
     let node = TestNs::new();
     let pod = TestNs::new();

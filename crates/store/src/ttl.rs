@@ -1,6 +1,6 @@
 //! Records that etcd itself deletes after a while: a lease record put under
 //! an etcd lease (a TTL) is removed when the TTL runs out, with a normal
-//! delete event every watcher sees. Used for conflict quarantine (issue 4):
+//! delete event every watcher sees. Used for conflict quarantine:
 //! no daemon has to remember to free the address, and a daemon that dies
 //! meanwhile cannot leak it.
 

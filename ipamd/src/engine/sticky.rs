@@ -1,4 +1,4 @@
-//! Sticky pods (issue 4): a pod identity (network, namespace, pod name)
+//! Sticky pods: a pod identity (network, namespace, pod name)
 //! keeps its address across re-creation.
 //!
 //! The identity record `identities/<net>/<ns>/<pod>` says which address the

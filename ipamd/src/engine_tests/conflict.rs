@@ -1,4 +1,4 @@
-//! ReportConflict (issue 4): the quarantine record replaces the lease, the
+//! ReportConflict: the quarantine record replaces the lease, the
 //! attachment's next allocation gets another address, GC and release leave
 //! the record alone, and etcd's expiry gives the address back.
 

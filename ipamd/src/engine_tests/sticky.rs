@@ -1,5 +1,6 @@
-//! Sticky identities against the in-memory store: the races of issue 4
-//! that do not need real etcd (TTL expiry is tested in the lab).
+//! Sticky identities against the in-memory store: the re-creation races
+//! (the new incarnation's ADD before the old DEL, one identity on two nodes
+//! at once) that do not need real etcd (TTL expiry is tested in the lab).
 
 use std::collections::HashSet;
 use std::sync::Arc;

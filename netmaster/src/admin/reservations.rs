@@ -1,4 +1,4 @@
-//! Sticky reservations (issue 4): list, pin ahead of time, release.
+//! Sticky reservations: list, pin ahead of time, release.
 //!
 //! These writes need no leadership fence: each one is a transaction that
 //! compares the exact revisions of the identity and lease records it read

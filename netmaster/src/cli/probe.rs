@@ -1,5 +1,5 @@
-//! `racklinectl network create` flags of the duplicate-address probe
-//! (issue 4). The ranges are checked here too, because 0 on the wire means
+//! `racklinectl network create` flags of the duplicate-address probe.
+//! The ranges are checked here too, because 0 on the wire means
 //! "the default" and an explicit `--probe-count 0` must not silently
 //! become 3; the server validates again.
 

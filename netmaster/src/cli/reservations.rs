@@ -1,4 +1,5 @@
-//! racklinectl reservation list|pin|release (issue 4).
+//! racklinectl reservation list|pin|release: sticky pod identities and
+//! the addresses they hold.
 
 use std::io::Write;
 

@@ -1,4 +1,4 @@
-//! Duplicate-address probe settings and conflict records (issue 4) between
+//! Duplicate-address probe settings and conflict records between
 //! the admin protocol and the model.
 
 use rackline_model::{ConflictInfo, ProbeSpec, ValidationError};

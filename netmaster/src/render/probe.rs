@@ -1,4 +1,4 @@
-//! How the duplicate-address probe (issue 4) shows: a network's probe
+//! How the duplicate-address probe shows: a network's probe
 //! settings and the conflict (quarantine) records it leaves.
 
 use rackline_proto::admin::v1 as pb;

@@ -3,6 +3,7 @@
 //!
 //! Every daemon is a [`Daemon`] we spawned ourselves; stopping one signals exactly its pid.
 
+use std::net::Ipv4Addr;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -14,8 +15,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::lab::{Lab, STOP_GRACE};
+use crate::netns::Netns;
 use crate::process::{run, Daemon, Output, CHILD_PATH};
-use crate::topology::{ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+use crate::topology::{CTRL_IF, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SPINE_GATEWAY};
+
+/// Most etcd members a lab runs (addresses `ctrl` + 0..4 on its bridge).
+pub const MAX_ETCD_MEMBERS: usize = 5;
 
 /// How long a daemon may take to become ready (generous: CI machines run builds alongside).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,16 +71,48 @@ impl Lab {
         self.log_dir().join(format!("{name}.log"))
     }
 
-    /// etcd's client URL, as every Rackline daemon is given it (`https://<ctrl>:2379`;
-    /// `http://` in a `.tls(false)` lab).
+    /// etcd member 1's client URL (`https://<ctrl>:2379`; `http://` in a `.tls(false)` lab).
     pub fn etcd_url(&self) -> String {
-        let scheme = if self.pki.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}:{ETCD_CLIENT_PORT}", self.ctrl_addr())
+        self.etcd_member_url(1)
     }
 
-    /// etcdctl's connection flags: `--endpoints` and, with TLS, its CA and client certificate.
+    /// Every member's client URL, comma-separated: what daemons and etcdctl are given.
+    pub fn etcd_endpoints(&self) -> String {
+        (1..=self.opts.etcd_members)
+            .map(|m| self.etcd_member_url(m))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Number of etcd members ([`crate::LabBuilder::etcd_members`]).
+    pub fn etcd_member_count(&self) -> usize {
+        self.opts.etcd_members
+    }
+
+    /// Member `m`'s address: `ctrl`'s for member 1, then the next ones.
+    pub fn etcd_member_addr(&self, m: usize) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.ctrl_addr) + (m as u32 - 1))
+    }
+
+    /// Member `m`'s namespace (`ctrl` for member 1).
+    pub fn etcd_member_netns(&self, m: usize) -> &Netns {
+        if m <= 1 {
+            &self.ctrl
+        } else {
+            &self.etcd_ns[m - 2]
+        }
+    }
+
+    /// Member `m`'s client URL.
+    pub fn etcd_member_url(&self, m: usize) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{ETCD_CLIENT_PORT}", self.etcd_member_addr(m))
+    }
+
+    /// etcdctl's connection flags: `--endpoints` (every member) and, with TLS, its CA and
+    /// client certificate.
     pub fn etcdctl_args(&self) -> Vec<String> {
-        let mut v = vec!["--endpoints".to_string(), self.etcd_url()];
+        let mut v = vec!["--endpoints".to_string(), self.etcd_endpoints()];
         if let Some(p) = &self.pki {
             v.extend(p.etcdctl_args());
         }
@@ -84,32 +121,63 @@ impl Lab {
 
     /// The daemons' etcd flags (endpoints and credentials).
     pub(crate) fn etcd_client_args(&self) -> Vec<String> {
-        let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_url()];
+        let mut v = vec!["--etcd-endpoints".to_string(), self.etcd_endpoints()];
         if let Some(p) = &self.pki {
             v.extend(p.etcd_client_args());
         }
         v
     }
 
-    fn etcd_peer_url(&self) -> String {
-        format!("http://{}:{ETCD_PEER_PORT}", self.ctrl_addr())
+    fn etcd_member_name(m: usize) -> String {
+        // Member 1 keeps the name of the single-member lab (its data dir records it).
+        if m == 1 {
+            "ctrl".into()
+        } else {
+            format!("etcd{m}")
+        }
     }
 
-    /// Starts etcd inside `ctrl` (client `<ctrl>:2379`, peer :2380, data in `<dir>/etcd`, kept
-    /// across restarts) and waits until `etcdctl endpoint health` passes.
+    fn etcd_peer_url(&self, m: usize) -> String {
+        format!("http://{}:{ETCD_PEER_PORT}", self.etcd_member_addr(m))
+    }
+
+    /// Starts every etcd member (client `:2379`, peer `:2380`, data in `<dir>/etcd` for
+    /// member 1 and `<dir>/etcd<m>` for the others, kept across restarts) and waits until
+    /// `etcdctl endpoint health` passes for all of them.
     pub fn start_etcd(&self) -> Result<()> {
-        if self.state().etcd.is_some() {
+        if !self.state().etcd.is_empty() {
             bail!("etcd is already running");
         }
-        let (client, peer) = (self.etcd_url(), self.etcd_peer_url());
+        for m in 1..=self.opts.etcd_members {
+            self.spawn_etcd_member(m)?;
+        }
+        let mut st = self.state();
+        let first = st.etcd.get_mut(&1).context("etcd member 1 is gone")?;
+        wait_ready(first, "etcdctl endpoint health", || {
+            self.etcd_healthy().unwrap_or(false)
+        })
+    }
+
+    fn spawn_etcd_member(&self, m: usize) -> Result<()> {
+        let client = self.etcd_member_url(m);
+        let peer = self.etcd_peer_url(m);
+        let cluster = (1..=self.opts.etcd_members)
+            .map(|i| format!("{}={}", Self::etcd_member_name(i), self.etcd_peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data = if m == 1 {
+            "etcd".to_string()
+        } else {
+            format!("etcd{m}")
+        };
         let mut cmd = daemon_command(&self.tools.etcd);
-        cmd.args(["--name", "ctrl", "--data-dir"])
-            .arg(self.dir().join("etcd"))
+        cmd.args(["--name", &Self::etcd_member_name(m), "--data-dir"])
+            .arg(self.dir().join(data))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("ctrl={peer}")])
+            .args(["--initial-cluster", &cluster])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--logger", "zap", "--log-level", "error"])
             .args(["--auto-compaction-mode", "revision"])
@@ -117,18 +185,104 @@ impl Lab {
         if let Some(p) = &self.pki {
             cmd.args(p.etcd_server_args());
         }
-        let mut etcd = Daemon::spawn("etcd", cmd, &self.ctrl, &self.log_path("etcd"))?;
-        wait_ready(&mut etcd, "etcdctl endpoint health", || {
-            self.etcd_healthy().unwrap_or(false)
-        })?;
-        self.state().etcd = Some(etcd);
+        let label = if m == 1 {
+            "etcd".to_string()
+        } else {
+            format!("etcd{m}")
+        };
+        let etcd = Daemon::spawn(
+            &label,
+            cmd,
+            self.etcd_member_netns(m),
+            &self.log_path(&label),
+        )?;
+        self.state().etcd.insert(m, etcd);
         Ok(())
     }
 
-    /// SIGKILLs etcd (an outage; its data dir stays for [`Lab::start_etcd`]).
+    /// SIGKILLs every etcd member (an outage; the data dirs stay for [`Lab::start_etcd`]).
     pub fn stop_etcd(&self) -> Result<()> {
-        let mut etcd = self.state().etcd.take().context("etcd is not running")?;
-        etcd.stop(Duration::ZERO);
+        let members = std::mem::take(&mut self.state().etcd);
+        if members.is_empty() {
+            bail!("etcd is not running");
+        }
+        for (_, mut d) in members {
+            d.stop(Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs etcd member `m` alone (its data dir stays for [`Lab::start_etcd_member`]).
+    pub fn kill_etcd_member(&self, m: usize) -> Result<()> {
+        let mut d = self
+            .state()
+            .etcd
+            .remove(&m)
+            .with_context(|| format!("etcd member {m} is not running"))?;
+        d.stop(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Restarts etcd member `m` from its data dir (it rejoins the cluster; not waited for).
+    pub fn start_etcd_member(&self, m: usize) -> Result<()> {
+        if self.state().etcd.contains_key(&m) {
+            bail!("etcd member {m} is already running");
+        }
+        self.spawn_etcd_member(m)
+    }
+
+    /// Indices of the running etcd members.
+    pub fn running_etcd_members(&self) -> Vec<usize> {
+        self.state().etcd.keys().copied().collect()
+    }
+
+    /// The member that leads the etcd cluster now (from `etcdctl endpoint status`).
+    pub fn etcd_leader_member(&self) -> Result<usize> {
+        let out = self.etcdctl(&[
+            "--dial-timeout",
+            "1s",
+            "--command-timeout",
+            "2s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])?;
+        let v: Value = serde_json::from_str(&out.stdout).context("endpoint status JSON")?;
+        for e in v.as_array().into_iter().flatten() {
+            let st = &e["Status"];
+            if st["header"]["member_id"].as_u64().is_some()
+                && st["header"]["member_id"] == st["leader"]
+            {
+                let ep = e["Endpoint"].as_str().unwrap_or_default();
+                if let Some(m) =
+                    (1..=self.opts.etcd_members).find(|m| self.etcd_member_url(*m) == ep)
+                {
+                    return Ok(m);
+                }
+            }
+        }
+        bail!("no etcd member reports itself as leader")
+    }
+
+    /// Cuts member `m` off the network (`down`: its interface down in its namespace) or
+    /// reconnects it. Member 1 shares `ctrl` with the netmaster replicas, which go with it.
+    pub fn partition_etcd_member(&self, m: usize, down: bool) -> Result<()> {
+        let state = if down { "down" } else { "up" };
+        let ns = self.etcd_member_netns(m);
+        crate::topology::ip_batch(&self.tools, ns, &[format!("link set {CTRL_IF} {state}")])?;
+        if !down && m > 1 {
+            // The address's default route goes with the link; put it back (multi-rack labs).
+            if self.spine.is_some() {
+                let _ = crate::topology::ip_batch(
+                    &self.tools,
+                    ns,
+                    &[format!(
+                        "route replace default via {SPINE_GATEWAY} dev {CTRL_IF}"
+                    )],
+                );
+            }
+        }
         Ok(())
     }
 
@@ -158,6 +312,16 @@ impl Lab {
     /// Starts `rackline-ipamd` for node `k` inside its namespace and waits until its socket
     /// accepts connections (a stale socket file of a killed ipamd does not count).
     pub fn start_ipamd(&self, k: usize) -> Result<()> {
+        self.start_ipamd_with(k, true)
+    }
+
+    /// Starts node `k`'s ipamd and waits only for its socket, not for `/readyz` (an ipamd
+    /// started while etcd is out of its reach).
+    pub fn start_ipamd_unready(&self, k: usize) -> Result<()> {
+        self.start_ipamd_with(k, false)
+    }
+
+    fn start_ipamd_with(&self, k: usize, until_ready: bool) -> Result<()> {
         let bins = self.bins()?;
         let node = self.node(k);
         if self.state().ipamd.contains_key(&k) {
@@ -193,6 +357,13 @@ impl Lab {
                     && UnixStream::connect(&socket).is_ok()
             },
         )?;
+        // The socket accepts connections (listen backlog) before ipamd has loaded etcd's state;
+        // as a kubelet would, wait for /readyz when etcd is there to load it from.
+        if until_ready && !self.state().etcd.is_empty() {
+            wait_ready(&mut ipamd, "GET /readyz answers 200", || {
+                self.ipamd_http(k, "/readyz").is_ok_and(|r| r.status == 200)
+            })?;
+        }
         self.state().ipamd.insert(k, ipamd);
         Ok(())
     }
@@ -302,8 +473,8 @@ impl Lab {
     }
 
     /// The pods' leases (`racklinectl lease list -o json`), without ipamd's standby reserve:
-    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md,
-    /// issue 3), which belong to no pod. [`Lab::lease_records`] lists those too.
+    /// records pre-written with `state: "standby"` and no attachment (docs/CONTRACTS.md),
+    /// which belong to no pod. [`Lab::lease_records`] lists those too.
     pub fn leases(&self) -> Result<Vec<Value>> {
         let mut leases = self.lease_records()?;
         leases.retain(|l| {

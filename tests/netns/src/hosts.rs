@@ -1,5 +1,5 @@
 //! Plain hosts on a rack's L2 segment (a rogue squatting on addresses, a neighbour with an ARP
-//! cache) and an ARP capture, for the issue-4 probe tests.
+//! cache) and an ARP capture, for the duplicate-address probe tests.
 //!
 //! The capture is written here, independently of the plugin's own ARP code, so a test does not
 //! trust the code it checks: an `AF_PACKET` socket opened by a thread that entered the

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use tempfile::TempDir;
 
+use crate::daemons::MAX_ETCD_MEMBERS;
 use crate::host::{Bins, Tools};
 use crate::netmasters::MAX_NETMASTERS;
 use crate::netns::{next_lab_id, Netns, TEMP_PREFIX};
@@ -59,6 +60,9 @@ pub struct LabBuilder {
     pub(crate) ipamd_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
+    /// etcd cluster members: member 1 in `ctrl`, members 2.. in their own namespaces
+    /// `etcd<m>` on `ctrl`'s bridge (so each can be killed or cut off alone).
+    pub(crate) etcd_members: usize,
 }
 
 /// `RACKLINE_LAB_TLS=0` turns the lab's default TLS off (to compare timings).
@@ -83,12 +87,20 @@ impl Default for LabBuilder {
             netmaster_args: Vec::new(),
             ipamd_args: Vec::new(),
             tls: std::env::var(TLS_ENV).map_or(true, |v| v != "0"),
+            etcd_members: 1,
         }
     }
 }
 
 impl LabBuilder {
-    /// Number of racks (1..=244). One rack is the issue-2 lab: `tor`, `ctrl` on the rack
+    /// etcd cluster size (1..=[`MAX_ETCD_MEMBERS`], default 1). Member 1 runs in `ctrl`,
+    /// member `m` ≥ 2 in namespace `etcd<m>` at `ctrl`'s address + `m - 1`, on the same bridge.
+    pub fn etcd_members(mut self, n: usize) -> Self {
+        self.etcd_members = n;
+        self
+    }
+
+    /// Number of racks (1..=244). One rack is the flat lab: `tor`, `ctrl` on the rack
     /// bridge (10.10.0.2), nodes `n1..nK`. Two or more add a routed `spine` with `ctrl` on its
     /// side (10.254.0.2), TORs `tor1..`, nodes `r<r>n<k>` (see [`crate::topology`]).
     pub fn racks(mut self, n: usize) -> Self {
@@ -221,6 +233,11 @@ impl LabBuilder {
             "a lab runs 1..={MAX_NETMASTERS} netmaster replicas, not {}",
             self.netmasters
         );
+        ensure!(
+            (1..=MAX_ETCD_MEMBERS).contains(&self.etcd_members),
+            "a lab runs 1..={MAX_ETCD_MEMBERS} etcd members, not {}",
+            self.etcd_members
+        );
         let id = next_lab_id();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{TEMP_PREFIX}{id}-"))
@@ -270,6 +287,9 @@ impl LabBuilder {
         let lab = Lab {
             spine: multi.then(|| Netns::named(format!("{id}-spine"))),
             ctrl: Netns::named(format!("{id}-ctrl")),
+            etcd_ns: (2..=self.etcd_members)
+                .map(|m| Netns::named(format!("{id}-etcd{m}")))
+                .collect(),
             ctrl_addr,
             pki,
             racks,
@@ -306,7 +326,8 @@ impl LabBuilder {
 pub(crate) struct State {
     /// Every namespace we created, in creation order (torn down in reverse).
     pub(crate) created: Vec<Netns>,
-    pub(crate) etcd: Option<Daemon>,
+    /// etcd members by 1-based index.
+    pub(crate) etcd: BTreeMap<usize, Daemon>,
     /// netmaster replicas by 1-based index.
     pub(crate) netmasters: BTreeMap<usize, Daemon>,
     pub(crate) ipamd: BTreeMap<usize, Daemon>,
@@ -326,6 +347,8 @@ pub struct Lab {
     /// The routing spine of a multi-rack lab.
     pub(crate) spine: Option<Netns>,
     pub(crate) ctrl: Netns,
+    /// Namespaces of etcd members 2.. (member 1 runs in `ctrl`).
+    pub(crate) etcd_ns: Vec<Netns>,
     pub(crate) ctrl_addr: Ipv4Addr,
     pub(crate) racks: Vec<Rack>,
     pub(crate) nodes: Vec<Node>,
@@ -443,6 +466,7 @@ impl Lab {
             None => self.wire_one_rack()?,
             Some(spine) => self.wire_racks(spine)?,
         }
+        self.wire_etcd_members()?;
         for node in &self.nodes {
             self.create_netns(&node.netns)?;
             topology::wire_port(
@@ -469,7 +493,7 @@ impl Lab {
         Ok(())
     }
 
-    /// The issue-2 rack: `ctrl` hangs off the TOR bridge, everything is one L2 segment.
+    /// The flat one-rack lab: `ctrl` hangs off the TOR bridge, everything is one L2 segment.
     fn wire_one_rack(&self) -> Result<()> {
         let rack = &self.racks[0];
         self.create_netns(&rack.tor)?;
@@ -484,6 +508,28 @@ impl Lab {
             self.ctrl_addr,
             None,
         )
+    }
+
+    /// etcd members 2.. on `ctrl`'s bridge (the TOR of a flat lab, the spine otherwise).
+    fn wire_etcd_members(&self) -> Result<()> {
+        let (switch, gw) = match &self.spine {
+            None => (&self.racks[0].tor, None),
+            Some(spine) => (spine, Some(SPINE_GATEWAY)),
+        };
+        for (i, ns) in self.etcd_ns.iter().enumerate() {
+            let m = i + 2;
+            self.create_netns(ns)?;
+            topology::wire_port(
+                &self.tools,
+                switch,
+                &format!("etcd{m}"),
+                ns,
+                CTRL_IF,
+                self.etcd_member_addr(m),
+                gw,
+            )?;
+        }
+        Ok(())
     }
 
     /// Spine with `ctrl` on its bridge, then each TOR with its /31 link to the spine. Routing
@@ -571,7 +617,7 @@ impl Lab {
         let mut pids = Vec::new();
         let daemons = st
             .etcd
-            .iter()
+            .values()
             .chain(st.netmasters.values())
             .chain(st.ipamd.values());
         for d in daemons {
@@ -603,7 +649,11 @@ impl Lab {
                 .map(|d| (d, STOP_GRACE)),
         );
         // etcd gets SIGKILL: a member without quorum takes seconds to honour SIGTERM.
-        daemons.extend(state.etcd.take().map(|d| (d, Duration::ZERO)));
+        daemons.extend(
+            std::mem::take(&mut state.etcd)
+                .into_values()
+                .map(|d| (d, Duration::ZERO)),
+        );
         thread::scope(|s| {
             for (mut daemon, grace) in daemons {
                 s.spawn(move || daemon.stop(grace));

@@ -1,4 +1,4 @@
-//! The lab's netmaster replicas (docs/CONTRACTS.md, issue 3 "Fencing"): `.netmasters(n)` runs
+//! The lab's netmaster replicas (docs/CONTRACTS.md, "Fencing"): `.netmasters(n)` runs
 //! `n` of them inside `ctrl`, replica `i` (1-based) listening on `<ctrl>:7650 + i - 1` with
 //! `--id nm<i>`, `--advertise` its own listen address and a short leader lease
 //! ([`NETMASTER_LEASE_TTL_SECS`]), so a crashed leader is replaced within seconds.

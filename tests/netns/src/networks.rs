@@ -1,10 +1,10 @@
 //! Which Rackline networks a lab creates and which one each node's netconf names: the one
 //! place that maps racks to networks.
 //!
-//! Today's binaries know only issue-2 networks (one subnet, one gateway), so a multi-rack lab
-//! gets one network per rack ([`LabNetworkMode::PerRack`]). When rack-aware ipamd lands, a
-//! single network spans every rack through RackNet bindings ([`LabNetworkMode::Spanning`]);
-//! switching the whole lab over is changing [`DEFAULT_NETWORK_MODE`].
+//! By default ([`DEFAULT_NETWORK_MODE`]) a multi-rack lab gets one network per rack, each with
+//! one subnet and one gateway ([`LabNetworkMode::PerRack`]); with
+//! `.network_mode(LabNetworkMode::Spanning)` a single network spans every rack through RackNet
+//! bindings and rack-aware ipamds ([`LabNetworkMode::Spanning`]).
 
 use std::net::Ipv4Addr;
 
@@ -19,12 +19,11 @@ use crate::topology::{
 /// How racks map to Rackline networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LabNetworkMode {
-    /// One issue-2 network per rack: rack r's /24, gateway = its TOR, `.2`–`.63` excluded. Named
+    /// One network per rack: rack r's /24, gateway = its TOR, `.2`–`.63` excluded. Named
     /// `rack<r>`; a one-rack lab keeps the historical name `prod`.
     PerRack,
-    /// Issue 3: one network `prod` spanning every rack (a RackNet per rack with the rack's
-    /// subnet and gateway); ipamd is started with `--rack` and `--netmaster`. Needs rack-aware
-    /// netmaster/ipamd; with today's binaries building such a lab fails with an explanation.
+    /// One network `prod` spanning every rack (a RackNet per rack with the rack's subnet and
+    /// gateway); ipamd is started with `--rack` and `--netmaster`.
     Spanning,
 }
 

@@ -55,9 +55,16 @@ impl LabPki {
         std::fs::create_dir_all(&dir)?;
         let ca = Ca::new("rackline-lab-ca");
         let ctrl = ctrl_addr.to_string();
+        // Every etcd member's address ([`crate::Lab::etcd_member_addr`]): one certificate
+        // serves the whole cluster.
+        let members: Vec<String> = (0..crate::daemons::MAX_ETCD_MEMBERS as u32)
+            .map(|i| Ipv4Addr::from(u32::from(ctrl_addr) + i).to_string())
+            .collect();
+        let mut etcd_sans: Vec<&str> = members.iter().map(String::as_str).collect();
+        etcd_sans.push("localhost");
         let pki = LabPki {
             ca: ca.write_cert(&dir.join("ca.crt")),
-            etcd_server: ca.issue(&dir, "etcd", "etcd", &[&ctrl, "localhost"], Usage::Both),
+            etcd_server: ca.issue(&dir, "etcd", "etcd", &etcd_sans, Usage::Both),
             etcd_client: ca.issue(&dir, "etcd-client", "rackline", &[], Usage::Client),
             etcdctl: ca.issue(&dir, "etcdctl", "root", &[], Usage::Client),
             netmaster: ca.issue(

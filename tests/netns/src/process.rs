@@ -2,7 +2,7 @@
 //! exactly how a container runtime executes a CNI plugin from a node.
 //!
 //! Not `ip netns exec`: it also unshares the mount namespace and remounts /sys, which changes
-//! what the program sees beyond the network (LAB-NOTES: it hides cgroups from containerd).
+//! what the program sees beyond the network (containerd started that way sees no cgroups).
 //! The namespace fd is opened in the parent before the fork; between fork and exec the child
 //! only makes raw syscalls, which is all that is async-signal-safe there.
 

@@ -1,7 +1,7 @@
 //! The racks of docs/CONTRACTS.md ("Lab topology"): addresses, names, and the `ip` recipes that
 //! wire the namespaces together.
 //!
-//! One rack (`Lab::builder()`, the issue-2 lab, unchanged):
+//! One rack (`Lab::builder()`, the flat lab):
 //! ```text
 //!   tor: br0 10.10.0.1/24 ── ctrl ──── ctrl: eth0 10.10.0.2/24   (etcd :2379/:2380, netmaster :7650)
 //!                         ├─ n1   ──── n1:   uplink0 10.10.0.11/24, default via 10.10.0.1

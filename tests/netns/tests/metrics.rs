@@ -23,9 +23,12 @@ fn counters_move_by_exactly_the_operations_performed() -> Result<()> {
         .network_mode(LabNetworkMode::Spanning)
         .run(|lab| {
             // Both endpoints answer and parse before anything happens.
+            // Ready once its first etcd snapshot is loaded, which may trail the socket.
             for k in [1, 2] {
                 ensure!(lab.ipamd_http(k, "/healthz")?.status == 200);
-                ensure!(lab.ipamd_http(k, "/readyz")?.status == 200);
+                poll(Duration::from_secs(20), "ipamd /readyz", || {
+                    Ok((lab.ipamd_http(k, "/readyz")?.status == 200).then_some(()))
+                })?;
             }
             ensure!(lab.netmaster_http(1, "/healthz")?.status == 200);
             poll(Duration::from_secs(20), "netmaster /readyz", || {
@@ -54,8 +57,18 @@ fn counters_move_by_exactly_the_operations_performed() -> Result<()> {
 
             let a1 = ipamd(lab, 1)?;
             let b1 = ipamd(lab, 2)?;
-            ensure!(ok(&a1, "prod") - ok(&a0, "prod") == 3.0, "r1n1 allocations");
-            ensure!(ok(&b1, "prod") - ok(&b0, "prod") == 1.0, "r2n1 allocations");
+            ensure!(
+                ok(&a1, "prod") - ok(&a0, "prod") == 3.0,
+                "r1n1 allocations: {} before, {} after",
+                ok(&a0, "prod"),
+                ok(&a1, "prod")
+            );
+            ensure!(
+                ok(&b1, "prod") - ok(&b0, "prod") == 1.0,
+                "r2n1 allocations: {} before, {} after",
+                ok(&b0, "prod"),
+                ok(&b1, "prod")
+            );
             ensure!(
                 a1.value(
                     "rackline_ipamd_allocations_total",
@@ -305,7 +318,8 @@ fn check_documented(scrapes: &[&Exposition]) -> Result<()> {
 fn readyz_and_status_follow_etcd() -> Result<()> {
     // No standby reserve: without etcd, nothing can be allocated.
     Lab::builder().nodes(1).standby(0).run(|lab| {
-        ensure!(lab.ipamd_http(1, "/readyz")?.status == 200);
+        let r = lab.ipamd_http(1, "/readyz")?;
+        ensure!(r.status == 200, "ipamd not ready once started: {}", r.body);
         poll(Duration::from_secs(20), "netmaster ready", || {
             Ok((lab.netmaster_http(1, "/readyz")?.status == 200).then_some(()))
         })?;

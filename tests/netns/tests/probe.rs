@@ -1,4 +1,4 @@
-//! Issue 4 end to end: stable MACs, the duplicate-address probe and the gratuitous ARP, with
+//! End to end: stable MACs, the duplicate-address probe and the gratuitous ARP, with
 //! the real plugin, ipamd, netmaster and etcd. Squatters and neighbours are plain namespaces on
 //! the rack's TOR bridge; ARP is captured with the lab's own packet socket (not the plugin's).
 //!

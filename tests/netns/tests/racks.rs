@@ -177,7 +177,7 @@ fn two_racks_are_routed_through_the_spine() -> Result<()> {
 }
 
 #[test]
-fn one_rack_lab_keeps_the_issue2_layout() -> Result<()> {
+fn one_rack_lab_keeps_the_flat_layout() -> Result<()> {
     with_lab(Lab::builder().rackline(false), |lab| {
         ensure!(lab.spine().is_none() && lab.racks().len() == 1);
         ensure!(lab.tor().name() == format!("{}-tor", lab.id()));

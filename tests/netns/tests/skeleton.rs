@@ -1,4 +1,4 @@
-//! Issue 2 end to end: the real `rackline` plugin, `rackline-ipamd`, `rackline-netmaster` and
+//! One rack end to end: the real `rackline` plugin, `rackline-ipamd`, `rackline-netmaster` and
 //! `racklinectl` in a two-node rack. Every assertion reads real state: the plugin's JSON,
 //! `ip -j` dumps of the namespaces, ping exit codes, `racklinectl -o json`.
 //!

@@ -1,4 +1,4 @@
-//! Issue 3 end to end: ONE network spanning two racks (a rack binding per rack, with the rack's
+//! Racks end to end: ONE network spanning two racks (a rack binding per rack, with the rack's
 //! subnet and TOR gateway), rack-aware ipamds (`--rack`, `--netmaster`) taking blocks from
 //! netmaster, borrowing inside their rack when it is full, and serving from their standby
 //! reserve while etcd is down; three netmaster replicas, whose leader is SIGKILLed in the middle

@@ -1,4 +1,4 @@
-//! Issue 4: sticky pod addresses in the two-rack lab with real etcd, netmaster, ipamds and the
+//! Sticky pod addresses in the two-rack lab with real etcd, netmaster, ipamds and the
 //! plugin binary. Every scenario ends with the etcd invariant check (no address owned twice,
 //! identities and leases agree).
 
@@ -224,7 +224,7 @@ fn reallocate_policy_and_hold_expiry() -> Result<()> {
     )
 }
 
-/// The races of issue 4: the new incarnation's ADD before the old DEL; GC running during
+/// The sticky re-creation races: the new incarnation's ADD before the old DEL; GC running during
 /// re-creation; one identity started on two nodes at once; reservation expiry racing ADDs.
 #[test]
 fn sticky_races_never_free_or_duplicate_a_live_address() -> Result<()> {

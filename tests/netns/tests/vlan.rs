@@ -1,4 +1,4 @@
-//! VLAN networks end to end (issue 5): the shared scenario
+//! VLAN networks end to end: the shared scenario
 //! (tests/netns/vm/vlan-scenario.sh) in a qemu VM — or natively where the host
 //! kernel has 8021q. Real etcd, netmaster, one ipamd per node and the real
 //! plugin binary; see `rackline_lab::vm`.

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The VLAN scenario (issue 5), run by busybox sh inside the test VM, or natively
+# The VLAN scenario, run by busybox sh inside the test VM, or natively
 # (inside the harness's scratch netns) when the host kernel has 8021q.
 #
 # Environment (tests/netns/src/vm/mod.rs writes it): IP TCPDUMP RACKLINE IPAMD

@@ -73,7 +73,8 @@ pub fn macvlan_request(
 
 /// [`macvlan_request`] with the device's MAC set at creation
 /// (`IFLA_ADDRESS`), so the link never carries a random MAC the kernel
-/// could announce or a neighbour could learn (issue 4's stable MACs).
+/// could announce or a neighbour could learn: the MAC is derived from the
+/// pod's address, so a sticky pod keeps it across nodes.
 pub fn macvlan_with_mac_request(
     name: &str,
     parent_index: u32,

@@ -1,4 +1,4 @@
-//! Issue 3's headline: a storm of concurrent ADDs over two racks of a Spanning lab at 1:1
+//! The rack-scale headline: a storm of concurrent ADDs over two racks of a Spanning lab at 1:1
 //! capacity (each rack's range holds exactly the pods scheduled on it), repeated on fresh labs,
 //! with the invariant checker after every run.
 //!

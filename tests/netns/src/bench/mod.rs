@@ -1,4 +1,4 @@
-//! Benchmarks on the lab (`rackline-bench`): the issue-3 ADD storm ([`adds`]), ADD/DEL latency
+//! Benchmarks on the lab (`rackline-bench`): the rack-scale ADD storm ([`adds`]), ADD/DEL latency
 //! against the reference macvlan + host-local ([`latency`]), pod throughput against the node
 //! underlay ([`throughput`]). Each scenario builds its own labs, returns a Markdown section and
 //! leaves no namespace behind. Method and results: docs/benchmarks.md.
@@ -12,6 +12,7 @@ pub mod iperf;
 pub mod latency;
 pub mod probe;
 pub mod qos;
+pub mod soak;
 pub mod stats;
 pub mod sticky;
 pub mod throughput;

@@ -1,4 +1,4 @@
-//! What the duplicate-address probe (issue 4) costs an ADD: the same plugin, node and lab, two
+//! What the duplicate-address probe costs an ADD: the same plugin, node and lab, two
 //! networks that differ only in `probe` (off vs the defaults, 3 × 100 ms), samples interleaved.
 //!
 //! Each sample starts from a fresh, empty pod namespace; only the ADD is timed (the DEL and the

@@ -1,4 +1,4 @@
-//! Issue 4's figure: re-creating sticky pods across the nodes of two racks, every address
+//! The sticky-pod figure: re-creating sticky pods across the nodes of two racks, every address
 //! preserved. A lab rack range holds at most 191 addresses, so 1000 re-creations are made of
 //! `runs` fresh labs × (racks × nodes × pods) (default 5 × 2 × 5 × 20), like [`super::adds`].
 //!

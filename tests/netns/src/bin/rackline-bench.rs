@@ -3,11 +3,11 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/rackline-bench adds         # issue 3: 1000 concurrent ADDs at 1:1 capacity
+//! target/release/rackline-bench adds         # 1000 concurrent ADDs at 1:1 capacity
 //! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
 //! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
 //! target/release/rackline-bench qos          # shaping accuracy; unshaped pods vs nodes
-//! target/release/rackline-bench probe        # issue 4: ADD with the ARP probe on vs off
+//! target/release/rackline-bench probe        # ADD with the ARP probe on vs off
 //! ```
 //! Run it from target/release so that the lab uses the release binaries next to it (or set
 //! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
@@ -38,19 +38,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Concurrent ADDs over 2 racks at 1:1 capacity (issue 3: 1000 ADDs < 20 s, 0 failures).
+    /// Concurrent ADDs over 2 racks at 1:1 capacity (target: 1000 ADDs < 20 s, 0 failures).
     Adds(AddsArgs),
     /// ADD/DEL latency of rackline vs the reference macvlan + host-local, same node.
     Latency(LatencyArgs),
     /// iperf3 throughput pod → pod (same rack, across racks) vs node → node.
     Throughput(ThroughputArgs),
-    /// Re-creating sticky pods on other nodes of their rack (issue 4: 1000 < 20 s, every
+    /// Re-creating sticky pods on other nodes of their rack (target: 1000 < 20 s, every
     /// address preserved).
     Sticky(StickyArgs),
     /// Per-pod QoS: measured vs configured rate, egress and ingress; unshaped pods vs nodes.
     Qos(QosArgs),
-    /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off (issue 4).
+    /// ADD latency with the duplicate-address probe on (3 × 100 ms) vs off.
     Probe(ProbeArgs),
+    /// Chaos soak: 3-member etcd, 2 netmasters, 2 racks of ipamds, ADD/DEL churn of sticky and
+    /// non-sticky pods under injected faults; fails unless duplicates, invariant violations,
+    /// leaks and lost sticky addresses are all 0.
+    Soak(SoakArgs),
+}
+
+#[derive(ClapArgs)]
+struct SoakArgs {
+    /// Seconds of churn under faults.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Seed of every random choice (replayable runs).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes_per_rack: usize,
+    /// Pods each node's churn worker keeps around.
+    #[arg(long, default_value_t = 6)]
+    pods_per_node: usize,
+    /// Sticky identities per rack.
+    #[arg(long, default_value_t = 6)]
+    sticky_per_rack: usize,
+    /// Seconds between faults, "MIN,MAX".
+    #[arg(long, value_delimiter = ',', default_value = "2,5")]
+    fault_gap: Vec<u64>,
+    /// Allocate/Release loops per node straight on ipamd's socket (volume).
+    #[arg(long, default_value_t = 8)]
+    ipam_workers_per_node: usize,
 }
 
 #[derive(ClapArgs)]
@@ -174,7 +202,7 @@ fn run(cli: &Cli) -> Result<()> {
     let monitor = QuietMonitor::start();
     let (title, body) = match &cli.command {
         Command::Adds(a) => (
-            "adds: concurrent ADDs at 1:1 capacity (issue 3)",
+            "adds: concurrent ADDs at 1:1 capacity",
             bench::adds::run(&AddsConfig {
                 runs: a.runs,
                 racks: a.racks,
@@ -195,14 +223,14 @@ fn run(cli: &Cli) -> Result<()> {
             })?,
         ),
         Command::Probe(a) => (
-            "probe: ADD with the duplicate-address probe on vs off (issue 4)",
+            "probe: ADD with the duplicate-address probe on vs off",
             bench::probe::run(&ProbeBenchConfig {
                 runs: a.runs,
                 warmup: a.warmup,
             })?,
         ),
         Command::Sticky(a) => (
-            "sticky: re-creating sticky pods on other nodes of their rack (issue 4)",
+            "sticky: re-creating sticky pods on other nodes of their rack",
             bench::sticky::run(&bench::sticky::StickyConfig {
                 runs: a.runs,
                 racks: a.racks,
@@ -227,6 +255,27 @@ fn run(cli: &Cli) -> Result<()> {
                 rates: a.rates.clone(),
             })?,
         ),
+        Command::Soak(a) => {
+            let report = bench::soak::run(&bench::soak::SoakOptions {
+                duration: std::time::Duration::from_secs(a.seconds),
+                seed: a.seed,
+                nodes_per_rack: a.nodes_per_rack,
+                pods_per_node: a.pods_per_node,
+                sticky_per_rack: a.sticky_per_rack,
+                fault_gap_secs: (
+                    a.fault_gap.first().copied().unwrap_or(2),
+                    a.fault_gap.get(1).copied().unwrap_or(5),
+                ),
+                ipam_workers_per_node: a.ipam_workers_per_node,
+            })?;
+            if !report.clean() {
+                eprintln!("{}", report.markdown());
+                anyhow::bail!(
+                    "the soak found duplicates, violations, leaks or lost sticky addresses"
+                );
+            }
+            ("soak: churn under injected faults", report.markdown())
+        }
     };
     let noise = monitor.finish();
     let section = format!(

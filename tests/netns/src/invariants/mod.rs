@@ -6,7 +6,7 @@
 //! crates/model/src/keys.rs and the record shapes of docs/CONTRACTS.md are re-read here), so a
 //! bug in the model cannot make the checker agree with itself.
 //!
-//! Checked always (issue 2):
+//! Checked always:
 //! - no address is owned twice in a network (lease key ↔ record agree; no two records claim one
 //!   address);
 //! - no attachment `(node, containerId, ifname)` holds two leases (standby records, which have
@@ -14,14 +14,14 @@
 //! - every lease lies in its network's allocatable range: subnet minus network, broadcast,
 //!   gateway and exclusions (for a rack-bound network: the union of its racks' ranges).
 //!
-//! Checked when sticky identities (`identities/<network>/<ns>/<pod>`) exist (issue 4):
+//! Checked when sticky identities (`identities/<network>/<ns>/<pod>`) exist:
 //! - every identity names an address whose lease record names that identity back, and every
 //!   sticky lease record has that identity naming its address (one fact, two records, always
 //!   written together);
 //! - a reserved record (no pod running) is exempt from the node-rack check: it may be pinned
 //!   by an operator before any node used it.
 //!
-//! Checked when rack bindings (`racknets/`) and blocks (`blocks/`) exist (issue 3):
+//! Checked when rack bindings (`racknets/`) and blocks (`blocks/`) exist:
 //! - a rack's ranges never overlap another rack's on the same network;
 //! - every lease lies in the ranges of the rack of its node (`nodes/<node>.rack`), and any block
 //!   it lies in belongs to that rack (a lease outside every block is a borrow from unassigned
@@ -62,7 +62,7 @@ pub struct InvariantReport {
     /// Sticky identity records.
     pub identities: usize,
     /// Conflict (quarantine) records: addresses another host answered for (`state:
-    /// "conflict"`, issue 4); like standby they have no attachment but keep the address.
+    /// "conflict"`); like standby they have no attachment but keep the address.
     pub conflicts: usize,
     pub racknets: usize,
     pub nodes: usize,
@@ -150,7 +150,7 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
         let parts: Vec<&str> = rest.split('/').collect();
         let kind = match parts.as_slice() {
             ["networks", _] | ["leases", _, _] | ["nodes", _] | ["blocks", _, _] => parts[0],
-            // keys.rs spells bindings racknets/<network>/<rack>; CONTRACTS.md's issue-3 table
+            // keys.rs spells bindings racknets/<network>/<rack>; CONTRACTS.md's rack table
             // racks/<rack>/networks/<network>. Either is read; the record names both.
             ["racknets", _, _] | ["racks", _, "networks", _] => "racknets",
             ["identities", _, _, _] => "identities",
@@ -242,7 +242,7 @@ pub fn check_records(records: &[Record]) -> InvariantReport {
     rep.leases = leases.len() - rep.standby - rep.conflicts;
     rep.blocks = blocks.len();
 
-    // Allocatable ranges: per network (issue 2), per rack binding (issue 3).
+    // Allocatable ranges: per network, and per rack binding where there are any.
     let mut rack_ranges: BTreeMap<(String, String), Runs> = BTreeMap::new();
     for (net_name, bindings) in &racknets {
         let Some(net) = networks.get(net_name) else {
@@ -383,7 +383,7 @@ fn check_leases(
                 show_runs(pool)
             ));
         }
-        // Issue 3: the lease must come from the rack of its node. A reservation may have no
+        // The lease must come from the rack of its node. A reservation may have no
         // node yet (an operator's pin); the allocatable check above still holds for it.
         if racknets.get(&l.network).is_none_or(BTreeMap::is_empty)
             || (l.reserved && l.node.is_empty())

@@ -170,7 +170,7 @@ pub(super) struct Network {
 }
 
 impl Network {
-    /// Issue-2 pool: subnet minus network/broadcast/gateway/exclusions.
+    /// The network's own pool: subnet minus network/broadcast/gateway/exclusions.
     pub(super) fn allocatable(&self) -> Runs {
         let mut r = hosts(self.subnet);
         r.remove(self.gateway, self.gateway);
@@ -222,7 +222,7 @@ pub(super) struct Lease {
     pub(super) container_id: String,
     pub(super) ifname: String,
     pub(super) standby: bool,
-    /// Held for a sticky pod identity that is not running (issue 4).
+    /// Held for a sticky pod identity that is not running.
     pub(super) reserved: bool,
     /// The sticky identity (namespace, pod) the record names, if any.
     pub(super) sticky: Option<(String, String)>,

@@ -73,7 +73,7 @@ fn assert_violations(records: &[Record], expected: &[&str]) {
     }
 }
 
-fn issue2() -> Vec<Record> {
+fn network_per_rack() -> Vec<Record> {
     vec![
         network(
             "rack1",
@@ -119,14 +119,14 @@ fn base64_and_etcdctl_json() {
 }
 
 #[test]
-fn a_sane_issue2_state_passes() {
-    let rep = check_records(&issue2());
+fn a_sane_network_per_rack_state_passes() {
+    let rep = check_records(&network_per_rack());
     assert!(rep.ok(), "{rep}");
     assert_eq!((rep.networks, rep.leases, rep.racknets), (2, 3, 0));
 }
 
 #[test]
-fn issue2_violations_are_caught() {
+fn network_per_rack_violations_are_caught() {
     let cases: Vec<(Record, &str)> = vec![
         (
             lease("rack1", "10.10.0.1", "r1n1", "g"),
@@ -163,12 +163,12 @@ fn issue2_violations_are_caught() {
         ),
     ];
     for (bad, want) in cases {
-        let mut records = issue2();
+        let mut records = network_per_rack();
         records.push(bad);
         assert_violations(&records, &[want]);
     }
     // A key whose record claims another address: mismatch + the address owned twice.
-    let mut records = issue2();
+    let mut records = network_per_rack();
     records.push(lease_at(
         "rack1",
         "10.10.0.99",
@@ -179,7 +179,7 @@ fn issue2_violations_are_caught() {
     ));
     assert_violations(&records, &["record is for 10.10.0.64", "owned twice"]);
     // Same container on another node is another attachment; standby records have none.
-    let mut records = issue2();
+    let mut records = network_per_rack();
     records.push(lease("rack1", "10.10.0.80", "r1n2", "c1"));
     let mut standby = lease("rack1", "10.10.0.81", "r1n1", "");
     standby.1 = json!({"network": "rack1", "address": "10.10.0.81", "node": "r1n1",
@@ -197,7 +197,7 @@ fn issue2_violations_are_caught() {
     assert_violations(&records, &[]);
     let rep = check_records(&records);
     assert_eq!((rep.leases, rep.standby), (4, 2), "{rep}");
-    // A conflict record (issue 4) keeps its address but holds no attachment: the pod whose
+    // A conflict record keeps its address but holds no attachment: the pod whose
     // probe found it may hold another address at the same time.
     let mut conflict = lease("rack1", "10.10.0.83", "r1n1", "");
     conflict.1 = json!({"network": "rack1", "address": "10.10.0.83", "node": "r1n1",
@@ -212,8 +212,8 @@ fn issue2_violations_are_caught() {
     assert_eq!((rep.leases, rep.standby, rep.conflicts), (4, 2, 1), "{rep}");
 }
 
-/// One network spanning two racks, each with its own subnet (CONTRACTS.md, issue 3).
-fn issue3() -> Vec<Record> {
+/// One network spanning two racks, each with its own subnet (docs/CONTRACTS.md).
+fn one_network_spanning_racks() -> Vec<Record> {
     vec![
         network(
             "prod",
@@ -246,15 +246,15 @@ fn issue3() -> Vec<Record> {
 }
 
 #[test]
-fn a_sane_issue3_state_passes() {
-    let rep = check_records(&issue3());
+fn a_sane_spanning_state_passes() {
+    let rep = check_records(&one_network_spanning_racks());
     assert!(rep.ok(), "{rep}");
     assert_eq!(
         (rep.racknets, rep.nodes, rep.blocks, rep.leases),
         (2, 3, 4, 3)
     );
     // The CONTRACTS.md spelling of a binding key is read too.
-    let mut records = issue3();
+    let mut records = one_network_spanning_racks();
     records[2].0 = format!("{ETCD_ROOT}racks/rack2/networks/prod");
     let rep = check_records(&records);
     assert!(rep.ok() && rep.racknets == 2, "{rep}");
@@ -263,14 +263,14 @@ fn a_sane_issue3_state_passes() {
 #[test]
 fn a_borrow_from_unassigned_rack_space_is_allowed() {
     // ipamd borrows outside every block when its blocks are full and no block can be had.
-    let mut records = issue3();
+    let mut records = one_network_spanning_racks();
     records.push(lease("prod", "10.10.0.100", "r1n1", "y"));
     let rep = check_records(&records);
     assert!(rep.ok(), "{rep}");
 }
 
 #[test]
-fn issue3_violations_are_caught() {
+fn spanning_violations_are_caught() {
     let cases: Vec<(Record, &[&str])> = vec![
         // A rack-1 node holding a rack-2 address (inside an r2n1 block).
         (
@@ -317,7 +317,7 @@ fn issue3_violations_are_caught() {
         ),
     ];
     for (bad, want) in cases {
-        let mut records = issue3();
+        let mut records = one_network_spanning_racks();
         records.push(bad);
         assert_violations(&records, want);
     }

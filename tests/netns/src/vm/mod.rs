@@ -1,4 +1,4 @@
-//! VLAN tests (issue 5). 802.1Q needs the kernel's 8021q driver, which the CI
+//! VLAN tests. 802.1Q needs the kernel's 8021q driver, which the CI
 //! kernel lacks, so the scenario (`tests/netns/vm/vlan-scenario.sh`) runs in a
 //! qemu VM (TCG) booting Debian's linux-image-amd64 with an initramfs built
 //! here ([`initramfs`]). Where the host kernel has 8021q (probed by creating a

@@ -1,5 +1,5 @@
-//! Booting the test VM: qemu with software emulation (TCG — /dev/kvm here is a
-//! nested device that cannot boot a stock kernel, LAB-NOTES), Debian's
+//! Booting the test VM: qemu with software emulation (TCG — /dev/kvm on the CI
+//! machine is a nested PVM device that cannot boot a stock kernel), Debian's
 //! linux-image-amd64 kernel, our initramfs, one slirp NIC that can reach only
 //! the etcd forward, the serial console into a file. A hard deadline SIGKILLs
 //! qemu (our own child, by pid).
