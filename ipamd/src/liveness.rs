@@ -7,7 +7,7 @@
 //! - what netmaster's node views and dead-node reclaim go by: a node whose
 //!   record stays absent past `--dead-node-grace` is reclaimed.
 //!
-//! A local `flock` on `<state-dir>/<node>.lock` covers the same host at
+//! A local `flock` on `<state-dir>/lock-<node>` covers the same host at
 //! once, and lets a restarted ipamd tell its own predecessor's record (same
 //! instance token, kept in the state directory) from another host's: the
 //! predecessor must be dead since the flock was free, so its record is
@@ -71,8 +71,8 @@ pub struct LocalLock {
     pub instance: String,
 }
 
-/// Takes `<dir>/<node>.lock` (non-blocking) and reads or creates the
-/// instance token `<dir>/<node>.instance`.
+/// Takes `<dir>/lock-<node>` (non-blocking) and reads or creates the
+/// instance token `<dir>/instance-<node>`.
 pub fn lock_local(dir: &Path, node: &str) -> Result<LocalLock, LivenessError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
@@ -86,7 +86,7 @@ pub fn lock_local(dir: &Path, node: &str) -> Result<LocalLock, LivenessError> {
             .create(dir)
             .map_err(io(dir))?;
     }
-    let path = dir.join(format!("{node}.lock"));
+    let path = dir.join(format!("lock-{node}"));
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -104,7 +104,7 @@ pub fn lock_local(dir: &Path, node: &str) -> Result<LocalLock, LivenessError> {
             io(&path)(std::io::Error::from(errno))
         }
     })?;
-    let token = dir.join(format!("{node}.instance"));
+    let token = dir.join(format!("instance-{node}"));
     let mut instance = String::new();
     if let Ok(mut f) = File::open(&token) {
         let _ = f.read_to_string(&mut instance);
