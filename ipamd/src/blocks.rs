@@ -51,6 +51,12 @@ pub async fn run<S: LeaseStore>(
             _ = engine.block_demand().notified() => {}
             _ = shutdown.changed() => return,
         }
+        // Block decisions need a view etcd confirmed: not while offline or
+        // suspect, nor from the persisted reserve (it lists no blocks, so
+        // every network would look block-less).
+        if !engine.etcd_ok() || engine.from_persisted() {
+            continue;
+        }
         for net in engine.networks() {
             if !net.is_racked() {
                 continue;

@@ -90,6 +90,16 @@ pub struct Args {
     /// default: the socket's directory.
     #[arg(long, env = "RACKLINE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// An ipamd started while etcd is unreachable serves ADDs from the
+    /// standby reserve it persisted in --state-dir, if etcd confirmed that
+    /// reserve less than this long ago (keep it below netmaster's dead-node
+    /// grace: older records may have been reclaimed and handed out).
+    #[arg(
+        long,
+        env = "RACKLINE_OFFLINE_START_MAX_AGE_SECS",
+        default_value_t = 3600
+    )]
+    pub offline_start_max_age_secs: u64,
     /// Return a block after it stayed empty this long.
     #[arg(long, env = "RACKLINE_BLOCK_HOLD_DOWN_SECS", default_value_t = 30)]
     pub block_hold_down_secs: u64,
@@ -142,6 +152,7 @@ pub struct Config {
     pub blocks: crate::blocks::BlockPolicy,
     pub standby: usize,
     pub state_dir: PathBuf,
+    pub offline_start_max_age: Duration,
     pub runtime_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
@@ -168,6 +179,7 @@ impl Args {
             gc_grace: Duration::from_secs(self.gc_grace_secs),
             standby: self.standby,
             state_dir,
+            offline_start_max_age: Duration::from_secs(self.offline_start_max_age_secs),
             runtime_dir: self.runtime_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,

@@ -8,27 +8,30 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rackline_model::{network::validate_ifname, Keys, Lease, NetworkSpec, PodRef};
 use rackline_store::{CreateLease, StoreError, StoredLease};
 use tokio::sync::{watch, OwnedMutexGuard};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
 mod conflict;
 mod drain;
+mod mode;
 mod observe;
 mod outage;
+mod persist;
 mod requested;
 mod sticky;
 use crate::store::LeaseStore;
 pub use conflict::{ConflictArgs, Quarantine};
+pub use mode::{Mode, ProbePolicy};
 pub use observe::{ConflictReport, Observer};
+pub use persist::{reserve_path, Persisted};
 
 /// How many taken-by-someone-else candidates an allocation skips before it
 /// gives up (only reachable when other nodes allocate from the same range
@@ -136,7 +139,10 @@ pub struct Engine<S> {
     nets: RwLock<HashMap<String, Arc<NetState>>>,
     attach_locks: Mutex<HashMap<LockKey, Arc<tokio::sync::Mutex<()>>>>,
     gc_grace: Duration,
-    etcd_ok: AtomicBool,
+    /// Online / suspect / offline (see engine/mode.rs).
+    mode_tx: watch::Sender<Mode>,
+    mode_info: Mutex<mode::ModeInfo>,
+    probe: ProbePolicy,
     synced_tx: watch::Sender<bool>,
     /// Bumped when a change needs a fresh snapshot (rack bindings changed).
     resync_tx: watch::Sender<u64>,
@@ -146,6 +152,13 @@ pub struct Engine<S> {
     /// The outage journal and the reserve size (0 = no offline operation).
     journal: Option<Arc<crate::journal::Journal>>,
     standby_target: usize,
+    /// Serialises saves of the persisted reserve (engine/persist.rs).
+    reserve_save: tokio::sync::Mutex<persist::SaveState>,
+    /// The cache came from the persisted reserve, not from etcd.
+    from_persisted: std::sync::atomic::AtomicBool,
+    /// A persisted reserve older than this is not used for an offline
+    /// start (its records may have been reclaimed meanwhile).
+    offline_start_max_age: Duration,
     /// Networks that are rack-bound but have no binding for this node's
     /// rack (or this node has no rack): name -> why.
     unbound: RwLock<HashMap<String, String>>,
@@ -218,12 +231,18 @@ impl<S: LeaseStore> Engine<S> {
             nets: RwLock::new(HashMap::new()),
             attach_locks: Mutex::new(HashMap::new()),
             gc_grace,
-            etcd_ok: AtomicBool::new(false),
+            // Until etcd has answered once: the prober decides.
+            mode_tx: watch::channel(Mode::Suspect).0,
+            mode_info: Mutex::new(mode::ModeInfo::new()),
+            probe: ProbePolicy::default(),
             synced_tx,
             unbound: RwLock::new(HashMap::new()),
             block_demand: tokio::sync::Notify::new(),
             journal: None,
             standby_target: 0,
+            reserve_save: tokio::sync::Mutex::new(persist::SaveState::default()),
+            from_persisted: std::sync::atomic::AtomicBool::new(false),
+            offline_start_max_age: Duration::from_secs(3600),
             observer: None,
             drains: RwLock::new(HashSet::new()),
         }
@@ -238,6 +257,19 @@ impl<S: LeaseStore> Engine<S> {
     ) -> Self {
         self.journal = Some(journal);
         self.standby_target = standby;
+        self
+    }
+
+    /// How old (since etcd last confirmed it) the persisted reserve may be
+    /// for an offline start.
+    pub fn with_offline_start_max_age(mut self, max_age: Duration) -> Self {
+        self.offline_start_max_age = max_age;
+        self
+    }
+
+    /// How the etcd prober decides between online and offline.
+    pub fn with_probe_policy(mut self, probe: ProbePolicy) -> Self {
+        self.probe = probe;
         self
     }
 
@@ -261,21 +293,6 @@ impl<S: LeaseStore> Engine<S> {
 
     pub fn node(&self) -> &str {
         &self.node
-    }
-
-    pub fn set_etcd_ok(&self, ok: bool) {
-        let was = self.etcd_ok.swap(ok, Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                info!("etcd reachable");
-            } else {
-                warn!("etcd unreachable");
-            }
-        }
-    }
-
-    pub fn etcd_ok(&self) -> bool {
-        self.etcd_ok.load(Ordering::Relaxed)
     }
 
     fn nets_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<NetState>>> {
@@ -383,8 +400,16 @@ impl<S: LeaseStore> Engine<S> {
             }
             return self.allocate_requested(&net, &a, identity).await;
         }
-        if identity.is_none() && !self.etcd_ok() && self.journal.is_some() {
-            return self.allocate_offline(&net, &a);
+        if identity.is_none() && self.journal.is_some() {
+            // Suspect: wait for the prober's verdict rather than spend the
+            // reserve on what may be one slow request.
+            let mode = match self.mode() {
+                Mode::Suspect => self.await_verdict().await,
+                m => m,
+            };
+            if mode != Mode::Online || self.from_persisted() {
+                return self.allocate_offline(&net, &a).await;
+            }
         }
         if let Some(done) = self.adopt_uncertain(&net, &key).await? {
             return Ok(done);
@@ -457,7 +482,7 @@ impl<S: LeaseStore> Engine<S> {
             };
             match created {
                 Ok(CreateLease::Created { mod_revision }) => {
-                    self.set_etcd_ok(true);
+                    self.note_reachable();
                     net.observe(
                         StoredLease {
                             lease: lease.clone(),
@@ -497,11 +522,19 @@ impl<S: LeaseStore> Engine<S> {
                     // retry, the DEL or the journal replay resolves it
                     // instead of leaking it.
                     net.mark_uncertain(&key, ip);
-                    self.set_etcd_ok(false);
-                    if self.journal.is_some() {
-                        return self.allocate_offline(&net, &a);
+                    self.note_unreachable(&m);
+                    if self.journal.is_none() {
+                        return Err(IpamError::Unavailable(m));
                     }
-                    return Err(IpamError::Unavailable(m));
+                    if self.await_verdict().await != Mode::Online {
+                        return self.allocate_offline(&net, &a).await;
+                    }
+                    // etcd answers again: the lost create may have been
+                    // applied; adopt it, else try another candidate.
+                    if let Some(done) = self.adopt_uncertain(&net, &key).await? {
+                        return Ok(done);
+                    }
+                    continue;
                 }
                 Err(e) => {
                     net.unpick(ip);
@@ -543,8 +576,8 @@ impl<S: LeaseStore> Engine<S> {
     }
 
     fn note_store_error(&self, e: &StoreError) {
-        if matches!(e, StoreError::Unavailable(_)) {
-            self.set_etcd_ok(false);
+        if let StoreError::Unavailable(m) = e {
+            self.note_unreachable(m);
         }
     }
 
@@ -597,13 +630,22 @@ impl<S: LeaseStore> Engine<S> {
         if !still_wanted() {
             return Ok(Vec::new());
         }
-        if !self.etcd_ok() && self.journal.is_some() {
-            return self.release_offline(&net, &key);
+        if self.journal.is_some() {
+            let mode = match self.mode() {
+                Mode::Suspect => self.await_verdict().await,
+                m => m,
+            };
+            if mode != Mode::Online || self.from_persisted() {
+                return self.release_offline(&net, &key).await;
+            }
         }
         match self.release_locked(&net, &key, |_| true, rollback).await {
-            Err(IpamError::Unavailable(_)) if self.journal.is_some() => {
-                self.set_etcd_ok(false);
-                self.release_offline(&net, &key)
+            Err(IpamError::Unavailable(m)) if self.journal.is_some() => {
+                self.note_unreachable(&m);
+                if self.await_verdict().await == Mode::Online {
+                    return self.release_locked(&net, &key, |_| true, rollback).await;
+                }
+                self.release_offline(&net, &key).await
             }
             other => other,
         }
@@ -795,16 +837,22 @@ impl<S: LeaseStore> Engine<S> {
         } else {
             0
         };
-        let (can_allocate, reason) = if !etcd_connected && reserve > 0 {
+        let mode = self.mode();
+        let (can_allocate, reason) = if mode == Mode::Offline && reserve > 0 {
             (
                 true,
-                format!("etcd is unreachable; serving from {reserve} standby address(es)"),
+                format!(
+                    "{}; serving from {reserve} standby address(es)",
+                    self.mode_detail()
+                ),
             )
-        } else if !etcd_connected {
+        } else if mode == Mode::Offline {
             (
                 false,
-                "etcd is unreachable and no standby address is left".to_string(),
+                format!("{}; no standby address is left", self.mode_detail()),
             )
+        } else if mode == Mode::Suspect {
+            (true, self.mode_detail())
         } else if available == 0 {
             (
                 false,

@@ -129,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.gc_grace,
         )
         .with_outage_journal(journal, config.standby)
+        .with_offline_start_max_age(config.offline_start_max_age)
         .with_observer(Arc::new(engine::Observer {
             metrics: metrics.clone(),
             alarms,
@@ -187,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(engine.clone().run_prober(shutdown_rx.clone())));
     tasks.push(tokio::spawn(spool::run(
         engine.clone(),
         config.runtime_dir.clone(),
@@ -350,6 +352,7 @@ async fn reserve<S: store::LeaseStore>(
             _ = shutdown.changed() => return,
         }
         engine.maintain_standby().await;
+        engine.save_reserve().await;
     }
 }
 

@@ -36,7 +36,7 @@ const MAX_PLUGIN_REPORT: Duration = Duration::from_secs(3600);
 const MAX_PLUGIN_REPORTS: usize = 64;
 
 /// The modes `rackline_ipamd_mode` reports, one series each.
-pub const MODES: [&str; 2] = ["online", "offline"];
+pub const MODES: [&str; 3] = ["online", "suspect", "offline"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
@@ -306,7 +306,7 @@ impl Collector for StateCollector {
         encode_gauges(
             &mut encoder,
             "rackline_ipamd_mode",
-            "1 for the mode ipamd is in: online (etcd reachable) or offline (serving from the standby reserve, decisions journalled).",
+            "1 for the mode ipamd is in: online (etcd answers), suspect (an etcd call failed and the prober has not decided yet; the reserve is not used) or offline (the prober gave up on etcd: serving from the standby reserve, decisions journalled).",
             &modes,
         )?;
         encode_gauges(

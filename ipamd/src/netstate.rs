@@ -19,6 +19,9 @@ pub struct NetState {
     pub create_revision: i64,
     /// `spec.sticky` with its patterns compiled once (asked on every ADD).
     pub sticky_matcher: Option<rackline_model::sticky::StickyMatcher>,
+    /// This rack's binding of a rack-bound network (persisted with the
+    /// reserve, so an ipamd restarted offline gives pods the rack's subnet).
+    pub binding: Option<RackNet>,
     inner: Mutex<Inner>,
 }
 
@@ -144,12 +147,15 @@ impl NetState {
             blocks: BTreeMap::new(),
         };
         let pool = Pool::from_allocatable(rackline_model::IntervalSet::new());
-        Self::with(spec, create_revision, pool, Some(ctx))
+        let mut st = Self::with(spec, create_revision, pool, Some(ctx));
+        st.binding = Some(binding.clone());
+        st
     }
 
     fn with(spec: NetworkSpec, create_revision: i64, pool: Pool, rack: Option<RackCtx>) -> Self {
         Self {
             sticky_matcher: spec.sticky.as_ref().map(|p| p.matcher()),
+            binding: None,
             spec,
             create_revision,
             inner: Mutex::new(Inner {
@@ -389,6 +395,12 @@ impl NetState {
         let (ip, rev) = g.standby.iter().next().map(|(a, r)| (*a, *r))?;
         g.standby.remove(&ip);
         Some((ip, rev))
+    }
+
+    /// Takes one given standby address out of the reserve (to give it
+    /// back); None if it is not (or no longer) in it.
+    pub fn withdraw_standby(&self, ip: Ipv4Addr) -> Option<i64> {
+        self.lock().standby.remove(&ip)
     }
 
     pub fn return_standby(&self, ip: Ipv4Addr, rev: i64) {

@@ -81,6 +81,9 @@ pub trait LeaseStore: Send + Sync + 'static {
         identity: &Identity,
         identity_rev: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A cheap read that succeeds only when etcd can serve requests (the
+    /// prober's question; see engine/mode.rs).
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every registered node's addresses, with the node's name: a
     /// requested address must not be one of them.
     fn node_addresses(
@@ -276,5 +279,12 @@ impl LeaseStore for Store {
 
     async fn node_addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, StoreError> {
         Store::node_addresses(self).await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let t = Instant::now();
+        let r = self.quorum_read().await;
+        self.observe("probe", t);
+        r
     }
 }

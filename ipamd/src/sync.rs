@@ -28,7 +28,8 @@ pub async fn run<S: LeaseStore>(
         if engine.has_journal_entries() {
             if let Err(e) = engine.replay_journal().await {
                 warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
-                engine.set_etcd_ok(false);
+                engine.note_unreachable(&format!("journal replay: {e}"));
+                engine.start_from_persisted();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -44,7 +45,7 @@ pub async fn run<S: LeaseStore>(
             Ok(snap) => {
                 let rev = snap.revision;
                 engine.apply_snapshot(snap);
-                engine.set_etcd_ok(true);
+                engine.note_reachable();
                 backoff = Duration::from_millis(100);
                 let (tx, mut rx) = mpsc::channel::<Change>(4096);
                 let prefix = store.keys().root_prefix();
@@ -71,12 +72,15 @@ pub async fn run<S: LeaseStore>(
                     }
                     Some(Err(e)) => {
                         warn!("etcd watch broke, re-listing: {e}");
-                        engine.set_etcd_ok(false);
+                        engine.note_unreachable(&format!("watch: {e}"));
                     }
                 }
             }
             Err(e) => {
-                engine.set_etcd_ok(false);
+                engine.note_unreachable(&format!("snapshot: {e}"));
+                // Restarted during an outage: serve from what etcd last
+                // confirmed (no-op once a snapshot was loaded).
+                engine.start_from_persisted();
                 warn!("cannot load state from etcd (retrying in {backoff:?}): {e}");
             }
         }

@@ -321,6 +321,20 @@ impl Store {
             .await
     }
 
+    /// Cheap probe that etcd can serve reads: one linearizable point read
+    /// (count only), which needs the cluster's quorum — unlike `ping`
+    /// (status), which a member cut off from its peers still answers.
+    pub async fn quorum_read(&self) -> Result<()> {
+        let key = self.keys.root_prefix();
+        let mut c = self.client();
+        self.deadline(async move {
+            c.get(key, Some(GetOptions::new().with_count_only()))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// One consistent snapshot of every network and lease, and the revision
     /// it was taken at: a watch from `revision + 1` misses nothing.
     pub async fn snapshot(&self) -> Result<Snapshot> {

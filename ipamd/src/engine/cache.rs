@@ -15,6 +15,8 @@ use crate::store::LeaseStore;
 impl<S: LeaseStore> Engine<S> {
     /// Replaces the cache with a consistent snapshot.
     pub fn apply_snapshot(&self, snap: Snapshot) {
+        self.from_persisted
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
         let mut unbound = HashMap::new();
         for n in snap.networks {

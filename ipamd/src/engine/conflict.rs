@@ -140,7 +140,7 @@ impl<S: LeaseStore> Engine<S> {
             .await
         {
             Ok(Some(rev)) => {
-                self.set_etcd_ok(true);
+                self.note_reachable();
                 net.observe(
                     StoredLease {
                         lease: record,

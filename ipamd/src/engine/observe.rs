@@ -110,7 +110,9 @@ impl<S: LeaseStore> Engine<S> {
         if !self.synced() {
             return Readiness::NotReady("ipamd has not loaded its state from etcd yet".into());
         }
-        if self.etcd_ok() {
+        // Suspect counts as ready: one failed call says little, and the
+        // prober settles it within seconds.
+        if self.mode() != super::Mode::Offline {
             return Readiness::Ready;
         }
         let reserve: usize = if self.journal.is_some() {
@@ -121,7 +123,10 @@ impl<S: LeaseStore> Engine<S> {
         if reserve > 0 {
             Readiness::Ready
         } else {
-            Readiness::NotReady("etcd is unreachable and no standby address is left".into())
+            Readiness::NotReady(format!(
+                "{}; no standby address is left",
+                self.mode_detail()
+            ))
         }
     }
 
@@ -149,13 +154,8 @@ impl<S: LeaseStore> NodeView for Engine<S> {
     }
 
     fn mode(&self) -> &'static str {
-        // The one place that maps ipamd's etcd state onto the metric's
-        // modes (crate::metrics::MODES).
-        if self.etcd_ok() {
-            "online"
-        } else {
-            "offline"
-        }
+        // One of crate::metrics::MODES.
+        Engine::mode(self).as_str()
     }
 
     fn journal_depth(&self) -> u64 {

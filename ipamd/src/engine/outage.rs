@@ -32,7 +32,7 @@ impl<S: LeaseStore> Engine<S> {
     /// etcd is unreachable: hand out one of this node's standby addresses
     /// (recorded in etcd as ours, so nobody else can have it), journalled
     /// and fsync'd before we answer.
-    pub(super) fn allocate_offline(
+    pub(super) async fn allocate_offline(
         &self,
         net: &NetState,
         a: &AllocateArgs,
@@ -50,7 +50,7 @@ impl<S: LeaseStore> Engine<S> {
             lease: lease.clone(),
             standby_revision: rev,
         };
-        if let Err(e) = journal.append(&entry) {
+        if let Err(e) = journal.append(&entry).await {
             net.return_standby(ip, rev);
             return Err(IpamError::Unavailable(format!(
                 "etcd is unreachable and the journal cannot be written: {e}"
@@ -73,6 +73,8 @@ impl<S: LeaseStore> Engine<S> {
         a: &AllocateArgs,
     ) -> Result<Option<Allocated>, IpamError> {
         while let Some((ip, rev)) = net.take_standby() {
+            // The persisted reserve stops listing it before etcd changes.
+            self.save_reserve().await;
             let lease = self.lease_for(a, ip);
             match self.store.replace_lease(&lease, rev).await {
                 Ok(Some(new_rev)) => {
@@ -102,7 +104,7 @@ impl<S: LeaseStore> Engine<S> {
     }
 
     /// etcd is unreachable: release locally, journalled before answering.
-    pub(super) fn release_offline(
+    pub(super) async fn release_offline(
         &self,
         net: &NetState,
         key: &AttachmentKey,
@@ -118,7 +120,7 @@ impl<S: LeaseStore> Engine<S> {
                 container_id: key.0.clone(),
                 ifname: key.1.clone(),
             };
-            journal.append(&entry).map_err(|e| {
+            journal.append(&entry).await.map_err(|e| {
                 IpamError::Unavailable(format!(
                     "etcd is unreachable and the journal cannot be written: {e}"
                 ))
@@ -202,7 +204,10 @@ impl<S: LeaseStore> Engine<S> {
         }
         .await;
         if done > 0 {
-            if let Err(e) = journal.drain(done) {
+            // The persisted reserve must not list the standby addresses these
+            // entries consumed once the journal no longer says so.
+            self.save_reserve().await;
+            if let Err(e) = journal.drain(done).await {
                 // Replaying again is harmless; losing entries is not.
                 error!(
                     "cannot trim the journal at {}: {e}",
@@ -223,7 +228,7 @@ impl<S: LeaseStore> Engine<S> {
     /// by some node when capacity equals demand, and all of it when a drain
     /// marker concerns the network here (see engine/drain.rs).
     pub async fn maintain_standby(&self) {
-        if !self.etcd_ok() || self.has_journal_entries() {
+        if !self.etcd_ok() || self.from_persisted() || self.has_journal_entries() {
             return;
         }
         for net in self.networks() {
@@ -243,11 +248,25 @@ impl<S: LeaseStore> Engine<S> {
                 if let Some(d) = &draining {
                     info!(network = %net.spec.name, records = have, "{} is being drained: giving the standby reserve back", d.describe());
                 }
-                for (ip, rev) in net.standby_list().into_iter().take(have - target) {
-                    match self.store.delete_lease(&net.spec.name, ip, rev).await {
-                        Ok(true) => net.forget(ip, 0),
+                // Out of the reserve (and of the persisted reserve) before
+                // the records are deleted: once deleted, another node may
+                // take the address.
+                let give: Vec<(Ipv4Addr, i64)> = net
+                    .standby_list()
+                    .into_iter()
+                    .take(have - target)
+                    .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+                    .collect();
+                self.save_reserve().await;
+                for (n, (ip, rev)) in give.iter().enumerate() {
+                    match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
+                        Ok(true) => net.forget(*ip, 0),
+                        // Changed meanwhile: the watch brings the new record.
                         Ok(false) => {}
                         Err(e) => {
+                            for (ip, rev) in &give[n..] {
+                                net.return_standby(*ip, *rev);
+                            }
                             self.note_store_error(&e);
                             return;
                         }

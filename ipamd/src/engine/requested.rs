@@ -200,7 +200,7 @@ impl<S: LeaseStore> Engine<S> {
             };
             match created {
                 Ok(CreateLease::Created { mod_revision }) => {
-                    self.set_etcd_ok(true);
+                    self.note_reachable();
                     net.observe(
                         StoredLease {
                             lease: lease.clone(),
@@ -240,7 +240,7 @@ impl<S: LeaseStore> Engine<S> {
                     // The write may have been applied: the retry or the DEL
                     // resolves it.
                     net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
-                    self.set_etcd_ok(false);
+                    self.note_store_error(&e);
                     return Err(requested_needs_etcd(a, e));
                 }
                 Err(e) => {

@@ -242,7 +242,7 @@ impl<S: LeaseStore> Engine<S> {
                 .await
             {
                 Ok(StickyWrite::Done { mod_revision }) => {
-                    self.set_etcd_ok(true);
+                    self.note_reachable();
                     if let Some(prev) = cur.as_ref().filter(|c| c.lease.state.is_active()) {
                         info!(network = %a.network, %ip, pod = %a.pod.display(), old_container = %prev.lease.container_id, container = %a.container_id, "sticky address taken over by the pod's new incarnation (its ADD came before the old one's DEL)");
                     } else {

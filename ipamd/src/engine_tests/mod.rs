@@ -25,9 +25,11 @@ pub(super) struct FakeStore {
     /// Block key -> mod revision.
     pub(super) blocks: Mutex<HashMap<String, i64>>,
     /// Apply the next create, then answer "unavailable" (a lost response).
-    lose_next_create_answer: AtomicBool,
+    pub(super) lose_next_create_answer: AtomicBool,
     /// Refuse everything, as if etcd were down.
     pub(super) down: AtomicBool,
+    /// How many times the prober asked.
+    pub(super) probes: std::sync::atomic::AtomicU64,
     /// (network, namespace, name) -> identity. TTLs are not modelled: the
     /// lab tests expiry against real etcd.
     pub(super) identities: Mutex<HashMap<(String, String, String), StoredIdentity>>,
@@ -165,6 +167,11 @@ impl LeaseStore for Arc<FakeStore> {
     async fn node_addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, StoreError> {
         self.check_down()?;
         Ok(self.node_addrs.lock().unwrap().clone())
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        self.check_down()
     }
 
     async fn replace_lease(
@@ -351,7 +358,7 @@ pub(super) fn engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.set_etcd_ok(true);
+    e.note_reachable();
     Arc::new(e)
 }
 
@@ -373,7 +380,8 @@ pub(super) fn args(cid: &str) -> AllocateArgs {
 pub(super) fn assert_no_duplicates(store: &FakeStore) {
     let live = store.live();
     let mut by_attachment: HashMap<(String, String, String), usize> = HashMap::new();
-    for l in &live {
+    // Standby records belong to no attachment.
+    for l in live.iter().filter(|l| !l.is_standby()) {
         *by_attachment
             .entry((l.node.clone(), l.container_id.clone(), l.ifname.clone()))
             .or_default() += 1;
@@ -550,6 +558,10 @@ async fn etcd_down_means_try_again_later_and_nothing_written() {
     store.down.store(true, Ordering::SeqCst);
     let err = e.allocate(args("c1")).await.unwrap_err();
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    // One failed call only makes ipamd suspect; once the prober gives up
+    // (offline) and there is no reserve, STATUS says so.
+    assert_eq!(e.mode(), crate::engine::Mode::Suspect);
+    e.set_offline("test: the prober gave up");
     assert!(!e.status("prod").await.unwrap().can_allocate);
     store.down.store(false, Ordering::SeqCst);
     e.allocate(args("c1")).await.unwrap();

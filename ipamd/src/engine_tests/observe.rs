@@ -35,7 +35,7 @@ fn observed(store: &Arc<FakeStore>) -> (Arc<Engine<Arc<FakeStore>>>, Arc<IpamMet
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.set_etcd_ok(true);
+    e.note_reachable();
     (Arc::new(e), metrics)
 }
 
@@ -61,7 +61,7 @@ async fn status_refuses_whenever_readiness_does() {
     assert!(e.status("prod").await.unwrap().can_allocate);
     // etcd gone, no journal (so no reserve): not ready, and STATUS says so
     // with the same reason.
-    e.set_etcd_ok(false);
+    e.set_offline("test: etcd is down");
     let Readiness::NotReady(why) = e.readiness() else {
         panic!("ready without etcd and without a reserve");
     };
@@ -69,7 +69,7 @@ async fn status_refuses_whenever_readiness_does() {
     assert!(!s.can_allocate);
     assert_eq!(s.reason, why);
     assert!(!e.ready());
-    assert_eq!(e.mode(), "offline");
+    assert_eq!(crate::metrics::NodeView::mode(&*e), "offline");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use rackline_store::Snapshot;
 
 use super::racks::{block, ip_u32, racked_engine, racknet};
 use super::*;
-use crate::engine::{Engine, IpamError};
+use crate::engine::{Engine, IpamError, Mode, ProbePolicy};
 
 // ---- etcd outage: standby reserve + journal ----
 
@@ -28,7 +28,8 @@ fn outage_engine(
         store.clone(),
         Duration::ZERO,
     )
-    .with_outage_journal(journal, standby);
+    .with_outage_journal(journal, standby)
+    .with_probe_policy(fast_probe());
     e.apply_snapshot(Snapshot {
         networks: store.networks.lock().unwrap().values().cloned().collect(),
         leases: store.leases.lock().unwrap().values().cloned().collect(),
@@ -39,8 +40,25 @@ fn outage_engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.set_etcd_ok(true);
+    e.note_reachable();
     Arc::new(e)
+}
+
+/// The prober's policy, scaled down so tests take milliseconds.
+pub(super) fn fast_probe() -> ProbePolicy {
+    ProbePolicy {
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_millis(200),
+        offline_after_failures: 3,
+        offline_after: Duration::from_secs(2),
+        suspect_wait: Duration::from_secs(2),
+    }
+}
+
+fn spawn_prober(e: &Arc<Engine<Arc<FakeStore>>>) -> tokio::sync::watch::Sender<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(e.clone().run_prober(rx));
+    tx
 }
 
 /// What a watch would deliver: every lease in the store, as put events.
@@ -81,7 +99,7 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
 
     // etcd goes away.
     store.down.store(true, Ordering::SeqCst);
-    e.set_etcd_ok(false);
+    e.set_offline("test: etcd is down");
     let mut offline = Vec::new();
     for i in 0..4 {
         offline.push(
@@ -136,7 +154,7 @@ async fn a_restart_before_the_replay_keeps_offline_decisions() {
     e.allocate(args("first")).await.unwrap();
     e.maintain_standby().await;
     store.down.store(true, Ordering::SeqCst);
-    e.set_etcd_ok(false);
+    e.set_offline("test: etcd is down");
     let ip = e.allocate(args("c1")).await.unwrap().lease.address;
     drop(e);
     // ipamd restarts once etcd answers again; etcd still shows a standby
@@ -246,7 +264,7 @@ async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
     drain_change(&e, &DrainTarget::Node("n1".into()), false);
     e.maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
-    e.set_etcd_ok(false);
+    e.set_offline("test");
     drain_change(&e, &DrainTarget::Network("prod".into()), true);
     e.maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
@@ -325,4 +343,263 @@ async fn a_full_network_waits_for_other_nodes_reserves_instead_of_failing() {
         .iter()
         .any(|l| l.is_standby() && l.address == got.lease.address));
     assert_no_duplicates(&store);
+}
+
+// ---- online / suspect / offline ----
+
+fn standby_addresses(store: &FakeStore) -> Vec<Ipv4Addr> {
+    store
+        .live()
+        .iter()
+        .filter(|l| l.is_standby())
+        .map(|l| l.address)
+        .collect()
+}
+
+#[tokio::test]
+async fn one_failed_call_does_not_spend_the_reserve_while_etcd_answers_the_prober() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 4);
+    e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    let reserve = standby_addresses(&store);
+    assert_eq!(reserve.len(), 4);
+    let _stop = spawn_prober(&e);
+
+    // One slow request: etcd applied the create but the answer was lost.
+    store.lose_next_create_answer.store(true, Ordering::SeqCst);
+    let got = e.allocate(args("c1")).await.unwrap();
+
+    assert_eq!(e.mode(), Mode::Online, "the prober found etcd healthy");
+    assert!(store.probes.load(Ordering::SeqCst) >= 1);
+    assert!(
+        !reserve.contains(&got.lease.address),
+        "a healthy node spent a standby address on one failed call"
+    );
+    assert_eq!(standby_addresses(&store), reserve, "the reserve is intact");
+    assert!(!e.has_journal_entries(), "nothing was decided offline");
+    // The create that etcd applied is the pod's lease (adopted, not leaked).
+    let c1: Vec<Lease> = store
+        .live()
+        .into_iter()
+        .filter(|l| l.container_id == "c1")
+        .collect();
+    assert_eq!(c1.len(), 1, "{c1:?}");
+    assert_eq!(c1[0].address, got.lease.address);
+    assert!(e.status("prod").await.unwrap().can_allocate);
+    assert_no_duplicates(&store);
+}
+
+#[tokio::test]
+async fn a_release_that_fails_once_on_a_healthy_node_is_not_journalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 4);
+    e.allocate(args("c1")).await.unwrap();
+    let _stop = spawn_prober(&e);
+    // A failed call elsewhere left ipamd suspect; etcd is fine.
+    e.note_unreachable("a slow request");
+    assert_eq!(e.mode(), Mode::Suspect);
+    e.release("prod", "c1", "eth0").await.unwrap();
+    assert_eq!(e.mode(), Mode::Online);
+    assert!(!e.has_journal_entries());
+    assert!(!store.live().iter().any(|l| l.container_id == "c1"));
+}
+
+#[tokio::test]
+async fn the_prober_turns_a_real_outage_offline_and_back_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 4);
+    e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    let reserve = standby_addresses(&store);
+    let _stop = spawn_prober(&e);
+    let mut modes = e.mode_changes();
+
+    store.down.store(true, Ordering::SeqCst);
+    let got = e.allocate(args("c1")).await.unwrap();
+    assert_eq!(e.mode(), Mode::Offline, "{}", e.mode_detail());
+    assert!(
+        reserve.contains(&got.lease.address),
+        "offline, the address comes from the reserve"
+    );
+    assert!(e.has_journal_entries());
+    assert!(store.probes.load(Ordering::SeqCst) >= 3);
+    assert_eq!(
+        crate::metrics::NodeView::mode(&*e),
+        "offline",
+        "the metric follows"
+    );
+    // Offline, further ADDs do not wait for a verdict.
+    let t0 = std::time::Instant::now();
+    e.allocate(args("c2")).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(500));
+
+    store.down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        modes.wait_for(|m| *m == Mode::Online),
+    )
+    .await
+    .expect("one good probe brings ipamd back online")
+    .unwrap();
+    assert_eq!(e.replay_journal().await.unwrap(), 2);
+    let c1 = store
+        .live()
+        .into_iter()
+        .find(|l| l.container_id == "c1")
+        .unwrap();
+    assert_eq!(c1.address, got.lease.address);
+    assert_no_duplicates(&store);
+}
+
+// ---- restart while etcd is unreachable: the persisted reserve ----
+
+fn bare_engine(
+    node: &str,
+    store: &Arc<FakeStore>,
+    dir: &std::path::Path,
+    standby: usize,
+) -> Arc<Engine<Arc<FakeStore>>> {
+    let journal = Arc::new(crate::journal::Journal::open(dir, node).unwrap());
+    Arc::new(
+        Engine::new(
+            node.into(),
+            Keys::new("/rackline"),
+            store.clone(),
+            Duration::ZERO,
+        )
+        .with_outage_journal(journal, standby)
+        .with_probe_policy(fast_probe()),
+    )
+}
+
+fn persisted(dir: &std::path::Path, node: &str) -> crate::engine::Persisted {
+    let bytes = std::fs::read(crate::engine::reserve_path(dir, node)).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 3);
+    let warm = e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    e.save_reserve().await;
+    let reserve = standby_addresses(&store);
+    assert_eq!(reserve.len(), 3);
+    drop(e);
+
+    // etcd goes away, then ipamd restarts: no snapshot to load.
+    store.down.store(true, Ordering::SeqCst);
+    let e2 = bare_engine("n1", &store, dir.path(), 3);
+    let _stop = spawn_prober(&e2);
+    assert!(e2.start_from_persisted(), "the persisted reserve is loaded");
+    assert!(e2.from_persisted());
+    let mut got = Vec::new();
+    for i in 0..3 {
+        let a = e2.allocate(args(&format!("c{i}"))).await.unwrap();
+        assert!(reserve.contains(&a.lease.address), "{a:?}");
+        got.push(a.lease.address);
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 3, "three distinct reserve addresses");
+    let err = e2.allocate(args("c3")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+    // The pod started before the restart is known: a repeated ADD is
+    // answered with its address, not a second one.
+    let again = e2.allocate(args("warm")).await.unwrap();
+    assert!(again.existing);
+    assert_eq!(again.lease.address, warm.lease.address);
+    e2.release("prod", "c2", "eth0").await.unwrap();
+
+    // etcd is back: the journal goes in first (as the sync loop does), then
+    // a snapshot replaces the persisted cache.
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(e2.replay_journal().await.unwrap(), 4);
+    e2.apply_snapshot(Snapshot {
+        networks: store.networks.lock().unwrap().values().cloned().collect(),
+        leases: store.leases.lock().unwrap().values().cloned().collect(),
+        racknets: vec![],
+        blocks: vec![],
+        nodes: vec![],
+        drains: vec![],
+        revision: store.rev.load(Ordering::SeqCst),
+        skipped: 0,
+    });
+    assert!(!e2.from_persisted());
+    let active: BTreeMap<String, Ipv4Addr> = store
+        .live()
+        .iter()
+        .filter(|l| !l.is_standby())
+        .map(|l| (l.container_id.clone(), l.address))
+        .collect();
+    assert_eq!(active.len(), 3, "warm, c0, c1: {active:?}");
+    assert!(!active.contains_key("c2"));
+    assert_eq!(standby_records(&store), 0);
+    assert_no_duplicates(&store);
+}
+
+#[tokio::test]
+async fn the_persisted_reserve_never_lists_an_address_given_back_or_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    // 13 usable addresses.
+    store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
+    let n1 = outage_engine("n1", &store, dir.path(), 2);
+    n1.allocate(args("n1-pod")).await.unwrap();
+    n1.maintain_standby().await;
+    n1.save_reserve().await;
+    assert_eq!(persisted(dir.path(), "n1").networks[0].standby.len(), 2);
+    // Another node fills the network: n1 gives its reserve back, and the
+    // file says so before the records go.
+    let n2 = outage_engine("n2", &store, dir.path(), 0);
+    for i in 0..7 {
+        n2.allocate(args(&format!("c{i}"))).await.unwrap();
+    }
+    feed_leases(&n1, &store);
+    n1.maintain_standby().await;
+    assert_eq!(standby_records(&store), 0);
+    assert!(persisted(dir.path(), "n1").networks[0].standby.is_empty());
+    // So a restart during an outage has nothing to hand out twice.
+    drop(n1);
+    store.down.store(true, Ordering::SeqCst);
+    let again = bare_engine("n1", &store, dir.path(), 2);
+    again.set_offline("test: etcd is down");
+    assert!(again.start_from_persisted());
+    let err = again.allocate(args("x")).await.unwrap_err();
+    assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 2);
+    e.allocate(args("warm")).await.unwrap();
+    e.maintain_standby().await;
+    e.save_reserve().await;
+    drop(e);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.down.store(true, Ordering::SeqCst);
+    let journal = Arc::new(crate::journal::Journal::open(dir.path(), "n1").unwrap());
+    let old = Engine::new(
+        "n1".into(),
+        Keys::new("/rackline"),
+        store.clone(),
+        Duration::ZERO,
+    )
+    .with_outage_journal(journal, 2)
+    .with_offline_start_max_age(Duration::from_millis(10));
+    assert!(!old.start_from_persisted());
+    assert!(!old.synced());
 }

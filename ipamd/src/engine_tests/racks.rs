@@ -75,7 +75,7 @@ pub(super) fn racked_engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.set_etcd_ok(true);
+    e.note_reachable();
     Arc::new(e)
 }
 

@@ -273,6 +273,129 @@ fn etcd_down_mid_storm_adds_come_from_the_reserve_and_are_replayed() -> Result<(
     })
 }
 
+/// Waits until `node` holds `n` standby records in etcd and its persisted reserve (in the
+/// ipamd's state directory, the socket's) lists them too.
+fn wait_reserve(lab: &Lab, node: usize, n: usize) -> Result<()> {
+    let name = lab.node(node).name().to_owned();
+    let file = lab
+        .node(node)
+        .ipamd_socket()
+        .parent()
+        .context("socket directory")?
+        .join(format!("reserve-{name}.json"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_etcd = lab
+            .lease_records()?
+            .iter()
+            .filter(|l| l["state"] == "standby" && l["node"] == name.as_str())
+            .count();
+        let persisted = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| {
+                v["networks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n["standby"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        if in_etcd >= n && persisted >= n {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after 10 s: {in_etcd} standby record(s) in etcd, {persisted} in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ipamd_restarted_while_etcd_is_down_adds_from_its_persisted_reserve() -> Result<()> {
+    with_lab(spanning().standby(4), |lab| {
+        wait_for_blocks(lab)?;
+        let node = lab.rack_node(2, 1).index();
+        let warm = lab.add_pod(node, "warm")?;
+        let warm_addr = add_one(lab, &warm).map_err(|c| anyhow::anyhow!("ADD warm: {c}"))?;
+        wait_reserve(lab, node, 4)?;
+
+        lab.stop_etcd()?;
+        lab.kill_ipamd(node)?;
+        lab.start_ipamd(node)?;
+        let pods: Vec<Pod> = (0..3)
+            .map(|i| lab.add_pod(node, &format!("restart-{i}")))
+            .collect::<Result<_>>()?;
+        let mut got = Vec::new();
+        for p in &pods {
+            let t0 = Instant::now();
+            let a = add_one(lab, p);
+            ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "ADD hung after an offline restart"
+            );
+            got.push(a.map_err(|c| {
+                anyhow::anyhow!(
+                    "ADD {} after a restart with etcd down: code {c}",
+                    p.container_id
+                )
+            })?);
+        }
+        let distinct: BTreeSet<Ipv4Addr> = got.iter().copied().collect();
+        ensure!(distinct.len() == 3, "{got:?}");
+        ensure!(
+            !distinct.contains(&warm_addr),
+            "{got:?} vs warm {warm_addr}"
+        );
+        ensure!(got.iter().all(|a| in_range(lab, 2, *a)), "{got:?}");
+        // The pod started before the restart keeps its address on a repeated ADD.
+        ensure!(add_one(lab, &warm) == Ok(warm_addr));
+        // The offline pods really work.
+        ensure!(lab.ping(&pods[0], rack_gateway(2))?);
+        ensure!(lab.ping(&warm, got[1])?);
+        let metrics = lab.ipamd_http(node, "/metrics")?.body;
+        ensure!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("rackline_ipamd_mode{")
+                    && l.contains("mode=\"offline\"")
+                    && l.ends_with(" 1")),
+            "ipamd does not say it is offline"
+        );
+        // One DEL while etcd is still away.
+        lab.cni_del(&pods[2])?;
+
+        lab.start_etcd()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leases = lab.leases()?;
+            let at = |cid: &str| -> Vec<String> {
+                leases
+                    .iter()
+                    .filter(|l| l["containerId"] == cid)
+                    .map(|l| l["address"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            };
+            if at(&pods[0].container_id) == [got[0].to_string()]
+                && at(&pods[1].container_id) == [got[1].to_string()]
+                && at(&pods[2].container_id).is_empty()
+                && at(&warm.container_id) == [warm_addr.to_string()]
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the offline decisions did not reach etcd after 20 s: {leases:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    })
+}
+
 #[test]
 fn ipamd_kill9_and_restart_keeps_every_lease() -> Result<()> {
     with_lab(spanning(), |lab| {
