@@ -319,6 +319,15 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
             }
         })?;
     let plan = plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref())?;
+    if !reply.out_of_spec.is_empty() {
+        // Settings recorded at ADD that the network no longer has (`racklinectl
+        // network update`): the pod works, but not as the network says.
+        return Err(CniError::new(
+            code::CHECK_FAILED,
+            "the pod runs with settings its network no longer has (re-create it to apply them)",
+            reply.out_of_spec.join("; "),
+        ));
+    }
     if !prev.ips.iter().any(|ip| ip.address == plan.address) {
         return Err(CniError::new(
             code::CHECK_FAILED,

@@ -1,29 +1,13 @@
 //! Deterministic interface names, so DEL finds what ADD made without any
 //! state on the node, and every name fits IFNAMSIZ (15).
 
-use std::hash::Hasher;
-
-use fnv::FnvHasher;
 use rackline_model::network::MAX_IFNAME_LEN;
+// The node veth's name, the device group and the ownership mark are shared
+// with ipamd's leak reconciler: one definition in the netlink crate.
+pub use rackline_netlink::owner::{host_veth, link_group, owner_mark, MARK_PREFIX};
 
-/// FNV-1a is specified and stable across Rust releases (std's default
-/// hasher is not guaranteed to be), so a plugin upgrade between ADD and DEL
-/// still computes the same names.
 fn hash(parts: &[&str]) -> u64 {
-    let mut h = FnvHasher::default();
-    for p in parts {
-        h.write(p.as_bytes());
-        h.write_u8(0);
-    }
-    h.finish()
-}
-
-/// Node-side end of the node<->pod veth: "rl" + 12 hex digits.
-pub fn host_veth(container_id: &str, ifname: &str) -> String {
-    format!(
-        "rl{:012x}",
-        hash(&[container_id, ifname]) & 0xffff_ffff_ffff
-    )
+    rackline_netlink::owner::name_hash(parts)
 }
 
 /// Pod-side end: "rl-<ifname>" when it fits, else a hashed form.
@@ -36,13 +20,6 @@ pub fn pod_veth(ifname: &str) -> String {
     }
 }
 
-/// The device group that tags an attachment's links inside the pod netns,
-/// so DEL removes them (and the veth peer) in one kernel batch. High bit set
-/// to stay clear of small group numbers operators may use.
-pub fn link_group(ifname: &str) -> u32 {
-    0x8000_0000 | (hash(&["rackline-group", ifname]) as u32 & 0x7fff_ffff)
-}
-
 /// The ifb carrying a pod interface's ingress shaper, in the pod netns:
 /// "rlifb-<ifname>" when it fits, else a hashed form.
 pub fn ifb(ifname: &str) -> String {
@@ -52,29 +29,6 @@ pub fn ifb(ifname: &str) -> String {
     } else {
         format!("rlifb{:010x}", hash(&["ifb", ifname]) & 0xff_ffff_ffff)
     }
-}
-
-/// The prefix of every ownership mark.
-pub const MARK_PREFIX: &str = "rackline:";
-
-/// The proof of ownership every link Rackline creates carries in its alias
-/// (`IFLA_IFALIAS`): `rackline:<containerId>:<ifname>`. When that exceeds the
-/// kernel's 255-byte alias limit (container ids over 230 bytes), the id is
-/// replaced by `#` + 32 hex digits of two FNV-1a hashes over
-/// `containerId \0 ifname \0`, seeded differently. Both forms are a pure
-/// function of the attachment, so DEL recomputes and compares them without
-/// any state; the container id makes two pods' links (or a stranger's)
-/// impossible to mistake for each other.
-pub fn owner_mark(container_id: &str, ifname: &str) -> String {
-    let full = format!("{MARK_PREFIX}{container_id}:{ifname}");
-    if full.len() <= rackline_netlink::link::MAX_ALIAS_LEN {
-        return full;
-    }
-    format!(
-        "{MARK_PREFIX}#{:016x}{:016x}:{ifname}",
-        hash(&["rackline-mark-a", container_id, ifname]),
-        hash(&["rackline-mark-b", container_id, ifname])
-    )
 }
 
 /// The mark (alias) of a VLAN device Rackline created: `rackline:vlan:<device>`.

@@ -170,22 +170,7 @@ impl Owner {
     }
 }
 
-/// Whether `link` is a node veth of any Rackline attachment (marked, or
-/// named `rl` + 12 hex digits without an alias): the only kind of device a
-/// stale node route to a pod address may point at and still be replaced.
-pub fn is_rackline_node_veth(link: &LinkInfo) -> bool {
-    if link.kind.as_deref() != Some("veth") {
-        return false;
-    }
-    match &link.alias {
-        Some(a) => a.starts_with(names::MARK_PREFIX),
-        None => {
-            link.name.len() == 14
-                && link.name.starts_with("rl")
-                && link.name[2..].bytes().all(|b| b.is_ascii_hexdigit())
-        }
-    }
-}
+pub use rackline_netlink::owner::is_rackline_node_veth;
 
 #[cfg(test)]
 mod tests {

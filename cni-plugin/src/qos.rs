@@ -276,7 +276,15 @@ fn same_tbf(dir: &str, want: &Tbf, got: &Tbf) -> Result<(), String> {
     if want.rate == got.rate && want.limit == got.limit && burst_ok {
         Ok(())
     } else {
-        Err(format!("{dir} tbf is {got:?}, expected {want:?}"))
+        // Rates in the operator's unit (bit/s): the usual cause is a changed
+        // network default, class, policy or maximum since the pod's ADD.
+        Err(format!(
+            "{dir} bandwidth: the pod is shaped to {} bit/s (burst {} B), its levels now give {} bit/s (burst {} B); {dir} tbf is {got:?}, expected {want:?}",
+            got.rate * 8,
+            got.burst,
+            want.rate * 8,
+            want.burst
+        ))
     }
 }
 

@@ -58,6 +58,70 @@ fn must_own(owner: &Owner, l: &LinkInfo, role: Role, proven: bool) -> Result<(),
     )))
 }
 
+/// The network's settings as they are defined now (they change with
+/// `racklinectl network update`; a pod added before keeps the old ones):
+/// MTU, the network's routes over the macvlan and the host routes over the
+/// pod veth, each named when it differs.
+fn network_settings(
+    plan: &AddPlan,
+    routes: &[rackline_netlink::RouteInfo],
+    mv: &LinkInfo,
+    pv: &LinkInfo,
+) -> Result<(), CniError> {
+    if plan.mtu != 0 && mv.mtu != plan.mtu {
+        return Err(fail(format!(
+            "MTU: {} has {}, the network's is {}",
+            mv.name, mv.mtu, plan.mtu
+        )));
+    }
+    for (dst, gw) in &plan.routes {
+        if !routes
+            .iter()
+            .any(|r| r.dst == *dst && r.gateway == Some(*gw) && r.oif == Some(mv.index))
+        {
+            return Err(fail(format!(
+                "routes: the network's route to {dst} via {gw} is missing on {}",
+                mv.name
+            )));
+        }
+    }
+    if let Some(r) = routes.iter().find(|r| {
+        r.oif == Some(mv.index)
+            && r.dst.prefix() != 0
+            && r.gateway.is_some()
+            && !plan.routes.iter().any(|(d, _)| *d == r.dst)
+    }) {
+        return Err(fail(format!(
+            "routes: {} routes {} via {}, which is not one of the network's routes",
+            mv.name,
+            r.dst,
+            r.gateway.map(|g| g.to_string()).unwrap_or_default()
+        )));
+    }
+    for c in &plan.host_routes {
+        if !routes
+            .iter()
+            .any(|r| r.dst == *c && r.oif == Some(pv.index))
+        {
+            return Err(fail(format!(
+                "host routes: the network's host route {c} via the node ({}) is missing",
+                pv.name
+            )));
+        }
+    }
+    // Routes over the pod veth with a next hop are host routes (the /32s to
+    // the node's addresses are on-link).
+    if let Some(r) = routes.iter().find(|r| {
+        r.oif == Some(pv.index) && r.gateway.is_some() && !plan.host_routes.contains(&r.dst)
+    }) {
+        return Err(fail(format!(
+            "host routes: the pod routes {} via the node, which is not one of the network's host routes",
+            r.dst
+        )));
+    }
+    Ok(())
+}
+
 /// Verifies the attachment is still what ADD built.
 /// `prev_mac`: the MAC prevResult reports for the interface (lowercase),
 /// accepted besides the stable and alternate MACs.
@@ -122,6 +186,7 @@ pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
     if !pv.up {
         return Err(fail(format!("{pv_name} is down")));
     }
+    network_settings(plan, &routes, &mv, &pv)?;
     // An additional attachment (its default route has a metric above 0)
     // also has its source rule.
     let additional = routes

@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/rackline/ipam/v1/ipam.proto",
             "proto/rackline/admin/v1/admin.proto",
+            "proto/runtime/v1/api.proto",
         ],
         &["proto"],
     )?;

@@ -43,6 +43,26 @@ pub struct Args {
     /// in flight and absent from the runtime's list of valid attachments.
     #[arg(long, env = "RACKLINE_GC_GRACE_SECS", default_value_t = 60)]
     pub gc_grace_secs: u64,
+    /// Seconds between passes of the leak reconciler, which reclaims the
+    /// leases and node veths of pod sandboxes that are gone (0: off).
+    #[arg(long, env = "RACKLINE_RECONCILE_INTERVAL_SECS", default_value_t = 60)]
+    pub reconcile_interval_secs: u64,
+    /// The reconciler reclaims a lease only when its sandbox has been absent
+    /// this long (over two consecutive passes) and the lease is at least
+    /// this old: never an ADD in flight.
+    #[arg(long, env = "RACKLINE_RECONCILE_GRACE_SECS", default_value_t = 300)]
+    pub reconcile_grace_secs: u64,
+    /// Where the reconciler learns the live sandboxes: `kube` (the pods on
+    /// this node, from the API server; needs ipamd in a cluster), `cri`
+    /// (ListPodSandbox over --cri-socket), or `auto`: kube in a cluster,
+    /// else cri when --cri-socket is given, else the reconciler is off.
+    #[arg(long, env = "RACKLINE_RECONCILE_SOURCE", default_value = "auto",
+          value_parser = ["auto", "kube", "cri"])]
+    pub reconcile_source: String,
+    /// The CRI runtime's unix socket, e.g. /run/containerd/containerd.sock
+    /// or /run/crio/crio.sock.
+    #[arg(long, env = "RACKLINE_CRI_SOCKET")]
+    pub cri_socket: Option<PathBuf>,
     #[arg(long, env = "RACKLINE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// This node's rack. Without it a rack-bound network cannot allocate on
@@ -144,6 +164,9 @@ pub struct Config {
     pub socket: PathBuf,
     pub max_connections: usize,
     pub gc_grace: Duration,
+    pub reconcile: crate::reconcile::Settings,
+    pub reconcile_source: String,
+    pub cri_socket: Option<PathBuf>,
     pub rack: Option<String>,
     pub rack_label: String,
     pub netmaster: Vec<String>,
@@ -177,6 +200,12 @@ impl Args {
             socket: self.socket,
             max_connections: self.max_connections as usize,
             gc_grace: Duration::from_secs(self.gc_grace_secs),
+            reconcile: crate::reconcile::Settings {
+                interval: Duration::from_secs(self.reconcile_interval_secs),
+                grace: Duration::from_secs(self.reconcile_grace_secs),
+            },
+            reconcile_source: self.reconcile_source,
+            cri_socket: self.cri_socket,
             standby: self.standby,
             state_dir,
             offline_start_max_age: Duration::from_secs(self.offline_start_max_age_secs),

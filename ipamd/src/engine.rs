@@ -166,6 +166,9 @@ pub struct Engine<S> {
     observer: Option<Arc<Observer>>,
     /// Drain markers in force (every node's; see engine/drain.rs).
     drains: RwLock<HashSet<rackline_model::DrainTarget>>,
+    /// The node's QoS class: which class level of a network applies to its
+    /// pods (`rackline_ipamd_pods_out_of_spec`).
+    node_class: Option<String>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -245,6 +248,20 @@ impl<S: LeaseStore> Engine<S> {
             offline_start_max_age: Duration::from_secs(3600),
             observer: None,
             drains: RwLock::new(HashSet::new()),
+            node_class: None,
+        }
+    }
+
+    /// The node's QoS class (ipamd `--node-class`).
+    pub fn with_node_class(mut self, class: Option<String>) -> Self {
+        self.node_class = class;
+        self
+    }
+
+    pub(crate) fn node_class(&self) -> rackline_model::applied::NodeClass<'_> {
+        match &self.node_class {
+            Some(c) => rackline_model::applied::NodeClass::Named(c),
+            None => rackline_model::applied::NodeClass::Unclassed,
         }
     }
 
@@ -454,6 +471,7 @@ impl<S: LeaseStore> Engine<S> {
                 new_identity: identity.is_some(),
                 expires_unix_ms: None,
                 conflict: None,
+                settings: net.pod_settings(),
             };
             let created = match &identity {
                 None => {
@@ -815,6 +833,59 @@ impl<S: LeaseStore> Engine<S> {
             self.observed_reclaims(network, rackline_model::event::reclaim::GC, out.len());
         }
         Ok((out, net.spec.subnet.prefix()))
+    }
+
+    /// The leak reconciler's release: frees the attachment's leases on
+    /// `network` that were created at or before `cutoff_ms` (younger ones
+    /// belong to an ADD that may still be in flight), exactly as CNI GC
+    /// does — under the attachment's lock, a sticky lease kept for its pod
+    /// like a DEL keeps it, each lease marked `reclaimedBy: reconcile` —
+    /// and counts them. Never offline: a reclaim is not worth a journal
+    /// entry, it waits for etcd.
+    pub async fn reclaim(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        cutoff_ms: i64,
+    ) -> Result<Vec<Lease>, IpamError> {
+        validate_attachment(container_id, ifname)?;
+        let net = match self.network(network).await {
+            Ok(n) => n,
+            Err(IpamError::UnknownNetwork(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        if !self.etcd_ok() || self.from_persisted() {
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable or not loaded yet: reclaims wait for it".into(),
+            ));
+        }
+        let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
+        let _g = self.lock_attachment(network, &key).await;
+        let before: Vec<Lease> = net
+            .held(&key)
+            .into_iter()
+            .filter_map(|(ip, _)| net.lease_at(ip))
+            .map(|sl| sl.lease)
+            .collect();
+        let reason = rackline_model::event::reclaim::RECONCILE;
+        let freed = self
+            .release_locked_for(
+                &net,
+                &key,
+                |sl| sl.lease.state.is_active() && sl.lease.created_unix_ms <= cutoff_ms,
+                false,
+                Some(reason),
+            )
+            .await?;
+        let out: Vec<Lease> = before
+            .into_iter()
+            .filter(|l| freed.contains(&l.address))
+            .collect();
+        if !out.is_empty() {
+            self.observed_reclaims(network, reason, out.len());
+        }
+        Ok(out)
     }
 
     pub async fn status(&self, network: &str) -> Result<StatusInfo, IpamError> {

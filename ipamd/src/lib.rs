@@ -20,6 +20,7 @@ pub mod netmaster;
 pub mod netstate;
 pub mod pods;
 pub mod qos;
+pub mod reconcile;
 pub mod service;
 pub mod socket;
 pub mod spool;
@@ -129,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.gc_grace,
         )
         .with_outage_journal(journal, config.standby)
+        .with_node_class(config.node_class.clone())
         .with_offline_start_max_age(config.offline_start_max_age)
         .with_observer(Arc::new(engine::Observer {
             metrics: metrics.clone(),
@@ -243,6 +245,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(metrics = %bound, "serving /metrics, /healthz and /readyz");
         tasks.push(task);
     }
+    if let Some(source) = reconcile_source(&config) {
+        let r = reconcile::Reconciler::new(engine.clone(), source, config.reconcile.clone())
+            .with_metrics(metrics.clone());
+        tasks.push(tokio::spawn(r.run(shutdown_rx.clone())));
+    }
     let mut service = IpamService::new(engine).with_qos(qos).with_metrics(metrics);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
@@ -294,6 +301,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Err(e.into());
     }
     served.context("serving gRPC")
+}
+
+/// The leak reconciler's sandbox source (None: the reconciler is off).
+fn reconcile_source(config: &Config) -> Option<reconcile::Source> {
+    if config.reconcile.interval.is_zero() {
+        info!("leak reconciler off (--reconcile-interval-secs 0)");
+        return None;
+    }
+    let kube = |why: &str| match kube::in_cluster_client() {
+        Ok(client) => Some(reconcile::Source::Kube {
+            client,
+            node: config.node_name.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!("leak reconciler off: {why}: {e}");
+            None
+        }
+    };
+    let cri = || match &config.cri_socket {
+        Some(socket) => Some(reconcile::Source::Cri {
+            socket: socket.clone(),
+        }),
+        None => {
+            tracing::warn!("leak reconciler off: --reconcile-source cri needs --cri-socket");
+            None
+        }
+    };
+    match config.reconcile_source.as_str() {
+        "kube" => kube("--reconcile-source kube"),
+        "cri" => cri(),
+        _ if kube::in_cluster() => kube("in a cluster"),
+        _ if config.cri_socket.is_some() => cri(),
+        _ => {
+            info!("leak reconciler off: not in a cluster and no --cri-socket");
+            None
+        }
+    }
 }
 
 /// This node's global IPv4 addresses, for registration (the node netns is

@@ -69,6 +69,12 @@ struct PluginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KubeLabels {
     outcome: String,
 }
@@ -111,6 +117,8 @@ pub struct IpamMetrics {
     conflicts: Family<OpLabels, Counter>,
     plugin_duration: Histograms<PluginLabels>,
     kube_events: Family<KubeLabels, Counter>,
+    reconcile_passes: Family<PassLabels, Counter>,
+    reconcile_links: Counter,
 }
 
 impl IpamMetrics {
@@ -126,6 +134,8 @@ impl IpamMetrics {
             conflicts: Family::default(),
             plugin_duration: Family::new_with_constructor(plugin),
             kube_events: Family::default(),
+            reconcile_passes: Family::default(),
+            reconcile_links: Counter::default(),
         })
     }
 
@@ -160,6 +170,23 @@ impl IpamMetrics {
         self.releases
             .get_or_create(&self.op(network, outcome))
             .inc();
+    }
+
+    /// One pass of the leak reconciler over `source` (`kube`, `cri`):
+    /// `ok`, or `unavailable` (the sandboxes could not be listed, or etcd
+    /// was unreachable: nothing was reclaimed).
+    pub fn reconcile_pass(&self, source: &str, result: &str) {
+        self.reconcile_passes
+            .get_or_create(&PassLabels {
+                source: source.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A leftover node veth the reconciler deleted.
+    pub fn reconcile_link_deleted(&self) {
+        self.reconcile_links.inc();
     }
 
     /// `n` leases reclaimed for `reason` (`gc`, `reconcile`).
@@ -263,7 +290,7 @@ impl Collector for StateCollector {
         };
         // (name, help, the gauge's field)
         type PerNetwork = (&'static str, &'static str, fn(&NodeGauges) -> u64);
-        let families: [PerNetwork; 6] = [
+        let families: [PerNetwork; 7] = [
             (
                 "rackline_ipamd_leases_held",
                 "Active leases of this node's pods.",
@@ -293,6 +320,11 @@ impl Collector for StateCollector {
                 "rackline_ipamd_quarantined_addresses",
                 "Addresses quarantined after this node's pods found them in use by another host.",
                 |g| g.quarantined,
+            ),
+            (
+                "rackline_ipamd_pods_out_of_spec",
+                "Of this node's pods, those that do not run as their network is defined now (after racklinectl network update): address now excluded, or MTU, routes, host routes or QoS levels other than at ADD.",
+                |g| g.out_of_spec,
             ),
         ];
         for (name, help, f) in families {
@@ -356,6 +388,16 @@ pub fn registry(m: &Arc<IpamMetrics>, view: Arc<dyn NodeView>) -> Registry {
         m.reclaims.clone(),
     );
     r.register(
+        "rackline_ipamd_reconcile_passes",
+        "Passes of the leak reconciler by sandbox source (kube, cri) and result: ok, or unavailable (the sandboxes or etcd could not be read; nothing was reclaimed).",
+        m.reconcile_passes.clone(),
+    );
+    r.register(
+        "rackline_ipamd_reconcile_links_deleted",
+        "Leftover node veths (marked as Rackline's, of pods that are gone) the leak reconciler deleted.",
+        m.reconcile_links.clone(),
+    );
+    r.register(
         "rackline_ipamd_address_conflicts",
         "Address conflicts reported by the plugin's ARP probe, by outcome: quarantined (the address left the pool) or sticky (a sticky pod kept it and cannot start).",
         m.conflicts.clone(),
@@ -393,6 +435,7 @@ mod tests {
                     reserved: 2,
                     quarantined: 1,
                     blocks: 2,
+                    out_of_spec: 1,
                 },
             )]
         }
@@ -494,6 +537,10 @@ mod tests {
         assert_eq!(
             v("rackline_ipamd_leases_held", &[("network", "prod")]),
             Some(3.0)
+        );
+        assert_eq!(
+            v("rackline_ipamd_pods_out_of_spec", &[("network", "prod")]),
+            Some(1.0)
         );
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "offline")]), Some(1.0));
         assert_eq!(v("rackline_ipamd_mode", &[("mode", "online")]), Some(0.0));

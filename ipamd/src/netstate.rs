@@ -102,6 +102,10 @@ pub struct NodeGauges {
     pub quarantined: u64,
     /// Blocks this node owns.
     pub blocks: u64,
+    /// Of the active leases, those whose pod does not run as the network is
+    /// defined now (after `network update`): excluded address or other
+    /// settings recorded at ADD.
+    pub out_of_spec: u64,
 }
 
 /// Numbers the block manager works from.
@@ -179,6 +183,12 @@ impl NetState {
             Some(r) => (r.subnet, r.gateway),
             None => (self.spec.subnet, self.spec.gateway),
         }
+    }
+
+    /// What a pod added now gets from the network, recorded on its lease
+    /// (see `rackline_model::applied`).
+    pub fn pod_settings(&self) -> Option<Box<rackline_model::PodSettings>> {
+        Some(Box::new(rackline_model::PodSettings::of(&self.spec)))
     }
 
     /// The spec as this node's pods see it (rack subnet and gateway).
@@ -658,7 +668,11 @@ impl NetState {
     }
 
     /// What this node holds on the network (see [`NodeGauges`]).
-    pub fn node_gauges(&self, node: &str) -> NodeGauges {
+    pub fn node_gauges(
+        &self,
+        node: &str,
+        class: rackline_model::applied::NodeClass<'_>,
+    ) -> NodeGauges {
         let g = self.lock();
         let mut out = NodeGauges::default();
         let own_block = |ip: Ipv4Addr| {
@@ -675,6 +689,9 @@ impl NetState {
             match l.state {
                 rackline_model::LeaseState::Active => {
                     out.held += 1;
+                    if !rackline_model::applied::out_of_spec(l, &self.spec, class).is_empty() {
+                        out.out_of_spec += 1;
+                    }
                     if g.rack.is_some() && !own_block(l.address) {
                         out.borrowed += 1;
                     }

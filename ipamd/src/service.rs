@@ -299,9 +299,17 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
                 if let Some(b) = self.pod_options(&a.lease.pod).await?.bandwidth {
                     apply_pod_bandwidth(&mut network, &b);
                 }
+                // And whether the pod still runs as the network is
+                // defined: settings recorded at ADD against today's.
+                let out_of_spec = rackline_model::applied::out_of_spec(
+                    &a.lease,
+                    &a.network,
+                    self.engine.node_class(),
+                );
                 Ok(Response::new(pb::CheckReply {
                     lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
                     network: Some(network),
+                    out_of_spec,
                 }))
             }
             None => Err(Status::not_found(format!(

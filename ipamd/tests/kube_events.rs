@@ -118,6 +118,7 @@ fn report(quarantined: bool) -> ConflictReport {
             state: LeaseState::Active,
             sticky: !quarantined,
             new_identity: false,
+            settings: None,
             expires_unix_ms: None,
             conflict: None,
         },

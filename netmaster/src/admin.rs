@@ -21,16 +21,22 @@ use rackline_store::{Object, Store, StoreError};
 use tracing::info;
 
 mod drain;
+mod network_update;
 mod qos;
 mod racks;
 mod reservations;
 pub use drain::{drain_wait, DEFAULT_DRAIN_WAIT, MAX_DRAIN_WAIT};
+pub use network_update::{NetworkUpdate, UpdateReport};
 pub use reservations::ReservationView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A `network update` that cannot apply (immutable setting, entry to
+    /// remove not listed, contradictory settings).
+    #[error(transparent)]
+    Patch(#[from] rackline_model::PatchError),
     #[error("network {0:?} already exists")]
     AlreadyExists(String),
     #[error("network {0:?} not found")]
@@ -46,6 +52,10 @@ pub enum AdminError {
     Unavailable(String),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
     Contended(u32),
+    /// The network changed between the read an update was decided on and
+    /// its write: nothing was written; run the update again.
+    #[error("network {name:?} was changed by someone else (revision {seen} -> {now}) while this update was being applied; nothing was written: check `racklinectl network show {name}` and run the update again")]
+    Changed { name: String, seen: i64, now: i64 },
     /// A rack, node, rack binding or block that does not exist.
     #[error("{}", .0.not_found())]
     Missing(Object),
@@ -147,15 +157,18 @@ pub struct NetworkView {
     pub capacity: u64,
     /// Leases currently recorded.
     pub allocated: u64,
+    /// The etcd revision of the record's last write.
+    pub revision: i64,
 }
 
 impl NetworkView {
-    fn new(spec: NetworkSpec, allocated: u64) -> Self {
+    fn new(spec: NetworkSpec, allocated: u64, revision: i64) -> Self {
         let capacity = Pool::new(&spec).capacity();
         Self {
             spec,
             capacity,
             allocated,
+            revision,
         }
     }
 }
@@ -232,7 +245,7 @@ impl AdminService {
             revision = stored.create_revision,
             "network created"
         );
-        Ok(NetworkView::new(stored.spec, 0))
+        Ok(NetworkView::new(stored.spec, 0, stored.mod_revision))
     }
 
     pub async fn get_network(&self, name: &str) -> Result<NetworkView> {
@@ -240,7 +253,7 @@ impl AdminService {
             return Err(AdminError::NotFound(name.to_string()));
         };
         let allocated = self.store.count_leases(name).await?;
-        Ok(NetworkView::new(net.spec, allocated))
+        Ok(NetworkView::new(net.spec, allocated, net.mod_revision))
     }
 
     /// Networks by name, with lease counts from one read of all leases.
@@ -255,7 +268,7 @@ impl AdminService {
             .into_iter()
             .map(|n| {
                 let c = counts.get(n.spec.name.as_str()).copied().unwrap_or(0);
-                NetworkView::new(n.spec, c)
+                NetworkView::new(n.spec, c, n.mod_revision)
             })
             .collect();
         views.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
@@ -313,6 +326,7 @@ mod tests {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: None,
         }
     }
 

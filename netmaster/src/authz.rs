@@ -239,6 +239,9 @@ admin_rpcs! {
     get_network(pb::GetNetworkRequest) -> pb::Network = "GetNetwork", Read;
     list_networks(pb::ListNetworksRequest) -> pb::ListNetworksReply = "ListNetworks", Read;
     delete_network(pb::DeleteNetworkRequest) -> pb::DeleteNetworkReply = "DeleteNetwork", Administer;
+    // Operators tune networks in place; forcing past leased addresses is an
+    // admin's call, like a forced delete.
+    update_network(pb::UpdateNetworkRequest) -> pb::UpdateNetworkReply = "UpdateNetwork", Operate [force];
     list_leases(pb::ListLeasesRequest) -> pb::ListLeasesReply = "ListLeases", Read;
     create_rack(pb::CreateRackRequest) -> pb::Rack = "CreateRack", Administer;
     get_rack(pb::GetRackRequest) -> pb::RackDetail = "GetRack", Read;
@@ -304,6 +307,8 @@ mod tests {
             }
         }
         assert!(Rpc::release_reservation.force_needs_admin());
+        assert!(Rpc::update_network.force_needs_admin());
+        assert_eq!(Rpc::update_network.access(), Access::Operate);
         assert!(!Rpc::pin_reservation.force_needs_admin());
         assert!(Rpc::delete_node.force_needs_admin());
         assert_eq!(Rpc::drain_node.access(), Access::Operate);

@@ -22,9 +22,11 @@ mod probe;
 mod qos;
 mod racks;
 mod reservations;
+mod update;
 pub use events::EventsArgs;
 pub use qos::{NetworkQosArgs, QosCommand, QosSetArgs};
 pub use racks::{BindArgs, BlockCommand, BlockListArgs, NodeCommand, PoolArgs, RackCommand};
+pub use update::UpdateArgs;
 
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -85,7 +87,7 @@ pub enum Output {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Create, list, show and delete networks.
+    /// Create, list, show, update and delete networks.
     #[command(subcommand)]
     Network(NetworkCommand),
     /// Inspect leases.
@@ -122,6 +124,10 @@ pub enum NetworkCommand {
     List,
     /// Show one network.
     Show { name: String },
+    /// Change some settings of a network in place; what is not given keeps
+    /// its value. Running pods keep what they got at ADD: the command lists
+    /// those that now differ.
+    Update(Box<UpdateArgs>),
     /// Delete a network. Refused while pods, sticky reservations hold
     /// addresses on it; the nodes' standby reserve is given back first
     /// (each ipamd returns its own while the network is marked deleting).
@@ -200,7 +206,7 @@ pub struct RouteArg {
 }
 
 /// Only the syntax; the values are validated by the server.
-fn parse_route(s: &str) -> Result<RouteArg, String> {
+pub(crate) fn parse_route(s: &str) -> Result<RouteArg, String> {
     let (dst, gw) = match s.split_once('@') {
         Some((d, "")) => return Err(format!("{d:?}: empty next hop after '@'")),
         Some((d, g)) => (d, g),
@@ -283,6 +289,7 @@ impl CreateArgs {
             sticky: self.sticky_policy(),
             qos: self.qos.to_proto(),
             probe: self.probe.to_proto(),
+            revision: 0,
         }
     }
 
@@ -357,6 +364,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 emit_json(out, &NetworkJson::from(&n))?;
             } else {
                 write!(out, "{}", render::network_detail(&n))?;
+            }
+        }
+        Command::Network(NetworkCommand::Update(args)) => {
+            let r = client.update_network(args.to_proto()).await?;
+            if json {
+                emit_json(out, &render::UpdateJson::from(&r))?;
+            } else {
+                write!(out, "{}", render::update_report(&r))?;
             }
         }
         Command::Network(NetworkCommand::Delete { name, force, wait }) => {

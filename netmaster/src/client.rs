@@ -263,6 +263,17 @@ impl AdminClient {
         Ok(reply.leases_deleted)
     }
 
+    pub async fn update_network(
+        &mut self,
+        req: pb::UpdateNetworkRequest,
+    ) -> Result<pb::UpdateNetworkReply> {
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.update_network(req).await }
+        })
+        .await
+    }
+
     pub async fn list_leases(&mut self, filter: pb::ListLeasesRequest) -> Result<Vec<pb::Lease>> {
         let reply = self
             .call(|mut c| {

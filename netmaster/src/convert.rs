@@ -19,9 +19,11 @@ use crate::admin::{LeaseFilter, NetworkView, PodFilter};
 mod probe;
 mod qos;
 mod racks;
+mod update;
 pub use probe::*;
 pub use qos::*;
 pub use racks::*;
+pub use update::*;
 
 /// Why a request could not be turned into model values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +41,9 @@ pub enum ConvertError {
     /// `what` names the field, e.g. "node address".
     #[error("invalid {0} {1:?}: not an IPv4 address")]
     Address(&'static str, String),
+    /// Two parts of a request that exclude each other.
+    #[error("{0}")]
+    Conflicting(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
 }
@@ -140,7 +145,7 @@ pub fn reservation_to_proto(v: &crate::admin::ReservationView) -> pb::Reservatio
 
 /// The subnet as written, host bits allowed: `NetworkSpec::validate` rejects
 /// those with a "did you mean" hint, which `parse_cidr` would pre-empt.
-fn parse_subnet(s: &str) -> Result<Ipv4Network, ValidationError> {
+pub(crate) fn parse_subnet(s: &str) -> Result<Ipv4Network, ValidationError> {
     let t = s.trim();
     if t.is_empty() {
         return Err(ValidationError::Subnet(
@@ -173,7 +178,7 @@ pub fn vlan_from_proto(v: u32) -> Result<Option<u16>, ValidationError> {
         .map_err(|_| ValidationError::Vlan(v))
 }
 
-fn route_from_proto(r: &pb::Route) -> Result<RouteSpec, ValidationError> {
+pub(crate) fn route_from_proto(r: &pb::Route) -> Result<RouteSpec, ValidationError> {
     let dst = parse_cidr(&r.dst)
         .map_err(|e| ValidationError::Route(format!("{:?}", r.dst), e.to_string()))?;
     let gw = if r.gw.trim().is_empty() {
@@ -214,6 +219,7 @@ pub fn network_to_proto(v: &NetworkView) -> pb::Network {
         capacity: v.capacity,
         allocated: v.allocated,
         qos: network_qos_to_proto(&s.qos),
+        revision: v.revision,
     }
 }
 
@@ -329,6 +335,7 @@ mod tests {
             sticky: None,
             qos: None,
             probe: None,
+            revision: 0,
         }
     }
 
@@ -344,6 +351,7 @@ mod tests {
             spec,
             capacity: 7,
             allocated: 3,
+            revision: 0,
         };
         let back = network_to_proto(&view);
         let mut want = net();
@@ -370,6 +378,7 @@ mod tests {
             spec,
             capacity: 0,
             allocated: 0,
+            revision: 0,
         });
         assert_eq!(back.vlan, 0);
     }
@@ -491,6 +500,7 @@ mod tests {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: None,
         };
         let p = lease_to_proto(&l);
         assert_eq!(p.address, "10.10.0.70");

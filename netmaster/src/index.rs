@@ -405,6 +405,7 @@ mod tests {
             state,
             sticky: false,
             new_identity: false,
+            settings: None,
             expires_unix_ms: None,
             conflict: None,
         }

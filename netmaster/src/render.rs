@@ -15,10 +15,12 @@ mod probe;
 mod qos;
 mod racks;
 mod reservations;
+mod update;
 pub use probe::*;
 pub use qos::*;
 pub use racks::*;
 pub use reservations::{reservations_table, ReservationJson};
+pub use update::{sticky_cell, update_report, UpdateJson};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +47,9 @@ pub struct NetworkJson {
     pub qos: rackline_model::QosSpec,
     /// null = no duplicate-address probe.
     pub probe: Option<ProbeJson>,
+    /// The etcd revision of the record's last write (`network update
+    /// --expect-revision`).
+    pub revision: i64,
 }
 
 impl From<&pb::Network> for NetworkJson {
@@ -70,6 +75,7 @@ impl From<&pb::Network> for NetworkJson {
             allocated: n.allocated,
             qos: crate::convert::network_qos_from_proto(n.qos.as_ref()),
             probe: n.probe.as_ref().map(ProbeJson::from),
+            revision: n.revision,
         }
     }
 }
@@ -266,6 +272,9 @@ pub fn network_detail(n: &pb::Network) -> String {
         ("Host routes", list(&n.host_routes)),
         ("QoS", network_qos_cell(n.qos.as_ref())),
         ("Probe", probe_cell(n.probe.as_ref())),
+        ("Sticky", sticky_cell(n.sticky.as_ref())),
+        ("Block size", n.block_size.to_string()),
+        ("Revision", n.revision.to_string()),
     ];
     let mut out = String::new();
     for (k, v) in fields {
@@ -375,6 +384,7 @@ mod tests {
             sticky: None,
             qos: None,
             probe: None,
+            revision: 7,
         }
     }
 
@@ -448,6 +458,9 @@ Routes:        192.168.0.0/16 via gateway
 Host routes:   -
 QoS:           -
 Probe:         off
+Sticky:        off
+Block size:    16
+Revision:      7
 ";
         assert_eq!(got, want);
     }
@@ -490,7 +503,8 @@ Probe:         off
                 "master": "uplink0", "mtu": 1500, "vlan": 0,
                 "exclude": ["10.10.0.2-10.10.0.63"],
                 "routes": [{"dst": "192.168.0.0/16", "gw": ""}],
-                "hostRoutes": [], "capacity": 190, "allocated": 3, "qos": {}, "probe": null
+                "hostRoutes": [], "capacity": 190, "allocated": 3, "qos": {}, "probe": null,
+                "revision": 7
             })
         );
         let v = serde_json::to_value(DeleteJson { leases_deleted: 2 }).unwrap();

@@ -43,6 +43,11 @@ pub fn status_of(e: &AdminError) -> Status {
     let msg = e.to_string();
     match e {
         AdminError::Invalid(_) => Status::invalid_argument(msg),
+        // A setting that may not change is a refusal, like "in use".
+        AdminError::Patch(rackline_model::PatchError::Immutable { .. }) => {
+            Status::failed_precondition(msg)
+        }
+        AdminError::Patch(_) => Status::invalid_argument(msg),
         AdminError::AlreadyExists(_) => Status::already_exists(msg),
         AdminError::NotFound(_) => Status::not_found(msg),
         AdminError::InUse { .. } => Status::failed_precondition(msg),
@@ -54,7 +59,7 @@ pub fn status_of(e: &AdminError) -> Status {
         }
         AdminError::NotPermitted(_) => Status::unavailable(msg),
         AdminError::Unavailable(_) => Status::unavailable(msg),
-        AdminError::Contended(_) => Status::aborted(msg),
+        AdminError::Contended(_) | AdminError::Changed { .. } => Status::aborted(msg),
         AdminError::Missing(_) => Status::not_found(msg),
         AdminError::Exists(_) => Status::already_exists(msg),
         AdminError::Refused(_) => Status::failed_precondition(msg),
@@ -190,6 +195,26 @@ impl Admin for GrpcAdmin {
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::DeleteNetworkReply { leases_deleted }))
+    }
+
+    async fn update_network(
+        &self,
+        request: Request<pb::UpdateNetworkRequest>,
+    ) -> Result<Response<pb::UpdateNetworkReply>, Status> {
+        let req = request.into_inner();
+        let patch = convert::patch_from_proto(&req).map_err(invalid)?;
+        let report = self
+            .svc
+            .update_network(crate::admin::NetworkUpdate {
+                name: req.name.clone(),
+                patch,
+                force: req.force,
+                expect_revision: (req.expect_revision != 0).then_some(req.expect_revision),
+                dry_run: req.dry_run,
+            })
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(convert::update_report_to_proto(&report)))
     }
 
     async fn list_leases(

@@ -43,8 +43,15 @@ fn network_lifecycle_in_table_and_json() {
         "json",
     ]);
     let created = ctl(s, &args).json();
+    // The record's etcd revision, for `network update --expect-revision`.
+    assert!(
+        created["revision"].as_i64().is_some_and(|r| r > 0),
+        "{created}"
+    );
+    let mut fields = created.clone();
+    fields.as_object_mut().expect("object").remove("revision");
     assert_eq!(
-        created,
+        fields,
         json!({
             "name": "prod", "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
             "master": "uplink0", "mtu": 9000, "vlan": 120,
@@ -99,6 +106,7 @@ prod      10.10.0.0/24   10.10.0.1   uplink0   120    9000   0/175
                 "allocated",
                 "qos",
                 "probe",
+                "revision",
             ]
             .map(String::from)
             .into(),

@@ -132,6 +132,7 @@ async fn call(c: &mut Raw, rpc: Rpc) -> Code {
         Rpc::get_network => code(c.get_network(pb::GetNetworkRequest::default()).await),
         Rpc::list_networks => code(c.list_networks(pb::ListNetworksRequest::default()).await),
         Rpc::delete_network => code(c.delete_network(pb::DeleteNetworkRequest::default()).await),
+        Rpc::update_network => code(c.update_network(pb::UpdateNetworkRequest::default()).await),
         Rpc::list_leases => code(c.list_leases(pb::ListLeasesRequest::default()).await),
         Rpc::create_rack => code(c.create_rack(pb::CreateRackRequest::default()).await),
         Rpc::get_rack => code(c.get_rack(pb::GetRackRequest::default()).await),
@@ -201,6 +202,7 @@ fn allowed(rpc: Rpc) -> &'static [Role] {
         | Rpc::watch_events => READ,
         Rpc::pin_reservation
         | Rpc::release_reservation
+        | Rpc::update_network
         | Rpc::set_qos_policy
         | Rpc::delete_qos_policy
         | Rpc::drain_node

@@ -17,6 +17,7 @@ fn lease(state: LeaseState, container: &str) -> Lease {
         state,
         sticky: false,
         new_identity: false,
+        settings: None,
         expires_unix_ms: None,
         conflict: None,
     }

@@ -113,6 +113,12 @@ pub struct Lease {
     /// otherwise carry its size (and `CreateLease::Taken` holds a Lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<Box<ConflictInfo>>,
+    /// The network settings the pod's ADD applied (active leases written
+    /// by an ipamd that records them): what `racklinectl network update`,
+    /// CHECK and `rackline_ipamd_pods_out_of_spec` compare with the
+    /// network's current definition. Boxed like `conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Box<crate::applied::PodSettings>>,
 }
 
 impl Lease {
@@ -131,6 +137,7 @@ impl Lease {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: None,
         }
     }
 
@@ -163,6 +170,7 @@ impl Lease {
             ifname: String::new(),
             created_unix_ms: now_ms,
             state: LeaseState::Conflict,
+            settings: None,
             ..self
         }
     }

@@ -17,6 +17,7 @@ pub mod addr;
 pub mod error;
 pub mod link;
 pub mod netns;
+pub mod owner;
 pub mod route;
 pub mod rule;
 mod socket;

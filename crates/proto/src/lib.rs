@@ -13,3 +13,12 @@ pub mod admin {
         tonic::include_proto!("rackline.admin.v1");
     }
 }
+
+/// The part of the Kubernetes CRI runtime API ipamd's leak reconciler uses
+/// (`RuntimeService.ListPodSandbox`), vendored from k8s.io/cri-api
+/// (Apache-2.0).
+pub mod cri {
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}

@@ -114,7 +114,7 @@ impl Store {
             _ => None,
         };
         if let Some(owner) = first_kv(0) {
-            return Ok(CreateLease::Taken(decode_lease(&owner).ok()));
+            return Ok(CreateLease::Taken(decode_lease(&owner).ok().map(Box::new)));
         }
         if first_kv(1).is_none_or(|kv| kv.create_revision() != network_revision) {
             return Ok(CreateLease::NetworkGone);

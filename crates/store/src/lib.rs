@@ -18,6 +18,7 @@ mod identities;
 mod infra;
 mod leases;
 mod lifecycle;
+mod network_update;
 mod networks;
 mod nodes;
 mod object;
@@ -34,6 +35,7 @@ pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAliv
 pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use lifecycle::{LivenessHolder, NodeLock};
+pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
 pub use nodes::NodeInfo;
 pub use object::Object;
 pub use racks::{BindingCensus, RackInfo};
@@ -154,6 +156,9 @@ fn fenced(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
 pub struct StoredNetwork {
     pub spec: NetworkSpec,
     pub create_revision: i64,
+    /// The record's last write (its creation or its last update): what an
+    /// update compares, so two updates never both apply to one version.
+    pub mod_revision: i64,
 }
 
 /// A lease with the revision needed to delete exactly this record.
@@ -213,7 +218,8 @@ pub enum CreateLease {
         mod_revision: i64,
     },
     /// Someone else owns the address (their record, when readable).
-    Taken(Option<Lease>),
+    /// Boxed: a lease record is large and the other variants are not.
+    Taken(Option<Box<Lease>>),
     /// The network was deleted or re-created since the caller read it.
     NetworkGone,
     /// The guarding block was returned or reassigned since the caller read it.
@@ -452,6 +458,7 @@ pub fn decode_network(kv: &KeyValue) -> Result<StoredNetwork> {
     Ok(StoredNetwork {
         spec,
         create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
     })
 }
 

@@ -102,6 +102,7 @@ impl Store {
                 return Ok(StoredNetwork {
                     spec: spec.clone(),
                     create_revision: rev,
+                    mod_revision: rev,
                 });
             }
             self.check_fence(fence).await?;

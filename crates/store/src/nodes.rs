@@ -309,6 +309,7 @@ mod tests {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: None,
         }
     }
 

@@ -71,6 +71,16 @@ impl<S: LeaseStore> Engine<S> {
             for (name, st) in &fresh {
                 if let Some(o) = old.get(name) {
                     st.inherit_uncertain(o);
+                    // A lease written after this snapshot was read (an Allocate racing a
+                    // re-list) is in the old cache only. The watch from the snapshot's
+                    // revision brings it back too, but a Release arriving before that must
+                    // find it: answering "nothing held" would leak the lease for good (the
+                    // chaos soak caught exactly that during an etcd leader change).
+                    for sl in o.leases_snapshot() {
+                        if sl.mod_revision > snap.revision {
+                            st.observe(sl, &self.node);
+                        }
+                    }
                 }
             }
         }
@@ -133,9 +143,18 @@ impl<S: LeaseStore> Engine<S> {
                     let mut nets = self.nets_write();
                     match nets.get(name) {
                         Some(st) if st.create_revision == create_revision && st.spec == spec => {}
+                        Some(st) if st.create_revision == create_revision && st.is_racked() => {
+                            // Same incarnation, new definition (`network
+                            // update`) of a rack-bound network: its pool is
+                            // the rack's ranges and blocks, rebuilt from a
+                            // consistent snapshot like a binding change.
+                            info!(network = name, "network definition changed; reloading");
+                            self.resync_tx.send_modify(|n| *n += 1);
+                        }
                         Some(st) if st.create_revision == create_revision => {
                             // Same incarnation, new definition: rebuild the
                             // pool around the leases we know.
+                            info!(network = name, "network definition changed");
                             let fresh = Arc::new(NetState::new(spec, create_revision));
                             for sl in st.leases_snapshot() {
                                 fresh.observe(sl, &self.node);

@@ -147,7 +147,7 @@ impl<S: LeaseStore> NodeView for Engine<S> {
         let mut v: Vec<(String, NodeGauges)> = self
             .nets_read()
             .iter()
-            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node)))
+            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node, self.node_class())))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v

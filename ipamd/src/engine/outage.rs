@@ -12,7 +12,7 @@ use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
 
 impl<S: LeaseStore> Engine<S> {
-    pub(super) fn lease_for(&self, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
+    pub(super) fn lease_for(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
         Lease {
             network: a.network.clone(),
             address: ip,
@@ -26,6 +26,7 @@ impl<S: LeaseStore> Engine<S> {
             expires_unix_ms: None,
             conflict: None,
             new_identity: false,
+            settings: net.pod_settings(),
         }
     }
 
@@ -45,7 +46,7 @@ impl<S: LeaseStore> Engine<S> {
                 "etcd is unreachable and this node has no standby address left".into(),
             ));
         };
-        let lease = self.lease_for(a, ip);
+        let lease = self.lease_for(net, a, ip);
         let entry = crate::journal::Entry::Activate {
             lease: lease.clone(),
             standby_revision: rev,
@@ -75,7 +76,7 @@ impl<S: LeaseStore> Engine<S> {
         while let Some((ip, rev)) = net.take_standby() {
             // The persisted reserve stops listing it before etcd changes.
             self.save_reserve().await;
-            let lease = self.lease_for(a, ip);
+            let lease = self.lease_for(net, a, ip);
             match self.store.replace_lease(&lease, rev).await {
                 Ok(Some(new_rev)) => {
                     net.observe(
@@ -112,8 +113,19 @@ impl<S: LeaseStore> Engine<S> {
         let Some(journal) = &self.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
+        let held = net.held(key);
+        if held.is_empty() && self.from_persisted() {
+            // Started while etcd was away: only the persisted reserve and this run's offline
+            // leases are known here, not the leases etcd holds for this node. "Nothing held"
+            // could be false (a lease made just before a restart) and would leak it; say "try
+            // again later" instead, so the plugin spools the release and the spool is drained
+            // once etcd's state is loaded.
+            return Err(IpamError::Unavailable(
+                "etcd is unreachable and this ipamd started without its state: the release is kept for later".into(),
+            ));
+        }
         let mut out = Vec::new();
-        for (ip, _) in net.held(key) {
+        for (ip, _) in held {
             let entry = crate::journal::Entry::Release {
                 network: net.spec.name.clone(),
                 address: ip,

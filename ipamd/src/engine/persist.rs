@@ -221,6 +221,9 @@ impl<S: LeaseStore> Engine<S> {
             snap.networks.push(StoredNetwork {
                 spec: n.spec.clone(),
                 create_revision: n.create_revision,
+                // Not persisted: ipamd never compares a network's mod
+                // revision (only netmaster's updates do).
+                mod_revision: n.create_revision,
             });
             snap.racknets.extend(n.binding.clone());
             for (ip, rev) in &n.standby {

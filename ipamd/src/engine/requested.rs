@@ -162,6 +162,7 @@ impl<S: LeaseStore> Engine<S> {
             new_identity: identity.is_some(),
             expires_unix_ms: None,
             conflict: None,
+            settings: net.pod_settings(),
         };
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.lease_at(ip) {
@@ -223,7 +224,7 @@ impl<S: LeaseStore> Engine<S> {
                     // marked taken and the watch fills in the owner.
                     let who = owner
                         .as_ref()
-                        .map(describe_holder)
+                        .map(|o| describe_holder(o))
                         .unwrap_or_else(|| "taken".to_string());
                     return Ok(Try::Refused(format!("{ip} is {who}")));
                 }

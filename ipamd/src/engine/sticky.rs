@@ -74,7 +74,7 @@ impl<S: LeaseStore> Engine<S> {
                 || net.sticky_hint(&a.pod.namespace, &a.pod.name).is_some())
     }
 
-    fn active_lease(&self, a: &AllocateArgs, ip: std::net::Ipv4Addr) -> Lease {
+    fn active_lease(&self, net: &NetState, a: &AllocateArgs, ip: std::net::Ipv4Addr) -> Lease {
         Lease {
             network: a.network.clone(),
             address: ip,
@@ -88,6 +88,7 @@ impl<S: LeaseStore> Engine<S> {
             new_identity: false,
             expires_unix_ms: None,
             conflict: None,
+            settings: net.pod_settings(),
         }
     }
 
@@ -219,7 +220,7 @@ impl<S: LeaseStore> Engine<S> {
             // Same rack (or flat network): take the address over. The write
             // compares both records, so a concurrent claim, DEL or expiry
             // makes it fail and we re-read.
-            let lease = self.active_lease(a, ip);
+            let lease = self.active_lease(net, a, ip);
             let mut identity = ident.identity.clone();
             identity.rack = self.rack.clone().filter(|_| net.is_racked());
             let lease_rev = cur.as_ref().map(|c| c.mod_revision).unwrap_or(0);
@@ -334,6 +335,8 @@ impl<S: LeaseStore> Engine<S> {
             new_identity: false,
             // A conflict the running pod's probe recorded ends with it.
             conflict: None,
+            // Recorded afresh when the pod comes back.
+            settings: None,
             container_id: String::new(),
             ifname: String::new(),
             state: LeaseState::Reserved,
@@ -426,7 +429,7 @@ impl<S: LeaseStore> Engine<S> {
             StickyWrite::Changed => {
                 // Which compare failed decides what the caller does next.
                 if let Some(owner) = self.store.get_lease(&lease.network, lease.address).await? {
-                    return Ok(Some(CreateLease::Taken(Some(owner.lease))));
+                    return Ok(Some(CreateLease::Taken(Some(Box::new(owner.lease)))));
                 }
                 if self
                     .store

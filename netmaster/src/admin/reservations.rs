@@ -189,6 +189,7 @@ impl AdminService {
                         expires_unix_ms: None,
                         conflict: None,
                         new_identity: false,
+                        settings: None,
                     },
                     0,
                 ),

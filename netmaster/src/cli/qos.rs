@@ -65,7 +65,7 @@ pub fn parse_bandwidth(s: &str) -> Result<Bandwidth, String> {
     Bandwidth::parse_spec(s).map_err(|e| e.to_string())
 }
 
-fn parse_class(s: &str) -> Result<(String, Bandwidth), String> {
+pub(super) fn parse_class(s: &str) -> Result<(String, Bandwidth), String> {
     let (class, b) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?}: write CLASS:BANDWIDTH"))?;

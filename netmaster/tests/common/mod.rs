@@ -327,6 +327,7 @@ pub fn put_lease(
         expires_unix_ms: None,
         conflict: None,
         new_identity: false,
+        settings: None,
     };
     match rt
         .block_on(store.create_lease(&lease, net.create_revision))

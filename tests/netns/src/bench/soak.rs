@@ -266,8 +266,10 @@ type StickyState = (Option<Ipv4Addr>, Option<usize>);
 /// State shared by the churn workers, the fault injector and the checker.
 #[derive(Default)]
 struct Shared {
-    /// Address → container id of the live pod holding it.
-    live: Mutex<HashMap<Ipv4Addr, String>>,
+    /// Address → container id of the pod holding it, and whether that pod is being torn down
+    /// (its DEL/Release is under way: ipamd may free the address before the call returns, so
+    /// another pod getting it then is no duplicate).
+    live: Mutex<HashMap<Ipv4Addr, (String, bool)>>,
     /// Sticky identity → (first address, node it lives on now or None).
     sticky: Mutex<BTreeMap<String, StickyState>>,
     report: Mutex<SoakReport>,
@@ -466,7 +468,7 @@ fn add(lab: &Lab, shared: &Shared, pod: &Pod) -> Option<Ipv4Addr> {
     let ip = ip?;
     shared.allocations.fetch_add(1, Ordering::SeqCst);
     let mut live = shared.live.lock().unwrap();
-    if let Some(other) = live.get(&ip) {
+    if let Some((other, false)) = live.get(&ip) {
         if other != &pod.container_id {
             shared.report.lock().unwrap().duplicates.push(format!(
                 "{ip} given to {} ({}) while {other} holds it",
@@ -474,22 +476,22 @@ fn add(lab: &Lab, shared: &Shared, pod: &Pod) -> Option<Ipv4Addr> {
             ));
         }
     }
-    live.insert(ip, pod.container_id.clone());
+    live.insert(ip, (pod.container_id.clone(), false));
     Some(ip)
 }
 
 /// DEL until it succeeds (kubelet's behaviour), at most a minute; the address, if any, is
 /// freed in the live map only then.
 fn del_until_ok(lab: &Lab, shared: &Shared, pod: &Pod, ip: Option<Ipv4Addr>) {
+    if let Some(ip) = ip {
+        tearing_down(shared, ip, &pod.container_id);
+    }
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let ok = lab.cni(Cmd::Del, pod).run().is_ok_and(|o| o.success());
         if ok {
             if let Some(ip) = ip {
-                let mut live = shared.live.lock().unwrap();
-                if live.get(&ip) == Some(&pod.container_id) {
-                    live.remove(&ip);
-                }
+                forget(shared, ip, &pod.container_id);
                 shared.releases.fetch_add(1, Ordering::SeqCst);
             }
             return;
@@ -505,6 +507,23 @@ fn del_until_ok(lab: &Lab, shared: &Shared, pod: &Pod, ip: Option<Ipv4Addr>) {
             return;
         }
         thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Marks `holder`'s address as being released (before its DEL or Release is sent).
+fn tearing_down(shared: &Shared, ip: Ipv4Addr, holder: &str) {
+    if let Some(e) = shared.live.lock().unwrap().get_mut(&ip) {
+        if e.0 == holder {
+            e.1 = true;
+        }
+    }
+}
+
+/// Drops `holder`'s address from the live map once its DEL or Release succeeded.
+fn forget(shared: &Shared, ip: Ipv4Addr, holder: &str) {
+    let mut live = shared.live.lock().unwrap();
+    if live.get(&ip).is_some_and(|e| e.0 == holder) {
+        live.remove(&ip);
     }
 }
 
@@ -687,7 +706,7 @@ fn finish(lab: &Lab, shared: &Shared, pods: Vec<Vec<Pod>>) -> Result<()> {
         .lock()
         .unwrap()
         .iter()
-        .map(|(ip, c)| (c.clone(), *ip))
+        .map(|(ip, (c, _))| (c.clone(), *ip))
         .collect();
     for pod in pods.iter().flatten() {
         del_until_ok(lab, shared, pod, live.get(&pod.container_id).copied());
@@ -836,7 +855,7 @@ async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, 
         if let Some(ip) = ip {
             shared.ipam_allocations.fetch_add(1, Ordering::SeqCst);
             let mut live = shared.live.lock().unwrap();
-            if let Some(other) = live.get(&ip) {
+            if let Some((other, false)) = live.get(&ip) {
                 if other != &cid {
                     shared
                         .report
@@ -846,7 +865,10 @@ async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, 
                         .push(format!("{ip} given to {cid} while {other} holds it"));
                 }
             }
-            live.insert(ip, cid.clone());
+            live.insert(ip, (cid.clone(), false));
+        }
+        if let Some(ip) = ip {
+            tearing_down(shared, ip, &cid);
         }
         // Release (also after a failed Allocate: it may have leased before failing), until
         // ipamd says it is done, like the plugin's DEL.
@@ -869,10 +891,7 @@ async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, 
             };
             if done {
                 if let Some(ip) = ip {
-                    let mut live = shared.live.lock().unwrap();
-                    if live.get(&ip) == Some(&cid) {
-                        live.remove(&ip);
-                    }
+                    forget(shared, ip, &cid);
                 }
                 break;
             }
