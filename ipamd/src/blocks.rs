@@ -1,6 +1,7 @@
 //! The block manager: keeps each rack-bound network stocked with free
 //! addresses in this node's own blocks, ahead of need, so an ADD never waits
-//! for netmaster; returns blocks that stayed empty past a hold-down.
+//! for netmaster; returns blocks that stayed empty past a hold-down, and
+//! every empty block at once while a drain marker concerns the network here.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -63,7 +64,11 @@ pub async fn run<S: LeaseStore>(
             let name = net.spec.name.clone();
             let usage = net.block_usage();
             let now = Instant::now();
-            if usage.own_available < policy.low_watermark
+            // Under a drain marker nothing is acquired and every empty
+            // block goes back at once (engine/drain.rs).
+            let draining = engine.draining(&net).is_some();
+            if !draining
+                && usage.own_available < policy.low_watermark
                 && retry_at.get(&name).is_none_or(|t| now >= *t)
             {
                 let known: Vec<Ipv4Addr> = usage
@@ -95,16 +100,17 @@ pub async fn run<S: LeaseStore>(
                 }
                 let since = *empty_since.entry(k.clone()).or_insert(now);
                 let size = u64::from(hi - lo) + 1;
-                if now.duration_since(since) < policy.hold_down
-                    || spare < size + 2 * policy.low_watermark
+                if !draining
+                    && (now.duration_since(since) < policy.hold_down
+                        || spare < size + 2 * policy.low_watermark)
                 {
                     continue;
                 }
                 let first = Ipv4Addr::from(*lo).to_string();
                 match client.release_block(&name, &first, engine.node()).await {
                     Ok(true) => {
-                        info!(network = %name, %first, "returned empty block");
-                        spare -= size;
+                        info!(network = %name, %first, draining, "returned empty block");
+                        spare = spare.saturating_sub(size);
                         empty_since.remove(&k);
                     }
                     Ok(false) => debug!(network = %name, %first, "block not returned (in use)"),

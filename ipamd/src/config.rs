@@ -145,6 +145,13 @@ pub struct Args {
     /// (conventional port 9641; off when not given).
     #[arg(long, env = "RACKLINE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TTL of this node's liveness record (the etcd lease ipamd keeps
+    /// alive every TTL/3): a second ipamd with the same --node-name waits
+    /// this long (plus 2 s) for the record before refusing to start, and
+    /// netmaster counts a node dead from when its record expires.
+    #[arg(long, env = "RACKLINE_LIVENESS_TTL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub liveness_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +181,7 @@ pub struct Config {
     pub node_class_label: String,
     pub pod_annotations: bool,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    pub liveness_ttl: Duration,
 }
 
 impl Args {
@@ -206,6 +214,7 @@ impl Args {
             node_class_label: self.node_class_label,
             pod_annotations: self.pod_annotations,
             metrics_listen: self.metrics_listen,
+            liveness_ttl: Duration::from_secs(self.liveness_ttl_secs),
             rack: self.rack,
             rack_label: self.rack_label,
             netmaster: self.netmaster,

@@ -20,6 +20,7 @@ use crate::netstate::{AttachmentKey, NetState};
 
 mod cache;
 mod conflict;
+mod drain;
 mod mode;
 mod observe;
 mod outage;
@@ -166,6 +167,8 @@ pub struct Engine<S> {
     /// Every registered node's own addresses, by node name (from the
     /// snapshot and the watch of `nodes/`): withheld from every network.
     node_addresses: RwLock<BTreeMap<String, Vec<Ipv4Addr>>>,
+    /// Drain markers in force (every node's; see engine/drain.rs).
+    drains: RwLock<HashSet<rackline_model::DrainTarget>>,
     /// The node's QoS class: which class level of a network applies to its
     /// pods (`rackline_ipamd_pods_out_of_spec`).
     node_class: Option<String>,
@@ -248,6 +251,7 @@ impl<S: LeaseStore> Engine<S> {
             offline_start_max_age: Duration::from_secs(3600),
             observer: None,
             node_addresses: RwLock::new(BTreeMap::new()),
+            drains: RwLock::new(HashSet::new()),
             node_class: None,
         }
     }

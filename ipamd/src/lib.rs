@@ -14,6 +14,7 @@ mod engine_tests;
 pub mod install;
 pub mod journal;
 pub mod kube;
+pub mod liveness;
 pub mod metrics;
 pub mod netmaster;
 pub mod netstate;
@@ -93,6 +94,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // One ipamd per node name: at once on this host (flock), and across
+    // hosts through the node's liveness record in etcd.
+    let local_lock = liveness::lock_local(&config.state_dir, &config.node_name)?;
+    let node_liveness = Arc::new(liveness::NodeLiveness::new(
+        store.clone(),
+        &config.node_name,
+        &local_lock.instance,
+        config.liveness_ttl,
+    ));
+    let held = match node_liveness.acquire().await {
+        Ok(h) => Some(h),
+        Err(e @ liveness::LivenessError::Taken { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("the node's liveness record will be taken once etcd answers: {e}");
+            None
+        }
+    };
     let journal = Arc::new(
         journal::Journal::open(&config.state_dir, &config.node_name)
             .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?,
@@ -144,6 +162,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let superseded = Arc::new(tokio::sync::Notify::new());
+    let liveness_task = {
+        let (l, rx, superseded) = (
+            node_liveness.clone(),
+            shutdown_rx.clone(),
+            superseded.clone(),
+        );
+        tokio::spawn(async move {
+            let r = l.keep(held, rx).await;
+            if r.is_err() {
+                superseded.notify_one();
+            }
+            r
+        })
+    };
     let sync_task = tokio::spawn(sync::run(
         engine.clone(),
         store.clone(),
@@ -239,11 +272,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "rackline-ipamd",
         ))
         .add_service(IpamServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = superseded.notified() => {}
+            }
+        })
         .await;
     serving.store(false, std::sync::atomic::Ordering::Relaxed);
 
     let _ = shutdown_tx.send(true);
+    // The liveness record goes at once on a clean stop (bounded: etcd may
+    // be unreachable, then it expires with its TTL).
+    let lost = match tokio::time::timeout(config.etcd_timeout * 2, liveness_task).await {
+        Ok(Ok(Err(e))) => Some(e),
+        _ => None,
+    };
+    drop(local_lock);
     sync_task.abort();
     let _ = sync_task.await;
     for t in tasks {
@@ -252,6 +297,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     socket::remove(&config.socket);
     info!("ipamd stopped");
+    if let Some(e) = lost {
+        return Err(e.into());
+    }
     served.context("serving gRPC")
 }
 

@@ -20,10 +20,12 @@ use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
 use rackline_store::{Object, Store, StoreError};
 use tracing::info;
 
+mod drain;
 mod network_update;
 mod qos;
 mod racks;
 mod reservations;
+pub use drain::{drain_wait, DEFAULT_DRAIN_WAIT, MAX_DRAIN_WAIT};
 pub use network_update::{NetworkUpdate, UpdateReport};
 pub use reservations::ReservationView;
 
@@ -39,10 +41,9 @@ pub enum AdminError {
     AlreadyExists(String),
     #[error("network {0:?} not found")]
     NotFound(String),
-    #[error(
-        "network {name:?} still has {leases} lease(s); release them first or delete with force"
-    )]
-    InUse { name: String, leases: usize },
+    /// `detail` says what is left and what to do about it.
+    #[error("network {name:?} still has {detail}")]
+    InUse { name: String, detail: String },
     /// This instance may not write (not the leader, or its leadership
     /// lapsed).
     #[error("this netmaster may not write: {0}")]
@@ -76,7 +77,7 @@ impl From<StoreError> for AdminError {
             StoreError::Invalid(v) => AdminError::Invalid(v),
             StoreError::AlreadyExists(n) => AdminError::AlreadyExists(n),
             StoreError::NotFound(n) => AdminError::NotFound(n),
-            StoreError::InUse { name, leases } => AdminError::InUse { name, leases },
+            StoreError::InUse { name, detail } => AdminError::InUse { name, detail },
             StoreError::Unavailable(m) => AdminError::Unavailable(m),
             StoreError::Contended(n) => AdminError::Contended(n),
             // Deposed while writing: the fence failed in etcd, nothing was
@@ -274,17 +275,6 @@ impl AdminService {
         Ok(views)
     }
 
-    /// Returns how many leases went with the network (only with `force`).
-    pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
-        let permit = self.permit()?;
-        let deleted = self
-            .store
-            .delete_network(name, force, permit.fence.as_ref())
-            .await?;
-        info!(network = %name, force, leases_deleted = deleted, "network deleted");
-        Ok(deleted)
-    }
-
     /// Leases matching `filter`, by network then numeric address (etcd's key
     /// order would put 10.0.0.10 before 10.0.0.2).
     pub async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
@@ -371,10 +361,11 @@ mod tests {
     fn store_errors_keep_their_meaning() {
         let e: AdminError = StoreError::InUse {
             name: "prod".into(),
-            leases: 2,
+            detail: "2 pod lease(s)".into(),
         }
         .into();
-        assert!(matches!(e, AdminError::InUse { leases: 2, .. }));
+        assert!(matches!(e, AdminError::InUse { .. }));
+        assert_eq!(e.to_string(), "network \"prod\" still has 2 pod lease(s)");
         let e: AdminError = StoreError::Unavailable("down".into()).into();
         assert_eq!(e.to_string(), "etcd unavailable: down");
         let e: AdminError = StoreError::Corrupt {

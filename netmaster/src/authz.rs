@@ -22,7 +22,8 @@ use crate::auth::{Authenticator, Caller, Role};
 pub enum Access {
     /// Reads: read-only, operator, admin.
     Read,
-    /// Reservations, pins, QoS policies: operator, admin.
+    /// Reservations, pins, QoS policies, node drain and delete: operator,
+    /// admin.
     Operate,
     /// Networks, racks, bindings, forced deletes: admin.
     Administer,
@@ -252,6 +253,8 @@ admin_rpcs! {
     register_node(pb::RegisterNodeRequest) -> pb::Node = "RegisterNode", NodeAgent;
     get_node(pb::GetNodeRequest) -> pb::NodeDetail = "GetNode", Read;
     list_nodes(pb::ListNodesRequest) -> pb::ListNodesReply = "ListNodes", Read;
+    drain_node(pb::DrainNodeRequest) -> pb::NodeDetail = "DrainNode", Operate;
+    delete_node(pb::DeleteNodeRequest) -> pb::DeleteNodeReply = "DeleteNode", Operate [force];
     acquire_block(pb::AcquireBlockRequest) -> pb::Block = "AcquireBlock", NodeAgent;
     release_block(pb::ReleaseBlockRequest) -> pb::ReleaseBlockReply = "ReleaseBlock", NodeAgent;
     list_blocks(pb::ListBlocksRequest) -> pb::ListBlocksReply = "ListBlocks", Read;
@@ -307,5 +310,8 @@ mod tests {
         assert!(Rpc::update_network.force_needs_admin());
         assert_eq!(Rpc::update_network.access(), Access::Operate);
         assert!(!Rpc::pin_reservation.force_needs_admin());
+        assert!(Rpc::delete_node.force_needs_admin());
+        assert_eq!(Rpc::drain_node.access(), Access::Operate);
+        assert_eq!(Rpc::delete_node.access(), Access::Operate);
     }
 }

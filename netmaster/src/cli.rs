@@ -128,12 +128,19 @@ pub enum NetworkCommand {
     /// its value. Running pods keep what they got at ADD: the command lists
     /// those that now differ.
     Update(Box<UpdateArgs>),
-    /// Delete a network.
+    /// Delete a network. Refused while pods, sticky reservations hold
+    /// addresses on it; the nodes' standby reserve is given back first
+    /// (each ipamd returns its own while the network is marked deleting).
     Delete {
         name: String,
         /// Delete even when leases exist (they are deleted with it).
         #[arg(long)]
         force: bool,
+        /// Seconds to wait for the ipamds to give their standby records
+        /// back (at most 25).
+        #[arg(long, value_name = "SECS", default_value_t = 15,
+              value_parser = clap::value_parser!(u32).range(1..=25))]
+        wait: u32,
     },
 }
 
@@ -367,8 +374,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 write!(out, "{}", render::update_report(&r))?;
             }
         }
-        Command::Network(NetworkCommand::Delete { name, force }) => {
-            let leases_deleted = client.delete_network(&name, force).await?;
+        Command::Network(NetworkCommand::Delete { name, force, wait }) => {
+            let leases_deleted = client.delete_network(&name, force, wait).await?;
             if json {
                 emit_json(out, &DeleteJson { leases_deleted })?;
             } else if leases_deleted > 0 {

@@ -248,10 +248,11 @@ impl AdminClient {
     }
 
     /// Returns how many leases were deleted with the network.
-    pub async fn delete_network(&mut self, name: &str, force: bool) -> Result<u64> {
+    pub async fn delete_network(&mut self, name: &str, force: bool, wait_secs: u32) -> Result<u64> {
         let req = pb::DeleteNetworkRequest {
             name: name.to_string(),
             force,
+            wait_seconds: wait_secs,
         };
         let reply = self
             .call(|mut c| {

@@ -123,6 +123,18 @@ pub struct NetmasterArgs {
     #[arg(long, env = "RACKLINE_LEASE_TTL_SECS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub lease_ttl_secs: u64,
+    /// Seconds a node may hold addresses without a live ipamd (no liveness
+    /// record) before the leader reclaims them: non-sticky leases freed,
+    /// sticky ones turned into reservations, standby records and blocks
+    /// returned. Longer than any partition the nodes should ride out on
+    /// their standby reserve; 0 = never.
+    #[arg(
+        long,
+        env = "RACKLINE_DEAD_NODE_GRACE",
+        value_name = "SECS",
+        default_value_t = 600
+    )]
+    pub dead_node_grace: u64,
     /// Metrics, health and the webhook sink.
     #[command(flatten)]
     pub observability: crate::observability::ObservabilityArgs,
@@ -335,6 +347,14 @@ pub async fn run(
         warn!("no leader known yet; serving, and refusing writes until one is elected");
     }
     let status = election.status();
+    let (reclaim_stop, reclaim_rx) = tokio::sync::watch::channel(false);
+    // Owned: stopped (and awaited) with the rest at shutdown.
+    let reclaim_task = tokio::spawn(crate::reclaim::run(
+        store.clone(),
+        status.clone(),
+        crate::reclaim::ReclaimConfig::for_grace(Duration::from_secs(args.dead_node_grace)),
+        reclaim_rx,
+    ));
     let svc = AdminService::with_fence(store, Arc::new(status.clone()));
     let admin = Authorized::new(
         GrpcAdmin::new(svc).with_observability(obs.handles()),
@@ -368,6 +388,8 @@ pub async fn run(
 
     tokio::select! {
         res = &mut server => {
+            reclaim_stop.send_replace(true);
+            let _ = reclaim_task.await;
             election.shutdown(timeout).await;
             obs.shutdown(timeout).await;
             return res.map_err(DaemonError::from);
@@ -375,7 +397,12 @@ pub async fn run(
         sig = shutdown => {
             info!(signal = sig, "stopping: releasing leadership, draining in-flight requests");
             stop_tx.send_replace(true);
+            reclaim_stop.send_replace(true);
         }
+    }
+    // A reclaim pass in flight ends at its next write (fenced) at worst.
+    if tokio::time::timeout(timeout, reclaim_task).await.is_err() {
+        warn!("the dead-node reclaim task did not stop in time");
     }
     // Leadership goes first (writes still in flight then fail their fence
     // or are refused), so a follower leads while we drain.
@@ -413,6 +440,11 @@ mod tests {
     fn replica_flags_have_defaults_and_are_checked() {
         let a = parse(&[]).unwrap();
         assert_eq!((a.id, a.advertise, a.lease_ttl_secs), (None, None, 3));
+        assert_eq!(a.dead_node_grace, 600);
+        assert_eq!(
+            parse(&["--dead-node-grace", "0"]).unwrap().dead_node_grace,
+            0
+        );
         let a = parse(&["--id", "ctrl-b", "--advertise", "ctrl-b.mgmt:7650"]).unwrap();
         assert_eq!(a.id.as_deref(), Some("ctrl-b"));
         assert_eq!(a.advertise.as_deref(), Some("ctrl-b.mgmt:7650"));

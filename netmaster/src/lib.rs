@@ -7,6 +7,7 @@
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
 //! - [`leader`]: leader election among replicas and the write fence;
+//! - [`reclaim`]: the leader's reclaim of nodes dead past their grace;
 //! - [`auth`] and [`authz`]: who calls (tokens, client certificates) and
 //!   what each role may do, with the audit log;
 //! - [`index`], [`events`], [`metrics`], [`webhook`], [`observability`]:
@@ -27,6 +28,7 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod observability;
+pub mod reclaim;
 pub mod render;
 pub mod server;
 pub mod webhook;

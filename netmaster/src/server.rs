@@ -187,7 +187,11 @@ impl Admin for GrpcAdmin {
         let req = request.into_inner();
         let leases_deleted = self
             .svc
-            .delete_network(&req.name, req.force)
+            .delete_network(
+                &req.name,
+                req.force,
+                crate::admin::drain_wait(req.wait_seconds),
+            )
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::DeleteNetworkReply { leases_deleted }))
@@ -291,7 +295,10 @@ impl Admin for GrpcAdmin {
         let network = convert::network_filter(&req.network)
             .map_err(invalid)?
             .ok_or_else(|| invalid(ConvertError::Required("network")))?;
-        self.svc.unbind_rack(&rack, &network).await.map_err(fail)?;
+        self.svc
+            .unbind_rack(&rack, &network, crate::admin::drain_wait(req.wait_seconds))
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::UnbindRackReply {}))
     }
 
@@ -345,6 +352,35 @@ impl Admin for GrpcAdmin {
         let nodes = self.svc.list_nodes(rack.as_deref()).await.map_err(fail)?;
         Ok(Response::new(pb::ListNodesReply {
             nodes: nodes.iter().map(convert::node_detail_to_proto).collect(),
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::NodeDetail>, Status> {
+        let req = request.into_inner();
+        let name = convert::node_filter(&req.name)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(ConvertError::Required("name")))?;
+        let info = self.svc.drain_node(&name, req.undo).await.map_err(fail)?;
+        Ok(Response::new(convert::node_detail_to_proto(&info)))
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeReply>, Status> {
+        let req = request.into_inner();
+        let name = convert::node_filter(&req.name)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid(ConvertError::Required("name")))?;
+        let r = self.svc.delete_node(&name, req.force).await.map_err(fail)?;
+        Ok(Response::new(pb::DeleteNodeReply {
+            leases_freed: r.leases_freed,
+            reserved: r.reserved,
+            standby_freed: r.standby_freed,
+            blocks_returned: r.blocks_returned,
         }))
     }
 
@@ -491,10 +527,10 @@ mod tests {
             (
                 AdminError::InUse {
                     name: "prod".into(),
-                    leases: 3,
+                    detail: "3 pod lease(s)".into(),
                 },
                 Code::FailedPrecondition,
-                "still has 3 lease(s)",
+                "still has 3 pod lease(s)",
             ),
             (
                 AdminError::Unavailable("no answer".into()),

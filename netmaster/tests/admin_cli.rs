@@ -250,7 +250,7 @@ fn delete_with_leases_needs_force() {
     assert_eq!(shown["capacity"], 253);
 
     ctl(s, &["network", "delete", "prod"])
-        .refused("network \"prod\" still has 2 lease(s); release them first or delete with force");
+        .refused("network \"prod\" still has 2 pod lease(s) (default/web-0, default/web-1); delete those pods first");
     assert_eq!(network_names(s), ["dev", "prod"]);
     let leases = ctl(s, &["lease", "list", "-o", "json"]).json();
     assert_eq!(leases.as_array().map(Vec::len), Some(3), "{leases}");

@@ -144,6 +144,8 @@ async fn call(c: &mut Raw, rpc: Rpc) -> Code {
         Rpc::register_node => code(c.register_node(pb::RegisterNodeRequest::default()).await),
         Rpc::get_node => code(c.get_node(pb::GetNodeRequest::default()).await),
         Rpc::list_nodes => code(c.list_nodes(pb::ListNodesRequest::default()).await),
+        Rpc::drain_node => code(c.drain_node(pb::DrainNodeRequest::default()).await),
+        Rpc::delete_node => code(c.delete_node(pb::DeleteNodeRequest::default()).await),
         Rpc::acquire_block => code(c.acquire_block(pb::AcquireBlockRequest::default()).await),
         Rpc::release_block => code(c.release_block(pb::ReleaseBlockRequest::default()).await),
         Rpc::list_blocks => code(c.list_blocks(pb::ListBlocksRequest::default()).await),
@@ -202,7 +204,9 @@ fn allowed(rpc: Rpc) -> &'static [Role] {
         | Rpc::release_reservation
         | Rpc::update_network
         | Rpc::set_qos_policy
-        | Rpc::delete_qos_policy => OPERATE,
+        | Rpc::delete_qos_policy
+        | Rpc::drain_node
+        | Rpc::delete_node => OPERATE,
         Rpc::create_network
         | Rpc::delete_network
         | Rpc::create_rack

@@ -91,10 +91,14 @@ fn racks_bindings_and_nodes_in_table_and_json() {
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{table:?}");
     assert!(
-        lines[0].starts_with("NODE   RACK   ADDRESSES   BLOCKS   IN-BLOCKS   LEASES   REGISTERED")
+        lines[0].starts_with(
+            "NODE   RACK   STATE   LIVE   ADDRESSES   BLOCKS   IN-BLOCKS   LEASES   REGISTERED"
+        ),
+        "{lines:?}"
     );
     assert!(
-        lines[1].starts_with("n1     r1     10.0.0.11   0        0           0        "),
+        lines[1]
+            .starts_with("n1     r1     ready   no     10.0.0.11   0        0           0        "),
         "{lines:?}"
     );
     assert_eq!(js(s, &["node", "list", "--rack", "r2"]), json!([]));
@@ -224,7 +228,8 @@ fn invalid_requests_are_refused_and_write_nothing() {
         (vec!["rack", "delete", "ghost"], "rack \"ghost\" not found"),
         (
             vec!["rack", "unbind", "r1", "prod"],
-            "rack \"r1\" still has 1 block(s) and 1 lease(s) on network \"prod\"",
+            "rack \"r1\" on network \"prod\" still has 1 pod lease(s) (default/web-0); \
+             delete those pods first",
         ),
         (
             vec!["rack", "unbind", "r3", "prod"],

@@ -33,6 +33,10 @@ pub mod reclaim {
     pub const GC: &str = "gc";
     /// The leak reconciler: the pod or sandbox no longer exists.
     pub const RECONCILE: &str = "reconcile";
+    /// `racklinectl node delete` retired the node's leases.
+    pub const NODE_DELETE: &str = "node-delete";
+    /// netmaster reclaimed the leases of a node dead past its grace.
+    pub const DEAD_NODE: &str = "dead-node";
 }
 
 /// `lease` as stored JSON with the reclaim marker added.

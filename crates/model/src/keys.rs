@@ -13,6 +13,10 @@
 //! <prefix>/v1/netmaster/webhook-cursor       the webhook sink's next revision (leader, fenced)
 //! <prefix>/v1/heartbeat                      the event stream's clock tick (netmaster)
 //! <prefix>/v1/qos/<network>/<namespace>/<name>  QosPolicy JSON
+//! <prefix>/v1/drains/network/<network>      Drain JSON (network being deleted)
+//! <prefix>/v1/drains/racknet/<network>/<rack> Drain JSON (binding being removed)
+//! <prefix>/v1/drains/node/<node>            Drain JSON (node drained)
+//! <prefix>/v1/liveness/<node>               Liveness JSON, on the ipamd's etcd lease
 //! ```
 //! Addresses in keys are zero-padded (`010.000.000.002`) so etcd's byte
 //! order is numeric order: a block of addresses is one contiguous key range
@@ -149,6 +153,58 @@ impl Keys {
         format!("{}/netmaster/leader", self.root)
     }
 
+    pub fn drains_prefix(&self) -> String {
+        format!("{}/drains/", self.root)
+    }
+
+    /// The drain marker of `target`.
+    pub fn drain(&self, target: &crate::DrainTarget) -> String {
+        use crate::DrainTarget::*;
+        match target {
+            Network(n) => format!("{}/drains/network/{n}", self.root),
+            RackNet { network, rack } => format!("{}/drains/racknet/{network}/{rack}", self.root),
+            Node(n) => format!("{}/drains/node/{n}", self.root),
+        }
+    }
+
+    /// The drain markers of every rack binding of `network`.
+    pub fn racknet_drains_prefix(&self, network: &str) -> String {
+        format!("{}/drains/racknet/{network}/", self.root)
+    }
+
+    /// What a drain marker key applies to.
+    pub fn parse_drain(&self, key: &str) -> Option<crate::DrainTarget> {
+        use crate::DrainTarget::*;
+        let rest = key.strip_prefix(&self.root)?.strip_prefix("/drains/")?;
+        let (kind, rest) = rest.split_once('/')?;
+        let one = |s: &str| (!s.is_empty() && !s.contains('/')).then(|| s.to_string());
+        match kind {
+            "network" => Some(Network(one(rest)?)),
+            "node" => Some(Node(one(rest)?)),
+            "racknet" => {
+                let (network, rack) = rest.split_once('/')?;
+                Some(RackNet {
+                    network: one(network)?,
+                    rack: one(rack)?,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn liveness_prefix(&self) -> String {
+        format!("{}/liveness/", self.root)
+    }
+
+    /// The liveness record (and lock) of `node`'s ipamd.
+    pub fn liveness(&self, node: &str) -> String {
+        format!("{}/liveness/{node}", self.root)
+    }
+
+    pub fn liveness_node_of<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&self.root)?.strip_prefix("/liveness/")
+    }
+
     /// (network, first address) from a block key.
     pub fn parse_block<'a>(&self, key: &'a str) -> Option<(&'a str, Ipv4Addr)> {
         let rest = key.strip_prefix(&self.root)?.strip_prefix("/blocks/")?;
@@ -262,6 +318,25 @@ mod tests {
         let i = k.identity("prod", "shop", "web-0");
         assert_eq!(k.parse_identity(&i), Some(("prod", "shop", "web-0")));
         assert_eq!(k.parse_identity(&key), None);
+        use crate::DrainTarget;
+        for t in [
+            DrainTarget::Network("prod".into()),
+            DrainTarget::Node("n1.example".into()),
+            DrainTarget::RackNet {
+                network: "prod".into(),
+                rack: "r1".into(),
+            },
+        ] {
+            assert_eq!(k.parse_drain(&k.drain(&t)), Some(t));
+        }
+        assert!(k
+            .drain(&DrainTarget::RackNet {
+                network: "prod".into(),
+                rack: "r1".into()
+            })
+            .starts_with(&k.racknet_drains_prefix("prod")));
+        assert_eq!(k.parse_drain(&k.network("prod")), None);
+        assert_eq!(k.liveness_node_of(&k.liveness("n1")), Some("n1"));
     }
 
     #[test]
@@ -283,6 +358,9 @@ mod tests {
             k.leader(),
             k.webhook_cursor(),
             k.qos_policy("prod", "ns", "x"),
+            k.drain(&crate::DrainTarget::Network("prod".into())),
+            k.drain(&crate::DrainTarget::Node("n1".into())),
+            k.liveness("n1"),
         ] {
             assert!(!inside(&other), "{other}");
         }

@@ -8,7 +8,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::block::{next_free_block, MAX_BLOCK_SIZE};
 use rackline_model::network::validate_name;
 use rackline_model::rack::validate_node_name;
-use rackline_model::{Block, Infra, IntervalSet, Node, RackNet};
+use rackline_model::{Block, DrainTarget, Infra, IntervalSet, Node, RackNet};
 use tracing::debug;
 
 use crate::racks::decode_all;
@@ -100,6 +100,7 @@ impl Store {
                     get(net_key.clone()),
                     get_prefix(self.keys.racknets_prefix(network)),
                     get_prefix(self.keys.blocks_prefix(network)),
+                    get_prefix(self.keys.drains_prefix()),
                 ])
                 .await?;
             let Some(node_kv) = r[0].kvs().first() else {
@@ -122,6 +123,28 @@ impl Store {
                 }));
             };
             let binding: RackNet = decode_json(binding_kv)?;
+            // A drained node, a network being deleted or a binding being
+            // removed gets no new block: those are being emptied.
+            let drains = [
+                DrainTarget::Node(node.to_string()),
+                DrainTarget::Network(network.to_string()),
+                DrainTarget::RackNet {
+                    network: network.to_string(),
+                    rack: owner.rack.clone(),
+                },
+            ];
+            let drain_keys: Vec<String> = drains.iter().map(|t| self.keys.drain(t)).collect();
+            if let Some(t) = drains.iter().zip(&drain_keys).find_map(|(t, k)| {
+                r[4].kvs()
+                    .iter()
+                    .any(|kv| kv.key() == k.as_bytes())
+                    .then_some(t)
+            }) {
+                return Err(StoreError::Refused(format!(
+                    "{} is being drained: no new block for node {node:?}",
+                    t.describe()
+                )));
+            }
             if let Some(known) = known {
                 if let Some(b) = self.unknown_owned_block(r[3].kvs(), node, &owner.rack, known)? {
                     debug!(%network, %node, first = %b.block.first, "node asked again; its unseen block is the answer");
@@ -163,13 +186,18 @@ impl Store {
                 Ipv4Addr::from(lo.saturating_sub(MAX_BLOCK_SIZE - 1)),
             );
             let guard_end = after(&self.keys.block(network, Ipv4Addr::from(hi)));
-            let when = vec![
+            let mut when = vec![
                 Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 unchanged_range(&guard_start, &guard_end, rev),
                 Compare::mod_revision(node_key.clone(), CompareOp::Equal, node_kv.mod_revision()),
                 Compare::mod_revision(binding_key, CompareOp::Equal, binding_kv.mod_revision()),
                 Compare::mod_revision(net_key.clone(), CompareOp::Equal, net_kv.mod_revision()),
             ];
+            when.extend(
+                drain_keys
+                    .into_iter()
+                    .map(|k| Compare::create_revision(k, CompareOp::Equal, 0)),
+            );
             let value = serde_json::to_vec(&block).expect("Block serialises");
             let txn = Txn::new()
                 .when(fenced(when, fence))

@@ -9,6 +9,7 @@ use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, KeyValue, W
 use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 
 mod blocks;
+mod census;
 mod channel;
 mod connect;
 mod election;
@@ -16,6 +17,7 @@ mod events;
 mod identities;
 mod infra;
 mod leases;
+mod lifecycle;
 mod network_update;
 mod networks;
 mod nodes;
@@ -23,17 +25,21 @@ mod object;
 mod qos;
 mod racks;
 mod reads;
+mod retire;
 mod ttl;
 mod usage;
 pub use blocks::{AcquiredBlock, BlockFilter, BlockUsage};
+pub use census::LeaseCensus;
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
+pub use lifecycle::{LivenessHolder, NodeLock};
 pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
 pub use nodes::NodeInfo;
 pub use object::Object;
-pub use racks::RackInfo;
+pub use racks::{BindingCensus, RackInfo};
+pub use retire::{RetireMode, RetireReport};
 pub use usage::Utilization;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +56,9 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("network {0:?} not found")]
     NotFound(String),
-    #[error(
-        "network {name:?} still has {leases} lease(s); release them first or delete with force"
-    )]
-    InUse { name: String, leases: usize },
+    /// `detail` says what is left and what to do about it.
+    #[error("network {name:?} still has {detail}")]
+    InUse { name: String, detail: String },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
@@ -170,6 +175,8 @@ pub struct Snapshot {
     pub racknets: Vec<rackline_model::RackNet>,
     pub blocks: Vec<StoredBlock>,
     pub nodes: Vec<rackline_model::Node>,
+    /// Drain markers in force.
+    pub drains: Vec<rackline_model::DrainTarget>,
     pub revision: i64,
     /// Records that could not be decoded.
     pub skipped: usize,
@@ -349,6 +356,7 @@ impl Store {
             racknets: Vec::new(),
             blocks: Vec::new(),
             nodes: Vec::new(),
+            drains: Vec::new(),
             revision,
             skipped: 0,
         };
@@ -377,6 +385,9 @@ impl Store {
                 })
             } else if self.keys.node_name_of(&key).is_some() {
                 decode_json(kv).map(|n| snap.nodes.push(n))
+            } else if let Some(target) = self.keys.parse_drain(&key) {
+                snap.drains.push(target);
+                Ok(())
             } else {
                 Ok(())
             };

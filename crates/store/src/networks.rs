@@ -29,6 +29,13 @@ impl Store {
         resp.kvs().first().map(decode_network).transpose()
     }
 
+    /// The network's lease records by kind (what a delete would refuse
+    /// for), with the revision of the read.
+    pub async fn network_census(&self, name: &str) -> Result<(LeaseCensus, i64)> {
+        let (leases, rev) = self.list_leases(Some(name)).await?;
+        Ok((LeaseCensus::of(leases.iter().map(|l| &l.lease)), rev))
+    }
+
     /// Validates `spec` against every other network and writes it, all under
     /// the networks guard key so two overlapping creates cannot both succeed.
     pub async fn create_network(
@@ -104,11 +111,14 @@ impl Store {
         Err(StoreError::Contended(16))
     }
 
-    /// Deletes a network. Without `force` it refuses while leases exist; the
-    /// transaction also fails if a lease appeared after the check. The
-    /// network's rack bindings, blocks, sticky identities and QoS policies go
-    /// with it (a network re-created under the same name must not inherit
-    /// them).
+    /// Deletes a network. Without `force` it refuses while lease records
+    /// other than conflict quarantines exist (pods, reservations, standby
+    /// reserves: the latter are given back by their ipamds once the
+    /// network's drain marker is up); the transaction also fails if a lease
+    /// record was written after the check. The network's rack bindings,
+    /// blocks, sticky identities, QoS policies, quarantine records and
+    /// drain markers go with it (a network re-created under the same name
+    /// must not inherit them).
     pub async fn delete_network(
         &self,
         name: &str,
@@ -123,11 +133,23 @@ impl Store {
                 return Err(StoreError::NotFound(name.to_string()));
             };
             let (leases, rev) = self.list_leases(Some(name)).await?;
-            if !force && !leases.is_empty() {
-                return Err(StoreError::InUse {
-                    name: name.to_string(),
-                    leases: leases.len(),
+            if !force {
+                let census = LeaseCensus::of(leases.iter().map(|l| &l.lease));
+                let detail = census.blocking(false).or_else(|| {
+                    census.standby_phrase().map(|s| {
+                        format!(
+                            "{s}, not given back yet; their ipamds return them while the \
+                             network is being deleted (is each of them running?), or delete \
+                             with --force"
+                        )
+                    })
                 });
+                if let Some(detail) = detail {
+                    return Err(StoreError::InUse {
+                        name: name.to_string(),
+                        detail,
+                    });
+                }
             }
             let mut when = vec![Compare::create_revision(
                 key.clone(),
@@ -164,6 +186,16 @@ impl Store {
                 // QoS policies too: a re-created network starts without them.
                 TxnOp::delete(
                     self.keys.qos_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                // And the drain markers that led here.
+                TxnOp::delete(
+                    self.keys
+                        .drain(&rackline_model::DrainTarget::Network(name.to_string())),
+                    None,
+                ),
+                TxnOp::delete(
+                    self.keys.racknet_drains_prefix(name),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
             ]);

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use rackline_model::{Block, Lease, Node};
+use rackline_model::{Block, DrainTarget, Lease, Node};
 use tracing::{debug, warn};
 
 use crate::blocks::BlockUsage;
@@ -21,6 +21,10 @@ pub struct NodeInfo {
     pub blocks: Vec<BlockUsage>,
     /// Leases recorded for the node, on every network.
     pub leases: u64,
+    /// A drain marker is up for the node (`racklinectl node drain`).
+    pub draining: bool,
+    /// The node's ipamd holds its liveness record (runs and reaches etcd).
+    pub live: bool,
 }
 
 impl Store {
@@ -125,17 +129,20 @@ impl Store {
                 get(self.keys.node(name)),
                 get_prefix(self.keys.all_blocks_prefix()),
                 get_prefix(self.keys.all_leases_prefix()),
+                get_prefix(self.keys.drains_prefix()),
+                get_prefix(self.keys.liveness_prefix()),
             ])
             .await?;
         let Some(kv) = r[0].kvs().first() else {
             return Ok(None);
         };
         let node: Node = decode_json(kv)?;
-        let infos = node_infos(
+        let mut infos = node_infos(
             vec![node],
             decode_all(r[1].kvs())?,
             decode_leases_lenient(r[2].kvs()),
         );
+        self.add_states(&mut infos, r[3].kvs(), r[4].kvs());
         Ok(infos.into_iter().next())
     }
 
@@ -147,6 +154,8 @@ impl Store {
                 get_prefix(self.keys.nodes_prefix()),
                 get_prefix(self.keys.all_blocks_prefix()),
                 get_prefix(self.keys.all_leases_prefix()),
+                get_prefix(self.keys.drains_prefix()),
+                get_prefix(self.keys.liveness_prefix()),
             ])
             .await?;
         let mut nodes: Vec<Node> = decode_all::<Node>(r[0].kvs())?
@@ -154,11 +163,34 @@ impl Store {
             .filter(|n| rack.is_none_or(|r| r == n.rack))
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(node_infos(
+        let mut infos = node_infos(
             nodes,
             decode_all(r[1].kvs())?,
             decode_leases_lenient(r[2].kvs()),
-        ))
+        );
+        self.add_states(&mut infos, r[3].kvs(), r[4].kvs());
+        Ok(infos)
+    }
+
+    /// Fills in `draining` and `live` from the drain markers and liveness
+    /// records read with the nodes.
+    fn add_states(
+        &self,
+        infos: &mut [NodeInfo],
+        drains: &[etcd_client::KeyValue],
+        liveness: &[etcd_client::KeyValue],
+    ) {
+        let keys = |kvs: &[etcd_client::KeyValue]| -> std::collections::HashSet<String> {
+            kvs.iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        };
+        let (drains, liveness) = (keys(drains), keys(liveness));
+        for i in infos {
+            let name = i.node.name.clone();
+            i.draining = drains.contains(&self.keys.drain(&DrainTarget::Node(name.clone())));
+            i.live = liveness.contains(&self.keys.liveness(&name));
+        }
     }
 }
 
@@ -230,6 +262,8 @@ pub(crate) fn node_infos(
                 node,
                 blocks,
                 leases,
+                draining: false,
+                live: false,
             }
         })
         .collect()

@@ -6,14 +6,16 @@
 //! write's transaction compares the revisions of exactly what was checked:
 //! a concurrent change makes it fail and retry, never slip past the check.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
-use rackline_model::{Block, Lease, Node, Rack, RackNet, ValidationError};
+use rackline_model::{Block, DrainTarget, Lease, Node, Rack, RackNet, ValidationError};
 use tracing::debug;
 
 use crate::reads::{get, get_prefix, unchanged_prefix, unchanged_range, ATTEMPTS};
-use crate::{decode_json, decode_network, fenced, Fence, Object, Result, Store, StoreError};
+use crate::{
+    decode_json, decode_network, fenced, Fence, LeaseCensus, Object, Result, Store, StoreError,
+};
 
 /// More lease ranges than this in one compare list and unbind guards the
 /// network's whole lease prefix instead (etcd caps compares per txn).
@@ -311,18 +313,15 @@ impl Store {
                 .filter(|n| n.rack == rack)
                 .map(|n| n.name)
                 .collect();
-            let blocks = decode_all::<Block>(r[3].kvs())?
-                .iter()
-                .filter(|b| b.rack == rack)
-                .count();
-            let leases = decode_all::<Lease>(r[4].kvs())?
-                .iter()
-                .filter(|l| members.contains(&l.node))
-                .count();
-            if blocks > 0 || leases > 0 {
+            let left = BindingCensus::of(
+                rack,
+                &members,
+                decode_all::<Block>(r[3].kvs())?,
+                &decode_all::<Lease>(r[4].kvs())?,
+            );
+            if let Some(why) = left.refusal() {
                 return Err(StoreError::Refused(format!(
-                    "rack {rack:?} still has {blocks} block(s) and {leases} lease(s) on network \
-                     {network:?}; release them first"
+                    "rack {rack:?} on network {network:?} still has {why}"
                 )));
             }
             let mut when = vec![
@@ -345,9 +344,14 @@ impl Store {
                     when.push(unchanged_range(&start, &end, rev));
                 }
             }
-            let txn = Txn::new()
-                .when(fenced(when, fence))
-                .and_then([TxnOp::delete(key.clone(), None)]);
+            let marker = self.keys.drain(&DrainTarget::RackNet {
+                network: network.to_string(),
+                rack: rack.to_string(),
+            });
+            let txn = Txn::new().when(fenced(when, fence)).and_then([
+                TxnOp::delete(key.clone(), None),
+                TxnOp::delete(marker, None),
+            ]);
             if self.commit(txn).await?.succeeded() {
                 return Ok(());
             }
@@ -355,6 +359,37 @@ impl Store {
             debug!(%rack, %network, "unbind raced another update; retrying");
         }
         Err(StoreError::Contended(ATTEMPTS))
+    }
+
+    /// What keeps `rack` from being unbound from `network` now: its blocks
+    /// and its nodes' lease records on the network, at one revision.
+    pub async fn binding_census(&self, rack: &str, network: &str) -> Result<BindingCensus> {
+        rackline_model::network::validate_name(network)?;
+        let (r, _) = self
+            .read_at_once(vec![
+                get(self.keys.racknet(network, rack)),
+                get_prefix(self.keys.nodes_prefix()),
+                get_prefix(self.keys.blocks_prefix(network)),
+                get_prefix(self.keys.leases_prefix(network)),
+            ])
+            .await?;
+        if r[0].kvs().is_empty() {
+            return Err(StoreError::Missing(Object::Binding {
+                rack: rack.to_string(),
+                network: network.to_string(),
+            }));
+        }
+        let members: BTreeSet<String> = decode_all::<Node>(r[1].kvs())?
+            .into_iter()
+            .filter(|n| n.rack == rack)
+            .map(|n| n.name)
+            .collect();
+        Ok(BindingCensus::of(
+            rack,
+            &members,
+            decode_all::<Block>(r[2].kvs())?,
+            &crate::nodes::decode_leases_lenient(r[3].kvs()),
+        ))
     }
 
     /// Bindings, optionally of one network and/or one rack, by network then
@@ -403,6 +438,78 @@ impl Store {
         self.keys
             .rack_name_of(&k)
             .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+    }
+}
+
+/// A rack's share of a network as an unbind sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindingCensus {
+    /// The lease records of the rack's nodes on the network.
+    pub leases: LeaseCensus,
+    /// The rack's blocks on the network, by owning node.
+    pub blocks: BTreeMap<String, usize>,
+}
+
+impl BindingCensus {
+    fn of(rack: &str, members: &BTreeSet<String>, blocks: Vec<Block>, leases: &[Lease]) -> Self {
+        let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+        for b in blocks.iter().filter(|b| b.rack == rack) {
+            *by_node.entry(b.node.clone()).or_default() += 1;
+        }
+        BindingCensus {
+            leases: LeaseCensus::of(leases.iter().filter(|l| members.contains(&l.node))),
+            blocks: by_node,
+        }
+    }
+
+    pub fn block_total(&self) -> usize {
+        self.blocks.values().sum()
+    }
+
+    /// Only reserve records and blocks are left: what the rack's ipamds
+    /// give back under a drain marker.
+    pub fn drainable(&self) -> bool {
+        self.leases.blocking(true).is_none()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.total() == 0 && self.blocks.is_empty()
+    }
+
+    /// "2 block(s) of node(s) n1 (1), n2 (1)", or None.
+    pub fn blocks_phrase(&self) -> Option<String> {
+        if self.blocks.is_empty() {
+            return None;
+        }
+        let nodes: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|(n, c)| format!("{n} ({c})"))
+            .collect();
+        Some(format!(
+            "{} block(s) of node(s) {}",
+            self.block_total(),
+            nodes.join(", ")
+        ))
+    }
+
+    /// Why an unbind is refused now, or None when nothing is left.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(why) = self.leases.blocking(true) {
+            return Some(why);
+        }
+        let parts: Vec<String> = [self.leases.standby_phrase(), self.blocks_phrase()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} not given back yet; the rack's ipamds return them while the binding is being \
+             removed (is each of them running?)",
+            crate::census::join(&parts)
+        ))
     }
 }
 

@@ -126,6 +126,7 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
+        self.set_drains(snap.drains);
         {
             let old = self.nets_read();
             for (name, st) in &fresh {
@@ -261,6 +262,8 @@ impl<S: LeaseStore> Engine<S> {
                         Ok(n) => self.learn_node(name, Some(n.addresses)),
                         Err(e) => warn!(%key, "ignoring undecodable node record: {e}"),
                     }
+                } else if let Some(target) = self.keys.parse_drain(&key) {
+                    self.note_drain(target, true);
                 } else if self.keys.parse_racknet(&key).is_some() {
                     // Which ranges this node allocates from changed: rebuild
                     // from a consistent snapshot rather than patch in place.
@@ -295,6 +298,8 @@ impl<S: LeaseStore> Engine<S> {
                     }
                 } else if let Some(name) = self.keys.node_name_of(&key) {
                     self.learn_node(name, None);
+                } else if let Some(target) = self.keys.parse_drain(&key) {
+                    self.note_drain(target, false);
                 } else if self.keys.parse_racknet(&key).is_some() {
                     info!(%key, "rack binding removed; reloading");
                     self.resync_tx.send_modify(|n| *n += 1);

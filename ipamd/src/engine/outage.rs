@@ -237,21 +237,19 @@ impl<S: LeaseStore> Engine<S> {
     /// Tops up (or gives back) each network's standby reserve. Only while
     /// etcd answers and the journal is empty. The reserve is given back when
     /// the rack (or flat network) runs short, so every address stays usable
-    /// by some node when capacity equals demand.
+    /// by some node when capacity equals demand, and all of it when a drain
+    /// marker concerns the network here (see engine/drain.rs).
     pub async fn maintain_standby(&self) {
-        if self.standby_target == 0
-            || !self.etcd_ok()
-            || self.from_persisted()
-            || self.has_journal_entries()
-        {
+        if !self.etcd_ok() || self.from_persisted() || self.has_journal_entries() {
             return;
         }
         for net in self.networks() {
-            if !net.in_use_here() {
+            let draining = self.draining(&net);
+            if draining.is_none() && (self.standby_target == 0 || !net.in_use_here()) {
                 continue;
             }
             let free = net.free_for_anyone();
-            let target = if free >= 4 * self.standby_target as u64 {
+            let target = if draining.is_none() && free >= 4 * self.standby_target as u64 {
                 self.standby_target
             } else {
                 0
@@ -259,6 +257,9 @@ impl<S: LeaseStore> Engine<S> {
             let have = net.standby_count();
             debug!(network = %net.spec.name, free, target, have, "standby reserve");
             if have > target {
+                if let Some(d) = &draining {
+                    info!(network = %net.spec.name, records = have, "{} is being drained: giving the standby reserve back", d.describe());
+                }
                 // Out of the reserve (and of the persisted reserve) before
                 // the records are deleted: once deleted, another node may
                 // take the address.

@@ -210,6 +210,9 @@ impl<S: LeaseStore> Engine<S> {
             racknets: Vec::new(),
             blocks: Vec::new(),
             nodes: Vec::new(),
+            // Nothing is given back offline anyway; the first etcd
+            // snapshot brings the markers.
+            drains: Vec::new(),
             revision: 0,
             skipped: 0,
         };

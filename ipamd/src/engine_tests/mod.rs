@@ -356,6 +356,7 @@ pub(super) fn engine(
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
@@ -606,6 +607,7 @@ async fn a_snapshot_older_than_a_lease_does_not_hide_it_from_release() {
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     };

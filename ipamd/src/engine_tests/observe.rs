@@ -31,6 +31,7 @@ fn observed(store: &Arc<FakeStore>) -> (Arc<Engine<Arc<FakeStore>>>, Arc<IpamMet
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });

@@ -36,6 +36,7 @@ fn outage_engine(
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
@@ -200,6 +201,73 @@ async fn the_reserve_is_given_back_when_the_pool_runs_short() {
     }
     assert_eq!(n, 13);
     assert_no_duplicates(&store);
+}
+
+/// A drain marker put or removed, as the watch delivers it.
+fn drain_change(e: &Engine<Arc<FakeStore>>, target: &rackline_model::DrainTarget, up: bool) {
+    let key = Keys::new("/rackline").drain(target);
+    e.apply_change(if up {
+        rackline_store::Change::Put {
+            key,
+            value: b"{}".to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+        }
+    } else {
+        rackline_store::Change::Delete {
+            key,
+            mod_revision: 2,
+        }
+    });
+}
+
+#[tokio::test]
+async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
+    use rackline_model::DrainTarget;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FakeStore::default());
+    store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
+    let e = outage_engine("n1", &store, dir.path(), 4);
+    e.allocate(args("pod")).await.unwrap();
+    e.release("prod", "pod", "eth0").await.unwrap();
+    e.maintain_standby().await;
+    assert_eq!(
+        standby_records(&store),
+        4,
+        "the idle node keeps its reserve"
+    );
+
+    // Another node's drain, or another rack's binding: nothing changes.
+    drain_change(&e, &DrainTarget::Node("n2".into()), true);
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 4);
+
+    drain_change(&e, &DrainTarget::Network("prod".into()), true);
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 0, "the network is being deleted");
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 0, "and no reserve is made again");
+
+    // The delete was refused and the marker lifted: the reserve comes back.
+    drain_change(&e, &DrainTarget::Network("prod".into()), false);
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 4);
+
+    // Draining this node has the same effect, on every network.
+    drain_change(&e, &DrainTarget::Node("n1".into()), true);
+    assert!(e.node_drained());
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 0);
+
+    // While etcd is unreachable nothing is given back: the node may be
+    // handing those records out from its journal.
+    drain_change(&e, &DrainTarget::Node("n1".into()), false);
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 4);
+    e.set_offline("test");
+    drain_change(&e, &DrainTarget::Network("prod".into()), true);
+    e.maintain_standby().await;
+    assert_eq!(standby_records(&store), 4);
 }
 
 #[tokio::test]
@@ -463,6 +531,7 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
         racknets: vec![],
         blocks: vec![],
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });

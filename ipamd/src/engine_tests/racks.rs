@@ -72,6 +72,7 @@ pub(super) fn racked_engine(
         racknets: racknets.to_vec(),
         blocks: blocks.to_vec(),
         nodes: vec![],
+        drains: vec![],
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });

@@ -7,7 +7,9 @@
 use std::net::Ipv4Addr;
 
 use rackline_model::{Block, Node, Rack, RackNet};
-use rackline_store::{BlockFilter, BlockUsage, NodeInfo, Object, RackInfo, Utilization};
+use rackline_store::{
+    BlockFilter, BlockUsage, NodeInfo, Object, RackInfo, RetireMode, RetireReport, Utilization,
+};
 use tracing::info;
 
 use super::{AdminError, AdminService, Result};
@@ -49,15 +51,6 @@ impl AdminService {
         Ok(b)
     }
 
-    pub async fn unbind_rack(&self, rack: &str, network: &str) -> Result<()> {
-        let permit = self.permit()?;
-        self.store
-            .unbind_rack(rack, network, permit.fence.as_ref())
-            .await?;
-        info!(%rack, %network, "rack unbound");
-        Ok(())
-    }
-
     pub async fn list_racknets(
         &self,
         network: Option<&str>,
@@ -87,6 +80,17 @@ impl AdminService {
 
     pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
         Ok(self.store.list_nodes(rack).await?)
+    }
+
+    /// Deletes a node for good (see `rackline_store::RetireMode::Delete`).
+    pub async fn delete_node(&self, name: &str, force: bool) -> Result<RetireReport> {
+        let permit = self.permit()?;
+        let r = self
+            .store
+            .retire_node(name, RetireMode::Delete { force }, permit.fence.as_ref())
+            .await?;
+        info!(node = %name, force, ?r, "node deleted");
+        Ok(r)
     }
 
     /// A new block for `node`, or (with `known`) the node's block the caller

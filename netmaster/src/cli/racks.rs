@@ -9,8 +9,8 @@ use rackline_proto::admin::v1 as pb;
 use super::{emit_json, now_unix_ms, CtlError};
 use crate::client::AdminClient;
 use crate::render::{
-    self, BlockJson, EmptyJson, NodeDetailJson, NodeJson, RackDetailJson, RackJson, RackNetJson,
-    ReleasedJson, UtilizationJson,
+    self, BlockJson, EmptyJson, NodeDeleteJson, NodeDetailJson, NodeJson, RackDetailJson, RackJson,
+    RackNetJson, ReleasedJson, UtilizationJson,
 };
 
 #[derive(Debug, Clone, Subcommand)]
@@ -31,9 +31,19 @@ pub enum RackCommand {
     /// Bind a rack to a network: the rack's subnet, gateway (its TOR) and
     /// ranges on it. Binding again replaces the binding.
     Bind(BindArgs),
-    /// Remove a rack's binding to a network (refused while the rack has
-    /// blocks or leases on it).
-    Unbind { rack: String, network: String },
+    /// Remove a rack's binding to a network. Refused while the rack's
+    /// nodes hold pod leases, reservations or quarantine records on it;
+    /// their standby records and blocks are given back first (each ipamd
+    /// returns its own while the binding is marked for removal).
+    Unbind {
+        rack: String,
+        network: String,
+        /// Seconds to wait for the rack's ipamds to give back their
+        /// standby records and blocks (at most 25).
+        #[arg(long, value_name = "SECS", default_value_t = 15,
+              value_parser = clap::value_parser!(u32).range(1..=25))]
+        wait: u32,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,6 +99,25 @@ pub enum NodeCommand {
         /// The node's own address. Repeatable.
         #[arg(long = "address", value_name = "IP")]
         addresses: Vec<String>,
+    },
+    /// Drain a node: it gets no new blocks, and its ipamd gives back its
+    /// standby records and empty blocks on every network (pods already
+    /// there keep their addresses; new ones borrow). `node list` shows
+    /// the state.
+    Drain {
+        name: String,
+        /// Lift the drain instead.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Delete a node for good: its standby records and blocks are freed,
+    /// its sticky pods' addresses become reservations, its record goes.
+    /// Refused while its ipamd is live or pods hold leases on it.
+    Delete {
+        name: String,
+        /// Even then (pod leases are freed; admin only).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -194,8 +223,12 @@ pub async fn rack(
                 write!(out, "{}", render::racknet_detail(&b))?;
             }
         }
-        RackCommand::Unbind { rack, network } => {
-            client.unbind_rack(&rack, &network).await?;
+        RackCommand::Unbind {
+            rack,
+            network,
+            wait,
+        } => {
+            client.unbind_rack(&rack, &network, wait).await?;
             if json {
                 emit_json(out, &EmptyJson {})?;
             } else {
@@ -247,6 +280,27 @@ pub async fn node(
                 emit_json(out, &NodeJson::from(&n))?;
             } else {
                 write!(out, "{}", render::node_record(&n))?;
+            }
+        }
+        NodeCommand::Drain { name, undo } => {
+            let d = client.drain_node(&name, undo).await?;
+            if json {
+                emit_json(out, &NodeDetailJson::from(&d))?;
+            } else {
+                write!(out, "{}", render::node_detail(&d, now_unix_ms()))?;
+            }
+        }
+        NodeCommand::Delete { name, force } => {
+            let r = client.delete_node(&name, force).await?;
+            if json {
+                emit_json(out, &NodeDeleteJson::from(&r))?;
+            } else {
+                writeln!(
+                    out,
+                    "node {name} deleted: {} standby record(s) and {} block(s) freed, \
+                     {} sticky address(es) reserved, {} pod lease(s) freed",
+                    r.standby_freed, r.blocks_returned, r.reserved, r.leases_freed
+                )?;
             }
         }
     }

@@ -56,10 +56,11 @@ impl AdminClient {
         .await
     }
 
-    pub async fn unbind_rack(&mut self, rack: &str, network: &str) -> Result<()> {
+    pub async fn unbind_rack(&mut self, rack: &str, network: &str, wait_secs: u32) -> Result<()> {
         let req = pb::UnbindRackRequest {
             rack: rack.to_string(),
             network: network.to_string(),
+            wait_seconds: wait_secs,
         };
         self.call(|mut c| {
             let req = req.clone();
@@ -67,6 +68,31 @@ impl AdminClient {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Marks a node drained, or lifts the mark (`undo`).
+    pub async fn drain_node(&mut self, name: &str, undo: bool) -> Result<pb::NodeDetail> {
+        let req = pb::DrainNodeRequest {
+            name: name.to_string(),
+            undo,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.drain_node(req).await }
+        })
+        .await
+    }
+
+    pub async fn delete_node(&mut self, name: &str, force: bool) -> Result<pb::DeleteNodeReply> {
+        let req = pb::DeleteNodeRequest {
+            name: name.to_string(),
+            force,
+        };
+        self.call(|mut c| {
+            let req = req.clone();
+            async move { c.delete_node(req).await }
+        })
+        .await
     }
 
     /// Filters: "" matches every network / rack.

@@ -150,6 +150,8 @@ pub fn node_detail_to_proto(n: &NodeInfo) -> pb::NodeDetail {
         node: Some(node_to_proto(&n.node)),
         blocks: n.blocks.iter().map(block_usage_to_proto).collect(),
         leases: n.leases,
+        draining: n.draining,
+        live: n.live,
     }
 }
 

@@ -95,6 +95,9 @@ pub struct NodeDetailJson {
     pub node: NodeJson,
     pub blocks: Vec<BlockJson>,
     pub leases: u64,
+    /// `ready` or `draining`.
+    pub state: &'static str,
+    pub live: bool,
 }
 
 impl From<&pb::NodeDetail> for NodeDetailJson {
@@ -103,6 +106,38 @@ impl From<&pb::NodeDetail> for NodeDetailJson {
             node: d.node.as_ref().map(NodeJson::from).unwrap_or_default(),
             blocks: d.blocks.iter().map(BlockJson::from).collect(),
             leases: d.leases,
+            state: node_state(d),
+            live: d.live,
+        }
+    }
+}
+
+/// A node's drain state as `node list` shows it.
+pub fn node_state(d: &pb::NodeDetail) -> &'static str {
+    if d.draining {
+        "draining"
+    } else {
+        "ready"
+    }
+}
+
+/// The reply of `node delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDeleteJson {
+    pub leases_freed: u64,
+    pub reserved: u64,
+    pub standby_freed: u64,
+    pub blocks_returned: u64,
+}
+
+impl From<&pb::DeleteNodeReply> for NodeDeleteJson {
+    fn from(r: &pb::DeleteNodeReply) -> Self {
+        Self {
+            leases_freed: r.leases_freed,
+            reserved: r.reserved,
+            standby_freed: r.standby_freed,
+            blocks_returned: r.blocks_returned,
         }
     }
 }
@@ -285,6 +320,8 @@ pub fn nodes_table(nodes: &[pb::NodeDetail], now_unix_ms: i64) -> String {
             vec![
                 n.name,
                 n.rack,
+                node_state(d).to_string(),
+                if d.live { "yes" } else { "no" }.to_string(),
                 list(&n.addresses),
                 d.blocks.len().to_string(),
                 in_blocks.to_string(),
@@ -297,6 +334,8 @@ pub fn nodes_table(nodes: &[pb::NodeDetail], now_unix_ms: i64) -> String {
         &[
             "NODE",
             "RACK",
+            "STATE",
+            "LIVE",
             "ADDRESSES",
             "BLOCKS",
             "IN-BLOCKS",
@@ -312,6 +351,8 @@ pub fn node_detail(d: &pb::NodeDetail, now_unix_ms: i64) -> String {
     let mut out = fields(&[
         ("Name", n.name),
         ("Rack", n.rack),
+        ("State", node_state(d).to_string()),
+        ("Live", if d.live { "yes" } else { "no" }.to_string()),
         ("Addresses", list(&n.addresses)),
         ("Registered", age(n.registered_unix_ms, now_unix_ms)),
         ("Leases", d.leases.to_string()),

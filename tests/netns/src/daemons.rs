@@ -368,6 +368,52 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs an ipamd that calls itself node `k` inside node `host`'s namespace, with a socket
+    /// and state directory of its own (a second host claiming the same node name), until it
+    /// exits or `limit` passes (then it is stopped). Returns its exit status (None: it was
+    /// still running) and its log.
+    pub fn run_ipamd_as(
+        &self,
+        k: usize,
+        host: usize,
+        limit: Duration,
+    ) -> Result<(Option<std::process::ExitStatus>, String)> {
+        let bins = self.bins()?;
+        let name = self.node(k).name().to_owned();
+        let dir = self
+            .dir()
+            .join(format!("{name}-impostor-on-{}", self.node(host).name()));
+        std::fs::create_dir_all(&dir)?;
+        let mut cmd = daemon_command(&bins.ipamd);
+        cmd.args(["--node-name", &name])
+            .args(self.etcd_client_args());
+        if let Some(p) = &self.pki {
+            cmd.args(p.ipamd_netmaster_args());
+        }
+        cmd.arg("--socket")
+            .arg(dir.join("ipamd.sock"))
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .args(self.ipamd_rack_args(k))
+            .args(["--log-level", &self.opts.log_level])
+            .args(&self.opts.ipamd_args);
+        let label = format!("{name}-ipamd-impostor");
+        let log = self.log_path(&label);
+        let mut d = Daemon::spawn(&label, cmd, self.node(host).netns(), &log)?;
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = d.exited()? {
+                break Some(st);
+            }
+            if Instant::now() >= deadline {
+                d.stop(STOP_GRACE);
+                break None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        Ok((status, std::fs::read_to_string(&log).unwrap_or_default()))
+    }
+
     /// Stops node `k`'s ipamd gracefully (SIGTERM; it removes its socket).
     pub fn stop_ipamd(&self, k: usize) -> Result<()> {
         let mut ipamd = self.take_ipamd(k)?;

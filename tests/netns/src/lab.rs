@@ -56,7 +56,7 @@ pub struct LabBuilder {
     pub(crate) node_classes: BTreeMap<usize, String>,
     /// Extra flags of every netmaster replica (e.g. `--webhook-url`).
     pub(crate) netmaster_args: Vec<String>,
-    /// Extra flags of every ipamd (e.g. the leak reconciler's).
+    /// Extra flags of every ipamd (e.g. the leak reconciler's, `--liveness-ttl-secs`).
     pub(crate) ipamd_args: Vec<String>,
     /// TLS everywhere (etcd client certificates, netmaster TLS + tokens); see [`crate::pki`].
     pub(crate) tls: bool,
@@ -162,13 +162,13 @@ impl LabBuilder {
         self
     }
 
-    /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
-    /// Extra flags of every ipamd.
+    /// Extra flags of every ipamd (e.g. `["--liveness-ttl-secs", "2"]`).
     pub fn ipamd_args(mut self, args: &[&str]) -> Self {
         self.ipamd_args = args.iter().map(|a| a.to_string()).collect();
         self
     }
 
+    /// Extra flags for every netmaster replica (e.g. `["--webhook-url", url]`).
     pub fn netmaster_args(mut self, args: &[&str]) -> Self {
         self.netmaster_args = args.iter().map(|s| s.to_string()).collect();
         self

@@ -1,0 +1,254 @@
+//! Deletes and unbinds that first let the ipamds give their reserve back,
+//! and node drains.
+//!
+//! netmaster never deletes a standby record or a block an ipamd could be
+//! allocating from: it puts up a drain marker, each ipamd concerned returns
+//! its own standby records (revision-compared deletes) and empty blocks
+//! (`ReleaseBlock`, which refuses a block with any lease key), and the
+//! delete or unbind runs its usual guarded transaction once nothing but
+//! what it removes itself is left. A marker outlives a refusal only when
+//! the refusal cannot remove it (etcd unreachable); the next attempt
+//! carries on from it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rackline_model::DrainTarget;
+use rackline_store::{NodeInfo, StoreError};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{AdminError, AdminService, Result, WritePermit};
+
+/// How long a delete or unbind waits for the reserve by default.
+pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(15);
+/// At most (a client's request deadline is 30 s).
+pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(25);
+/// How often the census is re-read while waiting (ipamds act within about
+/// half a second of seeing the marker).
+const POLL: Duration = Duration::from_millis(250);
+
+/// The wait a request asked for (0 = the default), bounded.
+pub fn drain_wait(seconds: u32) -> Duration {
+    if seconds == 0 {
+        DEFAULT_DRAIN_WAIT
+    } else {
+        Duration::from_secs(u64::from(seconds)).min(MAX_DRAIN_WAIT)
+    }
+}
+
+/// Where a drain-then-act loop stands after one look.
+enum Step<T> {
+    /// Done (or refused for a reason no drain fixes).
+    Finished(Result<T>),
+    /// Reserve records or blocks of these nodes are still out.
+    Waiting {
+        holders: BTreeSet<String>,
+        left: String,
+    },
+}
+
+impl AdminService {
+    /// Runs `look` until it finishes, with `target`'s drain marker up while
+    /// it waits for the reserve of some nodes; gives up after `wait`, or at
+    /// once when none of those nodes' ipamds is live (nobody would return
+    /// anything).
+    async fn drain_then<T, F, Fut>(
+        &self,
+        permit: &WritePermit,
+        target: DrainTarget,
+        reason: &str,
+        wait: Duration,
+        force_hint: &str,
+        mut look: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Step<T>>>,
+    {
+        let fence = permit.fence.as_ref();
+        let started = Instant::now();
+        let mut marked = false;
+        let outcome = loop {
+            let (holders, left) = match look().await {
+                Ok(Step::Finished(r)) => break r,
+                Err(e) => break Err(e),
+                Ok(Step::Waiting { holders, left }) => (holders, left),
+            };
+            if !marked {
+                match self.store.put_drain(&target, reason, fence).await {
+                    Ok(_) => {
+                        info!(
+                            "{} is being drained ({reason}): waiting for {left}",
+                            target.describe()
+                        );
+                        marked = true;
+                    }
+                    Err(e) => break Err(e.into()),
+                }
+            }
+            let live = match self.store.live_nodes().await {
+                Ok(l) => l,
+                Err(e) => break Err(e.into()),
+            };
+            let dead: Vec<&String> = holders.iter().filter(|n| !live.contains_key(*n)).collect();
+            let hint = if dead.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = dead.iter().map(|s| s.as_str()).collect();
+                format!(
+                    ": no ipamd is live on {} (start it, or remove a node gone for good \
+                     with `racklinectl node delete NODE`)",
+                    names.join(", ")
+                )
+            };
+            let all_dead = !holders.is_empty() && dead.len() == holders.len();
+            if all_dead || started.elapsed() >= wait {
+                let within = if all_dead {
+                    String::new()
+                } else {
+                    format!(" within {wait:?}")
+                };
+                break Err(AdminError::Refused(format!(
+                    "{} still has {left}, not given back{within}{hint}{force_hint}",
+                    target.describe(),
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        if marked && outcome.is_err() {
+            // The ipamds keep their reserve again; a retry puts it back up.
+            if let Err(e) = self.store.delete_drain(&target, fence).await {
+                warn!(
+                    "cannot remove the drain marker of {}: {e}",
+                    target.describe()
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Deletes a network. Without `force`, first lets every ipamd give its
+    /// standby records back (up to `wait`), then deletes only if no lease
+    /// record but quarantines is left. Returns how many records went with it.
+    pub async fn delete_network(&self, name: &str, force: bool, wait: Duration) -> Result<u64> {
+        let permit = self.permit()?;
+        let fence = permit.fence.clone();
+        let deleted = if force {
+            self.store
+                .delete_network(name, true, fence.as_ref())
+                .await?
+        } else {
+            let target = DrainTarget::Network(name.to_string());
+            self.drain_then(
+                &permit,
+                target,
+                "delete",
+                wait,
+                "; or delete with --force",
+                || {
+                    let fence = fence.clone();
+                    async move {
+                        let (census, _) = self.store.network_census(name).await?;
+                        if census.blocking(false).is_none() && census.standby_total() > 0 {
+                            let left = census.standby_phrase().unwrap_or_default();
+                            return Ok(Step::Waiting {
+                                holders: census.standby.keys().cloned().collect(),
+                                left,
+                            });
+                        }
+                        match self.store.delete_network(name, false, fence.as_ref()).await {
+                            // A record appeared since the census: look again.
+                            Err(StoreError::InUse { .. })
+                                if census.blocking(false).is_none()
+                                    && census.standby_total() == 0 =>
+                            {
+                                Ok(Step::Waiting {
+                                    holders: BTreeSet::new(),
+                                    left: "lease records written meanwhile".into(),
+                                })
+                            }
+                            r => Ok(Step::Finished(r.map_err(AdminError::from))),
+                        }
+                    }
+                },
+            )
+            .await?
+        };
+        info!(network = %name, force, leases_deleted = deleted, "network deleted");
+        Ok(deleted)
+    }
+
+    /// Removes a rack's binding to a network, first letting the rack's
+    /// ipamds give back their standby records and blocks on it (up to
+    /// `wait`).
+    pub async fn unbind_rack(&self, rack: &str, network: &str, wait: Duration) -> Result<()> {
+        let permit = self.permit()?;
+        let fence = permit.fence.clone();
+        let target = DrainTarget::RackNet {
+            network: network.to_string(),
+            rack: rack.to_string(),
+        };
+        self.drain_then(&permit, target, "unbind", wait, "", || {
+            let fence = fence.clone();
+            async move {
+                let c = self.store.binding_census(rack, network).await?;
+                if c.drainable() && !c.is_empty() {
+                    let mut holders: BTreeSet<String> = c.leases.standby.keys().cloned().collect();
+                    holders.extend(c.blocks.keys().cloned());
+                    let parts: Vec<String> = [c.leases.standby_phrase(), c.blocks_phrase()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    return Ok(Step::Waiting {
+                        holders,
+                        left: parts.join(" and "),
+                    });
+                }
+                match self.store.unbind_rack(rack, network, fence.as_ref()).await {
+                    Err(StoreError::Refused(_)) if c.is_empty() => Ok(Step::Waiting {
+                        holders: BTreeSet::new(),
+                        left: "records written meanwhile".into(),
+                    }),
+                    r => Ok(Step::Finished(r.map_err(AdminError::from))),
+                }
+            }
+        })
+        .await?;
+        info!(%rack, %network, "rack unbound");
+        Ok(())
+    }
+
+    /// Marks `node` drained (or lifts the mark): it gets no new block, and
+    /// its ipamd gives back its standby records and empty blocks.
+    pub async fn drain_node(&self, node: &str, undo: bool) -> Result<NodeInfo> {
+        let permit = self.permit()?;
+        let target = DrainTarget::Node(node.to_string());
+        if undo {
+            let lifted = self
+                .store
+                .delete_drain(&target, permit.fence.as_ref())
+                .await?;
+            info!(%node, lifted, "node drain lifted");
+        } else {
+            let fresh = self
+                .store
+                .put_drain(&target, "drain", permit.fence.as_ref())
+                .await?;
+            info!(%node, fresh, "node drained");
+        }
+        self.get_node(node).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_bounded() {
+        assert_eq!(drain_wait(0), DEFAULT_DRAIN_WAIT);
+        assert_eq!(drain_wait(3), Duration::from_secs(3));
+        assert_eq!(drain_wait(3600), MAX_DRAIN_WAIT);
+    }
+}
