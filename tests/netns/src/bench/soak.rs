@@ -195,34 +195,14 @@ impl SoakReport {
             let _ = writeln!(s, "| - {} | {n} |", f.describe());
         }
         let failed: u64 = self.failed_adds.values().sum();
-        let by_code: Vec<String> = self
-            .failed_adds
-            .iter()
-            .map(|(c, n)| format!("code {c}: {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "| failed ADDs | {failed} ({}) |",
-            if by_code.is_empty() {
-                "none".to_string()
-            } else {
-                by_code.join(", ")
-            }
+        let by_code = breakdown(
+            self.failed_adds
+                .iter()
+                .map(|(c, n)| (format!("code {c}"), *n)),
         );
-        let ipam_failed: Vec<String> = self
-            .ipam_failed
-            .iter()
-            .map(|(c, n)| format!("{c}: {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "| failed socket Allocates | {} |",
-            if ipam_failed.is_empty() {
-                "none".to_string()
-            } else {
-                ipam_failed.join(", ")
-            }
-        );
+        let _ = writeln!(s, "| failed ADDs | {failed} ({by_code}) |");
+        let ipam_failed = breakdown(self.ipam_failed.iter().map(|(c, n)| (c.clone(), *n)));
+        let _ = writeln!(s, "| failed socket Allocates | {ipam_failed} |");
         let _ = writeln!(s, "| DELs retried | {} |", self.retried_dels);
         let _ = writeln!(s, "| duplicates | {} |", self.duplicates.len());
         let _ = writeln!(
@@ -262,6 +242,16 @@ impl SoakReport {
             }
         }
         s
+    }
+}
+
+/// "what: n, what: n" or "none": a count-by-kind cell of the report.
+fn breakdown(counts: impl Iterator<Item = (String, u64)>) -> String {
+    let parts: Vec<String> = counts.map(|(what, n)| format!("{what}: {n}")).collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
     }
 }
 
