@@ -32,6 +32,7 @@ fn plan_from(
     conf: &NetConf,
     lease: Option<&pb::Lease>,
     net: Option<&pb::NetworkConfig>,
+    filter: &[u8],
 ) -> Result<AddPlan, CniError> {
     let bad = |d: String| CniError::new(code::IPAM, "rackline-ipamd sent an unusable answer", d);
     let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
@@ -72,6 +73,14 @@ fn plan_from(
             host_routes.push(c);
         }
     }
+    // Empty: no filtering, no table.
+    let filter = if filter.is_empty() {
+        None
+    } else {
+        let f: rackline_model::filter::PodFilter =
+            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
+        (!f.is_allow_all()).then_some(f)
+    };
     let master = conf.master.clone().unwrap_or_else(|| net.master.clone());
     rackline_model::network::validate_ifname(&master).map_err(|e| bad(format!("master: {e}")))?;
     Ok(AddPlan {
@@ -88,6 +97,7 @@ fn plan_from(
         qos: crate::qos::effective(conf, net)?,
         mac: rackline_model::mac::for_address(address.ip()),
         probe: ProbeParams::from_pb(net.probe.as_ref()),
+        filter,
     })
 }
 
@@ -106,7 +116,11 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
     // address or a missing netns costs no lease and creates nothing.
     crate::qos::pod_request(conf)?;
     let requested = conf.requested(env.args.ip)?;
-    let pod_ns = datapath::open_pod_netns(&env.netns)?;
+    let pod_ns = {
+        let _s = crate::step!("netns_open");
+        datapath::open_pod_netns(&env.netns)?
+    };
+    let spool_step = crate::step!("spool_forget");
     // A release DEL spooled for this very attachment (podman's network
     // reload re-adds under the same container id) must not free the lease
     // this ADD is about to take.
@@ -117,7 +131,11 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
             e.to_string(),
         )
     })?;
-    let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, conf.timeout)?;
+    drop(spool_step);
+    let mut ipam = {
+        let _s = crate::step!("ipamd_connect");
+        IpamClient::connect(&conf.ipamd_socket, conf.timeout, conf.timeout)?
+    };
     // An address the probe finds in use, or one of this node's own, is
     // reported (ipamd quarantines it) and the next Allocate brings another
     // one, a bounded number of times.
@@ -183,6 +201,7 @@ fn add_once(
     pod_ns: &rackline_netlink::Netns,
 ) -> Result<(pb::AllocateReply, Added), CniError> {
     let pod = &env.args.pod;
+    let allocate_step = crate::step!("ipamd_allocate");
     let reply = ipam.allocate(pb::AllocateRequest {
         network: conf.network.clone(),
         container_id: env.attachment.container_id.as_str().to_owned(),
@@ -193,8 +212,10 @@ fn add_once(
             uid: pod.uid.clone(),
         }),
         requested_addresses: requested.iter().map(Ipv4Addr::to_string).collect(),
+        netns: env.netns.display().to_string(),
         ..Default::default()
     })?;
+    drop(allocate_step);
     let release = |ipam: &mut IpamClient| {
         if reply.existing {
             return;
@@ -203,7 +224,13 @@ fn add_once(
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
     };
-    let plan = match plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref()) {
+    let plan = match plan_from(
+        env,
+        conf,
+        reply.lease.as_ref(),
+        reply.network.as_ref(),
+        &reply.filter,
+    ) {
         Ok(p) => p,
         Err(e) => {
             release(ipam);
@@ -244,17 +271,67 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
             return Ok(());
         }
     };
-    // Links first, lease last: an address is never free while a pod may
-    // still carry it.
-    teardown::del(att, env.netns.as_deref())?;
-    // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
-    crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())?;
-    let released = IpamClient::connect(
-        &conf.ipamd_socket,
-        conf.timeout,
-        conf.timeout.min(DEL_CONNECT_WAIT),
-    )
-    .and_then(|mut c| c.release(release_req(conf, att, false)));
+    // Address first, lease next, links last: an address is never free
+    // while a pod may still carry it. The release runs on a second thread
+    // from the moment the pod's macvlan has lost its address, while this
+    // thread waits for the kernel to delete the links (RCU grace periods);
+    // if the addresses could not be removed first, it starts after the
+    // links are gone.
+    let span = tracing::Span::current();
+    let (go, wait) = std::sync::mpsc::sync_channel::<()>(1);
+    let (torn, released) = std::thread::scope(|s| {
+        let releaser = s.spawn(move || {
+            let _e = span.enter();
+            // Nothing arrives when the teardown failed: no release then.
+            wait.recv().ok()?;
+            let connect_step = crate::step!("ipamd_connect");
+            Some(
+                IpamClient::connect(
+                    &conf.ipamd_socket,
+                    conf.timeout,
+                    conf.timeout.min(DEL_CONNECT_WAIT),
+                )
+                .and_then(|mut c| {
+                    drop(connect_step);
+                    let _s = crate::step!("ipamd_release");
+                    c.release(release_req(conf, att, false))
+                }),
+            )
+        });
+        let torn = (|| {
+            {
+                let _s = crate::step!("teardown");
+                teardown::del(att, env.netns.as_deref(), &mut || {
+                    let _ = go.try_send(());
+                })?;
+            }
+            let _s = crate::step!("vlan_detach");
+            // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
+            crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())
+        })();
+        if torn.is_ok() {
+            let _ = go.try_send(());
+        }
+        drop(go);
+        let released = releaser.join().unwrap_or_else(|_| {
+            Some(Err(CniError::new(
+                code::IPAM,
+                "releasing the address failed",
+                "the release thread panicked".to_string(),
+            )))
+        });
+        (torn, released)
+    });
+    // A failed teardown fails the DEL (the runtime retries it), whether
+    // or not the address was already released.
+    torn?;
+    let released = released.unwrap_or_else(|| {
+        Err(CniError::new(
+            code::IPAM,
+            "releasing the address failed",
+            "the release did not run".to_string(),
+        ))
+    });
     match released {
         Ok(r) => {
             info!(released = r.released, address = %r.address, "DEL done");
@@ -318,7 +395,13 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
                 e
             }
         })?;
-    let plan = plan_from(env, conf, reply.lease.as_ref(), reply.network.as_ref())?;
+    let plan = plan_from(
+        env,
+        conf,
+        reply.lease.as_ref(),
+        reply.network.as_ref(),
+        &reply.filter,
+    )?;
     if !reply.out_of_spec.is_empty() {
         // Settings recorded at ADD that the network no longer has (`racklinectl
         // network update`): the pod works, but not as the network says.
@@ -350,7 +433,28 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .find(|i| i.name == env.attachment.ifname.as_str() && i.sandbox.is_some())
         .map(|i| i.mac.to_ascii_lowercase());
-    verify::check(&plan, prev_mac.as_deref())
+    verify::check(&plan, prev_mac.as_deref())?;
+    check_filter(env, &plan)
+}
+
+/// The attachment's packet filter table is what its policy programs now
+/// (none when the policy needs none).
+fn check_filter(env: &PodEnv, plan: &AddPlan) -> Result<(), CniError> {
+    let ns = datapath::open_pod_netns(&env.netns)?;
+    let want = plan
+        .filter
+        .clone()
+        .unwrap_or_else(rackline_model::filter::PodFilter::allow_all);
+    let verdict = rackline_nft::PodTable::open(&ns, plan.ifname(), plan.address.ip())
+        .and_then(|mut t| t.verify(&want))
+        .map_err(|e| CniError::datapath(format!("reading the pod packet filter: {e}")))?;
+    verdict.map_err(|m| {
+        CniError::new(
+            code::CHECK_FAILED,
+            "the pod's packet filter is not as its policy says",
+            m.to_string(),
+        )
+    })
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {

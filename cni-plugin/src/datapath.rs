@@ -56,6 +56,9 @@ pub struct AddPlan {
     pub mac: [u8; 6],
     /// Duplicate-address probe; None = off.
     pub probe: Option<ProbeParams>,
+    /// The packet filter programmed into the pod before its link comes up;
+    /// None = no filtering (no table).
+    pub filter: Option<rackline_model::filter::PodFilter>,
 }
 
 impl AddPlan {
@@ -96,12 +99,23 @@ const ARP_NOTIFY: &str = "net/ipv4/conf/default/arp_notify";
 /// comes up with its address already configured (`inetdev_event`,
 /// NETDEV_UP). The previous value is returned so a failed ADD restores it:
 /// the pod netns is left exactly as it was found.
-fn open_pod_sockets(
-    pod_ns: &Netns,
-    probing: bool,
-) -> Result<(Netlink, Option<ArpSocket>, Option<String>), CniError> {
-    let (nl, arp) = run_in_netns(pod_ns, || {
+type PodSockets = (
+    Netlink,
+    Option<ArpSocket>,
+    Option<String>,
+    Option<rackline_nft::PodTable>,
+);
+
+fn open_pod_sockets(pod_ns: &Netns, plan: &AddPlan) -> Result<PodSockets, CniError> {
+    let probing = plan.probe.is_some();
+    let (nl, arp, table) = run_in_netns(pod_ns, || {
         let nl = Netlink::new();
+        // The filter's nf_tables socket on the same thread: no second
+        // namespace entry on the ADD path.
+        let table = plan
+            .filter
+            .as_ref()
+            .map(|_| rackline_nft::PodTable::current(plan.ifname(), plan.address.ip()));
         let arp = if probing {
             ArpSocket::open().map(|a| (Some(a), None))
         } else {
@@ -114,16 +128,19 @@ fn open_pod_sockets(
                 Ok((None, Some(old)))
             })
         };
-        (nl, arp)
+        (nl, arp, table)
     })
     .map_err(|e| dp("entering the pod netns", e))?;
     let nl = nl.map_err(|e| dp("opening netlink in the pod netns", e))?;
+    let table = table
+        .transpose()
+        .map_err(|e| CniError::datapath(format!("opening nf_tables in the pod netns: {e}")))?;
     let (arp, old) = arp.map_err(|e| {
         CniError::datapath(format!(
             "preparing the announcement (ARP socket or arp_notify) in the pod netns: {e}"
         ))
     })?;
-    Ok((nl, arp, old))
+    Ok((nl, arp, old, table))
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
@@ -231,11 +248,33 @@ fn node_address_conflict(
 }
 
 pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
-    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
-    if let Some(c) = node_address_conflict(&mut host, plan.address.ip())? {
+    let mut host = {
+        let _s = crate::step!("netlink_open");
+        Netlink::new().map_err(|e| dp("opening netlink", e))?
+    };
+    let conflict = {
+        let _s = crate::step!("node_addr_check");
+        node_address_conflict(&mut host, plan.address.ip())?
+    };
+    if let Some(c) = conflict {
         return Ok(Added::Conflict(c));
     }
-    let (mut pod, arp, arp_notify) = open_pod_sockets(pod_ns, plan.probe.is_some())?;
+    let (mut pod, arp, arp_notify, mut table) = {
+        let _s = crate::step!("pod_sockets");
+        open_pod_sockets(pod_ns, plan)?
+    };
+    // The filter goes in before any link of this attachment exists, so the
+    // pod never has a moment on the network without it.
+    if let (Some(t), Some(f)) = (table.as_mut(), plan.filter.as_ref()) {
+        let _s = crate::step!("pod_filter");
+        if let Err(e) = t.program(f) {
+            restore_arp_notify(pod_ns, arp_notify);
+            return Err(CniError::datapath(format!(
+                "programming the pod packet filter (nftables table inet {}): {e}",
+                t.table()
+            )));
+        }
+    }
     let owner = Owner::new(&plan.attachment);
     let mut undo = Vec::new();
     let r = build(
@@ -273,12 +312,24 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
             warn!("rollback step failed: {re}");
         }
     }
-    if let Some(old) = arp_notify.filter(|o| o != "1") {
+    if let Some(t) = table.as_mut() {
+        if let Err(e) = t.remove() {
+            warn!(
+                table = t.table(),
+                "rollback: removing the pod packet filter: {e}"
+            );
+        }
+    }
+    restore_arp_notify(pod_ns, arp_notify);
+    r
+}
+
+fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
+    if let Some(old) = old.filter(|o| o != "1") {
         if let Err(e) = write_sysctl_in(pod_ns, ARP_NOTIFY, &old) {
             warn!("rollback: restoring {ARP_NOTIFY}={old} in the pod: {e}");
         }
     }
-    r
 }
 
 /// Rollback of one link this ADD created: deleted by index only while it
@@ -334,6 +385,7 @@ fn build(
     owner: &Owner,
     undo: &mut Vec<Undo>,
 ) -> Result<Added, CniError> {
+    let lookup_step = crate::step!("master_lookup");
     let master = host
         .link_by_name(&plan.master)
         .map_err(|e| dp("looking up the master interface", e))?
@@ -360,7 +412,12 @@ fn build(
         }
     };
     let mtu = (plan.mtu != 0).then_some(plan.mtu);
-    let node_addrs = node_addresses(host, master.index)?;
+    drop(lookup_step);
+    let node_addrs = {
+        let _s = crate::step!("node_addrs");
+        node_addresses(host, master.index)?
+    };
+    let stale_step = crate::step!("stale_veth_check");
 
     // A node veth left by a crashed earlier ADD of this very attachment
     // would block the new one: removed, but only when it provably is this
@@ -382,21 +439,32 @@ fn build(
             .map_err(|e| dp("removing stale veth", e))?;
     }
 
+    drop(stale_step);
     // 1. macvlan, born in the pod netns and in the attachment's group.
+    let step = crate::step!("macvlan_create");
     let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner)?;
     undo.push(Undo::PodLink(mv.index, Role::PodInterface));
+    drop(step);
+    let step = crate::step!("macvlan_mark");
     mark(pod, &mv, owner)?;
+    drop(step);
+    let step = crate::step!("arp_sysctls");
     answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
+    drop(step);
 
     // 2. node<->pod veth, both ends in the group.
+    let step = crate::step!("veth_create");
     let pod_veth = owner.name(Role::PodVeth);
     host.create_veth_in_group(&host_veth, &pod_veth, Some(pod_ns), mtu, owner.group)
         .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
     let hv = lookup(host, &host_veth)?;
     undo.push(Undo::NodeLink(hv.index));
+    drop(step);
+    let step = crate::step!("veth_mark");
     mark(host, &hv, owner)?;
     let pv = lookup(pod, &pod_veth)?;
     mark(pod, &pv, owner)?;
+    drop(step);
 
     // 3. pod side: probe → configure → up → announce (see probe.rs).
     let pod_ip = plan.address.ip();
@@ -413,30 +481,41 @@ fn build(
             }));
         }
     }
+    let step = crate::step!("pod_addr");
     pod.add_addr(mv.index, plan.address)
         .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname()), e))?;
+    drop(step);
+    let step = crate::step!("pod_links_up");
     let mac = match mac {
         Some(m) => m,
         None => probe::bring_up(pod, mv.index, plan.mac, pod_ip)?,
     };
     pod.set_up(pv.index)
         .map_err(|e| dp("bringing the pod veth up", e))?;
+    drop(step);
     // With a probe the link came up before its address, so arp_notify
     // would have announced nothing: announce explicitly.
     if let Some(arp) = arp {
         probe::announce(arp, mv.index, mac, pod_ip);
     }
+    let step = crate::step!("pod_routes");
     if let Some(rule) = pod_routes(pod, plan, owner, &mv, &pv, &node_addrs)? {
         undo.push(Undo::PodRule(rule));
     }
+    drop(step);
     if let Some(eff) = &plan.qos {
+        let _s = crate::step!("qos");
         crate::qos::apply(pod, &mv, owner, eff)?;
     }
 
     // 4. node side: veth up and a /32 to the pod.
+    let step = crate::step!("node_veth_up");
     host.set_up(hv.index)
         .map_err(|e| dp("bringing the node veth up", e))?;
+    drop(step);
+    let step = crate::step!("node_route");
     node_route(host, pod_ip, &hv, node_addrs.first().copied())?;
+    drop(step);
 
     let mut routes = vec![Route {
         dst: default_dst(),

@@ -48,7 +48,7 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
             CniError::new(
                 code::TRY_AGAIN_LATER,
-                "rackline-ipamd is busy or cannot reach etcd",
+                "rackline-ipamd is busy, starting or cannot reach etcd",
                 msg,
             )
         }

@@ -24,6 +24,7 @@ pub mod result;
 pub mod routes;
 pub mod spool;
 pub mod stdin;
+pub mod steps;
 pub mod teardown;
 pub mod timing;
 pub mod verify;
@@ -56,7 +57,8 @@ pub struct Invocation {
 /// the protocol (result or error JSON); logs go to stderr or `logFile`.
 pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
     let started = std::time::Instant::now();
-    let code = answer(inv, stdout);
+    let steps_sink = steps::sink(&inv.env);
+    let code = answer(inv, stdout, steps_sink.is_some());
     // After the answer is out: the next ipamd call on this node reports it.
     let command = inv
         .env
@@ -64,16 +66,23 @@ pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
         .find(|(k, _)| k == "CNI_COMMAND")
         .and_then(|(_, v)| v.to_str());
     if let Some(cmd) = command {
+        let t = steps::now_ns();
         timing::record(cmd, started.elapsed(), code == 0);
+        steps::record("timing_record", t, steps::now_ns());
+        if let Some(path) = steps_sink {
+            steps::flush(&path, cmd);
+        }
     }
     code
 }
 
-fn answer(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
+fn answer(inv: &Invocation, stdout: &mut dyn Write, with_steps: bool) -> i32 {
     let version = sniff_version(&inv.stdin);
-    match dispatch(inv) {
+    match dispatch(inv, with_steps) {
         Ok(Some(v)) => {
+            let t = steps::now_ns();
             let _ = writeln!(stdout, "{v}");
+            steps::record("result_write", t, steps::now_ns());
             0
         }
         Ok(None) => 0,
@@ -90,13 +99,17 @@ fn answer(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
     }
 }
 
-fn dispatch(inv: &Invocation) -> Result<Option<Value>, CniError> {
+fn dispatch(inv: &Invocation, with_steps: bool) -> Result<Option<Value>, CniError> {
+    let t = steps::now_ns();
     let (env, conf) = match request::parse(inv)? {
         Request::Version(requested) => return Ok(Some(commands::version(&requested))),
         Request::Verb(v) => *v,
     };
-    init_logging(&conf);
+    let t2 = steps::now_ns();
+    steps::record("parse", t, t2);
+    init_logging(&conf, with_steps);
     timing::init(&conf.vlan.runtime_dir);
+    steps::record("log_init", t2, steps::now_ns());
     let span = span_for(&env, &conf);
     let _entered = span.enter();
     match &env {
@@ -141,13 +154,14 @@ fn span_for(env: &CniEnv, conf: &NetConf) -> tracing::Span {
 
 static LOG_TO_FILE: AtomicBool = AtomicBool::new(false);
 
-fn init_logging(conf: &NetConf) {
+fn init_logging(conf: &NetConf, with_steps: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_new(&conf.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    let _ = match &conf.log_file {
+    let writer = match &conf.log_file {
         Some(path) => {
             // Never a blocking open: a FIFO (or a device, a directory) named
             // as the log file is refused, and the plugin logs to stderr.
@@ -163,17 +177,32 @@ fn init_logging(conf: &NetConf) {
             match opened {
                 Ok(f) => {
                     LOG_TO_FILE.store(true, Ordering::Relaxed);
-                    builder.with_writer(std::sync::Mutex::new(f)).try_init()
+                    BoxMakeWriter::new(std::sync::Mutex::new(f))
                 }
                 Err(e) => {
                     eprintln!(
                         "rackline: cannot use log file {}: {e}; logging to stderr",
                         path.display()
                     );
-                    builder.with_writer(std::io::stderr).try_init()
+                    BoxMakeWriter::new(std::io::stderr)
                 }
             }
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    // The log's filter applies to the log only: the step spans (DEBUG) reach
+    // the step recorder whatever logLevel says, and only when it is on.
+    let log = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer)
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(log);
+    let _ = if with_steps {
+        let only_steps = tracing_subscriber::filter::filter_fn(|m| m.target() == steps::TARGET);
+        registry
+            .with(steps::StepLayer.with_filter(only_steps))
+            .try_init()
+    } else {
+        registry.try_init()
     };
 }

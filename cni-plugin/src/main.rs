@@ -4,6 +4,7 @@
 use std::os::fd::AsFd;
 
 fn main() {
+    rackline_cni::steps::process_started();
     // The environment as the runtime gave it: `vars_os`, because
     // `std::env::vars` panics on a variable that is not UTF-8.
     let env = std::env::vars_os().collect();
@@ -17,6 +18,11 @@ fn main() {
         ),
         Err(_) => (Vec::new(), None),
     };
+    rackline_cni::steps::record(
+        "stdin",
+        rackline_cni::steps::main_ns(),
+        rackline_cni::steps::now_ns(),
+    );
     let inv = rackline_cni::Invocation {
         env,
         stdin,

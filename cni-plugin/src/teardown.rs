@@ -45,16 +45,30 @@ fn open_for_del(path: &Path) -> Result<Option<Netns>, CniError> {
     }
 }
 
-pub fn del(att: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
+/// Removes the attachment's links. `unaddressed` is called once the pod no
+/// longer carries the attachment's address — its IPv4 addresses are deleted
+/// from its macvlan, before the slow link deletion (one RCU grace period per
+/// batch) — so the caller may release the lease while the links go. It is not
+/// called when removing the addresses failed, nor when there was nothing in
+/// the pod to remove (the caller then releases after this returns).
+pub fn del(
+    att: &Attachment,
+    netns: Option<&Path>,
+    unaddressed: &mut dyn FnMut(),
+) -> Result<(), CniError> {
     let owner = Owner::new(att);
     let pod_ns = match netns {
         Some(path) => open_for_del(path)?,
         None => None,
     };
-    let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let mut host = {
+        let _s = crate::step!("netlink_open");
+        Netlink::new().map_err(|e| dp("opening netlink", e))?
+    };
     if let Some(ns) = &pod_ns {
-        del_in_pod(ns, &owner, &mut host)?;
+        del_in_pod(ns, &owner, att.ifname.as_str(), &mut host, unaddressed)?;
     }
+    let _s = crate::step!("node_veth_check");
     // The node end is normally gone with its peer; it remains when the pod
     // netns is unknown (containerd's second DEL) or a partial ADD left it.
     let name = owner.name(Role::NodeVeth);
@@ -71,8 +85,39 @@ pub fn del(att: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
     Ok(())
 }
 
-fn del_in_pod(ns: &Netns, owner: &Owner, host: &mut Netlink) -> Result<(), CniError> {
+/// The attachment's packet filter table goes with it (none: nothing to
+/// do). A foreign table with our name is left alone, with a warning.
+fn remove_filter(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    // The address only scopes rules; removal looks the table up by name.
+    let removed = rackline_nft::PodTable::open(ns, ifname, std::net::Ipv4Addr::UNSPECIFIED)
+        .and_then(|mut t| t.remove());
+    match removed {
+        Ok(_) => Ok(()),
+        Err(e @ rackline_nft::NftError::Foreign(..)) => {
+            warn!("{e}");
+            Ok(())
+        }
+        Err(e) => Err(CniError::datapath(format!(
+            "removing the pod packet filter: {e}"
+        ))),
+    }
+}
+
+fn del_in_pod(
+    ns: &Netns,
+    owner: &Owner,
+    att_ifname: &str,
+    host: &mut Netlink,
+    unaddressed: &mut dyn FnMut(),
+) -> Result<(), CniError> {
+    {
+        let _s = crate::step!("pod_filter_remove");
+        remove_filter(ns, att_ifname)?;
+    }
+    let step = crate::step!("pod_netlink_open");
     let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
+    drop(step);
+    let step = crate::step!("pod_links_list");
     let links = pod.links().map_err(|e| dp("listing pod links", e))?;
     // Unmarked links (pods set up before marks) are ours only with the
     // veth peer proof.
@@ -93,11 +138,25 @@ fn del_in_pod(ns: &Netns, owner: &Owner, host: &mut Netlink) -> Result<(), CniEr
         None => false,
     };
     let mut ours = owner.pod_links(&links, proven);
+    drop(step);
     if ours.is_empty() {
         debug!("no link of this attachment in the pod netns");
         return Ok(());
     }
-    del_source_rules(&mut pod, owner, &ours)?;
+    {
+        let _s = crate::step!("source_rules");
+        del_source_rules(&mut pod, owner, &ours)?;
+    }
+    {
+        let _s = crate::step!("addrs_delete");
+        match del_addresses(&mut pod, &ours) {
+            Ok(()) => unaddressed(),
+            // The links' deletion removes them anyway; only the early
+            // release is given up.
+            Err(e) => debug!("could not remove the pod's addresses first: {e}"),
+        }
+    }
+    let _s = crate::step!("links_delete");
     if owner.group_is_all_ours(&links, &ours) {
         match pod.delete_group(owner.group) {
             Ok(()) => return Ok(()),
@@ -151,6 +210,25 @@ fn del_source_rules(
             priority: r.priority,
         };
         ignore_missing(pod.del_rule(&spec)).map_err(|e| dp("deleting a source rule", e))?;
+    }
+    Ok(())
+}
+
+/// Deletes the IPv4 addresses of the attachment's macvlan(s). After this the
+/// pod neither answers ARP for them nor sources packets from them (routes
+/// with them as preferred source go with them); a deleted address costs no
+/// RCU grace period, unlike a deleted link.
+fn del_addresses(
+    pod: &mut Netlink,
+    ours: &[(&rackline_netlink::LinkInfo, Role)],
+) -> Result<(), NetlinkError> {
+    for (l, role) in ours {
+        if *role != Role::PodInterface {
+            continue;
+        }
+        for a in pod.addrs(Some(l.index))? {
+            ignore_missing(pod.del_addr(l.index, a.addr))?;
+        }
     }
     Ok(())
 }

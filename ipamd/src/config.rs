@@ -106,6 +106,17 @@ pub struct Args {
     /// unreachable (0 = none: ADD fails with "try again later" then).
     #[arg(long, env = "RACKLINE_STANDBY", default_value_t = 4)]
     pub standby: usize,
+    /// Group commit: at most this many concurrent lease creations share
+    /// one etcd transaction, each under its own guards (1 = one
+    /// transaction per lease).
+    #[arg(long, env = "RACKLINE_GROUP_COMMIT", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=rackline_store::MAX_BATCH_LIMIT as u64))]
+    pub group_commit: u64,
+    /// Group commit: etcd transactions of lease creations outstanding at
+    /// once; creations arriving meanwhile wait and join the next one.
+    #[arg(long, env = "RACKLINE_GROUP_COMMIT_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub group_commit_in_flight: u64,
     /// Where the outage journal lives (must survive an ipamd restart);
     /// default: the socket's directory.
     #[arg(long, env = "RACKLINE_STATE_DIR")]
@@ -141,6 +152,16 @@ pub struct Args {
     /// running in a cluster.
     #[arg(long, env = "RACKLINE_POD_ANNOTATIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub pod_annotations: bool,
+    /// Enforce Kubernetes NetworkPolicy on this node's pods when running in
+    /// a cluster (watches NetworkPolicies, Pods and Namespaces). `false`
+    /// leaves the NetworkPolicy layer allow-all; Rackline ACLs still apply.
+    #[arg(long, env = "RACKLINE_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
+    /// Talk to the Kubernetes API server this kubeconfig names (its current
+    /// context) instead of the in-cluster one: for ipamd run outside a pod.
+    /// Everything ipamd does "when running in a cluster" then applies.
+    #[arg(long, env = "RACKLINE_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz over HTTP on ADDR:PORT
     /// (conventional port 9641; off when not given).
     #[arg(long, env = "RACKLINE_METRICS_LISTEN")]
@@ -174,12 +195,16 @@ pub struct Config {
     pub node_addresses: Vec<std::net::Ipv4Addr>,
     pub blocks: crate::blocks::BlockPolicy,
     pub standby: usize,
+    pub group_commit: usize,
+    pub group_commit_in_flight: usize,
     pub state_dir: PathBuf,
     pub offline_start_max_age: Duration,
     pub runtime_dir: PathBuf,
     pub node_class: Option<String>,
     pub node_class_label: String,
     pub pod_annotations: bool,
+    pub network_policy: bool,
+    pub kubeconfig: Option<PathBuf>,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub liveness_ttl: Duration,
 }
@@ -207,12 +232,16 @@ impl Args {
             reconcile_source: self.reconcile_source,
             cri_socket: self.cri_socket,
             standby: self.standby,
+            group_commit: self.group_commit as usize,
+            group_commit_in_flight: self.group_commit_in_flight as usize,
             state_dir,
             offline_start_max_age: Duration::from_secs(self.offline_start_max_age_secs),
             runtime_dir: self.runtime_dir,
             node_class: self.node_class,
             node_class_label: self.node_class_label,
             pod_annotations: self.pod_annotations,
+            network_policy: self.network_policy,
+            kubeconfig: self.kubeconfig,
             metrics_listen: self.metrics_listen,
             liveness_ttl: Duration::from_secs(self.liveness_ttl_secs),
             rack: self.rack,
@@ -231,5 +260,27 @@ impl Args {
                 ..Default::default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_policy_is_on_by_default_and_can_be_turned_off() {
+        let base = [
+            "rackline-ipamd",
+            "--node-name",
+            "n1",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+        ];
+        let on = Args::try_parse_from(base).unwrap().into_config();
+        assert!(on.network_policy);
+        let off = Args::try_parse_from(base.iter().chain(&["--network-policy", "false"]))
+            .unwrap()
+            .into_config();
+        assert!(!off.network_policy);
     }
 }

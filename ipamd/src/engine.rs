@@ -172,6 +172,10 @@ pub struct Engine<S> {
     /// The node's QoS class: which class level of a network applies to its
     /// pods (`rackline_ipamd_pods_out_of_spec`).
     node_class: Option<String>,
+    /// Offline leases the last journal replay recorded in etcd (network,
+    /// attachment, address), checked against the next snapshot for a
+    /// second lease of the same attachment (see `settle_replayed`).
+    replayed: Mutex<Vec<(String, AttachmentKey, Ipv4Addr)>>,
 }
 
 /// Holds one attachment's lock; removes the map entry when nobody else
@@ -253,6 +257,7 @@ impl<S: LeaseStore> Engine<S> {
             node_addresses: RwLock::new(BTreeMap::new()),
             drains: RwLock::new(HashSet::new()),
             node_class: None,
+            replayed: Mutex::new(Vec::new()),
         }
     }
 

@@ -11,16 +11,19 @@ pub mod config;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;
+pub mod filter;
 pub mod install;
 pub mod journal;
 pub mod kube;
 pub mod liveness;
 pub mod metrics;
 pub mod netmaster;
+pub mod netpol;
 pub mod netstate;
 pub mod pods;
 pub mod qos;
 pub mod reconcile;
+pub mod reprogram;
 pub mod service;
 pub mod socket;
 pub mod spool;
@@ -52,6 +55,9 @@ pub fn init_tracing(level: &str) -> Result<(), String> {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(path) = &config.kubeconfig {
+        kube::use_kubeconfig(path).await?;
+    }
     let etcd = config.etcd_credentials.config(
         &config.etcd_endpoints,
         &config.etcd_prefix,
@@ -78,7 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("invalid rack {r:?}"))?;
     }
     let metrics = metrics::IpamMetrics::new(config.rack.as_deref());
-    let store = store.with_observer(metrics.store_observer());
+    let store = store
+        .with_observer(metrics.store_observer())
+        .with_group_commit(config.group_commit, config.group_commit_in_flight);
     let alarms = if kube::in_cluster() {
         match kube::in_cluster_client() {
             Ok(c) => Some(alarms::Alarms::new(
@@ -189,6 +197,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         shutdown_rx.clone(),
     )));
+    let node_addrs = if config.node_addresses.is_empty() {
+        node_addresses()
+    } else {
+        config.node_addresses.clone()
+    };
+    // The NetworkPolicy provider (when enforcing in a cluster) installs
+    // itself below with `filters.set_netpol_source`.
+    let filters = filter::Filters::new(node_addrs);
+    tasks.push(tokio::spawn(filter::run_acl_watch(
+        filters.clone(),
+        store.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(reserve(engine.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(engine.clone().run_prober(shutdown_rx.clone())));
     tasks.push(tokio::spawn(spool::run(
@@ -198,11 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )));
     if let Some(rack) = config.rack.clone() {
         if netmaster.is_configured() {
-            let addrs = if config.node_addresses.is_empty() {
-                node_addresses()
-            } else {
-                config.node_addresses.clone()
-            };
+            let addrs = filters.node_addresses();
             tasks.push(tokio::spawn(register(
                 netmaster.clone(),
                 config.node_name.clone(),
@@ -226,9 +243,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // /readyz: the socket serves (set just before serving starts) and the
     // engine can allocate.
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let netpol = if config.network_policy && kube::in_cluster() {
+        match kube::in_cluster_client() {
+            Ok(client) => {
+                let (np, started) = netpol::Netpol::start(
+                    client,
+                    &config.node_name,
+                    Arc::new(netpol::FiltersSink(filters.clone())),
+                    shutdown_rx.clone(),
+                );
+                tasks.extend(started);
+                filters.set_netpol_source(np.clone());
+                Some(np)
+            }
+            Err(e) => {
+                tracing::warn!("NetworkPolicy is not enforced: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     if let Some(addr) = config.metrics_listen {
         let view: Arc<dyn metrics::NodeView> = engine.clone();
-        let registry = Arc::new(metrics::registry(&metrics, view));
+        let mut registry = metrics::registry(&metrics, view);
+        if let Some(np) = &netpol {
+            np.metrics.register(&mut registry);
+        }
+        let registry = Arc::new(registry);
         let (ready_engine, ready_serving) = (engine.clone(), serving.clone());
         let health = move || {
             if !ready_serving.load(std::sync::atomic::Ordering::Relaxed) {
@@ -250,7 +292,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_metrics(metrics.clone());
         tasks.push(tokio::spawn(r.run(shutdown_rx.clone())));
     }
-    let mut service = IpamService::new(engine).with_qos(qos).with_metrics(metrics);
+    let attachments = reprogram::Attachments::new(&config.runtime_dir);
+    {
+        let engine = engine.clone();
+        let alive = move |r: reprogram::AttachmentRecord| {
+            let engine = engine.clone();
+            async move {
+                // Unknown (etcd away): keep the record.
+                engine
+                    .check(&r.network, &r.container_id, &r.ifname)
+                    .await
+                    .map_or(true, |l| l.is_some())
+            }
+        };
+        tasks.push(tokio::spawn(reprogram::run(
+            filters.clone(),
+            attachments.clone(),
+            Some(metrics.clone()),
+            alive,
+            shutdown_rx.clone(),
+        )));
+    }
+    let mut service = IpamService::new(engine)
+        .with_qos(qos)
+        .with_filters(filters.clone())
+        .with_attachments(attachments)
+        .with_metrics(metrics);
     if config.pod_annotations && kube::in_cluster() {
         match kube::in_cluster_client() {
             Ok(client) => {

@@ -119,9 +119,37 @@ pub struct IpamMetrics {
     kube_events: Family<KubeLabels, Counter>,
     reconcile_passes: Family<PassLabels, Counter>,
     reconcile_links: Counter,
+    filter_updates: Family<ResultLabels, Counter>,
+    filter_drops: Family<DirectionLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: String,
 }
 
 impl IpamMetrics {
+    /// One re-programming of a pod's filter table.
+    pub fn filter_updated(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.filter_updates
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The drop counters summed over this node's pod tables.
+    pub fn filter_drops(&self, ingress: u64, egress: u64) {
+        for (direction, v) in [("ingress", ingress), ("egress", egress)] {
+            self.filter_drops
+                .get_or_create(&DirectionLabels {
+                    direction: direction.into(),
+                })
+                .set(v.min(i64::MAX as u64) as i64);
+        }
+    }
+
     /// `rack`: this node's rack ("" without one), a label of every series.
     pub fn new(rack: Option<&str>) -> Arc<Self> {
         Arc::new(Self {
@@ -136,6 +164,8 @@ impl IpamMetrics {
             kube_events: Family::default(),
             reconcile_passes: Family::default(),
             reconcile_links: Counter::default(),
+            filter_updates: Family::default(),
+            filter_drops: Family::default(),
         })
     }
 
@@ -362,6 +392,16 @@ impl Collector for StateCollector {
 /// Every ipamd metric, for `/metrics`.
 pub fn registry(m: &Arc<IpamMetrics>, view: Arc<dyn NodeView>) -> Registry {
     let mut r = Registry::default();
+    r.register(
+        "rackline_ipamd_filter_updates",
+        "Re-programmings of pod packet filter tables by ipamd (ACL, network default or NetworkPolicy change), by result: ok, failed.",
+        m.filter_updates.clone(),
+    );
+    r.register(
+        "rackline_ipamd_filter_dropped_packets",
+        "Packets dropped by the packet filter tables of this node's pods, by direction (ingress, egress), summed over the tables as last read (a re-programmed table starts again from 0).",
+        m.filter_drops.clone(),
+    );
     r.register(
         "rackline_ipamd_allocations",
         "Allocate requests by network, rack and outcome (ok, exhausted, conflict, sticky-refused, etcd-unavailable, unknown-network, not-in-rack, invalid, error).",

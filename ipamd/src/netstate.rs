@@ -485,15 +485,27 @@ impl NetState {
         self.lock().standby.iter().map(|(a, r)| (*a, *r)).collect()
     }
 
+    /// Standby records outside what pods of this node are given now: a
+    /// `network update` excluded them. They are given back (see
+    /// `Engine::maintain_standby`), never handed out.
+    pub fn standby_excluded(&self) -> Vec<(Ipv4Addr, i64)> {
+        let g = self.lock();
+        g.standby
+            .iter()
+            .filter(|(a, _)| !g.serves(**a))
+            .map(|(a, r)| (*a, *r))
+            .collect()
+    }
+
     /// Takes a standby address out of the reserve (it stays taken). A
     /// record at an infrastructure address (made before that node registered)
-    /// is never handed out.
+    /// or inside an exclusion added since it was made is never handed out.
     pub fn take_standby(&self) -> Option<(Ipv4Addr, i64)> {
         let mut g = self.lock();
         let (ip, rev) = g
             .standby
             .iter()
-            .find(|(a, _)| !g.infra.contains(**a))
+            .find(|(a, _)| !g.infra.contains(**a) && g.serves(**a))
             .map(|(a, r)| (*a, *r))?;
         g.standby.remove(&ip);
         Some((ip, rev))
@@ -581,11 +593,7 @@ impl NetState {
     /// rack's ranges on a rack-bound network, the network's range on a flat
     /// one (infrastructure addresses inside them included: see `refusal`).
     pub fn serves(&self, ip: Ipv4Addr) -> bool {
-        let g = self.lock();
-        match g.rack.as_ref() {
-            Some(r) => r.rack_pool.in_ranges(ip),
-            None => g.pool.in_ranges(ip),
-        }
+        self.lock().serves(ip)
     }
 
     /// Why pods of this node may not be given `ip` on this network (None =
@@ -820,6 +828,13 @@ impl NetState {
 }
 
 impl Inner {
+    fn serves(&self, ip: Ipv4Addr) -> bool {
+        match self.rack.as_ref() {
+            Some(r) => r.rack_pool.in_ranges(ip),
+            None => self.pool.in_ranges(ip),
+        }
+    }
+
     fn mark(&mut self, ip: Ipv4Addr) {
         self.pool.mark_taken(ip);
         if let Some(r) = self.rack.as_mut() {

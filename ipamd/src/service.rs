@@ -9,6 +9,7 @@ use rackline_proto::ipam::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{AllocateArgs, ConflictArgs, Engine, IpamError};
+use crate::filter::Filters;
 use crate::pods::{PodCache, PodOptions, PodsError};
 use crate::qos::QosState;
 use crate::store::LeaseStore;
@@ -16,6 +17,8 @@ use crate::store::LeaseStore;
 pub struct IpamService<S> {
     engine: Arc<Engine<S>>,
     qos: Arc<QosState>,
+    filters: Arc<Filters>,
+    attachments: Option<Arc<crate::reprogram::Attachments>>,
     pods: Option<Arc<PodCache>>,
     metrics: Option<Arc<crate::metrics::IpamMetrics>>,
 }
@@ -25,6 +28,8 @@ impl<S> IpamService<S> {
         Self {
             engine,
             qos: QosState::new(None),
+            filters: Filters::new(Vec::new()),
+            attachments: None,
             pods: None,
             metrics: None,
         }
@@ -68,6 +73,46 @@ impl<S> IpamService<S> {
         self
     }
 
+    /// Answers with each pod's packet filter from `filters`.
+    pub fn with_filters(mut self, filters: Arc<Filters>) -> Self {
+        self.filters = filters;
+        self
+    }
+
+    /// Records each attachment's namespace (from Allocate) in
+    /// `attachments`, so its filter follows later policy changes.
+    pub fn with_attachments(mut self, a: Arc<crate::reprogram::Attachments>) -> Self {
+        self.attachments = Some(a);
+        self
+    }
+
+    /// Fails closed while NetworkPolicy is enforced but its caches are not
+    /// yet listed (right after ipamd starts): the filter assembled now
+    /// would be allow-all whatever the pod's policy. Waits up to
+    /// [`NETPOL_SYNC_WAIT`] for the sync, then refuses with UNAVAILABLE,
+    /// which the plugin reports as CNI code 11 (try again later).
+    async fn netpol_ready(&self) -> Result<(), Status> {
+        if self.filters.wait_netpol_synced(NETPOL_SYNC_WAIT).await {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "NetworkPolicy caches not yet synced after {NETPOL_SYNC_WAIT:?} (ipamd starting): \
+             refusing to start the pod without its policy; try again later"
+        )))
+    }
+
+    /// The pod's packet filter as the reply carries it: empty = none.
+    fn filter_for(&self, lease: &Lease) -> Vec<u8> {
+        let f = self
+            .filters
+            .pod_filter(&lease.network, &lease.pod, lease.address);
+        if f.is_allow_all() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&f).expect("PodFilter serialises")
+        }
+    }
+
     /// Records a finished Allocate (`freed` None) or Release.
     fn count(
         &self,
@@ -102,6 +147,8 @@ impl<S> IpamService<S> {
 /// gRPC metadata key that tells apart refusals sharing a gRPC code, so the
 /// plugin maps each to its own CNI code.
 pub const ERROR_KIND_KEY: &str = "rackline-error";
+/// How long Allocate (and CHECK) wait for the NetworkPolicy caches.
+pub const NETPOL_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// `ERROR_KIND_KEY` of a refused requested address (CNI code 107).
 pub const ERROR_REQUESTED_ADDRESS: &str = "requested-address";
 
@@ -225,6 +272,8 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             }
         }
         let opts = self.pod_options(&pod).await?;
+        self.netpol_ready().await?;
+        let netns = r.netns.clone();
         let a = self
             .engine
             .allocate(AllocateArgs {
@@ -243,11 +292,22 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         if let Some(b) = &opts.bandwidth {
             apply_pod_bandwidth(&mut network, b);
         }
+        if let (Some(reg), false) = (&self.attachments, netns.is_empty()) {
+            reg.record(&crate::reprogram::AttachmentRecord {
+                network: a.lease.network.clone(),
+                container_id: a.lease.container_id.clone(),
+                ifname: a.lease.ifname.clone(),
+                netns: netns.into(),
+                pod: a.lease.pod.clone(),
+                address: a.lease.address,
+            });
+        }
         Ok(Response::new(pb::AllocateReply {
             lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
             network: Some(network),
             existing: a.existing,
             sticky: a.lease.sticky,
+            filter: self.filter_for(&a.lease),
         }))
     }
 
@@ -271,6 +331,9 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             freed.as_ref().err(),
         );
         let freed = freed.map_err(status_of)?;
+        if let Some(reg) = &self.attachments {
+            reg.forget(&r.network, &r.container_id, &r.ifname);
+        }
         Ok(Response::new(pb::ReleaseReply {
             released: !freed.is_empty(),
             address: freed
@@ -295,6 +358,9 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             Some(a) => {
                 // CHECK compares the pod's shaping with what ADD would give
                 // now: the bandwidth annotation is part of that.
+                // CHECK against an allow-all stand-in would call a
+                // protected pod's table unexpected.
+                self.netpol_ready().await?;
                 let mut network = self.network_for(&a.network, &a.lease.pod);
                 if let Some(b) = self.pod_options(&a.lease.pod).await?.bandwidth {
                     apply_pod_bandwidth(&mut network, &b);
@@ -310,6 +376,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
                     lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),
                     network: Some(network),
                     out_of_spec,
+                    filter: self.filter_for(&a.lease),
                 }))
             }
             None => Err(Status::not_found(format!(

@@ -49,6 +49,7 @@ pub async fn run<S: LeaseStore>(
                 let rev = snap.revision;
                 engine.apply_snapshot(snap);
                 engine.note_reachable();
+                engine.settle_replayed().await;
                 backoff = Duration::from_millis(100);
                 let (tx, mut rx) = mpsc::channel::<Change>(4096);
                 let prefix = store.keys().root_prefix();

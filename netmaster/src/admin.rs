@@ -20,6 +20,7 @@ use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
 use rackline_store::{Object, Store, StoreError};
 use tracing::info;
 
+mod acl;
 mod drain;
 mod network_update;
 mod qos;

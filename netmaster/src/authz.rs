@@ -22,7 +22,7 @@ use crate::auth::{Authenticator, Caller, Role};
 pub enum Access {
     /// Reads: read-only, operator, admin.
     Read,
-    /// Reservations, pins, QoS policies, node drain and delete: operator,
+    /// Reservations, pins, QoS policies, ACLs, node drain and delete: operator,
     /// admin.
     Operate,
     /// Networks, racks, bindings, forced deletes: admin.
@@ -266,6 +266,10 @@ admin_rpcs! {
     set_qos_policy(pb::QosPolicy) -> pb::QosPolicy = "SetQosPolicy", Operate;
     list_qos_policies(pb::ListQosPoliciesRequest) -> pb::ListQosPoliciesReply = "ListQosPolicies", Read;
     delete_qos_policy(pb::DeleteQosPolicyRequest) -> pb::DeleteQosPolicyReply = "DeleteQosPolicy", Operate;
+    set_acl(pb::Acl) -> pb::Acl = "SetAcl", Operate;
+    list_acls(pb::ListAclsRequest) -> pb::ListAclsReply = "ListAcls", Read;
+    delete_acl(pb::DeleteAclRequest) -> pb::DeleteAclReply = "DeleteAcl", Operate;
+    set_acl_default(pb::AclDefault) -> pb::AclDefault = "SetAclDefault", Operate;
     [streams]
     // The IP event stream: what a CMDB's read-only account follows.
     watch_events(pb::WatchEventsRequest) -> WatchEventsStream = "WatchEvents", Read;

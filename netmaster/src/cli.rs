@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
 
+mod acl;
 pub mod config;
 mod events;
 mod probe;
@@ -111,6 +112,10 @@ pub enum Command {
     /// Per-pod bandwidth policies for namespaces and applications.
     #[command(subcommand)]
     Qos(QosCommand),
+    /// Rackline ACLs: allow/deny rules for the pods of a namespace or an
+    /// application, and each network's default.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// The IP event stream: every lease change, in order (NDJSON with
     /// -o json).
     Events(EventsArgs),
@@ -399,6 +404,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         Command::Pool(args) => racks::pool(args, &mut client, json, out).await?,
         Command::Reservation(cmd) => reservations::run(cmd, &mut client, json, out).await?,
         Command::Qos(cmd) => qos::qos(cmd, &mut client, json, out).await?,
+        Command::Acl(cmd) => acl::run(cmd, &mut client, json, out).await?,
         Command::Events(args) => events::run(args, &mut client, json, out).await?,
     }
     out.flush()?;

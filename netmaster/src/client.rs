@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 /// bearer token (if any).
 pub type Raw = RawClient<InterceptedService<Channel, TokenInterceptor>>;
 
+mod acl;
 mod qos;
 mod racks;
 

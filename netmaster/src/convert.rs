@@ -16,10 +16,12 @@ use rackline_proto::admin::v1 as pb;
 
 use crate::admin::{LeaseFilter, NetworkView, PodFilter};
 
+mod acl;
 mod probe;
 mod qos;
 mod racks;
 mod update;
+pub use acl::*;
 pub use probe::*;
 pub use qos::*;
 pub use racks::*;

@@ -498,6 +498,58 @@ impl Admin for GrpcAdmin {
             .map_err(fail)?;
         Ok(Response::new(pb::DeleteQosPolicyReply { deleted }))
     }
+
+    async fn set_acl(&self, request: Request<pb::Acl>) -> Result<Response<pb::Acl>, Status> {
+        let a = convert::acl_from_proto(request.get_ref()).map_err(invalid)?;
+        let a = self.svc.set_acl(a).await.map_err(fail)?;
+        Ok(Response::new(convert::acl_to_proto(&a)))
+    }
+
+    async fn set_acl_default(
+        &self,
+        request: Request<pb::AclDefault>,
+    ) -> Result<Response<pb::AclDefault>, Status> {
+        let (network, d) = convert::acl_default_from_proto(request.get_ref()).map_err(invalid)?;
+        let d = self.svc.set_acl_default(&network, d).await.map_err(fail)?;
+        Ok(Response::new(convert::acl_default_to_proto(&network, &d)))
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<pb::ListAclsRequest>,
+    ) -> Result<Response<pb::ListAclsReply>, Status> {
+        let network = request.into_inner().network;
+        let network = Some(network.trim()).filter(|n| !n.is_empty());
+        if let Some(n) = network {
+            rackline_model::network::validate_name(n)
+                .map_err(|e| invalid(ConvertError::Invalid(e)))?;
+        }
+        let (acls, defaults) = self.svc.list_acls(network).await.map_err(fail)?;
+        Ok(Response::new(pb::ListAclsReply {
+            acls: acls.iter().map(convert::acl_to_proto).collect(),
+            defaults: defaults
+                .iter()
+                .map(|(n, d)| convert::acl_default_to_proto(n, d))
+                .collect(),
+        }))
+    }
+
+    async fn delete_acl(
+        &self,
+        request: Request<pb::DeleteAclRequest>,
+    ) -> Result<Response<pb::DeleteAclReply>, Status> {
+        let r = request.into_inner();
+        for v in [&r.network, &r.namespace, &r.name] {
+            rackline_model::network::validate_name(v)
+                .map_err(|e| invalid(ConvertError::Invalid(e)))?;
+        }
+        let deleted = self
+            .svc
+            .delete_acl(&r.network, &r.namespace, &r.name)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::DeleteAclReply { deleted }))
+    }
 }
 
 #[cfg(test)]

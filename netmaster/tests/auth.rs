@@ -164,6 +164,10 @@ async fn call(c: &mut Raw, rpc: Rpc) -> Code {
                 .await,
         ),
         Rpc::set_qos_policy => code(c.set_qos_policy(pb::QosPolicy::default()).await),
+        Rpc::set_acl => code(c.set_acl(pb::Acl::default()).await),
+        Rpc::list_acls => code(c.list_acls(pb::ListAclsRequest::default()).await),
+        Rpc::delete_acl => code(c.delete_acl(pb::DeleteAclRequest::default()).await),
+        Rpc::set_acl_default => code(c.set_acl_default(pb::AclDefault::default()).await),
         Rpc::list_qos_policies => code(
             c.list_qos_policies(pb::ListQosPoliciesRequest::default())
                 .await,
@@ -199,12 +203,16 @@ fn allowed(rpc: Rpc) -> &'static [Role] {
         | Rpc::leader
         | Rpc::list_reservations
         | Rpc::list_qos_policies
+        | Rpc::list_acls
         | Rpc::watch_events => READ,
         Rpc::pin_reservation
         | Rpc::release_reservation
         | Rpc::update_network
         | Rpc::set_qos_policy
         | Rpc::delete_qos_policy
+        | Rpc::set_acl
+        | Rpc::delete_acl
+        | Rpc::set_acl_default
         | Rpc::drain_node
         | Rpc::delete_node => OPERATE,
         Rpc::create_network

@@ -6,10 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{create_args, ctl, put_lease, runtime, store, Etcd, Netmaster, PREFIX};
-use rackline_model::{Keys, Lease, NetworkSpec, PodSettings};
+use common::{create_args, ctl, ctl_spawn, put_lease, runtime, store, Etcd, Netmaster, PREFIX};
+use rackline_model::{Keys, Lease, Liveness, NetworkSpec, PodSettings};
 use rackline_proto::admin::v1 as pb;
-use rackline_store::{CreateLease, Fence, Store, StoreError, UpdateGuards, UpdateOutcome};
+use rackline_store::{
+    CreateLease, Fence, NodeLock, Store, StoreError, UpdateGuards, UpdateOutcome,
+};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
@@ -282,16 +284,62 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
         .expect("read")
         .is_some());
 
-    // Forced: written; web-0 keeps its lease and is reported as differing,
-    // the standby address goes back.
+    // Forced, but n2 has no live ipamd: only n2 may give its standby record
+    // back (it may be serving a pod from it without etcd), so nothing is
+    // written and the record stays, whatever --force says.
     let mut forced = excl.to_vec();
     forced.extend(["--force", "--host-route", "10.200.0.0/16", "-o", "json"]);
-    let r = ctl(&nm.url, &forced).json();
+    ctl(&nm.url, &forced).refused(
+        "the new exclusions cover 1 standby record(s) of node(s) n2, whose ipamd is not live: 10.10.0.52 (node n2); only that ipamd can give them back",
+    );
+    assert_eq!(now_revision(&nm.url), rev, "nothing written");
+    assert!(rt
+        .block_on(s.get_lease("prod", "10.10.0.52".parse().unwrap()))
+        .expect("read")
+        .is_some());
+
+    // n2's ipamd is live: the update is written and waits for n2 to give the
+    // record back, as n2's ipamd does once it sees the new exclusion.
+    let g = rt.block_on(s.grant_lease(60)).unwrap();
+    let live = Liveness {
+        instance: "test-n2".into(),
+        host: "test".into(),
+        pid: 1,
+        since_unix_ms: 1,
+        ttl_secs: 60,
+    };
+    let locked = rt.block_on(s.try_lock_node("n2", &live, g.id)).unwrap();
+    assert!(matches!(locked, NodeLock::Acquired { .. }), "{locked:?}");
+    // The update runs while this test plays n2's ipamd.
+    let update = ctl_spawn(&nm.url, &forced);
+    let ip = "10.10.0.52".parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update was never written"
+        );
+        if stored(&rt, &s, "prod")
+            .exclude
+            .contains(&"10.10.0.48/29".parse().unwrap())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sl = rt.block_on(s.get_lease("prod", ip)).unwrap().unwrap();
+    assert!(
+        rt.block_on(s.delete_lease("prod", ip, sl.mod_revision))
+            .unwrap(),
+        "netmaster deleted the standby record itself"
+    );
+    let r = update.wait().json();
     assert_eq!(
         r["standbyReturned"],
         serde_json::json!(["10.10.0.52"]),
         "{r}"
     );
+    assert_eq!(r["standbyPending"], serde_json::json!([]), "{r}");
     let differing = r["differing"].as_array().expect("differing");
     let why = |addr: &str| -> Vec<String> {
         differing
@@ -379,7 +427,7 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
     let mut stale = seen.network.spec.clone();
     stale.mtu = 1100;
     let out = rt
-        .block_on(s.update_network(&stale, &seen, UpdateGuards::default(), &[], None))
+        .block_on(s.update_network(&stale, &seen, UpdateGuards::default(), None))
         .expect("update");
     assert!(
         matches!(out, UpdateOutcome::NetworkChanged { .. }),
@@ -483,7 +531,7 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     let mut spec = seen.network.spec.clone();
     spec.mtu = 3000;
     let e = rt
-        .block_on(s.update_network(&spec, &seen, UpdateGuards::default(), &[], Some(&stale)))
+        .block_on(s.update_network(&spec, &seen, UpdateGuards::default(), Some(&stale)))
         .unwrap_err();
     assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
     assert_eq!(stored(&rt, &s, "prod").mtu, 4000);

@@ -13,6 +13,8 @@
 //! <prefix>/v1/netmaster/webhook-cursor       the webhook sink's next revision (leader, fenced)
 //! <prefix>/v1/heartbeat                      the event stream's clock tick (netmaster)
 //! <prefix>/v1/qos/<network>/<namespace>/<name>  QosPolicy JSON
+//! <prefix>/v1/acl/<network>/<namespace>/<name>  Acl JSON
+//! <prefix>/v1/acl/<network>/.default        AclDefault JSON (absent = allow-all)
 //! <prefix>/v1/drains/network/<network>      Drain JSON (network being deleted)
 //! <prefix>/v1/drains/racknet/<network>/<rack> Drain JSON (binding being removed)
 //! <prefix>/v1/drains/node/<node>            Drain JSON (node drained)
@@ -147,6 +149,22 @@ impl Keys {
 
     pub fn qos_policy(&self, network: &str, namespace: &str, name: &str) -> String {
         format!("{}/qos/{network}/{namespace}/{name}", self.root)
+    }
+
+    pub fn all_acl_prefix(&self) -> String {
+        format!("{}/acl/", self.root)
+    }
+
+    pub fn acl_prefix(&self, network: &str) -> String {
+        format!("{}/acl/{network}/", self.root)
+    }
+
+    pub fn acl(&self, network: &str, namespace: &str, name: &str) -> String {
+        format!("{}/acl/{network}/{namespace}/{name}", self.root)
+    }
+
+    pub fn acl_default(&self, network: &str) -> String {
+        format!("{}/acl/{network}/{}", self.root, crate::acl::DEFAULT_KEY)
     }
 
     pub fn leader(&self) -> String {

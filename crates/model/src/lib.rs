@@ -1,9 +1,11 @@
 //! The pool and lease model shared by ipamd and netmaster. Pure logic: no etcd,
 //! no gRPC, no netlink, so it is unit-tested without root or daemons.
 
+pub mod acl;
 pub mod applied;
 pub mod block;
 pub mod event;
+pub mod filter;
 pub mod infra;
 pub mod intervals;
 pub mod keys;

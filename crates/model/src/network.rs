@@ -72,6 +72,8 @@ pub enum ValidationError {
     NodeName(String),
     #[error("qos: {0}")]
     Qos(#[from] crate::qos::QosError),
+    #[error("{0}")]
+    Acl(#[from] crate::acl::AclError),
     #[error("duplicate-address probe: {0}")]
     Probe(String),
 }

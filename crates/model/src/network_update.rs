@@ -414,6 +414,24 @@ pub enum Refusal {
     Blocks { from: u32, to: u32, blocks: usize },
     /// New exclusions cover addresses held by pods or sticky reservations.
     Leased { addresses: Vec<String> },
+    /// New exclusions cover standby records of nodes whose ipamd is not
+    /// live: only that ipamd may give them back (its reserve, persisted
+    /// reserve and outage journal count on them), so `--force` does not
+    /// override this.
+    StandbyOffline {
+        addresses: Vec<String>,
+        nodes: String,
+    },
+}
+
+/// "a, b, c and N more": a list bounded for a message.
+fn bounded(items: &[String]) -> String {
+    let shown = items.len().min(MAX_LISTED);
+    let more = match items.len() - shown {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!("{}{more}", items[..shown].join(", "))
 }
 
 impl std::fmt::Display for Refusal {
@@ -427,20 +445,19 @@ impl std::fmt::Display for Refusal {
                 f,
                 "block-size cannot be changed ({from} -> {to}) while the network has {blocks} block(s): nodes own blocks of the current size"
             ),
-            Refusal::Leased { addresses } => {
-                // A wide exclusion over a busy range: name enough to act on.
-                let shown = addresses.len().min(MAX_LISTED);
-                let more = match addresses.len() - shown {
-                    0 => String::new(),
-                    n => format!(" and {n} more"),
-                };
-                write!(
-                    f,
-                    "the new exclusions cover {} leased address(es): {}{more}; release them first, or pass --force to keep those pods running (they are then reported as differing from the network)",
-                    addresses.len(),
-                    addresses[..shown].join(", ")
-                )
-            }
+            // A wide exclusion over a busy range: name enough to act on.
+            Refusal::Leased { addresses } => write!(
+                f,
+                "the new exclusions cover {} leased address(es): {}; release them first, or pass --force to keep those pods running (they are then reported as differing from the network)",
+                addresses.len(),
+                bounded(addresses)
+            ),
+            Refusal::StandbyOffline { addresses, nodes } => write!(
+                f,
+                "the new exclusions cover {} standby record(s) of node(s) {nodes}, whose ipamd is not live: {}; only that ipamd can give them back (it may be serving pods from them without etcd): start it, or remove a node gone for good with `racklinectl node delete NODE`",
+                addresses.len(),
+                bounded(addresses)
+            ),
         }
     }
 }

@@ -327,7 +327,7 @@ impl QosPolicy {
 
 /// Patterns are anchored: `web` matches the pod `web` only, `web-.*` its
 /// replicas. Unanchored matching would make `db` cover `mongodb-0`.
-fn compile_pattern(p: &str) -> Result<regex::Regex, QosError> {
+pub(crate) fn compile_pattern(p: &str) -> Result<regex::Regex, QosError> {
     if p.is_empty() || p.len() > 256 {
         return Err(QosError::Pattern(p.into(), "1-256 characters".into()));
     }

@@ -48,21 +48,18 @@ impl Store {
             Some(n) => self.keys.leases_prefix(n),
             None => self.keys.all_leases_prefix(),
         };
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                Ok(StoredLease {
-                    lease: decode_lease(kv)?,
-                    mod_revision: kv.mod_revision(),
-                })
+        let mut leases = Vec::new();
+        let rev = self
+            .for_each_page(&prefix, 0, |kvs| {
+                for kv in kvs {
+                    leases.push(StoredLease {
+                        lease: decode_lease(kv)?,
+                        mod_revision: kv.mod_revision(),
+                    });
+                }
+                Ok(())
             })
-            .collect::<Result<Vec<_>>>()?;
+            .await?;
         Ok((leases, rev))
     }
 
@@ -73,58 +70,35 @@ impl Store {
             .await
     }
 
-    /// `create_lease`, also guarded by the block the address lies in.
+    /// `create_lease`, also guarded by the block the address lies in. With
+    /// group commit on ([`Store::with_group_commit`]) the write may share an
+    /// etcd transaction with other concurrent creations, each still under
+    /// its own guards (see group.rs).
     pub async fn create_lease_guarded(
         &self,
         lease: &Lease,
         network_revision: i64,
         block: Option<&BlockGuard>,
     ) -> Result<CreateLease> {
-        let key = self.keys.lease(&lease.network, lease.address);
-        let net_key = self.keys.network(&lease.network);
-        let value = serde_json::to_vec(lease).expect("Lease serialises");
-        let mut when = vec![
-            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            Compare::create_revision(net_key.clone(), CompareOp::Equal, network_revision),
-        ];
-        if let Some(b) = block {
-            when.push(Compare::mod_revision(
-                b.key.clone(),
-                CompareOp::Equal,
-                b.mod_revision,
-            ));
+        let create = LeaseCreate::new(self, lease, network_revision, block);
+        match &self.group {
+            Some(g) => g.submit(create).await,
+            None => self.create_one(&create).await,
         }
-        let mut otherwise = vec![TxnOp::get(key.clone(), None), TxnOp::get(net_key, None)];
-        if let Some(b) = block {
-            otherwise.push(TxnOp::get(b.key.clone(), None));
-        }
-        let txn = Txn::new()
-            .when(when)
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else(otherwise);
+    }
+
+    /// One creation in a transaction of its own.
+    pub(crate) async fn create_one(&self, create: &LeaseCreate) -> Result<CreateLease> {
+        let txn = create.txn();
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
-        if resp.succeeded() {
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            return Ok(CreateLease::Created { mod_revision: rev });
-        }
-        let ops = resp.op_responses();
-        let first_kv = |i: usize| match ops.get(i) {
-            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
-            _ => None,
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let ops = if resp.succeeded() {
+            Vec::new()
+        } else {
+            resp.op_responses()
         };
-        if let Some(owner) = first_kv(0) {
-            return Ok(CreateLease::Taken(decode_lease(&owner).ok().map(Box::new)));
-        }
-        if first_kv(1).is_none_or(|kv| kv.create_revision() != network_revision) {
-            return Ok(CreateLease::NetworkGone);
-        }
-        if let Some(b) = block {
-            if first_kv(2).is_none_or(|kv| kv.mod_revision() != b.mod_revision) {
-                return Ok(CreateLease::BlockChanged);
-            }
-        }
-        Ok(CreateLease::Taken(None))
+        Ok(create.outcome(resp.succeeded(), &ops, rev))
     }
 
     /// Overwrites exactly the lease record the caller saw (by mod revision):
@@ -167,5 +141,89 @@ impl Store {
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
+    }
+}
+
+/// One guarded lease creation: the key must not exist, the network must be
+/// the incarnation the caller saw and, inside a block, the block must be at
+/// the revision the caller saw. The same guards whether it travels alone or
+/// nested in a group commit.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseCreate {
+    pub(crate) key: String,
+    value: Vec<u8>,
+    net_key: String,
+    network_revision: i64,
+    block: Option<BlockGuard>,
+}
+
+impl LeaseCreate {
+    fn new(
+        store: &Store,
+        lease: &Lease,
+        network_revision: i64,
+        block: Option<&BlockGuard>,
+    ) -> Self {
+        Self {
+            key: store.keys.lease(&lease.network, lease.address),
+            value: serde_json::to_vec(lease).expect("Lease serialises"),
+            net_key: store.keys.network(&lease.network),
+            network_revision,
+            block: block.cloned(),
+        }
+    }
+
+    pub(crate) fn txn(&self) -> Txn {
+        let mut when = vec![
+            Compare::create_revision(self.key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(
+                self.net_key.clone(),
+                CompareOp::Equal,
+                self.network_revision,
+            ),
+        ];
+        let mut otherwise = vec![
+            TxnOp::get(self.key.clone(), None),
+            TxnOp::get(self.net_key.clone(), None),
+        ];
+        if let Some(b) = &self.block {
+            when.push(b.compare());
+            otherwise.push(TxnOp::get(b.key.clone(), None));
+        }
+        Txn::new()
+            .when(when)
+            .and_then([TxnOp::put(self.key.clone(), self.value.clone(), None)])
+            .or_else(otherwise)
+    }
+
+    /// What the transaction's answer means; `revision` is the revision the
+    /// (outermost) transaction was applied at.
+    pub(crate) fn outcome(
+        &self,
+        succeeded: bool,
+        ops: &[TxnOpResponse],
+        revision: i64,
+    ) -> CreateLease {
+        if succeeded {
+            return CreateLease::Created {
+                mod_revision: revision,
+            };
+        }
+        let first_kv = |i: usize| match ops.get(i) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
+        };
+        if let Some(owner) = first_kv(0) {
+            return CreateLease::Taken(decode_lease(&owner).ok().map(Box::new));
+        }
+        if first_kv(1).is_none_or(|kv| kv.create_revision() != self.network_revision) {
+            return CreateLease::NetworkGone;
+        }
+        if let Some(b) = &self.block {
+            if first_kv(2).is_none_or(|kv| kv.mod_revision() != b.mod_revision) {
+                return CreateLease::BlockChanged;
+            }
+        }
+        CreateLease::Taken(None)
     }
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, KeyValue, WatchOptions};
 use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
 
+mod acl;
 mod blocks;
 mod census;
 mod channel;
 mod connect;
 mod election;
 mod events;
+mod group;
 mod identities;
 mod infra;
 mod leases;
@@ -28,11 +30,13 @@ mod reads;
 mod retire;
 mod ttl;
 mod usage;
+pub use acl::AclRecord;
 pub use blocks::{AcquiredBlock, BlockFilter, BlockUsage};
 pub use census::LeaseCensus;
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
+pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use lifecycle::{LivenessHolder, NodeLock};
 pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
@@ -251,6 +255,8 @@ pub struct Store {
     keys: Keys,
     timeout: Duration,
     observer: Option<Observer>,
+    /// Group commit of lease creations, when on (see group.rs).
+    group: Option<std::sync::Arc<group::GroupCommit>>,
 }
 
 impl Store {
@@ -273,6 +279,7 @@ impl Store {
             keys,
             timeout,
             observer: None,
+            group: None,
         })
     }
 
@@ -345,11 +352,6 @@ impl Store {
     /// it was taken at: a watch from `revision + 1` misses nothing.
     pub async fn snapshot(&self) -> Result<Snapshot> {
         let prefix = self.keys.root_prefix();
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut snap = Snapshot {
             networks: Vec::new(),
             leases: Vec::new(),
@@ -357,46 +359,57 @@ impl Store {
             blocks: Vec::new(),
             nodes: Vec::new(),
             drains: Vec::new(),
-            revision,
+            revision: 0,
             skipped: 0,
         };
+        // Paged, all pages at one revision: one consistent state, and each
+        // page decoded and dropped before the next arrives.
+        snap.revision = self
+            .for_each_page(&prefix, 0, |kvs| {
+                for kv in kvs {
+                    self.snapshot_record(kv, &mut snap);
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(snap)
+    }
+
+    fn snapshot_record(&self, kv: &KeyValue, snap: &mut Snapshot) {
         // One undecodable record must not stop a node from serving: it is
         // skipped (and counted). Safe for leases: the key still exists, so
         // the create-if-absent transaction refuses that address anyway.
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let decoded = if self.keys.network_name_of(&key).is_some() {
-                decode_network(kv).map(|n| snap.networks.push(n))
-            } else if self.keys.parse_lease(&key).is_some() {
-                decode_lease(kv).map(|lease| {
-                    snap.leases.push(StoredLease {
-                        lease,
-                        mod_revision: kv.mod_revision(),
-                    })
+        let key = String::from_utf8_lossy(kv.key());
+        let decoded = if self.keys.network_name_of(&key).is_some() {
+            decode_network(kv).map(|n| snap.networks.push(n))
+        } else if self.keys.parse_lease(&key).is_some() {
+            decode_lease(kv).map(|lease| {
+                snap.leases.push(StoredLease {
+                    lease,
+                    mod_revision: kv.mod_revision(),
                 })
-            } else if self.keys.parse_racknet(&key).is_some() {
-                decode_json(kv).map(|r| snap.racknets.push(r))
-            } else if self.keys.parse_block(&key).is_some() {
-                decode_json(kv).map(|block| {
-                    snap.blocks.push(StoredBlock {
-                        block,
-                        mod_revision: kv.mod_revision(),
-                    })
+            })
+        } else if self.keys.parse_racknet(&key).is_some() {
+            decode_json(kv).map(|r| snap.racknets.push(r))
+        } else if self.keys.parse_block(&key).is_some() {
+            decode_json(kv).map(|block| {
+                snap.blocks.push(StoredBlock {
+                    block,
+                    mod_revision: kv.mod_revision(),
                 })
-            } else if self.keys.node_name_of(&key).is_some() {
-                decode_json(kv).map(|n| snap.nodes.push(n))
-            } else if let Some(target) = self.keys.parse_drain(&key) {
-                snap.drains.push(target);
-                Ok(())
-            } else {
-                Ok(())
-            };
-            if let Err(e) = decoded {
-                tracing::warn!("ignoring an undecodable record: {e}");
-                snap.skipped += 1;
-            }
+            })
+        } else if self.keys.node_name_of(&key).is_some() {
+            decode_json(kv).map(|n| snap.nodes.push(n))
+        } else if let Some(target) = self.keys.parse_drain(&key) {
+            snap.drains.push(target);
+            Ok(())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = decoded {
+            tracing::warn!("ignoring an undecodable record: {e}");
+            snap.skipped += 1;
         }
-        Ok(snap)
     }
 
     /// Watches a key prefix from `start_revision`, sending changes to `tx`

@@ -76,15 +76,14 @@ impl Store {
     }
 
     /// Replaces the definition read in `seen` with `spec` (validated here
-    /// again) and deletes `drop` (lease records the update makes
-    /// pointless, compared by their revision), fenced by the leader's
-    /// fence.
+    /// again), fenced by the leader's fence. Lease records are never
+    /// deleted with it: standby records the new definition excludes are
+    /// their nodes' to give back (see netmaster's `network update`).
     pub async fn update_network(
         &self,
         spec: &NetworkSpec,
         seen: &NetworkState,
         guards: UpdateGuards,
-        drop: &[StoredLease],
         fence: Option<&Fence>,
     ) -> Result<UpdateOutcome> {
         spec.validate()?;
@@ -112,28 +111,11 @@ impl Store {
                 seen.revision,
             ));
         }
-        for sl in drop {
-            when.push(Compare::mod_revision(
-                self.keys.lease(name, sl.lease.address),
-                CompareOp::Equal,
-                sl.mod_revision,
-            ));
-        }
-        if drop.len() + 1 > reads::MAX_TXN_OPS {
-            return Err(StoreError::Refused(format!(
-                "the update would return {} standby addresses in one transaction; exclude a smaller range at a time",
-                drop.len()
-            )));
-        }
-        let mut ops = vec![TxnOp::put(
+        let ops = vec![TxnOp::put(
             key.clone(),
             serde_json::to_vec(spec).expect("NetworkSpec serialises"),
             None,
         )];
-        ops.extend(
-            drop.iter()
-                .map(|sl| TxnOp::delete(self.keys.lease(name, sl.lease.address), None)),
-        );
         let txn = etcd_client::Txn::new()
             .when(fenced(when, fence))
             .and_then(ops)

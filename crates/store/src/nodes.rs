@@ -124,11 +124,10 @@ impl Store {
     }
 
     pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>> {
-        let (r, _) = self
+        let (r, rev) = self
             .read_at_once(vec![
                 get(self.keys.node(name)),
                 get_prefix(self.keys.all_blocks_prefix()),
-                get_prefix(self.keys.all_leases_prefix()),
                 get_prefix(self.keys.drains_prefix()),
                 get_prefix(self.keys.liveness_prefix()),
             ])
@@ -137,23 +136,31 @@ impl Store {
             return Ok(None);
         };
         let node: Node = decode_json(kv)?;
-        let mut infos = node_infos(
-            vec![node],
-            decode_all(r[1].kvs())?,
-            decode_leases_lenient(r[2].kvs()),
-        );
-        self.add_states(&mut infos, r[3].kvs(), r[4].kvs());
+        let leases = self.leases_at(rev).await?;
+        let mut infos = node_infos(vec![node], decode_all(r[1].kvs())?, leases);
+        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
         Ok(infos.into_iter().next())
+    }
+
+    /// Every lease as of `revision`, read in pages (the records of 100 000
+    /// leases exceed etcd's answer size limit in one read).
+    async fn leases_at(&self, revision: i64) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        self.for_each_page(&self.keys.all_leases_prefix(), revision, |kvs| {
+            leases.extend(decode_leases_lenient(kvs));
+            Ok(())
+        })
+        .await?;
+        Ok(leases)
     }
 
     /// Nodes (of one rack, or all) by name, with their blocks and lease
     /// counts from one consistent read.
     pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
-        let (r, _) = self
+        let (r, rev) = self
             .read_at_once(vec![
                 get_prefix(self.keys.nodes_prefix()),
                 get_prefix(self.keys.all_blocks_prefix()),
-                get_prefix(self.keys.all_leases_prefix()),
                 get_prefix(self.keys.drains_prefix()),
                 get_prefix(self.keys.liveness_prefix()),
             ])
@@ -163,12 +170,10 @@ impl Store {
             .filter(|n| rack.is_none_or(|r| r == n.rack))
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut infos = node_infos(
-            nodes,
-            decode_all(r[1].kvs())?,
-            decode_leases_lenient(r[2].kvs()),
-        );
-        self.add_states(&mut infos, r[3].kvs(), r[4].kvs());
+        // The leases at the same revision: one consistent state.
+        let leases = self.leases_at(rev).await?;
+        let mut infos = node_infos(nodes, decode_all(r[1].kvs())?, leases);
+        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
         Ok(infos)
     }
 

@@ -19,6 +19,11 @@ use crate::{Result, Store, StoreError};
 /// operations in one branch.
 pub(crate) const MAX_TXN_OPS: usize = 100;
 
+/// Records per page of a paged prefix read. etcd's client decodes at most
+/// 4 MiB per answer: 100 000 leases (300–600 bytes each) do not fit in one,
+/// 2 000 always do.
+pub(crate) const PAGE: i64 = 2000;
+
 /// How often a validated write is retried when something it validated
 /// against changed in between.
 pub(crate) const ATTEMPTS: u32 = 16;
@@ -79,6 +84,49 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((gets, rev))
+    }
+
+    /// Every record under `prefix` as of `revision` (0 = now), read in
+    /// pages of [`PAGE`] records all at that one revision — the same
+    /// consistent state a single read would give, without an answer larger
+    /// than etcd's message limit. `f` gets each page in key order; returns
+    /// the revision read at. Fails (etcd's "compacted") if etcd compacts past
+    /// that revision between two pages; callers retry as for any failure.
+    pub(crate) async fn for_each_page(
+        &self,
+        prefix: &str,
+        revision: i64,
+        mut f: impl FnMut(&[etcd_client::KeyValue]) -> Result<()>,
+    ) -> Result<i64> {
+        let mut end = prefix.as_bytes().to_vec();
+        // Prefixes end in '/': the next byte value bounds them.
+        if let Some(b) = end.last_mut() {
+            *b += 1;
+        }
+        let mut start = prefix.as_bytes().to_vec();
+        let mut rev = revision;
+        loop {
+            let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if rev > 0 {
+                o = o.with_revision(rev);
+            }
+            let mut c = self.client();
+            let key = start.clone();
+            let resp = self
+                .deadline(async move { c.get(key, Some(o)).await })
+                .await?;
+            if rev <= 0 {
+                rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            f(resp.kvs())?;
+            match resp.kvs().last() {
+                Some(kv) if resp.more() => {
+                    start = kv.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(rev),
+            }
+        }
     }
 
     /// The number of keys in each `[start, end)` range as of `revision`

@@ -162,12 +162,24 @@ impl<S: LeaseStore> Engine<S> {
                         standby_revision,
                     } => {
                         let key = (lease.container_id.clone(), lease.ifname.clone());
-                        match self.store.replace_lease(lease, *standby_revision).await? {
-                            Some(_) => info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd"),
+                        let recorded = match self.store.replace_lease(lease, *standby_revision).await? {
+                            Some(_) => {
+                                info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd");
+                                true
+                            }
                             None => match self.store.get_lease(&lease.network, lease.address).await? {
-                                Some(cur) if self.is_mine(&cur.lease, &key) => {}
-                                other => error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it"),
+                                Some(cur) if self.is_mine(&cur.lease, &key) => true,
+                                other => {
+                                    error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it");
+                                    false
+                                }
                             },
+                        };
+                        if recorded {
+                            self.replayed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((lease.network.clone(), key.clone(), lease.address));
                         }
                         // A create lost at the start of the outage must not
                         // leave this attachment a second address.
@@ -230,6 +242,71 @@ impl<S: LeaseStore> Engine<S> {
         result.map(|()| done)
     }
 
+    /// After the snapshot that follows a journal replay: an attachment whose
+    /// offline lease was just recorded must hold no other lease of this
+    /// node. One appears when a create whose answer was lost landed in etcd
+    /// and ipamd then restarted without etcd (the in-memory note of the
+    /// uncertain create went with it): the runtime's retry was answered
+    /// from the reserve, so the offline address is the pod's and the other
+    /// one nobody's. It is deleted comparing its revision (never a sticky
+    /// one: sticky pods take no offline address). Entries whose check
+    /// failed (etcd) stay for the next snapshot. Returns what was dropped.
+    pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
+        let todo = std::mem::take(&mut *self.replayed.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut dropped = Vec::new();
+        let mut retry = Vec::new();
+        for (network, key, kept) in todo {
+            let Some(net) = self.nets_read().get(&network).cloned() else {
+                continue;
+            };
+            let _g = self.lock_attachment(&network, &key).await;
+            for (ip, _) in net.held(&key) {
+                if ip == kept {
+                    continue;
+                }
+                let cur = match self.store.get_lease(&network, ip).await {
+                    Ok(Some(cur)) => cur,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        self.note_store_error(&e);
+                        retry.push((network.clone(), key.clone(), kept));
+                        break;
+                    }
+                };
+                if !self.is_mine(&cur.lease, &key)
+                    || !cur.lease.state.is_active()
+                    || cur.lease.sticky
+                {
+                    continue;
+                }
+                match self
+                    .store
+                    .delete_lease(&network, ip, cur.mod_revision)
+                    .await
+                {
+                    Ok(true) => {
+                        warn!(%network, %ip, kept = %kept, container = %key.0, ifname = %key.1, "dropped a second lease of an attachment: its create was answered too late, the pod got the offline address");
+                        net.forget(ip, 0);
+                        dropped.push(ip);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.note_store_error(&e);
+                        retry.push((network.clone(), key.clone(), kept));
+                        break;
+                    }
+                }
+            }
+        }
+        if !retry.is_empty() {
+            self.replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(retry);
+        }
+        dropped
+    }
+
     pub fn has_journal_entries(&self) -> bool {
         self.journal.as_ref().is_some_and(|j| !j.is_empty())
     }
@@ -238,14 +315,21 @@ impl<S: LeaseStore> Engine<S> {
     /// etcd answers and the journal is empty. The reserve is given back when
     /// the rack (or flat network) runs short, so every address stays usable
     /// by some node when capacity equals demand, and all of it when a drain
-    /// marker concerns the network here (see engine/drain.rs).
+    /// marker concerns the network here (see engine/drain.rs). Records that
+    /// a `network update` has since excluded always go back first: netmaster
+    /// leaves them to their node, whose reserve (and persisted reserve)
+    /// still holds them, and waits for them.
     pub async fn maintain_standby(&self) {
         if !self.etcd_ok() || self.from_persisted() || self.has_journal_entries() {
             return;
         }
         for net in self.networks() {
             let draining = self.draining(&net);
-            if draining.is_none() && (self.standby_target == 0 || !net.in_use_here()) {
+            let excluded = net.standby_excluded();
+            if draining.is_none()
+                && excluded.is_empty()
+                && (self.standby_target == 0 || !net.in_use_here())
+            {
                 continue;
             }
             let free = net.free_for_anyone();
@@ -255,18 +339,30 @@ impl<S: LeaseStore> Engine<S> {
                 0
             };
             let have = net.standby_count();
-            debug!(network = %net.spec.name, free, target, have, "standby reserve");
-            if have > target {
+            // Excluded records count for nothing: they are never handed out.
+            let usable = have - excluded.len();
+            debug!(network = %net.spec.name, free, target, have, usable, "standby reserve");
+            if !excluded.is_empty() || usable > target {
                 if let Some(d) = &draining {
                     info!(network = %net.spec.name, records = have, "{} is being drained: giving the standby reserve back", d.describe());
+                }
+                if !excluded.is_empty() {
+                    let ips: Vec<String> = excluded.iter().map(|(ip, _)| ip.to_string()).collect();
+                    info!(network = %net.spec.name, addresses = %ips.join(","), "giving back standby records the network now excludes");
                 }
                 // Out of the reserve (and of the persisted reserve) before
                 // the records are deleted: once deleted, another node may
                 // take the address.
-                let give: Vec<(Ipv4Addr, i64)> = net
-                    .standby_list()
-                    .into_iter()
-                    .take(have - target)
+                let surplus = usable.saturating_sub(target);
+                let give: Vec<(Ipv4Addr, i64)> = excluded
+                    .iter()
+                    .copied()
+                    .chain(
+                        net.standby_list()
+                            .into_iter()
+                            .filter(|e| !excluded.contains(e))
+                            .take(surplus),
+                    )
                     .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
                     .collect();
                 self.save_reserve().await;

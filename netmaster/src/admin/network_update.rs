@@ -6,15 +6,26 @@
 //! revision. A record changed in between is the operator's conflict
 //! (`Changed`: nothing written, run again); a lease or block written in
 //! between only makes us look again.
+//!
+//! Standby records inside new exclusions are never deleted here: the node
+//! holding one counts on it (its reserve, the reserve it persisted for a
+//! restart without etcd, its outage journal), so like a drain the update
+//! leaves them to their ipamd, which gives back what the network now
+//! excludes as soon as it sees the new definition. The update is refused
+//! while such a node has no live ipamd, and waits a bounded time for the
+//! records to go.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use rackline_model::applied::{excluded, out_of_spec, NodeClass};
 use rackline_model::network_update::changes;
 use rackline_model::{Lease, LeaseState, NetworkPatch, Refusal};
-use rackline_store::{StoredLease, UpdateGuards, UpdateOutcome};
-use tracing::info;
+use rackline_store::{UpdateGuards, UpdateOutcome};
+use tracing::{info, warn};
 
+use super::drain::DEFAULT_DRAIN_WAIT;
 use super::{AdminError, AdminService, NetworkView, Result};
 
 /// How many times lease churn may make us re-read before giving up.
@@ -39,8 +50,11 @@ pub struct UpdateReport {
     pub changes: Vec<String>,
     /// Running pods that differ from the new definition, and how.
     pub differing: Vec<(Lease, Vec<String>)>,
-    /// Standby records inside new exclusions, deleted with the update.
+    /// Standby records inside new exclusions their nodes gave back.
     pub standby_returned: Vec<Ipv4Addr>,
+    /// Those still held when the wait ended: their ipamds never hand them
+    /// out and give them back on their own.
+    pub standby_pending: Vec<Ipv4Addr>,
     pub dry_run: bool,
 }
 
@@ -118,13 +132,16 @@ impl AdminService {
             // Addresses the new definition excludes and the old did not.
             let newly = |ip: Ipv4Addr| excluded(ip, &new).is_some() && excluded(ip, old).is_none();
             let mut covered = Vec::new();
-            let mut drop: Vec<StoredLease> = Vec::new();
+            // (address, node) of standby records the new exclusions cover.
+            let mut returning: Vec<(Ipv4Addr, String)> = Vec::new();
             for sl in st.leases.iter().filter(|sl| newly(sl.lease.address)) {
                 match sl.lease.state {
                     LeaseState::Active | LeaseState::Reserved => covered.push(holder(&sl.lease)),
-                    // A node's outage reserve: not a pod; it goes back, and
-                    // the node refills its reserve from what is allowed.
-                    LeaseState::Standby => drop.push(sl.clone()),
+                    // A node's outage reserve: not a pod; its node gives it
+                    // back and refills its reserve from what is allowed.
+                    LeaseState::Standby => {
+                        returning.push((sl.lease.address, sl.lease.node.clone()))
+                    }
                     // A quarantine record keeps its address out anyway.
                     LeaseState::Conflict => {}
                 }
@@ -144,44 +161,73 @@ impl AdminService {
                 .filter(|(_, d)| !d.is_empty())
                 .collect();
             let changed = changes(old, &new);
-            let report = |revision: i64, dropped: usize| UpdateReport {
-                view: NetworkView::new(new.clone(), (st.leases.len() - dropped) as u64, revision),
-                changes: changed.clone(),
-                differing: differing.clone(),
-                standby_returned: if dropped > 0 {
-                    drop.iter().map(|sl| sl.lease.address).collect()
-                } else {
-                    Vec::new()
-                },
-                dry_run: u.dry_run,
-            };
+            let report =
+                |revision: i64, returned: Vec<Ipv4Addr>, pending: Vec<Ipv4Addr>| UpdateReport {
+                    view: NetworkView::new(
+                        new.clone(),
+                        (st.leases.len() - returned.len()) as u64,
+                        revision,
+                    ),
+                    changes: changed.clone(),
+                    differing: differing.clone(),
+                    standby_returned: returned,
+                    standby_pending: pending,
+                    dry_run: u.dry_run,
+                };
             if u.dry_run {
-                return Ok(report(seen, 0));
+                let pending = returning.iter().map(|(ip, _)| *ip).collect();
+                return Ok(report(seen, Vec::new(), pending));
             }
             if changed.is_empty() {
                 // Every value given is the current one: nothing to write.
-                return Ok(report(seen, 0));
+                return Ok(report(seen, Vec::new(), Vec::new()));
+            }
+            if !returning.is_empty() {
+                let live = self.store.live_nodes().await?;
+                let dead: BTreeSet<&str> = returning
+                    .iter()
+                    .map(|(_, n)| n.as_str())
+                    .filter(|n| !live.contains_key(*n))
+                    .collect();
+                if !dead.is_empty() {
+                    let held: Vec<String> = returning
+                        .iter()
+                        .filter(|(_, n)| dead.contains(n.as_str()))
+                        .map(|(ip, n)| format!("{ip} (node {n})"))
+                        .collect();
+                    let names: Vec<&str> = dead.into_iter().collect();
+                    return refuse(Refusal::StandbyOffline {
+                        addresses: held,
+                        nodes: names.join(", "),
+                    });
+                }
             }
             let guards = UpdateGuards {
                 leases: new.reserved() != old.reserved(),
                 blocks: new.block_size != old.block_size,
             };
-            match self
-                .store
-                .update_network(&new, &st, guards, &drop, fence)
-                .await?
-            {
+            match self.store.update_network(&new, &st, guards, fence).await? {
                 UpdateOutcome::Written { revision } => {
                     info!(
                         network = %u.name,
                         revision,
                         changes = %changed.join("; "),
                         differing = differing.len(),
-                        standby_returned = drop.len(),
+                        standby_to_return = returning.len(),
                         forced = u.force && !covered.is_empty(),
                         "network updated"
                     );
-                    return Ok(report(revision, drop.len()));
+                    let (returned, pending) = self
+                        .await_standby_returned(&u.name, &returning, DEFAULT_DRAIN_WAIT)
+                        .await;
+                    if !pending.is_empty() {
+                        warn!(
+                            network = %u.name,
+                            pending = pending.len(),
+                            "standby records inside the new exclusions not given back yet; their ipamds give them back on their own"
+                        );
+                    }
+                    return Ok(report(revision, returned, pending));
                 }
                 UpdateOutcome::NetworkChanged { now } => {
                     return Err(AdminError::Changed {
@@ -194,5 +240,50 @@ impl AdminService {
             }
         }
         Err(AdminError::Contended(ATTEMPTS))
+    }
+
+    /// Waits (up to `wait`) until the ipamds gave back the standby records
+    /// `returning` names: a record of that address and node still in
+    /// standby is not back yet. Returns (given back, still held); a read
+    /// that fails ends the wait with the rest counted as held.
+    async fn await_standby_returned(
+        &self,
+        network: &str,
+        returning: &[(Ipv4Addr, String)],
+        wait: Duration,
+    ) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+        let started = tokio::time::Instant::now();
+        let mut held: Vec<Ipv4Addr> = returning.iter().map(|(ip, _)| *ip).collect();
+        loop {
+            if held.is_empty() {
+                break;
+            }
+            match self.store.network_state(network).await {
+                Ok(Some(st)) => held.retain(|ip| {
+                    st.leases.iter().any(|sl| {
+                        sl.lease.address == *ip
+                            && sl.lease.state == LeaseState::Standby
+                            && returning
+                                .iter()
+                                .any(|(a, n)| a == ip && *n == sl.lease.node)
+                    })
+                }),
+                Ok(None) => held.clear(),
+                Err(e) => {
+                    warn!(%network, "reading the standby records being given back: {e}");
+                    break;
+                }
+            }
+            if held.is_empty() || started.elapsed() >= wait {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let returned = returning
+            .iter()
+            .map(|(ip, _)| *ip)
+            .filter(|ip| !held.contains(ip))
+            .collect();
+        (returned, held)
     }
 }

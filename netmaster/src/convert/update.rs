@@ -145,6 +145,7 @@ pub fn update_report_to_proto(r: &crate::admin::UpdateReport) -> pb::UpdateNetwo
             })
             .collect(),
         standby_returned: r.standby_returned.iter().map(ToString::to_string).collect(),
+        standby_pending: r.standby_pending.iter().map(ToString::to_string).collect(),
         dry_run: r.dry_run,
     }
 }

@@ -47,6 +47,7 @@ pub struct UpdateJson {
     pub changes: Vec<String>,
     pub differing: Vec<DifferenceJson>,
     pub standby_returned: Vec<String>,
+    pub standby_pending: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -66,6 +67,7 @@ impl From<&pb::UpdateNetworkReply> for UpdateJson {
                 })
                 .collect(),
             standby_returned: r.standby_returned.clone(),
+            standby_pending: r.standby_pending.clone(),
             dry_run: r.dry_run,
         }
     }
@@ -91,6 +93,14 @@ pub fn update_report(r: &pb::UpdateNetworkReply) -> String {
             "standby addresses returned (now excluded): {}",
             r.standby_returned.join(", ")
         );
+    }
+    if !r.standby_pending.is_empty() {
+        let what = if r.dry_run {
+            "standby addresses their nodes would give back (now excluded)"
+        } else {
+            "standby addresses not given back yet (their ipamds return them on their own)"
+        };
+        let _ = writeln!(out, "{what}: {}", r.standby_pending.join(", "));
     }
     if !r.differing.is_empty() {
         let _ = writeln!(

@@ -484,3 +484,45 @@ fn a_node_address_never_reaches_a_pod() -> Result<()> {
         Ok(())
     })
 }
+
+/// DEL releases the lease while the kernel deletes the links: the pod's address is removed
+/// first (cheap), then the release runs alongside the link deletion (an RCU grace period per
+/// batch). Read from the plugin's own step line: the release never starts before the address
+/// is gone (whether it also starts before the links are gone depends on scheduling, so it is
+/// not asserted; the latency bench shows it). Afterwards nothing is left: links, node veth,
+/// lease.
+#[test]
+fn del_releases_the_lease_while_the_links_go() -> Result<()> {
+    Lab::builder().nodes(1).run(|lab| {
+        let pod = lab.add_pod(1, "overlap")?;
+        let result = lab.cni_add(&pod)?;
+        let file = lab.dir().join("del-steps.line");
+        lab.cni(Cmd::Del, &pod)
+            .prev_result(&result)
+            .env("RACKLINE_BENCH_STEPS", file.display().to_string())
+            .run()?
+            .ok()?;
+        let line = std::fs::read_to_string(&file)?;
+        let step = |name: &str| -> Result<(u64, u64)> {
+            let f = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .with_context(|| format!("no {name} in {line}"))?;
+            let (s, d) = f.split_once('+').context("step without +")?;
+            let (s, d): (u64, u64) = (s.parse()?, d.parse()?);
+            Ok((s, s + d))
+        };
+        let (_, addrs_gone) = step("addrs_delete")?;
+        let (release_start, _) = step("ipamd_connect")?;
+        let (links_start, _) = step("links_delete")?;
+        ensure!(
+            addrs_gone <= release_start && addrs_gone <= links_start,
+            "the release or the link deletion began before the address was gone: {line}"
+        );
+        ensure!(lab.link_names(&pod)? == ["lo"]);
+        let hv = node_veth_name(&pod.container_id, "eth0");
+        ensure!(lab.link(lab.node(1), &hv)?.is_none());
+        ensure!(lab.leases_of(&pod.container_id)?.is_empty());
+        Ok(())
+    })
+}

@@ -186,7 +186,8 @@ fn the_daemonset_deployment_and_rbac_say_what_the_docs_promise() -> Result<()> {
     ensure!(ports == [7650, 9642], "{ports:?}");
     image::object(&docs, "PodDisruptionBudget", "rackline-netmaster")?;
 
-    // Least privilege: read nodes and pods, create events; nothing else.
+    // Least privilege: read nodes, pods, namespaces and NetworkPolicies,
+    // create events; nothing else.
     let role = image::object(&docs, "ClusterRole", "rackline-ipamd")?;
     let mut rules: Vec<String> = Vec::new();
     for r in role["rules"].as_array().into_iter().flatten() {
@@ -207,6 +208,12 @@ fn the_daemonset_deployment_and_rbac_say_what_the_docs_promise() -> Result<()> {
             == [
                 "events:create",
                 "events:patch",
+                "namespaces:get",
+                "namespaces:list",
+                "namespaces:watch",
+                "networkpolicies:get",
+                "networkpolicies:list",
+                "networkpolicies:watch",
                 "nodes:get",
                 "nodes:list",
                 "nodes:watch",

@@ -180,3 +180,75 @@ fn a_rack_bound_network_is_updated_in_place() -> Result<()> {
             lab.check_invariants().map(drop)
         })
 }
+
+/// This node's standby records (the outage reserve) on `net`.
+fn standby_of(lab: &Lab, net: &str) -> Result<Vec<String>> {
+    let node = lab.node(1).name().to_string();
+    Ok(lab
+        .lease_records()?
+        .into_iter()
+        .filter(|l| l["state"] == "standby" && l["node"] == node.as_str() && l["network"] == net)
+        .filter_map(|l| l["address"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// A new exclusion over a node's standby record goes through that node's ipamd, as a drain
+/// does: the ipamd's reserve (and the reserve it persisted for a restart without etcd) counts
+/// on the record, so netmaster never deletes it under the ipamd. With the ipamd down the
+/// update is refused naming the node, `--force` or not, and the record stays; with it up the
+/// update is written, the ipamd gives the record back and refills its reserve outside the
+/// exclusion.
+#[test]
+fn a_new_exclusion_over_a_standby_record_is_given_back_by_its_ipamd() -> Result<()> {
+    Lab::builder()
+        .nodes(1)
+        .ipamd_args(&["--liveness-ttl-secs", "2"])
+        .run(|lab| {
+            let net = lab.network_of_node(1);
+            let name = lab.node(1).name().to_string();
+            // A pod makes the network in use here: the ipamd builds its reserve.
+            let pod = lab.add_pod(1, "p")?;
+            lab.cni_add(&pod)?;
+            let reserve = poll(Duration::from_secs(20), "the standby reserve", || {
+                let s = standby_of(lab, &net)?;
+                Ok((s.len() == 4).then_some(s))
+            })?;
+            let ip = reserve[0].clone();
+
+            lab.kill_ipamd(1)?;
+            // Its liveness record expires with its etcd lease (TTL 2 s).
+            let liveness = format!("/liveness/{name}");
+            poll(Duration::from_secs(20), "the node no longer live", || {
+                let (_, records) = lab.etcd_records()?;
+                Ok((!records.iter().any(|(k, _)| k.ends_with(&liveness))).then_some(()))
+            })?;
+            let refused = lab.racklinectl_raw(&[
+                "network", "update", &net, "--exclude", &ip, "--force",
+            ])?;
+            ensure!(refused.code == 1, "{refused:?}");
+            ensure!(
+                refused.stderr.contains(&format!(
+                    "standby record(s) of node(s) {name}, whose ipamd is not live: {ip} (node {name})"
+                )),
+                "{refused:?}"
+            );
+            ensure!(standby_of(lab, &net)?.contains(&ip), "the record stays");
+
+            lab.start_ipamd(1)?;
+            let r = lab.racklinectl(&["network", "update", &net, "--exclude", &ip])?;
+            ensure!(r["standbyReturned"] == serde_json::json!([ip]), "{r}");
+            ensure!(r["standbyPending"] == serde_json::json!([]), "{r}");
+            let refilled = poll(Duration::from_secs(20), "the reserve refilled", || {
+                let s = standby_of(lab, &net)?;
+                Ok((s.len() == 4).then_some(s))
+            })?;
+            ensure!(!refilled.contains(&ip), "{refilled:?}");
+            ensure!(
+                lab.logs(200)
+                    .contains("giving back standby records the network now excludes"),
+                "the ipamd gave the record back"
+            );
+            lab.cni_del(&pod)?;
+            lab.check_invariants().map(drop)
+        })
+}

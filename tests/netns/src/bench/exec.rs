@@ -45,6 +45,21 @@ pub struct Timed {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// CLOCK_MONOTONIC (ns) just before `fork`, and at the exit notification: the clock the
+    /// plugin's step line (`RACKLINE_BENCH_STEPS`) uses, so process start and exit are known.
+    pub started_ns: u64,
+    pub exited_ns: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what `Instant` reads on Linux).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Timed {
@@ -126,6 +141,7 @@ pub fn run_timed(inv: &Invocation, timeout: Duration) -> Result<Timed> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let started_ns = mono_ns();
     let t0 = Instant::now();
     let mut child = spawn_in(&mut cmd, &inv.netns)?;
     let pidfd = pidfd_open(child.id())?;
@@ -139,6 +155,7 @@ pub fn run_timed(inv: &Invocation, timeout: Duration) -> Result<Timed> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let deadline = t0 + timeout;
     let mut exited_at = None;
+    let mut exited_ns = 0;
     let (mut out_open, mut err_open) = (true, true);
     // Until the exit is seen, then until both pipes hit EOF (bounded: a daemonised grandchild
     // could hold them open).
@@ -168,6 +185,7 @@ pub fn run_timed(inv: &Invocation, timeout: Duration) -> Result<Timed> {
         }
         if exited_at.is_none() && fds[0].revents != 0 {
             exited_at = Some(Instant::now());
+            exited_ns = mono_ns();
         }
         if out_open && fds[1].revents != 0 {
             out_open = drain(&mut stdout, &mut out);
@@ -195,6 +213,8 @@ pub fn run_timed(inv: &Invocation, timeout: Duration) -> Result<Timed> {
             .unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
+        started_ns,
+        exited_ns,
     })
 }
 

@@ -7,6 +7,8 @@
 //! environment, netconf on stdin) but timed precisely by [`exec::run_timed`].
 
 pub mod adds;
+pub mod churn;
+pub mod ctlplane;
 pub mod exec;
 pub mod iperf;
 pub mod latency;
@@ -14,6 +16,7 @@ pub mod probe;
 pub mod qos;
 pub mod soak;
 pub mod stats;
+pub mod steps;
 pub mod sticky;
 pub mod throughput;
 

@@ -2,24 +2,35 @@
 //! and six ipamds in two racks, continuous ADD/DEL churn of sticky and non-sticky pods through
 //! the real plugin, and one injected fault at a time at random intervals: kill -9 of an ipamd,
 //! of the netmaster leader, of an etcd member or of the etcd leader, a network partition of an
-//! etcd member or of a node, an ipamd restarted while etcd is out of its reach.
+//! etcd member or of a node, an ipamd restarted while etcd is out of its reach, a node removed
+//! for good (`racklinectl node delete`) and replaced by a fresh one of the same name.
+//!
+//! The harness plays the container runtime: every ipamd runs its leak reconciler against a CRI
+//! `ListPodSandbox` the harness serves from its own table of live sandboxes. A pod's sandbox is
+//! listed from before its ADD until its DEL succeeded (or was given up); an Allocate made
+//! straight on ipamd's socket is listed under its container id until its Release succeeded or
+//! was given up, so an Allocate whose answer was lost is reclaimed once the harness lets go.
 //!
 //! Checked continuously: no address is held by two live pods (every successful ADD is compared
 //! with every live pod's address at once) and etcd's invariants (read every few seconds when
-//! etcd answers). At the end, after healing and deleting every pod: etcd's invariants again,
-//! leases and Rackline links left behind (must be 0) and sticky pods that came back with
-//! another address (must be 0).
+//! etcd answers). At the end, after healing, deleting every pod and letting the reconcilers
+//! run: etcd's invariants again, leases and Rackline links left behind (must be 0), attachments
+//! holding two leases (must be 0) and sticky pods that came back with another address (must
+//! be 0).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use rackline_proto::cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use rackline_proto::cri::v1::{ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox};
 use rackline_proto::ipam::v1 as pb;
 use rackline_proto::ipam::v1::ipam_client::IpamClient;
 
@@ -45,6 +56,9 @@ pub struct SoakOptions {
     /// Concurrent Allocate/Release loops per node straight on ipamd's socket (the plugin's
     /// calls without the netlink work): the volume of a long run. 0 = plugin churn only.
     pub ipam_workers_per_node: usize,
+    /// ipamd's `--reconcile-grace-secs` (passes run every second): how long after the harness
+    /// let go of a sandbox its leftovers are reclaimed.
+    pub reconcile_grace_secs: u64,
 }
 
 impl Default for SoakOptions {
@@ -57,6 +71,7 @@ impl Default for SoakOptions {
             sticky_per_rack: 6,
             fault_gap_secs: (2, 5),
             ipam_workers_per_node: 2,
+            reconcile_grace_secs: 5,
         }
     }
 }
@@ -71,10 +86,11 @@ pub enum Fault {
     PartitionEtcdMember,
     PartitionNode,
     IpamdRestartWithoutEtcd,
+    RemoveNode,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::KillIpamd,
         Fault::KillNetmasterLeader,
         Fault::KillEtcdMember,
@@ -82,6 +98,7 @@ impl Fault {
         Fault::PartitionEtcdMember,
         Fault::PartitionNode,
         Fault::IpamdRestartWithoutEtcd,
+        Fault::RemoveNode,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -94,6 +111,10 @@ impl Fault {
             Fault::PartitionNode => "a node cut off (uplink down 2-5 s)",
             Fault::IpamdRestartWithoutEtcd => {
                 "ipamd kill -9 and restart while its node is cut off, then healed"
+            }
+            Fault::RemoveNode => {
+                "a node removed for good (ipamd kill -9, pods and links gone, `node delete`), \
+                 replaced by a fresh node of the same name"
             }
         }
     }
@@ -127,9 +148,12 @@ pub struct SoakReport {
     pub checks_skipped: u64,
     /// Invariant violations seen (during the run or at the end), but for the next kind.
     pub violations: Vec<String>,
-    /// Attachments holding two leases (one address too many for a pod: a leak, not a
-    /// duplicate; counted apart because they are a known open defect of outages under load).
+    /// Attachments holding two leases at the end, after reconciliation (one address too many
+    /// for a pod: a leak, not a duplicate).
     pub double_leases: Vec<String>,
+    /// Attachments seen holding two leases during the run (while the harness still counted
+    /// the attachment live, so no reconciler could reclaim either).
+    pub double_leases_seen: Vec<String>,
     /// After healing, deleting every pod and reconciling: lease records left.
     pub leaked_leases: usize,
     /// The leaked lease records themselves.
@@ -159,10 +183,14 @@ impl SoakReport {
             && self.sticky_lost.is_empty()
     }
 
-    fn add_violations(&mut self, found: Vec<String>) {
+    fn add_violations(&mut self, found: Vec<String>, at_end: bool) {
         for v in found {
             let list = if v.contains("holds two leases") {
-                &mut self.double_leases
+                if at_end {
+                    &mut self.double_leases
+                } else {
+                    &mut self.double_leases_seen
+                }
             } else {
                 &mut self.violations
             };
@@ -213,8 +241,9 @@ impl SoakReport {
         let _ = writeln!(s, "| invariant violations | {} |", self.violations.len());
         let _ = writeln!(
             s,
-            "| attachments holding two leases | {} |",
-            self.double_leases.len()
+            "| attachments holding two leases after reconciliation (seen during the run) | {} ({}) |",
+            self.double_leases.len(),
+            self.double_leases_seen.len()
         );
         let _ = writeln!(
             s,
@@ -232,6 +261,7 @@ impl SoakReport {
             ("duplicate", &self.duplicates),
             ("violation", &self.violations),
             ("two leases", &self.double_leases),
+            ("two leases during the run", &self.double_leases_seen),
             ("leaked link", &self.leaked_links),
             ("leaked lease", &self.leaked_detail),
             ("sticky lost", &self.sticky_lost),
@@ -283,7 +313,6 @@ impl Rng {
 type StickyState = (Option<Ipv4Addr>, Option<usize>);
 
 /// State shared by the churn workers, the fault injector and the checker.
-#[derive(Default)]
 struct Shared {
     /// Address → container id of the pod holding it, and whether that pod is being torn down
     /// (its DEL/Release is under way: ipamd may free the address before the call returns, so
@@ -296,10 +325,104 @@ struct Shared {
     ipam_allocations: AtomicU64,
     releases: AtomicU64,
     stop: AtomicBool,
+    /// The sandbox ids the harness's runtime lists (the reconcilers' source of truth).
+    sandboxes: Sandboxes,
+    /// Per node: read-held by every pod or socket operation on the node, write-held while the
+    /// node is removed for good (no operation of the harness straddles a removal).
+    gates: BTreeMap<usize, tokio::sync::RwLock<()>>,
+    /// Per node: its live plugin pods and their addresses.
+    pods: BTreeMap<usize, Mutex<Vec<(Pod, Ipv4Addr)>>>,
+}
+
+impl Shared {
+    fn new(nodes: &[usize]) -> Self {
+        Shared {
+            live: Mutex::default(),
+            sticky: Mutex::default(),
+            report: Mutex::default(),
+            allocations: AtomicU64::default(),
+            ipam_allocations: AtomicU64::default(),
+            releases: AtomicU64::default(),
+            stop: AtomicBool::default(),
+            sandboxes: Sandboxes::default(),
+            gates: nodes
+                .iter()
+                .map(|&k| (k, tokio::sync::RwLock::new(())))
+                .collect(),
+            pods: nodes.iter().map(|&k| (k, Mutex::default())).collect(),
+        }
+    }
+}
+
+/// The live pod sandboxes as the harness's container runtime knows them, served to every
+/// ipamd's reconciler as CRI `ListPodSandbox` (ids only: the CRI source judges a lease by its
+/// container id).
+#[derive(Clone, Default)]
+struct Sandboxes(Arc<Mutex<HashSet<String>>>);
+
+impl Sandboxes {
+    fn up(&self, id: &str) {
+        self.0.lock().unwrap().insert(id.to_string());
+    }
+    fn down(&self, id: &str) {
+        self.0.lock().unwrap().remove(id);
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Sandboxes {
+    async fn list_pod_sandbox(
+        &self,
+        _: tonic::Request<ListPodSandboxRequest>,
+    ) -> Result<tonic::Response<ListPodSandboxResponse>, tonic::Status> {
+        let items = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|id| PodSandbox {
+                id: id.clone(),
+                created_at: 1,
+                ..Default::default()
+            })
+            .collect();
+        Ok(tonic::Response::new(ListPodSandboxResponse { items }))
+    }
+}
+
+/// Serves `sandboxes` on the unix socket `path` from a thread of its own until the process
+/// exits (the server is a few idle tasks once the lab is gone).
+fn serve_cri(sandboxes: Sandboxes, path: &Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime of the CRI server")?;
+    let listener = rt
+        .block_on(async { tokio::net::UnixListener::bind(path) })
+        .with_context(|| format!("binding {}", path.display()))?;
+    thread::spawn(move || {
+        rt.block_on(
+            tonic::transport::Server::builder()
+                .add_service(RuntimeServiceServer::new(sandboxes))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        )
+    });
+    Ok(())
 }
 
 /// One soak run; the lab is torn down before this returns.
 pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
+    // The runtime's socket exists before the ipamds start: their reconcilers list it from
+    // their first pass.
+    let cri_dir = tempfile::Builder::new()
+        .prefix("rackline-soak-cri-")
+        .tempdir()
+        .context("a directory for the soak's CRI socket")?;
+    let cri_socket = cri_dir.path().join("cri.sock");
+    let sandboxes = Sandboxes::default();
+    serve_cri(sandboxes.clone(), &cri_socket)?;
+    let grace = opts.reconcile_grace_secs.to_string();
+    let socket_arg = cri_socket.display().to_string();
     let lab = Lab::builder()
         .racks(2)
         .nodes_per_rack(opts.nodes_per_rack)
@@ -307,9 +430,19 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
         .etcd_members(3)
         .network_mode(LabNetworkMode::Spanning)
         .network_args(&["--sticky-pod", r"s-\d+-\d+", "--sticky-hold-secs", "3600"])
+        .ipamd_args(&[
+            "--reconcile-interval-secs",
+            "1",
+            "--reconcile-grace-secs",
+            &grace,
+            "--cri-socket",
+            &socket_arg,
+        ])
         .log_level("info")
         .build()?;
-    let shared = Shared::default();
+    let nodes: Vec<usize> = lab.nodes().iter().map(|n| n.index()).collect();
+    let mut shared = Shared::new(&nodes);
+    shared.sandboxes = sandboxes;
     {
         let mut st = shared.sticky.lock().unwrap();
         for r in 1..=2 {
@@ -319,8 +452,6 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
         }
     }
     let deadline = Instant::now() + opts.duration;
-    let nodes: Vec<usize> = lab.nodes().iter().map(|n| n.index()).collect();
-    let mut pods: Vec<Vec<Pod>> = Vec::new();
     thread::scope(|s| {
         let mut workers = Vec::new();
         for (w, &k) in nodes.iter().enumerate() {
@@ -341,7 +472,7 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
             s.spawn(move || check_loop(lab, shared))
         };
         for w in workers {
-            pods.push(w.join().unwrap_or_default());
+            let _ = w.join();
         }
         let _ = faults.join();
         if let Ok(Err(e)) = ipam.join() {
@@ -355,7 +486,7 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
         shared.stop.store(true, Ordering::SeqCst);
         let _ = checker.join();
     });
-    finish(&lab, &shared, pods)?;
+    finish(&lab, &shared, opts)?;
     let mut report = shared.report.into_inner().unwrap_or_default();
     report.duration = opts.duration;
     report.seed = opts.seed;
@@ -366,23 +497,17 @@ pub fn run(opts: &SoakOptions) -> Result<SoakReport> {
 }
 
 /// One node's churn until `deadline`: keeps about `pods_per_node` pods, adding and deleting
-/// at random, a fifth of the adds being sticky identities of the node's rack. Returns the pods
-/// still alive (deleted by [`finish`]).
-fn churn(
-    lab: &Lab,
-    shared: &Shared,
-    opts: &SoakOptions,
-    k: usize,
-    seed: u64,
-    deadline: Instant,
-) -> Vec<Pod> {
+/// at random, a fifth of the adds being sticky identities of the node's rack. The pods still
+/// alive stay in `shared.pods` (deleted by [`finish`]).
+fn churn(lab: &Lab, shared: &Shared, opts: &SoakOptions, k: usize, seed: u64, deadline: Instant) {
     let mut rng = Rng::new(seed);
     let rack = lab.node(k).rack();
-    let mut live: Vec<(Pod, Ipv4Addr)> = Vec::new();
     let mut seq = 0u64;
     while Instant::now() < deadline {
-        let grow = live.len() < opts.pods_per_node / 2
-            || (live.len() < opts.pods_per_node * 3 / 2 && rng.chance(50));
+        // The node cannot be removed under an operation (see `remove_node`).
+        let _gate = shared.gates[&k].blocking_read();
+        let n = shared.pods[&k].lock().unwrap().len();
+        let grow = n < opts.pods_per_node / 2 || (n < opts.pods_per_node * 3 / 2 && rng.chance(50));
         if grow {
             seq += 1;
             let sticky = rng
@@ -393,14 +518,19 @@ fn churn(
                 _ => format!("p-{}-{seq}", lab.node(k).name()),
             };
             let Ok(pod) = lab.add_pod(k, &name) else {
+                if let Some(Some(n)) = &sticky {
+                    release_sticky(shared, n);
+                }
                 continue;
             };
+            // The runtime lists the sandbox from before its ADD.
+            shared.sandboxes.up(&pod.container_id);
             match add(lab, shared, &pod) {
                 Some(ip) => {
                     if let Some(Some(n)) = &sticky {
                         sticky_back(shared, n, ip);
                     }
-                    live.push((pod, ip));
+                    shared.pods[&k].lock().unwrap().push((pod, ip));
                 }
                 None => {
                     // The runtime's clean-up of a failed ADD: DEL, then the sandbox goes.
@@ -409,19 +539,23 @@ fn churn(
                         release_sticky(shared, n);
                     }
                     let _ = lab.delete_pod_netns(&pod);
+                    shared.sandboxes.down(&pod.container_id);
                 }
             }
-        } else if !live.is_empty() {
-            let i = rng.below(live.len() as u64) as usize;
-            let (pod, ip) = live.swap_remove(i);
+        } else if n > 0 {
+            let (pod, ip) = {
+                let mut pods = shared.pods[&k].lock().unwrap();
+                let i = rng.below(pods.len() as u64) as usize;
+                pods.swap_remove(i)
+            };
             del_until_ok(lab, shared, &pod, Some(ip));
             if shared.sticky.lock().unwrap().contains_key(&pod.name) {
                 release_sticky(shared, &pod.name);
             }
             let _ = lab.delete_pod_netns(&pod);
+            shared.sandboxes.down(&pod.container_id);
         }
     }
-    live.into_iter().map(|(p, _)| p).collect()
 }
 
 /// A sticky identity of `rack` not running anywhere, now marked as running on node `k`.
@@ -564,7 +698,7 @@ fn inject(lab: &Lab, shared: &Shared, opts: &SoakOptions, deadline: Instant) {
             }
         }
         let Some(fault) = order.pop() else { continue };
-        let outcome = one_fault(lab, fault, &mut rng);
+        let outcome = one_fault(lab, shared, fault, &mut rng);
         let mut r = shared.report.lock().unwrap();
         *r.faults.entry(fault).or_default() += 1;
         if let Err(e) = outcome {
@@ -578,7 +712,7 @@ fn sleep_between(rng: &mut Rng, lo_ms: u64, hi_ms: u64) {
 }
 
 /// Injects `fault` and heals it before returning.
-fn one_fault(lab: &Lab, fault: Fault, rng: &mut Rng) -> Result<()> {
+fn one_fault(lab: &Lab, shared: &Shared, fault: Fault, rng: &mut Rng) -> Result<()> {
     let nodes = lab.nodes().len() as u64;
     let k = 1 + rng.below(nodes) as usize;
     match fault {
@@ -632,7 +766,98 @@ fn one_fault(lab: &Lab, fault: Fault, rng: &mut Rng) -> Result<()> {
             partition_node(lab, k, false)?;
             r
         }
+        Fault::RemoveNode => remove_node(lab, shared, k),
     }
+}
+
+/// Node `k` dies for good and an operator removes it: its ipamd is killed, its pods and every
+/// Rackline link in its namespace vanish (no DEL is ever sent for them), and once its liveness
+/// record has expired `racklinectl node delete --force` (its pods are gone) frees its
+/// non-sticky leases, turns its sticky pods' leases into reservations and returns its blocks.
+/// Checked: nothing active, standby or blocked is left on the node. Then a fresh machine with
+/// an empty state directory joins under the same name, so the lab keeps its ipamds.
+fn remove_node(lab: &Lab, shared: &Shared, k: usize) -> Result<()> {
+    let _gate = shared.gates[&k].blocking_write();
+    let node = lab.node(k);
+    let name = node.name().to_string();
+    lab.kill_ipamd(k)?;
+    let pods = std::mem::take(&mut *shared.pods[&k].lock().unwrap());
+    for (pod, ip) in &pods {
+        // Freed (non-sticky) or reserved for its identity from the delete on.
+        tearing_down(shared, *ip, &pod.container_id);
+        let _ = lab.delete_pod_netns(pod);
+    }
+    let removed = (|| {
+        // Deleting a pod's namespace takes its veth pair along, maybe after the listing.
+        for l in lab.link_names(node.netns())? {
+            if l.starts_with("rl") {
+                let _ = lab.ip_in(node.netns(), &["link", "del", &l]);
+            }
+        }
+        let left: Vec<String> = lab
+            .link_names(node.netns())?
+            .into_iter()
+            .filter(|l| l.starts_with("rl"))
+            .collect();
+        anyhow::ensure!(left.is_empty(), "links left on {name}: {left:?}");
+        let until = Instant::now() + Duration::from_secs(40);
+        loop {
+            let live = lab
+                .racklinectl(&["node", "show", &name])
+                .map(|v| v["live"].as_bool() != Some(false));
+            if let Ok(false) = live {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "{name}'s liveness record still there 40 s after its ipamd was killed"
+            );
+            thread::sleep(Duration::from_millis(500));
+        }
+        let deleted = retry(|| lab.racklinectl(&["node", "delete", "--force", &name]))?;
+        let left: Vec<String> = lab
+            .lease_records()?
+            .into_iter()
+            .filter(|l| l["node"] == name.as_str())
+            .filter(|l| l["state"] == "active" || l["state"] == "standby")
+            .map(|l| format!("{} {}", l["address"], l["state"]))
+            .collect();
+        anyhow::ensure!(
+            left.is_empty(),
+            "node delete of {name} ({deleted}) left records: {left:?}"
+        );
+        let blocks = lab.racklinectl(&["block", "list", "--node", &name])?;
+        anyhow::ensure!(
+            blocks.as_array().is_none_or(|b| b.is_empty()),
+            "node delete of {name} ({deleted}) left blocks: {blocks}"
+        );
+        Ok(())
+    })();
+    for (pod, ip) in &pods {
+        forget(shared, *ip, &pod.container_id);
+        if shared.sticky.lock().unwrap().contains_key(&pod.name) {
+            release_sticky(shared, &pod.name);
+        }
+        shared.sandboxes.down(&pod.container_id);
+    }
+    // The replacement machine: same name, nothing left of the old one's state directory
+    // (when the removal failed half-way, the old state is still the node's: keep it).
+    if removed.is_ok() {
+        let dir = node
+            .ipamd_socket()
+            .parent()
+            .context("ipamd socket without a directory")?;
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+    lab.start_ipamd(k)?;
+    removed
 }
 
 /// `f` until it succeeds, for up to 15 s (a leader is being elected after the previous fault).
@@ -691,7 +916,7 @@ fn check_loop(lab: &Lab, shared: &Shared) {
         match rep {
             Ok(rep) => {
                 r.checks += 1;
-                r.add_violations(rep.violations);
+                r.add_violations(rep.violations, false);
             }
             Err(_) => r.checks_skipped += 1,
         }
@@ -705,9 +930,10 @@ fn check_loop(lab: &Lab, shared: &Shared) {
     }
 }
 
-/// Heals what may still be broken, deletes every remaining pod, then takes the final
-/// figures: invariants, leases and links left, into the shared report.
-fn finish(lab: &Lab, shared: &Shared, pods: Vec<Vec<Pod>>) -> Result<()> {
+/// Heals what may still be broken, deletes every remaining pod, lets the reconcilers reclaim
+/// what the harness let go of (bounded), then takes the final figures: invariants, leases and
+/// links left, into the shared report.
+fn finish(lab: &Lab, shared: &Shared, opts: &SoakOptions) -> Result<()> {
     for m in 1..=lab.etcd_member_count() {
         if !lab.running_etcd_members().contains(&m) {
             lab.start_etcd_member(m)?;
@@ -728,36 +954,34 @@ fn finish(lab: &Lab, shared: &Shared, pods: Vec<Vec<Pod>>) -> Result<()> {
             lab.start_netmaster_replica(i)?;
         }
     }
-    let live: HashMap<String, Ipv4Addr> = shared
-        .live
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(ip, (c, _))| (c.clone(), *ip))
-        .collect();
-    for pod in pods.iter().flatten() {
-        del_until_ok(lab, shared, pod, live.get(&pod.container_id).copied());
-        let _ = lab.delete_pod_netns(pod);
+    for pods in shared.pods.values() {
+        let pods = std::mem::take(&mut *pods.lock().unwrap());
+        for (pod, ip) in pods {
+            del_until_ok(lab, shared, &pod, Some(ip));
+            let _ = lab.delete_pod_netns(&pod);
+            shared.sandboxes.down(&pod.container_id);
+        }
     }
-    // Offline work (journal replays, spooled releases) settles once etcd is back.
-    let until = Instant::now() + Duration::from_secs(60);
-    let report = loop {
+    // Offline work (journal replays, spooled releases) settles once etcd is back, and every
+    // reconciler needs two passes over a sandbox gone for the grace: wait for both, bounded.
+    let until = Instant::now() + Duration::from_secs(60 + 4 * opts.reconcile_grace_secs);
+    let (report, links) = loop {
         let rep = lab.invariants().context("reading etcd after the soak")?;
-        if rep.leases == 0 || Instant::now() > until {
-            break rep;
+        let mut links = Vec::new();
+        for n in lab.nodes() {
+            for l in lab.link_names(n.netns())? {
+                if l.starts_with("rl") {
+                    links.push(format!("{}: {l}", n.name()));
+                }
+            }
+        }
+        if (rep.leases == 0 && links.is_empty()) || Instant::now() > until {
+            break (rep, links);
         }
         thread::sleep(Duration::from_secs(1));
     };
-    let mut links = Vec::new();
-    for n in lab.nodes() {
-        for l in lab.link_names(n.netns())? {
-            if l.starts_with("rl") {
-                links.push(format!("{}: {l}", n.name()));
-            }
-        }
-    }
     let mut r = shared.report.lock().unwrap();
-    r.add_violations(report.violations);
+    r.add_violations(report.violations, true);
     r.leaked_leases = report.leases;
     r.leaked_links = links;
     if report.leases > 0 {
@@ -790,7 +1014,7 @@ fn ipam_churn(lab: &Lab, shared: &Shared, opts: &SoakOptions, deadline: Instant)
             for w in 0..opts.ipam_workers_per_node {
                 let socket = n.ipamd_socket().to_owned();
                 let prefix = format!("i-{}-{w}", n.name());
-                tasks.push(ipam_loop(shared, socket, prefix, deadline));
+                tasks.push(ipam_loop(shared, n.index(), socket, prefix, deadline));
             }
         }
         futures_join_all(tasks).await;
@@ -830,10 +1054,18 @@ async fn ipam_client(socket: std::path::PathBuf) -> Option<IpamClient<tonic::tra
     Some(IpamClient::new(ch))
 }
 
-async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, deadline: Instant) {
+async fn ipam_loop(
+    shared: &Shared,
+    k: usize,
+    socket: std::path::PathBuf,
+    prefix: String,
+    deadline: Instant,
+) {
     let mut seq = 0u64;
     let mut client = None;
     while Instant::now() < deadline {
+        // One Allocate and its Release are never split by a removal of the node.
+        let _gate = shared.gates[&k].read().await;
         if client.is_none() {
             client = ipam_client(socket.clone()).await;
             if client.is_none() {
@@ -844,6 +1076,9 @@ async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, 
         let Some(c) = client.as_mut() else { continue };
         seq += 1;
         let cid = format!("{prefix}-{seq}");
+        // Listed until the harness is done with it: whatever a lost answer left behind is
+        // the reconciler's once it goes.
+        shared.sandboxes.up(&cid);
         let req = pb::AllocateRequest {
             network: crate::topology::NETWORK.into(),
             container_id: cid.clone(),
@@ -930,5 +1165,6 @@ async fn ipam_loop(shared: &Shared, socket: std::path::PathBuf, prefix: String, 
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        shared.sandboxes.down(&cid);
     }
 }

@@ -4,10 +4,13 @@
 //! ```sh
 //! cargo build --release --workspace --bins
 //! target/release/rackline-bench adds         # 1000 concurrent ADDs at 1:1 capacity
-//! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local
+//! target/release/rackline-bench latency      # ADD/DEL vs macvlan + host-local, floor, steps
+//! target/release/rackline-bench churn        # ADD+DEL cycles/s, 16 callers, vs the reference
 //! target/release/rackline-bench throughput   # iperf3 pod ↔ pod vs node ↔ node
 //! target/release/rackline-bench qos          # shaping accuracy; unshaped pods vs nodes
 //! target/release/rackline-bench probe        # ADD with the ARP probe on vs off
+//! target/release/rackline-bench ipam         # allocations/s, group commit on vs off
+//! target/release/rackline-bench ctlplane     # 100 ipamds, 10 000 pods, 100 000 leases
 //! ```
 //! Run it from target/release so that the lab uses the release binaries next to it (or set
 //! RACKLINE_BIN_DIR). Needs root; SIGINT/SIGTERM tear the current lab down before exiting.
@@ -40,8 +43,12 @@ struct Cli {
 enum Command {
     /// Concurrent ADDs over 2 racks at 1:1 capacity (target: 1000 ADDs < 20 s, 0 failures).
     Adds(AddsArgs),
-    /// ADD/DEL latency of rackline vs the reference macvlan + host-local, same node.
+    /// ADD/DEL latency of rackline vs the reference macvlan + host-local and the iproute2
+    /// floor, same node, with the plugin's per-step breakdown.
     Latency(LatencyArgs),
+    /// Sustained ADD+DEL cycles per second on one node, concurrent callers, Rackline vs the
+    /// reference in alternating phases.
+    Churn(ChurnArgs),
     /// iperf3 throughput pod → pod (same rack, across racks) vs node → node.
     Throughput(ThroughputArgs),
     /// Re-creating sticky pods on other nodes of their rack (target: 1000 < 20 s, every
@@ -55,6 +62,55 @@ enum Command {
     /// non-sticky pods under injected faults; fails unless duplicates, invariant violations,
     /// leaks and lost sticky addresses are all 0.
     Soak(SoakArgs),
+    /// Durable allocations/s through ipamd's socket (no datapath): one ipamd and four in four
+    /// racks, each --group-commit setting a series in the same run (target: ≥ 10 000/s through
+    /// one, ≥ 20 000/s across four).
+    Ipam(IpamArgs),
+    /// 100 ipamds in 4 racks (no datapath): 10 000 pods at 1:1 capacity (target < 10 s, 0
+    /// failures, 0 duplicates); an ipamd restart against 100 000 leases (ready < 2 s, RSS < 100
+    /// MB); racklinectl pool, node list, lease list --node against them (< 1 s each).
+    Ctlplane(CtlplaneArgs),
+}
+
+#[derive(ClapArgs)]
+struct IpamArgs {
+    /// Allocations per ipamd per series.
+    #[arg(long, default_value_t = 20000)]
+    allocations: usize,
+    /// Concurrent callers per ipamd.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Rounds of all series, interleaved.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// ipamd --group-commit values, one series each (1 = a transaction per lease).
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    group_commit: Vec<usize>,
+    /// Numbers of ipamds (each in a rack of its own), one scenario each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    ipamds: Vec<usize>,
+}
+
+#[derive(ClapArgs)]
+struct CtlplaneArgs {
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    #[arg(long, default_value_t = 4)]
+    racks: usize,
+    /// Pods per node, also each node's addresses (1:1 capacity).
+    #[arg(long, default_value_t = 100)]
+    pods_per_node: usize,
+    /// Concurrent callers over all ipamds.
+    #[arg(long, default_value_t = 256)]
+    callers: usize,
+    /// Leases in etcd for the restart and the admin views.
+    #[arg(long, default_value_t = 100000)]
+    leases: usize,
+    #[arg(long, default_value_t = 3)]
+    restarts: usize,
+    /// Runs of each racklinectl view.
+    #[arg(long, default_value_t = 3)]
+    cli_runs: usize,
 }
 
 #[derive(ClapArgs)]
@@ -79,6 +135,10 @@ struct SoakArgs {
     /// Allocate/Release loops per node straight on ipamd's socket (volume).
     #[arg(long, default_value_t = 8)]
     ipam_workers_per_node: usize,
+    /// The ipamds' --reconcile-grace-secs: how long after the harness let go of a sandbox its
+    /// leftovers are reclaimed (the reconcilers pass every second).
+    #[arg(long, default_value_t = 5)]
+    reconcile_grace_secs: u64,
 }
 
 #[derive(ClapArgs)]
@@ -159,6 +219,23 @@ struct LatencyArgs {
 }
 
 #[derive(ClapArgs)]
+struct ChurnArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 16)]
+    callers: usize,
+    /// Phases per plugin, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value_t = 2)]
+    racks: usize,
+    #[arg(long, default_value_t = 2)]
+    nodes_per_rack: usize,
+}
+
+#[derive(ClapArgs)]
 struct ThroughputArgs {
     /// iperf3 duration per measurement.
     #[arg(long, default_value_t = 10)]
@@ -222,6 +299,16 @@ fn run(cli: &Cli) -> Result<()> {
                 nodes_per_rack: a.nodes_per_rack,
             })?,
         ),
+        Command::Churn(a) => (
+            "churn: ADD+DEL cycles per second on one node, Rackline vs macvlan + host-local",
+            bench::churn::run(&bench::churn::ChurnConfig {
+                seconds: a.seconds,
+                callers: a.callers,
+                rounds: a.rounds,
+                racks: a.racks,
+                nodes_per_rack: a.nodes_per_rack,
+            })?,
+        ),
         Command::Probe(a) => (
             "probe: ADD with the duplicate-address probe on vs off",
             bench::probe::run(&ProbeBenchConfig {
@@ -255,6 +342,28 @@ fn run(cli: &Cli) -> Result<()> {
                 rates: a.rates.clone(),
             })?,
         ),
+        Command::Ipam(a) => (
+            "ipam: durable allocations/s through ipamd's socket, group commit on vs off",
+            bench::ctlplane::run_ipam(&bench::ctlplane::IpamConfig {
+                allocations: a.allocations,
+                callers: a.callers,
+                repeats: a.repeats,
+                group_commit: a.group_commit.clone(),
+                ipamds: a.ipamds.clone(),
+            })?,
+        ),
+        Command::Ctlplane(a) => (
+            "ctlplane: 100 ipamds, 10 000 pods, restart and admin views against 100 000 leases",
+            bench::ctlplane::run_ctlplane(&bench::ctlplane::CtlPlaneConfig {
+                nodes: a.nodes,
+                racks: a.racks,
+                pods_per_node: a.pods_per_node,
+                callers: a.callers,
+                leases: a.leases,
+                restarts: a.restarts,
+                cli_runs: a.cli_runs,
+            })?,
+        ),
         Command::Soak(a) => {
             let report = bench::soak::run(&bench::soak::SoakOptions {
                 duration: std::time::Duration::from_secs(a.seconds),
@@ -267,6 +376,7 @@ fn run(cli: &Cli) -> Result<()> {
                     a.fault_gap.get(1).copied().unwrap_or(5),
                 ),
                 ipam_workers_per_node: a.ipam_workers_per_node,
+                reconcile_grace_secs: a.reconcile_grace_secs,
             })?;
             if !report.clean() {
                 eprintln!("{}", report.markdown());

@@ -18,8 +18,9 @@
 //! - every identity names an address whose lease record names that identity back, and every
 //!   sticky lease record has that identity naming its address (one fact, two records, always
 //!   written together);
-//! - a reserved record (no pod running) is exempt from the node-rack check: it may be pinned
-//!   by an operator before any node used it.
+//! - a reserved record (no pod running) is exempt from the node-rack check when it names no
+//!   node (pinned by an operator before any node used it) or a node no longer registered
+//!   (`node delete` keeps a sticky pod's address as a reservation of its last node).
 //!
 //! Checked when rack bindings (`racknets/`) and blocks (`blocks/`) exist:
 //! - a rack's ranges never overlap another rack's on the same network;
@@ -431,9 +432,10 @@ fn check_leases(
             ));
         }
         // The lease must come from the rack of its node. A reservation may have no
-        // node yet (an operator's pin); the allocatable check above still holds for it.
+        // node yet (an operator's pin), or name its last node after `node delete` removed
+        // that node for good; the allocatable check above still holds for it.
         if racknets.get(&l.network).is_none_or(BTreeMap::is_empty)
-            || (l.reserved && l.node.is_empty())
+            || (l.reserved && (l.node.is_empty() || !node_racks.contains_key(&l.node)))
         {
             continue;
         }

@@ -458,3 +458,23 @@ fn identities_and_their_leases_must_agree() {
     let rep = check_records(&bad);
     assert_eq!(rep.violations.len(), 2, "{rep}");
 }
+
+#[test]
+fn a_reservation_may_name_a_node_deleted_for_good() {
+    // `node delete` turns a sticky pod's lease into its reservation, naming the node it
+    // last ran on; that node's record is gone. Its address still has to be allocatable.
+    let mut records = one_network_spanning_racks();
+    records.push(sticky_lease("10.10.0.66", "r1n9", "", "pg-0", "reserved"));
+    records.push(identity("pg-0", "10.10.0.66"));
+    let rep = check_records(&records);
+    assert!(rep.ok(), "{rep}");
+    // An active lease of an unregistered node still is a violation.
+    let mut records = one_network_spanning_racks();
+    records.push(sticky_lease("10.10.0.66", "r1n9", "c9", "pg-0", "active"));
+    records.push(identity("pg-0", "10.10.0.66"));
+    let rep = check_records(&records);
+    assert!(
+        rep.violations.iter().any(|v| v.contains("not registered")),
+        "{rep}"
+    );
+}

@@ -1,0 +1,109 @@
+//! Smoke runs of the bench subcommands at tiny sizes, so they keep working. Control plane
+//! (`rackline-bench ipam` and `rackline-bench ctlplane` run them at full size): real ipamds, a
+//! real etcd and netmaster, every answer checked against etcd. Plugin timing (`latency` with its
+//! floor and per-step breakdown, `churn`): every series produced samples without failures. No
+//! timing is asserted.
+//!
+//! Needs `cargo build --workspace --bins` first (the bench runs the binaries of this profile).
+
+use anyhow::{ensure, Result};
+use rackline_lab::bench::churn::{self, ChurnConfig};
+use rackline_lab::bench::ctlplane::{run_ctlplane, run_ipam, CtlPlaneConfig, IpamConfig};
+use rackline_lab::bench::latency::{self, LatencyConfig};
+
+#[test]
+fn ipam_bench_runs_both_group_commit_settings_without_duplicates() -> Result<()> {
+    let md = run_ipam(&IpamConfig {
+        allocations: 200,
+        callers: 8,
+        repeats: 1,
+        group_commit: vec![1, 32],
+        ipamds: vec![1, 2],
+    })?;
+    eprintln!("{md}");
+    for row in ["| 1 | 1 |", "| 1 | 32 |", "| 2 | 1 |", "| 2 | 32 |"] {
+        ensure!(md.contains(row), "no series {row}");
+    }
+    // Every series: no failure, no duplicate (run_ipam itself fails on duplicates).
+    ensure!(
+        md.lines()
+            .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 2 |"))
+            .all(|l| l.ends_with("| 0 | 0 |")),
+        "failures in:\n{md}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ctlplane_bench_places_restarts_and_lists_at_tiny_size() -> Result<()> {
+    let md = run_ctlplane(&CtlPlaneConfig {
+        nodes: 4,
+        racks: 2,
+        pods_per_node: 10,
+        callers: 8,
+        leases: 200,
+        restarts: 1,
+        cli_runs: 1,
+    })?;
+    eprintln!("{md}");
+    ensure!(
+        md.contains("40 placed, failures 0, duplicates 0"),
+        "placement:\n{md}"
+    );
+    ensure!(md.contains("ready (/readyz 200) after"), "restart:\n{md}");
+    for view in ["pool`", "node list`", "lease list --node`"] {
+        let row = md
+            .lines()
+            .find(|l| l.contains(view))
+            .unwrap_or_default()
+            .to_owned();
+        ensure!(row.contains("; ok ("), "{view}: {row}");
+    }
+    Ok(())
+}
+
+#[test]
+fn latency_bench_prints_every_series() -> Result<()> {
+    let md = latency::run(&LatencyConfig {
+        runs: 2,
+        warmup: 0,
+        racks: 1,
+        nodes_per_rack: 1,
+    })?;
+    for needle in [
+        "| ADD |",
+        "| DEL |",
+        "Floor (`ip -batch`",
+        "Rackline ADD / floor:",
+        "| ADD step |",
+        "| ipamd_allocate |",
+        "| macvlan_create |",
+        "| veth_create |",
+        "| process start (fork → main) |",
+        "| DEL step |",
+        "| ↳ teardown / links_delete |",
+        "| ipamd_release |",
+        "node links unchanged",
+        "Rackline pod leases left: 0",
+    ] {
+        ensure!(md.contains(needle), "no {needle:?} in:\n{md}");
+    }
+    ensure!(!md.contains("Failures ("), "failures in:\n{md}");
+    Ok(())
+}
+
+#[test]
+fn churn_bench_runs_both_plugins() -> Result<()> {
+    let md = churn::run(&ChurnConfig {
+        seconds: 1.0,
+        callers: 2,
+        rounds: 1,
+        racks: 1,
+        nodes_per_rack: 1,
+    })?;
+    for needle in ["| Rackline |", "| reference |", "node links unchanged"] {
+        ensure!(md.contains(needle), "no {needle:?} in:\n{md}");
+    }
+    ensure!(!md.contains("Failures ("), "failures in:\n{md}");
+    Ok(())
+}
