@@ -94,7 +94,10 @@ export CONTAINERS_REGISTRIES_CONF="$PODMAN_DIR/registries.conf"
 
 podman build --pull=never --network none --layers -f deploy/image/Containerfile -t "$TAG" "$CTX" >&2
 mkdir -p "$(dirname "$OUTPUT")"
-rm -f "$OUTPUT"
-podman save --format oci-archive -o "$OUTPUT" "$TAG" >&2
+# Written aside and renamed: other test processes read the archive without the lock, and a
+# rename swaps it atomically where rm + save left a moment with no file at all.
+rm -f "$OUTPUT.partial"
+podman save --format oci-archive -o "$OUTPUT.partial" "$TAG" >&2
+mv -f "$OUTPUT.partial" "$OUTPUT"
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
 echo "build-image: $TAG ($PROFILE) image $((size / 1024)) KiB, archive $(($(stat -c %s "$OUTPUT") / 1024)) KiB: $OUTPUT"
