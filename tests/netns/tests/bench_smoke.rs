@@ -88,7 +88,9 @@ fn latency_bench_prints_every_series() -> Result<()> {
         "| process start (fork → main) |",
         "| DEL step |",
         "| ↳ teardown / links_delete |",
-        "| ipamd_release |",
+        // Overlapped with the link removal, so the breakdown nests it under whichever step
+        // was open when it started: either row form counts.
+        "ipamd_release |",
         "node links unchanged",
         "Rackline pod leases left: 0",
     ] {
@@ -154,7 +156,11 @@ fn sticky_bench_preserves_every_address() -> Result<()> {
 fn probe_bench_measures_both_series() -> Result<()> {
     let md = probe::run(&ProbeBenchConfig { runs: 2, warmup: 0 })?;
     eprintln!("{md}");
-    for needle in ["| probe off | 2 |", "| probe on (3 × 100 ms) | 2 |", "Probe cost"] {
+    for needle in [
+        "| probe off | 2 |",
+        "| probe on (3 × 100 ms) | 2 |",
+        "Probe cost",
+    ] {
         ensure!(md.contains(needle), "no {needle:?} in:\n{md}");
     }
     ensure!(!md.contains("Failures ("), "failures in:\n{md}");
