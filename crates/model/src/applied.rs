@@ -98,26 +98,7 @@ impl PodSettings {
                 bw(is.max.as_ref())
             ));
         }
-        let classes: Vec<&String> = match class {
-            NodeClass::Unclassed => Vec::new(),
-            NodeClass::Named(c) => was
-                .node_classes
-                .keys()
-                .chain(is.node_classes.keys())
-                .filter(|k| k.as_str() == c)
-                .take(1)
-                .collect(),
-            NodeClass::Any => {
-                let mut all: Vec<&String> = was
-                    .node_classes
-                    .keys()
-                    .chain(is.node_classes.keys())
-                    .collect();
-                all.sort();
-                all.dedup();
-                all
-            }
-        };
+        let classes = classes_to_compare(was, is, class);
         for c in classes {
             let (a, b) = (was.node_classes.get(c), is.node_classes.get(c));
             if a != b {
@@ -129,6 +110,34 @@ impl PodSettings {
             }
         }
         out
+    }
+}
+
+/// The node classes whose QoS both specs must agree on for a node of `class`.
+fn classes_to_compare<'a>(
+    was: &'a QosSpec,
+    is: &'a QosSpec,
+    class: NodeClass<'_>,
+) -> Vec<&'a String> {
+    match class {
+        NodeClass::Unclassed => Vec::new(),
+        NodeClass::Named(c) => was
+            .node_classes
+            .keys()
+            .chain(is.node_classes.keys())
+            .filter(|k| k.as_str() == c)
+            .take(1)
+            .collect(),
+        NodeClass::Any => {
+            let mut all: Vec<&String> = was
+                .node_classes
+                .keys()
+                .chain(is.node_classes.keys())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        }
     }
 }
 

@@ -314,98 +314,128 @@ pub fn derive(
     let pins = pins(changes);
     let mut out = Vec::new();
     for ch in changes {
-        match &ch.record {
+        let e = match &ch.record {
             Record::Lease { network, address } => {
                 // A pin writes the reservation with the identity: one
                 // event, `pinned`, stands for both.
                 if pins.iter().any(|(n, a, _)| n == network && a == address) {
                     continue;
                 }
-                let prev: Option<Lease> = decode(&ch.prev);
-                let cur: Option<Lease> = decode(&ch.cur);
-                let marker = ch.prev.as_deref().and_then(reclaim_marker);
-                let Some(kind) = lease_kind(prev.as_ref(), cur.as_ref(), marker.as_ref()) else {
-                    continue;
-                };
-                // A freeing event describes the record that went away;
-                // everything else the record as it is now.
-                let l = match kind {
-                    EventKind::Released
-                    | EventKind::Reclaimed
-                    | EventKind::Unreserved
-                    | EventKind::Unquarantined => prev.as_ref(),
-                    _ => cur.as_ref(),
-                };
-                let Some(l) = l else { continue };
-                let mut e = event_from_lease(l, kind, revision, now_ms, rack_of);
-                // A reservation names no container: say which one left.
-                if let Some(p) = prev.as_ref().filter(|p| p.state.is_active()) {
-                    if kind == EventKind::Reserved {
-                        e.container_id = p.container_id.clone();
-                        e.ifname = p.ifname.clone();
-                    }
-                }
-                if let Some((reason, at)) = &marker {
-                    if matches!(kind, EventKind::Reclaimed | EventKind::Reserved) {
-                        e.reason = reason.clone();
-                        if kind == EventKind::Reclaimed && *at > 0 {
-                            e.time_unix_ms = *at;
-                        }
-                    }
-                }
-                out.push(e);
+                lease_event(ch, revision, now_ms, rack_of)
             }
             Record::Identity { network, .. } => {
-                let Some((_, address, ident)) = pins.iter().find(|(n, _, i)| {
-                    n == network
-                        && decode::<Identity>(&ch.cur)
-                            .is_some_and(|c| c.name == i.name && c.namespace == i.namespace)
-                }) else {
-                    continue;
-                };
-                // The lease at the pinned address, as this revision left it.
-                let lease: Option<Lease> = changes.iter().find_map(|c| match &c.record {
-                    Record::Lease {
-                        network: n,
-                        address: a,
-                    } if n == network && a == address => decode(&c.cur),
-                    _ => None,
-                });
-                let mut e = match &lease {
-                    Some(l) => event_from_lease(l, EventKind::Pinned, revision, now_ms, rack_of),
-                    None => LeaseEvent {
-                        revision,
-                        index: 0,
-                        kind: EventKind::Pinned,
-                        time_unix_ms: now_ms,
-                        network: network.clone(),
-                        rack: rack_of(network, *address, ""),
-                        node: String::new(),
-                        address: *address,
-                        mac: crate::mac::format(crate::mac::for_address(*address)),
-                        pod: PodRef::default(),
-                        container_id: String::new(),
-                        ifname: String::new(),
-                        sticky: true,
-                        reason: String::new(),
-                        conflict_mac: String::new(),
-                        quarantined: false,
-                        expires_unix_ms: 0,
-                    },
-                };
-                e.time_unix_ms = now_ms;
-                e.pod.namespace = ident.namespace.clone();
-                e.pod.name = ident.name.clone();
-                e.expires_unix_ms = 0;
-                e.sticky = true;
-                out.push(e);
+                pin_event(ch, network, &pins, changes, revision, now_ms, rack_of)
             }
-        }
+        };
+        out.extend(e);
     }
     for (i, e) in out.iter_mut().enumerate() {
         e.index = u32::try_from(i).unwrap_or(u32::MAX);
     }
     out
+}
+
+/// The event of one lease record's change, if it is one worth telling.
+fn lease_event(
+    ch: &RawChange,
+    revision: i64,
+    now_ms: i64,
+    rack_of: RackOf<'_>,
+) -> Option<LeaseEvent> {
+    let prev: Option<Lease> = decode(&ch.prev);
+    let cur: Option<Lease> = decode(&ch.cur);
+    let marker = ch.prev.as_deref().and_then(reclaim_marker);
+    let kind = lease_kind(prev.as_ref(), cur.as_ref(), marker.as_ref())?;
+    // A freeing event describes the record that went away; everything else
+    // the record as it is now.
+    let l = match kind {
+        EventKind::Released
+        | EventKind::Reclaimed
+        | EventKind::Unreserved
+        | EventKind::Unquarantined => prev.as_ref(),
+        _ => cur.as_ref(),
+    }?;
+    let mut e = event_from_lease(l, kind, revision, now_ms, rack_of);
+    // A reservation names no container: say which one left.
+    if let Some(p) = prev.as_ref().filter(|p| p.state.is_active()) {
+        if kind == EventKind::Reserved {
+            e.container_id = p.container_id.clone();
+            e.ifname = p.ifname.clone();
+        }
+    }
+    if let Some((reason, at)) = &marker {
+        if matches!(kind, EventKind::Reclaimed | EventKind::Reserved) {
+            e.reason = reason.clone();
+            if kind == EventKind::Reclaimed && *at > 0 {
+                e.time_unix_ms = *at;
+            }
+        }
+    }
+    Some(e)
+}
+
+/// The `pinned` event of an identity change that pins an address, described
+/// by the lease at that address as this revision left it.
+fn pin_event(
+    ch: &RawChange,
+    network: &str,
+    pins: &[(String, Ipv4Addr, Identity)],
+    changes: &[RawChange],
+    revision: i64,
+    now_ms: i64,
+    rack_of: RackOf<'_>,
+) -> Option<LeaseEvent> {
+    let (_, address, ident) = pins.iter().find(|(n, _, i)| {
+        n == network
+            && decode::<Identity>(&ch.cur)
+                .is_some_and(|c| c.name == i.name && c.namespace == i.namespace)
+    })?;
+    let lease: Option<Lease> = changes.iter().find_map(|c| match &c.record {
+        Record::Lease {
+            network: n,
+            address: a,
+        } if n == network && a == address => decode(&c.cur),
+        _ => None,
+    });
+    let mut e = match &lease {
+        Some(l) => event_from_lease(l, EventKind::Pinned, revision, now_ms, rack_of),
+        None => bare_pin_event(network, *address, revision, now_ms, rack_of),
+    };
+    e.time_unix_ms = now_ms;
+    e.pod.namespace = ident.namespace.clone();
+    e.pod.name = ident.name.clone();
+    e.expires_unix_ms = 0;
+    e.sticky = true;
+    Some(e)
+}
+
+/// A pin of an address that has no lease record in the revision.
+fn bare_pin_event(
+    network: &str,
+    address: Ipv4Addr,
+    revision: i64,
+    now_ms: i64,
+    rack_of: RackOf<'_>,
+) -> LeaseEvent {
+    LeaseEvent {
+        revision,
+        index: 0,
+        kind: EventKind::Pinned,
+        time_unix_ms: now_ms,
+        network: network.to_string(),
+        rack: rack_of(network, address, ""),
+        node: String::new(),
+        address,
+        mac: crate::mac::format(crate::mac::for_address(address)),
+        pod: PodRef::default(),
+        container_id: String::new(),
+        ifname: String::new(),
+        sticky: true,
+        reason: String::new(),
+        conflict_mac: String::new(),
+        quarantined: false,
+        expires_unix_ms: 0,
+    }
 }
 
 #[cfg(test)]

@@ -245,6 +245,50 @@ impl NetworkSpec {
     /// networks.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name(&self.name)?;
+        self.validate_subnet()?;
+        validate_ifname(&self.master)?;
+        if let Some(v) = self.vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(ValidationError::Vlan(u32::from(v)));
+            }
+            // The VLAN sub-interface "<master>.<vid>" must fit IFNAMSIZ too;
+            // longer names get a deterministic short form in the plugin.
+        }
+        if self.mtu != 0 && !(68..=65535).contains(&self.mtu) {
+            return Err(ValidationError::Mtu(self.mtu));
+        }
+        for r in &self.exclude {
+            if !self.subnet.contains(r.first) || !self.subnet.contains(r.last) {
+                return Err(ValidationError::ExcludeOutside {
+                    range: *r,
+                    subnet: self.subnet,
+                });
+            }
+        }
+        self.validate_routes()?;
+        self.validate_host_routes()?;
+        if !self.block_size.is_power_of_two()
+            || !(crate::block::MIN_BLOCK_SIZE..=crate::block::MAX_BLOCK_SIZE)
+                .contains(&self.block_size)
+        {
+            return Err(ValidationError::BlockSize(self.block_size));
+        }
+        if let Some(p) = &self.sticky {
+            p.validate()?;
+        }
+        self.qos.validate()?;
+        if let Some(p) = &self.probe {
+            p.validate()?;
+        }
+        if crate::Pool::new(self).capacity() == 0 {
+            return Err(ValidationError::Empty(self.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// The subnet is a network address of a usable size and the gateway is
+    /// a host inside it.
+    fn validate_subnet(&self) -> Result<(), ValidationError> {
         let subnet = self.subnet;
         if subnet.network() != subnet.ip() {
             return Err(ValidationError::Subnet(
@@ -271,22 +315,13 @@ impl NetworkSpec {
         if self.gateway == subnet.network() || self.gateway == subnet.broadcast() {
             return Err(ValidationError::GatewayReserved(self.gateway));
         }
-        validate_ifname(&self.master)?;
-        if let Some(v) = self.vlan {
-            if !(1..=4094).contains(&v) {
-                return Err(ValidationError::Vlan(u32::from(v)));
-            }
-            // The VLAN sub-interface "<master>.<vid>" must fit IFNAMSIZ too;
-            // longer names get a deterministic short form in the plugin.
-        }
-        if self.mtu != 0 && !(68..=65535).contains(&self.mtu) {
-            return Err(ValidationError::Mtu(self.mtu));
-        }
-        for r in &self.exclude {
-            if !subnet.contains(r.first) || !subnet.contains(r.last) {
-                return Err(ValidationError::ExcludeOutside { range: *r, subnet });
-            }
-        }
+        Ok(())
+    }
+
+    /// Extra routes: network addresses, no default (implied), not the own
+    /// subnet, no duplicates, next hops that are hosts of the subnet.
+    fn validate_routes(&self) -> Result<(), ValidationError> {
+        let subnet = self.subnet;
         let mut seen = Vec::new();
         for r in &self.routes {
             let bad = |why: String| ValidationError::Route(r.dst.to_string(), why);
@@ -319,6 +354,11 @@ impl NetworkSpec {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Node-side host routes: network addresses, each listed once.
+    fn validate_host_routes(&self) -> Result<(), ValidationError> {
         let mut seen_host = Vec::new();
         for h in &self.host_routes {
             if seen_host.contains(h) {
@@ -330,22 +370,6 @@ impl NetworkSpec {
             if h.network() != h.ip() {
                 return Err(ValidationError::Cidr(h.to_string(), "host bits set".into()));
             }
-        }
-        if !self.block_size.is_power_of_two()
-            || !(crate::block::MIN_BLOCK_SIZE..=crate::block::MAX_BLOCK_SIZE)
-                .contains(&self.block_size)
-        {
-            return Err(ValidationError::BlockSize(self.block_size));
-        }
-        if let Some(p) = &self.sticky {
-            p.validate()?;
-        }
-        self.qos.validate()?;
-        if let Some(p) = &self.probe {
-            p.validate()?;
-        }
-        if crate::Pool::new(self).capacity() == 0 {
-            return Err(ValidationError::Empty(self.name.clone()));
         }
         Ok(())
     }

@@ -165,24 +165,7 @@ impl NetworkPatch {
             return Err(PatchError::Empty);
         }
         let mut n = old.clone();
-        let rebuild = "the pods, leases, blocks and rack bindings of the network are built on it; delete and re-create the network to change it";
-        if let Some(s) = self.subnet.filter(|s| *s != old.subnet) {
-            return Err(PatchError::Immutable {
-                field: "subnet",
-                from: old.subnet.to_string(),
-                to: s.to_string(),
-                why: rebuild.into(),
-            });
-        }
-        if let Some(g) = self.gateway.filter(|g| *g != old.gateway) {
-            return Err(PatchError::Immutable {
-                field: "gateway",
-                from: old.gateway.to_string(),
-                to: g.to_string(),
-                why: "running pods route through it; delete and re-create the network to change it"
-                    .into(),
-            });
-        }
+        self.check_immutable(old)?;
         if let Some(m) = &self.master {
             n.master = m.clone();
         }
@@ -221,6 +204,29 @@ impl NetworkPatch {
         n.probe = self.probe_after(old.probe)?;
         n.validate()?;
         Ok(n)
+    }
+
+    /// Subnet and gateway cannot change in place.
+    fn check_immutable(&self, old: &NetworkSpec) -> Result<(), PatchError> {
+        let rebuild = "the pods, leases, blocks and rack bindings of the network are built on it; delete and re-create the network to change it";
+        if let Some(s) = self.subnet.filter(|s| *s != old.subnet) {
+            return Err(PatchError::Immutable {
+                field: "subnet",
+                from: old.subnet.to_string(),
+                to: s.to_string(),
+                why: rebuild.into(),
+            });
+        }
+        if let Some(g) = self.gateway.filter(|g| *g != old.gateway) {
+            return Err(PatchError::Immutable {
+                field: "gateway",
+                from: old.gateway.to_string(),
+                to: g.to_string(),
+                why: "running pods route through it; delete and re-create the network to change it"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn sticky_after(&self, old: Option<&StickyPolicy>) -> Result<Option<StickyPolicy>, PatchError> {

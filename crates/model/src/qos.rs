@@ -466,52 +466,61 @@ pub fn resolve(layers: &Layers<'_>) -> Result<Option<Effective>, QosError> {
             b.validate(what)?;
         }
     }
-    let pick = |get: fn(&Bandwidth) -> Option<Limit>| -> Option<Resolved> {
-        let max = layers.max.and_then(get);
-        let chosen = named[..4]
-            .iter()
-            .rev()
-            .find_map(|(b, level, _)| b.and_then(get).map(|l| (l, *level)));
-        match (chosen, max) {
-            (None, None) => None,
-            (None, Some(m)) => Some(Resolved {
-                limit: concrete(m),
-                level: Level::Max,
-                clamped: false,
-            }),
-            (Some((l, level)), None) => Some(Resolved {
-                limit: concrete(l),
+    let ingress = pick(&named, layers.max, Bandwidth::ingress);
+    let egress = pick(&named, layers.max, Bandwidth::egress);
+    Ok((ingress.is_some() || egress.is_some()).then_some(Effective { ingress, egress }))
+}
+
+/// One direction: the most specific of the first four levels that sets it,
+/// capped by the network maximum (or the maximum alone).
+fn pick(
+    named: &[(Option<&Bandwidth>, Level, &str); 5],
+    max: Option<&Bandwidth>,
+    get: fn(&Bandwidth) -> Option<Limit>,
+) -> Option<Resolved> {
+    let max = max.and_then(get);
+    let chosen = named[..4]
+        .iter()
+        .rev()
+        .find_map(|(b, level, _)| b.and_then(get).map(|l| (l, *level)));
+    match (chosen, max) {
+        (None, None) => None,
+        (None, Some(m)) => Some(Resolved {
+            limit: concrete(m),
+            level: Level::Max,
+            clamped: false,
+        }),
+        (Some((l, level)), None) => Some(Resolved {
+            limit: concrete(l),
+            level,
+            clamped: false,
+        }),
+        (Some((l, level)), Some(m)) => {
+            let want = concrete(l);
+            let rate = want.rate.min(m.rate);
+            // The default burst follows the (clamped) rate; an explicit
+            // burst is kept. Either is then capped by the max's burst.
+            let burst = l.burst.unwrap_or_else(|| default_burst(rate));
+            let burst = m.burst.map_or(burst, |mb| burst.min(mb));
+            let clamped = rate < l.rate || l.burst.is_some_and(|b| burst < b);
+            Some(Resolved {
+                limit: Limit {
+                    rate,
+                    burst: Some(burst),
+                },
                 level,
-                clamped: false,
-            }),
-            (Some((l, level)), Some(m)) => {
-                let want = concrete(l);
-                let rate = want.rate.min(m.rate);
-                // The default burst follows the (clamped) rate; an explicit
-                // burst is kept. Either is then capped by the max's burst.
-                let burst = l.burst.unwrap_or_else(|| default_burst(rate));
-                let burst = m.burst.map_or(burst, |mb| burst.min(mb));
-                let clamped = rate < l.rate || l.burst.is_some_and(|b| burst < b);
-                Some(Resolved {
-                    limit: Limit {
-                        rate,
-                        burst: Some(burst),
-                    },
-                    level,
-                    clamped,
-                })
-            }
-        }
-    };
-    fn concrete(l: Limit) -> Limit {
-        Limit {
-            rate: l.rate,
-            burst: Some(l.burst.unwrap_or_else(|| default_burst(l.rate))),
+                clamped,
+            })
         }
     }
-    let ingress = pick(Bandwidth::ingress);
-    let egress = pick(Bandwidth::egress);
-    Ok((ingress.is_some() || egress.is_some()).then_some(Effective { ingress, egress }))
+}
+
+/// A limit with its burst made explicit (the default for its rate).
+fn concrete(l: Limit) -> Limit {
+    Limit {
+        rate: l.rate,
+        burst: Some(l.burst.unwrap_or_else(|| default_burst(l.rate))),
+    }
 }
 
 #[cfg(test)]
