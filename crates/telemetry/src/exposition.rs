@@ -141,14 +141,12 @@ fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), String> {
 
 /// Parses a whole exposition strictly (see the module docs).
 pub fn parse(text: &str) -> Result<Exposition, ParseError> {
-    let mut out = Exposition::default();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut series: HashSet<(String, BTreeMap<String, String>)> = HashSet::new();
-    let mut eof = false;
     let err = |line: usize, msg: String| ParseError { line, msg };
     if !text.ends_with('\n') {
         return Err(err(0, "the exposition does not end with a newline".into()));
     }
+    let mut p = Parser::default();
+    let mut eof = false;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if eof {
@@ -156,98 +154,106 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
         }
         if line == "# EOF" {
             eof = true;
-            continue;
-        }
-        if let Some(meta) = line.strip_prefix("# ") {
-            let mut parts = meta.splitn(3, ' ');
-            let (kw, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let arg = parts.next();
-            if !is_metric_name(name) {
-                return Err(err(n, format!("invalid metric name {name:?}")));
-            }
-            if !["TYPE", "HELP", "UNIT"].contains(&kw) {
-                return Err(err(n, format!("unknown comment {kw:?}")));
-            }
-            // Metadata of a family may come in any order, before its
-            // samples; a name not seen yet starts a new family.
-            let current = out.families.last().is_some_and(|f| f.name == name);
-            if !current {
-                if !seen.insert(name.to_string()) {
-                    return Err(err(
-                        n,
-                        format!("family {name} declared twice (or interleaved)"),
-                    ));
-                }
-                out.families.push(Family {
-                    name: name.to_string(),
-                    kind: String::new(),
-                    help: String::new(),
-                    samples: Vec::new(),
-                });
-            }
-            let f = out.families.last_mut().expect("pushed above");
-            if !f.samples.is_empty() {
-                return Err(err(n, format!("{kw} of {name} after its samples")));
-            }
-            match kw {
-                "TYPE" => {
-                    let kind = arg.unwrap_or("");
-                    if !TYPES.contains(&kind) {
-                        return Err(err(n, format!("unknown type {kind:?}")));
-                    }
-                    if !f.kind.is_empty() {
-                        return Err(err(
-                            n,
-                            format!("family {name} declared twice (or interleaved)"),
-                        ));
-                    }
-                    f.kind = kind.to_string();
-                }
-                "HELP" => {
-                    if !f.help.is_empty() {
-                        return Err(err(n, format!("second HELP for {name}")));
-                    }
-                    f.help = arg.unwrap_or("").to_string();
-                }
-                _ => {
-                    if !name.ends_with(&format!("_{}", arg.unwrap_or(""))) {
-                        return Err(err(n, format!("unit {arg:?} is not a suffix of {name}")));
-                    }
-                }
-            }
-            continue;
-        }
-        if line.is_empty() || line.starts_with('#') {
+        } else if let Some(meta) = line.strip_prefix("# ") {
+            p.metadata(meta).map_err(|m| err(n, m))?;
+        } else if line.is_empty() || line.starts_with('#') {
             return Err(err(n, "empty line or bare comment".into()));
+        } else {
+            p.sample(line).map_err(|m| err(n, m))?;
         }
-        // A sample.
+    }
+    if !eof {
+        return Err(err(text.lines().count(), "missing # EOF".into()));
+    }
+    for f in &p.out.families {
+        if f.kind == "histogram" {
+            check_histogram(f).map_err(|m| err(0, m))?;
+        }
+    }
+    Ok(p.out)
+}
+
+/// What the lines read so far have declared.
+#[derive(Default)]
+struct Parser {
+    out: Exposition,
+    /// Every family name declared, to refuse a second declaration.
+    seen: HashSet<String>,
+    /// Every (sample name, labels), to refuse a duplicate series.
+    series: HashSet<(String, BTreeMap<String, String>)>,
+}
+
+impl Parser {
+    /// `# TYPE|HELP|UNIT name [arg]`.
+    fn metadata(&mut self, meta: &str) -> Result<(), String> {
+        let mut parts = meta.splitn(3, ' ');
+        let (kw, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let arg = parts.next();
+        if !is_metric_name(name) {
+            return Err(format!("invalid metric name {name:?}"));
+        }
+        if !["TYPE", "HELP", "UNIT"].contains(&kw) {
+            return Err(format!("unknown comment {kw:?}"));
+        }
+        // Metadata of a family may come in any order, before its samples; a
+        // name not seen yet starts a new family.
+        let current = self.out.families.last().is_some_and(|f| f.name == name);
+        if !current {
+            if !self.seen.insert(name.to_string()) {
+                return Err(format!("family {name} declared twice (or interleaved)"));
+            }
+            self.out.families.push(Family {
+                name: name.to_string(),
+                kind: String::new(),
+                help: String::new(),
+                samples: Vec::new(),
+            });
+        }
+        let f = self.out.families.last_mut().expect("pushed above");
+        if !f.samples.is_empty() {
+            return Err(format!("{kw} of {name} after its samples"));
+        }
+        match kw {
+            "TYPE" => {
+                let kind = arg.unwrap_or("");
+                if !TYPES.contains(&kind) {
+                    return Err(format!("unknown type {kind:?}"));
+                }
+                if !f.kind.is_empty() {
+                    return Err(format!("family {name} declared twice (or interleaved)"));
+                }
+                f.kind = kind.to_string();
+            }
+            "HELP" => {
+                if !f.help.is_empty() {
+                    return Err(format!("second HELP for {name}"));
+                }
+                f.help = arg.unwrap_or("").to_string();
+            }
+            _ => {
+                if !name.ends_with(&format!("_{}", arg.unwrap_or(""))) {
+                    return Err(format!("unit {arg:?} is not a suffix of {name}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `name[{labels}] value [timestamp] [# exemplar]`, in the current family.
+    fn sample(&mut self, line: &str) -> Result<(), String> {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = &line[..name_end];
         if !is_metric_name(name) {
-            return Err(err(n, format!("invalid sample name {name:?}")));
+            return Err(format!("invalid sample name {name:?}"));
         }
         let (labels, rest) = if line[name_end..].starts_with('{') {
-            parse_labels(&line[name_end..]).map_err(|m| err(n, m))?
+            parse_labels(&line[name_end..])?
         } else {
             (BTreeMap::new(), &line[name_end..])
         };
-        let rest = rest
-            .strip_prefix(' ')
-            .ok_or_else(|| err(n, "no space before the value".into()))?;
-        // Exemplars (`# {…} v`) are allowed after the value.
-        let rest = rest.split(" # ").next().unwrap_or(rest);
-        let mut fields = rest.split(' ');
-        let value_s = fields.next().unwrap_or("");
-        let value =
-            parse_number(value_s).ok_or_else(|| err(n, format!("invalid value {value_s:?}")))?;
-        if let Some(ts) = fields.next() {
-            parse_number(ts).ok_or_else(|| err(n, format!("invalid timestamp {ts:?}")))?;
-        }
-        if fields.next().is_some() {
-            return Err(err(n, "trailing fields after the timestamp".into()));
-        }
-        let Some(fam) = out.families.last_mut() else {
-            return Err(err(n, format!("sample {name} before any # TYPE")));
+        let value = sample_value(rest)?;
+        let Some(fam) = self.out.families.last_mut() else {
+            return Err(format!("sample {name} before any # TYPE"));
         };
         if fam.kind.is_empty() {
             fam.kind = "unknown".into();
@@ -256,35 +262,43 @@ pub fn parse(text: &str) -> Result<Exposition, ParseError> {
             .strip_prefix(fam.name.as_str())
             .filter(|s| allowed_suffixes(&fam.kind).contains(s));
         if suffix.is_none() {
-            return Err(err(
-                n,
-                format!(
-                    "sample {name} does not belong to {} family {}",
-                    fam.kind, fam.name
-                ),
+            return Err(format!(
+                "sample {name} does not belong to {} family {}",
+                fam.kind, fam.name
             ));
         }
         if fam.kind == "counter" && name.ends_with("_total") && (value < 0.0 || value.is_nan()) {
-            return Err(err(n, format!("counter {name} is {value}")));
+            return Err(format!("counter {name} is {value}"));
         }
-        if !series.insert((name.to_string(), labels.clone())) {
-            return Err(err(n, format!("duplicate series {name}{labels:?}")));
+        if !self.series.insert((name.to_string(), labels.clone())) {
+            return Err(format!("duplicate series {name}{labels:?}"));
         }
         fam.samples.push(Sample {
             name: name.to_string(),
             labels,
             value,
         });
+        Ok(())
     }
-    if !eof {
-        return Err(err(text.lines().count(), "missing # EOF".into()));
+}
+
+/// The value after a sample's name and labels: ` value [timestamp]`, an
+/// exemplar (`# {…} v`) allowed after it.
+fn sample_value(rest: &str) -> Result<f64, String> {
+    let rest = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| "no space before the value".to_string())?;
+    let rest = rest.split(" # ").next().unwrap_or(rest);
+    let mut fields = rest.split(' ');
+    let value_s = fields.next().unwrap_or("");
+    let value = parse_number(value_s).ok_or_else(|| format!("invalid value {value_s:?}"))?;
+    if let Some(ts) = fields.next() {
+        parse_number(ts).ok_or_else(|| format!("invalid timestamp {ts:?}"))?;
     }
-    for f in &out.families {
-        if f.kind == "histogram" {
-            check_histogram(f).map_err(|m| err(0, m))?;
-        }
+    if fields.next().is_some() {
+        return Err("trailing fields after the timestamp".into());
     }
-    Ok(out)
+    Ok(value)
 }
 
 /// Buckets ascending by `le`, cumulative, ending in `+Inf` whose count
@@ -467,6 +481,25 @@ mod tests {
             (GOOD.replace("} 3", "} three"), "invalid value"),
             (format!("{GOOD}x 1\n"), "after # EOF"),
             (
+                GOOD.replace("rackline_x_up 1", "rackline_x_up\t1"),
+                "invalid sample name",
+            ),
+            (
+                GOOD.replace("rackline_x_up 1", "rackline_x_up 1 12 x"),
+                "trailing fields",
+            ),
+            (
+                GOOD.replace("rackline_x_up 1", "rackline_x_up 1 soon"),
+                "invalid timestamp",
+            ),
+            (
+                GOOD.replace(
+                    "# HELP rackline_x_up Up.",
+                    "# HELP rackline_x_up Up.\n# HELP rackline_x_up Up.",
+                ),
+                "second HELP",
+            ),
+            (
                 GOOD.replace(
                     "# TYPE rackline_x_up gauge",
                     "# TYPE rackline_x_things gauge",
@@ -478,6 +511,14 @@ mod tests {
             let e = parse(&text).expect_err(want);
             assert!(e.msg.contains(want), "{want}: got {e}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = parse(&GOOD.replace("rackline_x_up 1", "rackline_x_up one")).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        let e = parse(&GOOD.replace("# EOF\n", "# EOF\n\n")).unwrap_err();
+        assert_eq!(e.line, 15, "{e}");
     }
 
     #[test]
