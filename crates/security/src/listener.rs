@@ -550,30 +550,8 @@ async fn accept_loop(
     tx: tokio::sync::mpsc::Sender<Guarded>,
 ) {
     loop {
-        let accepted = match &listener {
-            Listener::Tcp { listener, .. } => listener.accept().await.map(|(s, a)| {
-                let _ = s.set_nodelay(true);
-                (Conn::Plain(s), Some(a))
-            }),
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| (Conn::Unix(s), None)),
-        };
-        let (conn, remote) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS/ENOMEM persist until something is
-                // closed: back off instead of spinning on them.
-                if let Some(n) = registry.accept_err_log.tick() {
-                    warn!(listener = registry.what, errors = n, "accept failed: {e}");
-                }
-                let transient = matches!(
-                    e.raw_os_error(),
-                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN)
-                );
-                if !transient {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                continue;
-            }
+        let Some((conn, remote)) = accept_one(&listener, &registry).await else {
+            continue;
         };
         let Some(slot) = registry.admit() else {
             drop(conn);
@@ -583,65 +561,125 @@ async fn accept_loop(
             Listener::Tcp { tls, .. } => tls.clone(),
             Listener::Unix(_) => None,
         };
-        let limits = registry.limits.clone();
-        let tx = tx.clone();
         // Handshakes run beside the loop: a client that stalls its
         // handshake holds only its own slot, for at most the timeout.
-        tokio::spawn(async move {
-            let tracker = slot.tracker.clone();
-            let handshake = async {
-                match (conn, tls) {
-                    (Conn::Plain(s), Some(tls)) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                        match acceptor.accept(s).await {
-                            Ok(s) => {
-                                let certs = s.get_ref().1.peer_certificates().map(|c| {
-                                    Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())
-                                });
-                                Some((Conn::Tls(Box::new(s)), certs, None))
-                            }
-                            Err(e) => {
-                                debug!(?remote, "TLS handshake failed: {e}");
-                                None
-                            }
-                        }
-                    }
-                    (Conn::Unix(s), _) => {
-                        let cred = s.peer_cred().ok();
-                        Some((Conn::Unix(s), None, cred))
-                    }
-                    (c, _) => Some((c, None, None)),
+        tokio::spawn(hand_over(
+            conn,
+            tls,
+            remote,
+            slot,
+            registry.limits.clone(),
+            tx.clone(),
+        ));
+    }
+}
+
+/// One accepted connection, or None after an accept error (logged, and
+/// backed off from when it is not transient).
+async fn accept_one(
+    listener: &Listener,
+    registry: &Registry,
+) -> Option<(Conn, Option<SocketAddr>)> {
+    let accepted = match listener {
+        Listener::Tcp { listener, .. } => listener.accept().await.map(|(s, a)| {
+            let _ = s.set_nodelay(true);
+            (Conn::Plain(s), Some(a))
+        }),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| (Conn::Unix(s), None)),
+    };
+    match accepted {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // EMFILE/ENFILE/ENOBUFS/ENOMEM persist until something is
+            // closed: back off instead of spinning on them.
+            if let Some(n) = registry.accept_err_log.tick() {
+                warn!(listener = registry.what, errors = n, "accept failed: {e}");
+            }
+            let transient = matches!(
+                e.raw_os_error(),
+                Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EAGAIN)
+            );
+            if !transient {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        }
+    }
+}
+
+/// The TLS handshake (or the peer credentials of a unix socket) within the
+/// handshake timeout, then the connection goes to the server with its peer.
+async fn hand_over(
+    conn: Conn,
+    tls: Option<Arc<ServerTls>>,
+    remote: Option<SocketAddr>,
+    slot: Admission,
+    limits: ConnLimits,
+    tx: tokio::sync::mpsc::Sender<Guarded>,
+) {
+    let tracker = slot.tracker.clone();
+    let done = tokio::select! {
+        r = tokio::time::timeout(limits.handshake_timeout, handshake(conn, tls, remote)) => r.ok().flatten(),
+        _ = tracker.kill_notify.notified() => None,
+    };
+    let Some((io, certs, cred)) = done else {
+        return;
+    };
+    let peer = PeerInfo {
+        remote,
+        certs,
+        uid: cred.map(|c| c.uid()),
+        pid: cred.and_then(|c| c.pid()),
+        tracker: tracker.clone(),
+    };
+    let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+        tracker.epoch + Duration::from_millis(tracker.accepted_ms) + limits.handshake_timeout,
+    )));
+    let _ = tx
+        .send(Guarded {
+            io,
+            peer,
+            limits,
+            timer,
+            _slot: slot,
+        })
+        .await;
+}
+
+/// The connection after its handshake, with the client's certificates (TLS)
+/// or credentials (unix socket); None when the TLS handshake failed.
+async fn handshake(
+    conn: Conn,
+    tls: Option<Arc<ServerTls>>,
+    remote: Option<SocketAddr>,
+) -> Option<(
+    Conn,
+    Option<Arc<Vec<CertificateDer<'static>>>>,
+    Option<tokio::net::unix::UCred>,
+)> {
+    match (conn, tls) {
+        (Conn::Plain(s), Some(tls)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            match acceptor.accept(s).await {
+                Ok(s) => {
+                    let certs = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+                    Some((Conn::Tls(Box::new(s)), certs, None))
                 }
-            };
-            let done = tokio::select! {
-                r = tokio::time::timeout(limits.handshake_timeout, handshake) => r.ok().flatten(),
-                _ = tracker.kill_notify.notified() => None,
-            };
-            let Some((io, certs, cred)) = done else {
-                return;
-            };
-            let peer = PeerInfo {
-                remote,
-                certs,
-                uid: cred.map(|c| c.uid()),
-                pid: cred.and_then(|c| c.pid()),
-                tracker: tracker.clone(),
-            };
-            let timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                tracker.epoch
-                    + Duration::from_millis(tracker.accepted_ms)
-                    + limits.handshake_timeout,
-            )));
-            let _ = tx
-                .send(Guarded {
-                    io,
-                    peer,
-                    limits,
-                    timer,
-                    _slot: slot,
-                })
-                .await;
-        });
+                Err(e) => {
+                    debug!(?remote, "TLS handshake failed: {e}");
+                    None
+                }
+            }
+        }
+        (Conn::Unix(s), _) => {
+            let cred = s.peer_cred().ok();
+            Some((Conn::Unix(s), None, cred))
+        }
+        (c, _) => Some((c, None, None)),
     }
 }
 
