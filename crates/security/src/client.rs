@@ -94,6 +94,19 @@ impl ClientCredentials {
             }
             None => None,
         };
+        let token = self.load_token(flags)?;
+        Ok(ClientAuth {
+            tls,
+            has_identity: identity.is_some(),
+            token,
+            flags: Some(flags),
+        })
+    }
+}
+
+impl ClientCredentials {
+    /// The bearer token, checked to fit an HTTP header.
+    fn load_token(&self, flags: FlagNames) -> Result<Option<Secret>, String> {
         let token = self
             .token_file
             .as_deref()
@@ -115,12 +128,7 @@ impl ClientCredentials {
                 ));
             }
         }
-        Ok(ClientAuth {
-            tls,
-            has_identity: identity.is_some(),
-            token,
-            flags: Some(flags),
-        })
+        Ok(token)
     }
 }
 
