@@ -178,6 +178,52 @@ impl PodTable {
         self.seq
     }
 
+    /// One nf_tables batch (BEGIN, `msgs`, END) and the sequence number of
+    /// its last message. Only the last message asks for an acknowledgement:
+    /// a failing one reports its error regardless, and the kernel answers
+    /// after the whole batch is committed.
+    fn batch(&mut self, msgs: &[(Msg, u16, &[u8])]) -> (Vec<u8>, u32) {
+        let size: usize = msgs.iter().map(|(_, _, a)| a.len() + 32).sum();
+        let mut batch = Vec::with_capacity(size + 64);
+        let mut seq = self.next_seq();
+        message(
+            &mut batch,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        let n = msgs.len();
+        for (i, (m, flags, a)) in msgs.iter().enumerate() {
+            seq = seq.wrapping_add(1);
+            let ack = if i + 1 == n { NLM_F_ACK } else { 0 };
+            message(
+                &mut batch,
+                nft_type(*m),
+                NLM_F_REQUEST | ack | flags,
+                seq,
+                NFPROTO_INET,
+                0,
+                a,
+            );
+        }
+        let last = seq;
+        seq = seq.wrapping_add(1);
+        message(
+            &mut batch,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        self.seq = seq;
+        (batch, last)
+    }
+
     /// Creates or atomically replaces the pod's table with `f`. Nothing
     /// else in the namespace changes; the old table (if any) stays in force
     /// until the new one is complete.
@@ -192,66 +238,16 @@ impl PodTable {
                 return Err(NftError::Foreign(self.table.clone(), c.clone()));
             }
         }
-        let mut batch = Vec::with_capacity(16 * 1024);
-        let seq0 = self.next_seq();
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq0,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        let mut seq = seq0;
-        // Only the last message asks for an acknowledgement: a failing one
-        // reports its error regardless, and the kernel answers after the
-        // whole batch is committed.
-        let n = r.objects.len();
-        let mut push = |batch: &mut Vec<u8>, m: Msg, flags: u16, a: &[u8], last: bool| {
-            seq += 1;
-            let ack = if last { NLM_F_ACK } else { 0 };
-            message(
-                batch,
-                nft_type(m),
-                NLM_F_REQUEST | ack | flags,
-                seq,
-                NFPROTO_INET,
-                0,
-                a,
-            );
-        };
+        let table_comment = comment(r.fingerprint);
+        let del_attrs = render::table_attrs(&self.table, None).0;
+        let new_attrs = render::table_attrs(&self.table, Some(&table_comment)).0;
+        let mut msgs: Vec<(Msg, u16, &[u8])> = Vec::with_capacity(r.objects.len() + 2);
         if existing.is_some() {
-            push(
-                &mut batch,
-                Msg::DelTable,
-                0,
-                &render::table_attrs(&self.table, None).0,
-                false,
-            );
+            msgs.push((Msg::DelTable, 0, &del_attrs));
         }
-        push(
-            &mut batch,
-            Msg::NewTable,
-            wire::NLM_F_CREATE,
-            &render::table_attrs(&self.table, Some(&comment(r.fingerprint))).0,
-            n == 0,
-        );
-        for (i, o) in r.objects.iter().enumerate() {
-            push(&mut batch, o.msg, o.flags, &o.attrs, i + 1 == n);
-        }
-        let last = seq;
-        seq += 1;
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        self.seq = seq;
+        msgs.push((Msg::NewTable, wire::NLM_F_CREATE, &new_attrs));
+        msgs.extend(r.objects.iter().map(|o| (o.msg, o.flags, &o.attrs[..])));
+        let (batch, last) = self.batch(&msgs);
         self.send_batch(&batch, last, "the pod filter table")?;
         Ok(r)
     }
@@ -266,37 +262,9 @@ impl PodTable {
             }
             Some(_) => {}
         }
-        let mut batch = Vec::new();
-        let seq = self.next_seq();
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        message(
-            &mut batch,
-            nft_type(Msg::DelTable),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq + 1,
-            NFPROTO_INET,
-            0,
-            &render::table_attrs(&self.table, None).0,
-        );
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq + 2,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        self.seq = seq + 2;
-        match self.send_batch(&batch, seq + 1, "deleting the pod filter table") {
+        let attrs = render::table_attrs(&self.table, None).0;
+        let (batch, last) = self.batch(&[(Msg::DelTable, 0, &attrs)]);
+        match self.send_batch(&batch, last, "deleting the pod filter table") {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(false),
             Err(e) => Err(e),
@@ -442,43 +410,8 @@ impl PodTable {
                 ));
             }
         }
-        let mut batch = Vec::with_capacity(64 * 1024);
-        let mut seq = self.next_seq();
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        let n = msgs.len();
-        for (i, (m, flags, a)) in msgs.iter().enumerate() {
-            seq += 1;
-            let ack = if i + 1 == n { NLM_F_ACK } else { 0 };
-            message(
-                &mut batch,
-                nft_type(*m),
-                NLM_F_REQUEST | ack | flags,
-                seq,
-                NFPROTO_INET,
-                0,
-                a,
-            );
-        }
-        let last = seq;
-        seq += 1;
-        message(
-            &mut batch,
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        );
-        self.seq = seq;
+        let msgs: Vec<(Msg, u16, &[u8])> = msgs.iter().map(|(m, f, a)| (*m, *f, &a[..])).collect();
+        let (batch, last) = self.batch(&msgs);
         self.send_batch(&batch, last, "updating the pod's peer sets")
     }
 

@@ -294,35 +294,8 @@ impl Builder<'_> {
             ),
         };
         self.chain(name, Some(hook));
-        let mut e = Exprs::default();
-        e.ct_state()
-            .bitwise(&CT_ESTABLISHED_RELATED.to_ne_bytes())
-            .cmp(CMP_NEQ, &0u32.to_ne_bytes())
-            .verdict(NF_ACCEPT, None);
-        self.rule(name, e);
-        // Loopback is ifindex 1 in every namespace.
-        let mut e = Exprs::default();
-        e.meta(lo_meta)
-            .cmp(CMP_EQ, &1u32.to_ne_bytes())
-            .verdict(NF_ACCEPT, None);
-        self.rule(name, e);
-        let restricted = match dir {
-            Direction::Ingress => {
-                !(self.f.acl.ingress.is_allow_all() && self.f.netpol.ingress.is_allow_all())
-            }
-            Direction::Egress => {
-                !(self.f.acl.egress.is_allow_all() && self.f.netpol.egress.is_allow_all())
-            }
-        };
-        let mut e = Exprs::default();
-        e.meta(META_NFPROTO)
-            .cmp(CMP_EQ, &[crate::wire::NFPROTO_IPV6]);
-        if restricted {
-            e.count_into(drops).verdict(NF_DROP, None);
-        } else {
-            e.verdict(NF_ACCEPT, None);
-        }
-        self.rule(name, e);
+        self.accept_established_and_loopback(name, lo_meta);
+        self.ipv6_rule(name, dir, drops);
         // From here on every packet is IPv4. Traffic of the pod's other
         // attachments (other addresses) is theirs to filter.
         let own_off = if addr_off == 12 { 16 } else { 12 };
@@ -345,6 +318,44 @@ impl Builder<'_> {
             e.verdict(NFT_JUMP, Some(target));
             self.rule(name, e);
         }
+    }
+
+    /// Replies of connections already allowed, and loopback, pass first.
+    fn accept_established_and_loopback(&mut self, name: &str, lo_meta: u32) {
+        let mut e = Exprs::default();
+        e.ct_state()
+            .bitwise(&CT_ESTABLISHED_RELATED.to_ne_bytes())
+            .cmp(CMP_NEQ, &0u32.to_ne_bytes())
+            .verdict(NF_ACCEPT, None);
+        self.rule(name, e);
+        // Loopback is ifindex 1 in every namespace.
+        let mut e = Exprs::default();
+        e.meta(lo_meta)
+            .cmp(CMP_EQ, &1u32.to_ne_bytes())
+            .verdict(NF_ACCEPT, None);
+        self.rule(name, e);
+    }
+
+    /// IPv6 is dropped (and counted) when the direction is filtered at all,
+    /// accepted otherwise: the rules below match IPv4 only.
+    fn ipv6_rule(&mut self, name: &str, dir: Direction, drops: &str) {
+        let restricted = match dir {
+            Direction::Ingress => {
+                !(self.f.acl.ingress.is_allow_all() && self.f.netpol.ingress.is_allow_all())
+            }
+            Direction::Egress => {
+                !(self.f.acl.egress.is_allow_all() && self.f.netpol.egress.is_allow_all())
+            }
+        };
+        let mut e = Exprs::default();
+        e.meta(META_NFPROTO)
+            .cmp(CMP_EQ, &[crate::wire::NFPROTO_IPV6]);
+        if restricted {
+            e.count_into(drops).verdict(NF_DROP, None);
+        } else {
+            e.verdict(NF_ACCEPT, None);
+        }
+        self.rule(name, e);
     }
 
     fn layer_chain(&mut self, name: &str, chain: &Chain, dir: Direction) {
