@@ -92,21 +92,12 @@ mod tests {
     use super::*;
 
     fn net() -> NetworkSpec {
-        NetworkSpec {
-            name: "prod".into(),
-            subnet: "10.10.0.0/24".parse().unwrap(),
-            gateway: "10.10.0.1".parse().unwrap(),
-            master: "uplink0".into(),
-            mtu: 0,
-            vlan: None,
-            exclude: vec![],
-            routes: vec![],
-            host_routes: vec![],
-            block_size: 16,
-            sticky: None,
-            qos: Default::default(),
-            probe: None,
-        }
+        NetworkSpec::new(
+            "prod",
+            "10.10.0.0/24".parse().unwrap(),
+            "10.10.0.1".parse().unwrap(),
+            "uplink0",
+        )
     }
 
     #[test]

@@ -241,6 +241,27 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Network, ValidationError> {
 }
 
 impl NetworkSpec {
+    /// A network with every optional setting at its default: the master's
+    /// MTU, no VLAN, no exclusions or extra routes, blocks of
+    /// `DEFAULT_BLOCK_SIZE`, not sticky, no QoS, no probe. Not validated.
+    pub fn new(name: &str, subnet: Ipv4Network, gateway: Ipv4Addr, master: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            subnet,
+            gateway,
+            master: master.to_string(),
+            mtu: 0,
+            vlan: None,
+            exclude: Vec::new(),
+            routes: Vec::new(),
+            host_routes: Vec::new(),
+            block_size: crate::block::DEFAULT_BLOCK_SIZE,
+            sticky: None,
+            qos: crate::qos::QosSpec::default(),
+            probe: None,
+        }
+    }
+
     /// Checks everything that can be checked without looking at other
     /// networks.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -413,19 +434,15 @@ mod tests {
 
     fn spec() -> NetworkSpec {
         NetworkSpec {
-            name: "prod".into(),
-            subnet: "10.10.0.0/24".parse().unwrap(),
-            gateway: "10.10.0.1".parse().unwrap(),
-            master: "eth1".into(),
             mtu: 1500,
-            vlan: None,
             exclude: vec!["10.10.0.2-10.10.0.63".parse().unwrap()],
-            routes: vec![],
             host_routes: vec!["10.96.0.0/12".parse().unwrap()],
-            block_size: 16,
-            sticky: None,
-            qos: Default::default(),
-            probe: None,
+            ..NetworkSpec::new(
+                "prod",
+                "10.10.0.0/24".parse().unwrap(),
+                "10.10.0.1".parse().unwrap(),
+                "eth1",
+            )
         }
     }
 

@@ -204,19 +204,8 @@ mod tests {
 
     fn spec(subnet: &str, gw: &str, exclude: &[&str]) -> NetworkSpec {
         NetworkSpec {
-            name: "n".into(),
-            subnet: subnet.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
-            master: "eth1".into(),
-            mtu: 0,
-            vlan: None,
             exclude: exclude.iter().map(|e| e.parse().unwrap()).collect(),
-            routes: vec![],
-            host_routes: vec![],
-            block_size: 16,
-            sticky: None,
-            qos: Default::default(),
-            probe: None,
+            ..NetworkSpec::new("n", subnet.parse().unwrap(), gw.parse().unwrap(), "eth1")
         }
     }
 

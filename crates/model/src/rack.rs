@@ -199,19 +199,13 @@ mod tests {
 
     fn net() -> NetworkSpec {
         NetworkSpec {
-            name: "prod".into(),
-            subnet: "10.10.0.0/16".parse().unwrap(),
-            gateway: "10.10.0.1".parse().unwrap(),
-            master: "uplink0".into(),
-            mtu: 0,
-            vlan: None,
             exclude: vec!["10.10.0.0/26".parse().unwrap()],
-            routes: vec![],
-            host_routes: vec![],
-            block_size: 16,
-            sticky: None,
-            qos: Default::default(),
-            probe: None,
+            ..NetworkSpec::new(
+                "prod",
+                "10.10.0.0/16".parse().unwrap(),
+                "10.10.0.1".parse().unwrap(),
+                "uplink0",
+            )
         }
     }
 
