@@ -98,6 +98,44 @@ fn run(args: &Args) -> Result<bool> {
         "building the lab ({} racks × {} nodes, one spanning network, {} netmaster replica(s))…",
         args.racks, args.nodes_per_rack, args.netmasters
     );
+    let lab = build_lab(args)?;
+    let pods = add_pods(&lab, args.pods_per_node)?;
+    let mut all_ok = print_topology(&lab, &pods);
+    interrupted()?;
+    all_ok &= print_connectivity(&lab, &pods);
+    all_ok &= print_invariants(&lab);
+    print_observability(&lab);
+    if args.keep && !INTERRUPTED.load(Ordering::SeqCst) {
+        println!();
+        println!("lab kept; namespaces: {}", lab.netns_names().join(" "));
+        if let Some((pod, _, _)) = pods.first() {
+            println!(
+                "  e.g. nsenter --net={} ip addr",
+                pod.netns.path().display()
+            );
+        }
+        println!("press Ctrl-C to tear down");
+        let _ = signals.recv();
+    }
+    // After Ctrl-C the daemons got the SIGINT too (same foreground process group), so DEL
+    // could only fail; the teardown removes the pods' namespaces and the lab's etcd anyway.
+    let deletable = if INTERRUPTED.load(Ordering::SeqCst) {
+        &pods[..0]
+    } else {
+        &pods[..]
+    };
+    for (pod, _, _) in deletable {
+        if let Err(e) = lab.cni_del(pod) {
+            eprintln!("DEL {}: {e:#}", pod.name);
+            all_ok = false;
+        }
+    }
+    drop(lab);
+    Ok(all_ok)
+}
+
+/// The lab's racks, nodes, etcd and netmasters, up and running.
+fn build_lab(args: &Args) -> Result<Lab> {
     let lab = Lab::builder()
         .racks(args.racks)
         .nodes_per_rack(args.nodes_per_rack)
@@ -116,10 +154,14 @@ fn run(args: &Args) -> Result<bool> {
         ),
         None => eprintln!("control plane in plaintext (RACKLINE_LAB_TLS=0)"),
     }
+    Ok(lab)
+}
 
+/// `per_node` pods on every node, each ADDed: (pod, address, gateway).
+fn add_pods(lab: &Lab, per_node: usize) -> Result<Vec<(Pod, Cidr4, String)>> {
     let mut pods: Vec<(Pod, Cidr4, String)> = Vec::new();
     for node in lab.nodes() {
-        for _ in 0..args.pods_per_node {
+        for _ in 0..per_node {
             interrupted()?;
             let pod = lab.add_pod(node.index(), &format!("web-{}", pods.len() + 1))?;
             let result = lab.cni_add(&pod)?;
@@ -132,6 +174,12 @@ fn run(args: &Args) -> Result<bool> {
         }
     }
 
+    Ok(pods)
+}
+
+/// The networks and every pod with its rack, node, address and gateway;
+/// false when a pod's gateway is not its own rack's TOR.
+fn print_topology(lab: &Lab, pods: &[(Pod, Cidr4, String)]) -> bool {
     println!(
         "Rackline lab {} — logs in {}",
         lab.id(),
@@ -193,8 +241,15 @@ fn run(args: &Args) -> Result<bool> {
         &rows,
     );
 
+    all_ok
+}
+
+/// Pings between every pod, gateway and node, printed as a matrix; false
+/// when a path fails.
+fn print_connectivity(lab: &Lab, pods: &[(Pod, Cidr4, String)]) -> bool {
+    let mut all_ok = true;
     let mut sources: Vec<Endpoint> = Vec::new();
-    for (pod, addr, _) in &pods {
+    for (pod, addr, _) in pods {
         sources.push(Endpoint {
             label: pod.name.clone(),
             netns: Some(&pod.netns),
@@ -222,7 +277,6 @@ fn run(args: &Args) -> Result<bool> {
     targets.extend(&gateways);
     targets.extend(&sources[pods.len()..]);
 
-    interrupted()?;
     let matrix: Vec<Vec<Option<bool>>> = std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = sources
             .iter()
@@ -281,46 +335,22 @@ fn run(args: &Args) -> Result<bool> {
             "SOME PATHS FAILED"
         }
     );
+    all_ok
+}
+
+/// The etcd invariants (no address twice, blocks inside their racks, …).
+fn print_invariants(lab: &Lab) -> bool {
     match lab.invariants() {
         Ok(report) => {
-            all_ok &= report.ok();
+            let ok = report.ok();
             println!("etcd invariants: {report}");
+            ok
         }
         Err(e) => {
-            all_ok = false;
             println!("etcd invariants: cannot read etcd: {e:#}");
+            false
         }
     }
-
-    print_observability(&lab);
-
-    if args.keep && !INTERRUPTED.load(Ordering::SeqCst) {
-        println!();
-        println!("lab kept; namespaces: {}", lab.netns_names().join(" "));
-        if let Some((pod, _, _)) = pods.first() {
-            println!(
-                "  e.g. nsenter --net={} ip addr",
-                pod.netns.path().display()
-            );
-        }
-        println!("press Ctrl-C to tear down");
-        let _ = signals.recv();
-    }
-    // After Ctrl-C the daemons got the SIGINT too (same foreground process group), so DEL
-    // could only fail; the teardown removes the pods' namespaces and the lab's etcd anyway.
-    let deletable = if INTERRUPTED.load(Ordering::SeqCst) {
-        &pods[..0]
-    } else {
-        &pods[..]
-    };
-    for (pod, _, _) in deletable {
-        if let Err(e) = lab.cni_del(pod) {
-            eprintln!("DEL {}: {e:#}", pod.name);
-            all_ok = false;
-        }
-    }
-    drop(lab);
-    Ok(all_ok)
 }
 
 /// The tail of the IP event stream and the pool utilisation gauges, as an operator sees them.
