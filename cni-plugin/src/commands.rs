@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::conf::{NetConf, SUPPORTED_VERSIONS};
 use crate::datapath::{self, AddPlan, Added};
 use crate::env::{Attachment, DelEnv, PodEnv};
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::ipam::IpamClient;
 use crate::probe::{self, Conflict, ProbeParams};
 use crate::{spool, teardown, verify};
@@ -34,7 +34,7 @@ fn plan_from(
     net: Option<&pb::NetworkConfig>,
     filter: &[u8],
 ) -> Result<AddPlan, CniError> {
-    let bad = |d: String| CniError::new(code::IPAM, "rackline-ipamd sent an unusable answer", d);
+    let bad = CniError::IpamUnusable;
     let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
     let net = net.ok_or_else(|| bad("no network in the reply".into()))?;
     let address: Ipv4Network = lease
@@ -124,13 +124,8 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
     // A release DEL spooled for this very attachment (podman's network
     // reload re-adds under the same container id) must not free the lease
     // this ADD is about to take.
-    spool::forget(&conf.vlan.runtime_dir, &conf.network, &env.attachment).map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "cannot clear a spooled release of this attachment",
-            e.to_string(),
-        )
-    })?;
+    spool::forget(&conf.vlan.runtime_dir, &conf.network, &env.attachment)
+        .map_err(CniError::SpoolClear)?;
     drop(spool_step);
     let mut ipam = {
         let _s = crate::step!("ipamd_connect");
@@ -144,10 +139,8 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
         let (reply, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
             Ok(r) => r,
             // The quarantined addresses were the last free ones.
-            Err(e) if e.code == code::EXHAUSTED && !conflicts.is_empty() => {
-                let mut e2 = probe::exhausted_error(&conflicts, &conf.network);
-                e2.details = format!("{}; then: {}", e2.details, e.details);
-                return Err(e2);
+            Err(e @ CniError::Exhausted(_)) if !conflicts.is_empty() => {
+                return Err(probe::exhausted_error(&conflicts, &conf.network, Some(e)));
             }
             Err(e) => return Err(e),
         };
@@ -188,7 +181,7 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
             break;
         }
     }
-    Err(probe::exhausted_error(&conflicts, &conf.network))
+    Err(probe::exhausted_error(&conflicts, &conf.network, None))
 }
 
 /// One Allocate and one datapath attempt. On a datapath error the fresh
@@ -313,25 +306,15 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
             let _ = go.try_send(());
         }
         drop(go);
-        let released = releaser.join().unwrap_or_else(|_| {
-            Some(Err(CniError::new(
-                code::IPAM,
-                "releasing the address failed",
-                "the release thread panicked".to_string(),
-            )))
-        });
+        let released = releaser.join().unwrap_or(Some(Err(CniError::ReleaseFailed(
+            "the release thread panicked",
+        ))));
         (torn, released)
     });
     // A failed teardown fails the DEL (the runtime retries it), whether
     // or not the address was already released.
     torn?;
-    let released = released.unwrap_or_else(|| {
-        Err(CniError::new(
-            code::IPAM,
-            "releasing the address failed",
-            "the release did not run".to_string(),
-        ))
-    });
+    let released = released.unwrap_or(Err(CniError::ReleaseFailed("the release did not run")));
     match released {
         Ok(r) => {
             info!(released = r.released, address = %r.address, "DEL done");
@@ -339,21 +322,17 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
         }
         // ipamd is away (restarting, or stuck): the links are gone, so the
         // address is unused; hand the release to ipamd through the spool.
-        Err(e) if e.code == code::TRY_AGAIN_LATER => {
+        Err(e) if e.is_try_again_later() => {
             match spool::write(&conf.vlan.runtime_dir, &conf.network, att) {
                 Ok(path) => {
                     warn!(record = %path.display(), "{e}; links removed, release spooled for ipamd");
                     Ok(())
                 }
-                Err(io) => {
-                    let mut e = e;
-                    e.details = format!(
-                        "{}; spooling the release under {} failed too: {io}",
-                        e.details,
-                        conf.vlan.runtime_dir.display()
-                    );
-                    Err(e)
-                }
+                Err(cause) => Err(CniError::SpoolFailed {
+                    release: Box::new(e),
+                    dir: conf.vlan.runtime_dir.clone(),
+                    cause,
+                }),
             }
         }
         Err(e) => Err(e),
@@ -362,11 +341,9 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
 
 pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3") {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            "CHECK is not defined for this CNI version",
-            format!("cniVersion {} predates CHECK (0.4.0)", conf.cni_version),
-        ));
+        return Err(CniError::CheckNotDefined {
+            version: conf.cni_version.clone(),
+        });
     }
     let prev = conf
         .prev_result
@@ -382,18 +359,11 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
             container_id: env.attachment.container_id.as_str().to_owned(),
             ifname: env.attachment.ifname.as_str().to_owned(),
         })
-        .map_err(|e| {
+        .map_err(|e| match e {
             // ipamd answers NotFound both for "no lease" and "no network";
             // either way the attachment is not as ADD left it.
-            if e.code == code::UNKNOWN_NETWORK {
-                CniError::new(
-                    code::CHECK_FAILED,
-                    "CHECK failed: no lease for this attachment",
-                    e.details,
-                )
-            } else {
-                e
-            }
+            CniError::UnknownNetwork(d) => CniError::NoLease(d),
+            e => e,
         })?;
     let plan = plan_from(
         env,
@@ -405,25 +375,17 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
     if !reply.out_of_spec.is_empty() {
         // Settings recorded at ADD that the network no longer has (`racklinectl
         // network update`): the pod works, but not as the network says.
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            "the pod runs with settings its network no longer has (re-create it to apply them)",
-            reply.out_of_spec.join("; "),
-        ));
+        return Err(CniError::OutOfSpec(reply.out_of_spec));
     }
     if !prev.ips.iter().any(|ip| ip.address == plan.address) {
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            "the pod network is not as set up",
-            format!(
-                "the lease is {} but prevResult has {:?}",
-                plan.address,
-                prev.ips
-                    .iter()
-                    .map(|i| i.address.to_string())
-                    .collect::<Vec<_>>()
-            ),
-        ));
+        return Err(CniError::CheckFailed(format!(
+            "the lease is {} but prevResult has {:?}",
+            plan.address,
+            prev.ips
+                .iter()
+                .map(|i| i.address.to_string())
+                .collect::<Vec<_>>()
+        )));
     }
     // The MAC ADD reported for this interface: pods set up before stable
     // MACs existed keep their kernel-assigned one, and CHECK must not fail
@@ -448,13 +410,7 @@ fn check_filter(env: &PodEnv, plan: &AddPlan) -> Result<(), CniError> {
     let verdict = rackline_nft::PodTable::open(&ns, plan.ifname(), plan.address.ip())
         .and_then(|mut t| t.verify(&want))
         .map_err(|e| CniError::datapath(format!("reading the pod packet filter: {e}")))?;
-    verdict.map_err(|m| {
-        CniError::new(
-            code::CHECK_FAILED,
-            "the pod's packet filter is not as its policy says",
-            m.to_string(),
-        )
-    })
+    verdict.map_err(|m| CniError::FilterDiffers(m.to_string()))
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -479,8 +435,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
 }
 
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
-    let unavailable =
-        |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
+    let unavailable = CniError::NotAvailable;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)
         .map_err(|e| unavailable(e.to_string()))?;
     let s = ipam

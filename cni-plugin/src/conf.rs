@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::env::{parse_requested, Command};
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::result::CniResult;
 use crate::vlan::{VlanCleanup, VlanOptions};
 
@@ -157,33 +157,20 @@ impl NetConf {
     /// Parses stdin for `command` (not VERSION, which reads only the
     /// `cniVersion`).
     pub fn parse(stdin: &[u8], command: Command) -> Result<Self, CniError> {
-        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                code::DECODE,
-                "cannot decode the network configuration",
-                format!("stdin is not JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::Decode(format!("stdin is not JSON: {e}")))?;
         let Value::Object(m) = value else {
-            return Err(CniError::new(
-                code::DECODE,
-                "cannot decode the network configuration",
-                "stdin must be a JSON object",
-            ));
+            return Err(CniError::Decode("stdin must be a JSON object".into()));
         };
         let cni_version = opt_str(&m, "cniVersion")?
             .filter(|v| !v.is_empty())
             .ok_or_else(|| CniError::config("cniVersion is missing"))?;
         if !SUPPORTED_VERSIONS.contains(&cni_version) {
-            return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
-                "incompatible CNI version",
-                format!(
-                    "cniVersion {:?} is not supported; use one of {}",
-                    crate::env::truncated(cni_version),
-                    SUPPORTED_VERSIONS.join(", ")
-                ),
-            ));
+            return Err(CniError::IncompatibleVersion(format!(
+                "cniVersion {:?} is not supported; use one of {}",
+                crate::env::truncated(cni_version),
+                SUPPORTED_VERSIONS.join(", ")
+            )));
         }
         let name = opt_str(&m, "name")?
             .filter(|n| !n.is_empty())
@@ -323,7 +310,7 @@ fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniErr
     }
     let mut ips: Vec<Ipv4Addr> = Vec::new();
     for v in opt_array(rc, "ips")
-        .map_err(|e| CniError::config(format!("runtimeConfig.{}", e.details)))?
+        .map_err(|e| CniError::config(format!("runtimeConfig.{}", e.details())))?
         .unwrap_or_default()
     {
         let s = v
@@ -367,6 +354,7 @@ fn parse_valid_attachments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
         NetConf::parse(s.as_bytes(), Command::Add)
@@ -422,12 +410,12 @@ mod tests {
 
     #[test]
     fn bad_input_gets_the_right_code() {
-        assert_eq!(parse("not json").unwrap_err().code, code::DECODE);
-        assert_eq!(parse("[1]").unwrap_err().code, code::DECODE);
+        assert_eq!(parse("not json").unwrap_err().code(), code::DECODE);
+        assert_eq!(parse("[1]").unwrap_err().code(), code::DECODE);
         assert_eq!(
             parse(r#"{"cniVersion":"9.9.9","name":"n"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             code::INCOMPATIBLE_VERSION
         );
         for bad in [
@@ -463,7 +451,7 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":[5]}}"#,
         ] {
             let e = parse(bad).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}: {e}");
         }
     }
 
@@ -480,7 +468,7 @@ mod tests {
         assert_eq!(
             NetConf::parse(bad.as_bytes(), Command::Del)
                 .unwrap_err()
-                .code,
+                .code(),
             code::INVALID_CONFIG
         );
     }
@@ -496,7 +484,7 @@ mod tests {
         assert_eq!(c.requested(None).unwrap(), Some(want));
         assert_eq!(c.requested(Some(want)).unwrap(), Some(want));
         let e = c.requested(Some(Ipv4Addr::new(10, 10, 0, 71))).unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.code(), code::INVALID_CONFIG);
     }
 
     #[test]
@@ -519,7 +507,7 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
         ] {
             let e = NetConf::parse(bad.as_bytes(), Command::Gc).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}");
         }
     }
 

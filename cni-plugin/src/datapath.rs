@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::arp::ArpSocket;
 use crate::env::Attachment;
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::names;
 use crate::owner::{Owner, Role};
 use crate::probe::{self, ProbeParams};
@@ -136,9 +136,10 @@ fn open_pod_sockets(pod_ns: &Netns, plan: &AddPlan) -> Result<PodSockets, CniErr
         .transpose()
         .map_err(|e| CniError::datapath(format!("opening nf_tables in the pod netns: {e}")))?;
     let (arp, old) = arp.map_err(|e| {
-        CniError::datapath(format!(
-            "preparing the announcement (ARP socket or arp_notify) in the pod netns: {e}"
-        ))
+        CniError::datapath_by(
+            "preparing the announcement (ARP socket or arp_notify) in the pod netns",
+            e,
+        )
     })?;
     Ok((nl, arp, old, table))
 }
@@ -158,20 +159,12 @@ enum Undo {
 /// pod" there would put the macvlan, addresses and a default route on the
 /// node.
 pub fn open_pod_netns(path: &Path) -> Result<Netns, CniError> {
-    let shown = path.display();
-    let ns = Netns::open(path).map_err(|e| {
-        if e.is_not_found() {
-            CniError::new(
-                code::CONTAINER_UNKNOWN,
-                "the pod network namespace does not exist",
-                format!("{shown}: {e}"),
-            )
+    let ns = Netns::open(path).map_err(|cause| {
+        let path = path.to_owned();
+        if cause.is_not_found() {
+            CniError::NetnsNotFound { path, cause }
         } else {
-            CniError::new(
-                code::INVALID_ENV,
-                "CNI_NETNS is not a usable network namespace",
-                format!("CNI_NETNS={shown}: {e}"),
-            )
+            CniError::NetnsUnusable { path, cause }
         }
     })?;
     if is_own(&ns, path)? {
@@ -181,28 +174,20 @@ pub fn open_pod_netns(path: &Path) -> Result<Netns, CniError> {
 }
 
 pub(crate) fn own_netns_error(path: &Path) -> CniError {
-    CniError::new(
-        code::INVALID_ENV,
-        "CNI_NETNS is the plugin's own network namespace",
-        format!(
-            "CNI_NETNS={} is the namespace the plugin runs in (the node's): refusing to configure it as a pod",
-            path.display()
-        ),
-    )
+    CniError::OwnNetns {
+        path: path.to_owned(),
+    }
 }
 
 pub(crate) fn is_own(ns: &Netns, path: &Path) -> Result<bool, CniError> {
-    ns.is_current().map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "cannot identify the pod network namespace",
-            format!("{}: {e}", path.display()),
-        )
+    ns.is_current().map_err(|cause| CniError::NetnsIdentity {
+        path: path.to_owned(),
+        cause,
     })
 }
 
 pub(crate) fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("{what}: {e}"))
+    CniError::datapath_by(what, e)
 }
 
 /// The node's own IPv4 addresses (global scope), those on the master first,
@@ -367,7 +352,7 @@ fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), C
         std::fs::write(base.join("arp_announce"), b"2")
     })
     .map_err(|e| dp("entering the pod netns", e))?;
-    r.map_err(|e| CniError::datapath(format!("setting arp_ignore/arp_announce on {ifname}: {e}")))
+    r.map_err(|e| CniError::datapath_by(format!("setting arp_ignore/arp_announce on {ifname}"), e))
 }
 
 /// Creates a link's mark; the link was born in the group already.

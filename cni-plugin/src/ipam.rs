@@ -10,7 +10,7 @@ use rackline_proto::ipam::v1 as pb;
 use rackline_proto::ipam::v1::ipam_client::IpamClient as GrpcClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::error::{code, CniError};
+use crate::error::CniError;
 
 pub struct IpamClient {
     rt: tokio::runtime::Runtime,
@@ -24,20 +24,14 @@ pub struct IpamClient {
 /// The call failed because the connection broke (ipamd killed or restarted between the dial
 /// and the answer), not because ipamd answered.
 fn connection_lost(e: &CniError) -> bool {
-    e.msg == UNREACHABLE
+    matches!(e, CniError::IpamUnreachable { .. })
 }
 
-const UNREACHABLE: &str = "rackline-ipamd is unreachable";
-
 fn unreachable(socket: &Path, why: impl std::fmt::Display) -> CniError {
-    CniError::new(
-        code::TRY_AGAIN_LATER,
-        UNREACHABLE,
-        format!(
-            "{}: {why} (is rackline-ipamd running on this node?)",
-            socket.display()
-        ),
-    )
+    CniError::IpamUnreachable {
+        socket: socket.to_owned(),
+        why: why.to_string(),
+    }
 }
 
 /// Maps an ipamd answer to the CNI code a runtime acts on.
@@ -46,11 +40,7 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
     let msg = s.message().to_string();
     match s.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                "rackline-ipamd is busy, starting or cannot reach etcd",
-                msg,
-            )
+            CniError::TryAgainLater(msg)
         }
         Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
             unreachable(socket, msg)
@@ -62,32 +52,17 @@ pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
                 .get("rackline-error")
                 .is_some_and(|v| v.as_bytes() == b"requested-address") =>
         {
-            CniError::new(
-                code::REQUESTED_ADDRESS,
-                "the requested address cannot be given",
-                msg,
-            )
+            CniError::RequestedAddress(msg)
         }
-        Code::NotFound => CniError::new(code::UNKNOWN_NETWORK, "unknown Rackline network", msg),
-        Code::ResourceExhausted => CniError::new(code::EXHAUSTED, "no free address", msg),
-        Code::InvalidArgument => {
-            CniError::new(code::INVALID_CONFIG, "ipamd rejected the request", msg)
-        }
-        Code::AlreadyExists => CniError::new(
-            code::STICKY_LIVE,
-            "the pod's sticky address is in use by the same pod on another node",
-            msg,
-        ),
-        Code::OutOfRange => CniError::new(
-            code::STICKY_WRONG_RACK,
-            "the pod's sticky address belongs to another rack",
-            msg,
-        ),
-        _ => CniError::new(
-            code::IPAM,
-            "rackline-ipamd failed",
-            format!("{:?}: {msg}", s.code()),
-        ),
+        Code::NotFound => CniError::UnknownNetwork(msg),
+        Code::ResourceExhausted => CniError::Exhausted(msg),
+        Code::InvalidArgument => CniError::IpamRejected(msg),
+        Code::AlreadyExists => CniError::StickyLiveElsewhere(msg),
+        Code::OutOfRange => CniError::StickyWrongRack(msg),
+        status => CniError::Ipam {
+            status,
+            message: msg,
+        },
     }
 }
 
@@ -144,13 +119,7 @@ impl IpamClient {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| {
-                CniError::new(
-                    code::IO_FAILURE,
-                    "cannot start the ipamd client",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(CniError::ClientRuntime)?;
         let path = socket.to_path_buf();
         let stream = rt.block_on(dial(&path, wait))?;
         // The URI is a placeholder: the connector below hands tonic the
@@ -233,11 +202,10 @@ impl IpamClient {
         {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => Err(map_status(s, &self.socket)),
-            Err(_) => Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                "rackline-ipamd did not answer in time",
-                format!("no answer within {timeout:?} on {}", self.socket.display()),
-            )),
+            Err(_) => Err(CniError::IpamTimeout {
+                socket: self.socket.clone(),
+                after: timeout,
+            }),
         }
     }
 
@@ -289,6 +257,7 @@ impl IpamClient {
 #[cfg(test)]
 mod requested_tests {
     use super::*;
+    use crate::error::code;
 
     #[test]
     fn a_refused_requested_address_is_code_107_other_preconditions_stay_104() {
@@ -298,12 +267,12 @@ mod requested_tests {
             tonic::metadata::MetadataValue::from_static("requested-address"),
         );
         let e = map_status(s, Path::new("/run/rackline/ipamd.sock"));
-        assert_eq!(e.code, code::REQUESTED_ADDRESS);
+        assert_eq!(e.code(), code::REQUESTED_ADDRESS);
         assert!(e.to_string().contains("10.0.0.5 is the gateway"), "{e}");
         let plain = map_status(
             tonic::Status::failed_precondition("rack-bound"),
             Path::new("/x"),
         );
-        assert_eq!(plain.code, code::IPAM);
+        assert_eq!(plain.code(), code::IPAM);
     }
 }

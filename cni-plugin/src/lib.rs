@@ -90,7 +90,7 @@ fn answer(inv: &Invocation, stdout: &mut dyn Write, with_steps: bool) -> i32 {
             // The runtime shows stderr; a log file (if configured) gets the
             // same line inside the invocation's span.
             if LOG_TO_FILE.load(Ordering::Relaxed) {
-                error!(code = e.code, "{e}");
+                error!(code = e.code(), "{e}");
             }
             eprintln!("rackline: {e}");
             let _ = writeln!(stdout, "{}", e.to_json(&version));

@@ -18,7 +18,7 @@ use rackline_proto::ipam::v1 as pb;
 use tracing::warn;
 
 use crate::conf::NetConf;
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::names;
 use crate::owner::{Owner, Role};
 
@@ -94,13 +94,7 @@ pub fn effective(conf: &NetConf, net: &pb::NetworkConfig) -> Result<Option<Effec
         pod: pod.as_ref(),
         max: max.as_ref(),
     })
-    .map_err(|e| {
-        CniError::new(
-            code::IPAM,
-            "rackline-ipamd sent an unusable answer",
-            format!("QoS levels: {e}"),
-        )
-    })
+    .map_err(|e| CniError::IpamUnusable(format!("QoS levels: {e}")))
 }
 
 /// The tbf for one resolved direction on a device with `mtu`: rate and
@@ -124,7 +118,7 @@ pub fn tbf_for(r: &Resolved, mtu: u32) -> Tbf {
 }
 
 fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("QoS: {what}: {e}"))
+    CniError::datapath_by(format!("QoS: {what}"), e)
 }
 
 /// Applies `eff` to the pod interface `mv` (up, in the pod netns). On
@@ -206,13 +200,7 @@ pub fn check(
     owner: &Owner,
     eff: Option<&Effective>,
 ) -> Result<(), CniError> {
-    let fail = |d: String| {
-        CniError::new(
-            code::CHECK_FAILED,
-            "the pod network is not as set up",
-            format!("QoS: {d}"),
-        )
-    };
+    let fail = |d: String| CniError::CheckFailed(format!("QoS: {d}"));
     let qdiscs = pod.qdiscs(mv.index).map_err(|e| dp("listing qdiscs", e))?;
     let root_tbf = qdiscs.iter().find(|q| q.kind == "tbf").and_then(|q| q.tbf);
     match (eff.and_then(|e| e.egress.as_ref()), root_tbf) {
@@ -291,6 +279,7 @@ fn same_tbf(dir: &str, want: &Tbf, got: &Tbf) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
     use rackline_model::qos::{Level, Limit};
 
     fn conf(rc: &str) -> NetConf {
@@ -333,7 +322,7 @@ mod tests {
             r#"{"egressRate":5000000000000}"#,
         ] {
             let e = pod_request(&conf(bad)).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}: {e}");
         }
         // Negative numbers do not even decode: also code 7.
         let e = NetConf::parse(
@@ -341,7 +330,7 @@ mod tests {
             crate::env::Command::Add,
         )
         .unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.code(), code::INVALID_CONFIG);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::datapath::{dp, is_own};
 use crate::env::Attachment;
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::owner::{Owner, Role};
 use crate::routes::host_net;
 
@@ -32,16 +32,14 @@ fn open_for_del(path: &Path) -> Result<Option<Netns>, CniError> {
         }
         Ok(ns) => Ok(Some(ns)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e @ NetlinkError::NotANamespace { .. }) => Err(CniError::new(
-            code::INVALID_ENV,
-            "CNI_NETNS is not a network namespace",
-            format!("CNI_NETNS={}: {e}", path.display()),
-        )),
-        Err(e) => Err(CniError::new(
-            code::IO_FAILURE,
-            "cannot open the pod network namespace",
-            format!("{}: {e}", path.display()),
-        )),
+        Err(cause @ NetlinkError::NotANamespace { .. }) => Err(CniError::NotANetns {
+            path: path.to_owned(),
+            cause,
+        }),
+        Err(cause) => Err(CniError::NetnsOpen {
+            path: path.to_owned(),
+            cause,
+        }),
     }
 }
 

@@ -4,13 +4,13 @@
 use rackline_netlink::{LinkInfo, Netlink};
 
 use crate::datapath::{dp, lookup, open_pod_netns, result_interfaces, AddPlan};
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::owner::{Owner, Role};
 use crate::result::{format_mac, CniResult, IpConfig, Route};
 use crate::routes::{default_dst, host_net};
 
 fn fail(d: String) -> CniError {
-    CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d)
+    CniError::CheckFailed(d)
 }
 
 /// The result of an ADD that already happened (a repeated ADD of a healthy

@@ -89,11 +89,11 @@ pub struct Attached {
 }
 
 fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("{what}: {e}"))
+    CniError::datapath_by(what, e)
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
-    CniError::datapath(format!("{what} {}: {e}", path.display()))
+    CniError::datapath_by(format!("{what} {}", path.display()), e)
 }
 
 /// The registry key of an attachment: the name-safe hash DEL recomputes.
@@ -556,7 +556,7 @@ mod tests {
         let e = DeviceLock::acquire(&ns, "uplink.400", Duration::from_millis(150))
             .err()
             .expect("the lock is held");
-        assert!(e.details.contains("still locked"), "{e}");
+        assert!(e.details().contains("still locked"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
@@ -573,7 +573,7 @@ mod tests {
         let e = DeviceLock::acquire(&ns, "uplink.500", WAIT)
             .err()
             .expect("a FIFO is no lock file");
-        assert!(e.details.contains("a FIFO"), "{e}");
+        assert!(e.details().contains("a FIFO"), "{e}");
     }
 
     #[test]
