@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rackline_proto::ipam::v1 as pb;
 use rackline_proto::ipam::v1::ipam_client::IpamClient as GrpcClient;
+use rackline_proto::reason::IpamReason;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::CniError;
@@ -34,33 +35,54 @@ fn unreachable(socket: &Path, why: impl std::fmt::Display) -> CniError {
     }
 }
 
-/// Maps an ipamd answer to the CNI code a runtime acts on.
+/// Maps an ipamd answer to the plugin's error. ipamd names its reason in
+/// the status (`google.rpc.ErrorInfo`, [`IpamReason`]); an older ipamd
+/// does not, and its reason is read from the gRPC code instead. Either way
+/// the reason becomes a [`CniError`] in [`error_for`] alone.
 pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
     use tonic::Code;
     let msg = s.message().to_string();
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
-            CniError::TryAgainLater(msg)
-        }
-        Code::Unknown if msg.contains("transport") || msg.contains("connect") => {
-            unreachable(socket, msg)
-        }
+    let reason = IpamReason::of(&s).or_else(|| {
         // ipamd tags refusals that share a gRPC code (see
         // rackline_ipamd::service::ERROR_KIND_KEY).
-        Code::FailedPrecondition
-            if s.metadata()
-                .get("rackline-error")
-                .is_some_and(|v| v.as_bytes() == b"requested-address") =>
-        {
-            CniError::RequestedAddress(msg)
+        let requested = s
+            .metadata()
+            .get("rackline-error")
+            .is_some_and(|v| v.as_bytes() == b"requested-address");
+        IpamReason::from_legacy_code(s.code(), requested)
+    });
+    match (reason, s.code()) {
+        (Some(r), code) => error_for(r, code, msg),
+        // Not ipamd's answer: tonic's own, about the connection.
+        (None, Code::DeadlineExceeded | Code::Cancelled) => CniError::TryAgainLater(msg),
+        (None, Code::Unknown) if msg.contains("transport") || msg.contains("connect") => {
+            unreachable(socket, msg)
         }
-        Code::NotFound => CniError::UnknownNetwork(msg),
-        Code::ResourceExhausted => CniError::Exhausted(msg),
-        Code::InvalidArgument => CniError::IpamRejected(msg),
-        Code::AlreadyExists => CniError::StickyLiveElsewhere(msg),
-        Code::OutOfRange => CniError::StickyWrongRack(msg),
-        status => CniError::Ipam {
+        (None, status) => CniError::Ipam {
             status,
+            message: msg,
+        },
+    }
+}
+
+/// The one mapping from ipamd's reason to the plugin's error (`code`: the
+/// status's gRPC code, shown for the reasons the plugin has no name for).
+fn error_for(reason: IpamReason, code: tonic::Code, msg: String) -> CniError {
+    use IpamReason as R;
+    match reason {
+        R::UnknownNetwork => CniError::UnknownNetwork(msg),
+        // CHECK turns "no network" into "no lease" too; said outright here.
+        R::NoLease => CniError::NoLease(msg),
+        R::Exhausted => CniError::Exhausted(msg),
+        R::InvalidRequest | R::BadAnnotation => CniError::IpamRejected(msg),
+        R::Unavailable | R::NotReady | R::PolicyNotSynced | R::Contended => {
+            CniError::TryAgainLater(msg)
+        }
+        R::StickyLiveElsewhere => CniError::StickyLiveElsewhere(msg),
+        R::StickyWrongRack => CniError::StickyWrongRack(msg),
+        R::RequestedAddress => CniError::RequestedAddress(msg),
+        R::NotInRack | R::Store => CniError::Ipam {
+            status: code,
             message: msg,
         },
     }
@@ -274,5 +296,104 @@ mod requested_tests {
             Path::new("/x"),
         );
         assert_eq!(plain.code(), code::IPAM);
+    }
+
+    fn json(e: &CniError) -> serde_json::Value {
+        serde_json::from_str(&e.to_json("1.1.0")).unwrap()
+    }
+
+    /// What an ipamd that predates reasons sends for `r`: the same code
+    /// and message, no detail (and the old tag on a requested address).
+    fn legacy(r: IpamReason, msg: &str) -> tonic::Status {
+        let mut s = tonic::Status::new(r.code(), msg);
+        if r == IpamReason::RequestedAddress {
+            s.metadata_mut().insert(
+                "rackline-error",
+                tonic::metadata::MetadataValue::from_static("requested-address"),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn each_reason_maps_to_its_cni_code_and_an_older_ipamd_gets_the_same_answer() {
+        use IpamReason as R;
+        let socket = Path::new("/run/rackline/ipamd.sock");
+        let want = [
+            (R::UnknownNetwork, code::UNKNOWN_NETWORK),
+            (R::NoLease, code::CHECK_FAILED),
+            (R::Exhausted, code::EXHAUSTED),
+            (R::InvalidRequest, code::INVALID_CONFIG),
+            (R::BadAnnotation, code::INVALID_CONFIG),
+            (R::Unavailable, code::TRY_AGAIN_LATER),
+            (R::NotReady, code::TRY_AGAIN_LATER),
+            (R::PolicyNotSynced, code::TRY_AGAIN_LATER),
+            (R::Contended, code::TRY_AGAIN_LATER),
+            (R::NotInRack, code::IPAM),
+            (R::StickyLiveElsewhere, code::STICKY_LIVE),
+            (R::StickyWrongRack, code::STICKY_WRONG_RACK),
+            (R::RequestedAddress, code::REQUESTED_ADDRESS),
+            (R::Store, code::IPAM),
+        ];
+        assert_eq!(want.len(), R::ALL.len(), "every reason has a row");
+        for (r, cni) in want {
+            let typed = map_status(r.status("why"), socket);
+            assert_eq!(typed.code(), cni, "{r}: {typed}");
+            assert!(typed.to_string().contains("why"), "{r}: {typed}");
+            let old = map_status(legacy(r, "why"), socket);
+            if r == R::NoLease {
+                // The code alone cannot tell "no lease" from "no network";
+                // CHECK turns the latter into the former (commands.rs).
+                assert!(matches!(old, CniError::UnknownNetwork(_)), "{old}");
+            } else {
+                assert_eq!(json(&typed), json(&old), "{r}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reason_wins_over_the_code_and_an_unknown_reason_falls_back_to_it() {
+        use tonic_types::StatusExt;
+        let socket = Path::new("/x");
+        // A status whose code alone would say "ipamd failed" (104).
+        let s = tonic::Status::with_error_details(
+            tonic::Code::FailedPrecondition,
+            "10.0.0.9 is excluded",
+            tonic_types::ErrorDetails::with_error_info(
+                IpamReason::RequestedAddress.as_str(),
+                rackline_proto::reason::DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+        );
+        assert!(matches!(
+            map_status(s, socket),
+            CniError::RequestedAddress(m) if m == "10.0.0.9 is excluded"
+        ));
+        // A newer ipamd's reason this plugin does not know: the code decides.
+        let newer = tonic::Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            "full",
+            tonic_types::ErrorDetails::with_error_info(
+                "SOMETHING_NEWER",
+                rackline_proto::reason::DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+        );
+        assert_eq!(map_status(newer, socket).code(), code::EXHAUSTED);
+    }
+
+    #[test]
+    fn answers_that_are_not_ipamds_keep_their_old_mapping() {
+        let socket = Path::new("/run/rackline/ipamd.sock");
+        let dl = map_status(tonic::Status::deadline_exceeded("slow"), socket);
+        assert!(matches!(dl, CniError::TryAgainLater(_)), "{dl}");
+        let tr = map_status(tonic::Status::unknown("transport error"), socket);
+        assert!(matches!(tr, CniError::IpamUnreachable { .. }), "{tr}");
+        let other = map_status(tonic::Status::permission_denied("peer uid"), socket);
+        assert_eq!(
+            json(&other)["details"],
+            "PermissionDenied: peer uid",
+            "{other}"
+        );
     }
 }
