@@ -26,6 +26,7 @@ use tracing::warn;
 use crate::arp::ArpSocket;
 use crate::env::Attachment;
 use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::names;
 use crate::owner::{Owner, Role};
 use crate::probe::{self, ProbeParams};
@@ -145,9 +146,14 @@ fn open_pod_sockets(pod_ns: &Netns, plan: &AddPlan) -> Result<PodSockets, CniErr
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
-enum Undo {
+#[derive(Debug)]
+pub(crate) enum Undo {
     NodeLink(u32),
     PodLink(u32, Role),
+    /// A link created under this name whose index is not read back yet: a
+    /// failed read-back must not leak it.
+    NodeLinkNamed(String),
+    PodLinkNamed(String, Role),
     Vlan(vlan::Attached),
     /// A source rule in the pod (routes in its table go with the links).
     PodRule(RuleSpec),
@@ -274,29 +280,15 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     if matches!(r, Ok(Added::Configured(_))) {
         return r;
     }
-    for step in undo.into_iter().rev() {
-        let done = match step {
-            Undo::NodeLink(i) => delete_own(&mut host, i, Role::NodeVeth, &owner),
-            Undo::PodLink(i, role) => delete_own(&mut pod, i, role, &owner),
-            Undo::PodRule(r) => match pod.del_rule(&r) {
-                Err(e) if !e.is_not_found() => Err(e),
-                _ => Ok(()),
-            },
-            Undo::Vlan(a) => {
-                vlan::rollback(
-                    &mut host,
-                    &plan.vlan_opts,
-                    &a,
-                    plan.container_id(),
-                    plan.ifname(),
-                );
-                Ok(())
-            }
-        };
-        if let Err(re) = done {
-            warn!("rollback step failed: {re}");
-        }
-    }
+    roll_back(undo, &mut host, &mut pod, &owner, |host, a| {
+        vlan::rollback(
+            host,
+            &plan.vlan_opts,
+            &a,
+            plan.container_id(),
+            plan.ifname(),
+        );
+    });
     if let Some(t) = table.as_mut() {
         if let Err(e) = t.remove() {
             warn!(
@@ -309,6 +301,38 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     r
 }
 
+/// Undoes what a failed ADD did, newest first; every link is re-checked
+/// before its deletion (`delete_own`). A failing undo step is logged and
+/// the rest still run. `vlan` undoes a VLAN attachment (its registry lives
+/// outside netlink).
+pub(crate) fn roll_back<H: LinkOps>(
+    undo: Vec<Undo>,
+    host: &mut H,
+    pod: &mut dyn LinkOps,
+    owner: &Owner,
+    mut vlan: impl FnMut(&mut H, vlan::Attached),
+) {
+    for step in undo.into_iter().rev() {
+        let done = match step {
+            Undo::NodeLink(i) => delete_own(host, i, Role::NodeVeth, owner),
+            Undo::PodLink(i, role) => delete_own(pod, i, role, owner),
+            Undo::NodeLinkNamed(name) => delete_own_named(host, &name, Role::NodeVeth, owner),
+            Undo::PodLinkNamed(name, role) => delete_own_named(pod, &name, role, owner),
+            Undo::PodRule(r) => match pod.del_rule(&r) {
+                Err(e) if !e.is_not_found() => Err(e),
+                _ => Ok(()),
+            },
+            Undo::Vlan(a) => {
+                vlan(host, a);
+                Ok(())
+            }
+        };
+        if let Err(re) = done {
+            warn!("rollback step failed: {re}");
+        }
+    }
+}
+
 fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
     if let Some(old) = old.filter(|o| o != "1") {
         if let Err(e) = write_sysctl_in(pod_ns, ARP_NOTIFY, &old) {
@@ -317,9 +341,27 @@ fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
     }
 }
 
+/// [`delete_own`] of the link now under `name`, if any.
+fn delete_own_named(
+    nl: &mut dyn LinkOps,
+    name: &str,
+    role: Role,
+    owner: &Owner,
+) -> Result<(), NetlinkError> {
+    match nl.link_by_name(name)? {
+        Some(l) => delete_own(nl, l.index, role, owner),
+        None => Ok(()),
+    }
+}
+
 /// Rollback of one link this ADD created: deleted by index only while it
 /// still is what was created (kind, group, and no mark or ours).
-fn delete_own(nl: &mut Netlink, index: u32, role: Role, owner: &Owner) -> Result<(), NetlinkError> {
+fn delete_own(
+    nl: &mut dyn LinkOps,
+    index: u32,
+    role: Role,
+    owner: &Owner,
+) -> Result<(), NetlinkError> {
     let Some(l) = nl.link_by_index(index)? else {
         return Ok(());
     };
@@ -356,7 +398,7 @@ fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), C
 }
 
 /// Creates a link's mark; the link was born in the group already.
-fn mark(nl: &mut Netlink, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
+fn mark(nl: &mut dyn LinkOps, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
     nl.set_alias(l.index, &owner.mark)
         .map_err(|e| dp(&format!("marking {}", l.name), e))
 }
@@ -402,53 +444,10 @@ fn build(
         let _s = crate::step!("node_addrs");
         node_addresses(host, master.index)?
     };
-    let stale_step = crate::step!("stale_veth_check");
-
-    // A node veth left by a crashed earlier ADD of this very attachment
-    // would block the new one: removed, but only when it provably is this
-    // attachment's (a stranger under that name fails the ADD instead).
-    let host_veth = owner.name(Role::NodeVeth);
-    if let Some(stale) = host
-        .link_by_name(&host_veth)
-        .map_err(|e| dp("looking up veth", e))?
-    {
-        if owner.owns(&stale, Role::NodeVeth, false).is_none() {
-            return Err(CniError::datapath(format!(
-                "a link named {host_veth} exists on the node and is not this attachment's (kind {:?}, alias {:?}); remove or rename it",
-                stale.kind, stale.alias
-            )));
-        }
-        warn!(name = %host_veth, "removing stale veth from an earlier attempt");
-        host.delete_link(stale.index)
-            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
-            .map_err(|e| dp("removing stale veth", e))?;
-    }
-
-    drop(stale_step);
-    // 1. macvlan, born in the pod netns and in the attachment's group.
-    let step = crate::step!("macvlan_create");
-    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner)?;
-    undo.push(Undo::PodLink(mv.index, Role::PodInterface));
-    drop(step);
-    let step = crate::step!("macvlan_mark");
-    mark(pod, &mv, owner)?;
-    drop(step);
+    let Created { mv, hv, pv } =
+        create_links(host, pod, Some(pod_ns), plan, parent, mtu, owner, undo)?;
     let step = crate::step!("arp_sysctls");
     answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
-    drop(step);
-
-    // 2. node<->pod veth, both ends in the group.
-    let step = crate::step!("veth_create");
-    let pod_veth = owner.name(Role::PodVeth);
-    host.create_veth_in_group(&host_veth, &pod_veth, Some(pod_ns), mtu, owner.group)
-        .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
-    let hv = lookup(host, &host_veth)?;
-    undo.push(Undo::NodeLink(hv.index));
-    drop(step);
-    let step = crate::step!("veth_mark");
-    mark(host, &hv, owner)?;
-    let pv = lookup(pod, &pod_veth)?;
-    mark(pod, &pv, owner)?;
     drop(step);
 
     // 3. pod side: probe → configure → up → announce (see probe.rs).
@@ -521,6 +520,80 @@ fn build(
     }))
 }
 
+/// The attachment's links, created and marked (macvlan in the pod, veth
+/// node<->pod), with their undo steps.
+pub(crate) struct Created {
+    pub mv: LinkInfo,
+    pub hv: LinkInfo,
+    pub pv: LinkInfo,
+}
+
+/// Creates and marks the attachment's links; each created link's undo is
+/// pushed as soon as it exists. `pod_ns`: where the pod-side links are
+/// born (always `Some` outside tests). The ARP sysctls of the macvlan are
+/// set by the caller once this returns (before any link is up).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn create_links(
+    host: &mut dyn LinkOps,
+    pod: &mut dyn LinkOps,
+    pod_ns: Option<&Netns>,
+    plan: &AddPlan,
+    parent: u32,
+    mtu: Option<u32>,
+    owner: &Owner,
+    undo: &mut Vec<Undo>,
+) -> Result<Created, CniError> {
+    let stale_step = crate::step!("stale_veth_check");
+
+    // A node veth left by a crashed earlier ADD of this very attachment
+    // would block the new one: removed, but only when it provably is this
+    // attachment's (a stranger under that name fails the ADD instead).
+    let host_veth = owner.name(Role::NodeVeth);
+    if let Some(stale) = host
+        .link_by_name(&host_veth)
+        .map_err(|e| dp("looking up veth", e))?
+    {
+        if owner.owns(&stale, Role::NodeVeth, false).is_none() {
+            return Err(CniError::datapath(format!(
+                "a link named {host_veth} exists on the node and is not this attachment's (kind {:?}, alias {:?}); remove or rename it",
+                stale.kind, stale.alias
+            )));
+        }
+        warn!(name = %host_veth, "removing stale veth from an earlier attempt");
+        host.delete_link(stale.index)
+            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+            .map_err(|e| dp("removing stale veth", e))?;
+    }
+
+    drop(stale_step);
+    // 1. macvlan, born in the pod netns and in the attachment's group.
+    let step = crate::step!("macvlan_create");
+    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner, undo)?;
+    drop(step);
+    let step = crate::step!("macvlan_mark");
+    mark(pod, &mv, owner)?;
+    drop(step);
+
+    // 2. node<->pod veth, both ends in the group.
+    let step = crate::step!("veth_create");
+    let pod_veth = owner.name(Role::PodVeth);
+    host.create_veth_in_group(&host_veth, &pod_veth, pod_ns, mtu, owner.group)
+        .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
+    undo.push(Undo::NodeLinkNamed(host_veth.clone()));
+    let hv = lookup(host, &host_veth)?;
+    // By index from now on: the name may be reused by a stranger later.
+    undo.pop();
+    undo.push(Undo::NodeLink(hv.index));
+    drop(step);
+    let step = crate::step!("veth_mark");
+    mark(host, &hv, owner)?;
+    let pv = lookup(pod, &pod_veth)?;
+    mark(pod, &pv, owner)?;
+    drop(step);
+
+    Ok(Created { mv, hv, pv })
+}
+
 /// The result's interfaces: the pod's macvlan, the one container-side
 /// interface (runtimes that re-add from a stored result — podman's
 /// `network reload` — take the first container interface they find, so a
@@ -549,45 +622,50 @@ pub(crate) fn result_interfaces(
     ]
 }
 
-pub(crate) fn lookup(nl: &mut Netlink, name: &str) -> Result<LinkInfo, CniError> {
+pub(crate) fn lookup(nl: &mut dyn LinkOps, name: &str) -> Result<LinkInfo, CniError> {
     nl.link_by_name(name)
         .map_err(|e| dp(&format!("looking up {name}"), e))?
         .ok_or_else(|| CniError::datapath(format!("{name} vanished right after creation")))
 }
 
+/// Creates the pod's macvlan; its undo step is pushed the moment it
+/// exists.
+#[allow(clippy::too_many_arguments)]
 fn create_macvlan(
-    host: &mut Netlink,
-    pod: &mut Netlink,
-    pod_ns: &Netns,
+    host: &mut dyn LinkOps,
+    pod: &mut dyn LinkOps,
+    pod_ns: Option<&Netns>,
     plan: &AddPlan,
     parent: u32,
     mtu: Option<u32>,
     owner: &Owner,
+    undo: &mut Vec<Undo>,
 ) -> Result<LinkInfo, CniError> {
     let mode = MacvlanMode::Bridge;
     let ifname = plan.ifname();
-    match host.create_macvlan_in_group(
-        ifname,
-        parent,
-        mode,
-        mtu,
-        plan.mac,
-        Some(pod_ns),
-        owner.group,
-    ) {
-        Ok(()) => return lookup(pod, ifname),
+    let role = Role::PodInterface;
+    // Read back by name, then undone by index.
+    let mut created = |pod: &mut dyn LinkOps, name: &str| {
+        undo.push(Undo::PodLinkNamed(name.to_owned(), role));
+        let l = lookup(pod, name)?;
+        undo.pop();
+        undo.push(Undo::PodLink(l.index, role));
+        Ok::<_, CniError>(l)
+    };
+    match host.create_macvlan_in_group(ifname, parent, mode, mtu, plan.mac, pod_ns, owner.group) {
+        Ok(()) => return created(pod, ifname),
         Err(e) if e.is_exists() => {}
         Err(e) => return Err(dp(&format!("creating macvlan {ifname}"), e)),
     }
     // The name is taken in the node netns (the kernel checks it there even
     // for a link born elsewhere) or in the pod: create under a temporary name
-    // and rename inside the pod, where only a real clash fails.
+    // and rename inside the pod, where only a real clash fails. On failure
+    // the rollback deletes the temporary link (its undo step is pushed).
     let tmp = names::temporary();
-    host.create_macvlan_in_group(&tmp, parent, mode, mtu, plan.mac, Some(pod_ns), owner.group)
+    host.create_macvlan_in_group(&tmp, parent, mode, mtu, plan.mac, pod_ns, owner.group)
         .map_err(|e| dp(&format!("creating macvlan {tmp}"), e))?;
-    let l = lookup(pod, &tmp)?;
+    let l = created(pod, &tmp)?;
     if let Err(e) = pod.rename(l.index, ifname) {
-        let _ = pod.delete_link(l.index);
         return Err(if e.is_exists() {
             CniError::datapath(format!(
                 "an interface named {ifname} already exists in the pod netns"

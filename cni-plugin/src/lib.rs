@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod fsutil;
 pub mod ipam;
+pub mod links;
 pub mod names;
 pub mod owner;
 pub mod probe;
@@ -29,6 +30,9 @@ pub mod teardown;
 pub mod timing;
 pub mod verify;
 pub mod vlan;
+
+#[cfg(test)]
+mod datapath_tests;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use crate::datapath::{dp, is_own};
 use crate::env::Attachment;
 use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::owner::{Owner, Role};
 use crate::routes::host_net;
 
@@ -67,8 +68,13 @@ pub fn del(
         del_in_pod(ns, &owner, att.ifname.as_str(), &mut host, unaddressed)?;
     }
     let _s = crate::step!("node_veth_check");
-    // The node end is normally gone with its peer; it remains when the pod
-    // netns is unknown (containerd's second DEL) or a partial ADD left it.
+    remove_node_veth(&mut host, &owner)
+}
+
+/// The node end is normally gone with its peer; it remains when the pod
+/// netns is unknown (containerd's second DEL) or a partial ADD left it.
+/// Removed only when it provably is the attachment's.
+pub(crate) fn remove_node_veth(host: &mut dyn LinkOps, owner: &Owner) -> Result<(), CniError> {
     let name = owner.name(Role::NodeVeth);
     if let Some(l) = host
         .link_by_name(&name)
@@ -115,6 +121,17 @@ fn del_in_pod(
     let step = crate::step!("pod_netlink_open");
     let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     drop(step);
+    remove_pod_links(&mut pod, host, owner, unaddressed)
+}
+
+/// Removes the attachment's links in the pod (`pod`): only those it
+/// provably owns (`owner.rs`), its source rules and addresses first.
+pub(crate) fn remove_pod_links(
+    pod: &mut dyn LinkOps,
+    host: &mut dyn LinkOps,
+    owner: &Owner,
+    unaddressed: &mut dyn FnMut(),
+) -> Result<(), CniError> {
     let step = crate::step!("pod_links_list");
     let links = pod.links().map_err(|e| dp("listing pod links", e))?;
     // Unmarked links (pods set up before marks) are ours only with the
@@ -143,16 +160,23 @@ fn del_in_pod(
     }
     {
         let _s = crate::step!("source_rules");
-        del_source_rules(&mut pod, owner, &ours)?;
+        del_source_rules(pod, owner, &ours)?;
     }
-    {
+    let addressless = {
         let _s = crate::step!("addrs_delete");
-        match del_addresses(&mut pod, &ours) {
-            Ok(()) => unaddressed(),
+        match del_addresses(pod, &ours) {
+            Ok(()) => true,
             // The links' deletion removes them anyway; only the early
             // release is given up.
-            Err(e) => debug!("could not remove the pod's addresses first: {e}"),
+            Err(e) => {
+                debug!("could not remove the pod's addresses first: {e}");
+                false
+            }
         }
+    };
+    // After the step is closed: the release it lets start is timed after it.
+    if addressless {
+        unaddressed();
     }
     let _s = crate::step!("links_delete");
     if owner.group_is_all_ours(&links, &ours) {
@@ -180,7 +204,7 @@ fn del_in_pod(
 /// on this attachment's own macvlan — a rule only matching the table number
 /// could be another container's attachment of the same ifname.
 fn del_source_rules(
-    pod: &mut Netlink,
+    pod: &mut dyn LinkOps,
     owner: &Owner,
     ours: &[(&rackline_netlink::LinkInfo, Role)],
 ) -> Result<(), CniError> {
@@ -217,7 +241,7 @@ fn del_source_rules(
 /// with them as preferred source go with them); a deleted address costs no
 /// RCU grace period, unlike a deleted link.
 fn del_addresses(
-    pod: &mut Netlink,
+    pod: &mut dyn LinkOps,
     ours: &[(&rackline_netlink::LinkInfo, Role)],
 ) -> Result<(), NetlinkError> {
     for (l, role) in ours {
