@@ -346,3 +346,95 @@ fn a_name_clash_in_the_pod_fails_and_the_temporary_macvlan_is_rolled_back() {
     );
     assert!(!calls(&node).contains(&format!("pod delete link {theirs}")));
 }
+
+/// An attachment as a successful ADD leaves it: links up, the address, the
+/// default route in the pod, the /32 on the node.
+fn healthy() -> (FakeNet, FakeNet, crate::datapath::Created) {
+    use crate::links::LinkOps;
+    let (mut node, mut pod) = world();
+    let owner = Owner::new(&plan().attachment);
+    let c = create(&mut node, &mut pod, &owner).0.unwrap();
+    let p = plan();
+    pod.set_up(c.mv.index).unwrap();
+    pod.set_up(c.pv.index).unwrap();
+    pod.add_addr(c.mv.index, p.address).unwrap();
+    let route = |dst: &str, gw: Option<std::net::Ipv4Addr>, oif: u32| rackline_netlink::RouteInfo {
+        dst: dst.parse().unwrap(),
+        gateway: gw,
+        oif: Some(oif),
+        scope: 0,
+        onlink: false,
+        protocol: 3,
+        metric: 0,
+    };
+    let mut w = node.world.borrow_mut();
+    w.routes
+        .push((Side::Pod, route("0.0.0.0/0", Some(p.gateway), c.mv.index)));
+    w.routes
+        .push((Side::Node, route("10.0.0.5/32", None, c.hv.index)));
+    drop(w);
+    (node, pod, c)
+}
+
+fn check(node: &mut FakeNet, pod: &mut FakeNet, prev_mac: Option<&str>) -> Result<(), String> {
+    let p = plan();
+    let (_, hv) = crate::verify::check_links(&p, prev_mac, pod, node).map_err(|e| e.to_string())?;
+    crate::verify::check_node_route(&p, node, &hv).map_err(|e| e.to_string())
+}
+
+fn edit(node: &FakeNet, index: u32, f: impl Fn(&mut rackline_netlink::LinkInfo)) {
+    for (_, l) in node.world.borrow_mut().links.iter_mut() {
+        if l.index == index {
+            f(l);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_what_add_built() {
+    let (mut node, mut pod, _) = healthy();
+    check(&mut node, &mut pod, None).unwrap();
+}
+
+#[test]
+fn check_names_each_difference_with_code_103() {
+    type Break = fn(&FakeNet, &crate::datapath::Created);
+    let cases: [(&str, Break); 6] = [
+        ("does not carry 10.0.0.5/24", |n, _| {
+            n.world.borrow_mut().addrs.clear()
+        }),
+        ("is not this attachment's macvlan", |n, c| {
+            edit(n, c.mv.index, |l| l.alias = Some("someone-else".into()))
+        }),
+        ("eth0 is down", |n, c| edit(n, c.mv.index, |l| l.up = false)),
+        ("not the address's stable MAC", |n, c| {
+            edit(n, c.mv.index, |l| l.mac = Some([2, 9, 9, 9, 9, 9]))
+        }),
+        ("default route via 10.0.0.1 on eth0 is missing", |n, _| {
+            n.world.borrow_mut().routes.retain(|(s, _)| *s != Side::Pod)
+        }),
+        ("the node's route to 10.0.0.5", |n, _| {
+            n.world
+                .borrow_mut()
+                .routes
+                .retain(|(s, _)| *s != Side::Node)
+        }),
+    ];
+    for (want, break_it) in cases {
+        let (mut node, mut pod, c) = healthy();
+        break_it(&node, &c);
+        let p = plan();
+        let e = crate::verify::check_links(&p, None, &mut pod, &mut node)
+            .and_then(|(_, hv)| crate::verify::check_node_route(&p, &mut node, &hv))
+            .expect_err(want);
+        assert_eq!(e.code(), crate::error::code::CHECK_FAILED, "{e}");
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn check_accepts_the_mac_prev_result_reported() {
+    let (mut node, mut pod, c) = healthy();
+    edit(&node, c.mv.index, |l| l.mac = Some([2, 9, 9, 9, 9, 9]));
+    check(&mut node, &mut pod, Some("02:09:09:09:09:09")).unwrap();
+}

@@ -7,7 +7,7 @@
 
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
-    AddrInfo, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RuleInfo, RuleSpec,
+    AddrInfo, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteInfo, RuleInfo, RuleSpec,
 };
 
 type Result<T> = std::result::Result<T, NetlinkError>;
@@ -47,6 +47,7 @@ pub trait LinkOps {
     fn del_addr(&mut self, index: u32, addr: Ipv4Network) -> Result<()>;
     fn addrs(&mut self, index: Option<u32>) -> Result<Vec<AddrInfo>>;
     fn rules(&mut self) -> Result<Vec<RuleInfo>>;
+    fn routes(&mut self) -> Result<Vec<RouteInfo>>;
     fn del_rule(&mut self, r: &RuleSpec) -> Result<()>;
     fn delete_link(&mut self, index: u32) -> Result<()>;
     fn delete_group(&mut self, group: u32) -> Result<()>;
@@ -105,6 +106,9 @@ impl LinkOps for Netlink {
     fn rules(&mut self) -> Result<Vec<RuleInfo>> {
         Netlink::rules(self)
     }
+    fn routes(&mut self) -> Result<Vec<RouteInfo>> {
+        Netlink::routes(self)
+    }
     fn del_rule(&mut self, r: &RuleSpec) -> Result<()> {
         Netlink::del_rule(self, r)
     }
@@ -156,6 +160,7 @@ pub mod fake {
         pub links: Vec<(Side, LinkInfo)>,
         pub addrs: Vec<(Side, AddrInfo)>,
         pub rules: Vec<(Side, RuleInfo)>,
+        pub routes: Vec<(Side, RouteInfo)>,
         pub calls: Vec<String>,
         pub fail_at: Option<usize>,
         next_index: u32,
@@ -439,6 +444,15 @@ pub mod fake {
             self.call("list rules", "")?;
             let w = self.world.borrow();
             Ok(w.rules
+                .iter()
+                .filter(|(s, _)| *s == self.side)
+                .map(|(_, r)| *r)
+                .collect())
+        }
+        fn routes(&mut self) -> Result<Vec<RouteInfo>> {
+            self.call("list routes", "")?;
+            let w = self.world.borrow();
+            Ok(w.routes
                 .iter()
                 .filter(|(s, _)| *s == self.side)
                 .map(|(_, r)| *r)
