@@ -21,7 +21,6 @@ use serde_json::{Map, Value};
 use crate::env::{parse_requested, Command};
 use crate::error::CniError;
 use crate::result::CniResult;
-use crate::vlan::{VlanCleanup, VlanOptions};
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const DEFAULT_SOCKET: &str = "/run/rackline/ipamd.sock";
@@ -60,6 +59,31 @@ pub struct ValidAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+}
+
+/// What happens to a VLAN device when its last pod on the node leaves
+/// (netconf `vlanCleanup`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VlanCleanup {
+    /// Default. The device stays: the next pod on that VLAN costs no
+    /// create (and no RCU-waiting delete), node-level tools (monitoring,
+    /// a DHCP relay, a node address on the VLAN) never see it flap, and a
+    /// rackline bug can never delete a device in use.
+    #[default]
+    Keep,
+    /// Delete it when the last attachment leaves, but only if rackline
+    /// created it (a device the operator made is never removed).
+    Remove,
+}
+
+/// Where the VLAN registry lives and what DEL does (from the netconf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanOptions {
+    pub runtime_dir: PathBuf,
+    pub cleanup: VlanCleanup,
+    /// Longest wait for a device's lock (the netconf's `timeoutMs`).
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
