@@ -403,6 +403,8 @@ fn mark(nl: &mut dyn LinkOps, l: &LinkInfo, owner: &Owner) -> Result<(), CniErro
         .map_err(|e| dp(&format!("marking {}", l.name), e))
 }
 
+/// ADD's steps in order: the parent link, the attachment's links, the pod
+/// side, the node side. Every step that creates something pushes its undo.
 fn build(
     host: &mut Netlink,
     pod: &mut Netlink,
@@ -412,7 +414,35 @@ fn build(
     owner: &Owner,
     undo: &mut Vec<Undo>,
 ) -> Result<Added, CniError> {
-    let lookup_step = crate::step!("master_lookup");
+    let (master, parent) = {
+        let _s = crate::step!("master_lookup");
+        parent_link(host, plan, undo)?
+    };
+    let mtu = (plan.mtu != 0).then_some(plan.mtu);
+    let node_addrs = {
+        let _s = crate::step!("node_addrs");
+        node_addresses(host, master.index)?
+    };
+    let Created { mv, hv, pv } =
+        create_links(host, pod, Some(pod_ns), plan, parent, mtu, owner, undo)?;
+    let step = crate::step!("arp_sysctls");
+    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
+    drop(step);
+    let mac = match configure_pod(pod, arp, plan, owner, &mv, &pv, &node_addrs, undo)? {
+        Ok(mac) => mac,
+        Err(conflict) => return Ok(Added::Conflict(conflict)),
+    };
+    configure_node(host, plan, &hv, &node_addrs)?;
+    Ok(Added::Configured(configured_result(plan, &mv, mac, &hv)))
+}
+
+/// The master interface, and the link the macvlan goes on: the master, or
+/// its VLAN sub-interface (attached, with its undo).
+fn parent_link(
+    host: &mut Netlink,
+    plan: &AddPlan,
+    undo: &mut Vec<Undo>,
+) -> Result<(LinkInfo, u32), CniError> {
     let master = host
         .link_by_name(&plan.master)
         .map_err(|e| dp("looking up the master interface", e))?
@@ -438,19 +468,22 @@ fn build(
             index
         }
     };
-    let mtu = (plan.mtu != 0).then_some(plan.mtu);
-    drop(lookup_step);
-    let node_addrs = {
-        let _s = crate::step!("node_addrs");
-        node_addresses(host, master.index)?
-    };
-    let Created { mv, hv, pv } =
-        create_links(host, pod, Some(pod_ns), plan, parent, mtu, owner, undo)?;
-    let step = crate::step!("arp_sysctls");
-    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
-    drop(step);
+    Ok((master, parent))
+}
 
-    // 3. pod side: probe → configure → up → announce (see probe.rs).
+/// The pod side: probe → configure → up → announce (see probe.rs), then
+/// routes and shaping. The macvlan's MAC, or the conflict the probe found.
+#[allow(clippy::too_many_arguments)]
+fn configure_pod(
+    pod: &mut Netlink,
+    arp: Option<&ArpSocket>,
+    plan: &AddPlan,
+    owner: &Owner,
+    mv: &LinkInfo,
+    pv: &LinkInfo,
+    node_addrs: &[Ipv4Addr],
+    undo: &mut Vec<Undo>,
+) -> Result<Result<[u8; 6], probe::Conflict>, CniError> {
     let pod_ip = plan.address.ip();
     let mut mac = None;
     if let (Some(p), Some(arp)) = (&plan.probe, arp) {
@@ -458,7 +491,7 @@ fn build(
         let m = probe::bring_up(pod, mv.index, plan.mac, pod_ip)?;
         mac = Some(m);
         if let Some(other) = probe::probe(arp, mv.index, m, pod_ip, p)? {
-            return Ok(Added::Conflict(probe::Conflict {
+            return Ok(Err(probe::Conflict {
                 address: pod_ip,
                 mac: other,
                 node_link: None,
@@ -483,24 +516,40 @@ fn build(
         probe::announce(arp, mv.index, mac, pod_ip);
     }
     let step = crate::step!("pod_routes");
-    if let Some(rule) = pod_routes(pod, plan, owner, &mv, &pv, &node_addrs)? {
+    if let Some(rule) = pod_routes(pod, plan, owner, mv, pv, node_addrs)? {
         undo.push(Undo::PodRule(rule));
     }
     drop(step);
     if let Some(eff) = &plan.qos {
         let _s = crate::step!("qos");
-        crate::qos::apply(pod, &mv, owner, eff)?;
+        crate::qos::apply(pod, mv, owner, eff)?;
     }
+    Ok(Ok(mac))
+}
 
-    // 4. node side: veth up and a /32 to the pod.
+/// The node side: the veth up and a /32 to the pod.
+fn configure_node(
+    host: &mut Netlink,
+    plan: &AddPlan,
+    hv: &LinkInfo,
+    node_addrs: &[Ipv4Addr],
+) -> Result<(), CniError> {
     let step = crate::step!("node_veth_up");
     host.set_up(hv.index)
         .map_err(|e| dp("bringing the node veth up", e))?;
     drop(step);
-    let step = crate::step!("node_route");
-    node_route(host, pod_ip, &hv, node_addrs.first().copied())?;
-    drop(step);
+    let _s = crate::step!("node_route");
+    node_route(host, plan.address.ip(), hv, node_addrs.first().copied())
+}
 
+/// The CNI result of a configured attachment (a fresh ADD, or a repeated
+/// one answered from what is there).
+pub(crate) fn configured_result(
+    plan: &AddPlan,
+    mv: &LinkInfo,
+    mac: [u8; 6],
+    hv: &LinkInfo,
+) -> CniResult {
     let mut routes = vec![Route {
         dst: default_dst(),
         gw: Some(plan.gateway),
@@ -509,15 +558,15 @@ fn build(
         dst: *d,
         gw: Some(*g),
     }));
-    Ok(Added::Configured(CniResult {
-        interfaces: result_interfaces(plan, &mv, mac, &hv),
+    CniResult {
+        interfaces: result_interfaces(plan, mv, mac, hv),
         ips: vec![IpConfig {
             address: plan.address,
             gateway: Some(plan.gateway),
             interface: Some(0),
         }],
         routes,
-    }))
+    }
 }
 
 /// The attachment's links, created and marked (macvlan in the pod, veth

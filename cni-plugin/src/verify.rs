@@ -3,12 +3,12 @@
 
 use rackline_netlink::{LinkInfo, Netlink};
 
-use crate::datapath::{dp, lookup, open_pod_netns, result_interfaces, AddPlan};
+use crate::datapath::{configured_result, dp, lookup, open_pod_netns, AddPlan};
 use crate::error::CniError;
 use crate::links::LinkOps;
 use crate::owner::{Owner, Role};
-use crate::result::{format_mac, CniResult, IpConfig, Route};
-use crate::routes::{default_dst, host_net};
+use crate::result::{format_mac, CniResult};
+use crate::routes::host_net;
 
 fn fail(d: String) -> CniError {
     CniError::CheckFailed(d)
@@ -24,23 +24,12 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
     let mv = lookup(&mut pod, plan.ifname())?;
     let owner = Owner::new(&plan.attachment);
     let hv = lookup(&mut host, &owner.name(Role::NodeVeth))?;
-    let mut routes = vec![Route {
-        dst: default_dst(),
-        gw: Some(plan.gateway),
-    }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route {
-        dst: *d,
-        gw: Some(*g),
-    }));
-    Ok(CniResult {
-        interfaces: result_interfaces(plan, &mv, mv.mac.unwrap_or(plan.mac), &hv),
-        ips: vec![IpConfig {
-            address: plan.address,
-            gateway: Some(plan.gateway),
-            interface: Some(0),
-        }],
-        routes,
-    })
+    Ok(configured_result(
+        plan,
+        &mv,
+        mv.mac.unwrap_or(plan.mac),
+        &hv,
+    ))
 }
 
 fn must_own(owner: &Owner, l: &LinkInfo, role: Role, proven: bool) -> Result<(), CniError> {
