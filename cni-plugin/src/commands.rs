@@ -4,7 +4,6 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
 use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -13,8 +12,8 @@ use crate::conf::{NetConf, SUPPORTED_VERSIONS};
 use crate::datapath::{self, AddPlan, Added};
 use crate::env::{Attachment, DelEnv, PodEnv};
 use crate::error::CniError;
-use crate::ipam::IpamClient;
-use crate::probe::{self, Conflict, ProbeParams};
+use crate::ipam::{Allocation, IpamClient, Offer};
+use crate::probe::{self, Conflict};
 use crate::{spool, teardown, verify};
 
 /// How long DEL waits for a missing or refusing ipamd socket before it
@@ -25,79 +24,33 @@ pub fn version(requested: &str) -> Value {
     json!({ "cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
-/// Turns ipamd's answer into a plan, rejecting anything malformed before a
-/// single link is touched.
-fn plan_from(
-    env: &PodEnv,
-    conf: &NetConf,
-    lease: Option<&pb::Lease>,
-    net: Option<&pb::NetworkConfig>,
-    filter: &[u8],
-) -> Result<AddPlan, CniError> {
+/// Plans the attachment from ipamd's offer and the CNI config, rejecting
+/// anything unusable before a single link is touched.
+fn plan_from(env: &PodEnv, conf: &NetConf, offer: Offer) -> Result<AddPlan, CniError> {
     let bad = CniError::IpamUnusable;
-    let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
-    let net = net.ok_or_else(|| bad("no network in the reply".into()))?;
-    let address: Ipv4Network = lease
-        .address
-        .parse()
-        .map_err(|e| bad(format!("address {:?}: {e}", lease.address)))?;
-    let gateway: Ipv4Addr = net
-        .gateway
-        .parse()
-        .map_err(|e| bad(format!("gateway {:?}: {e}", net.gateway)))?;
-    let vlan = match net.vlan {
-        0 => None,
-        v @ 1..=4094 => Some(v as u16),
-        v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
-    };
-    let mut routes = Vec::new();
-    for r in &net.routes {
-        let dst: Ipv4Network = r
-            .dst
-            .parse()
-            .map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
-        let gw: Ipv4Addr = if r.gw.is_empty() {
-            gateway
-        } else {
-            r.gw.parse()
-                .map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
-        };
-        routes.push((dst, gw));
-    }
     let mut host_routes = conf.host_routes.clone();
-    for h in &net.host_routes {
-        let c: Ipv4Network = h
-            .parse()
-            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
+    for c in offer.host_routes {
         if !host_routes.contains(&c) {
             host_routes.push(c);
         }
     }
-    // Empty: no filtering, no table.
-    let filter = if filter.is_empty() {
-        None
-    } else {
-        let f: rackline_model::filter::PodFilter =
-            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
-        (!f.is_allow_all()).then_some(f)
-    };
-    let master = conf.master.clone().unwrap_or_else(|| net.master.clone());
+    let master = conf.master.clone().unwrap_or(offer.master);
     rackline_model::network::validate_ifname(&master).map_err(|e| bad(format!("master: {e}")))?;
     Ok(AddPlan {
         attachment: env.attachment.clone(),
         netns_path: env.netns.clone(),
-        address,
-        gateway,
+        address: offer.address,
+        gateway: offer.gateway,
         master,
-        mtu: net.mtu,
-        vlan,
+        mtu: offer.mtu,
+        vlan: offer.vlan,
         vlan_opts: conf.vlan.clone(),
-        routes,
+        routes: offer.routes,
         host_routes,
-        qos: crate::qos::effective(conf, net)?,
-        mac: rackline_model::mac::for_address(address.ip()),
-        probe: ProbeParams::from_pb(net.probe.as_ref()),
-        filter,
+        qos: crate::qos::effective(conf, &offer.qos)?,
+        mac: rackline_model::mac::for_address(offer.address.ip()),
+        probe: offer.probe,
+        filter: offer.filter,
     })
 }
 
@@ -136,7 +89,7 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
     // one, a bounded number of times.
     let mut conflicts: Vec<Conflict> = Vec::new();
     while conflicts.len() < probe::MAX_ATTEMPTS {
-        let (reply, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
+        let (sticky, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
             Ok(r) => r,
             // The quarantined addresses were the last free ones.
             Err(e @ CniError::Exhausted(_)) if !conflicts.is_empty() => {
@@ -156,7 +109,7 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
             address: c.address.to_string(),
             conflicting_mac: mac.clone(),
         };
-        if reply.sticky {
+        if sticky {
             // The lease stays with the attachment; the runtime's DEL frees it.
             // Reported all the same (ipamd records it on the lease and raises
             // the alarm, never quarantines it); the ADD fails either way.
@@ -185,17 +138,22 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 /// One Allocate and one datapath attempt. On a datapath error the fresh
-/// lease is released; on a conflict it is kept for ReportConflict.
+/// lease is released; on a conflict it is kept for ReportConflict. Also
+/// says whether the lease is sticky.
 fn add_once(
     env: &PodEnv,
     conf: &NetConf,
     requested: Option<Ipv4Addr>,
     ipam: &mut IpamClient,
     pod_ns: &rackline_netlink::Netns,
-) -> Result<(pb::AllocateReply, Added), CniError> {
+) -> Result<(bool, Added), CniError> {
     let pod = &env.args.pod;
     let allocate_step = crate::step!("ipamd_allocate");
-    let reply = ipam.allocate(pb::AllocateRequest {
+    let Allocation {
+        existing,
+        sticky,
+        offer,
+    } = ipam.allocate(pb::AllocateRequest {
         network: conf.network.clone(),
         container_id: env.attachment.container_id.as_str().to_owned(),
         ifname: env.attachment.ifname.as_str().to_owned(),
@@ -210,31 +168,25 @@ fn add_once(
     })?;
     drop(allocate_step);
     let release = |ipam: &mut IpamClient| {
-        if reply.existing {
+        if existing {
             return;
         }
         if let Err(e) = ipam.release(release_req(conf, &env.attachment, true)) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
     };
-    let plan = match plan_from(
-        env,
-        conf,
-        reply.lease.as_ref(),
-        reply.network.as_ref(),
-        &reply.filter,
-    ) {
+    let plan = match offer.and_then(|o| plan_from(env, conf, o)) {
         Ok(p) => p,
         Err(e) => {
             release(ipam);
             return Err(e);
         }
     };
-    if reply.existing {
+    if existing {
         // A repeated ADD: answer from what is there if it is intact.
         if let Ok(r) = verify::describe(&plan) {
             info!(address = %plan.address, "ADD repeated; attachment intact");
-            return Ok((reply, Added::Configured(r)));
+            return Ok((sticky, Added::Configured(r)));
         }
     }
     match datapath::add(&plan, pod_ns) {
@@ -245,7 +197,7 @@ fn add_once(
                     .map_or_else(|| "unlimited".to_string(), |q| q.to_string());
                 info!(address = %plan.address, %qos, "ADD done");
             }
-            Ok((reply, a))
+            Ok((sticky, a))
         }
         Err(e) => {
             release(ipam);
@@ -353,7 +305,7 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
     // ipamd says.
     drop(datapath::open_pod_netns(&env.netns)?);
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
-    let reply = ipam
+    let checked = ipam
         .check(pb::CheckRequest {
             network: conf.network.clone(),
             container_id: env.attachment.container_id.as_str().to_owned(),
@@ -365,17 +317,11 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
             CniError::UnknownNetwork(d) => CniError::NoLease(d),
             e => e,
         })?;
-    let plan = plan_from(
-        env,
-        conf,
-        reply.lease.as_ref(),
-        reply.network.as_ref(),
-        &reply.filter,
-    )?;
-    if !reply.out_of_spec.is_empty() {
+    let plan = plan_from(env, conf, checked.offer)?;
+    if !checked.out_of_spec.is_empty() {
         // Settings recorded at ADD that the network no longer has (`racklinectl
         // network update`): the pod works, but not as the network says.
-        return Err(CniError::OutOfSpec(reply.out_of_spec));
+        return Err(CniError::OutOfSpec(checked.out_of_spec));
     }
     if !prev.ips.iter().any(|ip| ip.address == plan.address) {
         return Err(CniError::CheckFailed(format!(

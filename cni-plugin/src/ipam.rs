@@ -1,17 +1,173 @@
 //! Client for rackline-ipamd over its unix socket. The plugin is synchronous;
 //! each call runs on a current-thread runtime owned by this client.
 
+use std::net::Ipv4Addr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use ipnetwork::Ipv4Network;
+use rackline_model::filter::PodFilter;
+use rackline_model::qos::Bandwidth;
 use rackline_proto::ipam::v1 as pb;
 use rackline_proto::ipam::v1::ipam_client::IpamClient as GrpcClient;
 use rackline_proto::reason::IpamReason;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::CniError;
+use crate::probe::ProbeParams;
+
+/// ipamd's answer for an attachment (Allocate, Check) in the plugin's own
+/// types: protobuf stops here, and a malformed answer is refused here
+/// (code 104) before anything is planned or touched.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub address: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub vlan: Option<u16>,
+    /// 0 = inherit from the parent.
+    pub mtu: u32,
+    /// The network's uplink (the CNI config's `master` overrides it).
+    pub master: String,
+    /// Extra routes through the macvlan: (dst, next hop; the gateway when
+    /// ipamd names none).
+    pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    /// The network's host routes (the CNI config adds its own).
+    pub host_routes: Vec<Ipv4Network>,
+    pub qos: QosLevels,
+    /// Duplicate-address probe; None = off.
+    pub probe: Option<ProbeParams>,
+    /// None = no filtering (the policy allows everything).
+    pub filter: Option<PodFilter>,
+}
+
+/// ipamd's bandwidth levels for the pod (the pod's own request is layered
+/// in by `qos::effective`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QosLevels {
+    pub network_default: Option<Bandwidth>,
+    pub node_class: Option<Bandwidth>,
+    pub policy: Option<Bandwidth>,
+    pub max: Option<Bandwidth>,
+}
+
+/// Allocate's answer. `offer` is an error when ipamd's answer cannot be
+/// used: the lease is still the attachment's and the caller releases it.
+#[derive(Debug)]
+pub struct Allocation {
+    /// The attachment already held this lease (a repeated ADD).
+    pub existing: bool,
+    pub sticky: bool,
+    pub offer: Result<Offer, CniError>,
+}
+
+/// CHECK's answer.
+#[derive(Debug)]
+pub struct Checked {
+    pub offer: Offer,
+    /// Settings recorded at ADD that the network no longer has.
+    pub out_of_spec: Vec<String>,
+}
+
+/// Converts ipamd's lease, network and packet filter into an [`Offer`].
+pub fn offer_from(
+    lease: Option<&pb::Lease>,
+    net: Option<&pb::NetworkConfig>,
+    filter: &[u8],
+) -> Result<Offer, CniError> {
+    let bad = CniError::IpamUnusable;
+    let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
+    let net = net.ok_or_else(|| bad("no network in the reply".into()))?;
+    let address: Ipv4Network = lease
+        .address
+        .parse()
+        .map_err(|e| bad(format!("address {:?}: {e}", lease.address)))?;
+    let gateway: Ipv4Addr = net
+        .gateway
+        .parse()
+        .map_err(|e| bad(format!("gateway {:?}: {e}", net.gateway)))?;
+    let vlan = match net.vlan {
+        0 => None,
+        v @ 1..=4094 => Some(v as u16),
+        v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
+    };
+    let mut routes = Vec::new();
+    for r in &net.routes {
+        let dst: Ipv4Network = r
+            .dst
+            .parse()
+            .map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
+        let gw: Ipv4Addr = if r.gw.is_empty() {
+            gateway
+        } else {
+            r.gw.parse()
+                .map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
+        };
+        routes.push((dst, gw));
+    }
+    let mut host_routes = Vec::new();
+    for h in &net.host_routes {
+        let c: Ipv4Network = h
+            .parse()
+            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
+        host_routes.push(c);
+    }
+    // Empty: no filtering, no table.
+    let filter = if filter.is_empty() {
+        None
+    } else {
+        let f: PodFilter =
+            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
+        (!f.is_allow_all()).then_some(f)
+    };
+    Ok(Offer {
+        address,
+        gateway,
+        vlan,
+        mtu: net.mtu,
+        master: net.master.clone(),
+        routes,
+        host_routes,
+        qos: QosLevels {
+            network_default: bandwidth(net.qos_default.as_ref()),
+            node_class: bandwidth(net.qos_node_class.as_ref()),
+            policy: bandwidth(net.qos_policy.as_ref()),
+            max: bandwidth(net.qos_max.as_ref()),
+        },
+        probe: probe_params(net.probe.as_ref()),
+        filter,
+    })
+}
+
+/// A bandwidth level; 0 = unset, all unset = no level.
+fn bandwidth(b: Option<&pb::Bandwidth>) -> Option<Bandwidth> {
+    let b = b?;
+    let nz = |v: u64| (v != 0).then_some(v);
+    let out = Bandwidth {
+        ingress_rate: nz(b.ingress_rate),
+        ingress_burst: nz(b.ingress_burst),
+        egress_rate: nz(b.egress_rate),
+        egress_burst: nz(b.egress_burst),
+    };
+    (!out.is_empty()).then_some(out)
+}
+
+/// The network's probe settings; None = probe off. Out-of-range values (an
+/// ipamd newer than this plugin, or a corrupt record) are clamped to the
+/// documented bounds rather than turning one ADD into a long stall.
+pub fn probe_params(p: Option<&pb::ProbeConfig>) -> Option<ProbeParams> {
+    use rackline_model::probe::{PROBE_COUNT_RANGE, PROBE_INTERVAL_MS_RANGE};
+    p.map(|p| ProbeParams {
+        count: p
+            .count
+            .clamp(*PROBE_COUNT_RANGE.start(), *PROBE_COUNT_RANGE.end()),
+        interval: Duration::from_millis(u64::from(p.interval_ms.clamp(
+            *PROBE_INTERVAL_MS_RANGE.start(),
+            *PROBE_INTERVAL_MS_RANGE.end(),
+        ))),
+    })
+}
 
 pub struct IpamClient {
     rt: tokio::runtime::Runtime,
@@ -232,16 +388,18 @@ impl IpamClient {
     }
 
     /// Also carries the plugin's pending timing reports (`crate::timing`).
-    pub fn allocate(
-        &mut self,
-        mut req: pb::AllocateRequest,
-    ) -> Result<pb::AllocateReply, CniError> {
+    pub fn allocate(&mut self, mut req: pb::AllocateRequest) -> Result<Allocation, CniError> {
         if req.plugin_timings.is_empty() {
             req.plugin_timings = crate::timing::take();
         }
-        self.retrying(|mut c| {
+        let r = self.retrying(|mut c| {
             let req = req.clone();
             async move { c.allocate(req).await }
+        })?;
+        Ok(Allocation {
+            existing: r.existing,
+            sticky: r.sticky,
+            offer: offer_from(r.lease.as_ref(), r.network.as_ref(), &r.filter),
         })
     }
 
@@ -256,8 +414,12 @@ impl IpamClient {
         })
     }
 
-    pub fn check(&mut self, req: pb::CheckRequest) -> Result<pb::CheckReply, CniError> {
-        self.call(|mut c| async move { c.check(req).await })
+    pub fn check(&mut self, req: pb::CheckRequest) -> Result<Checked, CniError> {
+        let r = self.call(|mut c| async move { c.check(req).await })?;
+        Ok(Checked {
+            offer: offer_from(r.lease.as_ref(), r.network.as_ref(), &r.filter)?,
+            out_of_spec: r.out_of_spec,
+        })
     }
 
     pub fn gc(&mut self, req: pb::GcRequest) -> Result<pb::GcReply, CniError> {
@@ -296,6 +458,92 @@ mod requested_tests {
             Path::new("/x"),
         );
         assert_eq!(plain.code(), code::IPAM);
+    }
+
+    fn net() -> pb::NetworkConfig {
+        pb::NetworkConfig {
+            gateway: "10.0.0.1".into(),
+            master: "eth1".into(),
+            routes: vec![pb::Route {
+                dst: "192.168.0.0/16".into(),
+                gw: String::new(),
+            }],
+            host_routes: vec!["10.96.0.0/12".into()],
+            qos_default: Some(pb::Bandwidth::default()),
+            qos_max: Some(pb::Bandwidth {
+                egress_rate: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn lease(address: &str) -> pb::Lease {
+        pb::Lease {
+            address: address.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_offer_is_ipamds_answer_in_the_plugins_types() {
+        let o = offer_from(Some(&lease("10.0.0.5/24")), Some(&net()), b"").unwrap();
+        assert_eq!(o.address, "10.0.0.5/24".parse().unwrap());
+        // A route without a next hop goes via the gateway.
+        assert_eq!(
+            o.routes,
+            [(
+                "192.168.0.0/16".parse().unwrap(),
+                "10.0.0.1".parse().unwrap()
+            )]
+        );
+        assert_eq!(o.host_routes, ["10.96.0.0/12".parse().unwrap()]);
+        assert_eq!((o.vlan, o.master.as_str(), o.probe), (None, "eth1", None));
+        // All-zero levels are no level; zero fields are unset.
+        assert_eq!(o.qos.network_default, None);
+        let max = o.qos.max.unwrap();
+        assert_eq!((max.egress_rate, max.ingress_rate), (Some(5), None));
+        assert!(o.filter.is_none());
+    }
+
+    #[test]
+    fn an_unusable_answer_is_code_104_and_names_the_field() {
+        let cases: [(Option<pb::Lease>, Option<pb::NetworkConfig>, &str); 6] = [
+            (None, Some(net()), "no lease in the reply"),
+            (Some(lease("10.0.0.5/24")), None, "no network in the reply"),
+            (Some(lease("nope")), Some(net()), "address \"nope\""),
+            (
+                Some(lease("10.0.0.5/24")),
+                Some(pb::NetworkConfig {
+                    gateway: "x".into(),
+                    ..net()
+                }),
+                "gateway \"x\"",
+            ),
+            (
+                Some(lease("10.0.0.5/24")),
+                Some(pb::NetworkConfig {
+                    vlan: 4095,
+                    ..net()
+                }),
+                "VLAN 4095 is outside 1-4094",
+            ),
+            (
+                Some(lease("10.0.0.5/24")),
+                Some(pb::NetworkConfig {
+                    host_routes: vec!["10.96/x".into()],
+                    ..net()
+                }),
+                "host route \"10.96/x\"",
+            ),
+        ];
+        for (l, n, want) in cases {
+            let e = offer_from(l.as_ref(), n.as_ref(), b"").unwrap_err();
+            assert_eq!(e.code(), code::IPAM, "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        let e = offer_from(Some(&lease("10.0.0.5/24")), Some(&net()), b"{").unwrap_err();
+        assert!(e.to_string().contains("packet filter"), "{e}");
     }
 
     fn json(e: &CniError) -> serde_json::Value {

@@ -32,24 +32,6 @@ pub struct ProbeParams {
     pub interval: Duration,
 }
 
-impl ProbeParams {
-    /// From ipamd's answer; None = probe off. Out-of-range values (an ipamd
-    /// newer than this plugin, or a corrupt record) are clamped to the
-    /// documented bounds rather than turning one ADD into a long stall.
-    pub fn from_pb(p: Option<&rackline_proto::ipam::v1::ProbeConfig>) -> Option<Self> {
-        use rackline_model::probe::{PROBE_COUNT_RANGE, PROBE_INTERVAL_MS_RANGE};
-        p.map(|p| Self {
-            count: p
-                .count
-                .clamp(*PROBE_COUNT_RANGE.start(), *PROBE_COUNT_RANGE.end()),
-            interval: Duration::from_millis(u64::from(p.interval_ms.clamp(
-                *PROBE_INTERVAL_MS_RANGE.start(),
-                *PROBE_INTERVAL_MS_RANGE.end(),
-            ))),
-        })
-    }
-}
-
 /// Brings the macvlan up and returns the MAC it carries: the stable MAC,
 /// or the alternate one when the stable MAC is busy on the parent. That
 /// happens when two incarnations of one sticky pod overlap on a node (the
@@ -187,15 +169,15 @@ mod tests {
 
     #[test]
     fn params_follow_ipamd_and_are_clamped() {
-        assert_eq!(ProbeParams::from_pb(None), None);
-        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+        assert_eq!(crate::ipam::probe_params(None), None);
+        let p = crate::ipam::probe_params(Some(&pb::ProbeConfig {
             count: 3,
             interval_ms: 100,
             quarantine_secs: 600,
         }))
         .unwrap();
         assert_eq!((p.count, p.interval), (3, Duration::from_millis(100)));
-        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+        let p = crate::ipam::probe_params(Some(&pb::ProbeConfig {
             count: 1000,
             interval_ms: 0,
             quarantine_secs: 0,
