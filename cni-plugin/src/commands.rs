@@ -9,12 +9,13 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::conf::{NetConf, SUPPORTED_VERSIONS};
-use crate::datapath::{self, AddPlan, Added};
+use crate::datapath::{AddPlan, Added};
+use crate::dataplane::Datapath;
 use crate::env::{Attachment, DelEnv, PodEnv};
 use crate::error::CniError;
 use crate::ipam::{Allocation, IpamClient, Offer};
 use crate::probe::{self, Conflict};
-use crate::{spool, teardown, verify};
+use crate::spool;
 
 /// How long DEL waits for a missing or refusing ipamd socket before it
 /// spools the release instead (ADD waits its whole `timeoutMs`).
@@ -64,15 +65,15 @@ fn release_req(conf: &NetConf, att: &Attachment, rollback: bool) -> pb::ReleaseR
     }
 }
 
-pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
+pub fn add(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<Value, CniError> {
     // Validate before allocating: a bad bandwidth request, a bad requested
     // address or a missing netns costs no lease and creates nothing.
     crate::qos::pod_request(conf)?;
     let requested = conf.requested(env.args.ip)?;
-    let pod_ns = {
+    {
         let _s = crate::step!("netns_open");
-        datapath::open_pod_netns(&env.netns)?
-    };
+        dp.open_pod_netns(&env.netns)?;
+    }
     let spool_step = crate::step!("spool_forget");
     // A release DEL spooled for this very attachment (podman's network
     // reload re-adds under the same container id) must not free the lease
@@ -89,7 +90,7 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
     // one, a bounded number of times.
     let mut conflicts: Vec<Conflict> = Vec::new();
     while conflicts.len() < probe::MAX_ATTEMPTS {
-        let (sticky, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
+        let (sticky, outcome) = match add_once(env, conf, requested, &mut ipam, dp) {
             Ok(r) => r,
             // The quarantined addresses were the last free ones.
             Err(e @ CniError::Exhausted(_)) if !conflicts.is_empty() => {
@@ -145,7 +146,7 @@ fn add_once(
     conf: &NetConf,
     requested: Option<Ipv4Addr>,
     ipam: &mut IpamClient,
-    pod_ns: &rackline_netlink::Netns,
+    dp: &mut dyn Datapath,
 ) -> Result<(bool, Added), CniError> {
     let pod = &env.args.pod;
     let allocate_step = crate::step!("ipamd_allocate");
@@ -184,12 +185,12 @@ fn add_once(
     };
     if existing {
         // A repeated ADD: answer from what is there if it is intact.
-        if let Ok(r) = verify::describe(&plan) {
+        if let Ok(r) = dp.describe(&plan) {
             info!(address = %plan.address, "ADD repeated; attachment intact");
             return Ok((sticky, Added::Configured(r)));
         }
     }
-    match datapath::add(&plan, pod_ns) {
+    match dp.add(&plan) {
         Ok(a) => {
             if let Added::Configured(_) = a {
                 let qos = plan
@@ -206,7 +207,7 @@ fn add_once(
     }
 }
 
-pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), CniError> {
     let att = match &env.attachment {
         Ok(a) => a,
         Err(why) => {
@@ -246,7 +247,7 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
         let torn = (|| {
             {
                 let _s = crate::step!("teardown");
-                teardown::del(att, env.netns.as_deref(), &mut || {
+                dp.del(att, env.netns.as_deref(), &mut || {
                     let _ = go.try_send(());
                 })?;
             }
@@ -291,7 +292,7 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
     }
 }
 
-pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn check(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3") {
         return Err(CniError::CheckNotDefined {
             version: conf.cni_version.clone(),
@@ -303,7 +304,7 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
         .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
     // The netns first: a bad CNI_NETNS is the caller's error, whatever
     // ipamd says.
-    drop(datapath::open_pod_netns(&env.netns)?);
+    dp.open_pod_netns(&env.netns)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
     let checked = ipam
         .check(pb::CheckRequest {
@@ -341,22 +342,7 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .find(|i| i.name == env.attachment.ifname.as_str() && i.sandbox.is_some())
         .map(|i| i.mac.to_ascii_lowercase());
-    verify::check(&plan, prev_mac.as_deref())?;
-    check_filter(env, &plan)
-}
-
-/// The attachment's packet filter table is what its policy programs now
-/// (none when the policy needs none).
-fn check_filter(env: &PodEnv, plan: &AddPlan) -> Result<(), CniError> {
-    let ns = datapath::open_pod_netns(&env.netns)?;
-    let want = plan
-        .filter
-        .clone()
-        .unwrap_or_else(rackline_model::filter::PodFilter::allow_all);
-    let verdict = rackline_nft::PodTable::open(&ns, plan.ifname(), plan.address.ip())
-        .and_then(|mut t| t.verify(&want))
-        .map_err(|e| CniError::datapath(format!("reading the pod packet filter: {e}")))?;
-    verdict.map_err(|m| CniError::FilterDiffers(m.to_string()))
+    dp.check(&plan, prev_mac.as_deref())
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
