@@ -102,40 +102,53 @@ pub fn add(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<Value,
             Added::Configured(r) => return Ok(r.to_json(&conf.cni_version)),
             Added::Conflict(c) => c,
         };
-        let mac = rackline_model::mac::format(c.mac);
-        let report = pb::ConflictRequest {
-            network: conf.network.clone(),
-            container_id: env.attachment.container_id.as_str().to_owned(),
-            ifname: env.attachment.ifname.as_str().to_owned(),
-            address: c.address.to_string(),
-            conflicting_mac: mac.clone(),
-        };
-        if sticky {
-            // The lease stays with the attachment; the runtime's DEL frees it.
-            // Reported all the same (ipamd records it on the lease and raises
-            // the alarm, never quarantines it); the ADD fails either way.
-            if let Err(e) = ipam.report_conflict(report) {
-                warn!("could not report the conflict to ipamd: {e}");
-            }
-            let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
-            return Err(probe::sticky_error(&c, &conf.network, &pod));
-        }
-        match &c.node_link {
-            Some(link) => {
-                warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
-            }
-            None => {
-                warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
-            }
-        }
-        let q = ipam.report_conflict(report)?;
+        let quarantined = report_conflict(env, conf, &mut ipam, &c, sticky)?;
         conflicts.push(c);
-        if !q.quarantined {
+        if !quarantined {
             // ipamd would hand the same address back: stop here.
             break;
         }
     }
     Err(probe::exhausted_error(&conflicts, &conf.network, None))
+}
+
+/// Reports the address ADD found in use; whether ipamd quarantined it (a
+/// next Allocate brings another one). A sticky pod's address is its
+/// identity: reported all the same, and the ADD fails.
+fn report_conflict(
+    env: &PodEnv,
+    conf: &NetConf,
+    ipam: &mut IpamClient,
+    c: &Conflict,
+    sticky: bool,
+) -> Result<bool, CniError> {
+    let mac = rackline_model::mac::format(c.mac);
+    let report = pb::ConflictRequest {
+        network: conf.network.clone(),
+        container_id: env.attachment.container_id.as_str().to_owned(),
+        ifname: env.attachment.ifname.as_str().to_owned(),
+        address: c.address.to_string(),
+        conflicting_mac: mac.clone(),
+    };
+    if sticky {
+        // The lease stays with the attachment; the runtime's DEL frees it.
+        // Reported all the same (ipamd records it on the lease and raises
+        // the alarm, never quarantines it); the ADD fails either way.
+        if let Err(e) = ipam.report_conflict(report) {
+            warn!("could not report the conflict to ipamd: {e}");
+        }
+        let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
+        return Err(probe::sticky_error(c, &conf.network, &pod));
+    }
+    match &c.node_link {
+        Some(link) => {
+            warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
+        }
+        None => {
+            warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
+        }
+    }
+    Ok(ipam.report_conflict(report)?.quarantined)
 }
 
 /// One Allocate and one datapath attempt. On a datapath error the fresh
@@ -268,6 +281,16 @@ pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), Cn
     // or not the address was already released.
     torn?;
     let released = released.unwrap_or(Err(CniError::ReleaseFailed("the release did not run")));
+    settle_release(conf, att, released)
+}
+
+/// DEL's last word on the release, the links being gone: done, or spooled
+/// for ipamd when it is away.
+fn settle_release(
+    conf: &NetConf,
+    att: &Attachment,
+    released: Result<pb::ReleaseReply, CniError>,
+) -> Result<(), CniError> {
     match released {
         Ok(r) => {
             info!(released = r.released, address = %r.address, "DEL done");

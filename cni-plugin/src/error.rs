@@ -192,7 +192,9 @@ pub enum CniError {
 
 impl CniError {
     /// The CNI code, message and details: the one mapping from a variant to
-    /// what the runtime sees.
+    /// what the runtime sees. Long on purpose: one arm per variant, so every
+    /// code and message the plugin can emit is read (and reviewed) in one
+    /// table; splitting it would scatter exactly what this type gathers.
     fn parts(&self) -> (u32, &'static str, Cow<'_, str>) {
         use code::*;
         use CniError as E;

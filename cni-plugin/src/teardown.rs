@@ -134,25 +134,8 @@ pub(crate) fn remove_pod_links(
 ) -> Result<(), CniError> {
     let step = crate::step!("pod_links_list");
     let links = pod.links().map_err(|e| dp("listing pod links", e))?;
-    // Unmarked links (pods set up before marks) are ours only with the
-    // veth peer proof.
-    let pv_name = owner.name(Role::PodVeth);
-    let proven = match links
-        .iter()
-        .find(|l| l.name == pv_name && l.alias.is_none())
-    {
-        Some(pv) => {
-            let node = match pv.parent_index {
-                Some(i) => host
-                    .link_by_index(i)
-                    .map_err(|e| dp("looking up the pod veth's peer", e))?,
-                None => None,
-            };
-            owner.pod_veth_pair(pv, node.as_ref())
-        }
-        None => false,
-    };
-    let mut ours = owner.pod_links(&links, proven);
+    let proven = unmarked_pair_proven(&links, host, owner)?;
+    let ours = owner.pod_links(&links, proven);
     drop(step);
     if ours.is_empty() {
         debug!("no link of this attachment in the pod netns");
@@ -179,7 +162,42 @@ pub(crate) fn remove_pod_links(
         unaddressed();
     }
     let _s = crate::step!("links_delete");
-    if owner.group_is_all_ours(&links, &ours) {
+    delete_links(pod, owner, &links, ours)
+}
+
+/// Unmarked links (pods set up before marks) are ours only with the veth
+/// peer proof: the pod's unmarked veth and its node peer are the pair
+/// derived from this attachment.
+fn unmarked_pair_proven(
+    links: &[rackline_netlink::LinkInfo],
+    host: &mut dyn LinkOps,
+    owner: &Owner,
+) -> Result<bool, CniError> {
+    let pv_name = owner.name(Role::PodVeth);
+    let Some(pv) = links
+        .iter()
+        .find(|l| l.name == pv_name && l.alias.is_none())
+    else {
+        return Ok(false);
+    };
+    let node = match pv.parent_index {
+        Some(i) => host
+            .link_by_index(i)
+            .map_err(|e| dp("looking up the pod veth's peer", e))?,
+        None => None,
+    };
+    Ok(owner.pod_veth_pair(pv, node.as_ref()))
+}
+
+/// Deletes the attachment's pod links (`ours`): as one group batch when
+/// the group holds nothing else, otherwise link by link, the veth last.
+fn delete_links(
+    pod: &mut dyn LinkOps,
+    owner: &Owner,
+    links: &[rackline_netlink::LinkInfo],
+    mut ours: Vec<(&rackline_netlink::LinkInfo, Role)>,
+) -> Result<(), CniError> {
+    if owner.group_is_all_ours(links, &ours) {
         match pod.delete_group(owner.group) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_not_found() => return Ok(()),
