@@ -184,6 +184,10 @@ fn connection_lost(e: &CniError) -> bool {
     matches!(e, CniError::IpamUnreachable { .. })
 }
 
+/// What the connector answers when tonic reconnects after the one
+/// connection it was given broke (tonic reports it as UNAVAILABLE).
+const CONNECTION_LOST: &str = "the connection to ipamd was lost";
+
 fn unreachable(socket: &Path, why: impl std::fmt::Display) -> CniError {
     CniError::IpamUnreachable {
         socket: socket.to_owned(),
@@ -198,6 +202,11 @@ fn unreachable(socket: &Path, why: impl std::fmt::Display) -> CniError {
 pub fn map_status(s: tonic::Status, socket: &Path) -> CniError {
     use tonic::Code;
     let msg = s.message().to_string();
+    // Not ipamd's answer but the broken connection's: unreachable, so the
+    // idempotent calls dial again (`retrying`) instead of failing with 11.
+    if s.message() == CONNECTION_LOST {
+        return unreachable(socket, msg);
+    }
     let reason = IpamReason::of(&s).or_else(|| {
         // ipamd tags refusals that share a gRPC code (see
         // rackline_ipamd::service::ERROR_KIND_KEY).
@@ -317,7 +326,7 @@ impl IpamClient {
                             s.map(TokioIo::new).ok_or_else(|| {
                                 std::io::Error::new(
                                     std::io::ErrorKind::NotConnected,
-                                    "the connection to ipamd was lost",
+                                    CONNECTION_LOST,
                                 )
                             })
                         }
@@ -637,6 +646,15 @@ mod requested_tests {
         assert!(matches!(dl, CniError::TryAgainLater(_)), "{dl}");
         let tr = map_status(tonic::Status::unknown("transport error"), socket);
         assert!(matches!(tr, CniError::IpamUnreachable { .. }), "{tr}");
+        // tonic's status when the connector, asked to reconnect, has no
+        // connection left: the ipamd restart `retrying` dials again for.
+        let lost = tonic::Status::from(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            CONNECTION_LOST,
+        ));
+        assert_eq!(lost.code(), tonic::Code::Unavailable);
+        let lost = map_status(lost, socket);
+        assert!(connection_lost(&lost), "{lost}");
         let other = map_status(tonic::Status::permission_denied("peer uid"), socket);
         assert_eq!(
             json(&other)["details"],
