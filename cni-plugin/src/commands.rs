@@ -4,18 +4,18 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
 use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::conf::{NetConf, SUPPORTED_VERSIONS};
-use crate::datapath::{self, AddPlan, Added};
+use crate::datapath::{AddPlan, Added};
+use crate::dataplane::Datapath;
 use crate::env::{Attachment, DelEnv, PodEnv};
-use crate::error::{code, CniError};
-use crate::ipam::IpamClient;
-use crate::probe::{self, Conflict, ProbeParams};
-use crate::{spool, teardown, verify};
+use crate::error::CniError;
+use crate::ipam::{Allocation, IpamClient, Offer};
+use crate::probe::{self, Conflict};
+use crate::spool;
 
 /// How long DEL waits for a missing or refusing ipamd socket before it
 /// spools the release instead (ADD waits its whole `timeoutMs`).
@@ -25,79 +25,33 @@ pub fn version(requested: &str) -> Value {
     json!({ "cniVersion": requested, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
-/// Turns ipamd's answer into a plan, rejecting anything malformed before a
-/// single link is touched.
-fn plan_from(
-    env: &PodEnv,
-    conf: &NetConf,
-    lease: Option<&pb::Lease>,
-    net: Option<&pb::NetworkConfig>,
-    filter: &[u8],
-) -> Result<AddPlan, CniError> {
-    let bad = |d: String| CniError::new(code::IPAM, "rackline-ipamd sent an unusable answer", d);
-    let lease = lease.ok_or_else(|| bad("no lease in the reply".into()))?;
-    let net = net.ok_or_else(|| bad("no network in the reply".into()))?;
-    let address: Ipv4Network = lease
-        .address
-        .parse()
-        .map_err(|e| bad(format!("address {:?}: {e}", lease.address)))?;
-    let gateway: Ipv4Addr = net
-        .gateway
-        .parse()
-        .map_err(|e| bad(format!("gateway {:?}: {e}", net.gateway)))?;
-    let vlan = match net.vlan {
-        0 => None,
-        v @ 1..=4094 => Some(v as u16),
-        v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
-    };
-    let mut routes = Vec::new();
-    for r in &net.routes {
-        let dst: Ipv4Network = r
-            .dst
-            .parse()
-            .map_err(|e| bad(format!("route {:?}: {e}", r.dst)))?;
-        let gw: Ipv4Addr = if r.gw.is_empty() {
-            gateway
-        } else {
-            r.gw.parse()
-                .map_err(|e| bad(format!("route gw {:?}: {e}", r.gw)))?
-        };
-        routes.push((dst, gw));
-    }
+/// Plans the attachment from ipamd's offer and the CNI config, rejecting
+/// anything unusable before a single link is touched.
+fn plan_from(env: &PodEnv, conf: &NetConf, offer: Offer) -> Result<AddPlan, CniError> {
+    let bad = CniError::IpamUnusable;
     let mut host_routes = conf.host_routes.clone();
-    for h in &net.host_routes {
-        let c: Ipv4Network = h
-            .parse()
-            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
+    for c in offer.host_routes {
         if !host_routes.contains(&c) {
             host_routes.push(c);
         }
     }
-    // Empty: no filtering, no table.
-    let filter = if filter.is_empty() {
-        None
-    } else {
-        let f: rackline_model::filter::PodFilter =
-            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
-        (!f.is_allow_all()).then_some(f)
-    };
-    let master = conf.master.clone().unwrap_or_else(|| net.master.clone());
+    let master = conf.master.clone().unwrap_or(offer.master);
     rackline_model::network::validate_ifname(&master).map_err(|e| bad(format!("master: {e}")))?;
     Ok(AddPlan {
         attachment: env.attachment.clone(),
         netns_path: env.netns.clone(),
-        address,
-        gateway,
+        address: offer.address,
+        gateway: offer.gateway,
         master,
-        mtu: net.mtu,
-        vlan,
+        mtu: offer.mtu,
+        vlan: offer.vlan,
         vlan_opts: conf.vlan.clone(),
-        routes,
+        routes: offer.routes,
         host_routes,
-        qos: crate::qos::effective(conf, net)?,
-        mac: rackline_model::mac::for_address(address.ip()),
-        probe: ProbeParams::from_pb(net.probe.as_ref()),
-        filter,
+        qos: crate::qos::effective(conf, &offer.qos)?,
+        mac: rackline_model::mac::for_address(offer.address.ip()),
+        probe: offer.probe,
+        filter: offer.filter,
     })
 }
 
@@ -111,26 +65,21 @@ fn release_req(conf: &NetConf, att: &Attachment, rollback: bool) -> pb::ReleaseR
     }
 }
 
-pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
+pub fn add(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<Value, CniError> {
     // Validate before allocating: a bad bandwidth request, a bad requested
     // address or a missing netns costs no lease and creates nothing.
     crate::qos::pod_request(conf)?;
     let requested = conf.requested(env.args.ip)?;
-    let pod_ns = {
+    {
         let _s = crate::step!("netns_open");
-        datapath::open_pod_netns(&env.netns)?
-    };
+        dp.open_pod_netns(&env.netns)?;
+    }
     let spool_step = crate::step!("spool_forget");
     // A release DEL spooled for this very attachment (podman's network
     // reload re-adds under the same container id) must not free the lease
     // this ADD is about to take.
-    spool::forget(&conf.vlan.runtime_dir, &conf.network, &env.attachment).map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "cannot clear a spooled release of this attachment",
-            e.to_string(),
-        )
-    })?;
+    spool::forget(&conf.vlan.runtime_dir, &conf.network, &env.attachment)
+        .map_err(CniError::SpoolClear)?;
     drop(spool_step);
     let mut ipam = {
         let _s = crate::step!("ipamd_connect");
@@ -141,13 +90,11 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
     // one, a bounded number of times.
     let mut conflicts: Vec<Conflict> = Vec::new();
     while conflicts.len() < probe::MAX_ATTEMPTS {
-        let (reply, outcome) = match add_once(env, conf, requested, &mut ipam, &pod_ns) {
+        let (sticky, outcome) = match add_once(env, conf, requested, &mut ipam, dp) {
             Ok(r) => r,
             // The quarantined addresses were the last free ones.
-            Err(e) if e.code == code::EXHAUSTED && !conflicts.is_empty() => {
-                let mut e2 = probe::exhausted_error(&conflicts, &conf.network);
-                e2.details = format!("{}; then: {}", e2.details, e.details);
-                return Err(e2);
+            Err(e @ CniError::Exhausted(_)) if !conflicts.is_empty() => {
+                return Err(probe::exhausted_error(&conflicts, &conf.network, Some(e)));
             }
             Err(e) => return Err(e),
         };
@@ -155,54 +102,72 @@ pub fn add(env: &PodEnv, conf: &NetConf) -> Result<Value, CniError> {
             Added::Configured(r) => return Ok(r.to_json(&conf.cni_version)),
             Added::Conflict(c) => c,
         };
-        let mac = rackline_model::mac::format(c.mac);
-        let report = pb::ConflictRequest {
-            network: conf.network.clone(),
-            container_id: env.attachment.container_id.as_str().to_owned(),
-            ifname: env.attachment.ifname.as_str().to_owned(),
-            address: c.address.to_string(),
-            conflicting_mac: mac.clone(),
-        };
-        if reply.sticky {
-            // The lease stays with the attachment; the runtime's DEL frees it.
-            // Reported all the same (ipamd records it on the lease and raises
-            // the alarm, never quarantines it); the ADD fails either way.
-            if let Err(e) = ipam.report_conflict(report) {
-                warn!("could not report the conflict to ipamd: {e}");
-            }
-            let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
-            return Err(probe::sticky_error(&c, &conf.network, &pod));
-        }
-        match &c.node_link {
-            Some(link) => {
-                warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
-            }
-            None => {
-                warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
-            }
-        }
-        let q = ipam.report_conflict(report)?;
+        let quarantined = report_conflict(env, conf, &mut ipam, &c, sticky)?;
         conflicts.push(c);
-        if !q.quarantined {
+        if !quarantined {
             // ipamd would hand the same address back: stop here.
             break;
         }
     }
-    Err(probe::exhausted_error(&conflicts, &conf.network))
+    Err(probe::exhausted_error(&conflicts, &conf.network, None))
+}
+
+/// Reports the address ADD found in use; whether ipamd quarantined it (a
+/// next Allocate brings another one). A sticky pod's address is its
+/// identity: reported all the same, and the ADD fails.
+fn report_conflict(
+    env: &PodEnv,
+    conf: &NetConf,
+    ipam: &mut IpamClient,
+    c: &Conflict,
+    sticky: bool,
+) -> Result<bool, CniError> {
+    let mac = rackline_model::mac::format(c.mac);
+    let report = pb::ConflictRequest {
+        network: conf.network.clone(),
+        container_id: env.attachment.container_id.as_str().to_owned(),
+        ifname: env.attachment.ifname.as_str().to_owned(),
+        address: c.address.to_string(),
+        conflicting_mac: mac.clone(),
+    };
+    if sticky {
+        // The lease stays with the attachment; the runtime's DEL frees it.
+        // Reported all the same (ipamd records it on the lease and raises
+        // the alarm, never quarantines it); the ADD fails either way.
+        if let Err(e) = ipam.report_conflict(report) {
+            warn!("could not report the conflict to ipamd: {e}");
+        }
+        let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
+        return Err(probe::sticky_error(c, &conf.network, &pod));
+    }
+    match &c.node_link {
+        Some(link) => {
+            warn!(address = %c.address, %link, %mac, "ipamd offered one of this node's own addresses; reporting it and taking another")
+        }
+        None => {
+            warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
+        }
+    }
+    Ok(ipam.report_conflict(report)?.quarantined)
 }
 
 /// One Allocate and one datapath attempt. On a datapath error the fresh
-/// lease is released; on a conflict it is kept for ReportConflict.
+/// lease is released; on a conflict it is kept for ReportConflict. Also
+/// says whether the lease is sticky.
 fn add_once(
     env: &PodEnv,
     conf: &NetConf,
     requested: Option<Ipv4Addr>,
     ipam: &mut IpamClient,
-    pod_ns: &rackline_netlink::Netns,
-) -> Result<(pb::AllocateReply, Added), CniError> {
+    dp: &mut dyn Datapath,
+) -> Result<(bool, Added), CniError> {
     let pod = &env.args.pod;
     let allocate_step = crate::step!("ipamd_allocate");
-    let reply = ipam.allocate(pb::AllocateRequest {
+    let Allocation {
+        existing,
+        sticky,
+        offer,
+    } = ipam.allocate(pb::AllocateRequest {
         network: conf.network.clone(),
         container_id: env.attachment.container_id.as_str().to_owned(),
         ifname: env.attachment.ifname.as_str().to_owned(),
@@ -217,34 +182,28 @@ fn add_once(
     })?;
     drop(allocate_step);
     let release = |ipam: &mut IpamClient| {
-        if reply.existing {
+        if existing {
             return;
         }
         if let Err(e) = ipam.release(release_req(conf, &env.attachment, true)) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
     };
-    let plan = match plan_from(
-        env,
-        conf,
-        reply.lease.as_ref(),
-        reply.network.as_ref(),
-        &reply.filter,
-    ) {
+    let plan = match offer.and_then(|o| plan_from(env, conf, o)) {
         Ok(p) => p,
         Err(e) => {
             release(ipam);
             return Err(e);
         }
     };
-    if reply.existing {
+    if existing {
         // A repeated ADD: answer from what is there if it is intact.
-        if let Ok(r) = verify::describe(&plan) {
+        if let Ok(r) = dp.describe(&plan) {
             info!(address = %plan.address, "ADD repeated; attachment intact");
-            return Ok((reply, Added::Configured(r)));
+            return Ok((sticky, Added::Configured(r)));
         }
     }
-    match datapath::add(&plan, pod_ns) {
+    match dp.add(&plan) {
         Ok(a) => {
             if let Added::Configured(_) = a {
                 let qos = plan
@@ -252,7 +211,7 @@ fn add_once(
                     .map_or_else(|| "unlimited".to_string(), |q| q.to_string());
                 info!(address = %plan.address, %qos, "ADD done");
             }
-            Ok((reply, a))
+            Ok((sticky, a))
         }
         Err(e) => {
             release(ipam);
@@ -261,7 +220,7 @@ fn add_once(
     }
 }
 
-pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), CniError> {
     let att = match &env.attachment {
         Ok(a) => a,
         Err(why) => {
@@ -301,7 +260,7 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
         let torn = (|| {
             {
                 let _s = crate::step!("teardown");
-                teardown::del(att, env.netns.as_deref(), &mut || {
+                dp.del(att, env.netns.as_deref(), &mut || {
                     let _ = go.try_send(());
                 })?;
             }
@@ -313,25 +272,25 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
             let _ = go.try_send(());
         }
         drop(go);
-        let released = releaser.join().unwrap_or_else(|_| {
-            Some(Err(CniError::new(
-                code::IPAM,
-                "releasing the address failed",
-                "the release thread panicked".to_string(),
-            )))
-        });
+        let released = releaser.join().unwrap_or(Some(Err(CniError::ReleaseFailed(
+            "the release thread panicked",
+        ))));
         (torn, released)
     });
     // A failed teardown fails the DEL (the runtime retries it), whether
     // or not the address was already released.
     torn?;
-    let released = released.unwrap_or_else(|| {
-        Err(CniError::new(
-            code::IPAM,
-            "releasing the address failed",
-            "the release did not run".to_string(),
-        ))
-    });
+    let released = released.unwrap_or(Err(CniError::ReleaseFailed("the release did not run")));
+    settle_release(conf, att, released)
+}
+
+/// DEL's last word on the release, the links being gone: done, or spooled
+/// for ipamd when it is away.
+fn settle_release(
+    conf: &NetConf,
+    att: &Attachment,
+    released: Result<pb::ReleaseReply, CniError>,
+) -> Result<(), CniError> {
     match released {
         Ok(r) => {
             info!(released = r.released, address = %r.address, "DEL done");
@@ -339,34 +298,28 @@ pub fn del(env: &DelEnv, conf: &NetConf) -> Result<(), CniError> {
         }
         // ipamd is away (restarting, or stuck): the links are gone, so the
         // address is unused; hand the release to ipamd through the spool.
-        Err(e) if e.code == code::TRY_AGAIN_LATER => {
+        Err(e) if e.is_try_again_later() => {
             match spool::write(&conf.vlan.runtime_dir, &conf.network, att) {
                 Ok(path) => {
                     warn!(record = %path.display(), "{e}; links removed, release spooled for ipamd");
                     Ok(())
                 }
-                Err(io) => {
-                    let mut e = e;
-                    e.details = format!(
-                        "{}; spooling the release under {} failed too: {io}",
-                        e.details,
-                        conf.vlan.runtime_dir.display()
-                    );
-                    Err(e)
-                }
+                Err(cause) => Err(CniError::SpoolFailed {
+                    release: Box::new(e),
+                    dir: conf.vlan.runtime_dir.clone(),
+                    cause,
+                }),
             }
         }
         Err(e) => Err(e),
     }
 }
 
-pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
+pub fn check(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3") {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            "CHECK is not defined for this CNI version",
-            format!("cniVersion {} predates CHECK (0.4.0)", conf.cni_version),
-        ));
+        return Err(CniError::CheckNotDefined {
+            version: conf.cni_version.clone(),
+        });
     }
     let prev = conf
         .prev_result
@@ -374,56 +327,35 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
         .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
     // The netns first: a bad CNI_NETNS is the caller's error, whatever
     // ipamd says.
-    drop(datapath::open_pod_netns(&env.netns)?);
+    dp.open_pod_netns(&env.netns)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
-    let reply = ipam
+    let checked = ipam
         .check(pb::CheckRequest {
             network: conf.network.clone(),
             container_id: env.attachment.container_id.as_str().to_owned(),
             ifname: env.attachment.ifname.as_str().to_owned(),
         })
-        .map_err(|e| {
+        .map_err(|e| match e {
             // ipamd answers NotFound both for "no lease" and "no network";
             // either way the attachment is not as ADD left it.
-            if e.code == code::UNKNOWN_NETWORK {
-                CniError::new(
-                    code::CHECK_FAILED,
-                    "CHECK failed: no lease for this attachment",
-                    e.details,
-                )
-            } else {
-                e
-            }
+            CniError::UnknownNetwork(d) => CniError::NoLease(d),
+            e => e,
         })?;
-    let plan = plan_from(
-        env,
-        conf,
-        reply.lease.as_ref(),
-        reply.network.as_ref(),
-        &reply.filter,
-    )?;
-    if !reply.out_of_spec.is_empty() {
+    let plan = plan_from(env, conf, checked.offer)?;
+    if !checked.out_of_spec.is_empty() {
         // Settings recorded at ADD that the network no longer has (`racklinectl
         // network update`): the pod works, but not as the network says.
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            "the pod runs with settings its network no longer has (re-create it to apply them)",
-            reply.out_of_spec.join("; "),
-        ));
+        return Err(CniError::OutOfSpec(checked.out_of_spec));
     }
     if !prev.ips.iter().any(|ip| ip.address == plan.address) {
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            "the pod network is not as set up",
-            format!(
-                "the lease is {} but prevResult has {:?}",
-                plan.address,
-                prev.ips
-                    .iter()
-                    .map(|i| i.address.to_string())
-                    .collect::<Vec<_>>()
-            ),
-        ));
+        return Err(CniError::CheckFailed(format!(
+            "the lease is {} but prevResult has {:?}",
+            plan.address,
+            prev.ips
+                .iter()
+                .map(|i| i.address.to_string())
+                .collect::<Vec<_>>()
+        )));
     }
     // The MAC ADD reported for this interface: pods set up before stable
     // MACs existed keep their kernel-assigned one, and CHECK must not fail
@@ -433,28 +365,7 @@ pub fn check(env: &PodEnv, conf: &NetConf) -> Result<(), CniError> {
         .iter()
         .find(|i| i.name == env.attachment.ifname.as_str() && i.sandbox.is_some())
         .map(|i| i.mac.to_ascii_lowercase());
-    verify::check(&plan, prev_mac.as_deref())?;
-    check_filter(env, &plan)
-}
-
-/// The attachment's packet filter table is what its policy programs now
-/// (none when the policy needs none).
-fn check_filter(env: &PodEnv, plan: &AddPlan) -> Result<(), CniError> {
-    let ns = datapath::open_pod_netns(&env.netns)?;
-    let want = plan
-        .filter
-        .clone()
-        .unwrap_or_else(rackline_model::filter::PodFilter::allow_all);
-    let verdict = rackline_nft::PodTable::open(&ns, plan.ifname(), plan.address.ip())
-        .and_then(|mut t| t.verify(&want))
-        .map_err(|e| CniError::datapath(format!("reading the pod packet filter: {e}")))?;
-    verdict.map_err(|m| {
-        CniError::new(
-            code::CHECK_FAILED,
-            "the pod's packet filter is not as its policy says",
-            m.to_string(),
-        )
-    })
+    dp.check(&plan, prev_mac.as_deref())
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -479,8 +390,7 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
 }
 
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
-    let unavailable =
-        |d: String| CniError::new(code::NOT_AVAILABLE, "rackline cannot add pods now", d);
+    let unavailable = CniError::NotAvailable;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)
         .map_err(|e| unavailable(e.to_string()))?;
     let s = ipam

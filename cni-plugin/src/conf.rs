@@ -19,9 +19,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::env::{parse_requested, Command};
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::result::CniResult;
-use crate::vlan::{VlanCleanup, VlanOptions};
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 pub const DEFAULT_SOCKET: &str = "/run/rackline/ipamd.sock";
@@ -60,6 +59,31 @@ pub struct ValidAttachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
+}
+
+/// What happens to a VLAN device when its last pod on the node leaves
+/// (netconf `vlanCleanup`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VlanCleanup {
+    /// Default. The device stays: the next pod on that VLAN costs no
+    /// create (and no RCU-waiting delete), node-level tools (monitoring,
+    /// a DHCP relay, a node address on the VLAN) never see it flap, and a
+    /// rackline bug can never delete a device in use.
+    #[default]
+    Keep,
+    /// Delete it when the last attachment leaves, but only if rackline
+    /// created it (a device the operator made is never removed).
+    Remove,
+}
+
+/// Where the VLAN registry lives and what DEL does (from the netconf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanOptions {
+    pub runtime_dir: PathBuf,
+    pub cleanup: VlanCleanup,
+    /// Longest wait for a device's lock (the netconf's `timeoutMs`).
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -157,33 +181,20 @@ impl NetConf {
     /// Parses stdin for `command` (not VERSION, which reads only the
     /// `cniVersion`).
     pub fn parse(stdin: &[u8], command: Command) -> Result<Self, CniError> {
-        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                code::DECODE,
-                "cannot decode the network configuration",
-                format!("stdin is not JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(stdin)
+            .map_err(|e| CniError::Decode(format!("stdin is not JSON: {e}")))?;
         let Value::Object(m) = value else {
-            return Err(CniError::new(
-                code::DECODE,
-                "cannot decode the network configuration",
-                "stdin must be a JSON object",
-            ));
+            return Err(CniError::Decode("stdin must be a JSON object".into()));
         };
         let cni_version = opt_str(&m, "cniVersion")?
             .filter(|v| !v.is_empty())
             .ok_or_else(|| CniError::config("cniVersion is missing"))?;
         if !SUPPORTED_VERSIONS.contains(&cni_version) {
-            return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
-                "incompatible CNI version",
-                format!(
-                    "cniVersion {:?} is not supported; use one of {}",
-                    crate::env::truncated(cni_version),
-                    SUPPORTED_VERSIONS.join(", ")
-                ),
-            ));
+            return Err(CniError::IncompatibleVersion(format!(
+                "cniVersion {:?} is not supported; use one of {}",
+                crate::env::truncated(cni_version),
+                SUPPORTED_VERSIONS.join(", ")
+            )));
         }
         let name = opt_str(&m, "name")?
             .filter(|n| !n.is_empty())
@@ -323,7 +334,7 @@ fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniErr
     }
     let mut ips: Vec<Ipv4Addr> = Vec::new();
     for v in opt_array(rc, "ips")
-        .map_err(|e| CniError::config(format!("runtimeConfig.{}", e.details)))?
+        .map_err(|e| CniError::config(format!("runtimeConfig.{}", e.details())))?
         .unwrap_or_default()
     {
         let s = v
@@ -367,6 +378,7 @@ fn parse_valid_attachments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
         NetConf::parse(s.as_bytes(), Command::Add)
@@ -422,12 +434,12 @@ mod tests {
 
     #[test]
     fn bad_input_gets_the_right_code() {
-        assert_eq!(parse("not json").unwrap_err().code, code::DECODE);
-        assert_eq!(parse("[1]").unwrap_err().code, code::DECODE);
+        assert_eq!(parse("not json").unwrap_err().code(), code::DECODE);
+        assert_eq!(parse("[1]").unwrap_err().code(), code::DECODE);
         assert_eq!(
             parse(r#"{"cniVersion":"9.9.9","name":"n"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             code::INCOMPATIBLE_VERSION
         );
         for bad in [
@@ -463,7 +475,7 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"ips":[5]}}"#,
         ] {
             let e = parse(bad).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}: {e}");
         }
     }
 
@@ -480,7 +492,7 @@ mod tests {
         assert_eq!(
             NetConf::parse(bad.as_bytes(), Command::Del)
                 .unwrap_err()
-                .code,
+                .code(),
             code::INVALID_CONFIG
         );
     }
@@ -496,7 +508,7 @@ mod tests {
         assert_eq!(c.requested(None).unwrap(), Some(want));
         assert_eq!(c.requested(Some(want)).unwrap(), Some(want));
         let e = c.requested(Some(Ipv4Addr::new(10, 10, 0, 71))).unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.code(), code::INVALID_CONFIG);
     }
 
     #[test]
@@ -519,7 +531,7 @@ mod tests {
             r#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
         ] {
             let e = NetConf::parse(bad.as_bytes(), Command::Gc).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}");
         }
     }
 

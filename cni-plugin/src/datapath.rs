@@ -25,7 +25,8 @@ use tracing::warn;
 
 use crate::arp::ArpSocket;
 use crate::env::Attachment;
-use crate::error::{code, CniError};
+use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::names;
 use crate::owner::{Owner, Role};
 use crate::probe::{self, ProbeParams};
@@ -136,17 +137,23 @@ fn open_pod_sockets(pod_ns: &Netns, plan: &AddPlan) -> Result<PodSockets, CniErr
         .transpose()
         .map_err(|e| CniError::datapath(format!("opening nf_tables in the pod netns: {e}")))?;
     let (arp, old) = arp.map_err(|e| {
-        CniError::datapath(format!(
-            "preparing the announcement (ARP socket or arp_notify) in the pod netns: {e}"
-        ))
+        CniError::datapath_by(
+            "preparing the announcement (ARP socket or arp_notify) in the pod netns",
+            e,
+        )
     })?;
     Ok((nl, arp, old, table))
 }
 
 /// What ADD did, undone in reverse order when a later step fails.
-enum Undo {
+#[derive(Debug)]
+pub(crate) enum Undo {
     NodeLink(u32),
     PodLink(u32, Role),
+    /// A link created under this name whose index is not read back yet: a
+    /// failed read-back must not leak it.
+    NodeLinkNamed(String),
+    PodLinkNamed(String, Role),
     Vlan(vlan::Attached),
     /// A source rule in the pod (routes in its table go with the links).
     PodRule(RuleSpec),
@@ -158,20 +165,12 @@ enum Undo {
 /// pod" there would put the macvlan, addresses and a default route on the
 /// node.
 pub fn open_pod_netns(path: &Path) -> Result<Netns, CniError> {
-    let shown = path.display();
-    let ns = Netns::open(path).map_err(|e| {
-        if e.is_not_found() {
-            CniError::new(
-                code::CONTAINER_UNKNOWN,
-                "the pod network namespace does not exist",
-                format!("{shown}: {e}"),
-            )
+    let ns = Netns::open(path).map_err(|cause| {
+        let path = path.to_owned();
+        if cause.is_not_found() {
+            CniError::NetnsNotFound { path, cause }
         } else {
-            CniError::new(
-                code::INVALID_ENV,
-                "CNI_NETNS is not a usable network namespace",
-                format!("CNI_NETNS={shown}: {e}"),
-            )
+            CniError::NetnsUnusable { path, cause }
         }
     })?;
     if is_own(&ns, path)? {
@@ -181,28 +180,20 @@ pub fn open_pod_netns(path: &Path) -> Result<Netns, CniError> {
 }
 
 pub(crate) fn own_netns_error(path: &Path) -> CniError {
-    CniError::new(
-        code::INVALID_ENV,
-        "CNI_NETNS is the plugin's own network namespace",
-        format!(
-            "CNI_NETNS={} is the namespace the plugin runs in (the node's): refusing to configure it as a pod",
-            path.display()
-        ),
-    )
+    CniError::OwnNetns {
+        path: path.to_owned(),
+    }
 }
 
 pub(crate) fn is_own(ns: &Netns, path: &Path) -> Result<bool, CniError> {
-    ns.is_current().map_err(|e| {
-        CniError::new(
-            code::IO_FAILURE,
-            "cannot identify the pod network namespace",
-            format!("{}: {e}", path.display()),
-        )
+    ns.is_current().map_err(|cause| CniError::NetnsIdentity {
+        path: path.to_owned(),
+        cause,
     })
 }
 
 pub(crate) fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("{what}: {e}"))
+    CniError::datapath_by(what, e)
 }
 
 /// The node's own IPv4 addresses (global scope), those on the master first,
@@ -289,29 +280,15 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     if matches!(r, Ok(Added::Configured(_))) {
         return r;
     }
-    for step in undo.into_iter().rev() {
-        let done = match step {
-            Undo::NodeLink(i) => delete_own(&mut host, i, Role::NodeVeth, &owner),
-            Undo::PodLink(i, role) => delete_own(&mut pod, i, role, &owner),
-            Undo::PodRule(r) => match pod.del_rule(&r) {
-                Err(e) if !e.is_not_found() => Err(e),
-                _ => Ok(()),
-            },
-            Undo::Vlan(a) => {
-                vlan::rollback(
-                    &mut host,
-                    &plan.vlan_opts,
-                    &a,
-                    plan.container_id(),
-                    plan.ifname(),
-                );
-                Ok(())
-            }
-        };
-        if let Err(re) = done {
-            warn!("rollback step failed: {re}");
-        }
-    }
+    roll_back(undo, &mut host, &mut pod, &owner, |host, a| {
+        vlan::rollback(
+            host,
+            &plan.vlan_opts,
+            &a,
+            plan.container_id(),
+            plan.ifname(),
+        );
+    });
     if let Some(t) = table.as_mut() {
         if let Err(e) = t.remove() {
             warn!(
@@ -324,6 +301,38 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
     r
 }
 
+/// Undoes what a failed ADD did, newest first; every link is re-checked
+/// before its deletion (`delete_own`). A failing undo step is logged and
+/// the rest still run. `vlan` undoes a VLAN attachment (its registry lives
+/// outside netlink).
+pub(crate) fn roll_back<H: LinkOps>(
+    undo: Vec<Undo>,
+    host: &mut H,
+    pod: &mut dyn LinkOps,
+    owner: &Owner,
+    mut vlan: impl FnMut(&mut H, vlan::Attached),
+) {
+    for step in undo.into_iter().rev() {
+        let done = match step {
+            Undo::NodeLink(i) => delete_own(host, i, Role::NodeVeth, owner),
+            Undo::PodLink(i, role) => delete_own(pod, i, role, owner),
+            Undo::NodeLinkNamed(name) => delete_own_named(host, &name, Role::NodeVeth, owner),
+            Undo::PodLinkNamed(name, role) => delete_own_named(pod, &name, role, owner),
+            Undo::PodRule(r) => match pod.del_rule(&r) {
+                Err(e) if !e.is_not_found() => Err(e),
+                _ => Ok(()),
+            },
+            Undo::Vlan(a) => {
+                vlan(host, a);
+                Ok(())
+            }
+        };
+        if let Err(re) = done {
+            warn!("rollback step failed: {re}");
+        }
+    }
+}
+
 fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
     if let Some(old) = old.filter(|o| o != "1") {
         if let Err(e) = write_sysctl_in(pod_ns, ARP_NOTIFY, &old) {
@@ -332,9 +341,27 @@ fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
     }
 }
 
+/// [`delete_own`] of the link now under `name`, if any.
+fn delete_own_named(
+    nl: &mut dyn LinkOps,
+    name: &str,
+    role: Role,
+    owner: &Owner,
+) -> Result<(), NetlinkError> {
+    match nl.link_by_name(name)? {
+        Some(l) => delete_own(nl, l.index, role, owner),
+        None => Ok(()),
+    }
+}
+
 /// Rollback of one link this ADD created: deleted by index only while it
 /// still is what was created (kind, group, and no mark or ours).
-fn delete_own(nl: &mut Netlink, index: u32, role: Role, owner: &Owner) -> Result<(), NetlinkError> {
+fn delete_own(
+    nl: &mut dyn LinkOps,
+    index: u32,
+    role: Role,
+    owner: &Owner,
+) -> Result<(), NetlinkError> {
     let Some(l) = nl.link_by_index(index)? else {
         return Ok(());
     };
@@ -367,15 +394,17 @@ fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), C
         std::fs::write(base.join("arp_announce"), b"2")
     })
     .map_err(|e| dp("entering the pod netns", e))?;
-    r.map_err(|e| CniError::datapath(format!("setting arp_ignore/arp_announce on {ifname}: {e}")))
+    r.map_err(|e| CniError::datapath_by(format!("setting arp_ignore/arp_announce on {ifname}"), e))
 }
 
 /// Creates a link's mark; the link was born in the group already.
-fn mark(nl: &mut Netlink, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
+fn mark(nl: &mut dyn LinkOps, l: &LinkInfo, owner: &Owner) -> Result<(), CniError> {
     nl.set_alias(l.index, &owner.mark)
         .map_err(|e| dp(&format!("marking {}", l.name), e))
 }
 
+/// ADD's steps in order: the parent link, the attachment's links, the pod
+/// side, the node side. Every step that creates something pushes its undo.
 fn build(
     host: &mut Netlink,
     pod: &mut Netlink,
@@ -385,7 +414,35 @@ fn build(
     owner: &Owner,
     undo: &mut Vec<Undo>,
 ) -> Result<Added, CniError> {
-    let lookup_step = crate::step!("master_lookup");
+    let (master, parent) = {
+        let _s = crate::step!("master_lookup");
+        parent_link(host, plan, undo)?
+    };
+    let mtu = (plan.mtu != 0).then_some(plan.mtu);
+    let node_addrs = {
+        let _s = crate::step!("node_addrs");
+        node_addresses(host, master.index)?
+    };
+    let Created { mv, hv, pv } =
+        create_links(host, pod, Some(pod_ns), plan, parent, mtu, owner, undo)?;
+    let step = crate::step!("arp_sysctls");
+    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
+    drop(step);
+    let mac = match configure_pod(pod, arp, plan, owner, &mv, &pv, &node_addrs, undo)? {
+        Ok(mac) => mac,
+        Err(conflict) => return Ok(Added::Conflict(conflict)),
+    };
+    configure_node(host, plan, &hv, &node_addrs)?;
+    Ok(Added::Configured(configured_result(plan, &mv, mac, &hv)))
+}
+
+/// The master interface, and the link the macvlan goes on: the master, or
+/// its VLAN sub-interface (attached, with its undo).
+fn parent_link(
+    host: &mut Netlink,
+    plan: &AddPlan,
+    undo: &mut Vec<Undo>,
+) -> Result<(LinkInfo, u32), CniError> {
     let master = host
         .link_by_name(&plan.master)
         .map_err(|e| dp("looking up the master interface", e))?
@@ -411,12 +468,130 @@ fn build(
             index
         }
     };
-    let mtu = (plan.mtu != 0).then_some(plan.mtu);
-    drop(lookup_step);
-    let node_addrs = {
-        let _s = crate::step!("node_addrs");
-        node_addresses(host, master.index)?
+    Ok((master, parent))
+}
+
+/// The pod side: probe → configure → up → announce (see probe.rs), then
+/// routes and shaping. The macvlan's MAC, or the conflict the probe found.
+#[allow(clippy::too_many_arguments)]
+fn configure_pod(
+    pod: &mut Netlink,
+    arp: Option<&ArpSocket>,
+    plan: &AddPlan,
+    owner: &Owner,
+    mv: &LinkInfo,
+    pv: &LinkInfo,
+    node_addrs: &[Ipv4Addr],
+    undo: &mut Vec<Undo>,
+) -> Result<Result<[u8; 6], probe::Conflict>, CniError> {
+    let pod_ip = plan.address.ip();
+    let mut mac = None;
+    if let (Some(p), Some(arp)) = (&plan.probe, arp) {
+        // Up without an address: RFC 5227 probes carry sender IP 0.0.0.0.
+        let m = probe::bring_up(pod, mv.index, plan.mac, pod_ip)?;
+        mac = Some(m);
+        if let Some(other) = probe::probe(arp, mv.index, m, pod_ip, p)? {
+            return Ok(Err(probe::Conflict {
+                address: pod_ip,
+                mac: other,
+                node_link: None,
+            }));
+        }
+    }
+    let step = crate::step!("pod_addr");
+    pod.add_addr(mv.index, plan.address)
+        .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname()), e))?;
+    drop(step);
+    let step = crate::step!("pod_links_up");
+    let mac = match mac {
+        Some(m) => m,
+        None => probe::bring_up(pod, mv.index, plan.mac, pod_ip)?,
     };
+    pod.set_up(pv.index)
+        .map_err(|e| dp("bringing the pod veth up", e))?;
+    drop(step);
+    // With a probe the link came up before its address, so arp_notify
+    // would have announced nothing: announce explicitly.
+    if let Some(arp) = arp {
+        probe::announce(arp, mv.index, mac, pod_ip);
+    }
+    let step = crate::step!("pod_routes");
+    if let Some(rule) = pod_routes(pod, plan, owner, mv, pv, node_addrs)? {
+        undo.push(Undo::PodRule(rule));
+    }
+    drop(step);
+    if let Some(eff) = &plan.qos {
+        let _s = crate::step!("qos");
+        crate::qos::apply(pod, mv, owner, eff)?;
+    }
+    Ok(Ok(mac))
+}
+
+/// The node side: the veth up and a /32 to the pod.
+fn configure_node(
+    host: &mut Netlink,
+    plan: &AddPlan,
+    hv: &LinkInfo,
+    node_addrs: &[Ipv4Addr],
+) -> Result<(), CniError> {
+    let step = crate::step!("node_veth_up");
+    host.set_up(hv.index)
+        .map_err(|e| dp("bringing the node veth up", e))?;
+    drop(step);
+    let _s = crate::step!("node_route");
+    node_route(host, plan.address.ip(), hv, node_addrs.first().copied())
+}
+
+/// The CNI result of a configured attachment (a fresh ADD, or a repeated
+/// one answered from what is there).
+pub(crate) fn configured_result(
+    plan: &AddPlan,
+    mv: &LinkInfo,
+    mac: [u8; 6],
+    hv: &LinkInfo,
+) -> CniResult {
+    let mut routes = vec![Route {
+        dst: default_dst(),
+        gw: Some(plan.gateway),
+    }];
+    routes.extend(plan.routes.iter().map(|(d, g)| Route {
+        dst: *d,
+        gw: Some(*g),
+    }));
+    CniResult {
+        interfaces: result_interfaces(plan, mv, mac, hv),
+        ips: vec![IpConfig {
+            address: plan.address,
+            gateway: Some(plan.gateway),
+            interface: Some(0),
+        }],
+        routes,
+    }
+}
+
+/// The attachment's links, created and marked (macvlan in the pod, veth
+/// node<->pod), with their undo steps.
+pub(crate) struct Created {
+    pub mv: LinkInfo,
+    pub hv: LinkInfo,
+    pub pv: LinkInfo,
+}
+
+/// Creates and marks the attachment's links; each created link's undo is
+/// pushed as soon as it exists. `pod_ns`: where the pod-side links are
+/// born (always `Some` outside tests). The ARP sysctls of the macvlan are
+/// set by the caller once this returns (before any link is up).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn create_links(
+    host: &mut dyn LinkOps,
+    pod: &mut dyn LinkOps,
+    pod_ns: Option<&Netns>,
+    plan: &AddPlan,
+    parent: u32,
+    mtu: Option<u32>,
+    owner: &Owner,
+    undo: &mut Vec<Undo>,
+) -> Result<Created, CniError> {
     let stale_step = crate::step!("stale_veth_check");
 
     // A node veth left by a crashed earlier ADD of this very attachment
@@ -442,22 +617,21 @@ fn build(
     drop(stale_step);
     // 1. macvlan, born in the pod netns and in the attachment's group.
     let step = crate::step!("macvlan_create");
-    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner)?;
-    undo.push(Undo::PodLink(mv.index, Role::PodInterface));
+    let mv = create_macvlan(host, pod, pod_ns, plan, parent, mtu, owner, undo)?;
     drop(step);
     let step = crate::step!("macvlan_mark");
     mark(pod, &mv, owner)?;
-    drop(step);
-    let step = crate::step!("arp_sysctls");
-    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
     drop(step);
 
     // 2. node<->pod veth, both ends in the group.
     let step = crate::step!("veth_create");
     let pod_veth = owner.name(Role::PodVeth);
-    host.create_veth_in_group(&host_veth, &pod_veth, Some(pod_ns), mtu, owner.group)
+    host.create_veth_in_group(&host_veth, &pod_veth, pod_ns, mtu, owner.group)
         .map_err(|e| dp(&format!("creating veth {host_veth}/{pod_veth}"), e))?;
+    undo.push(Undo::NodeLinkNamed(host_veth.clone()));
     let hv = lookup(host, &host_veth)?;
+    // By index from now on: the name may be reused by a stranger later.
+    undo.pop();
     undo.push(Undo::NodeLink(hv.index));
     drop(step);
     let step = crate::step!("veth_mark");
@@ -466,74 +640,7 @@ fn build(
     mark(pod, &pv, owner)?;
     drop(step);
 
-    // 3. pod side: probe → configure → up → announce (see probe.rs).
-    let pod_ip = plan.address.ip();
-    let mut mac = None;
-    if let (Some(p), Some(arp)) = (&plan.probe, arp) {
-        // Up without an address: RFC 5227 probes carry sender IP 0.0.0.0.
-        let m = probe::bring_up(pod, mv.index, plan.mac, pod_ip)?;
-        mac = Some(m);
-        if let Some(other) = probe::probe(arp, mv.index, m, pod_ip, p)? {
-            return Ok(Added::Conflict(probe::Conflict {
-                address: pod_ip,
-                mac: other,
-                node_link: None,
-            }));
-        }
-    }
-    let step = crate::step!("pod_addr");
-    pod.add_addr(mv.index, plan.address)
-        .map_err(|e| dp(&format!("adding {} to {}", plan.address, plan.ifname()), e))?;
-    drop(step);
-    let step = crate::step!("pod_links_up");
-    let mac = match mac {
-        Some(m) => m,
-        None => probe::bring_up(pod, mv.index, plan.mac, pod_ip)?,
-    };
-    pod.set_up(pv.index)
-        .map_err(|e| dp("bringing the pod veth up", e))?;
-    drop(step);
-    // With a probe the link came up before its address, so arp_notify
-    // would have announced nothing: announce explicitly.
-    if let Some(arp) = arp {
-        probe::announce(arp, mv.index, mac, pod_ip);
-    }
-    let step = crate::step!("pod_routes");
-    if let Some(rule) = pod_routes(pod, plan, owner, &mv, &pv, &node_addrs)? {
-        undo.push(Undo::PodRule(rule));
-    }
-    drop(step);
-    if let Some(eff) = &plan.qos {
-        let _s = crate::step!("qos");
-        crate::qos::apply(pod, &mv, owner, eff)?;
-    }
-
-    // 4. node side: veth up and a /32 to the pod.
-    let step = crate::step!("node_veth_up");
-    host.set_up(hv.index)
-        .map_err(|e| dp("bringing the node veth up", e))?;
-    drop(step);
-    let step = crate::step!("node_route");
-    node_route(host, pod_ip, &hv, node_addrs.first().copied())?;
-    drop(step);
-
-    let mut routes = vec![Route {
-        dst: default_dst(),
-        gw: Some(plan.gateway),
-    }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route {
-        dst: *d,
-        gw: Some(*g),
-    }));
-    Ok(Added::Configured(CniResult {
-        interfaces: result_interfaces(plan, &mv, mac, &hv),
-        ips: vec![IpConfig {
-            address: plan.address,
-            gateway: Some(plan.gateway),
-            interface: Some(0),
-        }],
-        routes,
-    }))
+    Ok(Created { mv, hv, pv })
 }
 
 /// The result's interfaces: the pod's macvlan, the one container-side
@@ -564,45 +671,50 @@ pub(crate) fn result_interfaces(
     ]
 }
 
-pub(crate) fn lookup(nl: &mut Netlink, name: &str) -> Result<LinkInfo, CniError> {
+pub(crate) fn lookup(nl: &mut dyn LinkOps, name: &str) -> Result<LinkInfo, CniError> {
     nl.link_by_name(name)
         .map_err(|e| dp(&format!("looking up {name}"), e))?
         .ok_or_else(|| CniError::datapath(format!("{name} vanished right after creation")))
 }
 
+/// Creates the pod's macvlan; its undo step is pushed the moment it
+/// exists.
+#[allow(clippy::too_many_arguments)]
 fn create_macvlan(
-    host: &mut Netlink,
-    pod: &mut Netlink,
-    pod_ns: &Netns,
+    host: &mut dyn LinkOps,
+    pod: &mut dyn LinkOps,
+    pod_ns: Option<&Netns>,
     plan: &AddPlan,
     parent: u32,
     mtu: Option<u32>,
     owner: &Owner,
+    undo: &mut Vec<Undo>,
 ) -> Result<LinkInfo, CniError> {
     let mode = MacvlanMode::Bridge;
     let ifname = plan.ifname();
-    match host.create_macvlan_in_group(
-        ifname,
-        parent,
-        mode,
-        mtu,
-        plan.mac,
-        Some(pod_ns),
-        owner.group,
-    ) {
-        Ok(()) => return lookup(pod, ifname),
+    let role = Role::PodInterface;
+    // Read back by name, then undone by index.
+    let mut created = |pod: &mut dyn LinkOps, name: &str| {
+        undo.push(Undo::PodLinkNamed(name.to_owned(), role));
+        let l = lookup(pod, name)?;
+        undo.pop();
+        undo.push(Undo::PodLink(l.index, role));
+        Ok::<_, CniError>(l)
+    };
+    match host.create_macvlan_in_group(ifname, parent, mode, mtu, plan.mac, pod_ns, owner.group) {
+        Ok(()) => return created(pod, ifname),
         Err(e) if e.is_exists() => {}
         Err(e) => return Err(dp(&format!("creating macvlan {ifname}"), e)),
     }
     // The name is taken in the node netns (the kernel checks it there even
     // for a link born elsewhere) or in the pod: create under a temporary name
-    // and rename inside the pod, where only a real clash fails.
+    // and rename inside the pod, where only a real clash fails. On failure
+    // the rollback deletes the temporary link (its undo step is pushed).
     let tmp = names::temporary();
-    host.create_macvlan_in_group(&tmp, parent, mode, mtu, plan.mac, Some(pod_ns), owner.group)
+    host.create_macvlan_in_group(&tmp, parent, mode, mtu, plan.mac, pod_ns, owner.group)
         .map_err(|e| dp(&format!("creating macvlan {tmp}"), e))?;
-    let l = lookup(pod, &tmp)?;
+    let l = created(pod, &tmp)?;
     if let Err(e) = pod.rename(l.index, ifname) {
-        let _ = pod.delete_link(l.index);
         return Err(if e.is_exists() {
             CniError::datapath(format!(
                 "an interface named {ifname} already exists in the pod netns"

@@ -284,7 +284,7 @@ impl CniEnv {
                 };
                 Ok(CniEnv::Del(DelEnv {
                     attachment: required_attachment(&container_id, &ifname, false)
-                        .map_err(|e| e.details),
+                        .map_err(|e| e.details()),
                     netns,
                 }))
             }
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(b.pod.name, "x");
         assert_eq!(b.pod.namespace, "ns");
         assert_eq!(parse_cni_args("").unwrap(), CniArgs::default());
-        assert_eq!(parse_cni_args("K8S_POD_NAME").unwrap_err().code, 4);
+        assert_eq!(parse_cni_args("K8S_POD_NAME").unwrap_err().code(), 4);
         // podman sends its container name, which may hold uppercase and '_'.
         assert_eq!(
             parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=My_app.1")
@@ -549,7 +549,7 @@ mod tests {
             format!("X={}", "x".repeat(MAX_CNI_ARGS_LEN)),
         ] {
             let e = parse_cni_args(&bad).unwrap_err();
-            assert_eq!(e.code, 4, "{bad:.80}: {e}");
+            assert_eq!(e.code(), 4, "{bad:.80}: {e}");
             assert!(e.to_string().len() < 400, "message not bounded: {e}");
         }
     }
@@ -572,7 +572,7 @@ mod tests {
             "IP=127.0.0.1",
             "IP=1;IP=2",
         ] {
-            assert_eq!(parse_cni_args(bad).unwrap_err().code, 4, "{bad}");
+            assert_eq!(parse_cni_args(bad).unwrap_err().code(), 4, "{bad}");
         }
     }
 
@@ -583,7 +583,7 @@ mod tests {
         for missing in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
             let v: Vec<_> = ok.iter().filter(|(k, _)| k != missing).cloned().collect();
             let e = CniEnv::from_os(&v).unwrap_err();
-            assert_eq!(e.code, 4, "{missing}");
+            assert_eq!(e.code(), 4, "{missing}");
             assert!(e.to_string().contains(missing), "{e} should name {missing}");
         }
         for (k, v) in [
@@ -596,7 +596,7 @@ mod tests {
         ] {
             let mut bad: Vec<_> = ok.iter().filter(|(key, _)| key != k).cloned().collect();
             bad.push((k.into(), v.into()));
-            assert_eq!(CniEnv::from_os(&bad).unwrap_err().code, 4, "{k}={v:?}");
+            assert_eq!(CniEnv::from_os(&bad).unwrap_err().code(), 4, "{k}={v:?}");
         }
         let long: String = "a".repeat(257);
         let mut bad: Vec<_> = ok
@@ -605,7 +605,7 @@ mod tests {
             .cloned()
             .collect();
         bad.push(("CNI_CONTAINERID".into(), long.into()));
-        assert_eq!(CniEnv::from_os(&bad).unwrap_err().code, 4);
+        assert_eq!(CniEnv::from_os(&bad).unwrap_err().code(), 4);
     }
 
     #[test]
@@ -624,7 +624,7 @@ mod tests {
             let mut bad: Vec<_> = add_vars().into_iter().filter(|(key, _)| key != k).collect();
             bad.push((k.into(), OsString::from_vec(b"a\xffb".to_vec())));
             let e = CniEnv::from_os(&bad).unwrap_err();
-            assert_eq!(e.code, 4, "{k}");
+            assert_eq!(e.code(), 4, "{k}");
             assert!(e.to_string().contains("UTF-8"), "{e}");
         }
     }
@@ -633,7 +633,7 @@ mod tests {
     fn duplicated_variables_are_refused() {
         let mut v = add_vars();
         v.push(("CNI_IFNAME".into(), "net1".into()));
-        assert_eq!(CniEnv::from_os(&v).unwrap_err().code, 4);
+        assert_eq!(CniEnv::from_os(&v).unwrap_err().code(), 4);
     }
 
     #[test]
@@ -678,6 +678,6 @@ mod tests {
         let v = vars(&[("CNI_COMMAND", "VERSION")]);
         assert_eq!(CniEnv::from_os(&v).unwrap().command(), Command::Version);
         let v = vars(&[("CNI_COMMAND", "FROB")]);
-        assert_eq!(CniEnv::from_os(&v).unwrap_err().code, 4);
+        assert_eq!(CniEnv::from_os(&v).unwrap_err().code(), 4);
     }
 }

@@ -11,10 +11,12 @@ pub mod arp;
 pub mod commands;
 pub mod conf;
 pub mod datapath;
+pub mod dataplane;
 pub mod env;
 pub mod error;
 pub mod fsutil;
 pub mod ipam;
+pub mod links;
 pub mod names;
 pub mod owner;
 pub mod probe;
@@ -30,6 +32,11 @@ pub mod timing;
 pub mod verify;
 pub mod vlan;
 
+#[cfg(test)]
+mod datapath_tests;
+#[cfg(test)]
+mod run_tests;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +45,7 @@ use serde_json::Value;
 use tracing::error;
 
 use crate::conf::{sniff_version, NetConf};
+use crate::dataplane::Datapath;
 use crate::env::CniEnv;
 use crate::error::CniError;
 use crate::request::Request;
@@ -56,9 +64,14 @@ pub struct Invocation {
 /// Runs one invocation; returns the process exit code. stdout carries only
 /// the protocol (result or error JSON); logs go to stderr or `logFile`.
 pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
+    run_with(inv, stdout, &mut dataplane::Kernel::default())
+}
+
+/// [`run`] over the datapath `dp` (a fake one in tests).
+pub fn run_with(inv: &Invocation, stdout: &mut dyn Write, dp: &mut dyn Datapath) -> i32 {
     let started = std::time::Instant::now();
     let steps_sink = steps::sink(&inv.env);
-    let code = answer(inv, stdout, steps_sink.is_some());
+    let code = answer(inv, stdout, steps_sink.is_some(), dp);
     // After the answer is out: the next ipamd call on this node reports it.
     let command = inv
         .env
@@ -76,9 +89,14 @@ pub fn run(inv: &Invocation, stdout: &mut dyn Write) -> i32 {
     code
 }
 
-fn answer(inv: &Invocation, stdout: &mut dyn Write, with_steps: bool) -> i32 {
+fn answer(
+    inv: &Invocation,
+    stdout: &mut dyn Write,
+    with_steps: bool,
+    dp: &mut dyn Datapath,
+) -> i32 {
     let version = sniff_version(&inv.stdin);
-    match dispatch(inv, with_steps) {
+    match dispatch(inv, with_steps, dp) {
         Ok(Some(v)) => {
             let t = steps::now_ns();
             let _ = writeln!(stdout, "{v}");
@@ -90,7 +108,7 @@ fn answer(inv: &Invocation, stdout: &mut dyn Write, with_steps: bool) -> i32 {
             // The runtime shows stderr; a log file (if configured) gets the
             // same line inside the invocation's span.
             if LOG_TO_FILE.load(Ordering::Relaxed) {
-                error!(code = e.code, "{e}");
+                error!(code = e.code(), "{e}");
             }
             eprintln!("rackline: {e}");
             let _ = writeln!(stdout, "{}", e.to_json(&version));
@@ -99,7 +117,11 @@ fn answer(inv: &Invocation, stdout: &mut dyn Write, with_steps: bool) -> i32 {
     }
 }
 
-fn dispatch(inv: &Invocation, with_steps: bool) -> Result<Option<Value>, CniError> {
+fn dispatch(
+    inv: &Invocation,
+    with_steps: bool,
+    dp: &mut dyn Datapath,
+) -> Result<Option<Value>, CniError> {
     let t = steps::now_ns();
     let (env, conf) = match request::parse(inv)? {
         Request::Version(requested) => return Ok(Some(commands::version(&requested))),
@@ -113,9 +135,9 @@ fn dispatch(inv: &Invocation, with_steps: bool) -> Result<Option<Value>, CniErro
     let span = span_for(&env, &conf);
     let _entered = span.enter();
     match &env {
-        CniEnv::Add(p) => commands::add(p, &conf).map(Some),
-        CniEnv::Del(d) => commands::del(d, &conf).map(|()| None),
-        CniEnv::Check(p) => commands::check(p, &conf).map(|()| None),
+        CniEnv::Add(p) => commands::add(p, &conf, dp).map(Some),
+        CniEnv::Del(d) => commands::del(d, &conf, dp).map(|()| None),
+        CniEnv::Check(p) => commands::check(p, &conf, dp).map(|()| None),
         CniEnv::Gc => commands::gc(&conf).map(|()| None),
         CniEnv::Status => commands::status(&conf).map(|()| None),
         CniEnv::Version => unreachable!("answered by request::parse"),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::arp::{Arp, ArpSocket, BROADCAST};
-use crate::error::{code, CniError};
+use crate::error::CniError;
 
 /// How many addresses one ADD tries before it gives up: each conflict
 /// costs a probe budget (≤ 300 ms by default) and an ipamd round trip.
@@ -30,24 +30,6 @@ pub const MAX_ATTEMPTS: usize = 3;
 pub struct ProbeParams {
     pub count: u32,
     pub interval: Duration,
-}
-
-impl ProbeParams {
-    /// From ipamd's answer; None = probe off. Out-of-range values (an ipamd
-    /// newer than this plugin, or a corrupt record) are clamped to the
-    /// documented bounds rather than turning one ADD into a long stall.
-    pub fn from_pb(p: Option<&rackline_proto::ipam::v1::ProbeConfig>) -> Option<Self> {
-        use rackline_model::probe::{PROBE_COUNT_RANGE, PROBE_INTERVAL_MS_RANGE};
-        p.map(|p| Self {
-            count: p
-                .count
-                .clamp(*PROBE_COUNT_RANGE.start(), *PROBE_COUNT_RANGE.end()),
-            interval: Duration::from_millis(u64::from(p.interval_ms.clamp(
-                *PROBE_INTERVAL_MS_RANGE.start(),
-                *PROBE_INTERVAL_MS_RANGE.end(),
-            ))),
-        })
-    }
 }
 
 /// Brings the macvlan up and returns the MAC it carries: the stable MAC,
@@ -65,14 +47,14 @@ pub fn bring_up(
 ) -> Result<[u8; 6], CniError> {
     let busy =
         |e: &rackline_netlink::NetlinkError| e.errno() == Some(nix::errno::Errno::EADDRINUSE);
-    let up_err = |e| CniError::datapath(format!("bringing the pod interface up: {e}"));
+    let up_err = |e| CniError::datapath_by("bringing the pod interface up", e);
     match pod.set_up(index) {
         Ok(()) => Ok(mac),
         Err(e) if busy(&e) => {
             let alt = rackline_model::mac::alternate_for(ip);
             warn!(%ip, stable = %rackline_model::mac::format(mac), alternate = %rackline_model::mac::format(alt), "stable MAC in use by another macvlan on this parent (an older incarnation of this pod?); using the alternate MAC");
             pod.set_mac(index, alt)
-                .map_err(|e| CniError::datapath(format!("setting the alternate MAC: {e}")))?;
+                .map_err(|e| CniError::datapath_by("setting the alternate MAC", e))?;
             pod.set_up(index).map_err(up_err)?;
             Ok(alt)
         }
@@ -81,7 +63,7 @@ pub fn bring_up(
 }
 
 fn io_err(what: &str, e: std::io::Error) -> CniError {
-    CniError::datapath(format!("{what}: {e}"))
+    CniError::datapath_by(what, e)
 }
 
 /// Probes for `ip` on `ifindex` (up, no address). Returns the MAC of the
@@ -157,49 +139,45 @@ fn list(conflicts: &[Conflict]) -> String {
 
 /// A sticky pod's address is its identity: it never takes another one.
 pub fn sticky_error(c: &Conflict, network: &str, pod: &str) -> CniError {
-    CniError::new(
-        code::ADDRESS_CONFLICT,
-        "the sticky pod's address is in use by another host",
-        format!(
-            "address {} is in use by {} on network {network}; the sticky pod {pod} cannot start until it is freed",
-            c.address,
-            match &c.node_link {
-                Some(_) => c.holder(),
-                None => format!("MAC {}", c.holder()),
-            }
-        ),
-    )
+    CniError::StickyAddressInUse {
+        address: c.address,
+        holder: match &c.node_link {
+            Some(_) => c.holder(),
+            None => format!("MAC {}", c.holder()),
+        },
+        network: network.to_owned(),
+        pod: pod.to_owned(),
+    }
 }
 
 /// Every address offered was in use.
-pub fn exhausted_error(conflicts: &[Conflict], network: &str) -> CniError {
-    CniError::new(
-        code::ADDRESS_CONFLICT,
-        "every address offered was in use by another host",
-        format!(
-            "{} attempt(s) on network {network}: {}; the addresses are quarantined, find the hosts squatting on them",
-            conflicts.len(),
-            list(conflicts)
-        ),
-    )
+/// `then`: the Allocate error that ended the attempts, if any.
+pub fn exhausted_error(conflicts: &[Conflict], network: &str, then: Option<CniError>) -> CniError {
+    CniError::ConflictsExhausted {
+        attempts: conflicts.len(),
+        network: network.to_owned(),
+        list: list(conflicts),
+        then: then.map(Box::new),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
     use rackline_proto::ipam::v1 as pb;
 
     #[test]
     fn params_follow_ipamd_and_are_clamped() {
-        assert_eq!(ProbeParams::from_pb(None), None);
-        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+        assert_eq!(crate::ipam::probe_params(None), None);
+        let p = crate::ipam::probe_params(Some(&pb::ProbeConfig {
             count: 3,
             interval_ms: 100,
             quarantine_secs: 600,
         }))
         .unwrap();
         assert_eq!((p.count, p.interval), (3, Duration::from_millis(100)));
-        let p = ProbeParams::from_pb(Some(&pb::ProbeConfig {
+        let p = crate::ipam::probe_params(Some(&pb::ProbeConfig {
             count: 1000,
             interval_ms: 0,
             quarantine_secs: 0,
@@ -216,8 +194,8 @@ mod tests {
             node_link: None,
         };
         let e = sticky_error(&c, "prod", "default/db-0");
-        assert_eq!(e.code, code::ADDRESS_CONFLICT);
-        assert!(e.details.contains("address 10.10.0.70 is in use by MAC 02:00:00:00:00:09 on network prod; the sticky pod default/db-0 cannot start until it is freed"), "{e}");
+        assert_eq!(e.code(), code::ADDRESS_CONFLICT);
+        assert!(e.details().contains("address 10.10.0.70 is in use by MAC 02:00:00:00:00:09 on network prod; the sticky pod default/db-0 cannot start until it is freed"), "{e}");
         let d = Conflict {
             address: Ipv4Addr::new(10, 10, 0, 71),
             mac: [2, 0, 0, 0, 0, 10],
@@ -228,11 +206,11 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 11],
             node_link: Some("uplink0".into()),
         };
-        let e = exhausted_error(&[c, d, n.clone()], "prod");
-        assert!(e.details.contains("10.10.0.70 (in use by 02:00:00:00:00:09), 10.10.0.71 (in use by 02:00:00:00:00:0a), 10.10.0.72 (in use by this node's uplink0 (02:00:00:00:00:0b))"), "{e}");
+        let e = exhausted_error(&[c, d, n.clone()], "prod", None);
+        assert!(e.details().contains("10.10.0.70 (in use by 02:00:00:00:00:09), 10.10.0.71 (in use by 02:00:00:00:00:0a), 10.10.0.72 (in use by this node's uplink0 (02:00:00:00:00:0b))"), "{e}");
         let e = sticky_error(&n, "prod", "default/db-0");
         assert!(
-            e.details.contains(
+            e.details().contains(
                 "address 10.10.0.72 is in use by this node's uplink0 (02:00:00:00:00:0b)"
             ),
             "{e}"

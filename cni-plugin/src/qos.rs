@@ -14,11 +14,11 @@
 
 use rackline_model::qos::{self, Bandwidth, Effective, Layers, Resolved};
 use rackline_netlink::{LinkInfo, Netlink, NetlinkError, Tbf};
-use rackline_proto::ipam::v1 as pb;
 use tracing::warn;
 
 use crate::conf::NetConf;
-use crate::error::{code, CniError};
+use crate::error::CniError;
+use crate::ipam::QosLevels;
 use crate::names;
 use crate::owner::{Owner, Role};
 
@@ -67,40 +67,18 @@ pub fn pod_request(conf: &NetConf) -> Result<Option<Bandwidth>, CniError> {
     Ok((!b.is_empty()).then_some(b))
 }
 
-fn from_pb(b: Option<&pb::Bandwidth>) -> Option<Bandwidth> {
-    let b = b?;
-    let nz = |v: u64| (v != 0).then_some(v);
-    let out = Bandwidth {
-        ingress_rate: nz(b.ingress_rate),
-        ingress_burst: nz(b.ingress_burst),
-        egress_rate: nz(b.egress_rate),
-        egress_burst: nz(b.egress_burst),
-    };
-    (!out.is_empty()).then_some(out)
-}
-
 /// Layers ipamd's levels (network default, node class, policy, max) with
 /// the pod's request: the one [`qos::resolve`].
-pub fn effective(conf: &NetConf, net: &pb::NetworkConfig) -> Result<Option<Effective>, CniError> {
+pub fn effective(conf: &NetConf, levels: &QosLevels) -> Result<Option<Effective>, CniError> {
     let pod = pod_request(conf)?;
-    let default = from_pb(net.qos_default.as_ref());
-    let class = from_pb(net.qos_node_class.as_ref());
-    let policy = from_pb(net.qos_policy.as_ref());
-    let max = from_pb(net.qos_max.as_ref());
     qos::resolve(&Layers {
-        network_default: default.as_ref(),
-        node_class: class.as_ref(),
-        policy: policy.as_ref(),
+        network_default: levels.network_default.as_ref(),
+        node_class: levels.node_class.as_ref(),
+        policy: levels.policy.as_ref(),
         pod: pod.as_ref(),
-        max: max.as_ref(),
+        max: levels.max.as_ref(),
     })
-    .map_err(|e| {
-        CniError::new(
-            code::IPAM,
-            "rackline-ipamd sent an unusable answer",
-            format!("QoS levels: {e}"),
-        )
-    })
+    .map_err(|e| CniError::IpamUnusable(format!("QoS levels: {e}")))
 }
 
 /// The tbf for one resolved direction on a device with `mtu`: rate and
@@ -124,7 +102,7 @@ pub fn tbf_for(r: &Resolved, mtu: u32) -> Tbf {
 }
 
 fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("QoS: {what}: {e}"))
+    CniError::datapath_by(format!("QoS: {what}"), e)
 }
 
 /// Applies `eff` to the pod interface `mv` (up, in the pod netns). On
@@ -206,13 +184,7 @@ pub fn check(
     owner: &Owner,
     eff: Option<&Effective>,
 ) -> Result<(), CniError> {
-    let fail = |d: String| {
-        CniError::new(
-            code::CHECK_FAILED,
-            "the pod network is not as set up",
-            format!("QoS: {d}"),
-        )
-    };
+    let fail = |d: String| CniError::CheckFailed(format!("QoS: {d}"));
     let qdiscs = pod.qdiscs(mv.index).map_err(|e| dp("listing qdiscs", e))?;
     let root_tbf = qdiscs.iter().find(|q| q.kind == "tbf").and_then(|q| q.tbf);
     match (eff.and_then(|e| e.egress.as_ref()), root_tbf) {
@@ -291,6 +263,7 @@ fn same_tbf(dir: &str, want: &Tbf, got: &Tbf) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
     use rackline_model::qos::{Level, Limit};
 
     fn conf(rc: &str) -> NetConf {
@@ -333,7 +306,7 @@ mod tests {
             r#"{"egressRate":5000000000000}"#,
         ] {
             let e = pod_request(&conf(bad)).unwrap_err();
-            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert_eq!(e.code(), code::INVALID_CONFIG, "{bad}: {e}");
         }
         // Negative numbers do not even decode: also code 7.
         let e = NetConf::parse(
@@ -341,25 +314,28 @@ mod tests {
             crate::env::Command::Add,
         )
         .unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert_eq!(e.code(), code::INVALID_CONFIG);
     }
 
     #[test]
     fn layers_from_ipamd_and_pod() {
         let c = conf(r#"{"egressRate":20000000}"#);
-        let net = pb::NetworkConfig {
-            qos_default: Some(pb::Bandwidth {
-                ingress_rate: 100_000_000,
-                egress_rate: 100_000_000,
-                ..Default::default()
+        let levels = QosLevels {
+            network_default: Some(Bandwidth {
+                ingress_rate: Some(100_000_000),
+                egress_rate: Some(100_000_000),
+                ingress_burst: None,
+                egress_burst: None,
             }),
-            qos_max: Some(pb::Bandwidth {
-                ingress_rate: 50_000_000,
-                ..Default::default()
+            max: Some(Bandwidth {
+                ingress_rate: Some(50_000_000),
+                egress_rate: None,
+                ingress_burst: None,
+                egress_burst: None,
             }),
             ..Default::default()
         };
-        let e = effective(&c, &net).unwrap().unwrap();
+        let e = effective(&c, &levels).unwrap().unwrap();
         let i = e.ingress.unwrap();
         assert_eq!(
             (i.limit.rate, i.level, i.clamped),
@@ -367,7 +343,7 @@ mod tests {
         );
         let eg = e.egress.unwrap();
         assert_eq!((eg.limit.rate, eg.level), (20_000_000, Level::Pod));
-        assert!(effective(&conf("{}"), &pb::NetworkConfig::default())
+        assert!(effective(&conf("{}"), &QosLevels::default())
             .unwrap()
             .is_none());
     }

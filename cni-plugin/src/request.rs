@@ -3,7 +3,7 @@
 
 use crate::conf::{sniff_version, NetConf};
 use crate::env::CniEnv;
-use crate::error::{code, CniError};
+use crate::error::CniError;
 use crate::Invocation;
 
 /// A validated invocation.
@@ -22,11 +22,7 @@ pub fn parse(inv: &Invocation) -> Result<Request, CniError> {
         return Ok(Request::Version(sniff_version(&inv.stdin)));
     }
     if let Some(p) = &inv.stdin_problem {
-        return Err(CniError::new(
-            code::DECODE,
-            "cannot read the network configuration",
-            p.clone(),
-        ));
+        return Err(CniError::StdinUnreadable(p.clone()));
     }
     let conf = NetConf::parse(&inv.stdin, env.command())?;
     Ok(Request::Verb(Box::new((env, conf))))

@@ -138,6 +138,11 @@ macro_rules! step {
     };
 }
 
+/// The recorded steps are process-wide: unit tests that record them (this
+/// module's, and those driving `run_with`) take turns.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +150,8 @@ mod tests {
 
     #[test]
     fn closed_step_spans_are_recorded_in_order() {
+        let _turn = TEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        STEPS.lock().unwrap().clear();
         let sub = tracing_subscriber::registry().with(StepLayer);
         tracing::subscriber::with_default(sub, || {
             {

@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 
 use crate::datapath::{dp, is_own};
 use crate::env::Attachment;
-use crate::error::{code, CniError};
+use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::owner::{Owner, Role};
 use crate::routes::host_net;
 
@@ -32,16 +33,14 @@ fn open_for_del(path: &Path) -> Result<Option<Netns>, CniError> {
         }
         Ok(ns) => Ok(Some(ns)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e @ NetlinkError::NotANamespace { .. }) => Err(CniError::new(
-            code::INVALID_ENV,
-            "CNI_NETNS is not a network namespace",
-            format!("CNI_NETNS={}: {e}", path.display()),
-        )),
-        Err(e) => Err(CniError::new(
-            code::IO_FAILURE,
-            "cannot open the pod network namespace",
-            format!("{}: {e}", path.display()),
-        )),
+        Err(cause @ NetlinkError::NotANamespace { .. }) => Err(CniError::NotANetns {
+            path: path.to_owned(),
+            cause,
+        }),
+        Err(cause) => Err(CniError::NetnsOpen {
+            path: path.to_owned(),
+            cause,
+        }),
     }
 }
 
@@ -69,8 +68,13 @@ pub fn del(
         del_in_pod(ns, &owner, att.ifname.as_str(), &mut host, unaddressed)?;
     }
     let _s = crate::step!("node_veth_check");
-    // The node end is normally gone with its peer; it remains when the pod
-    // netns is unknown (containerd's second DEL) or a partial ADD left it.
+    remove_node_veth(&mut host, &owner)
+}
+
+/// The node end is normally gone with its peer; it remains when the pod
+/// netns is unknown (containerd's second DEL) or a partial ADD left it.
+/// Removed only when it provably is the attachment's.
+pub(crate) fn remove_node_veth(host: &mut dyn LinkOps, owner: &Owner) -> Result<(), CniError> {
     let name = owner.name(Role::NodeVeth);
     if let Some(l) = host
         .link_by_name(&name)
@@ -117,27 +121,21 @@ fn del_in_pod(
     let step = crate::step!("pod_netlink_open");
     let mut pod = Netlink::in_netns(ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     drop(step);
+    remove_pod_links(&mut pod, host, owner, unaddressed)
+}
+
+/// Removes the attachment's links in the pod (`pod`): only those it
+/// provably owns (`owner.rs`), its source rules and addresses first.
+pub(crate) fn remove_pod_links(
+    pod: &mut dyn LinkOps,
+    host: &mut dyn LinkOps,
+    owner: &Owner,
+    unaddressed: &mut dyn FnMut(),
+) -> Result<(), CniError> {
     let step = crate::step!("pod_links_list");
     let links = pod.links().map_err(|e| dp("listing pod links", e))?;
-    // Unmarked links (pods set up before marks) are ours only with the
-    // veth peer proof.
-    let pv_name = owner.name(Role::PodVeth);
-    let proven = match links
-        .iter()
-        .find(|l| l.name == pv_name && l.alias.is_none())
-    {
-        Some(pv) => {
-            let node = match pv.parent_index {
-                Some(i) => host
-                    .link_by_index(i)
-                    .map_err(|e| dp("looking up the pod veth's peer", e))?,
-                None => None,
-            };
-            owner.pod_veth_pair(pv, node.as_ref())
-        }
-        None => false,
-    };
-    let mut ours = owner.pod_links(&links, proven);
+    let proven = unmarked_pair_proven(&links, host, owner)?;
+    let ours = owner.pod_links(&links, proven);
     drop(step);
     if ours.is_empty() {
         debug!("no link of this attachment in the pod netns");
@@ -145,19 +143,61 @@ fn del_in_pod(
     }
     {
         let _s = crate::step!("source_rules");
-        del_source_rules(&mut pod, owner, &ours)?;
+        del_source_rules(pod, owner, &ours)?;
     }
-    {
+    let addressless = {
         let _s = crate::step!("addrs_delete");
-        match del_addresses(&mut pod, &ours) {
-            Ok(()) => unaddressed(),
+        match del_addresses(pod, &ours) {
+            Ok(()) => true,
             // The links' deletion removes them anyway; only the early
             // release is given up.
-            Err(e) => debug!("could not remove the pod's addresses first: {e}"),
+            Err(e) => {
+                debug!("could not remove the pod's addresses first: {e}");
+                false
+            }
         }
+    };
+    // After the step is closed: the release it lets start is timed after it.
+    if addressless {
+        unaddressed();
     }
     let _s = crate::step!("links_delete");
-    if owner.group_is_all_ours(&links, &ours) {
+    delete_links(pod, owner, &links, ours)
+}
+
+/// Unmarked links (pods set up before marks) are ours only with the veth
+/// peer proof: the pod's unmarked veth and its node peer are the pair
+/// derived from this attachment.
+fn unmarked_pair_proven(
+    links: &[rackline_netlink::LinkInfo],
+    host: &mut dyn LinkOps,
+    owner: &Owner,
+) -> Result<bool, CniError> {
+    let pv_name = owner.name(Role::PodVeth);
+    let Some(pv) = links
+        .iter()
+        .find(|l| l.name == pv_name && l.alias.is_none())
+    else {
+        return Ok(false);
+    };
+    let node = match pv.parent_index {
+        Some(i) => host
+            .link_by_index(i)
+            .map_err(|e| dp("looking up the pod veth's peer", e))?,
+        None => None,
+    };
+    Ok(owner.pod_veth_pair(pv, node.as_ref()))
+}
+
+/// Deletes the attachment's pod links (`ours`): as one group batch when
+/// the group holds nothing else, otherwise link by link, the veth last.
+fn delete_links(
+    pod: &mut dyn LinkOps,
+    owner: &Owner,
+    links: &[rackline_netlink::LinkInfo],
+    mut ours: Vec<(&rackline_netlink::LinkInfo, Role)>,
+) -> Result<(), CniError> {
+    if owner.group_is_all_ours(links, &ours) {
         match pod.delete_group(owner.group) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_not_found() => return Ok(()),
@@ -182,7 +222,7 @@ fn del_in_pod(
 /// on this attachment's own macvlan — a rule only matching the table number
 /// could be another container's attachment of the same ifname.
 fn del_source_rules(
-    pod: &mut Netlink,
+    pod: &mut dyn LinkOps,
     owner: &Owner,
     ours: &[(&rackline_netlink::LinkInfo, Role)],
 ) -> Result<(), CniError> {
@@ -219,7 +259,7 @@ fn del_source_rules(
 /// with them as preferred source go with them); a deleted address costs no
 /// RCU grace period, unlike a deleted link.
 fn del_addresses(
-    pod: &mut Netlink,
+    pod: &mut dyn LinkOps,
     ours: &[(&rackline_netlink::LinkInfo, Role)],
 ) -> Result<(), NetlinkError> {
     for (l, role) in ours {

@@ -3,14 +3,15 @@
 
 use rackline_netlink::{LinkInfo, Netlink};
 
-use crate::datapath::{dp, lookup, open_pod_netns, result_interfaces, AddPlan};
-use crate::error::{code, CniError};
+use crate::datapath::{configured_result, dp, lookup, open_pod_netns, AddPlan};
+use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::owner::{Owner, Role};
-use crate::result::{format_mac, CniResult, IpConfig, Route};
-use crate::routes::{default_dst, host_net};
+use crate::result::{format_mac, CniResult};
+use crate::routes::host_net;
 
 fn fail(d: String) -> CniError {
-    CniError::new(code::CHECK_FAILED, "the pod network is not as set up", d)
+    CniError::CheckFailed(d)
 }
 
 /// The result of an ADD that already happened (a repeated ADD of a healthy
@@ -23,23 +24,12 @@ pub fn describe(plan: &AddPlan) -> Result<CniResult, CniError> {
     let mv = lookup(&mut pod, plan.ifname())?;
     let owner = Owner::new(&plan.attachment);
     let hv = lookup(&mut host, &owner.name(Role::NodeVeth))?;
-    let mut routes = vec![Route {
-        dst: default_dst(),
-        gw: Some(plan.gateway),
-    }];
-    routes.extend(plan.routes.iter().map(|(d, g)| Route {
-        dst: *d,
-        gw: Some(*g),
-    }));
-    Ok(CniResult {
-        interfaces: result_interfaces(plan, &mv, mv.mac.unwrap_or(plan.mac), &hv),
-        ips: vec![IpConfig {
-            address: plan.address,
-            gateway: Some(plan.gateway),
-            interface: Some(0),
-        }],
-        routes,
-    })
+    Ok(configured_result(
+        plan,
+        &mv,
+        mv.mac.unwrap_or(plan.mac),
+        &hv,
+    ))
 }
 
 fn must_own(owner: &Owner, l: &LinkInfo, role: Role, proven: bool) -> Result<(), CniError> {
@@ -126,11 +116,63 @@ fn network_settings(
 /// `prev_mac`: the MAC prevResult reports for the interface (lowercase),
 /// accepted besides the stable and alternate MACs.
 pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
-    let ifname = plan.ifname();
     let owner = Owner::new(&plan.attachment);
     let ns = open_pod_netns(&plan.netns_path)?;
     let mut pod = Netlink::in_netns(&ns).map_err(|e| dp("opening netlink in the pod netns", e))?;
     let mut host = Netlink::new().map_err(|e| dp("opening netlink", e))?;
+    let (mv, hv) = check_links(plan, prev_mac, &mut pod, &mut host)?;
+    if let Some(vid) = plan.vlan {
+        crate::vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
+    }
+    check_node_route(plan, &mut host, &hv)?;
+    crate::qos::check(&mut pod, &mv, &owner, plan.qos.as_ref())
+}
+
+/// The attachment's links, the pod's address, routes and source rule, as
+/// ADD left them; the pod's macvlan and the node veth when they are.
+pub(crate) fn check_links(
+    plan: &AddPlan,
+    prev_mac: Option<&str>,
+    pod: &mut dyn LinkOps,
+    host: &mut dyn LinkOps,
+) -> Result<(LinkInfo, LinkInfo), CniError> {
+    let owner = Owner::new(&plan.attachment);
+    let (mv, pv, hv) = owned_links(plan, &owner, pod, host)?;
+    check_macvlan(plan, prev_mac, &mv)?;
+    let ifname = plan.ifname();
+    let addrs = pod
+        .addrs(Some(mv.index))
+        .map_err(|e| dp("listing pod addresses", e))?;
+    if !addrs.iter().any(|a| a.addr == plan.address) {
+        return Err(fail(format!("{ifname} does not carry {}", plan.address)));
+    }
+    let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
+    if !routes
+        .iter()
+        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
+    {
+        return Err(fail(format!(
+            "default route via {} on {ifname} is missing",
+            plan.gateway
+        )));
+    }
+    if !pv.up {
+        return Err(fail(format!("{} is down", pv.name)));
+    }
+    network_settings(plan, &routes, &mv, &pv)?;
+    check_source_rule(plan, &owner, &routes, &mv, pod)?;
+    Ok((mv, hv))
+}
+
+/// The pod's macvlan, the pod veth and the node veth: present, and each
+/// provably the attachment's.
+fn owned_links(
+    plan: &AddPlan,
+    owner: &Owner,
+    pod: &mut dyn LinkOps,
+    host: &mut dyn LinkOps,
+) -> Result<(LinkInfo, LinkInfo, LinkInfo), CniError> {
+    let ifname = plan.ifname();
     let mv = pod
         .link_by_name(ifname)
         .map_err(|e| dp("looking up pod interface", e))?
@@ -149,9 +191,16 @@ pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
         .map_err(|e| dp("looking up node veth", e))?
         .ok_or_else(|| fail(format!("node side of the veth ({hv_name}) is missing")))?;
     let proven = owner.pod_veth_pair(&pv, Some(&hv));
-    must_own(&owner, &mv, Role::PodInterface, proven)?;
-    must_own(&owner, &pv, Role::PodVeth, proven)?;
-    must_own(&owner, &hv, Role::NodeVeth, false)?;
+    must_own(owner, &mv, Role::PodInterface, proven)?;
+    must_own(owner, &pv, Role::PodVeth, proven)?;
+    must_own(owner, &hv, Role::NodeVeth, false)?;
+    Ok((mv, pv, hv))
+}
+
+/// The macvlan is up with the address's stable MAC, its alternate, or the
+/// MAC prevResult reported.
+fn check_macvlan(plan: &AddPlan, prev_mac: Option<&str>, mv: &LinkInfo) -> Result<(), CniError> {
+    let ifname = plan.ifname();
     if !mv.up {
         return Err(fail(format!("{ifname} is down")));
     }
@@ -167,58 +216,56 @@ pub fn check(plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
             format_mac(plan.mac)
         )));
     }
-    let addrs = pod
-        .addrs(Some(mv.index))
-        .map_err(|e| dp("listing pod addresses", e))?;
-    if !addrs.iter().any(|a| a.addr == plan.address) {
-        return Err(fail(format!("{ifname} does not carry {}", plan.address)));
-    }
-    let routes = pod.routes().map_err(|e| dp("listing pod routes", e))?;
-    if !routes
-        .iter()
-        .any(|r| r.dst.prefix() == 0 && r.gateway == Some(plan.gateway) && r.oif == Some(mv.index))
-    {
-        return Err(fail(format!(
-            "default route via {} on {ifname} is missing",
-            plan.gateway
-        )));
-    }
-    if !pv.up {
-        return Err(fail(format!("{pv_name} is down")));
-    }
-    network_settings(plan, &routes, &mv, &pv)?;
-    // An additional attachment (its default route has a metric above 0)
-    // also has its source rule.
+    Ok(())
+}
+
+/// An additional attachment (its default route has a metric above 0)
+/// also has its source rule.
+fn check_source_rule(
+    plan: &AddPlan,
+    owner: &Owner,
+    routes: &[rackline_netlink::RouteInfo],
+    mv: &LinkInfo,
+    pod: &mut dyn LinkOps,
+) -> Result<(), CniError> {
     let additional = routes
         .iter()
         .any(|r| r.dst.prefix() == 0 && r.oif == Some(mv.index) && r.metric > 0);
-    if additional {
-        let want = rackline_netlink::RuleSpec {
-            src: host_net(plan.address.ip()),
-            table: owner.group,
-            priority: crate::routes::RULE_PRIORITY,
-        };
-        let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
-        if !rules.iter().any(|r| r.is(&want)) {
-            return Err(fail(format!(
-                "the source rule from {} to table {:#x} is missing",
-                plan.address.ip(),
-                owner.group
-            )));
-        }
+    if !additional {
+        return Ok(());
     }
-    if let Some(vid) = plan.vlan {
-        crate::vlan::check(&mut host, &plan.master, vid).map_err(fail)?;
+    let want = rackline_netlink::RuleSpec {
+        src: host_net(plan.address.ip()),
+        table: owner.group,
+        priority: crate::routes::RULE_PRIORITY,
+    };
+    let rules = pod.rules().map_err(|e| dp("listing pod rules", e))?;
+    if !rules.iter().any(|r| r.is(&want)) {
+        return Err(fail(format!(
+            "the source rule from {} to table {:#x} is missing",
+            plan.address.ip(),
+            owner.group
+        )));
     }
+    Ok(())
+}
+
+/// The node's /32 to the pod over the node veth.
+pub(crate) fn check_node_route(
+    plan: &AddPlan,
+    host: &mut dyn LinkOps,
+    hv: &LinkInfo,
+) -> Result<(), CniError> {
     let host_routes = host.routes().map_err(|e| dp("listing node routes", e))?;
     if !host_routes
         .iter()
         .any(|r| r.dst == host_net(plan.address.ip()) && r.oif == Some(hv.index))
     {
         return Err(fail(format!(
-            "the node's route to {} via {hv_name} is missing",
-            plan.address.ip()
+            "the node's route to {} via {} is missing",
+            plan.address.ip(),
+            hv.name
         )));
     }
-    crate::qos::check(&mut pod, &mv, &owner, plan.qos.as_ref())
+    Ok(())
 }

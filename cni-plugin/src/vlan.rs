@@ -43,7 +43,6 @@ use std::time::Duration;
 
 use nix::fcntl::Flock;
 use rackline_netlink::{LinkInfo, Netlink, NetlinkError};
-use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use crate::error::CniError;
@@ -53,30 +52,9 @@ use crate::names;
 /// `ETH_P_8021Q`: the only VLAN protocol Rackline creates or reuses.
 const ETH_P_8021Q: u16 = 0x8100;
 
-/// What happens to a VLAN device when its last pod on the node leaves
-/// (netconf `vlanCleanup`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VlanCleanup {
-    /// Default. The device stays: the next pod on that VLAN costs no
-    /// create (and no RCU-waiting delete), node-level tools (monitoring,
-    /// a DHCP relay, a node address on the VLAN) never see it flap, and a
-    /// rackline bug can never delete a device in use.
-    #[default]
-    Keep,
-    /// Delete it when the last attachment leaves, but only if rackline
-    /// created it (a device the operator made is never removed).
-    Remove,
-}
-
-/// Where the VLAN registry lives and what DEL does (from the netconf).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VlanOptions {
-    pub runtime_dir: PathBuf,
-    pub cleanup: VlanCleanup,
-    /// Longest wait for a device's lock (the netconf's `timeoutMs`).
-    pub lock_wait: Duration,
-}
+// The options are configuration: they live with the netconf, which knows
+// nothing of the datapath.
+pub use crate::conf::{VlanCleanup, VlanOptions};
 
 /// A VLAN device ADD put a user on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +67,11 @@ pub struct Attached {
 }
 
 fn dp(what: &str, e: NetlinkError) -> CniError {
-    CniError::datapath(format!("{what}: {e}"))
+    CniError::datapath_by(what, e)
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
-    CniError::datapath(format!("{what} {}: {e}", path.display()))
+    CniError::datapath_by(format!("{what} {}", path.display()), e)
 }
 
 /// The registry key of an attachment: the name-safe hash DEL recomputes.
@@ -556,7 +534,7 @@ mod tests {
         let e = DeviceLock::acquire(&ns, "uplink.400", Duration::from_millis(150))
             .err()
             .expect("the lock is held");
-        assert!(e.details.contains("still locked"), "{e}");
+        assert!(e.details().contains("still locked"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 
@@ -573,7 +551,7 @@ mod tests {
         let e = DeviceLock::acquire(&ns, "uplink.500", WAIT)
             .err()
             .expect("a FIFO is no lock file");
-        assert!(e.details.contains("a FIFO"), "{e}");
+        assert!(e.details().contains("a FIFO"), "{e}");
     }
 
     #[test]

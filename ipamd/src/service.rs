@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rackline_model::{Lease, NetworkSpec, PodRef};
 use rackline_proto::ipam::v1 as pb;
+use rackline_proto::reason::IpamReason;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{AllocateArgs, ConflictArgs, Engine, IpamError};
@@ -62,8 +63,8 @@ impl<S> IpamService<S> {
                 PodsError::Annotation { key, .. } if *key == crate::pods::ANNOTATION_IP => {
                     status_of(IpamError::RequestedAddress(e.to_string()))
                 }
-                PodsError::Annotation { .. } => Status::invalid_argument(e.to_string()),
-                PodsError::Unavailable { .. } => Status::unavailable(e.to_string()),
+                PodsError::Annotation { .. } => IpamReason::BadAnnotation.status(e.to_string()),
+                PodsError::Unavailable { .. } => IpamReason::Unavailable.status(e.to_string()),
             })
     }
 
@@ -95,7 +96,7 @@ impl<S> IpamService<S> {
         if self.filters.wait_netpol_synced(NETPOL_SYNC_WAIT).await {
             return Ok(());
         }
-        Err(Status::unavailable(format!(
+        Err(IpamReason::PolicyNotSynced.status(format!(
             "NetworkPolicy caches not yet synced after {NETPOL_SYNC_WAIT:?} (ipamd starting): \
              refusing to start the pod without its policy; try again later"
         )))
@@ -152,27 +153,37 @@ pub const NETPOL_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// `ERROR_KIND_KEY` of a refused requested address (CNI code 107).
 pub const ERROR_REQUESTED_ADDRESS: &str = "requested-address";
 
-pub fn status_of(e: IpamError) -> Status {
-    let msg = e.to_string();
+/// The reason ipamd gives for `e` (its gRPC code follows from the reason).
+pub fn reason_of(e: &IpamError) -> IpamReason {
     match e {
-        IpamError::UnknownNetwork(_) => Status::not_found(msg),
-        IpamError::Exhausted { .. } => Status::resource_exhausted(msg),
-        IpamError::InvalidRequest(_) => Status::invalid_argument(msg),
-        IpamError::Unavailable(_) | IpamError::NotReady => Status::unavailable(msg),
-        IpamError::Contended(_) => Status::aborted(msg),
-        IpamError::NotInRack(_) => Status::failed_precondition(msg),
-        IpamError::IdentityLive(_) => Status::already_exists(msg),
-        IpamError::WrongRack(_) => Status::out_of_range(msg),
-        IpamError::RequestedAddress(_) => {
-            let mut s = Status::failed_precondition(msg);
-            s.metadata_mut().insert(
-                ERROR_KIND_KEY,
-                tonic::metadata::MetadataValue::from_static(ERROR_REQUESTED_ADDRESS),
-            );
-            s
-        }
-        IpamError::Store(_) => Status::internal(msg),
+        IpamError::UnknownNetwork(_) => IpamReason::UnknownNetwork,
+        IpamError::Exhausted { .. } => IpamReason::Exhausted,
+        IpamError::InvalidRequest(_) => IpamReason::InvalidRequest,
+        IpamError::Unavailable(_) => IpamReason::Unavailable,
+        IpamError::NotReady => IpamReason::NotReady,
+        IpamError::Contended(_) => IpamReason::Contended,
+        IpamError::NotInRack(_) => IpamReason::NotInRack,
+        IpamError::IdentityLive(_) => IpamReason::StickyLiveElsewhere,
+        IpamError::WrongRack(_) => IpamReason::StickyWrongRack,
+        IpamError::RequestedAddress(_) => IpamReason::RequestedAddress,
+        IpamError::Store(_) => IpamReason::Store,
     }
+}
+
+/// The status of `e`: the same gRPC code and message as before reasons
+/// existed, plus the reason as an `ErrorInfo` detail.
+pub fn status_of(e: IpamError) -> Status {
+    let reason = reason_of(&e);
+    let mut s = reason.status(e.to_string());
+    if reason == IpamReason::RequestedAddress {
+        // Still tagged the old way: plugins that predate reasons tell this
+        // refusal from other preconditions by the tag alone.
+        s.metadata_mut().insert(
+            ERROR_KIND_KEY,
+            tonic::metadata::MetadataValue::from_static(ERROR_REQUESTED_ADDRESS),
+        );
+    }
+    s
 }
 
 /// The pod's `rackline.io/bandwidth` annotation, as the level above the
@@ -379,7 +390,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
                     filter: self.filter_for(&a.lease),
                 }))
             }
-            None => Err(Status::not_found(format!(
+            None => Err(IpamReason::NoLease.status(format!(
                 "no lease for container {} ifname {} on network {}",
                 r.container_id, r.ifname, r.network
             ))),
@@ -409,7 +420,8 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
     ) -> Result<Response<pb::ConflictReply>, Status> {
         let r = req.into_inner();
         let address = r.address.parse().map_err(|_| {
-            Status::invalid_argument(format!("address {:?} is not an IPv4 address", r.address))
+            IpamReason::InvalidRequest
+                .status(format!("address {:?} is not an IPv4 address", r.address))
         })?;
         let q = self
             .engine
@@ -442,5 +454,85 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             can_allocate: s.can_allocate,
             reason: s.reason,
         }))
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn every_refusal_keeps_its_code_and_message_and_carries_its_reason() {
+        let cases = [
+            (
+                IpamError::UnknownNetwork("n".into()),
+                Code::NotFound,
+                IpamReason::UnknownNetwork,
+            ),
+            (
+                IpamError::Exhausted {
+                    network: "n".into(),
+                    allocated: 2,
+                    capacity: 2,
+                },
+                Code::ResourceExhausted,
+                IpamReason::Exhausted,
+            ),
+            (
+                IpamError::InvalidRequest("x".into()),
+                Code::InvalidArgument,
+                IpamReason::InvalidRequest,
+            ),
+            (
+                IpamError::Unavailable("etcd".into()),
+                Code::Unavailable,
+                IpamReason::Unavailable,
+            ),
+            (IpamError::NotReady, Code::Unavailable, IpamReason::NotReady),
+            (
+                IpamError::Contended(3),
+                Code::Aborted,
+                IpamReason::Contended,
+            ),
+            (
+                IpamError::NotInRack("r".into()),
+                Code::FailedPrecondition,
+                IpamReason::NotInRack,
+            ),
+            (
+                IpamError::IdentityLive("l".into()),
+                Code::AlreadyExists,
+                IpamReason::StickyLiveElsewhere,
+            ),
+            (
+                IpamError::WrongRack("w".into()),
+                Code::OutOfRange,
+                IpamReason::StickyWrongRack,
+            ),
+            (
+                IpamError::RequestedAddress("gw".into()),
+                Code::FailedPrecondition,
+                IpamReason::RequestedAddress,
+            ),
+            (
+                IpamError::Store(rackline_store::StoreError::NotFound("n".into())),
+                Code::Internal,
+                IpamReason::Store,
+            ),
+        ];
+        for (e, code, reason) in cases {
+            let msg = e.to_string();
+            let s = status_of(e);
+            assert_eq!(s.code(), code, "{msg}");
+            assert_eq!(s.message(), msg);
+            assert_eq!(IpamReason::of(&s), Some(reason), "{msg}");
+            // The old tag stays for plugins that predate reasons.
+            let tagged = s
+                .metadata()
+                .get(ERROR_KIND_KEY)
+                .is_some_and(|v| v.as_bytes() == ERROR_REQUESTED_ADDRESS.as_bytes());
+            assert_eq!(tagged, reason == IpamReason::RequestedAddress, "{msg}");
+        }
     }
 }

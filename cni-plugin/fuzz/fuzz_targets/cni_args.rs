@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(a.pod.uid.len() <= MAX_POD_UID_LEN);
             assert!(!a.pod.name.chars().any(char::is_control));
         }
-        Err(e) => assert_eq!(e.code, 4),
+        Err(e) => assert_eq!(e.code(), 4),
     }
     if let Ok(ip) = parse_requested(s) {
         assert!(!ip.is_unspecified() && !ip.is_loopback() && !ip.is_multicast());

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     match parse(&inv) {
         Ok(Request::Version(v)) => assert!(!v.is_empty()),
         Ok(Request::Verb(_)) => {}
-        Err(e) => assert!(matches!(e.code, 1 | 4 | 6 | 7), "{e:?}"),
+        Err(e) => assert!(matches!(e.code(), 1 | 4 | 6 | 7), "{e:?}"),
     }
 });
 

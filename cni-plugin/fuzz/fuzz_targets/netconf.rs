@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(c.prev_result.is_none() && c.master.is_none());
                 }
             }
-            Err(e) => assert!(matches!(e.code, 1 | 6 | 7), "{e:?}"),
+            Err(e) => assert!(matches!(e.code(), 1 | 6 | 7), "{e:?}"),
         }
     }
 });

@@ -22,3 +22,5 @@ pub mod cri {
         tonic::include_proto!("runtime.v1");
     }
 }
+
+pub mod reason;

@@ -1,0 +1,366 @@
+//! The whole plugin in-process through [`crate::run_with`], without root:
+//! raw environment and stdin in, CNI JSON out, over a fake datapath (the
+//! link steps on the fake netlink of `links::fake`) and a fake ipamd on a
+//! unix socket. What is proven: ADD, CHECK and DEL in sequence; a
+//! datapath failure rolls back every link and releases the fresh lease;
+//! DEL is idempotent.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rackline_netlink::Netns;
+use rackline_proto::ipam::v1 as pb;
+use serde_json::{json, Value};
+
+use crate::datapath::{configured_result, create_links, roll_back, AddPlan, Added, Created};
+use crate::dataplane::Datapath;
+use crate::env::Attachment;
+use crate::error::CniError;
+use crate::links::fake::{self, FakeNet, Side};
+use crate::links::LinkOps;
+use crate::owner::Owner;
+use crate::result::CniResult;
+use crate::{run_with, teardown, verify, Invocation};
+
+const UPLINK: u32 = 2;
+
+/// The link phase of ADD on the fake netlink, then what the rest of ADD
+/// leaves (links up, the address, the default route, the node's /32).
+struct FakeDatapath {
+    node: FakeNet,
+    pod: FakeNet,
+    calls: Vec<&'static str>,
+}
+
+impl FakeDatapath {
+    fn new() -> Self {
+        let (node, pod) = fake::pair();
+        let mut up = fake::link("uplink", None, 0, None);
+        up.index = UPLINK;
+        node.world.borrow_mut().add_link(Side::Node, up);
+        Self {
+            node,
+            pod,
+            calls: Vec::new(),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        plan: &AddPlan,
+        c: &Created,
+    ) -> Result<(), rackline_netlink::NetlinkError> {
+        self.pod.set_up(c.mv.index)?;
+        self.pod.set_up(c.pv.index)?;
+        self.pod.add_addr(c.mv.index, plan.address)?;
+        self.node.set_up(c.hv.index)?;
+        let route = |dst: ipnetwork::Ipv4Network, gw, oif| rackline_netlink::RouteInfo {
+            dst,
+            gateway: gw,
+            oif: Some(oif),
+            scope: 0,
+            onlink: false,
+            protocol: 3,
+            metric: 0,
+        };
+        let mut w = self.node.world.borrow_mut();
+        w.routes.push((
+            Side::Pod,
+            route("0.0.0.0/0".parse().unwrap(), Some(plan.gateway), c.mv.index),
+        ));
+        w.routes.push((
+            Side::Node,
+            route(crate::routes::host_net(plan.address.ip()), None, c.hv.index),
+        ));
+        Ok(())
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn open_pod_netns(&mut self, _: &Path) -> Result<(), CniError> {
+        self.calls.push("open");
+        Ok(())
+    }
+
+    fn add(&mut self, plan: &AddPlan) -> Result<Added, CniError> {
+        self.calls.push("add");
+        let owner = Owner::new(&plan.attachment);
+        // Any handle sends the fake's links to the pod side.
+        let ns = Netns::current().expect("the test's own netns handle");
+        let mut undo = Vec::new();
+        let r = create_links(
+            &mut self.node,
+            &mut self.pod,
+            Some(&ns),
+            plan,
+            UPLINK,
+            None,
+            &owner,
+            &mut undo,
+        )
+        .and_then(|c| {
+            self.finish(plan, &c)
+                .map_err(|e| CniError::datapath_by("finishing", e))?;
+            Ok(c)
+        });
+        match r {
+            Ok(c) => Ok(Added::Configured(configured_result(
+                plan, &c.mv, plan.mac, &c.hv,
+            ))),
+            Err(e) => {
+                roll_back(undo, &mut self.node, &mut self.pod, &owner, |_, _| {});
+                Err(e)
+            }
+        }
+    }
+
+    fn describe(&mut self, _: &AddPlan) -> Result<CniResult, CniError> {
+        Err(CniError::datapath("not answered from the fake"))
+    }
+
+    fn check(&mut self, plan: &AddPlan, prev_mac: Option<&str>) -> Result<(), CniError> {
+        self.calls.push("check");
+        let (_, hv) = verify::check_links(plan, prev_mac, &mut self.pod, &mut self.node)?;
+        verify::check_node_route(plan, &mut self.node, &hv)
+    }
+
+    fn del(
+        &mut self,
+        att: &Attachment,
+        _: Option<&Path>,
+        unaddressed: &mut dyn FnMut(),
+    ) -> Result<(), CniError> {
+        self.calls.push("del");
+        let owner = Owner::new(att);
+        teardown::remove_pod_links(&mut self.pod, &mut self.node, &owner, unaddressed)?;
+        teardown::remove_node_veth(&mut self.node, &owner)
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    allocate: usize,
+    release: Vec<pb::ReleaseRequest>,
+}
+
+struct FakeIpamd(Arc<Mutex<Seen>>);
+
+fn network() -> pb::NetworkConfig {
+    pb::NetworkConfig {
+        gateway: "10.0.0.1".into(),
+        master: "uplink".into(),
+        ..Default::default()
+    }
+}
+
+fn lease() -> pb::Lease {
+    pb::Lease {
+        address: "10.0.0.5/24".into(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ipam_server::Ipam for FakeIpamd {
+    async fn allocate(
+        &self,
+        _: tonic::Request<pb::AllocateRequest>,
+    ) -> Result<tonic::Response<pb::AllocateReply>, tonic::Status> {
+        self.0.lock().unwrap().allocate += 1;
+        Ok(tonic::Response::new(pb::AllocateReply {
+            lease: Some(lease()),
+            network: Some(network()),
+            ..Default::default()
+        }))
+    }
+    async fn release(
+        &self,
+        r: tonic::Request<pb::ReleaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseReply>, tonic::Status> {
+        self.0.lock().unwrap().release.push(r.into_inner());
+        Ok(tonic::Response::new(pb::ReleaseReply::default()))
+    }
+    async fn check(
+        &self,
+        _: tonic::Request<pb::CheckRequest>,
+    ) -> Result<tonic::Response<pb::CheckReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::CheckReply {
+            lease: Some(lease()),
+            network: Some(network()),
+            ..Default::default()
+        }))
+    }
+    async fn gc(
+        &self,
+        _: tonic::Request<pb::GcRequest>,
+    ) -> Result<tonic::Response<pb::GcReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::GcReply::default()))
+    }
+    async fn status(
+        &self,
+        _: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::StatusReply::default()))
+    }
+    async fn report_conflict(
+        &self,
+        _: tonic::Request<pb::ConflictRequest>,
+    ) -> Result<tonic::Response<pb::ConflictReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::ConflictReply::default()))
+    }
+}
+
+/// Serves the fake ipamd on `socket` from a background thread.
+fn serve(socket: PathBuf) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let svc = FakeIpamd(seen.clone());
+    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::UnixListener::from_std(l).unwrap();
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+            tonic::transport::Server::builder()
+                .add_service(pb::ipam_server::IpamServer::new(svc))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+    });
+    seen
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    seen: Arc<Mutex<Seen>>,
+    dp: FakeDatapath,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = serve(dir.path().join("ipamd.sock"));
+        Self {
+            dir,
+            seen,
+            dp: FakeDatapath::new(),
+        }
+    }
+
+    /// Runs one verb; (exit code, stdout as JSON if any).
+    fn run(&mut self, cmd: &str, prev: Option<&Value>) -> (i32, Option<Value>) {
+        let _turn = crate::steps::TEST_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut conf = json!({
+            "cniVersion": "1.1.0",
+            "name": "prod",
+            "type": "rackline",
+            "ipamdSocket": self.dir.path().join("ipamd.sock"),
+            "runtimeDir": self.dir.path().join("run"),
+            "timeoutMs": 2000,
+        });
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let env = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c0ffee"),
+            ("CNI_NETNS", "/var/run/netns/fake"),
+            ("CNI_IFNAME", "eth0"),
+        ]
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+        let inv = Invocation {
+            env,
+            stdin: serde_json::to_vec(&conf).unwrap(),
+            stdin_problem: None,
+        };
+        let mut out = Vec::new();
+        let code = run_with(&inv, &mut out, &mut self.dp);
+        let text = String::from_utf8(out).unwrap();
+        (code, serde_json::from_str(text.trim()).ok())
+    }
+}
+
+#[test]
+fn add_check_del_in_process_without_root() {
+    let mut lab = Lab::new();
+    let (code, result) = lab.run("ADD", None);
+    let result = result.expect("ADD answers");
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["ips"][0]["address"], "10.0.0.5/24", "{result}");
+    assert_eq!(result["interfaces"][0]["name"], "eth0", "{result}");
+    assert_eq!(lab.dp.pod.names(), ["eth0", "rl-eth0"]);
+
+    let (code, out) = lab.run("CHECK", Some(&result));
+    assert_eq!((code, out), (0, None));
+
+    let (code, out) = lab.run("DEL", Some(&result));
+    assert_eq!((code, out), (0, None));
+    assert!(lab.dp.pod.names().is_empty());
+    assert_eq!(lab.dp.node.names(), ["uplink"]);
+    // A second DEL (the runtime retries) finds nothing and succeeds.
+    let (code, _) = lab.run("DEL", Some(&result));
+    assert_eq!(code, 0);
+    let seen = lab.seen.lock().unwrap();
+    assert_eq!(seen.allocate, 1);
+    assert_eq!(seen.release.len(), 2);
+    assert!(seen.release.iter().all(|r| !r.rollback));
+    assert_eq!(lab.dp.calls, ["open", "add", "open", "check", "del", "del"]);
+}
+
+#[test]
+fn check_after_the_pod_lost_its_address_is_code_103() {
+    let mut lab = Lab::new();
+    let (_, result) = lab.run("ADD", None);
+    lab.dp.node.world.borrow_mut().addrs.clear();
+    let (code, out) = lab.run("CHECK", result.as_ref());
+    let out = out.expect("an error document");
+    assert_eq!((code, out["code"].as_u64()), (1, Some(103)), "{out}");
+    assert!(
+        out["details"].as_str().unwrap().contains("does not carry"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_datapath_failure_rolls_back_every_link_and_releases_the_lease() {
+    // How many netlink calls a clean ADD makes, then fail each in turn.
+    let total = {
+        let mut lab = Lab::new();
+        assert_eq!(lab.run("ADD", None).0, 0);
+        let n = lab.dp.node.world.borrow().calls.len();
+        n
+    };
+    for n in 1..=total {
+        let mut lab = Lab::new();
+        lab.dp.node.world.borrow_mut().fail_at = Some(n);
+        let (code, out) = lab.run("ADD", None);
+        let out = out.expect("an error document");
+        assert_eq!(
+            (code, out["code"].as_u64()),
+            (1, Some(100)),
+            "call {n}: {out}"
+        );
+        assert!(
+            lab.dp.pod.names().is_empty(),
+            "call {n}: {:?}",
+            lab.dp.pod.names()
+        );
+        assert_eq!(lab.dp.node.names(), ["uplink"], "call {n}");
+        let seen = lab.seen.lock().unwrap();
+        assert_eq!(
+            seen.release.len(),
+            1,
+            "call {n}: the fresh lease is released"
+        );
+        assert!(seen.release[0].rollback, "call {n}");
+    }
+}
