@@ -177,6 +177,73 @@ fn opt_array<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a [Val
     }
 }
 
+/// `cniVersion` (one this plugin speaks), `name`, and `type` if given.
+fn version_and_name(m: &Map<String, Value>) -> Result<(&str, &str), CniError> {
+    let cni_version = opt_str(m, "cniVersion")?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| CniError::config("cniVersion is missing"))?;
+    if !SUPPORTED_VERSIONS.contains(&cni_version) {
+        return Err(CniError::IncompatibleVersion(format!(
+            "cniVersion {:?} is not supported; use one of {}",
+            crate::env::truncated(cni_version),
+            SUPPORTED_VERSIONS.join(", ")
+        )));
+    }
+    let name = opt_str(m, "name")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| CniError::config("name is missing"))?;
+    if let Some(t) = opt_str(m, "type")? {
+        if !t.is_empty() && t != "rackline" {
+            return Err(CniError::config(format!(
+                "type is {:?}; this plugin is \"rackline\"",
+                crate::env::truncated(t)
+            )));
+        }
+    }
+    Ok((cni_version, name))
+}
+
+/// `timeoutMs`: 100 ms to 2 minutes, default [`DEFAULT_TIMEOUT_MS`].
+fn timeout_ms(m: &Map<String, Value>) -> Result<u64, CniError> {
+    let timeout_ms = match m.get("timeoutMs") {
+        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| wrong_type("timeoutMs", "an unsigned integer", v))?,
+    };
+    if !(100..=120_000).contains(&timeout_ms) {
+        return Err(CniError::config(format!(
+            "timeoutMs {timeout_ms} is outside 100-120000"
+        )));
+    }
+    Ok(timeout_ms)
+}
+
+/// `vlanCleanup`: `keep` (default) or `remove`.
+fn vlan_cleanup(m: &Map<String, Value>) -> Result<VlanCleanup, CniError> {
+    Ok(match m.get("vlanCleanup") {
+        None | Some(Value::Null) => VlanCleanup::default(),
+        Some(v) => VlanCleanup::deserialize(v).map_err(|_| {
+            CniError::config(format!(
+                "vlanCleanup must be \"keep\" or \"remove\", not {}",
+                crate::env::truncated(&v.to_string())
+            ))
+        })?,
+    })
+}
+
+/// `logFile`, checked only for its form: the logger opens it (and checks
+/// its type).
+fn log_file(m: &Map<String, Value>) -> Result<Option<PathBuf>, CniError> {
+    Ok(match opt_str(m, "logFile")? {
+        None | Some("") => None,
+        Some(s) if s.contains('\0') || s.len() > MAX_PATH_LEN => {
+            return Err(CniError::config("logFile is too long or contains NUL"))
+        }
+        Some(s) => Some(PathBuf::from(s)),
+    })
+}
+
 impl NetConf {
     /// Parses stdin for `command` (not VERSION, which reads only the
     /// `cniVersion`).
@@ -186,62 +253,16 @@ impl NetConf {
         let Value::Object(m) = value else {
             return Err(CniError::Decode("stdin must be a JSON object".into()));
         };
-        let cni_version = opt_str(&m, "cniVersion")?
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| CniError::config("cniVersion is missing"))?;
-        if !SUPPORTED_VERSIONS.contains(&cni_version) {
-            return Err(CniError::IncompatibleVersion(format!(
-                "cniVersion {:?} is not supported; use one of {}",
-                crate::env::truncated(cni_version),
-                SUPPORTED_VERSIONS.join(", ")
-            )));
-        }
-        let name = opt_str(&m, "name")?
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| CniError::config("name is missing"))?;
-        if let Some(t) = opt_str(&m, "type")? {
-            if !t.is_empty() && t != "rackline" {
-                return Err(CniError::config(format!(
-                    "type is {:?}; this plugin is \"rackline\"",
-                    crate::env::truncated(t)
-                )));
-            }
-        }
+        let (cni_version, name) = version_and_name(&m)?;
         let network = opt_str(&m, "network")?.unwrap_or(name).to_owned();
         validate_name(&network).map_err(|e| CniError::config(format!("network: {e}")))?;
-        let timeout_ms = match m.get("timeoutMs") {
-            None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| wrong_type("timeoutMs", "an unsigned integer", v))?,
-        };
-        if !(100..=120_000).contains(&timeout_ms) {
-            return Err(CniError::config(format!(
-                "timeoutMs {timeout_ms} is outside 100-120000"
-            )));
-        }
+        let timeout_ms = timeout_ms(&m)?;
         let ipamd_socket =
             opt_path(&m, "ipamdSocket")?.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         let runtime_dir =
             opt_path(&m, "runtimeDir")?.unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
-        let cleanup = match m.get("vlanCleanup") {
-            None | Some(Value::Null) => VlanCleanup::default(),
-            Some(v) => VlanCleanup::deserialize(v).map_err(|_| {
-                CniError::config(format!(
-                    "vlanCleanup must be \"keep\" or \"remove\", not {}",
-                    crate::env::truncated(&v.to_string())
-                ))
-            })?,
-        };
-        // A log file is opened (and its type checked) by the logger; here
-        // only its form.
-        let log_file = match opt_str(&m, "logFile")? {
-            None | Some("") => None,
-            Some(s) if s.contains('\0') || s.len() > MAX_PATH_LEN => {
-                return Err(CniError::config("logFile is too long or contains NUL"))
-            }
-            Some(s) => Some(PathBuf::from(s)),
-        };
+        let cleanup = vlan_cleanup(&m)?;
+        let log_file = log_file(&m)?;
         let log_level = opt_str(&m, "logLevel")?.unwrap_or("info").to_owned();
         let mut conf = NetConf {
             cni_version: cni_version.to_owned(),

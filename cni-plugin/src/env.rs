@@ -411,68 +411,71 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
             return Err(CniError::env(format!("CNI_ARGS sets {k} more than once")));
         }
         seen.push(k);
-        let bad = |why: String| CniError::env(format!("CNI_ARGS {k}={:?}: {why}", truncated(v)));
-        match k {
-            "K8S_POD_NAMESPACE" => {
-                if v.len() > MAX_POD_NAMESPACE_LEN {
-                    return Err(bad(format!(
-                        "{} bytes; a Kubernetes namespace has at most {MAX_POD_NAMESPACE_LEN}",
-                        v.len()
-                    )));
-                }
-                if !v.is_empty() && !dns_label(v) {
-                    return Err(bad(
-                        "not a DNS-1123 label (lowercase letters, digits, '-')".into()
-                    ));
-                }
-                out.pod.namespace = v.to_owned();
-            }
-            "K8S_POD_NAME" => {
-                if v.len() > MAX_POD_NAME_LEN {
-                    return Err(bad(format!(
-                        "{} bytes; a Kubernetes pod name has at most {MAX_POD_NAME_LEN}",
-                        v.len()
-                    )));
-                }
-                if !v.is_empty() && !object_name(v) {
-                    return Err(bad(
-                        "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'".into(),
-                    ));
-                }
-                out.pod.name = v.to_owned();
-            }
-            "K8S_POD_UID" => {
-                if v.len() > MAX_POD_UID_LEN {
-                    return Err(bad(format!("{} bytes; at most {MAX_POD_UID_LEN}", v.len())));
-                }
-                if !uid_ok(v) {
-                    return Err(bad(
-                        "only letters, digits, '_', '.' and '-' are allowed".into()
-                    ));
-                }
-                out.pod.uid = v.to_owned();
-            }
-            _ => {
-                // "IP": one address, or a comma list (the host-local
-                // convention) holding at most one IPv4 address.
-                let mut ips: Vec<Ipv4Addr> = Vec::new();
-                for item in v.split(',').filter(|i| !i.trim().is_empty()) {
-                    let ip = parse_requested(item).map_err(bad)?;
-                    if !ips.contains(&ip) {
-                        ips.push(ip);
-                    }
-                }
-                if ips.len() > 1 {
-                    return Err(bad(format!(
-                        "{} IPv4 addresses; an attachment has exactly one",
-                        ips.len()
-                    )));
-                }
-                out.ip = ips.first().copied();
-            }
-        }
+        apply_cni_arg(&mut out, k, v)
+            .map_err(|why| CniError::env(format!("CNI_ARGS {k}={:?}: {why}", truncated(v))))?;
     }
     Ok(out)
+}
+
+/// One of the CNI_ARGS keys Rackline reads, checked and stored; the error
+/// says why the value is refused.
+fn apply_cni_arg(out: &mut CniArgs, k: &str, v: &str) -> Result<(), String> {
+    match k {
+        "K8S_POD_NAMESPACE" => {
+            if v.len() > MAX_POD_NAMESPACE_LEN {
+                return Err(format!(
+                    "{} bytes; a Kubernetes namespace has at most {MAX_POD_NAMESPACE_LEN}",
+                    v.len()
+                ));
+            }
+            if !v.is_empty() && !dns_label(v) {
+                return Err("not a DNS-1123 label (lowercase letters, digits, '-')".into());
+            }
+            out.pod.namespace = v.to_owned();
+        }
+        "K8S_POD_NAME" => {
+            if v.len() > MAX_POD_NAME_LEN {
+                return Err(format!(
+                    "{} bytes; a Kubernetes pod name has at most {MAX_POD_NAME_LEN}",
+                    v.len()
+                ));
+            }
+            if !v.is_empty() && !object_name(v) {
+                return Err(
+                    "must start with a letter or digit and contain only letters, digits, '_', '.' and '-'".into(),
+                );
+            }
+            out.pod.name = v.to_owned();
+        }
+        "K8S_POD_UID" => {
+            if v.len() > MAX_POD_UID_LEN {
+                return Err(format!("{} bytes; at most {MAX_POD_UID_LEN}", v.len()));
+            }
+            if !uid_ok(v) {
+                return Err("only letters, digits, '_', '.' and '-' are allowed".into());
+            }
+            out.pod.uid = v.to_owned();
+        }
+        _ => {
+            // "IP": one address, or a comma list (the host-local
+            // convention) holding at most one IPv4 address.
+            let mut ips: Vec<Ipv4Addr> = Vec::new();
+            for item in v.split(',').filter(|i| !i.trim().is_empty()) {
+                let ip = parse_requested(item)?;
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            if ips.len() > 1 {
+                return Err(format!(
+                    "{} IPv4 addresses; an attachment has exactly one",
+                    ips.len()
+                ));
+            }
+            out.ip = ips.first().copied();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,42 +48,7 @@ pub(crate) fn pod_routes(
     node_addrs: &[Ipv4Addr],
 ) -> Result<Option<RuleSpec>, CniError> {
     let pod_ip = plan.address.ip();
-    let mut specs: Vec<(RouteSpec, &str)> = Vec::new();
-    for a in node_addrs {
-        let mut r = RouteSpec::on_link(host_net(*a), pv.index);
-        r.src = Some(pod_ip);
-        specs.push((r, "route to the node"));
-    }
-    if let Some(node_ip) = node_addrs.first() {
-        for c in &plan.host_routes {
-            // A node address listed as a host route is already routed.
-            if node_addrs.iter().any(|a| host_net(*a) == *c) {
-                continue;
-            }
-            let r = RouteSpec {
-                dst: *c,
-                gateway: Some(*node_ip),
-                oif: pv.index,
-                onlink: true,
-                scope: RouteScope::Universe,
-                src: Some(pod_ip),
-                metric: None,
-                table: None,
-            };
-            specs.push((r, "host route"));
-        }
-    } else if !plan.host_routes.is_empty() {
-        return Err(CniError::datapath(
-            "host routes are configured but the node has no IPv4 address to route them through",
-        ));
-    }
-    specs.push((
-        RouteSpec::via(default_dst(), plan.gateway, mv.index),
-        "default route",
-    ));
-    for (dst, gw) in &plan.routes {
-        specs.push((RouteSpec::via(*dst, *gw, mv.index), "network route"));
-    }
+    let specs = route_specs(plan, mv, pv, node_addrs)?;
     let existing = pod.routes().map_err(|e| dp("listing pod routes", e))?;
     let metric = (0u32..)
         .find(|m| {
@@ -128,6 +93,55 @@ pub(crate) fn pod_routes(
         Err(e) => Err(dp("adding the source rule", e)),
         Ok(()) => Ok(Some(rule)),
     }
+}
+
+/// Every route of the attachment, each with what it is for the error
+/// messages: to the node's addresses over the veth, the host routes via the
+/// node, the default route and the network's routes via the macvlan.
+fn route_specs(
+    plan: &AddPlan,
+    mv: &LinkInfo,
+    pv: &LinkInfo,
+    node_addrs: &[Ipv4Addr],
+) -> Result<Vec<(RouteSpec, &'static str)>, CniError> {
+    let pod_ip = plan.address.ip();
+    let mut specs: Vec<(RouteSpec, &'static str)> = Vec::new();
+    for a in node_addrs {
+        let mut r = RouteSpec::on_link(host_net(*a), pv.index);
+        r.src = Some(pod_ip);
+        specs.push((r, "route to the node"));
+    }
+    if let Some(node_ip) = node_addrs.first() {
+        for c in &plan.host_routes {
+            // A node address listed as a host route is already routed.
+            if node_addrs.iter().any(|a| host_net(*a) == *c) {
+                continue;
+            }
+            let r = RouteSpec {
+                dst: *c,
+                gateway: Some(*node_ip),
+                oif: pv.index,
+                onlink: true,
+                scope: RouteScope::Universe,
+                src: Some(pod_ip),
+                metric: None,
+                table: None,
+            };
+            specs.push((r, "host route"));
+        }
+    } else if !plan.host_routes.is_empty() {
+        return Err(CniError::datapath(
+            "host routes are configured but the node has no IPv4 address to route them through",
+        ));
+    }
+    specs.push((
+        RouteSpec::via(default_dst(), plan.gateway, mv.index),
+        "default route",
+    ));
+    for (dst, gw) in &plan.routes {
+        specs.push((RouteSpec::via(*dst, *gw, mv.index), "network route"));
+    }
+    Ok(specs)
 }
 
 /// The node's /32 to the pod over its veth. A route for this address that

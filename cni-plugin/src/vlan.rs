@@ -214,33 +214,8 @@ pub fn attach(
     {
         Some(l) => l,
         None => {
-            // 802.1Q on a down parent carries nothing: parent up first.
-            if !master_up {
-                host.set_up(master.index)
-                    .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
-                master_up = true;
-            }
-            match host.create_vlan(&name, master.index, vid, None) {
-                Ok(()) => {
-                    created = true;
-                    info!(%name, vid, master = %master.name, "created VLAN device");
-                }
-                // Created meanwhile by someone not using our lock (another
-                // runtime dir, an operator): verified below like any other.
-                Err(e) if e.is_exists() => debug!(%name, "VLAN device appeared concurrently"),
-                Err(e) => {
-                    if !master.up {
-                        let _ = host.set_down(master.index);
-                    }
-                    // rtnl_newlink() answers EOPNOTSUPP for an unknown link kind.
-                    let hint = if e.errno() == Some(nix::errno::Errno::EOPNOTSUPP) {
-                        " (this kernel has no 802.1Q support: load the 8021q module)"
-                    } else {
-                        ""
-                    };
-                    return Err(dp(&format!("creating VLAN device {name}{hint}"), e));
-                }
-            }
+            created = create(host, master, &name, vid)?;
+            master_up = true;
             host.link_by_name(&name)
                 .map_err(|e| dp("looking up the VLAN device", e))?
                 .ok_or_else(|| {
@@ -282,6 +257,39 @@ pub fn attach(
         name,
         created,
     })
+}
+
+/// Creates the VLAN device, bringing its parent up first (802.1Q on a down
+/// parent carries nothing); false when it appeared meanwhile, made by
+/// someone not using our lock (another runtime dir, an operator): it is
+/// verified like any other. On failure the parent is left as it was.
+fn create(host: &mut Netlink, master: &LinkInfo, name: &str, vid: u16) -> Result<bool, CniError> {
+    if !master.up {
+        host.set_up(master.index)
+            .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
+    }
+    match host.create_vlan(name, master.index, vid, None) {
+        Ok(()) => {
+            info!(%name, vid, master = %master.name, "created VLAN device");
+            Ok(true)
+        }
+        Err(e) if e.is_exists() => {
+            debug!(%name, "VLAN device appeared concurrently");
+            Ok(false)
+        }
+        Err(e) => {
+            if !master.up {
+                let _ = host.set_down(master.index);
+            }
+            // rtnl_newlink() answers EOPNOTSUPP for an unknown link kind.
+            let hint = if e.errno() == Some(nix::errno::Errno::EOPNOTSUPP) {
+                " (this kernel has no 802.1Q support: load the 8021q module)"
+            } else {
+                ""
+            };
+            Err(dp(&format!("creating VLAN device {name}{hint}"), e))
+        }
+    }
 }
 
 /// CHECK: the VLAN device the pod's macvlan hangs off is still 802.1Q `vid`
