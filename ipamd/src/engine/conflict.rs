@@ -19,7 +19,7 @@ use rackline_model::probe::DEFAULT_QUARANTINE_SECS;
 use rackline_store::StoredLease;
 use tracing::{info, warn};
 
-use super::{now_ms, validate_attachment, Engine, IpamError};
+use super::{now_ms, validate_attachment, Conflicts, IpamError};
 use crate::netstate::AttachmentKey;
 use crate::store::LeaseStore;
 
@@ -55,11 +55,11 @@ fn validate_mac(mac: &str) -> Result<(), IpamError> {
     }
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Conflicts<'_, S> {
     pub async fn report_conflict(&self, c: ConflictArgs) -> Result<Quarantine, IpamError> {
         validate_attachment(&c.container_id, &c.ifname)?;
         validate_mac(&c.mac)?;
-        let net = self.network(&c.network).await?;
+        let net = self.allocator().network(&c.network).await?;
         let quarantine_secs = net
             .spec
             .probe
@@ -69,7 +69,7 @@ impl<S: LeaseStore> Engine<S> {
             quarantine_secs,
         };
         let key: AttachmentKey = (c.container_id.clone(), c.ifname.clone());
-        let _g = self.lock_attachment(&c.network, &key).await;
+        let _g = self.allocator().lock_attachment(&c.network, &key).await;
         if !net.held(&key).iter().any(|(ip, _)| *ip == c.address) {
             info!(network = %c.network, address = %c.address, container = %c.container_id, "conflict reported for an address the attachment does not hold; nothing to do");
             return Ok(unchanged);
@@ -88,7 +88,7 @@ impl<S: LeaseStore> Engine<S> {
                 return Ok(unchanged);
             }
             Err(e) => {
-                self.note_store_error(&e);
+                self.outage.note_store_error(&e);
                 return Err(e.into());
             }
         };
@@ -118,7 +118,7 @@ impl<S: LeaseStore> Engine<S> {
                 // Changed meanwhile: the next report records it.
                 Ok(None) => return Ok(unchanged),
                 Err(e) => {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     return Err(e.into());
                 }
             }
@@ -140,7 +140,7 @@ impl<S: LeaseStore> Engine<S> {
             .await
         {
             Ok(Some(rev)) => {
-                self.note_reachable();
+                self.outage.note_reachable();
                 net.observe(
                     StoredLease {
                         lease: record,
@@ -176,7 +176,7 @@ impl<S: LeaseStore> Engine<S> {
             // plugin's ADD fail and be retried rather than guess.
             Ok(None) => Err(IpamError::Contended(1)),
             Err(e) => {
-                self.note_store_error(&e);
+                self.outage.note_store_error(&e);
                 Err(e.into())
             }
         }

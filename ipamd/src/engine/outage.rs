@@ -7,11 +7,12 @@ use rackline_model::Lease;
 use rackline_store::{CreateLease, StoredLease};
 use tracing::{debug, error, info, warn};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use super::{now_ms, AllocateArgs, Allocated, IpamError, Mode, Reserve};
 use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
+use tokio::sync::watch;
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Reserve<'_, S> {
     pub(super) fn lease_for(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
         Lease {
             network: a.network.clone(),
@@ -38,7 +39,7 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         a: &AllocateArgs,
     ) -> Result<Allocated, IpamError> {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
         let Some((ip, rev)) = net.take_standby() else {
@@ -96,7 +97,7 @@ impl<S: LeaseStore> Engine<S> {
                 Ok(None) => continue,
                 Err(e) => {
                     net.return_standby(ip, rev);
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     return Err(e.into());
                 }
             }
@@ -110,11 +111,11 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         key: &AttachmentKey,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
         let held = net.held(key);
-        if held.is_empty() && self.from_persisted() {
+        if held.is_empty() && self.outage.from_persisted() {
             // Started while etcd was away: only the persisted reserve and this run's offline
             // leases are known here, not the leases etcd holds for this node. "Nothing held"
             // could be false (a lease made just before a restart) and would leak it; say "try
@@ -149,7 +150,7 @@ impl<S: LeaseStore> Engine<S> {
     /// outage simply runs again. Clears what reached etcd.
     pub async fn replay_journal(&self) -> Result<usize, IpamError> {
         use crate::journal::Entry;
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Ok(0);
         };
         let entries = journal.entries();
@@ -176,14 +177,14 @@ impl<S: LeaseStore> Engine<S> {
                             },
                         };
                         if recorded {
-                            self.replayed
+                            self.outage.replayed
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .push((lease.network.clone(), key.clone(), lease.address));
                         }
                         // A create lost at the start of the outage must not
                         // leave this attachment a second address.
-                        let net = self.nets_read().get(&lease.network).cloned();
+                        let net = self.mirror.nets_read().get(&lease.network).cloned();
                         if let Some(net) = net {
                             for ip in net.take_uncertain(&key) {
                                 if ip == lease.address {
@@ -208,10 +209,10 @@ impl<S: LeaseStore> Engine<S> {
                             if self.is_mine(&cur.lease, &key) {
                                 // A sticky lease becomes its identity's
                                 // reservation, as an online DEL would do.
-                                let spec = self.nets_read().get(network).map(|n| n.spec.clone());
+                                let spec = self.mirror.nets_read().get(network).map(|n| n.spec.clone());
                                 match spec {
                                     Some(spec) => {
-                                        self.retire(&spec, &cur, false).await?;
+                                        self.sticky().retire(&spec, &cur, false).await?;
                                     }
                                     None => {
                                         self.store.delete_lease(network, *address, cur.mod_revision).await?;
@@ -252,14 +253,20 @@ impl<S: LeaseStore> Engine<S> {
     /// one: sticky pods take no offline address). Entries whose check
     /// failed (etcd) stay for the next snapshot. Returns what was dropped.
     pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
-        let todo = std::mem::take(&mut *self.replayed.lock().unwrap_or_else(|p| p.into_inner()));
+        let todo = std::mem::take(
+            &mut *self
+                .outage
+                .replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let mut dropped = Vec::new();
         let mut retry = Vec::new();
         for (network, key, kept) in todo {
-            let Some(net) = self.nets_read().get(&network).cloned() else {
+            let Some(net) = self.mirror.nets_read().get(&network).cloned() else {
                 continue;
             };
-            let _g = self.lock_attachment(&network, &key).await;
+            let _g = self.allocator().lock_attachment(&network, &key).await;
             for (ip, _) in net.held(&key) {
                 if ip == kept {
                     continue;
@@ -268,7 +275,7 @@ impl<S: LeaseStore> Engine<S> {
                     Ok(Some(cur)) => cur,
                     Ok(None) => continue,
                     Err(e) => {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         retry.push((network.clone(), key.clone(), kept));
                         break;
                     }
@@ -291,7 +298,7 @@ impl<S: LeaseStore> Engine<S> {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         retry.push((network.clone(), key.clone(), kept));
                         break;
                     }
@@ -299,16 +306,13 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         if !retry.is_empty() {
-            self.replayed
+            self.outage
+                .replayed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(retry);
         }
         dropped
-    }
-
-    pub fn has_journal_entries(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| !j.is_empty())
     }
 
     /// Tops up (or gives back) each network's standby reserve. Only while
@@ -320,21 +324,24 @@ impl<S: LeaseStore> Engine<S> {
     /// leaves them to their node, whose reserve (and persisted reserve)
     /// still holds them, and waits for them.
     pub async fn maintain_standby(&self) {
-        if !self.etcd_ok() || self.from_persisted() || self.has_journal_entries() {
+        if !self.outage.etcd_ok()
+            || self.outage.from_persisted()
+            || self.outage.has_journal_entries()
+        {
             return;
         }
-        for net in self.networks() {
-            let draining = self.draining(&net);
+        for net in self.mirror.networks() {
+            let draining = self.mirror.draining(&net);
             let excluded = net.standby_excluded();
             if draining.is_none()
                 && excluded.is_empty()
-                && (self.standby_target == 0 || !net.in_use_here())
+                && (self.outage.standby_target == 0 || !net.in_use_here())
             {
                 continue;
             }
             let free = net.free_for_anyone();
-            let target = if draining.is_none() && free >= 4 * self.standby_target as u64 {
-                self.standby_target
+            let target = if draining.is_none() && free >= 4 * self.outage.standby_target as u64 {
+                self.outage.standby_target
             } else {
                 0
             };
@@ -375,7 +382,7 @@ impl<S: LeaseStore> Engine<S> {
                             for (ip, rev) in &give[n..] {
                                 net.return_standby(*ip, *rev);
                             }
-                            self.note_store_error(&e);
+                            self.outage.note_store_error(&e);
                             return;
                         }
                     }
@@ -409,10 +416,45 @@ impl<S: LeaseStore> Engine<S> {
                         }
                         Err(e) => {
                             net.unpick(pick.ip);
-                            self.note_store_error(&e);
+                            self.outage.note_store_error(&e);
                             return;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// One probe, bounded by the policy's timeout.
+    async fn probe_once(&self) -> Result<(), String> {
+        match tokio::time::timeout(self.outage.probe.timeout, self.store.probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.outage.probe.timeout)),
+        }
+    }
+
+    /// The prober: idle while online; probes right away when ipamd turns
+    /// suspect, then every `interval` until etcd answers.
+    pub async fn run_prober(self, mut shutdown: watch::Receiver<bool>) {
+        let mut rx = self.outage.mode_changes();
+        loop {
+            tokio::select! {
+                r = rx.wait_for(|m| *m != Mode::Online) => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            while self.outage.mode() != Mode::Online {
+                let outcome = tokio::select! {
+                    o = self.probe_once() => o,
+                    _ = shutdown.changed() => return,
+                };
+                self.outage.probed(outcome);
+                if self.outage.mode() == Mode::Online {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.outage.probe.interval) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         }

@@ -24,7 +24,7 @@ use rackline_model::{Identity, Lease, LeaseState};
 use rackline_store::{CreateLease, StickyWrite, StoreError, StoredLease};
 use tracing::{debug, info};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use super::{now_ms, AllocateArgs, Allocated, Allocator, IpamError};
 use crate::netstate::NetState;
 use crate::store::LeaseStore;
 
@@ -106,7 +106,7 @@ enum Try {
     Refused(String),
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Allocator<'_, S> {
     /// Allocates one of `a.requested` (in order) for a new attachment;
     /// `identity` is set for a sticky pod that has none yet (it is created
     /// with the address, as for a picked one).
@@ -121,14 +121,14 @@ impl<S: LeaseStore> Engine<S> {
         // by name is exactly where that would matter. The refusal itself is
         // the one every pick obeys (`NetState::refusal`).
         let nodes = self.store.node_addresses().await.map_err(|e| {
-            self.note_store_error(&e);
+            self.outage.note_store_error(&e);
             requested_needs_etcd(a, e)
         })?;
         let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         for (ip, node) in nodes {
             by_node.entry(node).or_default().push(ip);
         }
-        self.learn_node_addresses(by_node);
+        self.mirror.learn_node_addresses(by_node);
         let mut why = Vec::new();
         for &ip in &a.requested {
             if let Some(r) = net.refusal(ip) {
@@ -192,6 +192,7 @@ impl<S: LeaseStore> Engine<S> {
                         .await
                 }
                 Some(i) => match self
+                    .sticky()
                     .create_sticky(net, &lease, i, pick.guard.as_ref())
                     .await
                 {
@@ -207,7 +208,7 @@ impl<S: LeaseStore> Engine<S> {
             };
             match created {
                 Ok(CreateLease::Created { mod_revision }) => {
-                    self.note_reachable();
+                    self.outage.note_reachable();
                     net.observe(
                         StoredLease {
                             lease: lease.clone(),
@@ -247,7 +248,7 @@ impl<S: LeaseStore> Engine<S> {
                     // The write may have been applied: the retry or the DEL
                     // resolves it.
                     net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     return Err(requested_needs_etcd(a, e));
                 }
                 Err(e) => {
@@ -276,7 +277,7 @@ impl<S: LeaseStore> Engine<S> {
                 .replace_lease(&lease, held.mod_revision)
                 .await
                 .map_err(|e| {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     IpamError::from(e)
                 })?,
             Some(i) => {
@@ -289,7 +290,7 @@ impl<S: LeaseStore> Engine<S> {
                     .write_sticky(&lease, held.mod_revision, &ident, 0, None, None, None)
                     .await
                     .map_err(|e| {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         IpamError::from(e)
                     })? {
                     StickyWrite::Done { mod_revision } => Some(mod_revision),

@@ -25,7 +25,7 @@ use rackline_model::{CrossRack, Identity, Lease, LeaseState};
 use rackline_store::{StickyWrite, StoreError, StoredLease};
 use tracing::{info, warn};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use super::{now_ms, AllocateArgs, Allocated, IpamError, Sticky};
 use crate::netstate::NetState;
 use crate::store::LeaseStore;
 
@@ -52,7 +52,7 @@ fn unavailable_for_sticky(a: &AllocateArgs, e: StoreError) -> IpamError {
     }
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Sticky<'_, S> {
     fn policy_sticky(net: &NetState, a: &AllocateArgs) -> bool {
         net.sticky_matcher
             .as_ref()
@@ -106,7 +106,7 @@ impl<S: LeaseStore> Engine<S> {
                 .identity_view(&a.network, ns, name)
                 .await
                 .map_err(|e| {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     unavailable_for_sticky(a, e)
                 })?;
             let Some(view) = view else {
@@ -243,7 +243,7 @@ impl<S: LeaseStore> Engine<S> {
                 .await
             {
                 Ok(StickyWrite::Done { mod_revision }) => {
-                    self.note_reachable();
+                    self.outage.note_reachable();
                     if let Some(prev) = cur.as_ref().filter(|c| c.lease.state.is_active()) {
                         info!(network = %a.network, %ip, pod = %a.pod.display(), old_container = %prev.lease.container_id, container = %a.container_id, "sticky address taken over by the pod's new incarnation (its ADD came before the old one's DEL)");
                     } else {
@@ -264,7 +264,7 @@ impl<S: LeaseStore> Engine<S> {
                 }
                 Ok(StickyWrite::Changed) => continue,
                 Err(e) => {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     return Err(unavailable_for_sticky(a, e));
                 }
             }

@@ -40,7 +40,7 @@ fn outage_engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.note_reachable();
+    e.outage().note_reachable();
     Arc::new(e)
 }
 
@@ -99,7 +99,7 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
 
     // etcd goes away.
     store.down.store(true, Ordering::SeqCst);
-    e.set_offline("test: etcd is down");
+    e.outage().set_offline("test: etcd is down");
     let mut offline = Vec::new();
     for i in 0..4 {
         offline.push(
@@ -120,12 +120,12 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
     // A release while away, and an online lease released while away.
     e.release("prod", "off1", "eth0").await.unwrap();
     e.release("prod", "on", "eth0").await.unwrap();
-    assert!(e.has_journal_entries());
+    assert!(e.outage().has_journal_entries());
 
     // etcd is back: replay makes etcd match what was acknowledged.
     store.down.store(false, Ordering::SeqCst);
     assert_eq!(e.replay_journal().await.unwrap(), 6);
-    assert!(!e.has_journal_entries());
+    assert!(!e.outage().has_journal_entries());
     let live = store.live();
     let active: BTreeMap<String, Ipv4Addr> = live
         .iter()
@@ -154,7 +154,7 @@ async fn a_restart_before_the_replay_keeps_offline_decisions() {
     e.allocate(args("first")).await.unwrap();
     e.maintain_standby().await;
     store.down.store(true, Ordering::SeqCst);
-    e.set_offline("test: etcd is down");
+    e.outage().set_offline("test: etcd is down");
     let ip = e.allocate(args("c1")).await.unwrap().lease.address;
     drop(e);
     // ipamd restarts once etcd answers again; etcd still shows a standby
@@ -255,7 +255,7 @@ async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
 
     // Draining this node has the same effect, on every network.
     drain_change(&e, &DrainTarget::Node("n1".into()), true);
-    assert!(e.node_drained());
+    assert!(e.mirror().node_drained());
     e.maintain_standby().await;
     assert_eq!(standby_records(&store), 0);
 
@@ -264,7 +264,7 @@ async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
     drain_change(&e, &DrainTarget::Node("n1".into()), false);
     e.maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
-    e.set_offline("test");
+    e.outage().set_offline("test");
     drain_change(&e, &DrainTarget::Network("prod".into()), true);
     e.maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
@@ -372,14 +372,21 @@ async fn one_failed_call_does_not_spend_the_reserve_while_etcd_answers_the_probe
     store.lose_next_create_answer.store(true, Ordering::SeqCst);
     let got = e.allocate(args("c1")).await.unwrap();
 
-    assert_eq!(e.mode(), Mode::Online, "the prober found etcd healthy");
+    assert_eq!(
+        e.outage().mode(),
+        Mode::Online,
+        "the prober found etcd healthy"
+    );
     assert!(store.probes.load(Ordering::SeqCst) >= 1);
     assert!(
         !reserve.contains(&got.lease.address),
         "a healthy node spent a standby address on one failed call"
     );
     assert_eq!(standby_addresses(&store), reserve, "the reserve is intact");
-    assert!(!e.has_journal_entries(), "nothing was decided offline");
+    assert!(
+        !e.outage().has_journal_entries(),
+        "nothing was decided offline"
+    );
     // The create that etcd applied is the pod's lease (adopted, not leaked).
     let c1: Vec<Lease> = store
         .live()
@@ -401,11 +408,11 @@ async fn a_release_that_fails_once_on_a_healthy_node_is_not_journalled() {
     e.allocate(args("c1")).await.unwrap();
     let _stop = spawn_prober(&e);
     // A failed call elsewhere left ipamd suspect; etcd is fine.
-    e.note_unreachable("a slow request");
-    assert_eq!(e.mode(), Mode::Suspect);
+    e.outage().note_unreachable("a slow request");
+    assert_eq!(e.outage().mode(), Mode::Suspect);
     e.release("prod", "c1", "eth0").await.unwrap();
-    assert_eq!(e.mode(), Mode::Online);
-    assert!(!e.has_journal_entries());
+    assert_eq!(e.outage().mode(), Mode::Online);
+    assert!(!e.outage().has_journal_entries());
     assert!(!store.live().iter().any(|l| l.container_id == "c1"));
 }
 
@@ -419,16 +426,21 @@ async fn the_prober_turns_a_real_outage_offline_and_back_online() {
     e.maintain_standby().await;
     let reserve = standby_addresses(&store);
     let _stop = spawn_prober(&e);
-    let mut modes = e.mode_changes();
+    let mut modes = e.outage().mode_changes();
 
     store.down.store(true, Ordering::SeqCst);
     let got = e.allocate(args("c1")).await.unwrap();
-    assert_eq!(e.mode(), Mode::Offline, "{}", e.mode_detail());
+    assert_eq!(
+        e.outage().mode(),
+        Mode::Offline,
+        "{}",
+        e.outage().mode_detail()
+    );
     assert!(
         reserve.contains(&got.lease.address),
         "offline, the address comes from the reserve"
     );
-    assert!(e.has_journal_entries());
+    assert!(e.outage().has_journal_entries());
     assert!(store.probes.load(Ordering::SeqCst) >= 3);
     assert_eq!(
         crate::metrics::NodeView::mode(&*e),
@@ -502,7 +514,7 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
     let e2 = bare_engine("n1", &store, dir.path(), 3);
     let _stop = spawn_prober(&e2);
     assert!(e2.start_from_persisted(), "the persisted reserve is loaded");
-    assert!(e2.from_persisted());
+    assert!(e2.outage().from_persisted());
     let mut got = Vec::new();
     for i in 0..3 {
         let a = e2.allocate(args(&format!("c{i}"))).await.unwrap();
@@ -535,7 +547,7 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    assert!(!e2.from_persisted());
+    assert!(!e2.outage().from_persisted());
     let active: BTreeMap<String, Ipv4Addr> = store
         .live()
         .iter()
@@ -573,7 +585,7 @@ async fn the_persisted_reserve_never_lists_an_address_given_back_or_consumed() {
     drop(n1);
     store.down.store(true, Ordering::SeqCst);
     let again = bare_engine("n1", &store, dir.path(), 2);
-    again.set_offline("test: etcd is down");
+    again.outage().set_offline("test: etcd is down");
     assert!(again.start_from_persisted());
     let err = again.allocate(args("x")).await.unwrap_err();
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
@@ -601,7 +613,7 @@ async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
     .with_outage_journal(journal, 2)
     .with_offline_start_max_age(Duration::from_millis(10));
     assert!(!old.start_from_persisted());
-    assert!(!old.synced());
+    assert!(!old.mirror().synced());
 }
 
 #[test]

@@ -1,19 +1,138 @@
-//! Keeping the engine's cache in step with etcd: snapshots, watch events,
-//! and the journal's offline decisions overlaid on both.
+//! The mirror: the engine's read-only view of etcd — networks served here
+//! (and those rack-bound without a share for this node), the registered
+//! nodes' addresses, drain markers, the node's QoS class — kept in step by
+//! the one sync loop from snapshots and watch events, with the journal's
+//! offline decisions overlaid on both.
+//!
+//! Drain markers as this node sees them. A marker on a network (being
+//! deleted), on this node's rack binding of a network (being unbound) or on
+//! this node (drained) makes the node give back what it holds in reserve
+//! there: its standby records (`maintain_standby`, target 0) and its empty
+//! blocks (the block manager, at once and without asking for new ones).
+//! Pods keep being served: a drain empties reserves, it does not refuse
+//! ADDs (the delete or unbind that waits for the drain still refuses while
+//! pods hold addresses).
+//!
+//! Only the owning ipamd deletes its standby records, with revision
+//! compares, and only while etcd answers: while etcd is unreachable it may
+//! be handing them out from its journal, so nobody else can know they are
+//! free.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use rackline_model::{Lease, NetworkSpec};
+use rackline_model::{DrainTarget, Keys, Lease, NetworkSpec};
 use rackline_store::{Change, Snapshot, StoredLease};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::Engine;
+use super::IpamError;
 use crate::netstate::NetState;
-use crate::store::LeaseStore;
+use crate::netstate::NodeGauges;
 
-impl<S: LeaseStore> Engine<S> {
+type Nets = HashMap<String, Arc<NetState>>;
+
+pub struct Mirror {
+    node: String,
+    rack: Option<String>,
+    keys: Keys,
+    nets: RwLock<Nets>,
+    /// Networks that are rack-bound but have no binding for this node's
+    /// rack (or this node has no rack): name -> why.
+    pub(super) unbound: RwLock<HashMap<String, String>>,
+    /// Every registered node's own addresses, by node name (from the
+    /// snapshot and the watch of `nodes/`): withheld from every network.
+    node_addresses: RwLock<BTreeMap<String, Vec<Ipv4Addr>>>,
+    /// Drain markers in force (every node's).
+    drains: RwLock<HashSet<DrainTarget>>,
+    /// The node's QoS class: which class level of a network applies to its
+    /// pods (`rackline_ipamd_pods_out_of_spec`).
+    pub(super) node_class: Option<String>,
+    synced_tx: watch::Sender<bool>,
+    /// Bumped when a change needs a fresh snapshot (rack bindings changed).
+    resync_tx: watch::Sender<u64>,
+}
+
+impl Mirror {
+    pub(super) fn new(node: String, rack: Option<String>, keys: Keys) -> Self {
+        Self {
+            node,
+            rack,
+            keys,
+            nets: RwLock::new(HashMap::new()),
+            unbound: RwLock::new(HashMap::new()),
+            node_addresses: RwLock::new(BTreeMap::new()),
+            drains: RwLock::new(HashSet::new()),
+            node_class: None,
+            synced_tx: watch::channel(false).0,
+            resync_tx: watch::channel(0u64).0,
+        }
+    }
+
+    pub(crate) fn node_class(&self) -> rackline_model::applied::NodeClass<'_> {
+        match &self.node_class {
+            Some(c) => rackline_model::applied::NodeClass::Named(c),
+            None => rackline_model::applied::NodeClass::Unclassed,
+        }
+    }
+
+    /// Changes when the sync loop should take a fresh snapshot.
+    pub fn resync_requests(&self) -> watch::Receiver<u64> {
+        self.resync_tx.subscribe()
+    }
+
+    /// All networks this node serves (for the block manager).
+    pub fn networks(&self) -> Vec<Arc<NetState>> {
+        self.nets_read().values().cloned().collect()
+    }
+
+    pub(super) fn nets_read(&self) -> std::sync::RwLockReadGuard<'_, Nets> {
+        self.nets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn nets_write(&self) -> std::sync::RwLockWriteGuard<'_, Nets> {
+        self.nets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (bounded) for the first snapshot, so requests arriving right
+    /// after start-up do not fail needlessly.
+    pub(super) async fn wait_synced(&self, limit: Duration) -> Result<(), IpamError> {
+        let mut rx = self.synced_tx.subscribe();
+        let ready = tokio::time::timeout(limit, async { rx.wait_for(|s| *s).await.is_ok() }).await;
+        match ready {
+            Ok(true) => Ok(()),
+            _ => Err(IpamError::NotReady),
+        }
+    }
+
+    /// Whether the first etcd snapshot has been loaded.
+    pub fn synced(&self) -> bool {
+        *self.synced_tx.borrow()
+    }
+
+    /// Whether `name` is a network this node knows (served or seen
+    /// unbound): only those become metric labels.
+    pub fn knows_network(&self, name: &str) -> bool {
+        self.nets_read().contains_key(name)
+            || self
+                .unbound
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+    }
+
+    /// Per-network gauges of this node, sorted by network (metrics).
+    pub(super) fn gauges(&self) -> Vec<(String, NodeGauges)> {
+        let mut v: Vec<(String, NodeGauges)> = self
+            .nets_read()
+            .iter()
+            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node, self.node_class())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
     /// A new network state with the current node addresses withheld.
     pub(super) fn tracked(&self, st: NetState) -> Arc<NetState> {
         st.set_node_addresses(
@@ -63,10 +182,14 @@ impl<S: LeaseStore> Engine<S> {
         self.learn_node_addresses(all);
     }
 
-    /// Replaces the cache with a consistent snapshot.
-    pub fn apply_snapshot(&self, snap: Snapshot) {
-        self.from_persisted
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+    /// Replaces the cache with a consistent snapshot. `offline` lays the
+    /// decisions made offline and not yet replayed over the fresh state
+    /// before it replaces the old one (they stay in force).
+    pub(super) fn apply_snapshot(
+        &self,
+        snap: Snapshot,
+        offline: impl FnOnce(&HashMap<String, Arc<NetState>>),
+    ) {
         *self
             .node_addresses
             .write()
@@ -146,11 +269,7 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         // Decisions made offline and not yet replayed stay in force.
-        if let Some(j) = &self.journal {
-            for e in j.entries() {
-                Self::overlay(&fresh, &e);
-            }
-        }
+        offline(&fresh);
         let count = fresh.len();
         {
             let mut nets = self.nets_write();
@@ -198,7 +317,7 @@ impl<S: LeaseStore> Engine<S> {
         }
     }
 
-    pub fn apply_change(&self, change: Change) {
+    pub(super) fn apply_change(&self, change: Change) {
         match change {
             Change::Put {
                 key,
@@ -310,5 +429,67 @@ impl<S: LeaseStore> Engine<S> {
                 }
             }
         }
+    }
+
+    // ---- drain markers ----
+    /// Replaces the markers (from a snapshot).
+    pub(super) fn set_drains(&self, drains: Vec<DrainTarget>) {
+        *self.drains.write().unwrap_or_else(|p| p.into_inner()) = drains.into_iter().collect();
+    }
+
+    /// Applies one marker's creation (`up`) or removal.
+    pub(super) fn note_drain(&self, target: DrainTarget, up: bool) {
+        let mut d = self.drains.write().unwrap_or_else(|p| p.into_inner());
+        let changed = if up {
+            d.insert(target.clone())
+        } else {
+            d.remove(&target)
+        };
+        if changed && self.concerns(&target) {
+            if up {
+                tracing::info!(
+                    "{} is being drained: returning this node's reserve there",
+                    target.describe()
+                );
+            } else {
+                tracing::info!("{} is no longer drained", target.describe());
+            }
+        }
+    }
+
+    fn concerns(&self, t: &DrainTarget) -> bool {
+        match t {
+            DrainTarget::Node(n) => *n == self.node,
+            DrainTarget::Network(_) => true,
+            DrainTarget::RackNet { rack, .. } => self.rack.as_deref() == Some(rack.as_str()),
+        }
+    }
+
+    /// The marker that makes this node empty its reserve on `net`, if any.
+    pub fn draining(&self, net: &NetState) -> Option<DrainTarget> {
+        let d = self.drains.read().unwrap_or_else(|p| p.into_inner());
+        if d.is_empty() {
+            return None;
+        }
+        let name = &net.spec.name;
+        let mut candidates = vec![
+            DrainTarget::Node(self.node.clone()),
+            DrainTarget::Network(name.clone()),
+        ];
+        if let (true, Some(rack)) = (net.is_racked(), self.rack.as_ref()) {
+            candidates.push(DrainTarget::RackNet {
+                network: name.clone(),
+                rack: rack.clone(),
+            });
+        }
+        candidates.into_iter().find(|t| d.contains(t))
+    }
+
+    /// This node is drained (`racklinectl node drain`).
+    pub fn node_drained(&self) -> bool {
+        self.drains
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&DrainTarget::Node(self.node.clone()))
     }
 }
