@@ -10,16 +10,38 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackline_model::Lease;
+use rackline_model::{Identity, Lease};
 use rackline_store::{CreateLease, StoreError, StoredLease};
 use tracing::{debug, info};
 
+use super::sticky::Claim;
 use super::{
     now_ms, validate_attachment, AllocateArgs, Allocated, Allocator, AttachGuard, IpamError, Mode,
     StatusInfo, MAX_ATTEMPTS, MAX_RESERVE_WAIT, RESERVE_POLL,
 };
-use crate::netstate::{AttachmentKey, NetState};
+use crate::netstate::{AttachmentKey, NetState, Pick};
 use crate::store::LeaseStore;
+
+/// What one candidate address came to.
+enum Attempt {
+    Done(Box<Allocated>),
+    /// Try the next candidate.
+    Next,
+}
+
+impl Attempt {
+    fn done(lease: Lease, net: &NetState) -> Self {
+        Attempt::Done(Box::new(Allocated {
+            lease,
+            network: net.effective_spec(),
+            existing: false,
+        }))
+    }
+
+    fn done_with(a: Allocated) -> Self {
+        Attempt::Done(Box::new(a))
+    }
+}
 
 impl<'e, S: LeaseStore> Allocator<'e, S> {
     pub(super) async fn network(&self, name: &str) -> Result<Arc<NetState>, IpamError> {
@@ -94,8 +116,8 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         let mut identity = None;
         if self.sticky().maybe_sticky(&net, &a) {
             match self.sticky().claim_identity(&net, &a).await? {
-                Some(super::sticky::Claim::Done(done)) => return Ok(*done),
-                Some(super::sticky::Claim::Fresh(i)) => identity = Some(i),
+                Some(Claim::Done(done)) => return Ok(*done),
+                Some(Claim::Fresh(i)) => identity = Some(i),
                 None => {}
             }
         }
@@ -108,62 +130,55 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             }
             return self.allocate_requested(&net, &a, identity).await;
         }
-        if identity.is_none() && self.outage.journal.is_some() {
-            // Suspect: wait for the prober's verdict rather than spend the
-            // reserve on what may be one slow request.
-            let mode = match self.outage.mode() {
-                Mode::Suspect => self.outage.await_verdict().await,
-                m => m,
-            };
-            if mode != Mode::Online || self.outage.from_persisted() {
-                return self.reserve().allocate_offline(&net, &a).await;
-            }
+        if identity.is_none() && self.outage_first().await {
+            return self.reserve().allocate_offline(&net, &a).await;
         }
         if let Some(done) = self.adopt_uncertain(&net, &key).await? {
             return Ok(done);
         }
+        self.allocate_fresh(&net, &a, &key, identity).await
+    }
 
+    /// Whether a non-sticky ADD goes to the standby reserve without trying
+    /// etcd: offline operation is on and etcd is away (or the state came
+    /// from the persisted reserve). Suspect: waits for the prober's verdict
+    /// rather than spend the reserve on what may be one slow request.
+    async fn outage_first(&self) -> bool {
+        if !self.outage.journaling() {
+            return false;
+        }
+        let mode = match self.outage.mode() {
+            Mode::Suspect => self.outage.await_verdict().await,
+            m => m,
+        };
+        mode != Mode::Online || self.outage.from_persisted()
+    }
+
+    /// A fresh address for the attachment (and, with `identity`, a new
+    /// sticky identity written with it): candidates from the mirror, each
+    /// tried with a create-if-absent on its own key.
+    async fn allocate_fresh(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        key: &AttachmentKey,
+        mut identity: Option<Identity>,
+    ) -> Result<Allocated, IpamError> {
         let mut reserve_wait = Duration::ZERO;
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS {
             attempts += 1;
             let Some(pick) = net.pick() else {
-                // Last resort: this node's own reserve.
-                if let Some(done) = self.reserve().allocate_from_standby(&net, &a).await? {
-                    return Ok(done);
+                match self.when_exhausted(net, a, &mut reserve_wait).await? {
+                    Some(done) => return Ok(done),
+                    None => {
+                        attempts -= 1;
+                        continue;
+                    }
                 }
-                // Other nodes give their reserves back when the rack runs
-                // short (every RESERVE_INTERVAL); with capacity equal to
-                // demand, waiting for that beats failing the ADD.
-                if net.foreign_standby() > 0 && reserve_wait < MAX_RESERVE_WAIT {
-                    tokio::time::sleep(RESERVE_POLL).await;
-                    reserve_wait += RESERVE_POLL;
-                    attempts -= 1;
-                    continue;
-                }
-                let (capacity, allocated, _) = net.usage();
-                return Err(IpamError::Exhausted {
-                    network: a.network.clone(),
-                    allocated,
-                    capacity,
-                });
             };
             let ip = pick.ip;
-            let lease = Lease {
-                network: a.network.clone(),
-                address: ip,
-                node: self.node.clone(),
-                container_id: a.container_id.clone(),
-                ifname: a.ifname.clone(),
-                pod: a.pod.clone(),
-                created_unix_ms: now_ms(),
-                state: rackline_model::LeaseState::Active,
-                sticky: identity.is_some(),
-                new_identity: identity.is_some(),
-                expires_unix_ms: None,
-                conflict: None,
-                settings: net.pod_settings(),
-            };
+            let lease = self.fresh_lease(net, a, ip, identity.is_some());
             let created = match &identity {
                 None => {
                     self.store
@@ -172,7 +187,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 }
                 Some(i) => match self
                     .sticky()
-                    .create_sticky(&net, &lease, i, pick.guard.as_ref())
+                    .create_sticky(net, &lease, i, pick.guard.as_ref())
                     .await
                 {
                     Ok(Some(c)) => Ok(c),
@@ -180,9 +195,9 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                         // Someone created this identity meanwhile: claim
                         // it the regular way (it may be live elsewhere).
                         net.unpick(ip);
-                        match self.sticky().claim_identity(&net, &a).await? {
-                            Some(super::sticky::Claim::Done(done)) => return Ok(*done),
-                            Some(super::sticky::Claim::Fresh(i)) => identity = Some(i),
+                        match self.sticky().claim_identity(net, a).await? {
+                            Some(Claim::Done(done)) => return Ok(*done),
+                            Some(Claim::Fresh(i)) => identity = Some(i),
                             None => identity = None,
                         }
                         continue;
@@ -190,108 +205,185 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                     Err(e) => Err(e),
                 },
             };
-            match created {
-                Ok(CreateLease::Created { mod_revision }) => {
-                    self.outage.note_reachable();
-                    net.observe(
-                        StoredLease {
-                            lease: lease.clone(),
-                            mod_revision,
-                        },
-                        &self.node,
-                    );
-                    if pick.guard.is_some() || pick.borrowed {
-                        self.block_demand.notify_one();
-                    }
-                    info!(network = %a.network, %ip, borrowed = pick.borrowed, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
-                    return Ok(Allocated {
-                        lease,
-                        network: net.effective_spec(),
-                        existing: false,
-                    });
-                }
-                Ok(CreateLease::Taken(owner)) => {
-                    // Our cache lagged; the address stays marked taken and
-                    // the watch fills in the owner's record.
-                    debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
-                }
-                Ok(CreateLease::BlockChanged) => {
-                    // Our view of the block is stale; the watch brings the
-                    // new one. Free the mark and try another address.
-                    debug!(%ip, "block changed under the candidate; next");
-                    net.unpick(ip);
-                    net.drop_block_at(ip);
-                }
-                Ok(CreateLease::NetworkGone) => {
-                    net.unpick(ip);
-                    self.mirror
-                        .nets_write()
-                        .retain(|_, st| !Arc::ptr_eq(st, &net));
-                    return Err(IpamError::UnknownNetwork(a.network.clone()));
-                }
-                Err(StoreError::Unavailable(m)) => {
-                    // The request may have been applied: remember it so the
-                    // retry, the DEL or the journal replay resolves it
-                    // instead of leaking it.
-                    net.mark_uncertain(&key, ip);
-                    self.outage.note_unreachable(&m);
-                    if self.outage.journal.is_none() {
-                        return Err(IpamError::Unavailable(m));
-                    }
-                    if self.outage.await_verdict().await != Mode::Online || identity.is_some() {
-                        return self.reserve().allocate_offline(&net, &a).await;
-                    }
-                    // etcd answers again, but the lost create may still be
-                    // on its way (queued behind a slow request): ask for the
-                    // SAME key again. Create-if-absent on one key succeeds
-                    // once, so the attachment cannot end up with two
-                    // addresses, whichever of the two requests lands.
-                    match self
-                        .store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
-                    {
-                        Ok(CreateLease::Created { mod_revision }) => {
-                            net.observe(
-                                StoredLease {
-                                    lease: lease.clone(),
-                                    mod_revision,
-                                },
-                                &self.node,
-                            );
-                            info!(network = %a.network, %ip, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased (after a retry)");
-                            return Ok(Allocated {
-                                lease,
-                                network: net.effective_spec(),
-                                existing: false,
-                            });
-                        }
-                        // Ours (the first request landed) or another's:
-                        // reading the key settles which.
-                        Ok(CreateLease::Taken(_)) => {
-                            if let Some(done) = self.adopt_uncertain(&net, &key).await? {
-                                return Ok(done);
-                            }
-                            continue;
-                        }
-                        Ok(CreateLease::BlockChanged) | Ok(CreateLease::NetworkGone) => {
-                            // The first request failed the same guard.
-                            net.resolve_absent(&key, ip);
-                            continue;
-                        }
-                        Err(e) => {
-                            self.outage.note_store_error(&e);
-                            return self.reserve().allocate_offline(&net, &a).await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    net.unpick(ip);
-                    return Err(e.into());
-                }
+            let sticky = identity.is_some();
+            match self
+                .created(net, a, key, &pick, lease, created, sticky)
+                .await?
+            {
+                Attempt::Done(done) => return Ok(*done),
+                Attempt::Next => {}
             }
         }
         Err(IpamError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// Nothing free in the mirror: this node's own reserve as a last
+    /// resort (Some), or None after a short wait when other nodes still
+    /// hold reserves they give back when the rack runs short (every
+    /// RESERVE_INTERVAL; with capacity equal to demand, waiting for that
+    /// beats failing the ADD), or `Exhausted`.
+    async fn when_exhausted(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+        reserve_wait: &mut Duration,
+    ) -> Result<Option<Allocated>, IpamError> {
+        if let Some(done) = self.reserve().allocate_from_standby(net, a).await? {
+            return Ok(Some(done));
+        }
+        if net.foreign_standby() > 0 && *reserve_wait < MAX_RESERVE_WAIT {
+            tokio::time::sleep(RESERVE_POLL).await;
+            *reserve_wait += RESERVE_POLL;
+            return Ok(None);
+        }
+        let (capacity, allocated, _) = net.usage();
+        Err(IpamError::Exhausted {
+            network: a.network.clone(),
+            allocated,
+            capacity,
+        })
+    }
+
+    /// The active lease a fresh allocation writes at `ip`.
+    fn fresh_lease(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr, sticky: bool) -> Lease {
+        Lease {
+            network: a.network.clone(),
+            address: ip,
+            node: self.node.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            pod: a.pod.clone(),
+            created_unix_ms: now_ms(),
+            state: rackline_model::LeaseState::Active,
+            sticky,
+            new_identity: sticky,
+            expires_unix_ms: None,
+            conflict: None,
+            settings: net.pod_settings(),
+        }
+    }
+
+    /// Acts on the outcome of one candidate's create.
+    #[allow(clippy::too_many_arguments)]
+    async fn created(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        key: &AttachmentKey,
+        pick: &Pick,
+        lease: Lease,
+        created: Result<CreateLease, StoreError>,
+        sticky: bool,
+    ) -> Result<Attempt, IpamError> {
+        let ip = pick.ip;
+        match created {
+            Ok(CreateLease::Created { mod_revision }) => {
+                self.outage.note_reachable();
+                net.observe(
+                    StoredLease {
+                        lease: lease.clone(),
+                        mod_revision,
+                    },
+                    &self.node,
+                );
+                if pick.guard.is_some() || pick.borrowed {
+                    self.block_demand.notify_one();
+                }
+                info!(network = %a.network, %ip, borrowed = pick.borrowed, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                Ok(Attempt::done(lease, net))
+            }
+            Ok(CreateLease::Taken(owner)) => {
+                // Our cache lagged; the address stays marked taken and
+                // the watch fills in the owner's record.
+                debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
+                Ok(Attempt::Next)
+            }
+            Ok(CreateLease::BlockChanged) => {
+                // Our view of the block is stale; the watch brings the
+                // new one. Free the mark and try another address.
+                debug!(%ip, "block changed under the candidate; next");
+                net.unpick(ip);
+                net.drop_block_at(ip);
+                Ok(Attempt::Next)
+            }
+            Ok(CreateLease::NetworkGone) => {
+                net.unpick(ip);
+                self.mirror
+                    .nets_write()
+                    .retain(|_, st| !Arc::ptr_eq(st, net));
+                Err(IpamError::UnknownNetwork(a.network.clone()))
+            }
+            Err(StoreError::Unavailable(m)) => {
+                // The request may have been applied: remember it so the
+                // retry, the DEL or the journal replay resolves it
+                // instead of leaking it.
+                net.mark_uncertain(key, ip);
+                self.outage.note_unreachable(&m);
+                if self.outage.journal.is_none() {
+                    return Err(IpamError::Unavailable(m));
+                }
+                if self.outage.await_verdict().await != Mode::Online || sticky {
+                    return Ok(Attempt::done_with(
+                        self.reserve().allocate_offline(net, a).await?,
+                    ));
+                }
+                self.recreate(net, a, key, pick, lease).await
+            }
+            Err(e) => {
+                net.unpick(ip);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// etcd answers again after a create whose answer was lost, but the
+    /// lost create may still be on its way (queued behind a slow request):
+    /// ask for the SAME key again. Create-if-absent on one key succeeds
+    /// once, so the attachment cannot end up with two addresses, whichever
+    /// of the two requests lands.
+    async fn recreate(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        key: &AttachmentKey,
+        pick: &Pick,
+        lease: Lease,
+    ) -> Result<Attempt, IpamError> {
+        let ip = pick.ip;
+        match self
+            .store
+            .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+            .await
+        {
+            Ok(CreateLease::Created { mod_revision }) => {
+                net.observe(
+                    StoredLease {
+                        lease: lease.clone(),
+                        mod_revision,
+                    },
+                    &self.node,
+                );
+                info!(network = %a.network, %ip, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased (after a retry)");
+                Ok(Attempt::done(lease, net))
+            }
+            // Ours (the first request landed) or another's:
+            // reading the key settles which.
+            Ok(CreateLease::Taken(_)) => match self.adopt_uncertain(net, key).await? {
+                Some(done) => Ok(Attempt::done_with(done)),
+                None => Ok(Attempt::Next),
+            },
+            Ok(CreateLease::BlockChanged) | Ok(CreateLease::NetworkGone) => {
+                // The first request failed the same guard.
+                net.resolve_absent(key, ip);
+                Ok(Attempt::Next)
+            }
+            Err(e) => {
+                self.outage.note_store_error(&e);
+                Ok(Attempt::done_with(
+                    self.reserve().allocate_offline(net, a).await?,
+                ))
+            }
+        }
     }
 
     /// An earlier attempt for this attachment may have been written even
