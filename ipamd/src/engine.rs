@@ -376,9 +376,16 @@ impl<S: LeaseStore> Engine<S> {
         self.parts.apply_snapshot(snap)
     }
 
-    /// Applies one watch event.
+    /// Applies one watch event, decoded by the storage adapter.
     pub fn apply_change(&self, change: Change) {
-        self.parts.mirror.apply_change(change)
+        if let Some(event) = crate::store::decode_change(&self.parts.keys, change) {
+            self.apply_event(event);
+        }
+    }
+
+    /// Applies one decoded watch event.
+    pub fn apply_event(&self, event: crate::store::StoreEvent) {
+        self.parts.mirror.apply_event(event)
     }
 }
 

@@ -23,14 +23,15 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rackline_model::{DrainTarget, Keys, Lease, NetworkSpec};
-use rackline_store::{Change, Snapshot, StoredLease};
+use rackline_model::{DrainTarget, Keys, NetworkSpec};
+use rackline_store::Snapshot;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::IpamError;
 use crate::netstate::NetState;
 use crate::netstate::NodeGauges;
+use crate::store::{Deleted, StoreEvent};
 
 type Nets = HashMap<String, Arc<NetState>>;
 
@@ -317,116 +318,89 @@ impl Mirror {
         }
     }
 
-    pub(super) fn apply_change(&self, change: Change) {
-        match change {
-            Change::Put {
-                key,
-                value,
+    /// Applies one decoded watch event.
+    pub(super) fn apply_event(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Network {
+                name,
+                spec,
                 create_revision,
-                mod_revision,
+            } => self.network_written(&name, spec, create_revision),
+            StoreEvent::Block {
+                network,
+                block,
+                key,
             } => {
-                if let Some(name) = self.keys.network_name_of(&key) {
-                    let spec: NetworkSpec = match serde_json::from_slice(&value) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!(%key, "ignoring undecodable network record: {e}");
-                            return;
-                        }
-                    };
-                    let mut nets = self.nets_write();
-                    match nets.get(name) {
-                        Some(st) if st.create_revision == create_revision && st.spec == spec => {}
-                        Some(st) if st.create_revision == create_revision && st.is_racked() => {
-                            // Same incarnation, new definition (`network
-                            // update`) of a rack-bound network: its pool is
-                            // the rack's ranges and blocks, rebuilt from a
-                            // consistent snapshot like a binding change.
-                            info!(network = name, "network definition changed; reloading");
-                            self.resync_tx.send_modify(|n| *n += 1);
-                        }
-                        Some(st) if st.create_revision == create_revision => {
-                            // Same incarnation, new definition: rebuild the
-                            // pool around the leases we know.
-                            info!(network = name, "network definition changed");
-                            let fresh = self.tracked(NetState::new(spec, create_revision));
-                            for sl in st.leases_snapshot() {
-                                fresh.observe(sl, &self.node);
-                            }
-                            fresh.inherit_uncertain(st);
-                            nets.insert(name.to_string(), fresh);
-                        }
-                        _ => {
-                            info!(network = name, "network added");
-                            let st = self.tracked(NetState::new(spec, create_revision));
-                            nets.insert(name.to_string(), st);
-                        }
-                    }
-                } else if let Some((net, _first)) = self.keys.parse_block(&key) {
-                    match serde_json::from_slice::<rackline_model::Block>(&value) {
-                        Ok(block) => {
-                            if let Some(st) = self.nets_read().get(net) {
-                                st.observe_block(
-                                    rackline_store::StoredBlock {
-                                        block,
-                                        mod_revision,
-                                    },
-                                    key.clone(),
-                                );
-                            }
-                        }
-                        Err(e) => warn!(%key, "ignoring undecodable block record: {e}"),
-                    }
-                } else if let Some(name) = self.keys.node_name_of(&key) {
-                    match serde_json::from_slice::<rackline_model::Node>(&value) {
-                        Ok(n) => self.learn_node(name, Some(n.addresses)),
-                        Err(e) => warn!(%key, "ignoring undecodable node record: {e}"),
-                    }
-                } else if let Some(target) = self.keys.parse_drain(&key) {
-                    self.note_drain(target, true);
-                } else if self.keys.parse_racknet(&key).is_some() {
-                    // Which ranges this node allocates from changed: rebuild
-                    // from a consistent snapshot rather than patch in place.
-                    info!(%key, "rack binding changed; reloading");
-                    self.resync_tx.send_modify(|n| *n += 1);
-                } else if let Some((net, _ip)) = self.keys.parse_lease(&key) {
-                    let lease: Lease = match serde_json::from_slice(&value) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            warn!(%key, "ignoring undecodable lease record: {e}");
-                            return;
-                        }
-                    };
-                    if let Some(st) = self.nets_read().get(net) {
-                        st.observe(
-                            StoredLease {
-                                lease,
-                                mod_revision,
-                            },
-                            &self.node,
-                        );
-                    }
+                if let Some(st) = self.nets_read().get(&network) {
+                    st.observe_block(block, key);
                 }
             }
-            Change::Delete { key, mod_revision } => {
-                if let Some(name) = self.keys.network_name_of(&key) {
-                    info!(network = name, "network removed");
-                    self.nets_write().remove(name);
-                } else if let Some((net, first)) = self.keys.parse_block(&key) {
-                    if let Some(st) = self.nets_read().get(net) {
-                        st.forget_block(first);
-                    }
-                } else if let Some(name) = self.keys.node_name_of(&key) {
-                    self.learn_node(name, None);
-                } else if let Some(target) = self.keys.parse_drain(&key) {
-                    self.note_drain(target, false);
-                } else if self.keys.parse_racknet(&key).is_some() {
+            StoreEvent::Node { name, addresses } => self.learn_node(&name, addresses),
+            StoreEvent::Drain { target, up } => self.note_drain(target, up),
+            StoreEvent::RackBinding { key, removed } => {
+                // Which ranges this node allocates from changed: rebuild
+                // from a consistent snapshot rather than patch in place.
+                if removed {
                     info!(%key, "rack binding removed; reloading");
-                    self.resync_tx.send_modify(|n| *n += 1);
-                } else if let Some((net, ip)) = self.keys.parse_lease(&key) {
-                    if let Some(st) = self.nets_read().get(net) {
-                        st.forget(ip, mod_revision);
-                    }
+                } else {
+                    info!(%key, "rack binding changed; reloading");
                 }
+                self.resync_tx.send_modify(|n| *n += 1);
+            }
+            StoreEvent::Lease { network, lease } => {
+                if let Some(st) = self.nets_read().get(&network) {
+                    st.observe(lease, &self.node);
+                }
+            }
+            StoreEvent::Deleted(Deleted::Network(name)) => {
+                info!(network = name, "network removed");
+                self.nets_write().remove(&name);
+            }
+            StoreEvent::Deleted(Deleted::Block { network, first }) => {
+                if let Some(st) = self.nets_read().get(&network) {
+                    st.forget_block(first);
+                }
+            }
+            StoreEvent::Deleted(Deleted::Lease {
+                network,
+                ip,
+                mod_revision,
+            }) => {
+                if let Some(st) = self.nets_read().get(&network) {
+                    st.forget(ip, mod_revision);
+                }
+            }
+        }
+    }
+
+    /// A network's definition was written.
+    fn network_written(&self, name: &str, spec: NetworkSpec, create_revision: i64) {
+        let mut nets = self.nets_write();
+        match nets.get(name) {
+            Some(st) if st.create_revision == create_revision && st.spec == spec => {}
+            Some(st) if st.create_revision == create_revision && st.is_racked() => {
+                // Same incarnation, new definition (`network
+                // update`) of a rack-bound network: its pool is
+                // the rack's ranges and blocks, rebuilt from a
+                // consistent snapshot like a binding change.
+                info!(network = name, "network definition changed; reloading");
+                self.resync_tx.send_modify(|n| *n += 1);
+            }
+            Some(st) if st.create_revision == create_revision => {
+                // Same incarnation, new definition: rebuild the
+                // pool around the leases we know.
+                info!(network = name, "network definition changed");
+                let fresh = self.tracked(NetState::new(spec, create_revision));
+                for sl in st.leases_snapshot() {
+                    fresh.observe(sl, &self.node);
+                }
+                fresh.inherit_uncertain(st);
+                nets.insert(name.to_string(), fresh);
+            }
+            _ => {
+                info!(network = name, "network added");
+                let st = self.tracked(NetState::new(spec, create_revision));
+                nets.insert(name.to_string(), st);
             }
         }
     }
