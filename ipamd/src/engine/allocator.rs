@@ -245,7 +245,13 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
     }
 
     /// The active lease a fresh allocation writes at `ip`.
-    fn fresh_lease(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr, sticky: bool) -> Lease {
+    pub(super) fn fresh_lease(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+        ip: Ipv4Addr,
+        sticky: bool,
+    ) -> Lease {
         Lease {
             network: a.network.clone(),
             address: ip,
