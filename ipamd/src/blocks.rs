@@ -65,7 +65,7 @@ pub async fn run<S: LeaseStore>(
             let usage = net.block_usage();
             let now = Instant::now();
             // Under a drain marker nothing is acquired and every empty
-            // block goes back at once (engine/drain.rs).
+            // block goes back at once (engine/mirror.rs).
             let draining = engine.mirror().draining(&net).is_some();
             if !draining
                 && usage.own_available < policy.low_watermark

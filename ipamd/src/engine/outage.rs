@@ -161,66 +161,15 @@ impl<S: LeaseStore> Reserve<'_, S> {
                     Entry::Activate {
                         lease,
                         standby_revision,
-                    } => {
-                        let key = (lease.container_id.clone(), lease.ifname.clone());
-                        let recorded = match self.store.replace_lease(lease, *standby_revision).await? {
-                            Some(_) => {
-                                info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd");
-                                true
-                            }
-                            None => match self.store.get_lease(&lease.network, lease.address).await? {
-                                Some(cur) if self.is_mine(&cur.lease, &key) => true,
-                                other => {
-                                    error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it");
-                                    false
-                                }
-                            },
-                        };
-                        if recorded {
-                            self.outage.replayed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((lease.network.clone(), key.clone(), lease.address));
-                        }
-                        // A create lost at the start of the outage must not
-                        // leave this attachment a second address.
-                        let net = self.mirror.nets_read().get(&lease.network).cloned();
-                        if let Some(net) = net {
-                            for ip in net.take_uncertain(&key) {
-                                if ip == lease.address {
-                                    continue;
-                                }
-                                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
-                                    if self.is_mine(&cur.lease, &key) {
-                                        self.store.delete_lease(&lease.network, ip, cur.mod_revision).await?;
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    } => self.replay_activate(lease, *standby_revision).await?,
                     Entry::Release {
                         network,
                         address,
                         container_id,
                         ifname,
                     } => {
-                        let key = (container_id.clone(), ifname.clone());
-                        if let Some(cur) = self.store.get_lease(network, *address).await? {
-                            if self.is_mine(&cur.lease, &key) {
-                                // A sticky lease becomes its identity's
-                                // reservation, as an online DEL would do.
-                                let spec = self.mirror.nets_read().get(network).map(|n| n.spec.clone());
-                                match spec {
-                                    Some(spec) => {
-                                        self.sticky().retire(&spec, &cur, false).await?;
-                                    }
-                                    None => {
-                                        self.store.delete_lease(network, *address, cur.mod_revision).await?;
-                                    }
-                                }
-                                info!(%network, ip = %address, "journal: offline release recorded in etcd");
-                            }
-                        }
+                        self.replay_release(network, address, container_id, ifname)
+                            .await?
                     }
                 }
                 done += 1;
@@ -241,6 +190,81 @@ impl<S: LeaseStore> Reserve<'_, S> {
             }
         }
         result.map(|()| done)
+    }
+
+    /// Replays one offline lease: the standby record becomes the lease
+    /// (revision-compared), and a create lost at the start of the outage
+    /// must not leave the attachment a second address.
+    async fn replay_activate(&self, lease: &Lease, standby_revision: i64) -> Result<(), IpamError> {
+        let key = (lease.container_id.clone(), lease.ifname.clone());
+        let recorded = match self.store.replace_lease(lease, standby_revision).await? {
+            Some(_) => {
+                info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd");
+                true
+            }
+            None => match self.store.get_lease(&lease.network, lease.address).await? {
+                Some(cur) if self.is_mine(&cur.lease, &key) => true,
+                other => {
+                    error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it");
+                    false
+                }
+            },
+        };
+        if recorded {
+            self.outage
+                .replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((lease.network.clone(), key.clone(), lease.address));
+        }
+        // A create lost at the start of the outage must not
+        // leave this attachment a second address.
+        let net = self.mirror.nets_read().get(&lease.network).cloned();
+        if let Some(net) = net {
+            for ip in net.take_uncertain(&key) {
+                if ip == lease.address {
+                    continue;
+                }
+                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
+                    if self.is_mine(&cur.lease, &key) {
+                        self.store
+                            .delete_lease(&lease.network, ip, cur.mod_revision)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays one offline release.
+    async fn replay_release(
+        &self,
+        network: &str,
+        address: &Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), IpamError> {
+        let key = (container_id.to_string(), ifname.to_string());
+        if let Some(cur) = self.store.get_lease(network, *address).await? {
+            if self.is_mine(&cur.lease, &key) {
+                // A sticky lease becomes its identity's
+                // reservation, as an online DEL would do.
+                let spec = self.mirror.nets_read().get(network).map(|n| n.spec.clone());
+                match spec {
+                    Some(spec) => {
+                        self.sticky().retire(&spec, &cur, false).await?;
+                    }
+                    None => {
+                        self.store
+                            .delete_lease(network, *address, cur.mod_revision)
+                            .await?;
+                    }
+                }
+                info!(%network, ip = %address, "journal: offline release recorded in etcd");
+            }
+        }
+        Ok(())
     }
 
     /// After the snapshot that follows a journal replay: an attachment whose
@@ -319,7 +343,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
     /// etcd answers and the journal is empty. The reserve is given back when
     /// the rack (or flat network) runs short, so every address stays usable
     /// by some node when capacity equals demand, and all of it when a drain
-    /// marker concerns the network here (see engine/drain.rs). Records that
+    /// marker concerns the network here (see engine/mirror.rs). Records that
     /// a `network update` has since excluded always go back first: netmaster
     /// leaves them to their node, whose reserve (and persisted reserve)
     /// still holds them, and waits for them.
@@ -349,7 +373,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
             // Excluded records count for nothing: they are never handed out.
             let usable = have - excluded.len();
             debug!(network = %net.spec.name, free, target, have, usable, "standby reserve");
-            if !excluded.is_empty() || usable > target {
+            let ok = if !excluded.is_empty() || usable > target {
                 if let Some(d) = &draining {
                     info!(network = %net.spec.name, records = have, "{} is being drained: giving the standby reserve back", d.describe());
                 }
@@ -357,72 +381,94 @@ impl<S: LeaseStore> Reserve<'_, S> {
                     let ips: Vec<String> = excluded.iter().map(|(ip, _)| ip.to_string()).collect();
                     info!(network = %net.spec.name, addresses = %ips.join(","), "giving back standby records the network now excludes");
                 }
-                // Out of the reserve (and of the persisted reserve) before
-                // the records are deleted: once deleted, another node may
-                // take the address.
-                let surplus = usable.saturating_sub(target);
-                let give: Vec<(Ipv4Addr, i64)> = excluded
-                    .iter()
-                    .copied()
-                    .chain(
-                        net.standby_list()
-                            .into_iter()
-                            .filter(|e| !excluded.contains(e))
-                            .take(surplus),
-                    )
-                    .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
-                    .collect();
-                self.save_reserve().await;
-                for (n, (ip, rev)) in give.iter().enumerate() {
-                    match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
-                        Ok(true) => net.forget(*ip, 0),
-                        // Changed meanwhile: the watch brings the new record.
-                        Ok(false) => {}
-                        Err(e) => {
-                            for (ip, rev) in &give[n..] {
-                                net.return_standby(*ip, *rev);
-                            }
-                            self.outage.note_store_error(&e);
-                            return;
-                        }
-                    }
-                }
+                self.give_back(&net, &excluded, usable.saturating_sub(target))
+                    .await
             } else {
-                for _ in have..target {
-                    let Some(pick) = net.pick_own() else { break };
-                    let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
-                    match self
-                        .store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
-                    {
-                        Ok(CreateLease::Created { mod_revision }) => net.observe(
-                            StoredLease {
-                                lease,
-                                mod_revision,
-                            },
-                            &self.node,
-                        ),
-                        Ok(CreateLease::Taken(_)) => {}
-                        Ok(CreateLease::BlockChanged) => {
-                            debug!(ip = %pick.ip, "reserve: block changed");
-                            net.unpick(pick.ip);
-                            net.drop_block_at(pick.ip);
-                            break;
-                        }
-                        Ok(CreateLease::NetworkGone) => {
-                            net.unpick(pick.ip);
-                            break;
-                        }
-                        Err(e) => {
-                            net.unpick(pick.ip);
-                            self.outage.note_store_error(&e);
-                            return;
-                        }
+                self.top_up(&net, have, target).await
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Gives the excluded records and `surplus` more back; false when etcd
+    /// failed (the rest stays in the reserve).
+    async fn give_back(
+        &self,
+        net: &NetState,
+        excluded: &[(Ipv4Addr, i64)],
+        surplus: usize,
+    ) -> bool {
+        // Out of the reserve (and of the persisted reserve) before
+        // the records are deleted: once deleted, another node may
+        // take the address.
+        let give: Vec<(Ipv4Addr, i64)> = excluded
+            .iter()
+            .copied()
+            .chain(
+                net.standby_list()
+                    .into_iter()
+                    .filter(|e| !excluded.contains(e))
+                    .take(surplus),
+            )
+            .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+            .collect();
+        self.save_reserve().await;
+        for (n, (ip, rev)) in give.iter().enumerate() {
+            match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
+                Ok(true) => net.forget(*ip, 0),
+                // Changed meanwhile: the watch brings the new record.
+                Ok(false) => {}
+                Err(e) => {
+                    for (ip, rev) in &give[n..] {
+                        net.return_standby(*ip, *rev);
                     }
+                    self.outage.note_store_error(&e);
+                    return false;
                 }
             }
         }
+        true
+    }
+
+    /// Adds standby records from `have` up to `target`; false when etcd
+    /// failed.
+    async fn top_up(&self, net: &NetState, have: usize, target: usize) -> bool {
+        for _ in have..target {
+            let Some(pick) = net.pick_own() else { break };
+            let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
+            match self
+                .store
+                .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                .await
+            {
+                Ok(CreateLease::Created { mod_revision }) => net.observe(
+                    StoredLease {
+                        lease,
+                        mod_revision,
+                    },
+                    &self.node,
+                ),
+                Ok(CreateLease::Taken(_)) => {}
+                Ok(CreateLease::BlockChanged) => {
+                    debug!(ip = %pick.ip, "reserve: block changed");
+                    net.unpick(pick.ip);
+                    net.drop_block_at(pick.ip);
+                    break;
+                }
+                Ok(CreateLease::NetworkGone) => {
+                    net.unpick(pick.ip);
+                    break;
+                }
+                Err(e) => {
+                    net.unpick(pick.ip);
+                    self.outage.note_store_error(&e);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// One probe, bounded by the policy's timeout.
