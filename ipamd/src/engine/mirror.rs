@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rackline_model::{DrainTarget, Keys, NetworkSpec};
-use rackline_store::Snapshot;
+use rackline_store::{Snapshot, StoredNetwork};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -200,11 +200,57 @@ impl Mirror {
             .filter(|n| !n.addresses.is_empty())
             .map(|n| (n.name.clone(), n.addresses.clone()))
             .collect();
-        let mut fresh: HashMap<String, Arc<NetState>> = HashMap::new();
+        let (fresh, unbound) = self.networks_of(snap.networks, &snap.racknets);
+        for sb in snap.blocks {
+            if let Some(st) = fresh.get(&sb.block.network) {
+                let key = self.keys.block(&sb.block.network, sb.block.first);
+                st.observe_block(sb, key);
+            }
+        }
+        for sl in snap.leases {
+            if let Some(st) = fresh.get(&sl.lease.network) {
+                st.observe(sl, &self.node);
+            }
+        }
+        *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
+        self.set_drains(snap.drains);
+        self.carry_over(&fresh, snap.revision);
+        // Decisions made offline and not yet replayed stay in force.
+        offline(&fresh);
+        let count = fresh.len();
+        {
+            let mut nets = self.nets_write();
+            // Allocations in flight across the snapshot observe into the
+            // state they started with: hand it over (under the write lock,
+            // so no request picks the old state up meanwhile).
+            for (name, st) in &fresh {
+                if let Some(o) = nets.get(name) {
+                    if snap.revision > 0 {
+                        o.hand_over(st, snap.revision, &self.node);
+                    }
+                }
+            }
+            *nets = fresh;
+        }
+        self.synced_tx.send_replace(true);
+        debug!(
+            networks = count,
+            revision = snap.revision,
+            "state loaded from etcd"
+        );
+    }
+
+    /// The networks this node serves, from a snapshot's definitions and
+    /// rack bindings, and the rack-bound ones it cannot serve (name -> why).
+    fn networks_of(
+        &self,
+        networks: Vec<StoredNetwork>,
+        racknets: &[rackline_model::RackNet],
+    ) -> (Nets, HashMap<String, String>) {
+        let mut fresh: Nets = HashMap::new();
         let mut unbound = HashMap::new();
-        for n in snap.networks {
-            let bindings: Vec<&rackline_model::RackNet> = snap
-                .racknets
+        for n in networks {
+            let bindings: Vec<&rackline_model::RackNet> = racknets
                 .iter()
                 .filter(|r| r.network == n.spec.name)
                 .collect();
@@ -238,60 +284,28 @@ impl Mirror {
             };
             fresh.insert(name, self.tracked(st));
         }
-        for sb in snap.blocks {
-            if let Some(st) = fresh.get(&sb.block.network) {
-                let key = self.keys.block(&sb.block.network, sb.block.first);
-                st.observe_block(sb, key);
-            }
-        }
-        for sl in snap.leases {
-            if let Some(st) = fresh.get(&sl.lease.network) {
-                st.observe(sl, &self.node);
-            }
-        }
-        *self.unbound.write().unwrap_or_else(|p| p.into_inner()) = unbound;
-        self.set_drains(snap.drains);
-        {
-            let old = self.nets_read();
-            for (name, st) in &fresh {
-                if let Some(o) = old.get(name) {
-                    st.inherit_uncertain(o);
-                    // A lease written after this snapshot was read (an Allocate racing a
-                    // re-list) is in the old cache only. The watch from the snapshot's
-                    // revision brings it back too, but a Release arriving before that must
-                    // find it: answering "nothing held" would leak the lease for good (the
-                    // chaos soak caught exactly that during an etcd leader change).
-                    for sl in o.leases_snapshot() {
-                        if sl.mod_revision > snap.revision {
-                            st.observe(sl, &self.node);
-                        }
+        (fresh, unbound)
+    }
+
+    /// What the old state knows and the snapshot (read at `revision`)
+    /// cannot: uncertain creates, and leases written after it was read.
+    fn carry_over(&self, fresh: &Nets, revision: i64) {
+        let old = self.nets_read();
+        for (name, st) in fresh {
+            if let Some(o) = old.get(name) {
+                st.inherit_uncertain(o);
+                // A lease written after this snapshot was read (an Allocate racing a
+                // re-list) is in the old cache only. The watch from the snapshot's
+                // revision brings it back too, but a Release arriving before that must
+                // find it: answering "nothing held" would leak the lease for good (the
+                // chaos soak caught exactly that during an etcd leader change).
+                for sl in o.leases_snapshot() {
+                    if sl.mod_revision > revision {
+                        st.observe(sl, &self.node);
                     }
                 }
             }
         }
-        // Decisions made offline and not yet replayed stay in force.
-        offline(&fresh);
-        let count = fresh.len();
-        {
-            let mut nets = self.nets_write();
-            // Allocations in flight across the snapshot observe into the
-            // state they started with: hand it over (under the write lock,
-            // so no request picks the old state up meanwhile).
-            for (name, st) in &fresh {
-                if let Some(o) = nets.get(name) {
-                    if snap.revision > 0 {
-                        o.hand_over(st, snap.revision, &self.node);
-                    }
-                }
-            }
-            *nets = fresh;
-        }
-        self.synced_tx.send_replace(true);
-        debug!(
-            networks = count,
-            revision = snap.revision,
-            "state loaded from etcd"
-        );
     }
 
     pub(super) fn overlay(nets: &HashMap<String, Arc<NetState>>, e: &crate::journal::Entry) {
