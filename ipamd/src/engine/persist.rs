@@ -200,6 +200,26 @@ impl<S: LeaseStore> Reserve<'_, S> {
             warn!(path = %path.display(), ?age, ?max_age, "the persisted reserve is too old to be trusted; no offline start");
             return false;
         }
+        let (snap, standby) = self.snapshot_of(&file);
+        self.apply_snapshot(snap);
+        self.outage.from_persisted.store(true, Ordering::Relaxed);
+        // The file is what etcd last confirmed: later saves keep that time.
+        if let Ok(mut st) = self.outage.reserve_save.try_lock() {
+            st.last = file.networks.clone();
+            st.confirmed_unix_ms = file.confirmed_unix_ms;
+        }
+        warn!(
+            networks = file.networks.len(),
+            standby,
+            ?age,
+            "etcd is unreachable at start: serving from the persisted standby reserve (offline until etcd answers)"
+        );
+        true
+    }
+
+    /// The persisted reserve as a snapshot (revision 0), and how many
+    /// standby records it holds.
+    fn snapshot_of(&self, file: &Persisted) -> (Snapshot, usize) {
         let mut snap = Snapshot {
             networks: Vec::new(),
             leases: Vec::new(),
@@ -236,19 +256,6 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 });
             }
         }
-        self.apply_snapshot(snap);
-        self.outage.from_persisted.store(true, Ordering::Relaxed);
-        // The file is what etcd last confirmed: later saves keep that time.
-        if let Ok(mut st) = self.outage.reserve_save.try_lock() {
-            st.last = file.networks.clone();
-            st.confirmed_unix_ms = file.confirmed_unix_ms;
-        }
-        warn!(
-            networks = file.networks.len(),
-            standby,
-            ?age,
-            "etcd is unreachable at start: serving from the persisted standby reserve (offline until etcd answers)"
-        );
-        true
+        (snap, standby)
     }
 }

@@ -407,25 +407,41 @@ impl<S: LeaseStore> Sticky<'_, S> {
                 .await?;
             return Ok(done.then_some(None));
         }
-        let hold = if ident.identity.pinned {
-            None
-        } else {
-            // A pod that opted in by annotation on a network without a
-            // sticky policy gets the default hold.
-            let secs = match spec.sticky.as_ref() {
-                Some(p) => p.hold_secs,
-                None if ident.identity.opt_in => rackline_model::sticky::DEFAULT_HOLD_SECS,
-                None => 0,
-            };
-            if secs == 0 {
-                let done = self
-                    .store
-                    .delete_sticky(l, sl.mod_revision, ident.mod_revision)
-                    .await?;
-                return Ok(done.then_some(None));
-            }
-            Some(secs)
-        };
+        let hold = Self::hold_for(spec, &ident.identity);
+        if hold == Some(0) {
+            let done = self
+                .store
+                .delete_sticky(l, sl.mod_revision, ident.mod_revision)
+                .await?;
+            return Ok(done.then_some(None));
+        }
+        self.reserve_for(sl, &ident, hold).await
+    }
+
+    /// How long a released sticky address is held for its identity: None
+    /// for ever (pinned), Some(0) not at all (the records go).
+    fn hold_for(spec: &rackline_model::NetworkSpec, identity: &Identity) -> Option<u64> {
+        if identity.pinned {
+            return None;
+        }
+        // A pod that opted in by annotation on a network without a
+        // sticky policy gets the default hold.
+        Some(match spec.sticky.as_ref() {
+            Some(p) => p.hold_secs,
+            None if identity.opt_in => rackline_model::sticky::DEFAULT_HOLD_SECS,
+            None => 0,
+        })
+    }
+
+    /// Turns the released lease into its identity's reservation for `hold`
+    /// seconds (None: no expiry), compared on both records.
+    async fn reserve_for(
+        &self,
+        sl: &StoredLease,
+        ident: &StoredIdentity,
+        hold: Option<u64>,
+    ) -> Result<Option<Option<StoredLease>>, StoreError> {
+        let l = &sl.lease;
         let reserved = Lease {
             new_identity: false,
             // A conflict the running pod's probe recorded ends with it.
