@@ -276,6 +276,8 @@ impl<S: LeaseStore> Reserve<'_, S> {
     /// one nobody's. It is deleted comparing its revision (never a sticky
     /// one: sticky pods take no offline address). Entries whose check
     /// failed (etcd) stay for the next snapshot. Returns what was dropped.
+    /// Over 60 lines on purpose: one pass whose every exit (skip, retry
+    /// later, dropped) must stay next to the compare it depends on.
     pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
         let todo = std::mem::take(
             &mut *self

@@ -200,7 +200,8 @@ impl<S: LeaseStore> Allocator<'_, S> {
     }
 
     /// Acts on the outcome of the requested address's create: the answer,
-    /// or None to try the same address again (its block changed).
+    /// or None to try the same address again (its block changed). Over 60
+    /// lines on purpose: one flat match, an arm per outcome.
     fn requested_outcome(
         &self,
         net: &NetState,

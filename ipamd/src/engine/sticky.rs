@@ -210,7 +210,9 @@ impl<S: LeaseStore> Sticky<'_, S> {
     }
 
     /// Carries out a decision about an existing identity: Some(claim) when
-    /// the ADD is answered, None to read the records again.
+    /// the ADD is answered, None to read the records again. Over 60 lines
+    /// on purpose: one arm per decision, most of it the operator-facing
+    /// error texts.
     async fn carry_out(
         &self,
         net: &Arc<NetState>,
