@@ -485,31 +485,6 @@ impl<S: LeaseStore> Engine<S> {
         self.parts.reserve()
     }
 
-    /// See [`Reserve::replay_journal`].
-    pub async fn replay_journal(&self) -> Result<usize, IpamError> {
-        self.reserve().replay_journal().await
-    }
-
-    /// See [`Reserve::settle_replayed`].
-    pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
-        self.reserve().settle_replayed().await
-    }
-
-    /// See [`Reserve::maintain_standby`].
-    pub async fn maintain_standby(&self) {
-        self.reserve().maintain_standby().await
-    }
-
-    /// See [`Reserve::save_reserve`].
-    pub async fn save_reserve(&self) {
-        self.reserve().save_reserve().await
-    }
-
-    /// See [`Reserve::start_from_persisted`].
-    pub fn start_from_persisted(&self) -> bool {
-        self.reserve().start_from_persisted()
-    }
-
     /// See [`Reserve::run_prober`].
     pub async fn run_prober(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         self.reserve().run_prober(shutdown).await

@@ -29,12 +29,12 @@ pub async fn run<S: LeaseStore>(
         // Offline decisions go to etcd before anything is re-read, so the
         // snapshot already contains them.
         if engine.outage().has_journal_entries() {
-            if let Err(e) = engine.replay_journal().await {
+            if let Err(e) = engine.reserve().replay_journal().await {
                 warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
                 engine
                     .outage()
                     .note_unreachable(&format!("journal replay: {e}"));
-                engine.start_from_persisted();
+                engine.reserve().start_from_persisted();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -51,7 +51,7 @@ pub async fn run<S: LeaseStore>(
                 let rev = snap.revision;
                 engine.apply_snapshot(snap);
                 engine.outage().note_reachable();
-                engine.settle_replayed().await;
+                engine.reserve().settle_replayed().await;
                 backoff = Duration::from_millis(100);
                 let (tx, mut rx) = mpsc::channel::<Change>(4096);
                 let prefix = store.keys().root_prefix();
@@ -95,7 +95,7 @@ pub async fn run<S: LeaseStore>(
                 engine.outage().note_unreachable(&format!("snapshot: {e}"));
                 // Restarted during an outage: serve from what etcd last
                 // confirmed (no-op once a snapshot was loaded).
-                engine.start_from_persisted();
+                engine.reserve().start_from_persisted();
                 warn!("cannot load state from etcd (retrying in {backoff:?}): {e}");
             }
         }
