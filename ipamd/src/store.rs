@@ -364,45 +364,29 @@ fn decode_put(
     mod_revision: i64,
 ) -> Option<StoreEvent> {
     if let Some(name) = keys.network_name_of(&key) {
-        return match serde_json::from_slice(value) {
-            Ok(spec) => Some(StoreEvent::Network {
-                name: name.to_string(),
-                spec,
-                create_revision,
-            }),
-            Err(e) => {
-                warn!(%key, "ignoring undecodable network record: {e}");
-                None
-            }
-        };
+        return Some(StoreEvent::Network {
+            name: name.to_string(),
+            spec: record(&key, value, "network")?,
+            create_revision,
+        });
     }
     if let Some((network, _first)) = keys.parse_block(&key) {
-        return match serde_json::from_slice::<rackline_model::Block>(value) {
-            Ok(block) => Some(StoreEvent::Block {
-                network: network.to_string(),
-                block: StoredBlock {
-                    block,
-                    mod_revision,
-                },
-                key,
-            }),
-            Err(e) => {
-                warn!(%key, "ignoring undecodable block record: {e}");
-                None
-            }
-        };
+        let block: rackline_model::Block = record(&key, value, "block")?;
+        return Some(StoreEvent::Block {
+            network: network.to_string(),
+            block: StoredBlock {
+                block,
+                mod_revision,
+            },
+            key,
+        });
     }
     if let Some(name) = keys.node_name_of(&key) {
-        return match serde_json::from_slice::<rackline_model::Node>(value) {
-            Ok(n) => Some(StoreEvent::Node {
-                name: name.to_string(),
-                addresses: Some(n.addresses),
-            }),
-            Err(e) => {
-                warn!(%key, "ignoring undecodable node record: {e}");
-                None
-            }
-        };
+        let node: rackline_model::Node = record(&key, value, "node")?;
+        return Some(StoreEvent::Node {
+            name: name.to_string(),
+            addresses: Some(node.addresses),
+        });
     }
     if let Some(target) = keys.parse_drain(&key) {
         return Some(StoreEvent::Drain { target, up: true });
@@ -414,21 +398,26 @@ fn decode_put(
         });
     }
     if let Some((network, _ip)) = keys.parse_lease(&key) {
-        return match serde_json::from_slice::<Lease>(value) {
-            Ok(lease) => Some(StoreEvent::Lease {
-                network: network.to_string(),
-                lease: StoredLease {
-                    lease,
-                    mod_revision,
-                },
-            }),
-            Err(e) => {
-                warn!(%key, "ignoring undecodable lease record: {e}");
-                None
-            }
-        };
+        return Some(StoreEvent::Lease {
+            network: network.to_string(),
+            lease: StoredLease {
+                lease: record(&key, value, "lease")?,
+                mod_revision,
+            },
+        });
     }
     None
+}
+
+/// One record's JSON, or None (logged) when it does not decode.
+fn record<T: serde::de::DeserializeOwned>(key: &str, value: &[u8], what: &str) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(%key, "ignoring undecodable {what} record: {e}");
+            None
+        }
+    }
 }
 
 fn decode_delete(
