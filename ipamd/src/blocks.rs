@@ -54,10 +54,10 @@ pub async fn run<S: LeaseStore>(
         // Block decisions need a view etcd confirmed: not while offline or
         // suspect, nor from the persisted reserve (it lists no blocks, so
         // every network would look block-less).
-        if !engine.etcd_ok() || engine.from_persisted() {
+        if !engine.outage().etcd_ok() || engine.outage().from_persisted() {
             continue;
         }
-        for net in engine.networks() {
+        for net in engine.mirror().networks() {
             if !net.is_racked() {
                 continue;
             }
@@ -65,8 +65,8 @@ pub async fn run<S: LeaseStore>(
             let usage = net.block_usage();
             let now = Instant::now();
             // Under a drain marker nothing is acquired and every empty
-            // block goes back at once (engine/drain.rs).
-            let draining = engine.draining(&net).is_some();
+            // block goes back at once (engine/mirror.rs).
+            let draining = engine.mirror().draining(&net).is_some();
             if !draining
                 && usage.own_available < policy.low_watermark
                 && retry_at.get(&name).is_none_or(|t| now >= *t)
@@ -118,6 +118,7 @@ pub async fn run<S: LeaseStore>(
                 }
             }
         }
-        empty_since.retain(|(n, _), _| engine.networks().iter().any(|s| &s.spec.name == n));
+        empty_since
+            .retain(|(n, _), _| engine.mirror().networks().iter().any(|s| &s.spec.name == n));
     }
 }

@@ -462,8 +462,8 @@ async fn reserve<S: store::LeaseStore>(
             _ = tokio::time::sleep(engine::RESERVE_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
-        engine.maintain_standby().await;
-        engine.save_reserve().await;
+        engine.reserve().maintain_standby().await;
+        engine.reserve().save_reserve().await;
     }
 }
 

@@ -126,7 +126,7 @@ impl<S> IpamService<S> {
     {
         let Some(m) = &self.metrics else { return };
         // Only networks this node knows become label values.
-        let net = if self.engine.knows_network(network) {
+        let net = if self.engine.mirror().knows_network(network) {
             network
         } else {
             ""
@@ -381,7 +381,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
                 let out_of_spec = rackline_model::applied::out_of_spec(
                     &a.lease,
                     &a.network,
-                    self.engine.node_class(),
+                    self.engine.mirror().node_class(),
                 );
                 Ok(Response::new(pb::CheckReply {
                     lease: Some(lease_to_pb(&a.lease, a.network.subnet.prefix())),

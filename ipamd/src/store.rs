@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use rackline_model::{Identity, Lease};
 use rackline_store::{
-    BlockGuard, CreateLease, IdentityView, StickyWrite, Store, StoreError, StoredIdentity,
-    StoredLease, StoredNetwork,
+    BlockGuard, Change, CreateLease, IdentityView, StickyWrite, Store, StoreError, StoredBlock,
+    StoredIdentity, StoredLease, StoredNetwork,
 };
+use tracing::warn;
 
 pub trait LeaseStore: Send + Sync + 'static {
     fn create_lease(
@@ -288,5 +289,251 @@ impl LeaseStore for Store {
         let r = self.quorum_read().await;
         self.observe("probe", t);
         r
+    }
+}
+
+/// One watch event, decoded: the engine sees records, never etcd keys or
+/// raw JSON. Records that do not decode are logged and dropped here.
+#[derive(Debug, Clone)]
+pub enum StoreEvent {
+    /// A network's definition was written.
+    Network {
+        name: String,
+        spec: rackline_model::NetworkSpec,
+        create_revision: i64,
+    },
+    /// A block of `network` was written; `key` is its etcd key (the
+    /// block's guard).
+    Block {
+        network: String,
+        block: StoredBlock,
+        key: String,
+    },
+    /// A node's record was written (`Some`, its addresses) or deleted.
+    Node {
+        name: String,
+        addresses: Option<Vec<Ipv4Addr>>,
+    },
+    /// A drain marker was created (`up`) or removed.
+    Drain {
+        target: rackline_model::DrainTarget,
+        up: bool,
+    },
+    /// A rack binding was written or removed (`key` for the log).
+    RackBinding { key: String, removed: bool },
+    /// A lease of `network` was written.
+    Lease { network: String, lease: StoredLease },
+    /// A network, block or lease was deleted.
+    Deleted(Deleted),
+}
+
+/// What a deletion removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Network(String),
+    Block {
+        network: String,
+        first: Ipv4Addr,
+    },
+    Lease {
+        network: String,
+        ip: Ipv4Addr,
+        mod_revision: i64,
+    },
+}
+
+/// Decodes one watch change of the prefix `keys` describes; None for keys
+/// the engine does not follow and for undecodable records (logged).
+pub fn decode_change(keys: &rackline_model::Keys, change: Change) -> Option<StoreEvent> {
+    match change {
+        Change::Put {
+            key,
+            value,
+            create_revision,
+            mod_revision,
+        } => decode_put(keys, key, &value, create_revision, mod_revision),
+        Change::Delete { key, mod_revision } => decode_delete(keys, key, mod_revision),
+    }
+}
+
+fn decode_put(
+    keys: &rackline_model::Keys,
+    key: String,
+    value: &[u8],
+    create_revision: i64,
+    mod_revision: i64,
+) -> Option<StoreEvent> {
+    if let Some(name) = keys.network_name_of(&key) {
+        return Some(StoreEvent::Network {
+            name: name.to_string(),
+            spec: record(&key, value, "network")?,
+            create_revision,
+        });
+    }
+    if let Some((network, _first)) = keys.parse_block(&key) {
+        let block: rackline_model::Block = record(&key, value, "block")?;
+        return Some(StoreEvent::Block {
+            network: network.to_string(),
+            block: StoredBlock {
+                block,
+                mod_revision,
+            },
+            key,
+        });
+    }
+    if let Some(name) = keys.node_name_of(&key) {
+        let node: rackline_model::Node = record(&key, value, "node")?;
+        return Some(StoreEvent::Node {
+            name: name.to_string(),
+            addresses: Some(node.addresses),
+        });
+    }
+    if let Some(target) = keys.parse_drain(&key) {
+        return Some(StoreEvent::Drain { target, up: true });
+    }
+    if keys.parse_racknet(&key).is_some() {
+        return Some(StoreEvent::RackBinding {
+            key,
+            removed: false,
+        });
+    }
+    if let Some((network, _ip)) = keys.parse_lease(&key) {
+        return Some(StoreEvent::Lease {
+            network: network.to_string(),
+            lease: StoredLease {
+                lease: record(&key, value, "lease")?,
+                mod_revision,
+            },
+        });
+    }
+    None
+}
+
+/// One record's JSON, or None (logged) when it does not decode.
+fn record<T: serde::de::DeserializeOwned>(key: &str, value: &[u8], what: &str) -> Option<T> {
+    match serde_json::from_slice(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(%key, "ignoring undecodable {what} record: {e}");
+            None
+        }
+    }
+}
+
+fn decode_delete(
+    keys: &rackline_model::Keys,
+    key: String,
+    mod_revision: i64,
+) -> Option<StoreEvent> {
+    if let Some(name) = keys.network_name_of(&key) {
+        return Some(StoreEvent::Deleted(Deleted::Network(name.to_string())));
+    }
+    if let Some((network, first)) = keys.parse_block(&key) {
+        return Some(StoreEvent::Deleted(Deleted::Block {
+            network: network.to_string(),
+            first,
+        }));
+    }
+    if let Some(name) = keys.node_name_of(&key) {
+        return Some(StoreEvent::Node {
+            name: name.to_string(),
+            addresses: None,
+        });
+    }
+    if let Some(target) = keys.parse_drain(&key) {
+        return Some(StoreEvent::Drain { target, up: false });
+    }
+    if keys.parse_racknet(&key).is_some() {
+        return Some(StoreEvent::RackBinding { key, removed: true });
+    }
+    if let Some((network, ip)) = keys.parse_lease(&key) {
+        return Some(StoreEvent::Deleted(Deleted::Lease {
+            network: network.to_string(),
+            ip,
+            mod_revision,
+        }));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackline_model::Keys;
+
+    fn put(key: String, value: &[u8]) -> Change {
+        Change::Put {
+            key,
+            value: value.to_vec(),
+            create_revision: 3,
+            mod_revision: 7,
+        }
+    }
+
+    #[test]
+    fn watch_changes_decode_to_typed_events() {
+        let keys = Keys::new("/rackline");
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        let lease = Lease::standby("net-a", ip, "node-1", 5);
+        let ev = decode_change(
+            &keys,
+            put(
+                keys.lease("net-a", ip),
+                &serde_json::to_vec(&lease).unwrap(),
+            ),
+        );
+        match ev {
+            Some(StoreEvent::Lease { network, lease: sl }) => {
+                assert_eq!(network, "net-a");
+                assert_eq!(sl.mod_revision, 7);
+                assert_eq!(sl.lease, lease);
+            }
+            other => panic!("expected a lease event, got {other:?}"),
+        }
+        let del = decode_change(
+            &keys,
+            Change::Delete {
+                key: keys.lease("net-a", ip),
+                mod_revision: 8,
+            },
+        );
+        assert!(matches!(
+            del,
+            Some(StoreEvent::Deleted(Deleted::Lease { ref network, ip: i, mod_revision: 8 }))
+                if network == "net-a" && i == ip
+        ));
+        let gone = decode_change(
+            &keys,
+            Change::Delete {
+                key: keys.network("net-a"),
+                mod_revision: 9,
+            },
+        );
+        assert!(matches!(gone, Some(StoreEvent::Deleted(Deleted::Network(ref n))) if n == "net-a"));
+        let bound = decode_change(&keys, put(keys.racknet("net-a", "r1"), b"{}"));
+        assert!(matches!(
+            bound,
+            Some(StoreEvent::RackBinding { removed: false, .. })
+        ));
+    }
+
+    #[test]
+    fn undecodable_records_and_foreign_keys_are_dropped() {
+        let keys = Keys::new("/rackline");
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        assert!(decode_change(&keys, put(keys.lease("net-a", ip), b"not json")).is_none());
+        assert!(decode_change(&keys, put(keys.network("net-a"), b"{")).is_none());
+        assert!(decode_change(&keys, put("/elsewhere/x".into(), b"{}")).is_none());
+        let node = decode_change(
+            &keys,
+            Change::Delete {
+                key: keys.node("node-1"),
+                mod_revision: 2,
+            },
+        );
+        assert!(matches!(
+            node,
+            Some(StoreEvent::Node { ref name, addresses: None }) if name == "node-1"
+        ));
     }
 }

@@ -21,18 +21,20 @@ pub async fn run<S: LeaseStore>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut resync = engine.resync_requests();
+    let mut resync = engine.mirror().resync_requests();
     loop {
         if *shutdown.borrow() {
             return;
         }
         // Offline decisions go to etcd before anything is re-read, so the
         // snapshot already contains them.
-        if engine.has_journal_entries() {
-            if let Err(e) = engine.replay_journal().await {
+        if engine.outage().has_journal_entries() {
+            if let Err(e) = engine.reserve().replay_journal().await {
                 warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
-                engine.note_unreachable(&format!("journal replay: {e}"));
-                engine.start_from_persisted();
+                engine
+                    .outage()
+                    .note_unreachable(&format!("journal replay: {e}"));
+                engine.reserve().start_from_persisted();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return,
@@ -48,8 +50,8 @@ pub async fn run<S: LeaseStore>(
             Ok(snap) => {
                 let rev = snap.revision;
                 engine.apply_snapshot(snap);
-                engine.note_reachable();
-                engine.settle_replayed().await;
+                engine.outage().note_reachable();
+                engine.reserve().settle_replayed().await;
                 backoff = Duration::from_millis(100);
                 let (tx, mut rx) = mpsc::channel::<Change>(4096);
                 let prefix = store.keys().root_prefix();
@@ -66,7 +68,7 @@ pub async fn run<S: LeaseStore>(
                         Some(change) = rx.recv() => engine.apply_change(change),
                         _ = resync.changed() => break Some(Ok(())),
                         _ = replay_check.tick() => {
-                            if engine.etcd_ok() && engine.has_journal_entries() {
+                            if engine.outage().etcd_ok() && engine.outage().has_journal_entries() {
                                 break Some(Ok(()));
                             }
                         }
@@ -85,15 +87,15 @@ pub async fn run<S: LeaseStore>(
                     }
                     Some(Err(e)) => {
                         warn!("etcd watch broke, re-listing: {e}");
-                        engine.note_unreachable(&format!("watch: {e}"));
+                        engine.outage().note_unreachable(&format!("watch: {e}"));
                     }
                 }
             }
             Err(e) => {
-                engine.note_unreachable(&format!("snapshot: {e}"));
+                engine.outage().note_unreachable(&format!("snapshot: {e}"));
                 // Restarted during an outage: serve from what etcd last
                 // confirmed (no-op once a snapshot was loaded).
-                engine.start_from_persisted();
+                engine.reserve().start_from_persisted();
                 warn!("cannot load state from etcd (retrying in {backoff:?}): {e}");
             }
         }

@@ -203,7 +203,7 @@ async fn allocate_waits_for_networkpolicy_and_fails_closed_without_it() {
         Duration::ZERO,
     ));
     engine.apply_snapshot(store.snapshot().await.unwrap());
-    engine.note_reachable();
+    engine.outage().note_reachable();
     let src = Arc::new(Starting {
         synced: AtomicBool::new(false),
         members: std::sync::Mutex::new(vec!["10.31.0.7".parse().unwrap()]),

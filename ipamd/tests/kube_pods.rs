@@ -235,7 +235,7 @@ async fn annotations_drive_allocation_through_the_service() {
         Duration::ZERO,
     ));
     engine.apply_snapshot(store.snapshot().await.unwrap());
-    engine.note_reachable();
+    engine.outage().note_reachable();
     let svc = IpamService::new(engine).with_pods(cache);
     let req = |ns: &str, name: &str, uid: &str, cid: &str| {
         tonic::Request::new(pb::AllocateRequest {

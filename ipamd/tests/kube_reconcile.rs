@@ -114,7 +114,7 @@ async fn kube_source_reclaims_only_pods_that_are_gone() {
         })),
     );
     engine.apply_snapshot(store.snapshot().await.unwrap());
-    engine.note_reachable();
+    engine.outage().note_reachable();
     let alloc = |cid: &str, p: PodRef, sticky: Option<bool>| {
         let engine = engine.clone();
         let cid = cid.to_string();

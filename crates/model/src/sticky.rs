@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::network::ValidationError;
 
+mod decide;
+pub use decide::{decide, Holder, StickyDecision, StickyFacts};
+
 /// Default hold time of a reservation after DEL: long enough for a node
 /// drain or a StatefulSet rolling update, short enough that a deleted
 /// workload's addresses come back the same day.

@@ -19,8 +19,8 @@ use rackline_model::probe::DEFAULT_QUARANTINE_SECS;
 use rackline_store::StoredLease;
 use tracing::{info, warn};
 
-use super::{now_ms, validate_attachment, Engine, IpamError};
-use crate::netstate::AttachmentKey;
+use super::{now_ms, validate_attachment, Conflicts, IpamError};
+use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
 
 #[derive(Debug, Clone)]
@@ -55,11 +55,11 @@ fn validate_mac(mac: &str) -> Result<(), IpamError> {
     }
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Conflicts<'_, S> {
     pub async fn report_conflict(&self, c: ConflictArgs) -> Result<Quarantine, IpamError> {
         validate_attachment(&c.container_id, &c.ifname)?;
         validate_mac(&c.mac)?;
-        let net = self.network(&c.network).await?;
+        let net = self.allocator().network(&c.network).await?;
         let quarantine_secs = net
             .spec
             .probe
@@ -69,67 +69,98 @@ impl<S: LeaseStore> Engine<S> {
             quarantine_secs,
         };
         let key: AttachmentKey = (c.container_id.clone(), c.ifname.clone());
-        let _g = self.lock_attachment(&c.network, &key).await;
+        let _g = self.allocator().lock_attachment(&c.network, &key).await;
         if !net.held(&key).iter().any(|(ip, _)| *ip == c.address) {
             info!(network = %c.network, address = %c.address, container = %c.container_id, "conflict reported for an address the attachment does not hold; nothing to do");
             return Ok(unchanged);
         }
-        // The authoritative record and its revision: the cache may lag.
-        let sl = match self.store.get_lease(&c.network, c.address).await {
-            Ok(Some(sl)) if self.is_mine(&sl.lease, &key) => sl,
+        let Some(sl) = self.current(&net, &key, &c).await? else {
+            return Ok(unchanged);
+        };
+        if sl.lease.sticky {
+            return self.record_on_sticky(&net, &c, sl, unchanged).await;
+        }
+        self.quarantine(&net, &key, &c, sl, quarantine_secs).await
+    }
+
+    /// The authoritative record and its revision (the cache may lag), or
+    /// None when the attachment no longer holds the address.
+    async fn current(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+        c: &ConflictArgs,
+    ) -> Result<Option<StoredLease>, IpamError> {
+        match self.store.get_lease(&c.network, c.address).await {
+            Ok(Some(sl)) if self.is_mine(&sl.lease, key) => Ok(Some(sl)),
             Ok(Some(sl)) => {
-                net.disown(&key, c.address);
+                net.disown(key, c.address);
                 net.observe(sl, &self.node);
-                return Ok(unchanged);
+                Ok(None)
             }
             Ok(None) => {
                 net.forget(c.address, 0);
-                net.resolve_absent(&key, c.address);
-                return Ok(unchanged);
+                net.resolve_absent(key, c.address);
+                Ok(None)
             }
             Err(e) => {
-                self.note_store_error(&e);
+                self.outage.note_store_error(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A sticky pod's address is its identity: never quarantined. The
+    /// conflict is recorded on its lease (once per MAC: the runtime
+    /// retries the failing ADD) and the pod's ADD fails.
+    async fn record_on_sticky(
+        &self,
+        net: &NetState,
+        c: &ConflictArgs,
+        sl: StoredLease,
+        unchanged: Quarantine,
+    ) -> Result<Quarantine, IpamError> {
+        let mac = c.mac.to_ascii_lowercase();
+        warn!(network = %c.network, address = %c.address, mac = %mac, pod = %sl.lease.pod.display(), "conflict reported for a sticky pod's address; not quarantined");
+        let Some(rec) =
+            super::observe::with_conflict(&sl.lease, &mac, &c.container_id, &c.ifname, now_ms())
+        else {
+            return Ok(unchanged);
+        };
+        match self.store.replace_lease(&rec, sl.mod_revision).await {
+            Ok(Some(rev)) => net.observe(
+                StoredLease {
+                    lease: rec,
+                    mod_revision: rev,
+                },
+                &self.node,
+            ),
+            // Changed meanwhile: the next report records it.
+            Ok(None) => return Ok(unchanged),
+            Err(e) => {
+                self.outage.note_store_error(&e);
                 return Err(e.into());
             }
-        };
-        // A sticky pod's address is its identity: never quarantined. The
-        // conflict is recorded on its lease (once per MAC: the runtime
-        // retries the failing ADD) and the pod's ADD fails.
-        if sl.lease.sticky {
-            let mac = c.mac.to_ascii_lowercase();
-            warn!(network = %c.network, address = %c.address, mac = %mac, pod = %sl.lease.pod.display(), "conflict reported for a sticky pod's address; not quarantined");
-            let Some(rec) = super::observe::with_conflict(
-                &sl.lease,
-                &mac,
-                &c.container_id,
-                &c.ifname,
-                now_ms(),
-            ) else {
-                return Ok(unchanged);
-            };
-            match self.store.replace_lease(&rec, sl.mod_revision).await {
-                Ok(Some(rev)) => net.observe(
-                    StoredLease {
-                        lease: rec,
-                        mod_revision: rev,
-                    },
-                    &self.node,
-                ),
-                // Changed meanwhile: the next report records it.
-                Ok(None) => return Ok(unchanged),
-                Err(e) => {
-                    self.note_store_error(&e);
-                    return Err(e.into());
-                }
-            }
-            self.observed_conflict(super::ConflictReport {
-                lease: sl.lease,
-                mac,
-                quarantined: false,
-                quarantine_secs: 0,
-            });
-            return Ok(unchanged);
         }
+        self.observed_conflict(super::ConflictReport {
+            lease: sl.lease,
+            mac,
+            quarantined: false,
+            quarantine_secs: 0,
+        });
+        Ok(unchanged)
+    }
+
+    /// Any other pod's address leaves the pool for `quarantine_secs` (the
+    /// record expires with an etcd lease); the pod's ADD gets another.
+    async fn quarantine(
+        &self,
+        net: &NetState,
+        key: &AttachmentKey,
+        c: &ConflictArgs,
+        sl: StoredLease,
+        quarantine_secs: u64,
+    ) -> Result<Quarantine, IpamError> {
         let record =
             sl.lease
                 .clone()
@@ -140,7 +171,7 @@ impl<S: LeaseStore> Engine<S> {
             .await
         {
             Ok(Some(rev)) => {
-                self.note_reachable();
+                self.outage.note_reachable();
                 net.observe(
                     StoredLease {
                         lease: record,
@@ -148,7 +179,7 @@ impl<S: LeaseStore> Engine<S> {
                     },
                     &self.node,
                 );
-                net.disown(&key, c.address);
+                net.disown(key, c.address);
                 warn!(
                     network = %c.network,
                     address = %c.address,
@@ -176,7 +207,7 @@ impl<S: LeaseStore> Engine<S> {
             // plugin's ADD fail and be retried rather than guess.
             Ok(None) => Err(IpamError::Contended(1)),
             Err(e) => {
-                self.note_store_error(&e);
+                self.outage.note_store_error(&e);
                 Err(e.into())
             }
         }

@@ -10,14 +10,17 @@
 //! touches the reserve, so a single slow request on a healthy node costs
 //! latency, never a standby address.
 
-use std::sync::Arc;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rackline_store::StoreError;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::Engine;
-use crate::store::LeaseStore;
+use super::persist;
+use crate::netstate::AttachmentKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -81,7 +84,46 @@ impl ModeInfo {
     }
 }
 
-impl<S: LeaseStore> Engine<S> {
+/// The outage side of the engine: the explicit online / suspect / offline
+/// mode, the journal and the standby reserve's size, the persisted
+/// reserve's state, and the offline leases awaiting their check after a
+/// replay. Its store-facing operations are [`super::Reserve`]'s.
+pub struct Outage {
+    mode_tx: watch::Sender<Mode>,
+    mode_info: Mutex<ModeInfo>,
+    pub(super) probe: ProbePolicy,
+    /// The outage journal and the reserve size (0 = no offline operation).
+    pub(super) journal: Option<Arc<crate::journal::Journal>>,
+    pub(super) standby_target: usize,
+    /// Serialises saves of the persisted reserve (engine/persist.rs).
+    pub(super) reserve_save: tokio::sync::Mutex<persist::SaveState>,
+    /// The cache came from the persisted reserve, not from etcd.
+    pub(super) from_persisted: AtomicBool,
+    /// A persisted reserve older than this is not used for an offline
+    /// start (its records may have been reclaimed meanwhile).
+    pub(super) offline_start_max_age: Duration,
+    /// Offline leases the last journal replay recorded in etcd (network,
+    /// attachment, address), checked against the next snapshot for a
+    /// second lease of the same attachment (see `settle_replayed`).
+    pub(super) replayed: Mutex<Vec<(String, AttachmentKey, Ipv4Addr)>>,
+}
+
+impl Outage {
+    pub(super) fn new() -> Self {
+        Self {
+            // Until etcd has answered once: the prober decides.
+            mode_tx: watch::channel(Mode::Suspect).0,
+            mode_info: Mutex::new(ModeInfo::new()),
+            probe: ProbePolicy::default(),
+            journal: None,
+            standby_target: 0,
+            reserve_save: tokio::sync::Mutex::new(persist::SaveState::default()),
+            from_persisted: AtomicBool::new(false),
+            offline_start_max_age: Duration::from_secs(3600),
+            replayed: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         *self.mode_tx.borrow()
     }
@@ -176,7 +218,7 @@ impl<S: LeaseStore> Engine<S> {
     /// For a request that found ipamd suspect: waits (bounded) for the
     /// prober's verdict. Online = go through etcd; anything else = use the
     /// reserve.
-    pub(super) async fn await_verdict(&self) -> Mode {
+    pub(crate) async fn await_verdict(&self) -> Mode {
         let mut rx = self.mode_changes();
         let decided = tokio::time::timeout(
             self.probe.suspect_wait,
@@ -192,17 +234,8 @@ impl<S: LeaseStore> Engine<S> {
         }
     }
 
-    /// One probe, bounded by the policy's timeout.
-    async fn probe_once(&self) -> Result<(), String> {
-        match tokio::time::timeout(self.probe.timeout, self.store.probe()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.probe.timeout)),
-        }
-    }
-
     /// Applies one probe's outcome.
-    fn probed(&self, outcome: Result<(), String>) {
+    pub(super) fn probed(&self, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => self.note_reachable(),
             Err(e) => {
@@ -226,29 +259,30 @@ impl<S: LeaseStore> Engine<S> {
         }
     }
 
-    /// The prober: idle while online; probes right away when ipamd turns
-    /// suspect, then every `interval` until etcd answers.
-    pub async fn run_prober(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut rx = self.mode_changes();
-        loop {
-            tokio::select! {
-                r = rx.wait_for(|m| *m != Mode::Online) => if r.is_err() { return },
-                _ = shutdown.changed() => return,
-            }
-            while self.mode() != Mode::Online {
-                let outcome = tokio::select! {
-                    o = self.probe_once() => o,
-                    _ = shutdown.changed() => return,
-                };
-                self.probed(outcome);
-                if self.mode() == Mode::Online {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.probe.interval) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
+    /// A failed store call may mean etcd is away: suspect it.
+    pub(super) fn note_store_error(&self, e: &StoreError) {
+        if let StoreError::Unavailable(m) = e {
+            self.note_unreachable(m);
         }
+    }
+
+    /// Whether the cache came from the persisted reserve rather than etcd
+    /// (requests are then served offline until a snapshot replaces it).
+    pub fn from_persisted(&self) -> bool {
+        self.from_persisted.load(Ordering::Relaxed)
+    }
+
+    /// Whether offline operation is configured (a journal is kept).
+    pub(super) fn journaling(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    pub fn has_journal_entries(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    /// Entries waiting in the journal (metrics).
+    pub(super) fn journal_depth(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.len() as u64)
     }
 }

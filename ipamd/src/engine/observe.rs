@@ -9,7 +9,7 @@ use rackline_model::{Lease, LeaseState};
 use rackline_store::StoredLease;
 use rackline_telemetry::Readiness;
 
-use super::{Engine, IpamError};
+use super::{Allocator, Engine, IpamError, Mirror, Outage, Parts};
 use crate::metrics::{IpamMetrics, NodeView};
 use crate::netstate::NetState;
 use crate::netstate::NodeGauges;
@@ -34,16 +34,10 @@ pub struct ConflictReport {
     pub quarantine_secs: u64,
 }
 
-impl<S: LeaseStore> Engine<S> {
-    /// Reports reclaims and conflicts to `observer`.
-    pub fn with_observer(mut self, observer: Arc<Observer>) -> Self {
-        self.observer = Some(observer);
-        self
-    }
-
+impl<S> Parts<S> {
     /// Counts `n` leases of `network` reclaimed for `reason` (GC counts its
     /// own; the leak reconciler calls this with `reclaim::RECONCILE`).
-    pub(crate) fn observed_reclaims(&self, network: &str, reason: &str, n: usize) {
+    pub(super) fn observed_reclaims(&self, network: &str, reason: &str, n: usize) {
         if let Some(o) = &self.observer {
             o.metrics.reclaimed(network, reason, n as u64);
         }
@@ -61,7 +55,9 @@ impl<S: LeaseStore> Engine<S> {
             a.conflict(&report);
         }
     }
+}
 
+impl<S: LeaseStore> Allocator<'_, S> {
     /// Marks the active lease at `ip` (last seen at `rev`) as reclaimed for
     /// `reason` before it is freed; returns the revision to free it at. A
     /// record that changed meanwhile is left alone (the free that follows
@@ -92,74 +88,59 @@ impl<S: LeaseStore> Engine<S> {
             }
             Ok(None) => Ok(rev),
             Err(e) => {
-                self.note_store_error(&e);
+                self.outage.note_store_error(&e);
                 Err(e.into())
             }
         }
     }
+}
 
-    /// Whether the first etcd snapshot has been loaded.
-    pub fn synced(&self) -> bool {
-        *self.synced_tx.borrow()
+/// Whether this node can serve ADDs now, the socket aside: its state is
+/// loaded from etcd and etcd answers, or etcd is away but a standby
+/// reserve remains. CNI STATUS refuses whenever this does.
+pub(super) fn readiness(mirror: &Mirror, outage: &Outage) -> Readiness {
+    if !mirror.synced() {
+        return Readiness::NotReady("ipamd has not loaded its state from etcd yet".into());
     }
+    // Suspect counts as ready: one failed call says little, and the
+    // prober settles it within seconds.
+    if outage.mode() != super::Mode::Offline {
+        return Readiness::Ready;
+    }
+    let reserve: usize = if outage.journaling() {
+        mirror.networks().iter().map(|n| n.standby_count()).sum()
+    } else {
+        0
+    };
+    if reserve > 0 {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady(format!(
+            "{}; no standby address is left",
+            outage.mode_detail()
+        ))
+    }
+}
 
-    /// Whether this node can serve ADDs now, the socket aside: its state
-    /// is loaded from etcd and etcd answers, or etcd is away but a standby
-    /// reserve remains. CNI STATUS refuses whenever this does.
+impl<S: LeaseStore> Engine<S> {
+    /// See [`readiness`].
     pub fn readiness(&self) -> Readiness {
-        if !self.synced() {
-            return Readiness::NotReady("ipamd has not loaded its state from etcd yet".into());
-        }
-        // Suspect counts as ready: one failed call says little, and the
-        // prober settles it within seconds.
-        if self.mode() != super::Mode::Offline {
-            return Readiness::Ready;
-        }
-        let reserve: usize = if self.journal.is_some() {
-            self.networks().iter().map(|n| n.standby_count()).sum()
-        } else {
-            0
-        };
-        if reserve > 0 {
-            Readiness::Ready
-        } else {
-            Readiness::NotReady(format!(
-                "{}; no standby address is left",
-                self.mode_detail()
-            ))
-        }
-    }
-
-    /// Whether `name` is a network this node knows (served or seen
-    /// unbound): only those become metric labels.
-    pub fn knows_network(&self, name: &str) -> bool {
-        self.nets_read().contains_key(name)
-            || self
-                .unbound
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(name)
+        readiness(self.mirror(), self.outage())
     }
 }
 
 impl<S: LeaseStore> NodeView for Engine<S> {
     fn gauges(&self) -> Vec<(String, NodeGauges)> {
-        let mut v: Vec<(String, NodeGauges)> = self
-            .nets_read()
-            .iter()
-            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node, self.node_class())))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        self.mirror().gauges()
     }
 
     fn mode(&self) -> &'static str {
         // One of crate::metrics::MODES.
-        Engine::mode(self).as_str()
+        self.outage().mode().as_str()
     }
 
     fn journal_depth(&self) -> u64 {
-        self.journal.as_ref().map_or(0, |j| j.len() as u64)
+        self.outage().journal_depth()
     }
 
     fn ready(&self) -> bool {

@@ -7,11 +7,12 @@ use rackline_model::Lease;
 use rackline_store::{CreateLease, StoredLease};
 use tracing::{debug, error, info, warn};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use super::{now_ms, AllocateArgs, Allocated, IpamError, Mode, Reserve};
 use crate::netstate::{AttachmentKey, NetState};
 use crate::store::LeaseStore;
+use tokio::sync::watch;
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Reserve<'_, S> {
     pub(super) fn lease_for(&self, net: &NetState, a: &AllocateArgs, ip: Ipv4Addr) -> Lease {
         Lease {
             network: a.network.clone(),
@@ -38,7 +39,7 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         a: &AllocateArgs,
     ) -> Result<Allocated, IpamError> {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
         let Some((ip, rev)) = net.take_standby() else {
@@ -96,7 +97,7 @@ impl<S: LeaseStore> Engine<S> {
                 Ok(None) => continue,
                 Err(e) => {
                     net.return_standby(ip, rev);
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     return Err(e.into());
                 }
             }
@@ -110,11 +111,11 @@ impl<S: LeaseStore> Engine<S> {
         net: &NetState,
         key: &AttachmentKey,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
         let held = net.held(key);
-        if held.is_empty() && self.from_persisted() {
+        if held.is_empty() && self.outage.from_persisted() {
             // Started while etcd was away: only the persisted reserve and this run's offline
             // leases are known here, not the leases etcd holds for this node. "Nothing held"
             // could be false (a lease made just before a restart) and would leak it; say "try
@@ -149,7 +150,7 @@ impl<S: LeaseStore> Engine<S> {
     /// outage simply runs again. Clears what reached etcd.
     pub async fn replay_journal(&self) -> Result<usize, IpamError> {
         use crate::journal::Entry;
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.outage.journal else {
             return Ok(0);
         };
         let entries = journal.entries();
@@ -160,66 +161,15 @@ impl<S: LeaseStore> Engine<S> {
                     Entry::Activate {
                         lease,
                         standby_revision,
-                    } => {
-                        let key = (lease.container_id.clone(), lease.ifname.clone());
-                        let recorded = match self.store.replace_lease(lease, *standby_revision).await? {
-                            Some(_) => {
-                                info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd");
-                                true
-                            }
-                            None => match self.store.get_lease(&lease.network, lease.address).await? {
-                                Some(cur) if self.is_mine(&cur.lease, &key) => true,
-                                other => {
-                                    error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it");
-                                    false
-                                }
-                            },
-                        };
-                        if recorded {
-                            self.replayed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push((lease.network.clone(), key.clone(), lease.address));
-                        }
-                        // A create lost at the start of the outage must not
-                        // leave this attachment a second address.
-                        let net = self.nets_read().get(&lease.network).cloned();
-                        if let Some(net) = net {
-                            for ip in net.take_uncertain(&key) {
-                                if ip == lease.address {
-                                    continue;
-                                }
-                                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
-                                    if self.is_mine(&cur.lease, &key) {
-                                        self.store.delete_lease(&lease.network, ip, cur.mod_revision).await?;
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    } => self.replay_activate(lease, *standby_revision).await?,
                     Entry::Release {
                         network,
                         address,
                         container_id,
                         ifname,
                     } => {
-                        let key = (container_id.clone(), ifname.clone());
-                        if let Some(cur) = self.store.get_lease(network, *address).await? {
-                            if self.is_mine(&cur.lease, &key) {
-                                // A sticky lease becomes its identity's
-                                // reservation, as an online DEL would do.
-                                let spec = self.nets_read().get(network).map(|n| n.spec.clone());
-                                match spec {
-                                    Some(spec) => {
-                                        self.retire(&spec, &cur, false).await?;
-                                    }
-                                    None => {
-                                        self.store.delete_lease(network, *address, cur.mod_revision).await?;
-                                    }
-                                }
-                                info!(%network, ip = %address, "journal: offline release recorded in etcd");
-                            }
-                        }
+                        self.replay_release(network, address, container_id, ifname)
+                            .await?
                     }
                 }
                 done += 1;
@@ -242,6 +192,81 @@ impl<S: LeaseStore> Engine<S> {
         result.map(|()| done)
     }
 
+    /// Replays one offline lease: the standby record becomes the lease
+    /// (revision-compared), and a create lost at the start of the outage
+    /// must not leave the attachment a second address.
+    async fn replay_activate(&self, lease: &Lease, standby_revision: i64) -> Result<(), IpamError> {
+        let key = (lease.container_id.clone(), lease.ifname.clone());
+        let recorded = match self.store.replace_lease(lease, standby_revision).await? {
+            Some(_) => {
+                info!(network = %lease.network, ip = %lease.address, "journal: offline lease recorded in etcd");
+                true
+            }
+            None => match self.store.get_lease(&lease.network, lease.address).await? {
+                Some(cur) if self.is_mine(&cur.lease, &key) => true,
+                other => {
+                    error!(network = %lease.network, ip = %lease.address, found = ?other.map(|o| o.lease), "journal: the standby record of an offline lease changed in etcd; not overwriting it");
+                    false
+                }
+            },
+        };
+        if recorded {
+            self.outage
+                .replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((lease.network.clone(), key.clone(), lease.address));
+        }
+        // A create lost at the start of the outage must not
+        // leave this attachment a second address.
+        let net = self.mirror.nets_read().get(&lease.network).cloned();
+        if let Some(net) = net {
+            for ip in net.take_uncertain(&key) {
+                if ip == lease.address {
+                    continue;
+                }
+                if let Some(cur) = self.store.get_lease(&lease.network, ip).await? {
+                    if self.is_mine(&cur.lease, &key) {
+                        self.store
+                            .delete_lease(&lease.network, ip, cur.mod_revision)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replays one offline release.
+    async fn replay_release(
+        &self,
+        network: &str,
+        address: &Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), IpamError> {
+        let key = (container_id.to_string(), ifname.to_string());
+        if let Some(cur) = self.store.get_lease(network, *address).await? {
+            if self.is_mine(&cur.lease, &key) {
+                // A sticky lease becomes its identity's
+                // reservation, as an online DEL would do.
+                let spec = self.mirror.nets_read().get(network).map(|n| n.spec.clone());
+                match spec {
+                    Some(spec) => {
+                        self.sticky().retire(&spec, &cur, false).await?;
+                    }
+                    None => {
+                        self.store
+                            .delete_lease(network, *address, cur.mod_revision)
+                            .await?;
+                    }
+                }
+                info!(%network, ip = %address, "journal: offline release recorded in etcd");
+            }
+        }
+        Ok(())
+    }
+
     /// After the snapshot that follows a journal replay: an attachment whose
     /// offline lease was just recorded must hold no other lease of this
     /// node. One appears when a create whose answer was lost landed in etcd
@@ -251,15 +276,23 @@ impl<S: LeaseStore> Engine<S> {
     /// one nobody's. It is deleted comparing its revision (never a sticky
     /// one: sticky pods take no offline address). Entries whose check
     /// failed (etcd) stay for the next snapshot. Returns what was dropped.
+    /// Over 60 lines on purpose: one pass whose every exit (skip, retry
+    /// later, dropped) must stay next to the compare it depends on.
     pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
-        let todo = std::mem::take(&mut *self.replayed.lock().unwrap_or_else(|p| p.into_inner()));
+        let todo = std::mem::take(
+            &mut *self
+                .outage
+                .replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let mut dropped = Vec::new();
         let mut retry = Vec::new();
         for (network, key, kept) in todo {
-            let Some(net) = self.nets_read().get(&network).cloned() else {
+            let Some(net) = self.mirror.nets_read().get(&network).cloned() else {
                 continue;
             };
-            let _g = self.lock_attachment(&network, &key).await;
+            let _g = self.allocator().lock_attachment(&network, &key).await;
             for (ip, _) in net.held(&key) {
                 if ip == kept {
                     continue;
@@ -268,7 +301,7 @@ impl<S: LeaseStore> Engine<S> {
                     Ok(Some(cur)) => cur,
                     Ok(None) => continue,
                     Err(e) => {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         retry.push((network.clone(), key.clone(), kept));
                         break;
                     }
@@ -291,7 +324,7 @@ impl<S: LeaseStore> Engine<S> {
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         retry.push((network.clone(), key.clone(), kept));
                         break;
                     }
@@ -299,7 +332,8 @@ impl<S: LeaseStore> Engine<S> {
             }
         }
         if !retry.is_empty() {
-            self.replayed
+            self.outage
+                .replayed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(retry);
@@ -307,34 +341,33 @@ impl<S: LeaseStore> Engine<S> {
         dropped
     }
 
-    pub fn has_journal_entries(&self) -> bool {
-        self.journal.as_ref().is_some_and(|j| !j.is_empty())
-    }
-
     /// Tops up (or gives back) each network's standby reserve. Only while
     /// etcd answers and the journal is empty. The reserve is given back when
     /// the rack (or flat network) runs short, so every address stays usable
     /// by some node when capacity equals demand, and all of it when a drain
-    /// marker concerns the network here (see engine/drain.rs). Records that
+    /// marker concerns the network here (see engine/mirror.rs). Records that
     /// a `network update` has since excluded always go back first: netmaster
     /// leaves them to their node, whose reserve (and persisted reserve)
     /// still holds them, and waits for them.
     pub async fn maintain_standby(&self) {
-        if !self.etcd_ok() || self.from_persisted() || self.has_journal_entries() {
+        if !self.outage.etcd_ok()
+            || self.outage.from_persisted()
+            || self.outage.has_journal_entries()
+        {
             return;
         }
-        for net in self.networks() {
-            let draining = self.draining(&net);
+        for net in self.mirror.networks() {
+            let draining = self.mirror.draining(&net);
             let excluded = net.standby_excluded();
             if draining.is_none()
                 && excluded.is_empty()
-                && (self.standby_target == 0 || !net.in_use_here())
+                && (self.outage.standby_target == 0 || !net.in_use_here())
             {
                 continue;
             }
             let free = net.free_for_anyone();
-            let target = if draining.is_none() && free >= 4 * self.standby_target as u64 {
-                self.standby_target
+            let target = if draining.is_none() && free >= 4 * self.outage.standby_target as u64 {
+                self.outage.standby_target
             } else {
                 0
             };
@@ -342,7 +375,7 @@ impl<S: LeaseStore> Engine<S> {
             // Excluded records count for nothing: they are never handed out.
             let usable = have - excluded.len();
             debug!(network = %net.spec.name, free, target, have, usable, "standby reserve");
-            if !excluded.is_empty() || usable > target {
+            let ok = if !excluded.is_empty() || usable > target {
                 if let Some(d) = &draining {
                     info!(network = %net.spec.name, records = have, "{} is being drained: giving the standby reserve back", d.describe());
                 }
@@ -350,69 +383,126 @@ impl<S: LeaseStore> Engine<S> {
                     let ips: Vec<String> = excluded.iter().map(|(ip, _)| ip.to_string()).collect();
                     info!(network = %net.spec.name, addresses = %ips.join(","), "giving back standby records the network now excludes");
                 }
-                // Out of the reserve (and of the persisted reserve) before
-                // the records are deleted: once deleted, another node may
-                // take the address.
-                let surplus = usable.saturating_sub(target);
-                let give: Vec<(Ipv4Addr, i64)> = excluded
-                    .iter()
-                    .copied()
-                    .chain(
-                        net.standby_list()
-                            .into_iter()
-                            .filter(|e| !excluded.contains(e))
-                            .take(surplus),
-                    )
-                    .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
-                    .collect();
-                self.save_reserve().await;
-                for (n, (ip, rev)) in give.iter().enumerate() {
-                    match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
-                        Ok(true) => net.forget(*ip, 0),
-                        // Changed meanwhile: the watch brings the new record.
-                        Ok(false) => {}
-                        Err(e) => {
-                            for (ip, rev) in &give[n..] {
-                                net.return_standby(*ip, *rev);
-                            }
-                            self.note_store_error(&e);
-                            return;
-                        }
-                    }
-                }
+                self.give_back(&net, &excluded, usable.saturating_sub(target))
+                    .await
             } else {
-                for _ in have..target {
-                    let Some(pick) = net.pick_own() else { break };
-                    let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
-                    match self
-                        .store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
-                    {
-                        Ok(CreateLease::Created { mod_revision }) => net.observe(
-                            StoredLease {
-                                lease,
-                                mod_revision,
-                            },
-                            &self.node,
-                        ),
-                        Ok(CreateLease::Taken(_)) => {}
-                        Ok(CreateLease::BlockChanged) => {
-                            debug!(ip = %pick.ip, "reserve: block changed");
-                            net.unpick(pick.ip);
-                            net.drop_block_at(pick.ip);
-                            break;
-                        }
-                        Ok(CreateLease::NetworkGone) => {
-                            net.unpick(pick.ip);
-                            break;
-                        }
-                        Err(e) => {
-                            net.unpick(pick.ip);
-                            self.note_store_error(&e);
-                            return;
-                        }
+                self.top_up(&net, have, target).await
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// Gives the excluded records and `surplus` more back; false when etcd
+    /// failed (the rest stays in the reserve).
+    async fn give_back(
+        &self,
+        net: &NetState,
+        excluded: &[(Ipv4Addr, i64)],
+        surplus: usize,
+    ) -> bool {
+        // Out of the reserve (and of the persisted reserve) before
+        // the records are deleted: once deleted, another node may
+        // take the address.
+        let give: Vec<(Ipv4Addr, i64)> = excluded
+            .iter()
+            .copied()
+            .chain(
+                net.standby_list()
+                    .into_iter()
+                    .filter(|e| !excluded.contains(e))
+                    .take(surplus),
+            )
+            .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+            .collect();
+        self.save_reserve().await;
+        for (n, (ip, rev)) in give.iter().enumerate() {
+            match self.store.delete_lease(&net.spec.name, *ip, *rev).await {
+                Ok(true) => net.forget(*ip, 0),
+                // Changed meanwhile: the watch brings the new record.
+                Ok(false) => {}
+                Err(e) => {
+                    for (ip, rev) in &give[n..] {
+                        net.return_standby(*ip, *rev);
                     }
+                    self.outage.note_store_error(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Adds standby records from `have` up to `target`; false when etcd
+    /// failed.
+    async fn top_up(&self, net: &NetState, have: usize, target: usize) -> bool {
+        for _ in have..target {
+            let Some(pick) = net.pick_own() else { break };
+            let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
+            match self
+                .store
+                .create_lease(&lease, net.create_revision, pick.guard.as_ref())
+                .await
+            {
+                Ok(CreateLease::Created { mod_revision }) => net.observe(
+                    StoredLease {
+                        lease,
+                        mod_revision,
+                    },
+                    &self.node,
+                ),
+                Ok(CreateLease::Taken(_)) => {}
+                Ok(CreateLease::BlockChanged) => {
+                    debug!(ip = %pick.ip, "reserve: block changed");
+                    net.unpick(pick.ip);
+                    net.drop_block_at(pick.ip);
+                    break;
+                }
+                Ok(CreateLease::NetworkGone) => {
+                    net.unpick(pick.ip);
+                    break;
+                }
+                Err(e) => {
+                    net.unpick(pick.ip);
+                    self.outage.note_store_error(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// One probe, bounded by the policy's timeout.
+    async fn probe_once(&self) -> Result<(), String> {
+        match tokio::time::timeout(self.outage.probe.timeout, self.store.probe()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.outage.probe.timeout)),
+        }
+    }
+
+    /// The prober: idle while online; probes right away when ipamd turns
+    /// suspect, then every `interval` until etcd answers.
+    pub async fn run_prober(self, mut shutdown: watch::Receiver<bool>) {
+        let mut rx = self.outage.mode_changes();
+        loop {
+            tokio::select! {
+                r = rx.wait_for(|m| *m != Mode::Online) => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            while self.outage.mode() != Mode::Online {
+                let outcome = tokio::select! {
+                    o = self.probe_once() => o,
+                    _ = shutdown.changed() => return,
+                };
+                self.outage.probed(outcome);
+                if self.outage.mode() == Mode::Online {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.outage.probe.interval) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         }

@@ -19,7 +19,7 @@ use rackline_store::{Snapshot, StoredLease, StoredNetwork};
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
-use super::{now_ms, Engine};
+use super::{now_ms, Reserve};
 use crate::store::LeaseStore;
 
 const VERSION: u32 = 1;
@@ -68,14 +68,15 @@ pub fn reserve_path(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("reserve-{node}.json"))
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Reserve<'_, S> {
     fn reserve_file(&self) -> Option<PathBuf> {
-        let j = self.journal.as_ref()?;
+        let j = self.outage.journal.as_ref()?;
         Some(reserve_path(j.path().parent()?, &self.node))
     }
 
     fn persisted_networks(&self) -> Vec<PersistedNetwork> {
         let mut v: Vec<PersistedNetwork> = self
+            .mirror
             .networks()
             .into_iter()
             .filter(|n| n.in_use_here())
@@ -108,16 +109,17 @@ impl<S: LeaseStore> Engine<S> {
         let Some(path) = self.reserve_file() else {
             return;
         };
-        if self.standby_target == 0 || !self.synced() {
+        if self.outage.standby_target == 0 || !self.mirror.synced() {
             return;
         }
         let journal = self
+            .outage
             .journal
             .clone()
             .expect("a reserve file implies a journal");
-        let mut st = self.reserve_save.lock().await;
+        let mut st = self.outage.reserve_save.lock().await;
         let networks = self.persisted_networks();
-        let online = self.etcd_ok() && !self.from_persisted();
+        let online = self.outage.etcd_ok() && !self.outage.from_persisted();
         // While online, the confirmation time is refreshed now and then
         // even when nothing changed (at most once a minute).
         let refresh = online && now_ms() - st.confirmed_unix_ms > 60_000;
@@ -158,18 +160,12 @@ impl<S: LeaseStore> Engine<S> {
         }
     }
 
-    /// Whether the cache came from the persisted reserve rather than etcd
-    /// (requests are then served offline until a snapshot replaces it).
-    pub fn from_persisted(&self) -> bool {
-        self.from_persisted.load(Ordering::Relaxed)
-    }
-
     /// etcd did not give the first snapshot: start from the persisted
     /// reserve, if there is one etcd confirmed less than the engine's
     /// `offline_start_max_age` ago. Returns whether it was loaded.
     pub fn start_from_persisted(&self) -> bool {
-        let max_age = self.offline_start_max_age;
-        if self.synced() {
+        let max_age = self.outage.offline_start_max_age;
+        if self.mirror.synced() {
             return false;
         }
         let Some(path) = self.reserve_file() else {
@@ -204,6 +200,26 @@ impl<S: LeaseStore> Engine<S> {
             warn!(path = %path.display(), ?age, ?max_age, "the persisted reserve is too old to be trusted; no offline start");
             return false;
         }
+        let (snap, standby) = self.snapshot_of(&file);
+        self.apply_snapshot(snap);
+        self.outage.from_persisted.store(true, Ordering::Relaxed);
+        // The file is what etcd last confirmed: later saves keep that time.
+        if let Ok(mut st) = self.outage.reserve_save.try_lock() {
+            st.last = file.networks.clone();
+            st.confirmed_unix_ms = file.confirmed_unix_ms;
+        }
+        warn!(
+            networks = file.networks.len(),
+            standby,
+            ?age,
+            "etcd is unreachable at start: serving from the persisted standby reserve (offline until etcd answers)"
+        );
+        true
+    }
+
+    /// The persisted reserve as a snapshot (revision 0), and how many
+    /// standby records it holds.
+    fn snapshot_of(&self, file: &Persisted) -> (Snapshot, usize) {
         let mut snap = Snapshot {
             networks: Vec::new(),
             leases: Vec::new(),
@@ -240,19 +256,6 @@ impl<S: LeaseStore> Engine<S> {
                 });
             }
         }
-        self.apply_snapshot(snap);
-        self.from_persisted.store(true, Ordering::Relaxed);
-        // The file is what etcd last confirmed: later saves keep that time.
-        if let Ok(mut st) = self.reserve_save.try_lock() {
-            st.last = file.networks.clone();
-            st.confirmed_unix_ms = file.confirmed_unix_ms;
-        }
-        warn!(
-            networks = file.networks.len(),
-            standby,
-            ?age,
-            "etcd is unreachable at start: serving from the persisted standby reserve (offline until etcd answers)"
-        );
-        true
+        (snap, standby)
     }
 }

@@ -24,8 +24,8 @@ use rackline_model::{Identity, Lease, LeaseState};
 use rackline_store::{CreateLease, StickyWrite, StoreError, StoredLease};
 use tracing::{debug, info};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
-use crate::netstate::NetState;
+use super::{AllocateArgs, Allocated, Allocator, IpamError};
+use crate::netstate::{NetState, Pick};
 use crate::store::LeaseStore;
 
 /// How often one requested address is retried when its block changed under
@@ -106,7 +106,7 @@ enum Try {
     Refused(String),
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Allocator<'_, S> {
     /// Allocates one of `a.requested` (in order) for a new attachment;
     /// `identity` is set for a sticky pod that has none yet (it is created
     /// with the address, as for a picked one).
@@ -121,14 +121,14 @@ impl<S: LeaseStore> Engine<S> {
         // by name is exactly where that would matter. The refusal itself is
         // the one every pick obeys (`NetState::refusal`).
         let nodes = self.store.node_addresses().await.map_err(|e| {
-            self.note_store_error(&e);
+            self.outage.note_store_error(&e);
             requested_needs_etcd(a, e)
         })?;
         let mut by_node: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         for (ip, node) in nodes {
             by_node.entry(node).or_default().push(ip);
         }
-        self.learn_node_addresses(by_node);
+        self.mirror.learn_node_addresses(by_node);
         let mut why = Vec::new();
         for &ip in &a.requested {
             if let Some(r) = net.refusal(ip) {
@@ -155,21 +155,7 @@ impl<S: LeaseStore> Engine<S> {
         ip: Ipv4Addr,
         identity: Option<&Identity>,
     ) -> Result<Try, IpamError> {
-        let lease = Lease {
-            network: a.network.clone(),
-            address: ip,
-            node: self.node.clone(),
-            container_id: a.container_id.clone(),
-            ifname: a.ifname.clone(),
-            pod: a.pod.clone(),
-            created_unix_ms: now_ms(),
-            state: LeaseState::Active,
-            sticky: identity.is_some(),
-            new_identity: identity.is_some(),
-            expires_unix_ms: None,
-            conflict: None,
-            settings: net.pod_settings(),
-        };
+        let lease = self.fresh_lease(net, a, ip, identity.is_some());
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.lease_at(ip) {
                 if held.lease.is_standby() && held.lease.node == self.node {
@@ -192,6 +178,7 @@ impl<S: LeaseStore> Engine<S> {
                         .await
                 }
                 Some(i) => match self
+                    .sticky()
                     .create_sticky(net, &lease, i, pick.guard.as_ref())
                     .await
                 {
@@ -205,58 +192,76 @@ impl<S: LeaseStore> Engine<S> {
                     Err(e) => Err(e),
                 },
             };
-            match created {
-                Ok(CreateLease::Created { mod_revision }) => {
-                    self.note_reachable();
-                    net.observe(
-                        StoredLease {
-                            lease: lease.clone(),
-                            mod_revision,
-                        },
-                        &self.node,
-                    );
-                    if pick.guard.is_some() || pick.borrowed {
-                        self.block_demand.notify_one();
-                    }
-                    info!(network = %a.network, %ip, requested = true, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
-                    return Ok(Try::Done(Box::new(Allocated {
-                        lease,
-                        network: net.effective_spec(),
-                        existing: false,
-                    })));
-                }
-                Ok(CreateLease::Taken(owner)) => {
-                    // Lost the race (or our cache lagged): the address stays
-                    // marked taken and the watch fills in the owner.
-                    let who = owner
-                        .as_ref()
-                        .map(|o| describe_holder(o))
-                        .unwrap_or_else(|| "taken".to_string());
-                    return Ok(Try::Refused(format!("{ip} is {who}")));
-                }
-                Ok(CreateLease::BlockChanged) => {
-                    debug!(%ip, "block changed under the requested address; retrying");
-                    net.unpick(ip);
-                    net.drop_block_at(ip);
-                }
-                Ok(CreateLease::NetworkGone) => {
-                    net.unpick(ip);
-                    return Err(IpamError::UnknownNetwork(a.network.clone()));
-                }
-                Err(e @ StoreError::Unavailable(_)) => {
-                    // The write may have been applied: the retry or the DEL
-                    // resolves it.
-                    net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
-                    self.note_store_error(&e);
-                    return Err(requested_needs_etcd(a, e));
-                }
-                Err(e) => {
-                    net.unpick(ip);
-                    return Err(e.into());
-                }
+            if let Some(done) = self.requested_outcome(net, a, &pick, &lease, created)? {
+                return Ok(done);
             }
         }
         Err(IpamError::Contended(BLOCK_RETRIES))
+    }
+
+    /// Acts on the outcome of the requested address's create: the answer,
+    /// or None to try the same address again (its block changed). Over 60
+    /// lines on purpose: one flat match, an arm per outcome.
+    fn requested_outcome(
+        &self,
+        net: &NetState,
+        a: &AllocateArgs,
+        pick: &Pick,
+        lease: &Lease,
+        created: Result<CreateLease, StoreError>,
+    ) -> Result<Option<Try>, IpamError> {
+        let ip = pick.ip;
+        match created {
+            Ok(CreateLease::Created { mod_revision }) => {
+                self.outage.note_reachable();
+                net.observe(
+                    StoredLease {
+                        lease: lease.clone(),
+                        mod_revision,
+                    },
+                    &self.node,
+                );
+                if pick.guard.is_some() || pick.borrowed {
+                    self.block_demand.notify_one();
+                }
+                info!(network = %a.network, %ip, requested = true, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                Ok(Some(Try::Done(Box::new(Allocated {
+                    lease: lease.clone(),
+                    network: net.effective_spec(),
+                    existing: false,
+                }))))
+            }
+            Ok(CreateLease::Taken(owner)) => {
+                // Lost the race (or our cache lagged): the address stays
+                // marked taken and the watch fills in the owner.
+                let who = owner
+                    .as_ref()
+                    .map(|o| describe_holder(o))
+                    .unwrap_or_else(|| "taken".to_string());
+                Ok(Some(Try::Refused(format!("{ip} is {who}"))))
+            }
+            Ok(CreateLease::BlockChanged) => {
+                debug!(%ip, "block changed under the requested address; retrying");
+                net.unpick(ip);
+                net.drop_block_at(ip);
+                Ok(None)
+            }
+            Ok(CreateLease::NetworkGone) => {
+                net.unpick(ip);
+                Err(IpamError::UnknownNetwork(a.network.clone()))
+            }
+            Err(e @ StoreError::Unavailable(_)) => {
+                // The write may have been applied: the retry or the DEL
+                // resolves it.
+                net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
+                self.outage.note_store_error(&e);
+                Err(requested_needs_etcd(a, e))
+            }
+            Err(e) => {
+                net.unpick(ip);
+                Err(e.into())
+            }
+        }
     }
 
     /// The requested address is one of this node's standby records: it is
@@ -276,7 +281,7 @@ impl<S: LeaseStore> Engine<S> {
                 .replace_lease(&lease, held.mod_revision)
                 .await
                 .map_err(|e| {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     IpamError::from(e)
                 })?,
             Some(i) => {
@@ -289,7 +294,7 @@ impl<S: LeaseStore> Engine<S> {
                     .write_sticky(&lease, held.mod_revision, &ident, 0, None, None, None)
                     .await
                     .map_err(|e| {
-                        self.note_store_error(&e);
+                        self.outage.note_store_error(&e);
                         IpamError::from(e)
                     })? {
                     StickyWrite::Done { mod_revision } => Some(mod_revision),

@@ -21,11 +21,12 @@
 
 use std::sync::Arc;
 
-use rackline_model::{CrossRack, Identity, Lease, LeaseState};
-use rackline_store::{StickyWrite, StoreError, StoredLease};
+use rackline_model::sticky::{decide, Holder, StickyDecision, StickyFacts};
+use rackline_model::{Identity, Lease, LeaseState};
+use rackline_store::{IdentityView, StickyWrite, StoreError, StoredIdentity, StoredLease};
 use tracing::{info, warn};
 
-use super::{now_ms, AllocateArgs, Allocated, Engine, IpamError};
+use super::{now_ms, AllocateArgs, Allocated, IpamError, Sticky};
 use crate::netstate::NetState;
 use crate::store::LeaseStore;
 
@@ -52,7 +53,7 @@ fn unavailable_for_sticky(a: &AllocateArgs, e: StoreError) -> IpamError {
     }
 }
 
-impl<S: LeaseStore> Engine<S> {
+impl<S: LeaseStore> Sticky<'_, S> {
     fn policy_sticky(net: &NetState, a: &AllocateArgs) -> bool {
         net.sticky_matcher
             .as_ref()
@@ -94,182 +95,278 @@ impl<S: LeaseStore> Engine<S> {
 
     /// Claims the identity's address for this attachment, or says to
     /// allocate a fresh one (`Fresh`), or None when the pod is not sticky.
+    /// The rules are `rackline_model::sticky::decide`'s; this carries them
+    /// out, re-reading when a compared write finds the records changed.
     pub(super) async fn claim_identity(
         &self,
         net: &Arc<NetState>,
         a: &AllocateArgs,
     ) -> Result<Option<Claim>, IpamError> {
-        let (ns, name) = (&a.pod.namespace, &a.pod.name);
         for _ in 0..MAX_CLAIM_ROUNDS {
             let view = self
                 .store
-                .identity_view(&a.network, ns, name)
+                .identity_view(&a.network, &a.pod.namespace, &a.pod.name)
                 .await
                 .map_err(|e| {
-                    self.note_store_error(&e);
+                    self.outage.note_store_error(&e);
                     unavailable_for_sticky(a, e)
                 })?;
-            let Some(view) = view else {
-                if !Self::wants_sticky(net, a) {
-                    return Ok(None);
-                }
-                return Ok(Some(Claim::Fresh(Identity {
-                    network: a.network.clone(),
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    address: std::net::Ipv4Addr::UNSPECIFIED,
-                    pinned: false,
-                    rack: self.rack.clone().filter(|_| net.is_racked()),
-                    created_unix_ms: now_ms(),
-                    opt_in: a.sticky == Some(true) && !Self::policy_sticky(net, a),
-                })));
+            let (ident, cur) = match view {
+                None => (None, None),
+                Some(view) => match self.own_record(a, view).await? {
+                    Some((ident, cur)) => (Some(ident), cur),
+                    None => continue,
+                },
             };
-            let ident = view.identity;
-            let ip = ident.identity.address;
-            let cur = match view.lease {
-                Some(sl)
-                    if !(sl.lease.sticky
-                        && sl.lease.pod.namespace == *ns
-                        && sl.lease.pod.name == *name) =>
-                {
-                    // The identity names an address whose record is not its
-                    // own (left by a manual edit or an older version): the
-                    // address record wins, the identity is dropped.
-                    warn!(network = %a.network, %ip, pod = %a.pod.display(), owner = ?sl.lease, "identity points at an address owned by someone else; dropping the identity");
-                    self.store
-                        .delete_identity(&ident.identity, ident.mod_revision)
-                        .await
-                        .map_err(|e| unavailable_for_sticky(a, e))?;
-                    continue;
-                }
-                other => other,
+            let decision = decide(&self.facts(net, a, ident.as_ref(), cur.as_ref()));
+            match decision {
+                StickyDecision::NotSticky => return Ok(None),
+                StickyDecision::Fresh => return Ok(Some(Claim::Fresh(self.new_identity(net, a)))),
+                _ => {}
+            }
+            let (Some(ident), decision) = (ident, decision) else {
+                unreachable!("only an identity's absence decides fresh or not sticky")
             };
-            if let Some(sl) = &cur {
-                if sl.lease.state.is_active() && sl.lease.node != self.node {
-                    return Err(IpamError::IdentityLive(format!(
-                        "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone for good, run `racklinectl reservation release --force {} {} {}`",
-                        a.pod.display(),
-                        sl.lease.node,
-                        sl.lease.container_id,
-                        a.network,
-                        ns,
-                        name
-                    )));
-                }
-                if sl.lease.state.is_active()
-                    && sl.lease.container_id == a.container_id
-                    && sl.lease.ifname == a.ifname
-                {
-                    // Ours already (our cache had not seen it yet).
-                    net.observe(sl.clone(), &self.node);
-                    return Ok(Some(Claim::Done(Box::new(Allocated {
-                        lease: sl.lease.clone(),
-                        network: net.effective_spec(),
-                        existing: true,
-                    }))));
-                }
-            }
-            if !net.serves(ip) {
-                let rack = ident.identity.rack.clone().unwrap_or_else(|| "?".into());
-                let policy = net
-                    .spec
-                    .sticky
-                    .as_ref()
-                    .map(|p| p.cross_rack)
-                    .unwrap_or_default();
-                if policy == CrossRack::Strict || ident.identity.pinned {
-                    return Err(IpamError::WrongRack(format!(
-                        "pod {} has address {ip} reserved in rack {rack:?}, and node {:?} is in rack {:?}: the address is only reachable behind rack {rack:?}'s TOR. Start the pod in rack {rack:?}, or release the reservation (`racklinectl reservation release {} {} {}`)",
-                        a.pod.display(),
-                        self.node,
-                        self.rack.as_deref().unwrap_or("-"),
-                        a.network,
-                        ns,
-                        name
-                    )));
-                }
-                // reallocate: drop the old reservation (both records), then
-                // start over as a fresh sticky pod in this rack.
-                let dropped = match &cur {
-                    Some(sl) => self
-                        .store
-                        .delete_sticky(&sl.lease, sl.mod_revision, ident.mod_revision)
-                        .await
-                        .map_err(|e| unavailable_for_sticky(a, e))?,
-                    None => self
-                        .store
-                        .delete_identity(&ident.identity, ident.mod_revision)
-                        .await
-                        .map_err(|e| unavailable_for_sticky(a, e))?,
-                };
-                if dropped {
-                    info!(network = %a.network, %ip, %rack, pod = %a.pod.display(), "sticky pod moved to another rack: old reservation dropped (cross-rack policy reallocate)");
-                }
-                continue;
-            }
-            if !a.requested.is_empty() && !a.requested.contains(&ip) {
-                return Err(IpamError::RequestedAddress(format!(
-                    "pod {} is sticky and its address is {ip}; it cannot be given {} instead (release the reservation first: `racklinectl reservation release {} {} {}`)",
-                    a.pod.display(),
-                    super::requested::list(&a.requested),
-                    a.network,
-                    ns,
-                    name
-                )));
-            }
-            // Same rack (or flat network): take the address over. The write
-            // compares both records, so a concurrent claim, DEL or expiry
-            // makes it fail and we re-read.
-            let lease = self.active_lease(net, a, ip);
-            let mut identity = ident.identity.clone();
-            identity.rack = self.rack.clone().filter(|_| net.is_racked());
-            let lease_rev = cur.as_ref().map(|c| c.mod_revision).unwrap_or(0);
-            let guard = if lease_rev == 0 {
-                Some(net.create_revision)
-            } else {
-                None
-            };
-            match self
-                .store
-                .write_sticky(
-                    &lease,
-                    lease_rev,
-                    &identity,
-                    ident.mod_revision,
-                    None,
-                    guard,
-                    None,
-                )
-                .await
-            {
-                Ok(StickyWrite::Done { mod_revision }) => {
-                    self.note_reachable();
-                    if let Some(prev) = cur.as_ref().filter(|c| c.lease.state.is_active()) {
-                        info!(network = %a.network, %ip, pod = %a.pod.display(), old_container = %prev.lease.container_id, container = %a.container_id, "sticky address taken over by the pod's new incarnation (its ADD came before the old one's DEL)");
-                    } else {
-                        info!(network = %a.network, %ip, pod = %a.pod.display(), container = %a.container_id, "sticky address re-activated");
-                    }
-                    net.observe(
-                        StoredLease {
-                            lease: lease.clone(),
-                            mod_revision,
-                        },
-                        &self.node,
-                    );
-                    return Ok(Some(Claim::Done(Box::new(Allocated {
-                        lease,
-                        network: net.effective_spec(),
-                        existing: false,
-                    }))));
-                }
-                Ok(StickyWrite::Changed) => continue,
-                Err(e) => {
-                    self.note_store_error(&e);
-                    return Err(unavailable_for_sticky(a, e));
-                }
+            if let Some(claim) = self.carry_out(net, a, &ident, cur, decision).await? {
+                return Ok(Some(claim));
             }
         }
         Err(IpamError::Contended(MAX_CLAIM_ROUNDS))
+    }
+
+    /// The identity's record with the record at its address, or None once
+    /// an identity pointing at an address whose record is not its own (left
+    /// by a manual edit or an older version) is dropped: the address record
+    /// wins.
+    async fn own_record(
+        &self,
+        a: &AllocateArgs,
+        view: IdentityView,
+    ) -> Result<Option<(StoredIdentity, Option<StoredLease>)>, IpamError> {
+        let (ns, name) = (&a.pod.namespace, &a.pod.name);
+        let ident = view.identity;
+        match view.lease {
+            Some(sl)
+                if !(sl.lease.sticky
+                    && sl.lease.pod.namespace == *ns
+                    && sl.lease.pod.name == *name) =>
+            {
+                let ip = ident.identity.address;
+                warn!(network = %a.network, %ip, pod = %a.pod.display(), owner = ?sl.lease, "identity points at an address owned by someone else; dropping the identity");
+                self.store
+                    .delete_identity(&ident.identity, ident.mod_revision)
+                    .await
+                    .map_err(|e| unavailable_for_sticky(a, e))?;
+                Ok(None)
+            }
+            other => Ok(Some((ident, other))),
+        }
+    }
+
+    /// What the decision depends on, as this node sees it.
+    fn facts<'a>(
+        &'a self,
+        net: &NetState,
+        a: &'a AllocateArgs,
+        ident: Option<&'a StoredIdentity>,
+        cur: Option<&'a StoredLease>,
+    ) -> StickyFacts<'a> {
+        let serves_address = ident.is_some_and(|i| net.serves(i.identity.address));
+        StickyFacts {
+            identity: ident.map(|i| &i.identity),
+            holder: cur.map(|sl| Holder {
+                node: &sl.lease.node,
+                container_id: &sl.lease.container_id,
+                ifname: &sl.lease.ifname,
+                active: sl.lease.state.is_active(),
+            }),
+            node: &self.node,
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+            serves_address,
+            cross_rack: net
+                .spec
+                .sticky
+                .as_ref()
+                .map(|p| p.cross_rack)
+                .unwrap_or_default(),
+            wants_sticky: Self::wants_sticky(net, a),
+        }
+    }
+
+    /// A sticky pod without a reservation: the identity written with its
+    /// fresh address.
+    fn new_identity(&self, net: &NetState, a: &AllocateArgs) -> Identity {
+        Identity {
+            network: a.network.clone(),
+            namespace: a.pod.namespace.clone(),
+            name: a.pod.name.clone(),
+            address: std::net::Ipv4Addr::UNSPECIFIED,
+            pinned: false,
+            rack: self.rack.clone().filter(|_| net.is_racked()),
+            created_unix_ms: now_ms(),
+            opt_in: a.sticky == Some(true) && !Self::policy_sticky(net, a),
+        }
+    }
+
+    /// Carries out a decision about an existing identity: Some(claim) when
+    /// the ADD is answered, None to read the records again. Over 60 lines
+    /// on purpose: one arm per decision, most of it the operator-facing
+    /// error texts.
+    async fn carry_out(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        ident: &StoredIdentity,
+        cur: Option<StoredLease>,
+        decision: StickyDecision,
+    ) -> Result<Option<Claim>, IpamError> {
+        let (ns, name) = (&a.pod.namespace, &a.pod.name);
+        let ip = ident.identity.address;
+        match decision {
+            StickyDecision::LiveElsewhere { node, container_id } => {
+                Err(IpamError::IdentityLive(format!(
+                    "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone for good, run `racklinectl reservation release --force {} {} {}`",
+                    a.pod.display(),
+                    node,
+                    container_id,
+                    a.network,
+                    ns,
+                    name
+                )))
+            }
+            StickyDecision::AlreadyHeld => {
+                // Ours already (our cache had not seen it yet).
+                let sl = cur.expect("held means a record");
+                net.observe(sl.clone(), &self.node);
+                Ok(Some(Claim::Done(Box::new(Allocated {
+                    lease: sl.lease,
+                    network: net.effective_spec(),
+                    existing: true,
+                }))))
+            }
+            StickyDecision::WrongRack { rack } => {
+                let rack = rack.unwrap_or_else(|| "?".into());
+                Err(IpamError::WrongRack(format!(
+                    "pod {} has address {ip} reserved in rack {rack:?}, and node {:?} is in rack {:?}: the address is only reachable behind rack {rack:?}'s TOR. Start the pod in rack {rack:?}, or release the reservation (`racklinectl reservation release {} {} {}`)",
+                    a.pod.display(),
+                    self.node,
+                    self.rack.as_deref().unwrap_or("-"),
+                    a.network,
+                    ns,
+                    name
+                )))
+            }
+            StickyDecision::DropAndRetry => {
+                self.drop_reservation(a, ident, cur.as_ref()).await?;
+                Ok(None)
+            }
+            StickyDecision::Reuse => {
+                if !a.requested.is_empty() && !a.requested.contains(&ip) {
+                    return Err(IpamError::RequestedAddress(format!(
+                        "pod {} is sticky and its address is {ip}; it cannot be given {} instead (release the reservation first: `racklinectl reservation release {} {} {}`)",
+                        a.pod.display(),
+                        super::requested::list(&a.requested),
+                        a.network,
+                        ns,
+                        name
+                    )));
+                }
+                self.take_over(net, a, ident, cur).await
+            }
+            StickyDecision::NotSticky | StickyDecision::Fresh => {
+                unreachable!("an existing identity is never fresh")
+            }
+        }
+    }
+
+    /// Cross-rack policy reallocate: drops the old reservation (both
+    /// records); the pod then starts over as a fresh sticky pod here.
+    async fn drop_reservation(
+        &self,
+        a: &AllocateArgs,
+        ident: &StoredIdentity,
+        cur: Option<&StoredLease>,
+    ) -> Result<(), IpamError> {
+        let ip = ident.identity.address;
+        let rack = ident.identity.rack.clone().unwrap_or_else(|| "?".into());
+        let dropped = match cur {
+            Some(sl) => self
+                .store
+                .delete_sticky(&sl.lease, sl.mod_revision, ident.mod_revision)
+                .await
+                .map_err(|e| unavailable_for_sticky(a, e))?,
+            None => self
+                .store
+                .delete_identity(&ident.identity, ident.mod_revision)
+                .await
+                .map_err(|e| unavailable_for_sticky(a, e))?,
+        };
+        if dropped {
+            info!(network = %a.network, %ip, %rack, pod = %a.pod.display(), "sticky pod moved to another rack: old reservation dropped (cross-rack policy reallocate)");
+        }
+        Ok(())
+    }
+
+    /// Same rack (or flat network): takes the address over. The write
+    /// compares both records, so a concurrent claim, DEL or expiry makes it
+    /// fail (None: read again).
+    async fn take_over(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        ident: &StoredIdentity,
+        cur: Option<StoredLease>,
+    ) -> Result<Option<Claim>, IpamError> {
+        let ip = ident.identity.address;
+        let lease = self.active_lease(net, a, ip);
+        let mut identity = ident.identity.clone();
+        identity.rack = self.rack.clone().filter(|_| net.is_racked());
+        let lease_rev = cur.as_ref().map(|c| c.mod_revision).unwrap_or(0);
+        let guard = if lease_rev == 0 {
+            Some(net.create_revision)
+        } else {
+            None
+        };
+        let written = self
+            .store
+            .write_sticky(
+                &lease,
+                lease_rev,
+                &identity,
+                ident.mod_revision,
+                None,
+                guard,
+                None,
+            )
+            .await;
+        match written {
+            Ok(StickyWrite::Done { mod_revision }) => {
+                self.outage.note_reachable();
+                if let Some(prev) = cur.as_ref().filter(|c| c.lease.state.is_active()) {
+                    info!(network = %a.network, %ip, pod = %a.pod.display(), old_container = %prev.lease.container_id, container = %a.container_id, "sticky address taken over by the pod's new incarnation (its ADD came before the old one's DEL)");
+                } else {
+                    info!(network = %a.network, %ip, pod = %a.pod.display(), container = %a.container_id, "sticky address re-activated");
+                }
+                net.observe(
+                    StoredLease {
+                        lease: lease.clone(),
+                        mod_revision,
+                    },
+                    &self.node,
+                );
+                Ok(Some(Claim::Done(Box::new(Allocated {
+                    lease,
+                    network: net.effective_spec(),
+                    existing: false,
+                }))))
+            }
+            Ok(StickyWrite::Changed) => Ok(None),
+            Err(e) => {
+                self.outage.note_store_error(&e);
+                Err(unavailable_for_sticky(a, e))
+            }
+        }
     }
 
     /// Retires a lease being released: a sticky one becomes a reservation
@@ -312,25 +409,41 @@ impl<S: LeaseStore> Engine<S> {
                 .await?;
             return Ok(done.then_some(None));
         }
-        let hold = if ident.identity.pinned {
-            None
-        } else {
-            // A pod that opted in by annotation on a network without a
-            // sticky policy gets the default hold.
-            let secs = match spec.sticky.as_ref() {
-                Some(p) => p.hold_secs,
-                None if ident.identity.opt_in => rackline_model::sticky::DEFAULT_HOLD_SECS,
-                None => 0,
-            };
-            if secs == 0 {
-                let done = self
-                    .store
-                    .delete_sticky(l, sl.mod_revision, ident.mod_revision)
-                    .await?;
-                return Ok(done.then_some(None));
-            }
-            Some(secs)
-        };
+        let hold = Self::hold_for(spec, &ident.identity);
+        if hold == Some(0) {
+            let done = self
+                .store
+                .delete_sticky(l, sl.mod_revision, ident.mod_revision)
+                .await?;
+            return Ok(done.then_some(None));
+        }
+        self.reserve_for(sl, &ident, hold).await
+    }
+
+    /// How long a released sticky address is held for its identity: None
+    /// for ever (pinned), Some(0) not at all (the records go).
+    fn hold_for(spec: &rackline_model::NetworkSpec, identity: &Identity) -> Option<u64> {
+        if identity.pinned {
+            return None;
+        }
+        // A pod that opted in by annotation on a network without a
+        // sticky policy gets the default hold.
+        Some(match spec.sticky.as_ref() {
+            Some(p) => p.hold_secs,
+            None if identity.opt_in => rackline_model::sticky::DEFAULT_HOLD_SECS,
+            None => 0,
+        })
+    }
+
+    /// Turns the released lease into its identity's reservation for `hold`
+    /// seconds (None: no expiry), compared on both records.
+    async fn reserve_for(
+        &self,
+        sl: &StoredLease,
+        ident: &StoredIdentity,
+        hold: Option<u64>,
+    ) -> Result<Option<Option<StoredLease>>, StoreError> {
+        let l = &sl.lease;
         let reserved = Lease {
             new_identity: false,
             // A conflict the running pod's probe recorded ends with it.

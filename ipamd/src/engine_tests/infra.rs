@@ -98,7 +98,7 @@ async fn a_node_registering_after_its_block_was_assigned_is_skipped_and_freed_on
     // One block only: the test must not borrow.
     let blocks = [block(&store, "b", "10.11.0.2", 14, "n3")];
     let n3 = racked_engine("n3", "b", &store, &rn, &blocks);
-    let net = n3.networks().pop().unwrap();
+    let net = n3.mirror().networks().pop().unwrap();
     assert_eq!(net.own_available(), 14);
     node_put(&n3, &node_record("n5", "b", &["10.11.0.5"]));
     assert_eq!(net.own_available(), 13);

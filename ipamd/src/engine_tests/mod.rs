@@ -360,7 +360,7 @@ pub(super) fn engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.note_reachable();
+    e.outage().note_reachable();
     Arc::new(e)
 }
 
@@ -562,8 +562,8 @@ async fn etcd_down_means_try_again_later_and_nothing_written() {
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
     // One failed call only makes ipamd suspect; once the prober gives up
     // (offline) and there is no reserve, STATUS says so.
-    assert_eq!(e.mode(), crate::engine::Mode::Suspect);
-    e.set_offline("test: the prober gave up");
+    assert_eq!(e.outage().mode(), crate::engine::Mode::Suspect);
+    e.outage().set_offline("test: the prober gave up");
     assert!(!e.status("prod").await.unwrap().can_allocate);
     store.down.store(false, Ordering::SeqCst);
     e.allocate(args("c1")).await.unwrap();

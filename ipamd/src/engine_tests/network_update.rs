@@ -88,7 +88,7 @@ async fn a_rack_bound_network_reloads_from_a_snapshot_when_its_definition_change
     let rn = [racknet("a", "10.10.1.0-10.10.1.31")];
     let blocks = [block(&store, "a", "10.10.1.0", 16, "n1")];
     let e = racked_engine("n1", "a", &store, &rn, &blocks);
-    let mut resync = e.resync_requests();
+    let mut resync = e.mirror().resync_requests();
     resync.borrow_and_update();
     // The same definition again (a watch replay) changes nothing.
     deliver_update(&e, &store, &s);

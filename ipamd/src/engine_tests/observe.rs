@@ -35,7 +35,7 @@ fn observed(store: &Arc<FakeStore>) -> (Arc<Engine<Arc<FakeStore>>>, Arc<IpamMet
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.note_reachable();
+    e.outage().note_reachable();
     (Arc::new(e), metrics)
 }
 
@@ -61,7 +61,7 @@ async fn status_refuses_whenever_readiness_does() {
     assert!(e.status("prod").await.unwrap().can_allocate);
     // etcd gone, no journal (so no reserve): not ready, and STATUS says so
     // with the same reason.
-    e.set_offline("test: etcd is down");
+    e.outage().set_offline("test: etcd is down");
     let Readiness::NotReady(why) = e.readiness() else {
         panic!("ready without etcd and without a reserve");
     };

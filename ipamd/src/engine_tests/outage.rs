@@ -40,7 +40,7 @@ fn outage_engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.note_reachable();
+    e.outage().note_reachable();
     Arc::new(e)
 }
 
@@ -83,14 +83,14 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
     let store = Arc::new(FakeStore::default());
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 4);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(
         standby_records(&store),
         0,
         "no reserve on a network this node never used"
     );
     let online = e.allocate(args("on")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
     assert!(!store
         .live()
@@ -99,7 +99,7 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
 
     // etcd goes away.
     store.down.store(true, Ordering::SeqCst);
-    e.set_offline("test: etcd is down");
+    e.outage().set_offline("test: etcd is down");
     let mut offline = Vec::new();
     for i in 0..4 {
         offline.push(
@@ -120,12 +120,12 @@ async fn while_etcd_is_away_standby_addresses_are_used_and_journalled() {
     // A release while away, and an online lease released while away.
     e.release("prod", "off1", "eth0").await.unwrap();
     e.release("prod", "on", "eth0").await.unwrap();
-    assert!(e.has_journal_entries());
+    assert!(e.outage().has_journal_entries());
 
     // etcd is back: replay makes etcd match what was acknowledged.
     store.down.store(false, Ordering::SeqCst);
-    assert_eq!(e.replay_journal().await.unwrap(), 6);
-    assert!(!e.has_journal_entries());
+    assert_eq!(e.reserve().replay_journal().await.unwrap(), 6);
+    assert!(!e.outage().has_journal_entries());
     let live = store.live();
     let active: BTreeMap<String, Ipv4Addr> = live
         .iter()
@@ -152,9 +152,9 @@ async fn a_restart_before_the_replay_keeps_offline_decisions() {
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 2);
     e.allocate(args("first")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     store.down.store(true, Ordering::SeqCst);
-    e.set_offline("test: etcd is down");
+    e.outage().set_offline("test: etcd is down");
     let ip = e.allocate(args("c1")).await.unwrap().lease.address;
     drop(e);
     // ipamd restarts once etcd answers again; etcd still shows a standby
@@ -167,7 +167,7 @@ async fn a_restart_before_the_replay_keeps_offline_decisions() {
         "the restarted ipamd must know c1's offline lease"
     );
     assert_eq!(again.lease.address, ip);
-    e2.replay_journal().await.unwrap();
+    e2.reserve().replay_journal().await.unwrap();
     let l = store.live().into_iter().find(|l| l.address == ip).unwrap();
     assert_eq!(l.container_id, "c1");
     assert!(!l.is_standby());
@@ -181,7 +181,7 @@ async fn the_reserve_is_given_back_when_the_pool_runs_short() {
     store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
     let n1 = outage_engine("n1", &store, dir.path(), 2);
     n1.allocate(args("n1-pod")).await.unwrap();
-    n1.maintain_standby().await;
+    n1.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 2);
     let n2 = outage_engine("n2", &store, dir.path(), 2);
     for i in 0..7 {
@@ -190,7 +190,7 @@ async fn the_reserve_is_given_back_when_the_pool_runs_short() {
     // Fewer than 4 x target free: n1 gives its reserve back (after its
     // cache sees the new leases, as its watch would deliver them).
     feed_leases(&n1, &store);
-    n1.maintain_standby().await;
+    n1.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 0);
     // Every address remains allocatable by some node (n2 re-reads, as its
     // watch would tell it about the deleted reserve records).
@@ -230,7 +230,7 @@ async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
     let e = outage_engine("n1", &store, dir.path(), 4);
     e.allocate(args("pod")).await.unwrap();
     e.release("prod", "pod", "eth0").await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(
         standby_records(&store),
         4,
@@ -239,34 +239,34 @@ async fn a_drain_marker_makes_the_node_give_its_whole_reserve_back() {
 
     // Another node's drain, or another rack's binding: nothing changes.
     drain_change(&e, &DrainTarget::Node("n2".into()), true);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
 
     drain_change(&e, &DrainTarget::Network("prod".into()), true);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 0, "the network is being deleted");
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 0, "and no reserve is made again");
 
     // The delete was refused and the marker lifted: the reserve comes back.
     drain_change(&e, &DrainTarget::Network("prod".into()), false);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
 
     // Draining this node has the same effect, on every network.
     drain_change(&e, &DrainTarget::Node("n1".into()), true);
-    assert!(e.node_drained());
-    e.maintain_standby().await;
+    assert!(e.mirror().node_drained());
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 0);
 
     // While etcd is unreachable nothing is given back: the node may be
     // handing those records out from its journal.
     drain_change(&e, &DrainTarget::Node("n1".into()), false);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
-    e.set_offline("test");
+    e.outage().set_offline("test");
     drain_change(&e, &DrainTarget::Network("prod".into()), true);
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 4);
 }
 
@@ -286,7 +286,7 @@ async fn a_rack_bound_node_keeps_its_reserve_inside_its_own_blocks() {
             .with_outage_journal(journal, 4),
     );
     e.allocate(args("c1")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let reserve: Vec<Lease> = store
         .live()
         .into_iter()
@@ -306,7 +306,7 @@ async fn a_full_network_waits_for_other_nodes_reserves_instead_of_failing() {
     store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
     let n1 = outage_engine("n1", &store, dir.path(), 2);
     n1.allocate(args("n1-pod")).await.unwrap();
-    n1.maintain_standby().await;
+    n1.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 2);
     let n2 = outage_engine("n2", &store, dir.path(), 0);
     for i in 0..10 {
@@ -325,7 +325,7 @@ async fn a_full_network_waits_for_other_nodes_reserves_instead_of_failing() {
                 .filter(|l| l.is_standby())
                 .map(|l| l.address)
                 .collect();
-            n1.maintain_standby().await;
+            n1.reserve().maintain_standby().await;
             for ip in before {
                 n2.apply_change(rackline_store::Change::Delete {
                     key: Keys::new("/rackline").lease("prod", ip),
@@ -363,7 +363,7 @@ async fn one_failed_call_does_not_spend_the_reserve_while_etcd_answers_the_probe
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 4);
     e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let reserve = standby_addresses(&store);
     assert_eq!(reserve.len(), 4);
     let _stop = spawn_prober(&e);
@@ -372,14 +372,21 @@ async fn one_failed_call_does_not_spend_the_reserve_while_etcd_answers_the_probe
     store.lose_next_create_answer.store(true, Ordering::SeqCst);
     let got = e.allocate(args("c1")).await.unwrap();
 
-    assert_eq!(e.mode(), Mode::Online, "the prober found etcd healthy");
+    assert_eq!(
+        e.outage().mode(),
+        Mode::Online,
+        "the prober found etcd healthy"
+    );
     assert!(store.probes.load(Ordering::SeqCst) >= 1);
     assert!(
         !reserve.contains(&got.lease.address),
         "a healthy node spent a standby address on one failed call"
     );
     assert_eq!(standby_addresses(&store), reserve, "the reserve is intact");
-    assert!(!e.has_journal_entries(), "nothing was decided offline");
+    assert!(
+        !e.outage().has_journal_entries(),
+        "nothing was decided offline"
+    );
     // The create that etcd applied is the pod's lease (adopted, not leaked).
     let c1: Vec<Lease> = store
         .live()
@@ -401,11 +408,11 @@ async fn a_release_that_fails_once_on_a_healthy_node_is_not_journalled() {
     e.allocate(args("c1")).await.unwrap();
     let _stop = spawn_prober(&e);
     // A failed call elsewhere left ipamd suspect; etcd is fine.
-    e.note_unreachable("a slow request");
-    assert_eq!(e.mode(), Mode::Suspect);
+    e.outage().note_unreachable("a slow request");
+    assert_eq!(e.outage().mode(), Mode::Suspect);
     e.release("prod", "c1", "eth0").await.unwrap();
-    assert_eq!(e.mode(), Mode::Online);
-    assert!(!e.has_journal_entries());
+    assert_eq!(e.outage().mode(), Mode::Online);
+    assert!(!e.outage().has_journal_entries());
     assert!(!store.live().iter().any(|l| l.container_id == "c1"));
 }
 
@@ -416,19 +423,24 @@ async fn the_prober_turns_a_real_outage_offline_and_back_online() {
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 4);
     e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let reserve = standby_addresses(&store);
     let _stop = spawn_prober(&e);
-    let mut modes = e.mode_changes();
+    let mut modes = e.outage().mode_changes();
 
     store.down.store(true, Ordering::SeqCst);
     let got = e.allocate(args("c1")).await.unwrap();
-    assert_eq!(e.mode(), Mode::Offline, "{}", e.mode_detail());
+    assert_eq!(
+        e.outage().mode(),
+        Mode::Offline,
+        "{}",
+        e.outage().mode_detail()
+    );
     assert!(
         reserve.contains(&got.lease.address),
         "offline, the address comes from the reserve"
     );
-    assert!(e.has_journal_entries());
+    assert!(e.outage().has_journal_entries());
     assert!(store.probes.load(Ordering::SeqCst) >= 3);
     assert_eq!(
         crate::metrics::NodeView::mode(&*e),
@@ -448,7 +460,7 @@ async fn the_prober_turns_a_real_outage_offline_and_back_online() {
     .await
     .expect("one good probe brings ipamd back online")
     .unwrap();
-    assert_eq!(e.replay_journal().await.unwrap(), 2);
+    assert_eq!(e.reserve().replay_journal().await.unwrap(), 2);
     let c1 = store
         .live()
         .into_iter()
@@ -491,8 +503,8 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 3);
     let warm = e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
-    e.save_reserve().await;
+    e.reserve().maintain_standby().await;
+    e.reserve().save_reserve().await;
     let reserve = standby_addresses(&store);
     assert_eq!(reserve.len(), 3);
     drop(e);
@@ -501,8 +513,11 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
     store.down.store(true, Ordering::SeqCst);
     let e2 = bare_engine("n1", &store, dir.path(), 3);
     let _stop = spawn_prober(&e2);
-    assert!(e2.start_from_persisted(), "the persisted reserve is loaded");
-    assert!(e2.from_persisted());
+    assert!(
+        e2.reserve().start_from_persisted(),
+        "the persisted reserve is loaded"
+    );
+    assert!(e2.outage().from_persisted());
     let mut got = Vec::new();
     for i in 0..3 {
         let a = e2.allocate(args(&format!("c{i}"))).await.unwrap();
@@ -524,7 +539,7 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
     // etcd is back: the journal goes in first (as the sync loop does), then
     // a snapshot replaces the persisted cache.
     store.down.store(false, Ordering::SeqCst);
-    assert_eq!(e2.replay_journal().await.unwrap(), 4);
+    assert_eq!(e2.reserve().replay_journal().await.unwrap(), 4);
     e2.apply_snapshot(Snapshot {
         networks: store.networks.lock().unwrap().values().cloned().collect(),
         leases: store.leases.lock().unwrap().values().cloned().collect(),
@@ -535,7 +550,7 @@ async fn an_ipamd_restarted_while_etcd_is_down_serves_from_its_persisted_reserve
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    assert!(!e2.from_persisted());
+    assert!(!e2.outage().from_persisted());
     let active: BTreeMap<String, Ipv4Addr> = store
         .live()
         .iter()
@@ -556,8 +571,8 @@ async fn the_persisted_reserve_never_lists_an_address_given_back_or_consumed() {
     store.add_network(spec("10.0.0.0/28", "10.0.0.1"));
     let n1 = outage_engine("n1", &store, dir.path(), 2);
     n1.allocate(args("n1-pod")).await.unwrap();
-    n1.maintain_standby().await;
-    n1.save_reserve().await;
+    n1.reserve().maintain_standby().await;
+    n1.reserve().save_reserve().await;
     assert_eq!(persisted(dir.path(), "n1").networks[0].standby.len(), 2);
     // Another node fills the network: n1 gives its reserve back, and the
     // file says so before the records go.
@@ -566,15 +581,15 @@ async fn the_persisted_reserve_never_lists_an_address_given_back_or_consumed() {
         n2.allocate(args(&format!("c{i}"))).await.unwrap();
     }
     feed_leases(&n1, &store);
-    n1.maintain_standby().await;
+    n1.reserve().maintain_standby().await;
     assert_eq!(standby_records(&store), 0);
     assert!(persisted(dir.path(), "n1").networks[0].standby.is_empty());
     // So a restart during an outage has nothing to hand out twice.
     drop(n1);
     store.down.store(true, Ordering::SeqCst);
     let again = bare_engine("n1", &store, dir.path(), 2);
-    again.set_offline("test: etcd is down");
-    assert!(again.start_from_persisted());
+    again.outage().set_offline("test: etcd is down");
+    assert!(again.reserve().start_from_persisted());
     let err = again.allocate(args("x")).await.unwrap_err();
     assert!(matches!(err, IpamError::Unavailable(_)), "{err}");
 }
@@ -586,8 +601,8 @@ async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
     store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 2);
     e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
-    e.save_reserve().await;
+    e.reserve().maintain_standby().await;
+    e.reserve().save_reserve().await;
     drop(e);
     tokio::time::sleep(Duration::from_millis(20)).await;
     store.down.store(true, Ordering::SeqCst);
@@ -600,8 +615,8 @@ async fn a_persisted_reserve_older_than_the_limit_is_not_used() {
     )
     .with_outage_journal(journal, 2)
     .with_offline_start_max_age(Duration::from_millis(10));
-    assert!(!old.start_from_persisted());
-    assert!(!old.synced());
+    assert!(!old.reserve().start_from_persisted());
+    assert!(!old.mirror().synced());
 }
 
 #[test]
@@ -645,7 +660,7 @@ async fn standby_records_a_network_update_excludes_are_given_back() {
     store.add_network(s.clone());
     let e = outage_engine("n1", &store, dir.path(), 3);
     e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let reserve = standby_addresses(&store);
     assert_eq!(reserve.len(), 3);
     let gone = reserve[0];
@@ -659,15 +674,15 @@ async fn standby_records_a_network_update_excludes_are_given_back() {
         create_revision,
         mod_revision: create_revision + 100,
     });
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let now = standby_addresses(&store);
     assert!(!now.contains(&gone), "{gone} still in the reserve: {now:?}");
     // The next pass refills.
-    e.maintain_standby().await;
+    e.reserve().maintain_standby().await;
     let now = standby_addresses(&store);
     assert!(!now.contains(&gone), "{now:?}");
     assert_eq!(now.len(), 3, "refilled outside the exclusion: {now:?}");
-    e.save_reserve().await;
+    e.reserve().save_reserve().await;
     let saved: Vec<Ipv4Addr> = persisted(dir.path(), "n1")
         .networks
         .iter()
@@ -689,8 +704,8 @@ async fn a_lost_create_before_a_restart_without_etcd_leaves_no_second_lease() {
     let net = store.add_network(spec("10.0.0.0/24", "10.0.0.1"));
     let e = outage_engine("n1", &store, dir.path(), 3);
     e.allocate(args("warm")).await.unwrap();
-    e.maintain_standby().await;
-    e.save_reserve().await;
+    e.reserve().maintain_standby().await;
+    e.reserve().save_reserve().await;
     let reserve = standby_addresses(&store);
     // The lost create: in etcd, never seen by this ipamd.
     let lost: Ipv4Addr = "10.0.0.200".parse().unwrap();
@@ -711,12 +726,12 @@ async fn a_lost_create_before_a_restart_without_etcd_leaves_no_second_lease() {
     store.down.store(true, Ordering::SeqCst);
     let e2 = bare_engine("n1", &store, dir.path(), 3);
     let _stop = spawn_prober(&e2);
-    assert!(e2.start_from_persisted());
+    assert!(e2.reserve().start_from_persisted());
     let retried = e2.allocate(args("c9")).await.unwrap();
     assert!(reserve.contains(&retried.lease.address), "{retried:?}");
 
     store.down.store(false, Ordering::SeqCst);
-    e2.replay_journal().await.unwrap();
+    e2.reserve().replay_journal().await.unwrap();
     e2.apply_snapshot(Snapshot {
         networks: store.networks.lock().unwrap().values().cloned().collect(),
         leases: store.leases.lock().unwrap().values().cloned().collect(),
@@ -727,7 +742,7 @@ async fn a_lost_create_before_a_restart_without_etcd_leaves_no_second_lease() {
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    assert_eq!(e2.settle_replayed().await, vec![lost]);
+    assert_eq!(e2.reserve().settle_replayed().await, vec![lost]);
     let held: Vec<Ipv4Addr> = store
         .live()
         .iter()
@@ -736,5 +751,5 @@ async fn a_lost_create_before_a_restart_without_etcd_leaves_no_second_lease() {
         .collect();
     assert_eq!(held, vec![retried.lease.address]);
     // Nothing left to check: a second snapshot drops nothing.
-    assert!(e2.settle_replayed().await.is_empty());
+    assert!(e2.reserve().settle_replayed().await.is_empty());
 }

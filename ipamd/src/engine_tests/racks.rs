@@ -76,7 +76,7 @@ pub(super) fn racked_engine(
         revision: store.rev.load(Ordering::SeqCst),
         skipped: 0,
     });
-    e.note_reachable();
+    e.outage().note_reachable();
     Arc::new(e)
 }
 
@@ -150,7 +150,7 @@ async fn a_stale_block_guard_moves_on_instead_of_writing() {
     // own and took the address as a plain create-if-absent (a borrow).
     assert_eq!(store.live().len(), 1);
     assert_eq!(store.live()[0].address, a.lease.address);
-    let net = n1.networks().pop().unwrap();
+    let net = n1.mirror().networks().pop().unwrap();
     assert!(net.block_usage().own_blocks.is_empty());
     assert_no_duplicates(&store);
 }

@@ -107,7 +107,7 @@ async fn records_wait_while_etcd_is_away() {
         assert!(rec.exists());
     }
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    e.note_reachable();
+    e.outage().note_reachable();
     drain(&e, dir.path()).await;
     assert!(!rec.exists());
     assert!(store.live().is_empty());

@@ -43,7 +43,7 @@ pub struct Settings {
 /// This node's active leases as the engine's cache has them.
 pub fn leases_of<S: LeaseStore>(engine: &Engine<S>) -> Vec<LeaseView> {
     let mut out = Vec::new();
-    for net in engine.networks() {
+    for net in engine.mirror().networks() {
         for sl in net.leases_of_node(engine.node()) {
             let l = sl.lease;
             if !l.state.is_active() || l.container_id.is_empty() {
@@ -165,7 +165,10 @@ impl<S: LeaseStore> Reconciler<S> {
     pub async fn pass(&mut self) -> Outcome {
         // A cache loaded from the persisted reserve lists only part of the
         // node's leases: a link whose lease it lacks would look leaked.
-        if !self.engine.synced() || !self.engine.etcd_ok() || self.engine.from_persisted() {
+        if !self.engine.mirror().synced()
+            || !self.engine.outage().etcd_ok()
+            || self.engine.outage().from_persisted()
+        {
             return self.unavailable("etcd is unreachable or its state is not loaded from it yet");
         }
         // Sandboxes first, leases second: an ADD that starts in between
