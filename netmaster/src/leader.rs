@@ -172,7 +172,7 @@ impl WriteFence for ElectionStatus {
         match &*self.role.borrow() {
             Role::Leader {
                 fence, valid_until, ..
-            } if Instant::now() < *valid_until => Ok(WritePermit::fenced(fence.clone())),
+            } if Instant::now() < *valid_until => Ok(WritePermit::leader(fence.clone())),
             Role::Leader { .. } => {
                 refuse("leadership lapsed (lease not renewed in time); electing a leader".into())
             }
@@ -333,7 +333,7 @@ mod tests {
         let p = leading(Instant::now() + Duration::from_secs(5))
             .permit()
             .unwrap();
-        assert_eq!(p.fence, Some(fence()));
+        assert_eq!(p.fence(), Some(&fence()));
         // A frozen process wakes past its deadline: refused before the
         // driver has run, and with no hint (it does not know who leads).
         let lapsed = leading(Instant::now() - Duration::from_millis(1));

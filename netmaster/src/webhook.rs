@@ -25,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rackline_model::LeaseEvent;
-use rackline_store::{EventsError, Fence, StoreError, WebhookCursor};
+use rackline_store::{EventsError, Fence, LeaderStore, StoreError, WebhookCursor};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -219,7 +219,9 @@ impl Sink {
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
                 .unwrap_or(0),
         };
-        self.source.store().put_webhook_cursor(&c, fence).await?;
+        LeaderStore::fenced(self.source.store().clone(), fence.clone())
+            .put_webhook_cursor(&c)
+            .await?;
         self.metrics.webhook_cursor(next);
         Ok(())
     }

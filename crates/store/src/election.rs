@@ -14,7 +14,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions, WatchStream,
 };
 
-use crate::{Change, Fence, Result, Store, StoreError};
+use crate::{Change, Result, Store, StoreError};
 
 /// The leader key as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,25 +211,6 @@ impl Store {
             .deadline(async move { c.watch(key, Some(opts)).await })
             .await?;
         Ok(LeaderWatch { stream })
-    }
-
-    /// After a fenced transaction failed: `Fenced` if the fence no longer
-    /// holds (the writer was deposed), so the caller stops instead of
-    /// retrying a write that can never succeed. No-op without a fence.
-    pub async fn check_fence(&self, fence: Option<&Fence>) -> Result<()> {
-        let Some(f) = fence else { return Ok(()) };
-        let key = f.key.clone();
-        let mut c = self.client();
-        let resp = self.deadline(async move { c.get(key, None).await }).await?;
-        let now = resp.kvs().first().map_or(0, |kv| kv.create_revision());
-        if now == f.create_revision {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                key: f.key.clone(),
-                create_revision: f.create_revision,
-            })
-        }
     }
 }
 

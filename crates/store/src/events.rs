@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::reads::now_unix_ms;
-use crate::{Fence, Result, Store, StoreError};
+use crate::{Result, Store, StoreError};
 
 /// What the event watch delivers, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,25 +186,6 @@ impl Store {
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => crate::decode_json(kv).map(Some),
-        }
-    }
-
-    /// Stores the webhook cursor, fenced by the leadership that delivered
-    /// the events before it: a deposed leader cannot move it.
-    pub async fn put_webhook_cursor(&self, cursor: &WebhookCursor, fence: &Fence) -> Result<()> {
-        let key = self.keys.webhook_cursor();
-        let value = serde_json::to_vec(cursor).expect("cursor serialises");
-        let txn = Txn::new()
-            .when(vec![fence.compare()])
-            .and_then(vec![TxnOp::put(key, value, None)]);
-        let resp = self.commit(txn).await?;
-        if resp.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                key: fence.key.clone(),
-                create_revision: fence.create_revision,
-            })
         }
     }
 

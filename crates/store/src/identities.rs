@@ -172,7 +172,7 @@ impl Store {
         let lkey = self.keys.lease(network, ip);
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when(fenced(
+            .when(with_fence(
                 vec![
                     Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
                     Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
@@ -197,7 +197,7 @@ impl Store {
     ) -> Result<bool> {
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when(fenced(
+            .when(with_fence(
                 vec![Compare::mod_revision(
                     ikey.clone(),
                     CompareOp::Equal,
@@ -228,4 +228,14 @@ fn rev_compare(key: &str, rev: i64) -> Compare {
     } else {
         Compare::mod_revision(key.to_string(), CompareOp::Equal, rev)
     }
+}
+
+/// `when` plus the compare of `fence`, if any. Only the two deletes ipamd
+/// shares with netmaster take an optional fence: ipamd (a node agent, never
+/// a leader) passes None; netmaster goes through [`crate::LeaderStore`].
+fn with_fence(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
+    if let Some(f) = fence {
+        when.push(f.compare());
+    }
+    when
 }

@@ -18,6 +18,7 @@ mod events;
 mod group;
 mod identities;
 mod infra;
+mod leader_store;
 mod leases;
 mod lifecycle;
 mod network_update;
@@ -38,6 +39,7 @@ pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAliv
 pub use events::{EventItem, EventsError, WebhookCursor};
 pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
+pub use leader_store::LeaderStore;
 pub use lifecycle::{LivenessHolder, NodeLock};
 pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
 pub use nodes::NodeInfo;
@@ -145,13 +147,6 @@ impl Fence {
     pub fn compare(&self) -> Compare {
         Compare::create_revision(self.key.clone(), CompareOp::Equal, self.create_revision)
     }
-}
-
-fn fenced(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
-    if let Some(f) = fence {
-        when.push(f.compare());
-    }
-    when
 }
 
 /// A network with the etcd revision at which it was created: leases guard on

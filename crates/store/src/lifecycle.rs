@@ -15,7 +15,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpR
 use rackline_model::{Block, Drain, DrainTarget, LeaseState, Liveness};
 
 use crate::reads::{get, get_prefix, now_unix_ms};
-use crate::{decode_json, fenced, Fence, Object, Result, Store, StoreError};
+use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
 /// Who holds a node's liveness record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,63 +53,6 @@ impl Store {
                 StoreError::Missing(Object::Node(n.clone())),
             ),
         }
-    }
-
-    /// Writes `target`'s drain marker while what it names exists; an
-    /// existing marker is kept as it is. Returns whether it was created now.
-    pub async fn put_drain(
-        &self,
-        target: &DrainTarget,
-        reason: &str,
-        fence: Option<&Fence>,
-    ) -> Result<bool> {
-        let key = self.keys.drain(target);
-        let (subject, missing) = self.drain_subject(target);
-        let value = serde_json::to_vec(&Drain {
-            reason: reason.to_string(),
-            since_unix_ms: now_unix_ms(),
-        })
-        .expect("Drain serialises");
-        let txn = Txn::new()
-            .when(fenced(
-                vec![
-                    Compare::version(subject.clone(), CompareOp::Greater, 0),
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                ],
-                fence,
-            ))
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([get(subject), get(key)]);
-        let resp = self.commit(txn).await?;
-        if resp.succeeded() {
-            return Ok(true);
-        }
-        self.check_fence(fence).await?;
-        let found = |i: usize| match resp.op_responses().get(i) {
-            Some(TxnOpResponse::Get(g)) => !g.kvs().is_empty(),
-            _ => false,
-        };
-        if !found(0) {
-            return Err(missing);
-        }
-        Ok(false)
-    }
-
-    /// Removes `target`'s drain marker; false when there was none.
-    pub async fn delete_drain(&self, target: &DrainTarget, fence: Option<&Fence>) -> Result<bool> {
-        let key = self.keys.drain(target);
-        let txn = Txn::new()
-            .when(fenced(vec![], fence))
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self.commit(txn).await?;
-        if !resp.succeeded() {
-            self.check_fence(fence).await?;
-            return Err(StoreError::Contended(1));
-        }
-        Ok(resp.op_responses().into_iter().any(|r| match r {
-            TxnOpResponse::Delete(d) => d.deleted() > 0,
-            _ => false,
-        }))
     }
 
     /// Every drain marker.
@@ -274,4 +217,55 @@ fn holder_of(kv: &etcd_client::KeyValue) -> Result<LivenessHolder> {
         mod_revision: kv.mod_revision(),
         lease: kv.lease(),
     })
+}
+
+impl LeaderStore {
+    /// Writes `target`'s drain marker while what it names exists; an
+    /// existing marker is kept as it is. Returns whether it was created now.
+    pub async fn put_drain(&self, target: &DrainTarget, reason: &str) -> Result<bool> {
+        let key = self.keys.drain(target);
+        let (subject, missing) = self.drain_subject(target);
+        let value = serde_json::to_vec(&Drain {
+            reason: reason.to_string(),
+            since_unix_ms: now_unix_ms(),
+        })
+        .expect("Drain serialises");
+        let txn = Txn::new()
+            .when(self.guard(vec![
+                Compare::version(subject.clone(), CompareOp::Greater, 0),
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ]))
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([get(subject), get(key)]);
+        let resp = self.commit(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        self.check_fence().await?;
+        let found = |i: usize| match resp.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => !g.kvs().is_empty(),
+            _ => false,
+        };
+        if !found(0) {
+            return Err(missing);
+        }
+        Ok(false)
+    }
+
+    /// Removes `target`'s drain marker; false when there was none.
+    pub async fn delete_drain(&self, target: &DrainTarget) -> Result<bool> {
+        let key = self.keys.drain(target);
+        let txn = Txn::new()
+            .when(self.guard(vec![]))
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.commit(txn).await?;
+        if !resp.succeeded() {
+            self.check_fence().await?;
+            return Err(StoreError::Contended(1));
+        }
+        Ok(resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        }))
+    }
 }

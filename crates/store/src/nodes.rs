@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use crate::blocks::BlockUsage;
 use crate::racks::decode_all;
 use crate::reads::{get, get_prefix, now_unix_ms, unchanged_prefix, ATTEMPTS};
-use crate::{decode_json, fenced, Fence, Object, Result, Store, StoreError};
+use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
 /// A node with what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,101 +28,6 @@ pub struct NodeInfo {
 }
 
 impl Store {
-    /// Registers `node` (or refreshes its addresses and registration time)
-    /// and returns the stored record. The rack must exist; moving to another
-    /// rack is refused while the node owns blocks or leases.
-    pub async fn register_node(&self, node: &Node, fence: Option<&Fence>) -> Result<Node> {
-        node.validate()?;
-        let key = self.keys.node(&node.name);
-        let rack_key = self.keys.rack(&node.rack);
-        let blocks_prefix = self.keys.all_blocks_prefix();
-        let leases_prefix = self.keys.all_leases_prefix();
-        for _ in 0..ATTEMPTS {
-            // The cheap read first: re-registration in the same rack (every
-            // ipamd start) must not read every lease of the cluster.
-            let (r, _) = self
-                .read_at_once(vec![get(key.clone()), get(rack_key.clone())])
-                .await?;
-            let Some(rack_kv) = r[1].kvs().first() else {
-                return Err(StoreError::Missing(Object::Rack(node.rack.clone())));
-            };
-            let mut when = vec![Compare::mod_revision(
-                rack_key.clone(),
-                CompareOp::Equal,
-                rack_kv.mod_revision(),
-            )];
-            match r[0].kvs().first() {
-                None => when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
-                Some(kv) if rack_of(kv).as_deref() == Some(node.rack.as_str()) => when.push(
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-                ),
-                Some(_) => {
-                    // A move: everything the node holds, at one revision.
-                    let (r, rev) = self
-                        .read_at_once(vec![
-                            get(key.clone()),
-                            get(rack_key.clone()),
-                            get_prefix(blocks_prefix.clone()),
-                            get_prefix(leases_prefix.clone()),
-                        ])
-                        .await?;
-                    let (Some(node_kv), Some(rack_kv)) = (r[0].kvs().first(), r[1].kvs().first())
-                    else {
-                        continue;
-                    };
-                    let old_rack = rack_of(node_kv).unwrap_or_else(|| "?".into());
-                    if old_rack == node.rack {
-                        continue;
-                    }
-                    let blocks = decode_all::<Block>(r[2].kvs())?
-                        .iter()
-                        .filter(|b| b.node == node.name)
-                        .count();
-                    let leases = decode_leases_lenient(r[3].kvs())
-                        .iter()
-                        .filter(|l| l.node == node.name)
-                        .count();
-                    if blocks > 0 || leases > 0 {
-                        return Err(StoreError::Refused(format!(
-                            "node {:?} is registered in rack {old_rack:?} and still owns {blocks} \
-                             block(s) and {leases} lease(s); it can move to rack {:?} only once \
-                             they are released",
-                            node.name, node.rack
-                        )));
-                    }
-                    when = vec![
-                        Compare::mod_revision(
-                            rack_key.clone(),
-                            CompareOp::Equal,
-                            rack_kv.mod_revision(),
-                        ),
-                        Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            node_kv.mod_revision(),
-                        ),
-                        unchanged_prefix(&blocks_prefix, rev),
-                        unchanged_prefix(&leases_prefix, rev),
-                    ];
-                }
-            }
-            let mut record = node.clone();
-            record.registered_unix_ms = now_unix_ms();
-            let value = serde_json::to_vec(&record).expect("Node serialises");
-            let txn = Txn::new().when(fenced(when, fence)).and_then([TxnOp::put(
-                key.clone(),
-                value,
-                None,
-            )]);
-            if self.commit(txn).await?.succeeded() {
-                return Ok(record);
-            }
-            self.check_fence(fence).await?;
-            debug!(node = %node.name, "node registration raced another update; retrying");
-        }
-        Err(StoreError::Contended(ATTEMPTS))
-    }
-
     pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>> {
         let (r, rev) = self
             .read_at_once(vec![
@@ -272,6 +177,102 @@ pub(crate) fn node_infos(
             }
         })
         .collect()
+}
+
+impl LeaderStore {
+    /// Registers `node` (or refreshes its addresses and registration time)
+    /// and returns the stored record. The rack must exist; moving to another
+    /// rack is refused while the node owns blocks or leases.
+    pub async fn register_node(&self, node: &Node) -> Result<Node> {
+        node.validate()?;
+        let key = self.keys.node(&node.name);
+        let rack_key = self.keys.rack(&node.rack);
+        let blocks_prefix = self.keys.all_blocks_prefix();
+        let leases_prefix = self.keys.all_leases_prefix();
+        for _ in 0..ATTEMPTS {
+            // The cheap read first: re-registration in the same rack (every
+            // ipamd start) must not read every lease of the cluster.
+            let (r, _) = self
+                .read_at_once(vec![get(key.clone()), get(rack_key.clone())])
+                .await?;
+            let Some(rack_kv) = r[1].kvs().first() else {
+                return Err(StoreError::Missing(Object::Rack(node.rack.clone())));
+            };
+            let mut when = vec![Compare::mod_revision(
+                rack_key.clone(),
+                CompareOp::Equal,
+                rack_kv.mod_revision(),
+            )];
+            match r[0].kvs().first() {
+                None => when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+                Some(kv) if rack_of(kv).as_deref() == Some(node.rack.as_str()) => when.push(
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                ),
+                Some(_) => {
+                    // A move: everything the node holds, at one revision.
+                    let (r, rev) = self
+                        .read_at_once(vec![
+                            get(key.clone()),
+                            get(rack_key.clone()),
+                            get_prefix(blocks_prefix.clone()),
+                            get_prefix(leases_prefix.clone()),
+                        ])
+                        .await?;
+                    let (Some(node_kv), Some(rack_kv)) = (r[0].kvs().first(), r[1].kvs().first())
+                    else {
+                        continue;
+                    };
+                    let old_rack = rack_of(node_kv).unwrap_or_else(|| "?".into());
+                    if old_rack == node.rack {
+                        continue;
+                    }
+                    let blocks = decode_all::<Block>(r[2].kvs())?
+                        .iter()
+                        .filter(|b| b.node == node.name)
+                        .count();
+                    let leases = decode_leases_lenient(r[3].kvs())
+                        .iter()
+                        .filter(|l| l.node == node.name)
+                        .count();
+                    if blocks > 0 || leases > 0 {
+                        return Err(StoreError::Refused(format!(
+                            "node {:?} is registered in rack {old_rack:?} and still owns {blocks} \
+                             block(s) and {leases} lease(s); it can move to rack {:?} only once \
+                             they are released",
+                            node.name, node.rack
+                        )));
+                    }
+                    when = vec![
+                        Compare::mod_revision(
+                            rack_key.clone(),
+                            CompareOp::Equal,
+                            rack_kv.mod_revision(),
+                        ),
+                        Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            node_kv.mod_revision(),
+                        ),
+                        unchanged_prefix(&blocks_prefix, rev),
+                        unchanged_prefix(&leases_prefix, rev),
+                    ];
+                }
+            }
+            let mut record = node.clone();
+            record.registered_unix_ms = now_unix_ms();
+            let value = serde_json::to_vec(&record).expect("Node serialises");
+            let txn =
+                Txn::new()
+                    .when(self.guard(when))
+                    .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self.commit(txn).await?.succeeded() {
+                return Ok(record);
+            }
+            self.check_fence().await?;
+            debug!(node = %node.name, "node registration raced another update; retrying");
+        }
+        Err(StoreError::Contended(ATTEMPTS))
+    }
 }
 
 #[cfg(test)]
