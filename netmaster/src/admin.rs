@@ -272,7 +272,7 @@ impl AdminService {
         let Some(net) = self.store.get_network(name).await? else {
             return Err(AdminError::NotFound(name.to_string()));
         };
-        let allocated = self.store.count_leases(name).await?;
+        let allocated = self.store.admin_reads().count_leases(name).await?;
         Ok(NetworkView::new(net.spec, allocated, net.mod_revision))
     }
 
@@ -301,6 +301,7 @@ impl AdminService {
         let members: Option<std::collections::BTreeSet<String>> = match &filter.rack {
             Some(r) => Some(
                 self.store
+                    .admin_reads()
                     .get_rack(r)
                     .await?
                     .map(|info| info.nodes.into_iter().collect())

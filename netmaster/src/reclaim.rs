@@ -78,7 +78,7 @@ pub async fn run(
             absent_since.clear();
             term = Some(this_term);
         }
-        let (holding, live) = match store.node_holdings().await {
+        let (holding, live) = match store.admin_reads().node_holdings().await {
             Ok(x) => x,
             Err(e) => {
                 debug!("dead-node reclaim: cannot read the nodes: {e}");

@@ -229,13 +229,13 @@ impl Sink {
     /// Where to start: the stored cursor (same URL), else the next revision
     /// (recorded at once, so a failover right now skips nothing either).
     async fn start(&self, fence: &Fence) -> Result<i64, StoreError> {
-        if let Some(c) = self.source.store().webhook_cursor().await? {
+        if let Some(c) = self.source.store().events().webhook_cursor().await? {
             if c.url == self.url() {
                 return Ok(c.next_revision);
             }
             info!(old = %c.url, new = %self.url(), "webhook URL changed: delivering from now on");
         }
-        let next = self.source.store().current_revision().await? + 1;
+        let next = self.source.store().events().current_revision().await? + 1;
         self.write_cursor(fence, next).await?;
         Ok(next)
     }

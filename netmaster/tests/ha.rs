@@ -413,7 +413,12 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         let win = |lease| {
             let s = s.clone();
             async move {
-                match s.campaign(b"{}".to_vec(), lease).await.expect("campaign") {
+                match s
+                    .leader_key()
+                    .campaign(b"{}".to_vec(), lease)
+                    .await
+                    .expect("campaign")
+                {
                     Campaign::Won { create_revision } => create_revision,
                     lost => panic!("campaign on a free key lost: {lost:?}"),
                 }
@@ -432,7 +437,10 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         // A second candidate loses while the key is held.
         let l2 = s.grant_lease(5).await.expect("grant");
         assert!(matches!(
-            s.campaign(b"{}".to_vec(), l2.id).await.expect("campaign"),
+            s.leader_key()
+                .campaign(b"{}".to_vec(), l2.id)
+                .await
+                .expect("campaign"),
             Campaign::Lost {
                 current: Some(_),
                 ..
@@ -507,7 +515,12 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         let win = |lease| {
             let s = s.clone();
             async move {
-                match s.campaign(b"{}".to_vec(), lease).await.expect("campaign") {
+                match s
+                    .leader_key()
+                    .campaign(b"{}".to_vec(), lease)
+                    .await
+                    .expect("campaign")
+                {
                     Campaign::Won { create_revision } => create_revision,
                     lost => panic!("campaign on a free key lost: {lost:?}"),
                 }

@@ -420,7 +420,7 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
     // The store's write itself compares the record's revision: a write
     // decided on a version that changed since is not applied.
     let seen = rt
-        .block_on(s.network_state("prod"))
+        .block_on(s.admin_reads().network_state("prod"))
         .expect("read")
         .expect("exists");
     ctl(&nm.url, &["network", "update", "prod", "--mtu", "1200"]).ok();
@@ -526,7 +526,7 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     // A deposed leader's fence fails the write in etcd.
     let keys = Keys::new(PREFIX);
     let seen = rt
-        .block_on(s.network_state("prod"))
+        .block_on(s.admin_reads().network_state("prod"))
         .expect("read")
         .expect("exists");
     // A fence on the leader key at a revision it never had: what a leader

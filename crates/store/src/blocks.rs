@@ -11,6 +11,7 @@ use rackline_model::rack::validate_node_name;
 use rackline_model::{Block, DrainTarget, Infra, IntervalSet, Node, RackNet};
 use tracing::debug;
 
+use crate::facets::AdminReads;
 use crate::racks::decode_all;
 use crate::reads::{after, get, get_prefix, now_unix_ms, unchanged_range, ATTEMPTS};
 use crate::{
@@ -80,7 +81,9 @@ impl Store {
         }
         Ok(found)
     }
+}
 
+impl AdminReads<'_> {
     /// Blocks matching `filter` by network, then address, each with the
     /// number of lease keys in its range (count-only reads, no values).
     pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {

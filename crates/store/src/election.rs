@@ -14,6 +14,7 @@ use etcd_client::{
     TxnOpResponse, WatchOptions, WatchStream,
 };
 
+use crate::facets::LeaderKeyStore;
 use crate::{Change, Result, Store, StoreError};
 
 /// The leader key as read from etcd.
@@ -163,7 +164,9 @@ impl Store {
             timeout: self.timeout,
         }))
     }
+}
 
+impl LeaderKeyStore<'_> {
     /// One election attempt: create the leader key with `record` on `lease`
     /// unless somebody holds it; otherwise read who does.
     pub async fn campaign(&self, record: Vec<u8>, lease: i64) -> Result<Campaign> {

@@ -12,6 +12,7 @@ use rackline_model::Lease;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::facets::ControlEvents;
 use crate::reads::now_unix_ms;
 use crate::{Result, Store, StoreError};
 
@@ -65,6 +66,33 @@ pub struct WebhookCursor {
 }
 
 impl Store {
+    /// Marks the lease last seen at `mod_revision` as being reclaimed for
+    /// `reason` (see `rackline_model::event`): the event stream then tells
+    /// a GC or reconciler reclaim from a DEL. Returns the new revision to
+    /// free it at, or None if the record changed meanwhile.
+    pub async fn mark_lease_reclaimed(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        reason: &str,
+    ) -> Result<Option<i64>> {
+        let key = self.keys.lease(&lease.network, lease.address);
+        let value = marked_lease_json(lease, reason, now_unix_ms());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self.commit(txn).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+}
+
+impl ControlEvents<'_> {
     /// The store's current revision.
     pub async fn current_revision(&self) -> Result<i64> {
         let mut c = self.client();
@@ -187,30 +215,5 @@ impl Store {
             None => Ok(None),
             Some(kv) => crate::decode_json(kv).map(Some),
         }
-    }
-
-    /// Marks the lease last seen at `mod_revision` as being reclaimed for
-    /// `reason` (see `rackline_model::event`): the event stream then tells
-    /// a GC or reconciler reclaim from a DEL. Returns the new revision to
-    /// free it at, or None if the record changed meanwhile.
-    pub async fn mark_lease_reclaimed(
-        &self,
-        lease: &Lease,
-        mod_revision: i64,
-        reason: &str,
-    ) -> Result<Option<i64>> {
-        let key = self.keys.lease(&lease.network, lease.address);
-        let value = marked_lease_json(lease, reason, now_unix_ms());
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.commit(txn).await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 }

@@ -77,26 +77,6 @@ impl Store {
         Ok(Some(IdentityView { identity, lease }))
     }
 
-    pub async fn list_identities(&self, network: Option<&str>) -> Result<Vec<StoredIdentity>> {
-        let prefix = match network {
-            Some(n) => self.keys.identities_prefix(n),
-            None => self.keys.all_identities_prefix(),
-        };
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                Ok(StoredIdentity {
-                    identity: decode_json(kv)?,
-                    mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect()
-    }
-
     /// Grants an etcd lease of `secs` (at least 1): what a reservation's
     /// records are attached to so that etcd deletes both at expiry.
     pub async fn grant_ttl(&self, secs: u64) -> Result<i64> {
@@ -218,6 +198,28 @@ impl Store {
             CompareOp::Equal,
             create_revision,
         )
+    }
+}
+
+impl AdminReads<'_> {
+    pub async fn list_identities(&self, network: Option<&str>) -> Result<Vec<StoredIdentity>> {
+        let prefix = match network {
+            Some(n) => self.keys.identities_prefix(n),
+            None => self.keys.all_identities_prefix(),
+        };
+        let mut c = self.client();
+        let resp = self
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                Ok(StoredIdentity {
+                    identity: decode_json(kv)?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect()
     }
 }
 

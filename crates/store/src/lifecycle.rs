@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::{Block, Drain, DrainTarget, LeaseState, Liveness};
 
+use crate::facets::AdminReads;
 use crate::reads::{get, get_prefix, now_unix_ms};
 use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
@@ -53,28 +54,6 @@ impl Store {
                 StoreError::Missing(Object::Node(n.clone())),
             ),
         }
-    }
-
-    /// Every drain marker.
-    pub async fn drains(&self) -> Result<Vec<DrainTarget>> {
-        let prefix = self.keys.drains_prefix();
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move {
-                c.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-            })
-            .await?;
-        let mut out: Vec<DrainTarget> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.keys.parse_drain(&String::from_utf8_lossy(kv.key())))
-            .collect();
-        out.sort();
-        Ok(out)
     }
 
     /// One attempt at `node`'s lock: creates its liveness record on etcd
@@ -147,6 +126,30 @@ impl Store {
         let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs().first().map(holder_of).transpose()
+    }
+}
+
+impl AdminReads<'_> {
+    /// Every drain marker.
+    pub async fn drains(&self) -> Result<Vec<DrainTarget>> {
+        let prefix = self.keys.drains_prefix();
+        let mut c = self.client();
+        let resp = self
+            .deadline(async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            })
+            .await?;
+        let mut out: Vec<DrainTarget> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.keys.parse_drain(&String::from_utf8_lossy(kv.key())))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// From one read: the nodes that hold something a reclaim would retire

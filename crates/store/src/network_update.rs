@@ -43,7 +43,7 @@ pub struct UpdateGuards {
     pub blocks: bool,
 }
 
-impl Store {
+impl AdminReads<'_> {
     /// The network `name` with its leases and block count, or None.
     pub async fn network_state(&self, name: &str) -> Result<Option<NetworkState>> {
         let (r, revision) = self

@@ -28,7 +28,9 @@ impl Store {
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs().first().map(decode_network).transpose()
     }
+}
 
+impl AdminReads<'_> {
     /// The network's lease records by kind (what a delete would refuse
     /// for), with the revision of the read.
     pub async fn network_census(&self, name: &str) -> Result<(LeaseCensus, i64)> {

@@ -9,6 +9,7 @@ use rackline_model::{Block, DrainTarget, Lease, Node};
 use tracing::{debug, warn};
 
 use crate::blocks::BlockUsage;
+use crate::facets::AdminReads;
 use crate::racks::decode_all;
 use crate::reads::{get, get_prefix, now_unix_ms, unchanged_prefix, ATTEMPTS};
 use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
@@ -28,6 +29,41 @@ pub struct NodeInfo {
 }
 
 impl Store {
+    /// Every lease as of `revision`, read in pages (the records of 100 000
+    /// leases exceed etcd's answer size limit in one read).
+    async fn leases_at(&self, revision: i64) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        self.for_each_page(&self.keys.all_leases_prefix(), revision, |kvs| {
+            leases.extend(decode_leases_lenient(kvs));
+            Ok(())
+        })
+        .await?;
+        Ok(leases)
+    }
+
+    /// Fills in `draining` and `live` from the drain markers and liveness
+    /// records read with the nodes.
+    fn add_states(
+        &self,
+        infos: &mut [NodeInfo],
+        drains: &[etcd_client::KeyValue],
+        liveness: &[etcd_client::KeyValue],
+    ) {
+        let keys = |kvs: &[etcd_client::KeyValue]| -> std::collections::HashSet<String> {
+            kvs.iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        };
+        let (drains, liveness) = (keys(drains), keys(liveness));
+        for i in infos {
+            let name = i.node.name.clone();
+            i.draining = drains.contains(&self.keys.drain(&DrainTarget::Node(name.clone())));
+            i.live = liveness.contains(&self.keys.liveness(&name));
+        }
+    }
+}
+
+impl AdminReads<'_> {
     pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>> {
         let (r, rev) = self
             .read_at_once(vec![
@@ -45,18 +81,6 @@ impl Store {
         let mut infos = node_infos(vec![node], decode_all(r[1].kvs())?, leases);
         self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
         Ok(infos.into_iter().next())
-    }
-
-    /// Every lease as of `revision`, read in pages (the records of 100 000
-    /// leases exceed etcd's answer size limit in one read).
-    async fn leases_at(&self, revision: i64) -> Result<Vec<Lease>> {
-        let mut leases = Vec::new();
-        self.for_each_page(&self.keys.all_leases_prefix(), revision, |kvs| {
-            leases.extend(decode_leases_lenient(kvs));
-            Ok(())
-        })
-        .await?;
-        Ok(leases)
     }
 
     /// Nodes (of one rack, or all) by name, with their blocks and lease
@@ -80,27 +104,6 @@ impl Store {
         let mut infos = node_infos(nodes, decode_all(r[1].kvs())?, leases);
         self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
         Ok(infos)
-    }
-
-    /// Fills in `draining` and `live` from the drain markers and liveness
-    /// records read with the nodes.
-    fn add_states(
-        &self,
-        infos: &mut [NodeInfo],
-        drains: &[etcd_client::KeyValue],
-        liveness: &[etcd_client::KeyValue],
-    ) {
-        let keys = |kvs: &[etcd_client::KeyValue]| -> std::collections::HashSet<String> {
-            kvs.iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                .collect()
-        };
-        let (drains, liveness) = (keys(drains), keys(liveness));
-        for i in infos {
-            let name = i.node.name.clone();
-            i.draining = drains.contains(&self.keys.drain(&DrainTarget::Node(name.clone())));
-            i.live = liveness.contains(&self.keys.liveness(&name));
-        }
     }
 }
 

@@ -12,6 +12,7 @@ use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use rackline_model::{Block, DrainTarget, Lease, Node, Rack, RackNet, ValidationError};
 use tracing::debug;
 
+use crate::facets::AdminReads;
 use crate::reads::{get, get_prefix, unchanged_prefix, unchanged_range, ATTEMPTS};
 use crate::{
     decode_json, decode_network, LeaderStore, LeaseCensus, Object, Result, Store, StoreError,
@@ -32,6 +33,38 @@ pub struct RackInfo {
 }
 
 impl Store {
+    /// Decodes the bindings whose key matches the filters (the key names
+    /// network and rack, so other records are not even decoded).
+    pub(crate) fn decode_bindings(
+        &self,
+        kvs: &[KeyValue],
+        network: Option<&str>,
+        rack: Option<&str>,
+    ) -> Result<Vec<RackNet>> {
+        let mut out = Vec::new();
+        for kv in kvs {
+            let k = String::from_utf8_lossy(kv.key());
+            let Some((n, r)) = self.keys.parse_racknet(&k) else {
+                continue;
+            };
+            if network.is_some_and(|x| x != n) || rack.is_some_and(|x| x != r) {
+                continue;
+            }
+            out.push(decode_json::<RackNet>(kv)?);
+        }
+        out.sort_by(|a, b| (&a.network, &a.rack).cmp(&(&b.network, &b.rack)));
+        Ok(out)
+    }
+
+    fn is_rack_key(&self, kv: &KeyValue) -> bool {
+        let k = String::from_utf8_lossy(kv.key());
+        self.keys
+            .rack_name_of(&k)
+            .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+    }
+}
+
+impl AdminReads<'_> {
     /// Racks by name.
     pub async fn list_racks(&self) -> Result<Vec<Rack>> {
         let (r, _) = self
@@ -120,36 +153,6 @@ impl Store {
         };
         let (r, _) = self.read_at_once(vec![get_prefix(prefix)]).await?;
         self.decode_bindings(r[0].kvs(), network, rack)
-    }
-
-    /// Decodes the bindings whose key matches the filters (the key names
-    /// network and rack, so other records are not even decoded).
-    pub(crate) fn decode_bindings(
-        &self,
-        kvs: &[KeyValue],
-        network: Option<&str>,
-        rack: Option<&str>,
-    ) -> Result<Vec<RackNet>> {
-        let mut out = Vec::new();
-        for kv in kvs {
-            let k = String::from_utf8_lossy(kv.key());
-            let Some((n, r)) = self.keys.parse_racknet(&k) else {
-                continue;
-            };
-            if network.is_some_and(|x| x != n) || rack.is_some_and(|x| x != r) {
-                continue;
-            }
-            out.push(decode_json::<RackNet>(kv)?);
-        }
-        out.sort_by(|a, b| (&a.network, &a.rack).cmp(&(&b.network, &b.rack)));
-        Ok(out)
-    }
-
-    fn is_rack_key(&self, kv: &KeyValue) -> bool {
-        let k = String::from_utf8_lossy(kv.key());
-        self.keys
-            .rack_name_of(&k)
-            .is_some_and(|n| !n.is_empty() && !n.contains('/'))
     }
 }
 

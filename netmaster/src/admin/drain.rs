@@ -86,7 +86,7 @@ impl AdminService {
                     Err(e) => break Err(e.into()),
                 }
             }
-            let live = match self.store.live_nodes().await {
+            let live = match self.store.admin_reads().live_nodes().await {
                 Ok(l) => l,
                 Err(e) => break Err(e.into()),
             };
@@ -145,7 +145,7 @@ impl AdminService {
                 || {
                     let w = &w;
                     async move {
-                        let (census, _) = self.store.network_census(name).await?;
+                        let (census, _) = self.store.admin_reads().network_census(name).await?;
                         if census.blocking(false).is_none() && census.standby_total() > 0 {
                             let left = census.standby_phrase().unwrap_or_default();
                             return Ok(Step::Waiting {
@@ -187,7 +187,11 @@ impl AdminService {
         self.drain_then(&w, target, "unbind", wait, "", || {
             let w = &w;
             async move {
-                let c = self.store.binding_census(rack, network).await?;
+                let c = self
+                    .store
+                    .admin_reads()
+                    .binding_census(rack, network)
+                    .await?;
                 if c.drainable() && !c.is_empty() {
                     let mut holders: BTreeSet<String> = c.leases.standby.keys().cloned().collect();
                     holders.extend(c.blocks.keys().cloned());

@@ -84,7 +84,7 @@ impl AdminService {
         };
         let mut first_seen = u.expect_revision;
         for _ in 0..ATTEMPTS {
-            let Some(st) = self.store.network_state(&u.name).await? else {
+            let Some(st) = self.store.admin_reads().network_state(&u.name).await? else {
                 return Err(AdminError::NotFound(u.name.clone()));
             };
             let seen = st.network.mod_revision;
@@ -183,7 +183,7 @@ impl AdminService {
                 return Ok(report(seen, Vec::new(), Vec::new()));
             }
             if !returning.is_empty() {
-                let live = self.store.live_nodes().await?;
+                let live = self.store.admin_reads().live_nodes().await?;
                 let dead: BTreeSet<&str> = returning
                     .iter()
                     .map(|(_, n)| n.as_str())
@@ -258,7 +258,7 @@ impl AdminService {
             if held.is_empty() {
                 break;
             }
-            match self.store.network_state(network).await {
+            match self.store.admin_reads().network_state(network).await {
                 Ok(Some(st)) => held.retain(|ip| {
                     st.leases.iter().any(|sl| {
                         sl.lease.address == *ip

@@ -24,13 +24,14 @@ impl AdminService {
 
     pub async fn get_rack(&self, name: &str) -> Result<RackInfo> {
         self.store
+            .admin_reads()
             .get_rack(name)
             .await?
             .ok_or_else(|| AdminError::Missing(Object::Rack(name.to_string())))
     }
 
     pub async fn list_racks(&self) -> Result<Vec<Rack>> {
-        Ok(self.store.list_racks().await?)
+        Ok(self.store.admin_reads().list_racks().await?)
     }
 
     /// Returns how many bindings went with the rack.
@@ -53,7 +54,11 @@ impl AdminService {
         network: Option<&str>,
         rack: Option<&str>,
     ) -> Result<Vec<RackNet>> {
-        Ok(self.store.list_racknets(network, rack).await?)
+        Ok(self
+            .store
+            .admin_reads()
+            .list_racknets(network, rack)
+            .await?)
     }
 
     /// Registers (or refreshes) a node; the stored record comes back with
@@ -67,13 +72,14 @@ impl AdminService {
 
     pub async fn get_node(&self, name: &str) -> Result<NodeInfo> {
         self.store
+            .admin_reads()
             .get_node(name)
             .await?
             .ok_or_else(|| AdminError::Missing(Object::Node(name.to_string())))
     }
 
     pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
-        Ok(self.store.list_nodes(rack).await?)
+        Ok(self.store.admin_reads().list_nodes(rack).await?)
     }
 
     /// Deletes a node for good (see `rackline_store::RetireMode::Delete`).
@@ -121,10 +127,10 @@ impl AdminService {
     }
 
     pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {
-        Ok(self.store.list_blocks(filter).await?)
+        Ok(self.store.admin_reads().list_blocks(filter).await?)
     }
 
     pub async fn utilization(&self, network: Option<&str>) -> Result<Vec<Utilization>> {
-        Ok(self.store.utilization(network).await?)
+        Ok(self.store.admin_reads().utilization(network).await?)
     }
 }

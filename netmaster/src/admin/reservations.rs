@@ -44,7 +44,7 @@ fn names(l: &Lease, i: &Identity) -> bool {
 
 impl AdminService {
     pub async fn list_reservations(&self, network: Option<&str>) -> Result<Vec<ReservationView>> {
-        let ids = self.store.list_identities(network).await?;
+        let ids = self.store.admin_reads().list_identities(network).await?;
         let mut out = Vec::with_capacity(ids.len());
         for i in ids {
             let lease = self
@@ -70,7 +70,11 @@ impl AdminService {
             .await?
             .ok_or_else(|| AdminError::NotFound(network.to_string()))?;
         let spec = net.spec;
-        let bindings = self.store.list_racknets(Some(network), None).await?;
+        let bindings = self
+            .store
+            .admin_reads()
+            .list_racknets(Some(network), None)
+            .await?;
         // The rule every ipamd pick obeys: no gateway, no node's own address.
         let mut infra = rackline_model::Infra::gateways(&spec, &bindings);
         for (a, node) in self.store.node_addresses().await? {
