@@ -51,6 +51,9 @@ pub enum AdminError {
     /// lapsed).
     #[error("this netmaster may not write: {0}")]
     NotPermitted(String),
+    /// A follower: the write goes to the leader, at `leader` (host:port).
+    #[error("this netmaster may not write: {}", rackline_admin_client::redirect::not_leader_message(.leader))]
+    NotLeader { leader: String },
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
