@@ -50,7 +50,7 @@ impl BlockFilter {
 pub struct AcquiredBlock {
     pub block: StoredBlock,
     /// False: a block the node already owned and the caller did not know
-    /// (see [`Store::acquire_block`]); nothing was written.
+    /// (see [`LeaderStore::acquire_block`]); nothing was written.
     pub created: bool,
 }
 

@@ -91,7 +91,7 @@ impl AdminService {
     }
 
     /// A new block for `node`, or (with `known`) the node's block the caller
-    /// has not seen yet: see `Store::acquire_block` for why that makes a
+    /// has not seen yet: see `LeaderStore::acquire_block` for why that makes a
     /// retried request harmless. The flag says whether the block is new.
     pub async fn acquire_block(
         &self,
