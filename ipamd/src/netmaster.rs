@@ -45,14 +45,10 @@ fn normalise(ep: &str, scheme: &str) -> String {
     }
 }
 
-/// "not the leader; leader is 10.0.0.3:7650" -> "<scheme>://10.0.0.3:7650".
-fn leader_hint(msg: &str, scheme: &str) -> Option<String> {
-    let rest = msg.split("leader is ").nth(1)?;
-    let addr = rest
-        .split_whitespace()
-        .next()?
-        .trim_end_matches(['.', ',', ';']);
-    (!addr.is_empty()).then(|| normalise(addr, scheme))
+/// The leader a follower's refusal names (see
+/// `rackline_admin_client::redirect`), as "<scheme>://10.0.0.3:7650".
+fn leader_hint(s: &tonic::Status, scheme: &str) -> Option<String> {
+    rackline_admin_client::redirect::leader_of(s).map(|addr| normalise(&addr, scheme))
 }
 
 impl NetmasterClient {
@@ -135,7 +131,7 @@ impl NetmasterClient {
                     }
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                         let scheme = target.split("://").next().unwrap_or("http");
-                        match leader_hint(s.message(), scheme) {
+                        match leader_hint(&s, scheme) {
                             Some(l) if l != target => {
                                 debug!(from = %target, to = %l, "following the netmaster leader");
                                 target = l;
@@ -222,18 +218,25 @@ mod tests {
 
     #[test]
     fn leader_hints_are_parsed() {
+        let refused = |m: &str| tonic::Status::failed_precondition(m.to_string());
         assert_eq!(
-            leader_hint("not the leader; leader is 10.0.0.3:7650", "http").as_deref(),
+            leader_hint(&refused("not the leader; leader is 10.0.0.3:7650"), "http").as_deref(),
             Some("http://10.0.0.3:7650")
         );
         assert_eq!(
-            leader_hint("not the leader; leader is 10.0.0.3:7650", "https").as_deref(),
+            leader_hint(&refused("not the leader; leader is 10.0.0.3:7650"), "https").as_deref(),
             Some("https://10.0.0.3:7650")
         );
         assert_eq!(
-            leader_hint("not the leader; leader is http://h:1.", "https").as_deref(),
+            leader_hint(&refused("not the leader; leader is http://h:1."), "https").as_deref(),
             Some("http://h:1")
         );
-        assert_eq!(leader_hint("no leader elected yet", "http"), None);
+        assert_eq!(leader_hint(&refused("no leader elected yet"), "http"), None);
+        // The typed redirect of current replicas.
+        let typed = rackline_admin_client::redirect::not_leader("refused".into(), "10.0.0.4:7650");
+        assert_eq!(
+            leader_hint(&typed, "https").as_deref(),
+            Some("https://10.0.0.4:7650")
+        );
     }
 }

@@ -6,10 +6,12 @@
 //! etcd transaction; this layer adds the read-side views (capacity,
 //! allocation counts, lease filters).
 //!
-//! Writes go through [`AdminService::permit`] first. A lone netmaster runs
-//! [`Unfenced`] and every write is permitted; replicas plug in the fence of
-//! leader election (`crate::leader`), and the permit it returns is what the
-//! store's write transactions compare on, so a deposed leader cannot write.
+//! Writes go through [`AdminService::writer`] first: it yields the
+//! [`LeaderStore`] handle the write methods live on, which carries the
+//! leadership fence into every transaction (a deposed leader cannot write,
+//! and no write can leave the fence out). A lone netmaster runs
+//! [`Unfenced`], whose handle is explicitly a single writer; replicas plug
+//! in leader election (`crate::leader`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackline_model::{Lease, NetworkSpec, Pool, ValidationError};
-use rackline_store::{Object, Store, StoreError};
+use rackline_store::{Fence, LeaderStore, Object, Store, StoreError};
 use tracing::info;
 
 mod acl;
@@ -49,6 +51,9 @@ pub enum AdminError {
     /// lapsed).
     #[error("this netmaster may not write: {0}")]
     NotPermitted(String),
+    /// A follower: the write goes to the leader, at `leader` (host:port).
+    #[error("this netmaster may not write: {}", rackline_admin_client::redirect::not_leader_message(.leader))]
+    NotLeader { leader: String },
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
     #[error("gave up after {0} conflicting concurrent updates; try again")]
@@ -97,21 +102,37 @@ impl From<StoreError> for AdminError {
 
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
 
-/// Proof that this instance may write now: the leadership fence every
-/// ownership-deciding transaction carries (None when unfenced).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
+/// Proof that this instance may write now; turned into the write handle by
+/// [`WriteFence::writer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WritePermit {
-    pub fence: Option<rackline_store::Fence>,
+    /// None: a single writer (no election).
+    fence: Option<Fence>,
 }
 
 impl WritePermit {
-    pub fn unfenced() -> Self {
+    /// A lone netmaster without election: nobody else can write.
+    pub fn single_writer() -> Self {
         Self { fence: None }
     }
 
-    pub fn fenced(fence: rackline_store::Fence) -> Self {
+    /// The leader that won at `fence`.
+    pub fn leader(fence: Fence) -> Self {
         Self { fence: Some(fence) }
+    }
+
+    /// The leadership term this permit belongs to (None for a single
+    /// writer).
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// The write handle of this permit on `store`.
+    pub fn writer(self, store: &Store) -> LeaderStore {
+        match self.fence {
+            Some(f) => LeaderStore::fenced(store.clone(), f),
+            None => LeaderStore::single_writer(store.clone()),
+        }
     }
 }
 
@@ -128,6 +149,11 @@ pub struct LeaderView {
 /// Decides whether this instance may write.
 pub trait WriteFence: Send + Sync + 'static {
     fn permit(&self) -> Result<WritePermit>;
+
+    /// The write handle on `store`, if this instance may write now.
+    fn writer(&self, store: &Store) -> Result<LeaderStore> {
+        Ok(self.permit()?.writer(store))
+    }
 
     /// The leader as this instance knows it. A fence without election (a
     /// lone, unfenced netmaster) always writes, so it is its own leader.
@@ -146,7 +172,7 @@ pub struct Unfenced;
 
 impl WriteFence for Unfenced {
     fn permit(&self) -> Result<WritePermit> {
-        Ok(WritePermit::unfenced())
+        Ok(WritePermit::single_writer())
     }
 }
 
@@ -222,9 +248,9 @@ impl AdminService {
         Self { store, fence }
     }
 
-    /// Every write starts here.
-    fn permit(&self) -> Result<WritePermit> {
-        self.fence.permit()
+    /// Every write starts here: the handle the write methods live on.
+    fn writer(&self) -> Result<LeaderStore> {
+        self.fence.writer(&self.store)
     }
 
     /// Which replica leads (answered from memory; any replica answers).
@@ -235,11 +261,7 @@ impl AdminService {
     /// Creates `spec` (already validated by the caller's conversion; it is
     /// validated again and checked for overlap inside the transaction).
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView> {
-        let permit = self.permit()?;
-        let stored = self
-            .store
-            .create_network(&spec, permit.fence.as_ref())
-            .await?;
+        let stored = self.writer()?.create_network(&spec).await?;
         info!(
             network = %stored.spec.name,
             subnet = %stored.spec.subnet,
@@ -253,7 +275,7 @@ impl AdminService {
         let Some(net) = self.store.get_network(name).await? else {
             return Err(AdminError::NotFound(name.to_string()));
         };
-        let allocated = self.store.count_leases(name).await?;
+        let allocated = self.store.admin_reads().count_leases(name).await?;
         Ok(NetworkView::new(net.spec, allocated, net.mod_revision))
     }
 
@@ -282,6 +304,7 @@ impl AdminService {
         let members: Option<std::collections::BTreeSet<String>> = match &filter.rack {
             Some(r) => Some(
                 self.store
+                    .admin_reads()
                     .get_rack(r)
                     .await?
                     .map(|info| info.nodes.into_iter().collect())

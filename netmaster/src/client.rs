@@ -179,7 +179,7 @@ impl AdminClient {
                 Err(s) => connection_lost(s),
             };
             if status.code() == Code::FailedPrecondition && !followed {
-                if let Some(addr) = crate::leader::leader_hint(status.message()) {
+                if let Some(addr) = rackline_admin_client::redirect::leader_of(&status) {
                     followed = true;
                     // The leader is reached the way the replicas are
                     // (https:// stays https://).
@@ -188,10 +188,14 @@ impl AdminClient {
                         .scheme_str()
                         .unwrap_or("http")
                         .to_string();
-                    let leader =
-                        endpoints(&format!("{scheme}://{addr}"), self.timeouts, &self.auth)
-                            .map_err(|_| ClientError::Rpc(status.clone()))?
-                            .remove(0);
+                    let url = if addr.contains("://") {
+                        addr
+                    } else {
+                        format!("{scheme}://{addr}")
+                    };
+                    let leader = endpoints(&url, self.timeouts, &self.auth)
+                        .map_err(|_| ClientError::Rpc(status.clone()))?
+                        .remove(0);
                     // An unreachable leader is "try again later" (exit 3):
                     // a successor is elected within the lease TTL.
                     self.inner = open(&leader, &self.auth).await?;

@@ -64,7 +64,7 @@ impl EventSource {
     /// Writes the heartbeat (the leader calls this every
     /// [`HEARTBEAT_EVERY`]).
     pub async fn heartbeat(&self) -> Result<i64, StoreError> {
-        self.store.put_heartbeat(&self.id).await
+        self.store.events().put_heartbeat(&self.id).await
     }
 
     /// Turns one revision's changes into events.
@@ -103,7 +103,7 @@ impl EventSource {
         let until = if follow {
             None
         } else {
-            Some(self.store.put_heartbeat(&self.id).await?)
+            Some(self.store.events().put_heartbeat(&self.id).await?)
         };
         if let Some(until) = until {
             if from > until {
@@ -117,7 +117,7 @@ impl EventSource {
         let mut next = if oldest {
             1
         } else if from <= 0 {
-            self.store.current_revision().await? + 1
+            self.store.events().current_revision().await? + 1
         } else {
             from
         };
@@ -125,7 +125,8 @@ impl EventSource {
         let started = tokio::time::Instant::now();
         loop {
             let (tx, mut rx) = mpsc::channel::<EventItem>(256);
-            let watch = self.store.watch_events(next, tx);
+            let events = self.store.events();
+            let watch = events.watch_events(next, tx);
             tokio::pin!(watch);
             let mut ended = None;
             loop {

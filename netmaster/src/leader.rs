@@ -51,17 +51,6 @@ pub struct LeaderRecord {
     pub elected_unix_ms: i64,
 }
 
-/// What refusals say when the leader is known; clients parse the address
-/// after it (see [`leader_hint`]) to retry there.
-const HINT: &str = "not the leader; leader is ";
-
-/// The leader's advertise address named by a refusal message, if any.
-pub fn leader_hint(message: &str) -> Option<&str> {
-    let rest = &message[message.find(HINT)? + HINT.len()..];
-    let addr = rest.split_whitespace().next()?;
-    (!addr.is_empty()).then_some(addr)
-}
-
 #[derive(Debug, Clone)]
 pub struct ElectionConfig {
     /// This replica's name in the leader record (unique per process).
@@ -172,7 +161,7 @@ impl WriteFence for ElectionStatus {
         match &*self.role.borrow() {
             Role::Leader {
                 fence, valid_until, ..
-            } if Instant::now() < *valid_until => Ok(WritePermit::fenced(fence.clone())),
+            } if Instant::now() < *valid_until => Ok(WritePermit::leader(fence.clone())),
             Role::Leader { .. } => {
                 refuse("leadership lapsed (lease not renewed in time); electing a leader".into())
             }
@@ -181,7 +170,11 @@ impl WriteFence for ElectionStatus {
             {
                 refuse("no leader elected yet (the previous leader's lease has not expired)".into())
             }
-            Role::Follower { leader, .. } => refuse(format!("{HINT}{}", leader.advertise)),
+            // Clients retry at the leader: the gRPC adapter turns this
+            // into the typed redirect (rackline_admin_client::redirect).
+            Role::Follower { leader, .. } => Err(AdminError::NotLeader {
+                leader: leader.advertise.clone(),
+            }),
             Role::Campaigning => refuse("no leader elected yet".into()),
             Role::Stopped => refuse("this netmaster is shutting down".into()),
         }
@@ -294,6 +287,11 @@ mod tests {
         }
     }
 
+    /// The leader a client would be redirected to by this refusal.
+    fn hint(e: &AdminError) -> Option<String> {
+        rackline_admin_client::redirect::leader_of(&crate::server::status_of(e))
+    }
+
     #[test]
     fn hint_round_trips_through_the_refusal() {
         let s = ElectionStatus::fixed(
@@ -305,14 +303,12 @@ mod tests {
             },
         );
         let e = s.permit().unwrap_err();
-        assert!(matches!(e, AdminError::NotPermitted(_)));
+        assert!(matches!(&e, AdminError::NotLeader { leader } if leader == "10.10.0.3:7650"));
         assert_eq!(
             e.to_string(),
             "this netmaster may not write: not the leader; leader is 10.10.0.3:7650"
         );
-        assert_eq!(leader_hint(&e.to_string()), Some("10.10.0.3:7650"));
-        assert_eq!(leader_hint("no leader elected yet"), None);
-        assert_eq!(leader_hint("not the leader; leader is "), None);
+        assert_eq!(hint(&e).as_deref(), Some("10.10.0.3:7650"));
         let v = s.leader().unwrap();
         assert_eq!((v.id.as_str(), v.is_self), ("a", false));
     }
@@ -333,13 +329,13 @@ mod tests {
         let p = leading(Instant::now() + Duration::from_secs(5))
             .permit()
             .unwrap();
-        assert_eq!(p.fence, Some(fence()));
+        assert_eq!(p.fence(), Some(&fence()));
         // A frozen process wakes past its deadline: refused before the
         // driver has run, and with no hint (it does not know who leads).
         let lapsed = leading(Instant::now() - Duration::from_millis(1));
-        let e = lapsed.permit().unwrap_err().to_string();
-        assert!(e.contains("lapsed"), "{e}");
-        assert_eq!(leader_hint(&e), None);
+        let e = lapsed.permit().unwrap_err();
+        assert!(e.to_string().contains("lapsed"), "{e}");
+        assert_eq!(hint(&e), None);
         assert!(lapsed.leader().is_err());
 
         for role in [Role::Campaigning, Role::Stopped] {
@@ -357,7 +353,7 @@ mod tests {
                 create_revision: 3,
             },
         );
-        assert_eq!(leader_hint(&own.permit().unwrap_err().to_string()), None);
+        assert_eq!(hint(&own.permit().unwrap_err()), None);
     }
 
     #[test]

@@ -72,13 +72,13 @@ pub async fn run(
             term = None;
             continue;
         };
-        let this_term = permit.fence.as_ref().map(|f| f.create_revision);
+        let this_term = permit.fence().map(|f| f.create_revision);
         if term != Some(this_term) {
             // A new term: this leader has not watched anybody die yet.
             absent_since.clear();
             term = Some(this_term);
         }
-        let (holding, live) = match store.node_holdings().await {
+        let (holding, live) = match store.admin_reads().node_holdings().await {
             Ok(x) => x,
             Err(e) => {
                 debug!("dead-node reclaim: cannot read the nodes: {e}");
@@ -95,11 +95,8 @@ pub async fn run(
             if now.duration_since(since) < cfg.grace {
                 continue;
             }
-            let Ok(permit) = status.permit() else { break };
-            match store
-                .retire_node(node, RetireMode::Reclaim, permit.fence.as_ref())
-                .await
-            {
+            let Ok(w) = status.writer(&store) else { break };
+            match w.retire_node(node, RetireMode::Reclaim).await {
                 Ok(r) if r.is_empty() => {}
                 Ok(r) => {
                     warn!(

@@ -54,8 +54,8 @@ pub fn status_of(e: &AdminError) -> Status {
         // With the leader's address the client retries there; without one
         // (no leader elected yet, leadership lapsed or lost mid-write)
         // "try again later", racklinectl's exit 3.
-        AdminError::NotPermitted(_) if crate::leader::leader_hint(&msg).is_some() => {
-            Status::failed_precondition(msg)
+        AdminError::NotLeader { leader } => {
+            rackline_admin_client::redirect::not_leader(msg, leader)
         }
         AdminError::NotPermitted(_) => Status::unavailable(msg),
         AdminError::Unavailable(_) => Status::unavailable(msg),
@@ -614,7 +614,9 @@ mod tests {
                 "rack \"r1\" has no free block left on network \"prod\"",
             ),
             (
-                AdminError::NotPermitted("not the leader; leader is 10.10.0.3:7650".into()),
+                AdminError::NotLeader {
+                    leader: "10.10.0.3:7650".into(),
+                },
                 Code::FailedPrecondition,
                 "not the leader; leader is 10.10.0.3:7650",
             ),

@@ -25,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rackline_model::LeaseEvent;
-use rackline_store::{EventsError, Fence, StoreError, WebhookCursor};
+use rackline_store::{EventsError, Fence, LeaderStore, StoreError, WebhookCursor};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -219,7 +219,9 @@ impl Sink {
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
                 .unwrap_or(0),
         };
-        self.source.store().put_webhook_cursor(&c, fence).await?;
+        LeaderStore::fenced(self.source.store().clone(), fence.clone())
+            .put_webhook_cursor(&c)
+            .await?;
         self.metrics.webhook_cursor(next);
         Ok(())
     }
@@ -227,13 +229,13 @@ impl Sink {
     /// Where to start: the stored cursor (same URL), else the next revision
     /// (recorded at once, so a failover right now skips nothing either).
     async fn start(&self, fence: &Fence) -> Result<i64, StoreError> {
-        if let Some(c) = self.source.store().webhook_cursor().await? {
+        if let Some(c) = self.source.store().events().webhook_cursor().await? {
             if c.url == self.url() {
                 return Ok(c.next_revision);
             }
             info!(old = %c.url, new = %self.url(), "webhook URL changed: delivering from now on");
         }
-        let next = self.source.store().current_revision().await? + 1;
+        let next = self.source.store().events().current_revision().await? + 1;
         self.write_cursor(fence, next).await?;
         Ok(next)
     }

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use rackline_model::{Keys, NetworkSpec};
 use rackline_netmaster::client::{AdminClient, Timeouts};
 use rackline_proto::admin::v1 as pb;
-use rackline_store::{Campaign, Fence, Store, StoreError};
+use rackline_store::{Campaign, Fence, LeaderStore, Store, StoreError};
 use tokio::runtime::Runtime;
 use tonic::Code;
 
@@ -413,7 +413,12 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         let win = |lease| {
             let s = s.clone();
             async move {
-                match s.campaign(b"{}".to_vec(), lease).await.expect("campaign") {
+                match s
+                    .leader_key()
+                    .campaign(b"{}".to_vec(), lease)
+                    .await
+                    .expect("campaign")
+                {
                     Campaign::Won { create_revision } => create_revision,
                     lost => panic!("campaign on a free key lost: {lost:?}"),
                 }
@@ -424,13 +429,18 @@ fn a_stale_fence_fails_the_write_in_etcd() {
             key: keys.leader(),
             create_revision: win(l1.id).await,
         };
-        s.create_network(&spec("one", 1), Some(&fence1))
+        let leader1 = LeaderStore::fenced(s.clone(), fence1.clone());
+        leader1
+            .create_network(&spec("one", 1))
             .await
             .expect("the current leader writes");
         // A second candidate loses while the key is held.
         let l2 = s.grant_lease(5).await.expect("grant");
         assert!(matches!(
-            s.campaign(b"{}".to_vec(), l2.id).await.expect("campaign"),
+            s.leader_key()
+                .campaign(b"{}".to_vec(), l2.id)
+                .await
+                .expect("campaign"),
             Campaign::Lost {
                 current: Some(_),
                 ..
@@ -439,10 +449,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
 
         // Leadership ends (lease revoked: the key goes with it).
         s.revoke_lease(l1.id).await.expect("revoke");
-        let e = s
-            .create_network(&spec("two", 2), Some(&fence1))
-            .await
-            .unwrap_err();
+        let e = leader1.create_network(&spec("two", 2)).await.unwrap_err();
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
 
         // Someone else leads now: the old fence still fails, the new works.
@@ -451,17 +458,12 @@ fn a_stale_fence_fails_the_write_in_etcd() {
             create_revision: win(l2.id).await,
         };
         assert_ne!(fence1, fence2);
-        let e = s
-            .create_network(&spec("three", 3), Some(&fence1))
-            .await
-            .unwrap_err();
+        let e = leader1.create_network(&spec("three", 3)).await.unwrap_err();
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
-        let e = s
-            .delete_network("one", true, Some(&fence1))
-            .await
-            .unwrap_err();
+        let e = leader1.delete_network("one", true).await.unwrap_err();
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
-        s.create_network(&spec("four", 4), Some(&fence2))
+        LeaderStore::fenced(s.clone(), fence2.clone())
+            .create_network(&spec("four", 4))
             .await
             .expect("the new leader writes");
         assert!(s.keep_alive(l1.id).await.expect("keep-alive").is_none());
@@ -478,6 +480,133 @@ fn a_stale_fence_fails_the_write_in_etcd() {
     });
     let nets = stored_networks(&rt, &s);
     assert_eq!(nets.keys().collect::<Vec<_>>(), vec!["four", "one"]);
+}
+
+/// Reservation pin and release are leader writes like any other: a leader
+/// deposed in etcd (its key revoked, another replica elected) while its own
+/// view still says it leads — the window the fence exists for — gets both
+/// refused by etcd, and nothing it asked for lands.
+#[test]
+fn a_deposed_leaders_pin_and_release_are_refused() {
+    use rackline_netmaster::admin::{AdminError, AdminService};
+    use rackline_netmaster::leader::{ElectionStatus, Role};
+
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let s = store(&etcd, &rt);
+    let keys = Keys::new(PREFIX);
+    let spec = NetworkSpec {
+        name: "pins".into(),
+        subnet: Ipv4Network::new([10, 8, 0, 0].into(), 24).expect("subnet"),
+        gateway: [10, 8, 0, 1].into(),
+        master: "uplink0".into(),
+        mtu: 0,
+        vlan: None,
+        exclude: vec![],
+        routes: vec![],
+        host_routes: vec![],
+        block_size: 16,
+        sticky: None,
+        qos: Default::default(),
+        probe: None,
+    };
+    let ip = |last: u8| std::net::Ipv4Addr::new(10, 8, 0, last);
+    rt.block_on(async {
+        let win = |lease| {
+            let s = s.clone();
+            async move {
+                match s
+                    .leader_key()
+                    .campaign(b"{}".to_vec(), lease)
+                    .await
+                    .expect("campaign")
+                {
+                    Campaign::Won { create_revision } => create_revision,
+                    lost => panic!("campaign on a free key lost: {lost:?}"),
+                }
+            }
+        };
+        // An admin service whose election view says "leader" for the whole
+        // test: only etcd's fence compare can stop its writes.
+        let admin_of = |fence: Fence, lease: i64| {
+            let status = ElectionStatus::fixed(
+                "nm-test",
+                "127.0.0.1:1",
+                Role::Leader {
+                    fence,
+                    lease,
+                    valid_until: tokio::time::Instant::now() + Duration::from_secs(3600),
+                },
+            );
+            AdminService::with_fence(s.clone(), Arc::new(status))
+        };
+        let l1 = s.grant_lease(5).await.expect("grant");
+        let fence1 = Fence {
+            key: keys.leader(),
+            create_revision: win(l1.id).await,
+        };
+        let old = admin_of(fence1, l1.id);
+        old.create_network(spec.clone()).await.expect("create");
+        old.pin_reservation("pins", "default", "web-0", ip(10))
+            .await
+            .expect("the current leader pins");
+
+        // Deposed: its key goes with its lease, another replica wins.
+        s.revoke_lease(l1.id).await.expect("revoke");
+        let l2 = s.grant_lease(5).await.expect("grant");
+        let fence2 = Fence {
+            key: keys.leader(),
+            create_revision: win(l2.id).await,
+        };
+
+        let e = old
+            .pin_reservation("pins", "default", "web-1", ip(11))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AdminError::NotPermitted(_)), "{e}");
+        assert!(e.to_string().contains("leadership lost"), "{e}");
+        // Moving an existing pin deletes the old one first: refused too.
+        let e = old
+            .pin_reservation("pins", "default", "web-0", ip(12))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AdminError::NotPermitted(_)), "{e}");
+        let e = old
+            .release_reservation("pins", "default", "web-0", false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AdminError::NotPermitted(_)), "{e}");
+
+        // Nothing the deposed leader asked for landed.
+        assert!(s
+            .get_identity("pins", "default", "web-1")
+            .await
+            .expect("read")
+            .is_none());
+        assert!(s.get_lease("pins", ip(11)).await.expect("read").is_none());
+        assert!(s.get_lease("pins", ip(12)).await.expect("read").is_none());
+        let kept = s
+            .get_identity("pins", "default", "web-0")
+            .await
+            .expect("read")
+            .expect("the pin is still there");
+        assert_eq!(kept.identity.address, ip(10));
+        assert!(s.get_lease("pins", ip(10)).await.expect("read").is_some());
+
+        // The new leader's release goes through.
+        let new = admin_of(fence2, l2.id);
+        assert_eq!(
+            new.release_reservation("pins", "default", "web-0", false)
+                .await
+                .expect("the new leader releases"),
+            ip(10)
+        );
+        assert!(s
+            .get_identity("pins", "default", "web-0")
+            .await
+            .expect("read")
+            .is_none());
+    });
 }
 
 #[test]

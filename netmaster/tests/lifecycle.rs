@@ -173,7 +173,7 @@ fn node_delete_refuses_a_live_or_busy_node_then_retires_what_it_holds() {
     ctl(s, &["node", "delete", "n1"]).refused("node \"n1\" is not registered");
     // The drain marker went with the node: a node registering under the
     // name again starts ready.
-    assert!(rt.block_on(st.drains()).unwrap().is_empty());
+    assert!(rt.block_on(st.admin_reads().drains()).unwrap().is_empty());
 
     // A node with only its reserve: no --force needed.
     standby(&rt, &st, "10.10.1.20", "n2");
@@ -262,7 +262,7 @@ fn a_network_delete_waits_for_the_reserve_to_be_given_back() {
     );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     ctl(s, &["network", "delete", "prod"]).refused("no ipamd is live on n1");
-    assert!(rt.block_on(st.drains()).unwrap().is_empty());
+    assert!(rt.block_on(st.admin_reads().drains()).unwrap().is_empty());
 
     // A live n1 that returns its records once it sees the marker, as
     // ipamd does.
@@ -279,7 +279,11 @@ fn a_network_delete_waits_for_the_reserve_to_be_given_back() {
             .unwrap();
         let marker = DrainTarget::Network("prod".into());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !rt.block_on(st2.drains()).unwrap().contains(&marker) {
+        while !rt
+            .block_on(st2.admin_reads().drains())
+            .unwrap()
+            .contains(&marker)
+        {
             assert!(Instant::now() < deadline, "no drain marker");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -293,5 +297,5 @@ fn a_network_delete_waits_for_the_reserve_to_be_given_back() {
     ctl(s, &["network", "delete", "prod", "--wait", "10"]).ok();
     ipamd.join().unwrap();
     assert!(js(s, &["network", "list"]).as_array().unwrap().is_empty());
-    assert!(rt.block_on(st.drains()).unwrap().is_empty());
+    assert!(rt.block_on(st.admin_reads().drains()).unwrap().is_empty());
 }

@@ -10,7 +10,7 @@ use common::{create_args, ctl, ctl_spawn, put_lease, runtime, store, Etcd, Netma
 use rackline_model::{Keys, Lease, Liveness, NetworkSpec, PodSettings};
 use rackline_proto::admin::v1 as pb;
 use rackline_store::{
-    CreateLease, Fence, NodeLock, Store, StoreError, UpdateGuards, UpdateOutcome,
+    CreateLease, Fence, LeaderStore, NodeLock, Store, StoreError, UpdateGuards, UpdateOutcome,
 };
 use serde_json::Value;
 use tokio::runtime::Runtime;
@@ -420,14 +420,21 @@ fn a_concurrent_update_fails_with_a_retryable_error() {
     // The store's write itself compares the record's revision: a write
     // decided on a version that changed since is not applied.
     let seen = rt
-        .block_on(s.network_state("prod"))
+        .block_on(s.admin_reads().network_state("prod"))
         .expect("read")
         .expect("exists");
     ctl(&nm.url, &["network", "update", "prod", "--mtu", "1200"]).ok();
     let mut stale = seen.network.spec.clone();
     stale.mtu = 1100;
     let out = rt
-        .block_on(s.update_network(&stale, &seen, UpdateGuards::default(), None))
+        .block_on(
+            // The test is the only writer here: no election to lose.
+            LeaderStore::single_writer(s.clone()).update_network(
+                &stale,
+                &seen,
+                UpdateGuards::default(),
+            ),
+        )
         .expect("update");
     assert!(
         matches!(out, UpdateOutcome::NetworkChanged { .. }),
@@ -519,7 +526,7 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     // A deposed leader's fence fails the write in etcd.
     let keys = Keys::new(PREFIX);
     let seen = rt
-        .block_on(s.network_state("prod"))
+        .block_on(s.admin_reads().network_state("prod"))
         .expect("read")
         .expect("exists");
     // A fence on the leader key at a revision it never had: what a leader
@@ -531,7 +538,11 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     let mut spec = seen.network.spec.clone();
     spec.mtu = 3000;
     let e = rt
-        .block_on(s.update_network(&spec, &seen, UpdateGuards::default(), Some(&stale)))
+        .block_on(LeaderStore::fenced(s.clone(), stale).update_network(
+            &spec,
+            &seen,
+            UpdateGuards::default(),
+        ))
         .unwrap_err();
     assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
     assert_eq!(stored(&rt, &s, "prod").mtu, 4000);

@@ -69,7 +69,7 @@ fn metrics_health_and_the_event_stream_on_loopback() {
     .ok();
     let rt = runtime();
     let st = store(&etcd, &rt);
-    let since = rt.block_on(st.current_revision()).unwrap() + 1;
+    let since = rt.block_on(st.events().current_revision()).unwrap() + 1;
     put_lease(&rt, &st, "prod", "10.10.0.64", "n1", ("shop", "web-0"));
     put_lease(&rt, &st, "prod", "10.10.0.65", "n1", ("shop", "web-1"));
 
@@ -133,7 +133,7 @@ fn metrics_health_and_the_event_stream_on_loopback() {
     assert!(table.stdout.contains("allocated") && table.stdout.contains("shop/web-1"));
 
     // A compacted start is refused (exit 1), naming the oldest revision left.
-    let now = rt.block_on(st.current_revision()).unwrap();
+    let now = rt.block_on(st.events().current_revision()).unwrap();
     etcd.ctl(&["compact", &now.to_string()]);
     let out = ctl(&nm.url, &["events", "--since", &since.to_string()]);
     assert_eq!(out.code, 1, "{out:?}");

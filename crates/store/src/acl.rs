@@ -8,7 +8,7 @@ use rackline_model::acl::{Acl, AclDefault, DEFAULT_KEY};
 use rackline_model::network::ValidationError;
 
 use crate::reads::get_prefix;
-use crate::{fenced, Fence, Result, Store, StoreError};
+use crate::{LeaderStore, Result, Store, StoreError};
 
 /// One record under `acl/`, decoded by the shape of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,70 +21,6 @@ pub enum AclRecord {
 }
 
 impl Store {
-    /// Creates or replaces an ACL. `NotFound` when its network does not
-    /// exist; invalid input is refused before anything is written.
-    pub async fn set_acl(&self, a: &Acl, fence: Option<&Fence>) -> Result<()> {
-        a.validate().map_err(ValidationError::from)?;
-        let key = self.keys.acl(&a.network, &a.namespace, &a.name);
-        let value = serde_json::to_vec(a).expect("Acl serialises");
-        self.put_if_network(&a.network, key, value, fence).await
-    }
-
-    /// Sets a network's default verdicts.
-    pub async fn set_acl_default(
-        &self,
-        network: &str,
-        d: &AclDefault,
-        fence: Option<&Fence>,
-    ) -> Result<()> {
-        let key = self.keys.acl_default(network);
-        let value = serde_json::to_vec(d).expect("AclDefault serialises");
-        self.put_if_network(network, key, value, fence).await
-    }
-
-    async fn put_if_network(
-        &self,
-        network: &str,
-        key: String,
-        value: Vec<u8>,
-        fence: Option<&Fence>,
-    ) -> Result<()> {
-        let net = self.keys.network(network);
-        let txn = Txn::new()
-            .when(fenced(
-                vec![Compare::create_revision(net, CompareOp::Greater, 0)],
-                fence,
-            ))
-            .and_then([TxnOp::put(key, value, None)]);
-        if self.commit(txn).await?.succeeded() {
-            return Ok(());
-        }
-        self.check_fence(fence).await?;
-        Err(StoreError::NotFound(network.to_string()))
-    }
-
-    /// Deletes an ACL; `false` when there was none.
-    pub async fn delete_acl(
-        &self,
-        network: &str,
-        namespace: &str,
-        name: &str,
-        fence: Option<&Fence>,
-    ) -> Result<bool> {
-        let key = self.keys.acl(network, namespace, name);
-        let txn = Txn::new()
-            .when(fenced(Vec::new(), fence))
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self.commit(txn).await?;
-        if !resp.succeeded() {
-            self.check_fence(fence).await?;
-        }
-        Ok(resp
-            .op_responses()
-            .into_iter()
-            .any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)))
-    }
-
     /// Decodes one `acl/` key and value; `None` for a key of another shape.
     pub fn decode_acl(
         &self,
@@ -133,5 +69,51 @@ impl Store {
             }
         }
         Ok((out, rev))
+    }
+}
+
+impl LeaderStore {
+    /// Creates or replaces an ACL. `NotFound` when its network does not
+    /// exist; invalid input is refused before anything is written.
+    pub async fn set_acl(&self, a: &Acl) -> Result<()> {
+        a.validate().map_err(ValidationError::from)?;
+        let key = self.keys.acl(&a.network, &a.namespace, &a.name);
+        let value = serde_json::to_vec(a).expect("Acl serialises");
+        self.put_if_network(&a.network, key, value).await
+    }
+
+    /// Sets a network's default verdicts.
+    pub async fn set_acl_default(&self, network: &str, d: &AclDefault) -> Result<()> {
+        let key = self.keys.acl_default(network);
+        let value = serde_json::to_vec(d).expect("AclDefault serialises");
+        self.put_if_network(network, key, value).await
+    }
+
+    async fn put_if_network(&self, network: &str, key: String, value: Vec<u8>) -> Result<()> {
+        let net = self.keys.network(network);
+        let txn = Txn::new()
+            .when(self.guard(vec![Compare::create_revision(net, CompareOp::Greater, 0)]))
+            .and_then([TxnOp::put(key, value, None)]);
+        if self.commit(txn).await?.succeeded() {
+            return Ok(());
+        }
+        self.check_fence().await?;
+        Err(StoreError::NotFound(network.to_string()))
+    }
+
+    /// Deletes an ACL; `false` when there was none.
+    pub async fn delete_acl(&self, network: &str, namespace: &str, name: &str) -> Result<bool> {
+        let key = self.keys.acl(network, namespace, name);
+        let txn = Txn::new()
+            .when(self.guard(Vec::new()))
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.commit(txn).await?;
+        if !resp.succeeded() {
+            self.check_fence().await?;
+        }
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)))
     }
 }

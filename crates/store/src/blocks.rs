@@ -11,10 +11,11 @@ use rackline_model::rack::validate_node_name;
 use rackline_model::{Block, DrainTarget, Infra, IntervalSet, Node, RackNet};
 use tracing::debug;
 
+use crate::facets::AdminReads;
 use crate::racks::decode_all;
 use crate::reads::{after, get, get_prefix, now_unix_ms, unchanged_range, ATTEMPTS};
 use crate::{
-    decode_json, decode_network, fenced, Fence, Object, Result, Store, StoreError, StoredBlock,
+    decode_json, decode_network, LeaderStore, Object, Result, Store, StoreError, StoredBlock,
 };
 
 /// Concurrent acquisitions in one rack all pick the lowest free block, so
@@ -49,11 +50,72 @@ impl BlockFilter {
 pub struct AcquiredBlock {
     pub block: StoredBlock,
     /// False: a block the node already owned and the caller did not know
-    /// (see [`Store::acquire_block`]); nothing was written.
+    /// (see [`LeaderStore::acquire_block`]); nothing was written.
     pub created: bool,
 }
 
 impl Store {
+    /// The lowest block of `node` in `rack` that is not in `known`.
+    fn unknown_owned_block(
+        &self,
+        kvs: &[etcd_client::KeyValue],
+        node: &str,
+        rack: &str,
+        known: &[Ipv4Addr],
+    ) -> Result<Option<StoredBlock>> {
+        let mut found: Option<StoredBlock> = None;
+        for kv in kvs {
+            let b: Block = decode_json(kv)?;
+            if b.node != node || b.rack != rack || known.contains(&b.first) {
+                continue;
+            }
+            if found
+                .as_ref()
+                .is_none_or(|f| u32::from(b.first) < u32::from(f.block.first))
+            {
+                found = Some(StoredBlock {
+                    block: b,
+                    mod_revision: kv.mod_revision(),
+                });
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl AdminReads<'_> {
+    /// Blocks matching `filter` by network, then address, each with the
+    /// number of lease keys in its range (count-only reads, no values).
+    pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {
+        let prefix = match &filter.network {
+            Some(n) => {
+                validate_name(n)?;
+                self.keys.blocks_prefix(n)
+            }
+            None => self.keys.all_blocks_prefix(),
+        };
+        let (r, rev) = self.read_at_once(vec![get_prefix(prefix)]).await?;
+        let mut blocks: Vec<Block> = decode_all::<Block>(r[0].kvs())?
+            .into_iter()
+            .filter(|b| filter.matches(b))
+            .collect();
+        blocks.sort_by(|a, b| {
+            (&a.network, u32::from(a.first)).cmp(&(&b.network, u32::from(b.first)))
+        });
+        let ranges: Vec<(String, String)> = blocks
+            .iter()
+            .map(|b| self.keys.lease_range(&b.network, b.first, b.last()))
+            .collect();
+        let counts = self.count_ranges(&ranges, rev).await?;
+        Ok(blocks
+            .into_iter()
+            .zip(counts)
+            .map(|(block, leased)| BlockUsage { block, leased })
+            .collect())
+    }
+}
+
+impl LeaderStore {
     /// Hands `node` the lowest free block of its rack's ranges on `network`.
     ///
     /// The transaction creates the block key only if no block starting
@@ -87,7 +149,6 @@ impl Store {
         network: &str,
         node: &str,
         known: Option<&[Ipv4Addr]>,
-        fence: Option<&Fence>,
     ) -> Result<AcquiredBlock> {
         validate_name(network)?;
         validate_node_name(node)?;
@@ -200,7 +261,7 @@ impl Store {
             );
             let value = serde_json::to_vec(&block).expect("Block serialises");
             let txn = Txn::new()
-                .when(fenced(when, fence))
+                .when(self.guard(when))
                 .and_then([TxnOp::put(key, value, None)]);
             let resp = self.commit(txn).await?;
             if resp.succeeded() {
@@ -213,50 +274,17 @@ impl Store {
                     created: true,
                 });
             }
-            self.check_fence(fence).await?;
+            self.check_fence().await?;
             debug!(%network, %node, first = %block.first, "block acquisition raced another; retrying");
         }
         Err(StoreError::Contended(ACQUIRE_ATTEMPTS))
-    }
-
-    /// The lowest block of `node` in `rack` that is not in `known`.
-    fn unknown_owned_block(
-        &self,
-        kvs: &[etcd_client::KeyValue],
-        node: &str,
-        rack: &str,
-        known: &[Ipv4Addr],
-    ) -> Result<Option<StoredBlock>> {
-        let mut found: Option<StoredBlock> = None;
-        for kv in kvs {
-            let b: Block = decode_json(kv)?;
-            if b.node != node || b.rack != rack || known.contains(&b.first) {
-                continue;
-            }
-            if found
-                .as_ref()
-                .is_none_or(|f| u32::from(b.first) < u32::from(f.block.first))
-            {
-                found = Some(StoredBlock {
-                    block: b,
-                    mod_revision: kv.mod_revision(),
-                });
-            }
-        }
-        Ok(found)
     }
 
     /// Returns `node`'s block starting at `first` on `network`: deleted only
     /// if it is still the record read (same owner) and no lease key exists in
     /// its address range, both checked by the delete transaction itself.
     /// `Ok(false)` when the block is already gone (a retried release).
-    pub async fn release_block(
-        &self,
-        network: &str,
-        first: Ipv4Addr,
-        node: &str,
-        fence: Option<&Fence>,
-    ) -> Result<bool> {
+    pub async fn release_block(&self, network: &str, first: Ipv4Addr, node: &str) -> Result<bool> {
         validate_name(network)?;
         let key = self.keys.block(network, first);
         for _ in 0..ATTEMPTS {
@@ -273,14 +301,10 @@ impl Store {
             }
             let (start, end) = self.keys.lease_range(network, b.first, b.last());
             let txn = Txn::new()
-                .when(fenced(
-                    vec![
-                        Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-                        Compare::version(start.clone(), CompareOp::Equal, 0)
-                            .with_range(end.clone()),
-                    ],
-                    fence,
-                ))
+                .when(self.guard(vec![
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    Compare::version(start.clone(), CompareOp::Equal, 0).with_range(end.clone()),
+                ]))
                 .and_then([TxnOp::delete(key.clone(), None)])
                 .or_else([TxnOp::get(
                     start,
@@ -300,38 +324,8 @@ impl Store {
                      only an empty block can be released"
                 )));
             }
-            self.check_fence(fence).await?;
+            self.check_fence().await?;
         }
         Err(StoreError::Contended(ATTEMPTS))
-    }
-
-    /// Blocks matching `filter` by network, then address, each with the
-    /// number of lease keys in its range (count-only reads, no values).
-    pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {
-        let prefix = match &filter.network {
-            Some(n) => {
-                validate_name(n)?;
-                self.keys.blocks_prefix(n)
-            }
-            None => self.keys.all_blocks_prefix(),
-        };
-        let (r, rev) = self.read_at_once(vec![get_prefix(prefix)]).await?;
-        let mut blocks: Vec<Block> = decode_all::<Block>(r[0].kvs())?
-            .into_iter()
-            .filter(|b| filter.matches(b))
-            .collect();
-        blocks.sort_by(|a, b| {
-            (&a.network, u32::from(a.first)).cmp(&(&b.network, u32::from(b.first)))
-        });
-        let ranges: Vec<(String, String)> = blocks
-            .iter()
-            .map(|b| self.keys.lease_range(&b.network, b.first, b.last()))
-            .collect();
-        let counts = self.count_ranges(&ranges, rev).await?;
-        Ok(blocks
-            .into_iter()
-            .zip(counts)
-            .map(|(block, leased)| BlockUsage { block, leased })
-            .collect())
     }
 }

@@ -12,8 +12,9 @@ use rackline_model::Lease;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::facets::ControlEvents;
 use crate::reads::now_unix_ms;
-use crate::{Fence, Result, Store, StoreError};
+use crate::{Result, Store, StoreError};
 
 /// What the event watch delivers, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,33 @@ pub struct WebhookCursor {
 }
 
 impl Store {
+    /// Marks the lease last seen at `mod_revision` as being reclaimed for
+    /// `reason` (see `rackline_model::event`): the event stream then tells
+    /// a GC or reconciler reclaim from a DEL. Returns the new revision to
+    /// free it at, or None if the record changed meanwhile.
+    pub async fn mark_lease_reclaimed(
+        &self,
+        lease: &Lease,
+        mod_revision: i64,
+        reason: &str,
+    ) -> Result<Option<i64>> {
+        let key = self.keys.lease(&lease.network, lease.address);
+        let value = marked_lease_json(lease, reason, now_unix_ms());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self.commit(txn).await?;
+        Ok(resp
+            .succeeded()
+            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+}
+
+impl ControlEvents<'_> {
     /// The store's current revision.
     pub async fn current_revision(&self) -> Result<i64> {
         let mut c = self.client();
@@ -187,49 +215,5 @@ impl Store {
             None => Ok(None),
             Some(kv) => crate::decode_json(kv).map(Some),
         }
-    }
-
-    /// Stores the webhook cursor, fenced by the leadership that delivered
-    /// the events before it: a deposed leader cannot move it.
-    pub async fn put_webhook_cursor(&self, cursor: &WebhookCursor, fence: &Fence) -> Result<()> {
-        let key = self.keys.webhook_cursor();
-        let value = serde_json::to_vec(cursor).expect("cursor serialises");
-        let txn = Txn::new()
-            .when(vec![fence.compare()])
-            .and_then(vec![TxnOp::put(key, value, None)]);
-        let resp = self.commit(txn).await?;
-        if resp.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                key: fence.key.clone(),
-                create_revision: fence.create_revision,
-            })
-        }
-    }
-
-    /// Marks the lease last seen at `mod_revision` as being reclaimed for
-    /// `reason` (see `rackline_model::event`): the event stream then tells
-    /// a GC or reconciler reclaim from a DEL. Returns the new revision to
-    /// free it at, or None if the record changed meanwhile.
-    pub async fn mark_lease_reclaimed(
-        &self,
-        lease: &Lease,
-        mod_revision: i64,
-        reason: &str,
-    ) -> Result<Option<i64>> {
-        let key = self.keys.lease(&lease.network, lease.address);
-        let value = marked_lease_json(lease, reason, now_unix_ms());
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                mod_revision,
-            )])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.commit(txn).await?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
     }
 }

@@ -77,26 +77,6 @@ impl Store {
         Ok(Some(IdentityView { identity, lease }))
     }
 
-    pub async fn list_identities(&self, network: Option<&str>) -> Result<Vec<StoredIdentity>> {
-        let prefix = match network {
-            Some(n) => self.keys.identities_prefix(n),
-            None => self.keys.all_identities_prefix(),
-        };
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
-            .await?;
-        resp.kvs()
-            .iter()
-            .map(|kv| {
-                Ok(StoredIdentity {
-                    identity: decode_json(kv)?,
-                    mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect()
-    }
-
     /// Grants an etcd lease of `secs` (at least 1): what a reservation's
     /// records are attached to so that etcd deletes both at expiry.
     pub async fn grant_ttl(&self, secs: u64) -> Result<i64> {
@@ -172,7 +152,7 @@ impl Store {
         let lkey = self.keys.lease(network, ip);
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when(fenced(
+            .when(with_fence(
                 vec![
                     Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
                     Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
@@ -197,7 +177,7 @@ impl Store {
     ) -> Result<bool> {
         let ikey = self.keys.identity(network, namespace, name);
         let txn = Txn::new()
-            .when(fenced(
+            .when(with_fence(
                 vec![Compare::mod_revision(
                     ikey.clone(),
                     CompareOp::Equal,
@@ -221,6 +201,28 @@ impl Store {
     }
 }
 
+impl AdminReads<'_> {
+    pub async fn list_identities(&self, network: Option<&str>) -> Result<Vec<StoredIdentity>> {
+        let prefix = match network {
+            Some(n) => self.keys.identities_prefix(n),
+            None => self.keys.all_identities_prefix(),
+        };
+        let mut c = self.client();
+        let resp = self
+            .deadline(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                Ok(StoredIdentity {
+                    identity: decode_json(kv)?,
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// `rev` 0 = the key must not exist; otherwise it must be exactly at `rev`.
 fn rev_compare(key: &str, rev: i64) -> Compare {
     if rev == 0 {
@@ -228,4 +230,14 @@ fn rev_compare(key: &str, rev: i64) -> Compare {
     } else {
         Compare::mod_revision(key.to_string(), CompareOp::Equal, rev)
     }
+}
+
+/// `when` plus the compare of `fence`, if any. Only the two deletes ipamd
+/// shares with netmaster take an optional fence: ipamd (a node agent, never
+/// a leader) passes None; netmaster goes through [`crate::LeaderStore`].
+fn with_fence(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
+    if let Some(f) = fence {
+        when.push(f.compare());
+    }
+    when
 }

@@ -8,22 +8,6 @@ use rackline_model::Lease;
 use crate::*;
 
 impl Store {
-    /// Number of leases of one network, without fetching the records.
-    pub async fn count_leases(&self, network: &str) -> Result<u64> {
-        let prefix = self.keys.leases_prefix(network);
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move {
-                c.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await
-            })
-            .await?;
-        Ok(resp.count().max(0) as u64)
-    }
-
     // ---- leases ----
 
     pub async fn get_lease(&self, network: &str, ip: Ipv4Addr) -> Result<Option<StoredLease>> {
@@ -141,6 +125,24 @@ impl Store {
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
+    }
+}
+
+impl AdminReads<'_> {
+    /// Number of leases of one network, without fetching the records.
+    pub async fn count_leases(&self, network: &str) -> Result<u64> {
+        let prefix = self.keys.leases_prefix(network);
+        let mut c = self.client();
+        let resp = self
+            .deadline(async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            })
+            .await?;
+        Ok(resp.count().max(0) as u64)
     }
 }
 

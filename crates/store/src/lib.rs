@@ -13,11 +13,14 @@ mod blocks;
 mod census;
 mod channel;
 mod connect;
-mod election;
+mod etcd_leases;
 mod events;
+mod facets;
 mod group;
 mod identities;
 mod infra;
+mod leader_key;
+mod leader_store;
 mod leases;
 mod lifecycle;
 mod network_update;
@@ -34,10 +37,13 @@ pub use acl::AclRecord;
 pub use blocks::{AcquiredBlock, BlockFilter, BlockUsage};
 pub use census::LeaseCensus;
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
-pub use election::{Campaign, GrantedLease, LeaderKey, LeaderWatch, LeaseKeepAlive};
+pub use etcd_leases::{GrantedLease, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
+pub use facets::{AdminReads, ControlEvents, LeaderKeyStore};
 pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
+pub use leader_key::{Campaign, LeaderKey, LeaderWatch};
+pub use leader_store::LeaderStore;
 pub use lifecycle::{LivenessHolder, NodeLock};
 pub use network_update::{NetworkState, UpdateGuards, UpdateOutcome};
 pub use nodes::NodeInfo;
@@ -145,13 +151,6 @@ impl Fence {
     pub fn compare(&self) -> Compare {
         Compare::create_revision(self.key.clone(), CompareOp::Equal, self.create_revision)
     }
-}
-
-fn fenced(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
-    if let Some(f) = fence {
-        when.push(f.compare());
-    }
-    when
 }
 
 /// A network with the etcd revision at which it was created: leases guard on

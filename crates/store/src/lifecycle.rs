@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::{Block, Drain, DrainTarget, LeaseState, Liveness};
 
+use crate::facets::AdminReads;
 use crate::reads::{get, get_prefix, now_unix_ms};
-use crate::{decode_json, fenced, Fence, Object, Result, Store, StoreError};
+use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
 /// Who holds a node's liveness record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,85 +54,6 @@ impl Store {
                 StoreError::Missing(Object::Node(n.clone())),
             ),
         }
-    }
-
-    /// Writes `target`'s drain marker while what it names exists; an
-    /// existing marker is kept as it is. Returns whether it was created now.
-    pub async fn put_drain(
-        &self,
-        target: &DrainTarget,
-        reason: &str,
-        fence: Option<&Fence>,
-    ) -> Result<bool> {
-        let key = self.keys.drain(target);
-        let (subject, missing) = self.drain_subject(target);
-        let value = serde_json::to_vec(&Drain {
-            reason: reason.to_string(),
-            since_unix_ms: now_unix_ms(),
-        })
-        .expect("Drain serialises");
-        let txn = Txn::new()
-            .when(fenced(
-                vec![
-                    Compare::version(subject.clone(), CompareOp::Greater, 0),
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                ],
-                fence,
-            ))
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([get(subject), get(key)]);
-        let resp = self.commit(txn).await?;
-        if resp.succeeded() {
-            return Ok(true);
-        }
-        self.check_fence(fence).await?;
-        let found = |i: usize| match resp.op_responses().get(i) {
-            Some(TxnOpResponse::Get(g)) => !g.kvs().is_empty(),
-            _ => false,
-        };
-        if !found(0) {
-            return Err(missing);
-        }
-        Ok(false)
-    }
-
-    /// Removes `target`'s drain marker; false when there was none.
-    pub async fn delete_drain(&self, target: &DrainTarget, fence: Option<&Fence>) -> Result<bool> {
-        let key = self.keys.drain(target);
-        let txn = Txn::new()
-            .when(fenced(vec![], fence))
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self.commit(txn).await?;
-        if !resp.succeeded() {
-            self.check_fence(fence).await?;
-            return Err(StoreError::Contended(1));
-        }
-        Ok(resp.op_responses().into_iter().any(|r| match r {
-            TxnOpResponse::Delete(d) => d.deleted() > 0,
-            _ => false,
-        }))
-    }
-
-    /// Every drain marker.
-    pub async fn drains(&self) -> Result<Vec<DrainTarget>> {
-        let prefix = self.keys.drains_prefix();
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move {
-                c.get(
-                    prefix,
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                )
-                .await
-            })
-            .await?;
-        let mut out: Vec<DrainTarget> = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| self.keys.parse_drain(&String::from_utf8_lossy(kv.key())))
-            .collect();
-        out.sort();
-        Ok(out)
     }
 
     /// One attempt at `node`'s lock: creates its liveness record on etcd
@@ -205,6 +127,30 @@ impl Store {
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs().first().map(holder_of).transpose()
     }
+}
+
+impl AdminReads<'_> {
+    /// Every drain marker.
+    pub async fn drains(&self) -> Result<Vec<DrainTarget>> {
+        let prefix = self.keys.drains_prefix();
+        let mut c = self.client();
+        let resp = self
+            .deadline(async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            })
+            .await?;
+        let mut out: Vec<DrainTarget> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.keys.parse_drain(&String::from_utf8_lossy(kv.key())))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
 
     /// From one read: the nodes that hold something a reclaim would retire
     /// (pod leases, standby records, blocks) and the nodes that are live.
@@ -274,4 +220,55 @@ fn holder_of(kv: &etcd_client::KeyValue) -> Result<LivenessHolder> {
         mod_revision: kv.mod_revision(),
         lease: kv.lease(),
     })
+}
+
+impl LeaderStore {
+    /// Writes `target`'s drain marker while what it names exists; an
+    /// existing marker is kept as it is. Returns whether it was created now.
+    pub async fn put_drain(&self, target: &DrainTarget, reason: &str) -> Result<bool> {
+        let key = self.keys.drain(target);
+        let (subject, missing) = self.drain_subject(target);
+        let value = serde_json::to_vec(&Drain {
+            reason: reason.to_string(),
+            since_unix_ms: now_unix_ms(),
+        })
+        .expect("Drain serialises");
+        let txn = Txn::new()
+            .when(self.guard(vec![
+                Compare::version(subject.clone(), CompareOp::Greater, 0),
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ]))
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([get(subject), get(key)]);
+        let resp = self.commit(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        self.check_fence().await?;
+        let found = |i: usize| match resp.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => !g.kvs().is_empty(),
+            _ => false,
+        };
+        if !found(0) {
+            return Err(missing);
+        }
+        Ok(false)
+    }
+
+    /// Removes `target`'s drain marker; false when there was none.
+    pub async fn delete_drain(&self, target: &DrainTarget) -> Result<bool> {
+        let key = self.keys.drain(target);
+        let txn = Txn::new()
+            .when(self.guard(vec![]))
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.commit(txn).await?;
+        if !resp.succeeded() {
+            self.check_fence().await?;
+            return Err(StoreError::Contended(1));
+        }
+        Ok(resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        }))
+    }
 }

@@ -43,7 +43,7 @@ pub struct UpdateGuards {
     pub blocks: bool,
 }
 
-impl Store {
+impl AdminReads<'_> {
     /// The network `name` with its leases and block count, or None.
     pub async fn network_state(&self, name: &str) -> Result<Option<NetworkState>> {
         let (r, revision) = self
@@ -74,7 +74,9 @@ impl Store {
             revision,
         }))
     }
+}
 
+impl LeaderStore {
     /// Replaces the definition read in `seen` with `spec` (validated here
     /// again), fenced by the leader's fence. Lease records are never
     /// deleted with it: standby records the new definition excludes are
@@ -84,7 +86,6 @@ impl Store {
         spec: &NetworkSpec,
         seen: &NetworkState,
         guards: UpdateGuards,
-        fence: Option<&Fence>,
     ) -> Result<UpdateOutcome> {
         spec.validate()?;
         let name = &seen.network.spec.name;
@@ -117,7 +118,7 @@ impl Store {
             None,
         )];
         let txn = etcd_client::Txn::new()
-            .when(fenced(when, fence))
+            .when(self.guard(when))
             .and_then(ops)
             .or_else([TxnOp::get(key, None)]);
         let resp = self.commit(txn).await?;
@@ -125,7 +126,7 @@ impl Store {
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             return Ok(UpdateOutcome::Written { revision });
         }
-        self.check_fence(fence).await?;
+        self.check_fence().await?;
         let now = match resp.op_responses().into_iter().next() {
             Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.mod_revision()),
             _ => 0,

@@ -28,21 +28,21 @@ impl Store {
         let resp = self.deadline(async move { c.get(key, None).await }).await?;
         resp.kvs().first().map(decode_network).transpose()
     }
+}
 
+impl AdminReads<'_> {
     /// The network's lease records by kind (what a delete would refuse
     /// for), with the revision of the read.
     pub async fn network_census(&self, name: &str) -> Result<(LeaseCensus, i64)> {
         let (leases, rev) = self.list_leases(Some(name)).await?;
         Ok((LeaseCensus::of(leases.iter().map(|l| &l.lease)), rev))
     }
+}
 
+impl LeaderStore {
     /// Validates `spec` against every other network and writes it, all under
     /// the networks guard key so two overlapping creates cannot both succeed.
-    pub async fn create_network(
-        &self,
-        spec: &NetworkSpec,
-        fence: Option<&Fence>,
-    ) -> Result<StoredNetwork> {
+    pub async fn create_network(&self, spec: &NetworkSpec) -> Result<StoredNetwork> {
         spec.validate()?;
         let guard = self.keys.networks_guard();
         for _ in 0..16 {
@@ -83,14 +83,11 @@ impl Store {
             let key = self.keys.network(&spec.name);
             let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
             let txn = Txn::new()
-                .when(fenced(
-                    vec![
-                        Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
-                        Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                        reads::unchanged_prefix(&racknets, list_rev),
-                    ],
-                    fence,
-                ))
+                .when(self.guard(vec![
+                    Compare::mod_revision(guard.clone(), CompareOp::Less, list_rev + 1),
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    reads::unchanged_prefix(&racknets, list_rev),
+                ]))
                 .and_then([
                     TxnOp::put(key.clone(), value, None),
                     TxnOp::put(guard.clone(), spec.name.clone(), None),
@@ -105,7 +102,7 @@ impl Store {
                     mod_revision: rev,
                 });
             }
-            self.check_fence(fence).await?;
+            self.check_fence().await?;
             debug!(network = %spec.name, "network create raced another update; retrying");
         }
         Err(StoreError::Contended(16))
@@ -119,12 +116,7 @@ impl Store {
     /// blocks, sticky identities, QoS policies, quarantine records and
     /// drain markers go with it (a network re-created under the same name
     /// must not inherit them).
-    pub async fn delete_network(
-        &self,
-        name: &str,
-        force: bool,
-        fence: Option<&Fence>,
-    ) -> Result<u64> {
+    pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
         let key = self.keys.network(name);
         let guard = self.keys.networks_guard();
         let leases_prefix = self.keys.leases_prefix(name);
@@ -163,7 +155,7 @@ impl Store {
                         .with_prefix(),
                 );
             }
-            let txn = Txn::new().when(fenced(when, fence)).and_then([
+            let txn = Txn::new().when(self.guard(when)).and_then([
                 TxnOp::delete(key.clone(), None),
                 TxnOp::delete(
                     leases_prefix.clone(),
@@ -213,7 +205,7 @@ impl Store {
                     .unwrap_or(0);
                 return Ok(deleted.max(0) as u64);
             }
-            self.check_fence(fence).await?;
+            self.check_fence().await?;
         }
         Err(StoreError::Contended(16))
     }

@@ -9,9 +9,10 @@ use rackline_model::{Block, DrainTarget, Lease, Node};
 use tracing::{debug, warn};
 
 use crate::blocks::BlockUsage;
+use crate::facets::AdminReads;
 use crate::racks::decode_all;
 use crate::reads::{get, get_prefix, now_unix_ms, unchanged_prefix, ATTEMPTS};
-use crate::{decode_json, fenced, Fence, Object, Result, Store, StoreError};
+use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
 /// A node with what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,10 +29,164 @@ pub struct NodeInfo {
 }
 
 impl Store {
+    /// Every lease as of `revision`, read in pages (the records of 100 000
+    /// leases exceed etcd's answer size limit in one read).
+    async fn leases_at(&self, revision: i64) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        self.for_each_page(&self.keys.all_leases_prefix(), revision, |kvs| {
+            leases.extend(decode_leases_lenient(kvs));
+            Ok(())
+        })
+        .await?;
+        Ok(leases)
+    }
+
+    /// Fills in `draining` and `live` from the drain markers and liveness
+    /// records read with the nodes.
+    fn add_states(
+        &self,
+        infos: &mut [NodeInfo],
+        drains: &[etcd_client::KeyValue],
+        liveness: &[etcd_client::KeyValue],
+    ) {
+        let keys = |kvs: &[etcd_client::KeyValue]| -> std::collections::HashSet<String> {
+            kvs.iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
+        };
+        let (drains, liveness) = (keys(drains), keys(liveness));
+        for i in infos {
+            let name = i.node.name.clone();
+            i.draining = drains.contains(&self.keys.drain(&DrainTarget::Node(name.clone())));
+            i.live = liveness.contains(&self.keys.liveness(&name));
+        }
+    }
+}
+
+impl AdminReads<'_> {
+    pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>> {
+        let (r, rev) = self
+            .read_at_once(vec![
+                get(self.keys.node(name)),
+                get_prefix(self.keys.all_blocks_prefix()),
+                get_prefix(self.keys.drains_prefix()),
+                get_prefix(self.keys.liveness_prefix()),
+            ])
+            .await?;
+        let Some(kv) = r[0].kvs().first() else {
+            return Ok(None);
+        };
+        let node: Node = decode_json(kv)?;
+        let leases = self.leases_at(rev).await?;
+        let mut infos = node_infos(vec![node], decode_all(r[1].kvs())?, leases);
+        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
+        Ok(infos.into_iter().next())
+    }
+
+    /// Nodes (of one rack, or all) by name, with their blocks and lease
+    /// counts from one consistent read.
+    pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
+        let (r, rev) = self
+            .read_at_once(vec![
+                get_prefix(self.keys.nodes_prefix()),
+                get_prefix(self.keys.all_blocks_prefix()),
+                get_prefix(self.keys.drains_prefix()),
+                get_prefix(self.keys.liveness_prefix()),
+            ])
+            .await?;
+        let mut nodes: Vec<Node> = decode_all::<Node>(r[0].kvs())?
+            .into_iter()
+            .filter(|n| rack.is_none_or(|r| r == n.rack))
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        // The leases at the same revision: one consistent state.
+        let leases = self.leases_at(rev).await?;
+        let mut infos = node_infos(nodes, decode_all(r[1].kvs())?, leases);
+        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
+        Ok(infos)
+    }
+}
+
+fn rack_of(kv: &etcd_client::KeyValue) -> Option<String> {
+    decode_json::<Node>(kv).ok().map(|n| n.rack)
+}
+
+/// Lease records are written by every ipamd; one that does not decode is
+/// skipped (and logged) rather than failing an admin view. Its key still
+/// exists, so it still blocks its address for allocation.
+pub(crate) fn decode_leases_lenient(kvs: &[etcd_client::KeyValue]) -> Vec<Lease> {
+    kvs.iter()
+        .filter_map(|kv| match decode_json::<Lease>(kv) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("ignoring an undecodable record: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Attaches to each node its blocks (with their lease counts) and its lease
+/// count. Cost: O((blocks + leases) · log blocks); nothing per address.
+pub(crate) fn node_infos(
+    nodes: Vec<Node>,
+    blocks: Vec<Block>,
+    leases: Vec<Lease>,
+) -> Vec<NodeInfo> {
+    // network -> first address -> index into `blocks`
+    let mut by_first: HashMap<&str, BTreeMap<u32, usize>> = HashMap::new();
+    for (i, b) in blocks.iter().enumerate() {
+        by_first
+            .entry(b.network.as_str())
+            .or_default()
+            .insert(u32::from(b.first), i);
+    }
+    let mut leased = vec![0u64; blocks.len()];
+    let mut per_node: HashMap<&str, u64> = HashMap::new();
+    for l in &leases {
+        *per_node.entry(l.node.as_str()).or_default() += 1;
+        let ip = u32::from(l.address);
+        if let Some((_, &i)) = by_first
+            .get(l.network.as_str())
+            .and_then(|m| m.range(..=ip).next_back())
+        {
+            if blocks[i].contains(l.address) {
+                leased[i] += 1;
+            }
+        }
+    }
+    let mut held: HashMap<&str, Vec<BlockUsage>> = HashMap::new();
+    for (b, n) in blocks.iter().zip(leased) {
+        held.entry(b.node.as_str()).or_default().push(BlockUsage {
+            block: b.clone(),
+            leased: n,
+        });
+    }
+    nodes
+        .into_iter()
+        .map(|node| {
+            let mut blocks = held.remove(node.name.as_str()).unwrap_or_default();
+            blocks.sort_by(|a, b| {
+                (&a.block.network, u32::from(a.block.first))
+                    .cmp(&(&b.block.network, u32::from(b.block.first)))
+            });
+            let leases = per_node.get(node.name.as_str()).copied().unwrap_or(0);
+            NodeInfo {
+                node,
+                blocks,
+                leases,
+                draining: false,
+                live: false,
+            }
+        })
+        .collect()
+}
+
+impl LeaderStore {
     /// Registers `node` (or refreshes its addresses and registration time)
     /// and returns the stored record. The rack must exist; moving to another
     /// rack is refused while the node owns blocks or leases.
-    pub async fn register_node(&self, node: &Node, fence: Option<&Fence>) -> Result<Node> {
+    pub async fn register_node(&self, node: &Node) -> Result<Node> {
         node.validate()?;
         let key = self.keys.node(&node.name);
         let rack_key = self.keys.rack(&node.rack);
@@ -109,169 +264,18 @@ impl Store {
             let mut record = node.clone();
             record.registered_unix_ms = now_unix_ms();
             let value = serde_json::to_vec(&record).expect("Node serialises");
-            let txn = Txn::new().when(fenced(when, fence)).and_then([TxnOp::put(
-                key.clone(),
-                value,
-                None,
-            )]);
+            let txn =
+                Txn::new()
+                    .when(self.guard(when))
+                    .and_then([TxnOp::put(key.clone(), value, None)]);
             if self.commit(txn).await?.succeeded() {
                 return Ok(record);
             }
-            self.check_fence(fence).await?;
+            self.check_fence().await?;
             debug!(node = %node.name, "node registration raced another update; retrying");
         }
         Err(StoreError::Contended(ATTEMPTS))
     }
-
-    pub async fn get_node(&self, name: &str) -> Result<Option<NodeInfo>> {
-        let (r, rev) = self
-            .read_at_once(vec![
-                get(self.keys.node(name)),
-                get_prefix(self.keys.all_blocks_prefix()),
-                get_prefix(self.keys.drains_prefix()),
-                get_prefix(self.keys.liveness_prefix()),
-            ])
-            .await?;
-        let Some(kv) = r[0].kvs().first() else {
-            return Ok(None);
-        };
-        let node: Node = decode_json(kv)?;
-        let leases = self.leases_at(rev).await?;
-        let mut infos = node_infos(vec![node], decode_all(r[1].kvs())?, leases);
-        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
-        Ok(infos.into_iter().next())
-    }
-
-    /// Every lease as of `revision`, read in pages (the records of 100 000
-    /// leases exceed etcd's answer size limit in one read).
-    async fn leases_at(&self, revision: i64) -> Result<Vec<Lease>> {
-        let mut leases = Vec::new();
-        self.for_each_page(&self.keys.all_leases_prefix(), revision, |kvs| {
-            leases.extend(decode_leases_lenient(kvs));
-            Ok(())
-        })
-        .await?;
-        Ok(leases)
-    }
-
-    /// Nodes (of one rack, or all) by name, with their blocks and lease
-    /// counts from one consistent read.
-    pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
-        let (r, rev) = self
-            .read_at_once(vec![
-                get_prefix(self.keys.nodes_prefix()),
-                get_prefix(self.keys.all_blocks_prefix()),
-                get_prefix(self.keys.drains_prefix()),
-                get_prefix(self.keys.liveness_prefix()),
-            ])
-            .await?;
-        let mut nodes: Vec<Node> = decode_all::<Node>(r[0].kvs())?
-            .into_iter()
-            .filter(|n| rack.is_none_or(|r| r == n.rack))
-            .collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        // The leases at the same revision: one consistent state.
-        let leases = self.leases_at(rev).await?;
-        let mut infos = node_infos(nodes, decode_all(r[1].kvs())?, leases);
-        self.add_states(&mut infos, r[2].kvs(), r[3].kvs());
-        Ok(infos)
-    }
-
-    /// Fills in `draining` and `live` from the drain markers and liveness
-    /// records read with the nodes.
-    fn add_states(
-        &self,
-        infos: &mut [NodeInfo],
-        drains: &[etcd_client::KeyValue],
-        liveness: &[etcd_client::KeyValue],
-    ) {
-        let keys = |kvs: &[etcd_client::KeyValue]| -> std::collections::HashSet<String> {
-            kvs.iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                .collect()
-        };
-        let (drains, liveness) = (keys(drains), keys(liveness));
-        for i in infos {
-            let name = i.node.name.clone();
-            i.draining = drains.contains(&self.keys.drain(&DrainTarget::Node(name.clone())));
-            i.live = liveness.contains(&self.keys.liveness(&name));
-        }
-    }
-}
-
-fn rack_of(kv: &etcd_client::KeyValue) -> Option<String> {
-    decode_json::<Node>(kv).ok().map(|n| n.rack)
-}
-
-/// Lease records are written by every ipamd; one that does not decode is
-/// skipped (and logged) rather than failing an admin view. Its key still
-/// exists, so it still blocks its address for allocation.
-pub(crate) fn decode_leases_lenient(kvs: &[etcd_client::KeyValue]) -> Vec<Lease> {
-    kvs.iter()
-        .filter_map(|kv| match decode_json::<Lease>(kv) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                warn!("ignoring an undecodable record: {e}");
-                None
-            }
-        })
-        .collect()
-}
-
-/// Attaches to each node its blocks (with their lease counts) and its lease
-/// count. Cost: O((blocks + leases) · log blocks); nothing per address.
-pub(crate) fn node_infos(
-    nodes: Vec<Node>,
-    blocks: Vec<Block>,
-    leases: Vec<Lease>,
-) -> Vec<NodeInfo> {
-    // network -> first address -> index into `blocks`
-    let mut by_first: HashMap<&str, BTreeMap<u32, usize>> = HashMap::new();
-    for (i, b) in blocks.iter().enumerate() {
-        by_first
-            .entry(b.network.as_str())
-            .or_default()
-            .insert(u32::from(b.first), i);
-    }
-    let mut leased = vec![0u64; blocks.len()];
-    let mut per_node: HashMap<&str, u64> = HashMap::new();
-    for l in &leases {
-        *per_node.entry(l.node.as_str()).or_default() += 1;
-        let ip = u32::from(l.address);
-        if let Some((_, &i)) = by_first
-            .get(l.network.as_str())
-            .and_then(|m| m.range(..=ip).next_back())
-        {
-            if blocks[i].contains(l.address) {
-                leased[i] += 1;
-            }
-        }
-    }
-    let mut held: HashMap<&str, Vec<BlockUsage>> = HashMap::new();
-    for (b, n) in blocks.iter().zip(leased) {
-        held.entry(b.node.as_str()).or_default().push(BlockUsage {
-            block: b.clone(),
-            leased: n,
-        });
-    }
-    nodes
-        .into_iter()
-        .map(|node| {
-            let mut blocks = held.remove(node.name.as_str()).unwrap_or_default();
-            blocks.sort_by(|a, b| {
-                (&a.block.network, u32::from(a.block.first))
-                    .cmp(&(&b.block.network, u32::from(b.block.first)))
-            });
-            let leases = per_node.get(node.name.as_str()).copied().unwrap_or(0);
-            NodeInfo {
-                node,
-                blocks,
-                leases,
-                draining: false,
-                live: false,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -8,52 +8,9 @@ use rackline_model::network::ValidationError;
 use rackline_model::QosPolicy;
 
 use crate::reads::get_prefix;
-use crate::{decode_json, fenced, Fence, Result, Store, StoreError};
+use crate::{decode_json, LeaderStore, Result, Store, StoreError};
 
 impl Store {
-    /// Creates or replaces a policy. `NotFound` when its network does not
-    /// exist.
-    pub async fn set_qos_policy(&self, p: &QosPolicy, fence: Option<&Fence>) -> Result<()> {
-        p.validate().map_err(ValidationError::from)?;
-        let key = self.keys.qos_policy(&p.network, &p.namespace, &p.name);
-        let value = serde_json::to_vec(p).expect("QosPolicy serialises");
-        let net = self.keys.network(&p.network);
-        let txn = Txn::new()
-            .when(fenced(
-                vec![Compare::create_revision(net, CompareOp::Greater, 0)],
-                fence,
-            ))
-            .and_then([TxnOp::put(key, value, None)]);
-        if self.commit(txn).await?.succeeded() {
-            return Ok(());
-        }
-        self.check_fence(fence).await?;
-        Err(StoreError::NotFound(p.network.clone()))
-    }
-
-    /// Deletes a policy; `false` when there was none.
-    pub async fn delete_qos_policy(
-        &self,
-        network: &str,
-        namespace: &str,
-        name: &str,
-        fence: Option<&Fence>,
-    ) -> Result<bool> {
-        let key = self.keys.qos_policy(network, namespace, name);
-        let txn = Txn::new()
-            .when(fenced(Vec::new(), fence))
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self.commit(txn).await?;
-        if !resp.succeeded() {
-            self.check_fence(fence).await?;
-        }
-        let deleted = resp
-            .op_responses()
-            .into_iter()
-            .any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
-        Ok(deleted)
-    }
-
     /// Policies of `network` (all networks with `None`) with their keys,
     /// sorted by key, and the revision read at (to watch from).
     pub async fn list_qos_policies(
@@ -75,5 +32,46 @@ impl Store {
             }
         }
         Ok((out, rev))
+    }
+}
+
+impl LeaderStore {
+    /// Creates or replaces a policy. `NotFound` when its network does not
+    /// exist.
+    pub async fn set_qos_policy(&self, p: &QosPolicy) -> Result<()> {
+        p.validate().map_err(ValidationError::from)?;
+        let key = self.keys.qos_policy(&p.network, &p.namespace, &p.name);
+        let value = serde_json::to_vec(p).expect("QosPolicy serialises");
+        let net = self.keys.network(&p.network);
+        let txn = Txn::new()
+            .when(self.guard(vec![Compare::create_revision(net, CompareOp::Greater, 0)]))
+            .and_then([TxnOp::put(key, value, None)]);
+        if self.commit(txn).await?.succeeded() {
+            return Ok(());
+        }
+        self.check_fence().await?;
+        Err(StoreError::NotFound(p.network.clone()))
+    }
+
+    /// Deletes a policy; `false` when there was none.
+    pub async fn delete_qos_policy(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let key = self.keys.qos_policy(network, namespace, name);
+        let txn = Txn::new()
+            .when(self.guard(Vec::new()))
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.commit(txn).await?;
+        if !resp.succeeded() {
+            self.check_fence().await?;
+        }
+        let deleted = resp
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+        Ok(deleted)
     }
 }

@@ -12,9 +12,10 @@ use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use rackline_model::{Block, DrainTarget, Lease, Node, Rack, RackNet, ValidationError};
 use tracing::debug;
 
+use crate::facets::AdminReads;
 use crate::reads::{get, get_prefix, unchanged_prefix, unchanged_range, ATTEMPTS};
 use crate::{
-    decode_json, decode_network, fenced, Fence, LeaseCensus, Object, Result, Store, StoreError,
+    decode_json, decode_network, LeaderStore, LeaseCensus, Object, Result, Store, StoreError,
 };
 
 /// More lease ranges than this in one compare list and unbind guards the
@@ -32,23 +33,38 @@ pub struct RackInfo {
 }
 
 impl Store {
-    pub async fn create_rack(&self, rack: &Rack, fence: Option<&Fence>) -> Result<Rack> {
-        rack.validate()?;
-        let key = self.keys.rack(&rack.name);
-        let value = serde_json::to_vec(rack).expect("Rack serialises");
-        let txn = Txn::new()
-            .when(fenced(
-                vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
-                fence,
-            ))
-            .and_then([TxnOp::put(key, value, None)]);
-        if self.commit(txn).await?.succeeded() {
-            return Ok(rack.clone());
+    /// Decodes the bindings whose key matches the filters (the key names
+    /// network and rack, so other records are not even decoded).
+    pub(crate) fn decode_bindings(
+        &self,
+        kvs: &[KeyValue],
+        network: Option<&str>,
+        rack: Option<&str>,
+    ) -> Result<Vec<RackNet>> {
+        let mut out = Vec::new();
+        for kv in kvs {
+            let k = String::from_utf8_lossy(kv.key());
+            let Some((n, r)) = self.keys.parse_racknet(&k) else {
+                continue;
+            };
+            if network.is_some_and(|x| x != n) || rack.is_some_and(|x| x != r) {
+                continue;
+            }
+            out.push(decode_json::<RackNet>(kv)?);
         }
-        self.check_fence(fence).await?;
-        Err(StoreError::Exists(Object::Rack(rack.name.clone())))
+        out.sort_by(|a, b| (&a.network, &a.rack).cmp(&(&b.network, &b.rack)));
+        Ok(out)
     }
 
+    fn is_rack_key(&self, kv: &KeyValue) -> bool {
+        let k = String::from_utf8_lossy(kv.key());
+        self.keys
+            .rack_name_of(&k)
+            .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+    }
+}
+
+impl AdminReads<'_> {
     /// Racks by name.
     pub async fn list_racks(&self) -> Result<Vec<Rack>> {
         let (r, _) = self
@@ -88,277 +104,6 @@ impl Store {
             bindings,
             nodes,
         }))
-    }
-
-    /// Deletes an unused rack and its bindings; returns how many bindings
-    /// went with it. Refused while a node is registered in the rack or a
-    /// block of the rack exists.
-    ///
-    /// Leases need no check of their own: a lease belongs to a rack through
-    /// its node, and a rack without nodes has none. Blocks created after the
-    /// read need no compare either: `acquire_block` compares the binding
-    /// (deleted here) and the record of a node of this rack (the nodes prefix
-    /// is compared here, and it held no such node).
-    pub async fn delete_rack(&self, name: &str, fence: Option<&Fence>) -> Result<usize> {
-        let key = self.keys.rack(name);
-        let nodes_prefix = self.keys.nodes_prefix();
-        let racknets_prefix = self.keys.all_racknets_prefix();
-        for _ in 0..ATTEMPTS {
-            let (r, rev) = self
-                .read_at_once(vec![
-                    get(key.clone()),
-                    get_prefix(nodes_prefix.clone()),
-                    get_prefix(racknets_prefix.clone()),
-                    get_prefix(self.keys.all_blocks_prefix()),
-                ])
-                .await?;
-            let Some(rack_kv) = r[0].kvs().first() else {
-                return Err(StoreError::Missing(Object::Rack(name.to_string())));
-            };
-            let nodes: Vec<String> = decode_all::<Node>(r[1].kvs())?
-                .into_iter()
-                .filter(|n| n.rack == name)
-                .map(|n| n.name)
-                .collect();
-            let blocks = decode_all::<Block>(r[3].kvs())?
-                .iter()
-                .filter(|b| b.rack == name)
-                .count();
-            if !nodes.is_empty() || blocks > 0 {
-                return Err(StoreError::Refused(format!(
-                    "rack {name:?} is in use: {} node(s){} and {blocks} block(s); \
-                     release the blocks and move the nodes to another rack first",
-                    nodes.len(),
-                    name_list(&nodes),
-                )));
-            }
-            let bindings: Vec<String> = r[2]
-                .kvs()
-                .iter()
-                .filter_map(|kv| {
-                    let k = String::from_utf8_lossy(kv.key());
-                    let (_, rack) = self.keys.parse_racknet(&k)?;
-                    (rack == name).then(|| k.to_string())
-                })
-                .collect();
-            let mut ops = vec![TxnOp::delete(key.clone(), None)];
-            ops.extend(bindings.iter().map(|k| TxnOp::delete(k.clone(), None)));
-            let txn = Txn::new()
-                .when(fenced(
-                    vec![
-                        Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            rack_kv.mod_revision(),
-                        ),
-                        unchanged_prefix(&nodes_prefix, rev),
-                        unchanged_prefix(&racknets_prefix, rev),
-                    ],
-                    fence,
-                ))
-                .and_then(ops);
-            if self.commit(txn).await?.succeeded() {
-                return Ok(bindings.len());
-            }
-            self.check_fence(fence).await?;
-            debug!(rack = %name, "rack delete raced another update; retrying");
-        }
-        Err(StoreError::Contended(ATTEMPTS))
-    }
-
-    /// Creates or replaces the binding of `binding.rack` to
-    /// `binding.network`, validated against the network, the other racks'
-    /// ranges on it, and every other network's subnet and bindings. A
-    /// replacement must keep every existing block of the rack inside the
-    /// new ranges.
-    pub async fn bind_rack(&self, binding: &RackNet, fence: Option<&Fence>) -> Result<RackNet> {
-        let net_key = self.keys.network(&binding.network);
-        let rack_key = self.keys.rack(&binding.rack);
-        let key = self.keys.racknet(&binding.network, &binding.rack);
-        let networks_prefix = self.keys.networks_prefix();
-        let racknets_prefix = self.keys.all_racknets_prefix();
-        let blocks_prefix = self.keys.blocks_prefix(&binding.network);
-        rackline_model::network::validate_name(&binding.network)?;
-        for _ in 0..ATTEMPTS {
-            let (r, rev) = self
-                .read_at_once(vec![
-                    get(net_key.clone()),
-                    get(rack_key.clone()),
-                    get_prefix(networks_prefix.clone()),
-                    get_prefix(racknets_prefix.clone()),
-                    get_prefix(blocks_prefix.clone()),
-                ])
-                .await?;
-            let Some(net_kv) = r[0].kvs().first() else {
-                return Err(StoreError::NotFound(binding.network.clone()));
-            };
-            let net = decode_network(net_kv)?.spec;
-            binding.validate(&net)?;
-            let Some(rack_kv) = r[1].kvs().first() else {
-                return Err(StoreError::Missing(Object::Rack(binding.rack.clone())));
-            };
-            let all = self.decode_bindings(r[3].kvs(), None, None)?;
-            binding.check_overlap(&net, all.iter().filter(|b| b.network == net.name))?;
-            let bad = |why: String| {
-                StoreError::Invalid(ValidationError::RackNet {
-                    rack: binding.rack.clone(),
-                    network: binding.network.clone(),
-                    why,
-                })
-            };
-            for kv in r[2].kvs() {
-                let other = decode_network(kv)?.spec;
-                if other.name != net.name && binding.subnet.overlaps(other.subnet) {
-                    return Err(bad(format!(
-                        "subnet {} overlaps subnet {} of network {:?}",
-                        binding.subnet, other.subnet, other.name
-                    )));
-                }
-            }
-            for o in all.iter().filter(|o| o.network != net.name) {
-                if binding.subnet.overlaps(o.subnet) {
-                    return Err(bad(format!(
-                        "subnet {} overlaps subnet {} of rack {:?} on network {:?}",
-                        binding.subnet, o.subnet, o.rack, o.network
-                    )));
-                }
-            }
-            let existing = r[3]
-                .kvs()
-                .iter()
-                .find(|kv| kv.key() == key.as_bytes())
-                .map(KeyValue::mod_revision);
-            let mut when = vec![
-                Compare::mod_revision(net_key.clone(), CompareOp::Equal, net_kv.mod_revision()),
-                Compare::mod_revision(rack_key.clone(), CompareOp::Equal, rack_kv.mod_revision()),
-                unchanged_prefix(&networks_prefix, rev),
-                unchanged_prefix(&racknets_prefix, rev),
-            ];
-            match existing {
-                None => when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
-                Some(seen) => {
-                    // A replacement may not strand a block outside the
-                    // rack's ranges, nor exclude an address inside a block
-                    // (ipamd takes a block as allocatable end to end); blocks
-                    // acquired meanwhile are caught by the prefix compare.
-                    let allocatable = binding.allocatable(&net);
-                    for b in decode_all::<Block>(r[4].kvs())? {
-                        let (lo, hi) = b.span();
-                        if b.rack == binding.rack
-                            && allocatable.count_in(lo, hi) != u64::from(b.size)
-                        {
-                            return Err(StoreError::Refused(format!(
-                                "block {} (node {:?}) of rack {:?} would fall outside the new \
-                                 ranges (or into an exclusion) on network {:?}; release it first",
-                                b.first, b.node, binding.rack, binding.network
-                            )));
-                        }
-                    }
-                    when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, seen));
-                    when.push(unchanged_prefix(&blocks_prefix, rev));
-                }
-            }
-            let value = serde_json::to_vec(binding).expect("RackNet serialises");
-            let txn = Txn::new().when(fenced(when, fence)).and_then([TxnOp::put(
-                key.clone(),
-                value,
-                None,
-            )]);
-            if self.commit(txn).await?.succeeded() {
-                return Ok(binding.clone());
-            }
-            self.check_fence(fence).await?;
-            debug!(rack = %binding.rack, network = %binding.network, "bind raced another update; retrying");
-        }
-        Err(StoreError::Contended(ATTEMPTS))
-    }
-
-    /// Removes a rack's binding to a network. Refused while the rack has
-    /// blocks on the network, or nodes of the rack hold leases on it.
-    ///
-    /// New leases of the rack's nodes on a rack-bound network are written
-    /// only inside the rack's blocks (none exist, and the blocks prefix is
-    /// compared); the lease ranges of the rack's allocatable set are compared
-    /// as well, so even a writer outside that contract cannot slip in.
-    pub async fn unbind_rack(
-        &self,
-        rack: &str,
-        network: &str,
-        fence: Option<&Fence>,
-    ) -> Result<()> {
-        rackline_model::network::validate_name(network)?;
-        let key = self.keys.racknet(network, rack);
-        let nodes_prefix = self.keys.nodes_prefix();
-        let blocks_prefix = self.keys.blocks_prefix(network);
-        let leases_prefix = self.keys.leases_prefix(network);
-        for _ in 0..ATTEMPTS {
-            let (r, rev) = self
-                .read_at_once(vec![
-                    get(key.clone()),
-                    get(self.keys.network(network)),
-                    get_prefix(nodes_prefix.clone()),
-                    get_prefix(blocks_prefix.clone()),
-                    get_prefix(leases_prefix.clone()),
-                ])
-                .await?;
-            let Some(binding_kv) = r[0].kvs().first() else {
-                return Err(StoreError::Missing(Object::Binding {
-                    rack: rack.to_string(),
-                    network: network.to_string(),
-                }));
-            };
-            let binding: RackNet = decode_json(binding_kv)?;
-            let members: BTreeSet<String> = decode_all::<Node>(r[2].kvs())?
-                .into_iter()
-                .filter(|n| n.rack == rack)
-                .map(|n| n.name)
-                .collect();
-            let left = BindingCensus::of(
-                rack,
-                &members,
-                decode_all::<Block>(r[3].kvs())?,
-                &decode_all::<Lease>(r[4].kvs())?,
-            );
-            if let Some(why) = left.refusal() {
-                return Err(StoreError::Refused(format!(
-                    "rack {rack:?} on network {network:?} still has {why}"
-                )));
-            }
-            let mut when = vec![
-                Compare::mod_revision(key.clone(), CompareOp::Equal, binding_kv.mod_revision()),
-                unchanged_prefix(&nodes_prefix, rev),
-                unchanged_prefix(&blocks_prefix, rev),
-            ];
-            let runs: Vec<(u32, u32)> = match r[1].kvs().first() {
-                Some(kv) => binding
-                    .allocatable(&decode_network(kv)?.spec)
-                    .iter_runs()
-                    .collect(),
-                None => Vec::new(),
-            };
-            if runs.is_empty() || runs.len() > MAX_RANGE_COMPARES {
-                when.push(unchanged_prefix(&leases_prefix, rev));
-            } else {
-                for (s, e) in runs {
-                    let (start, end) = self.keys.lease_range(network, s.into(), e.into());
-                    when.push(unchanged_range(&start, &end, rev));
-                }
-            }
-            let marker = self.keys.drain(&DrainTarget::RackNet {
-                network: network.to_string(),
-                rack: rack.to_string(),
-            });
-            let txn = Txn::new().when(fenced(when, fence)).and_then([
-                TxnOp::delete(key.clone(), None),
-                TxnOp::delete(marker, None),
-            ]);
-            if self.commit(txn).await?.succeeded() {
-                return Ok(());
-            }
-            self.check_fence(fence).await?;
-            debug!(%rack, %network, "unbind raced another update; retrying");
-        }
-        Err(StoreError::Contended(ATTEMPTS))
     }
 
     /// What keeps `rack` from being unbound from `network` now: its blocks
@@ -408,36 +153,6 @@ impl Store {
         };
         let (r, _) = self.read_at_once(vec![get_prefix(prefix)]).await?;
         self.decode_bindings(r[0].kvs(), network, rack)
-    }
-
-    /// Decodes the bindings whose key matches the filters (the key names
-    /// network and rack, so other records are not even decoded).
-    pub(crate) fn decode_bindings(
-        &self,
-        kvs: &[KeyValue],
-        network: Option<&str>,
-        rack: Option<&str>,
-    ) -> Result<Vec<RackNet>> {
-        let mut out = Vec::new();
-        for kv in kvs {
-            let k = String::from_utf8_lossy(kv.key());
-            let Some((n, r)) = self.keys.parse_racknet(&k) else {
-                continue;
-            };
-            if network.is_some_and(|x| x != n) || rack.is_some_and(|x| x != r) {
-                continue;
-            }
-            out.push(decode_json::<RackNet>(kv)?);
-        }
-        out.sort_by(|a, b| (&a.network, &a.rack).cmp(&(&b.network, &b.rack)));
-        Ok(out)
-    }
-
-    fn is_rack_key(&self, kv: &KeyValue) -> bool {
-        let k = String::from_utf8_lossy(kv.key());
-        self.keys
-            .rack_name_of(&k)
-            .is_some_and(|n| !n.is_empty() && !n.contains('/'))
     }
 }
 
@@ -533,6 +248,284 @@ fn name_list(names: &[String]) -> String {
         s.push_str(", …");
     }
     format!(" ({s})")
+}
+
+impl LeaderStore {
+    pub async fn create_rack(&self, rack: &Rack) -> Result<Rack> {
+        rack.validate()?;
+        let key = self.keys.rack(&rack.name);
+        let value = serde_json::to_vec(rack).expect("Rack serialises");
+        let txn = Txn::new()
+            .when(self.guard(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )]))
+            .and_then([TxnOp::put(key, value, None)]);
+        if self.commit(txn).await?.succeeded() {
+            return Ok(rack.clone());
+        }
+        self.check_fence().await?;
+        Err(StoreError::Exists(Object::Rack(rack.name.clone())))
+    }
+
+    /// Deletes an unused rack and its bindings; returns how many bindings
+    /// went with it. Refused while a node is registered in the rack or a
+    /// block of the rack exists.
+    ///
+    /// Leases need no check of their own: a lease belongs to a rack through
+    /// its node, and a rack without nodes has none. Blocks created after the
+    /// read need no compare either: `acquire_block` compares the binding
+    /// (deleted here) and the record of a node of this rack (the nodes prefix
+    /// is compared here, and it held no such node).
+    pub async fn delete_rack(&self, name: &str) -> Result<usize> {
+        let key = self.keys.rack(name);
+        let nodes_prefix = self.keys.nodes_prefix();
+        let racknets_prefix = self.keys.all_racknets_prefix();
+        for _ in 0..ATTEMPTS {
+            let (r, rev) = self
+                .read_at_once(vec![
+                    get(key.clone()),
+                    get_prefix(nodes_prefix.clone()),
+                    get_prefix(racknets_prefix.clone()),
+                    get_prefix(self.keys.all_blocks_prefix()),
+                ])
+                .await?;
+            let Some(rack_kv) = r[0].kvs().first() else {
+                return Err(StoreError::Missing(Object::Rack(name.to_string())));
+            };
+            let nodes: Vec<String> = decode_all::<Node>(r[1].kvs())?
+                .into_iter()
+                .filter(|n| n.rack == name)
+                .map(|n| n.name)
+                .collect();
+            let blocks = decode_all::<Block>(r[3].kvs())?
+                .iter()
+                .filter(|b| b.rack == name)
+                .count();
+            if !nodes.is_empty() || blocks > 0 {
+                return Err(StoreError::Refused(format!(
+                    "rack {name:?} is in use: {} node(s){} and {blocks} block(s); \
+                     release the blocks and move the nodes to another rack first",
+                    nodes.len(),
+                    name_list(&nodes),
+                )));
+            }
+            let bindings: Vec<String> = r[2]
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let k = String::from_utf8_lossy(kv.key());
+                    let (_, rack) = self.keys.parse_racknet(&k)?;
+                    (rack == name).then(|| k.to_string())
+                })
+                .collect();
+            let mut ops = vec![TxnOp::delete(key.clone(), None)];
+            ops.extend(bindings.iter().map(|k| TxnOp::delete(k.clone(), None)));
+            let txn = Txn::new()
+                .when(self.guard(vec![
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, rack_kv.mod_revision()),
+                    unchanged_prefix(&nodes_prefix, rev),
+                    unchanged_prefix(&racknets_prefix, rev),
+                ]))
+                .and_then(ops);
+            if self.commit(txn).await?.succeeded() {
+                return Ok(bindings.len());
+            }
+            self.check_fence().await?;
+            debug!(rack = %name, "rack delete raced another update; retrying");
+        }
+        Err(StoreError::Contended(ATTEMPTS))
+    }
+
+    /// Creates or replaces the binding of `binding.rack` to
+    /// `binding.network`, validated against the network, the other racks'
+    /// ranges on it, and every other network's subnet and bindings. A
+    /// replacement must keep every existing block of the rack inside the
+    /// new ranges.
+    pub async fn bind_rack(&self, binding: &RackNet) -> Result<RackNet> {
+        let net_key = self.keys.network(&binding.network);
+        let rack_key = self.keys.rack(&binding.rack);
+        let key = self.keys.racknet(&binding.network, &binding.rack);
+        let networks_prefix = self.keys.networks_prefix();
+        let racknets_prefix = self.keys.all_racknets_prefix();
+        let blocks_prefix = self.keys.blocks_prefix(&binding.network);
+        rackline_model::network::validate_name(&binding.network)?;
+        for _ in 0..ATTEMPTS {
+            let (r, rev) = self
+                .read_at_once(vec![
+                    get(net_key.clone()),
+                    get(rack_key.clone()),
+                    get_prefix(networks_prefix.clone()),
+                    get_prefix(racknets_prefix.clone()),
+                    get_prefix(blocks_prefix.clone()),
+                ])
+                .await?;
+            let Some(net_kv) = r[0].kvs().first() else {
+                return Err(StoreError::NotFound(binding.network.clone()));
+            };
+            let net = decode_network(net_kv)?.spec;
+            binding.validate(&net)?;
+            let Some(rack_kv) = r[1].kvs().first() else {
+                return Err(StoreError::Missing(Object::Rack(binding.rack.clone())));
+            };
+            let all = self.decode_bindings(r[3].kvs(), None, None)?;
+            binding.check_overlap(&net, all.iter().filter(|b| b.network == net.name))?;
+            let bad = |why: String| {
+                StoreError::Invalid(ValidationError::RackNet {
+                    rack: binding.rack.clone(),
+                    network: binding.network.clone(),
+                    why,
+                })
+            };
+            for kv in r[2].kvs() {
+                let other = decode_network(kv)?.spec;
+                if other.name != net.name && binding.subnet.overlaps(other.subnet) {
+                    return Err(bad(format!(
+                        "subnet {} overlaps subnet {} of network {:?}",
+                        binding.subnet, other.subnet, other.name
+                    )));
+                }
+            }
+            for o in all.iter().filter(|o| o.network != net.name) {
+                if binding.subnet.overlaps(o.subnet) {
+                    return Err(bad(format!(
+                        "subnet {} overlaps subnet {} of rack {:?} on network {:?}",
+                        binding.subnet, o.subnet, o.rack, o.network
+                    )));
+                }
+            }
+            let existing = r[3]
+                .kvs()
+                .iter()
+                .find(|kv| kv.key() == key.as_bytes())
+                .map(KeyValue::mod_revision);
+            let mut when = vec![
+                Compare::mod_revision(net_key.clone(), CompareOp::Equal, net_kv.mod_revision()),
+                Compare::mod_revision(rack_key.clone(), CompareOp::Equal, rack_kv.mod_revision()),
+                unchanged_prefix(&networks_prefix, rev),
+                unchanged_prefix(&racknets_prefix, rev),
+            ];
+            match existing {
+                None => when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+                Some(seen) => {
+                    // A replacement may not strand a block outside the
+                    // rack's ranges, nor exclude an address inside a block
+                    // (ipamd takes a block as allocatable end to end); blocks
+                    // acquired meanwhile are caught by the prefix compare.
+                    let allocatable = binding.allocatable(&net);
+                    for b in decode_all::<Block>(r[4].kvs())? {
+                        let (lo, hi) = b.span();
+                        if b.rack == binding.rack
+                            && allocatable.count_in(lo, hi) != u64::from(b.size)
+                        {
+                            return Err(StoreError::Refused(format!(
+                                "block {} (node {:?}) of rack {:?} would fall outside the new \
+                                 ranges (or into an exclusion) on network {:?}; release it first",
+                                b.first, b.node, binding.rack, binding.network
+                            )));
+                        }
+                    }
+                    when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, seen));
+                    when.push(unchanged_prefix(&blocks_prefix, rev));
+                }
+            }
+            let value = serde_json::to_vec(binding).expect("RackNet serialises");
+            let txn =
+                Txn::new()
+                    .when(self.guard(when))
+                    .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self.commit(txn).await?.succeeded() {
+                return Ok(binding.clone());
+            }
+            self.check_fence().await?;
+            debug!(rack = %binding.rack, network = %binding.network, "bind raced another update; retrying");
+        }
+        Err(StoreError::Contended(ATTEMPTS))
+    }
+
+    /// Removes a rack's binding to a network. Refused while the rack has
+    /// blocks on the network, or nodes of the rack hold leases on it.
+    ///
+    /// New leases of the rack's nodes on a rack-bound network are written
+    /// only inside the rack's blocks (none exist, and the blocks prefix is
+    /// compared); the lease ranges of the rack's allocatable set are compared
+    /// as well, so even a writer outside that contract cannot slip in.
+    pub async fn unbind_rack(&self, rack: &str, network: &str) -> Result<()> {
+        rackline_model::network::validate_name(network)?;
+        let key = self.keys.racknet(network, rack);
+        let nodes_prefix = self.keys.nodes_prefix();
+        let blocks_prefix = self.keys.blocks_prefix(network);
+        let leases_prefix = self.keys.leases_prefix(network);
+        for _ in 0..ATTEMPTS {
+            let (r, rev) = self
+                .read_at_once(vec![
+                    get(key.clone()),
+                    get(self.keys.network(network)),
+                    get_prefix(nodes_prefix.clone()),
+                    get_prefix(blocks_prefix.clone()),
+                    get_prefix(leases_prefix.clone()),
+                ])
+                .await?;
+            let Some(binding_kv) = r[0].kvs().first() else {
+                return Err(StoreError::Missing(Object::Binding {
+                    rack: rack.to_string(),
+                    network: network.to_string(),
+                }));
+            };
+            let binding: RackNet = decode_json(binding_kv)?;
+            let members: BTreeSet<String> = decode_all::<Node>(r[2].kvs())?
+                .into_iter()
+                .filter(|n| n.rack == rack)
+                .map(|n| n.name)
+                .collect();
+            let left = BindingCensus::of(
+                rack,
+                &members,
+                decode_all::<Block>(r[3].kvs())?,
+                &decode_all::<Lease>(r[4].kvs())?,
+            );
+            if let Some(why) = left.refusal() {
+                return Err(StoreError::Refused(format!(
+                    "rack {rack:?} on network {network:?} still has {why}"
+                )));
+            }
+            let mut when = vec![
+                Compare::mod_revision(key.clone(), CompareOp::Equal, binding_kv.mod_revision()),
+                unchanged_prefix(&nodes_prefix, rev),
+                unchanged_prefix(&blocks_prefix, rev),
+            ];
+            let runs: Vec<(u32, u32)> = match r[1].kvs().first() {
+                Some(kv) => binding
+                    .allocatable(&decode_network(kv)?.spec)
+                    .iter_runs()
+                    .collect(),
+                None => Vec::new(),
+            };
+            if runs.is_empty() || runs.len() > MAX_RANGE_COMPARES {
+                when.push(unchanged_prefix(&leases_prefix, rev));
+            } else {
+                for (s, e) in runs {
+                    let (start, end) = self.keys.lease_range(network, s.into(), e.into());
+                    when.push(unchanged_range(&start, &end, rev));
+                }
+            }
+            let marker = self.keys.drain(&DrainTarget::RackNet {
+                network: network.to_string(),
+                rack: rack.to_string(),
+            });
+            let txn = Txn::new().when(self.guard(when)).and_then([
+                TxnOp::delete(key.clone(), None),
+                TxnOp::delete(marker, None),
+            ]);
+            if self.commit(txn).await?.succeeded() {
+                return Ok(());
+            }
+            self.check_fence().await?;
+            debug!(%rack, %network, "unbind raced another update; retrying");
+        }
+        Err(StoreError::Contended(ATTEMPTS))
+    }
 }
 
 #[cfg(test)]

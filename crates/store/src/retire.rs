@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::reads::{get, get_prefix, now_unix_ms, ATTEMPTS};
 use crate::{
-    decode_json, decode_network, fenced, Fence, Object, Result, StickyWrite, Store, StoreError,
+    decode_json, decode_network, LeaderStore, Object, Result, StickyWrite, Store, StoreError,
 };
 
 /// Why a node's records are retired.
@@ -93,76 +93,6 @@ struct NodeView {
 }
 
 impl Store {
-    /// Retires `node`'s records as `mode` says (see the module doc).
-    pub async fn retire_node(
-        &self,
-        node: &str,
-        mode: RetireMode,
-        fence: Option<&Fence>,
-    ) -> Result<RetireReport> {
-        rackline_model::rack::validate_node_name(node)?;
-        let mut report = RetireReport::default();
-        for _ in 0..ATTEMPTS {
-            let view = self.view_node(node).await?;
-            // Reservations and quarantine records name their last node but
-            // are not held by it: a node with only those is gone already.
-            let holds = view.blocks.len()
-                + view
-                    .leases
-                    .iter()
-                    .filter(|(l, _)| matches!(l.state, LeaseState::Active | LeaseState::Standby))
-                    .count();
-            if view.node.is_none() && holds == 0 {
-                return match mode {
-                    RetireMode::Delete { .. } if !report.node_deleted => {
-                        Err(StoreError::Missing(Object::Node(node.to_string())))
-                    }
-                    _ => Ok(report),
-                };
-            }
-            if view.live && mode.needs_dead() {
-                return match mode {
-                    RetireMode::Reclaim => Ok(report),
-                    RetireMode::Delete { .. } => Err(StoreError::Refused(format!(
-                        "node {node:?} is live: its ipamd holds the node's liveness record; \
-                         stop that ipamd first (after `racklinectl node drain {node}` and \
-                         moving its pods), or delete with --force"
-                    ))),
-                };
-            }
-            let pods: Vec<&Lease> = view
-                .leases
-                .iter()
-                .map(|(l, _)| l)
-                .filter(|l| l.state == LeaseState::Active)
-                .collect();
-            if mode == (RetireMode::Delete { force: false }) && !pods.is_empty() {
-                let census = crate::LeaseCensus::of(pods.iter().copied());
-                return Err(StoreError::Refused(format!(
-                    "node {node:?} still holds {}; or delete with --force (non-sticky leases \
-                     are freed, sticky ones become reservations)",
-                    census.blocking(false).unwrap_or_default()
-                )));
-            }
-            if self
-                .retire_pass(node, mode, &view, fence, &mut report)
-                .await?
-            {
-                if let RetireMode::Delete { .. } = mode {
-                    if !self.delete_node_record(node, mode, &view, fence).await? {
-                        continue;
-                    }
-                    report.node_deleted = view.node.is_some();
-                }
-                info!(%node, ?mode, ?report, "node retired");
-                return Ok(report);
-            }
-            self.check_fence(fence).await?;
-            debug!(%node, "a record changed during the retire; looking again");
-        }
-        Err(StoreError::Contended(ATTEMPTS))
-    }
-
     async fn view_node(&self, node: &str) -> Result<NodeView> {
         let (r, _) = self
             .read_at_once(vec![
@@ -210,9 +140,73 @@ impl Store {
             networks,
         })
     }
+}
+
+impl LeaderStore {
+    /// Retires `node`'s records as `mode` says (see the module doc).
+    pub async fn retire_node(&self, node: &str, mode: RetireMode) -> Result<RetireReport> {
+        rackline_model::rack::validate_node_name(node)?;
+        let mut report = RetireReport::default();
+        for _ in 0..ATTEMPTS {
+            let view = self.view_node(node).await?;
+            // Reservations and quarantine records name their last node but
+            // are not held by it: a node with only those is gone already.
+            let holds = view.blocks.len()
+                + view
+                    .leases
+                    .iter()
+                    .filter(|(l, _)| matches!(l.state, LeaseState::Active | LeaseState::Standby))
+                    .count();
+            if view.node.is_none() && holds == 0 {
+                return match mode {
+                    RetireMode::Delete { .. } if !report.node_deleted => {
+                        Err(StoreError::Missing(Object::Node(node.to_string())))
+                    }
+                    _ => Ok(report),
+                };
+            }
+            if view.live && mode.needs_dead() {
+                return match mode {
+                    RetireMode::Reclaim => Ok(report),
+                    RetireMode::Delete { .. } => Err(StoreError::Refused(format!(
+                        "node {node:?} is live: its ipamd holds the node's liveness record; \
+                         stop that ipamd first (after `racklinectl node drain {node}` and \
+                         moving its pods), or delete with --force"
+                    ))),
+                };
+            }
+            let pods: Vec<&Lease> = view
+                .leases
+                .iter()
+                .map(|(l, _)| l)
+                .filter(|l| l.state == LeaseState::Active)
+                .collect();
+            if mode == (RetireMode::Delete { force: false }) && !pods.is_empty() {
+                let census = crate::LeaseCensus::of(pods.iter().copied());
+                return Err(StoreError::Refused(format!(
+                    "node {node:?} still holds {}; or delete with --force (non-sticky leases \
+                     are freed, sticky ones become reservations)",
+                    census.blocking(false).unwrap_or_default()
+                )));
+            }
+            if self.retire_pass(node, mode, &view, &mut report).await? {
+                if let RetireMode::Delete { .. } = mode {
+                    if !self.delete_node_record(node, mode, &view).await? {
+                        continue;
+                    }
+                    report.node_deleted = view.node.is_some();
+                }
+                info!(%node, ?mode, ?report, "node retired");
+                return Ok(report);
+            }
+            self.check_fence().await?;
+            debug!(%node, "a record changed during the retire; looking again");
+        }
+        Err(StoreError::Contended(ATTEMPTS))
+    }
 
     /// The compares every retire write carries.
-    fn retire_guard(&self, node: &str, mode: RetireMode, fence: Option<&Fence>) -> Vec<Compare> {
+    fn retire_guard(&self, node: &str, mode: RetireMode) -> Vec<Compare> {
         let mut when = Vec::new();
         if mode.needs_dead() {
             when.push(Compare::create_revision(
@@ -221,7 +215,7 @@ impl Store {
                 0,
             ));
         }
-        fenced(when, fence)
+        self.guard(when)
     }
 
     /// One pass over the node's records; false when one changed meanwhile.
@@ -230,25 +224,21 @@ impl Store {
         node: &str,
         mode: RetireMode,
         view: &NodeView,
-        fence: Option<&Fence>,
         report: &mut RetireReport,
     ) -> Result<bool> {
         for (l, rev) in &view.leases {
             let done = match l.state {
                 LeaseState::Reserved | LeaseState::Conflict => continue,
                 LeaseState::Standby => {
-                    let ok = self.retire_delete(node, mode, l, *rev, fence).await?;
+                    let ok = self.retire_delete(node, mode, l, *rev).await?;
                     report.standby_freed += u64::from(ok);
                     ok
                 }
                 LeaseState::Active => {
-                    let Some(marked) = self.retire_mark(node, mode, l, *rev, fence).await? else {
+                    let Some(marked) = self.retire_mark(node, mode, l, *rev).await? else {
                         return Ok(false);
                     };
-                    match self
-                        .retire_sticky(node, mode, view, l, marked, fence)
-                        .await?
-                    {
+                    match self.retire_sticky(node, mode, view, l, marked).await? {
                         StickyRetire::Reserved => {
                             report.reserved += 1;
                             true
@@ -259,7 +249,7 @@ impl Store {
                         }
                         StickyRetire::Changed => false,
                         StickyRetire::NotSticky => {
-                            let ok = self.retire_delete(node, mode, l, marked, fence).await?;
+                            let ok = self.retire_delete(node, mode, l, marked).await?;
                             report.leases_freed += u64::from(ok);
                             ok
                         }
@@ -272,7 +262,7 @@ impl Store {
         }
         for (b, rev) in &view.blocks {
             let key = self.keys.block(&b.network, b.first);
-            let mut when = self.retire_guard(node, mode, fence);
+            let mut when = self.retire_guard(node, mode);
             when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
             let txn = Txn::new().when(when).and_then([TxnOp::delete(key, None)]);
             if !self.commit(txn).await?.succeeded() {
@@ -289,10 +279,9 @@ impl Store {
         mode: RetireMode,
         l: &Lease,
         rev: i64,
-        fence: Option<&Fence>,
     ) -> Result<bool> {
         let key = self.keys.lease(&l.network, l.address);
-        let mut when = self.retire_guard(node, mode, fence);
+        let mut when = self.retire_guard(node, mode);
         when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
         let txn = Txn::new().when(when).and_then([TxnOp::delete(key, None)]);
         Ok(self.commit(txn).await?.succeeded())
@@ -305,10 +294,9 @@ impl Store {
         mode: RetireMode,
         l: &Lease,
         rev: i64,
-        fence: Option<&Fence>,
     ) -> Result<Option<i64>> {
         let key = self.keys.lease(&l.network, l.address);
-        let mut when = self.retire_guard(node, mode, fence);
+        let mut when = self.retire_guard(node, mode);
         when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
         let value = marked_lease_json(l, mode.reason(), now_unix_ms());
         let txn = Txn::new()
@@ -329,7 +317,6 @@ impl Store {
         view: &NodeView,
         l: &Lease,
         rev: i64,
-        fence: Option<&Fence>,
     ) -> Result<StickyRetire> {
         if !l.sticky {
             return Ok(StickyRetire::NotSticky);
@@ -354,7 +341,7 @@ impl Store {
                 None => 0,
             };
             if secs == 0 {
-                let mut when = self.retire_guard(node, mode, fence);
+                let mut when = self.retire_guard(node, mode);
                 let lkey = self.keys.lease(&l.network, l.address);
                 let ikey = self
                     .keys
@@ -391,14 +378,17 @@ impl Store {
             Some(s) => Some(self.grant_ttl(s).await?),
             None => None,
         };
+        // The retire guard already carries the fence: the store's own
+        // write_sticky, not the handle's (which would add it twice).
         let written = self
+            .store()
             .write_sticky(
                 &reserved,
                 rev,
                 &ident.identity,
                 ident.mod_revision,
                 ttl,
-                self.retire_guard(node, mode, fence),
+                self.retire_guard(node, mode),
             )
             .await?;
         match written {
@@ -423,13 +413,12 @@ impl Store {
         node: &str,
         mode: RetireMode,
         view: &NodeView,
-        fence: Option<&Fence>,
     ) -> Result<bool> {
         let Some((_, rev)) = &view.node else {
             return Ok(true);
         };
         let key = self.keys.node(node);
-        let mut when = self.retire_guard(node, mode, fence);
+        let mut when = self.retire_guard(node, mode);
         when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
         let txn = Txn::new().when(when).and_then([
             TxnOp::delete(key, None),

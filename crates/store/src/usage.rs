@@ -9,9 +9,10 @@
 use rackline_model::network::validate_name;
 use rackline_model::{Block, IntervalSet, NetworkSpec, Pool, RackNet};
 
+use crate::facets::AdminReads;
 use crate::racks::decode_all;
 use crate::reads::{get, get_prefix};
-use crate::{decode_network, Result, Store, StoreError};
+use crate::{decode_network, Result, StoreError};
 
 /// One row of the utilisation table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct Utilization {
     pub free: u64,
 }
 
-impl Store {
+impl AdminReads<'_> {
     /// Rows by network, then rack: one per binding, or one with rack ""
     /// for a network without bindings. `network` restricts to one network
     /// (`NotFound` if it does not exist).

@@ -10,18 +10,16 @@ use super::{AdminService, Result};
 
 impl AdminService {
     pub async fn set_acl(&self, a: Acl) -> Result<Acl> {
-        let permit = self.permit()?;
-        self.store.set_acl(&a, permit.fence.as_ref()).await?;
+        let w = self.writer()?;
+        w.set_acl(&a).await?;
         info!(network = %a.network, namespace = %a.namespace, acl = %a.name,
               ingress = a.ingress.len(), egress = a.egress.len(), "ACL set");
         Ok(a)
     }
 
     pub async fn set_acl_default(&self, network: &str, d: AclDefault) -> Result<AclDefault> {
-        let permit = self.permit()?;
-        self.store
-            .set_acl_default(network, &d, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        w.set_acl_default(network, &d).await?;
         info!(%network, ingress = ?d.ingress, egress = ?d.egress, "ACL default set");
         Ok(d)
     }
@@ -43,11 +41,8 @@ impl AdminService {
     }
 
     pub async fn delete_acl(&self, network: &str, namespace: &str, name: &str) -> Result<bool> {
-        let permit = self.permit()?;
-        let deleted = self
-            .store
-            .delete_acl(network, namespace, name, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let deleted = w.delete_acl(network, namespace, name).await?;
         info!(%network, %namespace, acl = %name, deleted, "ACL deleted");
         Ok(deleted)
     }

@@ -14,11 +14,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rackline_model::DrainTarget;
-use rackline_store::{NodeInfo, StoreError};
+use rackline_store::{LeaderStore, NodeInfo, StoreError};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{AdminError, AdminService, Result, WritePermit};
+use super::{AdminError, AdminService, Result};
 
 /// How long a delete or unbind waits for the reserve by default.
 pub const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(15);
@@ -55,7 +55,7 @@ impl AdminService {
     /// anything).
     async fn drain_then<T, F, Fut>(
         &self,
-        permit: &WritePermit,
+        w: &LeaderStore,
         target: DrainTarget,
         reason: &str,
         wait: Duration,
@@ -66,7 +66,6 @@ impl AdminService {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Step<T>>>,
     {
-        let fence = permit.fence.as_ref();
         let started = Instant::now();
         let mut marked = false;
         let outcome = loop {
@@ -76,7 +75,7 @@ impl AdminService {
                 Ok(Step::Waiting { holders, left }) => (holders, left),
             };
             if !marked {
-                match self.store.put_drain(&target, reason, fence).await {
+                match w.put_drain(&target, reason).await {
                     Ok(_) => {
                         info!(
                             "{} is being drained ({reason}): waiting for {left}",
@@ -87,7 +86,7 @@ impl AdminService {
                     Err(e) => break Err(e.into()),
                 }
             }
-            let live = match self.store.live_nodes().await {
+            let live = match self.store.admin_reads().live_nodes().await {
                 Ok(l) => l,
                 Err(e) => break Err(e.into()),
             };
@@ -118,7 +117,7 @@ impl AdminService {
         };
         if marked && outcome.is_err() {
             // The ipamds keep their reserve again; a retry puts it back up.
-            if let Err(e) = self.store.delete_drain(&target, fence).await {
+            if let Err(e) = w.delete_drain(&target).await {
                 warn!(
                     "cannot remove the drain marker of {}: {e}",
                     target.describe()
@@ -132,24 +131,21 @@ impl AdminService {
     /// standby records back (up to `wait`), then deletes only if no lease
     /// record but quarantines is left. Returns how many records went with it.
     pub async fn delete_network(&self, name: &str, force: bool, wait: Duration) -> Result<u64> {
-        let permit = self.permit()?;
-        let fence = permit.fence.clone();
+        let w = self.writer()?;
         let deleted = if force {
-            self.store
-                .delete_network(name, true, fence.as_ref())
-                .await?
+            w.delete_network(name, true).await?
         } else {
             let target = DrainTarget::Network(name.to_string());
             self.drain_then(
-                &permit,
+                &w,
                 target,
                 "delete",
                 wait,
                 "; or delete with --force",
                 || {
-                    let fence = fence.clone();
+                    let w = &w;
                     async move {
-                        let (census, _) = self.store.network_census(name).await?;
+                        let (census, _) = self.store.admin_reads().network_census(name).await?;
                         if census.blocking(false).is_none() && census.standby_total() > 0 {
                             let left = census.standby_phrase().unwrap_or_default();
                             return Ok(Step::Waiting {
@@ -157,7 +153,7 @@ impl AdminService {
                                 left,
                             });
                         }
-                        match self.store.delete_network(name, false, fence.as_ref()).await {
+                        match w.delete_network(name, false).await {
                             // A record appeared since the census: look again.
                             Err(StoreError::InUse { .. })
                                 if census.blocking(false).is_none()
@@ -183,16 +179,19 @@ impl AdminService {
     /// ipamds give back their standby records and blocks on it (up to
     /// `wait`).
     pub async fn unbind_rack(&self, rack: &str, network: &str, wait: Duration) -> Result<()> {
-        let permit = self.permit()?;
-        let fence = permit.fence.clone();
+        let w = self.writer()?;
         let target = DrainTarget::RackNet {
             network: network.to_string(),
             rack: rack.to_string(),
         };
-        self.drain_then(&permit, target, "unbind", wait, "", || {
-            let fence = fence.clone();
+        self.drain_then(&w, target, "unbind", wait, "", || {
+            let w = &w;
             async move {
-                let c = self.store.binding_census(rack, network).await?;
+                let c = self
+                    .store
+                    .admin_reads()
+                    .binding_census(rack, network)
+                    .await?;
                 if c.drainable() && !c.is_empty() {
                     let mut holders: BTreeSet<String> = c.leases.standby.keys().cloned().collect();
                     holders.extend(c.blocks.keys().cloned());
@@ -205,7 +204,7 @@ impl AdminService {
                         left: parts.join(" and "),
                     });
                 }
-                match self.store.unbind_rack(rack, network, fence.as_ref()).await {
+                match w.unbind_rack(rack, network).await {
                     Err(StoreError::Refused(_)) if c.is_empty() => Ok(Step::Waiting {
                         holders: BTreeSet::new(),
                         left: "records written meanwhile".into(),
@@ -222,19 +221,13 @@ impl AdminService {
     /// Marks `node` drained (or lifts the mark): it gets no new block, and
     /// its ipamd gives back its standby records and empty blocks.
     pub async fn drain_node(&self, node: &str, undo: bool) -> Result<NodeInfo> {
-        let permit = self.permit()?;
+        let w = self.writer()?;
         let target = DrainTarget::Node(node.to_string());
         if undo {
-            let lifted = self
-                .store
-                .delete_drain(&target, permit.fence.as_ref())
-                .await?;
+            let lifted = w.delete_drain(&target).await?;
             info!(%node, lifted, "node drain lifted");
         } else {
-            let fresh = self
-                .store
-                .put_drain(&target, "drain", permit.fence.as_ref())
-                .await?;
+            let fresh = w.put_drain(&target, "drain").await?;
             info!(%node, fresh, "node drained");
         }
         self.get_node(node).await

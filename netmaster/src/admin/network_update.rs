@@ -77,15 +77,14 @@ fn holder(l: &Lease) -> String {
 impl AdminService {
     pub async fn update_network(&self, u: NetworkUpdate) -> Result<UpdateReport> {
         // A dry run writes nothing: any replica answers it.
-        let permit = if u.dry_run {
+        let writer = if u.dry_run {
             None
         } else {
-            Some(self.permit()?)
+            Some(self.writer()?)
         };
-        let fence = permit.as_ref().and_then(|p| p.fence.as_ref());
         let mut first_seen = u.expect_revision;
         for _ in 0..ATTEMPTS {
-            let Some(st) = self.store.network_state(&u.name).await? else {
+            let Some(st) = self.store.admin_reads().network_state(&u.name).await? else {
                 return Err(AdminError::NotFound(u.name.clone()));
             };
             let seen = st.network.mod_revision;
@@ -174,16 +173,17 @@ impl AdminService {
                     standby_pending: pending,
                     dry_run: u.dry_run,
                 };
-            if u.dry_run {
+            let Some(w) = &writer else {
+                // A dry run (the only case without a writer).
                 let pending = returning.iter().map(|(ip, _)| *ip).collect();
                 return Ok(report(seen, Vec::new(), pending));
-            }
+            };
             if changed.is_empty() {
                 // Every value given is the current one: nothing to write.
                 return Ok(report(seen, Vec::new(), Vec::new()));
             }
             if !returning.is_empty() {
-                let live = self.store.live_nodes().await?;
+                let live = self.store.admin_reads().live_nodes().await?;
                 let dead: BTreeSet<&str> = returning
                     .iter()
                     .map(|(_, n)| n.as_str())
@@ -206,7 +206,7 @@ impl AdminService {
                 leases: new.reserved() != old.reserved(),
                 blocks: new.block_size != old.block_size,
             };
-            match self.store.update_network(&new, &st, guards, fence).await? {
+            match w.update_network(&new, &st, guards).await? {
                 UpdateOutcome::Written { revision } => {
                     info!(
                         network = %u.name,
@@ -258,7 +258,7 @@ impl AdminService {
             if held.is_empty() {
                 break;
             }
-            match self.store.network_state(network).await {
+            match self.store.admin_reads().network_state(network).await {
                 Ok(Some(st)) => held.retain(|ip| {
                     st.leases.iter().any(|sl| {
                         sl.lease.address == *ip

@@ -9,8 +9,8 @@ use super::{AdminService, Result};
 
 impl AdminService {
     pub async fn set_qos_policy(&self, p: QosPolicy) -> Result<QosPolicy> {
-        let permit = self.permit()?;
-        self.store.set_qos_policy(&p, permit.fence.as_ref()).await?;
+        let w = self.writer()?;
+        w.set_qos_policy(&p).await?;
         info!(network = %p.network, namespace = %p.namespace, policy = %p.name,
               bandwidth = %p.bandwidth, "QoS policy set");
         Ok(p)
@@ -28,11 +28,8 @@ impl AdminService {
         namespace: &str,
         name: &str,
     ) -> Result<bool> {
-        let permit = self.permit()?;
-        let deleted = self
-            .store
-            .delete_qos_policy(network, namespace, name, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let deleted = w.delete_qos_policy(network, namespace, name).await?;
         info!(%network, %namespace, policy = %name, deleted, "QoS policy deleted");
         Ok(deleted)
     }

@@ -16,37 +16,35 @@ use super::{AdminError, AdminService, Result};
 
 impl AdminService {
     pub async fn create_rack(&self, rack: Rack) -> Result<Rack> {
-        let permit = self.permit()?;
-        let rack = self.store.create_rack(&rack, permit.fence.as_ref()).await?;
+        let w = self.writer()?;
+        let rack = w.create_rack(&rack).await?;
         info!(rack = %rack.name, "rack created");
         Ok(rack)
     }
 
     pub async fn get_rack(&self, name: &str) -> Result<RackInfo> {
         self.store
+            .admin_reads()
             .get_rack(name)
             .await?
             .ok_or_else(|| AdminError::Missing(Object::Rack(name.to_string())))
     }
 
     pub async fn list_racks(&self) -> Result<Vec<Rack>> {
-        Ok(self.store.list_racks().await?)
+        Ok(self.store.admin_reads().list_racks().await?)
     }
 
     /// Returns how many bindings went with the rack.
     pub async fn delete_rack(&self, name: &str) -> Result<usize> {
-        let permit = self.permit()?;
-        let bindings = self.store.delete_rack(name, permit.fence.as_ref()).await?;
+        let w = self.writer()?;
+        let bindings = w.delete_rack(name).await?;
         info!(rack = %name, bindings, "rack deleted");
         Ok(bindings)
     }
 
     pub async fn bind_rack(&self, binding: RackNet) -> Result<RackNet> {
-        let permit = self.permit()?;
-        let b = self
-            .store
-            .bind_rack(&binding, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let b = w.bind_rack(&binding).await?;
         info!(rack = %b.rack, network = %b.network, subnet = %b.subnet, "rack bound");
         Ok(b)
     }
@@ -56,45 +54,44 @@ impl AdminService {
         network: Option<&str>,
         rack: Option<&str>,
     ) -> Result<Vec<RackNet>> {
-        Ok(self.store.list_racknets(network, rack).await?)
+        Ok(self
+            .store
+            .admin_reads()
+            .list_racknets(network, rack)
+            .await?)
     }
 
     /// Registers (or refreshes) a node; the stored record comes back with
     /// its registration time.
     pub async fn register_node(&self, node: Node) -> Result<Node> {
-        let permit = self.permit()?;
-        let n = self
-            .store
-            .register_node(&node, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let n = w.register_node(&node).await?;
         info!(node = %n.name, rack = %n.rack, "node registered");
         Ok(n)
     }
 
     pub async fn get_node(&self, name: &str) -> Result<NodeInfo> {
         self.store
+            .admin_reads()
             .get_node(name)
             .await?
             .ok_or_else(|| AdminError::Missing(Object::Node(name.to_string())))
     }
 
     pub async fn list_nodes(&self, rack: Option<&str>) -> Result<Vec<NodeInfo>> {
-        Ok(self.store.list_nodes(rack).await?)
+        Ok(self.store.admin_reads().list_nodes(rack).await?)
     }
 
     /// Deletes a node for good (see `rackline_store::RetireMode::Delete`).
     pub async fn delete_node(&self, name: &str, force: bool) -> Result<RetireReport> {
-        let permit = self.permit()?;
-        let r = self
-            .store
-            .retire_node(name, RetireMode::Delete { force }, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let r = w.retire_node(name, RetireMode::Delete { force }).await?;
         info!(node = %name, force, ?r, "node deleted");
         Ok(r)
     }
 
     /// A new block for `node`, or (with `known`) the node's block the caller
-    /// has not seen yet: see `Store::acquire_block` for why that makes a
+    /// has not seen yet: see `LeaderStore::acquire_block` for why that makes a
     /// retried request harmless. The flag says whether the block is new.
     pub async fn acquire_block(
         &self,
@@ -102,11 +99,8 @@ impl AdminService {
         node: &str,
         known: Option<&[Ipv4Addr]>,
     ) -> Result<(Block, bool)> {
-        let permit = self.permit()?;
-        let got = self
-            .store
-            .acquire_block(network, node, known, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let got = w.acquire_block(network, node, known).await?;
         let b = got.block.block;
         if got.created {
             info!(
@@ -124,11 +118,8 @@ impl AdminService {
 
     /// `false` when the block was already gone.
     pub async fn release_block(&self, network: &str, first: Ipv4Addr, node: &str) -> Result<bool> {
-        let permit = self.permit()?;
-        let released = self
-            .store
-            .release_block(network, first, node, permit.fence.as_ref())
-            .await?;
+        let w = self.writer()?;
+        let released = w.release_block(network, first, node).await?;
         if released {
             info!(%network, %node, %first, "block released");
         }
@@ -136,10 +127,10 @@ impl AdminService {
     }
 
     pub async fn list_blocks(&self, filter: &BlockFilter) -> Result<Vec<BlockUsage>> {
-        Ok(self.store.list_blocks(filter).await?)
+        Ok(self.store.admin_reads().list_blocks(filter).await?)
     }
 
     pub async fn utilization(&self, network: Option<&str>) -> Result<Vec<Utilization>> {
-        Ok(self.store.utilization(network).await?)
+        Ok(self.store.admin_reads().utilization(network).await?)
     }
 }

@@ -44,7 +44,7 @@ fn names(l: &Lease, i: &Identity) -> bool {
 
 impl AdminService {
     pub async fn list_reservations(&self, network: Option<&str>) -> Result<Vec<ReservationView>> {
-        let ids = self.store.list_identities(network).await?;
+        let ids = self.store.admin_reads().list_identities(network).await?;
         let mut out = Vec::with_capacity(ids.len());
         for i in ids {
             let lease = self
@@ -70,7 +70,11 @@ impl AdminService {
             .await?
             .ok_or_else(|| AdminError::NotFound(network.to_string()))?;
         let spec = net.spec;
-        let bindings = self.store.list_racknets(Some(network), None).await?;
+        let bindings = self
+            .store
+            .admin_reads()
+            .list_racknets(Some(network), None)
+            .await?;
         // The rule every ipamd pick obeys: no gateway, no node's own address.
         let mut infra = rackline_model::Infra::gateways(&spec, &bindings);
         for (a, node) in self.store.node_addresses().await? {
@@ -122,8 +126,7 @@ impl AdminService {
                 )));
             }
         }
-        let permit = self.permit()?;
-        let fence = permit.fence.as_ref();
+        let w = self.writer()?;
         let rack = self.rack_of_address(network, ip).await?;
         let pod = PodRef {
             namespace: namespace.to_string(),
@@ -148,8 +151,7 @@ impl AdminService {
                             )));
                         }
                         // Drop the old reservation, then pin the new one.
-                        if !self
-                            .store
+                        if !w
                             .delete_sticky(
                                 network,
                                 old.address,
@@ -157,19 +159,17 @@ impl AdminService {
                                 namespace,
                                 name,
                                 identity_rev,
-                                fence,
                             )
                             .await?
                         {
-                            self.store.check_fence(fence).await?;
+                            w.check_fence().await?;
                             continue;
                         }
-                    } else if !self
-                        .store
-                        .delete_identity(network, namespace, name, identity_rev, fence)
+                    } else if !w
+                        .delete_identity(network, namespace, name, identity_rev)
                         .await?
                     {
-                        self.store.check_fence(fence).await?;
+                        w.check_fence().await?;
                         continue;
                     }
                     identity_rev = 0;
@@ -218,16 +218,8 @@ impl AdminService {
             };
             // Written without an etcd lease: a pin never expires (this also
             // detaches a reservation that had a hold time).
-            match self
-                .store
-                .write_sticky(
-                    &lease,
-                    lease_rev,
-                    &identity,
-                    identity_rev,
-                    None,
-                    fence.iter().map(|f| f.compare()).collect(),
-                )
+            match w
+                .write_sticky(&lease, lease_rev, &identity, identity_rev, None)
                 .await?
             {
                 StickyWrite::Done { .. } => {
@@ -237,7 +229,7 @@ impl AdminService {
                         lease: Some(lease),
                     });
                 }
-                StickyWrite::Changed => self.store.check_fence(fence).await?,
+                StickyWrite::Changed => w.check_fence().await?,
             }
         }
         Err(AdminError::Contended(ATTEMPTS))
@@ -253,8 +245,7 @@ impl AdminService {
         name: &str,
         force: bool,
     ) -> Result<Ipv4Addr> {
-        let permit = self.permit()?;
-        let fence = permit.fence.as_ref();
+        let w = self.writer()?;
         for _ in 0..ATTEMPTS {
             let Some(v) = self.store.identity_view(network, namespace, name).await? else {
                 return Err(AdminError::Refused(format!(
@@ -270,21 +261,18 @@ impl AdminService {
                     )));
                 }
                 Some(sl) => {
-                    self.store
-                        .delete_sticky(
-                            network,
-                            ip,
-                            sl.mod_revision,
-                            namespace,
-                            name,
-                            v.identity.mod_revision,
-                            fence,
-                        )
-                        .await?
+                    w.delete_sticky(
+                        network,
+                        ip,
+                        sl.mod_revision,
+                        namespace,
+                        name,
+                        v.identity.mod_revision,
+                    )
+                    .await?
                 }
                 None => {
-                    self.store
-                        .delete_identity(network, namespace, name, v.identity.mod_revision, fence)
+                    w.delete_identity(network, namespace, name, v.identity.mod_revision)
                         .await?
                 }
             };
@@ -292,7 +280,7 @@ impl AdminService {
                 info!(%network, %ip, pod = %format!("{namespace}/{name}"), "reservation released");
                 return Ok(ip);
             }
-            self.store.check_fence(fence).await?;
+            w.check_fence().await?;
         }
         Err(AdminError::Contended(ATTEMPTS))
     }

@@ -120,7 +120,10 @@ impl Driver {
             elected_unix_ms: now_unix_ms(),
         };
         let value = serde_json::to_vec(&record).expect("LeaderRecord serialises");
-        match self.or_stop(store.campaign(value, granted.id)).await {
+        match self
+            .or_stop(store.leader_key().campaign(value, granted.id))
+            .await
+        {
             None => Step::Stop,
             Some(Ok(Campaign::Won { create_revision })) => {
                 let lease_ttl = Duration::from_secs(granted.ttl_secs.max(1).unsigned_abs());
@@ -156,7 +159,7 @@ impl Driver {
 
     async fn observe(&mut self) -> Step {
         let store = self.store.clone();
-        match self.or_stop(store.get_leader()).await {
+        match self.or_stop(store.leader_key().get_leader()).await {
             None => Step::Stop,
             Some(Ok((Some(key), revision))) => Step::Follow { key, revision },
             Some(Ok((None, _))) => Step::Campaign,
@@ -193,7 +196,10 @@ impl Driver {
     async fn follow(&mut self, key: LeaderKey, revision: i64) -> Step {
         self.publish_follower(&key.value, key.create_revision);
         let store = self.store.clone();
-        let mut watch = match self.or_stop(store.watch_leader(revision + 1)).await {
+        let mut watch = match self
+            .or_stop(store.leader_key().watch_leader(revision + 1))
+            .await
+        {
             None => return Step::Stop,
             Some(Ok(w)) => w,
             Some(Err(e)) => {
@@ -358,7 +364,12 @@ async fn watch_deposed(
     if watch.is_none() {
         sleep_until(after).await;
         // From the revision we won at: a delete right after is not missed.
-        *watch = Some(store.watch_leader(fence.create_revision + 1).await?);
+        *watch = Some(
+            store
+                .leader_key()
+                .watch_leader(fence.create_revision + 1)
+                .await?,
+        );
     }
     let w = watch.as_mut().expect("opened above");
     loop {

@@ -1,5 +1,6 @@
-//! The etcd side of netmaster leader election: etcd leases, the leader key
-//! and the fence check. The election state machine itself lives in
+//! The etcd side of netmaster leader election: the leader key (netmaster
+//! only; the etcd lease it hangs on is etcd_leases.rs, the fence check
+//! [`crate::LeaderStore`]). The election state machine itself lives in
 //! netmaster (`leader.rs`); this module only knows keys and transactions.
 //!
 //! The leader key is created only if absent (`create_revision == 0`) and is
@@ -10,11 +11,11 @@
 //! leader that won at R still holds the key.
 
 use etcd_client::{
-    Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchStream,
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 
-use crate::{Change, Fence, Result, Store, StoreError};
+use crate::facets::LeaderKeyStore;
+use crate::{Change, Result, StoreError};
 
 /// The leader key as read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,47 +42,6 @@ pub enum Campaign {
         /// `revision + 1` misses no later change.
         revision: i64,
     },
-}
-
-/// A granted etcd lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GrantedLease {
-    pub id: i64,
-    /// What etcd granted (it may raise a TTL below its minimum).
-    pub ttl_secs: i64,
-}
-
-/// One open keep-alive stream for one etcd lease.
-pub struct LeaseKeepAlive {
-    keeper: LeaseKeeper,
-    stream: LeaseKeepAliveStream,
-    timeout: std::time::Duration,
-}
-
-impl LeaseKeepAlive {
-    /// Sends one keep-alive and waits (bounded by the store's deadline) for
-    /// its answer: the lease's remaining TTL in seconds, or `None` when etcd
-    /// says the lease no longer exists (expired or revoked).
-    pub async fn refresh(&mut self) -> Result<Option<i64>> {
-        let exchange = async {
-            self.keeper.keep_alive().await?;
-            self.stream.message().await
-        };
-        let resp = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "no keep-alive answer within {:?}",
-                    self.timeout
-                )))
-            }
-        };
-        match resp {
-            None => Err(StoreError::Unavailable("keep-alive stream ended".into())),
-            Some(r) if r.ttl() <= 0 => Ok(None),
-            Some(r) => Ok(Some(r.ttl())),
-        }
-    }
 }
 
 /// A watch on the single leader key.
@@ -111,59 +71,7 @@ impl LeaderWatch {
     }
 }
 
-impl Store {
-    /// Grants a fresh etcd lease of `ttl_secs`.
-    pub async fn grant_lease(&self, ttl_secs: i64) -> Result<GrantedLease> {
-        let mut c = self.client();
-        let resp = self
-            .deadline(async move { c.lease_grant(ttl_secs, None).await })
-            .await?;
-        Ok(GrantedLease {
-            id: resp.id(),
-            ttl_secs: resp.ttl(),
-        })
-    }
-
-    /// Revokes a lease, deleting every key attached to it at once. A lease
-    /// that is already gone is not an error.
-    pub async fn revoke_lease(&self, id: i64) -> Result<()> {
-        let mut c = self.client();
-        match self.deadline(async move { c.lease_revoke(id).await }).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::Etcd(etcd_client::Error::GRpcStatus(s)))
-                if s.code() == tonic::Code::NotFound =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Opens a keep-alive stream for lease `id`. Opening it already sends
-    /// (and waits for) one keep-alive; `None` when the lease no longer
-    /// exists.
-    pub async fn keep_alive(&self, id: i64) -> Result<Option<LeaseKeepAlive>> {
-        let mut c = self.client();
-        let opened = self
-            .deadline(async move { c.lease_keep_alive(id).await })
-            .await;
-        let (keeper, stream) = match opened {
-            Ok(ks) => ks,
-            // etcd-client reports a lease that no longer exists this way.
-            Err(StoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(m)))
-                if m.contains("not found") =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(Some(LeaseKeepAlive {
-            keeper,
-            stream,
-            timeout: self.timeout,
-        }))
-    }
-
+impl LeaderKeyStore<'_> {
     /// One election attempt: create the leader key with `record` on `lease`
     /// unless somebody holds it; otherwise read who does.
     pub async fn campaign(&self, record: Vec<u8>, lease: i64) -> Result<Campaign> {
@@ -211,25 +119,6 @@ impl Store {
             .deadline(async move { c.watch(key, Some(opts)).await })
             .await?;
         Ok(LeaderWatch { stream })
-    }
-
-    /// After a fenced transaction failed: `Fenced` if the fence no longer
-    /// holds (the writer was deposed), so the caller stops instead of
-    /// retrying a write that can never succeed. No-op without a fence.
-    pub async fn check_fence(&self, fence: Option<&Fence>) -> Result<()> {
-        let Some(f) = fence else { return Ok(()) };
-        let key = f.key.clone();
-        let mut c = self.client();
-        let resp = self.deadline(async move { c.get(key, None).await }).await?;
-        let now = resp.kvs().first().map_or(0, |kv| kv.create_revision());
-        if now == f.create_revision {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                key: f.key.clone(),
-                create_revision: f.create_revision,
-            })
-        }
     }
 }
 

@@ -1,0 +1,54 @@
+//! Facets of [`Store`]: groups of operations only one kind of caller makes,
+//! kept off `Store` itself so the surface the node agent (ipamd) depends on
+//! stays small, and so that each type has a single reader to explain it to.
+//! A facet borrows the store; it is free to make (`store.admin_reads()`).
+//!
+//! - [`AdminReads`]: the control plane's views and the reads its decisions
+//!   rest on (racks, nodes, blocks, utilisation, drains, censuses).
+//! - [`ControlEvents`]: the change stream netmaster serves and forwards.
+//! - [`LeaderKeyStore`]: the leader key netmaster replicas campaign for.
+
+use std::ops::Deref;
+
+use crate::Store;
+
+macro_rules! facet {
+    ($(#[$doc:meta])* $name:ident, $make:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub struct $name<'a> {
+            store: &'a Store,
+        }
+
+        impl Deref for $name<'_> {
+            type Target = Store;
+            fn deref(&self) -> &Store {
+                self.store
+            }
+        }
+
+        impl Store {
+            $(#[$doc])*
+            pub fn $make(&self) -> $name<'_> {
+                $name { store: self }
+            }
+        }
+    };
+}
+
+facet!(
+    /// The control plane's reads: operator views and the censuses its
+    /// writes are decided on.
+    AdminReads,
+    admin_reads
+);
+facet!(
+    /// The change stream: heartbeats, the event watch, the webhook cursor.
+    ControlEvents,
+    events
+);
+facet!(
+    /// The netmaster leader key: campaign, read, watch.
+    LeaderKeyStore,
+    leader_key
+);
