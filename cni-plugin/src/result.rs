@@ -127,37 +127,8 @@ impl CniResult {
             });
         }
         for ip in array(obj, "ips")? {
-            let ip = ip
-                .as_object()
-                .ok_or_else(|| format!("ips[] must be objects, not {}", kind(ip)))?;
-            let addr = string(ip, "ips[].address")?.ok_or("ips[] without address")?;
-            let address: Ipv4Network =
-                addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
-            let gateway = match string(ip, "ips[].gateway")? {
-                Some(g) => Some(g.parse().map_err(|e| format!("gateway {g:?}: {e}"))?),
-                None => None,
-            };
-            let interface = match ip.get("interface") {
-                None | Some(Value::Null) => None,
-                Some(n) => {
-                    let i = n
-                        .as_u64()
-                        .and_then(|i| usize::try_from(i).ok())
-                        .ok_or("ips[].interface must be an unsigned integer")?;
-                    if i >= r.interfaces.len() {
-                        return Err(format!(
-                            "ips[].interface {i} points past the {} interfaces",
-                            r.interfaces.len()
-                        ));
-                    }
-                    Some(i)
-                }
-            };
-            r.ips.push(IpConfig {
-                address,
-                gateway,
-                interface,
-            });
+            let ip = prev_ip(ip, r.interfaces.len())?;
+            r.ips.push(ip);
         }
         for rt in array(obj, "routes")? {
             let rt = rt
@@ -173,6 +144,40 @@ impl CniResult {
         }
         Ok(r)
     }
+}
+
+/// One `ips[]` entry of a prevResult; `interfaces` is how many the result
+/// lists, for the entry's `interface` index.
+fn prev_ip(ip: &Value, interfaces: usize) -> Result<IpConfig, String> {
+    let ip = ip
+        .as_object()
+        .ok_or_else(|| format!("ips[] must be objects, not {}", kind(ip)))?;
+    let addr = string(ip, "ips[].address")?.ok_or("ips[] without address")?;
+    let address: Ipv4Network = addr.parse().map_err(|e| format!("address {addr:?}: {e}"))?;
+    let gateway = match string(ip, "ips[].gateway")? {
+        Some(g) => Some(g.parse().map_err(|e| format!("gateway {g:?}: {e}"))?),
+        None => None,
+    };
+    let interface = match ip.get("interface") {
+        None | Some(Value::Null) => None,
+        Some(n) => {
+            let i = n
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok())
+                .ok_or("ips[].interface must be an unsigned integer")?;
+            if i >= interfaces {
+                return Err(format!(
+                    "ips[].interface {i} points past the {interfaces} interfaces"
+                ));
+            }
+            Some(i)
+        }
+    };
+    Ok(IpConfig {
+        address,
+        gateway,
+        interface,
+    })
 }
 
 fn kind(v: &Value) -> &'static str {
