@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::Engine;
 use crate::netmaster::{NetmasterClient, NetmasterError};
+use crate::netstate::BlockUsage;
 use crate::store::LeaseStore;
 
 #[derive(Debug, Clone)]
@@ -71,54 +72,88 @@ pub async fn run<S: LeaseStore>(
                 && usage.own_available < policy.low_watermark
                 && retry_at.get(&name).is_none_or(|t| now >= *t)
             {
-                let known: Vec<Ipv4Addr> = usage
-                    .own_blocks
-                    .iter()
-                    .map(|(lo, ..)| Ipv4Addr::from(*lo))
-                    .collect();
-                match client.acquire_block(&name, engine.node(), &known).await {
-                    Ok(b) => {
-                        info!(network = %name, first = %b.first, size = b.size, "acquired block");
-                        retry_at.remove(&name);
-                    }
-                    Err(NetmasterError::Exhausted) => {
-                        debug!(network = %name, "rack has no free block; borrowing until one frees up");
-                        retry_at.insert(name.clone(), now + Duration::from_secs(2));
-                    }
-                    Err(e) => {
-                        warn!(network = %name, "cannot acquire a block: {e}");
-                        retry_at.insert(name.clone(), now + Duration::from_secs(1));
-                    }
-                }
+                acquire(&engine, &client, &name, &usage, now, &mut retry_at).await;
             }
-            let mut spare = usage.own_available;
-            for (lo, hi, taken, _key, _rev) in &usage.own_blocks {
-                let k = (name.clone(), *lo);
-                if *taken > 0 {
-                    empty_since.remove(&k);
-                    continue;
-                }
-                let since = *empty_since.entry(k.clone()).or_insert(now);
-                let size = u64::from(hi - lo) + 1;
-                if !draining
-                    && (now.duration_since(since) < policy.hold_down
-                        || spare < size + 2 * policy.low_watermark)
-                {
-                    continue;
-                }
-                let first = Ipv4Addr::from(*lo).to_string();
-                match client.release_block(&name, &first, engine.node()).await {
-                    Ok(true) => {
-                        info!(network = %name, %first, draining, "returned empty block");
-                        spare = spare.saturating_sub(size);
-                        empty_since.remove(&k);
-                    }
-                    Ok(false) => debug!(network = %name, %first, "block not returned (in use)"),
-                    Err(e) => warn!(network = %name, %first, "cannot return block: {e}"),
-                }
-            }
+            return_empty(
+                &engine,
+                &client,
+                &policy,
+                (&name, &usage, draining),
+                now,
+                &mut empty_since,
+            )
+            .await;
         }
         empty_since
             .retain(|(n, _), _| engine.mirror().networks().iter().any(|s| &s.spec.name == n));
+    }
+}
+
+/// Asks netmaster for one more block for `name`; a refusal schedules the
+/// next attempt in `retry_at`.
+async fn acquire<S: LeaseStore>(
+    engine: &Engine<S>,
+    client: &NetmasterClient,
+    name: &str,
+    usage: &BlockUsage,
+    now: Instant,
+    retry_at: &mut HashMap<String, Instant>,
+) {
+    let known: Vec<Ipv4Addr> = usage
+        .own_blocks
+        .iter()
+        .map(|(lo, ..)| Ipv4Addr::from(*lo))
+        .collect();
+    match client.acquire_block(name, engine.node(), &known).await {
+        Ok(b) => {
+            info!(network = %name, first = %b.first, size = b.size, "acquired block");
+            retry_at.remove(name);
+        }
+        Err(NetmasterError::Exhausted) => {
+            debug!(network = %name, "rack has no free block; borrowing until one frees up");
+            retry_at.insert(name.to_string(), now + Duration::from_secs(2));
+        }
+        Err(e) => {
+            warn!(network = %name, "cannot acquire a block: {e}");
+            retry_at.insert(name.to_string(), now + Duration::from_secs(1));
+        }
+    }
+}
+
+/// Returns the network's blocks that stayed empty past the hold-down (every
+/// empty one at once while draining), keeping twice the watermark spare.
+async fn return_empty<S: LeaseStore>(
+    engine: &Engine<S>,
+    client: &NetmasterClient,
+    policy: &BlockPolicy,
+    (name, usage, draining): (&str, &BlockUsage, bool),
+    now: Instant,
+    empty_since: &mut HashMap<(String, u32), Instant>,
+) {
+    let mut spare = usage.own_available;
+    for (lo, hi, taken, _key, _rev) in &usage.own_blocks {
+        let k = (name.to_string(), *lo);
+        if *taken > 0 {
+            empty_since.remove(&k);
+            continue;
+        }
+        let since = *empty_since.entry(k.clone()).or_insert(now);
+        let size = u64::from(hi - lo) + 1;
+        if !draining
+            && (now.duration_since(since) < policy.hold_down
+                || spare < size + 2 * policy.low_watermark)
+        {
+            continue;
+        }
+        let first = Ipv4Addr::from(*lo).to_string();
+        match client.release_block(name, &first, engine.node()).await {
+            Ok(true) => {
+                info!(network = %name, %first, draining, "returned empty block");
+                spare = spare.saturating_sub(size);
+                empty_since.remove(&k);
+            }
+            Ok(false) => debug!(network = %name, %first, "block not returned (in use)"),
+            Err(e) => warn!(network = %name, %first, "cannot return block: {e}"),
+        }
     }
 }

@@ -142,71 +142,80 @@ fn namespace_thread(
 ) {
     while let Ok(job) = jobs.recv() {
         match job {
-            Job::Apply(job) => {
-                let (r, f) = *job;
-                let key = key_of(&r);
-                let ns = match rackline_netlink::netns::Netns::open(&r.netns) {
-                    Ok(ns) => ns,
-                    Err(e) => {
-                        // The pod is gone (DEL pending) or never existed here.
-                        debug!(netns = %r.netns.display(), "attachment namespace unavailable: {e}");
-                        let _ = done.send(Applied {
-                            key,
-                            ok: false,
-                            gone: true,
-                        });
-                        continue;
-                    }
-                };
-                let started = std::time::Instant::now();
-                let res =
-                    rackline_nft::PodTable::open(&ns, &r.ifname, r.address).and_then(|mut t| {
-                        // Least change: a peer-set membership change is an
-                        // element update (rules and drop counters kept).
-                        t.apply(&f)
-                    });
-                let ok = match res {
-                    Ok(how) => {
-                        if how != rackline_nft::Applied::Unchanged {
-                            info!(network = %r.network, pod = %r.pod.display(), ifname = %r.ifname, ?how, took = ?started.elapsed(), "pod packet filter re-programmed");
-                            if let Some(m) = &metrics {
-                                m.filter_updated(true);
-                            }
-                        }
-                        true
-                    }
-                    Err(e) => {
-                        warn!(network = %r.network, pod = %r.pod.display(), ifname = %r.ifname, "re-programming the pod packet filter: {e}");
-                        if let Some(m) = &metrics {
-                            m.filter_updated(false);
-                        }
-                        false
-                    }
-                };
-                let _ = done.send(Applied {
-                    key,
-                    ok,
-                    gone: false,
-                });
-            }
-            Job::ReadDrops(list) => {
-                let (mut ingress, mut egress) = (0u64, 0u64);
-                for r in list {
-                    let Ok(ns) = rackline_netlink::netns::Netns::open(&r.netns) else {
-                        continue;
-                    };
-                    if let Ok(Some(d)) = rackline_nft::PodTable::open(&ns, &r.ifname, r.address)
-                        .and_then(|mut t| t.drops())
-                    {
-                        ingress += d.ingress;
-                        egress += d.egress;
-                    }
-                }
-                if let Some(m) = &metrics {
-                    m.filter_drops(ingress, egress);
-                }
-            }
+            Job::Apply(job) => apply_one(*job, &done, metrics.as_deref()),
+            Job::ReadDrops(list) => read_drops(list, metrics.as_deref()),
         }
+    }
+}
+
+/// Re-programs one attachment's table and reports the outcome.
+fn apply_one(
+    job: (AttachmentRecord, PodFilter),
+    done: &tokio::sync::mpsc::UnboundedSender<Applied>,
+    metrics: Option<&crate::metrics::IpamMetrics>,
+) {
+    let (r, f) = job;
+    let key = key_of(&r);
+    let ns = match rackline_netlink::netns::Netns::open(&r.netns) {
+        Ok(ns) => ns,
+        Err(e) => {
+            // The pod is gone (DEL pending) or never existed here.
+            debug!(netns = %r.netns.display(), "attachment namespace unavailable: {e}");
+            let _ = done.send(Applied {
+                key,
+                ok: false,
+                gone: true,
+            });
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    let res = rackline_nft::PodTable::open(&ns, &r.ifname, r.address).and_then(|mut t| {
+        // Least change: a peer-set membership change is an
+        // element update (rules and drop counters kept).
+        t.apply(&f)
+    });
+    let ok = match res {
+        Ok(how) => {
+            if how != rackline_nft::Applied::Unchanged {
+                info!(network = %r.network, pod = %r.pod.display(), ifname = %r.ifname, ?how, took = ?started.elapsed(), "pod packet filter re-programmed");
+                if let Some(m) = metrics {
+                    m.filter_updated(true);
+                }
+            }
+            true
+        }
+        Err(e) => {
+            warn!(network = %r.network, pod = %r.pod.display(), ifname = %r.ifname, "re-programming the pod packet filter: {e}");
+            if let Some(m) = metrics {
+                m.filter_updated(false);
+            }
+            false
+        }
+    };
+    let _ = done.send(Applied {
+        key,
+        ok,
+        gone: false,
+    });
+}
+
+/// Sums every listed attachment's drop counters into the metrics.
+fn read_drops(list: Vec<AttachmentRecord>, metrics: Option<&crate::metrics::IpamMetrics>) {
+    let (mut ingress, mut egress) = (0u64, 0u64);
+    for r in list {
+        let Ok(ns) = rackline_netlink::netns::Netns::open(&r.netns) else {
+            continue;
+        };
+        if let Ok(Some(d)) =
+            rackline_nft::PodTable::open(&ns, &r.ifname, r.address).and_then(|mut t| t.drops())
+        {
+            ingress += d.ingress;
+            egress += d.egress;
+        }
+    }
+    if let Some(m) = metrics {
+        m.filter_drops(ingress, egress);
     }
 }
 
@@ -225,6 +234,10 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Keeps every recorded attachment's table equal to its current filter.
 /// `alive(network, container_id, ifname)` tells whether the lease still
 /// exists (a record whose lease is gone is forgotten).
+///
+/// Stays long on purpose: the `select!` loop and its flags (`round`,
+/// `deferred`, `failed`, `new_at`) form one state machine; the round itself
+/// is `send_changed`, the blocking work `namespace_thread`.
 pub async fn run<F, Fut>(
     filters: Arc<Filters>,
     attachments: Arc<Attachments>,
@@ -269,21 +282,8 @@ pub async fn run<F, Fut>(
         if round {
             round = false;
             deferred = false;
-            for r in attachments.list() {
-                let key = key_of(&r);
-                let f = filters.pod_filter(&r.network, &r.pod, r.address);
-                if applied.get(&key) == Some(&f) {
-                    continue;
-                }
-                if !alive(r.clone()).await {
-                    attachments.forget(&r.network, &r.container_id, &r.ifname);
-                    applied.remove(&key);
-                    continue;
-                }
-                applied.insert(key, f.clone());
-                if job_tx.send(Job::Apply(Box::new((r, f)))).is_err() {
-                    return;
-                }
+            if !send_changed(&filters, &attachments, &alive, &mut applied, &job_tx).await {
+                return;
             }
         }
         tokio::select! {
@@ -318,4 +318,37 @@ pub async fn run<F, Fut>(
             }
         }
     }
+}
+
+/// One round: sends every attachment whose filter differs from what it was
+/// last made to match to the namespace thread, forgetting those whose lease
+/// is gone. False once the thread has stopped.
+async fn send_changed<F, Fut>(
+    filters: &Filters,
+    attachments: &Attachments,
+    alive: &F,
+    applied: &mut BTreeMap<String, PodFilter>,
+    job_tx: &std_mpsc::Sender<Job>,
+) -> bool
+where
+    F: Fn(AttachmentRecord) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for r in attachments.list() {
+        let key = key_of(&r);
+        let f = filters.pod_filter(&r.network, &r.pod, r.address);
+        if applied.get(&key) == Some(&f) {
+            continue;
+        }
+        if !alive(r.clone()).await {
+            attachments.forget(&r.network, &r.container_id, &r.ifname);
+            applied.remove(&key);
+            continue;
+        }
+        applied.insert(key, f.clone());
+        if job_tx.send(Job::Apply(Box::new((r, f)))).is_err() {
+            return false;
+        }
+    }
+    true
 }

@@ -253,6 +253,22 @@ pub fn network_to_pb(n: &NetworkSpec) -> pb::NetworkConfig {
     }
 }
 
+/// The addresses an Allocate asks for, in order and without repeats.
+fn parse_requested(list: &[String]) -> Result<Vec<std::net::Ipv4Addr>, Status> {
+    let mut requested = Vec::with_capacity(list.len());
+    for s in list {
+        let ip = s.trim().parse().map_err(|_| {
+            status_of(IpamError::RequestedAddress(format!(
+                "requested address {s:?} is not an IPv4 address (no prefix length)"
+            )))
+        })?;
+        if !requested.contains(&ip) {
+            requested.push(ip);
+        }
+    }
+    Ok(requested)
+}
+
 #[tonic::async_trait]
 impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
     async fn allocate(
@@ -271,17 +287,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             name: pod.name,
             uid: pod.uid,
         };
-        let mut requested = Vec::with_capacity(r.requested_addresses.len());
-        for s in &r.requested_addresses {
-            let ip = s.trim().parse().map_err(|_| {
-                status_of(IpamError::RequestedAddress(format!(
-                    "requested address {s:?} is not an IPv4 address (no prefix length)"
-                )))
-            })?;
-            if !requested.contains(&ip) {
-                requested.push(ip);
-            }
-        }
+        let requested = parse_requested(&r.requested_addresses)?;
         let opts = self.pod_options(&pod).await?;
         self.netpol_ready().await?;
         let netns = r.netns.clone();

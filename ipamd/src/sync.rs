@@ -26,22 +26,13 @@ pub async fn run<S: LeaseStore>(
         if *shutdown.borrow() {
             return;
         }
-        // Offline decisions go to etcd before anything is re-read, so the
-        // snapshot already contains them.
-        if engine.outage().has_journal_entries() {
-            if let Err(e) = engine.reserve().replay_journal().await {
-                warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
-                engine
-                    .outage()
-                    .note_unreachable(&format!("journal replay: {e}"));
-                engine.reserve().start_from_persisted();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+        if !replay_first(&engine, backoff).await {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
             }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
         }
         let t = std::time::Instant::now();
         let snap = store.snapshot().await;
@@ -53,32 +44,7 @@ pub async fn run<S: LeaseStore>(
                 engine.outage().note_reachable();
                 engine.reserve().settle_replayed().await;
                 backoff = Duration::from_millis(100);
-                let (tx, mut rx) = mpsc::channel::<Change>(4096);
-                let prefix = store.keys().root_prefix();
-                let watch = store.watch_prefix(prefix, rev + 1, tx);
-                tokio::pin!(watch);
-                resync.borrow_and_update();
-                // Offline decisions made while this watch stayed up (the
-                // prober brought ipamd back online without the watch
-                // breaking) are replayed by going round again.
-                let mut replay_check = tokio::time::interval(JOURNAL_CHECK);
-                let result = loop {
-                    tokio::select! {
-                        r = &mut watch => break Some(r),
-                        Some(change) = rx.recv() => engine.apply_change(change),
-                        _ = resync.changed() => break Some(Ok(())),
-                        _ = replay_check.tick() => {
-                            if engine.outage().etcd_ok() && engine.outage().has_journal_entries() {
-                                break Some(Ok(()));
-                            }
-                        }
-                        _ = shutdown.changed() => break None,
-                    }
-                };
-                // Apply what the watch delivered before it ended.
-                while let Ok(change) = rx.try_recv() {
-                    engine.apply_change(change);
-                }
+                let result = follow(&engine, &store, rev, &mut resync, &mut shutdown).await;
                 match result {
                     None => return,
                     Some(Ok(())) => {
@@ -105,4 +71,62 @@ pub async fn run<S: LeaseStore>(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Offline decisions go to etcd before anything is re-read, so the
+/// snapshot already contains them. False when the replay failed: ipamd
+/// then serves from what etcd last confirmed and retries after `backoff`.
+async fn replay_first<S: LeaseStore>(engine: &Engine<S>, backoff: Duration) -> bool {
+    if !engine.outage().has_journal_entries() {
+        return true;
+    }
+    if let Err(e) = engine.reserve().replay_journal().await {
+        warn!("journal replay incomplete (retrying in {backoff:?}): {e}");
+        engine
+            .outage()
+            .note_unreachable(&format!("journal replay: {e}"));
+        engine.reserve().start_from_persisted();
+        return false;
+    }
+    true
+}
+
+/// Follows etcd from just after `rev` until the watch ends: None on
+/// shutdown, Ok when a re-snapshot is wanted (resync requested, or journal
+/// entries to replay), the watch's error when it broke. Every change the
+/// watch delivered is applied before returning.
+async fn follow<S: LeaseStore>(
+    engine: &Engine<S>,
+    store: &Store,
+    rev: i64,
+    resync: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<rackline_store::Result<()>> {
+    let (tx, mut rx) = mpsc::channel::<Change>(4096);
+    let prefix = store.keys().root_prefix();
+    let watch = store.watch_prefix(prefix, rev + 1, tx);
+    tokio::pin!(watch);
+    resync.borrow_and_update();
+    // Offline decisions made while this watch stayed up (the
+    // prober brought ipamd back online without the watch
+    // breaking) are replayed by going round again.
+    let mut replay_check = tokio::time::interval(JOURNAL_CHECK);
+    let result = loop {
+        tokio::select! {
+            r = &mut watch => break Some(r),
+            Some(change) = rx.recv() => engine.apply_change(change),
+            _ = resync.changed() => break Some(Ok(())),
+            _ = replay_check.tick() => {
+                if engine.outage().etcd_ok() && engine.outage().has_journal_entries() {
+                    break Some(Ok(()));
+                }
+            }
+            _ = shutdown.changed() => break None,
+        }
+    };
+    // Apply what the watch delivered before it ended.
+    while let Ok(change) = rx.try_recv() {
+        engine.apply_change(change);
+    }
+    result
 }

@@ -165,16 +165,6 @@ impl World {
                 }
             }
         }
-        let chain = |rules: Option<Vec<Rule>>| match rules {
-            None => Chain::allow_all(),
-            Some(mut rules) => {
-                dedup(&mut rules);
-                Chain {
-                    rules,
-                    default: Verdict::Deny,
-                }
-            }
-        };
         Compiled {
             layer: Layer {
                 ingress: chain(ingress),
@@ -250,9 +240,20 @@ impl World {
                 });
             }
         }
-        if named.is_empty() {
-            return;
+        if !named.is_empty() {
+            self.named_port_rules(ns, to, &named, out, rules);
         }
+    }
+
+    /// The rules of an egress rule's named ports.
+    fn named_port_rules(
+        &self,
+        ns: &str,
+        to: Option<&[NetworkPolicyPeer]>,
+        named: &[(Proto, String)],
+        out: &mut Builder,
+        rules: &mut Vec<Rule>,
+    ) {
         // A named port resolves on the destination pod, which may number it
         // differently from its neighbours: one set per (peer, port name,
         // number). Only pods have named ports, so ipBlock peers never match
@@ -271,7 +272,7 @@ impl World {
                 continue;
             }
             let key = self.peer_key(ns, peer);
-            for (proto, name) in &named {
+            for (proto, name) in named {
                 let mut by_number: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
                 for p in self.select(ns, peer) {
                     if let Some(n) = named_port(&p.pod, *proto, name) {
@@ -514,4 +515,19 @@ pub fn set_name(key: &str) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{SET_PREFIX}{h:016x}")
+}
+
+/// A direction's chain: allow-all when no policy isolates it, else its
+/// rules (deduplicated) before a default deny.
+fn chain(rules: Option<Vec<Rule>>) -> Chain {
+    match rules {
+        None => Chain::allow_all(),
+        Some(mut rules) => {
+            dedup(&mut rules);
+            Chain {
+                rules,
+                default: Verdict::Deny,
+            }
+        }
+    }
 }
