@@ -63,7 +63,7 @@ pub async fn run<S: LeaseStore>(
                 continue;
             }
             let name = net.spec.name.clone();
-            let usage = net.block_usage();
+            let usage = net.blocks().usage();
             let now = Instant::now();
             // Under a drain marker nothing is acquired and every empty
             // block goes back at once (engine/mirror.rs).

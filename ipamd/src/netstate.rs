@@ -137,6 +137,26 @@ fn key_of(l: &Lease) -> AttachmentKey {
 }
 
 impl NetState {
+    /// See [`Leases`].
+    pub fn leases(&self) -> Leases<'_> {
+        Leases(self)
+    }
+
+    /// See [`Standby`].
+    pub fn standby(&self) -> Standby<'_> {
+        Standby(self)
+    }
+
+    /// See [`Uncertain`].
+    pub fn uncertain(&self) -> Uncertain<'_> {
+        Uncertain(self)
+    }
+
+    /// See [`Blocks`].
+    pub fn blocks(&self) -> Blocks<'_> {
+        Blocks(self)
+    }
+
     /// A network without rack bindings: the whole range, no blocks.
     pub fn new(spec: NetworkSpec, create_revision: i64) -> Self {
         let pool = Pool::new(&spec);
@@ -265,108 +285,10 @@ impl NetState {
         self.lock().rack.is_some()
     }
 
-    /// Applies a block record of this network (any rack; others ignored).
-    pub fn observe_block(&self, sb: StoredBlock, key: String) {
-        let mut g = self.lock();
-        let g = &mut *g;
-        let Some(rack) = g.rack.as_mut() else { return };
-        let (lo, hi) = sb.block.span();
-        if let Some((old, _)) = rack.blocks.get(&lo) {
-            if old.mod_revision >= sb.mod_revision {
-                return;
-            }
-            if old.block.node == rack.node {
-                let (olo, ohi) = old.block.span();
-                g.pool.remove_allocatable(olo, ohi);
-            }
-        }
-        if !rack.rack_pool.in_ranges(Ipv4Addr::from(lo)) {
-            // Another rack's block (by its ranges: its first address may be
-            // a withheld one of ours).
-            return;
-        }
-        if sb.block.node == rack.node {
-            g.pool.add_allocatable(lo, hi);
-            for x in lo..=hi {
-                if g.leases.contains_key(&Ipv4Addr::from(x)) {
-                    g.pool.mark_taken(Ipv4Addr::from(x));
-                }
-            }
-        }
-        rack.blocks.insert(lo, (sb, key));
-    }
-
-    /// Applies a block deletion (by first address).
-    pub fn forget_block(&self, first: Ipv4Addr) {
-        let mut g = self.lock();
-        let g = &mut *g;
-        let Some(rack) = g.rack.as_mut() else { return };
-        if let Some((old, _)) = rack.blocks.remove(&u32::from(first)) {
-            if old.block.node == rack.node {
-                let (lo, hi) = old.block.span();
-                g.pool.remove_allocatable(lo, hi);
-            }
-        }
-    }
-
-    /// Forgets the block holding `ip` after etcd said it changed: until the
-    /// watch delivers its new record, addresses there are only borrowable.
-    pub fn drop_block_at(&self, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        let g = &mut *g;
-        let Some(rack) = g.rack.as_mut() else { return };
-        let Some(first) = rack.block_at(u32::from(ip)).map(|(b, _)| b.block.span().0) else {
-            return;
-        };
-        if let Some((old, _)) = rack.blocks.remove(&first) {
-            if old.block.node == rack.node {
-                let (lo, hi) = old.block.span();
-                g.pool.remove_allocatable(lo, hi);
-            }
-        }
-    }
-
-    pub fn block_usage(&self) -> BlockUsage {
-        let g = self.lock();
-        let Some(rack) = g.rack.as_ref() else {
-            return BlockUsage::default();
-        };
-        let own_blocks = rack
-            .blocks
-            .values()
-            .filter(|(b, _)| b.block.node == rack.node)
-            .map(|(b, k)| {
-                let (lo, hi) = b.block.span();
-                (lo, hi, g.pool.taken_in(lo, hi), k.clone(), b.mod_revision)
-            })
-            .collect();
-        BlockUsage {
-            own_available: g.pool.available(),
-            rack_available: rack.rack_pool.available(),
-            own_blocks,
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock would be a bug in this module; the
         // data is still a consistent cache, so keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Carries the unknown-outcome set over from the state this one replaces,
-    /// so a re-list does not forget which creates still need resolving.
-    pub fn inherit_uncertain(&self, old: &NetState) {
-        if old.create_revision != self.create_revision {
-            return;
-        }
-        let u = old.lock().uncertain.clone();
-        let mut me = self.lock();
-        for ips in u.values() {
-            for ip in ips {
-                me.mark(*ip);
-            }
-        }
-        me.uncertain = u;
     }
 
     /// Applies a lease record seen in etcd (snapshot, watch or a read).
@@ -413,25 +335,6 @@ impl NetState {
         }
     }
 
-    /// `next` (built from a snapshot at `revision`) replaces this state:
-    /// leases observed here that are newer than the snapshot go over now,
-    /// and any observed from now on follow (see `observe`). Both under this
-    /// state's lock, so nothing observed concurrently falls between.
-    pub fn hand_over(&self, next: &std::sync::Arc<NetState>, revision: i64, node: &str) {
-        let newer: Vec<StoredLease> = {
-            let mut g = self.lock();
-            g.successor = Some(std::sync::Arc::downgrade(next));
-            g.leases
-                .values()
-                .filter(|l| l.mod_revision > revision)
-                .cloned()
-                .collect()
-        };
-        for sl in newer {
-            next.observe(sl, node);
-        }
-    }
-
     /// Applies a deletion seen at `mod_revision` (0 = unconditional).
     pub fn forget(&self, ip: Ipv4Addr, mod_revision: i64) {
         let mut g = self.lock();
@@ -454,71 +357,8 @@ impl NetState {
 
     // ---- standby reserve and offline operation ----
 
-    /// Standby records of OTHER nodes in this node's rack (or flat network):
-    /// addresses that come back when those nodes see the shortage.
-    pub fn foreign_standby(&self) -> usize {
-        let g = self.lock();
-        let mine = |l: &StoredLease| g.rack.as_ref().is_some_and(|r| r.node == l.lease.node);
-        g.leases
-            .values()
-            .filter(|l| l.lease.is_standby() && !g.standby.contains_key(&l.lease.address))
-            .filter(|l| !mine(l))
-            .filter(|l| match g.rack.as_ref() {
-                Some(r) => r
-                    .rack_pool
-                    .allocatable()
-                    .contains(u32::from(l.lease.address)),
-                None => true,
-            })
-            .count()
-    }
-
     pub fn in_use_here(&self) -> bool {
         self.lock().in_use_here
-    }
-
-    pub fn standby_count(&self) -> usize {
-        self.lock().standby.len()
-    }
-
-    pub fn standby_list(&self) -> Vec<(Ipv4Addr, i64)> {
-        self.lock().standby.iter().map(|(a, r)| (*a, *r)).collect()
-    }
-
-    /// Standby records outside what pods of this node are given now: a
-    /// `network update` excluded them. They are given back (see
-    /// `Engine::maintain_standby`), never handed out.
-    pub fn standby_excluded(&self) -> Vec<(Ipv4Addr, i64)> {
-        let g = self.lock();
-        g.standby
-            .iter()
-            .filter(|(a, _)| !g.serves(**a))
-            .map(|(a, r)| (*a, *r))
-            .collect()
-    }
-
-    /// Takes a standby address out of the reserve (it stays taken). A
-    /// record at an infrastructure address (made before that node registered)
-    /// or inside an exclusion added since it was made is never handed out.
-    pub fn take_standby(&self) -> Option<(Ipv4Addr, i64)> {
-        let mut g = self.lock();
-        let (ip, rev) = g
-            .standby
-            .iter()
-            .find(|(a, _)| !g.infra.contains(**a) && g.serves(**a))
-            .map(|(a, r)| (*a, *r))?;
-        g.standby.remove(&ip);
-        Some((ip, rev))
-    }
-
-    /// Takes one given standby address out of the reserve (to give it
-    /// back); None if it is not (or no longer) in it.
-    pub fn withdraw_standby(&self, ip: Ipv4Addr) -> Option<i64> {
-        self.lock().standby.remove(&ip)
-    }
-
-    pub fn return_standby(&self, ip: Ipv4Addr, rev: i64) {
-        self.lock().standby.insert(ip, rev);
     }
 
     /// Picks from the node's OWN pool only (never borrowed): where standby
@@ -539,31 +379,6 @@ impl NetState {
             guard,
             borrowed: false,
         })
-    }
-
-    /// Records a lease decided offline (journalled) in the cache; its
-    /// revision is the standby record's until the journal is replayed.
-    pub fn activate_offline(&self, lease: Lease, standby_revision: i64) {
-        let mut g = self.lock();
-        let ip = lease.address;
-        g.standby.remove(&ip);
-        g.mine.entry(key_of(&lease)).or_default().insert(ip);
-        g.mark(ip);
-        g.leases.insert(
-            ip,
-            StoredLease {
-                lease,
-                mod_revision: standby_revision,
-            },
-        );
-    }
-
-    /// Drops an attachment released offline from the cache; the address
-    /// stays taken until the journal replay deletes its record.
-    pub fn release_offline(&self, key: &AttachmentKey, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        remove_from(&mut g.mine, key, ip);
-        g.released_offline.insert(ip);
     }
 
     /// Free addresses the rack (or the flat network) still has, not counting
@@ -658,59 +473,6 @@ impl NetState {
         })
     }
 
-    /// The lease this node already holds for the attachment, if any.
-    pub fn existing(&self, key: &AttachmentKey) -> Option<StoredLease> {
-        let g = self.lock();
-        let ip = g.mine.get(key)?.iter().next().copied()?;
-        g.leases.get(&ip).cloned()
-    }
-
-    /// Every address this node holds (or may hold) for the attachment.
-    pub fn held(&self, key: &AttachmentKey) -> Vec<(Ipv4Addr, Option<i64>)> {
-        let g = self.lock();
-        let mut out = Vec::new();
-        for ip in g.mine.get(key).into_iter().flatten() {
-            out.push((*ip, g.leases.get(ip).map(|l| l.mod_revision)));
-        }
-        for ip in g.uncertain.get(key).into_iter().flatten() {
-            if !out.iter().any(|(i, _)| i == ip) {
-                out.push((*ip, None));
-            }
-        }
-        out
-    }
-
-    pub fn take_uncertain(&self, key: &AttachmentKey) -> Vec<Ipv4Addr> {
-        let mut g = self.lock();
-        g.uncertain
-            .remove(key)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn mark_uncertain(&self, key: &AttachmentKey, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        g.mark(ip);
-        g.uncertain.entry(key.clone()).or_default().insert(ip);
-    }
-
-    /// An uncertain create turned out not to exist.
-    pub fn resolve_absent(&self, key: &AttachmentKey, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        remove_from(&mut g.uncertain, key, ip);
-        if !g.leases.contains_key(&ip) {
-            g.unmark(ip);
-        }
-    }
-
-    /// Drops `ip` from this node's attachment without freeing it (someone
-    /// else owns it now).
-    pub fn disown(&self, key: &AttachmentKey, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        remove_from(&mut g.mine, key, ip);
-        remove_from(&mut g.uncertain, key, ip);
-    }
-
     /// Picks a candidate and marks it taken until the durable write settles:
     /// from the node's own pool first; on a rack-bound network with nothing
     /// left there, borrowed from the rest of the rack.
@@ -752,7 +514,290 @@ impl NetState {
         }
     }
 
-    pub fn leases_of_node(&self, node: &str) -> Vec<StoredLease> {
+    /// (capacity, allocated, available): of the network for a flat network,
+    /// of the node's rack for a rack-bound one (what it can still get).
+    pub fn usage(&self) -> (u64, u64, u64) {
+        let g = self.lock();
+        let p = g.rack.as_ref().map(|r| &r.rack_pool).unwrap_or(&g.pool);
+        (p.capacity(), p.allocated(), p.available())
+    }
+}
+
+/// The standby reserve of this network (`net.standby()`): records this node holds ahead of an etcd outage, and the offline leases taken from them.
+/// A borrow of the [`NetState`] under the same lock, so the locking is
+/// exactly that of the state itself.
+#[derive(Clone, Copy)]
+pub struct Standby<'a>(&'a NetState);
+
+impl std::ops::Deref for Standby<'_> {
+    type Target = NetState;
+    fn deref(&self) -> &NetState {
+        self.0
+    }
+}
+
+impl Standby<'_> {
+    /// Standby records of OTHER nodes in this node's rack (or flat network):
+    /// addresses that come back when those nodes see the shortage.
+    pub fn foreign(&self) -> usize {
+        let g = self.lock();
+        let mine = |l: &StoredLease| g.rack.as_ref().is_some_and(|r| r.node == l.lease.node);
+        g.leases
+            .values()
+            .filter(|l| l.lease.is_standby() && !g.standby.contains_key(&l.lease.address))
+            .filter(|l| !mine(l))
+            .filter(|l| match g.rack.as_ref() {
+                Some(r) => r
+                    .rack_pool
+                    .allocatable()
+                    .contains(u32::from(l.lease.address)),
+                None => true,
+            })
+            .count()
+    }
+    pub fn count(&self) -> usize {
+        self.lock().standby.len()
+    }
+    pub fn list(&self) -> Vec<(Ipv4Addr, i64)> {
+        self.lock().standby.iter().map(|(a, r)| (*a, *r)).collect()
+    }
+    /// Standby records outside what pods of this node are given now: a
+    /// `network update` excluded them. They are given back (see
+    /// `Engine::maintain_standby`), never handed out.
+    pub fn excluded(&self) -> Vec<(Ipv4Addr, i64)> {
+        let g = self.lock();
+        g.standby
+            .iter()
+            .filter(|(a, _)| !g.serves(**a))
+            .map(|(a, r)| (*a, *r))
+            .collect()
+    }
+    /// Takes a standby address out of the reserve (it stays taken). A
+    /// record at an infrastructure address (made before that node registered)
+    /// or inside an exclusion added since it was made is never handed out.
+    pub fn take(&self) -> Option<(Ipv4Addr, i64)> {
+        let mut g = self.lock();
+        let (ip, rev) = g
+            .standby
+            .iter()
+            .find(|(a, _)| !g.infra.contains(**a) && g.serves(**a))
+            .map(|(a, r)| (*a, *r))?;
+        g.standby.remove(&ip);
+        Some((ip, rev))
+    }
+    /// Takes one given standby address out of the reserve (to give it
+    /// back); None if it is not (or no longer) in it.
+    pub fn withdraw(&self, ip: Ipv4Addr) -> Option<i64> {
+        self.lock().standby.remove(&ip)
+    }
+    pub fn give_back(&self, ip: Ipv4Addr, rev: i64) {
+        self.lock().standby.insert(ip, rev);
+    }
+    /// Records a lease decided offline (journalled) in the cache; its
+    /// revision is the standby record's until the journal is replayed.
+    pub fn activate_offline(&self, lease: Lease, standby_revision: i64) {
+        let mut g = self.lock();
+        let ip = lease.address;
+        g.standby.remove(&ip);
+        g.mine.entry(key_of(&lease)).or_default().insert(ip);
+        g.mark(ip);
+        g.leases.insert(
+            ip,
+            StoredLease {
+                lease,
+                mod_revision: standby_revision,
+            },
+        );
+    }
+    /// Drops an attachment released offline from the cache; the address
+    /// stays taken until the journal replay deletes its record.
+    pub fn release_offline(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        remove_from(&mut g.mine, key, ip);
+        g.released_offline.insert(ip);
+    }
+}
+
+/// Creates whose answer was lost (`net.uncertain()`): addresses an attachment may hold in etcd without knowing it, until resolved.
+/// A borrow of the [`NetState`] under the same lock, so the locking is
+/// exactly that of the state itself.
+#[derive(Clone, Copy)]
+pub struct Uncertain<'a>(&'a NetState);
+
+impl std::ops::Deref for Uncertain<'_> {
+    type Target = NetState;
+    fn deref(&self) -> &NetState {
+        self.0
+    }
+}
+
+impl Uncertain<'_> {
+    pub fn take(&self, key: &AttachmentKey) -> Vec<Ipv4Addr> {
+        let mut g = self.lock();
+        g.uncertain
+            .remove(key)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default()
+    }
+    pub fn mark(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        g.mark(ip);
+        g.uncertain.entry(key.clone()).or_default().insert(ip);
+    }
+    /// An uncertain create turned out not to exist.
+    pub fn resolve_absent(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        remove_from(&mut g.uncertain, key, ip);
+        if !g.leases.contains_key(&ip) {
+            g.unmark(ip);
+        }
+    }
+    /// Carries the unknown-outcome set over from the state this one replaces,
+    /// so a re-list does not forget which creates still need resolving.
+    pub fn inherit(&self, old: &NetState) {
+        if old.create_revision != self.create_revision {
+            return;
+        }
+        let u = old.lock().uncertain.clone();
+        let mut me = self.lock();
+        for ips in u.values() {
+            for ip in ips {
+                me.mark(*ip);
+            }
+        }
+        me.uncertain = u;
+    }
+}
+
+/// The rack's blocks as this network sees them (`net.blocks()`).
+/// A borrow of the [`NetState`] under the same lock, so the locking is
+/// exactly that of the state itself.
+#[derive(Clone, Copy)]
+pub struct Blocks<'a>(&'a NetState);
+
+impl std::ops::Deref for Blocks<'_> {
+    type Target = NetState;
+    fn deref(&self) -> &NetState {
+        self.0
+    }
+}
+
+impl Blocks<'_> {
+    /// Applies a block record of this network (any rack; others ignored).
+    pub fn observe(&self, sb: StoredBlock, key: String) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        let (lo, hi) = sb.block.span();
+        if let Some((old, _)) = rack.blocks.get(&lo) {
+            if old.mod_revision >= sb.mod_revision {
+                return;
+            }
+            if old.block.node == rack.node {
+                let (olo, ohi) = old.block.span();
+                g.pool.remove_allocatable(olo, ohi);
+            }
+        }
+        if !rack.rack_pool.in_ranges(Ipv4Addr::from(lo)) {
+            // Another rack's block (by its ranges: its first address may be
+            // a withheld one of ours).
+            return;
+        }
+        if sb.block.node == rack.node {
+            g.pool.add_allocatable(lo, hi);
+            for x in lo..=hi {
+                if g.leases.contains_key(&Ipv4Addr::from(x)) {
+                    g.pool.mark_taken(Ipv4Addr::from(x));
+                }
+            }
+        }
+        rack.blocks.insert(lo, (sb, key));
+    }
+    /// Applies a block deletion (by first address).
+    pub fn forget(&self, first: Ipv4Addr) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        if let Some((old, _)) = rack.blocks.remove(&u32::from(first)) {
+            if old.block.node == rack.node {
+                let (lo, hi) = old.block.span();
+                g.pool.remove_allocatable(lo, hi);
+            }
+        }
+    }
+    /// Forgets the block holding `ip` after etcd said it changed: until the
+    /// watch delivers its new record, addresses there are only borrowable.
+    pub fn drop_at(&self, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let Some(rack) = g.rack.as_mut() else { return };
+        let Some(first) = rack.block_at(u32::from(ip)).map(|(b, _)| b.block.span().0) else {
+            return;
+        };
+        if let Some((old, _)) = rack.blocks.remove(&first) {
+            if old.block.node == rack.node {
+                let (lo, hi) = old.block.span();
+                g.pool.remove_allocatable(lo, hi);
+            }
+        }
+    }
+    pub fn usage(&self) -> BlockUsage {
+        let g = self.lock();
+        let Some(rack) = g.rack.as_ref() else {
+            return BlockUsage::default();
+        };
+        let own_blocks = rack
+            .blocks
+            .values()
+            .filter(|(b, _)| b.block.node == rack.node)
+            .map(|(b, k)| {
+                let (lo, hi) = b.block.span();
+                (lo, hi, g.pool.taken_in(lo, hi), k.clone(), b.mod_revision)
+            })
+            .collect();
+        BlockUsage {
+            own_available: g.pool.available(),
+            rack_available: rack.rack_pool.available(),
+            own_blocks,
+        }
+    }
+}
+
+/// The leases this network knows (`net.leases()`): lookups by attachment,
+/// address and node, and handing them over to a fresh state.
+/// A borrow of the [`NetState`] under the same lock.
+#[derive(Clone, Copy)]
+pub struct Leases<'a>(&'a NetState);
+
+impl std::ops::Deref for Leases<'_> {
+    type Target = NetState;
+    fn deref(&self) -> &NetState {
+        self.0
+    }
+}
+
+impl Leases<'_> {
+    /// The lease this node already holds for the attachment, if any.
+    pub fn existing(&self, key: &AttachmentKey) -> Option<StoredLease> {
+        let g = self.lock();
+        let ip = g.mine.get(key)?.iter().next().copied()?;
+        g.leases.get(&ip).cloned()
+    }
+    /// Every address this node holds (or may hold) for the attachment.
+    pub fn held(&self, key: &AttachmentKey) -> Vec<(Ipv4Addr, Option<i64>)> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        for ip in g.mine.get(key).into_iter().flatten() {
+            out.push((*ip, g.leases.get(ip).map(|l| l.mod_revision)));
+        }
+        for ip in g.uncertain.get(key).into_iter().flatten() {
+            if !out.iter().any(|(i, _)| i == ip) {
+                out.push((*ip, None));
+            }
+        }
+        out
+    }
+    pub fn of_node(&self, node: &str) -> Vec<StoredLease> {
         let g = self.lock();
         g.mine
             .values()
@@ -762,15 +807,12 @@ impl NetState {
             .cloned()
             .collect()
     }
-
-    pub fn leases_snapshot(&self) -> Vec<StoredLease> {
+    pub fn snapshot(&self) -> Vec<StoredLease> {
         self.lock().leases.values().cloned().collect()
     }
-
-    pub fn lease_at(&self, ip: Ipv4Addr) -> Option<StoredLease> {
+    pub fn at(&self, ip: Ipv4Addr) -> Option<StoredLease> {
         self.lock().leases.get(&ip).cloned()
     }
-
     /// What this node holds on the network (see [`NodeGauges`]).
     pub fn node_gauges(
         &self,
@@ -817,13 +859,30 @@ impl NetState {
         }
         out
     }
-
-    /// (capacity, allocated, available): of the network for a flat network,
-    /// of the node's rack for a rack-bound one (what it can still get).
-    pub fn usage(&self) -> (u64, u64, u64) {
-        let g = self.lock();
-        let p = g.rack.as_ref().map(|r| &r.rack_pool).unwrap_or(&g.pool);
-        (p.capacity(), p.allocated(), p.available())
+    /// Drops `ip` from this node's attachment without freeing it (someone
+    /// else owns it now).
+    pub fn disown(&self, key: &AttachmentKey, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        remove_from(&mut g.mine, key, ip);
+        remove_from(&mut g.uncertain, key, ip);
+    }
+    /// `next` (built from a snapshot at `revision`) replaces this state:
+    /// leases observed here that are newer than the snapshot go over now,
+    /// and any observed from now on follow (see `observe`). Both under this
+    /// state's lock, so nothing observed concurrently falls between.
+    pub fn hand_over(&self, next: &std::sync::Arc<NetState>, revision: i64, node: &str) {
+        let newer: Vec<StoredLease> = {
+            let mut g = self.lock();
+            g.successor = Some(std::sync::Arc::downgrade(next));
+            g.leases
+                .values()
+                .filter(|l| l.mod_revision > revision)
+                .cloned()
+                .collect()
+        };
+        for sl in newer {
+            next.observe(sl, node);
+        }
     }
 }
 

@@ -102,7 +102,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         let key: AttachmentKey = (a.container_id.clone(), a.ifname.clone());
         let _g = self.lock_attachment(&a.network, &key).await;
 
-        if let Some(sl) = net.existing(&key) {
+        if let Some(sl) = net.leases().existing(&key) {
             debug!(ip = %sl.lease.address, "allocation already held");
             super::requested::check_held(&a, &sl.lease)?;
             return Ok(Allocated {
@@ -231,7 +231,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         if let Some(done) = self.reserve().allocate_from_standby(net, a).await? {
             return Ok(Some(done));
         }
-        if net.foreign_standby() > 0 && *reserve_wait < MAX_RESERVE_WAIT {
+        if net.standby().foreign() > 0 && *reserve_wait < MAX_RESERVE_WAIT {
             tokio::time::sleep(RESERVE_POLL).await;
             *reserve_wait += RESERVE_POLL;
             return Ok(None);
@@ -310,7 +310,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 // new one. Free the mark and try another address.
                 debug!(%ip, "block changed under the candidate; next");
                 net.unpick(ip);
-                net.drop_block_at(ip);
+                net.blocks().drop_at(ip);
                 Ok(Attempt::Next)
             }
             Ok(CreateLease::NetworkGone) => {
@@ -324,7 +324,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 // The request may have been applied: remember it so the
                 // retry, the DEL or the journal replay resolves it
                 // instead of leaking it.
-                net.mark_uncertain(key, ip);
+                net.uncertain().mark(key, ip);
                 self.outage.note_unreachable(&m);
                 if self.outage.journal.is_none() {
                     return Err(IpamError::Unavailable(m));
@@ -381,7 +381,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             },
             Ok(CreateLease::BlockChanged) | Ok(CreateLease::NetworkGone) => {
                 // The first request failed the same guard.
-                net.resolve_absent(key, ip);
+                net.uncertain().resolve_absent(key, ip);
                 Ok(Attempt::Next)
             }
             Err(e) => {
@@ -400,7 +400,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         net: &NetState,
         key: &AttachmentKey,
     ) -> Result<Option<Allocated>, IpamError> {
-        for ip in net.take_uncertain(key) {
+        for ip in net.uncertain().take(key) {
             match self.store.get_lease(&net.spec.name, ip).await {
                 Ok(Some(sl)) if self.is_mine(&sl.lease, key) => {
                     let lease = sl.lease.clone();
@@ -412,9 +412,9 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                     }));
                 }
                 Ok(Some(sl)) => net.observe(sl, &self.node),
-                Ok(None) => net.resolve_absent(key, ip),
+                Ok(None) => net.uncertain().resolve_absent(key, ip),
                 Err(e) => {
-                    net.mark_uncertain(key, ip);
+                    net.uncertain().mark(key, ip);
                     self.outage.note_store_error(&e);
                     return Err(e.into());
                 }
@@ -493,11 +493,11 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         reclaim: Option<&str>,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
         let mut released = Vec::new();
-        for (ip, rev) in net.held(key) {
+        for (ip, rev) in net.leases().held(key) {
             let Some(rev) = self.revision_of(net, key, ip, rev).await? else {
                 continue;
             };
-            if let Some(sl) = net.lease_at(ip) {
+            if let Some(sl) = net.leases().at(ip) {
                 if !should_release(&sl) {
                     continue;
                 }
@@ -528,12 +528,12 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         match self.store.get_lease(&net.spec.name, ip).await {
             Ok(Some(sl)) if self.is_mine(&sl.lease, key) => Ok(Some(sl.mod_revision)),
             Ok(Some(sl)) => {
-                net.disown(key, ip);
+                net.leases().disown(key, ip);
                 net.observe(sl, &self.node);
                 Ok(None)
             }
             Ok(None) => {
-                net.resolve_absent(key, ip);
+                net.uncertain().resolve_absent(key, ip);
                 Ok(None)
             }
             Err(e) => {
@@ -562,20 +562,20 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             }
             match self.sticky().retire_at(net, ip, rev, rollback).await {
                 Ok(true) => {
-                    net.disown(key, ip);
+                    net.leases().disown(key, ip);
                     info!(network = %name, %ip, container = %key.0, ifname = %key.1, "released");
                     return Ok(true);
                 }
                 Ok(false) => match self.store.get_lease(name, ip).await {
                     Ok(Some(sl)) if self.is_mine(&sl.lease, key) => rev = sl.mod_revision,
                     Ok(Some(sl)) => {
-                        net.disown(key, ip);
+                        net.leases().disown(key, ip);
                         net.observe(sl, &self.node);
                         return Ok(false);
                     }
                     Ok(None) => {
                         net.forget(ip, 0);
-                        net.resolve_absent(key, ip);
+                        net.uncertain().resolve_absent(key, ip);
                         return Ok(false);
                     }
                     Err(e) => {
@@ -603,7 +603,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         validate_attachment(container_id, ifname)?;
         let net = self.network(network).await?;
         let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
-        Ok(net.existing(&key).map(|sl| Allocated {
+        Ok(net.leases().existing(&key).map(|sl| Allocated {
             lease: sl.lease,
             network: net.effective_spec(),
             existing: true,
@@ -625,7 +625,8 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             Err(e) => return Err(e),
         };
         let mut stale: Vec<AttachmentKey> = net
-            .leases_of_node(&self.node)
+            .leases()
+            .of_node(&self.node)
             .into_iter()
             .map(|sl| (sl.lease.container_id, sl.lease.ifname))
             .filter(|k| !valid.contains(k))
@@ -639,9 +640,10 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             // meanwhile made a young lease, which the grace keeps.
             let cutoff = now_ms() - self.gc_grace.as_millis() as i64;
             let before: Vec<Lease> = net
+                .leases()
                 .held(&key)
                 .into_iter()
-                .filter_map(|(ip, _)| net.lease_at(ip))
+                .filter_map(|(ip, _)| net.leases().at(ip))
                 .map(|sl| sl.lease)
                 .collect();
             let freed = self
@@ -690,9 +692,10 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         let key: AttachmentKey = (container_id.to_string(), ifname.to_string());
         let _g = self.lock_attachment(network, &key).await;
         let before: Vec<Lease> = net
+            .leases()
             .held(&key)
             .into_iter()
-            .filter_map(|(ip, _)| net.lease_at(ip))
+            .filter_map(|(ip, _)| net.leases().at(ip))
             .map(|sl| sl.lease)
             .collect();
         let reason = rackline_model::event::reclaim::RECONCILE;
@@ -733,7 +736,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             });
         }
         let reserve = if self.outage.journal.is_some() {
-            net.standby_count()
+            net.standby().count()
         } else {
             0
         };

@@ -70,7 +70,12 @@ impl<S: LeaseStore> Conflicts<'_, S> {
         };
         let key: AttachmentKey = (c.container_id.clone(), c.ifname.clone());
         let _g = self.allocator().lock_attachment(&c.network, &key).await;
-        if !net.held(&key).iter().any(|(ip, _)| *ip == c.address) {
+        if !net
+            .leases()
+            .held(&key)
+            .iter()
+            .any(|(ip, _)| *ip == c.address)
+        {
             info!(network = %c.network, address = %c.address, container = %c.container_id, "conflict reported for an address the attachment does not hold; nothing to do");
             return Ok(unchanged);
         }
@@ -94,13 +99,13 @@ impl<S: LeaseStore> Conflicts<'_, S> {
         match self.store.get_lease(&c.network, c.address).await {
             Ok(Some(sl)) if self.is_mine(&sl.lease, key) => Ok(Some(sl)),
             Ok(Some(sl)) => {
-                net.disown(key, c.address);
+                net.leases().disown(key, c.address);
                 net.observe(sl, &self.node);
                 Ok(None)
             }
             Ok(None) => {
                 net.forget(c.address, 0);
-                net.resolve_absent(key, c.address);
+                net.uncertain().resolve_absent(key, c.address);
                 Ok(None)
             }
             Err(e) => {
@@ -179,7 +184,7 @@ impl<S: LeaseStore> Conflicts<'_, S> {
                     },
                     &self.node,
                 );
-                net.disown(key, c.address);
+                net.leases().disown(key, c.address);
                 warn!(
                     network = %c.network,
                     address = %c.address,

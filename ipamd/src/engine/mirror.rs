@@ -129,7 +129,12 @@ impl Mirror {
         let mut v: Vec<(String, NodeGauges)> = self
             .nets_read()
             .iter()
-            .map(|(name, st)| (name.clone(), st.node_gauges(&self.node, self.node_class())))
+            .map(|(name, st)| {
+                (
+                    name.clone(),
+                    st.leases().node_gauges(&self.node, self.node_class()),
+                )
+            })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -204,7 +209,7 @@ impl Mirror {
         for sb in snap.blocks {
             if let Some(st) = fresh.get(&sb.block.network) {
                 let key = self.keys.block(&sb.block.network, sb.block.first);
-                st.observe_block(sb, key);
+                st.blocks().observe(sb, key);
             }
         }
         for sl in snap.leases {
@@ -226,7 +231,7 @@ impl Mirror {
             for (name, st) in &fresh {
                 if let Some(o) = nets.get(name) {
                     if snap.revision > 0 {
-                        o.hand_over(st, snap.revision, &self.node);
+                        o.leases().hand_over(st, snap.revision, &self.node);
                     }
                 }
             }
@@ -293,13 +298,13 @@ impl Mirror {
         let old = self.nets_read();
         for (name, st) in fresh {
             if let Some(o) = old.get(name) {
-                st.inherit_uncertain(o);
+                st.uncertain().inherit(o);
                 // A lease written after this snapshot was read (an Allocate racing a
                 // re-list) is in the old cache only. The watch from the snapshot's
                 // revision brings it back too, but a Release arriving before that must
                 // find it: answering "nothing held" would leak the lease for good (the
                 // chaos soak caught exactly that during an etcd leader change).
-                for sl in o.leases_snapshot() {
+                for sl in o.leases().snapshot() {
                     if sl.mod_revision > revision {
                         st.observe(sl, &self.node);
                     }
@@ -316,7 +321,8 @@ impl Mirror {
                 standby_revision,
             } => {
                 if let Some(st) = nets.get(&lease.network) {
-                    st.activate_offline(lease.clone(), *standby_revision);
+                    st.standby()
+                        .activate_offline(lease.clone(), *standby_revision);
                 }
             }
             Entry::Release {
@@ -326,7 +332,8 @@ impl Mirror {
                 ifname,
             } => {
                 if let Some(st) = nets.get(network) {
-                    st.release_offline(&(container_id.clone(), ifname.clone()), *address);
+                    st.standby()
+                        .release_offline(&(container_id.clone(), ifname.clone()), *address);
                 }
             }
         }
@@ -346,7 +353,7 @@ impl Mirror {
                 key,
             } => {
                 if let Some(st) = self.nets_read().get(&network) {
-                    st.observe_block(block, key);
+                    st.blocks().observe(block, key);
                 }
             }
             StoreEvent::Node { name, addresses } => self.learn_node(&name, addresses),
@@ -372,7 +379,7 @@ impl Mirror {
             }
             StoreEvent::Deleted(Deleted::Block { network, first }) => {
                 if let Some(st) = self.nets_read().get(&network) {
-                    st.forget_block(first);
+                    st.blocks().forget(first);
                 }
             }
             StoreEvent::Deleted(Deleted::Lease {
@@ -405,10 +412,10 @@ impl Mirror {
                 // pool around the leases we know.
                 info!(network = name, "network definition changed");
                 let fresh = self.tracked(NetState::new(spec, create_revision));
-                for sl in st.leases_snapshot() {
+                for sl in st.leases().snapshot() {
                     fresh.observe(sl, &self.node);
                 }
-                fresh.inherit_uncertain(st);
+                fresh.uncertain().inherit(st);
                 nets.insert(name.to_string(), fresh);
             }
             _ => {

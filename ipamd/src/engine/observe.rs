@@ -70,7 +70,8 @@ impl<S: LeaseStore> Allocator<'_, S> {
         reason: &str,
     ) -> Result<i64, IpamError> {
         let Some(sl) = net
-            .lease_at(ip)
+            .leases()
+            .at(ip)
             .filter(|s| s.mod_revision == rev && s.lease.state.is_active())
         else {
             return Ok(rev);
@@ -108,7 +109,7 @@ pub(super) fn readiness(mirror: &Mirror, outage: &Outage) -> Readiness {
         return Readiness::Ready;
     }
     let reserve: usize = if outage.journaling() {
-        mirror.networks().iter().map(|n| n.standby_count()).sum()
+        mirror.networks().iter().map(|n| n.standby().count()).sum()
     } else {
         0
     };

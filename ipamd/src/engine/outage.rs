@@ -42,7 +42,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
         let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
-        let Some((ip, rev)) = net.take_standby() else {
+        let Some((ip, rev)) = net.standby().take() else {
             return Err(IpamError::Unavailable(
                 "etcd is unreachable and this node has no standby address left".into(),
             ));
@@ -53,12 +53,12 @@ impl<S: LeaseStore> Reserve<'_, S> {
             standby_revision: rev,
         };
         if let Err(e) = journal.append(&entry).await {
-            net.return_standby(ip, rev);
+            net.standby().give_back(ip, rev);
             return Err(IpamError::Unavailable(format!(
                 "etcd is unreachable and the journal cannot be written: {e}"
             )));
         }
-        net.activate_offline(lease.clone(), rev);
+        net.standby().activate_offline(lease.clone(), rev);
         warn!(network = %a.network, %ip, container = %a.container_id, "leased a standby address while etcd is unreachable (journalled)");
         Ok(Allocated {
             lease,
@@ -74,7 +74,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
         net: &NetState,
         a: &AllocateArgs,
     ) -> Result<Option<Allocated>, IpamError> {
-        while let Some((ip, rev)) = net.take_standby() {
+        while let Some((ip, rev)) = net.standby().take() {
             // The persisted reserve stops listing it before etcd changes.
             self.save_reserve().await;
             let lease = self.lease_for(net, a, ip);
@@ -96,7 +96,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 // The record changed (someone released our reserve): next.
                 Ok(None) => continue,
                 Err(e) => {
-                    net.return_standby(ip, rev);
+                    net.standby().give_back(ip, rev);
                     self.outage.note_store_error(&e);
                     return Err(e.into());
                 }
@@ -114,7 +114,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
         let Some(journal) = &self.outage.journal else {
             return Err(IpamError::Unavailable("etcd is unreachable".into()));
         };
-        let held = net.held(key);
+        let held = net.leases().held(key);
         if held.is_empty() && self.outage.from_persisted() {
             // Started while etcd was away: only the persisted reserve and this run's offline
             // leases are known here, not the leases etcd holds for this node. "Nothing held"
@@ -138,7 +138,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                     "etcd is unreachable and the journal cannot be written: {e}"
                 ))
             })?;
-            net.release_offline(key, ip);
+            net.standby().release_offline(key, ip);
             warn!(network = %net.spec.name, %ip, container = %key.0, "released while etcd is unreachable (journalled)");
             out.push(ip);
         }
@@ -221,7 +221,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
         // leave this attachment a second address.
         let net = self.mirror.nets_read().get(&lease.network).cloned();
         if let Some(net) = net {
-            for ip in net.take_uncertain(&key) {
+            for ip in net.uncertain().take(&key) {
                 if ip == lease.address {
                     continue;
                 }
@@ -293,7 +293,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 continue;
             };
             let _g = self.allocator().lock_attachment(&network, &key).await;
-            for (ip, _) in net.held(&key) {
+            for (ip, _) in net.leases().held(&key) {
                 if ip == kept {
                     continue;
                 }
@@ -358,7 +358,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
         }
         for net in self.mirror.networks() {
             let draining = self.mirror.draining(&net);
-            let excluded = net.standby_excluded();
+            let excluded = net.standby().excluded();
             if draining.is_none()
                 && excluded.is_empty()
                 && (self.outage.standby_target == 0 || !net.in_use_here())
@@ -371,7 +371,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
             } else {
                 0
             };
-            let have = net.standby_count();
+            let have = net.standby().count();
             // Excluded records count for nothing: they are never handed out.
             let usable = have - excluded.len();
             debug!(network = %net.spec.name, free, target, have, usable, "standby reserve");
@@ -409,12 +409,13 @@ impl<S: LeaseStore> Reserve<'_, S> {
             .iter()
             .copied()
             .chain(
-                net.standby_list()
+                net.standby()
+                    .list()
                     .into_iter()
                     .filter(|e| !excluded.contains(e))
                     .take(surplus),
             )
-            .filter(|(ip, _)| net.withdraw_standby(*ip).is_some())
+            .filter(|(ip, _)| net.standby().withdraw(*ip).is_some())
             .collect();
         self.save_reserve().await;
         for (n, (ip, rev)) in give.iter().enumerate() {
@@ -424,7 +425,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 Ok(false) => {}
                 Err(e) => {
                     for (ip, rev) in &give[n..] {
-                        net.return_standby(*ip, *rev);
+                        net.standby().give_back(*ip, *rev);
                     }
                     self.outage.note_store_error(&e);
                     return false;
@@ -456,7 +457,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 Ok(CreateLease::BlockChanged) => {
                     debug!(ip = %pick.ip, "reserve: block changed");
                     net.unpick(pick.ip);
-                    net.drop_block_at(pick.ip);
+                    net.blocks().drop_at(pick.ip);
                     break;
                 }
                 Ok(CreateLease::NetworkGone) => {

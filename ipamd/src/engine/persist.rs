@@ -82,7 +82,8 @@ impl<S: LeaseStore> Reserve<'_, S> {
             .filter(|n| n.in_use_here())
             .map(|n| {
                 let mut leases: Vec<PersistedLease> = n
-                    .leases_of_node(&self.node)
+                    .leases()
+                    .of_node(&self.node)
                     .into_iter()
                     .map(|sl| PersistedLease {
                         lease: sl.lease,
@@ -94,7 +95,7 @@ impl<S: LeaseStore> Reserve<'_, S> {
                     spec: n.spec.clone(),
                     create_revision: n.create_revision,
                     binding: n.binding.clone(),
-                    standby: n.standby_list(),
+                    standby: n.standby().list(),
                     leases,
                 }
             })

@@ -157,7 +157,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
     ) -> Result<Try, IpamError> {
         let lease = self.fresh_lease(net, a, ip, identity.is_some());
         for _ in 0..BLOCK_RETRIES {
-            if let Some(held) = net.lease_at(ip) {
+            if let Some(held) = net.leases().at(ip) {
                 if held.lease.is_standby() && held.lease.node == self.node {
                     return self.take_own_standby(net, lease, held, identity).await;
                 }
@@ -243,7 +243,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
             Ok(CreateLease::BlockChanged) => {
                 debug!(%ip, "block changed under the requested address; retrying");
                 net.unpick(ip);
-                net.drop_block_at(ip);
+                net.blocks().drop_at(ip);
                 Ok(None)
             }
             Ok(CreateLease::NetworkGone) => {
@@ -253,7 +253,8 @@ impl<S: LeaseStore> Allocator<'_, S> {
             Err(e @ StoreError::Unavailable(_)) => {
                 // The write may have been applied: the retry or the DEL
                 // resolves it.
-                net.mark_uncertain(&(a.container_id.clone(), a.ifname.clone()), ip);
+                net.uncertain()
+                    .mark(&(a.container_id.clone(), a.ifname.clone()), ip);
                 self.outage.note_store_error(&e);
                 Err(requested_needs_etcd(a, e))
             }

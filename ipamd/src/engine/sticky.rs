@@ -491,7 +491,7 @@ impl<S: LeaseStore> Sticky<'_, S> {
         rev: i64,
         rollback: bool,
     ) -> Result<bool, StoreError> {
-        let sl = match net.lease_at(ip).filter(|s| s.mod_revision == rev) {
+        let sl = match net.leases().at(ip).filter(|s| s.mod_revision == rev) {
             Some(sl) => sl,
             None => match self.store.get_lease(&net.spec.name, ip).await? {
                 Some(sl) if sl.mod_revision == rev => sl,

@@ -638,12 +638,15 @@ fn a_lease_observed_in_a_state_a_snapshot_replaced_reaches_the_new_state() {
     // Observed before the hand-over, newer than the snapshot (revision 10).
     old.observe(mk("before", "10.0.0.5", 11), "n1");
     let fresh = Arc::new(NetState::new(spec, 1));
-    old.hand_over(&fresh, 10, "n1");
+    old.leases().hand_over(&fresh, 10, "n1");
     // An allocation that started on the old state finishes after the swap.
     old.observe(mk("after", "10.0.0.6", 12), "n1");
     for cid in ["before", "after"] {
         assert!(
-            fresh.existing(&(cid.into(), "eth0".into())).is_some(),
+            fresh
+                .leases()
+                .existing(&(cid.into(), "eth0".into()))
+                .is_some(),
             "{cid} is unknown to the new state: its release would leak it"
         );
     }

@@ -151,7 +151,7 @@ async fn a_stale_block_guard_moves_on_instead_of_writing() {
     assert_eq!(store.live().len(), 1);
     assert_eq!(store.live()[0].address, a.lease.address);
     let net = n1.mirror().networks().pop().unwrap();
-    assert!(net.block_usage().own_blocks.is_empty());
+    assert!(net.blocks().usage().own_blocks.is_empty());
     assert_no_duplicates(&store);
 }
 

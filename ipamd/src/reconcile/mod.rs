@@ -44,7 +44,7 @@ pub struct Settings {
 pub fn leases_of<S: LeaseStore>(engine: &Engine<S>) -> Vec<LeaseView> {
     let mut out = Vec::new();
     for net in engine.mirror().networks() {
-        for sl in net.leases_of_node(engine.node()) {
+        for sl in net.leases().of_node(engine.node()) {
             let l = sl.lease;
             if !l.state.is_active() || l.container_id.is_empty() {
                 continue;
