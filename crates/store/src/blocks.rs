@@ -217,6 +217,8 @@ impl LeaderStore {
     /// ipamd skips them when it picks an address anyway, and carving around
     /// them would split the windows they sit in into slivers of a few
     /// addresses, each a block record of its own.
+    // Stays long: one read-decide-write round per attempt, whose compares
+    // must name exactly the records the decision read; the decisions are helpers.
     pub async fn acquire_block(
         &self,
         network: &str,

@@ -345,6 +345,8 @@ impl LeaderStore {
     /// ranges on it, and every other network's subnet and bindings. A
     /// replacement must keep every existing block of the rack inside the
     /// new ranges.
+    // Stays long: one read-validate-write round per attempt, whose compares
+    // must name exactly the records validated; the checks are helpers.
     pub async fn bind_rack(&self, binding: &RackNet) -> Result<RackNet> {
         let net_key = self.keys.network(&binding.network);
         let rack_key = self.keys.rack(&binding.rack);

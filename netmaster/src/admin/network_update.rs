@@ -137,6 +137,8 @@ fn newly_excluded(
 }
 
 impl AdminService {
+    // Stays long: one read-refuse-write round per attempt, every refusal and
+    // the report resting on the same read; the checks are helpers.
     pub async fn update_network(&self, u: NetworkUpdate) -> Result<UpdateReport> {
         // A dry run writes nothing: any replica answers it.
         let writer = if u.dry_run {
