@@ -198,6 +198,7 @@ impl NodeLiveness {
         loop {
             match self
                 .store
+                .liveness()
                 .try_lock_node(&self.node, &self.record, granted.id)
                 .await
             {
@@ -210,7 +211,10 @@ impl NodeLiveness {
                 Ok(NodeLock::Held(None)) => continue,
                 Ok(NodeLock::Held(Some(h))) if h.record.instance == self.record.instance => {
                     info!(node = %self.node, "replacing the liveness record of this node's previous ipamd (it did not stop cleanly)");
-                    self.store.remove_dead_holder(&self.node, &h).await?;
+                    self.store
+                        .liveness()
+                        .remove_dead_holder(&self.node, &h)
+                        .await?;
                 }
                 Ok(NodeLock::Held(Some(h))) => {
                     let limit =

@@ -121,7 +121,10 @@ impl LeaseStore for Store {
         block: Option<&BlockGuard>,
     ) -> Result<CreateLease, StoreError> {
         let t = Instant::now();
-        let r = Store::create_lease_guarded(self, lease, network_revision, block).await;
+        let r = self
+            .leases()
+            .create_lease_guarded(lease, network_revision, block)
+            .await;
         self.observe("create_lease", t);
         r
     }
@@ -133,7 +136,7 @@ impl LeaseStore for Store {
         mod_revision: i64,
     ) -> Result<bool, StoreError> {
         let t = Instant::now();
-        let r = Store::delete_lease(self, network, ip, mod_revision).await;
+        let r = self.leases().delete_lease(network, ip, mod_revision).await;
         self.observe("delete_lease", t);
         r
     }
@@ -144,7 +147,7 @@ impl LeaseStore for Store {
         ip: Ipv4Addr,
     ) -> Result<Option<StoredLease>, StoreError> {
         let t = Instant::now();
-        let r = Store::get_lease(self, network, ip).await;
+        let r = self.leases().get_lease(network, ip).await;
         self.observe("get_lease", t);
         r
     }
@@ -159,7 +162,7 @@ impl LeaseStore for Store {
         mod_revision: i64,
     ) -> Result<Option<i64>, StoreError> {
         let t = Instant::now();
-        let r = Store::replace_lease(self, lease, mod_revision).await;
+        let r = self.leases().replace_lease(lease, mod_revision).await;
         self.observe("replace_lease", t);
         r
     }
@@ -170,7 +173,7 @@ impl LeaseStore for Store {
         namespace: &str,
         name: &str,
     ) -> Result<Option<StoredIdentity>, StoreError> {
-        Store::get_identity(self, network, namespace, name).await
+        self.leases().get_identity(network, namespace, name).await
     }
 
     async fn identity_view(
@@ -180,7 +183,7 @@ impl LeaseStore for Store {
         name: &str,
     ) -> Result<Option<IdentityView>, StoreError> {
         let t = Instant::now();
-        let r = Store::identity_view(self, network, namespace, name).await;
+        let r = self.leases().identity_view(network, namespace, name).await;
         self.observe("identity_view", t);
         r
     }
@@ -196,27 +199,21 @@ impl LeaseStore for Store {
         block: Option<&BlockGuard>,
     ) -> Result<StickyWrite, StoreError> {
         let ttl_lease = match ttl_secs {
-            Some(s) => Some(self.grant_ttl(s).await?),
+            Some(s) => Some(self.leases().grant_ttl(s).await?),
             None => None,
         };
         let mut extra = Vec::new();
         if let Some(rev) = network_revision {
-            extra.push(self.network_compare(&lease.network, rev));
+            extra.push(self.leases().network_compare(&lease.network, rev));
         }
         if let Some(b) = block {
             extra.push(b.compare());
         }
         let t = Instant::now();
-        let r = Store::write_sticky(
-            self,
-            lease,
-            lease_rev,
-            identity,
-            identity_rev,
-            ttl_lease,
-            extra,
-        )
-        .await;
+        let r = self
+            .leases()
+            .write_sticky(lease, lease_rev, identity, identity_rev, ttl_lease, extra)
+            .await;
         self.observe("write_sticky", t);
         r
     }
@@ -227,17 +224,16 @@ impl LeaseStore for Store {
         lease_rev: i64,
         identity_rev: i64,
     ) -> Result<bool, StoreError> {
-        Store::delete_sticky(
-            self,
-            &lease.network,
-            lease.address,
-            lease_rev,
-            &lease.pod.namespace,
-            &lease.pod.name,
-            identity_rev,
-            None,
-        )
-        .await
+        self.leases()
+            .delete_sticky(
+                &lease.network,
+                lease.address,
+                lease_rev,
+                &lease.pod.namespace,
+                &lease.pod.name,
+                identity_rev,
+            )
+            .await
     }
 
     async fn delete_identity(
@@ -245,15 +241,14 @@ impl LeaseStore for Store {
         identity: &Identity,
         identity_rev: i64,
     ) -> Result<bool, StoreError> {
-        Store::delete_identity(
-            self,
-            &identity.network,
-            &identity.namespace,
-            &identity.name,
-            identity_rev,
-            None,
-        )
-        .await
+        self.leases()
+            .delete_identity(
+                &identity.network,
+                &identity.namespace,
+                &identity.name,
+                identity_rev,
+            )
+            .await
     }
 
     async fn replace_lease_expiring(
@@ -263,7 +258,10 @@ impl LeaseStore for Store {
         ttl_secs: u64,
     ) -> Result<Option<i64>, StoreError> {
         let t = Instant::now();
-        let r = Store::replace_lease_for(self, lease, mod_revision, ttl_secs).await;
+        let r = self
+            .leases()
+            .replace_lease_for(lease, mod_revision, ttl_secs)
+            .await;
         self.observe("replace_lease", t);
         r
     }
@@ -275,7 +273,10 @@ impl LeaseStore for Store {
         reason: &str,
     ) -> Result<Option<i64>, StoreError> {
         let t = Instant::now();
-        let r = Store::mark_lease_reclaimed(self, lease, mod_revision, reason).await;
+        let r = self
+            .leases()
+            .mark_lease_reclaimed(lease, mod_revision, reason)
+            .await;
         self.observe("mark_reclaimed", t);
         r
     }

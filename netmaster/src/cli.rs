@@ -327,6 +327,8 @@ impl LeaseListArgs {
 }
 
 /// Runs one command against the server, printing its result on `out`.
+// Stays long: resolves the connection once, then one dispatch arm per
+// top-level command; the arms are one-liners into the cli modules.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     let file = config::ConfigFile::load(cli.config.as_deref()).map_err(CtlError::Usage)?;
     let conn = config::resolve(

@@ -265,6 +265,9 @@ pub fn termination_signal() -> std::io::Result<impl Future<Output = &'static str
 }
 
 /// Serves until `shutdown` resolves.
+// Stays long: the daemon's life as one linear recipe whose order matters
+// (auth and TLS, store, listener, election, observability, reclaim, serve,
+// then the ordered shutdown of the same parts).
 pub async fn run(
     args: NetmasterArgs,
     shutdown: impl Future<Output = &'static str> + Send,

@@ -191,6 +191,8 @@ impl std::fmt::Debug for StateCollector {
 }
 
 impl Collector for StateCollector {
+    // Stays long: the method set is dictated by `Collector`; the body emits
+    // one metric family after another from a single state read.
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use rackline_telemetry::encode_gauges;
         let (leader, term) = match self.status.role() {

@@ -187,11 +187,19 @@ fn release_needs_an_empty_block() {
         ("default", "web-1"),
     );
     let lease = rt
-        .block_on(store.get_lease("prod", "10.10.1.15".parse().unwrap()))
+        .block_on(
+            store
+                .leases()
+                .get_lease("prod", "10.10.1.15".parse().unwrap()),
+        )
         .expect("get lease")
         .expect("lease exists");
     assert!(rt
-        .block_on(store.delete_lease("prod", "10.10.1.15".parse().unwrap(), lease.mod_revision))
+        .block_on(store.leases().delete_lease(
+            "prod",
+            "10.10.1.15".parse().unwrap(),
+            lease.mod_revision
+        ))
         .expect("delete lease"));
     let out = ctl(
         s,

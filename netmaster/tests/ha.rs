@@ -579,19 +579,36 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
 
         // Nothing the deposed leader asked for landed.
         assert!(s
+            .leases()
             .get_identity("pins", "default", "web-1")
             .await
             .expect("read")
             .is_none());
-        assert!(s.get_lease("pins", ip(11)).await.expect("read").is_none());
-        assert!(s.get_lease("pins", ip(12)).await.expect("read").is_none());
+        assert!(s
+            .leases()
+            .get_lease("pins", ip(11))
+            .await
+            .expect("read")
+            .is_none());
+        assert!(s
+            .leases()
+            .get_lease("pins", ip(12))
+            .await
+            .expect("read")
+            .is_none());
         let kept = s
+            .leases()
             .get_identity("pins", "default", "web-0")
             .await
             .expect("read")
             .expect("the pin is still there");
         assert_eq!(kept.identity.address, ip(10));
-        assert!(s.get_lease("pins", ip(10)).await.expect("read").is_some());
+        assert!(s
+            .leases()
+            .get_lease("pins", ip(10))
+            .await
+            .expect("read")
+            .is_some());
 
         // The new leader's release goes through.
         let new = admin_of(fence2, l2.id);
@@ -602,6 +619,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
             ip(10)
         );
         assert!(s
+            .leases()
             .get_identity("pins", "default", "web-0")
             .await
             .expect("read")

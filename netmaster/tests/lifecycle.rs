@@ -50,7 +50,7 @@ fn standby(rt: &tokio::runtime::Runtime, st: &Store, addr: &str, node: &str) {
     let net = rt.block_on(st.get_network("prod")).unwrap().unwrap();
     let l = Lease::standby("prod", addr.parse().unwrap(), node, 1);
     let r = rt
-        .block_on(st.create_lease(&l, net.create_revision))
+        .block_on(st.leases().create_lease(&l, net.create_revision))
         .unwrap();
     assert!(matches!(r, CreateLease::Created { .. }), "{r:?}");
 }
@@ -59,7 +59,7 @@ fn standby(rt: &tokio::runtime::Runtime, st: &Store, addr: &str, node: &str) {
 fn sticky(rt: &tokio::runtime::Runtime, st: &Store, addr: &str, node: &str, pod: &str) {
     let mut l = put_lease(rt, st, "prod", addr, node, ("default", pod));
     let cur = rt
-        .block_on(st.get_lease("prod", l.address))
+        .block_on(st.leases().get_lease("prod", l.address))
         .unwrap()
         .unwrap();
     l.sticky = true;
@@ -74,7 +74,10 @@ fn sticky(rt: &tokio::runtime::Runtime, st: &Store, addr: &str, node: &str, pod:
         opt_in: false,
     };
     let w = rt
-        .block_on(st.write_sticky(&l, cur.mod_revision, &id, 0, None, vec![]))
+        .block_on(
+            st.leases()
+                .write_sticky(&l, cur.mod_revision, &id, 0, None, vec![]),
+        )
         .unwrap();
     assert!(matches!(w, StickyWrite::Done { .. }), "{w:?}");
 }
@@ -89,7 +92,9 @@ fn hold_liveness(rt: &tokio::runtime::Runtime, st: &Store, node: &str) -> i64 {
         since_unix_ms: 1,
         ttl_secs: 60,
     };
-    let r = rt.block_on(st.try_lock_node(node, &rec, g.id)).unwrap();
+    let r = rt
+        .block_on(st.liveness().try_lock_node(node, &rec, g.id))
+        .unwrap();
     assert!(matches!(r, NodeLock::Acquired { .. }), "{r:?}");
     g.id
 }
@@ -218,7 +223,7 @@ fn a_dead_node_is_reclaimed_after_its_grace_and_a_live_one_is_not() {
     assert_eq!(blocks_of(s, "n2"), 1);
     assert_eq!(lease_at(s, "10.10.1.20").unwrap()["state"], "active");
     let res = rt
-        .block_on(st.identity_view("prod", "default", "db-0"))
+        .block_on(st.leases().identity_view("prod", "default", "db-0"))
         .unwrap()
         .unwrap();
     assert_eq!(res.lease.unwrap().lease.state, LeaseState::Reserved);
@@ -290,7 +295,10 @@ fn a_network_delete_waits_for_the_reserve_to_be_given_back() {
         let (leases, _) = rt.block_on(st2.list_leases(Some("prod"))).unwrap();
         for l in leases {
             assert!(rt
-                .block_on(st2.delete_lease("prod", l.lease.address, l.mod_revision))
+                .block_on(
+                    st2.leases()
+                        .delete_lease("prod", l.lease.address, l.mod_revision)
+                )
                 .unwrap());
         }
     });

@@ -54,7 +54,7 @@ fn put(rt: &Runtime, s: &Store, lease: &Lease) {
         .expect("get network")
         .expect("network exists");
     match rt
-        .block_on(s.create_lease(lease, net.create_revision))
+        .block_on(s.leases().create_lease(lease, net.create_revision))
         .expect("create lease")
     {
         CreateLease::Created { .. } => {}
@@ -280,7 +280,7 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
     );
     assert_eq!(now_revision(&nm.url), rev, "nothing written");
     assert!(rt
-        .block_on(s.get_lease("prod", "10.10.0.52".parse().unwrap()))
+        .block_on(s.leases().get_lease("prod", "10.10.0.52".parse().unwrap()))
         .expect("read")
         .is_some());
 
@@ -294,7 +294,7 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
     );
     assert_eq!(now_revision(&nm.url), rev, "nothing written");
     assert!(rt
-        .block_on(s.get_lease("prod", "10.10.0.52".parse().unwrap()))
+        .block_on(s.leases().get_lease("prod", "10.10.0.52".parse().unwrap()))
         .expect("read")
         .is_some());
 
@@ -308,7 +308,9 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
         since_unix_ms: 1,
         ttl_secs: 60,
     };
-    let locked = rt.block_on(s.try_lock_node("n2", &live, g.id)).unwrap();
+    let locked = rt
+        .block_on(s.liveness().try_lock_node("n2", &live, g.id))
+        .unwrap();
     assert!(matches!(locked, NodeLock::Acquired { .. }), "{locked:?}");
     // The update runs while this test plays n2's ipamd.
     let update = ctl_spawn(&nm.url, &forced);
@@ -327,9 +329,12 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let sl = rt.block_on(s.get_lease("prod", ip)).unwrap().unwrap();
+    let sl = rt
+        .block_on(s.leases().get_lease("prod", ip))
+        .unwrap()
+        .unwrap();
     assert!(
-        rt.block_on(s.delete_lease("prod", ip, sl.mod_revision))
+        rt.block_on(s.leases().delete_lease("prod", ip, sl.mod_revision))
             .unwrap(),
         "netmaster deleted the standby record itself"
     );
@@ -367,11 +372,11 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
     );
     assert_eq!(differing.len(), 2, "{r}");
     assert!(rt
-        .block_on(s.get_lease("prod", "10.10.0.50".parse().unwrap()))
+        .block_on(s.leases().get_lease("prod", "10.10.0.50".parse().unwrap()))
         .expect("read")
         .is_some());
     assert!(rt
-        .block_on(s.get_lease("prod", "10.10.0.52".parse().unwrap()))
+        .block_on(s.leases().get_lease("prod", "10.10.0.52".parse().unwrap()))
         .expect("read")
         .is_none());
     assert!(stored(&rt, &s, "prod")

@@ -8,7 +8,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::block::{next_free_block, MAX_BLOCK_SIZE};
 use rackline_model::network::validate_name;
 use rackline_model::rack::validate_node_name;
-use rackline_model::{Block, DrainTarget, Infra, IntervalSet, Node, RackNet};
+use rackline_model::{Block, DrainTarget, Infra, IntervalSet, NetworkSpec, Node, RackNet};
 use tracing::debug;
 
 use crate::facets::AdminReads;
@@ -81,6 +81,79 @@ impl Store {
         }
         Ok(found)
     }
+
+    /// The drain markers that would refuse `node` a block on `network`;
+    /// refuses now if one of them is in `drains_kvs` (read with the rest),
+    /// and returns their keys for the write to compare absent.
+    fn refuse_drained(
+        &self,
+        drains_kvs: &[etcd_client::KeyValue],
+        network: &str,
+        node: &str,
+        rack: &str,
+    ) -> Result<Vec<String>> {
+        // A drained node, a network being deleted or a binding being
+        // removed gets no new block: those are being emptied.
+        let drains = [
+            DrainTarget::Node(node.to_string()),
+            DrainTarget::Network(network.to_string()),
+            DrainTarget::RackNet {
+                network: network.to_string(),
+                rack: rack.to_string(),
+            },
+        ];
+        let drain_keys: Vec<String> = drains.iter().map(|t| self.keys.drain(t)).collect();
+        if let Some(t) = drains.iter().zip(&drain_keys).find_map(|(t, k)| {
+            drains_kvs
+                .iter()
+                .any(|kv| kv.key() == k.as_bytes())
+                .then_some(t)
+        }) {
+            return Err(StoreError::Refused(format!(
+                "{} is being drained: no new block for node {node:?}",
+                t.describe()
+            )));
+        }
+        Ok(drain_keys)
+    }
+}
+
+/// The lowest free block of `rack`'s allocatable ranges on `network`,
+/// leaving out every rack's gateways and the blocks already carved.
+fn carve_block(
+    net: &NetworkSpec,
+    binding: &RackNet,
+    racknets: &[etcd_client::KeyValue],
+    blocks: &[etcd_client::KeyValue],
+    network: &str,
+    node: &str,
+    rack: &str,
+) -> Result<Block> {
+    let mut allocatable = binding.allocatable(net);
+    let bindings = decode_all::<RackNet>(racknets)?;
+    for (s, e) in Infra::gateways(net, &bindings).set().iter_runs() {
+        allocatable.remove_range(s, e);
+    }
+    let mut assigned = IntervalSet::new();
+    for b in decode_all::<Block>(blocks)? {
+        let (lo, hi) = b.span();
+        assigned.insert_range(lo, hi);
+    }
+    let from = allocatable.iter_runs().next().map_or(0, |(s, _)| s);
+    let Some((lo, hi)) = next_free_block(&allocatable, &assigned, net.block_size, from) else {
+        return Err(StoreError::Exhausted {
+            network: network.to_string(),
+            rack: rack.to_string(),
+        });
+    };
+    Ok(Block {
+        network: network.to_string(),
+        rack: rack.to_string(),
+        first: Ipv4Addr::from(lo),
+        size: hi - lo + 1,
+        node: node.to_string(),
+        created_unix_ms: now_unix_ms(),
+    })
 }
 
 impl AdminReads<'_> {
@@ -144,6 +217,8 @@ impl LeaderStore {
     /// ipamd skips them when it picks an address anyway, and carving around
     /// them would split the windows they sit in into slivers of a few
     /// addresses, each a block record of its own.
+    // Stays long: one read-decide-write round per attempt, whose compares
+    // must name exactly the records the decision read; the decisions are helpers.
     pub async fn acquire_block(
         &self,
         network: &str,
@@ -184,28 +259,7 @@ impl LeaderStore {
                 }));
             };
             let binding: RackNet = decode_json(binding_kv)?;
-            // A drained node, a network being deleted or a binding being
-            // removed gets no new block: those are being emptied.
-            let drains = [
-                DrainTarget::Node(node.to_string()),
-                DrainTarget::Network(network.to_string()),
-                DrainTarget::RackNet {
-                    network: network.to_string(),
-                    rack: owner.rack.clone(),
-                },
-            ];
-            let drain_keys: Vec<String> = drains.iter().map(|t| self.keys.drain(t)).collect();
-            if let Some(t) = drains.iter().zip(&drain_keys).find_map(|(t, k)| {
-                r[4].kvs()
-                    .iter()
-                    .any(|kv| kv.key() == k.as_bytes())
-                    .then_some(t)
-            }) {
-                return Err(StoreError::Refused(format!(
-                    "{} is being drained: no new block for node {node:?}",
-                    t.describe()
-                )));
-            }
+            let drain_keys = self.refuse_drained(r[4].kvs(), network, node, &owner.rack)?;
             if let Some(known) = known {
                 if let Some(b) = self.unknown_owned_block(r[3].kvs(), node, &owner.rack, known)? {
                     debug!(%network, %node, first = %b.block.first, "node asked again; its unseen block is the answer");
@@ -215,33 +269,17 @@ impl LeaderStore {
                     });
                 }
             }
-            let mut allocatable = binding.allocatable(&net);
-            let bindings = decode_all::<RackNet>(r[2].kvs())?;
-            for (s, e) in Infra::gateways(&net, &bindings).set().iter_runs() {
-                allocatable.remove_range(s, e);
-            }
-            let mut assigned = IntervalSet::new();
-            for b in decode_all::<Block>(r[3].kvs())? {
-                let (lo, hi) = b.span();
-                assigned.insert_range(lo, hi);
-            }
-            let from = allocatable.iter_runs().next().map_or(0, |(s, _)| s);
-            let Some((lo, hi)) = next_free_block(&allocatable, &assigned, net.block_size, from)
-            else {
-                return Err(StoreError::Exhausted {
-                    network: network.to_string(),
-                    rack: owner.rack,
-                });
-            };
-            let block = Block {
-                network: network.to_string(),
-                rack: owner.rack.clone(),
-                first: Ipv4Addr::from(lo),
-                size: hi - lo + 1,
-                node: node.to_string(),
-                created_unix_ms: now_unix_ms(),
-            };
+            let block = carve_block(
+                &net,
+                &binding,
+                r[2].kvs(),
+                r[3].kvs(),
+                network,
+                node,
+                &owner.rack,
+            )?;
             let key = self.keys.block(network, block.first);
+            let (lo, hi) = block.span();
             let guard_start = self.keys.block(
                 network,
                 Ipv4Addr::from(lo.saturating_sub(MAX_BLOCK_SIZE - 1)),

@@ -12,9 +12,9 @@ use rackline_model::Lease;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::facets::ControlEvents;
+use crate::facets::{ControlEvents, LeaseOps};
 use crate::reads::now_unix_ms;
-use crate::{Result, Store, StoreError};
+use crate::{Result, StoreError};
 
 /// What the event watch delivers, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct WebhookCursor {
     pub updated_unix_ms: i64,
 }
 
-impl Store {
+impl LeaseOps<'_> {
     /// Marks the lease last seen at `mod_revision` as being reclaimed for
     /// `reason` (see `rackline_model::event`): the event stream then tells
     /// a GC or reconciler reclaim from a DEL. Returns the new revision to

@@ -7,6 +7,9 @@
 //!   rest on (racks, nodes, blocks, utilisation, drains, censuses).
 //! - [`ControlEvents`]: the change stream netmaster serves and forwards.
 //! - [`LeaderKeyStore`]: the leader key netmaster replicas campaign for.
+//! - [`LeaseOps`]: lease and sticky-identity records: reads and the node
+//!   agent's unfenced, revision-compared writes.
+//! - [`NodeLiveness`]: the node agent's liveness record, its node lock.
 
 use std::ops::Deref;
 
@@ -51,4 +54,17 @@ facet!(
     /// The netmaster leader key: campaign, read, watch.
     LeaderKeyStore,
     leader_key
+);
+facet!(
+    /// Lease and identity records: reads, and the node agent's writes, each
+    /// comparing the revisions the caller saw and none carrying a
+    /// leadership fence (the leader's fenced writes are on
+    /// [`crate::LeaderStore`]).
+    LeaseOps,
+    leases
+);
+facet!(
+    /// The node agent's liveness record: take, release, inspect the lock.
+    NodeLiveness,
+    liveness
 );

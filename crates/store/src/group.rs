@@ -113,7 +113,7 @@ async fn run(
 async fn commit(store: &Store, batch: Vec<Pending>) {
     if batch.len() == 1 {
         for p in batch {
-            let r = store.create_one(&p.create).await;
+            let r = store.leases().create_one(&p.create).await;
             let _ = p.reply.send(r);
         }
         return;
@@ -137,7 +137,7 @@ async fn commit(store: &Store, batch: Vec<Pending>) {
                 "group commit refused ({e}); one by one"
             );
             for p in batch {
-                let r = store.create_one(&p.create).await;
+                let r = store.leases().create_one(&p.create).await;
                 let _ = p.reply.send(r);
             }
         }

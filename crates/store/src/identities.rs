@@ -40,7 +40,7 @@ pub enum StickyWrite {
     Changed,
 }
 
-impl Store {
+impl LeaseOps<'_> {
     pub async fn get_identity(
         &self,
         network: &str,
@@ -136,9 +136,7 @@ impl Store {
     }
 
     /// Deletes a lease and its identity together, if both are still at the
-    /// revisions the caller saw (and, for netmaster's writes, while its
-    /// leadership `fence` holds).
-    #[allow(clippy::too_many_arguments)]
+    /// revisions the caller saw. Unfenced: the node agent's release.
     pub async fn delete_sticky(
         &self,
         network: &str,
@@ -147,48 +145,30 @@ impl Store {
         namespace: &str,
         name: &str,
         identity_rev: i64,
-        fence: Option<&Fence>,
     ) -> Result<bool> {
-        let lkey = self.keys.lease(network, ip);
-        let ikey = self.keys.identity(network, namespace, name);
-        let txn = Txn::new()
-            .when(with_fence(
-                vec![
-                    Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
-                    Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
-                ],
-                fence,
-            ))
-            .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
-        let mut c = self.client();
-        let resp = self.deadline(async move { c.txn(txn).await }).await?;
-        Ok(resp.succeeded())
+        self.delete_sticky_guarded(
+            network,
+            ip,
+            lease_rev,
+            namespace,
+            name,
+            identity_rev,
+            Vec::new(),
+        )
+        .await
     }
 
     /// Deletes an identity record alone (one whose address record no longer
-    /// names it: left by an older version or a manual edit).
+    /// names it: left by an older version or a manual edit). Unfenced.
     pub async fn delete_identity(
         &self,
         network: &str,
         namespace: &str,
         name: &str,
         identity_rev: i64,
-        fence: Option<&Fence>,
     ) -> Result<bool> {
-        let ikey = self.keys.identity(network, namespace, name);
-        let txn = Txn::new()
-            .when(with_fence(
-                vec![Compare::mod_revision(
-                    ikey.clone(),
-                    CompareOp::Equal,
-                    identity_rev,
-                )],
-                fence,
-            ))
-            .and_then([TxnOp::delete(ikey, None)]);
-        let mut c = self.client();
-        let resp = self.deadline(async move { c.txn(txn).await }).await?;
-        Ok(resp.succeeded())
+        self.delete_identity_guarded(network, namespace, name, identity_rev, Vec::new())
+            .await
     }
 
     /// The network's create-revision compare every lease write carries.
@@ -198,6 +178,60 @@ impl Store {
             CompareOp::Equal,
             create_revision,
         )
+    }
+}
+
+impl Store {
+    /// Deletes a lease and its identity together, if both are still at the
+    /// revisions the caller saw and every compare in `extra` holds (the
+    /// leader's fence, for netmaster's writes).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn delete_sticky_guarded(
+        &self,
+        network: &str,
+        ip: Ipv4Addr,
+        lease_rev: i64,
+        namespace: &str,
+        name: &str,
+        identity_rev: i64,
+        extra: Vec<Compare>,
+    ) -> Result<bool> {
+        let lkey = self.keys.lease(network, ip);
+        let ikey = self.keys.identity(network, namespace, name);
+        let mut when = vec![
+            Compare::mod_revision(lkey.clone(), CompareOp::Equal, lease_rev),
+            Compare::mod_revision(ikey.clone(), CompareOp::Equal, identity_rev),
+        ];
+        when.extend(extra);
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
+        let mut c = self.client();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Deletes an identity record alone if it is still at `identity_rev`
+    /// and every compare in `extra` holds.
+    pub(crate) async fn delete_identity_guarded(
+        &self,
+        network: &str,
+        namespace: &str,
+        name: &str,
+        identity_rev: i64,
+        extra: Vec<Compare>,
+    ) -> Result<bool> {
+        let ikey = self.keys.identity(network, namespace, name);
+        let mut when = vec![Compare::mod_revision(
+            ikey.clone(),
+            CompareOp::Equal,
+            identity_rev,
+        )];
+        when.extend(extra);
+        let txn = Txn::new().when(when).and_then([TxnOp::delete(ikey, None)]);
+        let mut c = self.client();
+        let resp = self.deadline(async move { c.txn(txn).await }).await?;
+        Ok(resp.succeeded())
     }
 }
 
@@ -230,14 +264,4 @@ fn rev_compare(key: &str, rev: i64) -> Compare {
     } else {
         Compare::mod_revision(key.to_string(), CompareOp::Equal, rev)
     }
-}
-
-/// `when` plus the compare of `fence`, if any. Only the two deletes ipamd
-/// shares with netmaster take an optional fence: ipamd (a node agent, never
-/// a leader) passes None; netmaster goes through [`crate::LeaderStore`].
-fn with_fence(mut when: Vec<Compare>, fence: Option<&Fence>) -> Vec<Compare> {
-    if let Some(f) = fence {
-        when.push(f.compare());
-    }
-    when
 }

@@ -105,7 +105,7 @@ impl LeaderStore {
         }
     }
 
-    /// [`Store::write_sticky`] (a reservation pin) carrying the fence.
+    /// [`LeaseOps::write_sticky`](crate::LeaseOps::write_sticky) (a reservation pin) carrying the fence.
     pub async fn write_sticky(
         &self,
         lease: &Lease,
@@ -115,6 +115,7 @@ impl LeaderStore {
         ttl_lease: Option<i64>,
     ) -> Result<StickyWrite> {
         self.store
+            .leases()
             .write_sticky(
                 lease,
                 lease_rev,
@@ -126,7 +127,7 @@ impl LeaderStore {
             .await
     }
 
-    /// [`Store::delete_sticky`] (a reservation release) carrying the fence.
+    /// [`LeaseOps::delete_sticky`](crate::LeaseOps::delete_sticky) (a reservation release) carrying the fence.
     pub async fn delete_sticky(
         &self,
         network: &str,
@@ -137,19 +138,19 @@ impl LeaderStore {
         identity_rev: i64,
     ) -> Result<bool> {
         self.store
-            .delete_sticky(
+            .delete_sticky_guarded(
                 network,
                 ip,
                 lease_rev,
                 namespace,
                 name,
                 identity_rev,
-                self.fence(),
+                self.guard(Vec::new()),
             )
             .await
     }
 
-    /// [`Store::delete_identity`] carrying the fence.
+    /// [`LeaseOps::delete_identity`](crate::LeaseOps::delete_identity) carrying the fence.
     pub async fn delete_identity(
         &self,
         network: &str,
@@ -158,7 +159,13 @@ impl LeaderStore {
         identity_rev: i64,
     ) -> Result<bool> {
         self.store
-            .delete_identity(network, namespace, name, identity_rev, self.fence())
+            .delete_identity_guarded(
+                network,
+                namespace,
+                name,
+                identity_rev,
+                self.guard(Vec::new()),
+            )
             .await
     }
 

@@ -7,9 +7,7 @@ use rackline_model::Lease;
 
 use crate::*;
 
-impl Store {
-    // ---- leases ----
-
+impl LeaseOps<'_> {
     pub async fn get_lease(&self, network: &str, ip: Ipv4Addr) -> Result<Option<StoredLease>> {
         let key = self.keys.lease(network, ip);
         let mut c = self.client();
@@ -23,28 +21,6 @@ impl Store {
                 })
             })
             .transpose()
-    }
-
-    /// All leases of one network (or of every network), with the revision the
-    /// read was taken at, for a watch to continue from.
-    pub async fn list_leases(&self, network: Option<&str>) -> Result<(Vec<StoredLease>, i64)> {
-        let prefix = match network {
-            Some(n) => self.keys.leases_prefix(n),
-            None => self.keys.all_leases_prefix(),
-        };
-        let mut leases = Vec::new();
-        let rev = self
-            .for_each_page(&prefix, 0, |kvs| {
-                for kv in kvs {
-                    leases.push(StoredLease {
-                        lease: decode_lease(kv)?,
-                        mod_revision: kv.mod_revision(),
-                    });
-                }
-                Ok(())
-            })
-            .await?;
-        Ok((leases, rev))
     }
 
     /// The one round trip of an allocation: create the lease key if nobody
@@ -125,6 +101,30 @@ impl Store {
         let mut c = self.client();
         let resp = self.deadline(async move { c.txn(txn).await }).await?;
         Ok(resp.succeeded())
+    }
+}
+
+impl Store {
+    /// All leases of one network (or of every network), with the revision the
+    /// read was taken at, for a watch to continue from.
+    pub async fn list_leases(&self, network: Option<&str>) -> Result<(Vec<StoredLease>, i64)> {
+        let prefix = match network {
+            Some(n) => self.keys.leases_prefix(n),
+            None => self.keys.all_leases_prefix(),
+        };
+        let mut leases = Vec::new();
+        let rev = self
+            .for_each_page(&prefix, 0, |kvs| {
+                for kv in kvs {
+                    leases.push(StoredLease {
+                        lease: decode_lease(kv)?,
+                        mod_revision: kv.mod_revision(),
+                    });
+                }
+                Ok(())
+            })
+            .await?;
+        Ok((leases, rev))
     }
 }
 

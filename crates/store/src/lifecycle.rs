@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use rackline_model::{Block, Drain, DrainTarget, LeaseState, Liveness};
 
-use crate::facets::AdminReads;
+use crate::facets::{AdminReads, NodeLiveness};
 use crate::reads::{get, get_prefix, now_unix_ms};
 use crate::{decode_json, LeaderStore, Object, Result, Store, StoreError};
 
@@ -55,7 +55,9 @@ impl Store {
             ),
         }
     }
+}
 
+impl NodeLiveness<'_> {
     /// One attempt at `node`'s lock: creates its liveness record on etcd
     /// lease `lease` unless a record exists, whose holder is then returned.
     pub async fn try_lock_node(
@@ -121,7 +123,7 @@ impl Store {
     }
 
     /// The holder of `node`'s liveness record, if any.
-    pub async fn liveness(&self, node: &str) -> Result<Option<LivenessHolder>> {
+    pub async fn holder(&self, node: &str) -> Result<Option<LivenessHolder>> {
         let key = self.keys.liveness(node);
         let mut c = self.client();
         let resp = self.deadline(async move { c.get(key, None).await }).await?;

@@ -118,7 +118,6 @@ impl LeaderStore {
     /// must not inherit them).
     pub async fn delete_network(&self, name: &str, force: bool) -> Result<u64> {
         let key = self.keys.network(name);
-        let guard = self.keys.networks_guard();
         let leases_prefix = self.keys.leases_prefix(name);
         for _ in 0..16 {
             let Some(net) = self.get_network(name).await? else {
@@ -126,17 +125,7 @@ impl LeaderStore {
             };
             let (leases, rev) = self.list_leases(Some(name)).await?;
             if !force {
-                let census = LeaseCensus::of(leases.iter().map(|l| &l.lease));
-                let detail = census.blocking(false).or_else(|| {
-                    census.standby_phrase().map(|s| {
-                        format!(
-                            "{s}, not given back yet; their ipamds return them while the \
-                             network is being deleted (is each of them running?), or delete \
-                             with --force"
-                        )
-                    })
-                });
-                if let Some(detail) = detail {
+                if let Some(detail) = in_use(&leases) {
                     return Err(StoreError::InUse {
                         name: name.to_string(),
                         detail,
@@ -155,42 +144,9 @@ impl LeaderStore {
                         .with_prefix(),
                 );
             }
-            let txn = Txn::new().when(self.guard(when)).and_then([
-                TxnOp::delete(key.clone(), None),
-                TxnOp::delete(
-                    leases_prefix.clone(),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                TxnOp::put(guard.clone(), format!("-{name}"), None),
-                TxnOp::delete(
-                    self.keys.blocks_prefix(name),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                TxnOp::delete(
-                    self.keys.racknets_prefix(name),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                // Sticky identities go with their leases.
-                TxnOp::delete(
-                    self.keys.identities_prefix(name),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                // QoS policies too: a re-created network starts without them.
-                TxnOp::delete(
-                    self.keys.qos_prefix(name),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                // And the drain markers that led here.
-                TxnOp::delete(
-                    self.keys
-                        .drain(&rackline_model::DrainTarget::Network(name.to_string())),
-                    None,
-                ),
-                TxnOp::delete(
-                    self.keys.racknet_drains_prefix(name),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-            ]);
+            let txn = Txn::new()
+                .when(self.guard(when))
+                .and_then(delete_ops(&self.keys, name));
             let mut c = self.client();
             let resp = self.deadline(async move { c.txn(txn).await }).await?;
             if resp.succeeded() {
@@ -209,4 +165,59 @@ impl LeaderStore {
         }
         Err(StoreError::Contended(16))
     }
+}
+
+/// Why `leases` keep the network from being deleted without force: records
+/// in use, or standby records their ipamds have not given back yet.
+fn in_use(leases: &[StoredLease]) -> Option<String> {
+    let census = LeaseCensus::of(leases.iter().map(|l| &l.lease));
+    census.blocking(false).or_else(|| {
+        census.standby_phrase().map(|s| {
+            format!(
+                "{s}, not given back yet; their ipamds return them while the \
+                 network is being deleted (is each of them running?), or delete \
+                 with --force"
+            )
+        })
+    })
+}
+
+/// Everything a network's deletion removes, in one transaction. The lease
+/// delete stays second: its count is the deletion's answer.
+fn delete_ops(keys: &rackline_model::Keys, name: &str) -> Vec<TxnOp> {
+    vec![
+        TxnOp::delete(keys.network(name), None),
+        TxnOp::delete(
+            keys.leases_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+        TxnOp::put(keys.networks_guard(), format!("-{name}"), None),
+        TxnOp::delete(
+            keys.blocks_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+        TxnOp::delete(
+            keys.racknets_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+        // Sticky identities go with their leases.
+        TxnOp::delete(
+            keys.identities_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+        // QoS policies too: a re-created network starts without them.
+        TxnOp::delete(
+            keys.qos_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+        // And the drain markers that led here.
+        TxnOp::delete(
+            keys.drain(&rackline_model::DrainTarget::Network(name.to_string())),
+            None,
+        ),
+        TxnOp::delete(
+            keys.racknet_drains_prefix(name),
+            Some(DeleteOptions::new().with_prefix()),
+        ),
+    ]
 }

@@ -183,6 +183,54 @@ pub(crate) fn node_infos(
 }
 
 impl LeaderStore {
+    /// The compares a node's move to another rack is written under: the
+    /// node's record and its new rack's as read, and no block or lease written
+    /// since the read that found the node holding none. Refused while it
+    /// holds any; None when the record changed under the read (read again).
+    async fn move_guards(&self, node: &Node) -> Result<Option<Vec<Compare>>> {
+        let key = self.keys.node(&node.name);
+        let rack_key = self.keys.rack(&node.rack);
+        let blocks_prefix = self.keys.all_blocks_prefix();
+        let leases_prefix = self.keys.all_leases_prefix();
+        let (r, rev) = self
+            .read_at_once(vec![
+                get(key.clone()),
+                get(rack_key.clone()),
+                get_prefix(blocks_prefix.clone()),
+                get_prefix(leases_prefix.clone()),
+            ])
+            .await?;
+        let (Some(node_kv), Some(rack_kv)) = (r[0].kvs().first(), r[1].kvs().first()) else {
+            return Ok(None);
+        };
+        let old_rack = rack_of(node_kv).unwrap_or_else(|| "?".into());
+        if old_rack == node.rack {
+            return Ok(None);
+        }
+        let blocks = decode_all::<Block>(r[2].kvs())?
+            .iter()
+            .filter(|b| b.node == node.name)
+            .count();
+        let leases = decode_leases_lenient(r[3].kvs())
+            .iter()
+            .filter(|l| l.node == node.name)
+            .count();
+        if blocks > 0 || leases > 0 {
+            return Err(StoreError::Refused(format!(
+                "node {:?} is registered in rack {old_rack:?} and still owns {blocks} \
+                     block(s) and {leases} lease(s); it can move to rack {:?} only once \
+                     they are released",
+                node.name, node.rack
+            )));
+        }
+        Ok(Some(vec![
+            Compare::mod_revision(rack_key.clone(), CompareOp::Equal, rack_kv.mod_revision()),
+            Compare::mod_revision(key.clone(), CompareOp::Equal, node_kv.mod_revision()),
+            unchanged_prefix(&blocks_prefix, rev),
+            unchanged_prefix(&leases_prefix, rev),
+        ]))
+    }
+
     /// Registers `node` (or refreshes its addresses and registration time)
     /// and returns the stored record. The rack must exist; moving to another
     /// rack is refused while the node owns blocks or leases.
@@ -190,8 +238,6 @@ impl LeaderStore {
         node.validate()?;
         let key = self.keys.node(&node.name);
         let rack_key = self.keys.rack(&node.rack);
-        let blocks_prefix = self.keys.all_blocks_prefix();
-        let leases_prefix = self.keys.all_leases_prefix();
         for _ in 0..ATTEMPTS {
             // The cheap read first: re-registration in the same rack (every
             // ipamd start) must not read every lease of the cluster.
@@ -213,52 +259,10 @@ impl LeaderStore {
                 ),
                 Some(_) => {
                     // A move: everything the node holds, at one revision.
-                    let (r, rev) = self
-                        .read_at_once(vec![
-                            get(key.clone()),
-                            get(rack_key.clone()),
-                            get_prefix(blocks_prefix.clone()),
-                            get_prefix(leases_prefix.clone()),
-                        ])
-                        .await?;
-                    let (Some(node_kv), Some(rack_kv)) = (r[0].kvs().first(), r[1].kvs().first())
-                    else {
+                    let Some(guards) = self.move_guards(node).await? else {
                         continue;
                     };
-                    let old_rack = rack_of(node_kv).unwrap_or_else(|| "?".into());
-                    if old_rack == node.rack {
-                        continue;
-                    }
-                    let blocks = decode_all::<Block>(r[2].kvs())?
-                        .iter()
-                        .filter(|b| b.node == node.name)
-                        .count();
-                    let leases = decode_leases_lenient(r[3].kvs())
-                        .iter()
-                        .filter(|l| l.node == node.name)
-                        .count();
-                    if blocks > 0 || leases > 0 {
-                        return Err(StoreError::Refused(format!(
-                            "node {:?} is registered in rack {old_rack:?} and still owns {blocks} \
-                             block(s) and {leases} lease(s); it can move to rack {:?} only once \
-                             they are released",
-                            node.name, node.rack
-                        )));
-                    }
-                    when = vec![
-                        Compare::mod_revision(
-                            rack_key.clone(),
-                            CompareOp::Equal,
-                            rack_kv.mod_revision(),
-                        ),
-                        Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            node_kv.mod_revision(),
-                        ),
-                        unchanged_prefix(&blocks_prefix, rev),
-                        unchanged_prefix(&leases_prefix, rev),
-                    ];
+                    when = guards;
                 }
             }
             let mut record = node.clone();

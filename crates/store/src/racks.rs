@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
-use rackline_model::{Block, DrainTarget, Lease, Node, Rack, RackNet, ValidationError};
+use rackline_model::{
+    Block, DrainTarget, Lease, NetworkSpec, Node, Rack, RackNet, ValidationError,
+};
 use tracing::debug;
 
 use crate::facets::AdminReads;
@@ -343,6 +345,8 @@ impl LeaderStore {
     /// ranges on it, and every other network's subnet and bindings. A
     /// replacement must keep every existing block of the rack inside the
     /// new ranges.
+    // Stays long: one read-validate-write round per attempt, whose compares
+    // must name exactly the records validated; the checks are helpers.
     pub async fn bind_rack(&self, binding: &RackNet) -> Result<RackNet> {
         let net_key = self.keys.network(&binding.network);
         let rack_key = self.keys.rack(&binding.rack);
@@ -371,30 +375,7 @@ impl LeaderStore {
             };
             let all = self.decode_bindings(r[3].kvs(), None, None)?;
             binding.check_overlap(&net, all.iter().filter(|b| b.network == net.name))?;
-            let bad = |why: String| {
-                StoreError::Invalid(ValidationError::RackNet {
-                    rack: binding.rack.clone(),
-                    network: binding.network.clone(),
-                    why,
-                })
-            };
-            for kv in r[2].kvs() {
-                let other = decode_network(kv)?.spec;
-                if other.name != net.name && binding.subnet.overlaps(other.subnet) {
-                    return Err(bad(format!(
-                        "subnet {} overlaps subnet {} of network {:?}",
-                        binding.subnet, other.subnet, other.name
-                    )));
-                }
-            }
-            for o in all.iter().filter(|o| o.network != net.name) {
-                if binding.subnet.overlaps(o.subnet) {
-                    return Err(bad(format!(
-                        "subnet {} overlaps subnet {} of rack {:?} on network {:?}",
-                        binding.subnet, o.subnet, o.rack, o.network
-                    )));
-                }
-            }
+            subnet_clash(binding, &net, r[2].kvs(), &all)?;
             let existing = r[3]
                 .kvs()
                 .iter()
@@ -413,19 +394,7 @@ impl LeaderStore {
                     // rack's ranges, nor exclude an address inside a block
                     // (ipamd takes a block as allocatable end to end); blocks
                     // acquired meanwhile are caught by the prefix compare.
-                    let allocatable = binding.allocatable(&net);
-                    for b in decode_all::<Block>(r[4].kvs())? {
-                        let (lo, hi) = b.span();
-                        if b.rack == binding.rack
-                            && allocatable.count_in(lo, hi) != u64::from(b.size)
-                        {
-                            return Err(StoreError::Refused(format!(
-                                "block {} (node {:?}) of rack {:?} would fall outside the new \
-                                 ranges (or into an exclusion) on network {:?}; release it first",
-                                b.first, b.node, binding.rack, binding.network
-                            )));
-                        }
-                    }
+                    blocks_fit(binding, &net, r[4].kvs())?;
                     when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, seen));
                     when.push(unchanged_prefix(&blocks_prefix, rev));
                 }
@@ -526,6 +495,58 @@ impl LeaderStore {
         }
         Err(StoreError::Contended(ATTEMPTS))
     }
+}
+
+/// Refuses a binding whose subnet overlaps another network's subnet or
+/// another network's rack binding.
+fn subnet_clash(
+    binding: &RackNet,
+    net: &NetworkSpec,
+    networks: &[KeyValue],
+    all: &[RackNet],
+) -> Result<()> {
+    let bad = |why: String| {
+        StoreError::Invalid(ValidationError::RackNet {
+            rack: binding.rack.clone(),
+            network: binding.network.clone(),
+            why,
+        })
+    };
+    for kv in networks {
+        let other = decode_network(kv)?.spec;
+        if other.name != net.name && binding.subnet.overlaps(other.subnet) {
+            return Err(bad(format!(
+                "subnet {} overlaps subnet {} of network {:?}",
+                binding.subnet, other.subnet, other.name
+            )));
+        }
+    }
+    for o in all.iter().filter(|o| o.network != net.name) {
+        if binding.subnet.overlaps(o.subnet) {
+            return Err(bad(format!(
+                "subnet {} overlaps subnet {} of rack {:?} on network {:?}",
+                binding.subnet, o.subnet, o.rack, o.network
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a replacement binding that would leave one of the rack's
+/// blocks on the network outside its allocatable ranges.
+fn blocks_fit(binding: &RackNet, net: &NetworkSpec, blocks: &[KeyValue]) -> Result<()> {
+    let allocatable = binding.allocatable(net);
+    for b in decode_all::<Block>(blocks)? {
+        let (lo, hi) = b.span();
+        if b.rack == binding.rack && allocatable.count_in(lo, hi) != u64::from(b.size) {
+            return Err(StoreError::Refused(format!(
+                "block {} (node {:?}) of rack {:?} would fall outside the new \
+                 ranges (or into an exclusion) on network {:?}; release it first",
+                b.first, b.node, binding.rack, binding.network
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

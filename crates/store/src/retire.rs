@@ -322,6 +322,7 @@ impl LeaderStore {
             return Ok(StickyRetire::NotSticky);
         }
         let Some(ident) = self
+            .leases()
             .get_identity(&l.network, &l.pod.namespace, &l.pod.name)
             .await?
             .filter(|i| i.identity.address == l.address)
@@ -375,13 +376,14 @@ impl LeaderStore {
             ..l.clone()
         };
         let ttl = match hold {
-            Some(s) => Some(self.grant_ttl(s).await?),
+            Some(s) => Some(self.leases().grant_ttl(s).await?),
             None => None,
         };
         // The retire guard already carries the fence: the store's own
         // write_sticky, not the handle's (which would add it twice).
         let written = self
             .store()
+            .leases()
             .write_sticky(
                 &reserved,
                 rev,

@@ -9,8 +9,8 @@ use rackline_model::Lease;
 
 use crate::*;
 
-// `Store::grant_ttl` (crates/store/src/identities.rs) grants the etcd lease.
-impl Store {
+// `LeaseOps::grant_ttl` (crates/store/src/identities.rs) grants the etcd lease.
+impl LeaseOps<'_> {
     /// `replace_lease`, with the new record attached to etcd lease `ttl_id`
     /// so it disappears when the lease expires. Compares the mod revision
     /// the caller saw: the record is replaced only if nobody changed it.

@@ -56,6 +56,7 @@ async fn batched_creations_are_each_decided_by_their_own_guards() {
     let owner = lease(ip(10), "owner");
     assert!(matches!(
         plain
+            .leases()
             .create_lease_guarded(&owner, net_rev, Some(&guard))
             .await,
         Ok(CreateLease::Created { .. })
@@ -75,13 +76,24 @@ async fn batched_creations_are_each_decided_by_their_own_guards() {
             let r = match last {
                 // A stale block guard and a network incarnation that is not
                 // the stored one: each must fail alone.
-                20 => store.create_lease_guarded(&l, net_rev, Some(&stale)).await,
+                20 => {
+                    store
+                        .leases()
+                        .create_lease_guarded(&l, net_rev, Some(&stale))
+                        .await
+                }
                 30 => {
                     store
+                        .leases()
                         .create_lease_guarded(&l, net_rev + 1, Some(&guard))
                         .await
                 }
-                _ => store.create_lease_guarded(&l, net_rev, Some(&guard)).await,
+                _ => {
+                    store
+                        .leases()
+                        .create_lease_guarded(&l, net_rev, Some(&guard))
+                        .await
+                }
             };
             (last, r.expect("etcd answers"))
         }));
@@ -131,6 +143,7 @@ async fn one_address_asked_for_many_times_at_once_is_granted_once() {
                 (ip(100 + k), format!("own-{k}"))
             };
             let r = store
+                .leases()
                 .create_lease_guarded(&lease(addr, &cid), net_rev, Some(&guard))
                 .await
                 .expect("etcd answers");
@@ -150,7 +163,12 @@ async fn one_address_asked_for_many_times_at_once_is_granted_once() {
         }
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    let stored = plain.get_lease("g", ip(99)).await.unwrap().unwrap();
+    let stored = plain
+        .leases()
+        .get_lease("g", ip(99))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.lease.container_id, winners[0]);
     let (all, _) = plain.list_leases(Some("g")).await.unwrap();
     assert_eq!(all.len(), 31);

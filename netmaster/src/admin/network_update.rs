@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use rackline_model::applied::{excluded, out_of_spec, NodeClass};
 use rackline_model::network_update::changes;
+use rackline_model::NetworkSpec;
 use rackline_model::{Lease, LeaseState, NetworkPatch, Refusal};
-use rackline_store::{UpdateGuards, UpdateOutcome};
+use rackline_store::{StoredLease, UpdateGuards, UpdateOutcome};
 use tracing::{info, warn};
 
 use super::drain::DEFAULT_DRAIN_WAIT;
@@ -74,7 +75,70 @@ fn holder(l: &Lease) -> String {
     }
 }
 
+/// The refusal a change of a field in use earns: the parent interface or
+/// VLAN while pods run on the network, the block size while blocks exist.
+fn in_use_refusal(
+    old: &NetworkSpec,
+    new: &NetworkSpec,
+    pods: usize,
+    blocks: usize,
+) -> Option<Refusal> {
+    if new.master != old.master && pods > 0 {
+        return Some(Refusal::InUse {
+            field: "master",
+            from: old.master.clone(),
+            to: new.master.clone(),
+            pods,
+        });
+    }
+    if new.vlan != old.vlan && pods > 0 {
+        let v = |v: Option<u16>| v.map_or_else(|| "untagged".into(), |v| v.to_string());
+        return Some(Refusal::InUse {
+            field: "vlan",
+            from: v(old.vlan),
+            to: v(new.vlan),
+            pods,
+        });
+    }
+    if new.block_size != old.block_size && blocks > 0 {
+        return Some(Refusal::Blocks {
+            from: old.block_size,
+            to: new.block_size,
+            blocks,
+        });
+    }
+    None
+}
+
+/// The records inside the exclusions `new` adds to `old`: holders of
+/// active or reserved addresses (described for the refusal), and the
+/// (address, node) of the standby records their nodes must give back.
+fn newly_excluded(
+    leases: &[StoredLease],
+    old: &NetworkSpec,
+    new: &NetworkSpec,
+) -> (Vec<String>, Vec<(Ipv4Addr, String)>) {
+    // Addresses the new definition excludes and the old did not.
+    let newly = |ip: Ipv4Addr| excluded(ip, new).is_some() && excluded(ip, old).is_none();
+    let mut covered = Vec::new();
+    // (address, node) of standby records the new exclusions cover.
+    let mut returning: Vec<(Ipv4Addr, String)> = Vec::new();
+    for sl in leases.iter().filter(|sl| newly(sl.lease.address)) {
+        match sl.lease.state {
+            LeaseState::Active | LeaseState::Reserved => covered.push(holder(&sl.lease)),
+            // A node's outage reserve: not a pod; its node gives it
+            // back and refills its reserve from what is allowed.
+            LeaseState::Standby => returning.push((sl.lease.address, sl.lease.node.clone())),
+            // A quarantine record keeps its address out anyway.
+            LeaseState::Conflict => {}
+        }
+    }
+    (covered, returning)
+}
+
 impl AdminService {
+    // Stays long: one read-refuse-write round per attempt, every refusal and
+    // the report resting on the same read; the checks are helpers.
     pub async fn update_network(&self, u: NetworkUpdate) -> Result<UpdateReport> {
         // A dry run writes nothing: any replica answers it.
         let writer = if u.dry_run {
@@ -104,47 +168,10 @@ impl AdminService {
                 .filter(|sl| sl.lease.state.is_active())
                 .count();
             let refuse = |r: Refusal| Err(AdminError::Refused(r.to_string()));
-            if new.master != old.master && pods > 0 {
-                return refuse(Refusal::InUse {
-                    field: "master",
-                    from: old.master.clone(),
-                    to: new.master.clone(),
-                    pods,
-                });
+            if let Some(r) = in_use_refusal(old, &new, pods, st.blocks) {
+                return refuse(r);
             }
-            if new.vlan != old.vlan && pods > 0 {
-                let v = |v: Option<u16>| v.map_or_else(|| "untagged".into(), |v| v.to_string());
-                return refuse(Refusal::InUse {
-                    field: "vlan",
-                    from: v(old.vlan),
-                    to: v(new.vlan),
-                    pods,
-                });
-            }
-            if new.block_size != old.block_size && st.blocks > 0 {
-                return refuse(Refusal::Blocks {
-                    from: old.block_size,
-                    to: new.block_size,
-                    blocks: st.blocks,
-                });
-            }
-            // Addresses the new definition excludes and the old did not.
-            let newly = |ip: Ipv4Addr| excluded(ip, &new).is_some() && excluded(ip, old).is_none();
-            let mut covered = Vec::new();
-            // (address, node) of standby records the new exclusions cover.
-            let mut returning: Vec<(Ipv4Addr, String)> = Vec::new();
-            for sl in st.leases.iter().filter(|sl| newly(sl.lease.address)) {
-                match sl.lease.state {
-                    LeaseState::Active | LeaseState::Reserved => covered.push(holder(&sl.lease)),
-                    // A node's outage reserve: not a pod; its node gives it
-                    // back and refills its reserve from what is allowed.
-                    LeaseState::Standby => {
-                        returning.push((sl.lease.address, sl.lease.node.clone()))
-                    }
-                    // A quarantine record keeps its address out anyway.
-                    LeaseState::Conflict => {}
-                }
-            }
+            let (covered, returning) = newly_excluded(&st.leases, old, &new);
             if !covered.is_empty() && !u.force {
                 return refuse(Refusal::Leased { addresses: covered });
             }
@@ -182,25 +209,8 @@ impl AdminService {
                 // Every value given is the current one: nothing to write.
                 return Ok(report(seen, Vec::new(), Vec::new()));
             }
-            if !returning.is_empty() {
-                let live = self.store.admin_reads().live_nodes().await?;
-                let dead: BTreeSet<&str> = returning
-                    .iter()
-                    .map(|(_, n)| n.as_str())
-                    .filter(|n| !live.contains_key(*n))
-                    .collect();
-                if !dead.is_empty() {
-                    let held: Vec<String> = returning
-                        .iter()
-                        .filter(|(_, n)| dead.contains(n.as_str()))
-                        .map(|(ip, n)| format!("{ip} (node {n})"))
-                        .collect();
-                    let names: Vec<&str> = dead.into_iter().collect();
-                    return refuse(Refusal::StandbyOffline {
-                        addresses: held,
-                        nodes: names.join(", "),
-                    });
-                }
+            if let Some(r) = self.standby_offline(&returning).await? {
+                return refuse(r);
             }
             let guards = UpdateGuards {
                 leases: new.reserved() != old.reserved(),
@@ -240,6 +250,32 @@ impl AdminService {
             }
         }
         Err(AdminError::Contended(ATTEMPTS))
+    }
+
+    /// The refusal when a node holding standby records the update would
+    /// have it give back has no live ipamd to do so.
+    async fn standby_offline(&self, returning: &[(Ipv4Addr, String)]) -> Result<Option<Refusal>> {
+        if !returning.is_empty() {
+            let live = self.store.admin_reads().live_nodes().await?;
+            let dead: BTreeSet<&str> = returning
+                .iter()
+                .map(|(_, n)| n.as_str())
+                .filter(|n| !live.contains_key(*n))
+                .collect();
+            if !dead.is_empty() {
+                let held: Vec<String> = returning
+                    .iter()
+                    .filter(|(_, n)| dead.contains(n.as_str()))
+                    .map(|(ip, n)| format!("{ip} (node {n})"))
+                    .collect();
+                let names: Vec<&str> = dead.into_iter().collect();
+                return Ok(Some(Refusal::StandbyOffline {
+                    addresses: held,
+                    nodes: names.join(", "),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Waits (up to `wait`) until the ipamds gave back the standby records

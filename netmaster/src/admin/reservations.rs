@@ -49,6 +49,7 @@ impl AdminService {
         for i in ids {
             let lease = self
                 .store
+                .leases()
                 .get_lease(&i.identity.network, i.identity.address)
                 .await?
                 .map(|sl| sl.lease)
@@ -134,7 +135,11 @@ impl AdminService {
             uid: String::new(),
         };
         for _ in 0..ATTEMPTS {
-            let view = self.store.identity_view(network, namespace, name).await?;
+            let view = self
+                .store
+                .leases()
+                .identity_view(network, namespace, name)
+                .await?;
             let mut identity_rev = 0;
             if let Some(v) = &view {
                 identity_rev = v.identity.mod_revision;
@@ -175,7 +180,7 @@ impl AdminService {
                     identity_rev = 0;
                 }
             }
-            let cur = self.store.get_lease(network, ip).await?;
+            let cur = self.store.leases().get_lease(network, ip).await?;
             let (lease, lease_rev) = match &cur {
                 Some(sl) if !names(&sl.lease, &identity_for(network, &pod, ip)) => {
                     return Err(AdminError::Refused(format!(
@@ -247,7 +252,12 @@ impl AdminService {
     ) -> Result<Ipv4Addr> {
         let w = self.writer()?;
         for _ in 0..ATTEMPTS {
-            let Some(v) = self.store.identity_view(network, namespace, name).await? else {
+            let Some(v) = self
+                .store
+                .leases()
+                .identity_view(network, namespace, name)
+                .await?
+            else {
                 return Err(AdminError::Refused(format!(
                     "pod {namespace}/{name} has no reservation on network {network:?}"
                 )));

@@ -154,6 +154,8 @@ fn edit(clear: bool, remove: &[String], add: &[String]) -> Option<pb::ListEdit> 
 }
 
 impl UpdateArgs {
+    // Stays long: one request field per flag group, in proto order; a
+    // single linear mapping.
     pub fn to_proto(&self) -> pb::UpdateNetworkRequest {
         let routes = (self.clear_routes
             || !self.remove_routes.is_empty()

@@ -33,6 +33,8 @@ fn text(s: &str) -> Result<String, ValidationError> {
     Ok(s.to_string())
 }
 
+// Stays long: one validated field per optional field of the update
+// request, in proto order; a single linear mapping.
 pub fn patch_from_proto(r: &pb::UpdateNetworkRequest) -> Result<NetworkPatch, ConvertError> {
     rackline_model::network::validate_name(&r.name)?;
     let gateway = r

@@ -330,7 +330,7 @@ pub fn put_lease(
         settings: None,
     };
     match rt
-        .block_on(store.create_lease(&lease, net.create_revision))
+        .block_on(store.leases().create_lease(&lease, net.create_revision))
         .expect("create lease")
     {
         CreateLease::Created { .. } => lease,
