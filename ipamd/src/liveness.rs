@@ -241,6 +241,8 @@ impl NodeLiveness {
     /// Keeps the record alive until `shutdown`; re-takes it after a lapse.
     /// Returns Err only when another ipamd took the node over meanwhile
     /// (this one must stop). On shutdown the record is removed at once.
+    /// One loop: the held record, its keep-alive stream and the re-take
+    /// after a lapse share their state across the shutdown and timer arms.
     pub async fn keep(
         &self,
         mut held: Option<Held>,

@@ -91,6 +91,38 @@ impl EventSource {
         rx
     }
 
+    /// Where the stream starts. "From now" is pinned to a revision at once,
+    /// so a watch that has to be re-opened later resumes exactly there.
+    async fn first_revision(&self, from: i64, oldest: bool) -> Result<i64, EventsError> {
+        Ok(if oldest {
+            1
+        } else if from <= 0 {
+            self.store.events().current_revision().await? + 1
+        } else {
+            from
+        })
+    }
+
+    /// A watched item as what it tells subscribers: (its revision, the
+    /// batch to send, if any — a revision of no lease events sends none).
+    fn batch_of(&self, item: EventItem) -> (i64, Option<Batch>) {
+        match item {
+            EventItem::Changes { revision, changes } => {
+                let events = self.derive(revision, &changes);
+                (
+                    revision,
+                    (!events.is_empty()).then_some(Batch::Events { revision, events }),
+                )
+            }
+            EventItem::Mark(revision) => (revision, Some(Batch::Progress(revision))),
+        }
+    }
+
+    /// Follows etcd's watch of the event range and forwards batches until
+    /// the receiver goes, the one-shot read reaches its end, or the history
+    /// it needs was compacted. One loop because the watch is re-opened at
+    /// the next revision after every break, and the resume state (next
+    /// revision, backoff, deadline) is shared by all of its branches.
     async fn pump(
         &self,
         from: i64,
@@ -112,15 +144,7 @@ impl EventSource {
             }
         }
         let oldest = from <= 0 && !follow;
-        // "From now" is pinned to a revision at once, so a watch that has to
-        // be re-opened later resumes exactly there.
-        let mut next = if oldest {
-            1
-        } else if from <= 0 {
-            self.store.events().current_revision().await? + 1
-        } else {
-            from
-        };
+        let mut next = self.first_revision(from, oldest).await?;
         let mut backoff = Duration::from_millis(100);
         let started = tokio::time::Instant::now();
         loop {
@@ -134,13 +158,7 @@ impl EventSource {
                     r = &mut watch, if ended.is_none() => ended = Some(r),
                     item = rx.recv() => {
                         let Some(item) = item else { break };
-                        let (revision, batch) = match item {
-                            EventItem::Changes { revision, changes } => {
-                                let events = self.derive(revision, &changes);
-                                (revision, (!events.is_empty()).then_some(Batch::Events { revision, events }))
-                            }
-                            EventItem::Mark(revision) => (revision, Some(Batch::Progress(revision))),
-                        };
+                        let (revision, batch) = self.batch_of(item);
                         if let Some(until) = until {
                             if revision > until {
                                 return Ok(());

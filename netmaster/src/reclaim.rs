@@ -49,7 +49,10 @@ impl ReclaimConfig {
     }
 }
 
-/// Runs until `stop`; acts only while this replica leads.
+/// Runs until `stop`; acts only while this replica leads. One loop:
+/// the absence clock of every node belongs to one leadership term and is
+/// reset whenever the term changes, so the term check, the clock and the
+/// reclaim share their state in one place.
 pub async fn run(
     store: Store,
     status: ElectionStatus,

@@ -150,6 +150,15 @@ pub struct Sink {
     id: String,
 }
 
+/// Why a pause ended early: the process stops, or leadership went.
+fn stopped(shutdown: &watch::Receiver<bool>) -> Stop {
+    if *shutdown.borrow() {
+        Stop::Shutdown
+    } else {
+        Stop::Deposed
+    }
+}
+
 /// Why a delivery round ended.
 enum Stop {
     /// Not (or no longer) the leader that started it.
@@ -240,29 +249,15 @@ impl Sink {
         Ok(next)
     }
 
+    /// Delivers from the cursor on, for as long as this replica leads. One
+    /// loop over the event stream: each kind of item (events, a progress
+    /// mark, a compaction gap, a broken stream) moves the cursor its own
+    /// way, and all of them share the stream, the cursor and its timer.
     async fn deliver(&self, fence: &Fence, shutdown: &mut watch::Receiver<bool>) -> Stop {
         let mut roles = self.status.subscribe();
-        let mut backoff = self.cfg.backoff;
-        // Find the start, retrying through etcd trouble.
-        let mut next = loop {
-            if !self.still_leading(fence) {
-                return Stop::Deposed;
-            }
-            match self.start(fence).await {
-                Ok(n) => break n,
-                Err(StoreError::Fenced { .. }) => return Stop::Deposed,
-                Err(e) => {
-                    warn!("webhook sink: cannot read its cursor (retrying in {backoff:?}): {e}");
-                    if self.pause(backoff, shutdown, &mut roles).await.is_some() {
-                        return if *shutdown.borrow() {
-                            Stop::Shutdown
-                        } else {
-                            Stop::Deposed
-                        };
-                    }
-                    backoff = (backoff * 2).min(self.cfg.backoff_max);
-                }
-            }
+        let mut next = match self.first_revision(fence, shutdown, &mut roles).await {
+            Ok(n) => n,
+            Err(stop) => return stop,
         };
         self.metrics.webhook_cursor(next);
         let mut last_written = tokio::time::Instant::now();
@@ -283,29 +278,7 @@ impl Sink {
                 };
                 match item {
                     Ok(Batch::Events { revision, events }) => {
-                        // Gather what is already queued, whole revisions only.
-                        let mut batch = events;
-                        let mut last = revision;
-                        let mut mark = None;
-                        while batch.len() < self.cfg.batch_max {
-                            match rx.try_recv() {
-                                Ok(Ok(Batch::Events { revision, events })) => {
-                                    batch.extend(events);
-                                    last = revision;
-                                }
-                                Ok(Ok(Batch::Progress(r))) => {
-                                    mark = Some(r);
-                                    break;
-                                }
-                                Ok(Err(e)) => {
-                                    // Deliver what we have; the error comes
-                                    // back on the re-opened stream.
-                                    debug!("webhook sink: stream error behind a batch: {e}");
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        let (batch, last, mark) = self.gather(&mut rx, events, revision);
                         if let Some(stop) = self
                             .post(fence, None, &batch, last + 1, shutdown, &mut roles)
                             .await
@@ -376,17 +349,74 @@ impl Sink {
                             .await
                             .is_some()
                         {
-                            return if *shutdown.borrow() {
-                                Stop::Shutdown
-                            } else {
-                                Stop::Deposed
-                            };
+                            return stopped(shutdown);
                         }
                         continue 'stream;
                     }
                 }
             }
         }
+    }
+
+    /// Where delivery starts (see `start`), retrying through etcd trouble
+    /// with a growing backoff; Err when leadership or the process ends.
+    async fn first_revision(
+        &self,
+        fence: &Fence,
+        shutdown: &mut watch::Receiver<bool>,
+        roles: &mut watch::Receiver<Role>,
+    ) -> Result<i64, Stop> {
+        let mut backoff = self.cfg.backoff;
+        loop {
+            if !self.still_leading(fence) {
+                return Err(Stop::Deposed);
+            }
+            match self.start(fence).await {
+                Ok(n) => return Ok(n),
+                Err(StoreError::Fenced { .. }) => return Err(Stop::Deposed),
+                Err(e) => {
+                    warn!("webhook sink: cannot read its cursor (retrying in {backoff:?}): {e}");
+                    if self.pause(backoff, shutdown, roles).await.is_some() {
+                        return Err(stopped(shutdown));
+                    }
+                    backoff = (backoff * 2).min(self.cfg.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// `events` of `revision` plus what is already queued behind them, whole
+    /// revisions only, up to the batch size: (events, last revision, a
+    /// progress mark met).
+    fn gather(
+        &self,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Batch, EventsError>>,
+        events: Vec<LeaseEvent>,
+        revision: i64,
+    ) -> (Vec<LeaseEvent>, i64, Option<i64>) {
+        let mut batch = events;
+        let mut last = revision;
+        let mut mark = None;
+        while batch.len() < self.cfg.batch_max {
+            match rx.try_recv() {
+                Ok(Ok(Batch::Events { revision, events })) => {
+                    batch.extend(events);
+                    last = revision;
+                }
+                Ok(Ok(Batch::Progress(r))) => {
+                    mark = Some(r);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    // Deliver what we have; the error comes back on the
+                    // re-opened stream.
+                    debug!("webhook sink: stream error behind a batch: {e}");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        (batch, last, mark)
     }
 
     /// Sleeps `d`; Some when leadership or the process ends meanwhile.

@@ -156,54 +156,67 @@ impl ControlEvents<'_> {
                 ))
                 .into());
             }
-            // Group by revision: etcd never splits one revision across
-            // responses, but one response may hold several revisions.
-            let mut items: Vec<EventItem> = Vec::new();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let rev = kv.mod_revision();
-                let key = String::from_utf8_lossy(kv.key());
-                if key == heartbeat {
-                    items.push(EventItem::Mark(rev));
-                    continue;
-                }
-                let record = if let Some((network, address)) = self.keys.parse_lease(&key) {
-                    Record::Lease {
-                        network: network.to_string(),
-                        address,
-                    }
-                } else if let Some((network, namespace, name)) = self.keys.parse_identity(&key) {
-                    Record::Identity {
-                        network: network.to_string(),
-                        namespace: namespace.to_string(),
-                        name: name.to_string(),
-                    }
-                } else {
-                    continue;
-                };
-                let change = RawChange {
-                    record,
-                    prev: ev.prev_kv().map(|p| p.value().to_vec()),
-                    cur: match ev.event_type() {
-                        EventType::Put => Some(kv.value().to_vec()),
-                        EventType::Delete => None,
-                    },
-                };
-                match items.last_mut() {
-                    Some(EventItem::Changes { revision, changes }) if *revision == rev => {
-                        changes.push(change)
-                    }
-                    _ => items.push(EventItem::Changes {
-                        revision: rev,
-                        changes: vec![change],
-                    }),
-                }
-            }
+            let items = self.items_of(&resp, &heartbeat);
             for item in items {
                 if tx.send(item).await.is_err() {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// The items of one watch response, grouped by revision: etcd never
+    /// splits one revision across responses, but one response may hold
+    /// several revisions. The heartbeat key is a progress mark.
+    fn items_of(&self, resp: &etcd_client::WatchResponse, heartbeat: &str) -> Vec<EventItem> {
+        let mut items: Vec<EventItem> = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let rev = kv.mod_revision();
+            let key = String::from_utf8_lossy(kv.key());
+            if key == heartbeat {
+                items.push(EventItem::Mark(rev));
+                continue;
+            }
+            let Some(record) = self.record_of(&key) else {
+                continue;
+            };
+            let change = RawChange {
+                record,
+                prev: ev.prev_kv().map(|p| p.value().to_vec()),
+                cur: match ev.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                },
+            };
+            match items.last_mut() {
+                Some(EventItem::Changes { revision, changes }) if *revision == rev => {
+                    changes.push(change)
+                }
+                _ => items.push(EventItem::Changes {
+                    revision: rev,
+                    changes: vec![change],
+                }),
+            }
+        }
+        items
+    }
+
+    /// The record a key of the event range names (lease or identity).
+    fn record_of(&self, key: &str) -> Option<Record> {
+        if let Some((network, address)) = self.keys.parse_lease(key) {
+            Some(Record::Lease {
+                network: network.to_string(),
+                address,
+            })
+        } else if let Some((network, namespace, name)) = self.keys.parse_identity(key) {
+            Some(Record::Identity {
+                network: network.to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+        } else {
+            None
         }
     }
 

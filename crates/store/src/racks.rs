@@ -420,6 +420,8 @@ impl LeaderStore {
     /// only inside the rack's blocks (none exist, and the blocks prefix is
     /// compared); the lease ranges of the rack's allocatable set are compared
     /// as well, so even a writer outside that contract cannot slip in.
+    /// Kept whole: one read at one revision, the census taken from it and
+    /// the transaction compared against that revision are one attempt.
     pub async fn unbind_rack(&self, rack: &str, network: &str) -> Result<()> {
         rackline_model::network::validate_name(network)?;
         let key = self.keys.racknet(network, rack);
@@ -464,21 +466,13 @@ impl LeaderStore {
                 unchanged_prefix(&nodes_prefix, rev),
                 unchanged_prefix(&blocks_prefix, rev),
             ];
-            let runs: Vec<(u32, u32)> = match r[1].kvs().first() {
-                Some(kv) => binding
-                    .allocatable(&decode_network(kv)?.spec)
-                    .iter_runs()
-                    .collect(),
-                None => Vec::new(),
-            };
-            if runs.is_empty() || runs.len() > MAX_RANGE_COMPARES {
-                when.push(unchanged_prefix(&leases_prefix, rev));
-            } else {
-                for (s, e) in runs {
-                    let (start, end) = self.keys.lease_range(network, s.into(), e.into());
-                    when.push(unchanged_range(&start, &end, rev));
-                }
-            }
+            when.extend(self.binding_lease_compares(
+                network,
+                &binding,
+                r[1].kvs().first(),
+                &leases_prefix,
+                rev,
+            )?);
             let marker = self.keys.drain(&DrainTarget::RackNet {
                 network: network.to_string(),
                 rack: rack.to_string(),
@@ -494,6 +488,38 @@ impl LeaderStore {
             debug!(%rack, %network, "unbind raced another update; retrying");
         }
         Err(StoreError::Contended(ATTEMPTS))
+    }
+}
+
+impl LeaderStore {
+    /// "No lease appeared since `rev`" for a binding being removed: over the
+    /// binding's allocatable ranges of the network, or over every lease of
+    /// the network when it is gone or the ranges are too many to compare.
+    fn binding_lease_compares(
+        &self,
+        network: &str,
+        binding: &RackNet,
+        network_kv: Option<&KeyValue>,
+        leases_prefix: &str,
+        rev: i64,
+    ) -> Result<Vec<Compare>> {
+        let runs: Vec<(u32, u32)> = match network_kv {
+            Some(kv) => binding
+                .allocatable(&decode_network(kv)?.spec)
+                .iter_runs()
+                .collect(),
+            None => Vec::new(),
+        };
+        if runs.is_empty() || runs.len() > MAX_RANGE_COMPARES {
+            return Ok(vec![unchanged_prefix(leases_prefix, rev)]);
+        }
+        Ok(runs
+            .into_iter()
+            .map(|(s, e)| {
+                let (start, end) = self.keys.lease_range(network, s.into(), e.into());
+                unchanged_range(&start, &end, rev)
+            })
+            .collect())
     }
 }
 

@@ -27,7 +27,22 @@ use tracing::{debug, info};
 use crate::reads::{get, get_prefix, now_unix_ms, ATTEMPTS};
 use crate::{
     decode_json, decode_network, LeaderStore, Object, Result, StickyWrite, Store, StoreError,
+    StoredIdentity,
 };
+
+/// How long a retired node's sticky lease stays reserved for its pod: the
+/// network's policy, the default for a pod that opted in, else 0 (freed).
+fn hold_secs(view: &NodeView, l: &Lease, ident: &StoredIdentity) -> u64 {
+    match view
+        .networks
+        .get(&l.network)
+        .and_then(|n| n.sticky.as_ref())
+    {
+        Some(p) => p.hold_secs,
+        None if ident.identity.opt_in => DEFAULT_HOLD_SECS,
+        None => 0,
+    }
+}
 
 /// Why a node's records are retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +324,9 @@ impl LeaderStore {
     }
 
     /// A sticky lease whose identity names it becomes a reservation (or
-    /// goes with its identity when the hold is 0).
+    /// goes with its identity when the hold is 0). Kept whole: the hold,
+    /// the TTL granted for it and that TTL's revocation when the write lost
+    /// a race belong to one revision-compared step of the retire pass.
     async fn retire_sticky(
         &self,
         node: &str,
@@ -332,35 +349,9 @@ impl LeaderStore {
         let hold = if ident.identity.pinned {
             None
         } else {
-            let secs = match view
-                .networks
-                .get(&l.network)
-                .and_then(|n| n.sticky.as_ref())
-            {
-                Some(p) => p.hold_secs,
-                None if ident.identity.opt_in => DEFAULT_HOLD_SECS,
-                None => 0,
-            };
+            let secs = hold_secs(view, l, &ident);
             if secs == 0 {
-                let mut when = self.retire_guard(node, mode);
-                let lkey = self.keys.lease(&l.network, l.address);
-                let ikey = self
-                    .keys
-                    .identity(&l.network, &l.pod.namespace, &l.pod.name);
-                when.push(Compare::mod_revision(lkey.clone(), CompareOp::Equal, rev));
-                when.push(Compare::mod_revision(
-                    ikey.clone(),
-                    CompareOp::Equal,
-                    ident.mod_revision,
-                ));
-                let txn = Txn::new()
-                    .when(when)
-                    .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
-                return Ok(if self.commit(txn).await?.succeeded() {
-                    StickyRetire::Freed
-                } else {
-                    StickyRetire::Changed
-                });
+                return self.free_sticky(node, mode, l, rev, &ident).await;
             }
             Some(secs)
         };
@@ -406,6 +397,37 @@ impl LeaderStore {
                 Ok(StickyRetire::Changed)
             }
         }
+    }
+
+    /// A sticky lease without a hold goes with its identity, both
+    /// revision-compared under the retire guard.
+    async fn free_sticky(
+        &self,
+        node: &str,
+        mode: RetireMode,
+        l: &Lease,
+        rev: i64,
+        ident: &StoredIdentity,
+    ) -> Result<StickyRetire> {
+        let mut when = self.retire_guard(node, mode);
+        let lkey = self.keys.lease(&l.network, l.address);
+        let ikey = self
+            .keys
+            .identity(&l.network, &l.pod.namespace, &l.pod.name);
+        when.push(Compare::mod_revision(lkey.clone(), CompareOp::Equal, rev));
+        when.push(Compare::mod_revision(
+            ikey.clone(),
+            CompareOp::Equal,
+            ident.mod_revision,
+        ));
+        let txn = Txn::new()
+            .when(when)
+            .and_then([TxnOp::delete(lkey, None), TxnOp::delete(ikey, None)]);
+        Ok(if self.commit(txn).await?.succeeded() {
+            StickyRetire::Freed
+        } else {
+            StickyRetire::Changed
+        })
     }
 
     /// Removes the node record and its drain marker, if nothing changed

@@ -91,27 +91,16 @@ impl AdminService {
                 Err(e) => break Err(e.into()),
             };
             let dead: Vec<&String> = holders.iter().filter(|n| !live.contains_key(*n)).collect();
-            let hint = if dead.is_empty() {
-                String::new()
-            } else {
-                let names: Vec<&str> = dead.iter().map(|s| s.as_str()).collect();
-                format!(
-                    ": no ipamd is live on {} (start it, or remove a node gone for good \
-                     with `racklinectl node delete NODE`)",
-                    names.join(", ")
-                )
-            };
-            let all_dead = !holders.is_empty() && dead.len() == holders.len();
-            if all_dead || started.elapsed() >= wait {
-                let within = if all_dead {
-                    String::new()
-                } else {
-                    format!(" within {wait:?}")
-                };
-                break Err(AdminError::Refused(format!(
-                    "{} still has {left}, not given back{within}{hint}{force_hint}",
-                    target.describe(),
-                )));
+            if let Some(e) = stuck(
+                &target,
+                &left,
+                &dead,
+                holders.len(),
+                started.elapsed(),
+                wait,
+                force_hint,
+            ) {
+                break Err(e);
             }
             tokio::time::sleep(POLL).await;
         };
@@ -232,6 +221,43 @@ impl AdminService {
         }
         self.get_node(node).await
     }
+}
+
+/// The refusal of a drain that cannot finish: every holder's ipamd is dead
+/// (nobody would give anything back), or `wait` has passed. Names the dead
+/// nodes and how to go on.
+fn stuck(
+    target: &DrainTarget,
+    left: &str,
+    dead: &[&String],
+    holders: usize,
+    elapsed: Duration,
+    wait: Duration,
+    force_hint: &str,
+) -> Option<AdminError> {
+    let hint = if dead.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = dead.iter().map(|s| s.as_str()).collect();
+        format!(
+            ": no ipamd is live on {} (start it, or remove a node gone for good \
+             with `racklinectl node delete NODE`)",
+            names.join(", ")
+        )
+    };
+    let all_dead = holders > 0 && dead.len() == holders;
+    if all_dead || elapsed >= wait {
+        let within = if all_dead {
+            String::new()
+        } else {
+            format!(" within {wait:?}")
+        };
+        return Some(AdminError::Refused(format!(
+            "{} still has {left}, not given back{within}{hint}{force_hint}",
+            target.describe(),
+        )));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -140,82 +140,15 @@ impl AdminService {
                 .leases()
                 .identity_view(network, namespace, name)
                 .await?;
-            let mut identity_rev = 0;
-            if let Some(v) = &view {
-                identity_rev = v.identity.mod_revision;
-                let old = &v.identity.identity;
-                let old_lease = v.lease.as_ref().filter(|sl| names(&sl.lease, old));
-                if old.address != ip {
-                    if let Some(sl) = old_lease {
-                        if sl.lease.state.is_active() {
-                            return Err(AdminError::Refused(format!(
-                                "pod {} is running with {} on node {:?}; it keeps that address until it is deleted",
-                                pod.display(),
-                                old.address,
-                                sl.lease.node
-                            )));
-                        }
-                        // Drop the old reservation, then pin the new one.
-                        if !w
-                            .delete_sticky(
-                                network,
-                                old.address,
-                                sl.mod_revision,
-                                namespace,
-                                name,
-                                identity_rev,
-                            )
-                            .await?
-                        {
-                            w.check_fence().await?;
-                            continue;
-                        }
-                    } else if !w
-                        .delete_identity(network, namespace, name, identity_rev)
-                        .await?
-                    {
-                        w.check_fence().await?;
-                        continue;
-                    }
-                    identity_rev = 0;
-                }
-            }
-            let cur = self.store.leases().get_lease(network, ip).await?;
-            let (lease, lease_rev) = match &cur {
-                Some(sl) if !names(&sl.lease, &identity_for(network, &pod, ip)) => {
-                    return Err(AdminError::Refused(format!(
-                        "{ip} is in use: {}",
-                        describe(sl)
-                    )));
-                }
-                // The identity's own live lease stays as it is.
-                Some(sl) if sl.lease.state.is_active() => (sl.lease.clone(), sl.mod_revision),
-                Some(sl) => (
-                    Lease {
-                        expires_unix_ms: None,
-                        ..sl.lease.clone()
-                    },
-                    sl.mod_revision,
-                ),
-                None => (
-                    Lease {
-                        network: network.to_string(),
-                        address: ip,
-                        node: String::new(),
-                        container_id: String::new(),
-                        ifname: String::new(),
-                        pod: pod.clone(),
-                        created_unix_ms: now_ms(),
-                        state: LeaseState::Reserved,
-                        sticky: true,
-                        expires_unix_ms: None,
-                        conflict: None,
-                        new_identity: false,
-                        settings: None,
-                    },
-                    0,
-                ),
+            let identity_rev = match &view {
+                Some(v) => match self.unpin_other(&w, network, &pod, ip, v).await? {
+                    Some(rev) => rev,
+                    None => continue,
+                },
+                None => 0,
             };
+            let cur = self.store.leases().get_lease(network, ip).await?;
+            let (lease, lease_rev) = lease_to_pin(cur.as_ref(), network, &pod, ip)?;
             let identity = Identity {
                 pinned: true,
                 rack: rack.clone(),
@@ -238,6 +171,58 @@ impl AdminService {
             }
         }
         Err(AdminError::Contended(ATTEMPTS))
+    }
+
+    /// The identity pinned elsewhere than `ip`: its old reservation (or a
+    /// bare identity) is dropped first; refused while the pod runs with the
+    /// old address. Some(identity revision to compare) to go on, None when
+    /// a record changed meanwhile (retry).
+    async fn unpin_other(
+        &self,
+        w: &rackline_store::LeaderStore,
+        network: &str,
+        pod: &PodRef,
+        ip: Ipv4Addr,
+        v: &rackline_store::IdentityView,
+    ) -> Result<Option<i64>> {
+        let identity_rev = v.identity.mod_revision;
+        let old = &v.identity.identity;
+        let old_lease = v.lease.as_ref().filter(|sl| names(&sl.lease, old));
+        if old.address != ip {
+            if let Some(sl) = old_lease {
+                if sl.lease.state.is_active() {
+                    return Err(AdminError::Refused(format!(
+                        "pod {} is running with {} on node {:?}; it keeps that address until it is deleted",
+                        pod.display(),
+                        old.address,
+                        sl.lease.node
+                    )));
+                }
+                // Drop the old reservation, then pin the new one.
+                if !w
+                    .delete_sticky(
+                        network,
+                        old.address,
+                        sl.mod_revision,
+                        &pod.namespace,
+                        &pod.name,
+                        identity_rev,
+                    )
+                    .await?
+                {
+                    w.check_fence().await?;
+                    return Ok(None);
+                }
+            } else if !w
+                .delete_identity(network, &pod.namespace, &pod.name, identity_rev)
+                .await?
+            {
+                w.check_fence().await?;
+                return Ok(None);
+            }
+            return Ok(Some(0));
+        }
+        Ok(Some(identity_rev))
     }
 
     /// Releases the reservation of `namespace/name`: its address becomes
@@ -330,4 +315,50 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The lease record a pin of `ip` writes: the identity's own live lease as
+/// it is, its reservation without an expiry, or a fresh reservation;
+/// refused when someone else holds the address.
+fn lease_to_pin(
+    cur: Option<&StoredLease>,
+    network: &str,
+    pod: &PodRef,
+    ip: Ipv4Addr,
+) -> Result<(Lease, i64)> {
+    Ok(match cur {
+        Some(sl) if !names(&sl.lease, &identity_for(network, pod, ip)) => {
+            return Err(AdminError::Refused(format!(
+                "{ip} is in use: {}",
+                describe(sl)
+            )));
+        }
+        // The identity's own live lease stays as it is.
+        Some(sl) if sl.lease.state.is_active() => (sl.lease.clone(), sl.mod_revision),
+        Some(sl) => (
+            Lease {
+                expires_unix_ms: None,
+                ..sl.lease.clone()
+            },
+            sl.mod_revision,
+        ),
+        None => (
+            Lease {
+                network: network.to_string(),
+                address: ip,
+                node: String::new(),
+                container_id: String::new(),
+                ifname: String::new(),
+                pod: pod.clone(),
+                created_unix_ms: now_ms(),
+                state: LeaseState::Reserved,
+                sticky: true,
+                expires_unix_ms: None,
+                conflict: None,
+                new_identity: false,
+                settings: None,
+            },
+            0,
+        ),
+    })
 }

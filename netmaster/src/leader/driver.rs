@@ -240,6 +240,11 @@ impl Driver {
         }
     }
 
+    /// One leadership term. It stays one `select!` loop because the stop,
+    /// the lease deadline, the leader-key watch and the keep-alive share
+    /// `valid_until` and the stream handles, and the order in which they
+    /// are checked (stop, deadline, deposed, refresh) is the safety
+    /// argument: it reads best in one place.
     async fn lead(
         &mut self,
         fence: Fence,
