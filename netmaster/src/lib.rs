@@ -3,7 +3,7 @@
 //! - [`admin`]: the transport-free domain service over the etcd store;
 //! - [`convert`]: proto ↔ model, where requests are validated;
 //! - [`server`]: the tonic adapter serving `rackline.admin.v1.Admin`;
-//! - [`client`]: the client adapter racklinectl uses;
+//! - [`client`]: the shared admin client (`rackline-admin-client`);
 //! - [`cli`] and [`render`]: racklinectl's commands and output;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
 //! - [`leader`]: leader election among replicas and the write fence;
@@ -20,7 +20,6 @@ pub mod admin;
 pub mod auth;
 pub mod authz;
 pub mod cli;
-pub mod client;
 pub mod convert;
 pub mod daemon;
 pub mod events;
@@ -34,3 +33,6 @@ pub mod server;
 pub mod webhook;
 
 pub use admin::{AdminError, AdminService, LeaseFilter, NetworkView, PodFilter};
+/// The shared admin client (racklinectl's and ipamd's), under the name the
+/// integration tests use.
+pub use rackline_admin_client as client;

@@ -1,5 +1,12 @@
 //! What every client of netmaster's admin gRPC service (racklinectl, ipamd)
-//! shares with the server: how a follower that refuses a write names the
-//! leader, and the one parser that reads it.
+//! shares: the admin client with its replica failover and leader following
+//! ([`AdminClient`], one method per RPC), how a follower that refuses a
+//! write names the leader ([`redirect`], the server builds it here too), and
+//! the QoS sections' wire form ([`qos`]) both sides read and write.
 
+mod client;
+pub mod qos;
 pub mod redirect;
+mod rpc;
+
+pub use client::{endpoints, AdminClient, ClientError, Raw, Result, Timeouts, MAX_REPLY_BYTES};

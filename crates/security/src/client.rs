@@ -147,12 +147,7 @@ impl ClientAuth {
     /// client certificate, and a token over `http://` to anything but a
     /// loopback address.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, String> {
-        let flags = self.flags.unwrap_or(FlagNames {
-            ca: "--ca-file",
-            cert: "--cert-file",
-            key: "--key-file",
-            token: "--token-file",
-        });
+        let flags = self.flag_names();
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             format!("{url:?} has no scheme: write https://HOST:PORT (TLS) or http://HOST:PORT")
         })?;
@@ -195,6 +190,17 @@ impl ClientAuth {
                 "unknown scheme {other:?} in {url}: use https:// (TLS) or http:// (plaintext)"
             )),
         }
+    }
+
+    /// The flags these credentials were loaded from, for messages that
+    /// tell the operator which one to fix (racklinectl's when none were).
+    pub fn flag_names(&self) -> FlagNames {
+        self.flags.unwrap_or(FlagNames {
+            ca: "--ca-file",
+            cert: "--cert-file",
+            key: "--key-file",
+            token: "--token-file",
+        })
     }
 
     /// Adds the bearer token (if any) to every request.

@@ -1,62 +1,16 @@
 //! QoS: proto <-> model for network QoS sections and policies.
 
-use rackline_model::qos::{Bandwidth, QosPolicy, QosSpec};
+use rackline_model::qos::QosPolicy;
 use rackline_model::ValidationError;
 use rackline_proto::admin::v1 as pb;
 
 use super::ConvertError;
 
-pub fn bandwidth_from_proto(b: &pb::Bandwidth) -> Bandwidth {
-    let nz = |v: u64| (v != 0).then_some(v);
-    Bandwidth {
-        ingress_rate: nz(b.ingress_rate),
-        ingress_burst: nz(b.ingress_burst),
-        egress_rate: nz(b.egress_rate),
-        egress_burst: nz(b.egress_burst),
-    }
-}
-
-pub fn bandwidth_to_proto(b: &Bandwidth) -> pb::Bandwidth {
-    pb::Bandwidth {
-        ingress_rate: b.ingress_rate.unwrap_or(0),
-        ingress_burst: b.ingress_burst.unwrap_or(0),
-        egress_rate: b.egress_rate.unwrap_or(0),
-        egress_burst: b.egress_burst.unwrap_or(0),
-    }
-}
-
-/// An absent or all-zero bandwidth is "this level says nothing".
-fn level(b: Option<&pb::Bandwidth>) -> Option<Bandwidth> {
-    b.map(bandwidth_from_proto).filter(|b| !b.is_empty())
-}
-
-/// Validated by `NetworkSpec::validate` with the rest of the network.
-pub fn network_qos_from_proto(q: Option<&pb::NetworkQos>) -> QosSpec {
-    let Some(q) = q else {
-        return QosSpec::default();
-    };
-    QosSpec {
-        default: level(q.default.as_ref()),
-        max: level(q.max.as_ref()),
-        node_classes: q
-            .node_classes
-            .iter()
-            .map(|(k, v)| (k.clone(), bandwidth_from_proto(v)))
-            .collect(),
-    }
-}
-
-pub fn network_qos_to_proto(q: &QosSpec) -> Option<pb::NetworkQos> {
-    (!q.is_empty()).then(|| pb::NetworkQos {
-        default: q.default.as_ref().map(bandwidth_to_proto),
-        max: q.max.as_ref().map(bandwidth_to_proto),
-        node_classes: q
-            .node_classes
-            .iter()
-            .map(|(k, v)| (k.clone(), bandwidth_to_proto(v)))
-            .collect(),
-    })
-}
+// The network QoS section's wire form is shared with racklinectl, which
+// writes and reads it too.
+pub use rackline_admin_client::qos::{
+    bandwidth_from_proto, bandwidth_to_proto, network_qos_from_proto, network_qos_to_proto,
+};
 
 pub fn policy_from_proto(p: &pb::QosPolicy) -> Result<QosPolicy, ConvertError> {
     let policy = QosPolicy {
@@ -89,15 +43,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_validates() {
-        let mut q = QosSpec::default();
-        assert!(network_qos_to_proto(&q).is_none());
-        q.default = Some(Bandwidth::parse_spec("ingress=100M,egress=100M").unwrap());
-        q.node_classes
-            .insert("small".into(), Bandwidth::parse_spec("egress=50M").unwrap());
-        let pbq = network_qos_to_proto(&q).unwrap();
-        assert_eq!(network_qos_from_proto(Some(&pbq)), q);
-
+    fn policies_round_trip_and_validate() {
         let p = pb::QosPolicy {
             network: "prod".into(),
             namespace: "shop".into(),

@@ -4,7 +4,7 @@
 
 use rackline_proto::admin::v1 as pb;
 
-use super::{AdminClient, Result};
+use crate::{AdminClient, Result};
 
 impl AdminClient {
     pub async fn create_rack(&mut self, rack: pb::Rack) -> Result<pb::Rack> {

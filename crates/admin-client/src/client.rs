@@ -1,32 +1,29 @@
-//! The client adapter racklinectl uses: one channel to netmaster, one method
-//! per RPC, and errors sorted by what the operator can do about them
-//! (fix the request, or get the server back), which is what the exit codes
-//! of CONTRACTS.md distinguish.
+//! The admin client: one channel to netmaster, replica failover and
+//! leader following for every call, and errors sorted by what the caller
+//! can do about them (fix the request, or get the server back), which is
+//! what racklinectl's exit codes (CONTRACTS.md) and ipamd's retries
+//! distinguish.
 //!
 //! Replicas: the client is given one address or a list. It talks to the
 //! first that connects; a call answered `Unavailable` (replica or its etcd
 //! down, no leader yet) moves on to the next listed replica; a write refused
-//! by a follower ("not the leader; leader is HOST:PORT") is retried once at
-//! that leader. Every RPC method goes through [`AdminClient::call`] to get
-//! this.
+//! by a follower (the [`redirect`](crate::redirect) naming the leader) is
+//! retried once at that leader. Every RPC goes through
+//! [`AdminClient::call`] to get this.
 
 use std::future::Future;
 use std::time::Duration;
 
-use rackline_proto::admin::v1 as pb;
 use rackline_proto::admin::v1::admin_client::AdminClient as RawClient;
 use rackline_security::client::{ClientAuth, TokenInterceptor};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tracing::debug;
 
 /// The generated client over one channel, every request carrying our
 /// bearer token (if any).
 pub type Raw = RawClient<InterceptedService<Channel, TokenInterceptor>>;
-
-mod acl;
-mod qos;
-mod racks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -50,7 +47,10 @@ impl ClientError {
     }
 }
 
-const MAX_REPLY_BYTES: usize = 256 << 20;
+/// The largest reply accepted. tonic's 4 MiB default is ~20k leases; a big
+/// rack's full lease list must still come back in one reply (until the API
+/// pages).
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -71,6 +71,9 @@ impl Default for Timeouts {
     }
 }
 
+/// Cloning is cheap (the channel is shared) and gives an independent
+/// failover position: concurrent callers each clone one.
+#[derive(Clone)]
 pub struct AdminClient {
     inner: Raw,
     auth: ClientAuth,
@@ -82,9 +85,10 @@ pub struct AdminClient {
     timeouts: Timeouts,
 }
 
-/// Validates every address first: a typo is a usage error even when an
-/// earlier replica would have answered.
-fn endpoints(servers: &str, t: Timeouts, auth: &ClientAuth) -> Result<Vec<Endpoint>> {
+/// The comma-separated `servers` as endpoints. Validates every address
+/// first: a typo is a usage error even when an earlier replica would have
+/// answered.
+pub fn endpoints(servers: &str, t: Timeouts, auth: &ClientAuth) -> Result<Vec<Endpoint>> {
     let list: Vec<Endpoint> = servers
         .split(',')
         .map(str::trim)
@@ -104,24 +108,26 @@ fn endpoints(servers: &str, t: Timeouts, auth: &ClientAuth) -> Result<Vec<Endpoi
     Ok(list)
 }
 
+/// A channel to `endpoint`. A TLS handshake that fails says why in the
+/// caller's own flag names (`--ca-file` for racklinectl,
+/// `--netmaster-ca-file` for ipamd: the ones `auth` was loaded with).
 async fn open(endpoint: &Endpoint, auth: &ClientAuth) -> Result<Raw> {
     let channel = endpoint.connect().await.map_err(|e| {
         let chain = error_chain(&e);
+        let flags = auth.flag_names();
         ClientError::Unreachable {
             server: rackline_security::redact_url(&endpoint.uri().to_string()),
             reason: match rackline_security::tls::explain_tls_failure(
                 &chain,
                 "netmaster",
-                "--ca-file",
-                "--cert-file",
+                flags.ca,
+                flags.cert,
             ) {
                 Some(why) => format!("{why} ({chain})"),
                 None => chain,
             },
         }
     })?;
-    // tonic's 4 MiB default is ~20k leases; a big rack's full lease list
-    // must still come back in one reply (until the API pages).
     Ok(RawClient::with_interceptor(channel, auth.interceptor())
         .max_decoding_message_size(MAX_REPLY_BYTES))
 }
@@ -137,6 +143,18 @@ impl AdminClient {
     /// Same, with TLS and credentials (`https://` servers need a CA).
     pub async fn connect_with(servers: &str, t: Timeouts, auth: ClientAuth) -> Result<Self> {
         let list = endpoints(servers, t, &auth)?;
+        Self::connect_to(list, servers, t, auth).await
+    }
+
+    /// Connects to the first of `list` (already validated, see
+    /// [`endpoints`]) that answers; `named` is how the caller wrote the
+    /// list, for the error when none does.
+    pub async fn connect_to(
+        list: Vec<Endpoint>,
+        named: &str,
+        t: Timeouts,
+        auth: ClientAuth,
+    ) -> Result<Self> {
         let mut reasons = Vec::new();
         for (i, e) in list.iter().enumerate() {
             match open(e, &auth).await {
@@ -156,9 +174,15 @@ impl AdminClient {
             }
         }
         Err(ClientError::Unreachable {
-            server: servers.to_string(),
+            server: named.to_string(),
             reason: reasons.join("; "),
         })
+    }
+
+    /// The listed replica this client talks to (credentials in the URL
+    /// redacted), for messages.
+    pub fn server(&self) -> String {
+        rackline_security::redact_url(&self.servers[self.current].uri().to_string())
     }
 
     /// Runs one RPC with replica failover: on `Unavailable` the next listed
@@ -173,137 +197,63 @@ impl AdminClient {
     {
         let mut followed = false;
         let mut next = self.current + 1;
-        'attempt: loop {
+        loop {
             let status = match rpc(self.inner.clone()).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(s) => connection_lost(s),
             };
-            if status.code() == Code::FailedPrecondition && !followed {
-                if let Some(addr) = rackline_admin_client::redirect::leader_of(&status) {
+            if !followed {
+                if let Some(leader) = self.leader_named_by(&status)? {
                     followed = true;
-                    // The leader is reached the way the replicas are
-                    // (https:// stays https://).
-                    let scheme = self.servers[self.current]
-                        .uri()
-                        .scheme_str()
-                        .unwrap_or("http")
-                        .to_string();
-                    let url = if addr.contains("://") {
-                        addr
-                    } else {
-                        format!("{scheme}://{addr}")
-                    };
-                    let leader = endpoints(&url, self.timeouts, &self.auth)
-                        .map_err(|_| ClientError::Rpc(status.clone()))?
-                        .remove(0);
+                    debug!(from = %self.server(), to = %leader.uri(), "following the netmaster leader");
                     // An unreachable leader is "try again later" (exit 3):
                     // a successor is elected within the lease TTL.
                     self.inner = open(&leader, &self.auth).await?;
-                    continue 'attempt;
+                    continue;
                 }
             }
-            if status.code() == Code::Unavailable {
-                while next < self.servers.len() {
-                    let i = next;
-                    next += 1;
-                    if let Ok(inner) = open(&self.servers[i], &self.auth).await {
-                        self.inner = inner;
-                        self.current = i;
-                        continue 'attempt;
-                    }
-                }
+            if status.code() == Code::Unavailable && self.fail_over(&mut next).await {
+                continue;
             }
             return Err(ClientError::Rpc(status));
         }
     }
 
-    /// Which replica leads, as the replica we talk to knows it.
-    pub async fn leader(&mut self) -> Result<pb::LeaderReply> {
-        self.call(|mut c| async move { c.leader(pb::LeaderRequest {}).await })
-            .await
-    }
-
-    pub async fn create_network(&mut self, network: pb::Network) -> Result<pb::Network> {
-        let req = pb::CreateNetworkRequest {
-            network: Some(network),
+    /// The leader a follower's refusal names, reached the way the replicas
+    /// are (https:// stays https://); `None` when `status` is no redirect.
+    /// A leader address that does not parse leaves the refusal as the
+    /// answer.
+    fn leader_named_by(&self, status: &Status) -> Result<Option<Endpoint>> {
+        let Some(addr) = crate::redirect::leader_of(status) else {
+            return Ok(None);
         };
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.create_network(req).await }
-        })
-        .await
-    }
-
-    pub async fn get_network(&mut self, name: &str) -> Result<pb::Network> {
-        let req = pb::GetNetworkRequest {
-            name: name.to_string(),
+        let scheme = self.servers[self.current]
+            .uri()
+            .scheme_str()
+            .unwrap_or("http");
+        let url = if addr.contains("://") {
+            addr
+        } else {
+            format!("{scheme}://{addr}")
         };
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.get_network(req).await }
-        })
-        .await
+        endpoints(&url, self.timeouts, &self.auth)
+            .map(|mut list| Some(list.remove(0)))
+            .map_err(|_| ClientError::Rpc(status.clone()))
     }
 
-    pub async fn list_networks(&mut self) -> Result<Vec<pb::Network>> {
-        let reply = self
-            .call(|mut c| async move { c.list_networks(pb::ListNetworksRequest {}).await })
-            .await?;
-        Ok(reply.networks)
-    }
-
-    /// Returns how many leases were deleted with the network.
-    pub async fn delete_network(&mut self, name: &str, force: bool, wait_secs: u32) -> Result<u64> {
-        let req = pb::DeleteNetworkRequest {
-            name: name.to_string(),
-            force,
-            wait_seconds: wait_secs,
-        };
-        let reply = self
-            .call(|mut c| {
-                let req = req.clone();
-                async move { c.delete_network(req).await }
-            })
-            .await?;
-        Ok(reply.leases_deleted)
-    }
-
-    pub async fn update_network(
-        &mut self,
-        req: pb::UpdateNetworkRequest,
-    ) -> Result<pb::UpdateNetworkReply> {
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.update_network(req).await }
-        })
-        .await
-    }
-
-    pub async fn list_leases(&mut self, filter: pb::ListLeasesRequest) -> Result<Vec<pb::Lease>> {
-        let reply = self
-            .call(|mut c| {
-                let req = filter.clone();
-                async move { c.list_leases(req).await }
-            })
-            .await?;
-        Ok(reply.leases)
-    }
-}
-
-impl AdminClient {
-    /// Opens the IP event stream (replica failover applies to the opening
-    /// only; a stream that breaks later ends with its error).
-    pub async fn watch_events(
-        &mut self,
-        from_revision: i64,
-        follow: bool,
-    ) -> Result<tonic::Streaming<pb::WatchEventsReply>> {
-        let req = pb::WatchEventsRequest {
-            from_revision,
-            follow,
-        };
-        self.call(|mut c| async move { c.watch_events(req).await })
-            .await
+    /// Moves to the next listed replica (from `*next` on) that connects;
+    /// false when none is left.
+    async fn fail_over(&mut self, next: &mut usize) -> bool {
+        while *next < self.servers.len() {
+            let i = *next;
+            *next += 1;
+            if let Ok(inner) = open(&self.servers[i], &self.auth).await {
+                self.inner = inner;
+                self.current = i;
+                return true;
+            }
+        }
+        false
     }
 }
 

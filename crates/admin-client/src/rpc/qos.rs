@@ -2,7 +2,7 @@
 
 use rackline_proto::admin::v1 as pb;
 
-use super::{AdminClient, Result};
+use crate::{AdminClient, Result};
 
 impl AdminClient {
     pub async fn set_qos_policy(&mut self, p: pb::QosPolicy) -> Result<pb::QosPolicy> {
