@@ -294,6 +294,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rackline_security::client::{ClientCredentials, FlagNames};
+    use rackline_security::listener::ServerTls;
+    use rackline_security::tls::IdentityFiles;
+    use rackline_testkit::pki::Usage;
 
     #[test]
     fn every_listed_server_is_validated_first() {
@@ -311,6 +315,125 @@ mod tests {
             endpoints(" , ", t, &a),
             Err(ClientError::BadServer(..))
         ));
+    }
+
+    /// A client over `servers` that has not connected (nothing listens).
+    fn unconnected(servers: &str, auth: ClientAuth) -> AdminClient {
+        let t = Timeouts::default();
+        let list = endpoints(servers, t, &auth).unwrap();
+        let inner = RawClient::with_interceptor(list[0].connect_lazy(), auth.interceptor());
+        AdminClient {
+            inner,
+            auth,
+            servers: list,
+            current: 0,
+            timeouts: t,
+        }
+    }
+
+    #[tokio::test]
+    async fn leader_hints_are_followed_the_way_the_replicas_are_reached() {
+        let refused = |m: &str| Status::failed_precondition(m.to_string());
+        let leader = |c: &AdminClient, s: &Status| {
+            c.leader_named_by(s).unwrap().map(|e| e.uri().to_string())
+        };
+        let plain = unconnected("http://10.0.0.2:7650", ClientAuth::none());
+        assert_eq!(
+            leader(&plain, &refused("not the leader; leader is 10.0.0.3:7650")).as_deref(),
+            Some("http://10.0.0.3:7650/")
+        );
+        assert_eq!(leader(&plain, &refused("no leader elected yet")), None);
+        assert_eq!(leader(&plain, &Status::unavailable("no leader yet")), None);
+
+        // Replicas reached over TLS: so is the leader they name.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rackline_testkit::pki::Ca::new("netmaster-ca");
+        let creds = ClientCredentials {
+            ca_file: Some(ca.write_cert(&dir.path().join("ca.pem"))),
+            ..Default::default()
+        };
+        let tls = unconnected("https://10.0.0.2:7650", creds.load(IPAMD_FLAGS).unwrap());
+        assert_eq!(
+            leader(&tls, &refused("not the leader; leader is 10.0.0.3:7650")).as_deref(),
+            Some("https://10.0.0.3:7650/")
+        );
+        // A leader named with its scheme keeps it.
+        assert_eq!(
+            leader(&tls, &refused("not the leader; leader is http://h:1.")).as_deref(),
+            Some("http://h:1/")
+        );
+        // The typed redirect of current replicas.
+        let typed = crate::redirect::not_leader("refused".into(), "10.0.0.4:7650");
+        assert_eq!(
+            leader(&tls, &typed).as_deref(),
+            Some("https://10.0.0.4:7650/")
+        );
+        // A leader address that does not parse: the refusal is the answer.
+        let odd = refused("not the leader; leader is ftp://h:1");
+        assert!(matches!(
+            tls.leader_named_by(&odd),
+            Err(ClientError::Rpc(s)) if s.message() == odd.message()
+        ));
+    }
+
+    const IPAMD_FLAGS: FlagNames = FlagNames {
+        ca: "--netmaster-ca-file",
+        cert: "--netmaster-cert-file",
+        key: "--netmaster-key-file",
+        token: "--netmaster-token-file",
+    };
+
+    #[tokio::test]
+    async fn a_failed_handshake_is_explained_in_the_callers_flags() {
+        // netmaster's certificate is signed by a CA ipamd was not given: the
+        // explanation names ipamd's flag, not racklinectl's.
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = rackline_testkit::pki::Ca::new("netmaster-ca");
+        let other = rackline_testkit::pki::Ca::new("other-ca");
+        let served = other.issue(dir.path(), "nm", "netmaster", &["127.0.0.1"], Usage::Server);
+        let tls = ServerTls::load(
+            IdentityFiles {
+                cert: served.cert,
+                key: served.key,
+            },
+            None,
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = acceptor.accept(s).await;
+            }
+        });
+        let creds = ClientCredentials {
+            ca_file: Some(trusted.write_cert(&dir.path().join("ca.pem"))),
+            ..Default::default()
+        };
+        let t = Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
+        };
+        let e = AdminClient::connect_with(
+            &format!("https://{addr}"),
+            t,
+            creds.load(IPAMD_FLAGS).unwrap(),
+        )
+        .await
+        .err()
+        .expect("the handshake must fail");
+        match &e {
+            ClientError::Unreachable { server, reason } => {
+                assert!(server.contains(&addr.to_string()), "{e}");
+                assert!(
+                    reason.contains("not signed by a CA in --netmaster-ca-file"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.is_unavailable());
     }
 
     #[test]
