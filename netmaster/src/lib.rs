@@ -1,10 +1,13 @@
-//! Rackline's control plane.
+//! Rackline's control plane: rackline-netmaster, the admin gRPC service
+//! over etcd. Its command-line client, racklinectl, is the `rackline-ctl`
+//! package (netmaster/ctl); racklinectl and ipamd share the admin client
+//! of `rackline-admin-client`.
 //!
 //! - [`admin`]: the transport-free domain service over the etcd store;
 //! - [`convert`]: proto ↔ model, where requests are validated;
 //! - [`server`]: the tonic adapter serving `rackline.admin.v1.Admin`;
-//! - [`client`]: the shared admin client (`rackline-admin-client`);
-//! - [`cli`] and [`render`]: racklinectl's commands and output;
+//! - [`client`]: the shared admin client, re-exported for the
+//!   integration tests that drive a replica through it;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
 //! - [`leader`]: leader election among replicas and the write fence;
 //! - [`reclaim`]: the leader's reclaim of nodes dead past their grace;
@@ -14,12 +17,11 @@
 //!   the pool index, the IP event stream, Prometheus metrics and health, the
 //!   webhook sink, and their wiring.
 //!
-//! The binaries only parse arguments and call [`daemon::run`] / [`cli::run`].
+//! The binary only parses arguments and calls [`daemon::run`].
 
 pub mod admin;
 pub mod auth;
 pub mod authz;
-pub mod cli;
 pub mod convert;
 pub mod daemon;
 pub mod events;
@@ -28,7 +30,6 @@ pub mod leader;
 pub mod metrics;
 pub mod observability;
 pub mod reclaim;
-pub mod render;
 pub mod server;
 pub mod webhook;
 

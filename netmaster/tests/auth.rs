@@ -381,7 +381,7 @@ async fn every_rpc_is_allowed_to_exactly_its_roles() {
 
 /// racklinectl with a clean environment plus `env`.
 fn ctl(home: &Path, env: &[(&str, &str)], args: &[&str]) -> common::Ctl {
-    let out = Command::new(env!("CARGO_BIN_EXE_racklinectl"))
+    let out = Command::new(rackline_testkit::workspace_bin("racklinectl"))
         .args(args)
         .env_clear()
         .env("HOME", home)

@@ -26,6 +26,39 @@ pub fn require_binary(path: &str, package: &str) {
     );
 }
 
+/// Overrides where [`workspace_bin`] looks (the directory holding the
+/// binaries), e.g. for binaries built elsewhere.
+pub const BIN_DIR_ENV: &str = "RACKLINE_BIN_DIR";
+
+/// A binary of another workspace package (cargo only builds the tested
+/// package's own binaries for its tests, as `CARGO_BIN_EXE_<name>`):
+/// `$RACKLINE_BIN_DIR/<name>`, else `<name>` in the cargo profile dir of
+/// the running test (`target/<profile>/deps/<test>-<hash>` →
+/// `target/<profile>`). `cargo build --workspace --bins` builds it there
+/// (scripts/test.sh does, before the tests). Fails loudly, with that
+/// command, when it is missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test's own path (current_exe)");
+            let mut dir = exe.parent().expect("the test binary's directory");
+            if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
+                dir = dir.parent().unwrap_or(dir);
+            }
+            dir.to_owned()
+        }
+    };
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{name} is missing in {}: run `cargo build --workspace --bins` first (same profile as \
+         the tests), or set {BIN_DIR_ENV} to the directory holding it",
+        dir.display()
+    );
+    bin
+}
+
 /// A child process killed by PID on drop.
 pub struct Proc {
     pub child: Option<Child>,

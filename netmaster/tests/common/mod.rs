@@ -258,7 +258,7 @@ impl Running {
 }
 
 pub fn ctl_spawn(server: &str, args: &[&str]) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_racklinectl"))
+    let child = Command::new(rackline_testkit::workspace_bin("racklinectl"))
         .arg("--server")
         .arg(server)
         .args(args)

@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
-use crate::client::{AdminClient, ClientError, Timeouts};
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
+use rackline_admin_client::{AdminClient, ClientError, Timeouts};
 
 mod acl;
 pub mod config;

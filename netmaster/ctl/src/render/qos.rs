@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::table;
 
 fn bw(b: Option<&pb::Bandwidth>) -> Bandwidth {
-    b.map(crate::convert::bandwidth_from_proto)
+    b.map(rackline_admin_client::qos::bandwidth_from_proto)
         .unwrap_or_default()
 }
 

@@ -73,7 +73,7 @@ impl From<&pb::Network> for NetworkJson {
             host_routes: n.host_routes.clone(),
             capacity: n.capacity,
             allocated: n.allocated,
-            qos: crate::convert::network_qos_from_proto(n.qos.as_ref()),
+            qos: rackline_admin_client::qos::network_qos_from_proto(n.qos.as_ref()),
             probe: n.probe.as_ref().map(ProbeJson::from),
             revision: n.revision,
         }

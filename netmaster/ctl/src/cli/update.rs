@@ -196,7 +196,10 @@ impl UpdateArgs {
             hold_secs: self.sticky_hold_secs,
             cross_rack: self.sticky_cross_rack.clone().unwrap_or_default(),
         });
-        let bw = |b: &Option<Bandwidth>| b.as_ref().map(crate::convert::bandwidth_to_proto);
+        let bw = |b: &Option<Bandwidth>| {
+            b.as_ref()
+                .map(rackline_admin_client::qos::bandwidth_to_proto)
+        };
         let qos = (self.qos_default.is_some()
             || self.clear_qos_default
             || self.qos_max.is_some()
@@ -212,7 +215,7 @@ impl UpdateArgs {
                 set_classes: self
                     .qos_classes
                     .iter()
-                    .map(|(c, b)| (c.clone(), crate::convert::bandwidth_to_proto(b)))
+                    .map(|(c, b)| (c.clone(), rackline_admin_client::qos::bandwidth_to_proto(b)))
                     .collect(),
                 remove_classes: self.remove_qos_classes.clone(),
                 clear_classes: self.clear_qos_classes,

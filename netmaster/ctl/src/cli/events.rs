@@ -7,7 +7,7 @@ use clap::Args;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
-use crate::client::{AdminClient, ClientError};
+use rackline_admin_client::{AdminClient, ClientError};
 
 use super::CtlError;
 

@@ -7,11 +7,11 @@ use clap::{Args, Subcommand};
 use rackline_proto::admin::v1 as pb;
 
 use super::{emit_json, now_unix_ms, CtlError};
-use crate::client::AdminClient;
 use crate::render::{
     self, BlockJson, EmptyJson, NodeDeleteJson, NodeDetailJson, NodeJson, RackDetailJson, RackJson,
     RackNetJson, ReleasedJson, UtilizationJson,
 };
+use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum RackCommand {

@@ -10,8 +10,8 @@ use rackline_model::qos::Bandwidth;
 use rackline_proto::admin::v1 as pb;
 
 use super::{emit_json, CtlError};
-use crate::client::AdminClient;
 use crate::render::{self, QosPolicyJson};
+use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum QosCommand {
@@ -79,7 +79,7 @@ impl NetworkQosArgs {
             max: self.max,
             node_classes: self.classes.iter().cloned().collect(),
         };
-        crate::convert::network_qos_to_proto(&spec)
+        rackline_admin_client::qos::network_qos_to_proto(&spec)
     }
 }
 
@@ -90,7 +90,9 @@ impl QosSetArgs {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             pod_pattern: self.pod_pattern.clone().unwrap_or_default(),
-            bandwidth: Some(crate::convert::bandwidth_to_proto(&self.bandwidth)),
+            bandwidth: Some(rackline_admin_client::qos::bandwidth_to_proto(
+                &self.bandwidth,
+            )),
         }
     }
 }

@@ -10,7 +10,7 @@ use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
 use super::{emit_json, CtlError};
-use crate::client::AdminClient;
+use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AclCommand {
@@ -220,7 +220,7 @@ pub async fn run(
                 .iter()
                 .find(|a| a.namespace == namespace && a.name == name)
             else {
-                return Err(CtlError::Client(crate::client::ClientError::Rpc(
+                return Err(CtlError::Client(rackline_admin_client::ClientError::Rpc(
                     tonic::Status::not_found(format!("no ACL {network}/{namespace}/{name}")),
                 )));
             };

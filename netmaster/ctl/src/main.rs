@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use rackline_netmaster::cli::{self, Cli, EXIT_REFUSED};
+use rackline_ctl::cli::{self, Cli, EXIT_REFUSED};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
