@@ -47,7 +47,7 @@ flock 9
 # The same command as scripts/test.sh's static-build step, so with
 # --profile vm this is a no-op after it.
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$PROFILE" \
-    --target "$TARGET" -p rackline-cni -p rackline-ipamd -p rackline-netmaster \
+    --target "$TARGET" -p rackline-cni -p rackline-ipamd -p rackline-netmaster -p rackline-ctl \
     --target-dir target/static
 BIN="$ROOT/target/static/$TARGET/$PROFILE"
 

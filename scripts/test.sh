@@ -36,7 +36,7 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 # lean profile, so the tests only check they are up to date and their time is visible.
 static_build() {
     RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile vm \
-        --target x86_64-unknown-linux-gnu -p rackline-cni -p rackline-ipamd -p rackline-netmaster \
+        --target x86_64-unknown-linux-gnu -p rackline-cni -p rackline-ipamd -p rackline-netmaster -p rackline-ctl \
         --target-dir target/static
 }
 if step build cargo build --workspace --bins; then

@@ -379,6 +379,8 @@ pub fn static_bins() -> Result<(PathBuf, PathBuf, Option<Duration>)> {
             "rackline-ipamd",
             "-p",
             "rackline-netmaster",
+            "-p",
+            "rackline-ctl",
         ])
         .arg("--target-dir")
         .arg(&target_dir);
