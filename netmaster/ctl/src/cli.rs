@@ -10,11 +10,11 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rackline_admin_client::{AdminClient, ClientError, Timeouts};
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
 use crate::render::{self, DeleteJson, LeaseJson, NetworkJson};
-use rackline_admin_client::{AdminClient, ClientError, Timeouts};
 
 mod acl;
 pub mod config;

@@ -6,11 +6,11 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
+use rackline_admin_client::AdminClient;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
 use super::{emit_json, CtlError};
-use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AclCommand {

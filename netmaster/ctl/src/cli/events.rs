@@ -4,10 +4,9 @@
 use std::io::Write;
 
 use clap::Args;
+use rackline_admin_client::{AdminClient, ClientError};
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
-
-use rackline_admin_client::{AdminClient, ClientError};
 
 use super::CtlError;
 

@@ -6,12 +6,12 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
+use rackline_admin_client::AdminClient;
 use rackline_model::qos::Bandwidth;
 use rackline_proto::admin::v1 as pb;
 
 use super::{emit_json, CtlError};
 use crate::render::{self, QosPolicyJson};
-use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum QosCommand {

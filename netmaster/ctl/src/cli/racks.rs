@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
+use rackline_admin_client::AdminClient;
 use rackline_proto::admin::v1 as pb;
 
 use super::{emit_json, now_unix_ms, CtlError};
@@ -11,7 +12,6 @@ use crate::render::{
     self, BlockJson, EmptyJson, NodeDeleteJson, NodeDetailJson, NodeJson, RackDetailJson, RackJson,
     RackNetJson, ReleasedJson, UtilizationJson,
 };
-use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum RackCommand {

@@ -4,11 +4,11 @@
 use std::io::Write;
 
 use clap::Subcommand;
+use rackline_admin_client::AdminClient;
 use rackline_proto::admin::v1 as pb;
 
 use super::{emit_json, now_unix_ms, CtlError};
 use crate::render::{self, ReservationJson};
-use rackline_admin_client::AdminClient;
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReservationCommand {
