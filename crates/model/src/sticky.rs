@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::network::ValidationError;
 
 mod decide;
+mod pin;
 pub use decide::{decide, Holder, StickyDecision, StickyFacts};
+pub use pin::{pin_at, pin_from, PinAt, PinFrom};
 
 /// Default hold time of a reservation after DEL: long enough for a node
 /// drain or a StatefulSet rolling update, short enough that a deleted

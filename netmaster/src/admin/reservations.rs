@@ -10,6 +10,7 @@
 
 use std::net::Ipv4Addr;
 
+use rackline_model::sticky::{pin_at, pin_from, PinAt, PinFrom};
 use rackline_model::{Identity, Lease, LeaseState, PodRef};
 use rackline_store::{StickyWrite, StoredLease};
 use tracing::info;
@@ -38,10 +39,6 @@ impl ReservationView {
     }
 }
 
-fn names(l: &Lease, i: &Identity) -> bool {
-    l.sticky && l.pod.namespace == i.namespace && l.pod.name == i.name
-}
-
 impl AdminService {
     pub async fn list_reservations(&self, network: Option<&str>) -> Result<Vec<ReservationView>> {
         let ids = self.store.admin_reads().list_identities(network).await?;
@@ -53,7 +50,7 @@ impl AdminService {
                 .get_lease(&i.identity.network, i.identity.address)
                 .await?
                 .map(|sl| sl.lease)
-                .filter(|l| names(l, &i.identity));
+                .filter(|l| i.identity.is_named_by(l));
             out.push(ReservationView {
                 identity: i.identity,
                 lease,
@@ -148,12 +145,12 @@ impl AdminService {
                 None => 0,
             };
             let cur = self.store.leases().get_lease(network, ip).await?;
-            let (lease, lease_rev) = lease_to_pin(cur.as_ref(), network, &pod, ip)?;
             let identity = Identity {
                 pinned: true,
                 rack: rack.clone(),
                 ..identity_for(network, &pod, ip)
             };
+            let (lease, lease_rev) = lease_to_pin(cur.as_ref(), &pod, &identity)?;
             // Written without an etcd lease: a pin never expires (this also
             // detaches a reservation that had a hold time).
             match w
@@ -175,8 +172,8 @@ impl AdminService {
 
     /// The identity pinned elsewhere than `ip`: its old reservation (or a
     /// bare identity) is dropped first; refused while the pod runs with the
-    /// old address. Some(identity revision to compare) to go on, None when
-    /// a record changed meanwhile (retry).
+    /// old address (`sticky::pin_from`). Some(identity revision to compare)
+    /// to go on, None when a record changed meanwhile (retry).
     async fn unpin_other(
         &self,
         w: &rackline_store::LeaderStore,
@@ -187,42 +184,37 @@ impl AdminService {
     ) -> Result<Option<i64>> {
         let identity_rev = v.identity.mod_revision;
         let old = &v.identity.identity;
-        let old_lease = v.lease.as_ref().filter(|sl| names(&sl.lease, old));
-        if old.address != ip {
-            if let Some(sl) = old_lease {
-                if sl.lease.state.is_active() {
-                    return Err(AdminError::Refused(format!(
-                        "pod {} is running with {} on node {:?}; it keeps that address until it is deleted",
-                        pod.display(),
-                        old.address,
-                        sl.lease.node
-                    )));
-                }
-                // Drop the old reservation, then pin the new one.
-                if !w
-                    .delete_sticky(
-                        network,
-                        old.address,
-                        sl.mod_revision,
-                        &pod.namespace,
-                        &pod.name,
-                        identity_rev,
-                    )
-                    .await?
-                {
-                    w.check_fence().await?;
-                    return Ok(None);
-                }
-            } else if !w
-                .delete_identity(network, &pod.namespace, &pod.name, identity_rev)
-                .await?
-            {
-                w.check_fence().await?;
-                return Ok(None);
+        let dropped = match pin_from(old, v.lease.as_ref().map(|sl| &sl.lease), ip) {
+            PinFrom::Same => return Ok(Some(identity_rev)),
+            PinFrom::Running { address, node } => {
+                return Err(AdminError::Refused(format!(
+                    "pod {} is running with {address} on node {node:?}; it keeps that address until it is deleted",
+                    pod.display(),
+                )));
             }
-            return Ok(Some(0));
+            // `pin_from` names the lease only when it is the identity's.
+            PinFrom::DropReservation => {
+                let rev = v.lease.as_ref().map_or(0, |sl| sl.mod_revision);
+                w.delete_sticky(
+                    network,
+                    old.address,
+                    rev,
+                    &pod.namespace,
+                    &pod.name,
+                    identity_rev,
+                )
+                .await?
+            }
+            PinFrom::DropIdentity => {
+                w.delete_identity(network, &pod.namespace, &pod.name, identity_rev)
+                    .await?
+            }
+        };
+        if !dropped {
+            w.check_fence().await?;
+            return Ok(None);
         }
-        Ok(Some(identity_rev))
+        Ok(Some(0))
     }
 
     /// Releases the reservation of `namespace/name`: its address becomes
@@ -248,7 +240,10 @@ impl AdminService {
                 )));
             };
             let ip = v.identity.identity.address;
-            let done = match v.lease.filter(|sl| names(&sl.lease, &v.identity.identity)) {
+            let done = match v
+                .lease
+                .filter(|sl| v.identity.identity.is_named_by(&sl.lease))
+            {
                 Some(sl) if sl.lease.state.is_active() && !force => {
                     return Err(AdminError::Refused(format!(
                         "pod {namespace}/{name} is running with {ip} on node {:?} (container {}); delete the pod first. If that node is gone for good, release with --force",
@@ -294,8 +289,7 @@ fn identity_for(network: &str, pod: &PodRef, ip: Ipv4Addr) -> Identity {
     }
 }
 
-fn describe(sl: &StoredLease) -> String {
-    let l = &sl.lease;
+fn describe(l: &Lease) -> String {
     match l.state {
         LeaseState::Standby => format!("held in node {:?}'s outage reserve", l.node),
         LeaseState::Reserved => format!("reserved for pod {}", l.pod.display()),
@@ -317,35 +311,27 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The lease record a pin of `ip` writes: the identity's own live lease as
-/// it is, its reservation without an expiry, or a fresh reservation;
-/// refused when someone else holds the address.
+/// The lease the pin writes at `ip` and the revision to compare (0: none
+/// there), by the rules of `sticky::pin_at`.
 fn lease_to_pin(
     cur: Option<&StoredLease>,
-    network: &str,
     pod: &PodRef,
-    ip: Ipv4Addr,
+    identity: &Identity,
 ) -> Result<(Lease, i64)> {
-    Ok(match cur {
-        Some(sl) if !names(&sl.lease, &identity_for(network, pod, ip)) => {
+    let rev = cur.map_or(0, |sl| sl.mod_revision);
+    Ok(match pin_at(identity, cur.map(|sl| &sl.lease)) {
+        PinAt::InUse => {
             return Err(AdminError::Refused(format!(
-                "{ip} is in use: {}",
-                describe(sl)
+                "{} is in use: {}",
+                identity.address,
+                cur.map_or_else(String::new, |sl| describe(&sl.lease))
             )));
         }
-        // The identity's own live lease stays as it is.
-        Some(sl) if sl.lease.state.is_active() => (sl.lease.clone(), sl.mod_revision),
-        Some(sl) => (
+        PinAt::KeepActive(lease) | PinAt::Unexpire(lease) => (lease, rev),
+        PinAt::Reserve => (
             Lease {
-                expires_unix_ms: None,
-                ..sl.lease.clone()
-            },
-            sl.mod_revision,
-        ),
-        None => (
-            Lease {
-                network: network.to_string(),
-                address: ip,
+                network: identity.network.clone(),
+                address: identity.address,
                 node: String::new(),
                 container_id: String::new(),
                 ifname: String::new(),
