@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod links;
 pub mod names;
 pub mod owner;
+pub mod podside;
 pub mod probe;
 pub mod qos;
 pub mod request;
@@ -32,6 +33,8 @@ pub mod timing;
 pub mod verify;
 pub mod vlan;
 
+#[cfg(test)]
+mod attach_tests;
 #[cfg(test)]
 mod datapath_tests;
 #[cfg(test)]

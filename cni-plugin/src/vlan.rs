@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::CniError;
 use crate::fsutil;
+use crate::links::LinkOps;
 use crate::names;
 
 /// `ETH_P_8021Q`: the only VLAN protocol Rackline creates or reuses.
@@ -197,7 +198,7 @@ impl DeviceLock {
 /// this attachment registered as its user. Nothing is changed when a wrong
 /// device holds the name.
 pub fn attach(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     opts: &VlanOptions,
     master: &LinkInfo,
     vid: u16,
@@ -263,7 +264,12 @@ pub fn attach(
 /// parent carries nothing); false when it appeared meanwhile, made by
 /// someone not using our lock (another runtime dir, an operator): it is
 /// verified like any other. On failure the parent is left as it was.
-fn create(host: &mut Netlink, master: &LinkInfo, name: &str, vid: u16) -> Result<bool, CniError> {
+fn create(
+    host: &mut dyn LinkOps,
+    master: &LinkInfo,
+    name: &str,
+    vid: u16,
+) -> Result<bool, CniError> {
     if !master.up {
         host.set_up(master.index)
             .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
@@ -294,7 +300,7 @@ fn create(host: &mut Netlink, master: &LinkInfo, name: &str, vid: u16) -> Result
 
 /// CHECK: the VLAN device the pod's macvlan hangs off is still 802.1Q `vid`
 /// on `master`, and up (a pod whose parent went away or down is cut off).
-pub fn check(host: &mut Netlink, master: &str, vid: u16) -> Result<(), String> {
+pub fn check(host: &mut dyn LinkOps, master: &str, vid: u16) -> Result<(), String> {
     let m = host
         .link_by_name(master)
         .map_err(|e| format!("looking up {master}: {e}"))?
@@ -314,7 +320,7 @@ pub fn check(host: &mut Netlink, master: &str, vid: u16) -> Result<(), String> {
 /// A failed ADD: forget this attachment and delete the device when this
 /// ADD created it (or the policy is `remove`) and nothing else uses it.
 pub fn rollback(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     opts: &VlanOptions,
     attached: &Attached,
     container_id: &str,
@@ -374,7 +380,11 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
 
 /// Under the device's lock: deletes `device` if rackline created it (same
 /// ifindex as recorded) and no attachment nor node-netns link uses it.
-fn delete_if_unused(host: &mut Netlink, lock: &DeviceLock, device: &str) -> Result<(), CniError> {
+fn delete_if_unused(
+    host: &mut dyn LinkOps,
+    lock: &DeviceLock,
+    device: &str,
+) -> Result<(), CniError> {
     if lock.users()? > 0 {
         return Ok(());
     }
