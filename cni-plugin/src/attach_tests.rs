@@ -524,3 +524,156 @@ fn a_stale_pods_node_route_is_replaced() {
     assert_eq!(to_pod.len(), 1);
     assert_ne!(to_pod[0].1.oif, Some(old));
 }
+
+const VID: u16 = 100;
+const VLAN_DEV: &str = "uplink.100";
+
+fn vlan_plan(r: &Rig, cleanup: VlanCleanup) -> AddPlan {
+    let mut p = r.plan();
+    p.vlan = Some(VID);
+    p.vlan_opts.cleanup = cleanup;
+    p
+}
+
+/// An 802.1Q device `uplink.100` that someone else made (no registry
+/// entry, no mark of ours).
+fn foreign_vlan(r: &Rig) {
+    let mut l = fake::link(VLAN_DEV, Some("vlan"), 0, None);
+    l.parent_index = Some(UPLINK);
+    l.vlan_id = Some(VID);
+    l.vlan_protocol = Some(0x8100);
+    l.up = true;
+    r.node.world.borrow_mut().add_link(Side::Node, l);
+}
+
+fn has_vlan(r: &Rig) -> bool {
+    r.node.names().iter().any(|n| n == VLAN_DEV)
+}
+
+fn detach(r: &Rig, plan: &AddPlan) {
+    let node = r.node.clone();
+    crate::vlan::detach_with(&plan.vlan_opts, plan.container_id(), plan.ifname(), || {
+        Ok(node.clone())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_vlan_device_this_add_created_goes_with_its_rollback_at_any_failure() {
+    // The device is created by the first steps, so every later failure
+    // has it to undo; the state compared includes it being gone.
+    every_failure_rolls_back(|r| vlan_plan(r, VlanCleanup::Keep), |_| {});
+}
+
+#[test]
+fn a_vlan_device_not_ours_is_reused_and_never_deleted() {
+    for cleanup in [VlanCleanup::Keep, VlanCleanup::Remove] {
+        // Any failure: rolled back, the device stays.
+        every_failure_rolls_back(move |r| vlan_plan(r, cleanup), foreign_vlan);
+        // A configured ADD puts its macvlan on it, and DEL leaves it.
+        let mut rig = Rig::new();
+        foreign_vlan(&rig);
+        let plan = vlan_plan(&rig, cleanup);
+        let dev = index_of(&rig.node, Side::Node, VLAN_DEV);
+        rig.add(&plan).unwrap();
+        let calls = rig.calls();
+        assert!(
+            calls.iter().all(|c| !c.contains("create vlan")),
+            "{calls:#?}"
+        );
+        let mv = rig
+            .node
+            .world
+            .borrow()
+            .links
+            .iter()
+            .find(|(s, l)| *s == Side::Pod && l.name == "eth0")
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(mv.parent_index, Some(dev), "the macvlan is on the VLAN");
+        detach(&rig, &plan);
+        assert!(has_vlan(&rig), "{cleanup:?}");
+        assert!(
+            rig.calls().iter().all(|c| !c.contains("delete link")),
+            "{cleanup:?}: {:#?}",
+            rig.calls()
+        );
+    }
+}
+
+#[test]
+fn a_wrong_device_under_the_vlan_name_fails_add_untouched() {
+    let mut rig = Rig::new();
+    let l = fake::link(VLAN_DEV, Some("macvlan"), 0, None);
+    rig.node.world.borrow_mut().add_link(Side::Node, l);
+    let before = rig.state();
+    let e = rig.add(&vlan_plan(&rig, VlanCleanup::Remove)).unwrap_err();
+    assert!(e.to_string().contains("is not 802.1Q VLAN 100"), "{e}");
+    let calls = rig.calls();
+    assert_eq!(
+        mutating(&calls),
+        ["pod sysctl net/ipv4/conf/default/arp_notify=0"],
+        "only arp_notify is restored: {calls:#?}"
+    );
+    assert_eq!(
+        rig.state()
+            .replace("arp_notify Some(\"0\")", "arp_notify Some(\"1\")"),
+        before
+    );
+}
+
+#[test]
+fn del_keeps_a_created_vlan_device_unless_the_policy_removes_it() {
+    // keep: the device stays when its last user leaves.
+    let mut rig = Rig::new();
+    let plan = vlan_plan(&rig, VlanCleanup::Keep);
+    rig.add(&plan).unwrap();
+    assert!(rig
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("node create vlan uplink.100 100 on 2")));
+    detach(&rig, &plan);
+    assert!(has_vlan(&rig));
+    // remove: deleted once nobody uses it — not while another attachment does.
+    let mut rig = Rig::new();
+    let plan = vlan_plan(&rig, VlanCleanup::Remove);
+    let mut other = plan.clone();
+    // Another pod's attachment; the fake has one pod netns, so it is named
+    // net1 there.
+    other.attachment.container_id = ContainerId::parse("fedcba9876543210").unwrap();
+    other.attachment.ifname = IfName::parse("net1").unwrap();
+    other.address = "10.0.0.6/24".parse().unwrap();
+    other.mac = [2, 0, 10, 0, 0, 6];
+    rig.add(&plan).unwrap();
+    rig.add(&other).unwrap();
+    detach(&rig, &plan);
+    assert!(has_vlan(&rig), "the other attachment still uses it");
+    detach(&rig, &other);
+    assert!(!has_vlan(&rig));
+    // Idempotent: a repeated DEL opens no netlink socket at all.
+    let node = rig.node.clone();
+    node.world.borrow_mut().calls.clear();
+    crate::vlan::detach_with(
+        &other.vlan_opts,
+        other.container_id(),
+        other.ifname(),
+        || -> Result<FakeNet, rackline_netlink::NetlinkError> {
+            panic!("no device to delete: no socket")
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn del_with_remove_keeps_a_vlan_device_with_a_node_local_upper() {
+    let mut rig = Rig::new();
+    let plan = vlan_plan(&rig, VlanCleanup::Remove);
+    rig.add(&plan).unwrap();
+    let dev = index_of(&rig.node, Side::Node, VLAN_DEV);
+    let mut upper = fake::link("shim", Some("macvlan"), 0, None);
+    upper.parent_index = Some(dev);
+    rig.node.world.borrow_mut().add_link(Side::Node, upper);
+    detach(&rig, &plan);
+    assert!(has_vlan(&rig));
+}

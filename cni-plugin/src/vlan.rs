@@ -217,11 +217,25 @@ pub fn attach(
         None => {
             created = create(host, master, &name, vid)?;
             master_up = true;
-            host.link_by_name(&name)
-                .map_err(|e| dp("looking up the VLAN device", e))?
-                .ok_or_else(|| {
-                    CniError::datapath(format!("VLAN device {name} vanished right after creation"))
-                })?
+            let l = host
+                .link_by_name(&name)
+                .map_err(|e| dp("looking up the VLAN device", e))
+                .and_then(|l| {
+                    l.ok_or_else(|| {
+                        CniError::datapath(format!(
+                            "VLAN device {name} vanished right after creation"
+                        ))
+                    })
+                });
+            match l {
+                Ok(l) => l,
+                Err(e) => {
+                    if created {
+                        delete_unread(host, master, &name, vid);
+                    }
+                    return Err(e);
+                }
+            }
         }
     };
     verify(&existing, master, vid).map_err(CniError::datapath)?;
@@ -258,6 +272,22 @@ pub fn attach(
         name,
         created,
     })
+}
+
+/// A failed ADD whose VLAN device, just created, could not be read back:
+/// deleted when the name now shows the device made (the lock is still
+/// held, so nobody else has put a user on it). Best effort: a read-back
+/// failure is the error ADD reports.
+fn delete_unread(host: &mut dyn LinkOps, master: &LinkInfo, name: &str, vid: u16) {
+    match host.link_by_name(name) {
+        Ok(Some(l)) if verify(&l, master, vid).is_ok() => {
+            if let Err(e) = host.delete_link(l.index) {
+                warn!(device = %name, "VLAN rollback: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(device = %name, "VLAN rollback: looking it up: {e}"),
+    }
 }
 
 /// Creates the VLAN device, bringing its parent up first (802.1Q on a down
@@ -345,6 +375,17 @@ pub fn rollback(
 /// Idempotent, and needs neither the pod netns nor ipamd: the registry says
 /// which devices the attachment used.
 pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    detach_with(opts, container_id, ifname, Netlink::new)
+}
+
+/// [`detach`] with the node's netlink socket from `open`, called at most
+/// once and only when a device may have to be deleted.
+pub(crate) fn detach_with<N: LinkOps>(
+    opts: &VlanOptions,
+    container_id: &str,
+    ifname: &str,
+    mut open: impl FnMut() -> Result<N, NetlinkError>,
+) -> Result<(), CniError> {
     let ns = netns_dir(&opts.runtime_dir)?;
     let entries = match fs::read_dir(&ns) {
         Ok(e) => e,
@@ -354,7 +395,7 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
         Err(e) => return Err(io_err("listing", &ns, e)),
     };
     let key = user_key(container_id, ifname);
-    let mut host: Option<Netlink> = None;
+    let mut host: Option<N> = None;
     for entry in entries {
         let entry = entry.map_err(|e| io_err("listing", &ns, e))?;
         let device = entry.file_name().to_string_lossy().into_owned();
@@ -369,7 +410,7 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
         debug!(%device, "attachment left the VLAN device");
         if opts.cleanup == VlanCleanup::Remove {
             if host.is_none() {
-                host = Some(Netlink::new().map_err(|e| dp("opening netlink", e))?);
+                host = Some(open().map_err(|e| dp("opening netlink", e))?);
             }
             let nl = host.as_mut().expect("just set");
             delete_if_unused(nl, &lock, &device)?;
