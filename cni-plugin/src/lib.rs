@@ -14,6 +14,8 @@ pub mod datapath;
 pub mod dataplane;
 pub mod env;
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake_ipamd;
 pub mod fsutil;
 pub mod ipam;
 pub mod links;

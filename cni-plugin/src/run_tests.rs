@@ -6,17 +6,18 @@
 //! DEL is idempotent.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rackline_netlink::Netns;
-use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 
 use crate::datapath::{configured_result, create_links, roll_back, AddPlan, Added, Created};
 use crate::dataplane::Datapath;
 use crate::env::Attachment;
 use crate::error::CniError;
+use crate::fake_ipamd::{serve, Answer, Seen};
 use crate::links::fake::{self, FakeNet, Side};
 use crate::links::LinkOps;
 use crate::owner::Owner;
@@ -138,103 +139,6 @@ impl Datapath for FakeDatapath {
     }
 }
 
-#[derive(Default)]
-struct Seen {
-    allocate: usize,
-    release: Vec<pb::ReleaseRequest>,
-}
-
-struct FakeIpamd(Arc<Mutex<Seen>>);
-
-fn network() -> pb::NetworkConfig {
-    pb::NetworkConfig {
-        gateway: "10.0.0.1".into(),
-        master: "uplink".into(),
-        ..Default::default()
-    }
-}
-
-fn lease() -> pb::Lease {
-    pb::Lease {
-        address: "10.0.0.5/24".into(),
-        ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl pb::ipam_server::Ipam for FakeIpamd {
-    async fn allocate(
-        &self,
-        _: tonic::Request<pb::AllocateRequest>,
-    ) -> Result<tonic::Response<pb::AllocateReply>, tonic::Status> {
-        self.0.lock().unwrap().allocate += 1;
-        Ok(tonic::Response::new(pb::AllocateReply {
-            lease: Some(lease()),
-            network: Some(network()),
-            ..Default::default()
-        }))
-    }
-    async fn release(
-        &self,
-        r: tonic::Request<pb::ReleaseRequest>,
-    ) -> Result<tonic::Response<pb::ReleaseReply>, tonic::Status> {
-        self.0.lock().unwrap().release.push(r.into_inner());
-        Ok(tonic::Response::new(pb::ReleaseReply::default()))
-    }
-    async fn check(
-        &self,
-        _: tonic::Request<pb::CheckRequest>,
-    ) -> Result<tonic::Response<pb::CheckReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::CheckReply {
-            lease: Some(lease()),
-            network: Some(network()),
-            ..Default::default()
-        }))
-    }
-    async fn gc(
-        &self,
-        _: tonic::Request<pb::GcRequest>,
-    ) -> Result<tonic::Response<pb::GcReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::GcReply::default()))
-    }
-    async fn status(
-        &self,
-        _: tonic::Request<pb::StatusRequest>,
-    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::StatusReply::default()))
-    }
-    async fn report_conflict(
-        &self,
-        _: tonic::Request<pb::ConflictRequest>,
-    ) -> Result<tonic::Response<pb::ConflictReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::ConflictReply::default()))
-    }
-}
-
-/// Serves the fake ipamd on `socket` from a background thread.
-fn serve(socket: PathBuf) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let svc = FakeIpamd(seen.clone());
-    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::UnixListener::from_std(l).unwrap();
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-            tonic::transport::Server::builder()
-                .add_service(pb::ipam_server::IpamServer::new(svc))
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap();
-        });
-    });
-    seen
-}
-
 struct Lab {
     dir: tempfile::TempDir,
     seen: Arc<Mutex<Seen>>,
@@ -244,7 +148,11 @@ struct Lab {
 impl Lab {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let seen = serve(dir.path().join("ipamd.sock"));
+        let seen = serve(
+            dir.path().join("ipamd.sock"),
+            Duration::ZERO,
+            Answer::lease(),
+        );
         Self {
             dir,
             seen,
@@ -310,7 +218,7 @@ fn add_check_del_in_process_without_root() {
     let (code, _) = lab.run("DEL", Some(&result));
     assert_eq!(code, 0);
     let seen = lab.seen.lock().unwrap();
-    assert_eq!(seen.allocate, 1);
+    assert_eq!(seen.allocate.len(), 1);
     assert_eq!(seen.release.len(), 2);
     assert!(seen.release.iter().all(|r| !r.rollback));
     assert_eq!(lab.dp.calls, ["open", "add", "open", "check", "del", "del"]);
