@@ -235,17 +235,7 @@ pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), Cn
                 }),
             )
         });
-        let torn = (|| {
-            {
-                let _s = crate::step!("teardown");
-                dp.del(att, env.netns.as_deref(), &mut || {
-                    let _ = go.try_send(());
-                })?;
-            }
-            let _s = crate::step!("vlan_detach");
-            // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
-            crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())
-        })();
+        let torn = tear_down(env, conf, att, dp, &go);
         if torn.is_ok() {
             let _ = go.try_send(());
         }
@@ -260,6 +250,26 @@ pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), Cn
     torn?;
     let released = released.unwrap_or(Err(CniError::ReleaseFailed("the release did not run")));
     settle_release(conf, att, released)
+}
+
+/// DEL's removal of the attachment: its links (`go` is signalled once the
+/// pod no longer carries its address), then its use of a VLAN device.
+fn tear_down(
+    env: &DelEnv,
+    conf: &NetConf,
+    att: &Attachment,
+    dp: &mut dyn Datapath,
+    go: &std::sync::mpsc::SyncSender<()>,
+) -> Result<(), CniError> {
+    {
+        let _s = crate::step!("teardown");
+        dp.del(att, env.netns.as_deref(), &mut || {
+            let _ = go.try_send(());
+        })?;
+    }
+    let _s = crate::step!("vlan_detach");
+    // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
+    crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())
 }
 
 /// DEL's last word on the release, the links being gone: done, or spooled

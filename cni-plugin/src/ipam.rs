@@ -94,6 +94,31 @@ pub fn offer_from(
         v @ 1..=4094 => Some(v as u16),
         v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
     };
+    Ok(Offer {
+        address,
+        gateway,
+        vlan,
+        mtu: net.mtu,
+        master: net.master.clone(),
+        routes: routes_from(net, gateway)?,
+        host_routes: host_routes_from(net)?,
+        qos: QosLevels {
+            network_default: bandwidth(net.qos_default.as_ref()),
+            node_class: bandwidth(net.qos_node_class.as_ref()),
+            policy: bandwidth(net.qos_policy.as_ref()),
+            max: bandwidth(net.qos_max.as_ref()),
+        },
+        probe: probe_params(net.probe.as_ref()),
+        filter: filter_from(filter)?,
+    })
+}
+
+/// The network's routes: (dst, next hop; `gateway` when ipamd names none).
+fn routes_from(
+    net: &pb::NetworkConfig,
+    gateway: Ipv4Addr,
+) -> Result<Vec<(Ipv4Network, Ipv4Addr)>, CniError> {
+    let bad = CniError::IpamUnusable;
     let mut routes = Vec::new();
     for r in &net.routes {
         let dst: Ipv4Network = r
@@ -108,38 +133,27 @@ pub fn offer_from(
         };
         routes.push((dst, gw));
     }
-    let mut host_routes = Vec::new();
-    for h in &net.host_routes {
-        let c: Ipv4Network = h
-            .parse()
-            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
-        host_routes.push(c);
+    Ok(routes)
+}
+
+fn host_routes_from(net: &pb::NetworkConfig) -> Result<Vec<Ipv4Network>, CniError> {
+    net.host_routes
+        .iter()
+        .map(|h| {
+            h.parse()
+                .map_err(|e| CniError::IpamUnusable(format!("host route {h:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The packet filter as JSON; empty or allow-all: no filtering, no table.
+fn filter_from(filter: &[u8]) -> Result<Option<PodFilter>, CniError> {
+    if filter.is_empty() {
+        return Ok(None);
     }
-    // Empty: no filtering, no table.
-    let filter = if filter.is_empty() {
-        None
-    } else {
-        let f: PodFilter =
-            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
-        (!f.is_allow_all()).then_some(f)
-    };
-    Ok(Offer {
-        address,
-        gateway,
-        vlan,
-        mtu: net.mtu,
-        master: net.master.clone(),
-        routes,
-        host_routes,
-        qos: QosLevels {
-            network_default: bandwidth(net.qos_default.as_ref()),
-            node_class: bandwidth(net.qos_node_class.as_ref()),
-            policy: bandwidth(net.qos_policy.as_ref()),
-            max: bandwidth(net.qos_max.as_ref()),
-        },
-        probe: probe_params(net.probe.as_ref()),
-        filter,
-    })
+    let f: PodFilter = serde_json::from_slice(filter)
+        .map_err(|e| CniError::IpamUnusable(format!("packet filter: {e}")))?;
+    Ok((!f.is_allow_all()).then_some(f))
 }
 
 /// A bandwidth level; 0 = unset, all unset = no level.

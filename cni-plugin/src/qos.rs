@@ -188,22 +188,46 @@ pub fn check(
     owner: &Owner,
     eff: Option<&Effective>,
 ) -> Result<(), CniError> {
-    let fail = |d: String| CniError::CheckFailed(format!("QoS: {d}"));
     let qdiscs = pod.qdiscs(mv.index).map_err(|e| dp("listing qdiscs", e))?;
+    check_egress(mv, eff, &qdiscs)?;
+    check_ingress(pod, mv, owner, eff, &qdiscs)
+}
+
+fn check_failed(d: String) -> CniError {
+    CniError::CheckFailed(format!("QoS: {d}"))
+}
+
+/// The egress tbf on the macvlan (`qdiscs`) is what `eff` gives, or absent
+/// when no egress limit applies.
+fn check_egress(
+    mv: &LinkInfo,
+    eff: Option<&Effective>,
+    qdiscs: &[rackline_netlink::QdiscInfo],
+) -> Result<(), CniError> {
+    let fail = check_failed;
     let root_tbf = qdiscs.iter().find(|q| q.kind == "tbf").and_then(|q| q.tbf);
     match (eff.and_then(|e| e.egress.as_ref()), root_tbf) {
-        (None, None) => {}
-        (Some(want), Some(got)) => {
-            same_tbf("egress", &tbf_for(want, mv.mtu), &got).map_err(fail)?
-        }
-        (Some(_), None) => return Err(fail(format!("the egress tbf on {} is missing", mv.name))),
-        (None, Some(_)) => {
-            return Err(fail(format!(
-                "{} has an egress tbf but no limit applies",
-                mv.name
-            )))
-        }
+        (None, None) => Ok(()),
+        (Some(want), Some(got)) => same_tbf("egress", &tbf_for(want, mv.mtu), &got).map_err(fail),
+        (Some(_), None) => Err(fail(format!("the egress tbf on {} is missing", mv.name))),
+        (None, Some(_)) => Err(fail(format!(
+            "{} has an egress tbf but no limit applies",
+            mv.name
+        ))),
     }
+}
+
+/// The ingress path: this attachment's ifb, up, with the tbf `eff` gives,
+/// and the macvlan's ingress qdisc redirecting everything to it; no ifb
+/// when no ingress limit applies.
+fn check_ingress(
+    pod: &mut dyn TcOps,
+    mv: &LinkInfo,
+    owner: &Owner,
+    eff: Option<&Effective>,
+    qdiscs: &[rackline_netlink::QdiscInfo],
+) -> Result<(), CniError> {
+    let fail = check_failed;
     let name = names::ifb(&mv.name);
     let ifb = pod
         .link_by_name(&name)

@@ -207,71 +207,103 @@ pub fn attach(
 ) -> Result<Attached, CniError> {
     let name = names::vlan_device(&master.name, vid);
     let lock = DeviceLock::acquire(&netns_dir(&opts.runtime_dir)?, &name, opts.lock_wait)?;
-    let mut created = false;
-    let mut master_up = master.up;
-    let existing = match host
-        .link_by_name(&name)
-        .map_err(|e| dp("looking up the VLAN device", e))?
-    {
-        Some(l) => l,
-        None => {
-            created = create(host, master, &name, vid)?;
-            master_up = true;
-            let l = host
-                .link_by_name(&name)
-                .map_err(|e| dp("looking up the VLAN device", e))
-                .and_then(|l| {
-                    l.ok_or_else(|| {
-                        CniError::datapath(format!(
-                            "VLAN device {name} vanished right after creation"
-                        ))
-                    })
-                });
-            match l {
-                Ok(l) => l,
-                Err(e) => {
-                    if created {
-                        delete_unread(host, master, &name, vid);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    };
-    verify(&existing, master, vid).map_err(CniError::datapath)?;
-    let result = (|| {
-        if created {
-            // The device is shared by every attachment on it: its mark names
-            // the device, not an attachment (`names::vlan_mark`).
-            host.set_alias(existing.index, &names::vlan_mark(&name))
-                .map_err(|e| dp(&format!("marking {name}"), e))?;
-            lock.set_created(Some(existing.index))?;
-        } else if lock.created_index().is_some_and(|i| i != existing.index) {
-            // Someone deleted ours and made their own: not ours to remove.
-            lock.set_created(None)?;
-        }
-        if !master_up {
-            host.set_up(master.index)
-                .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
-        }
-        if !existing.up {
-            host.set_up(existing.index)
-                .map_err(|e| dp(&format!("bringing up {name}"), e))?;
-        }
-        lock.add_user(&user_key(container_id, ifname), container_id, ifname)
-    })();
-    if let Err(e) = result {
-        if created {
-            let _ = host.delete_link(existing.index);
+    let found = find_or_create(host, master, &name, vid)?;
+    verify(&found.link, master, vid).map_err(CniError::datapath)?;
+    let user = (user_key(container_id, ifname), container_id, ifname);
+    if let Err(e) = adopt(host, &lock, master, &found, &name, user) {
+        if found.created {
+            let _ = host.delete_link(found.link.index);
             let _ = lock.set_created(None);
         }
         return Err(e);
     }
     Ok(Attached {
-        index: existing.index,
+        index: found.link.index,
         name,
-        created,
+        created: found.created,
     })
+}
+
+/// The device under the VLAN name, as found or as just created.
+struct Found {
+    link: LinkInfo,
+    /// This ADD created it.
+    created: bool,
+    /// The master is up (it is brought up before a device is created).
+    master_up: bool,
+}
+
+/// Under the device's lock: the link under `name`, or a new VLAN device
+/// read back (deleted again when it cannot be).
+fn find_or_create(
+    host: &mut dyn LinkOps,
+    master: &LinkInfo,
+    name: &str,
+    vid: u16,
+) -> Result<Found, CniError> {
+    let lookup = |host: &mut dyn LinkOps| {
+        host.link_by_name(name)
+            .map_err(|e| dp("looking up the VLAN device", e))
+    };
+    if let Some(link) = lookup(host)? {
+        return Ok(Found {
+            link,
+            created: false,
+            master_up: master.up,
+        });
+    }
+    let created = create(host, master, name, vid)?;
+    let read = lookup(host).and_then(|l| {
+        l.ok_or_else(|| {
+            CniError::datapath(format!("VLAN device {name} vanished right after creation"))
+        })
+    });
+    match read {
+        Ok(link) => Ok(Found {
+            link,
+            created,
+            master_up: true,
+        }),
+        Err(e) => {
+            if created {
+                delete_unread(host, master, name, vid);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Under the device's lock: marks and records a device this ADD created
+/// (or forgets a recorded one that was replaced), brings the master and
+/// the device up, and registers `user` (key, container id, ifname).
+fn adopt(
+    host: &mut dyn LinkOps,
+    lock: &DeviceLock,
+    master: &LinkInfo,
+    found: &Found,
+    name: &str,
+    (key, container_id, ifname): (String, &str, &str),
+) -> Result<(), CniError> {
+    let dev = &found.link;
+    if found.created {
+        // The device is shared by every attachment on it: its mark names
+        // the device, not an attachment (`names::vlan_mark`).
+        host.set_alias(dev.index, &names::vlan_mark(name))
+            .map_err(|e| dp(&format!("marking {name}"), e))?;
+        lock.set_created(Some(dev.index))?;
+    } else if lock.created_index().is_some_and(|i| i != dev.index) {
+        // Someone deleted ours and made their own: not ours to remove.
+        lock.set_created(None)?;
+    }
+    if !found.master_up {
+        host.set_up(master.index)
+            .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
+    }
+    if !dev.up {
+        host.set_up(dev.index)
+            .map_err(|e| dp(&format!("bringing up {name}"), e))?;
+    }
+    lock.add_user(&key, container_id, ifname)
 }
 
 /// A failed ADD whose VLAN device, just created, could not be read back:
