@@ -677,3 +677,82 @@ fn del_with_remove_keeps_a_vlan_device_with_a_node_local_upper() {
     detach(&rig, &plan);
     assert!(has_vlan(&rig));
 }
+
+#[test]
+fn a_shaping_failure_undoes_the_ifb_the_links_and_their_routes_then_arp_notify() {
+    let mut rig = Rig::new();
+    let mut plan = rig.plan();
+    plan.qos = Some(shaped());
+    let before = rig.state();
+    let redirect = {
+        let mut clean = Rig::new();
+        clean.add(&plan).unwrap();
+        let calls = clean.calls();
+        1 + calls
+            .iter()
+            .position(|c| c.contains(" tc redirect "))
+            .unwrap()
+    };
+    rig.fail_at(redirect);
+    let e = rig.add(&plan).unwrap_err();
+    assert!(e.to_string().contains("QoS: ingress redirect"), "{e}");
+    let calls = rig.calls();
+    let undo: Vec<&String> = calls[redirect..]
+        .iter()
+        .filter(|c| !c.contains(" get "))
+        .collect();
+    // The first index in the first call starting with `prefix` after `from`.
+    let index_after = |from: usize, prefix: &str| -> String {
+        calls[from..]
+            .iter()
+            .find_map(|c| c.strip_prefix(prefix))
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .to_owned()
+    };
+    let ifb_created = calls
+        .iter()
+        .position(|c| c.starts_with("pod create ifb"))
+        .unwrap();
+    let ifb = index_after(ifb_created, "pod set alias ");
+    let hv = index_after(0, "node set alias ");
+    let mv = index_after(0, "pod add addr ");
+    assert_eq!(
+        undo,
+        [
+            &format!("pod delete link {ifb}"),
+            &format!("node delete link {hv}"),
+            &format!("pod delete link {mv}"),
+            "pod sysctl net/ipv4/conf/default/arp_notify=0",
+        ]
+    );
+    assert_eq!(
+        rig.state()
+            .replace("arp_notify Some(\"0\")", "arp_notify Some(\"1\")"),
+        before
+    );
+}
+
+#[test]
+fn one_of_the_nodes_own_addresses_is_a_conflict_found_before_anything_is_created() {
+    let mut rig = Rig::new();
+    let mut plan = rig.plan();
+    plan.address = format!("{NODE_IP}/24").parse().unwrap();
+    let c = crate::datapath::node_address_conflict(&mut rig.node, plan.address.ip())
+        .unwrap()
+        .expect("the uplink carries it");
+    assert_eq!(c.node_link.as_deref(), Some("uplink"));
+    assert_eq!(c.mac, [2, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        rig.calls(),
+        [
+            "node list addrs all".to_string(),
+            format!("node get link {UPLINK}")
+        ]
+    );
+    assert!(
+        crate::datapath::node_address_conflict(&mut rig.node, Ipv4Addr::new(10, 0, 0, 5))
+            .unwrap()
+            .is_none()
+    );
+}

@@ -219,7 +219,7 @@ fn node_addresses(host: &mut dyn LinkOps, master_index: u32) -> Result<Vec<Ipv4A
 /// (a macvlan never hears its parent), so it is checked here, before
 /// anything is created, and treated like a probe conflict: reported to
 /// ipamd with the node link's MAC (quarantined) and another address taken.
-fn node_address_conflict(
+pub(crate) fn node_address_conflict(
     host: &mut dyn LinkOps,
     ip: Ipv4Addr,
 ) -> Result<Option<probe::Conflict>, CniError> {
