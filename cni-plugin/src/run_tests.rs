@@ -1,7 +1,7 @@
 //! The whole plugin in-process through [`crate::run_with`], without root:
-//! raw environment and stdin in, CNI JSON out, over a fake datapath (the
-//! link steps on the fake netlink of `links::fake`) and a fake ipamd on a
-//! unix socket. What is proven: ADD, CHECK and DEL in sequence; a
+//! raw environment and stdin in, CNI JSON out, over a fake datapath (ADD's
+//! steps, `datapath::attach`, on the fakes of `links::fake` and
+//! `podside::fake`) and a fake ipamd on a unix socket. What is proven: ADD, CHECK and DEL in sequence; a
 //! datapath failure rolls back every link and releases the fresh lease;
 //! DEL is idempotent.
 
@@ -13,21 +13,21 @@ use std::time::Duration;
 use rackline_netlink::Netns;
 use serde_json::{json, Value};
 
-use crate::datapath::{configured_result, create_links, roll_back, AddPlan, Added, Created};
+use crate::datapath::{attach, AddPlan, Added, PodSide};
 use crate::dataplane::Datapath;
 use crate::env::Attachment;
 use crate::error::CniError;
 use crate::fake_ipamd::{serve, Answer, Seen};
 use crate::links::fake::{self, FakeNet, Side};
-use crate::links::LinkOps;
 use crate::owner::Owner;
+use crate::podside::fake::FakeSysctls;
 use crate::result::CniResult;
 use crate::{run_with, teardown, verify, Invocation};
 
 const UPLINK: u32 = 2;
 
-/// The link phase of ADD on the fake netlink, then what the rest of ADD
-/// leaves (links up, the address, the default route, the node's /32).
+/// ADD's steps on the fakes (links, address, routes, the node's /32); DEL's
+/// link removal and CHECK's comparison on the same fake namespaces.
 struct FakeDatapath {
     node: FakeNet,
     pod: FakeNet,
@@ -46,36 +46,6 @@ impl FakeDatapath {
             calls: Vec::new(),
         }
     }
-
-    fn finish(
-        &mut self,
-        plan: &AddPlan,
-        c: &Created,
-    ) -> Result<(), rackline_netlink::NetlinkError> {
-        self.pod.set_up(c.mv.index)?;
-        self.pod.set_up(c.pv.index)?;
-        self.pod.add_addr(c.mv.index, plan.address)?;
-        self.node.set_up(c.hv.index)?;
-        let route = |dst: ipnetwork::Ipv4Network, gw, oif| rackline_netlink::RouteInfo {
-            dst,
-            gateway: gw,
-            oif: Some(oif),
-            scope: 0,
-            onlink: false,
-            protocol: 3,
-            metric: 0,
-        };
-        let mut w = self.node.world.borrow_mut();
-        w.routes.push((
-            Side::Pod,
-            route("0.0.0.0/0".parse().unwrap(), Some(plan.gateway), c.mv.index),
-        ));
-        w.routes.push((
-            Side::Node,
-            route(crate::routes::host_net(plan.address.ip()), None, c.hv.index),
-        ));
-        Ok(())
-    }
 }
 
 impl Datapath for FakeDatapath {
@@ -86,34 +56,18 @@ impl Datapath for FakeDatapath {
 
     fn add(&mut self, plan: &AddPlan) -> Result<Added, CniError> {
         self.calls.push("add");
-        let owner = Owner::new(&plan.attachment);
         // Any handle sends the fake's links to the pod side.
         let ns = Netns::current().expect("the test's own netns handle");
-        let mut undo = Vec::new();
-        let r = create_links(
-            &mut self.node,
-            &mut self.pod,
-            Some(&ns),
-            plan,
-            UPLINK,
-            None,
-            &owner,
-            &mut undo,
-        )
-        .and_then(|c| {
-            self.finish(plan, &c)
-                .map_err(|e| CniError::datapath_by("finishing", e))?;
-            Ok(c)
-        });
-        match r {
-            Ok(c) => Ok(Added::Configured(configured_result(
-                plan, &c.mv, plan.mac, &c.hv,
-            ))),
-            Err(e) => {
-                roll_back(undo, &mut self.node, &mut self.pod, &owner, |_, _| {});
-                Err(e)
-            }
-        }
+        let mut sysctls = FakeSysctls(self.node.world.clone());
+        let pod = PodSide {
+            nl: &mut self.pod,
+            ns: Some(&ns),
+            sysctls: &mut sysctls,
+            arp: None,
+            filter: None,
+            arp_notify: None,
+        };
+        attach(&mut self.node, pod, plan)
     }
 
     fn describe(&mut self, _: &AddPlan) -> Result<CniResult, CniError> {
