@@ -4,7 +4,6 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
@@ -13,7 +12,7 @@ use crate::datapath::{AddPlan, Added};
 use crate::dataplane::Datapath;
 use crate::env::{Attachment, DelEnv, PodEnv};
 use crate::error::CniError;
-use crate::ipam::{Allocation, IpamClient, Offer};
+use crate::ipam::{Allocation, IpamClient, Offer, Released};
 use crate::probe::{self, Conflict};
 use crate::spool;
 
@@ -53,16 +52,6 @@ fn plan_from(env: &PodEnv, conf: &NetConf, offer: Offer) -> Result<AddPlan, CniE
         probe: offer.probe,
         filter: offer.filter,
     })
-}
-
-fn release_req(conf: &NetConf, att: &Attachment, rollback: bool) -> pb::ReleaseRequest {
-    pb::ReleaseRequest {
-        network: conf.network.clone(),
-        container_id: att.container_id.as_str().to_owned(),
-        ifname: att.ifname.as_str().to_owned(),
-        rollback,
-        ..Default::default()
-    }
 }
 
 pub fn add(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<Value, CniError> {
@@ -123,18 +112,14 @@ fn report_conflict(
     sticky: bool,
 ) -> Result<bool, CniError> {
     let mac = rackline_model::mac::format(c.mac);
-    let report = pb::ConflictRequest {
-        network: conf.network.clone(),
-        container_id: env.attachment.container_id.as_str().to_owned(),
-        ifname: env.attachment.ifname.as_str().to_owned(),
-        address: c.address.to_string(),
-        conflicting_mac: mac.clone(),
+    let report = |ipam: &mut IpamClient| {
+        ipam.report_conflict(&conf.network, &env.attachment, c.address, &mac)
     };
     if sticky {
         // The lease stays with the attachment; the runtime's DEL frees it.
         // Reported all the same (ipamd records it on the lease and raises
         // the alarm, never quarantines it); the ADD fails either way.
-        if let Err(e) = ipam.report_conflict(report) {
+        if let Err(e) = report(ipam) {
             warn!("could not report the conflict to ipamd: {e}");
         }
         let pod = format!("{}/{}", env.args.pod.namespace, env.args.pod.name);
@@ -148,7 +133,7 @@ fn report_conflict(
             warn!(address = %c.address, %mac, "address in use by another host; reporting it and taking another")
         }
     }
-    Ok(ipam.report_conflict(report)?.quarantined)
+    report(ipam)
 }
 
 /// One Allocate and one datapath attempt. On a datapath error the fresh
@@ -161,31 +146,24 @@ fn add_once(
     ipam: &mut IpamClient,
     dp: &mut dyn Datapath,
 ) -> Result<(bool, Added), CniError> {
-    let pod = &env.args.pod;
     let allocate_step = crate::step!("ipamd_allocate");
     let Allocation {
         existing,
         sticky,
         offer,
-    } = ipam.allocate(pb::AllocateRequest {
-        network: conf.network.clone(),
-        container_id: env.attachment.container_id.as_str().to_owned(),
-        ifname: env.attachment.ifname.as_str().to_owned(),
-        pod: Some(pb::PodRef {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            uid: pod.uid.clone(),
-        }),
-        requested_addresses: requested.iter().map(Ipv4Addr::to_string).collect(),
-        netns: env.netns.display().to_string(),
-        ..Default::default()
-    })?;
+    } = ipam.allocate(
+        &conf.network,
+        &env.attachment,
+        &env.args.pod,
+        requested,
+        &env.netns,
+    )?;
     drop(allocate_step);
     let release = |ipam: &mut IpamClient| {
         if existing {
             return;
         }
-        if let Err(e) = ipam.release(release_req(conf, &env.attachment, true)) {
+        if let Err(e) = ipam.release(&conf.network, &env.attachment, true) {
             warn!("could not release the address after a failed ADD (the runtime's DEL will): {e}");
         }
     };
@@ -253,21 +231,11 @@ pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), Cn
                 .and_then(|mut c| {
                     drop(connect_step);
                     let _s = crate::step!("ipamd_release");
-                    c.release(release_req(conf, att, false))
+                    c.release(&conf.network, att, false)
                 }),
             )
         });
-        let torn = (|| {
-            {
-                let _s = crate::step!("teardown");
-                dp.del(att, env.netns.as_deref(), &mut || {
-                    let _ = go.try_send(());
-                })?;
-            }
-            let _s = crate::step!("vlan_detach");
-            // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
-            crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())
-        })();
+        let torn = tear_down(env, conf, att, dp, &go);
         if torn.is_ok() {
             let _ = go.try_send(());
         }
@@ -284,12 +252,32 @@ pub fn del(env: &DelEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), Cn
     settle_release(conf, att, released)
 }
 
+/// DEL's removal of the attachment: its links (`go` is signalled once the
+/// pod no longer carries its address), then its use of a VLAN device.
+fn tear_down(
+    env: &DelEnv,
+    conf: &NetConf,
+    att: &Attachment,
+    dp: &mut dyn Datapath,
+    go: &std::sync::mpsc::SyncSender<()>,
+) -> Result<(), CniError> {
+    {
+        let _s = crate::step!("teardown");
+        dp.del(att, env.netns.as_deref(), &mut || {
+            let _ = go.try_send(());
+        })?;
+    }
+    let _s = crate::step!("vlan_detach");
+    // After the pod's macvlan is gone: the VLAN device's users (vlan.rs).
+    crate::vlan::detach(&conf.vlan, att.container_id.as_str(), att.ifname.as_str())
+}
+
 /// DEL's last word on the release, the links being gone: done, or spooled
 /// for ipamd when it is away.
 fn settle_release(
     conf: &NetConf,
     att: &Attachment,
-    released: Result<pb::ReleaseReply, CniError>,
+    released: Result<Released, CniError>,
 ) -> Result<(), CniError> {
     match released {
         Ok(r) => {
@@ -330,11 +318,7 @@ pub fn check(env: &PodEnv, conf: &NetConf, dp: &mut dyn Datapath) -> Result<(), 
     dp.open_pod_netns(&env.netns)?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
     let checked = ipam
-        .check(pb::CheckRequest {
-            network: conf.network.clone(),
-            container_id: env.attachment.container_id.as_str().to_owned(),
-            ifname: env.attachment.ifname.as_str().to_owned(),
-        })
+        .check(&conf.network, &env.attachment)
         .map_err(|e| match e {
             // ipamd answers NotFound both for "no lease" and "no network";
             // either way the attachment is not as ADD left it.
@@ -375,17 +359,8 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
         CniError::config("GC needs cni.dev/valid-attachments")
     })?;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)?;
-    let r = ipam.gc(pb::GcRequest {
-        network: conf.network.clone(),
-        valid: valid
-            .iter()
-            .map(|a| pb::Attachment {
-                container_id: a.container_id.clone(),
-                ifname: a.ifname.clone(),
-            })
-            .collect(),
-    })?;
-    info!(released = r.released.len(), "GC done");
+    let released = ipam.gc(&conf.network, valid)?;
+    info!(released, "GC done");
     Ok(())
 }
 
@@ -393,13 +368,7 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     let unavailable = CniError::NotAvailable;
     let mut ipam = IpamClient::connect(&conf.ipamd_socket, conf.timeout, Duration::ZERO)
         .map_err(|e| unavailable(e.to_string()))?;
-    let s = ipam
-        .status(pb::StatusRequest {
-            network: conf.network.clone(),
-        })
-        .map_err(|e| unavailable(e.to_string()))?;
-    if !s.can_allocate {
-        return Err(unavailable(s.reason));
-    }
-    Ok(())
+    ipam.status(&conf.network)
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(unavailable)
 }

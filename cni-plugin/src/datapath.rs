@@ -19,16 +19,17 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
-    run_in_netns, write_sysctl_in, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RuleSpec,
+    run_in_netns, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RuleSpec,
 };
 use tracing::warn;
 
 use crate::arp::ArpSocket;
 use crate::env::Attachment;
 use crate::error::CniError;
-use crate::links::LinkOps;
+use crate::links::{LinkOps, TcOps};
 use crate::names;
 use crate::owner::{Owner, Role};
+use crate::podside::{ArpOps, PacketFilter, PodSysctls, Sysctls};
 use crate::probe::{self, ProbeParams};
 use crate::result::{format_mac, CniResult, Interface, IpConfig, Route};
 use crate::routes::{default_dst, node_route, pod_routes};
@@ -198,7 +199,7 @@ pub(crate) fn dp(what: &str, e: NetlinkError) -> CniError {
 
 /// The node's own IPv4 addresses (global scope), those on the master first,
 /// so the first one is the natural next hop for host routes.
-fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>, CniError> {
+fn node_addresses(host: &mut dyn LinkOps, master_index: u32) -> Result<Vec<Ipv4Addr>, CniError> {
     let mut addrs = host
         .addrs(None)
         .map_err(|e| dp("listing node addresses", e))?;
@@ -218,8 +219,8 @@ fn node_addresses(host: &mut Netlink, master_index: u32) -> Result<Vec<Ipv4Addr>
 /// (a macvlan never hears its parent), so it is checked here, before
 /// anything is created, and treated like a probe conflict: reported to
 /// ipamd with the node link's MAC (quarantined) and another address taken.
-fn node_address_conflict(
-    host: &mut Netlink,
+pub(crate) fn node_address_conflict(
+    host: &mut dyn LinkOps,
     ip: Ipv4Addr,
 ) -> Result<Option<probe::Conflict>, CniError> {
     let addrs = host
@@ -254,33 +255,62 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
         let _s = crate::step!("pod_sockets");
         open_pod_sockets(pod_ns, plan)?
     };
+    let mut sysctls = PodSysctls(pod_ns);
+    let pod = PodSide {
+        nl: &mut pod,
+        ns: Some(pod_ns),
+        sysctls: &mut sysctls,
+        arp: arp.as_ref().map(|a| a as &dyn ArpOps),
+        filter: table.as_mut().map(|t| t as &mut dyn PacketFilter),
+        arp_notify,
+    };
+    attach(&mut host, pod, plan)
+}
+
+/// The pod's handles for one ADD, all opened before anything is changed.
+pub(crate) struct PodSide<'a> {
+    /// The pod's netlink socket.
+    pub nl: &'a mut dyn TcOps,
+    /// Where the pod's links are born (always `Some` outside tests).
+    pub ns: Option<&'a Netns>,
+    pub sysctls: &'a mut dyn Sysctls,
+    /// The ARP socket when the network probes.
+    pub arp: Option<&'a dyn ArpOps>,
+    /// The attachment's packet filter table when its policy filters.
+    pub filter: Option<&'a mut dyn PacketFilter>,
+    /// `default.arp_notify` as found, when ADD changed it (restored on
+    /// failure: the pod netns is left exactly as it was found).
+    pub arp_notify: Option<String>,
+}
+
+/// ADD's steps over opened handles: the packet filter, then [`build`];
+/// unless the attachment ends configured, everything is undone newest first
+/// ([`roll_back`]), then the filter table and `arp_notify`.
+pub(crate) fn attach(
+    host: &mut dyn LinkOps,
+    mut pod: PodSide<'_>,
+    plan: &AddPlan,
+) -> Result<Added, CniError> {
     // The filter goes in before any link of this attachment exists, so the
     // pod never has a moment on the network without it.
-    if let (Some(t), Some(f)) = (table.as_mut(), plan.filter.as_ref()) {
+    if let (Some(t), Some(f)) = (pod.filter.as_deref_mut(), plan.filter.as_ref()) {
         let _s = crate::step!("pod_filter");
         if let Err(e) = t.program(f) {
-            restore_arp_notify(pod_ns, arp_notify);
-            return Err(CniError::datapath(format!(
+            let e = CniError::datapath(format!(
                 "programming the pod packet filter (nftables table inet {}): {e}",
                 t.table()
-            )));
+            ));
+            restore_arp_notify(pod.sysctls, pod.arp_notify);
+            return Err(e);
         }
     }
     let owner = Owner::new(&plan.attachment);
     let mut undo = Vec::new();
-    let r = build(
-        &mut host,
-        &mut pod,
-        arp.as_ref(),
-        pod_ns,
-        plan,
-        &owner,
-        &mut undo,
-    );
+    let r = build(host, &mut pod, plan, &owner, &mut undo);
     if matches!(r, Ok(Added::Configured(_))) {
         return r;
     }
-    roll_back(undo, &mut host, &mut pod, &owner, |host, a| {
+    roll_back(undo, host, pod.nl, &owner, |host, a| {
         vlan::rollback(
             host,
             &plan.vlan_opts,
@@ -289,7 +319,7 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
             plan.ifname(),
         );
     });
-    if let Some(t) = table.as_mut() {
+    if let Some(t) = pod.filter {
         if let Err(e) = t.remove() {
             warn!(
                 table = t.table(),
@@ -297,7 +327,7 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
             );
         }
     }
-    restore_arp_notify(pod_ns, arp_notify);
+    restore_arp_notify(pod.sysctls, pod.arp_notify);
     r
 }
 
@@ -305,12 +335,12 @@ pub fn add(plan: &AddPlan, pod_ns: &Netns) -> Result<Added, CniError> {
 /// before its deletion (`delete_own`). A failing undo step is logged and
 /// the rest still run. `vlan` undoes a VLAN attachment (its registry lives
 /// outside netlink).
-pub(crate) fn roll_back<H: LinkOps>(
+pub(crate) fn roll_back(
     undo: Vec<Undo>,
-    host: &mut H,
+    host: &mut dyn LinkOps,
     pod: &mut dyn LinkOps,
     owner: &Owner,
-    mut vlan: impl FnMut(&mut H, vlan::Attached),
+    mut vlan: impl FnMut(&mut dyn LinkOps, vlan::Attached),
 ) {
     for step in undo.into_iter().rev() {
         let done = match step {
@@ -333,10 +363,11 @@ pub(crate) fn roll_back<H: LinkOps>(
     }
 }
 
-fn restore_arp_notify(pod_ns: &Netns, old: Option<String>) {
+fn restore_arp_notify(sysctls: &mut dyn Sysctls, old: Option<String>) {
     if let Some(old) = old.filter(|o| o != "1") {
-        if let Err(e) = write_sysctl_in(pod_ns, ARP_NOTIFY, &old) {
-            warn!("rollback: restoring {ARP_NOTIFY}={old} in the pod: {e}");
+        let what = format!("restoring {ARP_NOTIFY}={old} in the pod");
+        if let Err(e) = sysctls.write(&what, &[(ARP_NOTIFY, &old)]) {
+            warn!("rollback: {e}");
         }
     }
 }
@@ -387,14 +418,16 @@ fn delete_own(
 /// `arp_ignore=1` answers only for addresses of the receiving interface,
 /// `arp_announce=2` sources requests from the interface's own address. These
 /// sysctls live and die with the interface: a rolled-back ADD leaves nothing.
-fn answer_arp_only_for_own_address(pod_ns: &Netns, ifname: &str) -> Result<(), CniError> {
-    let base = Path::new("/proc/sys/net/ipv4/conf").join(ifname);
-    let r = run_in_netns(pod_ns, || -> std::io::Result<()> {
-        std::fs::write(base.join("arp_ignore"), b"1")?;
-        std::fs::write(base.join("arp_announce"), b"2")
-    })
-    .map_err(|e| dp("entering the pod netns", e))?;
-    r.map_err(|e| CniError::datapath_by(format!("setting arp_ignore/arp_announce on {ifname}"), e))
+fn answer_arp_only_for_own_address(
+    sysctls: &mut dyn Sysctls,
+    ifname: &str,
+) -> Result<(), CniError> {
+    let ignore = format!("net/ipv4/conf/{ifname}/arp_ignore");
+    let announce = format!("net/ipv4/conf/{ifname}/arp_announce");
+    sysctls.write(
+        &format!("setting arp_ignore/arp_announce on {ifname}"),
+        &[(&ignore, "1"), (&announce, "2")],
+    )
 }
 
 /// Creates a link's mark; the link was born in the group already.
@@ -406,10 +439,8 @@ fn mark(nl: &mut dyn LinkOps, l: &LinkInfo, owner: &Owner) -> Result<(), CniErro
 /// ADD's steps in order: the parent link, the attachment's links, the pod
 /// side, the node side. Every step that creates something pushes its undo.
 fn build(
-    host: &mut Netlink,
-    pod: &mut Netlink,
-    arp: Option<&ArpSocket>,
-    pod_ns: &Netns,
+    host: &mut dyn LinkOps,
+    pod: &mut PodSide<'_>,
     plan: &AddPlan,
     owner: &Owner,
     undo: &mut Vec<Undo>,
@@ -424,11 +455,11 @@ fn build(
         node_addresses(host, master.index)?
     };
     let Created { mv, hv, pv } =
-        create_links(host, pod, Some(pod_ns), plan, parent, mtu, owner, undo)?;
+        create_links(host, pod.nl, pod.ns, plan, parent, mtu, owner, undo)?;
     let step = crate::step!("arp_sysctls");
-    answer_arp_only_for_own_address(pod_ns, plan.ifname())?;
+    answer_arp_only_for_own_address(pod.sysctls, plan.ifname())?;
     drop(step);
-    let mac = match configure_pod(pod, arp, plan, owner, &mv, &pv, &node_addrs, undo)? {
+    let mac = match configure_pod(pod.nl, pod.arp, plan, owner, &mv, &pv, &node_addrs, undo)? {
         Ok(mac) => mac,
         Err(conflict) => return Ok(Added::Conflict(conflict)),
     };
@@ -439,7 +470,7 @@ fn build(
 /// The master interface, and the link the macvlan goes on: the master, or
 /// its VLAN sub-interface (attached, with its undo).
 fn parent_link(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     plan: &AddPlan,
     undo: &mut Vec<Undo>,
 ) -> Result<(LinkInfo, u32), CniError> {
@@ -475,8 +506,8 @@ fn parent_link(
 /// routes and shaping. The macvlan's MAC, or the conflict the probe found.
 #[allow(clippy::too_many_arguments)]
 fn configure_pod(
-    pod: &mut Netlink,
-    arp: Option<&ArpSocket>,
+    pod: &mut dyn TcOps,
+    arp: Option<&dyn ArpOps>,
     plan: &AddPlan,
     owner: &Owner,
     mv: &LinkInfo,
@@ -490,7 +521,7 @@ fn configure_pod(
         // Up without an address: RFC 5227 probes carry sender IP 0.0.0.0.
         let m = probe::bring_up(pod, mv.index, plan.mac, pod_ip)?;
         mac = Some(m);
-        if let Some(other) = probe::probe(arp, mv.index, m, pod_ip, p)? {
+        if let Some(other) = arp.probe(mv.index, m, pod_ip, p)? {
             return Ok(Err(probe::Conflict {
                 address: pod_ip,
                 mac: other,
@@ -513,7 +544,7 @@ fn configure_pod(
     // With a probe the link came up before its address, so arp_notify
     // would have announced nothing: announce explicitly.
     if let Some(arp) = arp {
-        probe::announce(arp, mv.index, mac, pod_ip);
+        arp.announce(mv.index, mac, pod_ip);
     }
     let step = crate::step!("pod_routes");
     if let Some(rule) = pod_routes(pod, plan, owner, mv, pv, node_addrs)? {
@@ -522,14 +553,14 @@ fn configure_pod(
     drop(step);
     if let Some(eff) = &plan.qos {
         let _s = crate::step!("qos");
-        crate::qos::apply(pod, mv, owner, eff)?;
+        crate::qos::apply(pod, mv, owner, eff, undo)?;
     }
     Ok(Ok(mac))
 }
 
 /// The node side: the veth up and a /32 to the pod.
 fn configure_node(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     plan: &AddPlan,
     hv: &LinkInfo,
     node_addrs: &[Ipv4Addr],

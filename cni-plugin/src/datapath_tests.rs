@@ -110,7 +110,7 @@ fn undone_indexes(undo: &[Undo], world: &FakeNet) -> Vec<u32> {
         .collect()
 }
 
-fn no_vlan(_: &mut FakeNet, _: crate::vlan::Attached) {
+fn no_vlan(_: &mut dyn crate::links::LinkOps, _: crate::vlan::Attached) {
     panic!("no VLAN was attached");
 }
 

@@ -15,6 +15,8 @@ use rackline_proto::ipam::v1::ipam_client::IpamClient as GrpcClient;
 use rackline_proto::reason::IpamReason;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::conf::ValidAttachment;
+use crate::env::{Attachment, PodArgs};
 use crate::error::CniError;
 use crate::probe::ProbeParams;
 
@@ -92,6 +94,31 @@ pub fn offer_from(
         v @ 1..=4094 => Some(v as u16),
         v => return Err(bad(format!("VLAN {v} is outside 1-4094"))),
     };
+    Ok(Offer {
+        address,
+        gateway,
+        vlan,
+        mtu: net.mtu,
+        master: net.master.clone(),
+        routes: routes_from(net, gateway)?,
+        host_routes: host_routes_from(net)?,
+        qos: QosLevels {
+            network_default: bandwidth(net.qos_default.as_ref()),
+            node_class: bandwidth(net.qos_node_class.as_ref()),
+            policy: bandwidth(net.qos_policy.as_ref()),
+            max: bandwidth(net.qos_max.as_ref()),
+        },
+        probe: probe_params(net.probe.as_ref()),
+        filter: filter_from(filter)?,
+    })
+}
+
+/// The network's routes: (dst, next hop; `gateway` when ipamd names none).
+fn routes_from(
+    net: &pb::NetworkConfig,
+    gateway: Ipv4Addr,
+) -> Result<Vec<(Ipv4Network, Ipv4Addr)>, CniError> {
+    let bad = CniError::IpamUnusable;
     let mut routes = Vec::new();
     for r in &net.routes {
         let dst: Ipv4Network = r
@@ -106,38 +133,27 @@ pub fn offer_from(
         };
         routes.push((dst, gw));
     }
-    let mut host_routes = Vec::new();
-    for h in &net.host_routes {
-        let c: Ipv4Network = h
-            .parse()
-            .map_err(|e| bad(format!("host route {h:?}: {e}")))?;
-        host_routes.push(c);
+    Ok(routes)
+}
+
+fn host_routes_from(net: &pb::NetworkConfig) -> Result<Vec<Ipv4Network>, CniError> {
+    net.host_routes
+        .iter()
+        .map(|h| {
+            h.parse()
+                .map_err(|e| CniError::IpamUnusable(format!("host route {h:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The packet filter as JSON; empty or allow-all: no filtering, no table.
+fn filter_from(filter: &[u8]) -> Result<Option<PodFilter>, CniError> {
+    if filter.is_empty() {
+        return Ok(None);
     }
-    // Empty: no filtering, no table.
-    let filter = if filter.is_empty() {
-        None
-    } else {
-        let f: PodFilter =
-            serde_json::from_slice(filter).map_err(|e| bad(format!("packet filter: {e}")))?;
-        (!f.is_allow_all()).then_some(f)
-    };
-    Ok(Offer {
-        address,
-        gateway,
-        vlan,
-        mtu: net.mtu,
-        master: net.master.clone(),
-        routes,
-        host_routes,
-        qos: QosLevels {
-            network_default: bandwidth(net.qos_default.as_ref()),
-            node_class: bandwidth(net.qos_node_class.as_ref()),
-            policy: bandwidth(net.qos_policy.as_ref()),
-            max: bandwidth(net.qos_max.as_ref()),
-        },
-        probe: probe_params(net.probe.as_ref()),
-        filter,
-    })
+    let f: PodFilter = serde_json::from_slice(filter)
+        .map_err(|e| CniError::IpamUnusable(format!("packet filter: {e}")))?;
+    Ok((!f.is_allow_all()).then_some(f))
 }
 
 /// A bandwidth level; 0 = unset, all unset = no level.
@@ -396,11 +412,30 @@ impl IpamClient {
         }
     }
 
-    /// Also carries the plugin's pending timing reports (`crate::timing`).
-    pub fn allocate(&mut self, mut req: pb::AllocateRequest) -> Result<Allocation, CniError> {
-        if req.plugin_timings.is_empty() {
-            req.plugin_timings = crate::timing::take();
-        }
+    /// Allocate for the attachment `att` of `pod` (netns `netns`), asking
+    /// for `requested` if set. Also carries the plugin's pending timing
+    /// reports (`crate::timing`).
+    pub fn allocate(
+        &mut self,
+        network: &str,
+        att: &Attachment,
+        pod: &PodArgs,
+        requested: Option<Ipv4Addr>,
+        netns: &Path,
+    ) -> Result<Allocation, CniError> {
+        let req = pb::AllocateRequest {
+            network: network.to_owned(),
+            container_id: att.container_id.as_str().to_owned(),
+            ifname: att.ifname.as_str().to_owned(),
+            pod: Some(pb::PodRef {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+            }),
+            requested_addresses: requested.iter().map(Ipv4Addr::to_string).collect(),
+            netns: netns.display().to_string(),
+            plugin_timings: crate::timing::take(),
+        };
         let r = self.retrying(|mut c| {
             let req = req.clone();
             async move { c.allocate(req).await }
@@ -412,18 +447,37 @@ impl IpamClient {
         })
     }
 
+    /// Releases the attachment's lease (`rollback`: of an ADD that failed).
     /// Also carries the plugin's pending timing reports (`crate::timing`).
-    pub fn release(&mut self, mut req: pb::ReleaseRequest) -> Result<pb::ReleaseReply, CniError> {
-        if req.plugin_timings.is_empty() {
-            req.plugin_timings = crate::timing::take();
-        }
-        self.retrying(|mut c| {
+    pub fn release(
+        &mut self,
+        network: &str,
+        att: &Attachment,
+        rollback: bool,
+    ) -> Result<Released, CniError> {
+        let req = pb::ReleaseRequest {
+            network: network.to_owned(),
+            container_id: att.container_id.as_str().to_owned(),
+            ifname: att.ifname.as_str().to_owned(),
+            rollback,
+            plugin_timings: crate::timing::take(),
+        };
+        let r = self.retrying(|mut c| {
             let req = req.clone();
             async move { c.release(req).await }
+        })?;
+        Ok(Released {
+            released: r.released,
+            address: r.address,
         })
     }
 
-    pub fn check(&mut self, req: pb::CheckRequest) -> Result<Checked, CniError> {
+    pub fn check(&mut self, network: &str, att: &Attachment) -> Result<Checked, CniError> {
+        let req = pb::CheckRequest {
+            network: network.to_owned(),
+            container_id: att.container_id.as_str().to_owned(),
+            ifname: att.ifname.as_str().to_owned(),
+        };
         let r = self.call(|mut c| async move { c.check(req).await })?;
         Ok(Checked {
             offer: offer_from(r.lease.as_ref(), r.network.as_ref(), &r.filter)?,
@@ -431,20 +485,63 @@ impl IpamClient {
         })
     }
 
-    pub fn gc(&mut self, req: pb::GcRequest) -> Result<pb::GcReply, CniError> {
-        self.call(|mut c| async move { c.gc(req).await })
+    /// Releases the network's leases on this node not in `valid`; how many.
+    pub fn gc(&mut self, network: &str, valid: &[ValidAttachment]) -> Result<usize, CniError> {
+        let req = pb::GcRequest {
+            network: network.to_owned(),
+            valid: valid
+                .iter()
+                .map(|a| pb::Attachment {
+                    container_id: a.container_id.clone(),
+                    ifname: a.ifname.clone(),
+                })
+                .collect(),
+        };
+        let r = self.call(|mut c| async move { c.gc(req).await })?;
+        Ok(r.released.len())
     }
 
+    /// Reports `address` of the attachment in use by `mac` (formatted);
+    /// whether ipamd quarantined it.
     pub fn report_conflict(
         &mut self,
-        req: pb::ConflictRequest,
-    ) -> Result<pb::ConflictReply, CniError> {
-        self.call(|mut c| async move { c.report_conflict(req).await })
+        network: &str,
+        att: &Attachment,
+        address: Ipv4Addr,
+        mac: &str,
+    ) -> Result<bool, CniError> {
+        let req = pb::ConflictRequest {
+            network: network.to_owned(),
+            container_id: att.container_id.as_str().to_owned(),
+            ifname: att.ifname.as_str().to_owned(),
+            address: address.to_string(),
+            conflicting_mac: mac.to_owned(),
+        };
+        let r = self.call(|mut c| async move { c.report_conflict(req).await })?;
+        Ok(r.quarantined)
     }
 
-    pub fn status(&mut self, req: pb::StatusRequest) -> Result<pb::StatusReply, CniError> {
-        self.call(|mut c| async move { c.status(req).await })
+    /// Whether ipamd can allocate on `network`: `Err(reason)` when not.
+    pub fn status(&mut self, network: &str) -> Result<Result<(), String>, CniError> {
+        let req = pb::StatusRequest {
+            network: network.to_owned(),
+        };
+        let s = self.call(|mut c| async move { c.status(req).await })?;
+        Ok(if s.can_allocate {
+            Ok(())
+        } else {
+            Err(s.reason)
+        })
     }
+}
+
+/// Release's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// A lease was released (false: there was none).
+    pub released: bool,
+    /// The released address ("" when none).
+    pub address: String,
 }
 
 #[cfg(test)]

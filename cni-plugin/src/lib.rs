@@ -14,11 +14,14 @@ pub mod datapath;
 pub mod dataplane;
 pub mod env;
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake_ipamd;
 pub mod fsutil;
 pub mod ipam;
 pub mod links;
 pub mod names;
 pub mod owner;
+pub mod podside;
 pub mod probe;
 pub mod qos;
 pub mod request;
@@ -32,6 +35,8 @@ pub mod timing;
 pub mod verify;
 pub mod vlan;
 
+#[cfg(test)]
+mod attach_tests;
 #[cfg(test)]
 mod datapath_tests;
 #[cfg(test)]

@@ -1,13 +1,16 @@
-//! The link, address and rule operations the plugin's link steps need, as a
-//! trait: implemented by the netlink wrapper ([`Netlink`], one socket per
-//! namespace) and, in unit tests, by [`fake::FakeNet`], which records every
-//! call in order and fails the Nth on request. The steps written against it
-//! (creating and marking the attachment's links, the rollback of a failed
-//! ADD, DEL's removal of the pod's links) are proven without root.
+//! The link, address, route and rule operations the plugin's datapath steps
+//! need, as a trait ([`LinkOps`]), with its traffic-control sibling
+//! ([`TcOps`]): implemented by the netlink wrapper ([`Netlink`], one socket
+//! per namespace) and, in unit tests, by [`fake::FakeNet`], which records
+//! every call in order and fails the Nth on request. The steps written
+//! against them (the VLAN parent, creating and marking the attachment's
+//! links, addresses, routes, rules, shaping, the rollback of a failed ADD,
+//! DEL's removal of the pod's links) are proven without root.
 
 use ipnetwork::Ipv4Network;
 use rackline_netlink::{
-    AddrInfo, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, RouteInfo, RuleInfo, RuleSpec,
+    AddrInfo, FilterInfo, LinkInfo, MacvlanMode, Netlink, NetlinkError, Netns, QdiscInfo,
+    RouteInfo, RouteSpec, RuleInfo, RuleSpec, Tbf,
 };
 
 type Result<T> = std::result::Result<T, NetlinkError>;
@@ -40,17 +43,66 @@ pub trait LinkOps {
         mtu: Option<u32>,
         group: u32,
     ) -> Result<()>;
+    /// An 802.1Q sub-interface `vlan_id` on `parent_index`.
+    fn create_vlan(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        vlan_id: u16,
+        mtu: Option<u32>,
+    ) -> Result<()>;
     fn set_alias(&mut self, index: u32, alias: &str) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
+    fn set_down(&mut self, index: u32) -> Result<()>;
+    fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()>;
     fn rename(&mut self, index: u32, new_name: &str) -> Result<()>;
     fn add_addr(&mut self, index: u32, addr: Ipv4Network) -> Result<()>;
     fn del_addr(&mut self, index: u32, addr: Ipv4Network) -> Result<()>;
     fn addrs(&mut self, index: Option<u32>) -> Result<Vec<AddrInfo>>;
     fn rules(&mut self) -> Result<Vec<RuleInfo>>;
     fn routes(&mut self) -> Result<Vec<RouteInfo>>;
+    fn add_route(&mut self, r: &RouteSpec) -> Result<()>;
+    fn del_route(&mut self, r: &RouteSpec) -> Result<()>;
+    fn add_rule(&mut self, r: &RuleSpec) -> Result<()>;
     fn del_rule(&mut self, r: &RuleSpec) -> Result<()>;
     fn delete_link(&mut self, index: u32) -> Result<()>;
     fn delete_group(&mut self, group: u32) -> Result<()>;
+}
+
+/// The pod's traffic control (per-pod shaping, `qos.rs`): its ifb and the
+/// qdiscs and filter on the macvlan and the ifb. A sibling of [`LinkOps`]
+/// because only the pod's socket needs it; the shaping steps also look up,
+/// mark and delete links, hence the supertrait.
+pub trait TcOps: LinkOps {
+    /// An ifb (down) in this namespace and in device group `group`.
+    fn create_ifb_in_group(&mut self, name: &str, mtu: Option<u32>, group: u32) -> Result<()>;
+    fn add_tbf(&mut self, index: u32, tbf: &Tbf) -> Result<()>;
+    fn add_ingress_qdisc(&mut self, index: u32) -> Result<()>;
+    /// A match-all filter on `index`'s ingress redirecting to `to`.
+    fn add_ingress_redirect(&mut self, index: u32, to: u32) -> Result<()>;
+    fn qdiscs(&mut self, index: u32) -> Result<Vec<QdiscInfo>>;
+    fn ingress_filters(&mut self, index: u32) -> Result<Vec<FilterInfo>>;
+}
+
+impl TcOps for Netlink {
+    fn create_ifb_in_group(&mut self, name: &str, mtu: Option<u32>, group: u32) -> Result<()> {
+        Netlink::create_ifb_in_group(self, name, mtu, group)
+    }
+    fn add_tbf(&mut self, index: u32, tbf: &Tbf) -> Result<()> {
+        Netlink::add_tbf(self, index, tbf)
+    }
+    fn add_ingress_qdisc(&mut self, index: u32) -> Result<()> {
+        Netlink::add_ingress_qdisc(self, index)
+    }
+    fn add_ingress_redirect(&mut self, index: u32, to: u32) -> Result<()> {
+        Netlink::add_ingress_redirect(self, index, to)
+    }
+    fn qdiscs(&mut self, index: u32) -> Result<Vec<QdiscInfo>> {
+        Netlink::qdiscs(self, index)
+    }
+    fn ingress_filters(&mut self, index: u32) -> Result<Vec<FilterInfo>> {
+        Netlink::ingress_filters(self, index)
+    }
 }
 
 impl LinkOps for Netlink {
@@ -85,11 +137,26 @@ impl LinkOps for Netlink {
     ) -> Result<()> {
         Netlink::create_veth_in_group(self, name, peer_name, peer_ns, mtu, group)
     }
+    fn create_vlan(
+        &mut self,
+        name: &str,
+        parent_index: u32,
+        vlan_id: u16,
+        mtu: Option<u32>,
+    ) -> Result<()> {
+        Netlink::create_vlan(self, name, parent_index, vlan_id, mtu)
+    }
     fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
         Netlink::set_alias(self, index, alias)
     }
     fn set_up(&mut self, index: u32) -> Result<()> {
         Netlink::set_up(self, index)
+    }
+    fn set_down(&mut self, index: u32) -> Result<()> {
+        Netlink::set_down(self, index)
+    }
+    fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
+        Netlink::set_mac(self, index, mac)
     }
     fn rename(&mut self, index: u32, new_name: &str) -> Result<()> {
         Netlink::rename(self, index, new_name)
@@ -109,6 +176,15 @@ impl LinkOps for Netlink {
     fn routes(&mut self) -> Result<Vec<RouteInfo>> {
         Netlink::routes(self)
     }
+    fn add_route(&mut self, r: &RouteSpec) -> Result<()> {
+        Netlink::add_route(self, r)
+    }
+    fn del_route(&mut self, r: &RouteSpec) -> Result<()> {
+        Netlink::del_route(self, r)
+    }
+    fn add_rule(&mut self, r: &RuleSpec) -> Result<()> {
+        Netlink::add_rule(self, r)
+    }
     fn del_rule(&mut self, r: &RuleSpec) -> Result<()> {
         Netlink::del_rule(self, r)
     }
@@ -122,10 +198,13 @@ impl LinkOps for Netlink {
 
 #[cfg(test)]
 pub mod fake {
-    //! An in-memory pair of namespaces (node and pod) behind [`LinkOps`].
-    //! Every call is logged as `"<ns> <op> <what>"` in one shared log, in
-    //! order; `fail_at(n)` makes the n-th call (1-based, counted over both
-    //! namespaces) fail with EPERM without changing anything.
+    //! An in-memory pair of namespaces (node and pod) behind [`LinkOps`]
+    //! and [`TcOps`]. Every call is logged as `"<ns> <op> <what>"` in one
+    //! shared log, in order; `fail_at(n)` makes the n-th call (1-based,
+    //! counted over both namespaces) fail with EPERM without changing
+    //! anything. Routes land in the main table's list only (another table's
+    //! are logged); traffic control is opaque: logged with its target, and
+    //! kept as `(index, op)` so a deleted link takes its qdiscs along.
 
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -161,6 +240,13 @@ pub mod fake {
         pub addrs: Vec<(Side, AddrInfo)>,
         pub rules: Vec<(Side, RuleInfo)>,
         pub routes: Vec<(Side, RouteInfo)>,
+        /// Traffic control on a link: (side, ifindex, "tbf" / "ingress" /
+        /// "redirect <to>").
+        pub tc: Vec<(Side, u32, String)>,
+        /// The pod's sysctls (`podside::fake`).
+        pub sysctls: std::collections::BTreeMap<String, String>,
+        /// Whether the pod's packet filter table exists (`podside::fake`).
+        pub filter: bool,
         pub calls: Vec<String>,
         pub fail_at: Option<usize>,
         next_index: u32,
@@ -193,6 +279,9 @@ pub mod fake {
                 .retain(|(_, l)| l.index != index && Some(l.index) != peer);
             self.addrs
                 .retain(|(_, a)| a.index != index && Some(a.index) != peer);
+            let gone = |i: Option<u32>| i == Some(index) || (i.is_some() && i == peer);
+            self.routes.retain(|(_, r)| !gone(r.oif));
+            self.tc.retain(|(_, i, _)| !gone(Some(*i)));
         }
     }
 
@@ -395,6 +484,33 @@ pub mod fake {
             }
             Ok(())
         }
+        fn create_vlan(
+            &mut self,
+            name: &str,
+            parent_index: u32,
+            vlan_id: u16,
+            mtu: Option<u32>,
+        ) -> Result<()> {
+            self.call("create vlan", format!("{name} {vlan_id} on {parent_index}"))?;
+            if self.exists(self.side, name) {
+                return Err(exists_err("create vlan", name));
+            }
+            let mut l = link(name, Some("vlan"), 0, None);
+            l.parent_index = Some(parent_index);
+            l.vlan_id = Some(vlan_id);
+            l.vlan_protocol = Some(0x8100);
+            l.mtu = mtu.unwrap_or(1500);
+            self.world.borrow_mut().add_link(self.side, l);
+            Ok(())
+        }
+        fn set_down(&mut self, index: u32) -> Result<()> {
+            self.call("set down", index)?;
+            self.with_link(index, |l| l.up = false)
+        }
+        fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<()> {
+            self.call("set mac", index)?;
+            self.with_link(index, |l| l.mac = Some(mac))
+        }
         fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
             self.call("set alias", format!("{index} {alias}"))?;
             self.with_link(index, |l| l.alias = Some(alias.to_owned()))
@@ -458,6 +574,71 @@ pub mod fake {
                 .map(|(_, r)| *r)
                 .collect())
         }
+        fn add_route(&mut self, r: &RouteSpec) -> Result<()> {
+            self.call("add route", route_text(r))?;
+            if r.table.is_some() {
+                return Ok(());
+            }
+            let metric = r.metric.unwrap_or(0);
+            let mut w = self.world.borrow_mut();
+            // NLM_F_EXCL: one route per destination and metric.
+            if w.routes
+                .iter()
+                .any(|(s, x)| *s == self.side && x.dst == r.dst && x.metric == metric)
+            {
+                return Err(exists_err("add route", &r.dst.to_string()));
+            }
+            w.routes.push((
+                self.side,
+                RouteInfo {
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    oif: Some(r.oif),
+                    scope: 0,
+                    onlink: r.onlink,
+                    protocol: 3,
+                    metric,
+                },
+            ));
+            Ok(())
+        }
+        fn del_route(&mut self, r: &RouteSpec) -> Result<()> {
+            self.call("del route", route_text(r))?;
+            let (side, metric) = (self.side, r.metric.unwrap_or(0));
+            let mut w = self.world.borrow_mut();
+            let before = w.routes.len();
+            w.routes.retain(|(s, x)| {
+                !(*s == side && x.dst == r.dst && x.oif == Some(r.oif) && x.metric == metric)
+            });
+            if w.routes.len() == before {
+                return Err(NetlinkError::Kernel {
+                    op: "del route",
+                    target: r.dst.to_string(),
+                    errno: Errno::ESRCH,
+                });
+            }
+            Ok(())
+        }
+        fn add_rule(&mut self, r: &RuleSpec) -> Result<()> {
+            self.call("add rule", format!("{} table {}", r.src, r.table))?;
+            let side = self.side;
+            let mut w = self.world.borrow_mut();
+            if w.rules.iter().any(|(s, x)| {
+                *s == side && x.src == Some(r.src) && x.table == r.table && x.priority == r.priority
+            }) {
+                return Err(exists_err("add rule", &r.src.to_string()));
+            }
+            w.rules.push((
+                side,
+                RuleInfo {
+                    src: Some(r.src),
+                    table: r.table,
+                    priority: r.priority,
+                    action: 1,
+                },
+            ));
+            Ok(())
+        }
         fn del_rule(&mut self, r: &RuleSpec) -> Result<()> {
             self.call("del rule", format!("{} table {}", r.src, r.table))?;
             let side = self.side;
@@ -490,6 +671,62 @@ pub mod fake {
                 w.remove(i);
             }
             Ok(())
+        }
+    }
+
+    /// `"<dst> dev <oif>"`, then ` table <t>` and ` metric <m>` when set.
+    pub fn route_text(r: &RouteSpec) -> String {
+        let mut t = format!("{} dev {}", r.dst, r.oif);
+        if let Some(table) = r.table {
+            t.push_str(&format!(" table {table}"));
+        }
+        if let Some(m) = r.metric {
+            t.push_str(&format!(" metric {m}"));
+        }
+        t
+    }
+
+    impl FakeNet {
+        fn tc(&self, index: u32, op: String) -> Result<()> {
+            self.call("tc", format!("{op} on {index}"))?;
+            let side = self.side;
+            let mut w = self.world.borrow_mut();
+            if !w.links.iter().any(|(s, l)| *s == side && l.index == index) {
+                return Err(no_such(index));
+            }
+            w.tc.push((side, index, op));
+            Ok(())
+        }
+    }
+
+    impl TcOps for FakeNet {
+        fn create_ifb_in_group(&mut self, name: &str, mtu: Option<u32>, group: u32) -> Result<()> {
+            self.call("create ifb", name)?;
+            if self.exists(self.side, name) {
+                return Err(exists_err("create ifb", name));
+            }
+            let mut l = link(name, Some("ifb"), group, None);
+            l.mtu = mtu.unwrap_or(1500);
+            self.world.borrow_mut().add_link(self.side, l);
+            Ok(())
+        }
+        fn add_tbf(&mut self, index: u32, _tbf: &Tbf) -> Result<()> {
+            self.tc(index, "tbf".into())
+        }
+        fn add_ingress_qdisc(&mut self, index: u32) -> Result<()> {
+            self.tc(index, "ingress".into())
+        }
+        fn add_ingress_redirect(&mut self, index: u32, to: u32) -> Result<()> {
+            self.tc(index, format!("redirect {to}"))
+        }
+        fn qdiscs(&mut self, index: u32) -> Result<Vec<QdiscInfo>> {
+            // Opaque: CHECK's comparison of qdiscs is not modelled.
+            self.call("list qdiscs", index)?;
+            Ok(Vec::new())
+        }
+        fn ingress_filters(&mut self, index: u32) -> Result<Vec<FilterInfo>> {
+            self.call("list filters", index)?;
+            Ok(Vec::new())
         }
     }
 }

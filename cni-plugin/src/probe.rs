@@ -40,7 +40,7 @@ pub struct ProbeParams {
 /// (`macvlan_open` → `macvlan_addr_busy` → EADDRINUSE). The newer one keeps
 /// the alternate MAC until it is re-created.
 pub fn bring_up(
-    pod: &mut rackline_netlink::Netlink,
+    pod: &mut dyn crate::links::LinkOps,
     index: u32,
     mac: [u8; 6],
     ip: Ipv4Addr,

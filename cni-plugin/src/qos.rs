@@ -13,12 +13,14 @@
 //! ADD just created, and never deleted on their own.
 
 use rackline_model::qos::{self, Bandwidth, Effective, Layers, Resolved};
-use rackline_netlink::{LinkInfo, Netlink, NetlinkError, Tbf};
+use rackline_netlink::{LinkInfo, NetlinkError, Tbf};
 use tracing::warn;
 
 use crate::conf::NetConf;
+use crate::datapath::Undo;
 use crate::error::CniError;
 use crate::ipam::QosLevels;
+use crate::links::TcOps;
 use crate::names;
 use crate::owner::{Owner, Role};
 
@@ -105,14 +107,16 @@ fn dp(what: &str, e: NetlinkError) -> CniError {
     CniError::datapath_by(format!("QoS: {what}"), e)
 }
 
-/// Applies `eff` to the pod interface `mv` (up, in the pod netns). On
-/// failure the ifb made here is deleted again; the qdiscs go with the
-/// macvlan, which the caller's rollback deletes.
-pub fn apply(
-    pod: &mut Netlink,
+/// Applies `eff` to the pod interface `mv` (up, in the pod netns). The ifb
+/// made here is in `undo` as soon as it exists, so the caller's rollback
+/// deletes it; the qdiscs go with the macvlan, which that rollback deletes
+/// as well.
+pub(crate) fn apply(
+    pod: &mut dyn TcOps,
     mv: &LinkInfo,
     owner: &Owner,
     eff: &Effective,
+    undo: &mut Vec<Undo>,
 ) -> Result<(), CniError> {
     if let Some(e) = &eff.egress {
         pod.add_tbf(mv.index, &tbf_for(e, mv.mtu))
@@ -143,23 +147,23 @@ pub fn apply(
     }
     pod.create_ifb_in_group(&name, Some(mv.mtu), owner.group)
         .map_err(|e| dp(&format!("creating {name}"), e))?;
+    // Read back by name: a failed read-back must not leak the ifb, so its
+    // undo by name stands until it is known (then this step undoes it).
+    undo.push(Undo::PodLinkNamed(name.clone(), Role::Ifb));
     let ifb = pod
         .link_by_name(&name)
         .map_err(|e| dp("looking up the ifb", e))?
         .ok_or_else(|| CniError::datapath(format!("QoS: {name} vanished right after creation")))?;
-    let r = shape_ingress(pod, mv, &ifb, owner, i);
-    if r.is_err() {
-        if let Err(e) = pod.delete_link(ifb.index) {
-            if !e.is_not_found() {
-                warn!("rollback: deleting {name}: {e}");
-            }
-        }
-    }
-    r
+    // By index from now on. The ifb outlives the macvlan (only its qdiscs
+    // and filter go with it), so a failure here or in a later step of ADD
+    // must delete it.
+    undo.pop();
+    undo.push(Undo::PodLink(ifb.index, Role::Ifb));
+    shape_ingress(pod, mv, &ifb, owner, i)
 }
 
 fn shape_ingress(
-    pod: &mut Netlink,
+    pod: &mut dyn TcOps,
     mv: &LinkInfo,
     ifb: &LinkInfo,
     owner: &Owner,
@@ -179,27 +183,51 @@ fn shape_ingress(
 
 /// Verifies the shaping in the pod netns matches `eff` (CHECK).
 pub fn check(
-    pod: &mut Netlink,
+    pod: &mut dyn TcOps,
     mv: &LinkInfo,
     owner: &Owner,
     eff: Option<&Effective>,
 ) -> Result<(), CniError> {
-    let fail = |d: String| CniError::CheckFailed(format!("QoS: {d}"));
     let qdiscs = pod.qdiscs(mv.index).map_err(|e| dp("listing qdiscs", e))?;
+    check_egress(mv, eff, &qdiscs)?;
+    check_ingress(pod, mv, owner, eff, &qdiscs)
+}
+
+fn check_failed(d: String) -> CniError {
+    CniError::CheckFailed(format!("QoS: {d}"))
+}
+
+/// The egress tbf on the macvlan (`qdiscs`) is what `eff` gives, or absent
+/// when no egress limit applies.
+fn check_egress(
+    mv: &LinkInfo,
+    eff: Option<&Effective>,
+    qdiscs: &[rackline_netlink::QdiscInfo],
+) -> Result<(), CniError> {
+    let fail = check_failed;
     let root_tbf = qdiscs.iter().find(|q| q.kind == "tbf").and_then(|q| q.tbf);
     match (eff.and_then(|e| e.egress.as_ref()), root_tbf) {
-        (None, None) => {}
-        (Some(want), Some(got)) => {
-            same_tbf("egress", &tbf_for(want, mv.mtu), &got).map_err(fail)?
-        }
-        (Some(_), None) => return Err(fail(format!("the egress tbf on {} is missing", mv.name))),
-        (None, Some(_)) => {
-            return Err(fail(format!(
-                "{} has an egress tbf but no limit applies",
-                mv.name
-            )))
-        }
+        (None, None) => Ok(()),
+        (Some(want), Some(got)) => same_tbf("egress", &tbf_for(want, mv.mtu), &got).map_err(fail),
+        (Some(_), None) => Err(fail(format!("the egress tbf on {} is missing", mv.name))),
+        (None, Some(_)) => Err(fail(format!(
+            "{} has an egress tbf but no limit applies",
+            mv.name
+        ))),
     }
+}
+
+/// The ingress path: this attachment's ifb, up, with the tbf `eff` gives,
+/// and the macvlan's ingress qdisc redirecting everything to it; no ifb
+/// when no ingress limit applies.
+fn check_ingress(
+    pod: &mut dyn TcOps,
+    mv: &LinkInfo,
+    owner: &Owner,
+    eff: Option<&Effective>,
+    qdiscs: &[rackline_netlink::QdiscInfo],
+) -> Result<(), CniError> {
+    let fail = check_failed;
     let name = names::ifb(&mv.name);
     let ifb = pod
         .link_by_name(&name)

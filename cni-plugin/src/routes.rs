@@ -6,11 +6,12 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use rackline_netlink::{LinkInfo, Netlink, RouteScope, RouteSpec, RuleSpec};
+use rackline_netlink::{LinkInfo, RouteScope, RouteSpec, RuleSpec};
 use tracing::{debug, warn};
 
 use crate::datapath::{dp, AddPlan};
 use crate::error::CniError;
+use crate::links::LinkOps;
 use crate::owner::{self, Owner};
 
 /// Priority of the source rules of a pod's additional attachments: before
@@ -40,7 +41,7 @@ pub(crate) fn default_dst() -> Ipv4Network {
 /// puts its routes into its own table (the device group's number) and adds
 /// `from <its address> lookup <table>`; that rule is returned for the undo.
 pub(crate) fn pod_routes(
-    pod: &mut Netlink,
+    pod: &mut dyn LinkOps,
     plan: &AddPlan,
     owner: &Owner,
     mv: &LinkInfo,
@@ -150,7 +151,7 @@ fn route_specs(
 /// attachment's now); a route over any other device (a node interface, an
 /// operator's route) is never touched — the ADD fails naming it.
 pub(crate) fn node_route(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     pod_ip: Ipv4Addr,
     hv: &LinkInfo,
     src: Option<Ipv4Addr>,

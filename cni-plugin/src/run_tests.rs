@@ -1,32 +1,33 @@
 //! The whole plugin in-process through [`crate::run_with`], without root:
-//! raw environment and stdin in, CNI JSON out, over a fake datapath (the
-//! link steps on the fake netlink of `links::fake`) and a fake ipamd on a
-//! unix socket. What is proven: ADD, CHECK and DEL in sequence; a
+//! raw environment and stdin in, CNI JSON out, over a fake datapath (ADD's
+//! steps, `datapath::attach`, on the fakes of `links::fake` and
+//! `podside::fake`) and a fake ipamd on a unix socket. What is proven: ADD, CHECK and DEL in sequence; a
 //! datapath failure rolls back every link and releases the fresh lease;
 //! DEL is idempotent.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rackline_netlink::Netns;
-use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 
-use crate::datapath::{configured_result, create_links, roll_back, AddPlan, Added, Created};
+use crate::datapath::{attach, AddPlan, Added, PodSide};
 use crate::dataplane::Datapath;
 use crate::env::Attachment;
 use crate::error::CniError;
+use crate::fake_ipamd::{serve, Answer, Seen};
 use crate::links::fake::{self, FakeNet, Side};
-use crate::links::LinkOps;
 use crate::owner::Owner;
+use crate::podside::fake::FakeSysctls;
 use crate::result::CniResult;
 use crate::{run_with, teardown, verify, Invocation};
 
 const UPLINK: u32 = 2;
 
-/// The link phase of ADD on the fake netlink, then what the rest of ADD
-/// leaves (links up, the address, the default route, the node's /32).
+/// ADD's steps on the fakes (links, address, routes, the node's /32); DEL's
+/// link removal and CHECK's comparison on the same fake namespaces.
 struct FakeDatapath {
     node: FakeNet,
     pod: FakeNet,
@@ -45,36 +46,6 @@ impl FakeDatapath {
             calls: Vec::new(),
         }
     }
-
-    fn finish(
-        &mut self,
-        plan: &AddPlan,
-        c: &Created,
-    ) -> Result<(), rackline_netlink::NetlinkError> {
-        self.pod.set_up(c.mv.index)?;
-        self.pod.set_up(c.pv.index)?;
-        self.pod.add_addr(c.mv.index, plan.address)?;
-        self.node.set_up(c.hv.index)?;
-        let route = |dst: ipnetwork::Ipv4Network, gw, oif| rackline_netlink::RouteInfo {
-            dst,
-            gateway: gw,
-            oif: Some(oif),
-            scope: 0,
-            onlink: false,
-            protocol: 3,
-            metric: 0,
-        };
-        let mut w = self.node.world.borrow_mut();
-        w.routes.push((
-            Side::Pod,
-            route("0.0.0.0/0".parse().unwrap(), Some(plan.gateway), c.mv.index),
-        ));
-        w.routes.push((
-            Side::Node,
-            route(crate::routes::host_net(plan.address.ip()), None, c.hv.index),
-        ));
-        Ok(())
-    }
 }
 
 impl Datapath for FakeDatapath {
@@ -85,34 +56,18 @@ impl Datapath for FakeDatapath {
 
     fn add(&mut self, plan: &AddPlan) -> Result<Added, CniError> {
         self.calls.push("add");
-        let owner = Owner::new(&plan.attachment);
         // Any handle sends the fake's links to the pod side.
         let ns = Netns::current().expect("the test's own netns handle");
-        let mut undo = Vec::new();
-        let r = create_links(
-            &mut self.node,
-            &mut self.pod,
-            Some(&ns),
-            plan,
-            UPLINK,
-            None,
-            &owner,
-            &mut undo,
-        )
-        .and_then(|c| {
-            self.finish(plan, &c)
-                .map_err(|e| CniError::datapath_by("finishing", e))?;
-            Ok(c)
-        });
-        match r {
-            Ok(c) => Ok(Added::Configured(configured_result(
-                plan, &c.mv, plan.mac, &c.hv,
-            ))),
-            Err(e) => {
-                roll_back(undo, &mut self.node, &mut self.pod, &owner, |_, _| {});
-                Err(e)
-            }
-        }
+        let mut sysctls = FakeSysctls(self.node.world.clone());
+        let pod = PodSide {
+            nl: &mut self.pod,
+            ns: Some(&ns),
+            sysctls: &mut sysctls,
+            arp: None,
+            filter: None,
+            arp_notify: None,
+        };
+        attach(&mut self.node, pod, plan)
     }
 
     fn describe(&mut self, _: &AddPlan) -> Result<CniResult, CniError> {
@@ -138,103 +93,6 @@ impl Datapath for FakeDatapath {
     }
 }
 
-#[derive(Default)]
-struct Seen {
-    allocate: usize,
-    release: Vec<pb::ReleaseRequest>,
-}
-
-struct FakeIpamd(Arc<Mutex<Seen>>);
-
-fn network() -> pb::NetworkConfig {
-    pb::NetworkConfig {
-        gateway: "10.0.0.1".into(),
-        master: "uplink".into(),
-        ..Default::default()
-    }
-}
-
-fn lease() -> pb::Lease {
-    pb::Lease {
-        address: "10.0.0.5/24".into(),
-        ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl pb::ipam_server::Ipam for FakeIpamd {
-    async fn allocate(
-        &self,
-        _: tonic::Request<pb::AllocateRequest>,
-    ) -> Result<tonic::Response<pb::AllocateReply>, tonic::Status> {
-        self.0.lock().unwrap().allocate += 1;
-        Ok(tonic::Response::new(pb::AllocateReply {
-            lease: Some(lease()),
-            network: Some(network()),
-            ..Default::default()
-        }))
-    }
-    async fn release(
-        &self,
-        r: tonic::Request<pb::ReleaseRequest>,
-    ) -> Result<tonic::Response<pb::ReleaseReply>, tonic::Status> {
-        self.0.lock().unwrap().release.push(r.into_inner());
-        Ok(tonic::Response::new(pb::ReleaseReply::default()))
-    }
-    async fn check(
-        &self,
-        _: tonic::Request<pb::CheckRequest>,
-    ) -> Result<tonic::Response<pb::CheckReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::CheckReply {
-            lease: Some(lease()),
-            network: Some(network()),
-            ..Default::default()
-        }))
-    }
-    async fn gc(
-        &self,
-        _: tonic::Request<pb::GcRequest>,
-    ) -> Result<tonic::Response<pb::GcReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::GcReply::default()))
-    }
-    async fn status(
-        &self,
-        _: tonic::Request<pb::StatusRequest>,
-    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::StatusReply::default()))
-    }
-    async fn report_conflict(
-        &self,
-        _: tonic::Request<pb::ConflictRequest>,
-    ) -> Result<tonic::Response<pb::ConflictReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::ConflictReply::default()))
-    }
-}
-
-/// Serves the fake ipamd on `socket` from a background thread.
-fn serve(socket: PathBuf) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let svc = FakeIpamd(seen.clone());
-    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::UnixListener::from_std(l).unwrap();
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-            tonic::transport::Server::builder()
-                .add_service(pb::ipam_server::IpamServer::new(svc))
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap();
-        });
-    });
-    seen
-}
-
 struct Lab {
     dir: tempfile::TempDir,
     seen: Arc<Mutex<Seen>>,
@@ -244,7 +102,11 @@ struct Lab {
 impl Lab {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let seen = serve(dir.path().join("ipamd.sock"));
+        let seen = serve(
+            dir.path().join("ipamd.sock"),
+            Duration::ZERO,
+            Answer::lease(),
+        );
         Self {
             dir,
             seen,
@@ -310,7 +172,7 @@ fn add_check_del_in_process_without_root() {
     let (code, _) = lab.run("DEL", Some(&result));
     assert_eq!(code, 0);
     let seen = lab.seen.lock().unwrap();
-    assert_eq!(seen.allocate, 1);
+    assert_eq!(seen.allocate.len(), 1);
     assert_eq!(seen.release.len(), 2);
     assert!(seen.release.iter().all(|r| !r.rollback));
     assert_eq!(lab.dp.calls, ["open", "add", "open", "check", "del", "del"]);

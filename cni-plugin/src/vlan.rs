@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::CniError;
 use crate::fsutil;
+use crate::links::LinkOps;
 use crate::names;
 
 /// `ETH_P_8021Q`: the only VLAN protocol Rackline creates or reuses.
@@ -197,7 +198,7 @@ impl DeviceLock {
 /// this attachment registered as its user. Nothing is changed when a wrong
 /// device holds the name.
 pub fn attach(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     opts: &VlanOptions,
     master: &LinkInfo,
     vid: u16,
@@ -206,64 +207,131 @@ pub fn attach(
 ) -> Result<Attached, CniError> {
     let name = names::vlan_device(&master.name, vid);
     let lock = DeviceLock::acquire(&netns_dir(&opts.runtime_dir)?, &name, opts.lock_wait)?;
-    let mut created = false;
-    let mut master_up = master.up;
-    let existing = match host
-        .link_by_name(&name)
-        .map_err(|e| dp("looking up the VLAN device", e))?
-    {
-        Some(l) => l,
-        None => {
-            created = create(host, master, &name, vid)?;
-            master_up = true;
-            host.link_by_name(&name)
-                .map_err(|e| dp("looking up the VLAN device", e))?
-                .ok_or_else(|| {
-                    CniError::datapath(format!("VLAN device {name} vanished right after creation"))
-                })?
-        }
-    };
-    verify(&existing, master, vid).map_err(CniError::datapath)?;
-    let result = (|| {
-        if created {
-            // The device is shared by every attachment on it: its mark names
-            // the device, not an attachment (`names::vlan_mark`).
-            host.set_alias(existing.index, &names::vlan_mark(&name))
-                .map_err(|e| dp(&format!("marking {name}"), e))?;
-            lock.set_created(Some(existing.index))?;
-        } else if lock.created_index().is_some_and(|i| i != existing.index) {
-            // Someone deleted ours and made their own: not ours to remove.
-            lock.set_created(None)?;
-        }
-        if !master_up {
-            host.set_up(master.index)
-                .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
-        }
-        if !existing.up {
-            host.set_up(existing.index)
-                .map_err(|e| dp(&format!("bringing up {name}"), e))?;
-        }
-        lock.add_user(&user_key(container_id, ifname), container_id, ifname)
-    })();
-    if let Err(e) = result {
-        if created {
-            let _ = host.delete_link(existing.index);
+    let found = find_or_create(host, master, &name, vid)?;
+    verify(&found.link, master, vid).map_err(CniError::datapath)?;
+    let user = (user_key(container_id, ifname), container_id, ifname);
+    if let Err(e) = adopt(host, &lock, master, &found, &name, user) {
+        if found.created {
+            let _ = host.delete_link(found.link.index);
             let _ = lock.set_created(None);
         }
         return Err(e);
     }
     Ok(Attached {
-        index: existing.index,
+        index: found.link.index,
         name,
-        created,
+        created: found.created,
     })
+}
+
+/// The device under the VLAN name, as found or as just created.
+struct Found {
+    link: LinkInfo,
+    /// This ADD created it.
+    created: bool,
+    /// The master is up (it is brought up before a device is created).
+    master_up: bool,
+}
+
+/// Under the device's lock: the link under `name`, or a new VLAN device
+/// read back (deleted again when it cannot be).
+fn find_or_create(
+    host: &mut dyn LinkOps,
+    master: &LinkInfo,
+    name: &str,
+    vid: u16,
+) -> Result<Found, CniError> {
+    let lookup = |host: &mut dyn LinkOps| {
+        host.link_by_name(name)
+            .map_err(|e| dp("looking up the VLAN device", e))
+    };
+    if let Some(link) = lookup(host)? {
+        return Ok(Found {
+            link,
+            created: false,
+            master_up: master.up,
+        });
+    }
+    let created = create(host, master, name, vid)?;
+    let read = lookup(host).and_then(|l| {
+        l.ok_or_else(|| {
+            CniError::datapath(format!("VLAN device {name} vanished right after creation"))
+        })
+    });
+    match read {
+        Ok(link) => Ok(Found {
+            link,
+            created,
+            master_up: true,
+        }),
+        Err(e) => {
+            if created {
+                delete_unread(host, master, name, vid);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Under the device's lock: marks and records a device this ADD created
+/// (or forgets a recorded one that was replaced), brings the master and
+/// the device up, and registers `user` (key, container id, ifname).
+fn adopt(
+    host: &mut dyn LinkOps,
+    lock: &DeviceLock,
+    master: &LinkInfo,
+    found: &Found,
+    name: &str,
+    (key, container_id, ifname): (String, &str, &str),
+) -> Result<(), CniError> {
+    let dev = &found.link;
+    if found.created {
+        // The device is shared by every attachment on it: its mark names
+        // the device, not an attachment (`names::vlan_mark`).
+        host.set_alias(dev.index, &names::vlan_mark(name))
+            .map_err(|e| dp(&format!("marking {name}"), e))?;
+        lock.set_created(Some(dev.index))?;
+    } else if lock.created_index().is_some_and(|i| i != dev.index) {
+        // Someone deleted ours and made their own: not ours to remove.
+        lock.set_created(None)?;
+    }
+    if !found.master_up {
+        host.set_up(master.index)
+            .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
+    }
+    if !dev.up {
+        host.set_up(dev.index)
+            .map_err(|e| dp(&format!("bringing up {name}"), e))?;
+    }
+    lock.add_user(&key, container_id, ifname)
+}
+
+/// A failed ADD whose VLAN device, just created, could not be read back:
+/// deleted when the name now shows the device made (the lock is still
+/// held, so nobody else has put a user on it). Best effort: a read-back
+/// failure is the error ADD reports.
+fn delete_unread(host: &mut dyn LinkOps, master: &LinkInfo, name: &str, vid: u16) {
+    match host.link_by_name(name) {
+        Ok(Some(l)) if verify(&l, master, vid).is_ok() => {
+            if let Err(e) = host.delete_link(l.index) {
+                warn!(device = %name, "VLAN rollback: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(device = %name, "VLAN rollback: looking it up: {e}"),
+    }
 }
 
 /// Creates the VLAN device, bringing its parent up first (802.1Q on a down
 /// parent carries nothing); false when it appeared meanwhile, made by
 /// someone not using our lock (another runtime dir, an operator): it is
 /// verified like any other. On failure the parent is left as it was.
-fn create(host: &mut Netlink, master: &LinkInfo, name: &str, vid: u16) -> Result<bool, CniError> {
+fn create(
+    host: &mut dyn LinkOps,
+    master: &LinkInfo,
+    name: &str,
+    vid: u16,
+) -> Result<bool, CniError> {
     if !master.up {
         host.set_up(master.index)
             .map_err(|e| dp(&format!("bringing up {}", master.name), e))?;
@@ -294,7 +362,7 @@ fn create(host: &mut Netlink, master: &LinkInfo, name: &str, vid: u16) -> Result
 
 /// CHECK: the VLAN device the pod's macvlan hangs off is still 802.1Q `vid`
 /// on `master`, and up (a pod whose parent went away or down is cut off).
-pub fn check(host: &mut Netlink, master: &str, vid: u16) -> Result<(), String> {
+pub fn check(host: &mut dyn LinkOps, master: &str, vid: u16) -> Result<(), String> {
     let m = host
         .link_by_name(master)
         .map_err(|e| format!("looking up {master}: {e}"))?
@@ -314,7 +382,7 @@ pub fn check(host: &mut Netlink, master: &str, vid: u16) -> Result<(), String> {
 /// A failed ADD: forget this attachment and delete the device when this
 /// ADD created it (or the policy is `remove`) and nothing else uses it.
 pub fn rollback(
-    host: &mut Netlink,
+    host: &mut dyn LinkOps,
     opts: &VlanOptions,
     attached: &Attached,
     container_id: &str,
@@ -339,6 +407,17 @@ pub fn rollback(
 /// Idempotent, and needs neither the pod netns nor ipamd: the registry says
 /// which devices the attachment used.
 pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    detach_with(opts, container_id, ifname, Netlink::new)
+}
+
+/// [`detach`] with the node's netlink socket from `open`, called at most
+/// once and only when a device may have to be deleted.
+pub(crate) fn detach_with<N: LinkOps>(
+    opts: &VlanOptions,
+    container_id: &str,
+    ifname: &str,
+    mut open: impl FnMut() -> Result<N, NetlinkError>,
+) -> Result<(), CniError> {
     let ns = netns_dir(&opts.runtime_dir)?;
     let entries = match fs::read_dir(&ns) {
         Ok(e) => e,
@@ -348,7 +427,7 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
         Err(e) => return Err(io_err("listing", &ns, e)),
     };
     let key = user_key(container_id, ifname);
-    let mut host: Option<Netlink> = None;
+    let mut host: Option<N> = None;
     for entry in entries {
         let entry = entry.map_err(|e| io_err("listing", &ns, e))?;
         let device = entry.file_name().to_string_lossy().into_owned();
@@ -363,7 +442,7 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
         debug!(%device, "attachment left the VLAN device");
         if opts.cleanup == VlanCleanup::Remove {
             if host.is_none() {
-                host = Some(Netlink::new().map_err(|e| dp("opening netlink", e))?);
+                host = Some(open().map_err(|e| dp("opening netlink", e))?);
             }
             let nl = host.as_mut().expect("just set");
             delete_if_unused(nl, &lock, &device)?;
@@ -374,7 +453,11 @@ pub fn detach(opts: &VlanOptions, container_id: &str, ifname: &str) -> Result<()
 
 /// Under the device's lock: deletes `device` if rackline created it (same
 /// ifindex as recorded) and no attachment nor node-netns link uses it.
-fn delete_if_unused(host: &mut Netlink, lock: &DeviceLock, device: &str) -> Result<(), CniError> {
+fn delete_if_unused(
+    host: &mut dyn LinkOps,
+    lock: &DeviceLock,
+    device: &str,
+) -> Result<(), CniError> {
     if lock.users()? > 0 {
         return Ok(());
     }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rackline_cni::fake_ipamd::{self, Answer, Seen};
 use rackline_cni::{run, Invocation};
-use rackline_proto::ipam::v1 as pb;
 use serde_json::{json, Value};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
@@ -102,84 +102,10 @@ fn in_new_netns<T: Send>(f: impl FnOnce(&Path) -> T + Send) -> T {
     })
 }
 
-/// What the fake ipamd was asked.
-#[derive(Default)]
-struct Seen {
-    allocate: Vec<pb::AllocateRequest>,
-    release: Vec<pb::ReleaseRequest>,
-}
-
-struct FakeIpamd {
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[tonic::async_trait]
-impl pb::ipam_server::Ipam for FakeIpamd {
-    async fn allocate(
-        &self,
-        r: tonic::Request<pb::AllocateRequest>,
-    ) -> Result<tonic::Response<pb::AllocateReply>, tonic::Status> {
-        self.seen.lock().unwrap().allocate.push(r.into_inner());
-        // Refused: the plugin stops before the datapath.
-        Err(tonic::Status::resource_exhausted("fake: no address"))
-    }
-    async fn release(
-        &self,
-        r: tonic::Request<pb::ReleaseRequest>,
-    ) -> Result<tonic::Response<pb::ReleaseReply>, tonic::Status> {
-        self.seen.lock().unwrap().release.push(r.into_inner());
-        Ok(tonic::Response::new(pb::ReleaseReply::default()))
-    }
-    async fn check(
-        &self,
-        _: tonic::Request<pb::CheckRequest>,
-    ) -> Result<tonic::Response<pb::CheckReply>, tonic::Status> {
-        Err(tonic::Status::not_found("fake"))
-    }
-    async fn gc(
-        &self,
-        _: tonic::Request<pb::GcRequest>,
-    ) -> Result<tonic::Response<pb::GcReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::GcReply::default()))
-    }
-    async fn status(
-        &self,
-        _: tonic::Request<pb::StatusRequest>,
-    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::StatusReply {
-            can_allocate: true,
-            ..Default::default()
-        }))
-    }
-    async fn report_conflict(
-        &self,
-        _: tonic::Request<pb::ConflictRequest>,
-    ) -> Result<tonic::Response<pb::ConflictReply>, tonic::Status> {
-        Ok(tonic::Response::new(pb::ConflictReply::default()))
-    }
-}
-
-/// Serves the fake on `socket` from a background thread, after `delay`.
+/// Serves the fake ipamd (refusing every Allocate: the plugin stops
+/// before its datapath) on `socket`, after `delay`.
 fn serve(socket: PathBuf, delay: Duration) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let svc = FakeIpamd { seen: seen.clone() };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tokio::time::sleep(delay).await;
-            let l = tokio::net::UnixListener::bind(&socket).unwrap();
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-            tonic::transport::Server::builder()
-                .add_service(pb::ipam_server::IpamServer::new(svc))
-                .serve_with_incoming(incoming)
-                .await
-                .unwrap();
-        });
-    });
-    seen
+    fake_ipamd::serve(socket, delay, Answer::Refuse)
 }
 
 #[test]
