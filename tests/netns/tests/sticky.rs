@@ -337,12 +337,33 @@ fn operators_pin_list_and_release_reservations() -> Result<()> {
         ensure!(a == want, "pinned pod got {a}, wanted {want}");
         let e = bad(&["reservation", "release", NET, "db", "pg-0"])?;
         ensure!(e.contains("running") && e.contains("--force"), "{e}");
+        // A running pod keeps its address: pinning its identity elsewhere is refused.
+        let moved = Ipv4Addr::from(u32::from(want) + 1);
+        let e = bad(&["reservation", "pin", NET, "db", "pg-0", &moved.to_string()])?;
+        ensure!(
+            e.contains("is running with") && e.contains(&want.to_string()),
+            "{e}"
+        );
         remove(lab, &p)?;
         let res = reservations(lab)?;
         ensure!(
             res["pg-0"]["state"] == "reserved" && res["pg-0"]["pinned"] == true,
             "{res:?}"
         );
+        // Once the pod is gone the reservation moves: the old address is freed with it.
+        lab.racklinectl(&["reservation", "pin", NET, "db", "pg-0", &moved.to_string()])?;
+        let res = reservations(lab)?;
+        ensure!(
+            res["pg-0"]["address"] == moved.to_string() && res["pg-0"]["state"] == "reserved",
+            "{res:?}"
+        );
+        ensure!(
+            !lab.leases()?
+                .iter()
+                .any(|l| l["address"] == want.to_string()),
+            "the old reserved address is still leased after the move"
+        );
+        let want = moved;
         let table = lab
             .racklinectl_raw(&["reservation", "list"])?
             .check()?
