@@ -157,6 +157,42 @@ pub fn line(e: &pb::LeaseEvent) -> String {
     .to_string()
 }
 
+/// A followed stream never ends by itself: the server went away. `last`:
+/// the last revision printed, where to resume.
+fn ended(last: Option<i64>) -> CtlError {
+    let resume = last.map_or(String::new(), |r| {
+        format!(" after revision {r}; resume with --since {}", r + 1)
+    });
+    CtlError::Client(ClientError::Rpc(tonic::Status::unavailable(format!(
+        "the event stream ended{resume}"
+    ))))
+}
+
+/// A stream that broke after it started (the netmaster went away: h2 and
+/// transport errors surface as Unknown/Internal) is "unreachable", exit 3;
+/// only the server's own refusals keep their code. The message says where
+/// to pick up: nothing before it is lost.
+fn broke(s: tonic::Status, last: Option<i64>) -> CtlError {
+    let s = match s.code() {
+        tonic::Code::Unknown
+        | tonic::Code::Internal
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded => {
+            tonic::Status::unavailable(format!("event stream broke: {}", s.message()))
+        }
+        _ => s,
+    };
+    let msg = match last {
+        Some(r) if s.code() != tonic::Code::OutOfRange => format!(
+            "{} (the stream ended after revision {r}; resume with --since {})",
+            s.message(),
+            r + 1
+        ),
+        _ => s.message().to_string(),
+    };
+    CtlError::Client(ClientError::Rpc(tonic::Status::new(s.code(), msg)))
+}
+
 pub async fn run(
     args: EventsArgs,
     client: &mut AdminClient,
@@ -171,42 +207,9 @@ pub async fn run(
         let reply = match stream.message().await {
             Ok(Some(r)) => r,
             // A followed stream never ends by itself: the server went away.
-            Ok(None) if args.follow => {
-                let resume = last.map_or(String::new(), |r| {
-                    format!(" after revision {r}; resume with --since {}", r + 1)
-                });
-                return Err(CtlError::Client(ClientError::Rpc(
-                    tonic::Status::unavailable(format!("the event stream ended{resume}")),
-                )));
-            }
+            Ok(None) if args.follow => return Err(ended(last)),
             Ok(None) => break,
-            Err(s) => {
-                // A stream that broke after it started (the netmaster went away: h2 and
-                // transport errors surface as Unknown/Internal) is "unreachable", exit 3;
-                // only the server's own refusals keep their code.
-                let s = match s.code() {
-                    tonic::Code::Unknown
-                    | tonic::Code::Internal
-                    | tonic::Code::Cancelled
-                    | tonic::Code::DeadlineExceeded => {
-                        tonic::Status::unavailable(format!("event stream broke: {}", s.message()))
-                    }
-                    _ => s,
-                };
-                // Say where to pick up: nothing before it is lost.
-                let msg = match last {
-                    Some(r) if s.code() != tonic::Code::OutOfRange => format!(
-                        "{} (the stream ended after revision {r}; resume with --since {})",
-                        s.message(),
-                        r + 1
-                    ),
-                    _ => s.message().to_string(),
-                };
-                return Err(CtlError::Client(ClientError::Rpc(tonic::Status::new(
-                    s.code(),
-                    msg,
-                ))));
-            }
+            Err(s) => return Err(broke(s, last)),
         };
         for e in &reply.events {
             if json {
@@ -226,6 +229,41 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(e: CtlError) -> tonic::Status {
+        match e {
+            CtlError::Client(ClientError::Rpc(s)) => s,
+            other => panic!("not an RPC error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_broken_stream_is_unreachable_and_says_where_to_resume() {
+        let s = status(broke(tonic::Status::unknown("h2 protocol error"), Some(41)));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            s.message(),
+            "event stream broke: h2 protocol error (the stream ended after revision 41; resume with --since 42)"
+        );
+        // The server's own refusal keeps its code; a compacted start has no resume point.
+        let s = status(broke(tonic::Status::out_of_range("compacted"), Some(41)));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::OutOfRange, "compacted")
+        );
+        let s = status(broke(tonic::Status::permission_denied("no"), None));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::PermissionDenied, "no")
+        );
+        let s = status(ended(Some(7)));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            s.message(),
+            "the event stream ended after revision 7; resume with --since 8"
+        );
+        assert_eq!(status(ended(None)).message(), "the event stream ended");
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {
