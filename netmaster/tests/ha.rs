@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{create_args, ctl, network_names, runtime, store, Etcd, Netmaster, PREFIX};
-use ipnetwork::Ipv4Network;
 use nix::sys::signal::Signal;
 use rackline_model::{Keys, NetworkSpec};
 use rackline_netmaster::client::{AdminClient, Timeouts};
 use rackline_proto::admin::v1 as pb;
 use rackline_store::{Campaign, Fence, LeaderStore, Store, StoreError};
+use rackline_testkit::fixtures::network;
 use tokio::runtime::Runtime;
 use tonic::Code;
 
@@ -394,20 +394,12 @@ fn a_stale_fence_fails_the_write_in_etcd() {
     let rt = runtime();
     let s = store(&etcd, &rt);
     let keys = Keys::new(PREFIX);
-    let spec = |name: &str, third: u8| NetworkSpec {
-        name: name.into(),
-        subnet: Ipv4Network::new([10, 9, third, 0].into(), 24).expect("subnet"),
-        gateway: [10, 9, third, 1].into(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
+    let spec = |name: &str, third: u8| {
+        network(
+            name,
+            &format!("10.9.{third}.0/24"),
+            &format!("10.9.{third}.1"),
+        )
     };
     rt.block_on(async {
         let win = |lease| {
@@ -495,21 +487,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
     let rt = runtime();
     let s = store(&etcd, &rt);
     let keys = Keys::new(PREFIX);
-    let spec = NetworkSpec {
-        name: "pins".into(),
-        subnet: Ipv4Network::new([10, 8, 0, 0].into(), 24).expect("subnet"),
-        gateway: [10, 8, 0, 1].into(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
-    };
+    let spec = network("pins", "10.8.0.0/24", "10.8.0.1");
     let ip = |last: u8| std::net::Ipv4Addr::new(10, 8, 0, last);
     rt.block_on(async {
         let win = |lease| {

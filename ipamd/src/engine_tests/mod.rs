@@ -325,22 +325,9 @@ impl LeaseStore for Arc<FakeStore> {
     }
 }
 
+/// Network "prod": every engine test's network.
 pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
-    NetworkSpec {
-        name: "prod".into(),
-        subnet: subnet.parse().unwrap(),
-        gateway: gw.parse().unwrap(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
-    }
+    rackline_testkit::fixtures::network("prod", subnet, gw)
 }
 
 pub(super) fn engine(
