@@ -339,6 +339,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         }
         let freed = self
             .engine
+            .allocator()
             .release_with(&r.network, &r.container_id, &r.ifname, r.rollback)
             .await;
         self.count(
@@ -368,6 +369,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         let r = req.into_inner();
         match self
             .engine
+            .allocator()
             .check(&r.network, &r.container_id, &r.ifname)
             .await
             .map_err(status_of)?
@@ -412,6 +414,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .collect();
         let (released, prefix) = self
             .engine
+            .allocator()
             .gc(&r.network, &valid)
             .await
             .map_err(status_of)?;

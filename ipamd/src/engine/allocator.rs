@@ -168,7 +168,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS {
             attempts += 1;
-            let Some(pick) = net.pick() else {
+            let Some(pick) = net.picks().pick() else {
                 match self.when_exhausted(net, a, &mut reserve_wait).await? {
                     Some(done) => return Ok(done),
                     None => {
@@ -194,7 +194,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                     Ok(None) => {
                         // Someone created this identity meanwhile: claim
                         // it the regular way (it may be live elsewhere).
-                        net.unpick(ip);
+                        net.picks().unpick(ip);
                         match self.sticky().claim_identity(net, a).await? {
                             Some(Claim::Done(done)) => return Ok(*done),
                             Some(Claim::Fresh(i)) => identity = Some(i),
@@ -309,12 +309,12 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 // Our view of the block is stale; the watch brings the
                 // new one. Free the mark and try another address.
                 debug!(%ip, "block changed under the candidate; next");
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 net.blocks().drop_at(ip);
                 Ok(Attempt::Next)
             }
             Ok(CreateLease::NetworkGone) => {
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 self.mirror
                     .nets_write()
                     .retain(|_, st| !Arc::ptr_eq(st, net));
@@ -337,7 +337,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 self.recreate(net, a, key, pick, lease).await
             }
             Err(e) => {
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 Err(e.into())
             }
         }
@@ -421,6 +421,20 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             }
         }
         Ok(None)
+    }
+
+    /// Releases every lease this node holds for the attachment (see
+    /// `Engine::release`); `rollback` = the plugin undoes its own failed ADD
+    /// (a sticky identity that ADD created goes with the lease).
+    pub async fn release_with(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        rollback: bool,
+    ) -> Result<Vec<Ipv4Addr>, IpamError> {
+        self.release_if(network, container_id, ifname, rollback, || true)
+            .await
     }
 
     /// `release_with`, but only if `still_wanted()` holds once the

@@ -439,7 +439,9 @@ impl<S: LeaseStore> Reserve<'_, S> {
     /// failed.
     async fn top_up(&self, net: &NetState, have: usize, target: usize) -> bool {
         for _ in have..target {
-            let Some(pick) = net.pick_own() else { break };
+            let Some(pick) = net.picks().pick_own() else {
+                break;
+            };
             let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
             match self
                 .store
@@ -456,16 +458,16 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 Ok(CreateLease::Taken(_)) => {}
                 Ok(CreateLease::BlockChanged) => {
                     debug!(ip = %pick.ip, "reserve: block changed");
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     net.blocks().drop_at(pick.ip);
                     break;
                 }
                 Ok(CreateLease::NetworkGone) => {
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     break;
                 }
                 Err(e) => {
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     self.outage.note_store_error(&e);
                     return false;
                 }

@@ -166,7 +166,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
                     describe_holder(&held.lease)
                 )));
             }
-            let Some(pick) = net.pick_exact(ip) else {
+            let Some(pick) = net.picks().pick_exact(ip) else {
                 return Ok(Try::Refused(format!(
                     "{ip} is being given to another attachment on this node right now"
                 )));
@@ -185,7 +185,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
                     // The identity appeared meanwhile (the same pod is being
                     // started elsewhere): the retry claims it properly.
                     Ok(None) => {
-                        net.unpick(ip);
+                        net.picks().unpick(ip);
                         return Err(IpamError::Contended(1));
                     }
                     Ok(Some(c)) => Ok(c),
@@ -242,12 +242,12 @@ impl<S: LeaseStore> Allocator<'_, S> {
             }
             Ok(CreateLease::BlockChanged) => {
                 debug!(%ip, "block changed under the requested address; retrying");
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 net.blocks().drop_at(ip);
                 Ok(None)
             }
             Ok(CreateLease::NetworkGone) => {
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 Err(IpamError::UnknownNetwork(a.network.clone()))
             }
             Err(e @ StoreError::Unavailable(_)) => {
@@ -259,7 +259,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
                 Err(requested_needs_etcd(a, e))
             }
             Err(e) => {
-                net.unpick(ip);
+                net.picks().unpick(ip);
                 Err(e.into())
             }
         }

@@ -527,7 +527,7 @@ async fn gc_releases_only_stale_attachments_older_than_the_grace() {
     e.allocate(args("keep")).await.unwrap();
     let gone = e.allocate(args("gone")).await.unwrap();
     let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())].into();
-    let (released, prefix) = e.gc("prod", &valid).await.unwrap();
+    let (released, prefix) = e.allocator().gc("prod", &valid).await.unwrap();
     assert_eq!(prefix, 24);
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].address, gone.lease.address);
@@ -535,7 +535,13 @@ async fn gc_releases_only_stale_attachments_older_than_the_grace() {
     // With a grace period a just-made lease survives a GC that does not list it.
     let patient = engine("n1", &store, Duration::from_secs(3600));
     patient.allocate(args("young")).await.unwrap();
-    assert!(patient.gc("prod", &valid).await.unwrap().0.is_empty());
+    assert!(patient
+        .allocator()
+        .gc("prod", &valid)
+        .await
+        .unwrap()
+        .0
+        .is_empty());
     assert_eq!(store.live().len(), 2);
 }
 
