@@ -22,6 +22,22 @@ use super::{
 use crate::netstate::{AttachmentKey, NetState, Pick};
 use crate::store::LeaseStore;
 
+/// What a fresh lease's create came to, once
+/// [`Allocator::settle_create`] has done the bookkeeping.
+pub(super) enum Settled {
+    /// Written and recorded in the cache.
+    Created,
+    /// Someone else holds the address (the owner, when the store read it).
+    Taken(Option<Box<Lease>>),
+    /// The candidate's block changed; its mark is freed.
+    BlockChanged,
+    /// The network was deleted or re-created; the mark is freed.
+    NetworkGone,
+    /// etcd did not answer: the create may have been applied, and the
+    /// attachment is marked uncertain.
+    Unavailable(String),
+}
+
 /// What one candidate address came to.
 enum Attempt {
     Done(Box<Allocated>),
@@ -269,19 +285,18 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         }
     }
 
-    /// Acts on the outcome of one candidate's create. Over 60 lines on
-    /// purpose: one flat match, an arm per outcome, read side by side.
-    #[allow(clippy::too_many_arguments)]
-    async fn created(
+    /// The bookkeeping every create of a fresh lease needs, whichever way
+    /// its address was chosen (picked here or requested by the pod): the
+    /// cache, the mark and the uncertain set follow the store's answer.
+    /// What differs between the two callers is left to them.
+    pub(super) fn settle_create(
         &self,
-        net: &Arc<NetState>,
+        net: &NetState,
         a: &AllocateArgs,
-        key: &AttachmentKey,
         pick: &Pick,
-        lease: Lease,
+        lease: &Lease,
         created: Result<CreateLease, StoreError>,
-        sticky: bool,
-    ) -> Result<Attempt, IpamError> {
+    ) -> Result<Settled, IpamError> {
         let ip = pick.ip;
         match created {
             Ok(CreateLease::Created { mod_revision }) => {
@@ -296,36 +311,67 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 if pick.guard.is_some() || pick.borrowed {
                     self.block_demand.notify_one();
                 }
-                info!(network = %a.network, %ip, borrowed = pick.borrowed, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
-                Ok(Attempt::done(lease, net))
+                let requested = !a.requested.is_empty();
+                info!(network = %a.network, %ip, borrowed = pick.borrowed, requested, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                Ok(Settled::Created)
             }
-            Ok(CreateLease::Taken(owner)) => {
-                // Our cache lagged; the address stays marked taken and
-                // the watch fills in the owner's record.
-                debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
-                Ok(Attempt::Next)
-            }
+            // Our cache lagged or we lost the race: the address stays
+            // marked taken and the watch fills in the owner's record.
+            Ok(CreateLease::Taken(owner)) => Ok(Settled::Taken(owner)),
             Ok(CreateLease::BlockChanged) => {
                 // Our view of the block is stale; the watch brings the
-                // new one. Free the mark and try another address.
-                debug!(%ip, "block changed under the candidate; next");
+                // new one. Free the mark.
+                debug!(%ip, "block changed under the candidate");
                 net.picks().unpick(ip);
                 net.blocks().drop_at(ip);
-                Ok(Attempt::Next)
+                Ok(Settled::BlockChanged)
             }
             Ok(CreateLease::NetworkGone) => {
                 net.picks().unpick(ip);
-                self.mirror
-                    .nets_write()
-                    .retain(|_, st| !Arc::ptr_eq(st, net));
-                Err(IpamError::UnknownNetwork(a.network.clone()))
+                Ok(Settled::NetworkGone)
             }
             Err(StoreError::Unavailable(m)) => {
                 // The request may have been applied: remember it so the
                 // retry, the DEL or the journal replay resolves it
                 // instead of leaking it.
-                net.uncertain().mark(key, ip);
+                net.uncertain()
+                    .mark(&(a.container_id.clone(), a.ifname.clone()), ip);
                 self.outage.note_unreachable(&m);
+                Ok(Settled::Unavailable(m))
+            }
+            Err(e) => {
+                net.picks().unpick(ip);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Acts on the outcome of one candidate's create.
+    #[allow(clippy::too_many_arguments)]
+    async fn created(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        key: &AttachmentKey,
+        pick: &Pick,
+        lease: Lease,
+        created: Result<CreateLease, StoreError>,
+        sticky: bool,
+    ) -> Result<Attempt, IpamError> {
+        match self.settle_create(net, a, pick, &lease, created)? {
+            Settled::Created => Ok(Attempt::done(lease, net)),
+            Settled::Taken(owner) => {
+                debug!(ip = %pick.ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
+                Ok(Attempt::Next)
+            }
+            Settled::BlockChanged => Ok(Attempt::Next),
+            Settled::NetworkGone => {
+                self.mirror
+                    .nets_write()
+                    .retain(|_, st| !Arc::ptr_eq(st, net));
+                Err(IpamError::UnknownNetwork(a.network.clone()))
+            }
+            Settled::Unavailable(m) => {
                 if self.outage.journal.is_none() {
                     return Err(IpamError::Unavailable(m));
                 }
@@ -335,10 +381,6 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                     ));
                 }
                 self.recreate(net, a, key, pick, lease).await
-            }
-            Err(e) => {
-                net.picks().unpick(ip);
-                Err(e.into())
             }
         }
     }
