@@ -195,31 +195,23 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             };
             let ip = pick.ip;
             let lease = self.fresh_lease(net, a, ip, identity.is_some());
-            let created = match &identity {
-                None => {
-                    self.store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
-                }
-                Some(i) => match self
-                    .sticky()
-                    .create_sticky(net, &lease, i, pick.guard.as_ref())
-                    .await
-                {
-                    Ok(Some(c)) => Ok(c),
-                    Ok(None) => {
-                        // Someone created this identity meanwhile: claim
-                        // it the regular way (it may be live elsewhere).
-                        net.picks().unpick(ip);
-                        match self.sticky().claim_identity(net, a).await? {
-                            Some(Claim::Done(done)) => return Ok(*done),
-                            Some(Claim::Fresh(i)) => identity = Some(i),
-                            None => identity = None,
-                        }
-                        continue;
+            let created = match self
+                .create_fresh(net, &lease, identity.as_ref(), &pick)
+                .await
+            {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => {
+                    // Someone created this identity meanwhile: claim
+                    // it the regular way (it may be live elsewhere).
+                    net.picks().unpick(ip);
+                    match self.sticky().claim_identity(net, a).await? {
+                        Some(Claim::Done(done)) => return Ok(*done),
+                        Some(Claim::Fresh(i)) => identity = Some(i),
+                        None => identity = None,
                     }
-                    Err(e) => Err(e),
-                },
+                    continue;
+                }
+                Err(e) => Err(e),
             };
             let sticky = identity.is_some();
             match self
@@ -282,6 +274,30 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             expires_unix_ms: None,
             conflict: None,
             settings: net.pod_settings(),
+        }
+    }
+
+    /// Creates a fresh lease at `pick` and, with `identity`, the new sticky
+    /// identity in the same transaction. Ok(None): the identity appeared
+    /// meanwhile and nothing was written.
+    pub(super) async fn create_fresh(
+        &self,
+        net: &NetState,
+        lease: &Lease,
+        identity: Option<&Identity>,
+        pick: &Pick,
+    ) -> Result<Option<CreateLease>, StoreError> {
+        match identity {
+            None => self
+                .store
+                .create_lease(lease, net.create_revision, pick.guard.as_ref())
+                .await
+                .map(Some),
+            Some(i) => {
+                self.sticky()
+                    .create_sticky(net, lease, i, pick.guard.as_ref())
+                    .await
+            }
         }
     }
 

@@ -172,26 +172,15 @@ impl<S: LeaseStore> Allocator<'_, S> {
                     "{ip} is being given to another attachment on this node right now"
                 )));
             };
-            let created = match identity {
-                None => {
-                    self.store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
+            let created = match self.create_fresh(net, &lease, identity, &pick).await {
+                // The identity appeared meanwhile (the same pod is being
+                // started elsewhere): the retry claims it properly.
+                Ok(None) => {
+                    net.picks().unpick(ip);
+                    return Err(IpamError::Contended(1));
                 }
-                Some(i) => match self
-                    .sticky()
-                    .create_sticky(net, &lease, i, pick.guard.as_ref())
-                    .await
-                {
-                    // The identity appeared meanwhile (the same pod is being
-                    // started elsewhere): the retry claims it properly.
-                    Ok(None) => {
-                        net.picks().unpick(ip);
-                        return Err(IpamError::Contended(1));
-                    }
-                    Ok(Some(c)) => Ok(c),
-                    Err(e) => Err(e),
-                },
+                Ok(Some(c)) => Ok(c),
+                Err(e) => Err(e),
             };
             if let Some(done) = self.requested_outcome(net, a, &pick, &lease, created)? {
                 return Ok(done);
