@@ -400,7 +400,7 @@ impl<S: LeaseStore> Engine<S> {
         ifname: &str,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
         self.allocator()
-            .release_with(network, container_id, ifname, false)
+            .release_if(network, container_id, ifname, false, || true)
             .await
     }
 

@@ -340,7 +340,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         let freed = self
             .engine
             .allocator()
-            .release_with(&r.network, &r.container_id, &r.ifname, r.rollback)
+            .release_if(&r.network, &r.container_id, &r.ifname, r.rollback, || true)
             .await;
         self.count(
             &r.network,

@@ -59,6 +59,31 @@ impl Attempt {
     }
 }
 
+/// The active lease a fresh allocation by `node` writes at `ip`.
+pub(super) fn fresh_lease(
+    node: &str,
+    net: &NetState,
+    a: &AllocateArgs,
+    ip: Ipv4Addr,
+    sticky: bool,
+) -> Lease {
+    Lease {
+        network: a.network.clone(),
+        address: ip,
+        node: node.to_string(),
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        pod: a.pod.clone(),
+        created_unix_ms: now_ms(),
+        state: rackline_model::LeaseState::Active,
+        sticky,
+        new_identity: sticky,
+        expires_unix_ms: None,
+        conflict: None,
+        settings: net.pod_settings(),
+    }
+}
+
 impl<'e, S: LeaseStore> Allocator<'e, S> {
     pub(super) async fn network(&self, name: &str) -> Result<Arc<NetState>, IpamError> {
         self.mirror.wait_synced(Duration::from_secs(2)).await?;
@@ -194,7 +219,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 }
             };
             let ip = pick.ip;
-            let lease = self.fresh_lease(net, a, ip, identity.is_some());
+            let lease = fresh_lease(&self.node, net, a, ip, identity.is_some());
             let created = match self
                 .create_fresh(net, &lease, identity.as_ref(), &pick)
                 .await
@@ -250,31 +275,6 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
             allocated,
             capacity,
         })
-    }
-
-    /// The active lease a fresh allocation writes at `ip`.
-    pub(super) fn fresh_lease(
-        &self,
-        net: &NetState,
-        a: &AllocateArgs,
-        ip: Ipv4Addr,
-        sticky: bool,
-    ) -> Lease {
-        Lease {
-            network: a.network.clone(),
-            address: ip,
-            node: self.node.clone(),
-            container_id: a.container_id.clone(),
-            ifname: a.ifname.clone(),
-            pod: a.pod.clone(),
-            created_unix_ms: now_ms(),
-            state: rackline_model::LeaseState::Active,
-            sticky,
-            new_identity: sticky,
-            expires_unix_ms: None,
-            conflict: None,
-            settings: net.pod_settings(),
-        }
     }
 
     /// Creates a fresh lease at `pick` and, with `identity`, the new sticky
@@ -483,23 +483,11 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
 
     /// Releases every lease this node holds for the attachment (see
     /// `Engine::release`); `rollback` = the plugin undoes its own failed ADD
-    /// (a sticky identity that ADD created goes with the lease).
-    pub async fn release_with(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-        rollback: bool,
-    ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        self.release_if(network, container_id, ifname, rollback, || true)
-            .await
-    }
-
-    /// `release_with`, but only if `still_wanted()` holds once the
-    /// attachment's lock is taken: a release the plugin spooled is dropped
-    /// when an ADD of the same attachment removed the record meanwhile (the
-    /// ADD removes it before it allocates, so whichever comes second under
-    /// the lock sees the other's effect).
+    /// (a sticky identity that ADD created goes with the lease). Only if
+    /// `still_wanted()` holds once the attachment's lock is taken: a release
+    /// the plugin spooled is dropped when an ADD of the same attachment
+    /// removed the record meanwhile (the ADD removes it before it allocates,
+    /// so whichever comes second under the lock sees the other's effect).
     pub async fn release_if(
         &self,
         network: &str,

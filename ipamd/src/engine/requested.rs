@@ -24,7 +24,7 @@ use rackline_model::{Identity, Lease, LeaseState};
 use rackline_store::{CreateLease, StickyWrite, StoreError, StoredLease};
 use tracing::info;
 
-use super::allocator::Settled;
+use super::allocator::{fresh_lease, Settled};
 use super::{AllocateArgs, Allocated, Allocator, IpamError};
 use crate::netstate::{NetState, Pick};
 use crate::store::LeaseStore;
@@ -156,7 +156,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
         ip: Ipv4Addr,
         identity: Option<&Identity>,
     ) -> Result<Try, IpamError> {
-        let lease = self.fresh_lease(net, a, ip, identity.is_some());
+        let lease = fresh_lease(&self.node, net, a, ip, identity.is_some());
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.leases().at(ip) {
                 if held.lease.is_standby() && held.lease.node == self.node {

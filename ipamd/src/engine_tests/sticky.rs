@@ -173,7 +173,7 @@ async fn rolling_back_a_failed_add_keeps_only_reservations_that_existed_before()
     // A brand-new sticky pod whose ADD fails: nothing is left behind.
     let a = e.allocate(pod_args("db-0", "c1")).await.unwrap();
     e.allocator()
-        .release_with("prod", "c1", "eth0", true)
+        .release_if("prod", "c1", "eth0", true, || true)
         .await
         .unwrap();
     assert!(store.live().is_empty(), "{:?}", store.live());
@@ -184,7 +184,7 @@ async fn rolling_back_a_failed_add_keeps_only_reservations_that_existed_before()
     let again = e.allocate(pod_args("db-0", "c3")).await.unwrap();
     assert_eq!(again.lease.address, a2.lease.address);
     e.allocator()
-        .release_with("prod", "c3", "eth0", true)
+        .release_if("prod", "c3", "eth0", true, || true)
         .await
         .unwrap();
     assert_eq!(record(&store, a2.lease.address).state, LeaseState::Reserved);
