@@ -6,7 +6,7 @@
 //! There is no global lock and no shared hot key; concurrent ADDs on this
 //! node serialise only per attachment.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -379,13 +379,8 @@ impl<S: LeaseStore> Engine<S> {
     /// Applies one watch event, decoded by the storage adapter.
     pub fn apply_change(&self, change: Change) {
         if let Some(event) = crate::store::decode_change(&self.parts.keys, change) {
-            self.apply_event(event);
+            self.parts.mirror.apply_event(event);
         }
-    }
-
-    /// Applies one decoded watch event.
-    pub fn apply_event(&self, event: crate::store::StoreEvent) {
-        self.parts.mirror.apply_event(event)
     }
 }
 
@@ -393,7 +388,7 @@ impl<S: LeaseStore> Engine<S> {
 /// reclaim) and the offline machinery, each handed to its part.
 impl<S: LeaseStore> Engine<S> {
     pub async fn allocate(&self, a: AllocateArgs) -> Result<Allocated, IpamError> {
-        self.parts.allocator().allocate(a).await
+        self.allocator().allocate(a).await
     }
 
     /// Releases every lease this node holds for the attachment. Idempotent:
@@ -404,75 +399,21 @@ impl<S: LeaseStore> Engine<S> {
         container_id: &str,
         ifname: &str,
     ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        self.release_with(network, container_id, ifname, false)
+        self.allocator()
+            .release_if(network, container_id, ifname, false, || true)
             .await
     }
 
-    /// `release`; `rollback` = the plugin undoes its own failed ADD (a
-    /// sticky identity that ADD created goes with the lease).
-    pub async fn release_with(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-        rollback: bool,
-    ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        self.release_if(network, container_id, ifname, rollback, || true)
-            .await
-    }
-
-    /// See [`Allocator::release_if`].
-    pub async fn release_if(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-        rollback: bool,
-        still_wanted: impl FnOnce() -> bool,
-    ) -> Result<Vec<Ipv4Addr>, IpamError> {
-        self.parts
-            .allocator()
-            .release_if(network, container_id, ifname, rollback, still_wanted)
-            .await
-    }
-
-    pub async fn check(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<Option<Allocated>, IpamError> {
-        self.parts
-            .allocator()
-            .check(network, container_id, ifname)
-            .await
-    }
-
-    /// See [`Allocator::gc`].
-    pub async fn gc(
-        &self,
-        network: &str,
-        valid: &HashSet<AttachmentKey>,
-    ) -> Result<(Vec<Lease>, u8), IpamError> {
-        self.parts.allocator().gc(network, valid).await
-    }
-
-    /// See [`Allocator::reclaim`].
-    pub async fn reclaim(
-        &self,
-        network: &str,
-        container_id: &str,
-        ifname: &str,
-        cutoff_ms: i64,
-    ) -> Result<Vec<Lease>, IpamError> {
-        self.parts
-            .allocator()
-            .reclaim(network, container_id, ifname, cutoff_ms)
-            .await
+    /// The rest of the requests — CHECK, GC, the reconciler's reclaim, a
+    /// release that rolls back a failed ADD or that only runs if still
+    /// wanted — are the allocator's own, called on it directly rather than
+    /// forwarded one by one.
+    pub(crate) fn allocator(&self) -> Allocator<'_, S> {
+        self.parts.allocator()
     }
 
     pub async fn status(&self, network: &str) -> Result<StatusInfo, IpamError> {
-        self.parts.allocator().status(network).await
+        self.allocator().status(network).await
     }
 
     /// See [`Conflicts::report_conflict`].

@@ -288,24 +288,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackline_model::PodRef;
 
     fn lease(ip: &str) -> Lease {
-        Lease {
-            network: "prod".into(),
-            address: ip.parse().unwrap(),
-            node: "n1".into(),
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            pod: PodRef::default(),
-            created_unix_ms: 1,
-            state: Default::default(),
-            sticky: false,
-            expires_unix_ms: None,
-            conflict: None,
-            new_identity: false,
-            settings: None,
-        }
+        rackline_testkit::fixtures::lease("prod", ip.parse().unwrap())
+            .container("c1")
+            .created(1)
+            .build()
     }
 
     #[tokio::test]

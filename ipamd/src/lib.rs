@@ -300,6 +300,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             async move {
                 // Unknown (etcd away): keep the record.
                 engine
+                    .allocator()
                     .check(&r.network, &r.container_id, &r.ifname)
                     .await
                     .map_or(true, |l| l.is_some())

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
 use rackline_model::Liveness;
-use rackline_store::{LivenessHolder, NodeLock, Store, StoreError};
+use rackline_store::{LeaseKeepAlive, LivenessHolder, NodeLock, Store, StoreError};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -238,6 +238,39 @@ impl NodeLiveness {
         }
     }
 
+    /// One keep-alive round for the held record: opens the keep-alive
+    /// stream if there is none, else refreshes it (a failure drops the
+    /// stream, to be reopened next round). False: the lease is gone and the
+    /// record must be taken again.
+    async fn tend(&self, h: Held, keeper: &mut Option<LeaseKeepAlive>) -> bool {
+        let Some(k) = keeper.as_mut() else {
+            *keeper = match self.store.keep_alive(h.lease).await {
+                Ok(Some(k)) => Some(k),
+                Ok(None) => {
+                    warn!(node = %self.node, "the liveness lease is gone; taking the record again");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(node = %self.node, "cannot keep the liveness record alive: {e}");
+                    None
+                }
+            };
+            return true;
+        };
+        match k.refresh().await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                warn!(node = %self.node, "the liveness lease expired (etcd unreachable for longer than its TTL?); taking the record again");
+                return false;
+            }
+            Err(e) => {
+                warn!(node = %self.node, "liveness keep-alive failed: {e}");
+                *keeper = None;
+            }
+        }
+        true
+    }
+
     /// Keeps the record alive until `shutdown`; re-takes it after a lapse.
     /// Returns Err only when another ipamd took the node over meanwhile
     /// (this one must stop). On shutdown the record is removed at once.
@@ -256,33 +289,10 @@ impl NodeLiveness {
             }
             match held {
                 Some(h) => {
-                    if keeper.is_none() {
-                        keeper = match self.store.keep_alive(h.lease).await {
-                            Ok(Some(k)) => Some(k),
-                            Ok(None) => {
-                                warn!(node = %self.node, "the liveness lease is gone; taking the record again");
-                                held = None;
-                                continue;
-                            }
-                            Err(e) => {
-                                warn!(node = %self.node, "cannot keep the liveness record alive: {e}");
-                                None
-                            }
-                        };
-                    } else if let Some(k) = keeper.as_mut() {
-                        match k.refresh().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => {
-                                warn!(node = %self.node, "the liveness lease expired (etcd unreachable for longer than its TTL?); taking the record again");
-                                held = None;
-                                keeper = None;
-                                continue;
-                            }
-                            Err(e) => {
-                                warn!(node = %self.node, "liveness keep-alive failed: {e}");
-                                keeper = None;
-                            }
-                        }
+                    if !self.tend(h, &mut keeper).await {
+                        held = None;
+                        keeper = None;
+                        continue;
                     }
                 }
                 None => match self.acquire().await {

@@ -157,6 +157,11 @@ impl NetState {
         Blocks(self)
     }
 
+    /// See [`Picks`].
+    pub fn picks(&self) -> Picks<'_> {
+        Picks(self)
+    }
+
     /// A network without rack bindings: the whole range, no blocks.
     pub fn new(spec: NetworkSpec, create_revision: i64) -> Self {
         let pool = Pool::new(&spec);
@@ -361,26 +366,6 @@ impl NetState {
         self.lock().in_use_here
     }
 
-    /// Picks from the node's OWN pool only (never borrowed): where standby
-    /// records are made, since they must belong to this node.
-    pub fn pick_own(&self) -> Option<Pick> {
-        let mut g = self.lock();
-        let g = &mut *g;
-        let ip = g.pool.take_next()?;
-        let guard = g.rack.as_mut().and_then(|r| {
-            r.rack_pool.mark_taken(ip);
-            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
-                key: k.clone(),
-                mod_revision: b.mod_revision,
-            })
-        });
-        Some(Pick {
-            ip,
-            guard,
-            borrowed: false,
-        })
-    }
-
     /// Free addresses the rack (or the flat network) still has, not counting
     /// anything held in reserve.
     pub fn free_for_anyone(&self) -> u64 {
@@ -440,78 +425,6 @@ impl NetState {
         } else {
             format!("{ip} is excluded from network {name:?}")
         })
-    }
-
-    /// Marks `ip` taken for a requested allocation, as `pick` does for a
-    /// chosen one. None when something here already holds it or an
-    /// allocation of this node is writing it right now.
-    pub fn pick_exact(&self, ip: Ipv4Addr) -> Option<Pick> {
-        let mut g = self.lock();
-        let g = &mut *g;
-        if g.leases.contains_key(&ip) {
-            return None;
-        }
-        let own = g.pool.is_allocatable(ip);
-        let taken = match g.rack.as_ref() {
-            Some(r) => r.rack_pool.is_taken(ip) || g.pool.is_taken(ip),
-            None => g.pool.is_taken(ip),
-        };
-        if taken {
-            return None;
-        }
-        g.mark(ip);
-        let guard = g.rack.as_ref().and_then(|r| {
-            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
-                key: k.clone(),
-                mod_revision: b.mod_revision,
-            })
-        });
-        Some(Pick {
-            ip,
-            guard,
-            borrowed: g.rack.is_some() && !own,
-        })
-    }
-
-    /// Picks a candidate and marks it taken until the durable write settles:
-    /// from the node's own pool first; on a rack-bound network with nothing
-    /// left there, borrowed from the rest of the rack.
-    pub fn pick(&self) -> Option<Pick> {
-        let mut g = self.lock();
-        let g = &mut *g;
-        if let Some(ip) = g.pool.take_next() {
-            let guard = g.rack.as_mut().and_then(|r| {
-                r.rack_pool.mark_taken(ip);
-                r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
-                    key: k.clone(),
-                    mod_revision: b.mod_revision,
-                })
-            });
-            return Some(Pick {
-                ip,
-                guard,
-                borrowed: false,
-            });
-        }
-        let rack = g.rack.as_mut()?;
-        let ip = rack.rack_pool.take_next()?;
-        let guard = rack.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
-            key: k.clone(),
-            mod_revision: b.mod_revision,
-        });
-        Some(Pick {
-            ip,
-            guard,
-            borrowed: true,
-        })
-    }
-
-    /// Returns a candidate whose write failed cleanly.
-    pub fn unpick(&self, ip: Ipv4Addr) {
-        let mut g = self.lock();
-        if !g.leases.contains_key(&ip) {
-            g.unmark(ip);
-        }
     }
 
     /// (capacity, allocated, available): of the network for a flat network,
@@ -759,6 +672,113 @@ impl Blocks<'_> {
             own_available: g.pool.available(),
             rack_available: rack.rack_pool.available(),
             own_blocks,
+        }
+    }
+}
+
+/// Choosing a candidate address (`net.picks()`): marked taken here until
+/// its durable write settles, with the block guard the write must check.
+/// A borrow of the [`NetState`] under the same lock.
+#[derive(Clone, Copy)]
+pub struct Picks<'a>(&'a NetState);
+
+impl std::ops::Deref for Picks<'_> {
+    type Target = NetState;
+    fn deref(&self) -> &NetState {
+        self.0
+    }
+}
+
+impl Picks<'_> {
+    /// Picks from the node's OWN pool only (never borrowed): where standby
+    /// records are made, since they must belong to this node.
+    pub fn pick_own(&self) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let ip = g.pool.take_next()?;
+        let guard = g.rack.as_mut().and_then(|r| {
+            r.rack_pool.mark_taken(ip);
+            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                key: k.clone(),
+                mod_revision: b.mod_revision,
+            })
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: false,
+        })
+    }
+
+    /// Marks `ip` taken for a requested allocation, as `pick` does for a
+    /// chosen one. None when something here already holds it or an
+    /// allocation of this node is writing it right now.
+    pub fn pick_exact(&self, ip: Ipv4Addr) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        if g.leases.contains_key(&ip) {
+            return None;
+        }
+        let own = g.pool.is_allocatable(ip);
+        let taken = match g.rack.as_ref() {
+            Some(r) => r.rack_pool.is_taken(ip) || g.pool.is_taken(ip),
+            None => g.pool.is_taken(ip),
+        };
+        if taken {
+            return None;
+        }
+        g.mark(ip);
+        let guard = g.rack.as_ref().and_then(|r| {
+            r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                key: k.clone(),
+                mod_revision: b.mod_revision,
+            })
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: g.rack.is_some() && !own,
+        })
+    }
+
+    /// Picks a candidate and marks it taken until the durable write settles:
+    /// from the node's own pool first; on a rack-bound network with nothing
+    /// left there, borrowed from the rest of the rack.
+    pub fn pick(&self) -> Option<Pick> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        if let Some(ip) = g.pool.take_next() {
+            let guard = g.rack.as_mut().and_then(|r| {
+                r.rack_pool.mark_taken(ip);
+                r.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+                    key: k.clone(),
+                    mod_revision: b.mod_revision,
+                })
+            });
+            return Some(Pick {
+                ip,
+                guard,
+                borrowed: false,
+            });
+        }
+        let rack = g.rack.as_mut()?;
+        let ip = rack.rack_pool.take_next()?;
+        let guard = rack.block_at(u32::from(ip)).map(|(b, k)| BlockGuard {
+            key: k.clone(),
+            mod_revision: b.mod_revision,
+        });
+        Some(Pick {
+            ip,
+            guard,
+            borrowed: true,
+        })
+    }
+
+    /// Returns a candidate whose write failed cleanly.
+    pub fn unpick(&self, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        if !g.leases.contains_key(&ip) {
+            g.unmark(ip);
         }
     }
 }

@@ -339,7 +339,8 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         }
         let freed = self
             .engine
-            .release_with(&r.network, &r.container_id, &r.ifname, r.rollback)
+            .allocator()
+            .release_if(&r.network, &r.container_id, &r.ifname, r.rollback, || true)
             .await;
         self.count(
             &r.network,
@@ -368,6 +369,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
         let r = req.into_inner();
         match self
             .engine
+            .allocator()
             .check(&r.network, &r.container_id, &r.ifname)
             .await
             .map_err(status_of)?
@@ -412,6 +414,7 @@ impl<S: LeaseStore> pb::ipam_server::Ipam for IpamService<S> {
             .collect();
         let (released, prefix) = self
             .engine
+            .allocator()
             .gc(&r.network, &valid)
             .await
             .map_err(status_of)?;

@@ -110,6 +110,7 @@ pub async fn drain<S: LeaseStore>(engine: &Engine<S>, dir: &Path) -> Drained {
         };
         let exists = || std::fs::symlink_metadata(&path).is_ok();
         match engine
+            .allocator()
             .release_if(&rec.network, &rec.container_id, &rec.ifname, false, exists)
             .await
         {

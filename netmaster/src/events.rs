@@ -118,11 +118,50 @@ impl EventSource {
         }
     }
 
+    /// One run of etcd's watch from `*next`: forwards each revision's batch,
+    /// moving `*next` past it and resetting `*backoff`. `Done` once the
+    /// receiver is gone or the one-shot read reached `until`; otherwise how
+    /// the watch ended (None: its channel closed first).
+    async fn forward(
+        &self,
+        next: &mut i64,
+        backoff: &mut Duration,
+        until: Option<i64>,
+        out: &mpsc::Sender<Result<Batch, EventsError>>,
+    ) -> Watched {
+        let (tx, mut rx) = mpsc::channel::<EventItem>(256);
+        let events = self.store.events();
+        let watch = events.watch_events(*next, tx);
+        tokio::pin!(watch);
+        let mut ended = None;
+        loop {
+            tokio::select! {
+                r = &mut watch, if ended.is_none() => ended = Some(r),
+                item = rx.recv() => {
+                    let Some(item) = item else { return Watched::Ended(ended) };
+                    let (revision, batch) = self.batch_of(item);
+                    if until.is_some_and(|until| revision > until) {
+                        return Watched::Done;
+                    }
+                    if let Some(b) = batch {
+                        if out.send(Ok(b)).await.is_err() {
+                            return Watched::Done;
+                        }
+                    }
+                    *next = revision + 1;
+                    *backoff = Duration::from_millis(100);
+                    if until == Some(revision) {
+                        return Watched::Done;
+                    }
+                }
+            }
+        }
+    }
+
     /// Follows etcd's watch of the event range and forwards batches until
     /// the receiver goes, the one-shot read reaches its end, or the history
-    /// it needs was compacted. One loop because the watch is re-opened at
-    /// the next revision after every break, and the resume state (next
-    /// revision, backoff, deadline) is shared by all of its branches.
+    /// it needs was compacted. The watch is re-opened at the next revision
+    /// after every break.
     async fn pump(
         &self,
         from: i64,
@@ -137,46 +176,19 @@ impl EventSource {
         } else {
             Some(self.store.events().put_heartbeat(&self.id).await?)
         };
-        if let Some(until) = until {
-            if from > until {
-                // Nothing at or after a future start exists yet.
-                return Ok(());
-            }
+        if until.is_some_and(|until| from > until) {
+            // Nothing at or after a future start exists yet.
+            return Ok(());
         }
         let oldest = from <= 0 && !follow;
         let mut next = self.first_revision(from, oldest).await?;
         let mut backoff = Duration::from_millis(100);
         let started = tokio::time::Instant::now();
         loop {
-            let (tx, mut rx) = mpsc::channel::<EventItem>(256);
-            let events = self.store.events();
-            let watch = events.watch_events(next, tx);
-            tokio::pin!(watch);
-            let mut ended = None;
-            loop {
-                tokio::select! {
-                    r = &mut watch, if ended.is_none() => ended = Some(r),
-                    item = rx.recv() => {
-                        let Some(item) = item else { break };
-                        let (revision, batch) = self.batch_of(item);
-                        if let Some(until) = until {
-                            if revision > until {
-                                return Ok(());
-                            }
-                        }
-                        if let Some(b) = batch {
-                            if out.send(Ok(b)).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                        next = revision + 1;
-                        backoff = Duration::from_millis(100);
-                        if until == Some(revision) {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+            let Watched::Ended(ended) = self.forward(&mut next, &mut backoff, until, out).await
+            else {
+                return Ok(());
+            };
             match ended {
                 Some(Ok(())) | None => return Ok(()),
                 Some(Err(EventsError::Compacted {
@@ -209,4 +221,12 @@ impl EventSource {
             }
         }
     }
+}
+
+/// How one run of the watch ended (see `pump`).
+enum Watched {
+    /// Nothing more to send.
+    Done,
+    /// The watch broke or closed; None when its channel closed first.
+    Ended(Option<Result<(), EventsError>>),
 }

@@ -225,6 +225,8 @@ impl PoolIndex {
         }
     }
 
+    /// Applies one watched change to the index: a deleted or undecodable
+    /// record leaves it.
     pub fn apply_change(&self, change: Change) {
         let (key, value) = match change {
             Change::Put { key, value, .. } => (key, Some(value)),
@@ -242,48 +244,29 @@ impl PoolIndex {
             }
         } else if let Some(name) = self.keys.network_name_of(&key) {
             let name = name.to_string();
-            match value.as_deref().map(serde_json::from_slice::<NetworkSpec>) {
-                Some(Ok(n)) => {
-                    g.networks.insert(name, n);
-                }
-                _ => {
-                    g.networks.remove(&name);
-                }
-            }
+            match decoded::<NetworkSpec>(value.as_deref()) {
+                Some(n) => g.networks.insert(name, n),
+                None => g.networks.remove(&name),
+            };
             g.reassign_rows();
         } else if let Some((net, rack)) = self.keys.parse_racknet(&key) {
             let row = (net.to_string(), rack.to_string());
-            match value.as_deref().map(serde_json::from_slice::<RackNet>) {
-                Some(Ok(b)) => {
-                    g.bindings.insert(row, b);
-                }
-                _ => {
-                    g.bindings.remove(&row);
-                }
-            }
+            match decoded::<RackNet>(value.as_deref()) {
+                Some(b) => g.bindings.insert(row, b),
+                None => g.bindings.remove(&row),
+            };
             g.reassign_rows();
         } else if self.keys.parse_block(&key).is_some() {
-            match value.as_deref().map(serde_json::from_slice::<Block>) {
-                Some(Ok(b)) => {
-                    g.blocks.insert(key, b);
-                }
-                _ => {
-                    g.blocks.remove(&key);
-                }
-            }
+            match decoded::<Block>(value.as_deref()) {
+                Some(b) => g.blocks.insert(key, b),
+                None => g.blocks.remove(&key),
+            };
         } else if let Some(node) = self.keys.node_name_of(&key) {
             let node = node.to_string();
-            match value
-                .as_deref()
-                .map(serde_json::from_slice::<rackline_model::Node>)
-            {
-                Some(Ok(n)) => {
-                    g.nodes.insert(node, n.rack);
-                }
-                _ => {
-                    g.nodes.remove(&node);
-                }
-            }
+            match decoded::<rackline_model::Node>(value.as_deref()) {
+                Some(n) => g.nodes.insert(node, n.rack),
+                None => g.nodes.remove(&node),
+            };
         }
     }
 
@@ -369,6 +352,12 @@ pub async fn run(index: Arc<PoolIndex>, store: Store, mut shutdown: watch::Recei
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// A record's value decoded; None when deleted or undecodable (the index
+/// then forgets the record).
+fn decoded<T: serde::de::DeserializeOwned>(value: Option<&[u8]>) -> Option<T> {
+    serde_json::from_slice(value?).ok()
 }
 
 #[cfg(test)]

@@ -253,17 +253,7 @@ impl Observability {
             metrics_addr = Some(bound);
             tasks.push(task);
         }
-        if let Some(url) = &args.webhook_url {
-            let cfg = WebhookConfig {
-                url: webhook::parse_url(url)?,
-                timeout: Duration::from_millis(args.webhook_timeout_ms),
-                batch_max: usize::try_from(args.webhook_batch_max).unwrap_or(usize::MAX),
-                backoff: Duration::from_millis(args.webhook_backoff_ms),
-                backoff_max: Duration::from_millis(
-                    args.webhook_backoff_max_ms.max(args.webhook_backoff_ms),
-                ),
-                ca_file: args.webhook_ca_file.clone(),
-            };
+        if let Some(cfg) = webhook_config(args)? {
             let sink = Sink::new(cfg, events.clone(), status.clone(), metrics.clone(), id)?;
             tasks.push(tokio::spawn(sink.run(stop_rx.clone())));
         }
@@ -329,4 +319,21 @@ async fn heartbeat(events: EventSource, status: ElectionStatus, mut stop: watch:
             }
         }
     }
+}
+
+/// The webhook sink's settings, when `--webhook-url` is set.
+fn webhook_config(args: &ObservabilityArgs) -> Result<Option<WebhookConfig>, ObservabilityError> {
+    let Some(url) = &args.webhook_url else {
+        return Ok(None);
+    };
+    Ok(Some(WebhookConfig {
+        url: webhook::parse_url(url)?,
+        timeout: Duration::from_millis(args.webhook_timeout_ms),
+        batch_max: usize::try_from(args.webhook_batch_max).unwrap_or(usize::MAX),
+        backoff: Duration::from_millis(args.webhook_backoff_ms),
+        backoff_max: Duration::from_millis(
+            args.webhook_backoff_max_ms.max(args.webhook_backoff_ms),
+        ),
+        ca_file: args.webhook_ca_file.clone(),
+    }))
 }

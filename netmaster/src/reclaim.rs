@@ -99,7 +99,7 @@ pub async fn run(
                 continue;
             }
             let Ok(w) = status.writer(&store) else { break };
-            match w.retire_node(node, RetireMode::Reclaim).await {
+            match w.retirement().retire_node(node, RetireMode::Reclaim).await {
                 Ok(r) if r.is_empty() => {}
                 Ok(r) => {
                     warn!(

@@ -440,6 +440,30 @@ impl Sink {
         }
     }
 
+    /// One POST of `body`: Ok when the receiver took it, else the outcome
+    /// as "kind:detail" (http-error, connect-error, timeout).
+    async fn post_once(&self, body: &Bytes) -> Result<(), String> {
+        let req = hyper::Request::post(self.cfg.url.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "rackline-netmaster")
+            .body(Full::new(body.clone()))
+            .expect("a request with a checked URI builds");
+        match tokio::time::timeout(self.cfg.timeout, self.http.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                // Drain the body so the connection can be reused.
+                let _ = tokio::time::timeout(
+                    self.cfg.timeout,
+                    http_body_util::BodyExt::collect(resp.into_body()),
+                )
+                .await;
+                Ok(())
+            }
+            Ok(Ok(resp)) => Err(format!("http-error:{}", resp.status())),
+            Ok(Err(e)) => Err(format!("connect-error:{e}")),
+            Err(_) => Err("timeout:".to_string()),
+        }
+    }
+
     /// POSTs one batch until the receiver takes it (Ok → None) or this
     /// replica stops leading / shuts down (Some).
     async fn post(
@@ -466,30 +490,13 @@ impl Sink {
                 return Some(Stop::Deposed);
             }
             attempt += 1;
-            let req = hyper::Request::post(self.cfg.url.clone())
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .header(hyper::header::USER_AGENT, "rackline-netmaster")
-                .body(Full::new(body.clone()))
-                .expect("a request with a checked URI builds");
-            let outcome = match tokio::time::timeout(self.cfg.timeout, self.http.request(req)).await
-            {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    // Drain the body so the connection can be reused.
-                    let _ = tokio::time::timeout(
-                        self.cfg.timeout,
-                        http_body_util::BodyExt::collect(resp.into_body()),
-                    )
-                    .await;
-                    self.metrics.webhook_post("ok", events.len() as u64);
-                    debug!(
-                        events = events.len(),
-                        next_revision, "webhook batch delivered"
-                    );
-                    return None;
-                }
-                Ok(Ok(resp)) => format!("http-error:{}", resp.status()),
-                Ok(Err(e)) => format!("connect-error:{e}"),
-                Err(_) => "timeout:".to_string(),
+            let Err(outcome) = self.post_once(&body).await else {
+                self.metrics.webhook_post("ok", events.len() as u64);
+                debug!(
+                    events = events.len(),
+                    next_revision, "webhook batch delivered"
+                );
+                return None;
             };
             let (kind, detail) = outcome.split_once(':').unwrap_or((&outcome, ""));
             self.metrics.webhook_post(kind, 0);

@@ -12,21 +12,7 @@ use rackline_model::NetworkSpec;
 use rackline_netmaster::{AdminError, AdminService};
 
 fn spec(name: String, subnet: String, gateway: String) -> NetworkSpec {
-    NetworkSpec {
-        name,
-        subnet: subnet.parse().expect("subnet"),
-        gateway: gateway.parse().expect("gateway"),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
-    }
+    rackline_testkit::fixtures::network(&name, &subnet, &gateway)
 }
 
 #[test]

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{create_args, ctl, network_names, runtime, store, Etcd, Netmaster, PREFIX};
-use ipnetwork::Ipv4Network;
 use nix::sys::signal::Signal;
 use rackline_model::{Keys, NetworkSpec};
 use rackline_netmaster::client::{AdminClient, Timeouts};
 use rackline_proto::admin::v1 as pb;
 use rackline_store::{Campaign, Fence, LeaderStore, Store, StoreError};
+use rackline_testkit::fixtures::network;
 use tokio::runtime::Runtime;
 use tonic::Code;
 
@@ -123,6 +123,42 @@ fn raw_create(
         .await
         .map(|_| ())
     })
+}
+
+/// Campaigns with `lease` for the leader key, which must be free, and
+/// returns the fence of the leadership won.
+async fn win(s: &Store, lease: i64) -> Fence {
+    match s
+        .leader_key()
+        .campaign(b"{}".to_vec(), lease)
+        .await
+        .expect("campaign")
+    {
+        Campaign::Won { create_revision } => Fence {
+            key: Keys::new(PREFIX).leader(),
+            create_revision,
+        },
+        lost => panic!("campaign on a free key lost: {lost:?}"),
+    }
+}
+
+/// Runs `racklinectl network create` against `servers` until a leader takes
+/// it: only "no leader" refusals (exit 3) are retried, for `within` at most.
+/// Returns how long writes took to resume.
+fn create_once_writable(servers: &str, args: &[&str], within: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = ctl(servers, args);
+        if out.code == 0 {
+            return start.elapsed();
+        }
+        assert_eq!(out.code, 3, "{what}: {out:?}");
+        assert!(
+            start.elapsed() < within,
+            "{what}: no write within {within:?}: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn stored_networks(rt: &Runtime, s: &Store) -> BTreeMap<String, NetworkSpec> {
@@ -393,42 +429,16 @@ fn a_stale_fence_fails_the_write_in_etcd() {
     let etcd = Etcd::start();
     let rt = runtime();
     let s = store(&etcd, &rt);
-    let keys = Keys::new(PREFIX);
-    let spec = |name: &str, third: u8| NetworkSpec {
-        name: name.into(),
-        subnet: Ipv4Network::new([10, 9, third, 0].into(), 24).expect("subnet"),
-        gateway: [10, 9, third, 1].into(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
+    let spec = |name: &str, third: u8| {
+        network(
+            name,
+            &format!("10.9.{third}.0/24"),
+            &format!("10.9.{third}.1"),
+        )
     };
     rt.block_on(async {
-        let win = |lease| {
-            let s = s.clone();
-            async move {
-                match s
-                    .leader_key()
-                    .campaign(b"{}".to_vec(), lease)
-                    .await
-                    .expect("campaign")
-                {
-                    Campaign::Won { create_revision } => create_revision,
-                    lost => panic!("campaign on a free key lost: {lost:?}"),
-                }
-            }
-        };
         let l1 = s.grant_lease(5).await.expect("grant");
-        let fence1 = Fence {
-            key: keys.leader(),
-            create_revision: win(l1.id).await,
-        };
+        let fence1 = win(&s, l1.id).await;
         let leader1 = LeaderStore::fenced(s.clone(), fence1.clone());
         leader1
             .create_network(&spec("one", 1))
@@ -453,10 +463,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
 
         // Someone else leads now: the old fence still fails, the new works.
-        let fence2 = Fence {
-            key: keys.leader(),
-            create_revision: win(l2.id).await,
-        };
+        let fence2 = win(&s, l2.id).await;
         assert_ne!(fence1, fence2);
         let e = leader1.create_network(&spec("three", 3)).await.unwrap_err();
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
@@ -494,38 +501,9 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
     let etcd = Etcd::start();
     let rt = runtime();
     let s = store(&etcd, &rt);
-    let keys = Keys::new(PREFIX);
-    let spec = NetworkSpec {
-        name: "pins".into(),
-        subnet: Ipv4Network::new([10, 8, 0, 0].into(), 24).expect("subnet"),
-        gateway: [10, 8, 0, 1].into(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
-    };
+    let spec = network("pins", "10.8.0.0/24", "10.8.0.1");
     let ip = |last: u8| std::net::Ipv4Addr::new(10, 8, 0, last);
     rt.block_on(async {
-        let win = |lease| {
-            let s = s.clone();
-            async move {
-                match s
-                    .leader_key()
-                    .campaign(b"{}".to_vec(), lease)
-                    .await
-                    .expect("campaign")
-                {
-                    Campaign::Won { create_revision } => create_revision,
-                    lost => panic!("campaign on a free key lost: {lost:?}"),
-                }
-            }
-        };
         // An admin service whose election view says "leader" for the whole
         // test: only etcd's fence compare can stop its writes.
         let admin_of = |fence: Fence, lease: i64| {
@@ -541,10 +519,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
             AdminService::with_fence(s.clone(), Arc::new(status))
         };
         let l1 = s.grant_lease(5).await.expect("grant");
-        let fence1 = Fence {
-            key: keys.leader(),
-            create_revision: win(l1.id).await,
-        };
+        let fence1 = win(&s, l1.id).await;
         let old = admin_of(fence1, l1.id);
         old.create_network(spec.clone()).await.expect("create");
         old.pin_reservation("pins", "default", "web-0", ip(10))
@@ -554,10 +529,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         // Deposed: its key goes with its lease, another replica wins.
         s.revoke_lease(l1.id).await.expect("revoke");
         let l2 = s.grant_lease(5).await.expect("grant");
-        let fence2 = Fence {
-            key: keys.leader(),
-            create_revision: win(l2.id).await,
-        };
+        let fence2 = win(&s, l2.id).await;
 
         let e = old
             .pin_reservation("pins", "default", "web-1", ip(11))
@@ -663,23 +635,16 @@ fn restarting_every_replica_loses_nothing() {
         }
         assert_eq!(after, before, "round {round}");
         // Writes resume once a leader is elected (after the TTL at most).
-        let start = Instant::now();
         let name = format!("new{round}");
         let subnet = format!("10.20{round}.0.0/24");
         let gw = format!("10.20{round}.0.1");
-        loop {
-            let out = ctl(&servers, &create_args(&name, &subnet, &gw));
-            if out.code == 0 {
-                break;
-            }
-            assert_eq!(out.code, 3, "round {round}: {out:?}");
-            assert!(
-                start.elapsed() < Duration::from_secs(6),
-                "round {round}: no write within 6 s: {out:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("round {round}: writable after {:?}", start.elapsed());
+        let took = create_once_writable(
+            &servers,
+            &create_args(&name, &subnet, &gw),
+            Duration::from_secs(6),
+            &format!("round {round}"),
+        );
+        eprintln!("round {round}: writable after {took:?}");
     }
     let nets = stored_networks(&rt, &s);
     assert_eq!(nets.len(), 7);
@@ -724,21 +689,13 @@ fn a_leader_cut_off_from_etcd_stops_writing_before_its_lease_can_expire() {
     // etcd back: a leader again (the old lease, which etcd keeps across a
     // restart, expires first) and writes go through.
     etcd.restart();
-    let back = Instant::now();
-    let servers = all_urls(&nms);
-    loop {
-        let out = ctl(&servers, &create_args("back", "10.6.0.0/24", "10.6.0.1"));
-        if out.code == 0 {
-            break;
-        }
-        assert_eq!(out.code, 3, "{out:?}");
-        assert!(
-            back.elapsed() < Duration::from_secs(8),
-            "no write after etcd returned: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("writable {:?} after etcd returned", back.elapsed());
+    let took = create_once_writable(
+        &all_urls(&nms),
+        &create_args("back", "10.6.0.0/24", "10.6.0.1"),
+        Duration::from_secs(8),
+        "after etcd returned",
+    );
+    eprintln!("writable {took:?} after etcd returned");
     let s = store(&etcd, &rt);
     let nets = stored_networks(&rt, &s);
     assert_eq!(nets.keys().collect::<Vec<_>>(), vec!["back"]);

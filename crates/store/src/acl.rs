@@ -8,7 +8,7 @@ use rackline_model::acl::{Acl, AclDefault, DEFAULT_KEY};
 use rackline_model::network::ValidationError;
 
 use crate::reads::get_prefix;
-use crate::{LeaderStore, Result, Store, StoreError};
+use crate::{PolicyWrites, Result, Store, StoreError};
 
 /// One record under `acl/`, decoded by the shape of its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Store {
     }
 }
 
-impl LeaderStore {
+impl PolicyWrites<'_> {
     /// Creates or replaces an ACL. `NotFound` when its network does not
     /// exist; invalid input is refused before anything is written.
     pub async fn set_acl(&self, a: &Acl) -> Result<()> {

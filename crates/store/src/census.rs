@@ -125,28 +125,14 @@ pub(crate) fn join(parts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackline_model::PodRef;
 
     fn lease(state: LeaseState, node: &str, pod: &str) -> Lease {
-        Lease {
-            network: "prod".into(),
-            address: "10.0.0.2".parse().unwrap(),
-            node: node.into(),
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            pod: PodRef {
-                namespace: "shop".into(),
-                name: pod.into(),
-                uid: String::new(),
-            },
-            created_unix_ms: 0,
-            state,
-            sticky: false,
-            expires_unix_ms: None,
-            conflict: None,
-            new_identity: false,
-            settings: None,
-        }
+        rackline_testkit::fixtures::lease("prod", "10.0.0.2".parse().unwrap())
+            .node(node)
+            .container("c1")
+            .pod("shop", pod)
+            .state(state)
+            .build()
     }
 
     #[test]

@@ -441,6 +441,44 @@ impl EtcdHandle {
     }
 }
 
+/// Loads the changed credential files and swaps in a client built from
+/// them: Some(the password they hold) once swapped, None when they do not
+/// load or connect yet (the previous client stays).
+async fn reload(handle: &EtcdHandle) -> Option<Option<Secret>> {
+    let m = match Material::load(&handle.inner.cfg) {
+        Ok(m) => m,
+        // Often a rotation caught half-way (new certificate, old key): the
+        // next check sees the finished pair.
+        Err(e) => {
+            warn!("etcd credentials changed but do not load yet: {e}");
+            return None;
+        }
+    };
+    let client = match build_client(&handle.inner.cfg, &m).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("keeping the previous etcd client: {e}");
+            return None;
+        }
+    };
+    *handle
+        .inner
+        .current
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = client;
+    let problem = m.validity_problem(&handle.inner.cfg);
+    match &problem {
+        Some(p) => error!("reloaded etcd credentials, but {p}"),
+        None => info!("etcd credentials changed on disk: reconnected with them"),
+    }
+    handle.set_problem(problem);
+    handle
+        .inner
+        .authenticated
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    Some(m.password)
+}
+
 /// Watches the credential files; swaps in a new client when they change,
 /// and keeps trying to authenticate while etcd has not accepted the user.
 async fn maintain(weak: Weak<Inner>, mut fp: Fingerprint, mut password: Option<Secret>) {
@@ -466,34 +504,9 @@ async fn maintain(weak: Weak<Inner>, mut fp: Fingerprint, mut password: Option<S
         let handle = EtcdHandle { inner };
         let now = handle.inner.cfg.fingerprint();
         if now != fp {
-            match Material::load(&handle.inner.cfg) {
-                Ok(m) => match build_client(&handle.inner.cfg, &m).await {
-                    Ok(client) => {
-                        *handle
-                            .inner
-                            .current
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner()) = client;
-                        fp = now;
-                        let problem = m.validity_problem(&handle.inner.cfg);
-                        password = m.password;
-                        match &problem {
-                            Some(p) => error!("reloaded etcd credentials, but {p}"),
-                            None => {
-                                info!("etcd credentials changed on disk: reconnected with them")
-                            }
-                        }
-                        handle.set_problem(problem);
-                        handle
-                            .inner
-                            .authenticated
-                            .store(false, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    Err(e) => warn!("keeping the previous etcd client: {e}"),
-                },
-                // Often a rotation caught half-way (new certificate, old
-                // key): the next check sees the finished pair.
-                Err(e) => warn!("etcd credentials changed but do not load yet: {e}"),
+            if let Some(pw) = reload(&handle).await {
+                fp = now;
+                password = pw;
             }
         }
         if let Some(pw) = &password {

@@ -10,6 +10,11 @@
 //! - [`LeaseOps`]: lease and sticky-identity records: reads and the node
 //!   agent's unfenced, revision-compared writes.
 //! - [`NodeLiveness`]: the node agent's liveness record, its node lock.
+//!
+//! Facets of [`crate::LeaderStore`], so that handle keeps the allocation
+//! state (racks, nodes, blocks, networks, reservations) alone:
+//! - [`PolicyWrites`]: QoS policies and ACLs (`leader.policies()`).
+//! - [`Retirement`]: retiring a node's records (`leader.retirement()`).
 
 use std::ops::Deref;
 
@@ -67,4 +72,43 @@ facet!(
     /// The node agent's liveness record: take, release, inspect the lock.
     NodeLiveness,
     liveness
+);
+
+macro_rules! leader_facet {
+    ($(#[$doc:meta])* $name:ident, $make:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub struct $name<'a> {
+            leader: &'a crate::LeaderStore,
+        }
+
+        impl Deref for $name<'_> {
+            type Target = crate::LeaderStore;
+            fn deref(&self) -> &crate::LeaderStore {
+                self.leader
+            }
+        }
+
+        impl crate::LeaderStore {
+            $(#[$doc])*
+            pub fn $make(&self) -> $name<'_> {
+                $name { leader: self }
+            }
+        }
+    };
+}
+
+leader_facet!(
+    /// The leader's writes of the per-network pod policies, QoS policies
+    /// and ACLs: admin-rate records written only while their network
+    /// exists, fenced like every other leader write.
+    PolicyWrites,
+    policies
+);
+leader_facet!(
+    /// Retiring what a node holds (`racklinectl node delete`, the reclaim
+    /// of a node dead past its grace): the per-record passes behind
+    /// `retire_node`, fenced like every other leader write.
+    Retirement,
+    retirement
 );

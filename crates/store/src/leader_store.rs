@@ -1,9 +1,10 @@
 //! The leader's write handle. Every write that only the netmaster leader may
 //! make (racks, bindings, nodes, blocks, networks, drains, QoS, ACLs,
-//! reservations, the webhook cursor) is a method of [`LeaderStore`], never of
-//! [`Store`]: a writer cannot reach one without a handle, and the handle
-//! adds its leadership fence to every transaction itself, so no writer can
-//! forget it.
+//! reservations, the webhook cursor) is a method of [`LeaderStore`] or of
+//! one of its facets ([`crate::PolicyWrites`]: QoS and ACLs,
+//! [`crate::Retirement`]: retiring a node), never of [`Store`]: a
+//! writer cannot reach one without a handle, and the handle adds its
+//! leadership fence to every transaction itself, so no writer can forget it.
 //!
 //! A handle is obtained in one of two explicit ways: from an election's
 //! fence ([`LeaderStore::fenced`]), or, where there is no election to lose,

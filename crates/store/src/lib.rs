@@ -39,7 +39,9 @@ pub use census::LeaseCensus;
 pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use etcd_leases::{GrantedLease, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
-pub use facets::{AdminReads, ControlEvents, LeaderKeyStore, LeaseOps, NodeLiveness};
+pub use facets::{
+    AdminReads, ControlEvents, LeaderKeyStore, LeaseOps, NodeLiveness, PolicyWrites, Retirement,
+};
 pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
 pub use leader_key::{Campaign, LeaderKey, LeaderWatch};

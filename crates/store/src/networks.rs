@@ -60,26 +60,7 @@ impl LeaderStore {
                     reads::get_prefix(racknets.clone()),
                 ])
                 .await?;
-            let existing = r[0]
-                .kvs()
-                .iter()
-                .map(decode_network)
-                .collect::<Result<Vec<_>>>()?;
-            if existing.iter().any(|n| n.spec.name == spec.name) {
-                return Err(StoreError::AlreadyExists(spec.name.clone()));
-            }
-            spec.check_overlap(existing.iter().map(|n| &n.spec))?;
-            for b in self.decode_bindings(r[1].kvs(), None, None)? {
-                if b.network != spec.name && spec.subnet.overlaps(b.subnet) {
-                    return Err(ValidationError::Overlap {
-                        name: spec.name.clone(),
-                        subnet: spec.subnet,
-                        other: format!("{} (rack {})", b.network, b.rack),
-                        other_subnet: b.subnet,
-                    }
-                    .into());
-                }
-            }
+            check_room_for(self, spec, r[0].kvs(), r[1].kvs())?;
             let key = self.keys.network(&spec.name);
             let value = serde_json::to_vec(spec).expect("NetworkSpec serialises");
             let txn = Txn::new()
@@ -220,4 +201,35 @@ fn delete_ops(keys: &rackline_model::Keys, name: &str) -> Vec<TxnOp> {
             Some(DeleteOptions::new().with_prefix()),
         ),
     ]
+}
+
+/// Refuses `spec` when its name is taken or its subnet overlaps another
+/// network's or another network's rack binding (`networks` and
+/// `bindings`: one read of both prefixes).
+fn check_room_for(
+    store: &Store,
+    spec: &NetworkSpec,
+    networks: &[etcd_client::KeyValue],
+    bindings: &[etcd_client::KeyValue],
+) -> Result<()> {
+    let existing = networks
+        .iter()
+        .map(decode_network)
+        .collect::<Result<Vec<_>>>()?;
+    if existing.iter().any(|n| n.spec.name == spec.name) {
+        return Err(StoreError::AlreadyExists(spec.name.clone()));
+    }
+    spec.check_overlap(existing.iter().map(|n| &n.spec))?;
+    for b in store.decode_bindings(bindings, None, None)? {
+        if b.network != spec.name && spec.subnet.overlaps(b.subnet) {
+            return Err(ValidationError::Overlap {
+                name: spec.name.clone(),
+                subnet: spec.subnet,
+                other: format!("{} (rack {})", b.network, b.rack),
+                other_subnet: b.subnet,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }

@@ -285,7 +285,6 @@ impl LeaderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackline_model::PodRef;
     use std::net::Ipv4Addr;
 
     fn node(name: &str) -> Node {
@@ -309,21 +308,10 @@ mod tests {
     }
 
     fn lease(net: &str, ip: [u8; 4], node: &str) -> Lease {
-        Lease {
-            network: net.into(),
-            address: Ipv4Addr::from(ip),
-            node: node.into(),
-            container_id: "c".into(),
-            ifname: "eth0".into(),
-            pod: PodRef::default(),
-            created_unix_ms: 0,
-            state: Default::default(),
-            sticky: false,
-            expires_unix_ms: None,
-            conflict: None,
-            new_identity: false,
-            settings: None,
-        }
+        rackline_testkit::fixtures::lease(net, Ipv4Addr::from(ip))
+            .node(node)
+            .container("c")
+            .build()
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rackline_model::network::ValidationError;
 use rackline_model::QosPolicy;
 
 use crate::reads::get_prefix;
-use crate::{decode_json, LeaderStore, Result, Store, StoreError};
+use crate::{decode_json, PolicyWrites, Result, Store, StoreError};
 
 impl Store {
     /// Policies of `network` (all networks with `None`) with their keys,
@@ -35,7 +35,7 @@ impl Store {
     }
 }
 
-impl LeaderStore {
+impl PolicyWrites<'_> {
     /// Creates or replaces a policy. `NotFound` when its network does not
     /// exist.
     pub async fn set_qos_policy(&self, p: &QosPolicy) -> Result<()> {

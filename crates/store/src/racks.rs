@@ -230,6 +230,35 @@ impl BindingCensus {
     }
 }
 
+/// Refuses to unbind `rack` from `network` while the rack still has blocks
+/// on it or its nodes hold leases there, from one read of the nodes, the
+/// network's blocks and its leases.
+fn refuse_if_in_use(
+    rack: &str,
+    network: &str,
+    nodes: &[KeyValue],
+    blocks: &[KeyValue],
+    leases: &[KeyValue],
+) -> Result<()> {
+    let members: BTreeSet<String> = decode_all::<Node>(nodes)?
+        .into_iter()
+        .filter(|n| n.rack == rack)
+        .map(|n| n.name)
+        .collect();
+    let left = BindingCensus::of(
+        rack,
+        &members,
+        decode_all::<Block>(blocks)?,
+        &decode_all::<Lease>(leases)?,
+    );
+    match left.refusal() {
+        Some(why) => Err(StoreError::Refused(format!(
+            "rack {rack:?} on network {network:?} still has {why}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn decode_all<T: serde::de::DeserializeOwned>(kvs: &[KeyValue]) -> Result<Vec<T>> {
     kvs.iter().map(decode_json).collect()
 }
@@ -420,8 +449,8 @@ impl LeaderStore {
     /// only inside the rack's blocks (none exist, and the blocks prefix is
     /// compared); the lease ranges of the rack's allocatable set are compared
     /// as well, so even a writer outside that contract cannot slip in.
-    /// Kept whole: one read at one revision, the census taken from it and
-    /// the transaction compared against that revision are one attempt.
+    /// One attempt: one read at one revision, the census taken from it and
+    /// the transaction compared against that revision.
     pub async fn unbind_rack(&self, rack: &str, network: &str) -> Result<()> {
         rackline_model::network::validate_name(network)?;
         let key = self.keys.racknet(network, rack);
@@ -445,22 +474,7 @@ impl LeaderStore {
                 }));
             };
             let binding: RackNet = decode_json(binding_kv)?;
-            let members: BTreeSet<String> = decode_all::<Node>(r[2].kvs())?
-                .into_iter()
-                .filter(|n| n.rack == rack)
-                .map(|n| n.name)
-                .collect();
-            let left = BindingCensus::of(
-                rack,
-                &members,
-                decode_all::<Block>(r[3].kvs())?,
-                &decode_all::<Lease>(r[4].kvs())?,
-            );
-            if let Some(why) = left.refusal() {
-                return Err(StoreError::Refused(format!(
-                    "rack {rack:?} on network {network:?} still has {why}"
-                )));
-            }
+            refuse_if_in_use(rack, network, r[2].kvs(), r[3].kvs(), r[4].kvs())?;
             let mut when = vec![
                 Compare::mod_revision(key.clone(), CompareOp::Equal, binding_kv.mod_revision()),
                 unchanged_prefix(&nodes_prefix, rev),

@@ -26,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::reads::{get, get_prefix, now_unix_ms, ATTEMPTS};
 use crate::{
-    decode_json, decode_network, LeaderStore, Object, Result, StickyWrite, Store, StoreError,
+    decode_json, decode_network, Object, Result, Retirement, StickyWrite, Store, StoreError,
     StoredIdentity,
 };
 
@@ -157,7 +157,7 @@ impl Store {
     }
 }
 
-impl LeaderStore {
+impl Retirement<'_> {
     /// Retires `node`'s records as `mode` says (see the module doc).
     pub async fn retire_node(&self, node: &str, mode: RetireMode) -> Result<RetireReport> {
         rackline_model::rack::validate_node_name(node)?;

@@ -133,23 +133,7 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn net(name: &str, subnet: &str, gw: &str) -> NetworkSpec {
-        NetworkSpec {
-            name: name.into(),
-            subnet: subnet.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
-            master: "uplink0".into(),
-            mtu: 0,
-            vlan: None,
-            exclude: vec![],
-            routes: vec![],
-            host_routes: vec![],
-            block_size: 16,
-            sticky: None,
-            qos: Default::default(),
-            probe: None,
-        }
-    }
+    use rackline_testkit::fixtures::network as net;
 
     #[test]
     fn rows_per_binding_or_one_for_a_blockless_network() {

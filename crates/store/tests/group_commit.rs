@@ -18,10 +18,9 @@ const BLOCK_KEY: &str = "/rackline/v1/blocks/g/010.050.000.000";
 const BLOCK: &str = r#"{"network":"g","rack":"ra","first":"10.50.0.0","size":256,"node":"n1"}"#;
 
 fn lease(ip: Ipv4Addr, cid: &str) -> Lease {
-    serde_json::from_value(serde_json::json!({
-        "network": "g", "address": ip, "node": "n1", "containerId": cid, "ifname": "eth0",
-    }))
-    .unwrap()
+    rackline_testkit::fixtures::lease("g", ip)
+        .container(cid)
+        .build()
 }
 
 async fn setup(etcd: &Etcd) -> (Store, i64, BlockGuard) {

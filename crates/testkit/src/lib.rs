@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fixtures;
 pub mod pki;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand

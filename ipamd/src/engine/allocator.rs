@@ -22,6 +22,22 @@ use super::{
 use crate::netstate::{AttachmentKey, NetState, Pick};
 use crate::store::LeaseStore;
 
+/// What a fresh lease's create came to, once
+/// [`Allocator::settle_create`] has done the bookkeeping.
+pub(super) enum Settled {
+    /// Written and recorded in the cache.
+    Created,
+    /// Someone else holds the address (the owner, when the store read it).
+    Taken(Option<Box<Lease>>),
+    /// The candidate's block changed; its mark is freed.
+    BlockChanged,
+    /// The network was deleted or re-created; the mark is freed.
+    NetworkGone,
+    /// etcd did not answer: the create may have been applied, and the
+    /// attachment is marked uncertain.
+    Unavailable(String),
+}
+
 /// What one candidate address came to.
 enum Attempt {
     Done(Box<Allocated>),
@@ -40,6 +56,31 @@ impl Attempt {
 
     fn done_with(a: Allocated) -> Self {
         Attempt::Done(Box::new(a))
+    }
+}
+
+/// The active lease a fresh allocation by `node` writes at `ip`.
+pub(super) fn fresh_lease(
+    node: &str,
+    net: &NetState,
+    a: &AllocateArgs,
+    ip: Ipv4Addr,
+    sticky: bool,
+) -> Lease {
+    Lease {
+        network: a.network.clone(),
+        address: ip,
+        node: node.to_string(),
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        pod: a.pod.clone(),
+        created_unix_ms: now_ms(),
+        state: rackline_model::LeaseState::Active,
+        sticky,
+        new_identity: sticky,
+        expires_unix_ms: None,
+        conflict: None,
+        settings: net.pod_settings(),
     }
 }
 
@@ -168,7 +209,7 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         let mut attempts = 0;
         while attempts < MAX_ATTEMPTS {
             attempts += 1;
-            let Some(pick) = net.pick() else {
+            let Some(pick) = net.picks().pick() else {
                 match self.when_exhausted(net, a, &mut reserve_wait).await? {
                     Some(done) => return Ok(done),
                     None => {
@@ -178,32 +219,24 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 }
             };
             let ip = pick.ip;
-            let lease = self.fresh_lease(net, a, ip, identity.is_some());
-            let created = match &identity {
-                None => {
-                    self.store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
-                }
-                Some(i) => match self
-                    .sticky()
-                    .create_sticky(net, &lease, i, pick.guard.as_ref())
-                    .await
-                {
-                    Ok(Some(c)) => Ok(c),
-                    Ok(None) => {
-                        // Someone created this identity meanwhile: claim
-                        // it the regular way (it may be live elsewhere).
-                        net.unpick(ip);
-                        match self.sticky().claim_identity(net, a).await? {
-                            Some(Claim::Done(done)) => return Ok(*done),
-                            Some(Claim::Fresh(i)) => identity = Some(i),
-                            None => identity = None,
-                        }
-                        continue;
+            let lease = fresh_lease(&self.node, net, a, ip, identity.is_some());
+            let created = match self
+                .create_fresh(net, &lease, identity.as_ref(), &pick)
+                .await
+            {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => {
+                    // Someone created this identity meanwhile: claim
+                    // it the regular way (it may be live elsewhere).
+                    net.picks().unpick(ip);
+                    match self.sticky().claim_identity(net, a).await? {
+                        Some(Claim::Done(done)) => return Ok(*done),
+                        Some(Claim::Fresh(i)) => identity = Some(i),
+                        None => identity = None,
                     }
-                    Err(e) => Err(e),
-                },
+                    continue;
+                }
+                Err(e) => Err(e),
             };
             let sticky = identity.is_some();
             match self
@@ -244,44 +277,42 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         })
     }
 
-    /// The active lease a fresh allocation writes at `ip`.
-    pub(super) fn fresh_lease(
+    /// Creates a fresh lease at `pick` and, with `identity`, the new sticky
+    /// identity in the same transaction. Ok(None): the identity appeared
+    /// meanwhile and nothing was written.
+    pub(super) async fn create_fresh(
         &self,
         net: &NetState,
-        a: &AllocateArgs,
-        ip: Ipv4Addr,
-        sticky: bool,
-    ) -> Lease {
-        Lease {
-            network: a.network.clone(),
-            address: ip,
-            node: self.node.clone(),
-            container_id: a.container_id.clone(),
-            ifname: a.ifname.clone(),
-            pod: a.pod.clone(),
-            created_unix_ms: now_ms(),
-            state: rackline_model::LeaseState::Active,
-            sticky,
-            new_identity: sticky,
-            expires_unix_ms: None,
-            conflict: None,
-            settings: net.pod_settings(),
+        lease: &Lease,
+        identity: Option<&Identity>,
+        pick: &Pick,
+    ) -> Result<Option<CreateLease>, StoreError> {
+        match identity {
+            None => self
+                .store
+                .create_lease(lease, net.create_revision, pick.guard.as_ref())
+                .await
+                .map(Some),
+            Some(i) => {
+                self.sticky()
+                    .create_sticky(net, lease, i, pick.guard.as_ref())
+                    .await
+            }
         }
     }
 
-    /// Acts on the outcome of one candidate's create. Over 60 lines on
-    /// purpose: one flat match, an arm per outcome, read side by side.
-    #[allow(clippy::too_many_arguments)]
-    async fn created(
+    /// The bookkeeping every create of a fresh lease needs, whichever way
+    /// its address was chosen (picked here or requested by the pod): the
+    /// cache, the mark and the uncertain set follow the store's answer.
+    /// What differs between the two callers is left to them.
+    pub(super) fn settle_create(
         &self,
-        net: &Arc<NetState>,
+        net: &NetState,
         a: &AllocateArgs,
-        key: &AttachmentKey,
         pick: &Pick,
-        lease: Lease,
+        lease: &Lease,
         created: Result<CreateLease, StoreError>,
-        sticky: bool,
-    ) -> Result<Attempt, IpamError> {
+    ) -> Result<Settled, IpamError> {
         let ip = pick.ip;
         match created {
             Ok(CreateLease::Created { mod_revision }) => {
@@ -296,36 +327,67 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                 if pick.guard.is_some() || pick.borrowed {
                     self.block_demand.notify_one();
                 }
-                info!(network = %a.network, %ip, borrowed = pick.borrowed, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
-                Ok(Attempt::done(lease, net))
+                let requested = !a.requested.is_empty();
+                info!(network = %a.network, %ip, borrowed = pick.borrowed, requested, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
+                Ok(Settled::Created)
             }
-            Ok(CreateLease::Taken(owner)) => {
-                // Our cache lagged; the address stays marked taken and
-                // the watch fills in the owner's record.
-                debug!(%ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
-                Ok(Attempt::Next)
-            }
+            // Our cache lagged or we lost the race: the address stays
+            // marked taken and the watch fills in the owner's record.
+            Ok(CreateLease::Taken(owner)) => Ok(Settled::Taken(owner)),
             Ok(CreateLease::BlockChanged) => {
                 // Our view of the block is stale; the watch brings the
-                // new one. Free the mark and try another address.
-                debug!(%ip, "block changed under the candidate; next");
-                net.unpick(ip);
+                // new one. Free the mark.
+                debug!(%ip, "block changed under the candidate");
+                net.picks().unpick(ip);
                 net.blocks().drop_at(ip);
-                Ok(Attempt::Next)
+                Ok(Settled::BlockChanged)
             }
             Ok(CreateLease::NetworkGone) => {
-                net.unpick(ip);
-                self.mirror
-                    .nets_write()
-                    .retain(|_, st| !Arc::ptr_eq(st, net));
-                Err(IpamError::UnknownNetwork(a.network.clone()))
+                net.picks().unpick(ip);
+                Ok(Settled::NetworkGone)
             }
             Err(StoreError::Unavailable(m)) => {
                 // The request may have been applied: remember it so the
                 // retry, the DEL or the journal replay resolves it
                 // instead of leaking it.
-                net.uncertain().mark(key, ip);
+                net.uncertain()
+                    .mark(&(a.container_id.clone(), a.ifname.clone()), ip);
                 self.outage.note_unreachable(&m);
+                Ok(Settled::Unavailable(m))
+            }
+            Err(e) => {
+                net.picks().unpick(ip);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Acts on the outcome of one candidate's create.
+    #[allow(clippy::too_many_arguments)]
+    async fn created(
+        &self,
+        net: &Arc<NetState>,
+        a: &AllocateArgs,
+        key: &AttachmentKey,
+        pick: &Pick,
+        lease: Lease,
+        created: Result<CreateLease, StoreError>,
+        sticky: bool,
+    ) -> Result<Attempt, IpamError> {
+        match self.settle_create(net, a, pick, &lease, created)? {
+            Settled::Created => Ok(Attempt::done(lease, net)),
+            Settled::Taken(owner) => {
+                debug!(ip = %pick.ip, owner = ?owner.as_ref().map(|o| &o.node), "candidate already leased; next");
+                Ok(Attempt::Next)
+            }
+            Settled::BlockChanged => Ok(Attempt::Next),
+            Settled::NetworkGone => {
+                self.mirror
+                    .nets_write()
+                    .retain(|_, st| !Arc::ptr_eq(st, net));
+                Err(IpamError::UnknownNetwork(a.network.clone()))
+            }
+            Settled::Unavailable(m) => {
                 if self.outage.journal.is_none() {
                     return Err(IpamError::Unavailable(m));
                 }
@@ -335,10 +397,6 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
                     ));
                 }
                 self.recreate(net, a, key, pick, lease).await
-            }
-            Err(e) => {
-                net.unpick(ip);
-                Err(e.into())
             }
         }
     }
@@ -423,11 +481,13 @@ impl<'e, S: LeaseStore> Allocator<'e, S> {
         Ok(None)
     }
 
-    /// `release_with`, but only if `still_wanted()` holds once the
-    /// attachment's lock is taken: a release the plugin spooled is dropped
-    /// when an ADD of the same attachment removed the record meanwhile (the
-    /// ADD removes it before it allocates, so whichever comes second under
-    /// the lock sees the other's effect).
+    /// Releases every lease this node holds for the attachment (see
+    /// `Engine::release`); `rollback` = the plugin undoes its own failed ADD
+    /// (a sticky identity that ADD created goes with the lease). Only if
+    /// `still_wanted()` holds once the attachment's lock is taken: a release
+    /// the plugin spooled is dropped when an ADD of the same attachment
+    /// removed the record meanwhile (the ADD removes it before it allocates,
+    /// so whichever comes second under the lock sees the other's effect).
     pub async fn release_if(
         &self,
         network: &str,

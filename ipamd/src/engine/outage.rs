@@ -276,8 +276,6 @@ impl<S: LeaseStore> Reserve<'_, S> {
     /// one nobody's. It is deleted comparing its revision (never a sticky
     /// one: sticky pods take no offline address). Entries whose check
     /// failed (etcd) stay for the next snapshot. Returns what was dropped.
-    /// Over 60 lines on purpose: one pass whose every exit (skip, retry
-    /// later, dropped) must stay next to the compare it depends on.
     pub async fn settle_replayed(&self) -> Vec<Ipv4Addr> {
         let todo = std::mem::take(
             &mut *self
@@ -293,42 +291,11 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 continue;
             };
             let _g = self.allocator().lock_attachment(&network, &key).await;
-            for (ip, _) in net.leases().held(&key) {
-                if ip == kept {
-                    continue;
-                }
-                let cur = match self.store.get_lease(&network, ip).await {
-                    Ok(Some(cur)) => cur,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        self.outage.note_store_error(&e);
-                        retry.push((network.clone(), key.clone(), kept));
-                        break;
-                    }
-                };
-                if !self.is_mine(&cur.lease, &key)
-                    || !cur.lease.state.is_active()
-                    || cur.lease.sticky
-                {
-                    continue;
-                }
-                match self
-                    .store
-                    .delete_lease(&network, ip, cur.mod_revision)
-                    .await
-                {
-                    Ok(true) => {
-                        warn!(%network, %ip, kept = %kept, container = %key.0, ifname = %key.1, "dropped a second lease of an attachment: its create was answered too late, the pod got the offline address");
-                        net.forget(ip, 0);
-                        dropped.push(ip);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        self.outage.note_store_error(&e);
-                        retry.push((network.clone(), key.clone(), kept));
-                        break;
-                    }
-                }
+            if !self
+                .drop_second_leases(&net, &network, &key, kept, &mut dropped)
+                .await
+            {
+                retry.push((network.clone(), key.clone(), kept));
             }
         }
         if !retry.is_empty() {
@@ -339,6 +306,49 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 .extend(retry);
         }
         dropped
+    }
+
+    /// `settle_replayed` for one attachment, under its lock: deletes each
+    /// active non-sticky lease of it other than `kept`, compared on the
+    /// revision just read. False: etcd failed, try again at the next
+    /// snapshot.
+    async fn drop_second_leases(
+        &self,
+        net: &NetState,
+        network: &str,
+        key: &AttachmentKey,
+        kept: Ipv4Addr,
+        dropped: &mut Vec<Ipv4Addr>,
+    ) -> bool {
+        for (ip, _) in net.leases().held(key) {
+            if ip == kept {
+                continue;
+            }
+            let cur = match self.store.get_lease(network, ip).await {
+                Ok(Some(cur)) => cur,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.outage.note_store_error(&e);
+                    return false;
+                }
+            };
+            if !self.is_mine(&cur.lease, key) || !cur.lease.state.is_active() || cur.lease.sticky {
+                continue;
+            }
+            match self.store.delete_lease(network, ip, cur.mod_revision).await {
+                Ok(true) => {
+                    warn!(%network, %ip, kept = %kept, container = %key.0, ifname = %key.1, "dropped a second lease of an attachment: its create was answered too late, the pod got the offline address");
+                    net.forget(ip, 0);
+                    dropped.push(ip);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.outage.note_store_error(&e);
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Tops up (or gives back) each network's standby reserve. Only while
@@ -439,7 +449,9 @@ impl<S: LeaseStore> Reserve<'_, S> {
     /// failed.
     async fn top_up(&self, net: &NetState, have: usize, target: usize) -> bool {
         for _ in have..target {
-            let Some(pick) = net.pick_own() else { break };
+            let Some(pick) = net.picks().pick_own() else {
+                break;
+            };
             let lease = Lease::standby(&net.spec.name, pick.ip, &self.node, now_ms());
             match self
                 .store
@@ -456,16 +468,16 @@ impl<S: LeaseStore> Reserve<'_, S> {
                 Ok(CreateLease::Taken(_)) => {}
                 Ok(CreateLease::BlockChanged) => {
                     debug!(ip = %pick.ip, "reserve: block changed");
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     net.blocks().drop_at(pick.ip);
                     break;
                 }
                 Ok(CreateLease::NetworkGone) => {
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     break;
                 }
                 Err(e) => {
-                    net.unpick(pick.ip);
+                    net.picks().unpick(pick.ip);
                     self.outage.note_store_error(&e);
                     return false;
                 }

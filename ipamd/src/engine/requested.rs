@@ -22,8 +22,9 @@ use std::sync::Arc;
 
 use rackline_model::{Identity, Lease, LeaseState};
 use rackline_store::{CreateLease, StickyWrite, StoreError, StoredLease};
-use tracing::{debug, info};
+use tracing::info;
 
+use super::allocator::{fresh_lease, Settled};
 use super::{AllocateArgs, Allocated, Allocator, IpamError};
 use crate::netstate::{NetState, Pick};
 use crate::store::LeaseStore;
@@ -155,7 +156,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
         ip: Ipv4Addr,
         identity: Option<&Identity>,
     ) -> Result<Try, IpamError> {
-        let lease = self.fresh_lease(net, a, ip, identity.is_some());
+        let lease = fresh_lease(&self.node, net, a, ip, identity.is_some());
         for _ in 0..BLOCK_RETRIES {
             if let Some(held) = net.leases().at(ip) {
                 if held.lease.is_standby() && held.lease.node == self.node {
@@ -166,31 +167,20 @@ impl<S: LeaseStore> Allocator<'_, S> {
                     describe_holder(&held.lease)
                 )));
             }
-            let Some(pick) = net.pick_exact(ip) else {
+            let Some(pick) = net.picks().pick_exact(ip) else {
                 return Ok(Try::Refused(format!(
                     "{ip} is being given to another attachment on this node right now"
                 )));
             };
-            let created = match identity {
-                None => {
-                    self.store
-                        .create_lease(&lease, net.create_revision, pick.guard.as_ref())
-                        .await
+            let created = match self.create_fresh(net, &lease, identity, &pick).await {
+                // The identity appeared meanwhile (the same pod is being
+                // started elsewhere): the retry claims it properly.
+                Ok(None) => {
+                    net.picks().unpick(ip);
+                    return Err(IpamError::Contended(1));
                 }
-                Some(i) => match self
-                    .sticky()
-                    .create_sticky(net, &lease, i, pick.guard.as_ref())
-                    .await
-                {
-                    // The identity appeared meanwhile (the same pod is being
-                    // started elsewhere): the retry claims it properly.
-                    Ok(None) => {
-                        net.unpick(ip);
-                        return Err(IpamError::Contended(1));
-                    }
-                    Ok(Some(c)) => Ok(c),
-                    Err(e) => Err(e),
-                },
+                Ok(Some(c)) => Ok(c),
+                Err(e) => Err(e),
             };
             if let Some(done) = self.requested_outcome(net, a, &pick, &lease, created)? {
                 return Ok(done);
@@ -200,8 +190,7 @@ impl<S: LeaseStore> Allocator<'_, S> {
     }
 
     /// Acts on the outcome of the requested address's create: the answer,
-    /// or None to try the same address again (its block changed). Over 60
-    /// lines on purpose: one flat match, an arm per outcome.
+    /// or None to try the same address again (its block changed).
     fn requested_outcome(
         &self,
         net: &NetState,
@@ -211,57 +200,24 @@ impl<S: LeaseStore> Allocator<'_, S> {
         created: Result<CreateLease, StoreError>,
     ) -> Result<Option<Try>, IpamError> {
         let ip = pick.ip;
-        match created {
-            Ok(CreateLease::Created { mod_revision }) => {
-                self.outage.note_reachable();
-                net.observe(
-                    StoredLease {
-                        lease: lease.clone(),
-                        mod_revision,
-                    },
-                    &self.node,
-                );
-                if pick.guard.is_some() || pick.borrowed {
-                    self.block_demand.notify_one();
-                }
-                info!(network = %a.network, %ip, requested = true, container = %a.container_id, ifname = %a.ifname, pod = %a.pod.display(), "leased");
-                Ok(Some(Try::Done(Box::new(Allocated {
-                    lease: lease.clone(),
-                    network: net.effective_spec(),
-                    existing: false,
-                }))))
-            }
-            Ok(CreateLease::Taken(owner)) => {
-                // Lost the race (or our cache lagged): the address stays
-                // marked taken and the watch fills in the owner.
+        match self.settle_create(net, a, pick, lease, created)? {
+            Settled::Created => Ok(Some(Try::Done(Box::new(Allocated {
+                lease: lease.clone(),
+                network: net.effective_spec(),
+                existing: false,
+            })))),
+            Settled::Taken(owner) => {
                 let who = owner
                     .as_ref()
                     .map(|o| describe_holder(o))
                     .unwrap_or_else(|| "taken".to_string());
                 Ok(Some(Try::Refused(format!("{ip} is {who}"))))
             }
-            Ok(CreateLease::BlockChanged) => {
-                debug!(%ip, "block changed under the requested address; retrying");
-                net.unpick(ip);
-                net.blocks().drop_at(ip);
-                Ok(None)
-            }
-            Ok(CreateLease::NetworkGone) => {
-                net.unpick(ip);
-                Err(IpamError::UnknownNetwork(a.network.clone()))
-            }
-            Err(e @ StoreError::Unavailable(_)) => {
-                // The write may have been applied: the retry or the DEL
-                // resolves it.
-                net.uncertain()
-                    .mark(&(a.container_id.clone(), a.ifname.clone()), ip);
-                self.outage.note_store_error(&e);
-                Err(requested_needs_etcd(a, e))
-            }
-            Err(e) => {
-                net.unpick(ip);
-                Err(e.into())
-            }
+            Settled::BlockChanged => Ok(None),
+            Settled::NetworkGone => Err(IpamError::UnknownNetwork(a.network.clone())),
+            // The write may have been applied: the retry or the DEL
+            // resolves it.
+            Settled::Unavailable(m) => Err(requested_needs_etcd(a, StoreError::Unavailable(m))),
         }
     }
 

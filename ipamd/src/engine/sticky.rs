@@ -19,6 +19,7 @@
 //! "try again later" instead of taking an offline address that would
 //! break the promise.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use rackline_model::sticky::{decide, Holder, StickyDecision, StickyFacts};
@@ -210,9 +211,7 @@ impl<S: LeaseStore> Sticky<'_, S> {
     }
 
     /// Carries out a decision about an existing identity: Some(claim) when
-    /// the ADD is answered, None to read the records again. Over 60 lines
-    /// on purpose: one arm per decision, most of it the operator-facing
-    /// error texts.
+    /// the ADD is answered, None to read the records again.
     async fn carry_out(
         &self,
         net: &Arc<NetState>,
@@ -221,19 +220,10 @@ impl<S: LeaseStore> Sticky<'_, S> {
         cur: Option<StoredLease>,
         decision: StickyDecision,
     ) -> Result<Option<Claim>, IpamError> {
-        let (ns, name) = (&a.pod.namespace, &a.pod.name);
         let ip = ident.identity.address;
         match decision {
             StickyDecision::LiveElsewhere { node, container_id } => {
-                Err(IpamError::IdentityLive(format!(
-                    "pod {} already holds {ip} on node {:?} (container {}); delete it there first, or, if that node is gone for good, run `racklinectl reservation release --force {} {} {}`",
-                    a.pod.display(),
-                    node,
-                    container_id,
-                    a.network,
-                    ns,
-                    name
-                )))
+                Err(live_elsewhere(a, ip, &node, &container_id))
             }
             StickyDecision::AlreadyHeld => {
                 // Ours already (our cache had not seen it yet).
@@ -247,15 +237,8 @@ impl<S: LeaseStore> Sticky<'_, S> {
             }
             StickyDecision::WrongRack { rack } => {
                 let rack = rack.unwrap_or_else(|| "?".into());
-                Err(IpamError::WrongRack(format!(
-                    "pod {} has address {ip} reserved in rack {rack:?}, and node {:?} is in rack {:?}: the address is only reachable behind rack {rack:?}'s TOR. Start the pod in rack {rack:?}, or release the reservation (`racklinectl reservation release {} {} {}`)",
-                    a.pod.display(),
-                    self.node,
-                    self.rack.as_deref().unwrap_or("-"),
-                    a.network,
-                    ns,
-                    name
-                )))
+                let here = (self.node.as_str(), self.rack.as_deref().unwrap_or("-"));
+                Err(wrong_rack(a, ip, &rack, here))
             }
             StickyDecision::DropAndRetry => {
                 self.drop_reservation(a, ident, cur.as_ref()).await?;
@@ -264,12 +247,10 @@ impl<S: LeaseStore> Sticky<'_, S> {
             StickyDecision::Reuse => {
                 if !a.requested.is_empty() && !a.requested.contains(&ip) {
                     return Err(IpamError::RequestedAddress(format!(
-                        "pod {} is sticky and its address is {ip}; it cannot be given {} instead (release the reservation first: `racklinectl reservation release {} {} {}`)",
+                        "pod {} is sticky and its address is {ip}; it cannot be given {} instead (release the reservation first: {})",
                         a.pod.display(),
                         super::requested::list(&a.requested),
-                        a.network,
-                        ns,
-                        name
+                        release_command(a, "")
                     )));
                 }
                 self.take_over(net, a, ident, cur).await
@@ -561,4 +542,33 @@ impl<S: LeaseStore> Sticky<'_, S> {
             }
         }
     }
+}
+
+/// The operator's command that releases the pod's reservation; `flags`
+/// goes before the arguments (e.g. "--force ").
+fn release_command(a: &AllocateArgs, flags: &str) -> String {
+    format!(
+        "`racklinectl reservation release {flags}{} {} {}`",
+        a.network, a.pod.namespace, a.pod.name
+    )
+}
+
+/// The sticky pod already runs on another node.
+fn live_elsewhere(a: &AllocateArgs, ip: Ipv4Addr, node: &str, container_id: &str) -> IpamError {
+    IpamError::IdentityLive(format!(
+        "pod {} already holds {ip} on node {node:?} (container {container_id}); delete it there first, or, if that node is gone for good, run {}",
+        a.pod.display(),
+        release_command(a, "--force ")
+    ))
+}
+
+/// The sticky pod's address lives in another rack; `here` = this node and
+/// its rack.
+fn wrong_rack(a: &AllocateArgs, ip: Ipv4Addr, rack: &str, here: (&str, &str)) -> IpamError {
+    let (node, node_rack) = here;
+    IpamError::WrongRack(format!(
+        "pod {} has address {ip} reserved in rack {rack:?}, and node {node:?} is in rack {node_rack:?}: the address is only reachable behind rack {rack:?}'s TOR. Start the pod in rack {rack:?}, or release the reservation ({})",
+        a.pod.display(),
+        release_command(a, "")
+    ))
 }

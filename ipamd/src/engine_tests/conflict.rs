@@ -62,7 +62,7 @@ async fn conflict_quarantines_the_address_and_the_retry_gets_another() {
     assert_no_duplicates_ignoring_conflicts(&store);
 
     // GC and release concern attachments: the record has none.
-    let (gced, _) = e.gc("prod", &HashSet::new()).await.unwrap();
+    let (gced, _) = e.allocator().gc("prod", &HashSet::new()).await.unwrap();
     assert_eq!(
         gced.iter().map(|l| l.address).collect::<Vec<_>>(),
         vec![again.lease.address]

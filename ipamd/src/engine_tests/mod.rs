@@ -20,7 +20,7 @@ use crate::store::LeaseStore;
 #[derive(Default)]
 pub(super) struct FakeStore {
     pub(super) rev: AtomicI64,
-    pub(super) leases: Mutex<HashMap<(String, Ipv4Addr), StoredLease>>,
+    pub(super) leases: Mutex<LeaseMap>,
     pub(super) networks: Mutex<HashMap<String, StoredNetwork>>,
     /// Block key -> mod revision.
     pub(super) blocks: Mutex<HashMap<String, i64>>,
@@ -39,7 +39,24 @@ pub(super) struct FakeStore {
     pub(super) node_addrs: Mutex<Vec<(Ipv4Addr, String)>>,
 }
 
+/// Lease records by (network, address).
+type LeaseMap = HashMap<(String, Ipv4Addr), StoredLease>;
+
 impl FakeStore {
+    /// Writes `lease` at `k` in `m` (the locked lease map) at the next
+    /// revision, and returns that revision.
+    fn put(&self, m: &mut LeaseMap, k: (String, Ipv4Addr), lease: &Lease) -> i64 {
+        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
+        m.insert(
+            k,
+            StoredLease {
+                lease: lease.clone(),
+                mod_revision: rev,
+            },
+        );
+        rev
+    }
+
     pub(super) fn add_network(&self, spec: NetworkSpec) -> StoredNetwork {
         let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
         let n = StoredNetwork {
@@ -97,14 +114,7 @@ impl LeaseStore for Arc<FakeStore> {
         if let Some(o) = m.get(&k) {
             return Ok(CreateLease::Taken(Some(Box::new(o.lease.clone()))));
         }
-        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
-        m.insert(
-            k,
-            StoredLease {
-                lease: lease.clone(),
-                mod_revision: rev,
-            },
-        );
+        let rev = self.put(&mut m, k, lease);
         if self.lose_next_create_answer.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Unavailable("answer lost".into()));
         }
@@ -186,14 +196,7 @@ impl LeaseStore for Arc<FakeStore> {
         let k = (lease.network.clone(), lease.address);
         match m.get(&k) {
             Some(l) if l.mod_revision == mod_revision => {
-                let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
-                m.insert(
-                    k,
-                    StoredLease {
-                        lease: lease.clone(),
-                        mod_revision: rev,
-                    },
-                );
+                let rev = self.put(&mut m, k, lease);
                 Ok(Some(rev))
             }
             _ => Ok(None),
@@ -260,14 +263,7 @@ impl LeaseStore for Arc<FakeStore> {
         if !(lease_ok && ident_ok) {
             return Ok(StickyWrite::Changed);
         }
-        let rev = self.rev.fetch_add(1, Ordering::SeqCst) + 1;
-        m.insert(
-            lk,
-            StoredLease {
-                lease: lease.clone(),
-                mod_revision: rev,
-            },
-        );
+        let rev = self.put(&mut m, lk, lease);
         ids.insert(
             ik,
             StoredIdentity {
@@ -325,22 +321,9 @@ impl LeaseStore for Arc<FakeStore> {
     }
 }
 
+/// Network "prod": every engine test's network.
 pub(super) fn spec(subnet: &str, gw: &str) -> NetworkSpec {
-    NetworkSpec {
-        name: "prod".into(),
-        subnet: subnet.parse().unwrap(),
-        gateway: gw.parse().unwrap(),
-        master: "uplink0".into(),
-        mtu: 0,
-        vlan: None,
-        exclude: vec![],
-        routes: vec![],
-        host_routes: vec![],
-        block_size: 16,
-        sticky: None,
-        qos: Default::default(),
-        probe: None,
-    }
+    rackline_testkit::fixtures::network("prod", subnet, gw)
 }
 
 pub(super) fn engine(
@@ -540,7 +523,7 @@ async fn gc_releases_only_stale_attachments_older_than_the_grace() {
     e.allocate(args("keep")).await.unwrap();
     let gone = e.allocate(args("gone")).await.unwrap();
     let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())].into();
-    let (released, prefix) = e.gc("prod", &valid).await.unwrap();
+    let (released, prefix) = e.allocator().gc("prod", &valid).await.unwrap();
     assert_eq!(prefix, 24);
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].address, gone.lease.address);
@@ -548,7 +531,13 @@ async fn gc_releases_only_stale_attachments_older_than_the_grace() {
     // With a grace period a just-made lease survives a GC that does not list it.
     let patient = engine("n1", &store, Duration::from_secs(3600));
     patient.allocate(args("young")).await.unwrap();
-    assert!(patient.gc("prod", &valid).await.unwrap().0.is_empty());
+    assert!(patient
+        .allocator()
+        .gc("prod", &valid)
+        .await
+        .unwrap()
+        .0
+        .is_empty());
     assert_eq!(store.live().len(), 2);
 }
 

@@ -86,7 +86,7 @@ async fn gc_reclaims_are_counted_and_gauges_follow_the_cache() {
         Some(3.0)
     );
     let valid: HashSet<(String, String)> = [("c2".to_string(), "eth0".to_string())].into();
-    let (freed, _) = e.gc("prod", &valid).await.unwrap();
+    let (freed, _) = e.allocator().gc("prod", &valid).await.unwrap();
     assert_eq!(freed.len(), 2);
     let x = scrape(&m, &e);
     assert_eq!(

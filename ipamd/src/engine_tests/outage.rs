@@ -624,15 +624,12 @@ fn a_lease_observed_in_a_state_a_snapshot_replaced_reaches_the_new_state() {
     use crate::netstate::NetState;
     use rackline_store::StoredLease;
     let spec = spec("10.0.0.0/24", "10.0.0.1");
-    let mk = |cid: &str, ip: &str, rev: i64| {
-        let mut l = Lease::standby("prod", ip.parse().unwrap(), "n1", 1);
-        l.state = rackline_model::LeaseState::Active;
-        l.container_id = cid.into();
-        l.ifname = "eth0".into();
-        StoredLease {
-            lease: l,
-            mod_revision: rev,
-        }
+    let mk = |cid: &str, ip: &str, rev: i64| StoredLease {
+        lease: rackline_testkit::fixtures::lease("prod", ip.parse().unwrap())
+            .container(cid)
+            .created(1)
+            .build(),
+        mod_revision: rev,
     };
     let old = NetState::new(spec.clone(), 1);
     // Observed before the hand-over, newer than the snapshot (revision 10).
@@ -712,11 +709,13 @@ async fn a_lost_create_before_a_restart_without_etcd_leaves_no_second_lease() {
     let reserve = standby_addresses(&store);
     // The lost create: in etcd, never seen by this ipamd.
     let lost: Ipv4Addr = "10.0.0.200".parse().unwrap();
-    let mut first = Lease::standby("prod", lost, "n1", 1);
-    first.state = rackline_model::LeaseState::Active;
-    first.container_id = "c9".into();
-    first.ifname = "eth0".into();
-    first.pod = args("c9").pod;
+    let first = Lease {
+        pod: args("c9").pod,
+        ..rackline_testkit::fixtures::lease("prod", lost)
+            .container("c9")
+            .created(1)
+            .build()
+    };
     assert!(matches!(
         store
             .create_lease(&first, net.create_revision, None)

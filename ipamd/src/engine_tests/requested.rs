@@ -96,7 +96,12 @@ async fn refuses_with_the_reason_for_every_address() {
     assert!(m.contains("gateway") && m.contains("in use"), "{m}");
     // Nothing was written by any refusal.
     assert_eq!(store.live().len(), 1);
-    assert!(e.check("prod", "c1", "eth0").await.unwrap().is_none());
+    assert!(e
+        .allocator()
+        .check("prod", "c1", "eth0")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]

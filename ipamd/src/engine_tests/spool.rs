@@ -85,6 +85,7 @@ async fn a_record_removed_before_the_lock_releases_nothing() {
     // The ADD removed the record before it allocated: under the lock the
     // release sees it gone.
     let released = e
+        .allocator()
         .release_if("prod", "c1", "eth0", false, || false)
         .await
         .unwrap();

@@ -93,7 +93,7 @@ async fn the_old_incarnations_late_del_does_not_free_the_new_lease() {
     );
     // A GC whose valid list lacks the old container frees nothing either.
     let valid: HashSet<_> = [("new".to_string(), "eth0".to_string())].into();
-    let (freed, _) = e.gc("prod", &valid).await.unwrap();
+    let (freed, _) = e.allocator().gc("prod", &valid).await.unwrap();
     assert!(freed.is_empty(), "{freed:?}");
     assert_eq!(record(&store, new.lease.address).container_id, "new");
 }
@@ -172,7 +172,10 @@ async fn rolling_back_a_failed_add_keeps_only_reservations_that_existed_before()
     let e = engine("n1", &store, Duration::ZERO);
     // A brand-new sticky pod whose ADD fails: nothing is left behind.
     let a = e.allocate(pod_args("db-0", "c1")).await.unwrap();
-    e.release_with("prod", "c1", "eth0", true).await.unwrap();
+    e.allocator()
+        .release_if("prod", "c1", "eth0", true, || true)
+        .await
+        .unwrap();
     assert!(store.live().is_empty(), "{:?}", store.live());
     assert!(store.identities.lock().unwrap().is_empty());
     // A pod that ran before: its failed re-creation goes back to reserved.
@@ -180,7 +183,10 @@ async fn rolling_back_a_failed_add_keeps_only_reservations_that_existed_before()
     e.release("prod", "c2", "eth0").await.unwrap();
     let again = e.allocate(pod_args("db-0", "c3")).await.unwrap();
     assert_eq!(again.lease.address, a2.lease.address);
-    e.release_with("prod", "c3", "eth0", true).await.unwrap();
+    e.allocator()
+        .release_if("prod", "c3", "eth0", true, || true)
+        .await
+        .unwrap();
     assert_eq!(record(&store, a2.lease.address).state, LeaseState::Reserved);
     let _ = a;
 }

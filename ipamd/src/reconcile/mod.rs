@@ -206,6 +206,7 @@ impl<S: LeaseStore> Reconciler<S> {
         for l in &plan.leases {
             match self
                 .engine
+                .allocator()
                 .reclaim(&l.network, &l.container_id, &l.ifname, cutoff)
                 .await
             {

@@ -11,7 +11,7 @@ use super::{AdminService, Result};
 impl AdminService {
     pub async fn set_acl(&self, a: Acl) -> Result<Acl> {
         let w = self.writer()?;
-        w.set_acl(&a).await?;
+        w.policies().set_acl(&a).await?;
         info!(network = %a.network, namespace = %a.namespace, acl = %a.name,
               ingress = a.ingress.len(), egress = a.egress.len(), "ACL set");
         Ok(a)
@@ -19,7 +19,7 @@ impl AdminService {
 
     pub async fn set_acl_default(&self, network: &str, d: AclDefault) -> Result<AclDefault> {
         let w = self.writer()?;
-        w.set_acl_default(network, &d).await?;
+        w.policies().set_acl_default(network, &d).await?;
         info!(%network, ingress = ?d.ingress, egress = ?d.egress, "ACL default set");
         Ok(d)
     }
@@ -42,7 +42,7 @@ impl AdminService {
 
     pub async fn delete_acl(&self, network: &str, namespace: &str, name: &str) -> Result<bool> {
         let w = self.writer()?;
-        let deleted = w.delete_acl(network, namespace, name).await?;
+        let deleted = w.policies().delete_acl(network, namespace, name).await?;
         info!(%network, %namespace, acl = %name, deleted, "ACL deleted");
         Ok(deleted)
     }

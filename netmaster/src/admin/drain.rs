@@ -49,6 +49,12 @@ enum Step<T> {
 }
 
 impl AdminService {
+    /// Those of `nodes` whose ipamd holds no liveness record.
+    async fn not_live<'n>(&self, nodes: &'n BTreeSet<String>) -> Result<Vec<&'n String>> {
+        let live = self.store.admin_reads().live_nodes().await?;
+        Ok(nodes.iter().filter(|n| !live.contains_key(*n)).collect())
+    }
+
     /// Runs `look` until it finishes, with `target`'s drain marker up while
     /// it waits for the reserve of some nodes; gives up after `wait`, or at
     /// once when none of those nodes' ipamds is live (nobody would return
@@ -75,22 +81,19 @@ impl AdminService {
                 Ok(Step::Waiting { holders, left }) => (holders, left),
             };
             if !marked {
-                match w.put_drain(&target, reason).await {
-                    Ok(_) => {
-                        info!(
-                            "{} is being drained ({reason}): waiting for {left}",
-                            target.describe()
-                        );
-                        marked = true;
-                    }
-                    Err(e) => break Err(e.into()),
+                if let Err(e) = w.put_drain(&target, reason).await {
+                    break Err(e.into());
                 }
+                info!(
+                    "{} is being drained ({reason}): waiting for {left}",
+                    target.describe()
+                );
+                marked = true;
             }
-            let live = match self.store.admin_reads().live_nodes().await {
-                Ok(l) => l,
-                Err(e) => break Err(e.into()),
+            let dead = match self.not_live(&holders).await {
+                Ok(d) => d,
+                Err(e) => break Err(e),
             };
-            let dead: Vec<&String> = holders.iter().filter(|n| !live.contains_key(*n)).collect();
             if let Some(e) = stuck(
                 &target,
                 &left,

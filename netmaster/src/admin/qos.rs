@@ -10,7 +10,7 @@ use super::{AdminService, Result};
 impl AdminService {
     pub async fn set_qos_policy(&self, p: QosPolicy) -> Result<QosPolicy> {
         let w = self.writer()?;
-        w.set_qos_policy(&p).await?;
+        w.policies().set_qos_policy(&p).await?;
         info!(network = %p.network, namespace = %p.namespace, policy = %p.name,
               bandwidth = %p.bandwidth, "QoS policy set");
         Ok(p)
@@ -29,7 +29,10 @@ impl AdminService {
         name: &str,
     ) -> Result<bool> {
         let w = self.writer()?;
-        let deleted = w.delete_qos_policy(network, namespace, name).await?;
+        let deleted = w
+            .policies()
+            .delete_qos_policy(network, namespace, name)
+            .await?;
         info!(%network, %namespace, policy = %name, deleted, "QoS policy deleted");
         Ok(deleted)
     }

@@ -85,7 +85,10 @@ impl AdminService {
     /// Deletes a node for good (see `rackline_store::RetireMode::Delete`).
     pub async fn delete_node(&self, name: &str, force: bool) -> Result<RetireReport> {
         let w = self.writer()?;
-        let r = w.retire_node(name, RetireMode::Delete { force }).await?;
+        let r = w
+            .retirement()
+            .retire_node(name, RetireMode::Delete { force })
+            .await?;
         info!(node = %name, force, ?r, "node deleted");
         Ok(r)
     }

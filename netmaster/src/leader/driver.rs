@@ -78,9 +78,14 @@ impl Driver {
         }
     }
 
-    async fn pause(&mut self) -> bool {
+    /// Waits the retry interval, then goes on with `next` (or stops if
+    /// told to meanwhile).
+    async fn pause_then(&mut self, next: Step) -> Step {
         let d = self.timings.retry;
-        self.or_stop(tokio::time::sleep(d)).await.is_some()
+        match self.or_stop(tokio::time::sleep(d)).await {
+            Some(()) => next,
+            None => Step::Stop,
+        }
     }
 
     /// Revokes the lease held (best effort: an unrevoked lease expires).
@@ -104,11 +109,7 @@ impl Driver {
             Some(Ok(g)) => g,
             Some(Err(e)) => {
                 warn!(error = %e, "cannot grant an etcd lease; retrying");
-                return if self.pause().await {
-                    Step::Campaign
-                } else {
-                    Step::Stop
-                };
+                return self.pause_then(Step::Campaign).await;
             }
         };
         // From here a won-but-unanswered campaign is possible: remember the
@@ -148,11 +149,7 @@ impl Driver {
             Some(Err(e)) => {
                 warn!(error = %e, "campaign failed; retrying with a fresh lease");
                 self.release_lease().await;
-                if self.pause().await {
-                    Step::Campaign
-                } else {
-                    Step::Stop
-                }
+                self.pause_then(Step::Campaign).await
             }
         }
     }
@@ -165,11 +162,7 @@ impl Driver {
             Some(Ok((None, _))) => Step::Campaign,
             Some(Err(e)) => {
                 warn!(error = %e, "cannot read the leader key; retrying");
-                if self.pause().await {
-                    Step::Observe
-                } else {
-                    Step::Stop
-                }
+                self.pause_then(Step::Observe).await
             }
         }
     }
@@ -204,11 +197,7 @@ impl Driver {
             Some(Ok(w)) => w,
             Some(Err(e)) => {
                 warn!(error = %e, "cannot watch the leader key; retrying");
-                return if self.pause().await {
-                    Step::Observe
-                } else {
-                    Step::Stop
-                };
+                return self.pause_then(Step::Observe).await;
             }
         };
         loop {
@@ -217,11 +206,7 @@ impl Driver {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
                     warn!(error = %e, "leader watch broke; re-reading");
-                    return if self.pause().await {
-                        Step::Observe
-                    } else {
-                        Step::Stop
-                    };
+                    return self.pause_then(Step::Observe).await;
                 }
             };
             for change in changes {
