@@ -144,14 +144,10 @@ impl<S: LeaseStore> Sticky<'_, S> {
         a: &AllocateArgs,
         view: IdentityView,
     ) -> Result<Option<(StoredIdentity, Option<StoredLease>)>, IpamError> {
-        let (ns, name) = (&a.pod.namespace, &a.pod.name);
         let ident = view.identity;
         match view.lease {
-            Some(sl)
-                if !(sl.lease.sticky
-                    && sl.lease.pod.namespace == *ns
-                    && sl.lease.pod.name == *name) =>
-            {
+            // The same rule netmaster's pin and its reservation views apply.
+            Some(sl) if !ident.identity.is_named_by(&sl.lease) => {
                 let ip = ident.identity.address;
                 warn!(network = %a.network, %ip, pod = %a.pod.display(), owner = ?sl.lease, "identity points at an address owned by someone else; dropping the identity");
                 self.store

@@ -1,7 +1,8 @@
 //! The sticky decision: what an ADD of a possibly sticky pod does with its
-//! identity's record. Pure, so every place that applies the rules (ipamd's
-//! claim, netmaster's pin and its admin views) applies the same ones, and
-//! they are table-tested here.
+//! identity's record. Pure and table-tested here; ipamd's claim applies it,
+//! and the operator's pin (`pin.rs`) obeys the same two rules: a record is
+//! the identity's only when it names it back (`Identity::is_named_by`), and
+//! an address a pod of the identity runs with is never taken from it.
 
 use super::{CrossRack, Identity};
 
