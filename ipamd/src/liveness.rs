@@ -194,7 +194,11 @@ impl NodeLiveness {
     /// one of this installation is a dead predecessor's and is replaced.
     pub async fn acquire(&self) -> Result<Held, LivenessError> {
         let started = tokio::time::Instant::now();
-        let granted = self.store.grant_lease(self.ttl.as_secs() as i64).await?;
+        let granted = self
+            .store
+            .etcd_leases()
+            .grant(self.ttl.as_secs() as i64)
+            .await?;
         loop {
             match self
                 .store
@@ -220,7 +224,7 @@ impl NodeLiveness {
                     let limit =
                         Duration::from_secs(h.record.ttl_secs.max(1)) + Duration::from_secs(2);
                     if started.elapsed() >= limit {
-                        let _ = self.store.revoke_lease(granted.id).await;
+                        let _ = self.store.etcd_leases().revoke(granted.id).await;
                         return Err(LivenessError::Taken {
                             node: self.node.clone(),
                             holder: describe(&h),
@@ -231,7 +235,7 @@ impl NodeLiveness {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
-                    let _ = self.store.revoke_lease(granted.id).await;
+                    let _ = self.store.etcd_leases().revoke(granted.id).await;
                     return Err(e.into());
                 }
             }
@@ -244,7 +248,7 @@ impl NodeLiveness {
     /// record must be taken again.
     async fn tend(&self, h: Held, keeper: &mut Option<LeaseKeepAlive>) -> bool {
         let Some(k) = keeper.as_mut() else {
-            *keeper = match self.store.keep_alive(h.lease).await {
+            *keeper = match self.store.etcd_leases().keep_alive(h.lease).await {
                 Ok(Some(k)) => Some(k),
                 Ok(None) => {
                     warn!(node = %self.node, "the liveness lease is gone; taking the record again");
@@ -317,7 +321,7 @@ impl NodeLiveness {
         if let Some(h) = held {
             // Revoking deletes the record with the lease: netmaster sees the
             // node stopped (not dead) only through its drain/delete flow.
-            if let Err(e) = self.store.revoke_lease(h.lease).await {
+            if let Err(e) = self.store.etcd_leases().revoke(h.lease).await {
                 warn!(node = %self.node, "cannot release the liveness record: {e}");
             }
         }

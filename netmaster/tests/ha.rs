@@ -437,7 +437,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         )
     };
     rt.block_on(async {
-        let l1 = s.grant_lease(5).await.expect("grant");
+        let l1 = s.etcd_leases().grant(5).await.expect("grant");
         let fence1 = win(&s, l1.id).await;
         let leader1 = LeaderStore::fenced(s.clone(), fence1.clone());
         leader1
@@ -445,7 +445,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
             .await
             .expect("the current leader writes");
         // A second candidate loses while the key is held.
-        let l2 = s.grant_lease(5).await.expect("grant");
+        let l2 = s.etcd_leases().grant(5).await.expect("grant");
         assert!(matches!(
             s.leader_key()
                 .campaign(b"{}".to_vec(), l2.id)
@@ -458,7 +458,7 @@ fn a_stale_fence_fails_the_write_in_etcd() {
         ));
 
         // Leadership ends (lease revoked: the key goes with it).
-        s.revoke_lease(l1.id).await.expect("revoke");
+        s.etcd_leases().revoke(l1.id).await.expect("revoke");
         let e = leader1.create_network(&spec("two", 2)).await.unwrap_err();
         assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
 
@@ -473,8 +473,14 @@ fn a_stale_fence_fails_the_write_in_etcd() {
             .create_network(&spec("four", 4))
             .await
             .expect("the new leader writes");
-        assert!(s.keep_alive(l1.id).await.expect("keep-alive").is_none());
+        assert!(s
+            .etcd_leases()
+            .keep_alive(l1.id)
+            .await
+            .expect("keep-alive")
+            .is_none());
         let mut ka = s
+            .etcd_leases()
             .keep_alive(l2.id)
             .await
             .expect("keep-alive")
@@ -518,7 +524,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
             );
             AdminService::with_fence(s.clone(), Arc::new(status))
         };
-        let l1 = s.grant_lease(5).await.expect("grant");
+        let l1 = s.etcd_leases().grant(5).await.expect("grant");
         let fence1 = win(&s, l1.id).await;
         let old = admin_of(fence1, l1.id);
         old.create_network(spec.clone()).await.expect("create");
@@ -527,8 +533,8 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
             .expect("the current leader pins");
 
         // Deposed: its key goes with its lease, another replica wins.
-        s.revoke_lease(l1.id).await.expect("revoke");
-        let l2 = s.grant_lease(5).await.expect("grant");
+        s.etcd_leases().revoke(l1.id).await.expect("revoke");
+        let l2 = s.etcd_leases().grant(5).await.expect("grant");
         let fence2 = win(&s, l2.id).await;
 
         let e = old

@@ -84,7 +84,7 @@ fn sticky(rt: &tokio::runtime::Runtime, st: &Store, addr: &str, node: &str, pod:
 
 /// Holds `node`'s liveness record as its ipamd would; returns the etcd lease.
 fn hold_liveness(rt: &tokio::runtime::Runtime, st: &Store, node: &str) -> i64 {
-    let g = rt.block_on(st.grant_lease(60)).unwrap();
+    let g = rt.block_on(st.etcd_leases().grant(60)).unwrap();
     let rec = Liveness {
         instance: format!("test-{node}"),
         host: "test".into(),
@@ -158,7 +158,7 @@ fn node_delete_refuses_a_live_or_busy_node_then_retires_what_it_holds() {
     );
 
     // Its ipamd stops: not live any more, but pods still hold addresses.
-    rt.block_on(st.revoke_lease(lease)).unwrap();
+    rt.block_on(st.etcd_leases().revoke(lease)).unwrap();
     assert_eq!(node_row(s, "n1").unwrap()["live"], false);
     ctl(s, &["node", "delete", "n1"])
         .refused("node \"n1\" still holds 2 pod lease(s) (default/web-0, default/db-0)");

@@ -300,7 +300,7 @@ fn an_exclusion_over_a_live_lease_is_refused_unless_forced() {
 
     // n2's ipamd is live: the update is written and waits for n2 to give the
     // record back, as n2's ipamd does once it sees the new exclusion.
-    let g = rt.block_on(s.grant_lease(60)).unwrap();
+    let g = rt.block_on(s.etcd_leases().grant(60)).unwrap();
     let live = Liveness {
         instance: "test-n2".into(),
         host: "test".into(),

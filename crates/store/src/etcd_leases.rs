@@ -4,7 +4,7 @@
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{Result, Store, StoreError};
+use crate::{EtcdLeases, Result, StoreError};
 
 /// A granted etcd lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +47,9 @@ impl LeaseKeepAlive {
     }
 }
 
-impl Store {
+impl EtcdLeases<'_> {
     /// Grants a fresh etcd lease of `ttl_secs`.
-    pub async fn grant_lease(&self, ttl_secs: i64) -> Result<GrantedLease> {
+    pub async fn grant(&self, ttl_secs: i64) -> Result<GrantedLease> {
         let mut c = self.client();
         let resp = self
             .deadline(async move { c.lease_grant(ttl_secs, None).await })
@@ -62,7 +62,7 @@ impl Store {
 
     /// Revokes a lease, deleting every key attached to it at once. A lease
     /// that is already gone is not an error.
-    pub async fn revoke_lease(&self, id: i64) -> Result<()> {
+    pub async fn revoke(&self, id: i64) -> Result<()> {
         let mut c = self.client();
         match self.deadline(async move { c.lease_revoke(id).await }).await {
             Ok(_) => Ok(()),

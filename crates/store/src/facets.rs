@@ -10,6 +10,7 @@
 //! - [`LeaseOps`]: lease and sticky-identity records: reads and the node
 //!   agent's unfenced, revision-compared writes.
 //! - [`NodeLiveness`]: the node agent's liveness record, its node lock.
+//! - [`EtcdLeases`]: granting, revoking and keeping alive etcd leases.
 //!
 //! Facets of [`crate::LeaderStore`], so that handle keeps the allocation
 //! state (racks, nodes, blocks, networks, reservations) alone:
@@ -72,6 +73,13 @@ facet!(
     /// The node agent's liveness record: take, release, inspect the lock.
     NodeLiveness,
     liveness
+);
+facet!(
+    /// etcd leases (TTLs): grant, revoke, keep alive. What records are
+    /// attached to them is the caller's business (a node's liveness, the
+    /// leader key, a reservation's hold).
+    EtcdLeases,
+    etcd_leases
 );
 
 macro_rules! leader_facet {

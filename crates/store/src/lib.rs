@@ -40,7 +40,8 @@ pub use connect::{EtcdConfig, EtcdCredentialArgs, RELOAD_INTERVAL};
 pub use etcd_leases::{GrantedLease, LeaseKeepAlive};
 pub use events::{EventItem, EventsError, WebhookCursor};
 pub use facets::{
-    AdminReads, ControlEvents, LeaderKeyStore, LeaseOps, NodeLiveness, PolicyWrites, Retirement,
+    AdminReads, ControlEvents, EtcdLeases, LeaderKeyStore, LeaseOps, NodeLiveness, PolicyWrites,
+    Retirement,
 };
 pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};

@@ -103,7 +103,7 @@ impl NodeLiveness<'_> {
             .and_then([TxnOp::delete(key, None)]);
         let removed = self.commit(txn).await?.succeeded();
         if removed {
-            let _ = self.revoke_lease(seen.lease).await;
+            let _ = self.etcd_leases().revoke(seen.lease).await;
         }
         Ok(removed)
     }

@@ -391,7 +391,7 @@ impl Retirement<'_> {
             }
             StickyWrite::Changed => {
                 if let Some(id) = ttl {
-                    let _ = self.revoke_lease(id).await;
+                    let _ = self.etcd_leases().revoke(id).await;
                 }
                 // A record changed: the pass runs again.
                 Ok(StickyRetire::Changed)

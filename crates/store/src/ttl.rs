@@ -56,7 +56,7 @@ impl LeaseOps<'_> {
         // Not on an error: the put may have landed with the answer lost, and
         // revoking would free the quarantined address at once.
         if matches!(r, Ok(None)) {
-            let _ = self.revoke_lease(id).await;
+            let _ = self.etcd_leases().revoke(id).await;
         }
         r
     }

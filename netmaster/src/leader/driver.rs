@@ -59,7 +59,7 @@ impl Driver {
         }
         self.status.publish(Role::Stopped);
         if let Some(id) = self.lease.take() {
-            match self.store.revoke_lease(id).await {
+            match self.store.etcd_leases().revoke(id).await {
                 Ok(()) => info!(lease = id, "released the leader lease"),
                 Err(e) => {
                     warn!(lease = id, error = %e, "cannot revoke the leader lease; it expires by itself")
@@ -93,7 +93,7 @@ impl Driver {
         // Not cut short by a stop: stopping would revoke it anyway, and the
         // call is bounded by the etcd deadline.
         if let Some(id) = self.lease.take() {
-            if let Err(e) = self.store.revoke_lease(id).await {
+            if let Err(e) = self.store.etcd_leases().revoke(id).await {
                 warn!(lease = id, error = %e, "cannot revoke an old lease; it expires by itself");
             }
         }
@@ -104,7 +104,7 @@ impl Driver {
         let ttl_secs = i64::try_from(self.timings.ttl.as_secs()).unwrap_or(i64::MAX);
         let store = self.store.clone();
         let sent = Instant::now();
-        let granted = match self.or_stop(store.grant_lease(ttl_secs)).await {
+        let granted = match self.or_stop(store.etcd_leases().grant(ttl_secs)).await {
             None => return Step::Stop,
             Some(Ok(g)) => g,
             Some(Err(e)) => {
@@ -331,7 +331,7 @@ async fn refresh(
 ) -> rackline_store::Result<Option<Duration>> {
     let ttl = match stream {
         Some(s) => s.refresh().await?,
-        None => match store.keep_alive(lease).await? {
+        None => match store.etcd_leases().keep_alive(lease).await? {
             Some(s) => {
                 *stream = Some(s);
                 // Opening refreshed the lease to its granted TTL.
