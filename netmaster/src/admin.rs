@@ -12,6 +12,13 @@
 //! and no write can leave the fence out). A lone netmaster runs
 //! [`Unfenced`], whose handle is explicitly a single writer; replicas plug
 //! in leader election (`crate::leader`).
+//!
+//! The operations are grouped by the resource they act on, each group a
+//! borrowing view of the service: [`AdminService::networks`] (and leases),
+//! [`racks`](AdminService::racks), [`nodes`](AdminService::nodes),
+//! [`blocks`](AdminService::blocks),
+//! [`reservations`](AdminService::reservations) and
+//! [`policies`](AdminService::policies) (QoS and ACLs).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -206,7 +213,7 @@ pub struct LeaseFilter {
     pub network: Option<String>,
     pub node: Option<String>,
     /// Leases of the nodes registered in this rack (resolved by
-    /// `AdminService::list_leases`, not by `matches`).
+    /// `Networks::list_leases`, not by `matches`).
     pub rack: Option<String>,
     pub pod: Option<PodFilter>,
     pub address: Option<Ipv4Addr>,
@@ -236,6 +243,47 @@ pub struct AdminService {
     fence: Arc<dyn WriteFence>,
 }
 
+// The service's operations, grouped by the resource they act on (one RPC
+// each): borrowing views of the service, so a group is one small type and
+// the service itself keeps only construction, the write permit and the
+// leader. Every write still starts at `AdminService::writer`.
+
+/// `AdminService::networks`.
+#[derive(Clone, Copy)]
+pub struct Networks<'a> {
+    svc: &'a AdminService,
+}
+
+/// `AdminService::racks`.
+#[derive(Clone, Copy)]
+pub struct Racks<'a> {
+    svc: &'a AdminService,
+}
+
+/// `AdminService::nodes`.
+#[derive(Clone, Copy)]
+pub struct Nodes<'a> {
+    svc: &'a AdminService,
+}
+
+/// `AdminService::blocks`.
+#[derive(Clone, Copy)]
+pub struct Blocks<'a> {
+    svc: &'a AdminService,
+}
+
+/// `AdminService::reservations`.
+#[derive(Clone, Copy)]
+pub struct Reservations<'a> {
+    svc: &'a AdminService,
+}
+
+/// `AdminService::policies`.
+#[derive(Clone, Copy)]
+pub struct Policies<'a> {
+    svc: &'a AdminService,
+}
+
 impl AdminService {
     /// Connects lazily: this succeeds while etcd is down, and calls fail
     /// with `Unavailable` until it is back.
@@ -258,10 +306,42 @@ impl AdminService {
         self.fence.leader()
     }
 
+    /// Networks and their leases: create, read, update, delete.
+    pub fn networks(&self) -> Networks<'_> {
+        Networks { svc: self }
+    }
+
+    /// Racks and their bindings to networks.
+    pub fn racks(&self) -> Racks<'_> {
+        Racks { svc: self }
+    }
+
+    /// Node registrations and drains.
+    pub fn nodes(&self) -> Nodes<'_> {
+        Nodes { svc: self }
+    }
+
+    /// Address blocks handed to nodes, and their utilisation.
+    pub fn blocks(&self) -> Blocks<'_> {
+        Blocks { svc: self }
+    }
+
+    /// Sticky reservations: list, pin, release.
+    pub fn reservations(&self) -> Reservations<'_> {
+        Reservations { svc: self }
+    }
+
+    /// Per-pod policies: QoS policies and ACLs with their network defaults.
+    pub fn policies(&self) -> Policies<'_> {
+        Policies { svc: self }
+    }
+}
+
+impl Networks<'_> {
     /// Creates `spec` (already validated by the caller's conversion; it is
     /// validated again and checked for overlap inside the transaction).
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkView> {
-        let stored = self.writer()?.create_network(&spec).await?;
+        let stored = self.svc.writer()?.create_network(&spec).await?;
         info!(
             network = %stored.spec.name,
             subnet = %stored.spec.subnet,
@@ -272,17 +352,17 @@ impl AdminService {
     }
 
     pub async fn get_network(&self, name: &str) -> Result<NetworkView> {
-        let Some(net) = self.store.get_network(name).await? else {
+        let Some(net) = self.svc.store.get_network(name).await? else {
             return Err(AdminError::NotFound(name.to_string()));
         };
-        let allocated = self.store.admin_reads().count_leases(name).await?;
+        let allocated = self.svc.store.admin_reads().count_leases(name).await?;
         Ok(NetworkView::new(net.spec, allocated, net.mod_revision))
     }
 
     /// Networks by name, with lease counts from one read of all leases.
     pub async fn list_networks(&self) -> Result<Vec<NetworkView>> {
-        let (nets, _) = self.store.list_networks().await?;
-        let (leases, _) = self.store.list_leases(None).await?;
+        let (nets, _) = self.svc.store.list_networks().await?;
+        let (leases, _) = self.svc.store.list_leases(None).await?;
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for l in &leases {
             *counts.entry(l.lease.network.as_str()).or_default() += 1;
@@ -303,7 +383,8 @@ impl AdminService {
     pub async fn list_leases(&self, filter: &LeaseFilter) -> Result<Vec<Lease>> {
         let members: Option<std::collections::BTreeSet<String>> = match &filter.rack {
             Some(r) => Some(
-                self.store
+                self.svc
+                    .store
                     .admin_reads()
                     .get_rack(r)
                     .await?
@@ -312,7 +393,11 @@ impl AdminService {
             ),
             None => None,
         };
-        let (leases, _) = self.store.list_leases(filter.network.as_deref()).await?;
+        let (leases, _) = self
+            .svc
+            .store
+            .list_leases(filter.network.as_deref())
+            .await?;
         let mut out: Vec<Lease> = leases
             .into_iter()
             .map(|s| s.lease)

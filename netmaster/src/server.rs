@@ -109,6 +109,7 @@ impl Admin for GrpcAdmin {
         let network = (!network.is_empty()).then_some(network);
         let v = self
             .svc
+            .reservations()
             .list_reservations(network.as_deref())
             .await
             .map_err(fail)?;
@@ -127,6 +128,7 @@ impl Admin for GrpcAdmin {
         })?;
         let v = self
             .svc
+            .reservations()
             .pin_reservation(&r.network, &r.namespace, &r.name, ip)
             .await
             .map_err(fail)?;
@@ -140,6 +142,7 @@ impl Admin for GrpcAdmin {
         let r = request.into_inner();
         let ip = self
             .svc
+            .reservations()
             .release_reservation(&r.network, &r.namespace, &r.name, r.force)
             .await
             .map_err(fail)?;
@@ -157,7 +160,12 @@ impl Admin for GrpcAdmin {
             .network
             .ok_or_else(|| invalid(ConvertError::MissingNetwork))?;
         let spec = convert::network_from_proto(&net).map_err(invalid)?;
-        let view = self.svc.create_network(spec).await.map_err(fail)?;
+        let view = self
+            .svc
+            .networks()
+            .create_network(spec)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(convert::network_to_proto(&view)))
     }
 
@@ -166,7 +174,7 @@ impl Admin for GrpcAdmin {
         request: Request<pb::GetNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
         let name = request.into_inner().name;
-        let view = self.svc.get_network(&name).await.map_err(fail)?;
+        let view = self.svc.networks().get_network(&name).await.map_err(fail)?;
         Ok(Response::new(convert::network_to_proto(&view)))
     }
 
@@ -174,7 +182,7 @@ impl Admin for GrpcAdmin {
         &self,
         _request: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksReply>, Status> {
-        let views = self.svc.list_networks().await.map_err(fail)?;
+        let views = self.svc.networks().list_networks().await.map_err(fail)?;
         Ok(Response::new(pb::ListNetworksReply {
             networks: views.iter().map(convert::network_to_proto).collect(),
         }))
@@ -187,6 +195,7 @@ impl Admin for GrpcAdmin {
         let req = request.into_inner();
         let leases_deleted = self
             .svc
+            .networks()
             .delete_network(
                 &req.name,
                 req.force,
@@ -205,6 +214,7 @@ impl Admin for GrpcAdmin {
         let patch = convert::patch_from_proto(&req).map_err(invalid)?;
         let report = self
             .svc
+            .networks()
             .update_network(crate::admin::NetworkUpdate {
                 name: req.name.clone(),
                 patch,
@@ -222,7 +232,12 @@ impl Admin for GrpcAdmin {
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesReply>, Status> {
         let filter = convert::lease_filter_from_proto(request.get_ref()).map_err(invalid)?;
-        let leases = self.svc.list_leases(&filter).await.map_err(fail)?;
+        let leases = self
+            .svc
+            .networks()
+            .list_leases(&filter)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::ListLeasesReply {
             leases: leases.iter().map(convert::lease_to_proto).collect(),
         }))
@@ -237,7 +252,7 @@ impl Admin for GrpcAdmin {
             .rack
             .ok_or_else(|| invalid(ConvertError::Required("rack")))?;
         let rack = convert::rack_from_proto(&rack).map_err(invalid)?;
-        let rack = self.svc.create_rack(rack).await.map_err(fail)?;
+        let rack = self.svc.racks().create_rack(rack).await.map_err(fail)?;
         Ok(Response::new(convert::rack_to_proto(&rack)))
     }
 
@@ -247,7 +262,7 @@ impl Admin for GrpcAdmin {
     ) -> Result<Response<pb::RackDetail>, Status> {
         let name = request.into_inner().name;
         convert::validate_rack_name(&name).map_err(invalid)?;
-        let info = self.svc.get_rack(&name).await.map_err(fail)?;
+        let info = self.svc.racks().get_rack(&name).await.map_err(fail)?;
         Ok(Response::new(convert::rack_detail_to_proto(&info)))
     }
 
@@ -255,7 +270,7 @@ impl Admin for GrpcAdmin {
         &self,
         _request: Request<pb::ListRacksRequest>,
     ) -> Result<Response<pb::ListRacksReply>, Status> {
-        let racks = self.svc.list_racks().await.map_err(fail)?;
+        let racks = self.svc.racks().list_racks().await.map_err(fail)?;
         Ok(Response::new(pb::ListRacksReply {
             racks: racks.iter().map(convert::rack_to_proto).collect(),
         }))
@@ -267,7 +282,7 @@ impl Admin for GrpcAdmin {
     ) -> Result<Response<pb::DeleteRackReply>, Status> {
         let name = request.into_inner().name;
         convert::validate_rack_name(&name).map_err(invalid)?;
-        self.svc.delete_rack(&name).await.map_err(fail)?;
+        self.svc.racks().delete_rack(&name).await.map_err(fail)?;
         Ok(Response::new(pb::DeleteRackReply {}))
     }
 
@@ -280,7 +295,7 @@ impl Admin for GrpcAdmin {
             .binding
             .ok_or_else(|| invalid(ConvertError::Required("binding")))?;
         let b = convert::racknet_from_proto(&b).map_err(invalid)?;
-        let b = self.svc.bind_rack(b).await.map_err(fail)?;
+        let b = self.svc.racks().bind_rack(b).await.map_err(fail)?;
         Ok(Response::new(convert::racknet_to_proto(&b)))
     }
 
@@ -296,6 +311,7 @@ impl Admin for GrpcAdmin {
             .map_err(invalid)?
             .ok_or_else(|| invalid(ConvertError::Required("network")))?;
         self.svc
+            .racks()
             .unbind_rack(&rack, &network, crate::admin::drain_wait(req.wait_seconds))
             .await
             .map_err(fail)?;
@@ -311,6 +327,7 @@ impl Admin for GrpcAdmin {
         let rack = convert::rack_filter(&req.rack).map_err(invalid)?;
         let bindings = self
             .svc
+            .racks()
             .list_racknets(network.as_deref(), rack.as_deref())
             .await
             .map_err(fail)?;
@@ -328,7 +345,7 @@ impl Admin for GrpcAdmin {
             .node
             .ok_or_else(|| invalid(ConvertError::Required("node")))?;
         let node = convert::node_from_proto(&node).map_err(invalid)?;
-        let node = self.svc.register_node(node).await.map_err(fail)?;
+        let node = self.svc.nodes().register_node(node).await.map_err(fail)?;
         Ok(Response::new(convert::node_to_proto(&node)))
     }
 
@@ -340,7 +357,7 @@ impl Admin for GrpcAdmin {
         let name = convert::node_filter(&name)
             .map_err(invalid)?
             .ok_or_else(|| invalid(ConvertError::Required("name")))?;
-        let info = self.svc.get_node(&name).await.map_err(fail)?;
+        let info = self.svc.nodes().get_node(&name).await.map_err(fail)?;
         Ok(Response::new(convert::node_detail_to_proto(&info)))
     }
 
@@ -349,7 +366,12 @@ impl Admin for GrpcAdmin {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         let rack = convert::rack_filter(&request.into_inner().rack).map_err(invalid)?;
-        let nodes = self.svc.list_nodes(rack.as_deref()).await.map_err(fail)?;
+        let nodes = self
+            .svc
+            .nodes()
+            .list_nodes(rack.as_deref())
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::ListNodesReply {
             nodes: nodes.iter().map(convert::node_detail_to_proto).collect(),
         }))
@@ -363,7 +385,12 @@ impl Admin for GrpcAdmin {
         let name = convert::node_filter(&req.name)
             .map_err(invalid)?
             .ok_or_else(|| invalid(ConvertError::Required("name")))?;
-        let info = self.svc.drain_node(&name, req.undo).await.map_err(fail)?;
+        let info = self
+            .svc
+            .nodes()
+            .drain_node(&name, req.undo)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(convert::node_detail_to_proto(&info)))
     }
 
@@ -375,7 +402,12 @@ impl Admin for GrpcAdmin {
         let name = convert::node_filter(&req.name)
             .map_err(invalid)?
             .ok_or_else(|| invalid(ConvertError::Required("name")))?;
-        let r = self.svc.delete_node(&name, req.force).await.map_err(fail)?;
+        let r = self
+            .svc
+            .nodes()
+            .delete_node(&name, req.force)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::DeleteNodeReply {
             leases_freed: r.leases_freed,
             reserved: r.reserved,
@@ -391,6 +423,7 @@ impl Admin for GrpcAdmin {
         let req = convert::acquire_from_proto(request.get_ref()).map_err(invalid)?;
         let (b, created) = self
             .svc
+            .blocks()
             .acquire_block(&req.network, &req.node, req.known.as_deref())
             .await
             .map_err(fail)?;
@@ -408,6 +441,7 @@ impl Admin for GrpcAdmin {
             convert::release_from_proto(request.get_ref()).map_err(invalid)?;
         let released = self
             .svc
+            .blocks()
             .release_block(&network, first, &node)
             .await
             .map_err(fail)?;
@@ -423,7 +457,7 @@ impl Admin for GrpcAdmin {
         request: Request<pb::ListBlocksRequest>,
     ) -> Result<Response<pb::ListBlocksReply>, Status> {
         let filter = convert::block_filter_from_proto(request.get_ref()).map_err(invalid)?;
-        let blocks = self.svc.list_blocks(&filter).await.map_err(fail)?;
+        let blocks = self.svc.blocks().list_blocks(&filter).await.map_err(fail)?;
         Ok(Response::new(pb::ListBlocksReply {
             blocks: blocks.iter().map(convert::block_usage_to_proto).collect(),
         }))
@@ -436,6 +470,7 @@ impl Admin for GrpcAdmin {
         let network = convert::network_filter(&request.into_inner().network).map_err(invalid)?;
         let rows = self
             .svc
+            .blocks()
             .utilization(network.as_deref())
             .await
             .map_err(fail)?;
@@ -461,7 +496,7 @@ impl Admin for GrpcAdmin {
         request: Request<pb::QosPolicy>,
     ) -> Result<Response<pb::QosPolicy>, Status> {
         let p = convert::policy_from_proto(request.get_ref()).map_err(invalid)?;
-        let p = self.svc.set_qos_policy(p).await.map_err(fail)?;
+        let p = self.svc.policies().set_qos_policy(p).await.map_err(fail)?;
         Ok(Response::new(convert::policy_to_proto(&p)))
     }
 
@@ -476,7 +511,12 @@ impl Admin for GrpcAdmin {
             rackline_model::network::validate_name(n)
                 .map_err(|e| invalid(ConvertError::Invalid(e)))?;
         }
-        let list = self.svc.list_qos_policies(network).await.map_err(fail)?;
+        let list = self
+            .svc
+            .policies()
+            .list_qos_policies(network)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::ListQosPoliciesReply {
             policies: list.iter().map(convert::policy_to_proto).collect(),
         }))
@@ -493,6 +533,7 @@ impl Admin for GrpcAdmin {
         }
         let deleted = self
             .svc
+            .policies()
             .delete_qos_policy(&r.network, &r.namespace, &r.name)
             .await
             .map_err(fail)?;
@@ -501,7 +542,7 @@ impl Admin for GrpcAdmin {
 
     async fn set_acl(&self, request: Request<pb::Acl>) -> Result<Response<pb::Acl>, Status> {
         let a = convert::acl_from_proto(request.get_ref()).map_err(invalid)?;
-        let a = self.svc.set_acl(a).await.map_err(fail)?;
+        let a = self.svc.policies().set_acl(a).await.map_err(fail)?;
         Ok(Response::new(convert::acl_to_proto(&a)))
     }
 
@@ -510,7 +551,12 @@ impl Admin for GrpcAdmin {
         request: Request<pb::AclDefault>,
     ) -> Result<Response<pb::AclDefault>, Status> {
         let (network, d) = convert::acl_default_from_proto(request.get_ref()).map_err(invalid)?;
-        let d = self.svc.set_acl_default(&network, d).await.map_err(fail)?;
+        let d = self
+            .svc
+            .policies()
+            .set_acl_default(&network, d)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(convert::acl_default_to_proto(&network, &d)))
     }
 
@@ -524,7 +570,7 @@ impl Admin for GrpcAdmin {
             rackline_model::network::validate_name(n)
                 .map_err(|e| invalid(ConvertError::Invalid(e)))?;
         }
-        let (acls, defaults) = self.svc.list_acls(network).await.map_err(fail)?;
+        let (acls, defaults) = self.svc.policies().list_acls(network).await.map_err(fail)?;
         Ok(Response::new(pb::ListAclsReply {
             acls: acls.iter().map(convert::acl_to_proto).collect(),
             defaults: defaults
@@ -545,6 +591,7 @@ impl Admin for GrpcAdmin {
         }
         let deleted = self
             .svc
+            .policies()
             .delete_acl(&r.network, &r.namespace, &r.name)
             .await
             .map_err(fail)?;

@@ -120,7 +120,7 @@ fn concurrent_acquisitions_never_overlap() {
                     .expect("connect");
                 let mut mine = Vec::new();
                 loop {
-                    match c.acquire_block("big", &n).await {
+                    match c.blocks().acquire_block("big", &n).await {
                         Ok(b) => {
                             assert_eq!(b.node, n);
                             let first = u32::from(b.first.parse::<Ipv4Addr>().expect("first"));

@@ -96,7 +96,9 @@ async fn create_all(
     let mut handles = Vec::new();
     for (admin, s) in admins.iter().zip(specs.iter()) {
         let (admin, s) = (admin.clone(), s.clone());
-        handles.push(tokio::spawn(async move { admin.create_network(s).await }));
+        handles.push(tokio::spawn(async move {
+            admin.networks().create_network(s).await
+        }));
     }
     let mut out = Vec::new();
     for h in handles {

@@ -527,8 +527,12 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         let l1 = s.etcd_leases().grant(5).await.expect("grant");
         let fence1 = win(&s, l1.id).await;
         let old = admin_of(fence1, l1.id);
-        old.create_network(spec.clone()).await.expect("create");
-        old.pin_reservation("pins", "default", "web-0", ip(10))
+        old.networks()
+            .create_network(spec.clone())
+            .await
+            .expect("create");
+        old.reservations()
+            .pin_reservation("pins", "default", "web-0", ip(10))
             .await
             .expect("the current leader pins");
 
@@ -538,6 +542,7 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         let fence2 = win(&s, l2.id).await;
 
         let e = old
+            .reservations()
             .pin_reservation("pins", "default", "web-1", ip(11))
             .await
             .unwrap_err();
@@ -545,11 +550,13 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         assert!(e.to_string().contains("leadership lost"), "{e}");
         // Moving an existing pin deletes the old one first: refused too.
         let e = old
+            .reservations()
             .pin_reservation("pins", "default", "web-0", ip(12))
             .await
             .unwrap_err();
         assert!(matches!(e, AdminError::NotPermitted(_)), "{e}");
         let e = old
+            .reservations()
             .release_reservation("pins", "default", "web-0", false)
             .await
             .unwrap_err();
@@ -591,7 +598,8 @@ fn a_deposed_leaders_pin_and_release_are_refused() {
         // The new leader's release goes through.
         let new = admin_of(fence2, l2.id);
         assert_eq!(
-            new.release_reservation("pins", "default", "web-0", false)
+            new.reservations()
+                .release_reservation("pins", "default", "web-0", false)
                 .await
                 .expect("the new leader releases"),
             ip(10)

@@ -349,7 +349,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Network(NetworkCommand::Create(args)) => {
-            let n = client.create_network(args.to_proto()).await?;
+            let n = client.networks().create_network(args.to_proto()).await?;
             if json {
                 emit_json(out, &NetworkJson::from(&n))?;
             } else {
@@ -357,7 +357,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             }
         }
         Command::Network(NetworkCommand::List) => {
-            let nets = client.list_networks().await?;
+            let nets = client.networks().list_networks().await?;
             if json {
                 let v: Vec<NetworkJson> = nets.iter().map(NetworkJson::from).collect();
                 emit_json(out, &v)?;
@@ -366,7 +366,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             }
         }
         Command::Network(NetworkCommand::Show { name }) => {
-            let n = client.get_network(&name).await?;
+            let n = client.networks().get_network(&name).await?;
             if json {
                 emit_json(out, &NetworkJson::from(&n))?;
             } else {
@@ -374,7 +374,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             }
         }
         Command::Network(NetworkCommand::Update(args)) => {
-            let r = client.update_network(args.to_proto()).await?;
+            let r = client.networks().update_network(args.to_proto()).await?;
             if json {
                 emit_json(out, &render::UpdateJson::from(&r))?;
             } else {
@@ -382,7 +382,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             }
         }
         Command::Network(NetworkCommand::Delete { name, force, wait }) => {
-            let leases_deleted = client.delete_network(&name, force, wait).await?;
+            let leases_deleted = client.networks().delete_network(&name, force, wait).await?;
             if json {
                 emit_json(out, &DeleteJson { leases_deleted })?;
             } else if leases_deleted > 0 {
@@ -392,7 +392,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             }
         }
         Command::Lease(LeaseCommand::List(args)) => {
-            let leases = client.list_leases(args.to_proto()).await?;
+            let leases = client.networks().list_leases(args.to_proto()).await?;
             if json {
                 let v: Vec<LeaseJson> = leases.iter().map(LeaseJson::from).collect();
                 emit_json(out, &v)?;

@@ -6,11 +6,11 @@ use rackline_model::acl::{Acl, AclDefault};
 use rackline_store::AclRecord;
 use tracing::info;
 
-use super::{AdminService, Result};
+use super::{Policies, Result};
 
-impl AdminService {
+impl Policies<'_> {
     pub async fn set_acl(&self, a: Acl) -> Result<Acl> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         w.policies().set_acl(&a).await?;
         info!(network = %a.network, namespace = %a.namespace, acl = %a.name,
               ingress = a.ingress.len(), egress = a.egress.len(), "ACL set");
@@ -18,7 +18,7 @@ impl AdminService {
     }
 
     pub async fn set_acl_default(&self, network: &str, d: AclDefault) -> Result<AclDefault> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         w.policies().set_acl_default(network, &d).await?;
         info!(%network, ingress = ?d.ingress, egress = ?d.egress, "ACL default set");
         Ok(d)
@@ -29,7 +29,7 @@ impl AdminService {
         &self,
         network: Option<&str>,
     ) -> Result<(Vec<Acl>, Vec<(String, AclDefault)>)> {
-        let (list, _) = self.store.list_acls(network).await?;
+        let (list, _) = self.svc.store.list_acls(network).await?;
         let (mut acls, mut defaults) = (Vec::new(), Vec::new());
         for (_, r) in list {
             match r {
@@ -41,7 +41,7 @@ impl AdminService {
     }
 
     pub async fn delete_acl(&self, network: &str, namespace: &str, name: &str) -> Result<bool> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let deleted = w.policies().delete_acl(network, namespace, name).await?;
         info!(%network, %namespace, acl = %name, deleted, "ACL deleted");
         Ok(deleted)

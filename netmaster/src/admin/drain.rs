@@ -118,17 +118,20 @@ impl AdminService {
         }
         outcome
     }
+}
 
+impl super::Networks<'_> {
     /// Deletes a network. Without `force`, first lets every ipamd give its
     /// standby records back (up to `wait`), then deletes only if no lease
     /// record but quarantines is left. Returns how many records went with it.
     pub async fn delete_network(&self, name: &str, force: bool, wait: Duration) -> Result<u64> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let deleted = if force {
             w.delete_network(name, true).await?
         } else {
             let target = DrainTarget::Network(name.to_string());
-            self.drain_then(
+            AdminService::drain_then(
+                self.svc,
                 &w,
                 target,
                 "delete",
@@ -137,7 +140,7 @@ impl AdminService {
                 || {
                     let w = &w;
                     async move {
-                        let (census, _) = self.store.admin_reads().network_census(name).await?;
+                        let (census, _) = self.svc.store.admin_reads().network_census(name).await?;
                         if census.blocking(false).is_none() && census.standby_total() > 0 {
                             let left = census.standby_phrase().unwrap_or_default();
                             return Ok(Step::Waiting {
@@ -166,20 +169,23 @@ impl AdminService {
         info!(network = %name, force, leases_deleted = deleted, "network deleted");
         Ok(deleted)
     }
+}
 
+impl super::Racks<'_> {
     /// Removes a rack's binding to a network, first letting the rack's
     /// ipamds give back their standby records and blocks on it (up to
     /// `wait`).
     pub async fn unbind_rack(&self, rack: &str, network: &str, wait: Duration) -> Result<()> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let target = DrainTarget::RackNet {
             network: network.to_string(),
             rack: rack.to_string(),
         };
-        self.drain_then(&w, target, "unbind", wait, "", || {
+        AdminService::drain_then(self.svc, &w, target, "unbind", wait, "", || {
             let w = &w;
             async move {
                 let c = self
+                    .svc
                     .store
                     .admin_reads()
                     .binding_census(rack, network)
@@ -209,11 +215,13 @@ impl AdminService {
         info!(%rack, %network, "rack unbound");
         Ok(())
     }
+}
 
+impl super::Nodes<'_> {
     /// Marks `node` drained (or lifts the mark): it gets no new block, and
     /// its ipamd gives back its standby records and empty blocks.
     pub async fn drain_node(&self, node: &str, undo: bool) -> Result<NodeInfo> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let target = DrainTarget::Node(node.to_string());
         if undo {
             let lifted = w.delete_drain(&target).await?;

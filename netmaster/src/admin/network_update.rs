@@ -27,7 +27,7 @@ use rackline_store::{StoredLease, UpdateGuards, UpdateOutcome};
 use tracing::{info, warn};
 
 use super::drain::DEFAULT_DRAIN_WAIT;
-use super::{AdminError, AdminService, NetworkView, Result};
+use super::{AdminError, NetworkView, Networks, Result};
 
 /// How many times lease churn may make us re-read before giving up.
 const ATTEMPTS: u32 = 16;
@@ -136,7 +136,7 @@ fn newly_excluded(
     (covered, returning)
 }
 
-impl AdminService {
+impl Networks<'_> {
     // Stays long: one read-refuse-write round per attempt, every refusal and
     // the report resting on the same read; the checks are helpers.
     pub async fn update_network(&self, u: NetworkUpdate) -> Result<UpdateReport> {
@@ -144,11 +144,11 @@ impl AdminService {
         let writer = if u.dry_run {
             None
         } else {
-            Some(self.writer()?)
+            Some(self.svc.writer()?)
         };
         let mut first_seen = u.expect_revision;
         for _ in 0..ATTEMPTS {
-            let Some(st) = self.store.admin_reads().network_state(&u.name).await? else {
+            let Some(st) = self.svc.store.admin_reads().network_state(&u.name).await? else {
                 return Err(AdminError::NotFound(u.name.clone()));
             };
             let seen = st.network.mod_revision;
@@ -256,7 +256,7 @@ impl AdminService {
     /// have it give back has no live ipamd to do so.
     async fn standby_offline(&self, returning: &[(Ipv4Addr, String)]) -> Result<Option<Refusal>> {
         if !returning.is_empty() {
-            let live = self.store.admin_reads().live_nodes().await?;
+            let live = self.svc.store.admin_reads().live_nodes().await?;
             let dead: BTreeSet<&str> = returning
                 .iter()
                 .map(|(_, n)| n.as_str())
@@ -294,7 +294,7 @@ impl AdminService {
             if held.is_empty() {
                 break;
             }
-            match self.store.admin_reads().network_state(network).await {
+            match self.svc.store.admin_reads().network_state(network).await {
                 Ok(Some(st)) => held.retain(|ip| {
                     st.leases.iter().any(|sl| {
                         sl.lease.address == *ip

@@ -5,11 +5,11 @@
 use rackline_model::QosPolicy;
 use tracing::info;
 
-use super::{AdminService, Result};
+use super::{Policies, Result};
 
-impl AdminService {
+impl Policies<'_> {
     pub async fn set_qos_policy(&self, p: QosPolicy) -> Result<QosPolicy> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         w.policies().set_qos_policy(&p).await?;
         info!(network = %p.network, namespace = %p.namespace, policy = %p.name,
               bandwidth = %p.bandwidth, "QoS policy set");
@@ -18,7 +18,7 @@ impl AdminService {
 
     /// Sorted by network, namespace, name.
     pub async fn list_qos_policies(&self, network: Option<&str>) -> Result<Vec<QosPolicy>> {
-        let (list, _) = self.store.list_qos_policies(network).await?;
+        let (list, _) = self.svc.store.list_qos_policies(network).await?;
         Ok(list.into_iter().map(|(_, p)| p).collect())
     }
 
@@ -28,7 +28,7 @@ impl AdminService {
         namespace: &str,
         name: &str,
     ) -> Result<bool> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let deleted = w
             .policies()
             .delete_qos_policy(network, namespace, name)

@@ -15,7 +15,7 @@ use rackline_model::{Identity, Lease, LeaseState, PodRef};
 use rackline_store::{StickyWrite, StoredLease};
 use tracing::info;
 
-use super::{AdminError, AdminService, Result};
+use super::{AdminError, Reservations, Result};
 
 const ATTEMPTS: u32 = 8;
 
@@ -39,12 +39,18 @@ impl ReservationView {
     }
 }
 
-impl AdminService {
+impl Reservations<'_> {
     pub async fn list_reservations(&self, network: Option<&str>) -> Result<Vec<ReservationView>> {
-        let ids = self.store.admin_reads().list_identities(network).await?;
+        let ids = self
+            .svc
+            .store
+            .admin_reads()
+            .list_identities(network)
+            .await?;
         let mut out = Vec::with_capacity(ids.len());
         for i in ids {
             let lease = self
+                .svc
                 .store
                 .leases()
                 .get_lease(&i.identity.network, i.identity.address)
@@ -63,19 +69,21 @@ impl AdminService {
     /// belongs to (None on a network without rack bindings).
     async fn rack_of_address(&self, network: &str, ip: Ipv4Addr) -> Result<Option<String>> {
         let net = self
+            .svc
             .store
             .get_network(network)
             .await?
             .ok_or_else(|| AdminError::NotFound(network.to_string()))?;
         let spec = net.spec;
         let bindings = self
+            .svc
             .store
             .admin_reads()
             .list_racknets(Some(network), None)
             .await?;
         // The rule every ipamd pick obeys: no gateway, no node's own address.
         let mut infra = rackline_model::Infra::gateways(&spec, &bindings);
-        for (a, node) in self.store.node_addresses().await? {
+        for (a, node) in self.svc.store.node_addresses().await? {
             infra.add_node(&node, &[a]);
         }
         if let Some(why) = infra.refusal(ip) {
@@ -124,7 +132,7 @@ impl AdminService {
                 )));
             }
         }
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         let rack = self.rack_of_address(network, ip).await?;
         let pod = PodRef {
             namespace: namespace.to_string(),
@@ -133,6 +141,7 @@ impl AdminService {
         };
         for _ in 0..ATTEMPTS {
             let view = self
+                .svc
                 .store
                 .leases()
                 .identity_view(network, namespace, name)
@@ -144,7 +153,7 @@ impl AdminService {
                 },
                 None => 0,
             };
-            let cur = self.store.leases().get_lease(network, ip).await?;
+            let cur = self.svc.store.leases().get_lease(network, ip).await?;
             let identity = Identity {
                 pinned: true,
                 rack: rack.clone(),
@@ -227,9 +236,10 @@ impl AdminService {
         name: &str,
         force: bool,
     ) -> Result<Ipv4Addr> {
-        let w = self.writer()?;
+        let w = self.svc.writer()?;
         for _ in 0..ATTEMPTS {
             let Some(v) = self
+                .svc
                 .store
                 .leases()
                 .identity_view(network, namespace, name)

@@ -1,28 +1,32 @@
-//! Client calls for QoS policies (through [`AdminClient::call`]).
+//! Client calls for QoS policies (through
+//! [`AdminClient::call`](crate::AdminClient::call)).
 
 use rackline_proto::admin::v1 as pb;
 
-use crate::{AdminClient, Result};
+use super::Policies;
+use crate::Result;
 
-impl AdminClient {
+impl Policies<'_> {
     pub async fn set_qos_policy(&mut self, p: pb::QosPolicy) -> Result<pb::QosPolicy> {
-        self.call(|mut c| {
-            let p = p.clone();
-            async move { c.set_qos_policy(p).await }
-        })
-        .await
+        self.client
+            .call(|mut c| {
+                let p = p.clone();
+                async move { c.set_qos_policy(p).await }
+            })
+            .await
     }
 
     pub async fn list_qos_policies(&mut self, network: &str) -> Result<Vec<pb::QosPolicy>> {
         let req = pb::ListQosPoliciesRequest {
             network: network.to_string(),
         };
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.list_qos_policies(req).await }
-        })
-        .await
-        .map(|r| r.policies)
+        self.client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.list_qos_policies(req).await }
+            })
+            .await
+            .map(|r| r.policies)
     }
 
     pub async fn delete_qos_policy(
@@ -36,11 +40,12 @@ impl AdminClient {
             namespace: namespace.to_string(),
             name: name.to_string(),
         };
-        self.call(|mut c| {
-            let req = req.clone();
-            async move { c.delete_qos_policy(req).await }
-        })
-        .await
-        .map(|r| r.deleted)
+        self.client
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.delete_qos_policy(req).await }
+            })
+            .await
+            .map(|r| r.deleted)
     }
 }

@@ -174,7 +174,7 @@ pub async fn run(
 ) -> Result<(), CtlError> {
     match cmd {
         AclCommand::Create(args) => {
-            let a = client.set_acl(args.to_proto()).await?;
+            let a = client.policies().set_acl(args.to_proto()).await?;
             if json {
                 emit_json(out, &AclJson::from(&a))?;
             } else {
@@ -182,7 +182,10 @@ pub async fn run(
             }
         }
         AclCommand::List { network } => {
-            let r = client.list_acls(network.as_deref().unwrap_or("")).await?;
+            let r = client
+                .policies()
+                .list_acls(network.as_deref().unwrap_or(""))
+                .await?;
             if json {
                 let acls: Vec<AclJson> = r.acls.iter().map(AclJson::from).collect();
                 let defaults: Vec<DefaultJson> = r
@@ -214,7 +217,7 @@ pub async fn run(
             namespace,
             name,
         } => {
-            let r = client.list_acls(&network).await?;
+            let r = client.policies().list_acls(&network).await?;
             let Some(a) = r
                 .acls
                 .iter()
@@ -235,7 +238,10 @@ pub async fn run(
             namespace,
             name,
         } => {
-            let deleted = client.delete_acl(&network, &namespace, &name).await?;
+            let deleted = client
+                .policies()
+                .delete_acl(&network, &namespace, &name)
+                .await?;
             if json {
                 emit_json(out, &serde_json::json!({ "deleted": deleted }))?;
             } else if deleted {
@@ -250,6 +256,7 @@ pub async fn run(
             egress,
         } => {
             let d = client
+                .policies()
                 .set_acl_default(pb::AclDefault {
                     network,
                     ingress,

@@ -105,7 +105,7 @@ pub async fn qos(
 ) -> Result<(), CtlError> {
     match cmd {
         QosCommand::Set(args) => {
-            let p = client.set_qos_policy(args.to_proto()).await?;
+            let p = client.policies().set_qos_policy(args.to_proto()).await?;
             if json {
                 emit_json(out, &QosPolicyJson::from(&p))?;
             } else {
@@ -114,6 +114,7 @@ pub async fn qos(
         }
         QosCommand::List { network } => {
             let ps = client
+                .policies()
                 .list_qos_policies(network.as_deref().unwrap_or(""))
                 .await?;
             if json {
@@ -129,6 +130,7 @@ pub async fn qos(
             name,
         } => {
             let deleted = client
+                .policies()
                 .delete_qos_policy(&network, &namespace, &name)
                 .await?;
             if json {

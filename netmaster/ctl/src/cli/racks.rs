@@ -178,7 +178,10 @@ pub async fn rack(
 ) -> Result<(), CtlError> {
     match cmd {
         RackCommand::Create { name, description } => {
-            let r = client.create_rack(pb::Rack { name, description }).await?;
+            let r = client
+                .racks()
+                .create_rack(pb::Rack { name, description })
+                .await?;
             if json {
                 emit_json(out, &RackJson::from(&r))?;
             } else {
@@ -190,17 +193,17 @@ pub async fn rack(
             }
         }
         RackCommand::List => {
-            let racks = client.list_racks().await?;
+            let racks = client.racks().list_racks().await?;
             if json {
                 let v: Vec<RackJson> = racks.iter().map(RackJson::from).collect();
                 emit_json(out, &v)?;
             } else {
-                let bindings = client.list_rack_nets("", "").await?;
+                let bindings = client.racks().list_rack_nets("", "").await?;
                 write!(out, "{}", render::racks_and_bindings(&racks, &bindings))?;
             }
         }
         RackCommand::Show { name } => {
-            let d = client.get_rack(&name).await?;
+            let d = client.racks().get_rack(&name).await?;
             if json {
                 emit_json(out, &RackDetailJson::from(&d))?;
             } else {
@@ -208,7 +211,7 @@ pub async fn rack(
             }
         }
         RackCommand::Delete { name } => {
-            client.delete_rack(&name).await?;
+            client.racks().delete_rack(&name).await?;
             if json {
                 emit_json(out, &EmptyJson {})?;
             } else {
@@ -216,7 +219,7 @@ pub async fn rack(
             }
         }
         RackCommand::Bind(args) => {
-            let b = client.bind_rack(args.to_proto()).await?;
+            let b = client.racks().bind_rack(args.to_proto()).await?;
             if json {
                 emit_json(out, &RackNetJson::from(&b))?;
             } else {
@@ -228,7 +231,7 @@ pub async fn rack(
             network,
             wait,
         } => {
-            client.unbind_rack(&rack, &network, wait).await?;
+            client.racks().unbind_rack(&rack, &network, wait).await?;
             if json {
                 emit_json(out, &EmptyJson {})?;
             } else {
@@ -249,7 +252,10 @@ pub async fn node(
 ) -> Result<(), CtlError> {
     match cmd {
         NodeCommand::List { rack } => {
-            let nodes = client.list_nodes(rack.as_deref().unwrap_or("")).await?;
+            let nodes = client
+                .nodes()
+                .list_nodes(rack.as_deref().unwrap_or(""))
+                .await?;
             if json {
                 let v: Vec<NodeDetailJson> = nodes.iter().map(NodeDetailJson::from).collect();
                 emit_json(out, &v)?;
@@ -258,7 +264,7 @@ pub async fn node(
             }
         }
         NodeCommand::Show { name } => {
-            let d = client.get_node(&name).await?;
+            let d = client.nodes().get_node(&name).await?;
             if json {
                 emit_json(out, &NodeDetailJson::from(&d))?;
             } else {
@@ -271,6 +277,7 @@ pub async fn node(
             addresses,
         } => {
             let n = client
+                .nodes()
                 .register_node(pb::Node {
                     name,
                     rack,
@@ -285,7 +292,7 @@ pub async fn node(
             }
         }
         NodeCommand::Drain { name, undo } => {
-            let d = client.drain_node(&name, undo).await?;
+            let d = client.nodes().drain_node(&name, undo).await?;
             if json {
                 emit_json(out, &NodeDetailJson::from(&d))?;
             } else {
@@ -293,7 +300,7 @@ pub async fn node(
             }
         }
         NodeCommand::Delete { name, force } => {
-            let r = client.delete_node(&name, force).await?;
+            let r = client.nodes().delete_node(&name, force).await?;
             if json {
                 emit_json(out, &NodeDeleteJson::from(&r))?;
             } else {
@@ -317,7 +324,7 @@ pub async fn block(
 ) -> Result<(), CtlError> {
     match cmd {
         BlockCommand::List(args) => {
-            let blocks = client.list_blocks(args.to_proto()).await?;
+            let blocks = client.blocks().list_blocks(args.to_proto()).await?;
             if json {
                 let v: Vec<BlockJson> = blocks.iter().map(BlockJson::from).collect();
                 emit_json(out, &v)?;
@@ -326,7 +333,7 @@ pub async fn block(
             }
         }
         BlockCommand::Acquire { network, node } => {
-            let b = client.acquire_block(&network, &node).await?;
+            let b = client.blocks().acquire_block(&network, &node).await?;
             if json {
                 emit_json(out, &BlockJson::from(&b))?;
             } else {
@@ -342,7 +349,10 @@ pub async fn block(
             first,
             node,
         } => {
-            let released = client.release_block(&network, &first, &node).await?;
+            let released = client
+                .blocks()
+                .release_block(&network, &first, &node)
+                .await?;
             if json {
                 emit_json(out, &ReleasedJson { released })?;
             } else if released {
@@ -365,6 +375,7 @@ pub async fn pool(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let rows = client
+        .blocks()
         .utilization(args.network.as_deref().unwrap_or(""))
         .await?;
     if json {

@@ -48,6 +48,7 @@ pub async fn run(
     match cmd {
         ReservationCommand::List { network } => {
             let v = client
+                .reservations()
                 .list_reservations(network.as_deref().unwrap_or(""))
                 .await?;
             if json {
@@ -64,6 +65,7 @@ pub async fn run(
             address,
         } => {
             let r = client
+                .reservations()
                 .pin_reservation(pb::PinReservationRequest {
                     network,
                     namespace,
@@ -88,6 +90,7 @@ pub async fn run(
             force,
         } => {
             let r = client
+                .reservations()
                 .release_reservation(pb::ReleaseReservationRequest {
                     network: network.clone(),
                     namespace: namespace.clone(),
