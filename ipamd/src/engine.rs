@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rackline_model::{network::validate_ifname, Keys, Lease, NetworkSpec, PodRef};
+use crate::store::Keys;
+use rackline_model::{network::validate_ifname, Lease, NetworkSpec, PodRef};
 use rackline_store::{Change, Snapshot, StoreError};
 use tokio::sync::{watch, OwnedMutexGuard};
 

@@ -13,6 +13,10 @@ use rackline_store::{
 };
 use tracing::warn;
 
+/// The etcd key layout, owned by the store crate; the engine needs it only to
+/// name a block the way its deletion event will.
+pub use rackline_store::Keys;
+
 pub trait LeaseStore: Send + Sync + 'static {
     fn create_lease(
         &self,
@@ -345,7 +349,7 @@ pub enum Deleted {
 
 /// Decodes one watch change of the prefix `keys` describes; None for keys
 /// the engine does not follow and for undecodable records (logged).
-pub fn decode_change(keys: &rackline_model::Keys, change: Change) -> Option<StoreEvent> {
+pub fn decode_change(keys: &rackline_store::Keys, change: Change) -> Option<StoreEvent> {
     match change {
         Change::Put {
             key,
@@ -358,7 +362,7 @@ pub fn decode_change(keys: &rackline_model::Keys, change: Change) -> Option<Stor
 }
 
 fn decode_put(
-    keys: &rackline_model::Keys,
+    keys: &rackline_store::Keys,
     key: String,
     value: &[u8],
     create_revision: i64,
@@ -422,7 +426,7 @@ fn record<T: serde::de::DeserializeOwned>(key: &str, value: &[u8], what: &str) -
 }
 
 fn decode_delete(
-    keys: &rackline_model::Keys,
+    keys: &rackline_store::Keys,
     key: String,
     mod_revision: i64,
 ) -> Option<StoreEvent> {
@@ -460,7 +464,7 @@ fn decode_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackline_model::Keys;
+    use rackline_store::Keys;
 
     fn put(key: String, value: &[u8]) -> Change {
         Change::Put {

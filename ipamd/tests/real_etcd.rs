@@ -131,7 +131,7 @@ fn check_invariants(etcd: &Etcd) -> BTreeMap<String, serde_json::Value> {
         let ip = val["address"].as_str().unwrap().to_string();
         let parsed: std::net::Ipv4Addr = ip.parse().unwrap();
         assert!(
-            key.ends_with(&format!("/{}", rackline_model::keys::padded(parsed))),
+            key.ends_with(&format!("/{}", rackline_store::keys::padded(parsed))),
             "lease key {key} holds address {ip}"
         );
         let octets: Vec<u32> = ip.split('.').map(|o| o.parse().unwrap()).collect();

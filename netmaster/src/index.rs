@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rackline_model::{Block, IntervalSet, Keys, Lease, LeaseState, NetworkSpec, Pool, RackNet};
+use rackline_model::{Block, IntervalSet, Lease, LeaseState, NetworkSpec, Pool, RackNet};
+use rackline_store::Keys;
 use rackline_store::{Change, Snapshot, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -170,7 +171,7 @@ impl Inner {
 fn parse_lease_key(key: &str) -> Option<(String, Ipv4Addr)> {
     let (rest, ip) = key.rsplit_once('/')?;
     let (_, net) = rest.rsplit_once('/')?;
-    Some((net.to_string(), rackline_model::keys::parse_padded(ip)?))
+    Some((net.to_string(), rackline_store::keys::parse_padded(ip)?))
 }
 
 pub struct PoolIndex {

@@ -419,7 +419,7 @@ mod tests {
         let mut text = String::new();
         let reg = registry(
             &m,
-            PoolIndex::new(rackline_model::Keys::new("/r")),
+            PoolIndex::new(rackline_store::Keys::new("/r")),
             ElectionStatus::fixed("a", "h:1", Role::Campaigning),
         );
         prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();

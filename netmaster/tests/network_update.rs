@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{create_args, ctl, ctl_spawn, put_lease, runtime, store, Etcd, Netmaster, PREFIX};
-use rackline_model::{Keys, Lease, Liveness, NetworkSpec, PodSettings};
+use rackline_model::{Lease, Liveness, NetworkSpec, PodSettings};
 use rackline_proto::admin::v1 as pb;
+use rackline_store::Keys;
 use rackline_store::{
     CreateLease, Fence, LeaderStore, NodeLock, Store, StoreError, UpdateGuards, UpdateOutcome,
 };

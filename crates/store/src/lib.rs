@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, KeyValue, WatchOptions};
-use rackline_model::{Keys, Lease, NetworkSpec, ValidationError};
+use rackline_model::{Lease, NetworkSpec, ValidationError};
 
 mod acl;
 mod blocks;
@@ -19,6 +19,7 @@ mod facets;
 mod group;
 mod identities;
 mod infra;
+pub mod keys;
 mod leader_key;
 mod leader_store;
 mod leases;
@@ -45,6 +46,7 @@ pub use facets::{
 };
 pub use group::MAX_BATCH_LIMIT;
 pub use identities::{IdentityView, StickyWrite, StoredIdentity};
+pub use keys::Keys;
 pub use leader_key::{Campaign, LeaderKey, LeaderWatch};
 pub use leader_store::LeaderStore;
 pub use lifecycle::{LivenessHolder, NodeLock};

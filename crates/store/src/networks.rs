@@ -165,7 +165,7 @@ fn in_use(leases: &[StoredLease]) -> Option<String> {
 
 /// Everything a network's deletion removes, in one transaction. The lease
 /// delete stays second: its count is the deletion's answer.
-fn delete_ops(keys: &rackline_model::Keys, name: &str) -> Vec<TxnOp> {
+fn delete_ops(keys: &crate::Keys, name: &str) -> Vec<TxnOp> {
     vec![
         TxnOp::delete(keys.network(name), None),
         TxnOp::delete(

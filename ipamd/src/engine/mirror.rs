@@ -23,7 +23,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rackline_model::{DrainTarget, Keys, NetworkSpec};
+use crate::store::Keys;
+use rackline_model::{DrainTarget, NetworkSpec};
 use rackline_store::{Snapshot, StoredNetwork};
 use tokio::sync::watch;
 use tracing::{debug, info};

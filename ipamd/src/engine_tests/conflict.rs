@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackline_model::{Keys, LeaseState, ProbeSpec};
+use crate::store::Keys;
+use rackline_model::{LeaseState, ProbeSpec};
 
 use super::*;
 use crate::engine::ConflictArgs;

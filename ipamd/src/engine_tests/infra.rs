@@ -29,7 +29,7 @@ fn node_record(name: &str, rack: &str, addrs: &[&str]) -> Node {
 /// A node (re-)registers: the watch event ipamd sees.
 fn node_put(e: &Engine<Arc<FakeStore>>, n: &Node) {
     e.apply_change(Change::Put {
-        key: rackline_model::Keys::new("/rackline").node(&n.name),
+        key: crate::store::Keys::new("/rackline").node(&n.name),
         value: serde_json::to_vec(n).unwrap(),
         create_revision: 1,
         mod_revision: 1,

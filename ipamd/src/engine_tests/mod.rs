@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rackline_model::{Identity, Keys, Lease, NetworkSpec, PodRef};
+use crate::store::Keys;
+use rackline_model::{Identity, Lease, NetworkSpec, PodRef};
 use rackline_store::{
     BlockGuard, CreateLease, IdentityView, Snapshot, StickyWrite, StoreError, StoredIdentity,
     StoredLease, StoredNetwork,

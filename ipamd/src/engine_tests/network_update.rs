@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackline_model::{Keys, NetworkSpec, PodSettings};
+use crate::store::Keys;
+use rackline_model::{NetworkSpec, PodSettings};
 use rackline_store::Change;
 
 use super::racks::{block, racked_engine, racknet};

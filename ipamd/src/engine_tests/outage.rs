@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackline_model::{Keys, Lease};
+use crate::store::Keys;
+use rackline_model::Lease;
 use rackline_store::Snapshot;
 
 use super::racks::{block, ip_u32, racked_engine, racknet};

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackline_model::Keys;
+use crate::store::Keys;
 use rackline_store::Snapshot;
 
 use super::*;

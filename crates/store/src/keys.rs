@@ -164,7 +164,11 @@ impl Keys {
     }
 
     pub fn acl_default(&self, network: &str) -> String {
-        format!("{}/acl/{network}/{}", self.root, crate::acl::DEFAULT_KEY)
+        format!(
+            "{}/acl/{network}/{}",
+            self.root,
+            rackline_model::acl::DEFAULT_KEY
+        )
     }
 
     pub fn leader(&self) -> String {
@@ -176,8 +180,8 @@ impl Keys {
     }
 
     /// The drain marker of `target`.
-    pub fn drain(&self, target: &crate::DrainTarget) -> String {
-        use crate::DrainTarget::*;
+    pub fn drain(&self, target: &rackline_model::DrainTarget) -> String {
+        use rackline_model::DrainTarget::*;
         match target {
             Network(n) => format!("{}/drains/network/{n}", self.root),
             RackNet { network, rack } => format!("{}/drains/racknet/{network}/{rack}", self.root),
@@ -191,8 +195,8 @@ impl Keys {
     }
 
     /// What a drain marker key applies to.
-    pub fn parse_drain(&self, key: &str) -> Option<crate::DrainTarget> {
-        use crate::DrainTarget::*;
+    pub fn parse_drain(&self, key: &str) -> Option<rackline_model::DrainTarget> {
+        use rackline_model::DrainTarget::*;
         let rest = key.strip_prefix(&self.root)?.strip_prefix("/drains/")?;
         let (kind, rest) = rest.split_once('/')?;
         let one = |s: &str| (!s.is_empty() && !s.contains('/')).then(|| s.to_string());
@@ -336,7 +340,7 @@ mod tests {
         let i = k.identity("prod", "shop", "web-0");
         assert_eq!(k.parse_identity(&i), Some(("prod", "shop", "web-0")));
         assert_eq!(k.parse_identity(&key), None);
-        use crate::DrainTarget;
+        use rackline_model::DrainTarget;
         for t in [
             DrainTarget::Network("prod".into()),
             DrainTarget::Node("n1.example".into()),
@@ -376,8 +380,8 @@ mod tests {
             k.leader(),
             k.webhook_cursor(),
             k.qos_policy("prod", "ns", "x"),
-            k.drain(&crate::DrainTarget::Network("prod".into())),
-            k.drain(&crate::DrainTarget::Node("n1".into())),
+            k.drain(&rackline_model::DrainTarget::Network("prod".into())),
+            k.drain(&rackline_model::DrainTarget::Node("n1".into())),
             k.liveness("n1"),
         ] {
             assert!(!inside(&other), "{other}");
