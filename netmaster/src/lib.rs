@@ -6,8 +6,6 @@
 //! - [`admin`]: the transport-free domain service over the etcd store;
 //! - [`convert`]: proto ↔ model, where requests are validated;
 //! - [`server`]: the tonic adapter serving `rackline.admin.v1.Admin`;
-//! - [`client`]: the shared admin client, re-exported for the
-//!   integration tests that drive a replica through it;
 //! - [`daemon`]: rackline-netmaster's flags and serve loop;
 //! - [`leader`]: leader election among replicas and the write fence;
 //! - [`reclaim`]: the leader's reclaim of nodes dead past their grace;
@@ -34,6 +32,3 @@ pub mod server;
 pub mod webhook;
 
 pub use admin::{AdminError, AdminService, LeaseFilter, NetworkView, PodFilter};
-/// The shared admin client (racklinectl's and ipamd's), under the name the
-/// integration tests use.
-pub use rackline_admin_client as client;

@@ -110,7 +110,7 @@ impl Pki {
     }
 }
 
-type Raw = rackline_netmaster::client::Raw;
+type Raw = rackline_admin_client::Raw;
 
 async fn client(url: &str, creds: ClientCredentials) -> Raw {
     let auth = creds.load(FLAGS).unwrap();

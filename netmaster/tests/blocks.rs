@@ -114,7 +114,7 @@ fn concurrent_acquisitions_never_overlap() {
         for n in nodes.clone() {
             let url = nm.url.clone();
             tasks.push(tokio::spawn(async move {
-                use rackline_netmaster::client::{AdminClient, ClientError, Timeouts};
+                use rackline_admin_client::{AdminClient, ClientError, Timeouts};
                 let mut c = AdminClient::connect(&url, Timeouts::default())
                     .await
                     .expect("connect");

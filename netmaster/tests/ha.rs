@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{create_args, ctl, network_names, runtime, store, Etcd, Netmaster, PREFIX};
 use nix::sys::signal::Signal;
+use rackline_admin_client::{AdminClient, Timeouts};
 use rackline_model::NetworkSpec;
-use rackline_netmaster::client::{AdminClient, Timeouts};
 use rackline_proto::admin::v1 as pb;
 use rackline_store::Keys;
 use rackline_store::{Campaign, Fence, LeaderStore, Store, StoreError};

@@ -484,9 +484,9 @@ fn a_follower_refuses_an_update_and_a_stale_fence_writes_nothing() {
     let b = Netmaster::start_with(&etcd, &["--id", "nm-b", "--lease-ttl-secs", "3"]);
     let leads = |url: &str| {
         rt.block_on(async {
-            let mut c = rackline_netmaster::client::AdminClient::connect(
+            let mut c = rackline_admin_client::AdminClient::connect(
                 url,
-                rackline_netmaster::client::Timeouts::default(),
+                rackline_admin_client::Timeouts::default(),
             )
             .await
             .ok()?;
