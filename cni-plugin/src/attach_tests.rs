@@ -14,7 +14,7 @@ use rackline_model::qos::{Effective, Level, Limit, Resolved};
 use rackline_netlink::{AddrInfo, Netns, RouteInfo};
 
 use crate::datapath::{attach, AddPlan, Added, PodSide};
-use crate::env::{Attachment, ContainerId, IfName};
+use crate::env::{ContainerId, IfName};
 use crate::error::CniError;
 use crate::links::fake::{self, FakeNet, Side};
 use crate::podside::fake::{FakeArp, FakeFilter, FakeSysctls};
@@ -26,32 +26,22 @@ const UPLINK: u32 = 2;
 const ARP_NOTIFY: &str = "net/ipv4/conf/default/arp_notify";
 const NODE_IP: &str = "192.168.1.10";
 
+/// The unit tests' plan (`datapath_tests::plan`) with a VLAN registry
+/// directory of its own and routes both ways, so every route step runs.
 fn plan(runtime_dir: &std::path::Path) -> AddPlan {
+    let base = crate::datapath_tests::plan();
     AddPlan {
-        attachment: Attachment {
-            container_id: ContainerId::parse("0123456789abcdef").unwrap(),
-            ifname: IfName::parse("eth0").unwrap(),
-        },
-        netns_path: "/proc/self/ns/net".into(),
-        address: "10.0.0.5/24".parse().unwrap(),
-        gateway: "10.0.0.1".parse().unwrap(),
-        master: "uplink".into(),
-        mtu: 0,
-        vlan: None,
         vlan_opts: VlanOptions {
             runtime_dir: runtime_dir.to_owned(),
             cleanup: VlanCleanup::Keep,
-            lock_wait: Duration::from_secs(1),
+            ..base.vlan_opts.clone()
         },
         routes: vec![(
             "10.9.0.0/16".parse().unwrap(),
             "10.0.0.254".parse().unwrap(),
         )],
         host_routes: vec!["10.96.0.0/12".parse().unwrap()],
-        qos: None,
-        mac: [2, 0, 10, 0, 0, 5],
-        probe: None,
-        filter: None,
+        ..base
     }
 }
 

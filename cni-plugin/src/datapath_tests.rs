@@ -17,7 +17,7 @@ use crate::vlan::VlanOptions;
 
 const UPLINK: u32 = 2;
 
-fn plan() -> AddPlan {
+pub(crate) fn plan() -> AddPlan {
     AddPlan {
         attachment: Attachment {
             container_id: ContainerId::parse("0123456789abcdef").unwrap(),
