@@ -436,18 +436,31 @@ impl NetState {
     }
 }
 
-/// The standby reserve of this network (`net.standby()`): records this node holds ahead of an etcd outage, and the offline leases taken from them.
-/// A borrow of the [`NetState`] under the same lock, so the locking is
-/// exactly that of the state itself.
-#[derive(Clone, Copy)]
-pub struct Standby<'a>(&'a NetState);
+/// A view of [`NetState`] (`net.standby()`, `net.blocks()`, ...): a borrow
+/// under the same lock, so the locking is exactly that of the state itself;
+/// it reads the whole state through `Deref`.
+macro_rules! view {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// A borrow of the [`NetState`] under the same lock, so the locking
+        /// is exactly that of the state itself.
+        #[derive(Clone, Copy)]
+        pub struct $name<'a>(&'a NetState);
 
-impl std::ops::Deref for Standby<'_> {
-    type Target = NetState;
-    fn deref(&self) -> &NetState {
-        self.0
-    }
+        impl std::ops::Deref for $name<'_> {
+            type Target = NetState;
+            fn deref(&self) -> &NetState {
+                self.0
+            }
+        }
+    };
 }
+
+view!(
+    /// The standby reserve of this network (`net.standby()`): records this node holds ahead of an etcd outage, and the offline leases taken from them.
+    Standby
+);
 
 impl Standby<'_> {
     /// Standby records of OTHER nodes in this node's rack (or flat network):
@@ -531,18 +544,10 @@ impl Standby<'_> {
     }
 }
 
-/// Creates whose answer was lost (`net.uncertain()`): addresses an attachment may hold in etcd without knowing it, until resolved.
-/// A borrow of the [`NetState`] under the same lock, so the locking is
-/// exactly that of the state itself.
-#[derive(Clone, Copy)]
-pub struct Uncertain<'a>(&'a NetState);
-
-impl std::ops::Deref for Uncertain<'_> {
-    type Target = NetState;
-    fn deref(&self) -> &NetState {
-        self.0
-    }
-}
+view!(
+    /// Creates whose answer was lost (`net.uncertain()`): addresses an attachment may hold in etcd without knowing it, until resolved.
+    Uncertain
+);
 
 impl Uncertain<'_> {
     pub fn take(&self, key: &AttachmentKey) -> Vec<Ipv4Addr> {
@@ -582,18 +587,10 @@ impl Uncertain<'_> {
     }
 }
 
-/// The rack's blocks as this network sees them (`net.blocks()`).
-/// A borrow of the [`NetState`] under the same lock, so the locking is
-/// exactly that of the state itself.
-#[derive(Clone, Copy)]
-pub struct Blocks<'a>(&'a NetState);
-
-impl std::ops::Deref for Blocks<'_> {
-    type Target = NetState;
-    fn deref(&self) -> &NetState {
-        self.0
-    }
-}
+view!(
+    /// The rack's blocks as this network sees them (`net.blocks()`).
+    Blocks
+);
 
 impl Blocks<'_> {
     /// Applies a block record of this network (any rack; others ignored).
@@ -676,18 +673,12 @@ impl Blocks<'_> {
     }
 }
 
-/// Choosing a candidate address (`net.picks()`): marked taken here until
-/// its durable write settles, with the block guard the write must check.
-/// A borrow of the [`NetState`] under the same lock.
-#[derive(Clone, Copy)]
-pub struct Picks<'a>(&'a NetState);
-
-impl std::ops::Deref for Picks<'_> {
-    type Target = NetState;
-    fn deref(&self) -> &NetState {
-        self.0
-    }
-}
+view!(
+    /// Choosing a candidate address (`net.picks()`): marked taken here until
+    /// its durable write settles, with the block guard the write must check.
+    /// A borrow of the [`NetState`] under the same lock.
+    Picks
+);
 
 impl Picks<'_> {
     /// Picks from the node's OWN pool only (never borrowed): where standby
@@ -783,18 +774,12 @@ impl Picks<'_> {
     }
 }
 
-/// The leases this network knows (`net.leases()`): lookups by attachment,
-/// address and node, and handing them over to a fresh state.
-/// A borrow of the [`NetState`] under the same lock.
-#[derive(Clone, Copy)]
-pub struct Leases<'a>(&'a NetState);
-
-impl std::ops::Deref for Leases<'_> {
-    type Target = NetState;
-    fn deref(&self) -> &NetState {
-        self.0
-    }
-}
+view!(
+    /// The leases this network knows (`net.leases()`): lookups by attachment,
+    /// address and node, and handing them over to a fresh state.
+    /// A borrow of the [`NetState`] under the same lock.
+    Leases
+);
 
 impl Leases<'_> {
     /// The lease this node already holds for the attachment, if any.
