@@ -676,7 +676,6 @@ impl Blocks<'_> {
 view!(
     /// Choosing a candidate address (`net.picks()`): marked taken here until
     /// its durable write settles, with the block guard the write must check.
-    /// A borrow of the [`NetState`] under the same lock.
     Picks
 );
 
@@ -777,7 +776,6 @@ impl Picks<'_> {
 view!(
     /// The leases this network knows (`net.leases()`): lookups by attachment,
     /// address and node, and handing them over to a fresh state.
-    /// A borrow of the [`NetState`] under the same lock.
     Leases
 );
 
