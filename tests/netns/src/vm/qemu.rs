@@ -5,13 +5,13 @@
 //! qemu (our own child, by pid).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
-use crate::process::{run, CHILD_PATH};
+use crate::process::{exit_code, spawn_in, CHILD_PATH};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
@@ -112,20 +112,94 @@ pub fn boot(
         .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]);
     let started = Instant::now();
-    let out = run(cmd, Some(ns), b"", timeout);
+    let end = run_guest(cmd, ns, console, timeout);
     let wall = started.elapsed();
     let text = std::fs::read(console)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    match out {
-        Ok(o) if o.success() => Ok((text, wall)),
-        Ok(o) => bail!(
-            "qemu exited with {} after {wall:?}\nstderr: {}\nconsole:\n{text}",
-            o.code,
-            o.stderr.trim_end()
-        ),
-        Err(e) => {
-            Err(e).with_context(|| format!("qemu (hard timeout {timeout:?})\nconsole:\n{text}"))
+    match end? {
+        GuestEnd::Exited { code: 0, .. } => Ok((text, wall)),
+        GuestEnd::StoppedAfterResults => {
+            eprintln!(
+                "the guest wrote all its results but did not power off within \
+                 {POWEROFF_GRACE:?}; its qemu was stopped"
+            );
+            Ok((text, wall))
         }
+        GuestEnd::Exited { code, stderr } => bail!(
+            "qemu exited with {code} after {wall:?}\nstderr: {}\nconsole:\n{text}",
+            stderr.trim_end()
+        ),
+        GuestEnd::TimedOut { stderr } => bail!(
+            "qemu (hard timeout {timeout:?}) did not finish (killed)\nstderr: {}\nconsole:\n{text}",
+            stderr.trim_end()
+        ),
     }
+}
+
+/// How long the guest may take to power off once it has written `RESULT-END`.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+
+enum GuestEnd {
+    Exited {
+        code: i32,
+        stderr: String,
+    },
+    /// Every result was on the console, the guest never powered off, and its
+    /// qemu was stopped.
+    StoppedAfterResults,
+    TimedOut {
+        stderr: String,
+    },
+}
+
+/// Runs qemu until it exits, or until `timeout`. The guest powers itself off
+/// after writing `RESULT-END`; under heavy host load the emulated CPU has
+/// been seen to stall in the guest kernel's shutdown path (RCU stall,
+/// ksoftirqd soft lockup) after every result was written. The results are
+/// complete then, so the guest gets [`POWEROFF_GRACE`] to exit and its qemu
+/// (started here, stopped by its own handle) is stopped after that.
+fn run_guest(mut cmd: Command, ns: &Netns, console: &Path, timeout: Duration) -> Result<GuestEnd> {
+    let stderr_path = console.with_extension("qemu-stderr");
+    let stderr_file = std::fs::File::create(&stderr_path)
+        .with_context(|| format!("creating {}", stderr_path.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_file);
+    let mut child = spawn_in(&mut cmd, Some(ns))?;
+    let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let started = Instant::now();
+    let mut results_at: Option<Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(GuestEnd::Exited {
+                code: exit_code(status),
+                stderr: stderr(),
+            });
+        }
+        let now = Instant::now();
+        if results_at.is_none() && results_written(console) {
+            results_at = Some(now);
+        }
+        let after_results = results_at.is_some_and(|t| now >= t + POWEROFF_GRACE);
+        if after_results || now >= started + timeout {
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(if after_results {
+                GuestEnd::StoppedAfterResults
+            } else {
+                GuestEnd::TimedOut { stderr: stderr() }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The scenario's last line is on the console.
+fn results_written(console: &Path) -> bool {
+    std::fs::read(console).is_ok_and(|b| {
+        String::from_utf8_lossy(&b)
+            .lines()
+            .any(|l| l.trim_end() == "RESULT-END")
+    })
 }
