@@ -178,9 +178,21 @@ pub fn fmt_time(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_else(|e| -(e.duration().as_secs() as i64));
-    let days = secs.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (H. Hinnant's algorithm).
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// (year, month, day) of the day `days` after 1970-01-01 (negative: before),
+/// by H. Hinnant's civil-from-days algorithm. Shared by every date this
+/// project prints; date crates refuse or panic on times before the epoch,
+/// which a hostile certificate can carry.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -189,13 +201,7 @@ pub fn fmt_time(t: SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A client or server identity: certificate chain and key from two files,
@@ -384,6 +390,18 @@ mod tests {
         assert_eq!(
             fmt_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn days_before_the_epoch_and_leap_days_are_civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-25_567), (1900, 1, 1));
+        assert_eq!(
+            fmt_time(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31T23:59:59Z"
         );
     }
 
