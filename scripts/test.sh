@@ -8,6 +8,10 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
+# A CI run builds once from a clean clone: incremental caches would only cost disk (gigabytes
+# next to the target dirs). A developer re-running this script may set CARGO_INCREMENTAL=1.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 failed=()
 step() {
     local name=$1
