@@ -599,6 +599,38 @@ fn qos_levels_and_policies_round_trip() {
     assert_eq!(del, json!({"deleted": true}));
     let del = ctl(s, &["qos", "delete", "prod", "shop", "web", "-o", "json"]).json();
     assert_eq!(del, json!({"deleted": false}));
+    // In text, a delete says whether the policy existed; both are success.
+    set(&["--bandwidth", "egress=5M"]).ok();
+    let del = ctl(s, &["qos", "delete", "prod", "shop", "web"]);
+    del.ok();
+    assert_eq!(del.stdout, "QoS policy prod/shop/web deleted\n");
+    let del = ctl(s, &["qos", "delete", "prod", "shop", "web"]);
+    del.ok();
+    assert_eq!(del.stdout, "QoS policy prod/shop/web did not exist\n");
+    // ACLs answer the same way.
+    ctl(
+        s,
+        &[
+            "acl",
+            "create",
+            "prod",
+            "shop",
+            "web",
+            "--pods",
+            "web-.*",
+            "--ingress",
+            "allow tcp:80 10.0.0.0/8",
+        ],
+    )
+    .ok();
+    let del = ctl(s, &["acl", "delete", "prod", "shop", "web"]);
+    del.ok();
+    assert_eq!(del.stdout, "ACL prod/shop/web deleted\n");
+    let del = ctl(s, &["acl", "delete", "prod", "shop", "web"]);
+    del.ok();
+    assert_eq!(del.stdout, "ACL prod/shop/web did not exist\n");
+    let del = ctl(s, &["acl", "delete", "prod", "shop", "web", "-o", "json"]).json();
+    assert_eq!(del, json!({"deleted": false}));
     assert_eq!(ctl(s, &["qos", "list", "-o", "json"]).json(), json!([]));
 
     // A network's policies go with it: a re-created network starts clean.

@@ -170,7 +170,8 @@ pub struct CreateArgs {
     /// Never hand out: an address, a CIDR or FIRST-LAST. Repeatable.
     #[arg(long = "exclude", value_name = "RANGE")]
     pub exclude: Vec<String>,
-    /// A pod route, DST[@GW] (default next hop: the gateway). Repeatable.
+    /// A pod route to DST, via GW when written DST@GW (default next hop: the
+    /// gateway). Repeatable.
     #[arg(long = "route", value_name = "DST[@GW]", value_parser = parse_route)]
     pub routes: Vec<RouteArg>,
     /// A CIDR the pod reaches via its node. Repeatable.
@@ -411,6 +412,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The outcome of deleting a named object (`what`: "ACL prod/ns/name"): `{"deleted": bool}` in
+/// JSON, else one line saying whether it existed. Deleting what is gone is not an error.
+fn emit_deleted(out: &mut dyn Write, json: bool, what: &str, deleted: bool) -> std::io::Result<()> {
+    if json {
+        emit_json(out, &serde_json::json!({ "deleted": deleted }))
+    } else if deleted {
+        writeln!(out, "{what} deleted")
+    } else {
+        writeln!(out, "{what} did not exist")
+    }
 }
 
 fn emit_json(out: &mut dyn Write, v: &impl Serialize) -> std::io::Result<()> {

@@ -10,7 +10,7 @@ use rackline_admin_client::AdminClient;
 use rackline_proto::admin::v1 as pb;
 use serde::Serialize;
 
-use super::{emit_json, CtlError};
+use super::{emit_deleted, emit_json, CtlError};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AclCommand {
@@ -242,13 +242,8 @@ pub async fn run(
                 .policies()
                 .delete_acl(&network, &namespace, &name)
                 .await?;
-            if json {
-                emit_json(out, &serde_json::json!({ "deleted": deleted }))?;
-            } else if deleted {
-                writeln!(out, "ACL {network}/{namespace}/{name} deleted")?;
-            } else {
-                writeln!(out, "ACL {network}/{namespace}/{name} did not exist")?;
-            }
+            let what = format!("ACL {network}/{namespace}/{name}");
+            emit_deleted(out, json, &what, deleted)?;
         }
         AclCommand::Default {
             network,

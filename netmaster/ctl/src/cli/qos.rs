@@ -10,7 +10,7 @@ use rackline_admin_client::AdminClient;
 use rackline_model::qos::Bandwidth;
 use rackline_proto::admin::v1 as pb;
 
-use super::{emit_json, CtlError};
+use super::{emit_deleted, emit_json, CtlError};
 use crate::render::{self, QosPolicyJson};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -133,13 +133,8 @@ pub async fn qos(
                 .policies()
                 .delete_qos_policy(&network, &namespace, &name)
                 .await?;
-            if json {
-                emit_json(out, &serde_json::json!({ "deleted": deleted }))?;
-            } else if deleted {
-                writeln!(out, "QoS policy {network}/{namespace}/{name} deleted")?;
-            } else {
-                writeln!(out, "QoS policy {network}/{namespace}/{name} did not exist")?;
-            }
+            let what = format!("QoS policy {network}/{namespace}/{name}");
+            emit_deleted(out, json, &what, deleted)?;
         }
     }
     Ok(())

@@ -45,8 +45,8 @@ pub struct UpdateArgs {
     #[arg(long = "clear-exclude")]
     pub clear_exclude: bool,
 
-    /// Add a pod route DST[@GW] (an existing route to DST gets the new next
-    /// hop). Repeatable.
+    /// Add a pod route to DST, via GW when written DST@GW (an existing route
+    /// to DST gets the new next hop). Repeatable.
     #[arg(long = "route", value_name = "DST[@GW]", value_parser = parse_route)]
     pub routes: Vec<RouteArg>,
     /// Remove the route to DST. Repeatable.
