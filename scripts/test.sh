@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything CI checks: dependencies, stale-lab sweep, fmt, clippy, build of all binaries (the
+# Everything CI checks: dependencies, stale-lab sweep, fmt, clippy, docs, build of all binaries (the
 # netns lab tests execute them), then the tests (cargo-nextest when installed, with the
 # timeouts of .config/nextest.toml; cargo test otherwise), and a final sweep.
 # Runs every step it can and exits non-zero if any failed. Needs root (the lab tests create
@@ -35,6 +35,9 @@ step install-deps bash scripts/install-deps.sh || exit 1
 sweep
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# The code's own docs, private items included (they describe the internals): broken or
+# ambiguous links and stray HTML in doc comments fail like lints.
+step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
 # The VLAN test boots a VM with static rackline + rackline-ipamd (tests/netns/src/vm), and the
 # OCI image holds every binary statically linked: built here once, in their own target dir and
 # lean profile, so the tests only check they are up to date and their time is visible.

@@ -1,7 +1,7 @@
 //! The link, address, route and rule operations the plugin's datapath steps
 //! need, as a trait ([`LinkOps`]), with its traffic-control sibling
 //! ([`TcOps`]): implemented by the netlink wrapper ([`Netlink`], one socket
-//! per namespace) and, in unit tests, by [`fake::FakeNet`], which records
+//! per namespace) and, in unit tests, by `fake::FakeNet`, which records
 //! every call in order and fails the Nth on request. The steps written
 //! against them (the VLAN parent, creating and marking the attachment's
 //! links, addresses, routes, rules, shaping, the rollback of a failed ADD,

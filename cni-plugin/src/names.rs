@@ -10,7 +10,7 @@ fn hash(parts: &[&str]) -> u64 {
     rackline_netlink::owner::name_hash(parts)
 }
 
-/// Pod-side end: "rl-<ifname>" when it fits, else a hashed form.
+/// Pod-side end: `rl-<ifname>` when it fits, else a hashed form.
 pub fn pod_veth(ifname: &str) -> String {
     let n = format!("rl-{ifname}");
     if n.len() <= MAX_IFNAME_LEN {
@@ -21,7 +21,7 @@ pub fn pod_veth(ifname: &str) -> String {
 }
 
 /// The ifb carrying a pod interface's ingress shaper, in the pod netns:
-/// "rlifb-<ifname>" when it fits, else a hashed form.
+/// `rlifb-<ifname>` when it fits, else a hashed form.
 pub fn ifb(ifname: &str) -> String {
     let n = format!("rlifb-{ifname}");
     if n.len() <= MAX_IFNAME_LEN {
@@ -56,7 +56,7 @@ pub fn temporary() -> String {
     format!("rltmp{:08x}", hash(&["rackline-tmp", &seed]) as u32)
 }
 
-/// The VLAN device of `vid` on `master`: "<master>.<vid>" (the `ip link`
+/// The VLAN device of `vid` on `master`: `<master>.<vid>` (the `ip link`
 /// convention) when it fits in 15 bytes, else "rlv" + 7 hex digits of the
 /// FNV-1a hash of the master's name + "." + vid, e.g. "rlv2c09e81.4094" for
 /// enp129s0f1np1. Deterministic, so every ADD on the node (and DEL) agrees

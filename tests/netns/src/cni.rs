@@ -288,7 +288,7 @@ pub fn result_interface_of<'a>(result: &'a Value, ip: &Value) -> Option<&'a Valu
 impl Lab {
     /// The default netconf for node `k` (docs/CONTRACTS.md): CNI 1.1.0, the network of the
     /// node's rack ([`Lab::network_of_node`]: `prod` in a one-rack lab), the node's ipamd socket,
-    /// the lab's runtime dir ([`Lab::runtime_dir`]).
+    /// the node's runtime dir ([`Lab::node_runtime_dir`]).
     pub fn conf(&self, k: usize) -> Value {
         json!({
             "cniVersion": "1.1.0",

@@ -97,7 +97,7 @@ impl Default for LabBuilder {
 }
 
 impl LabBuilder {
-    /// etcd cluster size (1..=[`MAX_ETCD_MEMBERS`], default 1). Member 1 runs in `ctrl`,
+    /// etcd cluster size (1 up to `MAX_ETCD_MEMBERS`, default 1). Member 1 runs in `ctrl`,
     /// member `m` ≥ 2 in namespace `etcd<m>` at `ctrl`'s address + `m - 1`, on the same bridge.
     pub fn etcd_members(mut self, n: usize) -> Self {
         self.etcd_members = n;

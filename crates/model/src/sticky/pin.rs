@@ -1,6 +1,6 @@
 //! The operator's pin: `racklinectl reservation pin` reserves an address for
 //! a pod identity ahead of time (or moves the identity's reservation). The
-//! rules are the ones an ADD obeys ([`super::decide`]): a record belongs to
+//! rules are the ones an ADD obeys ([`super::decide`](fn@super::decide)): a record belongs to
 //! an identity only when it names the identity back, and an address a pod
 //! of the identity runs with is never taken from it. They are pure here so
 //! netmaster's pin applies them in one place, table-tested.

@@ -336,7 +336,7 @@ pub(super) fn parse_block(key: &str, v: &Value) -> Option<Block> {
     })
 }
 
-/// Judges a snapshot of `(key, value)` pairs (keys under [`ETCD_ROOT`]; others are ignored).
+/// Judges a snapshot of `(key, value)` pairs (keys under [`super::ETCD_ROOT`]; others are ignored).
 pub(super) fn show_runs(r: &Runs) -> String {
     let parts: Vec<String> =
         r.0.iter()
