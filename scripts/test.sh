@@ -31,6 +31,14 @@ step() {
 sweep() { bash scripts/lab-sweep.sh || echo "lab-sweep failed" >&2; }
 trap sweep EXIT
 
+# A clean run's build outputs take about 5.5 GB (target dirs and the fuzz build); a full disk
+# shows up as a compiler error deep in some step, so say up front how much room there is.
+disk_free() { df -Pk "$ROOT" | awk 'NR == 2 { printf "%.1f", $4 / 1048576 }'; }
+echo "disk: $(disk_free) GiB free for $ROOT"
+if awk -v f="$(disk_free)" 'BEGIN { exit !(f < 8) }'; then
+    echo "warning: less than 8 GiB free; a clean run may run out of space" >&2
+fi
+
 step install-deps bash scripts/install-deps.sh || exit 1
 sweep
 step fmt cargo fmt --all --check
@@ -87,6 +95,7 @@ fuzz() {
 }
 step fuzz fuzz
 
+echo "disk: $(disk_free) GiB free at the end"
 if ((${#failed[@]} > 0)); then
     echo "FAILED: ${failed[*]}"
     exit 1
