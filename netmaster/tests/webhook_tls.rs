@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ctl, put_lease, runtime, store, Etcd, Netmaster};
+use common::{create_args, ctl, put_lease, runtime, store, Etcd, Netmaster};
 use rackline_telemetry::exposition;
+use rackline_testkit::http::{read_request, Request};
 use rackline_testkit::pki::{Ca, Usage};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -60,7 +61,7 @@ impl HttpsHook {
                     failed.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
-                let Some(body) = read_body(&mut tls) else {
+                let Some(Request { body, .. }) = read_request(&mut tls) else {
                     continue;
                 };
                 bodies
@@ -86,29 +87,6 @@ impl HttpsHook {
             .filter_map(|e| e["address"].as_str().map(str::to_owned))
             .collect()
     }
-}
-
-/// One HTTP/1.1 request's body (Content-Length framed, as the sink sends it).
-fn read_body(s: &mut impl Read) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())?;
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(buf[head_end..head_end + len].to_vec())
 }
 
 fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -157,21 +135,7 @@ fn netmaster_with_hook(url: &str, ca_file: &Path) -> (Etcd, Netmaster, String) {
     wait("the webhook cursor", || {
         metric(&metrics, "rackline_netmaster_webhook_cursor_revision", &[]) > Some(0.0)
     });
-    ctl(
-        &nm.url,
-        &[
-            "network",
-            "create",
-            "prod",
-            "--subnet",
-            "10.10.0.0/24",
-            "--gateway",
-            "10.10.0.1",
-            "--master",
-            "uplink0",
-        ],
-    )
-    .ok();
+    ctl(&nm.url, &create_args("prod", "10.10.0.0/24", "10.10.0.1")).ok();
     (etcd, nm, metrics)
 }
 

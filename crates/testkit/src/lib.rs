@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod fixtures;
+pub mod http;
 pub mod pki;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rackline_testkit::http;
 use serde_json::Value;
 
 use crate::lab::Lab;
@@ -143,39 +144,6 @@ pub struct WebhookReceiver {
     listener: Arc<TcpListener>,
 }
 
-fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = s.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let path = head.split_whitespace().nth(1)?.to_owned();
-    Some((path, buf[head_end..head_end + len].to_vec()))
-}
-
 impl WebhookReceiver {
     fn start(listener: TcpListener) -> Result<Self> {
         let addr = listener.local_addr()?;
@@ -197,7 +165,7 @@ impl WebhookReceiver {
                     }
                     let Ok(mut s) = conn else { continue };
                     let _ = s.set_read_timeout(Some(HTTP_TIMEOUT));
-                    let Some((path, body)) = read_request(&mut s) else {
+                    let Some(http::Request { path, body, .. }) = http::read_request(&mut s) else {
                         continue;
                     };
                     let code = status.load(Ordering::SeqCst);
