@@ -600,13 +600,14 @@ fn qos_levels_and_policies_round_trip() {
     let del = ctl(s, &["qos", "delete", "prod", "shop", "web", "-o", "json"]).json();
     assert_eq!(del, json!({"deleted": false}));
     // In text, a delete says whether the policy existed; both are success.
+    let delete_says = |kind: &str, line: &str| {
+        let del = ctl(s, &[kind, "delete", "prod", "shop", "web"]);
+        del.ok();
+        assert_eq!(del.stdout, line);
+    };
     set(&["--bandwidth", "egress=5M"]).ok();
-    let del = ctl(s, &["qos", "delete", "prod", "shop", "web"]);
-    del.ok();
-    assert_eq!(del.stdout, "QoS policy prod/shop/web deleted\n");
-    let del = ctl(s, &["qos", "delete", "prod", "shop", "web"]);
-    del.ok();
-    assert_eq!(del.stdout, "QoS policy prod/shop/web did not exist\n");
+    delete_says("qos", "QoS policy prod/shop/web deleted\n");
+    delete_says("qos", "QoS policy prod/shop/web did not exist\n");
     // ACLs answer the same way.
     ctl(
         s,
@@ -623,12 +624,8 @@ fn qos_levels_and_policies_round_trip() {
         ],
     )
     .ok();
-    let del = ctl(s, &["acl", "delete", "prod", "shop", "web"]);
-    del.ok();
-    assert_eq!(del.stdout, "ACL prod/shop/web deleted\n");
-    let del = ctl(s, &["acl", "delete", "prod", "shop", "web"]);
-    del.ok();
-    assert_eq!(del.stdout, "ACL prod/shop/web did not exist\n");
+    delete_says("acl", "ACL prod/shop/web deleted\n");
+    delete_says("acl", "ACL prod/shop/web did not exist\n");
     let del = ctl(s, &["acl", "delete", "prod", "shop", "web", "-o", "json"]).json();
     assert_eq!(del, json!({"deleted": false}));
     assert_eq!(ctl(s, &["qos", "list", "-o", "json"]).json(), json!([]));
